@@ -1,0 +1,1 @@
+"""Avro schemas of the Pit and the code that encodes, decodes, registers and checks them."""

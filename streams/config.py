@@ -1,0 +1,80 @@
+"""Configuration from `PIT_*` environment variables; every default is the embedded setup."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.errors import BrokerUnavailableError
+
+# Passed straight through to the Kafka clients (aiokafka names), so any cluster works.
+_KAFKA_SECURITY_VARS = {
+    "PIT_KAFKA_SECURITY_PROTOCOL": "security_protocol",
+    "PIT_KAFKA_SASL_MECHANISM": "sasl_mechanism",
+    "PIT_KAFKA_SASL_USERNAME": "sasl_plain_username",
+    "PIT_KAFKA_SASL_PASSWORD": "sasl_plain_password",
+}
+_KAFKA_TLS_VARS = {
+    "PIT_KAFKA_SSL_CAFILE": "cafile",
+    "PIT_KAFKA_SSL_CERTFILE": "certfile",
+    "PIT_KAFKA_SSL_KEYFILE": "keyfile",
+}
+
+BROKER_FILE = "broker.json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path(".pit")
+    bootstrap_servers: str | None = None
+    database_url: str | None = None
+    schema_registry_url: str | None = None
+    http_port: int = 8642
+    kafka_security: dict[str, str] = field(default_factory=dict)
+    kafka_tls: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            data_dir=Path(env.get("PIT_DATA_DIR", ".pit")),
+            bootstrap_servers=env.get("PIT_KAFKA_BOOTSTRAP_SERVERS") or None,
+            database_url=env.get("PIT_DATABASE_URL") or None,
+            schema_registry_url=env.get("PIT_SCHEMA_REGISTRY_URL") or None,
+            http_port=int(env.get("PIT_HTTP_PORT", "8642")),
+            kafka_security={v: env[k] for k, v in _KAFKA_SECURITY_VARS.items() if env.get(k)},
+            kafka_tls={v: env[k] for k, v in _KAFKA_TLS_VARS.items() if env.get(k)},
+        )
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external cluster is configured: `pit up` runs the broker in-process."""
+        return self.bootstrap_servers is None
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'pit.db'}"
+
+    def bootstrap(self) -> str:
+        """Where Kafka is: the configured cluster, or the embedded broker `pit up` published."""
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        broker_file = self.data_dir / BROKER_FILE
+        try:
+            return json.loads(broker_file.read_text())["bootstrap_servers"]
+        except (OSError, ValueError, KeyError):
+            raise BrokerUnavailableError(
+                f"no broker: start one with `pit up` (looked for {broker_file}) "
+                "or set PIT_KAFKA_BOOTSTRAP_SERVERS"
+            ) from None
+
+    def kafka_client_options(self) -> dict:
+        """Keyword arguments for aiokafka clients: bootstrap plus SASL/TLS pass-through."""
+        options: dict = {"bootstrap_servers": self.bootstrap(), **self.kafka_security}
+        if self.kafka_tls:
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(**self.kafka_tls)
+        return options

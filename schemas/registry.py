@@ -17,7 +17,7 @@ from typing import Protocol
 
 from fastavro.schema import fingerprint
 
-from schemas.catalog import canonical, schema_json
+from schemas.catalog import canonical, current_schemas, schema_json
 from streams.errors import SchemaError, UnknownSchemaError
 
 
@@ -33,10 +33,14 @@ def schema_id_for(schema: dict) -> int:
 
 
 class EmbeddedRegistry:
+    """Knows every schema of the repository from the start, so any process can decode."""
+
     def __init__(self) -> None:
         self._by_id: dict[int, dict] = {}
         self._versions: dict[str, list[int]] = {}
         self._unpublished: list[tuple[str, int]] = []
+        for name, schema in current_schemas().items():
+            self.register(name, schema)
 
     def register(self, subject: str, schema: dict) -> int:
         schema_id = schema_id_for(schema)

@@ -70,6 +70,17 @@ class Settings:
                 "or set PIT_KAFKA_BOOTSTRAP_SERVERS"
             ) from None
 
+    def librdkafka_config(self) -> dict[str, str]:
+        """The same connection for confluent-kafka (librdkafka) clients."""
+        names = {"security_protocol": "security.protocol", "sasl_mechanism": "sasl.mechanism",
+                 "sasl_plain_username": "sasl.username", "sasl_plain_password": "sasl.password",
+                 "cafile": "ssl.ca.location", "certfile": "ssl.certificate.location",
+                 "keyfile": "ssl.key.location"}
+        config = {"bootstrap.servers": self.bootstrap()}
+        for option, value in {**self.kafka_security, **self.kafka_tls}.items():
+            config[names[option]] = value
+        return config
+
     def kafka_client_options(self) -> dict:
         """Keyword arguments for aiokafka clients: bootstrap plus SASL/TLS pass-through."""
         options: dict = {"bootstrap_servers": self.bootstrap(), **self.kafka_security}

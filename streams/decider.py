@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 S = TypeVar("S")
 
 
-class Rejection(Exception):  # noqa: N818 - a decision, not a failure
+class Rejection(Exception):
     """Raised by `decide` when a command is invalid in the current state; says why."""
 
     def __init__(self, reason: str) -> None:

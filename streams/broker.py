@@ -1,0 +1,112 @@
+"""The embedded broker: librdkafka's mock cluster, driven through its C API with ctypes.
+
+librdkafka ships inside the confluent-kafka wheel and exports `rd_kafka_mock_*`, so a real
+Kafka-protocol broker runs in-process with no JVM. Its limits (see DESIGN.md): it keeps
+only the newest ~5 MiB per partition, has no compaction and no CreateTopics (topics are
+created here, through the API), no transactional isolation, and nothing survives a
+restart - durability comes from the audit archive, which `restore` replays into it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from functools import cache
+
+import confluent_kafka
+
+from streams.errors import BrokerUnavailableError
+from streams.topics import TopicSpec
+
+_RD_KAFKA_PRODUCER = 0
+
+
+@cache
+def _librdkafka() -> ctypes.CDLL:
+    package_dir = os.path.dirname(confluent_kafka.__file__)
+    candidates = glob.glob(os.path.join(package_dir, "..", "confluent_kafka.libs", "librdkafka*"))
+    if not candidates:
+        raise BrokerUnavailableError("librdkafka not found in the confluent-kafka wheel")
+    lib = ctypes.CDLL(candidates[0])
+    ptr, text, integer = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+    signatures = {
+        "rd_kafka_conf_new": ([], ptr),
+        "rd_kafka_conf_set": ([ptr, text, text, text, ctypes.c_size_t], integer),
+        "rd_kafka_new": ([integer, ptr, text, ctypes.c_size_t], ptr),
+        "rd_kafka_destroy": ([ptr], None),
+        "rd_kafka_mock_cluster_new": ([ptr, integer], ptr),
+        "rd_kafka_mock_cluster_destroy": ([ptr], None),
+        "rd_kafka_mock_cluster_bootstraps": ([ptr], text),
+        "rd_kafka_mock_topic_create": ([ptr, text, integer, integer], integer),
+        "rd_kafka_mock_broker_set_down": ([ptr, ctypes.c_int32], integer),
+        "rd_kafka_mock_broker_set_up": ([ptr, ctypes.c_int32], integer),
+        "rd_kafka_mock_partition_set_leader": ([ptr, text, ctypes.c_int32, ctypes.c_int32],
+                                               integer),
+        "rd_kafka_mock_push_request_errors_array": (
+            [ptr, ctypes.c_int16, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int)], None),
+    }
+    for name, (argtypes, restype) in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, restype
+    return lib
+
+
+class EmbeddedBroker:
+    """An in-process Kafka cluster of `brokers` brokers. Use as a context manager."""
+
+    def __init__(self, brokers: int = 1) -> None:
+        lib = _librdkafka()
+        error = ctypes.create_string_buffer(512)
+        conf = lib.rd_kafka_conf_new()
+        lib.rd_kafka_conf_set(conf, b"log_level", b"0", error, len(error))
+        # The mock cluster lives inside a client handle; this one only hosts it.
+        self._handle = lib.rd_kafka_new(_RD_KAFKA_PRODUCER, conf, error, len(error))
+        if not self._handle:
+            raise BrokerUnavailableError(f"cannot start the embedded broker: {error.value!r}")
+        self._cluster = lib.rd_kafka_mock_cluster_new(self._handle, brokers)
+        if not self._cluster:
+            lib.rd_kafka_destroy(self._handle)
+            raise BrokerUnavailableError("cannot start the embedded broker's mock cluster")
+        self.brokers = brokers
+        self.bootstrap_servers = lib.rd_kafka_mock_cluster_bootstraps(self._cluster).decode()
+
+    def create_topic(self, spec: TopicSpec) -> None:
+        code = _librdkafka().rd_kafka_mock_topic_create(
+            self._cluster, spec.name.encode(), spec.partitions, min(3, self.brokers))
+        if code:
+            raise BrokerUnavailableError(f"cannot create topic {spec.name}: error {code}")
+
+    def apply(self, catalog: dict[str, TopicSpec]) -> None:
+        for spec in catalog.values():
+            self.create_topic(spec)
+
+    # Fault injection, for tests.
+    def broker_down(self, broker_id: int) -> None:
+        _librdkafka().rd_kafka_mock_broker_set_down(self._cluster, broker_id)
+
+    def broker_up(self, broker_id: int) -> None:
+        _librdkafka().rd_kafka_mock_broker_set_up(self._cluster, broker_id)
+
+    def set_leader(self, topic: str, partition: int, broker_id: int) -> None:
+        _librdkafka().rd_kafka_mock_partition_set_leader(
+            self._cluster, topic.encode(), partition, broker_id)
+
+    def push_request_errors(self, api_key: int, errors: list[int]) -> None:
+        """The next requests of `api_key` (e.g. 0 = Produce) fail with these error codes."""
+        array = (ctypes.c_int * len(errors))(*errors)
+        _librdkafka().rd_kafka_mock_push_request_errors_array(
+            self._cluster, api_key, len(errors), array)
+
+    def close(self) -> None:
+        if self._cluster:
+            lib = _librdkafka()
+            lib.rd_kafka_mock_cluster_destroy(self._cluster)
+            lib.rd_kafka_destroy(self._handle)
+            self._cluster = self._handle = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

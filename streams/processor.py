@@ -1,0 +1,280 @@
+"""The processor runtime: runs a decider over Kafka.
+
+Per batch of commands (aiokafka `getmany`): decode, drop duplicates, decide, evolve the
+in-memory state, then produce every event and outcome, wait for the broker's acks, and only
+then commit the command offsets. A crash anywhere redelivers the batch; the ledger of handled
+command ids (rebuilt from the events and results topics on start) turns the redelivery into
+acknowledgements with no second effect.
+
+`Processor.handle` is the pure-ish core (no I/O): tests and benchmarks drive it directly.
+Why not a Faust agent per event: Faust's per-event path measured ~2,100 events/s here; a
+batch loop on aiokafka's fetcher plus librdkafka's producer is what reaches >20,000/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener
+
+from schemas.codec import Codec
+from streams import metrics
+from streams.decider import Decider, Message, Rejection, from_record, to_record
+from streams.errors import SchemaError
+from streams.history import read_history
+from streams.kafka import make_producer, produce_all, start_consumer
+from streams.log import LogRecord
+from streams.topics import DEAD_LETTERS, RESULTS
+
+log = logging.getLogger(__name__)
+
+OUTCOME = "pit.Outcome"
+EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c1e-8a51-4cde-9a4b-1d0c5e7a9b21")
+LEDGER_SIZE = 1_000_000  # command ids remembered for duplicate detection, per process
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class Entity:
+    """Runtime bookkeeping around one entity's decider state."""
+
+    state: Any
+    sequence: int = 0
+    last_at_ms: int = 0
+
+
+@dataclass
+class Processor:
+    decider: Decider
+    codec: Codec
+    name: str = ""
+    entities: dict[str, Entity] = field(default_factory=dict)
+    ledger: OrderedDict[str, dict] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"{self.decider.name}-processor"
+
+    def entity(self, key: str) -> Entity:
+        found = self.entities.get(key)
+        if found is None:
+            found = self.entities[key] = Entity(self.decider.initial_state(key))
+        return found
+
+    def state(self, key: str) -> Any:
+        return self.entity(key).state
+
+    # --- restoring from the log ------------------------------------------------------------
+
+    def restore(self, records: Iterable[LogRecord]) -> int:
+        """Fold past events and outcomes into state and ledger; returns records applied."""
+        applied = 0
+        for record in records:
+            try:
+                decoded = self.codec.decode(record.value)
+            except SchemaError:
+                continue  # it was dead-lettered when it was first read
+            if decoded.name == OUTCOME:
+                if decoded.record["processor"] == self.name:
+                    self._remember(decoded.record["command_id"], decoded.record)
+                continue
+            event_type = self.decider.event_type(decoded.name)
+            if event_type is None:
+                continue
+            envelope = decoded.record["envelope"]
+            self._apply(envelope, from_record(event_type, decoded.record))
+            accepted = self.ledger.get(envelope["causation_id"])
+            if accepted is None:
+                accepted = self._outcome(envelope["causation_id"], "", envelope["entity_key"],
+                                         envelope["occurred_at"], event_ids=[])
+                self._remember(envelope["causation_id"], accepted)
+            accepted["event_ids"].append(envelope["event_id"])
+            applied += 1
+        return applied
+
+    def _apply(self, envelope: dict, event: Message) -> None:
+        entity = self.entity(envelope["entity_key"])
+        entity.state = self.decider.evolve(entity.state, event, envelope["occurred_at"])
+        entity.sequence = envelope["sequence"]
+        entity.last_at_ms = max(entity.last_at_ms, envelope["occurred_at"])
+
+    def _remember(self, command_id: str, outcome: dict) -> None:
+        self.ledger[command_id] = outcome
+        if len(self.ledger) > LEDGER_SIZE:
+            self.ledger.popitem(last=False)
+
+    # --- deciding --------------------------------------------------------------------------
+
+    def handle(self, records: Iterable[LogRecord]) -> list[Output]:
+        """Decide a batch of command records; returns what must be produced, in order."""
+        outputs: list[Output] = []
+        for record in records:
+            started = time.perf_counter()
+            outputs.extend(self._handle_one(record))
+            metrics.PROCESSING_SECONDS.labels(self.decider.name).observe(
+                time.perf_counter() - started)
+        return outputs
+
+    def _handle_one(self, record: LogRecord) -> list[Output]:
+        try:
+            decoded = self.codec.decode(record.value)
+        except SchemaError as exc:
+            return [self._dead_letter(record, exc)]
+        meta = decoded.record.get("meta")
+        command_type = self.decider.command_type(decoded.name)
+        if meta is None:
+            return [self._dead_letter(record, SchemaError(f"{decoded.name} is not a command"))]
+        command_id = meta["command_id"]
+        known = self.ledger.get(command_id)
+        if known is not None:
+            metrics.COMMANDS.labels(self.decider.name, "duplicate").inc()
+            return [self._result(record, {**known, "duplicate": True})]
+        now_ms = record.timestamp_ms
+        if command_type is None:
+            outcome = self._outcome(command_id, decoded.name, "", now_ms, reason=(
+                f"{decoded.name} is not a command of the {self.decider.name} processor"))
+            return self._decided(record, command_id, outcome, [])
+        command = from_record(command_type, decoded.record)
+        key = command.entity_key
+        entity = self.entities.get(key) or Entity(self.decider.initial_state(key))
+        now_ms = max(now_ms, entity.last_at_ms)  # per-entity time never runs backwards
+        try:
+            events = self.decider.decide(entity.state, command, now_ms)
+        except Rejection as rejection:
+            outcome = self._outcome(command_id, command.type_name, key, now_ms,
+                                    reason=rejection.reason)
+            return self._decided(record, command_id, outcome, [])
+        except Exception as exc:  # a decider bug must not wedge the partition
+            log.exception("decider %s failed on %s", self.decider.name, command_id)
+            outcome = self._outcome(command_id, command.type_name, key, now_ms,
+                                    reason=f"internal error: {exc!r}")
+            return [self._dead_letter(record, exc), *self._decided(record, command_id, outcome, [])]
+        self.entities.setdefault(key, entity)
+        outputs, event_ids = [], []
+        correlation_id = meta.get("correlation_id") or command_id
+        for index, event in enumerate(events):
+            envelope = {
+                "event_id": str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{command_id}/{index}")),
+                "event_type": event.type_name,
+                "entity_key": key,
+                "sequence": entity.sequence + 1,
+                "correlation_id": correlation_id,
+                "causation_id": command_id,
+                "occurred_at": now_ms,
+                "producer": self.name,
+            }
+            value = self.codec.encode(event.avro_name, {"envelope": envelope, **to_record(event)})
+            self._apply(envelope, event)
+            event_ids.append(envelope["event_id"])
+            outputs.append(Output(self.decider.event_topic, record.partition, key.encode(),
+                                  value, now_ms))
+        outcome = self._outcome(command_id, command.type_name, key, now_ms, event_ids=event_ids)
+        return outputs + self._decided(record, command_id, outcome, event_ids)
+
+    def _decided(self, record: LogRecord, command_id: str, outcome: dict,
+                 event_ids: list[str]) -> list[Output]:
+        metrics.COMMANDS.labels(self.decider.name, outcome["status"].lower()).inc()
+        self._remember(command_id, outcome)
+        return [self._result(record, outcome)]
+
+    def _outcome(self, command_id: str, command_type: str, key: str, now_ms: int, *,
+                 reason: str | None = None, event_ids: list[str] | None = None) -> dict:
+        return {
+            "command_id": command_id, "command_type": command_type, "entity_key": key,
+            "status": "REJECTED" if reason is not None else "ACCEPTED", "duplicate": False,
+            "reason": reason, "event_ids": event_ids or [], "decided_at": now_ms,
+            "processor": self.name,
+        }
+
+    def _result(self, record: LogRecord, outcome: dict) -> Output:
+        return Output(RESULTS, record.partition, outcome["command_id"].encode(),
+                      self.codec.encode(OUTCOME, outcome), outcome["decided_at"])
+
+    def _dead_letter(self, record: LogRecord, error: Exception) -> Output:
+        metrics.DEAD_LETTERS.labels(self.decider.name, type(error).__name__).inc()
+        headers = (
+            ("pit.error", str(error).encode()),
+            ("pit.error.type", type(error).__name__.encode()),
+            ("pit.source.topic", record.topic.encode()),
+            ("pit.source.partition", str(record.partition).encode()),
+            ("pit.source.offset", str(record.offset).encode()),
+            ("pit.processor", self.name.encode()),
+        )
+        return Output(DEAD_LETTERS, 0, record.key, record.value or b"", record.timestamp_ms,
+                      record.headers + headers)
+
+
+async def restore_partitions(processor: Processor, settings, engine, partitions: set[int]) -> int:
+    """Rebuild state and ledger for these partitions: events first, then outcomes."""
+    applied = 0
+    for topic in (processor.decider.event_topic, RESULTS):
+        async for batch in read_history(settings, engine, topic, partitions):
+            applied += processor.restore(batch)
+    return applied
+
+
+async def run_processor(processor: Processor, settings, engine, stop: asyncio.Event,
+                        ready: asyncio.Event | None = None, max_records: int = 5000) -> None:
+    """Consume the decider's command topic until `stop` is set (then finish the batch)."""
+    group = f"pit.{processor.decider.name}.processor"
+    restoring: list[set[int]] = []
+
+    class Restore(ConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked) -> None:
+            pass
+
+        async def on_partitions_assigned(self, assigned) -> None:
+            restoring.append({tp.partition for tp in assigned})
+
+    consumer = await start_consumer(settings, group_id=group, auto_offset_reset="earliest",
+                                    fetch_max_wait_ms=5, max_partition_fetch_bytes=4 << 20)
+    consumer.subscribe([processor.decider.command_topic], listener=Restore())
+    producer = make_producer(settings)
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50, max_records=max_records)
+            if restoring:
+                # A (re)assignment: forget what others may have changed, rebuild, then decide.
+                partitions = set().union(*restoring)
+                restoring.clear()
+                processor.entities.clear()
+                applied = await restore_partitions(processor, settings, engine, partitions)
+                log.info("%s restored %d events for partitions %s", processor.name, applied,
+                         sorted(partitions))
+                if ready is not None:
+                    ready.set()
+            records = [LogRecord.from_kafka(m) for messages in batch.values() for m in messages]
+            if not records:
+                if ready is not None and consumer.assignment():
+                    ready.set()
+                continue
+            metrics.EVENTS_IN.labels(processor.decider.name, processor.decider.command_topic
+                                     ).inc(len(records))
+            outputs = processor.handle(records)
+            await produce_all(producer, outputs)
+            for out in outputs:
+                metrics.EVENTS_OUT.labels(processor.decider.name, out.topic).inc()
+            await consumer.commit()
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                if high is not None:
+                    metrics.CONSUMER_LAG.labels(group, tp.topic, tp.partition).set(
+                        max(0, high - await consumer.position(tp)))
+    finally:
+        await consumer.stop()
+        await asyncio.to_thread(producer.flush, 10)

@@ -13,12 +13,17 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from importlib import resources
+from pathlib import Path
 from typing import Protocol
 
 from fastavro.schema import fingerprint
 
-from schemas.catalog import canonical, current_schemas, schema_json
+from schemas.catalog import canonical, current_schemas, fullname, schema_json
 from streams.errors import SchemaError, UnknownSchemaError
+
+# The lockfile of released versions: {fullname: [schema_json of each version, oldest first]}.
+VERSIONS_FILE = Path(str(resources.files("schemas").joinpath("versions.json")))
 
 
 class SchemaRegistry(Protocol):
@@ -32,13 +37,50 @@ def schema_id_for(schema: dict) -> int:
     return int(fingerprint(canonical(schema), "CRC-64-AVRO"), 16) & 0x7FFFFFFF or 1
 
 
-class EmbeddedRegistry:
-    """Knows every schema of the repository from the start, so any process can decode."""
+def recorded_versions(path: Path | None = None) -> dict[str, list[str]]:
+    """The lockfile `schemas/versions.json`; empty when there is none yet."""
+    path = VERSIONS_FILE if path is None else path
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"{path.name}: unreadable: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(texts, list) and all(isinstance(text, str) for text in texts)
+        for texts in data.values()
+    ):
+        raise SchemaError(f"{path.name}: expected {{fullname: [schema JSON strings]}}")
+    return data
 
-    def __init__(self) -> None:
+
+def parse_recorded(subject: str, version: int, text: str) -> dict:
+    """One recorded version of a lockfile entry, as a schema dict."""
+    try:
+        schema = json.loads(text)
+        name = fullname(schema)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SchemaError(f"versions.json: {subject} v{version} is not a schema: {exc}") from None
+    if name != subject:
+        raise SchemaError(f"versions.json: {subject} v{version} is named {name}")
+    return schema
+
+
+class EmbeddedRegistry:
+    """Knows every schema of the repository from the start, so any process can decode.
+
+    That is every released version recorded in `versions.json` (oldest first, so version
+    numbers follow the lockfile) and then the current schemas.
+    """
+
+    def __init__(self, versions: dict[str, list[str]] | None = None) -> None:
         self._by_id: dict[int, dict] = {}
         self._versions: dict[str, list[int]] = {}
         self._unpublished: list[tuple[str, int]] = []
+        recorded = recorded_versions() if versions is None else versions
+        for name, texts in recorded.items():
+            for number, text in enumerate(texts, 1):
+                self.register(name, parse_recorded(name, number, text))
         for name, schema in current_schemas().items():
             self.register(name, schema)
 
@@ -108,7 +150,9 @@ class ConfluentRegistry:
             detail = exc.read().decode(errors="replace")[:200]
             if exc.code == 404 and path.startswith("/schemas/ids/"):
                 raise UnknownSchemaError(f"unknown schema id {path.rsplit('/', 1)[1]}") from None
-            raise SchemaError(f"schema registry {method} {path}: HTTP {exc.code} {detail}") from None
+            raise SchemaError(
+                f"schema registry {method} {path}: HTTP {exc.code} {detail}"
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             raise SchemaError(f"schema registry unreachable at {self.url}: {exc}") from None
 

@@ -77,14 +77,21 @@ class Codec:
         return self._readers[schema_id]
 
     def decode(self, data: bytes) -> Decoded:
-        if data is None or len(data) < _HEADER.size or data[0] != MAGIC:
+        if not data or data[0] != MAGIC:
             raise MalformedMessageError("not a Confluent-framed Avro message (bad magic byte)")
+        if len(data) < _HEADER.size:
+            raise MalformedMessageError(f"message of {len(data)} bytes is shorter than its header")
         _, schema_id = _HEADER.unpack_from(data)
         name, writer, reader = self._reader(schema_id)
+        body = io.BytesIO(data)
+        body.seek(_HEADER.size)
         try:
-            record = schemaless_reader(io.BytesIO(data[_HEADER.size:]), writer, reader)
+            record = schemaless_reader(body, writer, reader)
         except Exception as exc:  # truncated or corrupt bodies raise assorted errors
             raise MalformedMessageError(f"{name} (schema {schema_id}): {exc!r}") from None
+        if body.tell() != len(data):
+            raise MalformedMessageError(
+                f"{name} (schema {schema_id}): {len(data) - body.tell()} bytes after the record")
         return Decoded(name, record, schema_id)
 
     def schema_id(self, name: str) -> int:

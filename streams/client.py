@@ -20,7 +20,7 @@ from streams.components import decider_for
 from streams.config import Settings
 from streams.decider import Message, to_record
 from streams.errors import BrokerUnavailableError, CommandTimeoutError, SchemaError
-from streams.kafka import start_consumer
+from streams.kafka import partitions_of, start_consumer
 from streams.pool.lifecycle import ModelState, RecordModelUsage, TransitionModel, TransitionReason
 from streams.topics import RESULTS
 
@@ -83,8 +83,7 @@ class PitClient:
             raise BrokerUnavailableError(
                 f"Kafka unreachable at {options['bootstrap_servers']}: {exc}") from None
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=5)
-        partitions = consumer.partitions_for_topic(RESULTS) or {0}
-        tps = [TopicPartition(RESULTS, p) for p in sorted(partitions)]
+        tps = [TopicPartition(RESULTS, p) for p in await partitions_of(consumer, RESULTS)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:  # pin the end now, so no outcome of ours can slip past us
@@ -193,8 +192,7 @@ class PitClient:
         """Every outcome from now on (or from the start of the log), as they arrive."""
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=100)
         try:
-            tps = [TopicPartition(RESULTS, p)
-                   for p in sorted(consumer.partitions_for_topic(RESULTS) or {0})]
+            tps = [TopicPartition(RESULTS, p) for p in await partitions_of(consumer, RESULTS)]
             consumer.assign(tps)
             await (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
             while True:

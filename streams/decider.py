@@ -53,14 +53,18 @@ def _enum_fields(cls: type) -> dict[str, type[enum.Enum]]:
             if isinstance(hint, type) and issubclass(hint, enum.Enum)}
 
 
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+
 def to_record(message: Message) -> dict[str, Any]:
     """The message as a codec dict (without `meta`/`envelope`, which the runtime adds)."""
-    return {field.name: getattr(message, field.name) for field in dataclasses.fields(message)}
+    return {name: getattr(message, name) for name in _field_names(type(message))}
 
 
 def from_record(cls: type[Message], record: dict[str, Any]) -> Message:
-    values = {field.name: record[field.name] for field in dataclasses.fields(cls)
-              if field.name in record}
+    values = {name: record[name] for name in _field_names(cls) if name in record}
     for name, enum_type in _enum_fields(cls).items():
         if name in values:
             values[name] = enum_type(values[name])

@@ -26,6 +26,18 @@ async def start_consumer(settings: Settings, *topics: str, **options) -> AIOKafk
     return consumer
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    """The topic's partitions, fetching metadata first (a fresh consumer has none; aiokafka's
+    public `topics()` does not fill the cache that `partitions_for_topic` reads)."""
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await consumer._client._wait_on_metadata(topic)
+        partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise PitError(f"topic {topic} does not exist (apply infra/topics.yaml)")
+    return sorted(partitions)
+
+
 def make_producer(settings: Settings, **overrides: str | int) -> Producer:
     """A librdkafka producer: idempotent, so retries never duplicate or reorder a partition."""
     config = {"enable.idempotence": True, "linger.ms": 2, "log_level": 3,

@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +35,6 @@ from streams.topics import DEAD_LETTERS, RESULTS
 log = logging.getLogger(__name__)
 
 OUTCOME = "pit.Outcome"
-EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c1e-8a51-4cde-9a4b-1d0c5e7a9b21")
 LEDGER_SIZE = 1_000_000  # command ids remembered for duplicate detection, per process
 
 
@@ -69,6 +67,10 @@ class Processor:
 
     def __post_init__(self) -> None:
         self.name = self.name or f"{self.decider.name}-processor"
+        component = self.decider.name
+        self._latency = metrics.PROCESSING_SECONDS.labels(component)
+        self._decided_count = {status: metrics.COMMANDS.labels(component, status)
+                               for status in ("accepted", "rejected", "duplicate")}
 
     def entity(self, key: str) -> Entity:
         found = self.entities.get(key)
@@ -126,8 +128,7 @@ class Processor:
         for record in records:
             started = time.perf_counter()
             outputs.extend(self._handle_one(record))
-            metrics.PROCESSING_SECONDS.labels(self.decider.name).observe(
-                time.perf_counter() - started)
+            self._latency.observe(time.perf_counter() - started)
         return outputs
 
     def _handle_one(self, record: LogRecord) -> list[Output]:
@@ -142,7 +143,7 @@ class Processor:
         command_id = meta["command_id"]
         known = self.ledger.get(command_id)
         if known is not None:
-            metrics.COMMANDS.labels(self.decider.name, "duplicate").inc()
+            self._decided_count["duplicate"].inc()
             return [self._result(record, {**known, "duplicate": True})]
         now_ms = record.timestamp_ms
         if command_type is None:
@@ -169,7 +170,7 @@ class Processor:
         correlation_id = meta.get("correlation_id") or command_id
         for index, event in enumerate(events):
             envelope = {
-                "event_id": str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{command_id}/{index}")),
+                "event_id": f"{command_id}/{index}",  # deterministic: replays agree
                 "event_type": event.type_name,
                 "entity_key": key,
                 "sequence": entity.sequence + 1,
@@ -188,7 +189,7 @@ class Processor:
 
     def _decided(self, record: LogRecord, command_id: str, outcome: dict,
                  event_ids: list[str]) -> list[Output]:
-        metrics.COMMANDS.labels(self.decider.name, outcome["status"].lower()).inc()
+        self._decided_count[outcome["status"].lower()].inc()
         self._remember(command_id, outcome)
         return [self._result(record, outcome)]
 
@@ -267,8 +268,8 @@ async def run_processor(processor: Processor, settings, engine, stop: asyncio.Ev
                                      ).inc(len(records))
             outputs = processor.handle(records)
             await produce_all(producer, outputs)
-            for out in outputs:
-                metrics.EVENTS_OUT.labels(processor.decider.name, out.topic).inc()
+            for topic, count in Counter(out.topic for out in outputs).items():
+                metrics.EVENTS_OUT.labels(processor.decider.name, topic).inc(count)
             await consumer.commit()
             for tp in consumer.assignment():
                 high = consumer.highwater(tp)

@@ -133,13 +133,9 @@ def decide(state: ModelLifecycle, command: Message, now_ms: int) -> list[Message
 def evolve(state: ModelLifecycle, event: Message, at_ms: int) -> ModelLifecycle:
     match event:
         case ModelTransitioned(to_state=target):
-            return replace(
-                state,
-                state=target,
-                entered_at_ms=at_ms,
-                transition_count=state.transition_count + 1,
-                failure_count=state.failure_count + (target is Failed),
-            )
+            return ModelLifecycle(state.model_id, target, at_ms, state.last_used_ms,
+                                  state.transition_count + 1,
+                                  state.failure_count + (target is Failed), state.usage_count)
         case ModelUsageRecorded(invocations=invocations):
             return replace(state, usage_count=state.usage_count + invocations, last_used_ms=at_ms)
     return state

@@ -360,7 +360,7 @@ def codec() -> Codec:
 
 def test_bad_magic_byte(codec):
     good = codec.encode(MT, transitioned())
-    for data in (b"\x01" + good[1:], b"", b"\x00\x00", b'{"json": true}'):
+    for data in (b"\x01" + good[1:], b"", b'{"json": true}'):
         with pytest.raises(MalformedMessageError, match="magic byte"):
             codec.decode(data)
 
@@ -508,3 +508,11 @@ def test_confluent_unreachable_is_a_one_line_schema_error():
         assert message.startswith(f"schema registry unreachable at http://127.0.0.1:{port}")
         assert "\n" not in message
         assert not isinstance(caught.value, UnknownSchemaError)
+
+
+def test_short_and_overlong_messages_are_malformed(codec):
+    good = codec.encode(MT, transitioned())
+    with pytest.raises(MalformedMessageError, match="shorter than its header"):
+        codec.decode(b"\x00\x00")
+    with pytest.raises(MalformedMessageError, match="3 bytes after the record"):
+        codec.decode(good + b"xyz")

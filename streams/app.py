@@ -1,0 +1,200 @@
+"""`pit up`: the whole Pit in one process - embedded broker (unless a cluster is configured),
+every component's processor, the projector, and the read API with /metrics.
+
+Start-up order matters: the broker is restored from the archive before anything reads it,
+so offsets, state and views after a restart are what they were before it. Shutdown is the
+reverse: processors finish their batch, then the projector drains to the end of the log,
+so a graceful stop loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field, replace
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry
+from streams.broker import EmbeddedBroker
+from streams.client import registry_for
+from streams.components import DECIDERS
+from streams.config import BROKER_FILE, Settings
+from streams.kafka import make_producer, produce_all, read_partitions
+from streams.processor import Output, Processor, run_processor
+from streams.topics import SCHEMAS, load_catalog
+
+log = logging.getLogger(__name__)
+
+
+def progress_printer(label: str, stream=sys.stderr):
+    """A progress callback(done, total) that redraws one line."""
+    def report(done: int, total: int | None) -> None:
+        shown = f"{done:,}/{total:,}" if total else f"{done:,}"
+        end = "\n" if total is not None and done >= total else ""
+        print(f"\r{label}: {shown}", end=end, file=stream, flush=True)
+    return report
+
+
+@dataclass
+class Stack:
+    settings: Settings = field(default_factory=Settings.from_env)
+    http_port: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.catalog = load_catalog()
+        self.broker: EmbeddedBroker | None = None
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.processors: list[Processor] = []
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> Stack:
+        from projections.db import connect, create_schema
+
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = connect(self.settings.db_url)
+        create_schema(self.engine)
+        if self.settings.embedded:
+            self.broker = EmbeddedBroker(1)
+            self.broker.apply(self.catalog)
+            self.settings = replace(self.settings, bootstrap_servers=self.broker.bootstrap_servers)
+            await self.restore_from_archive()
+        self.registry = registry_for(self.settings)
+        if isinstance(self.registry, EmbeddedRegistry):
+            await self.sync_registry(self.registry)
+        self.codec = Codec(self.registry)
+        for decider in DECIDERS:
+            processor = Processor(decider, self.codec)
+            ready = asyncio.Event()
+            self.processors.append(processor)
+            self.tasks.append(asyncio.create_task(
+                run_processor(processor, self.settings, self.engine, self.stop, ready),
+                name=processor.name))
+            await self._until(ready)
+        await self.start_projector()
+        if self.http_port is not None:
+            await self.start_http(self.http_port)
+        if self.broker is not None:
+            self.broker_file.write_text(json.dumps({
+                "bootstrap_servers": self.settings.bootstrap_servers, "pid": os.getpid(),
+                "http_port": self.http_port}))
+        return self
+
+    @property
+    def broker_file(self):
+        return self.settings.data_dir / BROKER_FILE
+
+    async def _until(self, ready: asyncio.Event) -> None:
+        """Wait for a task to be ready, surfacing its failure instead of hanging."""
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait([waiter, *self.tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter:
+                waiter.cancel()
+                task.result()  # raises the task's error
+                raise RuntimeError(f"{task.get_name()} stopped during start-up")
+
+    async def restore_from_archive(self) -> None:
+        """Replay the archive into the empty embedded broker, partition by partition in offset
+        order, so every record gets back its original offset; compacted topics get only each
+        key's latest value."""
+        from projections.audit import archived_records, compacted_records
+
+        report = progress_printer("restoring the embedded broker from the archive")
+        producer = make_producer(self.settings, **{"linger.ms": 20})
+        restored, batch = 0, []
+        for record in archived_records(self.engine):
+            batch.append(record)
+            if len(batch) >= 20_000:
+                restored += await produce_all(producer, batch)
+                batch.clear()
+                if self.progress:
+                    report(restored, None)
+        for spec in self.catalog.values():
+            if spec.compacted:
+                batch.extend(compacted_records(self.engine, spec.name))
+        restored += await produce_all(producer, batch)
+        if self.progress and restored:
+            report(restored, restored)
+
+    async def sync_registry(self, registry: EmbeddedRegistry) -> None:
+        """Load schemas others registered, then publish ours to the compacted topic."""
+        async for records in read_partitions(self.settings, SCHEMAS, [0]):
+            for record in records:
+                registry.load_record(record.value)
+        outputs = [Output(SCHEMAS, 0, key, value, 0)
+                   for key, value in registry.take_unpublished()]
+        await produce_all(make_producer(self.settings), outputs)
+
+    async def start_projector(self) -> None:
+        from projections.runtime import Projector, run
+
+        self.projector = Projector(self.engine, codec=self.codec)
+        projector_ready = asyncio.Event()
+        self.tasks.append(asyncio.create_task(
+            run(self.projector, self.settings, self.stop, ready=projector_ready),
+            name="projector"))
+        await self._until(projector_ready)
+
+    async def start_http(self, port: int) -> None:
+        from projections.api import make_app
+
+        app = make_app(self.engine)
+        app.router.add_get("/metrics", metrics_handler)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+
+    async def close(self) -> None:
+        self.stop.set()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.broker is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.broker_file.unlink()
+            self.broker.close()
+        self.engine.dispose()
+
+    async def __aenter__(self) -> Stack:
+        return await self.start()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+
+async def metrics_handler(_request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest())
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
+async def serve(settings: Settings) -> None:
+    """`pit up`: run until SIGINT/SIGTERM, then stop gracefully."""
+    stack = Stack(settings, http_port=settings.http_port)
+    await stack.start()
+    where = settings.data_dir.resolve()
+    print(f"pit is up: kafka {stack.settings.bootstrap_servers}, "
+          f"api http://127.0.0.1:{settings.http_port} (/models, /metrics), state in {where}",
+          flush=True)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    failed = asyncio.create_task(asyncio.wait(stack.tasks, return_when=asyncio.FIRST_EXCEPTION))
+    await asyncio.wait([asyncio.create_task(stopping.wait()), failed],
+                       return_when=asyncio.FIRST_COMPLETED)
+    print("pit is stopping: draining processors and projections", flush=True)
+    await stack.close()
+    print("pit stopped", flush=True)

@@ -1,0 +1,234 @@
+"""`pit`: the command line of the Pit. Errors reach the user as one line and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from datetime import datetime
+
+from streams.config import Settings
+from streams.errors import PitError
+
+
+def _parse_time_ms(text: str) -> int:
+    """Epoch milliseconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise PitError(f"--until: {text!r} is neither epoch milliseconds nor an ISO time") from None
+    if moment.tzinfo is None:
+        from datetime import UTC
+
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.app import serve
+
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.demo import run_demo
+
+    asyncio.run(run_demo(settings))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.client import PitClient
+    from streams.components import command_type
+    from streams.decider import from_record
+
+    cls = command_type(args.type)
+    try:
+        fields = json.loads(args.json)
+    except json.JSONDecodeError as exc:
+        raise PitError(f"bad JSON for {cls.__name__}: {exc}") from None
+    if not isinstance(fields, dict):
+        raise PitError(f"{cls.__name__} needs a JSON object, got {type(fields).__name__}")
+
+    async def publish() -> int:
+        client = PitClient(settings, issued_by="pit-cli")
+        example = {"meta": {"command_id": "x", "issued_at": 0, "issued_by": "pit-cli",
+                            "correlation_id": None}, **fields}
+        client.codec.validate(cls.avro_name, example)
+        try:
+            command = from_record(cls, fields)
+        except (TypeError, ValueError) as exc:
+            raise PitError(f"{cls.__name__}: {exc}") from None
+        async with client:
+            if args.no_wait:
+                print(await client.publish(command, command_id=args.command_id))
+                return 0
+            outcome = await client.send(command, command_id=args.command_id,
+                                        timeout=args.timeout)
+        print(json.dumps(outcome.__dict__) if args.json_output else outcome.line())
+        return 0 if outcome.accepted else 2
+
+    return asyncio.run(publish())
+
+
+def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.client import PitClient
+
+    async def follow() -> None:
+        async with PitClient(settings) as client:
+            async for outcome in client.results(from_beginning=args.from_beginning):
+                print(outcome.line(), flush=True)
+                if not args.follow:
+                    break
+
+    asyncio.run(follow())
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.topics import apply_to_cluster, load_catalog
+
+    catalog = load_catalog()
+    if args.action == "list":
+        for spec in catalog.values():
+            print(f"{spec.name}\tpartitions={spec.partitions}\tkey={spec.key}\t"
+                  f"cleanup={spec.cleanup_policy}\tretention_ms={spec.retention_ms}")
+        return 0
+    created = asyncio.run(apply_to_cluster(settings.kafka_client_options(), catalog))
+    print(f"created: {', '.join(created)}" if created else "all topics exist")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.check import check_repository, record_versions
+
+    report = check_repository()
+    for line in report.lines():
+        print(line)
+    if report.ok and args.record:
+        for line in record_versions():
+            print(line)
+    return 0 if report.ok else 1
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from projections import audit
+    from projections.db import connect
+
+    engine = connect(settings.db_url)
+    if args.target == "verify":
+        report = audit.verify(engine)
+        for line in report.lines():
+            print(line)
+        return 0 if report.ok else 1
+    if args.until:
+        state = audit.state_as_of(engine, args.target, _parse_time_ms(args.until))
+        if state is None:
+            raise PitError(f"no events for {args.target!r} before {args.until}")
+        print(json.dumps(state, default=str, indent=2))
+        return 0
+    rows = audit.history(engine, args.target)
+    if not rows:
+        raise PitError(f"no audit history for {args.target!r}")
+    for row in rows:
+        print(audit.format_row(row))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.replay import rebuild_view
+
+    from projections.db import connect
+    from streams.app import progress_printer
+
+    engine = connect(settings.db_url)
+    done = asyncio.run(rebuild_view(engine, settings, args.view,
+                                    progress_printer(f"replaying {args.view}")))
+    print(f"{args.view}: rebuilt from {done:,} records and swapped in")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.bench import run_bench
+
+    figures = asyncio.run(run_bench(args.component, settings))
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for name, value in figures.items():
+            print(f"{name:40s} {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pit", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="run broker, processors, projections and the API").set_defaults(
+        run=cmd_up)
+    sub.add_parser("demo", help="run a scripted scenario end to end").set_defaults(run=cmd_demo)
+
+    publish = sub.add_parser("publish", help="publish a command and print its outcome")
+    publish.add_argument("type", help="command type, e.g. TransitionModel")
+    publish.add_argument("json", help='command fields as JSON, e.g. \'{"model_id": "m1", ...}\'')
+    publish.add_argument("--command-id", help="idempotency key (default: a new UUID)")
+    publish.add_argument("--timeout", type=float, default=10.0, help="seconds to await outcome")
+    publish.add_argument("--no-wait", action="store_true", help="print the command id and exit")
+    publish.add_argument("--json-output", action="store_true", help="print the outcome as JSON")
+    publish.set_defaults(run=cmd_publish)
+
+    results = sub.add_parser("results", help="print outcomes from pit.results")
+    results.add_argument("--follow", "-f", action="store_true", help="keep printing")
+    results.add_argument("--from-beginning", action="store_true")
+    results.set_defaults(run=cmd_results)
+
+    topics = sub.add_parser("topics", help="the topic catalog (infra/topics.yaml)")
+    topics.add_argument("action", choices=["apply", "list"])
+    topics.set_defaults(run=cmd_topics)
+
+    schemas = sub.add_parser("schemas", help="schema compatibility")
+    schemas.add_argument("action", choices=["check"])
+    schemas.add_argument("--record", action="store_true",
+                         help="record compatible changes as new versions")
+    schemas.set_defaults(run=cmd_schemas)
+
+    audit = sub.add_parser("audit", help="`verify` the hash chain, or show a key's history")
+    audit.add_argument("target", help="`verify`, or an entity key such as a model id")
+    audit.add_argument("--until", help="show the entity's state as of this time")
+    audit.set_defaults(run=cmd_audit)
+
+    replay = sub.add_parser("replay", help="rebuild a view from the log and swap it in")
+    replay.add_argument("view", help="view name, e.g. models")
+    replay.set_defaults(run=cmd_replay)
+
+    bench = sub.add_parser("bench", help="measure and report figures")
+    bench.add_argument("component", nargs="?", default="all")
+    bench.add_argument("--json", action="store_true", help="one JSON object")
+    bench.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        return args.run(args, Settings.from_env())
+    except PitError as exc:
+        print(f"pit: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

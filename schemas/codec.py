@@ -6,13 +6,15 @@ Decoding resolves the writer's schema (by id, from the registry) against the rea
 
 from __future__ import annotations
 
+import ast
 import io
+import re
 import struct
 from dataclasses import dataclass
 
 import fastavro.read
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
-from fastavro.validation import validate
+from fastavro.validation import ValidationError, validate
 
 from schemas.catalog import current_schemas, fullname
 from schemas.registry import SchemaRegistry
@@ -24,6 +26,22 @@ fastavro.read.LOGICAL_READERS["long-timestamp-millis"] = lambda value, *_: value
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
+
+
+_EXPECTED = re.compile(r"(?: of type <class '\w+'>)? expected (\{.*\})$")
+
+
+def _expected(match: re.Match) -> str:
+    """`expected {...schema...}` -> a short phrase a CLI user can act on."""
+    try:
+        schema = ast.literal_eval(match.group(1))
+    except (ValueError, SyntaxError):
+        return f", expected {match.group(1)}"
+    if isinstance(schema, dict) and schema.get("type") == "enum":
+        return f", expected one of {', '.join(schema['symbols'])}"
+    if isinstance(schema, dict) and "name" in schema:
+        return f", expected {schema.get('type')} {schema['name']}"
+    return f", expected {schema}"
 
 
 @dataclass(frozen=True)
@@ -65,8 +83,9 @@ class Codec:
         _, parsed = self._writer(name)
         try:
             validate(record, parsed, raise_errors=True)
-        except Exception as exc:  # fastavro's ValidationError lists every failing field
-            raise InvalidRecordError(f"{name}: {exc}") from None
+        except ValidationError as exc:  # one entry per failing field, schema dumps included
+            problems = [_EXPECTED.sub(_expected, str(problem)) for problem in exc.errors]
+            raise InvalidRecordError("; ".join(problems)) from None
 
     def _reader(self, schema_id: int) -> tuple[str, object, object]:
         if schema_id not in self._readers:

@@ -141,9 +141,8 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from projections.replay import rebuild_view
-
     from projections.db import connect
+    from projections.replay import rebuild_view
     from streams.app import progress_printer
 
     engine = connect(settings.db_url)

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.errors import BrokerUnavailableError
+from streams.errors import BrokerUnavailableError, ConfigError
 
 # Passed straight through to the Kafka clients (aiokafka names), so any cluster works.
 _KAFKA_SECURITY_VARS = {
@@ -23,6 +23,12 @@ _KAFKA_TLS_VARS = {
 }
 
 BROKER_FILE = "broker.json"
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"PIT_HTTP_PORT must be a TCP port number, got {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class Settings:
             bootstrap_servers=env.get("PIT_KAFKA_BOOTSTRAP_SERVERS") or None,
             database_url=env.get("PIT_DATABASE_URL") or None,
             schema_registry_url=env.get("PIT_SCHEMA_REGISTRY_URL") or None,
-            http_port=int(env.get("PIT_HTTP_PORT", "8642")),
+            http_port=_port(env.get("PIT_HTTP_PORT", "8642")),
             kafka_security={v: env[k] for k, v in _KAFKA_SECURITY_VARS.items() if env.get(k)},
             kafka_tls={v: env[k] for k, v in _KAFKA_TLS_VARS.items() if env.get(k)},
         )

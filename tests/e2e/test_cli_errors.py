@@ -1,0 +1,61 @@
+"""Every bad input reaches a CLI user as one clear line and a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def pit(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
+    environment = {**os.environ, "PIT_DATA_DIR": "/nonexistent/pit-cli-test", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True,
+                          text=True, env=environment, timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pit: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+VALID = '{"model_id": "m", "to_state": "Warming", "reason": "UserRequest"}'
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (("publish", "TransitionModel", "{not json"), ("bad JSON",)),
+    (("publish", "TransitionModel", "[1, 2]"), ("needs a JSON object",)),
+    (("publish", "LaunchRocket", VALID), ("unknown command type", "TransitionModel")),
+    (("publish", "TransitionModel", '{"model_id": "m"}'), ("to_state",)),
+    (("publish", "TransitionModel",
+      '{"model_id": "m", "to_state": "Boiling", "reason": "UserRequest"}'), ("Boiling",)),
+    (("publish", "TransitionModel", VALID), ("no broker", "pit up")),
+    (("results",), ("no broker",)),
+    (("audit", "m1", "--until", "yesterday-ish"), ("--until",)),
+    (("bench", "nothing"), ("unknown benchmark",)),
+])
+def test_bad_input_is_one_line(args, fragments):
+    assert_one_line_error(pit(*args), *fragments)
+
+
+def test_unreachable_broker_is_one_line():
+    result = pit("publish", "TransitionModel", VALID,
+                 env={"PIT_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert_one_line_error(result, "Kafka unreachable", "127.0.0.1:1")
+
+
+def test_unreachable_database_is_one_line():
+    result = pit("audit", "verify",
+                 env={"PIT_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"})
+    assert_one_line_error(result)
+
+
+def test_bad_port_setting_is_one_line():
+    assert_one_line_error(pit("audit", "verify", env={"PIT_HTTP_PORT": "eighty"}),
+                          "PIT_HTTP_PORT")

@@ -38,6 +38,7 @@ def _librdkafka() -> ctypes.CDLL:
         "rd_kafka_mock_cluster_new": ([ptr, integer], ptr),
         "rd_kafka_mock_cluster_destroy": ([ptr], None),
         "rd_kafka_mock_cluster_bootstraps": ([ptr], text),
+        "rd_kafka_mock_group_initial_rebalance_delay_ms": ([ptr, ctypes.c_int32], None),
         "rd_kafka_mock_topic_create": ([ptr, text, integer, integer], integer),
         "rd_kafka_mock_broker_set_down": ([ptr, ctypes.c_int32], integer),
         "rd_kafka_mock_broker_set_up": ([ptr, ctypes.c_int32], integer),
@@ -68,6 +69,9 @@ class EmbeddedBroker:
         if not self._cluster:
             lib.rd_kafka_destroy(self._handle)
             raise BrokerUnavailableError("cannot start the embedded broker's mock cluster")
+        # The mock holds a group's first join for 3 s by default, like a real broker's
+        # group.initial.rebalance.delay.ms; an in-process broker has no one to wait for.
+        lib.rd_kafka_mock_group_initial_rebalance_delay_ms(self._cluster, 0)
         self.brokers = brokers
         self.bootstrap_servers = lib.rd_kafka_mock_cluster_bootstraps(self._cluster).decode()
 

@@ -92,8 +92,10 @@ class Processor:
             except SchemaError:
                 continue  # it was dead-lettered when it was first read
             if decoded.name == OUTCOME:
-                if decoded.record["processor"] == self.name:
-                    self._remember(decoded.record["command_id"], decoded.record)
+                # Re-acknowledgements (duplicate=True) repeat an outcome already remembered.
+                outcome = decoded.record
+                if outcome["processor"] == self.name and not outcome["duplicate"]:
+                    self._remember(outcome["command_id"], outcome)
                 continue
             event_type = self.decider.event_type(decoded.name)
             if event_type is None:
@@ -105,7 +107,8 @@ class Processor:
                 accepted = self._outcome(envelope["causation_id"], "", envelope["entity_key"],
                                          envelope["occurred_at"], event_ids=[])
                 self._remember(envelope["causation_id"], accepted)
-            accepted["event_ids"].append(envelope["event_id"])
+            if envelope["event_id"] not in accepted["event_ids"]:  # restores may repeat
+                accepted["event_ids"].append(envelope["event_id"])
             applied += 1
         return applied
 

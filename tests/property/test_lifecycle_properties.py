@@ -15,7 +15,6 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -416,12 +415,6 @@ def test_a_batch_with_the_same_command_twice_decides_it_once() -> None:
     assert processor.state("m").state == WARMING
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Processor.restore (streams/processor.py:108) appends each event id to an existing "
-    "ledger entry, and run_processor (streams/processor.py:256) restores on every partition "
-    "reassignment without clearing the ledger; when the outcome is no longer on pit.results "
-    "(7-day retention vs. forever for events), a rebalance doubles the event ids and the "
-    "duplicate acknowledgement reports ['c-1/0', 'c-1/0']"))
 def test_restoring_the_same_events_again_keeps_the_ledger_exact() -> None:
     processor = Processor(LIFECYCLE, CODEC)
     record = command_record(TransitionModel("m", ModelState.WARMING,

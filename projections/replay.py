@@ -1,0 +1,226 @@
+"""Replay: rebuild a view from the log into fresh tables, then swap them in.
+
+`rebuild(engine, "models", source, progress)`:
+
+1. creates shadow tables (`models__rebuild`, `model_transitions__rebuild`) and starts the
+   projection `models@rebuild` with no positions;
+2. projects every record of `source` into them, batch by batch, each batch in its own
+   transaction with the shadow positions (so an interrupted rebuild is simply restarted);
+3. swaps inside one writer transaction (SQLite `BEGIN IMMEDIATE`, PostgreSQL a lock on
+   `projection_positions`, which every projector takes too): first catches up with
+   whatever the live projector archived meanwhile (the archive is written in the same
+   transaction as the live view, so it always holds everything the view has seen), then
+   drops the old tables, renames the shadow tables to the live names and moves the shadow
+   positions to the view's name.
+
+The old tables serve queries until the swap, and the swap is atomic, so readers see either
+the old view or the new one. The live projector keeps running throughout: after the swap
+it reads the new positions in its next transaction and skips what the rebuild applied.
+
+The source is any iterable of `LogRecord`s. `history_source` gives the usual one: the
+archive (which holds the log from offset 0 even after Kafka dropped old segments, as the
+embedded broker does beyond ~5 MiB per partition), then anything newer from Kafka.
+
+The audit log is not a view: it IS the archive replays read from, so it is never rebuilt.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+
+from sqlalchemy import Engine, MetaData, delete, update
+
+from projections.audit import archive_count, archived_records
+from projections.db import create_schema, positions, quote, write_transaction
+from projections.runtime import (
+    AUDIT,
+    Binding,
+    TopicPartition,
+    decode_entry,
+    load_positions,
+    project,
+    view_by_name,
+)
+from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry, SchemaRegistry
+from streams.errors import PitError
+from streams.log import LogRecord
+
+SUFFIX = "__rebuild"
+Progress = Callable[[int, int], None]
+KafkaReader = Callable[[dict[TopicPartition, int]], Iterable[LogRecord]]
+
+
+class ReplayError(PitError):
+    """A replay cannot run or cannot finish (unknown view, audit log, history gaps)."""
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    view: str
+    records: int        # records read from the source
+    caught_up: int      # records applied from the archive at swap time
+    seconds: float
+    swapped: bool = True
+
+    @property
+    def events_per_s(self) -> float:
+        return (self.records + self.caught_up) / self.seconds if self.seconds else 0.0
+
+
+def rebuild(engine: Engine, view_name: str, source: Iterable[LogRecord] | None = None,
+            progress: Progress | None = None, *, batch_size: int = 5000,
+            total: int | None = None, registry: SchemaRegistry | None = None) -> RebuildReport:
+    """Rebuild `view_name` from `source` (default: `history_source` over the view's topics)
+    into shadow tables and swap them in once they have caught up with the live view.
+    `progress(done, total)` is called after every batch (total is an estimate: the archived
+    record count of the view's topics, raised to `done` when Kafka adds more)."""
+    if view_name in (AUDIT, "audit_log"):
+        raise ReplayError("the audit log is the archive replays read from, not a view; it is "
+                          "never rebuilt (check it with `pit audit verify`)")
+    try:
+        view = view_by_name(view_name)
+    except PitError as exc:
+        raise ReplayError(str(exc)) from None
+    started = time.perf_counter()
+    create_schema(engine)
+    shadow_name = f"{view.name}@rebuild"
+    shadow = view.define(MetaData(), suffix=SUFFIX, token=uuid.uuid4().hex[:8])
+    with write_transaction(engine) as conn:
+        for table in shadow.values():
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(conn, table.name)}")
+        for table in shadow.values():
+            table.create(conn)
+        conn.execute(delete(positions).where(positions.c.projection == shadow_name))
+    binding = Binding(shadow_name, view, shadow)
+    codec = Codec(registry or EmbeddedRegistry())
+    if source is None:
+        source = history_source(engine, view.topics)
+    if total is None:
+        total = archive_count(engine, view.topics)
+    report = progress or (lambda done, total: None)
+    done = 0
+    report(0, total)
+    iterator = iter(source)
+    while batch := list(islice(iterator, batch_size)):
+        entries = [decode_entry(codec, r) for r in batch if r.topic in view.topics]
+        with write_transaction(engine) as conn:
+            project(conn, entries, [binding], archive=False)
+        done += len(batch)
+        total = max(total, done)
+        report(done, total)
+
+    with write_transaction(engine) as conn:
+        stored = load_positions(conn, [view.name, shadow_name])
+        live, mine = stored[view.name], stored[shadow_name]
+        caught_up = 0
+        if any(offset > mine.get(tp, -1) for tp, offset in live.items()):
+            missing = list(archived_records(conn, list(view.topics), after=mine))
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start:start + batch_size]
+                project(conn, [decode_entry(codec, r) for r in chunk], [binding],
+                        archive=False)
+            caught_up = len(missing)
+            mine = load_positions(conn, [shadow_name])[shadow_name]
+            behind = [f"{topic}[{partition}] live {offset} rebuilt {mine.get((topic, partition))}"
+                      for (topic, partition), offset in sorted(live.items())
+                      if offset > mine.get((topic, partition), -1)]
+            if behind:
+                raise ReplayError(f"cannot catch up with the live view {view.name}: "
+                                  f"{'; '.join(behind)} (the archive lacks those records)")
+        for table in shadow.values():
+            live_name = table.name[:-len(SUFFIX)]
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(conn, live_name)}")
+            conn.exec_driver_sql(
+                f"ALTER TABLE {quote(conn, table.name)} RENAME TO {quote(conn, live_name)}")
+        conn.execute(delete(positions).where(positions.c.projection == view.name))
+        conn.execute(update(positions).where(positions.c.projection == shadow_name)
+                     .values(projection=view.name))
+    if caught_up:
+        report(done + caught_up, max(total, done + caught_up))
+    return RebuildReport(view.name, done, caught_up, time.perf_counter() - started)
+
+
+def history_source(engine: Engine, topics: Sequence[str],
+                   kafka_reader: KafkaReader | None = None) -> Iterator[LogRecord]:
+    """The whole history of `topics`: the archive first, then whatever `kafka_reader`
+    returns beyond it. `kafka_reader(after)` gets the last archived offset per partition
+    and yields newer records (see `kafka_log_reader`); records at or below what the
+    archive already gave are dropped."""
+    last: dict[TopicPartition, int] = {}
+    for record in archived_records(engine, list(topics)):
+        last[(record.topic, record.partition)] = record.offset
+        yield record
+    if kafka_reader is None:
+        return
+    for record in kafka_reader(dict(last)):
+        tp = (record.topic, record.partition)
+        if record.offset > last.get(tp, -1):
+            last[tp] = record.offset
+            yield record
+
+
+def kafka_log_reader(bootstrap_servers: str, topics: Sequence[str], *,
+                     config: dict[str, object] | None = None,
+                     timeout_s: float = 10.0) -> KafkaReader:
+    """A `kafka_reader` for `history_source`: reads each partition of `topics` from just
+    after `after` (or its low watermark) up to its high watermark at the time of the call,
+    with a plain confluent-kafka consumer (no group, no commits). `config` adds librdkafka
+    settings (SASL/TLS). Raises `ReplayError` when Kafka starts after the archive ends
+    (records in neither) or does not answer within `timeout_s`."""
+
+    def read(after: dict[TopicPartition, int]) -> Iterator[LogRecord]:
+        from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "pit-replay",
+                             "enable.auto.commit": False, "enable.partition.eof": False,
+                             **(config or {})})
+        try:
+            try:
+                metadata = consumer.list_topics(timeout=timeout_s)
+            except KafkaException as exc:
+                raise ReplayError(f"Kafka unavailable at {bootstrap_servers}: {exc}") from None
+            assignment, highs = [], {}
+            for topic in topics:
+                topic_metadata = metadata.topics.get(topic)
+                if topic_metadata is None or topic_metadata.error is not None:
+                    continue
+                for partition in sorted(topic_metadata.partitions):
+                    low, high = consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=timeout_s)
+                    last = after.get((topic, partition))
+                    if last is not None and low > last + 1:
+                        raise ReplayError(
+                            f"{topic}[{partition}]: the archive ends at offset {last} and Kafka "
+                            f"starts at {low}; offsets {last + 1}..{low - 1} are in neither")
+                    start = max(low, -1 if last is None else last + 1)
+                    if start < high:
+                        assignment.append(TopicPartition(topic, partition, start))
+                        highs[(topic, partition)] = high
+            if not assignment:
+                return
+            consumer.assign(assignment)
+            while highs:
+                message = consumer.poll(timeout_s)
+                if message is None:
+                    raise ReplayError(f"Kafka at {bootstrap_servers} stopped answering while "
+                                      f"replaying {', '.join(f'{t}[{p}]' for t, p in highs)}")
+                if message.error():
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise ReplayError(f"Kafka error while replaying: {message.error()}")
+                tp = (message.topic(), message.partition())
+                if tp not in highs:
+                    continue
+                yield LogRecord(tp[0], tp[1], message.offset(), message.timestamp()[1],
+                                message.key(), message.value(), tuple(message.headers() or ()))
+                if message.offset() >= highs[tp] - 1:
+                    del highs[tp]
+        finally:
+            consumer.close()
+
+    return read

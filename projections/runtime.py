@@ -1,0 +1,347 @@
+"""The projection runtime: log records in, SQL rows out, exactly once.
+
+A `View` owns some tables and turns decoded events of its topics into rows. A `Projector`
+applies a batch of log records to the audit log (every record of every topic) and to each
+of its views inside ONE transaction, together with the consumer positions of each of them
+in `projection_positions` (the tracking-record pattern). A record at or below a
+projection's position has already been applied and changes nothing, so redelivery after a
+crash, a rebalance or a replay is harmless, and a rebuild is "positions = nothing".
+
+Each record is decoded once per batch; views receive their events as one batch so they can
+keep per-batch state in memory and write with executemany.
+
+`run(projector, consumer, stop)` is the thin Kafka side: assign every partition of the
+projector's topics, seek to the stored positions + 1, loop `getmany` -> `apply_batch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
+
+from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, select, update
+
+from projections.db import METADATA, positions, write_transaction
+from schemas.codec import Codec, Decoded
+from schemas.registry import EmbeddedRegistry, SchemaRegistry
+from streams.errors import PitError
+from streams.log import LogRecord
+from streams.topics import SCHEMAS, load_catalog
+
+log = logging.getLogger(__name__)
+
+AUDIT = "audit"  # the audit log's projection name in projection_positions
+TopicPartition = tuple[str, int]
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+class Entry(NamedTuple):
+    """One log record with its decoding: `decoded` is None when `error` says why (or when the
+    value is a tombstone or a JSON record of a JSON topic, which `json_value` then holds)."""
+
+    record: LogRecord
+    decoded: Decoded | None
+    error: str | None = None
+    json_value: object = None
+
+
+JSON_TOPICS = frozenset({SCHEMAS})  # topics whose values are JSON, not Avro
+
+
+def decode_entry(codec: Codec, record: LogRecord) -> Entry:
+    if record.value is None:
+        return Entry(record, None)  # a tombstone: nothing to decode, nothing wrong
+    if record.topic in JSON_TOPICS:
+        try:
+            return Entry(record, None, json_value=json.loads(record.value))
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Entry(record, None, f"invalid JSON: {exc}")
+    try:
+        return Entry(record, codec.decode(record.value))
+    except PitError as exc:
+        return Entry(record, None, f"{type(exc).__name__}: {exc}")
+
+
+# --- views ------------------------------------------------------------------------------------
+
+class View:
+    """A projection into tables. Subclasses set `name`, `topics`, `table_names`, implement
+    `define` and `apply` (per event) and may override `apply_batch` (per batch, faster)."""
+
+    name: ClassVar[str]
+    topics: ClassVar[tuple[str, ...]]
+    table_names: ClassVar[tuple[str, ...]]
+
+    def define(self, metadata: MetaData, suffix: str = "", token: str = "") -> dict[str, Table]:
+        """The view's tables on `metadata`, keyed by logical name; physical names carry
+        `suffix` (shadow tables of a rebuild), index/constraint names carry `token` so
+        shadow and live tables never collide on them (they are schema-global on both
+        SQLite and PostgreSQL and keep their names when a table is renamed)."""
+        raise NotImplementedError
+
+    def apply(self, conn: Connection, tables: dict[str, Table], decoded: Decoded,
+              record: LogRecord) -> None:
+        raise NotImplementedError
+
+    def apply_batch(self, conn: Connection, tables: dict[str, Table],
+                    events: Sequence[tuple[Decoded, LogRecord]]) -> None:
+        for decoded, record in events:
+            self.apply(conn, tables, decoded, record)
+
+
+def index_name(table: str, column: str, token: str = "") -> str:
+    return f"ix_{table}_{column}" + (f"_{token}" if token else "")
+
+
+def constraint_name(kind: str, table: str, token: str = "") -> str:
+    return f"{kind}_{table}" + (f"_{token}" if token else "")
+
+
+def default_views() -> list[View]:
+    from projections.models import ModelsView
+
+    return [ModelsView()]
+
+
+def view_by_name(name: str) -> View:
+    views = {view.name: view for view in default_views()}
+    try:
+        return views[name]
+    except KeyError:
+        raise PitError(f"unknown view {name!r}; views: {', '.join(sorted(views))}") from None
+
+
+_live_lock = threading.Lock()
+
+
+def live_tables(view: View) -> dict[str, Table]:
+    """The live tables of a view on the shared METADATA (defined once)."""
+    with _live_lock:
+        if all(name in METADATA.tables for name in view.table_names):
+            return {name: METADATA.tables[name] for name in view.table_names}
+        return view.define(METADATA)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A view bound to its tables under a projection name (`models`, `models@rebuild`)."""
+
+    projection: str
+    view: View
+    tables: dict[str, Table]
+
+
+# --- positions --------------------------------------------------------------------------------
+
+def load_positions(conn: Connection, projections: Iterable[str]
+                   ) -> dict[str, dict[TopicPartition, int]]:
+    names = list(projections)
+    found: dict[str, dict[TopicPartition, int]] = {name: {} for name in names}
+    rows = conn.execute(select(positions).where(positions.c.projection.in_(names)))
+    for projection, topic, partition, offset in rows:
+        found[projection][(topic, partition)] = offset
+    return found
+
+
+def save_positions(conn: Connection, before: dict[str, dict[TopicPartition, int]],
+                   after: dict[str, dict[TopicPartition, int]]) -> None:
+    inserts, updates = [], []
+    for projection, offsets in after.items():
+        old = before.get(projection, {})
+        for (topic, partition), offset in offsets.items():
+            if (topic, partition) not in old:
+                inserts.append({"projection": projection, "topic": topic,
+                                "partition": partition, "offset": offset})
+            elif old[(topic, partition)] != offset:
+                updates.append({"_p": projection, "_t": topic, "_n": partition,
+                                "offset": offset})
+    if inserts:
+        conn.execute(positions.insert(), inserts)
+    if updates:
+        conn.execute(
+            update(positions).where(positions.c.projection == bindparam("_p"),
+                                    positions.c.topic == bindparam("_t"),
+                                    positions.c.partition == bindparam("_n")),
+            updates,
+        )
+
+
+def read_positions(engine: Engine | Connection, projection: str) -> dict[TopicPartition, int]:
+    if isinstance(engine, Connection):
+        return load_positions(engine, [projection])[projection]
+    with engine.connect() as conn:
+        return load_positions(conn, [projection])[projection]
+
+
+# --- the projector ----------------------------------------------------------------------------
+
+@dataclass
+class BatchResult:
+    records: int = 0
+    archived: int = 0
+    applied: dict[str, int] = field(default_factory=dict)  # projection -> events applied
+    undecodable: int = 0
+
+
+def project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Binding],
+            *, archive: bool) -> BatchResult:
+    """Apply decoded entries to the audit log (if `archive`) and to each binding, in the
+    caller's transaction, skipping what each projection's position says it already has."""
+    from projections import audit
+
+    names = [b.projection for b in bindings] + ([AUDIT] if archive else [])
+    before = load_positions(conn, names)
+    after = {name: dict(offsets) for name, offsets in before.items()}
+    result = BatchResult(records=len(entries))
+
+    if archive:
+        done = after[AUDIT]
+        fresh = []
+        for entry in entries:
+            rec = entry.record
+            tp = (rec.topic, rec.partition)
+            if rec.offset > done.get(tp, -1):
+                done[tp] = rec.offset
+                fresh.append(entry)
+        result.archived = audit.append(conn, fresh)
+        result.undecodable = sum(1 for e in fresh if e.error is not None)
+
+    for binding in bindings:
+        done = after[binding.projection]
+        topics = binding.view.topics
+        events = []
+        for entry in entries:
+            rec = entry.record
+            if rec.topic not in topics:
+                continue
+            tp = (rec.topic, rec.partition)
+            if rec.offset <= done.get(tp, -1):
+                continue  # redelivered: already applied
+            done[tp] = rec.offset
+            if entry.decoded is not None:
+                events.append((entry.decoded, rec))
+        if events:
+            binding.view.apply_batch(conn, binding.tables, events)
+        result.applied[binding.projection] = len(events)
+
+    save_positions(conn, before, after)
+    return result
+
+
+class Projector:
+    """Applies batches of log records to the audit log and the views, exactly once."""
+
+    def __init__(self, engine: Engine, views: Sequence[View] | None = None, *,
+                 archive: bool = True, registry: SchemaRegistry | None = None,
+                 codec: Codec | None = None, topics: Sequence[str] | None = None) -> None:
+        self.engine = engine
+        self.views = list(default_views() if views is None else views)
+        self.bindings = [Binding(v.name, v, live_tables(v)) for v in self.views]
+        self.archive = archive
+        self.codec = codec or Codec(registry or EmbeddedRegistry())
+        if topics is None:
+            wanted = set(load_catalog()) if archive else set()
+            for view in self.views:
+                wanted.update(view.topics)
+            topics = sorted(wanted)
+        self.topics = list(topics)
+
+    @property
+    def projections(self) -> list[str]:
+        return [b.projection for b in self.bindings] + ([AUDIT] if self.archive else [])
+
+    def apply_batch(self, records: Sequence[LogRecord]) -> BatchResult:
+        """One transaction: audit rows, view rows and positions commit together or not at all."""
+        entries = [decode_entry(self.codec, r) for r in records]
+        with write_transaction(self.engine) as conn:
+            return project(conn, entries, self.bindings, archive=self.archive)
+
+    def positions(self) -> dict[str, dict[TopicPartition, int]]:
+        with self.engine.connect() as conn:
+            return load_positions(conn, self.projections)
+
+    def resume_positions(self) -> dict[TopicPartition, int]:
+        """Where to resume reading: per partition the lowest position among the projections
+        that consume it; partitions some consumer has never seen are absent (= beginning)."""
+        stored = self.positions()
+        seen = {tp for offsets in stored.values() for tp in offsets}
+        resume: dict[TopicPartition, int] = {}
+        for tp in seen:
+            lowest = min(offsets.get(tp, -1) for name, offsets in stored.items()
+                         if tp[0] in self._topics_of(name))
+            if lowest >= 0:
+                resume[tp] = lowest
+        return resume
+
+    def _topics_of(self, projection: str) -> set[str]:
+        if projection == AUDIT:
+            return set(self.topics)
+        return next(set(b.view.topics) for b in self.bindings if b.projection == projection)
+
+
+# --- Kafka ------------------------------------------------------------------------------------
+
+def _partition_ids(consumer, topic: str, catalog: dict) -> list[int]:
+    known = consumer.partitions_for_topic(topic)
+    if known:
+        return sorted(known)
+    if topic in catalog:
+        return list(range(catalog[topic].partitions))
+    return []
+
+
+async def _refresh_metadata(consumer, topics: list[str]) -> None:
+    """Ask the cluster for the partitions of `topics` (aiokafka tracks metadata only for
+    topics it was told about; a manual assignment does not tell it beforehand)."""
+    client = getattr(consumer, "_client", None)
+    if client is None or not hasattr(client, "set_topics"):
+        return  # not an aiokafka consumer: partitions_for_topic or the catalog will do
+    try:
+        await asyncio.wait_for(client.set_topics(topics), timeout=10)
+    except Exception as exc:  # any failure: fall back to the catalog
+        log.warning("no topic metadata from Kafka (%s); using infra/topics.yaml", exc)
+
+
+async def run(projector: Projector, consumer, stop: asyncio.Event, *,
+              topics: Sequence[str] | None = None, max_records: int = 5000,
+              timeout_ms: int = 100) -> None:
+    """Feed an already started aiokafka consumer into the projector until `stop` is set.
+
+    Partitions come from the cluster's metadata when the consumer has it, else from
+    `infra/topics.yaml` (the catalog is the source of truth for partition counts).
+    Each batch is applied in a worker thread so the event loop stays responsive.
+    """
+    from aiokafka import TopicPartition as KafkaTopicPartition
+
+    catalog = load_catalog()
+    wanted = list(topics or projector.topics)
+    await _refresh_metadata(consumer, wanted)
+    assignment = [KafkaTopicPartition(t, p) for t in wanted
+                  for p in _partition_ids(consumer, t, catalog)]
+    consumer.assign(assignment)
+    resume = await asyncio.to_thread(projector.resume_positions)
+    fresh = []
+    for tp in assignment:
+        position = resume.get((tp.topic, tp.partition))
+        if position is None:
+            fresh.append(tp)
+        else:
+            consumer.seek(tp, position + 1)
+    if fresh:
+        # Explicit offsets, not seek_to_beginning: aiokafka applies an offset reset already in
+        # flight for a fresh assignment (auto_offset_reset, "latest" by default) to a later
+        # seek_to_beginning, which then silently starts at the end. A plain seek cannot race.
+        beginnings = await consumer.beginning_offsets(fresh)
+        for tp in fresh:
+            consumer.seek(tp, beginnings[tp])
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        records = [LogRecord.from_kafka(m) for messages in batches.values() for m in messages]
+        if records:
+            await asyncio.to_thread(projector.apply_batch, records)

@@ -1,0 +1,392 @@
+"""The projection runtime and the model views, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import Engine, func, select
+
+from projections.api import make_app
+from projections.audit import audit_log
+from projections.db import connect, positions
+from projections.models import ModelsView, lifecycle_of
+from projections.runtime import AUDIT, Projector, View, live_tables, run
+from streams.decider import from_record
+from streams.errors import DatabaseUnavailableError
+from streams.log import LogRecord
+from streams.pool.lifecycle import LIFECYCLE, ModelState
+from streams.topics import DEAD_LETTERS, POOL_EVENTS, SCHEMAS
+
+T0 = 1_700_000_000_000
+
+
+def tables() -> dict:
+    return live_tables(ModelsView())
+
+
+def models(engine: Engine) -> dict[str, dict]:
+    table = tables()["models"]
+    with engine.connect() as conn:
+        return {row["model_id"]: dict(row) for row in conn.execute(select(table)).mappings()}
+
+
+def transitions(engine: Engine) -> list[dict]:
+    table = tables()["model_transitions"]
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(
+            select(table).order_by(table.c.model_id, table.c.sequence)).mappings()]
+
+
+def count(engine: Engine, table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def all_positions(engine: Engine) -> dict:
+    with engine.connect() as conn:
+        return {(p, t, n): o for p, t, n, o in conn.execute(select(positions))}
+
+
+def fold(records: list[LogRecord], codec, model_id: str):
+    """The decider's own answer: evolve folded over the model's events."""
+    state = LIFECYCLE.initial_state(model_id)
+    for record in records:
+        decoded = codec.decode(record.value)
+        if decoded.record["model_id"] != model_id:
+            continue
+        event = from_record(LIFECYCLE.event_type(decoded.name), decoded.record)
+        state = LIFECYCLE.evolve(state, event, decoded.record["envelope"]["occurred_at"])
+    return state
+
+
+def test_views_are_built_from_encoded_events(engine: Engine, story, codec) -> None:
+    records = story
+    result = Projector(engine).apply_batch(records)
+    assert result.archived == len(records)
+    assert result.applied["models"] == len(records)
+
+    rows = models(engine)
+    alpha, beta = rows["m-alpha"], rows["m-beta"]
+    assert alpha["state"] == "Cooling"
+    assert alpha["entered_at_ms"] == T0 + 4_000
+    assert (alpha["transition_count"], alpha["failure_count"], alpha["usage_count"]) == (3, 0, 5)
+    assert alpha["last_used_ms"] == T0 + 2_500
+    assert alpha["last_sequence"] == 5 and alpha["updated_at_ms"] == T0 + 4_000
+    assert beta["state"] == "Cold"
+    assert (beta["transition_count"], beta["failure_count"], beta["usage_count"]) == (3, 1, 0)
+    # the rows are exactly the decider's fold of the events
+    for model_id in ("m-alpha", "m-beta"):
+        assert lifecycle_of(rows[model_id]) == fold(records, codec, model_id)
+
+    history = transitions(engine)
+    assert [(t["model_id"], t["from_state"], t["to_state"]) for t in history] == [
+        ("m-alpha", "Cold", "Warming"), ("m-alpha", "Warming", "Hot"),
+        ("m-alpha", "Hot", "Cooling"), ("m-beta", "Cold", "Warming"),
+        ("m-beta", "Warming", "Failed"), ("m-beta", "Failed", "Cold")]
+    failed = history[4]
+    assert failed["reason"] == "HealthCheckFailure"
+    assert failed["time_in_previous_ms"] == 1_995
+    assert failed["occurred_at_ms"] == T0 + 2_000
+    assert failed["causation_id"] == "cmd-m-beta-2" and failed["event_id"] == "m-beta:2"
+    source = records[4]
+    assert (failed["topic"], failed["partition"], failed["offset"]) == (
+        source.topic, source.partition, source.offset)
+
+
+def test_batches_split_anywhere_give_the_same_view(engine: Engine, story) -> None:
+    records = story
+    projector = Projector(engine)
+    for record in records:  # one record per transaction: state carried through the table
+        projector.apply_batch([record])
+    assert lifecycle_of(models(engine)["m-alpha"]).usage_count == 5
+    assert models(engine)["m-beta"]["failure_count"] == 1
+    assert len(transitions(engine)) == 6
+
+
+def test_redelivery_changes_nothing(engine: Engine, story) -> None:
+    records = story
+    projector = Projector(engine)
+    projector.apply_batch(records[:5])
+    projector.apply_batch(records[3:])   # overlaps: 3 and 4 come again
+    before = (models(engine), transitions(engine), count(engine, audit_log),
+              all_positions(engine))
+    again = projector.apply_batch(records)           # the whole log redelivered
+    twice = projector.apply_batch(records + records)  # and duplicated inside one batch
+    assert again.archived == twice.archived == 0
+    assert again.applied["models"] == twice.applied["models"] == 0
+    after = (models(engine), transitions(engine), count(engine, audit_log),
+             all_positions(engine))
+    assert after == before
+    assert before[0]["m-alpha"]["usage_count"] == 5
+
+
+def test_a_duplicated_event_at_a_new_offset_is_applied_once(engine: Engine, log) -> None:
+    first = log.transitioned("m-dup", "Cold", "Warming", T0)
+    # the same event produced twice (a producer retry without idempotence): new offset
+    copy = log.append(first.topic, "m-dup", first.value, T0 + 1)
+    Projector(engine).apply_batch([first, copy])
+    assert models(engine)["m-dup"]["transition_count"] == 1
+    assert len(transitions(engine)) == 1
+    assert count(engine, audit_log) == 2  # the archive keeps both records of the log
+
+
+def test_positions_and_rows_commit_atomically(engine: Engine, story) -> None:
+    class Exploding(View):
+        name = "exploding"
+        topics = (POOL_EVENTS,)
+        table_names = ()
+
+        def define(self, metadata, suffix="", token=""):
+            return {}
+
+        def apply_batch(self, conn, tables, events):
+            raise RuntimeError("view failed mid-batch")
+
+    records = story
+    broken = Projector(engine, [ModelsView(), Exploding()])
+    with pytest.raises(RuntimeError, match="mid-batch"):
+        broken.apply_batch(records)
+    # the models view ran before the failure, but nothing of the batch was committed
+    assert models(engine) == {}
+    assert transitions(engine) == []
+    assert count(engine, audit_log) == 0
+    assert all_positions(engine) == {}
+
+    Projector(engine).apply_batch(records)
+    assert models(engine)["m-alpha"]["state"] == "Cooling"
+    assert all_positions(engine)[("models", POOL_EVENTS, records[0].partition)] >= 0
+
+
+def test_undecodable_records_are_archived_and_skipped(engine: Engine, log, codec) -> None:
+    good = log.transitioned("m-ok", "Cold", "Warming", T0)
+    garbage = log.append(POOL_EVENTS, "m-ok", b"\x07not avro at all", T0 + 1)
+    unknown = log.append(POOL_EVENTS, "m-ok", struct.pack(">bI", 0, 424242) + b"\x02", T0 + 2)
+    truncated = log.append(POOL_EVENTS, "m-ok", good.value[:12], T0 + 3)
+    tombstone = log.append(POOL_EVENTS, "m-ok", None, T0 + 4)
+    dead = log.append(DEAD_LETTERS, "pit.pool.commands/0/7", b"\xff\xfe", T0 + 5,
+                      partition=0, headers=(("pit.error", b"bad magic byte"),))
+    schema = log.append(SCHEMAS, "pit.pool.X/1", b'{"subject": "pit.pool.X", "id": 7}', T0 + 6,
+                        partition=0)
+    later = log.transitioned("m-ok", "Warming", "Hot", T0 + 10)
+    records = [good, garbage, unknown, truncated, tombstone, dead, schema, later]
+
+    result = Projector(engine).apply_batch(records)
+    assert result.archived == len(records)
+    assert result.undecodable == 4  # garbage, unknown schema, truncated, dead letter
+    assert models(engine)["m-ok"]["state"] == "Hot"
+    assert models(engine)["m-ok"]["transition_count"] == 2
+
+    with engine.connect() as conn:
+        rows = {row["offset"] if row["topic"] == POOL_EVENTS else row["topic"]: row
+                for row in conn.execute(select(audit_log)).mappings()}
+    assert rows[garbage.offset]["payload_json"] is None
+    assert "MalformedMessageError" in rows[garbage.offset]["error"]
+    assert "UnknownSchemaError" in rows[unknown.offset]["error"]
+    assert rows[truncated.offset]["error"]
+    assert rows[garbage.offset]["value"] == garbage.value  # the original bytes are kept
+    assert rows[tombstone.offset]["value"] is None and rows[tombstone.offset]["error"] is None
+    assert rows[DEAD_LETTERS]["headers_json"] == '[["pit.error","bad magic byte"]]'
+    assert rows[SCHEMAS]["error"] is None and '"subject"' in rows[SCHEMAS]["payload_json"]
+    assert rows[good.offset]["event_type"] == "ModelTransitioned"
+    assert rows[good.offset]["entity_key"] == "m-ok"
+    # positions moved past every record, decodable or not
+    stored = all_positions(engine)
+    assert stored[("models", POOL_EVENTS, good.partition)] == later.offset
+    assert stored[(AUDIT, DEAD_LETTERS, 0)] == dead.offset
+
+
+def test_resume_positions_is_the_slowest_consumer(engine: Engine, log, story) -> None:
+    projector = Projector(engine)
+    assert projector.resume_positions() == {}
+    records = story
+    projector.apply_batch(records)
+    outcome = log.outcome("cmd-1", "m-alpha", T0)
+    projector.apply_batch([outcome])
+    resume = projector.resume_positions()
+    assert resume[(outcome.topic, outcome.partition)] == outcome.offset
+    last = {}
+    for r in records:
+        last[(r.topic, r.partition)] = r.offset
+    for tp, offset in last.items():
+        assert resume[tp] == offset
+    # a view without positions on a partition makes that partition start from the beginning
+    with engine.begin() as conn:
+        conn.execute(positions.delete().where(positions.c.projection == "models",
+                                              positions.c.partition == records[0].partition))
+    assert (POOL_EVENTS, records[0].partition) not in projector.resume_positions()
+
+
+def test_connect_reports_an_unreachable_database_in_one_line(tmp_path) -> None:
+    with pytest.raises(DatabaseUnavailableError) as info:
+        connect("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2")
+    assert "\n" not in str(info.value) and "127.0.0.1:1" in str(info.value)
+    with pytest.raises(DatabaseUnavailableError, match="invalid database URL"):
+        connect("not a url")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DatabaseUnavailableError):
+        connect(f"sqlite:///{blocker}/sub/pit.db")
+
+
+def test_connect_creates_the_sqlite_directory(tmp_path) -> None:
+    engine = connect(f"sqlite:///{tmp_path / 'deep' / 'er' / 'pit.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
+    assert (tmp_path / "deep" / "er" / "pit.db").exists()
+
+
+# --- the read API -----------------------------------------------------------------------------
+
+async def test_read_api(engine: Engine, log, story) -> None:
+    records = story
+    records.append(log.outcome("cmd-42", "m-alpha", T0 + 7))
+    Projector(engine).apply_batch(records)
+    now = T0 + 10_000
+    client = TestClient(TestServer(make_app(engine, clock=lambda: now)))
+    await client.start_server()
+    try:
+        response = await client.get("/models")
+        assert response.status == 200
+        body = await response.json()
+        assert [m["model_id"] for m in body["models"]] == ["m-alpha", "m-beta"]
+        hot = await (await client.get("/models", params={"state": "Cooling"})).json()
+        assert [m["model_id"] for m in hot["models"]] == ["m-alpha"]
+
+        alpha = await (await client.get("/models/m-alpha")).json()
+        assert alpha["state"] == "Cooling"
+        assert alpha["time_in_state_ms"] == now - (T0 + 4_000)
+
+        missing = await client.get("/models/nope")
+        assert missing.status == 404
+        assert "nope" in (await missing.json())["error"]
+        assert (await client.get("/models/nope/transitions")).status == 404
+
+        history = await (await client.get("/models/m-beta/transitions")).json()
+        assert [t["to_state"] for t in history["transitions"]] == ["Warming", "Failed", "Cold"]
+
+        audit = await (await client.get("/audit/m-alpha")).json()
+        assert [e["event_type"] for e in audit["events"]] == [
+            "ModelTransitioned", "ModelTransitioned", "ModelUsageRecorded",
+            "ModelUsageRecorded", "ModelTransitioned", "Outcome"]
+        as_of = await (await client.get("/audit/m-alpha", params={"until": T0 + 2_000})).json()
+        assert as_of["state"]["state"] == "Hot"
+        assert as_of["state"]["usage_count"] == 3
+        assert as_of["state"]["time_in_state_ms"] == 1_000
+        bad = await client.get("/audit/m-alpha", params={"until": "yesterday"})
+        assert bad.status == 400
+        assert (await client.get("/audit/nobody")).status == 404
+        by_query = await (await client.get("/audit", params={"key": "cmd-42"})).json()
+        assert [e["topic"] for e in by_query["events"]] == ["pit.results"]
+
+        verify = await (await client.get("/audit/verify")).json()
+        assert verify["ok"] is True and verify["rows"] == len(records)
+
+        health = await (await client.get("/health")).json()
+        assert health["status"] == "ok"
+        assert health["positions"]["models"]
+        assert (await client.get("/nowhere")).status == 404
+    finally:
+        await client.close()
+
+
+# --- the Kafka side ---------------------------------------------------------------------------
+
+class FakeMessage:
+    def __init__(self, record: LogRecord) -> None:
+        self.topic, self.partition, self.offset = record.topic, record.partition, record.offset
+        self.timestamp, self.key, self.value = record.timestamp_ms, record.key, record.value
+        self.headers = list(record.headers)
+
+
+class FakeConsumer:
+    """Just the aiokafka calls `run` makes, over an in-memory log."""
+
+    def __init__(self, records: list[LogRecord], partitions: dict[str, int]) -> None:
+        self.log = records
+        self.partitions = partitions
+        self.assigned: list = []
+        self.fetch: dict[tuple[str, int], int] = {}
+
+    def partitions_for_topic(self, topic: str):
+        return set(range(self.partitions[topic])) if topic in self.partitions else None
+
+    def assign(self, partitions) -> None:
+        self.assigned = list(partitions)
+
+    def seek(self, tp, offset: int) -> None:
+        self.fetch[(tp.topic, tp.partition)] = offset
+
+    async def beginning_offsets(self, tps) -> dict:
+        return {tp: 0 for tp in tps}
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None):
+        out: dict = {}
+        for record in self.log:
+            tp = (record.topic, record.partition)
+            if tp in self.fetch and record.offset >= self.fetch[tp] and \
+                    sum(map(len, out.values())) < (max_records or 10**9):
+                out.setdefault(tp, []).append(FakeMessage(record))
+        for tp, messages in out.items():
+            self.fetch[tp] = messages[-1].offset + 1
+        if not out:
+            await asyncio.sleep(timeout_ms / 1000)
+        return out
+
+
+async def test_run_seeks_to_positions_and_projects(engine: Engine, story) -> None:
+    records = story
+    projector = Projector(engine, topics=[POOL_EVENTS])
+    projector.apply_batch(records[:4])
+    consumer = FakeConsumer(records, {POOL_EVENTS: 8})
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(projector, consumer, stop, max_records=3))
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if models(engine).get("m-beta", {}).get("state") == "Cold":
+            break
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert len(consumer.assigned) == 8
+    assert models(engine)["m-alpha"]["usage_count"] == 5
+    assert count(engine, audit_log) == len(records)
+
+
+async def test_run_against_the_embedded_broker(engine: Engine, log, story_of) -> None:
+    """Through a real Kafka protocol broker (librdkafka's mock cluster): produce encoded
+    events, let `run` consume them with aiokafka, restart, and nothing is applied twice."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    from aiokafka import AIOKafkaConsumer
+
+    producer = confluent_kafka.Producer({"test.mock.num.brokers": 1, "linger.ms": 0})
+    broker = next(iter(producer.list_topics(timeout=10).brokers.values()))
+    bootstrap = f"{broker.host}:{broker.port}"
+    log.partitions = 4  # what the mock gives a topic it creates on first produce
+    records = story_of(log)
+    for record in records:
+        producer.produce(record.topic, record.value, record.key, partition=record.partition,
+                         timestamp=record.timestamp_ms)
+    assert producer.flush(10) == 0
+
+    projector = Projector(engine, topics=[POOL_EVENTS])
+    for attempt in range(2):  # the second run resumes at the stored positions
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(run(projector, consumer, stop))
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if count(engine, audit_log) >= len(records):
+                    break
+            await asyncio.sleep(0.3 if attempt else 0)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await consumer.stop()
+        assert count(engine, audit_log) == len(records)
+        assert models(engine)["m-alpha"]["usage_count"] == 5
+        assert models(engine)["m-beta"]["state"] == ModelState.COLD.value

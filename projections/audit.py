@@ -215,7 +215,7 @@ def append(conn: Connection, entries: Sequence[Entry]) -> int:
         event_type, entity_key, payload = _describe(entry)
         if entity_key is None:
             entity_key = key
-        headers = encode_headers(rec.headers)
+        headers = encode_headers(rec.headers) if rec.headers else "[]"
         digest = chain_hash(prev, seq, rec.topic, rec.partition, rec.offset, rec.timestamp_ms,
                             key, key_raw, rec.value, headers, event_type, entity_key, payload,
                             entry.error)

@@ -25,12 +25,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    bindparam,
     select,
-    update,
 )
 
-from projections.db import Long, insert_many, insert_rows
+from projections.db import Long, insert_rows, update_rows
 from projections.runtime import View, constraint_name, index_name
 from schemas.codec import Decoded
 from streams.decider import from_record
@@ -46,6 +44,9 @@ from streams.pool.lifecycle import (
 from streams.topics import POOL_EVENTS
 
 _CHUNK = 500  # ids per IN (...) lookup
+_STATE_COLUMNS = ("state", "entered_at_ms", "last_used_ms", "transition_count", "failure_count",
+                  "usage_count", "last_sequence", "updated_at_ms")
+_STATES = {state.value: state for state in ModelState}
 _TRANSITION_COLUMNS = ("event_id", "model_id", "sequence", "from_state", "to_state", "reason",
                        "time_in_previous_ms", "occurred_at_ms", "causation_id", "topic",
                        "partition", "offset")
@@ -100,20 +101,22 @@ class ModelsView(View):
     def apply_batch(self, conn: Connection, tables: dict[str, Table],
                     events: Sequence[tuple[Decoded, LogRecord]]) -> None:
         parsed = []
+        types: dict[str, Any] = {}  # avro name -> event class (None: not a lifecycle event)
         for decoded, record in events:
-            event_type = LIFECYCLE.event_type(decoded.name)
+            name = decoded.name
+            event_type = types[name] if name in types else types.setdefault(
+                name, LIFECYCLE.event_type(name))
             if event_type is not None:
-                parsed.append((from_record(event_type, decoded.record),
-                               decoded.record["envelope"], record))
+                event = from_record(event_type, decoded.record)
+                parsed.append((event, event.entity_key, decoded.record["envelope"], record))
         if not parsed:
             return
         models, transitions = tables["models"], tables["model_transitions"]
-        current = _load(conn, models, {event.entity_key for event, _, _ in parsed})
+        current = _load(conn, models, {model_id for _, model_id, _, _ in parsed})
         existing = set(current)
         changed: dict[str, tuple[ModelLifecycle, int, int]] = {}
-        history: list[dict[str, Any]] = []
-        for event, envelope, record in parsed:
-            model_id = event.entity_key
+        history: list[tuple[Any, ...]] = []
+        for event, model_id, envelope, record in parsed:
             state, last_sequence, _ = current.get(model_id) or (initial_state(model_id), 0, 0)
             sequence = envelope["sequence"]
             if sequence <= last_sequence:
@@ -128,39 +131,32 @@ class ModelsView(View):
                 ))
         inserts, updates = [], []
         for model_id, (state, sequence, at_ms) in changed.items():
-            row = _row(state, sequence, at_ms)
-            if model_id in existing:
-                row["_id"] = row.pop("model_id")
-                updates.append(row)
-            else:
-                inserts.append(row)
-        if inserts:
-            insert_many(conn, models, inserts)
-        if updates:
-            conn.execute(update(models).where(models.c.model_id == bindparam("_id")), updates)
-        if history:
-            insert_rows(conn, transitions, _TRANSITION_COLUMNS, history)
-
-
-def _row(state: ModelLifecycle, sequence: int, at_ms: int) -> dict[str, Any]:
-    return {
-        "model_id": state.model_id, "state": state.state._value_,
-        "entered_at_ms": state.entered_at_ms, "last_used_ms": state.last_used_ms,
-        "transition_count": state.transition_count, "failure_count": state.failure_count,
-        "usage_count": state.usage_count, "last_sequence": sequence, "updated_at_ms": at_ms,
-    }
+            row = (state.state._value_, state.entered_at_ms, state.last_used_ms,
+                   state.transition_count, state.failure_count, state.usage_count, sequence,
+                   at_ms, model_id)
+            (updates if model_id in existing else inserts).append(row)
+        insert_rows(conn, models, (*_STATE_COLUMNS, "model_id"), inserts)
+        update_rows(conn, models, "model_id", _STATE_COLUMNS, updates)
+        insert_rows(conn, transitions, _TRANSITION_COLUMNS, history)
 
 
 def _load(conn: Connection, models: Table, ids: set[str]
           ) -> dict[str, tuple[ModelLifecycle, int, int]]:
+    """The stored state of these models: (lifecycle, last_sequence, updated_at_ms)."""
     found = {}
     wanted = sorted(ids)
+    columns = [models.c.model_id, *(models.c[name] for name in _STATE_COLUMNS)]
     for start in range(0, len(wanted), _CHUNK):
-        rows = conn.execute(select(models).where(
-            models.c.model_id.in_(wanted[start:start + _CHUNK]))).mappings()
-        for row in rows:
-            found[row["model_id"]] = (lifecycle_of(row), row["last_sequence"],
-                                      row["updated_at_ms"])
+        rows = conn.execute(select(*columns).where(
+            models.c.model_id.in_(wanted[start:start + _CHUNK])))
+        for (model_id, state, entered_at_ms, last_used_ms, transition_count, failure_count,
+             usage_count, last_sequence, updated_at_ms) in rows:
+            found[model_id] = (
+                ModelLifecycle(model_id=model_id, state=_STATES[state],
+                               entered_at_ms=entered_at_ms, last_used_ms=last_used_ms,
+                               transition_count=transition_count, failure_count=failure_count,
+                               usage_count=usage_count),
+                last_sequence, updated_at_ms)
     return found
 
 

@@ -17,6 +17,7 @@ projector's topics, seek to the stored positions + 1, loop `getmany` -> `apply_b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -25,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from projections.db import METADATA, positions, write_transaction
 from schemas.codec import Codec, Decoded
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
-from streams.errors import PitError
+from streams.errors import DatabaseUnavailableError, PitError
 from streams.log import LogRecord
 from streams.topics import SCHEMAS, load_catalog
 
@@ -179,6 +181,11 @@ def read_positions(engine: Engine | Connection, projection: str) -> dict[TopicPa
         return load_positions(conn, [projection])[projection]
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 # --- the projector ----------------------------------------------------------------------------
 
 @dataclass
@@ -257,10 +264,22 @@ class Projector:
         return [b.projection for b in self.bindings] + ([AUDIT] if self.archive else [])
 
     def apply_batch(self, records: Sequence[LogRecord]) -> BatchResult:
-        """One transaction: audit rows, view rows and positions commit together or not at all."""
+        """One transaction: audit rows, view rows and positions commit together or not at all.
+
+        Raises `DatabaseUnavailableError` (one line) when the database cannot be reached;
+        nothing of the batch is committed then, so applying it again later is safe."""
         entries = [decode_entry(self.codec, r) for r in records]
-        with write_transaction(self.engine) as conn:
-            return project(conn, entries, self.bindings, archive=self.archive)
+        try:
+            with write_transaction(self.engine) as conn:
+                return project(conn, entries, self.bindings, archive=self.archive)
+        except (OperationalError, InterfaceError) as exc:
+            raise DatabaseUnavailableError(
+                f"projection database unavailable: {_first_line(exc)}") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise DatabaseUnavailableError(
+                    f"projection database unavailable: {_first_line(exc)}") from exc
+            raise
 
     def positions(self) -> dict[str, dict[TopicPartition, int]]:
         with self.engine.connect() as conn:
@@ -313,9 +332,12 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
               timeout_ms: int = 100) -> None:
     """Feed an already started aiokafka consumer into the projector until `stop` is set.
 
-    Partitions come from the cluster's metadata when the consumer has it, else from
-    `infra/topics.yaml` (the catalog is the source of truth for partition counts).
-    Each batch is applied in a worker thread so the event loop stays responsive.
+    Assigns every partition of `topics` (default: the projector's), partitions from the
+    cluster's metadata, else from `infra/topics.yaml`, and seeks each to its stored
+    position + 1, or to its beginning offset when no projection has a position there.
+    Loops getmany -> apply_batch; each batch is applied in a worker thread so the event
+    loop stays responsive. While the database is unavailable the batch is kept and retried
+    with backoff (nothing was committed, so nothing is lost or doubled).
     """
     from aiokafka import TopicPartition as KafkaTopicPartition
 
@@ -343,5 +365,13 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
     while not stop.is_set():
         batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         records = [LogRecord.from_kafka(m) for messages in batches.values() for m in messages]
-        if records:
-            await asyncio.to_thread(projector.apply_batch, records)
+        delay = 0.5
+        while records and not stop.is_set():
+            try:
+                await asyncio.to_thread(projector.apply_batch, records)
+                break
+            except DatabaseUnavailableError as exc:  # keep the batch, wait, try again
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 10.0)

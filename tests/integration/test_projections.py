@@ -390,3 +390,57 @@ async def test_run_against_the_embedded_broker(engine: Engine, log, story_of) ->
         assert count(engine, audit_log) == len(records)
         assert models(engine)["m-alpha"]["usage_count"] == 5
         assert models(engine)["m-beta"]["state"] == ModelState.COLD.value
+
+
+async def test_run_keeps_the_batch_while_the_database_is_away(engine: Engine, story) -> None:
+    class Flaky(Projector):
+        failures = 2
+
+        def apply_batch(self, records):
+            if self.failures:
+                self.failures -= 1
+                raise DatabaseUnavailableError("projection database unavailable: gone")
+            return super().apply_batch(records)
+
+    projector = Flaky(engine, topics=[POOL_EVENTS])
+    consumer = FakeConsumer(story, {POOL_EVENTS: 8})
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(projector, consumer, stop))
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if count(engine, audit_log) == len(story):
+            break
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert projector.failures == 0
+    assert count(engine, audit_log) == len(story)
+    assert models(engine)["m-alpha"]["usage_count"] == 5
+
+
+async def test_health_reports_an_unreachable_database() -> None:
+    from sqlalchemy import create_engine
+
+    down = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2")
+    client = TestClient(TestServer(make_app(down)))
+    await client.start_server()
+    try:
+        health = await client.get("/health")
+        assert health.status == 503
+        assert (await health.json())["status"] == "unavailable"
+        models_response = await client.get("/models")
+        assert models_response.status == 503
+        assert "database" in (await models_response.json())["error"]
+    finally:
+        await client.close()
+        down.dispose()
+
+
+def test_apply_batch_reports_an_unreachable_database(story) -> None:
+    from sqlalchemy import create_engine
+
+    down = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2")
+    try:
+        with pytest.raises(DatabaseUnavailableError, match=r"^projection database unavailable"):
+            Projector(down).apply_batch(story)
+    finally:
+        down.dispose()

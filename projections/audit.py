@@ -467,3 +467,15 @@ def archived_records(engine: Engine | Connection, topics: Sequence[str] | None =
                 stmt = stmt.where(audit_log.c.offset <= until[(topic, partition)])
             for row in conn.execute(stmt.execution_options(yield_per=5000)):
                 yield to_log_record(row)
+
+
+def compacted_records(engine: Engine | Connection, topic: str) -> list[LogRecord]:
+    """What Kafka's log compaction would keep of an archived topic: per partition, the latest
+    record of each key, in offset order; keys whose latest record is a tombstone (value
+    NULL) and records without a key are dropped. For restoring compacted topics."""
+    latest: dict[tuple[int, bytes | None], LogRecord] = {}
+    for record in archived_records(engine, [topic]):
+        if record.key is not None:
+            latest[(record.partition, record.key)] = record
+    kept = [r for r in latest.values() if r.value is not None]
+    return sorted(kept, key=lambda r: (r.partition, r.offset))

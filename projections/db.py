@@ -43,7 +43,14 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from streams.errors import DatabaseUnavailableError
 
@@ -276,6 +283,10 @@ def create_schema(engine: Engine) -> None:
     try:
         METADATA.create_all(engine)
     except (DBAPIError, SQLAlchemyError) as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()
+        lines = str(getattr(exc, "orig", exc)).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        if isinstance(exc, OperationalError | InterfaceError):
+            raise DatabaseUnavailableError(
+                f"projection database unavailable: {reason}") from None
         raise DatabaseUnavailableError(
-            f"cannot create the projection tables: {reason[0] if reason else exc}") from None
+            f"cannot create the projection tables: {reason}") from None

@@ -28,7 +28,7 @@ from typing import ClassVar, NamedTuple
 from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from projections.db import METADATA, positions, write_transaction
+from projections.db import METADATA, create_schema, positions, write_transaction
 from schemas.codec import Codec, Decoded
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.errors import DatabaseUnavailableError, PitError
@@ -258,6 +258,7 @@ class Projector:
                 wanted.update(view.topics)
             topics = sorted(wanted)
         self.topics = list(topics)
+        self._schema_ready = False
 
     @property
     def projections(self) -> list[str]:
@@ -269,6 +270,7 @@ class Projector:
         Raises `DatabaseUnavailableError` (one line) when the database cannot be reached;
         nothing of the batch is committed then, so applying it again later is safe."""
         entries = [decode_entry(self.codec, r) for r in records]
+        self._ensure_schema()
         try:
             with write_transaction(self.engine) as conn:
                 return project(conn, entries, self.bindings, archive=self.archive)
@@ -281,7 +283,13 @@ class Projector:
                     f"projection database unavailable: {_first_line(exc)}") from exc
             raise
 
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready:
+            create_schema(self.engine)  # idempotent; DatabaseUnavailableError when down
+            self._schema_ready = True
+
     def positions(self) -> dict[str, dict[TopicPartition, int]]:
+        self._ensure_schema()
         with self.engine.connect() as conn:
             return load_positions(conn, self.projections)
 

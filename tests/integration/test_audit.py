@@ -250,3 +250,20 @@ def test_the_archive_gives_back_the_exact_records(engine: Engine, archived: list
         (t, p, o) for (t, p), o in positions.items()}
     assert archive_count(engine, after=after) == len(tail)
     assert list(archived_records(engine, after=positions)) == []
+
+
+def test_compacted_records_keep_each_keys_latest_value(engine: Engine, log) -> None:
+    from projections.audit import compacted_records
+    from streams.topics import SCHEMAS
+
+    def put(key: str | None, value: bytes | None, at: int):
+        return log.append(SCHEMAS, key, value, T0 + at, partition=0)
+
+    records = [put("a/1", b'{"v": 1}', 0), put("b/1", b'{"v": 2}', 1),
+               put("a/1", b'{"v": 3}', 2), put("c/1", b'{"v": 4}', 3),
+               put("c/1", None, 4), put(None, b'{"v": 5}', 5)]
+    Projector(engine).apply_batch(records)
+    kept = compacted_records(engine, SCHEMAS)
+    assert [(r.key, r.value, r.offset) for r in kept] == [
+        (b"b/1", b'{"v": 2}', 1), (b"a/1", b'{"v": 3}', 2)]
+    assert compacted_records(engine, "no.such.topic") == []

@@ -24,6 +24,7 @@ import json
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -356,6 +357,25 @@ def history(engine: Engine | Connection, key: str) -> list[dict[str, Any]]:
             .order_by(audit_log.c.seq))
     with _connection(engine) as conn:
         return [_row_out(row) for row in conn.execute(stmt).mappings()]
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One history row (from `history`) as one line for `pit audit <key>`:
+    seq, log time (UTC), topic[partition]@offset, type, key, then the payload without its
+    envelope (or the decoding error)."""
+    when = datetime.fromtimestamp(row["timestamp_ms"] / 1000, tz=UTC)
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{row['timestamp_ms'] % 1000:03d}Z"
+    payload = row.get("payload")
+    if isinstance(payload, dict):
+        body = payload_json({k: v for k, v in payload.items() if k != "envelope"})
+    elif payload is not None:
+        body = payload_json(payload)
+    elif row.get("error"):
+        body = f"undecodable: {row['error']}"
+    else:
+        body = "tombstone" if row.get("value_size") is None else "-"
+    return (f"#{row['seq']} {stamp} {row['topic']}[{row['partition']}]@{row['offset']} "
+            f"{row.get('event_type') or '-'} {row.get('key') or '-'} {body}")
 
 
 DECIDERS: dict[str, Decider] = {POOL_EVENTS: LIFECYCLE}  # event topic -> its decider

@@ -26,6 +26,7 @@ The audit log is not a view: it IS the archive replays read from, so it is never
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -49,6 +50,8 @@ from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.errors import PitError
 from streams.log import LogRecord
+
+log = logging.getLogger(__name__)
 
 SUFFIX = "__rebuild"
 Progress = Callable[[int, int], None]
@@ -224,3 +227,67 @@ def kafka_log_reader(bootstrap_servers: str, topics: Sequence[str], *,
             consumer.close()
 
     return read
+
+
+# aiokafka option names (streams.config.Settings) -> librdkafka names
+_LIBRDKAFKA_NAMES = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "cafile": "ssl.ca.location",
+    "certfile": "ssl.certificate.location",
+    "keyfile": "ssl.key.location",
+}
+
+
+def _kafka_reader_for(settings, topics: Sequence[str], timeout_s: float
+                      ) -> KafkaReader | None:
+    """A Kafka reader for `settings`, or None (with a warning) when no broker answers: the
+    archive alone is a complete source, since it holds everything the live view has seen."""
+    from streams.errors import BrokerUnavailableError
+
+    try:
+        bootstrap = settings.bootstrap()
+    except BrokerUnavailableError:
+        return None
+    config = {_LIBRDKAFKA_NAMES[k]: v for k, v in
+              {**settings.kafka_security, **settings.kafka_tls}.items()
+              if k in _LIBRDKAFKA_NAMES}
+    try:
+        from confluent_kafka import Consumer, KafkaException
+
+        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "pit-replay-probe",
+                          **config})
+        try:
+            probe.list_topics(timeout=timeout_s)
+        finally:
+            probe.close()
+    except (KafkaException, ImportError) as exc:
+        log.warning("Kafka at %s does not answer (%s); replaying from the archive alone",
+                    bootstrap, exc)
+        return None
+    return kafka_log_reader(bootstrap, topics, config=config, timeout_s=timeout_s)
+
+
+async def rebuild_view(engine: Engine, settings, view_name: str,
+                       progress: Progress | None = None, *, timeout_s: float = 5.0) -> int:
+    """`pit replay <view>`: rebuild from the archive, then whatever Kafka holds beyond it
+    (when a broker answers), in a worker thread; returns the number of records replayed."""
+    import asyncio
+
+    if view_name in (AUDIT, "audit_log"):
+        raise ReplayError("the audit log is the archive replays read from, not a view; it is "
+                          "never rebuilt (check it with `pit audit verify`)")
+    try:
+        view = view_by_name(view_name)
+    except PitError as exc:
+        raise ReplayError(str(exc)) from None
+
+    def work() -> int:
+        reader = _kafka_reader_for(settings, view.topics, timeout_s)
+        report = rebuild(engine, view.name, history_source(engine, view.topics, reader),
+                         progress)
+        return report.records + report.caught_up
+
+    return await asyncio.to_thread(work)

@@ -13,6 +13,7 @@ from projections.audit import (
     archive_positions,
     archived_records,
     audit_log,
+    format_row,
     history,
     row_hash,
     state_as_of,
@@ -207,6 +208,18 @@ def test_history_of_an_entity(engine: Engine, archived: list) -> None:
     assert history(engine, "nobody") == []
     tombstone = history(engine, "m-gone")
     assert tombstone[0]["payload"] is None and tombstone[0]["value_size"] is None
+
+
+def test_history_rows_print_as_one_line_each(engine: Engine, archived: list) -> None:
+    lines = [format_row(row) for row in history(engine, "m-alpha")]
+    assert lines[0] == (f"#1 2023-11-14T22:13:20.000Z {POOL_EVENTS}[{archived[0].partition}]@0 "
+                        'ModelTransitioned m-alpha {"model_id":"m-alpha","from_state":"Cold",'
+                        '"to_state":"Warming","reason":"UserRequest","time_in_previous_ms":0,'
+                        '"metadata":{}}')
+    assert all("\n" not in line for line in lines)
+    dead = format_row(history(engine, "\\xff\\x00raw key")[0])
+    assert "undecodable: UnknownSchemaError" in dead
+    assert format_row(history(engine, "m-gone")[0]).endswith("m-gone tombstone")
 
 
 def test_state_as_of_replays_the_entity(engine: Engine, archived: list) -> None:

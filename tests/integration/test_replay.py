@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, inspect, select, update
 
+from projections.audit import audit_log
 from projections.db import positions
 from projections.models import ModelsView
-from projections.replay import ReplayError, history_source, kafka_log_reader, rebuild
+from projections.replay import (
+    ReplayError,
+    history_source,
+    kafka_log_reader,
+    rebuild,
+    rebuild_view,
+)
 from projections.runtime import Projector, live_tables
 from streams.log import LogRecord
 from streams.topics import POOL_EVENTS
@@ -181,3 +188,40 @@ def test_kafka_log_reader_reads_what_the_archive_lacks(log) -> None:
     after = {(POOL_EVENTS, p): 1 for p in range(4)}
     tail = list(reader(after))
     assert sorted(map(key, tail)) == sorted(k for k in map(key, records) if k[1] > 1)
+
+
+async def test_rebuild_view_uses_the_archive_and_kafka_when_it_answers(engine: Engine, log,
+                                                                      tmp_path) -> None:
+    from streams.config import Settings
+
+    records = many_events(log, n_models=4)
+    Projector(engine).apply_batch(records)
+    live = snapshot(engine)
+    calls: list = []
+    # no broker anywhere: the archive alone
+    done = await rebuild_view(engine, Settings(data_dir=tmp_path), "models",
+                              lambda d, t: calls.append((d, t)))
+    assert done == len(records) and snapshot(engine) == live and calls[-1][0] == len(records)
+    # a stale broker address: a warning, then the archive alone
+    stale = Settings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:1")
+    assert await rebuild_view(engine, stale, "models", timeout_s=1) == len(records)
+    with pytest.raises(ReplayError, match="audit log"):
+        await rebuild_view(engine, stale, "audit")
+
+    # a broker holding more than the archive: those records are replayed too
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    producer = confluent_kafka.Producer({"test.mock.num.brokers": 1, "linger.ms": 0})
+    broker = next(iter(producer.list_topics(timeout=10).brokers.values()))
+    kafka_log = many_events(type(log)(log.codec, partitions=4), n_models=4)
+    for r in kafka_log:
+        producer.produce(r.topic, r.value, r.key, partition=r.partition,
+                         timestamp=r.timestamp_ms)
+    assert producer.flush(10) == 0
+    with engine.begin() as conn:  # an archive that lags: only offsets 0..1 of each partition
+        conn.execute(audit_log.delete())
+        conn.execute(positions.delete())
+    Projector(engine).apply_batch([r for r in kafka_log if r.offset <= 1])
+    settings = Settings(data_dir=tmp_path, bootstrap_servers=f"{broker.host}:{broker.port}")
+    assert await rebuild_view(engine, settings, "models") == len(kafka_log)
+    transitions = [r for r in kafka_log if b"ModelTransitioned" in r.value]
+    assert len(snapshot(engine)[1]) == len(transitions)  # the whole log, not the archive's

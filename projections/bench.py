@@ -7,10 +7,13 @@ positions, commit), in batches of `batch_size` like `run` reads them from Kafka.
 
 The benchmark writes into the database it is given: use a throwaway one (`bench_sqlite`
 makes a temporary file, `bench_postgres` a temporary schema it drops afterwards).
+`bench_projections` is what `pit bench` calls.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
 import time
 import uuid
@@ -24,8 +27,11 @@ from projections.db import connect, create_schema
 from projections.runtime import Projector
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
+from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
 from streams.topics import POOL_EVENTS
+
+log = logging.getLogger(__name__)
 
 _CYCLE = [("Cold", "Warming", "UserRequest"), ("Warming", "Hot", "UserRequest"),
           ("Hot", "Cooling", "ScheduledCooldown"), ("Cooling", "Cold", "AutomaticTimeout")]
@@ -115,3 +121,44 @@ def bench_postgres(url: str, n: int = 50_000) -> dict[str, float]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def postgres_bench_url(settings=None) -> str:
+    """Where the PostgreSQL figure is measured: PIT_BENCH_POSTGRES_URL, else the configured
+    database when it is PostgreSQL, else PIT_TEST_POSTGRES_URL, else the local test server."""
+    configured = getattr(settings, "database_url", None) or ""
+    return (os.environ.get("PIT_BENCH_POSTGRES_URL")
+            or (configured if configured.startswith("postgresql") else "")
+            or os.environ.get("PIT_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL)
+
+
+async def bench_projections(scratch: Path, settings=None, n: int = 50_000
+                            ) -> dict[str, float | None]:
+    """`pit bench` keys projection_events_per_s_sqlite, projection_events_per_s_postgres
+    (None when no PostgreSQL answers) and replay_events_per_s, measured in worker threads
+    on a SQLite file under `scratch` and in a temporary PostgreSQL schema."""
+    import asyncio
+
+    def sqlite() -> dict[str, float]:
+        engine = connect(f"sqlite:///{Path(scratch) / 'bench-projections.db'}")
+        try:
+            return {"projection_events_per_s_sqlite": round(measure_throughput(engine, n)),
+                    "replay_events_per_s": round(measure_replay(engine, n))}
+        finally:
+            engine.dispose()
+
+    def postgres() -> dict[str, float | None]:
+        try:
+            figure = bench_postgres(postgres_bench_url(settings), n)
+        except DatabaseUnavailableError as exc:
+            log.warning("no PostgreSQL projection figure: %s", exc)
+            return {"projection_events_per_s_postgres": None}
+        return {key: round(value) for key, value in figure.items()}
+
+    figures: dict[str, float | None] = {}
+    figures |= await asyncio.to_thread(sqlite)
+    figures |= await asyncio.to_thread(postgres)
+    return figures

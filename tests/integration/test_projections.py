@@ -444,3 +444,24 @@ def test_apply_batch_reports_an_unreachable_database(story) -> None:
             Projector(down).apply_batch(story)
     finally:
         down.dispose()
+
+
+def test_the_benchmark_measures_real_projection_work(engine: Engine) -> None:
+    from projections.bench import measure_replay, measure_throughput
+
+    assert measure_throughput(engine, 2_000, batch_size=500) > 0
+    assert count(engine, audit_log) == 2_000
+    assert len(models(engine)) == 1_000 and len(transitions(engine)) == 2_000
+    assert measure_replay(engine, 2_000) > 0
+    assert len(transitions(engine)) == 2_000
+
+
+@pytest.mark.postgres
+async def test_bench_projections_reports_the_pit_bench_keys(tmp_path) -> None:
+    from projections.bench import bench_projections
+
+    figures = await bench_projections(tmp_path, n=1_000)
+    assert set(figures) == {"projection_events_per_s_sqlite", "replay_events_per_s",
+                            "projection_events_per_s_postgres"}
+    assert figures["projection_events_per_s_sqlite"] > 0
+    assert figures["projection_events_per_s_postgres"] > 0  # the test server is required

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
+from aiokafka import TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.codec import Codec
@@ -27,7 +28,13 @@ from streams.broker import EmbeddedBroker
 from streams.client import registry_for
 from streams.components import DECIDERS
 from streams.config import BROKER_FILE, Settings
-from streams.kafka import make_producer, produce_all, read_partitions
+from streams.kafka import (
+    make_producer,
+    partitions_of,
+    produce_all,
+    read_partitions,
+    start_consumer,
+)
 from streams.processor import Output, Processor, run_processor
 from streams.topics import SCHEMAS, load_catalog
 
@@ -139,11 +146,31 @@ class Stack:
         from projections.runtime import Projector, run
 
         self.projector = Projector(self.engine, codec=self.codec)
-        projector_ready = asyncio.Event()
-        self.tasks.append(asyncio.create_task(
-            run(self.projector, self.settings, self.stop, ready=projector_ready),
-            name="projector"))
-        await self._until(projector_ready)
+        self.projector_stop = asyncio.Event()
+        consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
+        self.projector_task = asyncio.create_task(
+            run(self.projector, consumer, self.projector_stop), name="projector")
+        self.projector_task.add_done_callback(lambda _: asyncio.create_task(consumer.stop()))
+
+    async def drain_projector(self, timeout_s: float = 30.0) -> None:
+        """Wait until the projector has archived everything the broker holds right now."""
+        from projections.runtime import AUDIT
+
+        consumer = await start_consumer(self.settings)
+        try:
+            tps = [TopicPartition(topic, p) for topic in self.projector.topics
+                   for p in await partitions_of(consumer, topic)]
+            ends = {(tp.topic, tp.partition): end
+                    for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
+        finally:
+            await consumer.stop()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline and not self.projector_task.done():
+            archived = (await asyncio.to_thread(self.projector.positions)).get(AUDIT, {})
+            if all(archived.get(tp, -1) >= end - 1 for tp, end in ends.items()):
+                return
+            await asyncio.sleep(0.05)
+        log.warning("the projector did not catch up within %.0f s", timeout_s)
 
     async def start_http(self, port: int) -> None:
         from projections.api import make_app
@@ -155,10 +182,16 @@ class Stack:
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
 
     async def close(self) -> None:
+        """Processors finish their batch, the projector drains, then everything stops."""
         self.stop.set()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if hasattr(self, "projector_task"):
+            await self.drain_projector()
+            self.projector_stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.projector_task
         if self._runner is not None:
             await self._runner.cleanup()
         if self.broker is not None:
@@ -192,7 +225,8 @@ async def serve(settings: Settings) -> None:
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    failed = asyncio.create_task(asyncio.wait(stack.tasks, return_when=asyncio.FIRST_EXCEPTION))
+    failed = asyncio.create_task(asyncio.wait([*stack.tasks, stack.projector_task],
+                                              return_when=asyncio.FIRST_EXCEPTION))
     await asyncio.wait([asyncio.create_task(stopping.wait()), failed],
                        return_when=asyncio.FIRST_COMPLETED)
     print("pit is stopping: draining processors and projections", flush=True)

@@ -117,14 +117,19 @@ class EmbeddedRegistry:
         self._unpublished.clear()
         return records
 
-    def load_record(self, value: bytes) -> None:
-        """Apply one record read from the schemas topic."""
+    def load_record(self, value: bytes | None) -> None:
+        """Apply one record read from the schemas topic (tombstones carry nothing)."""
+        if value is None:
+            return
         entry = json.loads(value)
         schema = json.loads(entry["schema"])
         self._by_id[entry["id"]] = schema
         versions = self._versions.setdefault(entry["subject"], [])
         if entry["id"] not in versions:
             versions.append(entry["id"])
+        published = (entry["subject"], entry["id"])
+        if published in self._unpublished:
+            self._unpublished.remove(published)
 
 
 class ConfluentRegistry:

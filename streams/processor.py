@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import ConsumerRebalanceListener
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from schemas.codec import Codec
 from streams import metrics
@@ -64,6 +64,9 @@ class Processor:
     name: str = ""
     entities: dict[str, Entity] = field(default_factory=dict)
     ledger: OrderedDict[str, dict] = field(default_factory=OrderedDict)
+    # command partition -> offset of the last command answered: where to resume when the
+    # group's committed offsets are gone (the embedded broker restarts empty)
+    positions: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.name = self.name or f"{self.decider.name}-processor"
@@ -94,8 +97,10 @@ class Processor:
             if decoded.name == OUTCOME:
                 # Re-acknowledgements (duplicate=True) repeat an outcome already remembered.
                 outcome = decoded.record
-                if outcome["processor"] == self.name and not outcome["duplicate"]:
-                    self._remember(outcome["command_id"], outcome)
+                if outcome["processor"] == self.name:
+                    self._advance(outcome["command_partition"], outcome["command_offset"])
+                    if not outcome["duplicate"]:
+                        self._remember(outcome["command_id"], outcome)
                 continue
             event_type = self.decider.event_type(decoded.name)
             if event_type is None:
@@ -134,7 +139,13 @@ class Processor:
             self._latency.observe(time.perf_counter() - started)
         return outputs
 
+    def _advance(self, partition: int, offset: int) -> None:
+        if offset > self.positions.get(partition, -1):
+            self.positions[partition] = offset
+
     def _handle_one(self, record: LogRecord) -> list[Output]:
+        if record.value is None:
+            return []  # a tombstone says nothing to a command topic
         try:
             decoded = self.codec.decode(record.value)
         except SchemaError as exc:
@@ -206,8 +217,13 @@ class Processor:
         }
 
     def _result(self, record: LogRecord, outcome: dict) -> Output:
+        """The outcome answering this command record, which it names (so the results topic
+        also records how far the processor got)."""
+        self._advance(record.partition, record.offset)
+        answer = {**outcome, "command_partition": record.partition,
+                  "command_offset": record.offset}
         return Output(RESULTS, record.partition, outcome["command_id"].encode(),
-                      self.codec.encode(OUTCOME, outcome), outcome["decided_at"])
+                      self.codec.encode(OUTCOME, answer), outcome["decided_at"])
 
     def _dead_letter(self, record: LogRecord, error: Exception) -> Output:
         metrics.DEAD_LETTERS.labels(self.decider.name, type(error).__name__).inc()
@@ -230,6 +246,19 @@ async def restore_partitions(processor: Processor, settings, engine, partitions:
         async for batch in read_history(settings, engine, topic, partitions):
             applied += processor.restore(batch)
     return applied
+
+
+async def resume_after_answered(consumer, processor: Processor, partitions: set[int]) -> None:
+    """Never re-read commands the results topic shows as answered, even when the group's
+    committed offsets are older or gone (a restored embedded broker has none)."""
+    for partition in partitions:
+        answered = processor.positions.get(partition)
+        if answered is None:
+            continue
+        tp = TopicPartition(processor.decider.command_topic, partition)
+        committed = await consumer.committed(tp)
+        if committed is None or committed <= answered:
+            consumer.seek(tp, answered + 1)
 
 
 async def run_processor(processor: Processor, settings, engine, stop: asyncio.Event,
@@ -260,6 +289,7 @@ async def run_processor(processor: Processor, settings, engine, stop: asyncio.Ev
                 applied = await restore_partitions(processor, settings, engine, partitions)
                 log.info("%s restored %d events for partitions %s", processor.name, applied,
                          sorted(partitions))
+                await resume_after_answered(consumer, processor, partitions)
                 if ready is not None:
                     ready.set()
             records = [LogRecord.from_kafka(m) for messages in batch.values() for m in messages]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
 
@@ -40,7 +40,6 @@ from projections.db import create_schema, positions, quote, write_transaction
 from projections.runtime import (
     AUDIT,
     Binding,
-    TopicPartition,
     decode_entry,
     load_positions,
     project,
@@ -49,13 +48,13 @@ from projections.runtime import (
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.errors import PitError
+from streams.history import history_source, kafka_log_reader
 from streams.log import LogRecord
 
 log = logging.getLogger(__name__)
 
 SUFFIX = "__rebuild"
 Progress = Callable[[int, int], None]
-KafkaReader = Callable[[dict[TopicPartition, int]], Iterable[LogRecord]]
 
 
 class ReplayError(PitError):
@@ -148,126 +147,6 @@ def rebuild(engine: Engine, view_name: str, source: Iterable[LogRecord] | None =
     return RebuildReport(view.name, done, caught_up, time.perf_counter() - started)
 
 
-def history_source(engine: Engine, topics: Sequence[str],
-                   kafka_reader: KafkaReader | None = None) -> Iterator[LogRecord]:
-    """The whole history of `topics`: the archive first, then whatever `kafka_reader`
-    returns beyond it. `kafka_reader(after)` gets the last archived offset per partition
-    and yields newer records (see `kafka_log_reader`); records at or below what the
-    archive already gave are dropped."""
-    last: dict[TopicPartition, int] = {}
-    for record in archived_records(engine, list(topics)):
-        last[(record.topic, record.partition)] = record.offset
-        yield record
-    if kafka_reader is None:
-        return
-    for record in kafka_reader(dict(last)):
-        tp = (record.topic, record.partition)
-        if record.offset > last.get(tp, -1):
-            last[tp] = record.offset
-            yield record
-
-
-def kafka_log_reader(bootstrap_servers: str, topics: Sequence[str], *,
-                     config: dict[str, object] | None = None,
-                     timeout_s: float = 10.0) -> KafkaReader:
-    """A `kafka_reader` for `history_source`: reads each partition of `topics` from just
-    after `after` (or its low watermark) up to its high watermark at the time of the call,
-    with a plain confluent-kafka consumer (no group, no commits). `config` adds librdkafka
-    settings (SASL/TLS). Raises `ReplayError` when Kafka starts after the archive ends
-    (records in neither) or does not answer within `timeout_s`."""
-
-    def read(after: dict[TopicPartition, int]) -> Iterator[LogRecord]:
-        from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-
-        consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "pit-replay",
-                             "enable.auto.commit": False, "enable.partition.eof": False,
-                             **(config or {})})
-        try:
-            try:
-                metadata = consumer.list_topics(timeout=timeout_s)
-            except KafkaException as exc:
-                raise ReplayError(f"Kafka unavailable at {bootstrap_servers}: {exc}") from None
-            assignment, highs = [], {}
-            for topic in topics:
-                topic_metadata = metadata.topics.get(topic)
-                if topic_metadata is None or topic_metadata.error is not None:
-                    continue
-                for partition in sorted(topic_metadata.partitions):
-                    low, high = consumer.get_watermark_offsets(
-                        TopicPartition(topic, partition), timeout=timeout_s)
-                    last = after.get((topic, partition))
-                    if last is not None and low > last + 1:
-                        raise ReplayError(
-                            f"{topic}[{partition}]: the archive ends at offset {last} and Kafka "
-                            f"starts at {low}; offsets {last + 1}..{low - 1} are in neither")
-                    start = max(low, -1 if last is None else last + 1)
-                    if start < high:
-                        assignment.append(TopicPartition(topic, partition, start))
-                        highs[(topic, partition)] = high
-            if not assignment:
-                return
-            consumer.assign(assignment)
-            while highs:
-                message = consumer.poll(timeout_s)
-                if message is None:
-                    raise ReplayError(f"Kafka at {bootstrap_servers} stopped answering while "
-                                      f"replaying {', '.join(f'{t}[{p}]' for t, p in highs)}")
-                if message.error():
-                    if message.error().code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise ReplayError(f"Kafka error while replaying: {message.error()}")
-                tp = (message.topic(), message.partition())
-                if tp not in highs:
-                    continue
-                yield LogRecord(tp[0], tp[1], message.offset(), message.timestamp()[1],
-                                message.key(), message.value(), tuple(message.headers() or ()))
-                if message.offset() >= highs[tp] - 1:
-                    del highs[tp]
-        finally:
-            consumer.close()
-
-    return read
-
-
-# aiokafka option names (streams.config.Settings) -> librdkafka names
-_LIBRDKAFKA_NAMES = {
-    "security_protocol": "security.protocol",
-    "sasl_mechanism": "sasl.mechanism",
-    "sasl_plain_username": "sasl.username",
-    "sasl_plain_password": "sasl.password",
-    "cafile": "ssl.ca.location",
-    "certfile": "ssl.certificate.location",
-    "keyfile": "ssl.key.location",
-}
-
-
-def _kafka_reader_for(settings, topics: Sequence[str], timeout_s: float
-                      ) -> KafkaReader | None:
-    """A Kafka reader for `settings`, or None (with a warning) when no broker answers: the
-    archive alone is a complete source, since it holds everything the live view has seen."""
-    from streams.errors import BrokerUnavailableError
-
-    try:
-        bootstrap = settings.bootstrap()
-    except BrokerUnavailableError:
-        return None
-    config = {_LIBRDKAFKA_NAMES[k]: v for k, v in
-              {**settings.kafka_security, **settings.kafka_tls}.items()
-              if k in _LIBRDKAFKA_NAMES}
-    try:
-        from confluent_kafka import Consumer, KafkaException
-
-        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "pit-replay-probe",
-                          **config})
-        try:
-            probe.list_topics(timeout=timeout_s)
-        finally:
-            probe.close()
-    except (KafkaException, ImportError) as exc:
-        log.warning("Kafka at %s does not answer (%s); replaying from the archive alone",
-                    bootstrap, exc)
-        return None
-    return kafka_log_reader(bootstrap, topics, config=config, timeout_s=timeout_s)
 
 
 async def rebuild_view(engine: Engine, settings, view_name: str,
@@ -285,7 +164,7 @@ async def rebuild_view(engine: Engine, settings, view_name: str,
         raise ReplayError(str(exc)) from None
 
     def work() -> int:
-        reader = _kafka_reader_for(settings, view.topics, timeout_s)
+        reader = kafka_log_reader(settings, view.topics, timeout_s=timeout_s, optional=True)
         report = rebuild(engine, view.name, history_source(engine, view.topics, reader),
                          progress)
         return report.records + report.caught_up

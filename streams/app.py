@@ -111,27 +111,10 @@ class Stack:
                 raise RuntimeError(f"{task.get_name()} stopped during start-up")
 
     async def restore_from_archive(self) -> None:
-        """Replay the archive into the empty embedded broker, partition by partition in offset
-        order, so every record gets back its original offset; compacted topics get only each
-        key's latest value."""
-        from projections.audit import archived_records, compacted_records
-
-        report = progress_printer("restoring the embedded broker from the archive")
-        producer = make_producer(self.settings, **{"linger.ms": 20})
-        restored, batch = 0, []
-        for record in archived_records(self.engine):
-            batch.append(record)
-            if len(batch) >= 20_000:
-                restored += await produce_all(producer, batch)
-                batch.clear()
-                if self.progress:
-                    report(restored, None)
-        for spec in self.catalog.values():
-            if spec.compacted:
-                batch.extend(compacted_records(self.engine, spec.name))
-        restored += await produce_all(producer, batch)
-        if self.progress and restored:
-            report(restored, restored)
+        restored = await restore_broker(self.engine, self.settings, self.catalog,
+                                        progress_printer("restoring the embedded broker")
+                                        if self.progress else None)
+        log.info("restored %d records into the embedded broker", restored)
 
     async def sync_registry(self, registry: EmbeddedRegistry) -> None:
         """Load schemas others registered, then publish ours to the compacted topic."""
@@ -205,6 +188,48 @@ class Stack:
 
     async def __aexit__(self, *_: object) -> None:
         await self.close()
+
+
+RESTORE_PLACEHOLDER_KEY = b"__pit.restore.placeholder__"
+
+
+async def restore_broker(engine, settings: Settings, catalog, progress=None) -> int:
+    """Replay the archive into an empty broker so every record gets back its original offset.
+
+    Records go back partition by partition in offset order. An offset the archive does not
+    hold (the broker dropped it before it was archived) and, on a compacted topic, a record
+    superseded by a later one with the same key, are restored as a tombstone of a
+    placeholder key: the topic then holds each key's latest value only - restored compacted -
+    while every offset stays where consumer positions and the archive expect it."""
+    from projections.audit import archived_records, compacted_records
+
+    kept = {spec.name: {(r.partition, r.offset) for r in compacted_records(engine, spec.name)}
+            for spec in catalog.values() if spec.compacted}
+    producer = make_producer(settings, **{"linger.ms": 20})
+    next_offset: dict[tuple[str, int], int] = {}
+    restored, batch = 0, []
+
+    def placeholder(record):
+        return Output(record.topic, record.partition, RESTORE_PLACEHOLDER_KEY, None,
+                      record.timestamp_ms)
+
+    for record in archived_records(engine):
+        position = (record.topic, record.partition)
+        batch.extend(placeholder(record) for _ in range(next_offset.get(position, 0),
+                                                        record.offset))
+        superseded = record.topic in kept and (record.partition, record.offset) not in kept[
+            record.topic]
+        batch.append(placeholder(record) if superseded else record)
+        next_offset[position] = record.offset + 1
+        if len(batch) >= 20_000:
+            restored += await produce_all(producer, batch)
+            batch.clear()
+            if progress:
+                progress(restored, None)
+    restored += await produce_all(producer, batch)
+    if progress and restored:
+        progress(restored, restored)
+    return restored
 
 
 async def metrics_handler(_request: web.Request) -> web.Response:

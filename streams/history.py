@@ -2,47 +2,128 @@
 
 Kafka may no longer hold the beginning (retention, or the embedded broker's 5 MiB window);
 the archive does. Reading both, in offset order per partition, gives every record once.
+Processors restore their state from it; `pit replay` rebuilds views from it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import logging
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
+from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import TopicPartition as KafkaPartition
 from sqlalchemy import Engine
 
+from projections.audit import archived_records
 from streams.config import Settings
-from streams.errors import PitError
-from streams.kafka import log_start_offsets, read_partitions
+from streams.errors import BrokerUnavailableError, PitError
 from streams.log import LogRecord
 
-BATCH = 5000
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+KafkaReader = Callable[[dict[TopicPartition, int]], Iterable[LogRecord]]
 
 
-async def read_history(settings: Settings, engine: Engine | None, topic: str,
-                       partitions: Iterable[int]) -> AsyncIterator[list[LogRecord]]:
-    partitions = sorted(partitions)
-    wanted = set(partitions)
-    archived_up_to: dict[int, int] = {}
-    if engine is not None:
-        from projections.audit import archived_records
+class HistoryError(PitError):
+    """The history cannot be read whole: a gap between archive and log, or no broker."""
 
-        batch: list[LogRecord] = []
-        for record in archived_records(engine, [topic]):
-            if record.partition in wanted:
-                batch.append(record)
-                archived_up_to[record.partition] = record.offset
-                if len(batch) >= BATCH:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
-    log_starts = await log_start_offsets(settings, topic, partitions)
-    for partition, log_start in log_starts.items():
-        next_needed = archived_up_to.get(partition, -1) + 1
-        if next_needed < log_start:
-            raise PitError(
-                f"history of {topic}[{partition}] is incomplete: the log starts at offset "
-                f"{log_start} and the archive ends before {next_needed}")
-    start = {p: archived_up_to[p] + 1 for p in archived_up_to}
-    async for records in read_partitions(settings, topic, partitions, start):
-        yield records
+
+def history_source(engine: Engine | None, topics: Sequence[str],
+                   kafka_reader: KafkaReader | None = None, *,
+                   partitions: Collection[int] | None = None) -> Iterator[LogRecord]:
+    """The whole history of `topics`: the archive first, then whatever `kafka_reader`
+    returns beyond it. `kafka_reader(after)` gets the last archived offset per partition
+    and yields newer records (see `kafka_log_reader`); records at or below what the
+    archive already gave are dropped."""
+    last: dict[TopicPartition, int] = {}
+    for record in archived_records(engine, list(topics)) if engine is not None else ():
+        if partitions is None or record.partition in partitions:
+            last[(record.topic, record.partition)] = record.offset
+            yield record
+    if kafka_reader is None:
+        return
+    for record in kafka_reader(dict(last)):
+        tp = (record.topic, record.partition)
+        if record.offset > last.get(tp, -1):
+            last[tp] = record.offset
+            yield record
+
+
+def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
+                     partitions: Collection[int] | None = None, timeout_s: float = 10.0,
+                     optional: bool = False) -> KafkaReader | None:
+    """A `kafka_reader` for `history_source`: reads each partition of `topics` (or only
+    `partitions`) from just after `after` (or its low watermark) up to its high watermark
+    at the time of the call, with a plain confluent-kafka consumer (no group, no commits).
+    Raises `HistoryError` when Kafka starts after the archive ends (records in neither) or
+    does not answer within `timeout_s`. With `optional`, no broker gives None: the archive
+    alone is then the history (it holds everything the views have seen)."""
+    try:
+        config = settings.librdkafka_config()
+    except BrokerUnavailableError:
+        if optional:
+            return None
+        raise
+    bootstrap_servers = config["bootstrap.servers"]
+    if optional:
+        probe = Consumer({**config, "group.id": "pit-history-probe"})
+        try:
+            probe.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            log.warning("Kafka at %s does not answer (%s); reading the archive alone",
+                        bootstrap_servers, exc)
+            return None
+        finally:
+            probe.close()
+
+    def read(after: dict[TopicPartition, int]) -> Iterator[LogRecord]:
+        consumer = Consumer({**config, "group.id": "pit-history",
+                             "enable.auto.commit": False, "enable.partition.eof": False})
+        try:
+            try:
+                metadata = consumer.list_topics(timeout=timeout_s)
+            except KafkaException as exc:
+                raise HistoryError(f"Kafka unavailable at {bootstrap_servers}: {exc}") from None
+            assignment, highs = [], {}
+            for topic in topics:
+                topic_metadata = metadata.topics.get(topic)
+                if topic_metadata is None or topic_metadata.error is not None:
+                    continue
+                for partition in sorted(topic_metadata.partitions):
+                    if partitions is not None and partition not in partitions:
+                        continue
+                    low, high = consumer.get_watermark_offsets(
+                        KafkaPartition(topic, partition), timeout=timeout_s)
+                    last = after.get((topic, partition))
+                    if last is not None and low > last + 1:
+                        raise HistoryError(
+                            f"{topic}[{partition}]: the archive ends at offset {last} and Kafka "
+                            f"starts at {low}; offsets {last + 1}..{low - 1} are in neither")
+                    start = max(low, -1 if last is None else last + 1)
+                    if start < high:
+                        assignment.append(KafkaPartition(topic, partition, start))
+                        highs[(topic, partition)] = high
+            if not assignment:
+                return
+            consumer.assign(assignment)
+            while highs:
+                message = consumer.poll(timeout_s)
+                if message is None:
+                    raise HistoryError(f"Kafka at {bootstrap_servers} stopped answering while "
+                                      f"replaying {', '.join(f'{t}[{p}]' for t, p in highs)}")
+                if message.error():
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise HistoryError(f"Kafka error while replaying: {message.error()}")
+                tp = (message.topic(), message.partition())
+                if tp not in highs:
+                    continue
+                yield LogRecord(tp[0], tp[1], message.offset(), message.timestamp()[1],
+                                message.key(), message.value(), tuple(message.headers() or ()))
+                if message.offset() >= highs[tp] - 1:
+                    del highs[tp]
+        finally:
+            consumer.close()
+
+    return read

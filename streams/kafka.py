@@ -109,14 +109,4 @@ async def read_partitions(settings: Settings, topic: str, partitions: Iterable[i
         await consumer.stop()
 
 
-async def log_start_offsets(settings: Settings, topic: str, partitions: Iterable[int]
-                            ) -> dict[int, int]:
-    consumer = await start_consumer(settings)
-    try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        return {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
-
-
 __all__ = ["KafkaException", "produce_all", "read_partitions", "start_consumer"]

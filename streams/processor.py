@@ -27,7 +27,7 @@ from schemas.codec import Codec
 from streams import metrics
 from streams.decider import Decider, Message, Rejection, from_record, to_record
 from streams.errors import SchemaError
-from streams.history import read_history
+from streams.history import history_source, kafka_log_reader
 from streams.kafka import make_producer, produce_all, start_consumer
 from streams.log import LogRecord
 from streams.topics import DEAD_LETTERS, RESULTS
@@ -43,7 +43,7 @@ class Output:
     topic: str
     partition: int
     key: bytes | None
-    value: bytes
+    value: bytes | None
     timestamp_ms: int
     headers: tuple[tuple[str, bytes], ...] = ()
 
@@ -240,12 +240,17 @@ class Processor:
 
 
 async def restore_partitions(processor: Processor, settings, engine, partitions: set[int]) -> int:
-    """Rebuild state and ledger for these partitions: events first, then outcomes."""
-    applied = 0
-    for topic in (processor.decider.event_topic, RESULTS):
-        async for batch in read_history(settings, engine, topic, partitions):
-            applied += processor.restore(batch)
-    return applied
+    """Rebuild state and ledger for these partitions from their whole history (archive, then
+    Kafka): events first, then outcomes."""
+    def restore() -> int:
+        applied = 0
+        for topic in (processor.decider.event_topic, RESULTS):
+            reader = kafka_log_reader(settings, [topic], partitions=partitions)
+            applied += processor.restore(history_source(engine, [topic], reader,
+                                                        partitions=partitions))
+        return applied
+
+    return await asyncio.to_thread(restore)
 
 
 async def resume_after_answered(consumer, processor: Processor, partitions: set[int]) -> None:

@@ -10,12 +10,12 @@ from projections.db import positions
 from projections.models import ModelsView
 from projections.replay import (
     ReplayError,
-    history_source,
-    kafka_log_reader,
     rebuild,
     rebuild_view,
 )
 from projections.runtime import Projector, live_tables
+from streams.config import Settings
+from streams.history import history_source, kafka_log_reader
 from streams.log import LogRecord
 from streams.topics import POOL_EVENTS
 
@@ -178,7 +178,8 @@ def test_kafka_log_reader_reads_what_the_archive_lacks(log) -> None:
         producer.produce(r.topic, r.value, r.key, partition=r.partition, timestamp=r.timestamp_ms)
     assert producer.flush(10) == 0
 
-    reader = kafka_log_reader(f"{broker.host}:{broker.port}", [POOL_EVENTS], timeout_s=10)
+    reader = kafka_log_reader(Settings(bootstrap_servers=f"{broker.host}:{broker.port}"),
+                              [POOL_EVENTS], timeout_s=10)
     everything = list(reader({}))
     key = lambda r: (r.partition, r.offset)  # noqa: E731
     assert sorted(map(key, everything)) == sorted(map(key, records))

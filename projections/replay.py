@@ -26,6 +26,7 @@ The audit log is not a view: it IS the archive replays read from, so it is never
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -40,6 +41,7 @@ from projections.db import create_schema, positions, quote, write_transaction
 from projections.runtime import (
     AUDIT,
     Binding,
+    View,
     decode_entry,
     load_positions,
     project,
@@ -74,6 +76,16 @@ class RebuildReport:
         return (self.records + self.caught_up) / self.seconds if self.seconds else 0.0
 
 
+def replayable_view(view_name: str) -> View:
+    if view_name in (AUDIT, "audit_log"):
+        raise ReplayError("the audit log is the archive replays read from, not a view; it is "
+                          "never rebuilt (check it with `pit audit verify`)")
+    try:
+        return view_by_name(view_name)
+    except PitError as exc:
+        raise ReplayError(str(exc)) from None
+
+
 def rebuild(engine: Engine, view_name: str, source: Iterable[LogRecord] | None = None,
             progress: Progress | None = None, *, batch_size: int = 5000,
             total: int | None = None, registry: SchemaRegistry | None = None) -> RebuildReport:
@@ -81,13 +93,7 @@ def rebuild(engine: Engine, view_name: str, source: Iterable[LogRecord] | None =
     into shadow tables and swap them in once they have caught up with the live view.
     `progress(done, total)` is called after every batch (total is an estimate: the archived
     record count of the view's topics, raised to `done` when Kafka adds more)."""
-    if view_name in (AUDIT, "audit_log"):
-        raise ReplayError("the audit log is the archive replays read from, not a view; it is "
-                          "never rebuilt (check it with `pit audit verify`)")
-    try:
-        view = view_by_name(view_name)
-    except PitError as exc:
-        raise ReplayError(str(exc)) from None
+    view = replayable_view(view_name)
     started = time.perf_counter()
     create_schema(engine)
     shadow_name = f"{view.name}@rebuild"
@@ -153,15 +159,7 @@ async def rebuild_view(engine: Engine, settings, view_name: str,
                        progress: Progress | None = None, *, timeout_s: float = 5.0) -> int:
     """`pit replay <view>`: rebuild from the archive, then whatever Kafka holds beyond it
     (when a broker answers), in a worker thread; returns the number of records replayed."""
-    import asyncio
-
-    if view_name in (AUDIT, "audit_log"):
-        raise ReplayError("the audit log is the archive replays read from, not a view; it is "
-                          "never rebuilt (check it with `pit audit verify`)")
-    try:
-        view = view_by_name(view_name)
-    except PitError as exc:
-        raise ReplayError(str(exc)) from None
+    view = replayable_view(view_name)
 
     def work() -> int:
         reader = kafka_log_reader(settings, view.topics, timeout_s=timeout_s, optional=True)

@@ -19,10 +19,10 @@ from sqlalchemy import bindparam, text
 from streams.app import Stack
 from streams.client import Outcome, PitClient
 from streams.config import BROKER_FILE, Settings
-from streams.kafka import make_producer, produce_all
+from streams.kafka import make_producer, produce_all, read_partitions
 from streams.pool.lifecycle import ModelState, TransitionReason
 from streams.processor import Output
-from streams.topics import POOL_COMMANDS
+from streams.topics import DEAD_LETTERS, POOL_COMMANDS, POOL_EVENTS
 
 
 def _running_pit(settings: Settings) -> bool:
@@ -33,6 +33,13 @@ def _running_pit(settings: Settings) -> bool:
         return True
     except (OSError, ValueError, KeyError):
         return False
+
+
+def _summary(event: dict) -> str:
+    if "to_state" in event:
+        return (f"{event['from_state']} -> {event['to_state']} ({event['reason']}, "
+                f"{event['time_in_previous_ms']} ms in {event['from_state']})")
+    return f"used: {event['invocations']} invocation(s)"
 
 
 def _show(step: str, outcome: Outcome) -> None:
@@ -72,8 +79,8 @@ async def run_demo(settings: Settings) -> None:
         async with PitClient(settings, issued_by="pit-demo") as pit:
             print(f"\n1. {llama} goes through its lifecycle")
             _show("warm (Cold -> Warming)", await pit.warm_model(llama))
-            _show("ready (Warming -> Hot)", await pit.mark_hot(llama))
-            hot_at = int(time.time() * 1000)
+            hot = await pit.mark_hot(llama)
+            _show("ready (Warming -> Hot)", hot)
             usage = await pit.record_usage(llama, 3, command_id=f"usage-{run}")
             _show("serve 3 invocations", usage)
             _show("the same command again (same command id)",
@@ -95,6 +102,11 @@ async def run_demo(settings: Settings) -> None:
                 POOL_COMMANDS, 0, b"garbage", b"\x07not avro at all", int(time.time() * 1000))])
             _show("and the processor keeps going: warm again",
                   await pit.transition(whisper, ModelState.WARMING))
+            letters = [r async for batch in read_partitions(settings, DEAD_LETTERS, [0])
+                       for r in batch]
+            headers = dict(letters[-1].headers)
+            print(f"  dead letter kept {len(letters[-1].value)} original bytes; "
+                  f"pit.error: {headers['pit.error'].decode()}")
 
         await _wait_for_views(engine, [llama, whisper], expected=8)
         print("\n4. the models view")
@@ -107,12 +119,15 @@ async def run_demo(settings: Settings) -> None:
         for row in rows:
             print(f"  {row[0]:22s} {row[1]:8s} {row[2]:11d} {row[3]:8d} {row[4]:5d}")
 
-        print(f"\n5. the audit trail of {llama}")
+        print(f"\n5. the audit trail of {llama}: its events, hash-chained "
+              f"(`pit audit {llama}` shows commands and outcomes too)")
         for row in audit.history(engine, llama):
-            print(f"  {audit.format_row(row)}")
+            if row["topic"] == POOL_EVENTS:
+                print(f"  #{row['seq']:<4d} {row['topic']}[{row['partition']}]@{row['offset']:<3d} "
+                      f"{_summary(row['payload'])}  hash {row['hash'][:12]}")
 
-        state = audit.state_as_of(engine, llama, hot_at)
-        print(f"\n6. {llama} as of {hot_at} (replayed from the archive): {state.state}, "
+        state = audit.state_as_of(engine, llama, hot.decided_at)
+        print(f"\n6. {llama} as of {hot.decided_at} (replayed from the archive): {state.state}, "
               f"{state.transition_count} transitions, {state.usage_count} invocations")
 
         report = audit.verify(engine)

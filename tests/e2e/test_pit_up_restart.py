@@ -109,6 +109,17 @@ def test_pit_up_survives_a_restart(tmp_path: Path) -> None:
         wait_for(lambda: pit.get("/models/llama")["state"] == "Cooling")
         assert pit.get("/models/llama")["last_sequence"] == before["last_sequence"] + 1
         assert pit.get("/audit/verify")["ok"]
+
+        published = pit.pit("publish", "TransitionModel",
+                            '{"model_id": "llama", "to_state": "Cold", "reason": "UserRequest"}',
+                            "--command-id", "from-the-shell")
+        assert published.returncode == 0, published.stderr
+        assert "from-the-shell: accepted" in published.stdout
+        refused = pit.pit("publish", "RecordModelUsage", '{"model_id": "llama"}')
+        assert refused.returncode == 2 and "usage requires Hot" in refused.stdout
+        results = pit.pit("results", "--from-beginning")
+        assert results.returncode == 0 and results.stdout.count("\n") == 1
+        assert pit.pit("topics", "apply").stdout.strip() == "all topics exist"
     finally:
         pit.stop()
 

@@ -33,10 +33,6 @@ def check_backward(reader: dict, writer: dict) -> list[str]:
     return checker.problems
 
 
-def is_backward_compatible(reader: dict, writer: dict) -> bool:
-    return not check_backward(reader, writer)
-
-
 def _qualify(name: str, namespace: str) -> str:
     return name if "." in name or not namespace else f"{namespace}.{name}"
 

@@ -483,3 +483,32 @@ async def test_broker_down_and_up_while_commands_flow(fast_rebalance) -> None:
                 state = pit.processor.processor.state(model)
                 assert (state.state, state.usage_count, state.transition_count) == (
                     COOLING, 2, 3)
+
+
+NOT_LEADER_OR_FOLLOWER = 6  # retriable: the client refreshes metadata and retries
+PRODUCE, FETCH = 0, 1  # Kafka API keys
+
+
+async def test_request_errors_and_a_leader_change_have_no_double_effect() -> None:
+    """Fault injection through the mock API: failing Produce and Fetch requests, then the
+    command partition's leader moving to another broker, while commands flow."""
+    with EmbeddedBroker(3) as broker:
+        async with pit_on(broker) as pit:
+            model = unique("leader")
+            broker.push_request_errors(PRODUCE, [NOT_LEADER_OR_FOLLOWER] * 3)
+            broker.push_request_errors(FETCH, [NOT_LEADER_OR_FOLLOWER] * 3)
+            first = await send_until_decided(pit.client, TransitionModel(model, WARMING, USER),
+                                             "leader/0")
+            await eventually(lambda: pit.tap.events(model))
+            partition = next(r.partition for r in pit.tap.records[POOL_EVENTS]
+                             if r.key == model.encode())
+            broker.set_leader(POOL_COMMANDS, partition, 2)
+            broker.set_leader(POOL_EVENTS, partition, 3)
+            second = await send_until_decided(pit.client, TransitionModel(model, HOT, USER),
+                                              "leader/1")
+            assert (first.status, second.status) == ("ACCEPTED", "ACCEPTED")
+            envelopes = [env for env, _ in await eventually(
+                lambda: len(pit.tap.events(model)) >= 2 and pit.tap.events(model))]
+            assert [(env["causation_id"], env["sequence"]) for env in envelopes] == [
+                ("leader/0", 1), ("leader/1", 2)]
+            assert pit.processor.processor.state(model).state == HOT

@@ -28,6 +28,7 @@ from streams.broker import EmbeddedBroker
 from streams.client import registry_for
 from streams.components import DECIDERS
 from streams.config import BROKER_FILE, Settings
+from streams.errors import PitError
 from streams.kafka import (
     make_producer,
     partitions_of,
@@ -232,6 +233,16 @@ async def restore_broker(engine, settings: Settings, catalog, progress=None) -> 
     return restored
 
 
+def running_pit(settings: Settings) -> bool:
+    """True when a `pit up` owns this data directory (its broker file names a live pid)."""
+    try:
+        pid = json.loads((settings.data_dir / BROKER_FILE).read_text())["pid"]
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 async def metrics_handler(_request: web.Request) -> web.Response:
     response = web.Response(body=generate_latest())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
@@ -240,6 +251,8 @@ async def metrics_handler(_request: web.Request) -> web.Response:
 
 async def serve(settings: Settings) -> None:
     """`pit up`: run until SIGINT/SIGTERM, then stop gracefully."""
+    if settings.embedded and running_pit(settings):
+        raise PitError(f"pit up is already running on {settings.data_dir.resolve()}")
     stack = Stack(settings, http_port=settings.http_port)
     await stack.start()
     where = settings.data_dir.resolve()

@@ -9,30 +9,18 @@ then shows the views, the audit trail, the hash-chain check and a point-in-time 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 import uuid
 
 from sqlalchemy import bindparam, text
 
-from streams.app import Stack
+from streams.app import Stack, running_pit
 from streams.client import Outcome, PitClient
-from streams.config import BROKER_FILE, Settings
+from streams.config import Settings
 from streams.kafka import make_producer, produce_all, read_partitions
 from streams.pool.lifecycle import ModelState, TransitionReason
 from streams.processor import Output
 from streams.topics import DEAD_LETTERS, POOL_COMMANDS, POOL_EVENTS
-
-
-def _running_pit(settings: Settings) -> bool:
-    """True when a `pit up` owns this data directory (its broker file names a live pid)."""
-    try:
-        pid = json.loads((settings.data_dir / BROKER_FILE).read_text())["pid"]
-        os.kill(pid, 0)
-        return True
-    except (OSError, ValueError, KeyError):
-        return False
 
 
 def _summary(event: dict) -> str:
@@ -66,7 +54,7 @@ async def run_demo(settings: Settings) -> None:
     from projections.db import connect
 
     stack = None
-    if settings.embedded and not _running_pit(settings):
+    if settings.embedded and not running_pit(settings):
         print(f"starting the Pit in-process (embedded broker, state in {settings.data_dir})")
         stack = await Stack(settings).start()
         settings = stack.settings

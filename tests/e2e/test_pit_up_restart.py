@@ -92,6 +92,8 @@ def test_pit_up_survives_a_restart(tmp_path: Path) -> None:
         before = wait_for(lambda: (m := pit.get("/models/llama"))["usage_count"] == 5 and m)
         transitions = pit.get("/models/llama/transitions")
         assert "pit_events_in_total" in pit.get("/metrics")
+        second = pit.pit("up")
+        assert second.returncode == 1 and "already running" in second.stderr
     finally:
         pit.stop()
 

@@ -1,0 +1,430 @@
+"""Predictive prewarming (seed M3.1.4): predictors of the next models, and the engine.
+
+Every predictor answers the same question, so their answers can be combined: *what is the
+probability that this model is requested within the next `horizon_ms`?* They learn from
+usage (`observe`) and forget with exponential decay, so they follow a pattern that changes.
+
+Pure code, as the deciders are: time is an argument in milliseconds (calls must come in
+non-decreasing time), there is no randomness, and the same observations give the same
+predictions. Decayed counts are stored scaled by `exp(t / tau)` against a reference time so
+an observation touches one number; the scale is folded in when reading, and rebased before
+it can overflow.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+MINUTE_MS = 60_000
+_REBASE = 40.0  # rebase scaled counts once exp() of this much has accumulated
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Learns from usage; ranks models by the probability they are requested soon."""
+    name: str
+
+    def observe(self, model_id: str, at_ms: int, workflow_id: str | None = None) -> None: ...
+
+    def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]: ...
+
+
+def _decay_rate(half_life_ms: float) -> float:
+    return math.log(2) / half_life_ms
+
+
+def _top(scores: Iterable[tuple[str, float]], k: int) -> list[tuple[str, float]]:
+    """Highest probability first; ties by model id so the order is deterministic."""
+    ranked = heapq.nsmallest(k, ((-p, m) for m, p in scores if p > 0.0))
+    return [(m, -neg) for neg, m in ranked]
+
+
+class _Decayed:
+    """A family of counters that all decay with one half-life (lazy, scaled storage)."""
+
+    def __init__(self, half_life_ms: float) -> None:
+        self.rate = _decay_rate(half_life_ms)
+        self.ref_ms: int | None = None
+        self.tables: list[dict] = []                       # nested dicts of stored values
+        self.rebasers: list[Callable[[float], None]] = []  # other storage to rescale
+
+    def weight(self, at_ms: int) -> float:
+        """The stored increment for one event at `at_ms`."""
+        if self.ref_ms is None:
+            self.ref_ms = at_ms
+        exponent = (at_ms - self.ref_ms) * self.rate
+        if exponent > _REBASE:
+            shrink = math.exp(-exponent)
+            for table in self.tables:
+                _scale(table, shrink)
+            for rebase in self.rebasers:
+                rebase(shrink)
+            self.ref_ms, exponent = at_ms, 0.0
+        return math.exp(exponent)
+
+    def factor(self, now_ms: int) -> float:
+        """Multiply a stored value by this to get its decayed value at `now_ms`."""
+        return 0.0 if self.ref_ms is None else math.exp(-(now_ms - self.ref_ms) * self.rate)
+
+
+def _scale(table: dict, by: float) -> None:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _scale(value, by)
+        else:
+            table[key] = value * by
+
+
+class TimeBasedPredictor:
+    """Time-of-day usage: a decayed request-rate histogram per model and per hour of day.
+
+    The rate of model m in bucket b is its decayed request count there over the decayed time
+    observed in b (plus a prior, so one early request is not read as a high rate). It looks
+    at the bucket `lead_ms` ahead, so models of the coming hour warm before it starts.
+    """
+
+    name = "time"
+
+    def __init__(self, *, horizon_ms: int = 10 * MINUTE_MS, period_ms: int = DAY_MS,
+                 bucket_ms: int = HOUR_MS, half_life_ms: int = 2 * DAY_MS,
+                 lead_ms: int = 5 * MINUTE_MS, prior_ms: int = HOUR_MS // 2) -> None:
+        self.horizon_ms, self.period_ms, self.bucket_ms = horizon_ms, period_ms, bucket_ms
+        self.lead_ms, self.prior_ms = lead_ms, prior_ms
+        self._decay = _Decayed(half_life_ms)
+        self._buckets: list[dict[str, float]] = [{} for _ in range(period_ms // bucket_ms)]
+        self._decay.tables.extend(self._buckets)
+        self._first_ms: int | None = None
+
+    def _bucket(self, at_ms: int) -> int:
+        return (at_ms % self.period_ms) // self.bucket_ms
+
+    def observe(self, model_id: str, at_ms: int, workflow_id: str | None = None) -> None:
+        if self._first_ms is None:
+            self._first_ms = at_ms
+        counts = self._buckets[self._bucket(at_ms)]
+        counts[model_id] = counts.get(model_id, 0.0) + self._decay.weight(at_ms)
+
+    def _exposure(self, bucket: int, now_ms: int) -> float:
+        """Decayed milliseconds of bucket `bucket` seen between the first event and now."""
+        if self._first_ms is None:
+            return 0.0
+        rate = self._decay.rate
+        offset = bucket * self.bucket_ms
+        start = now_ms - ((now_ms - offset) % self.period_ms)  # latest occurrence start
+        total = 0.0
+        while start + self.bucket_ms > self._first_ms:
+            lo, hi = max(start, self._first_ms), min(start + self.bucket_ms, now_ms)
+            if hi > lo:
+                total += (math.exp(-(now_ms - hi) * rate) - math.exp(-(now_ms - lo) * rate)) / rate
+            if (now_ms - start) * rate > 12:  # older occurrences weigh < 1e-5
+                break
+            start -= self.period_ms
+        return total
+
+    def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]:
+        bucket = self._bucket(now_ms + self.lead_ms)
+        counts = self._buckets[bucket]
+        if not counts:
+            return []
+        per_ms = self._decay.factor(now_ms) / (self._exposure(bucket, now_ms) + self.prior_ms)
+        horizon = self.horizon_ms
+        return _top(((m, 1.0 - math.exp(-c * per_ms * horizon)) for m, c in counts.items()), k)
+
+
+class WorkflowPredictor:
+    """Which model follows which inside a workflow run: a decayed first-order Markov chain.
+
+    `workflow_id` names one run. For every run active in the last `run_ttl_ms`, it predicts
+    the successors of the run's latest model, and (discounted) the step after that, so a
+    slow load can start two steps early. P(b | a) = transitions a->b over visits of a, so a
+    chain's last step, which has no successor, predicts nothing.
+    """
+
+    name = "workflow"
+
+    def __init__(self, *, half_life_ms: int = DAY_MS, run_ttl_ms: int = 10 * MINUTE_MS,
+                 lookahead: float = 0.9, prior: float = 0.5) -> None:
+        self.run_ttl_ms, self.lookahead, self.prior = run_ttl_ms, lookahead, prior
+        self._decay = _Decayed(half_life_ms)
+        self._visits: dict[str, float] = {}
+        self._next: dict[str, dict[str, float]] = {}
+        self._decay.tables.extend([self._visits, self._next])
+        self._runs: OrderedDict[str, tuple[str, int]] = OrderedDict()  # run -> (last, at)
+
+    def observe(self, model_id: str, at_ms: int, workflow_id: str | None = None) -> None:
+        self._expire(at_ms)
+        if workflow_id is None:
+            return
+        weight = self._decay.weight(at_ms)
+        previous = self._runs.pop(workflow_id, None)
+        if previous is not None:
+            successors = self._next.setdefault(previous[0], {})
+            successors[model_id] = successors.get(model_id, 0.0) + weight
+        self._visits[model_id] = self._visits.get(model_id, 0.0) + weight
+        self._runs[workflow_id] = (model_id, at_ms)
+
+    def _expire(self, now_ms: int) -> None:
+        while self._runs:
+            run, (_, at) = next(iter(self._runs.items()))
+            if at >= now_ms - self.run_ttl_ms:
+                return
+            del self._runs[run]
+
+    def successors(self, model_id: str, now_ms: int) -> dict[str, float]:
+        """P(next model | current model), from the decayed counts."""
+        nexts = self._next.get(model_id)
+        if not nexts:
+            return {}
+        scale = self._decay.factor(now_ms)
+        total = self._visits[model_id] + self.prior / scale
+        return {m: c / total for m, c in nexts.items()}
+
+    def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]:
+        miss: dict[str, float] = {}  # model -> probability that no active run needs it
+        cutoff = now_ms - self.run_ttl_ms
+        for last, at in self._runs.values():
+            if at < cutoff:
+                continue
+            for nxt, p in self.successors(last, now_ms).items():
+                miss[nxt] = miss.get(nxt, 1.0) * (1.0 - p)
+                for after, q in self.successors(nxt, now_ms).items():
+                    miss[after] = miss.get(after, 1.0) * (1.0 - self.lookahead * p * q)
+        return _top(((m, 1.0 - q) for m, q in miss.items()), k)
+
+
+class RecencyFrequencyPredictor:
+    """Decayed request rate per model, blending a short memory (recency) and a long one.
+
+    P(requested within the horizon) = 1 - exp(-rate * horizon), treating arrivals as
+    Poisson at the blended rate.
+    """
+
+    name = "recency"
+
+    def __init__(self, *, horizon_ms: int = 10 * MINUTE_MS,
+                 short_half_life_ms: int = 30 * MINUTE_MS, long_half_life_ms: int = 12 * HOUR_MS,
+                 recency_weight: float = 0.5) -> None:
+        self.horizon_ms, self.recency_weight = horizon_ms, recency_weight
+        self._short, self._long = _Decayed(short_half_life_ms), _Decayed(long_half_life_ms)
+        self._counts: dict[str, list[float]] = {}  # model -> [short, long] (scaled)
+        self._short.rebasers.append(lambda by: self._rescale(0, by))
+        self._long.rebasers.append(lambda by: self._rescale(1, by))
+        self._first_ms: int | None = None
+
+    def _rescale(self, column: int, by: float) -> None:
+        for row in self._counts.values():
+            row[column] *= by
+
+    def observe(self, model_id: str, at_ms: int, workflow_id: str | None = None) -> None:
+        if self._first_ms is None:
+            self._first_ms = at_ms
+        counts = self._counts.setdefault(model_id, [0.0, 0.0])
+        counts[0] += self._short.weight(at_ms)
+        counts[1] += self._long.weight(at_ms)
+
+    def _per_ms(self, decay: _Decayed, now_ms: int) -> float:
+        """Stored count -> rate per ms: decayed count over decayed elapsed time."""
+        assert self._first_ms is not None
+        span = (1.0 - math.exp(-(now_ms - self._first_ms) * decay.rate)) / decay.rate
+        return decay.factor(now_ms) / max(span, MINUTE_MS)
+
+    def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]:
+        if self._first_ms is None:
+            return []
+        w = self.recency_weight
+        a = w * self._per_ms(self._short, now_ms) * self.horizon_ms
+        b = (1.0 - w) * self._per_ms(self._long, now_ms) * self.horizon_ms
+        return _top(((m, 1.0 - math.exp(-(a * s + b * lg)))
+                     for m, (s, lg) in self._counts.items()), k)
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WarmDecision:
+    """Prewarm `model_id` now: predicted to be requested within the horizon."""
+    model_id: str
+    probability: float
+    reason: str          # the predictor that contributed most
+
+
+@dataclass(frozen=True)
+class PrewarmStats:
+    predictions_made: int       # WarmDecisions emitted
+    correct_predictions: int    # ... whose model was requested within the horizon, unevicted
+    wrong_predictions: int      # ... that expired or were evicted first
+    models_prewarmed: int       # decisions the caller acted on (made - skipped)
+    cold_starts_avoided: int    # correct, and requested after the load had finished
+    weights: dict[str, float]   # current trust in each predictor
+
+    @property
+    def pending(self) -> int:
+        return self.predictions_made - self.correct_predictions - self.wrong_predictions
+
+    @property
+    def accuracy(self) -> float:
+        """Correct over made: a still-pending prediction counts against it."""
+        return self.correct_predictions / self.predictions_made if self.predictions_made else 0.0
+
+
+@dataclass
+class _Pending:
+    at_ms: int
+    deadline_ms: int
+    loaded: bool = True
+
+
+class _HitRate:
+    """A predictor's recent precision: decayed hits over decayed resolved predictions."""
+
+    def __init__(self, memory: float, prior: float = 0.5, strength: float = 4.0) -> None:
+        self.keep = 1.0 - 1.0 / memory
+        self.hits, self.total = prior * strength, strength
+
+    def record(self, hit: bool) -> None:
+        self.hits = self.hits * self.keep + (1.0 if hit else 0.0)
+        self.total = self.total * self.keep + 1.0
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.total
+
+
+class PrewarmEngine:
+    """Combines predictors, decides what to prewarm, and keeps score.
+
+    Combination is a weighted noisy-OR, p = 1 - prod(1 - w_i * p_i), where w_i is predictor
+    i's recent hit rate: each predictor's own confident (>= threshold) predictions for cold
+    models are followed in the shadow and scored like real ones, so a predictor whose
+    pattern went stale loses its say until it learns the new one.
+
+    A decision is *correct* when its model is requested within `horizon_ms` of the decision
+    and before the pool evicts it (the caller reports evictions with `evicted`). A correct
+    decision avoided a cold start when the request came `load_ms` or more after it, i.e.
+    after the prewarm load finished.
+    """
+
+    name = "engine"
+
+    def __init__(self, predictors: Sequence[Predictor] | None = None, *,
+                 horizon_ms: int = 10 * MINUTE_MS, load_ms: int = 10_000,
+                 threshold: float = 0.6, max_decisions: int = 4,
+                 weight_memory: float = 200.0) -> None:
+        self.predictors = list(predictors) if predictors is not None else default_predictors(
+            horizon_ms)
+        self.horizon_ms, self.load_ms = horizon_ms, load_ms
+        self.threshold, self.max_decisions = threshold, max_decisions
+        self._rates = {p.name: _HitRate(weight_memory) for p in self.predictors}
+        self._pending: dict[str, _Pending] = {}
+        self._deadlines: deque[tuple[int, str, int]] = deque()   # (deadline, model, at)
+        self._shadow: dict[str, dict[str, int]] = {p.name: {} for p in self.predictors}
+        self._shadow_deadlines: deque[tuple[int, str, str]] = deque()
+        self._made = self._correct = self._wrong = self._skipped = self._avoided = 0
+
+    # -- learning and scoring ---------------------------------------------------------------
+
+    def observe(self, model_id: str, at_ms: int, workflow_id: str | None = None) -> None:
+        self._expire(at_ms)
+        pending = self._pending.pop(model_id, None)
+        if pending is not None:
+            self._correct += 1
+            if pending.loaded and at_ms - pending.at_ms >= self.load_ms:
+                self._avoided += 1
+        for name, shadow in self._shadow.items():
+            if shadow.pop(model_id, None) is not None:
+                self._rates[name].record(True)
+        for predictor in self.predictors:
+            predictor.observe(model_id, at_ms, workflow_id)
+
+    def evicted(self, model_id: str, at_ms: int) -> None:
+        """The pool dropped `model_id`: a prewarm still waiting for its request failed."""
+        if self._pending.pop(model_id, None) is not None:
+            self._wrong += 1
+
+    def skipped(self, model_id: str) -> None:
+        """The caller did not act on a decision; it is still judged as a prediction."""
+        pending = self._pending.get(model_id)
+        if pending is not None and pending.loaded:
+            pending.loaded = False
+            self._skipped += 1
+
+    def _expire(self, now_ms: int) -> None:
+        while self._deadlines and self._deadlines[0][0] < now_ms:
+            _, model, at = self._deadlines.popleft()
+            pending = self._pending.get(model)
+            if pending is not None and pending.at_ms == at:
+                del self._pending[model]
+                self._wrong += 1
+        while self._shadow_deadlines and self._shadow_deadlines[0][0] < now_ms:
+            _, name, model = self._shadow_deadlines.popleft()
+            if self._shadow[name].pop(model, None) is not None:
+                self._rates[name].record(False)
+
+    def weights(self) -> dict[str, float]:
+        return {name: rate.value for name, rate in self._rates.items()}
+
+    def _combine(self, now_ms: int, k: int,
+                 hot: Collection[str]) -> tuple[dict[str, float], dict[str, str], list]:
+        miss: dict[str, float] = {}
+        best: dict[str, tuple[float, str]] = {}
+        answers = []
+        for predictor in self.predictors:
+            weight = self._rates[predictor.name].value
+            answer = predictor.predict(now_ms, k + len(hot))
+            answers.append((predictor.name, answer))
+            for model, p in answer:
+                if model in hot:
+                    continue
+                wp = weight * p
+                miss[model] = miss.get(model, 1.0) * (1.0 - wp)
+                if wp > best.get(model, (-1.0, ""))[0]:
+                    best[model] = (wp, predictor.name)
+        combined = {m: 1.0 - q for m, q in miss.items()}
+        return combined, {m: r for m, (_, r) in best.items()}, answers
+
+    def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]:
+        """Combined probabilities (the `Predictor` interface); keeps no score."""
+        return _top(self._combine(now_ms, k, ())[0].items(), k)
+
+    def decide(self, now_ms: int, hot: Collection[str] = (),
+               k: int | None = None) -> list[WarmDecision]:
+        """Prewarm decisions for cold models above the threshold, most likely first.
+
+        `hot` is every model loaded or loading; the caller is expected to load each
+        decision (or call `skipped`) and to report evictions.
+        """
+        self._expire(now_ms)
+        k = self.max_decisions if k is None else k
+        combined, reasons, answers = self._combine(now_ms, k, hot)
+        deadline = now_ms + self.horizon_ms
+        for name, answer in answers:
+            shadow = self._shadow[name]
+            for model, p in answer:
+                if p >= self.threshold and model not in hot and model not in shadow:
+                    shadow[model] = now_ms
+                    self._shadow_deadlines.append((deadline, name, model))
+        decisions = []
+        for model, p in _top(combined.items(), k):
+            if p < self.threshold or model in self._pending:
+                continue
+            decisions.append(WarmDecision(model, p, reasons[model]))
+            self._pending[model] = _Pending(now_ms, deadline)
+            self._deadlines.append((deadline, model, now_ms))
+            self._made += 1
+        return decisions
+
+    def stats(self) -> PrewarmStats:
+        return PrewarmStats(self._made, self._correct, self._wrong, self._made - self._skipped,
+                            self._avoided, self.weights())
+
+
+def default_predictors(horizon_ms: int = 10 * MINUTE_MS) -> list[Predictor]:
+    return [TimeBasedPredictor(horizon_ms=horizon_ms), WorkflowPredictor(),
+            RecencyFrequencyPredictor(horizon_ms=horizon_ms)]

@@ -1,0 +1,963 @@
+"""The pool decider (issue 3, seed M3.1.3): which models are hot, where, and when to load,
+evict, prewarm or recover them. Pure: no I/O, no wall clock; time arrives as `now_ms`.
+
+The entity is the whole pool (key = pool id, "default" unless a command says otherwise),
+because memory budgets span models. Hosts do the loading: the pool tells them what to do
+(LoadRequested, UnloadRequested) and they report back (ReportModelLoaded, ...).
+
+Every lifecycle change goes through `lifecycle.decide` (the seed's TRANSITIONS table stays the
+single rulebook) and is applied with `lifecycle.evolve`. `decide` builds its answer by
+evolving a working copy event by event (`_Decision.emit`), so what it decides is, by
+construction, what a replay of its events reproduces.
+
+Memory, per host, in MB (declared until a load measured it):
+  resident  = Warming + Hot + Cooling + Failed-not-yet-unloaded models: what the host holds.
+  committed = reserved (placed, waiting for room) + Warming + Hot: what the pool has promised.
+Placement needs `committed + need <= budget`; a LoadRequested is only sent when
+`resident + need <= budget`; so a host is never told to load a model it has no room for,
+even while the models evicted for it are still unloading. Capacity (max models) is counted
+the same way.
+
+Rule decisions (written down because the issue leaves them open):
+* Allocate on Hot: cache hit. On Cold: place (evicting idle LRU Hot models on one host if
+  needed), load, queue. On Warming or placed-and-waiting: queue. On Cooling: rejected (it
+  accepts no new allocations). On Failed: recover (Failed -> Cold, ErrorRecovery) and warm
+  like Cold, unless the failed copy is still on its host awaiting unload (rejected: retry).
+* Eviction is per host, least recently used first; only Hot models with no allocations are
+  candidates. The host needing the fewest evictions wins (then most free memory, then id).
+* WarmModel (prewarming) never evicts: speculation must not cost real demand a miss.
+  On Hot/Warming/placed models it is a no-op (accepted, no events).
+* A model that measures bigger than its host can hold fails (ResourcePressure) and is
+  unloaded; its queued allocations fail. Its next placement uses the measured size.
+* Entering Failed uses HealthCheckFailure (health threshold, host down, load failure, with
+  the cause in metadata) or ResourcePressure (measured too big); Failed -> Cold uses
+  ErrorRecovery.
+* An allocation that was granted and then ends because its model failed (host down, health)
+  gets AllocationFailed with in_flight=true; a queued one that will never be granted gets
+  in_flight=false. Releasing a queued request cancels it (AllocationFailed, "cancelled").
+* Command rejections emit no event, so they are not in this state: the processor counts them
+  from outcomes. The state counts allocation failures by code.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
+
+from streams.decider import Decider, Message, Rejection
+from streams.pool import lifecycle
+from streams.pool.lifecycle import (
+    ModelLifecycle,
+    ModelState,
+    ModelTransitioned,
+    ModelUsageRecorded,
+    TransitionModel,
+    TransitionReason,
+)
+from streams.topics import POOL_COMMANDS, POOL_EVENTS
+
+Cold, Warming, Hot, Cooling, Failed = ModelState
+R = TransitionReason
+DEFAULT_POOL = "default"
+HEALTH_FAILURE_THRESHOLD = 3  # consecutive failed health checks that fail a Hot model
+
+
+# --- a small persistent map -----------------------------------------------------------------
+
+K = TypeVar("K")
+V = TypeVar("V")
+_SHARDS = 64
+_EMPTY: dict = {}
+
+
+def _shard(key: str) -> int:
+    # crc32, not hash(): the layout (and so iteration order) is the same in every process.
+    return zlib.crc32(key.encode()) & (_SHARDS - 1)
+
+
+class PMap(Generic[K, V]):
+    """An immutable str-keyed map whose `set`/`delete` copy one of 64 shards, not the whole
+    map: evolving a pool of 10,000 models copies ~160 entries, not 10,000. Equality is by
+    content. Callers never depend on its iteration order (they sort where order matters)."""
+
+    __slots__ = ("_len", "_shards")
+
+    def __init__(self, shards: tuple[dict, ...] | None = None, length: int = 0) -> None:
+        self._shards = shards if shards is not None else (_EMPTY,) * _SHARDS
+        self._len = length
+
+    def get(self, key: K, default: Any = None) -> Any:
+        return self._shards[_shard(key)].get(key, default)
+
+    def __getitem__(self, key: K) -> V:
+        return self._shards[_shard(key)][key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._shards[_shard(key)]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[K]:
+        for shard in self._shards:
+            yield from shard
+
+    def values(self) -> Iterator[V]:
+        for shard in self._shards:
+            yield from shard.values()
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        for shard in self._shards:
+            yield from shard.items()
+
+    def set(self, key: K, value: V) -> PMap[K, V]:
+        index = _shard(key)
+        old = self._shards[index]
+        new = dict(old)
+        new[key] = value
+        shards = list(self._shards)
+        shards[index] = new
+        return PMap(tuple(shards), self._len + (key not in old))
+
+    def delete(self, key: K) -> PMap[K, V]:
+        index = _shard(key)
+        if key not in self._shards[index]:
+            return self
+        new = dict(self._shards[index])
+        del new[key]
+        shards = list(self._shards)
+        shards[index] = new
+        return PMap(tuple(shards), self._len - 1)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PMap):
+            return NotImplemented
+        return self._len == other._len and all(
+            a == b for a, b in zip(self._shards, other._shards, strict=True))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"PMap({dict(sorted(self.items()))!r})"
+
+
+# --- commands -------------------------------------------------------------------------------
+# Every command carries pool_id (the entity key, Avro default "default") as its last field.
+
+class _PoolCommand(Message):
+    key_field = "pool_id"
+
+
+@dataclass(frozen=True)
+class RegisterModel(_PoolCommand):
+    avro_name = "pit.pool.RegisterModel"
+    model_id: str
+    uri: str
+    memory_mb: int
+    expected_load_ms: int
+    pool_id: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class RegisterHost(_PoolCommand):
+    avro_name = "pit.pool.RegisterHost"
+    host_id: str
+    memory_budget_mb: int
+    capacity: int
+    pool_id: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class AllocateModel(_PoolCommand):
+    avro_name = "pit.pool.AllocateModel"
+    request_id: str
+    model_id: str
+    requester: str
+    pool_id: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class ReleaseModel(_PoolCommand):
+    avro_name = "pit.pool.ReleaseModel"
+    request_id: str
+    pool_id: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class WarmModel(_PoolCommand):
+    avro_name = "pit.pool.WarmModel"
+    model_id: str
+    probability: float
+    reason: str
+    pool_id: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class CoolModel(_PoolCommand):
+    avro_name = "pit.pool.CoolModel"
+    model_id: str
+    reason: TransitionReason = R.SCHEDULED_COOLDOWN
+    pool_id: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class ReportModelLoaded(_PoolCommand):
+    avro_name = "pit.pool.ReportModelLoaded"
+    host_id: str
+    model_id: str
+    load_ms: int
+    memory_mb: int
+    pool_id: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class ReportModelLoadFailed(_PoolCommand):
+    avro_name = "pit.pool.ReportModelLoadFailed"
+    host_id: str
+    model_id: str
+    error: str
+    pool_id: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class ReportModelUnloaded(_PoolCommand):
+    avro_name = "pit.pool.ReportModelUnloaded"
+    host_id: str
+    model_id: str
+    pool_id: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class ReportHealth(_PoolCommand):
+    avro_name = "pit.pool.ReportHealth"
+    host_id: str
+    model_id: str
+    ok: bool
+    latency_ms: float
+    detail: str = ""
+    pool_id: str = DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class ReportHostDown(_PoolCommand):
+    avro_name = "pit.pool.ReportHostDown"
+    host_id: str
+    pool_id: str = DEFAULT_POOL
+
+
+# --- events ---------------------------------------------------------------------------------
+# The envelope's entity key is the pool id; key_field below only names the subject.
+
+@dataclass(frozen=True)
+class ModelRegistered(Message):
+    avro_name = "pit.pool.ModelRegistered"
+    key_field = "model_id"
+    model_id: str
+    uri: str
+    memory_mb: int
+    expected_load_ms: int
+
+
+@dataclass(frozen=True)
+class HostRegistered(Message):
+    avro_name = "pit.pool.HostRegistered"
+    key_field = "host_id"
+    host_id: str
+    memory_budget_mb: int
+    capacity: int
+
+
+@dataclass(frozen=True)
+class ModelPlaced(Message):
+    """The pool reserved memory for a model on a host; it loads once the host has room."""
+    avro_name = "pit.pool.ModelPlaced"
+    key_field = "model_id"
+    model_id: str
+    host_id: str
+    memory_mb: int
+    reason: TransitionReason  # why it is being loaded: UserRequest, PredictivePrewarm, ...
+
+
+@dataclass(frozen=True)
+class LoadRequested(Message):
+    """An instruction for host_id: load the model."""
+    avro_name = "pit.pool.LoadRequested"
+    key_field = "model_id"
+    model_id: str
+    host_id: str
+    uri: str
+    memory_mb: int
+    reason: TransitionReason
+
+
+@dataclass(frozen=True)
+class ModelLoaded(Message):
+    avro_name = "pit.pool.ModelLoaded"
+    key_field = "model_id"
+    model_id: str
+    host_id: str
+    load_ms: int
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class ModelLoadFailed(Message):
+    avro_name = "pit.pool.ModelLoadFailed"
+    key_field = "model_id"
+    model_id: str
+    host_id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class UnloadRequested(Message):
+    """An instruction for host_id: unload the model (it has no allocations left)."""
+    avro_name = "pit.pool.UnloadRequested"
+    key_field = "model_id"
+    model_id: str
+    host_id: str
+    reason: TransitionReason
+
+
+@dataclass(frozen=True)
+class ModelUnloaded(Message):
+    avro_name = "pit.pool.ModelUnloaded"
+    key_field = "model_id"
+    model_id: str
+    host_id: str
+
+
+@dataclass(frozen=True)
+class ModelEvicted(Message):
+    avro_name = "pit.pool.ModelEvicted"
+    key_field = "model_id"
+    model_id: str
+    host_id: str
+
+
+@dataclass(frozen=True)
+class AllocationQueued(Message):
+    avro_name = "pit.pool.AllocationQueued"
+    key_field = "request_id"
+    request_id: str
+    model_id: str
+    requester: str
+
+
+@dataclass(frozen=True)
+class ModelAllocated(Message):
+    avro_name = "pit.pool.ModelAllocated"
+    key_field = "request_id"
+    request_id: str
+    model_id: str
+    requester: str
+    host_id: str
+    cache_hit: bool
+
+
+@dataclass(frozen=True)
+class ModelReleased(Message):
+    avro_name = "pit.pool.ModelReleased"
+    key_field = "request_id"
+    request_id: str
+    model_id: str
+    host_id: str
+
+
+@dataclass(frozen=True)
+class AllocationFailed(Message):
+    avro_name = "pit.pool.AllocationFailed"
+    key_field = "request_id"
+    request_id: str
+    model_id: str
+    code: str       # load_failed | host_down | health_check | too_big | no_room | cancelled
+    reason: str
+    in_flight: bool  # True: it had been granted and ends here; False: it never will be
+
+
+@dataclass(frozen=True)
+class HealthRecorded(Message):
+    avro_name = "pit.pool.HealthRecorded"
+    key_field = "model_id"
+    model_id: str
+    host_id: str
+    ok: bool
+    latency_ms: float
+    consecutive_failures: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class HostDown(Message):
+    avro_name = "pit.pool.HostDown"
+    key_field = "host_id"
+    host_id: str
+    models: list[str] = field(default_factory=list)
+
+
+# --- state ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    model_id: str
+    uri: str
+    declared_memory_mb: int
+    expected_load_ms: int
+    lifecycle: ModelLifecycle
+    host: str | None = None            # where it is, or is placed to load
+    memory_mb: int | None = None       # measured by its last load
+    load_ms: int | None = None         # measured by its last load
+    allocations: frozenset[str] = frozenset()  # request ids in flight
+    queued: tuple[str, ...] = ()       # request ids waiting for Hot, oldest first
+    health_failures: int = 0           # consecutive
+    reason: TransitionReason | None = None  # why it entered its current state
+    load_reason: TransitionReason = R.USER_REQUEST  # why it was last placed
+    last_used: int = 0                 # pool tick of its last use: the LRU order
+    placed_at: int = 0                 # pool tick of its placement: FIFO of waiting loads
+
+    @property
+    def state(self) -> ModelState:
+        return self.lifecycle.state
+
+    @property
+    def need_mb(self) -> int:
+        return self.declared_memory_mb if self.memory_mb is None else self.memory_mb
+
+    @property
+    def waiting(self) -> bool:
+        """Placed on a host, not loading yet (the host is still making room)."""
+        return self.state is Cold and self.host is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    host_id: str
+    memory_budget_mb: int
+    capacity: int
+    alive: bool = True
+    models: frozenset[str] = frozenset()  # placed here: waiting, loading, loaded, leaving
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: str
+    model_id: str
+    requester: str
+    allocated: bool  # False while queued
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    loads: int = 0
+    load_failures: int = 0
+    load_time_total_ms: int = 0
+    prewarm_loads: int = 0
+    allocation_failures: tuple[tuple[str, int], ...] = ()  # (code, count), sorted by code
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def failed(self, code: str) -> Stats:
+        counts = dict(self.allocation_failures)
+        counts[code] = counts.get(code, 0) + 1
+        return replace(self, allocation_failures=tuple(sorted(counts.items())))
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    resident_mb: int = 0
+    resident_count: int = 0
+    committed_mb: int = 0
+    committed_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    pool_id: str
+    models: PMap[str, Model] = field(default_factory=PMap)
+    hosts: PMap[str, Host] = field(default_factory=PMap)
+    requests: PMap[str, Request] = field(default_factory=PMap)  # active: queued or allocated
+    stats: Stats = Stats()
+    tick: int = 0  # events applied: the pool's logical clock for LRU and FIFO order
+
+    def usage(self, host_id: str) -> Usage:
+        resident_mb = resident_count = committed_mb = committed_count = 0
+        for model_id in self.hosts[host_id].models:
+            model = self.models[model_id]
+            if model.state is not Cold:  # loading, loaded or still unloading
+                resident_mb += model.need_mb
+                resident_count += 1
+            if model.state in (Cold, Warming, Hot):  # promised: not on its way out
+                committed_mb += model.need_mb
+                committed_count += 1
+        return Usage(resident_mb, resident_count, committed_mb, committed_count)
+
+    def lru(self, host_id: str) -> list[str]:
+        """The host's Hot models, least recently used first."""
+        hot = [self.models[m] for m in self.hosts[host_id].models]
+        return [m.model_id for m in sorted(hot, key=_lru_key) if m.state is Hot]
+
+
+def _lru_key(model: Model) -> tuple[int, str]:
+    return model.last_used, model.model_id
+
+
+def initial_state(pool_id: str) -> PoolState:
+    return PoolState(pool_id)
+
+
+# --- evolve: apply one fact ------------------------------------------------------------------
+
+def _put(state: PoolState, model: Model, **changes: Any) -> PMap[str, Model]:
+    return state.models.set(model.model_id, replace(model, **changes))
+
+
+def _evolve_host_models(state: PoolState, host_id: str,
+                        change: Callable[[frozenset[str]], frozenset[str]]) -> PMap[str, Host]:
+    host = state.hosts[host_id]
+    return state.hosts.set(host_id, replace(host, models=change(host.models)))
+
+
+def evolve(state: PoolState, event: Message, at_ms: int) -> PoolState:
+    tick = state.tick + 1
+    s = replace(state, tick=tick)
+    match event:
+        case ModelRegistered(model_id=m, uri=uri, memory_mb=mb, expected_load_ms=ms):
+            return replace(s, models=s.models.set(
+                m, Model(m, uri, mb, ms, lifecycle.initial_state(m))))
+        case HostRegistered(host_id=h, memory_budget_mb=budget, capacity=capacity):
+            return replace(s, hosts=s.hosts.set(h, Host(h, budget, capacity)))
+        case ModelTransitioned(model_id=m, reason=reason):
+            model = s.models[m]
+            return replace(s, models=_put(s, model, reason=reason,
+                                          lifecycle=lifecycle.evolve(model.lifecycle, event,
+                                                                     at_ms)))
+        case ModelPlaced(model_id=m, host_id=h, reason=reason):
+            s = replace(s, hosts=_evolve_host_models(s, h, lambda ms: ms | {m}))
+            return replace(s, models=_put(s, s.models[m], host=h, placed_at=tick,
+                                          load_reason=reason))
+        case LoadRequested(reason=reason):
+            if reason is R.PREDICTIVE_PREWARM:
+                return replace(s, stats=replace(s.stats, prewarm_loads=s.stats.prewarm_loads + 1))
+            return s
+        case ModelLoaded(model_id=m, load_ms=load_ms, memory_mb=mb):
+            stats = replace(s.stats, loads=s.stats.loads + 1,
+                            load_time_total_ms=s.stats.load_time_total_ms + load_ms)
+            return replace(s, stats=stats, models=_put(
+                s, s.models[m], memory_mb=mb, load_ms=load_ms, health_failures=0, last_used=tick))
+        case ModelLoadFailed(model_id=m, host_id=h) | ModelUnloaded(model_id=m, host_id=h):
+            s = replace(s, hosts=_evolve_host_models(s, h, lambda ms: ms - {m}))
+            if isinstance(event, ModelLoadFailed):
+                s = replace(s, stats=replace(s.stats, load_failures=s.stats.load_failures + 1))
+            return replace(s, models=_put(s, s.models[m], host=None))
+        case ModelEvicted():
+            return replace(s, stats=replace(s.stats, evictions=s.stats.evictions + 1))
+        case AllocationQueued(request_id=r, model_id=m, requester=who):
+            model = s.models[m]
+            return replace(s, models=_put(s, model, queued=(*model.queued, r)),
+                           requests=s.requests.set(r, Request(r, m, who, False)),
+                           stats=replace(s.stats, misses=s.stats.misses + 1))
+        case ModelAllocated(request_id=r, model_id=m, requester=who, cache_hit=hit):
+            model = s.models[m]
+            used = lifecycle.evolve(model.lifecycle, ModelUsageRecorded(m, 1), at_ms)
+            queued = tuple(q for q in model.queued if q != r) if model.queued else ()
+            models = _put(s, model, lifecycle=used, allocations=model.allocations | {r},
+                          queued=queued, last_used=tick)
+            stats = replace(s.stats, hits=s.stats.hits + 1) if hit else s.stats
+            return replace(s, models=models, stats=stats,
+                           requests=s.requests.set(r, Request(r, m, who, True)))
+        case ModelReleased(request_id=r, model_id=m):
+            model = s.models[m]
+            return replace(s, requests=s.requests.delete(r), models=_put(
+                s, model, allocations=model.allocations - {r}, last_used=tick))
+        case AllocationFailed(request_id=r, model_id=m, code=code):
+            model = s.models[m]
+            return replace(s, requests=s.requests.delete(r), stats=s.stats.failed(code),
+                           models=_put(s, model, allocations=model.allocations - {r},
+                                       queued=tuple(q for q in model.queued if q != r)))
+        case HealthRecorded(model_id=m, consecutive_failures=failures):
+            return replace(s, models=_put(s, s.models[m], health_failures=failures))
+        case HostDown(host_id=h):
+            host = s.hosts[h]
+            models = s.models
+            for m in host.models:
+                models = models.set(m, replace(models[m], host=None))
+            return replace(s, models=models,
+                           hosts=s.hosts.set(h, replace(host, alive=False, models=frozenset())))
+    return s  # UnloadRequested and unknown events change nothing but the clock
+
+
+# --- decide: the rules -----------------------------------------------------------------------
+
+class _Decision:
+    """A working copy: every emitted event is applied at once, so later rules see it."""
+
+    __slots__ = ("events", "now", "state")
+
+    def __init__(self, state: PoolState, now_ms: int) -> None:
+        self.state, self.now, self.events = state, now_ms, []
+
+    def emit(self, *events: Message) -> None:
+        for event in events:
+            self.events.append(event)
+            self.state = evolve(self.state, event, self.now)
+
+    def transition(self, model_id: str, target: ModelState, reason: TransitionReason,
+                   **metadata: str) -> None:
+        """A lifecycle change, checked by the lifecycle's own decide (the one rulebook)."""
+        model = self.state.models[model_id]
+        if model.host is not None:
+            metadata.setdefault("host", model.host)
+        command = TransitionModel(model_id, target, reason, metadata)
+        self.emit(*lifecycle.decide(model.lifecycle, command, self.now))
+
+
+def _model(state: PoolState, model_id: str) -> Model:
+    model = state.models.get(model_id)
+    if model is None:
+        raise Rejection(f"unknown model {model_id!r}")
+    return model
+
+
+def _host(state: PoolState, host_id: str) -> Host:
+    host = state.hosts.get(host_id)
+    if host is None:
+        raise Rejection(f"unknown host {host_id!r}")
+    if not host.alive:
+        raise Rejection(f"host {host_id} is down")
+    return host
+
+
+def _held(state: PoolState, host_id: str, model_id: str) -> Model:
+    """A host's report about a model: the host must hold (or be placed to load) it."""
+    _host(state, host_id)
+    model = _model(state, model_id)
+    if model.host != host_id:
+        where = f"on host {model.host}" if model.host else "on no host"
+        raise Rejection(f"host {host_id} does not hold model {model_id} (it is {where})")
+    return model
+
+
+def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, list[str]]:
+    """Where the model goes and which idle Hot models must leave first, or a Rejection."""
+    need = model.need_mb
+    alive = sorted(h for h, host in state.hosts.items() if host.alive)
+    if not alive:
+        raise Rejection(f"cannot place model {model.model_id}: no host is alive")
+    best_fit: tuple[int, str] | None = None
+    best_evict: tuple[int, int, str, list[str]] | None = None
+    closest = (-1, "")  # (MB obtainable, host) for the rejection message
+    for host_id in alive:
+        host, usage = state.hosts[host_id], state.usage(host_id)
+        free = host.memory_budget_mb - usage.committed_mb
+        if free >= need and usage.committed_count < host.capacity:
+            if best_fit is None or free > -best_fit[0]:
+                best_fit = (-free, host_id)
+            continue
+        # Idle Hot models, least recently used first: the only ones that may be evicted.
+        idle = [state.models[m] for m in state.lru(host_id)]
+        idle = [m for m in idle if not m.allocations]
+        victims: list[str] = []
+        count = usage.committed_count
+        for victim in idle:
+            if free >= need and count < host.capacity:
+                break
+            victims.append(victim.model_id)
+            free += victim.need_mb
+            count -= 1
+        closest = max(closest, (free, host_id))
+        if evict and free >= need and count < host.capacity:
+            candidate = (len(victims), -free, host_id, victims)
+            if best_evict is None or candidate[:3] < best_evict[:3]:
+                best_evict = candidate
+    if best_fit is not None:
+        return best_fit[1], []
+    if best_evict is not None:
+        return best_evict[2], best_evict[3]
+    obtainable, host_id = closest
+    how = ("even after evicting every idle model (allocated or draining models are never"
+           " evicted)" if evict else "without evicting (prewarming never evicts)")
+    raise Rejection(f"cannot place model {model.model_id}: needs {need} MB, the most any host"
+                    f" can offer {how} is {obtainable} MB (host {host_id}), or every host is at"
+                    " capacity")
+
+
+def _place(d: _Decision, model_id: str, *, evict: bool, reason: TransitionReason) -> None:
+    """Cold (or Failed without a host) -> placed on a host, loading as soon as it has room."""
+    model = d.state.models[model_id]
+    host_id, victims = _choose_host(d.state, model, evict=evict)  # may reject: nothing emitted
+    if model.state is Failed:
+        d.transition(model_id, Cold, R.ERROR_RECOVERY)
+    for victim in victims:
+        d.emit(ModelEvicted(victim, host_id))
+        _cool(d, victim, R.RESOURCE_PRESSURE)
+    d.emit(ModelPlaced(model_id, host_id, model.need_mb, reason))
+    _start_waiting(d, host_id)
+
+
+def _start_waiting(d: _Decision, host_id: str) -> None:
+    """Send LoadRequested to the host's waiting models, oldest first, while they fit."""
+    state = d.state
+    host = state.hosts[host_id]
+    waiting = sorted((state.models[m] for m in host.models if state.models[m].waiting),
+                     key=lambda m: (m.placed_at, m.model_id))
+    for model in waiting:
+        usage = d.state.usage(host_id)
+        if (usage.resident_mb + model.need_mb > host.memory_budget_mb
+                or usage.resident_count >= host.capacity):
+            return  # first in, first loaded: no overtaking
+        d.transition(model.model_id, Warming, model.load_reason)
+        d.emit(LoadRequested(model.model_id, host_id, model.uri, model.need_mb,
+                             model.load_reason))
+
+
+def _cool(d: _Decision, model_id: str, reason: TransitionReason) -> None:
+    """Hot -> Cooling; the unload is requested once the model has no allocations left."""
+    d.transition(model_id, Cooling, reason)
+    model = d.state.models[model_id]
+    if not model.allocations:
+        d.emit(UnloadRequested(model_id, model.host, reason))
+
+
+def _fail(d: _Decision, model_id: str, reason: TransitionReason, code: str, why: str) -> None:
+    """The model goes to Failed: its in-flight allocations end, queued ones are answered."""
+    model = d.state.models[model_id]
+    for request_id in sorted(model.allocations):
+        d.emit(AllocationFailed(request_id, model_id, code, why, True))
+    for request_id in model.queued:
+        d.emit(AllocationFailed(request_id, model_id, code, why, False))
+    d.transition(model_id, Failed, reason, cause=why)
+
+
+def _fail_queue(d: _Decision, model_id: str, code: str, why: str) -> None:
+    for request_id in d.state.models[model_id].queued:
+        d.emit(AllocationFailed(request_id, model_id, code, why, False))
+
+
+def _on_register_model(d: _Decision, c: RegisterModel) -> None:
+    if not c.model_id or not c.uri:
+        raise Rejection("model_id and uri must not be empty")
+    if c.memory_mb <= 0 or c.expected_load_ms < 0:
+        raise Rejection(f"model {c.model_id}: memory_mb must be positive and expected_load_ms"
+                        f" not negative (got {c.memory_mb}, {c.expected_load_ms})")
+    known = d.state.models.get(c.model_id)
+    if known is not None:
+        if (known.uri, known.declared_memory_mb, known.expected_load_ms) != (
+                c.uri, c.memory_mb, c.expected_load_ms):
+            raise Rejection(f"model {c.model_id} is already registered with other parameters"
+                            f" ({known.uri}, {known.declared_memory_mb} MB,"
+                            f" {known.expected_load_ms} ms)")
+        return  # the same registration again: nothing to do
+    d.emit(ModelRegistered(c.model_id, c.uri, c.memory_mb, c.expected_load_ms))
+
+
+def _on_register_host(d: _Decision, c: RegisterHost) -> None:
+    if not c.host_id:
+        raise Rejection("host_id must not be empty")
+    if c.memory_budget_mb <= 0 or c.capacity <= 0:
+        raise Rejection(f"host {c.host_id}: memory_budget_mb and capacity must be positive"
+                        f" (got {c.memory_budget_mb}, {c.capacity})")
+    known = d.state.hosts.get(c.host_id)
+    if known is not None:
+        if (known.memory_budget_mb, known.capacity) != (c.memory_budget_mb, c.capacity):
+            raise Rejection(f"host {c.host_id} is already registered with other parameters"
+                            f" ({known.memory_budget_mb} MB, capacity {known.capacity})")
+        if known.alive:
+            return  # the same registration again
+    d.emit(HostRegistered(c.host_id, c.memory_budget_mb, c.capacity))  # new, or back up
+
+
+def _on_allocate(d: _Decision, c: AllocateModel) -> None:
+    if not c.request_id:
+        raise Rejection("request_id must not be empty")
+    if c.request_id in d.state.requests:
+        raise Rejection(f"request {c.request_id} is already active")
+    model = _model(d.state, c.model_id)
+    state = model.state
+    if state is Hot:  # the cache hit: the path that must stay fast
+        d.emit(ModelAllocated(c.request_id, c.model_id, c.requester, model.host, True))
+        return
+    if state is Cooling:
+        raise Rejection(f"model {c.model_id} is Cooling; it accepts no new allocations"
+                        " (retry once it is Cold)")
+    if state is Failed and model.host is not None:
+        raise Rejection(f"model {c.model_id} is Failed and still on host {model.host},"
+                        " awaiting its unload; retry after it")
+    if state is Failed or (state is Cold and model.host is None):
+        _place(d, c.model_id, evict=True, reason=R.USER_REQUEST)
+    d.emit(AllocationQueued(c.request_id, c.model_id, c.requester))  # Warming or waiting
+
+
+def _on_release(d: _Decision, c: ReleaseModel) -> None:
+    request = d.state.requests.get(c.request_id)
+    if request is None:
+        raise Rejection(f"unknown request {c.request_id!r} (never allocated, or already ended)")
+    if not request.allocated:
+        d.emit(AllocationFailed(c.request_id, request.model_id, "cancelled",
+                                "released while queued", False))
+        return
+    model = d.state.models[request.model_id]
+    d.emit(ModelReleased(c.request_id, request.model_id, model.host))
+    model = d.state.models[request.model_id]
+    if model.state is Cooling and not model.allocations:  # drained: now it may go
+        d.emit(UnloadRequested(model.model_id, model.host, model.reason or R.USER_REQUEST))
+
+
+def _on_warm(d: _Decision, c: WarmModel) -> None:
+    if not 0.0 <= c.probability <= 1.0:
+        raise Rejection(f"probability must be within [0, 1], got {c.probability}")
+    model = _model(d.state, c.model_id)
+    if model.state in (Hot, Warming) or model.waiting:
+        return  # already warm or on its way: nothing to do
+    if model.state is Cooling:
+        raise Rejection(f"model {c.model_id} is Cooling; it cannot be prewarmed until Cold")
+    if model.state is Failed and model.host is not None:
+        raise Rejection(f"model {c.model_id} is Failed and still on host {model.host}")
+    _place(d, c.model_id, evict=False, reason=R.PREDICTIVE_PREWARM)
+
+
+def _on_cool(d: _Decision, c: CoolModel) -> None:
+    _model(d.state, c.model_id)
+    _cool(d, c.model_id, c.reason)  # lifecycle.decide rejects anything but Hot -> Cooling
+
+
+def _on_loaded(d: _Decision, c: ReportModelLoaded) -> None:
+    model = _held(d.state, c.host_id, c.model_id)
+    if model.state is not Warming:
+        raise Rejection(f"model {c.model_id} is {model.state} on host {c.host_id};"
+                        " a load report needs Warming")
+    if c.memory_mb <= 0 or c.load_ms < 0:
+        raise Rejection(f"memory_mb must be positive and load_ms not negative"
+                        f" (got {c.memory_mb}, {c.load_ms})")
+    d.emit(ModelLoaded(c.model_id, c.host_id, c.load_ms, c.memory_mb))
+    host, usage = d.state.hosts[c.host_id], d.state.usage(c.host_id)
+    if max(usage.resident_mb, usage.committed_mb) > host.memory_budget_mb:
+        why = (f"model {c.model_id} measured {c.memory_mb} MB (declared"
+               f" {model.declared_memory_mb} MB): host {c.host_id} is over its"
+               f" {host.memory_budget_mb} MB budget")
+        _fail(d, c.model_id, R.RESOURCE_PRESSURE, "too_big", why)
+        d.emit(UnloadRequested(c.model_id, c.host_id, R.RESOURCE_PRESSURE))
+        return
+    d.transition(c.model_id, Hot, model.load_reason)
+    for request_id in model.queued:
+        who = d.state.requests[request_id].requester
+        d.emit(ModelAllocated(request_id, c.model_id, who, c.host_id, False))
+    _start_waiting(d, c.host_id)  # a smaller measured size may have made room
+
+
+def _on_load_failed(d: _Decision, c: ReportModelLoadFailed) -> None:
+    model = _held(d.state, c.host_id, c.model_id)
+    if model.state is not Warming:
+        raise Rejection(f"model {c.model_id} is {model.state} on host {c.host_id};"
+                        " a load failure report needs Warming")
+    why = f"load of {c.model_id} failed on host {c.host_id}: {c.error}"
+    _fail(d, c.model_id, R.HEALTH_CHECK_FAILURE, "load_failed", why)
+    d.emit(ModelLoadFailed(c.model_id, c.host_id, c.error))  # its reservation is released
+    _start_waiting(d, c.host_id)
+
+
+def _on_unloaded(d: _Decision, c: ReportModelUnloaded) -> None:
+    model = _held(d.state, c.host_id, c.model_id)
+    if not (model.state is Failed or (model.state is Cooling and not model.allocations)):
+        raise Rejection(f"model {c.model_id} is {model.state} on host {c.host_id} with"
+                        f" {len(model.allocations)} allocations; no unload was requested")
+    d.emit(ModelUnloaded(c.model_id, c.host_id))
+    if model.state is Cooling:
+        d.transition(c.model_id, Cold, model.reason or R.USER_REQUEST)
+    _start_waiting(d, c.host_id)
+
+
+def _on_health(d: _Decision, c: ReportHealth) -> None:
+    model = _held(d.state, c.host_id, c.model_id)
+    if model.state not in (Hot, Cooling):
+        raise Rejection(f"model {c.model_id} is {model.state}; health reports apply to Hot"
+                        " or Cooling models")
+    failures = 0 if c.ok else model.health_failures + 1  # a success resets the count
+    d.emit(HealthRecorded(c.model_id, c.host_id, c.ok, c.latency_ms, failures, c.detail))
+    if failures >= HEALTH_FAILURE_THRESHOLD:
+        why = (f"model {c.model_id} failed {failures} health checks in a row on host"
+               f" {c.host_id}: {c.detail}")
+        unload_sent = model.state is Cooling and not model.allocations  # drained already
+        _fail(d, c.model_id, R.HEALTH_CHECK_FAILURE, "health_check", why)
+        if not unload_sent:
+            d.emit(UnloadRequested(c.model_id, c.host_id, R.HEALTH_CHECK_FAILURE))
+
+
+def _on_host_down(d: _Decision, c: ReportHostDown) -> None:
+    host = d.state.hosts.get(c.host_id)
+    if host is None:
+        raise Rejection(f"unknown host {c.host_id!r}")
+    if not host.alive:
+        raise Rejection(f"host {c.host_id} is already down")
+    why = f"host {c.host_id} is down"
+    on_host = sorted(host.models)
+    for model_id in on_host:
+        model = d.state.models[model_id]
+        for request_id in sorted(model.allocations):
+            d.emit(AllocationFailed(request_id, model_id, "host_down", why, True))
+        if model.state in (Warming, Hot, Cooling):
+            d.transition(model_id, Failed, R.HEALTH_CHECK_FAILURE, cause=why)
+    d.emit(HostDown(c.host_id, on_host))
+    # Queued allocations are not lost: their models are recovered and placed elsewhere.
+    for model_id in on_host:
+        if not d.state.models[model_id].queued:
+            continue
+        try:
+            _choose_host(d.state, d.state.models[model_id], evict=True)
+        except Rejection as rejection:
+            _fail_queue(d, model_id, "no_room", f"{why}; {rejection.reason}")
+            continue
+        _place(d, model_id, evict=True, reason=R.ERROR_RECOVERY)
+
+
+_HANDLERS: dict[type, Callable[[_Decision, Any], None]] = {
+    RegisterModel: _on_register_model,
+    RegisterHost: _on_register_host,
+    AllocateModel: _on_allocate,
+    ReleaseModel: _on_release,
+    WarmModel: _on_warm,
+    CoolModel: _on_cool,
+    ReportModelLoaded: _on_loaded,
+    ReportModelLoadFailed: _on_load_failed,
+    ReportModelUnloaded: _on_unloaded,
+    ReportHealth: _on_health,
+    ReportHostDown: _on_host_down,
+}
+
+
+def decide(state: PoolState, command: Message, now_ms: int) -> list[Message]:
+    handler = _HANDLERS.get(type(command))
+    if handler is None:
+        raise Rejection(f"the pool does not handle {command.type_name}")
+    if not command.entity_key:
+        raise Rejection("pool_id must not be empty")
+    if command.entity_key != state.pool_id:
+        raise Rejection(f"command for pool {command.entity_key!r} sent to pool {state.pool_id!r}")
+    d = _Decision(state, now_ms)
+    handler(d, command)
+    return d.events
+
+
+COMMANDS = tuple(_HANDLERS)
+EVENTS = (ModelRegistered, HostRegistered, ModelPlaced, LoadRequested, ModelLoaded,
+          ModelLoadFailed, UnloadRequested, ModelUnloaded, ModelEvicted, ModelTransitioned,
+          AllocationQueued, ModelAllocated, ModelReleased, AllocationFailed, HealthRecorded,
+          HostDown)
+
+POOL = Decider(
+    name="pool",
+    command_topic=POOL_COMMANDS,
+    event_topic=POOL_EVENTS,
+    commands=COMMANDS,
+    events=EVENTS,
+    initial_state=initial_state,
+    decide=decide,
+    evolve=evolve,
+)

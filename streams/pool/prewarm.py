@@ -46,6 +46,16 @@ def _top(scores: Iterable[tuple[str, float]], k: int) -> list[tuple[str, float]]
     return [(m, -neg) for neg, m in ranked]
 
 
+class _Scored:
+    """`predict` from `scores`: the engine reads the unsorted scores, callers the ranking."""
+
+    def scores(self, now_ms: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]:
+        return _top(self.scores(now_ms).items(), k)
+
+
 class _Decayed:
     """A family of counters that all decay with one half-life (lazy, scaled storage)."""
 
@@ -82,12 +92,14 @@ def _scale(table: dict, by: float) -> None:
             table[key] = value * by
 
 
-class TimeBasedPredictor:
+class TimeBasedPredictor(_Scored):
     """Time-of-day usage: a decayed request-rate histogram per model and per hour of day.
 
     The rate of model m in bucket b is its decayed request count there over the decayed time
     observed in b (plus a prior, so one early request is not read as a high rate). It looks
     at the bucket `lead_ms` ahead, so models of the coming hour warm before it starts.
+    Periodic usage is `PeriodicPredictor`: a separate predictor so that the engine can trust
+    each as far as it has earned (see `PrewarmEngine`).
     """
 
     name = "time"
@@ -128,17 +140,102 @@ class TimeBasedPredictor:
             start -= self.period_ms
         return total
 
-    def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]:
+    def scores(self, now_ms: int) -> dict[str, float]:
         bucket = self._bucket(now_ms + self.lead_ms)
         counts = self._buckets[bucket]
         if not counts:
-            return []
-        per_ms = self._decay.factor(now_ms) / (self._exposure(bucket, now_ms) + self.prior_ms)
-        horizon = self.horizon_ms
-        return _top(((m, 1.0 - math.exp(-c * per_ms * horizon)) for m, c in counts.items()), k)
+            return {}
+        scale = -self.horizon_ms * self._decay.factor(now_ms) / (
+            self._exposure(bucket, now_ms) + self.prior_ms)
+        exp = math.exp
+        return {m: 1.0 - exp(c * scale) for m, c in counts.items()}
 
 
-class WorkflowPredictor:
+class PeriodicPredictor(_Scored):
+    """Periodic usage: models called on a timer (cron jobs, pollers, scheduled reports).
+
+    Per model it keeps the last `window` call times and, after each call, picks the best
+    hypothesis "every `period`, in step with `anchor`": candidate periods are gaps between
+    recent calls, candidate anchors the latest calls (so an ad-hoc extra call does not
+    break a schedule). A hypothesis scores the share of due times in the window that got a
+    call within `tolerance` of the period (a multiple of the true period finds the same
+    calls but fewer due times, a fraction of it finds empty due times, so both score lower).
+    That share is the probability it predicts, from `lead_ms` before the next due time
+    (plus twice the observed jitter); the lead is short because a prewarm made long before
+    its call may be evicted again before the call comes. Timer-driven
+    models are the rare ones an LRU pool has always evicted by their next call, and the
+    easiest to foresee.
+    """
+
+    name = "periodic"
+
+    def __init__(self, *, horizon_ms: int = 10 * MINUTE_MS, tolerance: float = 0.05,
+                 min_period_ms: int = 5 * MINUTE_MS, window: int = 10,
+                 lead_ms: int = 3 * MINUTE_MS) -> None:
+        self.horizon_ms, self.tolerance, self.min_period_ms = horizon_ms, tolerance, min_period_ms
+        self.lead_ms = min(lead_ms, horizon_ms)
+        self._calls: dict[str, deque[int]] = {}
+        # model -> (anchor, period, probability, slack, first due time, warn from)
+        self._best: dict[str, tuple[int, float, float, float, float, float]] = {}
+        self.window = window
+
+    def observe(self, model_id: str, at_ms: int, workflow_id: str | None = None) -> None:
+        calls = self._calls.setdefault(model_id, deque(maxlen=self.window))
+        calls.append(at_ms)
+        if len(calls) >= 3:
+            best = self._fit(list(calls))
+            if best is None:
+                self._best.pop(model_id, None)
+            else:
+                anchor, period, share, jitter = best
+                slack = 2.0 * jitter + 1.0
+                due = anchor + period
+                self._best[model_id] = (anchor, period, share, slack, due, self._warn(due, slack))
+
+    def _fit(self, calls: list[int]) -> tuple[int, float, float, float] | None:
+        best, best_key = None, (0.0, 0)
+        n = len(calls)
+        for a in range(n - 1, max(0, n - 4), -1):
+            anchor = calls[a]
+            for b in range(a - 1, max(-1, a - 5), -1):
+                period = anchor - calls[b]
+                if period < self.min_period_ms:
+                    continue
+                tol = self.tolerance * period
+                beats = int((anchor - calls[0] + tol) // period)
+                hit, offsets = set(), 0.0
+                for t in calls[:a]:
+                    k = round((anchor - t) / period)
+                    off = abs(anchor - t - k * period)
+                    if k >= 1 and off <= tol and k not in hit:
+                        hit.add(k)
+                        offsets += off
+                share = len(hit) / (beats + 1)  # +1: one unseen beat, so 2 calls prove little
+                key = (share, -period)
+                if key > best_key:
+                    best_key = key
+                    best = (anchor, float(period), share, offsets / max(1, len(hit)))
+        return best
+
+    def _warn(self, due: float, slack: float) -> float:
+        return due - min(self.lead_ms + slack, self.horizon_ms - slack)
+
+    def scores(self, now_ms: int) -> dict[str, float]:
+        out = {}
+        for model, (anchor, period, share, slack, due, warn) in self._best.items():
+            if now_ms < warn:
+                continue
+            if now_ms > due + slack:  # that call did not come: look at the next due time
+                due = anchor + math.ceil((now_ms - slack - anchor) / period) * period
+                warn = self._warn(due, slack)
+                self._best[model] = (anchor, period, share, slack, due, warn)
+                if now_ms < warn:
+                    continue
+            out[model] = share
+        return out
+
+
+class WorkflowPredictor(_Scored):
     """Which model follows which inside a workflow run: a decayed first-order Markov chain.
 
     `workflow_id` names one run. For every run active in the last `run_ttl_ms`, it predicts
@@ -186,7 +283,7 @@ class WorkflowPredictor:
         total = self._visits[model_id] + self.prior / scale
         return {m: c / total for m, c in nexts.items()}
 
-    def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]:
+    def scores(self, now_ms: int) -> dict[str, float]:
         miss: dict[str, float] = {}  # model -> probability that no active run needs it
         cutoff = now_ms - self.run_ttl_ms
         for last, at in self._runs.values():
@@ -196,10 +293,10 @@ class WorkflowPredictor:
                 miss[nxt] = miss.get(nxt, 1.0) * (1.0 - p)
                 for after, q in self.successors(nxt, now_ms).items():
                     miss[after] = miss.get(after, 1.0) * (1.0 - self.lookahead * p * q)
-        return _top(((m, 1.0 - q) for m, q in miss.items()), k)
+        return {m: 1.0 - q for m, q in miss.items()}
 
 
-class RecencyFrequencyPredictor:
+class RecencyFrequencyPredictor(_Scored):
     """Decayed request rate per model, blending a short memory (recency) and a long one.
 
     P(requested within the horizon) = 1 - exp(-rate * horizon), treating arrivals as
@@ -235,14 +332,14 @@ class RecencyFrequencyPredictor:
         span = (1.0 - math.exp(-(now_ms - self._first_ms) * decay.rate)) / decay.rate
         return decay.factor(now_ms) / max(span, MINUTE_MS)
 
-    def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]:
+    def scores(self, now_ms: int) -> dict[str, float]:
         if self._first_ms is None:
-            return []
+            return {}
         w = self.recency_weight
-        a = w * self._per_ms(self._short, now_ms) * self.horizon_ms
-        b = (1.0 - w) * self._per_ms(self._long, now_ms) * self.horizon_ms
-        return _top(((m, 1.0 - math.exp(-(a * s + b * lg)))
-                     for m, (s, lg) in self._counts.items()), k)
+        a = -w * self._per_ms(self._short, now_ms) * self.horizon_ms
+        b = -(1.0 - w) * self._per_ms(self._long, now_ms) * self.horizon_ms
+        exp = math.exp
+        return {m: 1.0 - exp(a * s + b * lg) for m, (s, lg) in self._counts.items()}
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -281,29 +378,37 @@ class _Pending:
     loaded: bool = True
 
 
-class _HitRate:
-    """A predictor's recent precision: decayed hits over decayed resolved predictions."""
+class _Calibration:
+    """How far to trust a predictor: its recent hits over the hits it promised.
+
+    Each resolved shadow prediction adds its probability to `promised` and 1 or 0 to `hits`
+    (both decayed over about `memory` resolutions). A predictor that says 0.9 and is right
+    half the time gets a factor of about 0.55; one that is right as often as it says gets 1.
+    """
 
     def __init__(self, memory: float, prior: float = 0.5, strength: float = 4.0) -> None:
         self.keep = 1.0 - 1.0 / memory
-        self.hits, self.total = prior * strength, strength
+        self.hits, self.promised = prior * strength, strength
 
-    def record(self, hit: bool) -> None:
+    def record(self, hit: bool, probability: float) -> None:
         self.hits = self.hits * self.keep + (1.0 if hit else 0.0)
-        self.total = self.total * self.keep + 1.0
+        self.promised = self.promised * self.keep + probability
 
     @property
     def value(self) -> float:
-        return self.hits / self.total
+        return self.hits / self.promised
 
 
 class PrewarmEngine:
     """Combines predictors, decides what to prewarm, and keeps score.
 
-    Combination is a weighted noisy-OR, p = 1 - prod(1 - w_i * p_i), where w_i is predictor
-    i's recent hit rate: each predictor's own confident (>= threshold) predictions for cold
+    Each predictor's probability is weighted by its calibration w_i (recent hit rate over
+    the probability it claimed; see `_Calibration`) and the engine takes the largest,
+    p = max_i min(1, w_i * p_i). Not a noisy-OR: the predictors see overlapping evidence (a
+    popular model is popular to all three), so multiplying their misses would count it
+    twice. To learn w_i, each predictor's own confident (>= threshold) predictions for cold
     models are followed in the shadow and scored like real ones, so a predictor whose
-    pattern went stale loses its say until it learns the new one.
+    pattern went stale loses its say until it has learnt the new one.
 
     A decision is *correct* when its model is requested within `horizon_ms` of the decision
     and before the pool evicts it (the caller reports evictions with `evicted`). A correct
@@ -321,10 +426,10 @@ class PrewarmEngine:
             horizon_ms)
         self.horizon_ms, self.load_ms = horizon_ms, load_ms
         self.threshold, self.max_decisions = threshold, max_decisions
-        self._rates = {p.name: _HitRate(weight_memory) for p in self.predictors}
+        self._rates = {p.name: _Calibration(weight_memory) for p in self.predictors}
         self._pending: dict[str, _Pending] = {}
         self._deadlines: deque[tuple[int, str, int]] = deque()   # (deadline, model, at)
-        self._shadow: dict[str, dict[str, int]] = {p.name: {} for p in self.predictors}
+        self._shadow: dict[str, dict[str, float]] = {p.name: {} for p in self.predictors}
         self._shadow_deadlines: deque[tuple[int, str, str]] = deque()
         self._made = self._correct = self._wrong = self._skipped = self._avoided = 0
 
@@ -338,8 +443,9 @@ class PrewarmEngine:
             if pending.loaded and at_ms - pending.at_ms >= self.load_ms:
                 self._avoided += 1
         for name, shadow in self._shadow.items():
-            if shadow.pop(model_id, None) is not None:
-                self._rates[name].record(True)
+            claimed = shadow.pop(model_id, None)
+            if claimed is not None:
+                self._rates[name].record(True, claimed)
         for predictor in self.predictors:
             predictor.observe(model_id, at_ms, workflow_id)
 
@@ -364,34 +470,43 @@ class PrewarmEngine:
                 self._wrong += 1
         while self._shadow_deadlines and self._shadow_deadlines[0][0] < now_ms:
             _, name, model = self._shadow_deadlines.popleft()
-            if self._shadow[name].pop(model, None) is not None:
-                self._rates[name].record(False)
+            claimed = self._shadow[name].pop(model, None)
+            if claimed is not None:
+                self._rates[name].record(False, claimed)
 
     def weights(self) -> dict[str, float]:
         return {name: rate.value for name, rate in self._rates.items()}
 
-    def _combine(self, now_ms: int, k: int,
-                 hot: Collection[str]) -> tuple[dict[str, float], dict[str, str], list]:
-        miss: dict[str, float] = {}
+    def _scores(self, predictor: Predictor, now_ms: int) -> dict[str, float]:
+        scores = getattr(predictor, "scores", None)
+        if scores is not None:
+            return scores(now_ms)
+        return dict(predictor.predict(now_ms, 1 << 30))
+
+    def _combine(self, now_ms: int, hot: Collection[str], floor: float
+                 ) -> tuple[dict[str, tuple[float, str]], list[tuple[str, dict[str, float]]]]:
+        """Best calibrated probability per cold model (>= floor), and each one's raw scores."""
         best: dict[str, tuple[float, str]] = {}
         answers = []
         for predictor in self.predictors:
             weight = self._rates[predictor.name].value
-            answer = predictor.predict(now_ms, k + len(hot))
+            answer = self._scores(predictor, now_ms)
             answers.append((predictor.name, answer))
-            for model, p in answer:
-                if model in hot:
+            if weight <= 0.0:
+                continue
+            cut = floor / weight
+            for model, p in answer.items():
+                if p < cut or model in hot:
                     continue
-                wp = weight * p
-                miss[model] = miss.get(model, 1.0) * (1.0 - wp)
+                wp = min(1.0, weight * p)
                 if wp > best.get(model, (-1.0, ""))[0]:
                     best[model] = (wp, predictor.name)
-        combined = {m: 1.0 - q for m, q in miss.items()}
-        return combined, {m: r for m, (_, r) in best.items()}, answers
+        return best, answers
 
     def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]:
         """Combined probabilities (the `Predictor` interface); keeps no score."""
-        return _top(self._combine(now_ms, k, ())[0].items(), k)
+        best, _ = self._combine(now_ms, (), 1e-12)
+        return _top(((m, p) for m, (p, _) in best.items()), k)
 
     def decide(self, now_ms: int, hot: Collection[str] = (),
                k: int | None = None) -> list[WarmDecision]:
@@ -402,19 +517,19 @@ class PrewarmEngine:
         """
         self._expire(now_ms)
         k = self.max_decisions if k is None else k
-        combined, reasons, answers = self._combine(now_ms, k, hot)
+        threshold = self.threshold
+        best, answers = self._combine(now_ms, hot, threshold)
         deadline = now_ms + self.horizon_ms
         for name, answer in answers:
             shadow = self._shadow[name]
-            for model, p in answer:
-                if p >= self.threshold and model not in hot and model not in shadow:
-                    shadow[model] = now_ms
+            for model, p in answer.items():
+                if p >= threshold and model not in hot and model not in shadow:
+                    shadow[model] = p
                     self._shadow_deadlines.append((deadline, name, model))
         decisions = []
-        for model, p in _top(combined.items(), k):
-            if p < self.threshold or model in self._pending:
-                continue
-            decisions.append(WarmDecision(model, p, reasons[model]))
+        ranked = _top(((m, p) for m, (p, _) in best.items() if m not in self._pending), k)
+        for model, p in ranked:
+            decisions.append(WarmDecision(model, p, best[model][1]))
             self._pending[model] = _Pending(now_ms, deadline)
             self._deadlines.append((deadline, model, now_ms))
             self._made += 1
@@ -426,5 +541,5 @@ class PrewarmEngine:
 
 
 def default_predictors(horizon_ms: int = 10 * MINUTE_MS) -> list[Predictor]:
-    return [TimeBasedPredictor(horizon_ms=horizon_ms), WorkflowPredictor(),
-            RecencyFrequencyPredictor(horizon_ms=horizon_ms)]
+    return [TimeBasedPredictor(horizon_ms=horizon_ms), PeriodicPredictor(horizon_ms=horizon_ms),
+            WorkflowPredictor(), RecencyFrequencyPredictor(horizon_ms=horizon_ms)]

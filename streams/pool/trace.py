@@ -19,9 +19,13 @@ The workload (every knob is a field of `TraceConfig`):
   most popular models (pipelines use specialised models). Steps of one run are
   `step_gap_ms` apart (uniform), the time the previous step takes. Every request of a run
   carries the run's id, `"<workflow>/r<run>"`; `workflow_name` recovers the workflow.
+* **Periodic jobs.** `periodic_jobs` timer-driven jobs each call one model every `period`
+  (drawn from `period_ms`, fixed per job) with `period_jitter_ms` of jitter, as cron jobs
+  and pollers do. Their models come from the less popular half of the ranking (a model a
+  timer calls is seldom also called by hand, though Zipf still sends it some requests).
 * **Pattern shift.** At `shift_at` (a fraction of the trace) the popularity ranking is
-  redrawn and the workflow chains are replaced by new ones. Scheduled models keep their
-  hours unless `shift_hourly` is set.
+  redrawn and the workflow chains and periodic jobs are replaced by new ones. Scheduled
+  models keep their hours unless `shift_hourly` is set.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ class TraceConfig:
     hourly_share: float = 0.1           # of standalone requests, to scheduled models
     hourly_models: int = 24
     hourly_window_h: int = 3
+    periodic_jobs: int = 16
+    period_ms: tuple[int, int] = (20 * 60_000, 120 * 60_000)
+    period_jitter_ms: int = 60_000
     shift_at: float = 0.5               # fraction of the trace where the pattern changes
     shift_hourly: bool = False
 
@@ -74,6 +81,7 @@ class Phase:
     ranking: tuple[str, ...]                     # most popular first
     chains: dict[str, tuple[str, ...]]           # workflow name -> model chain
     hourly: dict[str, int] = field(default_factory=dict)   # model -> first hour of window
+    jobs: tuple[tuple[str, int, int], ...] = ()   # (model, period, first call), periodic
 
 
 @dataclass(frozen=True)
@@ -129,7 +137,12 @@ def _make_phase(rng: random.Random, config: TraceConfig, start_ms: int, tag: str
     if hourly is None:
         scheduled = rng.sample(pool, min(config.hourly_models, len(pool)))
         hourly = {m: (i * 24) // max(1, len(scheduled)) for i, m in enumerate(scheduled)}
-    return Phase(start_ms, ranking, chains, hourly)
+    jobs = []
+    rare = list(ranking[config.models // 2:])
+    for model in rng.sample(rare, min(config.periodic_jobs, len(rare))):
+        period = rng.randint(*config.period_ms)
+        jobs.append((model, period, start_ms + rng.randint(0, period)))
+    return Phase(start_ms, ranking, chains, hourly, tuple(jobs))
 
 
 def trace_plan(seed: int = 7, **knobs: object) -> TracePlan:
@@ -194,5 +207,14 @@ def generate_trace(seed: int = 7, models: int = 200, days: int = 4,
                 break
             requests.append(Request(at, model, run_id))
             at += rng.randint(*config.step_gap_ms)
+    for index, phase in enumerate(plan.phases):
+        end = plan.shift_ms if index == 0 else plan.end_ms
+        for model, period, first in phase.jobs:
+            at = first
+            while at < end:
+                jitter = rng.randint(-config.period_jitter_ms, config.period_jitter_ms)
+                if at + jitter >= phase.start_ms:
+                    requests.append(Request(at + jitter, model))
+                at += period
     requests.sort(key=lambda r: r.at_ms)
     return requests

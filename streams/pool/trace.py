@@ -12,7 +12,8 @@ The workload (every knob is a field of `TraceConfig`):
 * **Daily cycle.** Arrival intensity follows `1 + day_amplitude * cos(2*pi*(h - peak_hour)/24)`
   (h = hour of day), so nights are quiet and afternoons busy. On top of that, a share
   `hourly_share` of standalone requests go to `hourly_models` "scheduled" models, each used
-  mainly in its own window of `hourly_window_h` hours every day (reports, batch jobs).
+  mainly in its own window of `hourly_window_h` hours every day (reports, batch jobs);
+  they come from the less popular half of the ranking, so outside their hours they are rare.
 * **Recurring workflows.** A share `workflow_share` of all requests come from runs of
   `workflows` fixed model chains (A -> B -> C ...), `chain_min`..`chain_max` steps long,
   chosen by Zipf(`workflow_zipf_s`). Chain models are drawn outside the `chain_skip_top`
@@ -21,8 +22,8 @@ The workload (every knob is a field of `TraceConfig`):
   carries the run's id, `"<workflow>/r<run>"`; `workflow_name` recovers the workflow.
 * **Periodic jobs.** `periodic_jobs` timer-driven jobs each call one model every `period`
   (drawn from `period_ms`, fixed per job) with `period_jitter_ms` of jitter, as cron jobs
-  and pollers do. Their models come from the less popular half of the ranking (a model a
-  timer calls is seldom also called by hand, though Zipf still sends it some requests).
+  and pollers do. Their models come from the less popular half of the ranking too (a model
+  a timer calls is seldom also called by hand, though Zipf still sends it some requests).
 * **Pattern shift.** At `shift_at` (a fraction of the trace) the popularity ranking is
   redrawn and the workflow chains and periodic jobs are replaced by new ones. Scheduled
   models keep their hours unless `shift_hourly` is set.
@@ -134,11 +135,12 @@ def _make_phase(rng: random.Random, config: TraceConfig, start_ms: int, tag: str
     for w in range(config.workflows):
         length = rng.randint(config.chain_min, config.chain_max)
         chains[f"wf{w:02d}{tag}"] = tuple(rng.sample(pool, length))
-    if hourly is None:
-        scheduled = rng.sample(pool, min(config.hourly_models, len(pool)))
-        hourly = {m: (i * 24) // max(1, len(scheduled)) for i, m in enumerate(scheduled)}
-    jobs = []
     rare = list(ranking[config.models // 2:])
+    if hourly is None:
+        scheduled = rng.sample(rare, min(config.hourly_models, len(rare)))
+        hourly = {m: (i * 24) // max(1, len(scheduled)) for i, m in enumerate(scheduled)}
+    rare = [m for m in rare if m not in hourly]
+    jobs = []
     for model in rng.sample(rare, min(config.periodic_jobs, len(rare))):
         period = rng.randint(*config.period_ms)
         jobs.append((model, period, start_ms + rng.randint(0, period)))

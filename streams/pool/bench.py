@@ -14,6 +14,7 @@ from streams.pool.pool import (
     PoolState,
     RegisterHost,
     RegisterModel,
+    ReleaseModel,
     ReportModelLoaded,
     decide,
     evolve,
@@ -42,6 +43,7 @@ def hot_pool(models: int = 1000, hosts: int = 10) -> PoolState:
         state = _apply(state, AllocateModel(f"warm-{m}", model_id, "bench"), T0)
         host = state.models[model_id].host
         state = _apply(state, ReportModelLoaded(host, model_id, 50, 100), T0)
+        state = _apply(state, ReleaseModel(f"warm-{m}"), T0)
     return state
 
 

@@ -681,6 +681,9 @@ def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, l
             if best_fit is None or free > -best_fit[0]:
                 best_fit = (-free, host_id)
             continue
+        if not evict:
+            closest = max(closest, (free, host_id))
+            continue
         # Idle Hot models, least recently used first: the only ones that may be evicted.
         idle = [state.models[m] for m in state.lru(host_id)]
         idle = [m for m in idle if not m.allocations]
@@ -693,7 +696,7 @@ def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, l
             free += victim.need_mb
             count -= 1
         closest = max(closest, (free, host_id))
-        if evict and free >= need and count < host.capacity:
+        if free >= need and count < host.capacity:
             candidate = (len(victims), -free, host_id, victims)
             if best_evict is None or candidate[:3] < best_evict[:3]:
                 best_evict = candidate

@@ -160,6 +160,9 @@ class PeriodicPredictor(_Scored):
     break a schedule). A hypothesis scores the share of due times in the window that got a
     call within `tolerance` of the period (a multiple of the true period finds the same
     calls but fewer due times, a fraction of it finds empty due times, so both score lower).
+    A hypothesis needs `min_beats` confirmed beats, and at least a `purity` share of the
+    calls before the anchor on its beats: a timer's calls nearly all are, a random caller's
+    are not (a frequent random caller is the recency predictor's business).
     That share is the probability it predicts, from `lead_ms` before the next due time
     (plus twice the observed jitter); the lead is short because a prewarm made long before
     its call may be evicted again before the call comes. Timer-driven
@@ -171,9 +174,10 @@ class PeriodicPredictor(_Scored):
 
     def __init__(self, *, horizon_ms: int = 10 * MINUTE_MS, tolerance: float = 0.05,
                  min_period_ms: int = 5 * MINUTE_MS, window: int = 10,
-                 lead_ms: int = 3 * MINUTE_MS) -> None:
+                 lead_ms: int = 3 * MINUTE_MS, min_beats: int = 2, purity: float = 0.6) -> None:
         self.horizon_ms, self.tolerance, self.min_period_ms = horizon_ms, tolerance, min_period_ms
         self.lead_ms = min(lead_ms, horizon_ms)
+        self.min_beats, self.purity = min_beats, purity
         self._calls: dict[str, deque[int]] = {}
         # model -> (anchor, period, probability, slack, first due time, warn from)
         self._best: dict[str, tuple[int, float, float, float, float, float]] = {}
@@ -210,7 +214,10 @@ class PeriodicPredictor(_Scored):
                     if k >= 1 and off <= tol and k not in hit:
                         hit.add(k)
                         offsets += off
-                share = len(hit) / (beats + 1)  # +1: one unseen beat, so 2 calls prove little
+                # purity: a timer's calls are nearly all on the beat; a random caller's are not
+                if len(hit) < self.min_beats or len(hit) < self.purity * (a - 1):
+                    continue
+                share = len(hit) / (beats + 0.5)  # +0.5: a short record proves a little less
                 key = (share, -period)
                 if key > best_key:
                     best_key = key

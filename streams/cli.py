@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
+import os
 import sys
 from datetime import datetime
 
@@ -127,10 +129,14 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
             print(line)
         return 0 if report.ok else 1
     if args.until:
-        state = audit.state_as_of(engine, args.target, _parse_time_ms(args.until))
+        until_ms = _parse_time_ms(args.until)
+        state = audit.state_as_of(engine, args.target, until_ms)
         if state is None:
             raise PitError(f"no events for {args.target!r} before {args.until}")
-        print(json.dumps(state, default=str, indent=2))
+        shown = dataclasses.asdict(state)
+        if hasattr(state, "time_in_state_ms"):
+            shown["time_in_state_ms"] = state.time_in_state_ms(until_ms)
+        print(json.dumps({"as_of_ms": until_ms, **shown}, default=str, indent=2))
         return 0
     rows = audit.history(engine, args.target)
     if not rows:
@@ -227,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pit audit m | head`: the reader left, which is fine
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more may reach the pipe
+        return 0
 
 
 if __name__ == "__main__":

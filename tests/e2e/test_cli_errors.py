@@ -59,3 +59,22 @@ def test_unreachable_database_is_one_line():
 def test_bad_port_setting_is_one_line():
     assert_one_line_error(pit("audit", "verify", env={"PIT_HTTP_PORT": "eighty"}),
                           "PIT_HTTP_PORT")
+
+
+def test_audit_output_piped_into_head_ends_quietly(tmp_path):
+    """A reader that leaves early (`pit audit m | head -1`) is not an error."""
+    env = {**os.environ, "PIT_DATA_DIR": str(tmp_path)}
+    from projections.db import connect
+    from projections.runtime import Projector
+    from schemas.codec import Codec
+    from schemas.registry import EmbeddedRegistry
+    from streams.log import LogRecord
+
+    engine = connect(f"sqlite:///{tmp_path / 'pit.db'}")
+    Projector(engine, views=[], codec=Codec(EmbeddedRegistry())).apply_batch(
+        [LogRecord("pit.pool.commands", 0, offset, 0, b"m", b"junk") for offset in range(5000)])
+    engine.dispose()
+    command = f"{sys.executable} -m streams.cli audit m | head -1"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.stdout.startswith("#1 ") and result.stderr == ""

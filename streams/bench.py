@@ -154,11 +154,13 @@ async def bench_backbone(settings: Settings) -> dict[str, float]:
 async def bench_pool(settings: Settings) -> dict[str, float]:
     """The pool decider and prewarming, in process (issue 3 so far: the decider and the
     prewarm engine are measured; the host process and broker round trip are not built yet)."""
-    from streams.pool.bench import bench_allocation_hit
+    from streams.pool.bench import bench_allocation_hit, bench_allocation_miss
     from streams.pool.prewarm_bench import bench_prewarm
 
     figures = bench_allocation_hit()
     _say(f"pool allocation hit: p99 {figures['pool_alloc_hit_p99_us']} µs")
+    figures |= bench_allocation_miss()
+    _say(f"pool allocation miss that evicts: p99 {figures['pool_alloc_miss_evict_p99_us']} µs")
     _say("replaying the seeded 4-day trace with and without prewarming")
     figures |= await asyncio.to_thread(bench_prewarm)
     return figures

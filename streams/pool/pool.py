@@ -16,7 +16,9 @@ Memory, per host, in MB (declared until a load measured it):
 Placement needs `committed + need <= budget`; a LoadRequested is only sent when
 `resident + need <= budget`; so a host is never told to load a model it has no room for,
 even while the models evicted for it are still unloading. Capacity (max models) is counted
-the same way.
+the same way. `evolve` keeps these totals per host, with the host's eviction candidates (LRU
+order) and waiting loads (FIFO order), up to date model by model, so no decision rescans a
+host (tests/property/test_pool_properties.py recounts them from scratch after every event).
 
 Rule decisions (written down because the issue leaves them open):
 * Allocate on Hot: cache hit. On Cold: place (evicting idle LRU Hot models on one host if
@@ -42,6 +44,7 @@ Rule decisions (written down because the issue leaves them open):
 from __future__ import annotations
 
 import zlib
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -432,12 +435,26 @@ class Model:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    resident_mb: int = 0
+    resident_count: int = 0
+    committed_mb: int = 0
+    committed_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Host:
     host_id: str
     memory_budget_mb: int
     capacity: int
     alive: bool = True
     models: frozenset[str] = frozenset()  # placed here: waiting, loading, loaded, leaving
+    # Kept up to date by evolve, model by model, so decide never rescans the host:
+    usage: Usage = Usage()  # the memory and counts of `models` (see the module docstring)
+    idle: tuple[tuple[int, str], ...] = ()  # (last_used, model_id) of its Hot models with
+    #                                          no allocations, LRU first: eviction candidates
+    waiting: tuple[tuple[int, str], ...] = ()  # (placed_at, model_id) of its waiting models,
+    #                                             oldest first: the order they load in
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,14 +488,6 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
-    resident_mb: int = 0
-    resident_count: int = 0
-    committed_mb: int = 0
-    committed_count: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class PoolState:
     pool_id: str
     models: PMap[str, Model] = field(default_factory=PMap)
@@ -488,19 +497,11 @@ class PoolState:
     tick: int = 0  # events applied: the pool's logical clock for LRU and FIFO order
 
     def usage(self, host_id: str) -> Usage:
-        resident_mb = resident_count = committed_mb = committed_count = 0
-        for model_id in self.hosts[host_id].models:
-            model = self.models[model_id]
-            if model.state is not Cold:  # loading, loaded or still unloading
-                resident_mb += model.need_mb
-                resident_count += 1
-            if model.state in (Cold, Warming, Hot):  # promised: not on its way out
-                committed_mb += model.need_mb
-                committed_count += 1
-        return Usage(resident_mb, resident_count, committed_mb, committed_count)
+        return self.hosts[host_id].usage
 
     def lru(self, host_id: str) -> list[str]:
-        """The host's Hot models, least recently used first."""
+        """The host's Hot models (allocated or not), least recently used first. For
+        inspection: eviction reads the maintained `Host.idle` instead."""
         hot = [self.models[m] for m in self.hosts[host_id].models]
         return [m.model_id for m in sorted(hot, key=_lru_key) if m.state is Hot]
 
@@ -529,8 +530,77 @@ def _copy(obj: Any, **changes: Any) -> Any:
     return new
 
 
-def _model_set(state: PoolState, model_id: str, **changes: Any) -> PMap[str, Model]:
-    return state.models.set(model_id, _copy(state.models[model_id], **changes))
+def _weight(model: Model) -> tuple[int, int, int, int]:
+    """What the model adds to its host's Usage (resident MB, count, committed MB, count)."""
+    state = model.state
+    if state is Cold:  # placed, waiting for room: promised, not held
+        return 0, 0, model.need_mb, 1
+    if state is Warming or state is Hot:
+        return model.need_mb, 1, model.need_mb, 1
+    return model.need_mb, 1, 0, 0  # Cooling or Failed: held until unloaded, not promised
+
+
+def _idle_key(model: Model) -> tuple[int, str] | None:
+    """The model's place among its host's eviction candidates, if it is one."""
+    if model.state is Hot and not model.allocations:
+        return model.last_used, model.model_id
+    return None
+
+
+def _waiting_key(model: Model) -> tuple[int, str] | None:
+    """The model's place in its host's queue of waiting loads, if it waits."""
+    return (model.placed_at, model.model_id) if model.state is Cold else None
+
+
+def _resorted(keys: tuple[tuple[int, str], ...], old: tuple[int, str] | None,
+              new: tuple[int, str] | None) -> tuple[tuple[int, str], ...]:
+    """The sorted `keys` without `old` and with `new` (either may be None)."""
+    if old == new:
+        return keys
+    if old is not None:
+        i = bisect_left(keys, old)
+        keys = keys[:i] + keys[i + 1:]
+    if new is not None:
+        i = bisect_left(keys, new)
+        keys = (*keys[:i], new, *keys[i:])
+    return keys
+
+
+def _reweigh(host: Host, old: Model | None, new: Model | None) -> Host:
+    """The host with `old` (as it was on it) replaced by `new` (as it is now on it)."""
+    usage = host.usage
+    before = _weight(old) if old is not None else (0, 0, 0, 0)
+    after = _weight(new) if new is not None else (0, 0, 0, 0)
+    return _copy(
+        host,
+        usage=Usage(usage.resident_mb - before[0] + after[0],
+                    usage.resident_count - before[1] + after[1],
+                    usage.committed_mb - before[2] + after[2],
+                    usage.committed_count - before[3] + after[3]),
+        idle=_resorted(host.idle, old and _idle_key(old), new and _idle_key(new)),
+        waiting=_resorted(host.waiting, old and _waiting_key(old), new and _waiting_key(new)))
+
+
+def _model_set(s: PoolState, model_id: str, hosts: PMap[str, Host] | None = None,
+               **changes: Any) -> dict[str, Any]:
+    """The model with `changes`, and its host's usage, eviction candidates and load queue
+    to match (`hosts`: the host map as this event already changed it, if it did)."""
+    old = s.models[model_id]
+    new = _copy(old, **changes)
+    hosts = s.hosts if hosts is None else hosts
+    if old.host is not None or new.host is not None:
+        if old.host == new.host:
+            if (_weight(old) != _weight(new) or _idle_key(old) != _idle_key(new)
+                    or _waiting_key(old) != _waiting_key(new)):
+                hosts = hosts.set(new.host, _reweigh(hosts[new.host], old, new))
+        else:
+            if old.host is not None:
+                hosts = hosts.set(old.host, _reweigh(hosts[old.host], old, None))
+            if new.host is not None:
+                hosts = hosts.set(new.host, _reweigh(hosts[new.host], None, new))
+    if hosts is s.hosts:
+        return {"models": s.models.set(model_id, new)}
+    return {"models": s.models.set(model_id, new), "hosts": hosts}
 
 
 def _host_models(state: PoolState, host_id: str,
@@ -554,56 +624,55 @@ def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, A
             return {"hosts": s.hosts.set(h, Host(h, budget, capacity))}
         case ModelTransitioned(model_id=m, reason=reason):
             changed = lifecycle.evolve(s.models[m].lifecycle, event, at_ms)
-            return {"models": _model_set(s, m, lifecycle=changed, reason=reason)}
+            return _model_set(s, m, lifecycle=changed, reason=reason)
         case ModelPlaced(model_id=m, host_id=h, reason=reason):
-            return {"hosts": _host_models(s, h, lambda ms: ms | {m}),
-                    "models": _model_set(s, m, host=h, placed_at=tick, load_reason=reason)}
+            return _model_set(s, m, _host_models(s, h, lambda ms: ms | {m}),
+                              host=h, placed_at=tick, load_reason=reason)
         case LoadRequested(reason=R.PREDICTIVE_PREWARM):
             return {"stats": _copy(s.stats, prewarm_loads=s.stats.prewarm_loads + 1)}
         case ModelLoaded(model_id=m, load_ms=load_ms, memory_mb=mb):
             stats = _copy(s.stats, loads=s.stats.loads + 1,
                           load_time_total_ms=s.stats.load_time_total_ms + load_ms)
-            return {"stats": stats, "models": _model_set(
+            return {"stats": stats, **_model_set(
                 s, m, memory_mb=mb, load_ms=load_ms, health_failures=0, last_used=tick)}
         case ModelLoadFailed(model_id=m, host_id=h) | ModelUnloaded(model_id=m, host_id=h):
-            changes = {"hosts": _host_models(s, h, lambda ms: ms - {m}),
-                       "models": _model_set(s, m, host=None)}
+            changes = _model_set(s, m, _host_models(s, h, lambda ms: ms - {m}), host=None)
             if isinstance(event, ModelLoadFailed):
                 changes["stats"] = _copy(s.stats, load_failures=s.stats.load_failures + 1)
             return changes
         case ModelEvicted():
             return {"stats": _copy(s.stats, evictions=s.stats.evictions + 1)}
         case AllocationQueued(request_id=r, model_id=m, requester=who):
-            return {"models": _model_set(s, m, queued=(*s.models[m].queued, r)),
+            return {**_model_set(s, m, queued=(*s.models[m].queued, r)),
                     "requests": s.requests.set(r, Request(r, m, who, False)),
                     "stats": _copy(s.stats, misses=s.stats.misses + 1)}
         case ModelAllocated(request_id=r, model_id=m, requester=who, cache_hit=hit):
             model = s.models[m]
             used = lifecycle.evolve(model.lifecycle, ModelUsageRecorded(m, 1), at_ms)
             queued = tuple(q for q in model.queued if q != r) if model.queued else ()
-            changes = {"requests": s.requests.set(r, Request(r, m, who, True)),
-                       "models": s.models.set(m, _copy(
-                           model, lifecycle=used, allocations=model.allocations | {r},
-                           queued=queued, last_used=tick))}
+            changes = {"requests": s.requests.set(r, Request(r, m, who, True)), **_model_set(
+                s, m, lifecycle=used, allocations=model.allocations | {r}, queued=queued,
+                last_used=tick)}
             if hit:
                 changes["stats"] = _copy(s.stats, hits=s.stats.hits + 1)
             return changes
         case ModelReleased(request_id=r, model_id=m):
-            return {"requests": s.requests.delete(r), "models": _model_set(
+            return {"requests": s.requests.delete(r), **_model_set(
                 s, m, allocations=s.models[m].allocations - {r}, last_used=tick)}
         case AllocationFailed(request_id=r, model_id=m, code=code):
             model = s.models[m]
             return {"requests": s.requests.delete(r), "stats": s.stats.failed(code),
-                    "models": _model_set(s, m, allocations=model.allocations - {r},
-                                         queued=tuple(q for q in model.queued if q != r))}
+                    **_model_set(s, m, allocations=model.allocations - {r},
+                                 queued=tuple(q for q in model.queued if q != r))}
         case HealthRecorded(model_id=m, consecutive_failures=failures):
-            return {"models": _model_set(s, m, health_failures=failures)}
+            return _model_set(s, m, health_failures=failures)
         case HostDown(host_id=h):
             host, models = s.hosts[h], s.models
             for m in host.models:
                 models = models.set(m, _copy(models[m], host=None))
             return {"models": models,
-                    "hosts": s.hosts.set(h, _copy(host, alive=False, models=frozenset()))}
+                    "hosts": s.hosts.set(h, _copy(host, alive=False, models=frozenset(),
+                                                  usage=Usage(), idle=(), waiting=()))}
     return {}  # UnloadRequested and unknown events change nothing but the clock
 
 
@@ -675,7 +744,8 @@ def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, l
     best_evict: tuple[int, int, str, list[str]] | None = None
     closest = (-1, "")  # (MB obtainable, host) for the rejection message
     for host_id in alive:
-        host, usage = state.hosts[host_id], state.usage(host_id)
+        host = state.hosts[host_id]
+        usage = host.usage  # maintained by evolve: no rescan of the host's models
         free = host.memory_budget_mb - usage.committed_mb
         if free >= need and usage.committed_count < host.capacity:
             if best_fit is None or free > -best_fit[0]:
@@ -685,15 +755,13 @@ def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, l
             closest = max(closest, (free, host_id))
             continue
         # Idle Hot models, least recently used first: the only ones that may be evicted.
-        idle = [state.models[m] for m in state.lru(host_id)]
-        idle = [m for m in idle if not m.allocations]
         victims: list[str] = []
         count = usage.committed_count
-        for victim in idle:
+        for _, victim in host.idle:
             if free >= need and count < host.capacity:
                 break
-            victims.append(victim.model_id)
-            free += victim.need_mb
+            victims.append(victim)
+            free += state.models[victim].need_mb
             count -= 1
         closest = max(closest, (free, host_id))
         if free >= need and count < host.capacity:
@@ -727,12 +795,9 @@ def _place(d: _Decision, model_id: str, *, evict: bool, reason: TransitionReason
 
 def _start_waiting(d: _Decision, host_id: str) -> None:
     """Send LoadRequested to the host's waiting models, oldest first, while they fit."""
-    state = d.state
-    host = state.hosts[host_id]
-    waiting = sorted((state.models[m] for m in host.models if state.models[m].waiting),
-                     key=lambda m: (m.placed_at, m.model_id))
-    for model in waiting:
-        usage = d.state.usage(host_id)
+    host = d.state.hosts[host_id]
+    for _, model_id in host.waiting:  # a snapshot: each load leaves the live queue
+        model, usage = d.state.models[model_id], d.state.usage(host_id)
         if (usage.resident_mb + model.need_mb > host.memory_budget_mb
                 or usage.resident_count >= host.capacity):
             return  # first in, first loaded: no overtaking

@@ -10,6 +10,8 @@ event is applied with `evolve`, and checked against an oracle that follows the e
 * every lifecycle change is in lifecycle.TRANSITIONS, from the state the model was in;
 * decide is deterministic; a rejection carries a reason;
 * folding evolve over all events (through the Avro codec) reproduces the state;
+* the per-host usage, eviction candidates and load queue that evolve maintains incrementally
+  equal what a recount from scratch gives, after every event;
 * no allocation is lost: once hosts finish their work, every accepted AllocateModel got
   exactly one ModelAllocated or AllocationFailed(in_flight=false), and a granted one ends
   at most once (ModelReleased or AllocationFailed(in_flight=true)).
@@ -52,6 +54,7 @@ from streams.pool.pool import (
     ReportModelLoadFailed,
     ReportModelUnloaded,
     UnloadRequested,
+    Usage,
     WarmModel,
     decide,
     evolve,
@@ -129,6 +132,35 @@ class Oracle:
             assert len(models) <= capacity, f"{host_id} over capacity: {models}"
 
 
+def recount(state: PoolState, host_id: str) -> tuple[Usage, list, list]:
+    """A host's usage, eviction candidates and load queue, from scratch (what `evolve`
+    maintains incrementally): the definitions in the pool module's docstring."""
+    resident_mb = resident_count = committed_mb = committed_count = 0
+    idle, waiting = [], []
+    for model_id in state.hosts[host_id].models:
+        model = state.models[model_id]
+        assert model.host == host_id
+        if model.state is not ModelState.COLD:  # loading, loaded or still unloading
+            resident_mb += model.need_mb
+            resident_count += 1
+        if model.state in (ModelState.COLD, ModelState.WARMING, ModelState.HOT):  # promised
+            committed_mb += model.need_mb
+            committed_count += 1
+        if model.state is ModelState.HOT and not model.allocations:
+            idle.append((model.last_used, model_id))
+        if model.state is ModelState.COLD:
+            waiting.append((model.placed_at, model_id))
+    usage = Usage(resident_mb, resident_count, committed_mb, committed_count)
+    return usage, sorted(idle), sorted(waiting)
+
+
+def check_maintained(state: PoolState) -> None:
+    for host_id, host in state.hosts.items():
+        assert (host.usage, list(host.idle), list(host.waiting)) == recount(state, host_id)
+    placed = {m for host in state.hosts.values() for m in host.models}
+    assert placed == {m for m, model in state.models.items() if model.host is not None}
+
+
 @dataclass
 class Run:
     state: PoolState = field(default_factory=lambda: initial_state("default"))
@@ -161,6 +193,7 @@ class Run:
             self.oracle.apply(event)
             self.state = evolve(self.state, event, self.now)
             self.log.append((event, self.now))
+            check_maintained(self.state)
         self.oracle.check_hosts()
         for model_id, model in self.state.models.items():
             assert model.state == self.oracle.lifecycle.get(model_id, ModelState.COLD)

@@ -44,6 +44,8 @@ def _librdkafka() -> ctypes.CDLL:
         "rd_kafka_mock_broker_set_up": ([ptr, ctypes.c_int32], integer),
         "rd_kafka_mock_partition_set_leader": ([ptr, text, ctypes.c_int32, ctypes.c_int32],
                                                integer),
+        "rd_kafka_mock_broker_push_request_error_rtts": (
+            [ptr, ctypes.c_int32, ctypes.c_int16, ctypes.c_size_t], integer),
         "rd_kafka_mock_push_request_errors_array": (
             [ptr, ctypes.c_int16, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int)], None),
     }
@@ -101,6 +103,13 @@ class EmbeddedBroker:
         array = (ctypes.c_int * len(errors))(*errors)
         _librdkafka().rd_kafka_mock_push_request_errors_array(
             self._cluster, api_key, len(errors), array)
+
+    def push_broker_request_errors(self, broker_id: int, api_key: int,
+                                   errors: list[int]) -> None:
+        """Like `push_request_errors`, but only requests sent to this one broker fail."""
+        pairs = [value for error in errors for value in (ctypes.c_int(error), ctypes.c_int(0))]
+        _librdkafka().rd_kafka_mock_broker_push_request_error_rtts(  # variadic (error, rtt)
+            self._cluster, broker_id, api_key, len(errors), *pairs)
 
     def close(self) -> None:
         if self._cluster:

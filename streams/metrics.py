@@ -14,3 +14,6 @@ PROCESSING_SECONDS = Histogram(
 )
 CONSUMER_LAG = Gauge("pit_consumer_lag_records", "Records between position and high watermark",
                      ["group", "topic", "partition"])
+PROCESSOR_RESTARTS = Counter("pit_processor_restarts_total",
+                             "Times a processor started over from the log after a Kafka failure",
+                             ["component"])

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec
 from streams import metrics
 from streams.decider import Decider, Message, Rejection, from_record, to_record
-from streams.errors import SchemaError
+from streams.errors import BrokerUnavailableError, SchemaError
 from streams.history import history_source, kafka_log_reader
 from streams.kafka import make_producer, produce_all, start_consumer
 from streams.log import LogRecord
@@ -74,6 +75,12 @@ class Processor:
         self._latency = metrics.PROCESSING_SECONDS.labels(component)
         self._decided_count = {status: metrics.COMMANDS.labels(component, status)
                                for status in ("accepted", "rejected", "duplicate")}
+
+    def forget(self) -> None:
+        """Drop everything held in memory; the log is the truth to restore from."""
+        self.entities.clear()
+        self.ledger.clear()
+        self.positions.clear()
 
     def entity(self, key: str) -> Entity:
         found = self.entities.get(key)
@@ -267,8 +274,32 @@ async def resume_after_answered(consumer, processor: Processor, partitions: set[
 
 
 async def run_processor(processor: Processor, settings, engine, stop: asyncio.Event,
-                        ready: asyncio.Event | None = None, max_records: int = 5000) -> None:
-    """Consume the decider's command topic until `stop` is set (then finish the batch)."""
+                        ready: asyncio.Event | None = None, max_records: int = 5000, *,
+                        produce_timeout_s: float = 30.0, retry_s: float = 1.0) -> None:
+    """Consume the decider's command topic until `stop` is set (then finish the batch).
+
+    When Kafka fails under it (a produce that cannot be acknowledged, a lost connection),
+    the processor does not guess what landed: it forgets its state, waits, and starts over
+    from the log - state, ledger and positions restored, uncommitted commands redelivered
+    and answered (acknowledged again where their events had already landed)."""
+    while True:
+        try:
+            await _consume(processor, settings, engine, stop, ready, max_records,
+                           produce_timeout_s)
+            return
+        except (BrokerUnavailableError, KafkaError) as exc:
+            if stop.is_set():
+                raise
+            log.warning("%s: %s; restarting from the log in %.1f s", processor.name, exc,
+                        retry_s)
+            metrics.PROCESSOR_RESTARTS.labels(processor.decider.name).inc()
+            processor.forget()
+            await asyncio.sleep(retry_s)
+
+
+async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
+                   ready: asyncio.Event | None, max_records: int,
+                   produce_timeout_s: float) -> None:
     group = f"pit.{processor.decider.name}.processor"
     restoring: list[set[int]] = []
 
@@ -283,6 +314,7 @@ async def run_processor(processor: Processor, settings, engine, stop: asyncio.Ev
                                     fetch_max_wait_ms=5, max_partition_fetch_bytes=4 << 20)
     consumer.subscribe([processor.decider.command_topic], listener=Restore())
     producer = make_producer(settings)
+    failed = True
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=50, max_records=max_records)
@@ -297,7 +329,9 @@ async def run_processor(processor: Processor, settings, engine, stop: asyncio.Ev
                 await resume_after_answered(consumer, processor, partitions)
                 if ready is not None:
                     ready.set()
-            records = [LogRecord.from_kafka(m) for messages in batch.values() for m in messages]
+            # Records fetched before a restore may already be answered: skip those.
+            records = [LogRecord.from_kafka(m) for messages in batch.values() for m in messages
+                       if m.offset > processor.positions.get(m.partition, -1)]
             if not records:
                 if ready is not None and consumer.assignment():
                     ready.set()
@@ -305,7 +339,7 @@ async def run_processor(processor: Processor, settings, engine, stop: asyncio.Ev
             metrics.EVENTS_IN.labels(processor.decider.name, processor.decider.command_topic
                                      ).inc(len(records))
             outputs = processor.handle(records)
-            await produce_all(producer, outputs)
+            await produce_all(producer, outputs, produce_timeout_s)
             for topic, count in Counter(out.topic for out in outputs).items():
                 metrics.EVENTS_OUT.labels(processor.decider.name, topic).inc(count)
             await consumer.commit()
@@ -314,6 +348,9 @@ async def run_processor(processor: Processor, settings, engine, stop: asyncio.Ev
                 if high is not None:
                     metrics.CONSUMER_LAG.labels(group, tp.topic, tp.partition).set(
                         max(0, high - await consumer.position(tp)))
+        failed = False
     finally:
+        if failed:  # nothing queued may land after we start over from the log
+            producer.purge()
         await consumer.stop()
-        await asyncio.to_thread(producer.flush, 10)
+        await asyncio.to_thread(producer.flush, 0 if failed else 10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -24,6 +25,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from schemas.catalog import current_schemas
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
+from streams import metrics
 from streams.broker import EmbeddedBroker
 from streams.client import Outcome, PitClient, SyncPitClient
 from streams.config import Settings
@@ -511,4 +513,43 @@ async def test_request_errors_and_a_leader_change_have_no_double_effect() -> Non
                 lambda: len(pit.tap.events(model)) >= 2 and pit.tap.events(model))]
             assert [(env["causation_id"], env["sequence"]) for env in envelopes] == [
                 ("leader/0", 1), ("leader/1", 2)]
+            assert pit.processor.processor.state(model).state == HOT
+
+
+TOPIC_AUTHORIZATION_FAILED = 29  # not retriable: the processor's produce of a batch fails
+
+
+async def test_a_failed_produce_restarts_the_processor_from_the_log(monkeypatch,
+                                                                 fast_rebalance) -> None:
+    """The broker refuses the processor's writes: it forgets what it held, starts over from
+    the log, and every command still ends with exactly one effect and an outcome."""
+    import streams.processor
+
+    original = streams.processor.run_processor
+
+    def quick(*args, **kwargs):
+        return original(*args, **kwargs, produce_timeout_s=2.0, retry_s=0.2)
+
+    monkeypatch.setattr(streams.processor, "run_processor", quick)
+    monkeypatch.setattr(sys.modules[__name__], "run_processor", quick)
+    restarts = metrics.PROCESSOR_RESTARTS.labels("pool")
+    before = restarts._value.get()
+    with EmbeddedBroker(3) as broker:
+        async with pit_on(broker) as pit:
+            # Commands live on broker 2, events and outcomes on broker 3, and only broker 3
+            # refuses writes: the client can publish, the processor cannot answer.
+            for partition in range(load_catalog()[POOL_COMMANDS].partitions):
+                broker.set_leader(POOL_COMMANDS, partition, 2)
+                broker.set_leader(POOL_EVENTS, partition, 3)
+                broker.set_leader(RESULTS, partition, 3)
+            model = unique("refused")
+            assert (await pit.client.warm_model(model, command_id="r/0")).accepted
+            broker.push_broker_request_errors(3, PRODUCE, [TOPIC_AUTHORIZATION_FAILED] * 2)
+            hot = await send_until_decided(pit.client, TransitionModel(model, HOT, USER), "r/1")
+            assert hot.accepted
+            assert restarts._value.get() > before
+            envelopes = [env for env, _ in await eventually(
+                lambda: len(pit.tap.events(model)) >= 2 and pit.tap.events(model))]
+            assert [(env["causation_id"], env["sequence"]) for env in envelopes] == [
+                ("r/0", 1), ("r/1", 2)]
             assert pit.processor.processor.state(model).state == HOT

@@ -152,8 +152,8 @@ async def bench_backbone(settings: Settings) -> dict[str, float]:
 
 
 async def bench_pool(settings: Settings) -> dict[str, float]:
-    """The pool decider and prewarming, in process (issue 3 so far: the decider and the
-    prewarm engine are measured; the host process and broker round trip are not built yet)."""
+    """The pool decider, prewarming and host health checks, in process (issue 3 so far: the
+    host process and the broker round trip are not built yet)."""
     from streams.pool.bench import bench_allocation_hit, bench_allocation_miss
     from streams.pool.prewarm_bench import bench_prewarm
 
@@ -163,7 +163,19 @@ async def bench_pool(settings: Settings) -> dict[str, float]:
     _say(f"pool allocation miss that evicts: p99 {figures['pool_alloc_miss_evict_p99_us']} µs")
     _say("replaying the seeded 4-day trace with and without prewarming")
     figures |= await asyncio.to_thread(bench_prewarm)
+    _say("health checks on a real (npz) model: detection, false positives, overhead")
+    figures |= await asyncio.to_thread(bench_health)
     return figures
+
+
+def bench_health() -> dict[str, float]:
+    from streams.pool.health import (
+        measure_detection,
+        measure_false_positives,
+        measure_overhead,
+    )
+
+    return measure_detection() | measure_false_positives() | measure_overhead()
 
 
 BENCHES: dict[str, Callable[[Settings], Awaitable[dict[str, float]]]] = {

@@ -16,7 +16,7 @@ import fastavro.read
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
-from schemas.catalog import current_schemas, fullname
+from schemas.catalog import canonical, current_schemas, fullname
 from schemas.registry import SchemaRegistry
 from streams.errors import InvalidRecordError, MalformedMessageError, SchemaError
 
@@ -87,12 +87,14 @@ class Codec:
             problems = [_EXPECTED.sub(_expected, str(problem)) for problem in exc.errors]
             raise InvalidRecordError("; ".join(problems)) from None
 
-    def _reader(self, schema_id: int) -> tuple[str, object, object]:
+    def _reader(self, schema_id: int) -> tuple[str, object, object | None]:
         if schema_id not in self._readers:
             writer = self.registry.schema_by_id(schema_id)
             name = fullname(writer)
             reader = self.schemas.get(name, writer)
-            self._readers[schema_id] = (name, parse_schema(writer), parse_schema(reader))
+            # Same canonical form: no resolution needed, and fastavro skips it (faster).
+            resolved = None if canonical(reader) == canonical(writer) else parse_schema(reader)
+            self._readers[schema_id] = (name, parse_schema(writer), resolved)
         return self._readers[schema_id]
 
     def decode(self, data: bytes) -> Decoded:

@@ -62,7 +62,6 @@ class Stack:
         self.broker: EmbeddedBroker | None = None
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
-        self.processors: list[Processor] = []
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> Stack:
@@ -83,7 +82,6 @@ class Stack:
         for decider in DECIDERS:
             processor = Processor(decider, self.codec)
             ready = asyncio.Event()
-            self.processors.append(processor)
             self.tasks.append(asyncio.create_task(
                 run_processor(processor, self.settings, self.engine, self.stop, ready),
                 name=processor.name))
@@ -132,9 +130,14 @@ class Stack:
         self.projector = Projector(self.engine, codec=self.codec)
         self.projector_stop = asyncio.Event()
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
-        self.projector_task = asyncio.create_task(
-            run(self.projector, consumer, self.projector_stop), name="projector")
-        self.projector_task.add_done_callback(lambda _: asyncio.create_task(consumer.stop()))
+
+        async def project() -> None:
+            try:
+                await run(self.projector, consumer, self.projector_stop)
+            finally:
+                await consumer.stop()
+
+        self.projector_task = asyncio.create_task(project(), name="projector")
 
     async def drain_projector(self, timeout_s: float = 30.0) -> None:
         """Wait until the projector has archived everything the broker holds right now."""

@@ -32,6 +32,7 @@ from projections.db import METADATA, create_schema, positions, write_transaction
 from schemas.codec import Codec, Decoded
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.errors import DatabaseUnavailableError, PitError
+from streams.kafka import partitions_of
 from streams.log import LogRecord
 from streams.topics import SCHEMAS, load_catalog
 
@@ -314,34 +315,13 @@ class Projector:
 
 # --- Kafka ------------------------------------------------------------------------------------
 
-def _partition_ids(consumer, topic: str, catalog: dict) -> list[int]:
-    known = consumer.partitions_for_topic(topic)
-    if known:
-        return sorted(known)
-    if topic in catalog:
-        return list(range(catalog[topic].partitions))
-    return []
-
-
-async def _refresh_metadata(consumer, topics: list[str]) -> None:
-    """Ask the cluster for the partitions of `topics` (aiokafka tracks metadata only for
-    topics it was told about; a manual assignment does not tell it beforehand)."""
-    client = getattr(consumer, "_client", None)
-    if client is None or not hasattr(client, "set_topics"):
-        return  # not an aiokafka consumer: partitions_for_topic or the catalog will do
-    try:
-        await asyncio.wait_for(client.set_topics(topics), timeout=10)
-    except Exception as exc:  # any failure: fall back to the catalog
-        log.warning("no topic metadata from Kafka (%s); using infra/topics.yaml", exc)
-
-
 async def run(projector: Projector, consumer, stop: asyncio.Event, *,
               topics: Sequence[str] | None = None, max_records: int = 5000,
               timeout_ms: int = 100) -> None:
     """Feed an already started aiokafka consumer into the projector until `stop` is set.
 
-    Assigns every partition of `topics` (default: the projector's), partitions from the
-    cluster's metadata, else from `infra/topics.yaml`, and seeks each to its stored
+    Assigns every partition of `topics` (default: the projector's), from the cluster's
+    metadata, and seeks each to its stored
     position + 1, or to its beginning offset when no projection has a position there.
     Loops getmany -> apply_batch; each batch is applied in a worker thread so the event
     loop stays responsive. While the database is unavailable the batch is kept and retried
@@ -349,11 +329,9 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
     """
     from aiokafka import TopicPartition as KafkaTopicPartition
 
-    catalog = load_catalog()
     wanted = list(topics or projector.topics)
-    await _refresh_metadata(consumer, wanted)
     assignment = [KafkaTopicPartition(t, p) for t in wanted
-                  for p in _partition_ids(consumer, t, catalog)]
+                  for p in await partitions_of(consumer, t)]
     consumer.assign(assignment)
     resume = await asyncio.to_thread(projector.resume_positions)
     fresh = []

@@ -21,6 +21,7 @@ from streams.client import PitClient
 from streams.config import Settings
 from streams.errors import PitError
 from streams.kafka import make_producer, partitions_of, produce_all, start_consumer
+from streams.pool.bench import percentile
 from streams.pool.lifecycle import LIFECYCLE, ModelState, TransitionModel, TransitionReason
 from streams.processor import Output, Processor, run_processor
 from streams.topics import POOL_COMMANDS, RESULTS, load_catalog
@@ -28,11 +29,6 @@ from streams.topics import POOL_COMMANDS, RESULTS, load_catalog
 
 def _say(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def _sample_event(codec: Codec) -> tuple[str, dict]:

@@ -38,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from streams.pool.bench import percentile
 from streams.pool.prewarm import HOUR_MS, MINUTE_MS, PrewarmEngine, PrewarmStats
 from streams.pool.trace import DAY_MS, Request, generate_trace, trace_plan
 
@@ -147,11 +148,6 @@ def simulate(trace: list[Request], *, capacity: int, load_ms: int,
     return result
 
 
-def p99(values: list[int]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
-
-
 def bench_prewarm(seed: int = 7, *, capacity: int = 50, load_ms: int = 10_000,
                   horizon_ms: int = 10 * MINUTE_MS, threshold: float = 0.6,
                   warmup_ms: int = DAY_MS, shift_window_ms: int = 6 * HOUR_MS,
@@ -175,7 +171,7 @@ def bench_prewarm(seed: int = 7, *, capacity: int = 50, load_ms: int = 10_000,
         "pool_hit_rate_lru": round(base.steady_hit_rate, 4),
         "prewarm_accuracy": round(stats.accuracy, 4),
         "prewarm_cold_start_reduction": round(1 - warm.cold_starts / base.cold_starts, 4),
-        "prewarm_predict_ms": round(p99(warm.decide_ns) / 1e6, 4),
+        "prewarm_predict_ms": round(percentile(warm.decide_ns, 0.99) / 1e6, 4),
         "prewarm_predictions_made": stats.predictions_made,
         "prewarm_correct_predictions": stats.correct_predictions,
         "prewarm_cold_starts_avoided": stats.cold_starts_avoided,

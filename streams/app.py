@@ -29,11 +29,11 @@ from streams.client import registry_for
 from streams.components import DECIDERS
 from streams.config import BROKER_FILE, Settings
 from streams.errors import PitError
+from streams.history import read_topic
 from streams.kafka import (
     make_producer,
     partitions_of,
     produce_all,
-    read_partitions,
     start_consumer,
 )
 from streams.processor import Output, Processor, run_processor
@@ -117,9 +117,8 @@ class Stack:
 
     async def sync_registry(self, registry: EmbeddedRegistry) -> None:
         """Load schemas others registered, then publish ours to the compacted topic."""
-        async for records in read_partitions(self.settings, SCHEMAS, [0]):
-            for record in records:
-                registry.load_record(record.value)
+        for record in await read_topic(self.settings, SCHEMAS):
+            registry.load_record(record.value)
         outputs = [Output(SCHEMAS, 0, key, value, 0)
                    for key, value in registry.take_unpublished()]
         await produce_all(make_producer(self.settings), outputs)

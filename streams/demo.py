@@ -17,7 +17,8 @@ from sqlalchemy import bindparam, text
 from streams.app import Stack, running_pit
 from streams.client import Outcome, PitClient
 from streams.config import Settings
-from streams.kafka import make_producer, produce_all, read_partitions
+from streams.history import read_topic
+from streams.kafka import make_producer, produce_all
 from streams.pool.lifecycle import ModelState, TransitionReason
 from streams.processor import Output
 from streams.topics import DEAD_LETTERS, POOL_COMMANDS, POOL_EVENTS
@@ -90,8 +91,7 @@ async def run_demo(settings: Settings) -> None:
                 POOL_COMMANDS, 0, b"garbage", b"\x07not avro at all", int(time.time() * 1000))])
             _show("and the processor keeps going: warm again",
                   await pit.transition(whisper, ModelState.WARMING))
-            letters = [r async for batch in read_partitions(settings, DEAD_LETTERS, [0])
-                       for r in batch]
+            letters = await read_topic(settings, DEAD_LETTERS)
             headers = dict(letters[-1].headers)
             print(f"  dead letter kept {len(letters[-1].value)} original bytes; "
                   f"pit.error: {headers['pit.error'].decode()}")

@@ -7,6 +7,7 @@ Processors restore their state from it; `pit replay` rebuilds views from it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
@@ -127,3 +128,9 @@ def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
             consumer.close()
 
     return read
+
+
+async def read_topic(settings: Settings, topic: str) -> list[LogRecord]:
+    """Everything Kafka holds of a (small) topic right now, read off the event loop."""
+    reader = kafka_log_reader(settings, [topic])
+    return await asyncio.to_thread(lambda: list(reader({})))

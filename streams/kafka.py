@@ -1,17 +1,16 @@
-"""Thin Kafka plumbing shared by the runtime: clients, reading partitions, producing outputs."""
+"""Thin Kafka plumbing shared by the runtime: clients, topic metadata, producing outputs."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
-from confluent_kafka import KafkaException, Producer
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaConnectionError
+from confluent_kafka import Producer
 
 from streams.config import Settings
 from streams.errors import BrokerUnavailableError, PitError
-from streams.log import LogRecord
 
 
 async def start_consumer(settings: Settings, *topics: str, **options) -> AIOKafkaConsumer:
@@ -75,38 +74,3 @@ async def produce_all(producer: Producer, outputs: Iterable, timeout_s: float = 
         problem = tracker.errors[0] if tracker.errors else f"{remaining} records unacknowledged"
         raise BrokerUnavailableError(f"produce failed: {problem}")
     return count
-
-
-async def read_partitions(settings: Settings, topic: str, partitions: Iterable[int],
-                          start: dict[int, int] | None = None,
-                          ) -> AsyncIterator[list[LogRecord]]:
-    """Batches of records of `topic` from `start` (default: the log start) to the end offsets
-    as they were when the read began."""
-    consumer = await start_consumer(settings)
-    try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
-        begin = await consumer.beginning_offsets(tps)
-        pending = set()
-        for tp in tps:
-            offset = max(begin[tp], (start or {}).get(tp.partition, 0))
-            if offset < end[tp]:
-                consumer.seek(tp, offset)
-                pending.add(tp)
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
-            records = []
-            for tp, messages in batch.items():
-                records.extend(LogRecord.from_kafka(m) for m in messages if m.offset < end[tp])
-                if await consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
-            if records:
-                yield records
-    except KafkaError as exc:
-        raise PitError(f"reading {topic}: {exc}") from None
-    finally:
-        await consumer.stop()
-
-
-__all__ = ["KafkaException", "produce_all", "read_partitions", "start_consumer"]

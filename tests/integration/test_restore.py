@@ -9,7 +9,7 @@ from schemas.registry import EmbeddedRegistry
 from streams.app import RESTORE_PLACEHOLDER_KEY, restore_broker
 from streams.broker import EmbeddedBroker
 from streams.config import Settings
-from streams.kafka import read_partitions
+from streams.history import read_topic
 from streams.log import LogRecord
 from streams.topics import POOL_EVENTS, SCHEMAS, load_catalog
 
@@ -22,10 +22,6 @@ def event(model: str, sequence: int) -> bytes:
                 "causation_id": "c", "occurred_at": 1000 + sequence, "producer": "test"}
     return CODEC.encode("pit.pool.ModelUsageRecorded",
                         {"envelope": envelope, "model_id": model, "invocations": 1})
-
-
-async def read_all(settings: Settings, topic: str) -> list[LogRecord]:
-    return [record async for batch in read_partitions(settings, topic, [0]) for record in batch]
 
 
 async def test_restore_keeps_offsets_compacts_and_fills_gaps(engine) -> None:
@@ -45,14 +41,14 @@ async def test_restore_keeps_offsets_compacts_and_fills_gaps(engine) -> None:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         assert await restore_broker(engine, settings, load_catalog()) == 7
 
-        events = await read_all(settings, POOL_EVENTS)
+        events = await read_topic(settings, POOL_EVENTS)
         assert [r.offset for r in events] == [0, 1, 2, 3]
         assert [r.value for r in events] == [archived[0].value, archived[1].value, None,
                                               archived[2].value]
         assert events[2].key == RESTORE_PLACEHOLDER_KEY
         assert events[3].headers == (("h", b"v"),) and events[3].timestamp_ms == 1003
 
-        schemas = await read_all(settings, SCHEMAS)
+        schemas = await read_topic(settings, SCHEMAS)
         assert [r.offset for r in schemas] == [0, 1, 2]
         live = {r.key: r.value for r in schemas if r.value is not None}
         assert live == {b"b/1": b'{"v": "b"}', b"a/1": b'{"v": "a-new"}'}  # latest per key

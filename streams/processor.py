@@ -170,7 +170,7 @@ class Processor:
         if command_type is None:
             outcome = self._outcome(command_id, decoded.name, "", now_ms, reason=(
                 f"{decoded.name} is not a command of the {self.decider.name} processor"))
-            return self._decided(record, command_id, outcome, [])
+            return self._decided(record, outcome)
         command = from_record(command_type, decoded.record)
         key = command.entity_key
         entity = self.entities.get(key) or Entity(self.decider.initial_state(key))
@@ -180,12 +180,12 @@ class Processor:
         except Rejection as rejection:
             outcome = self._outcome(command_id, command.type_name, key, now_ms,
                                     reason=rejection.reason)
-            return self._decided(record, command_id, outcome, [])
+            return self._decided(record, outcome)
         except Exception as exc:  # a decider bug must not wedge the partition
             log.exception("decider %s failed on %s", self.decider.name, command_id)
             outcome = self._outcome(command_id, command.type_name, key, now_ms,
                                     reason=f"internal error: {exc!r}")
-            return [self._dead_letter(record, exc), *self._decided(record, command_id, outcome, [])]
+            return [self._dead_letter(record, exc), *self._decided(record, outcome)]
         self.entities.setdefault(key, entity)
         outputs, event_ids = [], []
         correlation_id = meta.get("correlation_id") or command_id
@@ -206,12 +206,11 @@ class Processor:
             outputs.append(Output(self.decider.event_topic, record.partition, key.encode(),
                                   value, now_ms))
         outcome = self._outcome(command_id, command.type_name, key, now_ms, event_ids=event_ids)
-        return outputs + self._decided(record, command_id, outcome, event_ids)
+        return outputs + self._decided(record, outcome)
 
-    def _decided(self, record: LogRecord, command_id: str, outcome: dict,
-                 event_ids: list[str]) -> list[Output]:
+    def _decided(self, record: LogRecord, outcome: dict) -> list[Output]:
         self._decided_count[outcome["status"].lower()].inc()
-        self._remember(command_id, outcome)
+        self._remember(outcome["command_id"], outcome)
         return [self._result(record, outcome)]
 
     def _outcome(self, command_id: str, command_type: str, key: str, now_ms: int, *,

@@ -132,8 +132,9 @@ class PitClient:
         """Publish without waiting for the outcome; returns the command id."""
         command_id = command_id or str(uuid.uuid4())
         value = self.encode_command(command, command_id, correlation_id)
-        topic = decider_for(type(command)).command_topic
-        await self._producer.send_and_wait(topic, value, key=command.entity_key.encode())
+        decider = decider_for(type(command))
+        await self._producer.send_and_wait(decider.command_topic, value,
+                                           key=decider.entity_of(command).encode())
         return command_id
 
     async def send(self, command: Message, *, command_id: str | None = None,

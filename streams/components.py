@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from streams.decider import Decider, Message
 from streams.errors import PitError
-from streams.pool.lifecycle import LIFECYCLE
+from streams.pool.pool import POOL
 
-DECIDERS: tuple[Decider, ...] = (LIFECYCLE,)
+DECIDERS: tuple[Decider, ...] = (POOL,)
 
 
 def command_types() -> dict[str, type[Message]]:

@@ -83,6 +83,9 @@ class Decider(Generic[S]):
     initial_state: Callable[[str], S]
     decide: Callable[[S, Message, int], Sequence[Message]]
     evolve: Callable[[S, Message, int], S]
+    # The entity that decides a command (state key, Kafka key, partition); by default the
+    # command's own subject. The pool decides every command of a pool together.
+    entity_of: Callable[[Message], str] = Message.entity_key.fget
 
     def command_type(self, avro_name: str) -> type[Message] | None:
         return _types(tuple(self.commands)).get(avro_name)

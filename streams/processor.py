@@ -172,7 +172,7 @@ class Processor:
                 f"{decoded.name} is not a command of the {self.decider.name} processor"))
             return self._decided(record, outcome)
         command = from_record(command_type, decoded.record)
-        key = command.entity_key
+        key = self.decider.entity_of(command)
         entity = self.entities.get(key) or Entity(self.decider.initial_state(key))
         now_ms = max(now_ms, entity.last_at_ms)  # per-entity time never runs backwards
         try:
@@ -203,8 +203,11 @@ class Processor:
             value = self.codec.encode(event.avro_name, {"envelope": envelope, **to_record(event)})
             self._apply(envelope, event)
             event_ids.append(envelope["event_id"])
-            outputs.append(Output(self.decider.event_topic, record.partition, key.encode(),
-                                  value, now_ms))
+            # Kafka key: the event's subject (a model, host, request), so the log can be
+            # searched by it; the envelope names the deciding entity; the partition is the
+            # command's, so an entity's events stay in order on one partition.
+            outputs.append(Output(self.decider.event_topic, record.partition,
+                                  event.entity_key.encode(), value, now_ms))
         outcome = self._outcome(command_id, command.type_name, key, now_ms, event_ids=event_ids)
         return outputs + self._decided(record, outcome)
 

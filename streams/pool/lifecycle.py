@@ -46,7 +46,11 @@ def can_transition(source: ModelState, target: ModelState) -> bool:
     return target in TRANSITIONS[source]
 
 
+DEFAULT_POOL = "default"
+
 # --- commands -------------------------------------------------------------------------------
+# Each names its model (the subject, `entity_key`) and the pool that decides it: the pool
+# processor routes every command by pool_id (see streams/pool/pool.py).
 
 @dataclass(frozen=True)
 class TransitionModel(Message):
@@ -56,6 +60,7 @@ class TransitionModel(Message):
     to_state: ModelState
     reason: TransitionReason
     metadata: dict[str, str] = field(default_factory=dict)
+    pool_id: str = DEFAULT_POOL
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class RecordModelUsage(Message):
     key_field = "model_id"
     model_id: str
     invocations: int = 1
+    pool_id: str = DEFAULT_POOL
 
 
 # --- events ---------------------------------------------------------------------------------

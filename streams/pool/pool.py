@@ -52,10 +52,12 @@ from typing import Any, Generic, TypeVar
 from streams.decider import Decider, Message, Rejection
 from streams.pool import lifecycle
 from streams.pool.lifecycle import (
+    DEFAULT_POOL,
     ModelLifecycle,
     ModelState,
     ModelTransitioned,
     ModelUsageRecorded,
+    RecordModelUsage,
     TransitionModel,
     TransitionReason,
 )
@@ -63,7 +65,6 @@ from streams.topics import POOL_COMMANDS, POOL_EVENTS
 
 Cold, Warming, Hot, Cooling, Failed = ModelState
 R = TransitionReason
-DEFAULT_POOL = "default"
 HEALTH_FAILURE_THRESHOLD = 3  # consecutive failed health checks that fail a Hot model
 
 
@@ -170,6 +171,7 @@ class RegisterHost(_PoolCommand):
     memory_budget_mb: int
     capacity: int
     pool_id: str = DEFAULT_POOL
+    endpoint: str = ""  # where the host answers inference calls (http://host:port)
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,7 @@ class AllocateModel(_PoolCommand):
     model_id: str
     requester: str
     pool_id: str = DEFAULT_POOL
+    workflow_id: str = ""  # the workflow run it serves, if any: prewarming learns from it
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,7 @@ class HostRegistered(Message):
     host_id: str
     memory_budget_mb: int
     capacity: int
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -347,6 +351,7 @@ class AllocationQueued(Message):
     request_id: str
     model_id: str
     requester: str
+    workflow_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -358,6 +363,8 @@ class ModelAllocated(Message):
     requester: str
     host_id: str
     cache_hit: bool
+    endpoint: str = ""     # the host's inference URL, so the requester can call the model
+    workflow_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -447,6 +454,7 @@ class Host:
     host_id: str
     memory_budget_mb: int
     capacity: int
+    endpoint: str = ""
     alive: bool = True
     models: frozenset[str] = frozenset()  # placed here: waiting, loading, loaded, leaving
     # Kept up to date by evolve, model by model, so decide never rescans the host:
@@ -463,6 +471,7 @@ class Request:
     model_id: str
     requester: str
     allocated: bool  # False while queued
+    workflow_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,11 +629,15 @@ def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, A
     match event:
         case ModelRegistered(model_id=m, uri=uri, memory_mb=mb, expected_load_ms=ms):
             return {"models": s.models.set(m, Model(m, uri, mb, ms, lifecycle.initial_state(m)))}
-        case HostRegistered(host_id=h, memory_budget_mb=budget, capacity=capacity):
-            return {"hosts": s.hosts.set(h, Host(h, budget, capacity))}
+        case HostRegistered(host_id=h, memory_budget_mb=budget, capacity=capacity,
+                            endpoint=endpoint):
+            return {"hosts": s.hosts.set(h, Host(h, budget, capacity, endpoint))}
         case ModelTransitioned(model_id=m, reason=reason):
             changed = lifecycle.evolve(s.models[m].lifecycle, event, at_ms)
             return _model_set(s, m, lifecycle=changed, reason=reason)
+        case ModelUsageRecorded(model_id=m):  # use keeps a model warm: it moves up the LRU
+            used = lifecycle.evolve(s.models[m].lifecycle, event, at_ms)
+            return _model_set(s, m, lifecycle=used, last_used=tick)
         case ModelPlaced(model_id=m, host_id=h, reason=reason):
             return _model_set(s, m, _host_models(s, h, lambda ms: ms | {m}),
                               host=h, placed_at=tick, load_reason=reason)
@@ -642,15 +655,16 @@ def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, A
             return changes
         case ModelEvicted():
             return {"stats": _copy(s.stats, evictions=s.stats.evictions + 1)}
-        case AllocationQueued(request_id=r, model_id=m, requester=who):
+        case AllocationQueued(request_id=r, model_id=m, requester=who, workflow_id=w):
             return {**_model_set(s, m, queued=(*s.models[m].queued, r)),
-                    "requests": s.requests.set(r, Request(r, m, who, False)),
+                    "requests": s.requests.set(r, Request(r, m, who, False, w)),
                     "stats": _copy(s.stats, misses=s.stats.misses + 1)}
-        case ModelAllocated(request_id=r, model_id=m, requester=who, cache_hit=hit):
+        case ModelAllocated(request_id=r, model_id=m, requester=who, cache_hit=hit,
+                            workflow_id=w):
             model = s.models[m]
             used = lifecycle.evolve(model.lifecycle, ModelUsageRecorded(m, 1), at_ms)
             queued = tuple(q for q in model.queued if q != r) if model.queued else ()
-            changes = {"requests": s.requests.set(r, Request(r, m, who, True)), **_model_set(
+            changes = {"requests": s.requests.set(r, Request(r, m, who, True, w)), **_model_set(
                 s, m, lifecycle=used, allocations=model.allocations | {r}, queued=queued,
                 last_used=tick)}
             if hit:
@@ -855,11 +869,12 @@ def _on_register_host(d: _Decision, c: RegisterHost) -> None:
     known = d.state.hosts.get(c.host_id)
     if known is not None:
         if (known.memory_budget_mb, known.capacity) != (c.memory_budget_mb, c.capacity):
+            # The endpoint may change (a restarted host listens elsewhere); the budget not.
             raise Rejection(f"host {c.host_id} is already registered with other parameters"
                             f" ({known.memory_budget_mb} MB, capacity {known.capacity})")
-        if known.alive:
+        if known.alive and known.endpoint == c.endpoint:
             return  # the same registration again
-    d.emit(HostRegistered(c.host_id, c.memory_budget_mb, c.capacity))  # new, or back up
+    d.emit(HostRegistered(c.host_id, c.memory_budget_mb, c.capacity, c.endpoint))  # new/back
 
 
 def _on_allocate(d: _Decision, c: AllocateModel) -> None:
@@ -870,7 +885,9 @@ def _on_allocate(d: _Decision, c: AllocateModel) -> None:
     model = _model(d.state, c.model_id)
     state = model.state
     if state is Hot:  # the cache hit: the path that must stay fast
-        d.emit(ModelAllocated(c.request_id, c.model_id, c.requester, model.host, True))
+        endpoint = d.state.hosts[model.host].endpoint
+        d.emit(ModelAllocated(c.request_id, c.model_id, c.requester, model.host, True,
+                              endpoint, c.workflow_id))
         return
     if state is Cooling:
         raise Rejection(f"model {c.model_id} is Cooling; it accepts no new allocations"
@@ -880,7 +897,7 @@ def _on_allocate(d: _Decision, c: AllocateModel) -> None:
                         " awaiting its unload; retry after it")
     if state is Failed or (state is Cold and model.host is None):
         _place(d, c.model_id, evict=True, reason=R.USER_REQUEST)
-    d.emit(AllocationQueued(c.request_id, c.model_id, c.requester))  # Warming or waiting
+    d.emit(AllocationQueued(c.request_id, c.model_id, c.requester, c.workflow_id))
 
 
 def _on_release(d: _Decision, c: ReleaseModel) -> None:
@@ -934,9 +951,11 @@ def _on_loaded(d: _Decision, c: ReportModelLoaded) -> None:
         d.emit(UnloadRequested(c.model_id, c.host_id, R.RESOURCE_PRESSURE))
         return
     d.transition(c.model_id, Hot, model.load_reason)
+    endpoint = d.state.hosts[c.host_id].endpoint
     for request_id in model.queued:
-        who = d.state.requests[request_id].requester
-        d.emit(ModelAllocated(request_id, c.model_id, who, c.host_id, False))
+        request = d.state.requests[request_id]
+        d.emit(ModelAllocated(request_id, c.model_id, request.requester, c.host_id, False,
+                              endpoint, request.workflow_id))
     _start_waiting(d, c.host_id)  # a smaller measured size may have made room
 
 
@@ -972,10 +991,55 @@ def _on_health(d: _Decision, c: ReportHealth) -> None:
     if failures >= HEALTH_FAILURE_THRESHOLD:
         why = (f"model {c.model_id} failed {failures} health checks in a row on host"
                f" {c.host_id}: {c.detail}")
-        unload_sent = model.state is Cooling and not model.allocations  # drained already
-        _fail(d, c.model_id, R.HEALTH_CHECK_FAILURE, "health_check", why)
-        if not unload_sent:
-            d.emit(UnloadRequested(c.model_id, c.host_id, R.HEALTH_CHECK_FAILURE))
+        _fail_loaded(d, c.model_id, R.HEALTH_CHECK_FAILURE, "health_check", why)
+
+
+def _fail_loaded(d: _Decision, model_id: str, reason: TransitionReason, code: str,
+                 why: str) -> None:
+    """A Hot or Cooling model fails: its allocations end and its host is told to unload it
+    (unless a drained Cooling model's unload was requested already)."""
+    model = d.state.models[model_id]
+    unload_sent = model.state is Cooling and not model.allocations
+    _fail(d, model_id, reason, code, why)
+    if not unload_sent:
+        d.emit(UnloadRequested(model_id, model.host, reason))
+
+
+def _on_transition(d: _Decision, c: TransitionModel) -> None:
+    """An operator's lifecycle command, checked against the seed's table first, then carried
+    out the way the pool would do it itself, so memory and hosts stay consistent."""
+    model = _model(d.state, c.model_id)
+    lifecycle.decide(model.lifecycle, c, d.now)  # the seed's rejection for a bad transition
+    match model.state, c.to_state:
+        case _, ModelState.HOT:
+            raise Rejection(f"model {c.model_id} becomes Hot when its host reports the load"
+                            " (ReportModelLoaded), not by command")
+        case ModelState.COOLING, ModelState.COLD:
+            raise Rejection(f"model {c.model_id} becomes Cold when its host reports the"
+                            " unload (ReportModelUnloaded), not by command")
+        case ModelState.COLD, ModelState.WARMING:
+            if model.waiting:
+                return  # already placed: it loads as soon as its host has room
+            _place(d, c.model_id, evict=c.reason is not R.PREDICTIVE_PREWARM, reason=c.reason)
+        case ModelState.HOT, ModelState.COOLING:
+            _cool(d, c.model_id, c.reason)
+        case ModelState.FAILED, ModelState.COLD:
+            if model.host is not None:
+                raise Rejection(f"model {c.model_id} is Failed and still on host {model.host},"
+                                " awaiting its unload; recover it after that")
+            d.transition(c.model_id, Cold, c.reason, **c.metadata)
+        case ModelState.WARMING, ModelState.FAILED:
+            why = c.metadata.get("error") or f"failed by command ({c.reason})"
+            _fail(d, c.model_id, c.reason, "failed", why)
+            d.emit(UnloadRequested(c.model_id, model.host, c.reason))
+        case _, ModelState.FAILED:  # Hot or Cooling
+            why = c.metadata.get("error") or f"failed by command ({c.reason})"
+            _fail_loaded(d, c.model_id, c.reason, "failed", why)
+
+
+def _on_usage(d: _Decision, c: RecordModelUsage) -> None:
+    model = _model(d.state, c.model_id)
+    d.emit(*lifecycle.decide(model.lifecycle, c, d.now))
 
 
 def _on_host_down(d: _Decision, c: ReportHostDown) -> None:
@@ -1017,6 +1081,8 @@ _HANDLERS: dict[type, Callable[[_Decision, Any], None]] = {
     ReportModelUnloaded: _on_unloaded,
     ReportHealth: _on_health,
     ReportHostDown: _on_host_down,
+    TransitionModel: _on_transition,
+    RecordModelUsage: _on_usage,
 }
 
 
@@ -1024,10 +1090,10 @@ def decide(state: PoolState, command: Message, now_ms: int) -> list[Message]:
     handler = _HANDLERS.get(type(command))
     if handler is None:
         raise Rejection(f"the pool does not handle {command.type_name}")
-    if not command.entity_key:
+    if not command.pool_id:
         raise Rejection("pool_id must not be empty")
-    if command.entity_key != state.pool_id:
-        raise Rejection(f"command for pool {command.entity_key!r} sent to pool {state.pool_id!r}")
+    if command.pool_id != state.pool_id:
+        raise Rejection(f"command for pool {command.pool_id!r} sent to pool {state.pool_id!r}")
     d = _Decision(state, now_ms)
     handler(d, command)
     return d.events
@@ -1048,4 +1114,5 @@ POOL = Decider(
     initial_state=initial_state,
     decide=decide,
     evolve=evolve,
+    entity_of=lambda command: command.pool_id,
 )

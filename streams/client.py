@@ -1,5 +1,6 @@
 """`PitClient`: publish commands, await their outcomes (correlated by command id on
-`pit.results`), follow results. Async, with `SyncPitClient` for blocking code."""
+`pit.results`), follow results; allocate models from the pool and call them on their host.
+Async, with `SyncPitClient` for blocking code."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -18,11 +20,31 @@ from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.components import decider_for
 from streams.config import Settings
-from streams.decider import Message, to_record
-from streams.errors import BrokerUnavailableError, CommandTimeoutError, SchemaError
+from streams.decider import Message, from_record, to_record
+from streams.errors import (
+    AllocationError,
+    BrokerUnavailableError,
+    CommandTimeoutError,
+    InferenceError,
+    SchemaError,
+)
 from streams.kafka import partitions_of, start_consumer
-from streams.pool.lifecycle import ModelState, RecordModelUsage, TransitionModel, TransitionReason
-from streams.topics import RESULTS
+from streams.pool.lifecycle import (
+    DEFAULT_POOL,
+    ModelState,
+    RecordModelUsage,
+    TransitionModel,
+    TransitionReason,
+)
+from streams.pool.pool import (
+    AllocateModel,
+    AllocationFailed,
+    ModelAllocated,
+    RegisterHost,
+    RegisterModel,
+    ReleaseModel,
+)
+from streams.topics import POOL_EVENTS, RESULTS
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,17 @@ class Outcome:
         return f"{self.command_type} {self.entity_key} {self.command_id}: {verdict}{again}"
 
 
+@dataclass(frozen=True)
+class Allocation:
+    """A granted model allocation: call the model at `endpoint` until you release it."""
+
+    request_id: str
+    model_id: str
+    host_id: str
+    endpoint: str
+    cache_hit: bool
+
+
 def registry_for(settings: Settings) -> SchemaRegistry:
     if settings.schema_registry_url:
         from schemas.registry import ConfluentRegistry
@@ -69,9 +102,12 @@ class PitClient:
 
     def __post_init__(self) -> None:
         self.codec = self.codec or Codec(registry_for(self.settings))
-        self._pending: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, asyncio.Future] = {}  # command id -> its outcome
+        self._allocations: dict[str, asyncio.Future] = {}  # request id -> its answer event
         self._producer: AIOKafkaProducer | None = None
-        self._results_task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._pool_events: asyncio.Future | None = None  # following pit.pool.events
+        self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> PitClient:
         options = self.settings.kafka_client_options()
@@ -82,22 +118,28 @@ class PitClient:
             await self._producer.stop()
             raise BrokerUnavailableError(
                 f"Kafka unreachable at {options['bootstrap_servers']}: {exc}") from None
-        consumer = await start_consumer(self.settings, fetch_max_wait_ms=5)
-        tps = [TopicPartition(RESULTS, p) for p in await partitions_of(consumer, RESULTS)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:  # pin the end now, so no outcome of ours can slip past us
-            await consumer.position(tp)
-        self._results_task = asyncio.create_task(self._dispatch(consumer))
+        await self._tail(RESULTS, self._on_outcome)
         return self
 
+    async def _tail(self, topic: str, handle) -> None:
+        """Follow `topic` from its current end, calling `handle(message)` for each record."""
+        consumer = await start_consumer(self.settings, fetch_max_wait_ms=5)
+        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # pin the end now, so no answer to us can slip past
+            await consumer.position(tp)
+        self._tasks.append(asyncio.create_task(self._dispatch(consumer, handle)))
+
     async def close(self) -> None:
-        if self._results_task:
-            self._results_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._results_task
+                await task
         if self._producer:
             await self._producer.stop()
+        if self._http is not None:
+            await self._http.close()
 
     async def __aenter__(self) -> PitClient:
         return await self.start()
@@ -105,21 +147,39 @@ class PitClient:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    async def _dispatch(self, consumer) -> None:
+    @staticmethod
+    async def _dispatch(consumer, handle) -> None:
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=200)
                 for messages in batch.values():
                     for message in messages:
-                        try:
-                            outcome = Outcome.from_record(self.codec.decode(message.value).record)
-                        except (SchemaError, KeyError):
-                            continue
-                        waiter = self._pending.pop(outcome.command_id, None)
-                        if waiter is not None and not waiter.done():
-                            waiter.set_result(outcome)
+                        handle(message)
         finally:
             await consumer.stop()
+
+    def _on_outcome(self, message) -> None:
+        try:
+            outcome = Outcome.from_record(self.codec.decode(message.value).record)
+        except (SchemaError, KeyError):
+            return
+        waiter = self._pending.pop(outcome.command_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(outcome)
+
+    def _on_pool_event(self, message) -> None:
+        # Answers to allocations are keyed by request id: only those are decoded.
+        request_id = message.key.decode() if message.key else ""
+        waiter = self._allocations.get(request_id)
+        if waiter is None or waiter.done():
+            return
+        try:
+            decoded = self.codec.decode(message.value)
+        except SchemaError:
+            return
+        for answer in (ModelAllocated, AllocationFailed):
+            if decoded.name == answer.avro_name:
+                waiter.set_result(from_record(answer, decoded.record))
 
     def encode_command(self, command: Message, command_id: str,
                        correlation_id: str | None = None) -> bytes:
@@ -164,16 +224,9 @@ class PitClient:
     async def warm_model(self, model_id: str, reason=TransitionReason.USER_REQUEST, **options):
         return await self.transition(model_id, ModelState.WARMING, reason, **options)
 
-    async def mark_hot(self, model_id: str, reason=TransitionReason.USER_REQUEST, **options):
-        return await self.transition(model_id, ModelState.HOT, reason, **options)
-
     async def cool_model(self, model_id: str, reason=TransitionReason.SCHEDULED_COOLDOWN,
                          **options):
         return await self.transition(model_id, ModelState.COOLING, reason, **options)
-
-    async def unload_model(self, model_id: str, reason=TransitionReason.SCHEDULED_COOLDOWN,
-                           **options):
-        return await self.transition(model_id, ModelState.COLD, reason, **options)
 
     async def fail_model(self, model_id: str, error: str,
                          reason=TransitionReason.HEALTH_CHECK_FAILURE, **options):
@@ -186,6 +239,78 @@ class PitClient:
 
     async def record_usage(self, model_id: str, invocations: int = 1, **options) -> Outcome:
         return await self.send(RecordModelUsage(model_id, invocations), **options)
+
+    # --- the pool --------------------------------------------------------------------------
+
+    async def register_model(self, model_id: str, uri: str, memory_mb: int,
+                             expected_load_ms: int, *, pool_id: str = DEFAULT_POOL,
+                             **options) -> Outcome:
+        return await self.send(RegisterModel(model_id, uri, memory_mb, expected_load_ms,
+                                             pool_id), **options)
+
+    async def register_host(self, host_id: str, memory_budget_mb: int, capacity: int,
+                            endpoint: str = "", *, pool_id: str = DEFAULT_POOL,
+                            **options) -> Outcome:
+        return await self.send(RegisterHost(host_id, memory_budget_mb, capacity, pool_id,
+                                            endpoint), **options)
+
+    async def allocate_model(self, model_id: str, requester: str, *,
+                             request_id: str | None = None, workflow_id: str = "",
+                             pool_id: str = DEFAULT_POOL, timeout: float = 30.0) -> Allocation:
+        """Allocate a model, waiting while the pool loads it (a cache miss) if it must.
+        Raises AllocationError with the pool's reason when it is rejected or fails."""
+        request_id = request_id or str(uuid.uuid4())
+        await self._follow_pool()
+        deadline = asyncio.get_running_loop().time() + timeout
+        answer = self._allocations[request_id] = asyncio.get_running_loop().create_future()
+        try:
+            outcome = await self.send(AllocateModel(request_id, model_id, requester, pool_id,
+                                                    workflow_id), timeout=timeout)
+            if not outcome.accepted:
+                raise AllocationError(f"allocation of {model_id} rejected: {outcome.reason}")
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            try:
+                event = await asyncio.wait_for(answer, remaining)
+            except TimeoutError:
+                raise AllocationError(
+                    f"allocation {request_id} of {model_id} still waiting for the model after"
+                    f" {timeout:g}s (is a `pit host` with room for it running?); it stays"
+                    " queued until released") from None
+        finally:
+            self._allocations.pop(request_id, None)
+        if isinstance(event, AllocationFailed):
+            raise AllocationError(f"allocation {request_id} of {model_id} failed"
+                                  f" ({event.code}): {event.reason}")
+        return Allocation(request_id, model_id, event.host_id, event.endpoint, event.cache_hit)
+
+    async def _follow_pool(self) -> None:
+        """Start following the pool's events once; every caller waits until it is pinned."""
+        if self._pool_events is None:
+            self._pool_events = asyncio.ensure_future(self._tail(POOL_EVENTS,
+                                                                 self._on_pool_event))
+        await asyncio.shield(self._pool_events)
+
+    async def release_model(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
+                            **options) -> Outcome:
+        return await self.send(ReleaseModel(request_id, pool_id), **options)
+
+    async def infer(self, allocation: Allocation, inputs, *, timeout: float = 30.0):
+        """Call the allocated model on its host; returns its outputs (JSON values)."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        url = f"{allocation.endpoint}/models/{allocation.model_id}/infer"
+        try:
+            async with self._http.post(url, json={"inputs": inputs},
+                                       timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
+                body = await reply.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise InferenceError(f"{allocation.model_id} on host {allocation.host_id}"
+                                 f" ({url}): {exc or type(exc).__name__}") from None
+        if reply.status != 200 or not isinstance(body, dict) or "outputs" not in body:
+            detail = body.get("error") if isinstance(body, dict) else body
+            raise InferenceError(f"{allocation.model_id} on host {allocation.host_id}:"
+                                 f" HTTP {reply.status}: {detail}")
+        return body["outputs"]
 
     # --- results ---------------------------------------------------------------------------
 

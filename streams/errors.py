@@ -44,5 +44,13 @@ class CommandTimeoutError(PitError):
     """No outcome arrived for a command within the timeout."""
 
 
+class AllocationError(PitError):
+    """A model allocation was rejected, or failed before or after it was granted."""
+
+
+class InferenceError(PitError):
+    """A host could not answer an inference call."""
+
+
 class AuditChainError(PitError):
     """The audit log's hash chain does not verify."""

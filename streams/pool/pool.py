@@ -1102,8 +1102,8 @@ def decide(state: PoolState, command: Message, now_ms: int) -> list[Message]:
 COMMANDS = tuple(_HANDLERS)
 EVENTS = (ModelRegistered, HostRegistered, ModelPlaced, LoadRequested, ModelLoaded,
           ModelLoadFailed, UnloadRequested, ModelUnloaded, ModelEvicted, ModelTransitioned,
-          AllocationQueued, ModelAllocated, ModelReleased, AllocationFailed, HealthRecorded,
-          HostDown)
+          ModelUsageRecorded, AllocationQueued, ModelAllocated, ModelReleased, AllocationFailed,
+          HealthRecorded, HostDown)
 
 POOL = Decider(
     name="pool",

@@ -17,6 +17,7 @@ import pytest
 
 from streams.client import SyncPitClient
 from streams.config import Settings
+from streams.pool.pool import ReportModelLoaded
 
 pytestmark = pytest.mark.slow
 
@@ -85,8 +86,11 @@ def test_pit_up_survives_a_restart(tmp_path: Path) -> None:
     pit = PitUp(tmp_path / "pit", free_port()).start()
     try:
         with pit.client() as client:
-            assert client.warm_model("llama", command_id="c1").accepted
-            assert client.mark_hot("llama", command_id="c2").accepted
+            assert client.register_host("h1", 1000, 4).accepted
+            assert client.register_model("llama", "python:math:sqrt", 100, 10).accepted
+            assert client.warm_model("llama", command_id="c1").accepted  # placed and loading
+            # what the host reports once it loaded the model (no host process in this test)
+            assert client.send(ReportModelLoaded("h1", "llama", 12, 90), command_id="c2").accepted
             assert client.record_usage("llama", 5, command_id="c3").accepted
             assert not client.warm_model("llama", command_id="c4").accepted
         before = wait_for(lambda: (m := pit.get("/models/llama"))["usage_count"] == 5 and m)
@@ -112,8 +116,8 @@ def test_pit_up_survives_a_restart(tmp_path: Path) -> None:
         assert pit.get("/models/llama")["last_sequence"] == before["last_sequence"] + 1
         assert pit.get("/audit/verify")["ok"]
 
-        published = pit.pit("publish", "TransitionModel",
-                            '{"model_id": "llama", "to_state": "Cold", "reason": "UserRequest"}',
+        published = pit.pit("publish", "ReportModelUnloaded",
+                            '{"host_id": "h1", "model_id": "llama"}',
                             "--command-id", "from-the-shell")
         assert published.returncode == 0, published.stderr
         assert "from-the-shell: accepted" in published.stdout

@@ -234,7 +234,7 @@ async def test_command_becomes_event_and_accepted_outcome(pit: Pit) -> None:
     assert pit.processor.processor.state(model).state == WARMING
 
     # The next transition's time in state comes from the two event timestamps.
-    hot = await pit.client.mark_hot(model)
+    hot = await pit.client.transition(model, HOT)
     assert hot.accepted
     events = await eventually(lambda: len(pit.tap.events(model)) == 2 and pit.tap.events(model))
     (first, _), (second, second_event) = events
@@ -271,7 +271,7 @@ async def test_same_command_id_twice_has_one_effect(pit: Pit) -> None:
     assert len(pit.tap.events(model)) == 1
     assert pit.processor.processor.state(model).transition_count == 1
     # Even a different command under an old id is only acknowledged.
-    third = await pit.client.mark_hot(model, command_id=command_id)
+    third = await pit.client.transition(model, HOT, command_id=command_id)
     assert third.duplicate and third.command_type == "TransitionModel"
     assert third.event_ids == first.event_ids
     assert pit.processor.processor.state(model).state == WARMING
@@ -364,7 +364,7 @@ async def test_sync_client_from_blocking_code(pit: Pit) -> None:
 
     def blocking() -> list[Outcome]:
         with SyncPitClient(pit.settings, issued_by="sync-test") as client:
-            return [client.warm_model(model), client.mark_hot(model),
+            return [client.warm_model(model), client.transition(model, HOT),
                     client.record_usage(model, 5), client.cool_model(model)]
 
     outcomes = await asyncio.to_thread(blocking)
@@ -403,7 +403,7 @@ async def test_processor_restart_restores_state_from_the_topics(fast_rebalance) 
             model = unique("restart")
             ids = [unique("cmd") for _ in range(4)]
             assert (await pit.client.warm_model(model, command_id=ids[0])).accepted
-            assert (await pit.client.mark_hot(model, command_id=ids[1])).accepted
+            assert (await pit.client.transition(model, HOT, command_id=ids[1])).accepted
             assert (await pit.client.record_usage(model, 7, command_id=ids[2])).accepted
             rejected = await pit.client.transition(model, WARMING, command_id=ids[3])
             assert rejected.status == "REJECTED"

@@ -1,7 +1,8 @@
 """Properties of the pool decider under random command sequences.
 
 A few hosts and models, random allocations, releases, prewarms, cooldowns, host reports
-(loads, load failures, unloads, health), host deaths and re-registrations. Every emitted
+(loads, load failures, unloads, health), host deaths and re-registrations, and operators'
+lifecycle commands (TransitionModel to any state, RecordModelUsage). Every emitted
 event is applied with `evolve`, and checked against an oracle that follows the events only
 (never the decider's own bookkeeping):
 * no host is ever told to load more than its budget/capacity can hold (what it holds:
@@ -28,7 +29,14 @@ from hypothesis import strategies as st
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.decider import Message, Rejection, from_record, to_record
-from streams.pool.lifecycle import TRANSITIONS, ModelState, ModelTransitioned, TransitionReason
+from streams.pool.lifecycle import (
+    TRANSITIONS,
+    ModelState,
+    ModelTransitioned,
+    RecordModelUsage,
+    TransitionModel,
+    TransitionReason,
+)
 from streams.pool.pool import (
     POOL,
     AllocateModel,
@@ -190,6 +198,7 @@ class Run:
             assert len(answered) == 1 and isinstance(answered[0], (ModelAllocated,
                                                                    AllocationQueued))
         for event in events:
+            assert type(event) in POOL.events, f"{event.type_name} is not a declared pool event"
             self.oracle.apply(event)
             self.state = evolve(self.state, event, self.now)
             self.log.append((event, self.now))
@@ -209,7 +218,13 @@ def draw_command(data: st.DataObject, run: Run) -> Message:
     state = run.state
     models = sorted(state.models.items())
     on_host = [(m, model) for m, model in models if model.host is not None]
-    pick = data.draw(st.integers(0, 13))
+    pick = data.draw(st.integers(0, 15))
+    if pick == 14:  # an operator's lifecycle command, any target
+        return TransitionModel(data.draw(st.sampled_from(MODELS)),
+                               data.draw(st.sampled_from(list(ModelState))),
+                               data.draw(st.sampled_from(list(TransitionReason))))
+    if pick == 15:
+        return RecordModelUsage(data.draw(st.sampled_from(MODELS)), data.draw(st.integers(0, 3)))
     if pick <= 3:
         active = sorted(state.requests)
         if active and data.draw(st.integers(0, 9)) == 0:

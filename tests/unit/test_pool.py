@@ -11,7 +11,14 @@ from schemas.catalog import current_schemas
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.decider import Message, Rejection, from_record, to_record
-from streams.pool.lifecycle import ModelState, ModelTransitioned, TransitionReason
+from streams.pool.lifecycle import (
+    ModelState,
+    ModelTransitioned,
+    ModelUsageRecorded,
+    RecordModelUsage,
+    TransitionModel,
+    TransitionReason,
+)
 from streams.pool.pool import (
     COMMANDS,
     EVENTS,
@@ -397,3 +404,52 @@ def test_registration_events() -> None:
     pool = Pool()
     assert pool.send(RegisterHost("h", 10, 1)) == [HostRegistered("h", 10, 1)]
     assert pool.send(RegisterModel("m", "py://m", 5, 3)) == [ModelRegistered("m", "py://m", 5, 3)]
+
+
+# --- operators' lifecycle commands on the pool -----------------------------------------------
+
+def test_an_operators_transition_is_carried_out_the_way_the_pool_would() -> None:
+    pool = Pool(("h1", 1000, 4), a=100, b=100)
+    cold_to_hot = pool.reject(TransitionModel("a", Hot, R.USER_REQUEST))
+    assert "invalid transition Cold -> Hot" in cold_to_hot
+    assert kinds(pool.send(TransitionModel("a", Warming, R.USER_REQUEST))) == [
+        "ModelPlaced", "->Warming", "LoadRequested"]  # placed and loaded, not just relabelled
+    assert "reports the load" in pool.reject(TransitionModel("a", Hot, R.USER_REQUEST))
+    pool.send(ReportModelLoaded("h1", "a", 20, 100))
+    assert kinds(pool.send(TransitionModel("a", Cooling, R.SCHEDULED_COOLDOWN))) == [
+        "->Cooling", "UnloadRequested"]
+    assert "reports the unload" in pool.reject(TransitionModel("a", Cold, R.USER_REQUEST))
+
+    pool.send(TransitionModel("b", Warming, R.USER_REQUEST))
+    assert kinds(pool.send(TransitionModel("b", Failed, R.HEALTH_CHECK_FAILURE,
+                                           {"error": "bad weights"}))) == [
+        "->Failed", "UnloadRequested"]  # the host is told to drop what it was loading
+    assert "awaiting its unload" in pool.reject(TransitionModel("b", Cold, R.ERROR_RECOVERY))
+    pool.send(ReportModelUnloaded("h1", "b"))
+    assert kinds(pool.send(TransitionModel("b", Cold, R.ERROR_RECOVERY))) == ["->Cold"]
+
+
+def test_failing_an_allocated_model_by_command_ends_its_allocations() -> None:
+    pool = Pool(("h1", 1000, 4), a=100)
+    pool.hot("a")
+    pool.send(AllocateModel("r", "a", "carol"))
+    events = pool.send(TransitionModel("a", Failed, R.HEALTH_CHECK_FAILURE, {"error": "oom"}))
+    assert events[0] == AllocationFailed("r", "a", "failed", "oom", True)
+    assert kinds(events[1:]) == ["->Failed", "UnloadRequested"]
+
+
+def test_usage_keeps_a_model_warm_in_the_lru() -> None:
+    pool = Pool(("h1", 1000, 4), a=100, b=100)
+    pool.hot("a", "w1")
+    pool.hot("b", "w2")
+    assert pool.state.lru("h1") == ["a", "b"]
+    assert pool.send(RecordModelUsage("a", 3)) == [ModelUsageRecorded("a", 3)]
+    assert pool.state.lru("h1") == ["b", "a"]
+    assert pool.model("a").lifecycle.usage_count == 4  # the allocation, then 3 calls
+    assert pool.reject(RecordModelUsage("nope", 1)) == "unknown model 'nope'"
+
+
+def test_the_pool_routes_every_command_by_pool_id() -> None:
+    assert POOL.entity_of(TransitionModel("a", Warming, R.USER_REQUEST)) == "default"
+    assert POOL.entity_of(AllocateModel("r", "a", "who", pool_id="gpu")) == "gpu"
+    assert "sent to pool 'default'" in Pool().reject(RecordModelUsage("a", 1, pool_id="gpu"))

@@ -22,7 +22,14 @@ from streams.config import Settings
 from streams.errors import PitError
 from streams.kafka import make_producer, partitions_of, produce_all, start_consumer
 from streams.pool.bench import percentile
-from streams.pool.lifecycle import LIFECYCLE, ModelState, TransitionModel, TransitionReason
+from streams.pool.lifecycle import (
+    LIFECYCLE,
+    ModelState,
+    RecordModelUsage,
+    TransitionModel,
+    TransitionReason,
+)
+from streams.pool.pool import RegisterModel
 from streams.processor import Output, Processor, run_processor
 from streams.topics import POOL_COMMANDS, RESULTS, load_catalog
 
@@ -134,6 +141,43 @@ async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
                 "roundtrip_p99_ms": round(percentile(latencies, 0.99), 2)}
 
 
+async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, float]:
+    """`PitClient.allocate_model` on a Hot model, end to end through the embedded broker:
+    AllocateModel -> pool processor -> outcome on pit.results and ModelAllocated on
+    pit.pool.events -> client; then the release. 1,000 registered, Hot models."""
+    from streams.pool.pool import POOL, ReportModelLoaded
+
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        processor = Processor(POOL, Codec(EmbeddedRegistry()))
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_processor(processor, settings, None, stop, ready))
+        await ready.wait()
+        latencies = []
+        async with PitClient(settings, issued_by="bench") as client:
+            _say(f"registering {models:,} models and loading them (reported as a host would)")
+            await client.register_host("bench-host", models * 100, models)
+            for m in range(models):
+                await client.publish(RegisterModel(f"m-{m}", f"python:bench:m{m}", 100, 10))
+                await client.publish(TransitionModel(f"m-{m}", ModelState.WARMING,
+                                                     TransitionReason.USER_REQUEST))
+                await client.publish(ReportModelLoaded("bench-host", f"m-{m}", 10, 100))
+            await client.send(RecordModelUsage(f"m-{models - 1}"))  # all decided by now
+            for i in range(n + 50):
+                started = time.perf_counter()
+                allocation = await client.allocate_model(f"m-{i % models}", "bench")
+                if i >= 50:  # the first ones warm connections and caches
+                    latencies.append((time.perf_counter() - started) * 1000)
+                if not allocation.cache_hit:
+                    raise PitError(f"allocation round trip bench: {allocation} was a miss")
+                await client.release_model(allocation.request_id)
+        stop.set()
+        await task
+        return {"pool_alloc_roundtrip_p50_ms": round(statistics.median(latencies), 2),
+                "pool_alloc_roundtrip_p99_ms": round(percentile(latencies, 0.99), 2)}
+
+
 async def bench_backbone(settings: Settings) -> dict[str, float]:
     from projections.bench import bench_projections
 
@@ -148,8 +192,8 @@ async def bench_backbone(settings: Settings) -> dict[str, float]:
 
 
 async def bench_pool(settings: Settings) -> dict[str, float]:
-    """The pool decider, prewarming and host health checks, in process (issue 3 so far: the
-    host process and the broker round trip are not built yet)."""
+    """The pool decider in process, the allocation round trip through the broker,
+    prewarming on the seeded trace, and host health checks on a real model."""
     from streams.pool.bench import bench_allocation_hit, bench_allocation_miss
     from streams.pool.prewarm_bench import bench_prewarm
 
@@ -157,6 +201,9 @@ async def bench_pool(settings: Settings) -> dict[str, float]:
     _say(f"pool allocation hit: p99 {figures['pool_alloc_hit_p99_us']} µs")
     figures |= bench_allocation_miss()
     _say(f"pool allocation miss that evicts: p99 {figures['pool_alloc_miss_evict_p99_us']} µs")
+    figures |= await bench_alloc_roundtrip()
+    _say(f"allocation round trip: p50 {figures['pool_alloc_roundtrip_p50_ms']} ms,"
+         f" p99 {figures['pool_alloc_roundtrip_p99_ms']} ms")
     _say("replaying the seeded 4-day trace with and without prewarming")
     figures |= await asyncio.to_thread(bench_prewarm)
     _say("health checks on a real (npz) model: detection, false positives, overhead")

@@ -17,3 +17,40 @@ CONSUMER_LAG = Gauge("pit_consumer_lag_records", "Records between position and h
 PROCESSOR_RESTARTS = Counter("pit_processor_restarts_total",
                              "Times a processor started over from the log after a Kafka failure",
                              ["component"])
+
+# --- the pool (issue 3) ----------------------------------------------------------------------
+# Updated from the pool's events as the projector archives them (projections.pool_metrics),
+# the prewarm ones by the prewarmer service (streams.pool.prewarmer).
+_LOAD_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                 60.0, 120.0)
+POOL_ALLOCATION_SECONDS = Histogram(
+    "pit_pool_allocation_seconds",
+    "Allocation latency: AllocationQueued to ModelAllocated for a miss, 0 for a cache hit",
+    ["cache_hit"], buckets=(0.0, *_LOAD_BUCKETS))
+POOL_LOAD_SECONDS = Histogram("pit_pool_load_seconds",
+                              "Model load time measured by the host (ModelLoaded.load_ms)",
+                              buckets=_LOAD_BUCKETS)
+POOL_CACHE_HITS = Counter("pit_pool_cache_hits_total", "Allocations of a Hot model")
+POOL_CACHE_MISSES = Counter("pit_pool_cache_misses_total",
+                            "Allocations that had to wait for a load (AllocationQueued)")
+POOL_EVICTIONS = Counter("pit_pool_evictions_total", "Idle Hot models evicted for room")
+POOL_TRANSITIONS = Counter("pit_pool_transitions_total", "Model lifecycle transitions",
+                           ["from", "to", "reason"])
+POOL_HOST_MEMORY_MB = Gauge("pit_pool_host_memory_mb",
+                            "Memory resident on a host: its loading, loaded and unloading models",
+                            ["pool", "host"])
+POOL_HOST_BUDGET_MB = Gauge("pit_pool_host_memory_budget_mb", "A host's memory budget",
+                            ["pool", "host"])
+PREWARM_ACCURACY = Gauge("pit_pool_prewarm_accuracy",
+                         "Share of prewarm predictions that came true (0..1)")
+PREWARM_PREDICTIONS = Counter("pit_pool_prewarm_predictions_total", "Prewarm predictions made")
+PREWARM_CORRECT = Counter("pit_pool_prewarm_correct_total",
+                          "Prewarm predictions followed by a use of the model in time")
+PREWARM_MODELS = Counter("pit_pool_prewarm_models_total", "Models prewarmed")
+PREWARM_COLD_STARTS_AVOIDED = Counter("pit_pool_prewarm_cold_starts_avoided_total",
+                                      "Allocations that found a prewarmed model Hot")
+# The prewarmer's statistics (prewarmer.stats_dict keys) -> the counters that export them.
+PREWARM_COUNTERS = {"predictions_made": PREWARM_PREDICTIONS,
+                    "correct_predictions": PREWARM_CORRECT,
+                    "models_prewarmed": PREWARM_MODELS,
+                    "cold_starts_avoided": PREWARM_COLD_STARTS_AVOIDED}

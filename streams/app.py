@@ -36,6 +36,7 @@ from streams.kafka import (
     produce_all,
     start_consumer,
 )
+from streams.pool.prewarmer import Prewarmer
 from streams.processor import Output, Processor, run_processor
 from streams.topics import SCHEMAS, load_catalog
 
@@ -56,6 +57,7 @@ class Stack:
     settings: Settings = field(default_factory=Settings.from_env)
     http_port: int | None = None
     progress: bool = True
+    monitor_hosts: bool = True  # poll registered hosts' /health, report dead ones down
 
     def __post_init__(self) -> None:
         self.catalog = load_catalog()
@@ -63,6 +65,7 @@ class Stack:
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
         self._runner: web.AppRunner | None = None
+        self.host_monitor = None
 
     async def start(self) -> Stack:
         from projections.db import connect, create_schema
@@ -86,7 +89,15 @@ class Stack:
                 run_processor(processor, self.settings, self.engine, self.stop, ready),
                 name=processor.name))
             await self._until(ready)
+        # Relearns from the whole log in the background; sends WarmModel once caught up.
+        self.prewarmer = Prewarmer(self.settings, self.codec, self.engine)
+        self.tasks.append(asyncio.create_task(self.prewarmer.run(self.stop), name="prewarmer"))
         await self.start_projector()
+        if self.monitor_hosts:
+            from streams.pool.monitor import HostMonitor
+
+            self.host_monitor = await HostMonitor(self.settings, self.engine,
+                                                  codec=self.codec).start()
         if self.http_port is not None:
             await self.start_http(self.http_port)
         if self.broker is not None:
@@ -124,9 +135,11 @@ class Stack:
         await produce_all(make_producer(self.settings), outputs)
 
     async def start_projector(self) -> None:
+        from projections.pool_metrics import PoolMetrics
         from projections.runtime import Projector, run
 
-        self.projector = Projector(self.engine, codec=self.codec)
+        self.projector = Projector(self.engine, codec=self.codec,
+                                   observers=[PoolMetrics(self.engine)])
         self.projector_stop = asyncio.Event()
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
 
@@ -169,6 +182,8 @@ class Stack:
 
     async def close(self) -> None:
         """Processors finish their batch, the projector drains, then everything stops."""
+        if self.host_monitor is not None:
+            await self.host_monitor.stop()
         self.stop.set()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):

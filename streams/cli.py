@@ -37,6 +37,14 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.pool.host import run_host
+
+    return asyncio.run(run_host(settings, args.id, args.memory_mb, args.capacity,
+                                port=args.port, pool_id=args.pool,
+                                drain_timeout_s=args.drain_timeout))
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
@@ -146,6 +154,24 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_pool(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import inspect
+
+    from projections.db import connect
+    from projections.pool import pool_status, status_lines
+
+    engine = connect(settings.db_url)
+    status = pool_status(engine, args.pool) if inspect(engine).has_table("pools") else None
+    if status is None:
+        print(f"pool {args.pool}: no data yet (no host or model has registered; start"
+              " `pit up`, then `pit host` or register models)")
+    elif args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print("\n".join(status_lines(status)))
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from projections.db import connect
     from projections.replay import rebuild_view
@@ -179,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_up)
     sub.add_parser("demo", help="run a scripted scenario end to end").set_defaults(run=cmd_demo)
 
+    host = sub.add_parser("host", help="run a model host: load models the pool places here and"
+                                       " answer inference")
+    host.add_argument("--id", required=True, help="host id in the pool")
+    host.add_argument("--memory-mb", type=int, required=True, help="memory budget (MB)")
+    host.add_argument("--capacity", type=int, required=True, help="most models held at once")
+    host.add_argument("--port", type=int, default=0, help="HTTP port (default: any free one)")
+    host.add_argument("--pool", default="default", help="pool id")
+    host.add_argument("--drain-timeout", type=float, default=30.0,
+                      help="seconds SIGTERM waits for in-flight allocations before leaving")
+    host.set_defaults(run=cmd_host)
+
     publish = sub.add_parser("publish", help="publish a command and print its outcome")
     publish.add_argument("type", help="command type, e.g. TransitionModel")
     publish.add_argument("json", help='command fields as JSON, e.g. \'{"model_id": "m1", ...}\'')
@@ -207,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("target", help="`verify`, or an entity key such as a model id")
     audit.add_argument("--until", help="show the entity's state as of this time")
     audit.set_defaults(run=cmd_audit)
+
+    pool = sub.add_parser("pool", help="the model pool: `status` shows it at a glance")
+    pool.add_argument("action", choices=["status"])
+    pool.add_argument("--pool", default="default", help="pool id")
+    pool.add_argument("--json", action="store_true", help="the status as JSON (as GET /pool)")
+    pool.set_defaults(run=cmd_pool)
 
     replay = sub.add_parser("replay", help="rebuild a view from the log and swap it in")
     replay.add_argument("view", help="view name, e.g. models")

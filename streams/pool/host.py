@@ -1,0 +1,550 @@
+"""`pit host`: a real model host process (issue 3, "Models and hosts", "Health monitoring",
+"Graceful shutdown"). The pool decides; the host does, and reports back.
+
+* It serves HTTP: `POST /models/{model_id}/infer` with `{"inputs": ...}` answers
+  `{"outputs": ...}` (404 for a model it does not hold, 503 while draining for a call no
+  allocation covers), and `GET /health`.
+* It registers (RegisterHost with its endpoint). A host id the pool still has up is a
+  previous life of this host that died unnoticed: the host reports it down first
+  (ReportHostDown), so the pool recovers whatever that life held, then registers empty.
+* It follows pit.pool.events from the end as it was just before registering and carries out
+  the LoadRequested/UnloadRequested addressed to it: loads run through the loader registry
+  in a thread (ReportModelLoaded with the measured load time and memory, or
+  ReportModelLoadFailed with the loader's one-line error); unloads wait for calls in progress
+  (ReportModelUnloaded). It follows the allocations granted on it, to know which calls are
+  in flight during a drain.
+* Health: each loaded model is checked on the FailureDetector schedule (every 0.25 s). Every
+  failed check is reported (ReportHealth; the pool fails the model at 3 in a row), so is the
+  first passing check after a failure (it resets the pool's count) and one passing check
+  every 10 s for the history - not every passing check, which would flood the log. Each
+  inference call's outcome feeds the model's error-rate window.
+* SIGTERM/SIGINT drain it: CoolModel for each model it holds (the pool grants no new
+  allocations and asks for the unload once those in flight are released), calls under
+  allocations in flight are still answered, unloads happen as instructed, and finally the
+  host reports itself down (it leaves the pool empty) and exits 0. The drain is bounded
+  (`--drain-timeout`, 30 s): past it, or on a second signal, the host reports itself down
+  anyway - the pool ends the allocations still in flight - and exits 1.
+* If the pool records this host down while it runs (the HostMonitor could not reach it),
+  its models are already Failed there: the host drops them and registers again.
+
+Reports go out one at a time, in order (ReportModelLoaded before that model's health).
+Progress and problems are one line each on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.codec import Codec
+from streams.client import Outcome, PitClient
+from streams.config import Settings
+from streams.decider import Message, from_record
+from streams.errors import PitError, SchemaError
+from streams.kafka import partitions_of, start_consumer
+from streams.pool.health import FailureDetector, HealthChecker, HealthResult
+from streams.pool.lifecycle import (
+    DEFAULT_POOL,
+    ModelState,
+    ModelTransitioned,
+    TransitionReason,
+)
+from streams.pool.loaders import LoadedModel, LoaderRegistry, default_registry
+from streams.pool.pool import (
+    POOL,
+    AllocationFailed,
+    CoolModel,
+    HostDown,
+    LoadRequested,
+    ModelAllocated,
+    ModelReleased,
+    RegisterHost,
+    ReportHealth,
+    ReportHostDown,
+    ReportModelLoaded,
+    ReportModelLoadFailed,
+    ReportModelUnloaded,
+    UnloadRequested,
+)
+from streams.topics import POOL_EVENTS
+
+__all__ = ["DRAIN_TIMEOUT_S", "HostError", "ModelHost", "pool_events", "run_host",
+           "tail_pool_events"]
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 30.0
+HEALTH_REPORT_EVERY_S = 10.0  # a passing check is reported this often, for the history
+CHECK_TIMEOUT_S = 0.25  # a test inference still running after this counts as a failed check
+UNLOAD_WAIT_S = 10.0  # calls in progress get this long to finish before a model is closed
+
+
+class HostError(PitError):
+    """The host cannot start or run (no broker, registration refused, port taken)."""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+# --- following pit.pool.events (the host and the HostMonitor) --------------------------------
+
+async def tail_pool_events(settings: Settings,
+                           starts: dict[int, int] | None = None) -> AIOKafkaConsumer:
+    """A consumer of every partition of pit.pool.events: at `starts` (partition -> next
+    offset; partitions not named from their beginning) or, without, at the current end,
+    pinned now, so nothing produced after this call is missed."""
+    consumer = await start_consumer(settings, fetch_max_wait_ms=20)
+    try:
+        tps = [TopicPartition(POOL_EVENTS, p)
+               for p in await partitions_of(consumer, POOL_EVENTS)]
+        consumer.assign(tps)
+        if starts is None:
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)
+        else:
+            for tp in tps:
+                if tp.partition in starts:
+                    consumer.seek(tp, starts[tp.partition])
+                else:
+                    await consumer.seek_to_beginning(tp)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer
+
+
+def pool_events(codec: Codec, records: Iterable[Any]) -> Iterator[tuple[str, Message]]:
+    """(pool id, event) for each pool event among `records` (anything with a `.value`:
+    aiokafka messages, log records); other records are skipped."""
+    for record in records:
+        if record.value is None:
+            continue
+        try:
+            decoded = codec.decode(record.value)
+        except SchemaError:
+            continue
+        event_type = POOL.event_type(decoded.name)
+        if event_type is not None:
+            yield decoded.record["envelope"]["entity_key"], from_record(event_type,
+                                                                       decoded.record)
+
+
+# --- the host --------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Held:
+    """A model this host holds."""
+
+    model_id: str
+    model: LoadedModel
+    checker: HealthChecker
+    calls: int = 0  # inference calls in progress
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while calls == 0
+    retired: bool = False  # the log shows the pool took it out of service (Cooling, Failed)
+    unloading: bool = False
+    watch: asyncio.Task | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+@dataclass(eq=False)
+class _Loading:
+    life: int
+    unload: bool = False  # the pool asked for the unload while it was loading
+
+
+def _infer_json(model: LoadedModel, inputs: Any) -> str:
+    """Run the model and serialize its answer (in a worker thread: both may take time)."""
+    def plain(value: Any) -> Any:
+        if hasattr(value, "tolist"):  # NumPy arrays and scalars
+            return value.tolist()
+        raise TypeError(f"the model returned a {type(value).__name__}, not JSON")
+
+    return json.dumps({"outputs": model.infer(inputs)}, default=plain)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": _one_line(message)}, status=status)
+
+
+class ModelHost:
+    def __init__(self, settings: Settings, host_id: str, memory_mb: int, capacity: int, *,
+                 port: int = 0, bind: str = "127.0.0.1", pool_id: str = DEFAULT_POOL,
+                 drain_timeout_s: float = DRAIN_TIMEOUT_S,
+                 registry: LoaderRegistry | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.settings, self.host_id, self.pool_id = settings, host_id, pool_id
+        self.memory_mb, self.capacity = memory_mb, capacity
+        self.port, self.bind, self.drain_timeout_s = port, bind, drain_timeout_s
+        self.registry = registry or default_registry
+        self._say = say or (lambda line: print(f"pit host {host_id}: {line}", file=sys.stderr,
+                                               flush=True))
+        self.endpoint = ""
+        self.held: dict[str, _Held] = {}
+        self.loading: dict[str, _Loading] = {}
+        self.allocations: dict[str, str] = {}  # request id -> model id, granted on this host
+        self.draining = False
+        # Bumped when the pool records this host down: work of an earlier life is dropped.
+        self.life = 0
+        self._down = asyncio.Event()  # the pool recorded this host down during the drain
+        self._forced = asyncio.Event()
+        self._reports: asyncio.Queue[tuple[Message, asyncio.Future]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self._jobs: set[asyncio.Task] = set()
+        self._runner: web.AppRunner | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self.client: PitClient | None = None
+        self._work = ThreadPoolExecutor(32, thread_name_prefix="pit-host-work")
+        self._loads = ThreadPoolExecutor(max(1, capacity), thread_name_prefix="pit-host-load")
+
+    # --- start and stop --------------------------------------------------------------------
+
+    async def start(self) -> ModelHost:
+        app = web.Application()
+        app.router.add_post("/models/{model_id}/infer", self._infer)
+        app.router.add_get("/health", self._health)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self.bind, self.port).start()
+        except OSError as exc:
+            raise HostError(f"cannot listen on {self.bind}:{self.port}: "
+                            f"{exc.strerror or exc}") from None
+        self.endpoint = f"http://{self.bind}:{self._runner.addresses[0][1]}"
+        self.client = PitClient(self.settings, issued_by=f"pit-host/{self.host_id}")
+        await self.client.start()
+        earlier = await self.client.send(ReportHostDown(self.host_id, self.pool_id))
+        if earlier.accepted:
+            self._say("the pool still had this host up from an earlier run: reported that run"
+                      " down, so the pool recovers its models")
+        self._consumer = await tail_pool_events(self.settings)
+        registered = await self.client.send(self._registration())
+        if not registered.accepted:
+            raise HostError(f"host {self.host_id}: registration rejected: {registered.reason}")
+        self._tasks = [asyncio.create_task(self._follow(), name="pit-host-events"),
+                       asyncio.create_task(self._send_reports(), name="pit-host-reports")]
+        self._say(f"serving on {self.endpoint}; registered in pool {self.pool_id}"
+                  f" ({self.memory_mb} MB, capacity {self.capacity})")
+        return self
+
+    def _registration(self) -> RegisterHost:
+        return RegisterHost(self.host_id, self.memory_mb, self.capacity, self.pool_id,
+                            self.endpoint)
+
+    async def close(self) -> None:
+        for task in [*self._tasks, *self._jobs,
+                     *(h.watch for h in self.held.values() if h.watch)]:
+            task.cancel()
+        for task in [*self._tasks, *self._jobs]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for held in self.held.values():
+            held.model.close()
+        self.held.clear()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self.client is not None:
+            await self.client.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for pool in (self._work, self._loads):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def failed(self) -> None:
+        """Returns (raising its error) when a background task of the host stops."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            error = task.exception()
+            raise HostError(f"host {self.host_id}: {task.get_name()} stopped: "
+                            f"{_one_line(error) if error else 'without an error'}")
+
+    # --- reports: one at a time, in order ---------------------------------------------------
+
+    def report(self, command: Message) -> asyncio.Future:
+        """Queue a command for the pool; the future gets its Outcome (None if unsent)."""
+        done = asyncio.get_running_loop().create_future()
+        self._reports.put_nowait((command, done))
+        return done
+
+    async def _send_reports(self) -> None:
+        while True:
+            command, done = await self._reports.get()
+            outcome: Outcome | None = None
+            try:
+                outcome = await self.client.send(command)
+            except PitError as exc:
+                self._say(f"could not report {command.type_name}: {exc}")
+            else:
+                if not outcome.accepted:
+                    # Health reports racing the pool's own decision to fail a model are
+                    # expected to bounce; anything else is worth a line.
+                    note = log.debug if isinstance(command, ReportHealth) else self._say
+                    note(f"{command.type_name} {getattr(command, 'model_id', self.host_id)}"
+                         f" rejected: {outcome.reason}")
+            if not done.done():
+                done.set_result(outcome)
+
+    # --- instructions from the pool ---------------------------------------------------------
+
+    async def _follow(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                for pool_id, event in pool_events(self.client.codec, messages):
+                    if pool_id == self.pool_id:
+                        self._on_event(event)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    def _on_event(self, event: Message) -> None:
+        me = self.host_id
+        match event:
+            case LoadRequested(host_id=host, model_id=model_id, uri=uri) if host == me:
+                if model_id not in self.held and model_id not in self.loading:
+                    self.loading[model_id] = _Loading(self.life)
+                    self._spawn(self._load(model_id, uri, self.life))
+            case UnloadRequested(host_id=host, model_id=model_id) if host == me:
+                self._spawn(self._unload(model_id))
+            case ModelAllocated(host_id=host, request_id=request, model_id=model_id) \
+                    if host == me:
+                self.allocations[request] = model_id
+            case ModelReleased(request_id=request) | AllocationFailed(request_id=request):
+                self.allocations.pop(request, None)
+            case ModelTransitioned(model_id=model_id, to_state=state, metadata=metadata) \
+                    if model_id in self.held and metadata.get("host") == me:
+                if state in (ModelState.COOLING, ModelState.FAILED):
+                    self.held[model_id].retired = True
+            case HostDown(host_id=host) if host == me:
+                self._on_host_down()
+
+    async def _load(self, model_id: str, uri: str, life: int) -> None:
+        self._say(f"loading {model_id} ({uri})")
+        loop = asyncio.get_running_loop()
+        try:
+            model = await loop.run_in_executor(self._loads, self.registry.load, uri)
+        except Exception as exc:  # a LoaderError, or a factory raising past the loader
+            if life == self.life:
+                self.loading.pop(model_id, None)
+                self._say(f"load of {model_id} failed: {exc}")
+                self.report(ReportModelLoadFailed(self.host_id, model_id, _one_line(exc)[:500],
+                                                  self.pool_id))
+            return
+        if life != self.life:  # the pool recorded this host down meanwhile: not ours now
+            await loop.run_in_executor(self._work, model.close)
+            return
+        if self.loading.pop(model_id).unload:
+            await loop.run_in_executor(self._work, model.close)
+            self._say(f"unloaded {model_id} (unload requested while loading)")
+            self.report(ReportModelUnloaded(self.host_id, model_id, self.pool_id))
+            return
+        held = _Held(model_id, model, HealthChecker(model, memory_limit_mb=self.memory_mb))
+        self.held[model_id] = held
+        self.report(ReportModelLoaded(self.host_id, model_id, model.report_load_ms,
+                                      model.report_memory_mb, self.pool_id))
+        held.watch = asyncio.create_task(self._watch(held))
+        self._say(f"loaded {model_id} in {model.load_ms:.0f} ms, {model.memory_mb:.1f} MB")
+        if self.draining:
+            self.report(CoolModel(model_id, TransitionReason.USER_REQUEST, self.pool_id))
+
+    async def _unload(self, model_id: str) -> None:
+        loading = self.loading.get(model_id)
+        if loading is not None:
+            loading.unload = True  # reported once the load is done
+            return
+        held, life = self.held.get(model_id), self.life
+        if held is not None:
+            if held.unloading:
+                return
+            held.unloading = True
+            await self._close(held)
+            if life != self.life:
+                return
+            self.held.pop(model_id, None)
+            self._say(f"unloaded {model_id}")
+        # Not held (its load failed, or it was dropped): the report lets the pool free it.
+        self.report(ReportModelUnloaded(self.host_id, model_id, self.pool_id))
+
+    async def _close(self, held: _Held) -> None:
+        """Stop checking the model, let its calls in progress finish, close it."""
+        if held.watch is not None:
+            held.watch.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(held.idle.wait(), UNLOAD_WAIT_S)
+        await asyncio.get_running_loop().run_in_executor(self._work, held.model.close)
+
+    def _on_host_down(self) -> None:
+        """The pool recorded this host down: what it held is Failed there, not ours now."""
+        self.life += 1
+        dropped, self.held = list(self.held.values()), {}
+        self.loading.clear()
+        self.allocations.clear()
+        for held in dropped:
+            self._spawn(self._close(held))
+        if self.draining:
+            self._down.set()
+            return
+        self._say("the pool recorded this host down (unreachable, or reported down):"
+                  f" dropped {len(dropped)} model(s), registering again")
+        self.report(self._registration())
+
+    # --- serving ----------------------------------------------------------------------------
+
+    def _in_flight(self, model_id: str) -> int:
+        return sum(1 for m in self.allocations.values() if m == model_id)
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model_id"]
+        held = self.held.get(model_id)
+        if self.draining and (held is None or held.unloading
+                              or (held.retired and not self._in_flight(model_id))):
+            return _error(503, f"host {self.host_id} is draining: {model_id} takes no new"
+                               " calls")
+        if held is None or held.unloading:
+            return _error(404, f"host {self.host_id} does not hold model {model_id}")
+        try:
+            inputs = (await request.json())["inputs"]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, 'expected a JSON object {"inputs": ...}')
+        held.calls += 1
+        held.idle.clear()
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(
+                self._work, _infer_json, held.model, inputs)
+        except Exception as exc:
+            held.checker.record_call(False)
+            return _error(500, f"{model_id} failed on host {self.host_id}:"
+                               f" {type(exc).__name__}: {exc}")
+        finally:
+            held.calls -= 1
+            if not held.calls:
+                held.idle.set()
+        held.checker.record_call(True)
+        return web.Response(text=body, content_type="application/json")
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        return web.json_response({
+            "host_id": self.host_id, "pool_id": self.pool_id,
+            "status": "draining" if self.draining else "serving",
+            "models": {m: {"calls": h.calls, "allocations": self._in_flight(m)}
+                       for m, h in sorted(self.held.items())},
+            "loading": sorted(self.loading)})
+
+    # --- health -----------------------------------------------------------------------------
+
+    async def _watch(self, held: _Held) -> None:
+        detector = FailureDetector()
+        last_report, previous_ok = -math.inf, True
+        while True:
+            await asyncio.sleep(max(0.0, detector.next_due() - time.perf_counter()))
+            result = await self._check(held)
+            now = time.perf_counter()
+            if detector.observe(result.ok, now):
+                self._say(f"{held.model_id} failed {detector.threshold} health checks in a"
+                          f" row: {result.detail}")
+            if not result.ok or not previous_ok or now - last_report >= HEALTH_REPORT_EVERY_S:
+                self.report(result.to_report(self.host_id, held.model_id, self.pool_id))
+                last_report = now
+            previous_ok = result.ok
+
+    async def _check(self, held: _Held) -> HealthResult:
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                self._work, held.checker.check), CHECK_TIMEOUT_S)
+        except TimeoutError:
+            return HealthResult(False, (time.perf_counter() - started) * 1000.0,
+                                f"test inference did not answer within {CHECK_TIMEOUT_S:g} s")
+
+    # --- graceful shutdown ------------------------------------------------------------------
+
+    def force(self) -> None:
+        """Stop draining now (a second signal): in-flight allocations end."""
+        self._forced.set()
+
+    async def drain(self) -> bool:
+        """Cool every model, serve the allocations in flight until released, unload as told,
+        then report the host down. True when everything drained before the timeout."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        self._say(f"draining: cooling {len(self.held)} model(s) with {len(self.allocations)}"
+                  f" allocation(s) in flight, {len(self.loading)} load(s) in progress"
+                  f" (at most {self.drain_timeout_s:g} s)")
+        for model_id, held in self.held.items():
+            if not held.unloading:
+                self.report(CoolModel(model_id, TransitionReason.USER_REQUEST, self.pool_id))
+        deadline = loop.time() + self.drain_timeout_s
+        next_note = loop.time() + 5.0
+        while ((self.held or self.loading) and not self._down.is_set()
+               and not self._forced.is_set() and loop.time() < deadline):
+            await asyncio.sleep(0.05)
+            if loop.time() >= next_note:
+                next_note += 5.0
+                self._say(f"draining: waiting for {', '.join(sorted(self.held))}"
+                          f" ({len(self.allocations)} allocation(s) in flight)")
+        drained = not self.held and not self.loading
+        if not drained:
+            why = "stopped by a second signal" if self._forced.is_set() else (
+                f"timed out after {self.drain_timeout_s:g} s")
+            self._say(f"drain {why}: {', '.join(sorted([*self.held, *self.loading]))} still"
+                      f" held, {len(self.allocations)} allocation(s) in flight end now")
+        if self._down.is_set():
+            self._say("the pool recorded this host down during the drain")
+            return drained
+        outcome = await self.report(ReportHostDown(self.host_id, self.pool_id))
+        if outcome is not None and outcome.accepted:
+            self._say("drained" if drained else "reported down")
+        return drained
+
+
+async def run_host(settings: Settings, host_id: str, memory_mb: int, capacity: int, *,
+                   port: int = 0, pool_id: str = DEFAULT_POOL,
+                   drain_timeout_s: float = DRAIN_TIMEOUT_S) -> int:
+    """`pit host`: serve until SIGTERM/SIGINT, then drain. 0 when it drained in time."""
+    if memory_mb <= 0 or capacity <= 0:
+        raise HostError(f"--memory-mb and --capacity must be positive (got {memory_mb},"
+                        f" {capacity})")
+    if drain_timeout_s < 0:
+        raise HostError(f"--drain-timeout must not be negative (got {drain_timeout_s:g})")
+    host = ModelHost(settings, host_id, memory_mb, capacity, port=port, pool_id=pool_id,
+                     drain_timeout_s=drain_timeout_s)
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            host.force()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await host.start()
+        stopping = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(host.failed())
+        await asyncio.wait([stopping, failed], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if failed.done():
+            failed.result()  # raises why the host cannot go on
+        failed.cancel()
+        return 0 if await host.drain() else 1
+    finally:
+        await host.close()

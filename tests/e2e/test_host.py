@@ -1,0 +1,307 @@
+"""`pit host` as real processes against an in-process Stack (embedded broker, the pool
+processor, the HostMonitor): a host killed mid-load and one killed mid-inference, the pool
+recovering on another host; a model that starts failing detected within 1 s (measured); a
+graceful drain on SIGTERM; an npz model that really computes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from streams.app import Stack
+from streams.client import Allocation, PitClient
+from streams.config import Settings
+from streams.decider import Message
+from streams.errors import AllocationError, InferenceError
+from streams.pool.host import pool_events, tail_pool_events
+from streams.pool.lifecycle import ModelTransitioned
+from streams.pool.loaders import load, write_mlp
+from streams.pool.pool import (
+    AllocationFailed,
+    HealthRecorded,
+    HostDown,
+    HostRegistered,
+    LoadRequested,
+    ModelLoaded,
+    ModelUnloaded,
+    ReportHostDown,
+)
+
+pytestmark = pytest.mark.slow
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+ECHO = "python:host_models:echo"  # tests/fixtures/host_models.py
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def until(check: Callable[[], object], timeout: float = 15.0, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or check}")
+        await asyncio.sleep(0.02)
+    return result
+
+
+class Events:
+    """Every pool event from the moment it starts, with the monotonic time it arrived."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, Message]] = []
+
+    async def start(self, settings: Settings, codec) -> Events:
+        consumer = await tail_pool_events(settings)
+
+        async def follow() -> None:
+            try:
+                while True:
+                    batch = await consumer.getmany(timeout_ms=100)
+                    now = time.monotonic()
+                    for messages in batch.values():
+                        self.seen.extend((now, e) for _, e in pool_events(codec, messages))
+            finally:
+                await consumer.stop()
+
+        self.task = asyncio.create_task(follow())
+        return self
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    def find(self, kind: type, **fields: object) -> list[tuple[float, Message]]:
+        return [(at, e) for at, e in self.seen if isinstance(e, kind)
+                and all(getattr(e, k) == v for k, v in fields.items())]
+
+    async def wait(self, kind: type, timeout: float = 20.0, **fields: object):
+        """The first such event (waiting for it), with when it arrived."""
+        found = await until(lambda: self.find(kind, **fields), timeout,
+                            f"{kind.__name__} {fields}")
+        return found[0]
+
+
+@dataclass
+class Host:
+    host_id: str
+    process: subprocess.Popen
+    log_path: Path
+    endpoint: str = ""
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.endpoint}/health", timeout=2) as reply:
+            return json.loads(reply.read())
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+@dataclass
+class Pit:
+    stack: Stack
+    client: PitClient
+    events: Events
+    data_dir: Path
+    hosts: list[Host] = field(default_factory=list)
+
+    async def host(self, host_id: str, memory_mb: int = 512, capacity: int = 4,
+                   **env: str) -> Host:
+        """Start `pit host` and wait until the pool has registered it."""
+        log_path = self.data_dir / f"{host_id}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "host", "--id", host_id,
+             "--memory-mb", str(memory_mb), "--capacity", str(capacity)],
+            env={**os.environ, "PIT_DATA_DIR": str(self.data_dir),
+                 "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
+                 **env},
+            stdout=subprocess.DEVNULL, stderr=log_path.open("w"))
+        host = Host(host_id, process, log_path)
+        self.hosts.append(host)
+
+        def registered():
+            if process.poll() is not None:
+                raise AssertionError(f"pit host exited {process.returncode}: {host.log()}")
+            return self.events.find(HostRegistered, host_id=host_id)
+
+        (_, event), = await until(registered, 30, f"{host_id} registered")
+        host.endpoint = event.endpoint
+        return host
+
+    async def allocate(self, model_id: str, **options) -> Allocation:
+        return await self.client.allocate_model(model_id, "test-host", **options)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def pit(tmp_path_factory) -> AsyncIterator[Pit]:
+    data_dir = tmp_path_factory.mktemp("pit-host")
+    async with Stack(Settings(data_dir=data_dir), progress=False) as stack:
+        events = await Events().start(stack.settings, stack.codec)
+        client = await PitClient(stack.settings, issued_by="test-host").start()
+        try:
+            yield Pit(stack, client, events, data_dir)
+        finally:
+            await client.close()
+            await events.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def hosts(pit: Pit) -> AsyncIterator[Pit]:
+    """The pit, and afterwards no host of this test left in the pool: later tests place
+    models on their own hosts only."""
+    yield pit
+    for host in pit.hosts:
+        if host.process.poll() is None:
+            host.kill()
+        await pit.client.send(ReportHostDown(host.host_id))  # rejected if already down
+    pit.hosts.clear()
+
+
+async def test_host_killed_mid_load_the_queued_allocation_is_granted_elsewhere(hosts: Pit):
+    pit, model, request = hosts, unique("m-load"), unique("req")
+    # The bigger budget makes the slow host the pool's first choice.
+    slow = await pit.host("load-slow", memory_mb=1024, HOST_MODELS_LOAD_DELAY_S="60")
+    spare = await pit.host("load-spare", memory_mb=512)
+    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    allocation = asyncio.create_task(pit.allocate(model, request_id=request, timeout=30))
+
+    await pit.events.wait(LoadRequested, model_id=model, host_id=slow.host_id)
+    await until(lambda: f"loading {model}" in slow.log(), what="the slow load under way")
+    slow.kill()
+
+    granted = await allocation
+    assert (granted.host_id, granted.cache_hit, granted.endpoint) == (
+        spare.host_id, False, spare.endpoint)
+    _, down = await pit.events.wait(HostDown, host_id=slow.host_id)
+    assert down.models == [model]
+    _, failed = await pit.events.wait(ModelTransitioned, model_id=model, to_state="Failed")
+    assert failed.from_state == "Warming" and failed.reason == "HealthCheckFailure"
+    assert not pit.events.find(AllocationFailed, request_id=request)  # not lost
+    assert (await pit.client.infer(granted, {"x": 1}))["echo"] == {"x": 1}
+    assert (await pit.client.release_model(request)).accepted
+
+
+async def test_host_killed_mid_inference_fails_the_allocation_and_recovers(hosts: Pit):
+    pit, model = hosts, unique("m-infer")
+    doomed = await pit.host("infer-doomed", memory_mb=1024)
+    spare = await pit.host("infer-spare", memory_mb=512)
+    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    first = await pit.allocate(model)
+    assert first.host_id == doomed.host_id
+
+    call = asyncio.create_task(pit.client.infer(first, {"sleep": 30}))
+    await until(lambda: doomed.health()["models"][model]["calls"] == 1,
+                what="the call running on the host")
+    doomed.kill()
+    with pytest.raises(InferenceError):
+        await call
+    _, ended = await pit.events.wait(AllocationFailed, request_id=first.request_id)
+    assert (ended.in_flight, ended.code) == (True, "host_down")
+
+    second = await pit.allocate(model)  # the Failed model is recovered on the spare host
+    assert (second.host_id, second.cache_hit) == (spare.host_id, False)
+    assert pit.events.find(ModelTransitioned, model_id=model, from_state="Failed",
+                           to_state="Cold", reason="ErrorRecovery")
+    reply = await pit.client.infer(second, {"x": 2})
+    assert reply == {"echo": {"x": 2}, "pid": spare.process.pid}
+    assert (await pit.client.release_model(second.request_id)).accepted
+
+
+async def test_a_model_that_starts_failing_is_detected_within_a_second(hosts: Pit, tmp_path):
+    pit, model, flag = hosts, unique("m-fail"), tmp_path / "fail"
+    host = await pit.host("health", HOST_MODELS_FAIL_FLAG=str(flag))
+    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    allocation = await pit.allocate(model)
+    await pit.events.wait(HealthRecorded, model_id=model, ok=True)  # checked, and healthy
+
+    flag.touch()
+    started = time.monotonic()
+    at, failed = await pit.events.wait(ModelTransitioned, model_id=model, to_state="Failed")
+    detect_s = at - started
+    print(f"\nhealth_detect_s (model starts failing -> its Failed event arrives): "
+          f"{detect_s:.3f}")
+    assert failed.reason == "HealthCheckFailure"
+    bad = [e for _, e in pit.events.find(HealthRecorded, model_id=model, ok=False)]
+    assert [e.consecutive_failures for e in bad[:3]] == [1, 2, 3]
+    assert "the fail flag is set" in bad[0].detail
+    assert detect_s < 1.0
+    _, ended = await pit.events.wait(AllocationFailed, request_id=allocation.request_id)
+    assert (ended.in_flight, ended.code) == (True, "health_check")
+    await pit.events.wait(ModelUnloaded, model_id=model, host_id=host.host_id)
+
+    flag.unlink()  # healthy again: the next allocation recovers it (Failed -> Cold -> Hot)
+    again = await pit.allocate(model)
+    assert again.host_id == host.host_id
+    assert (await pit.client.infer(again, {"x": 3}))["echo"] == {"x": 3}
+    assert (await pit.client.release_model(again.request_id)).accepted
+
+
+async def test_sigterm_drains_in_flight_work_then_leaves_the_pool(hosts: Pit):
+    pit, model = hosts, unique("m-drain")
+    host = await pit.host("drain")
+    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    allocation = await pit.allocate(model)
+
+    host.process.send_signal(signal.SIGTERM)
+    await pit.events.wait(ModelTransitioned, model_id=model, to_state="Cooling")
+    # The allocation in flight is still served; a new one is refused while Cooling.
+    assert (await pit.client.infer(allocation, {"x": 4}))["echo"] == {"x": 4}
+    with pytest.raises(AllocationError, match="Cooling"):
+        await pit.allocate(model)
+    await asyncio.sleep(0.3)
+    assert host.process.poll() is None, "the host left before the allocation was released"
+    assert not pit.events.find(ModelUnloaded, model_id=model)
+
+    assert (await pit.client.release_model(allocation.request_id)).accepted
+    unloaded_at, _ = await pit.events.wait(ModelUnloaded, model_id=model, host_id=host.host_id)
+    down_at, down = await pit.events.wait(HostDown, host_id=host.host_id)
+    assert down.models == [] and unloaded_at <= down_at
+    assert await asyncio.to_thread(host.process.wait, 15) == 0, host.log()
+    assert "drained" in host.log()
+    assert not pit.events.find(AllocationFailed, request_id=allocation.request_id)
+    await pit.events.wait(ModelTransitioned, model_id=model, from_state="Cooling",
+                          to_state="Cold")
+
+
+async def test_npz_model_computes_on_a_real_host(hosts: Pit, tmp_path):
+    pit, model = hosts, unique("m-npz")
+    uri = f"npz:{write_mlp(tmp_path / 'mlp.npz', inputs=8, hidden=16, outputs=3, seed=3)}"
+    host = await pit.host("npz")
+    assert (await pit.client.register_model(model, uri, 1, 50)).accepted
+    allocation = await pit.allocate(model)
+
+    rng = np.random.default_rng(5)
+    one, batch = rng.standard_normal(8).tolist(), rng.standard_normal((4, 8)).tolist()
+    reference = load(uri)
+    assert np.allclose(await pit.client.infer(allocation, one), reference.infer(one))
+    outputs = np.asarray(await pit.client.infer(allocation, batch))
+    assert outputs.shape == (4, 3) and np.allclose(outputs, reference.infer(batch))
+    assert np.allclose(outputs.sum(axis=1), 1.0)
+
+    _, loaded = await pit.events.wait(ModelLoaded, model_id=model)
+    assert loaded.host_id == host.host_id and loaded.load_ms >= 1 and loaded.memory_mb >= 1
+    elsewhere = Allocation("none", "not-here", host.host_id, host.endpoint, False)
+    with pytest.raises(InferenceError, match=r"HTTP 404: host npz does not hold model not-here"):
+        await pit.client.infer(elsewhere, one)
+    assert (await pit.client.release_model(allocation.request_id)).accepted

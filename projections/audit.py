@@ -52,6 +52,7 @@ from streams.decider import Decider, from_record
 from streams.errors import AuditChainError, PitError
 from streams.log import LogRecord
 from streams.pool.lifecycle import LIFECYCLE
+from streams.pool.pool import POOL
 from streams.topics import POOL_EVENTS
 
 if TYPE_CHECKING:
@@ -378,36 +379,42 @@ def format_row(row: dict[str, Any]) -> str:
             f"{row.get('event_type') or '-'} {row.get('key') or '-'} {body}")
 
 
-DECIDERS: dict[str, Decider] = {POOL_EVENTS: LIFECYCLE}  # event topic -> its decider
+# event topic -> (the decider of its entities, the decider of one subject's events)
+DECIDERS: dict[str, tuple[Decider, Decider]] = {POOL_EVENTS: (POOL, LIFECYCLE)}
 
 
 def state_as_of(engine: Engine | Connection, key: str, until_ms: int, *,
                 topic: str | None = None, codec: Codec | None = None) -> Any:
-    """The entity's state at `until_ms` (inclusive), replayed from its archived events with
-    the topic's decider (`DECIDERS`); None when it had no event by then.
+    """The state of `key` at `until_ms` (inclusive), replayed from its archived events; None
+    when it had no event by then. A key that is an entity (a pool) replays the entity's
+    decider over all its events; a subject (a model: the events' Kafka key) replays the
+    subject's decider (the model lifecycle) over the events about it.
 
     Event time is the envelope's `occurred_at` (what `evolve` uses), else the log timestamp.
     """
-    if topic is None:
-        with _connection(engine) as conn:
+    with _connection(engine) as conn:
+        if topic is None:
             topics = set(conn.execute(
                 select(audit_log.c.topic).distinct()
                 .where(audit_log.c.topic.in_(list(DECIDERS)),
                        or_(audit_log.c.entity_key == key, audit_log.c.key == key))).scalars())
-        if not topics:
-            return None
-        if len(topics) > 1:
-            raise PitError(f"{key} has events on {', '.join(sorted(topics))}; name the topic")
-        topic = topics.pop()
-    try:
-        decider = DECIDERS[topic]
-    except KeyError:
-        raise PitError(f"no decider replays {topic}; known: {', '.join(DECIDERS)}") from None
+            if not topics:
+                return None
+            if len(topics) > 1:
+                raise PitError(f"{key} has events on {', '.join(sorted(topics))}; name the topic")
+            topic = topics.pop()
+        try:
+            entity_decider, subject_decider = DECIDERS[topic]
+        except KeyError:
+            raise PitError(f"no decider replays {topic}; known: {', '.join(DECIDERS)}") from None
+        is_entity = conn.execute(select(audit_log.c.seq).where(
+            audit_log.c.topic == topic, audit_log.c.entity_key == key).limit(1)).first()
+    decider, column = ((entity_decider, audit_log.c.entity_key) if is_entity
+                       else (subject_decider, audit_log.c.key))
     codec = codec or Codec(EmbeddedRegistry())
     stmt = (select(audit_log.c.value, audit_log.c.timestamp_ms)
             .where(audit_log.c.topic == topic, audit_log.c.value.is_not(None),
-                   audit_log.c.error.is_(None),
-                   or_(audit_log.c.entity_key == key, audit_log.c.key == key))
+                   audit_log.c.error.is_(None), column == key)
             .order_by(audit_log.c.partition, audit_log.c.offset))
     state, seen = decider.initial_state(key), False
     with _connection(engine) as conn:

@@ -21,6 +21,7 @@ from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
+from streams.pool.lifecycle import DEFAULT_POOL as POOL
 from streams.topics import POOL_EVENTS, RESULTS
 
 POSTGRES_URL = os.environ.get("PIT_TEST_POSTGRES_URL",
@@ -85,7 +86,9 @@ class Log:
                *, partition: int | None = None,
                headers: tuple[tuple[str, bytes], ...] = ()) -> LogRecord:
         key_bytes = key.encode() if isinstance(key, str) else key
-        if partition is None:
+        if partition is None and topic == POOL_EVENTS:
+            partition = self.partition_of(POOL)  # all of a pool's events, on its partition
+        elif partition is None:
             partition = self.partition_of(key) if isinstance(key, str) else 0
         offset = self.offsets.get((topic, partition), -1) + 1
         self.offsets[(topic, partition)] = offset
@@ -93,10 +96,12 @@ class Log:
 
     def envelope(self, model_id: str, event_type: str, at_ms: int,
                  sequence: int | None = None) -> dict:
+        """As the pool processor writes it: the pool is the entity, its sequence counts all
+        the pool's events; the model is the event's subject (its Kafka key)."""
         if sequence is None:
-            sequence = self.sequences[model_id] = self.sequences.get(model_id, 0) + 1
+            sequence = self.sequences[POOL] = self.sequences.get(POOL, 0) + 1
         return {"event_id": f"{model_id}:{sequence}", "event_type": event_type,
-                "entity_key": model_id, "sequence": sequence,
+                "entity_key": POOL, "sequence": sequence,
                 "correlation_id": f"corr-{model_id}-{sequence}",
                 "causation_id": f"cmd-{model_id}-{sequence}", "occurred_at": at_ms,
                 "producer": "test"}

@@ -420,7 +420,7 @@ class PrewarmEngine:
     A decision is *correct* when its model is requested within `horizon_ms` of the decision
     and before the pool evicts it (the caller reports evictions with `evicted`). A correct
     decision avoided a cold start when the request came `load_ms` or more after it, i.e.
-    after the prewarm load finished.
+    after the prewarm load finished (or, when the caller says, found the model loaded).
     """
 
     name = "engine"
@@ -442,12 +442,17 @@ class PrewarmEngine:
 
     # -- learning and scoring ---------------------------------------------------------------
 
-    def observe(self, model_id: str, at_ms: int, workflow_id: str | None = None) -> None:
+    def observe(self, model_id: str, at_ms: int, workflow_id: str | None = None,
+                ready: bool | None = None) -> None:
+        """A request for `model_id`. `ready`: whether it found the model loaded (a live
+        pool knows: its cache hit); None judges that by `load_ms`."""
         self._expire(at_ms)
         pending = self._pending.pop(model_id, None)
         if pending is not None:
             self._correct += 1
-            if pending.loaded and at_ms - pending.at_ms >= self.load_ms:
+            if ready is None:
+                ready = at_ms - pending.at_ms >= self.load_ms
+            if pending.loaded and ready:
                 self._avoided += 1
         for name, shadow in self._shadow.items():
             claimed = shadow.pop(model_id, None)

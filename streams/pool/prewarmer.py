@@ -1,0 +1,324 @@
+"""The prewarmer (issue 3, seed M3.1.4): the prewarm engine run on the pool's event log.
+
+`pit up` runs it next to the processors. On start it reads the whole history of
+pit.pool.events (the audit archive, then Kafka: `streams.history`), so the predictors relearn
+everything the log shows and its statistics are recounted from it; then it follows the log.
+It holds no state the log does not give back. Its decisions are WarmModel commands, sent like
+any client's: the pool places the model where there is room without evicting, or rejects
+the command (no room; normal, logged at debug level), and the log shows which.
+
+`PoolPrewarmer` is the pure part, one per pool: pool events in log order in, decisions out.
+What it learns from, by event:
+* AllocationQueued (a request that found its model not Hot: a miss) and ModelAllocated with
+  `cache_hit` (a hit): a request, at its own time, with its workflow run. A ModelAllocated
+  without `cache_hit` completes a queued request, already counted. ModelUsageRecorded: use
+  of a Hot model.
+* ModelTransitioned (and ModelPlaced, HostDown): which models are Cold and unplaced, the
+  only ones it prewarms.
+* ModelEvicted, UnloadRequested, ModelUnloaded: a prewarmed model that leaves before its
+  request was a wrong prediction.
+* ModelPlaced with reason PredictivePrewarm: a decision was acted on. One that is not within
+  `confirm_ms` (rejected, or never sent) counts as a prediction, not a prewarm.
+
+Time is the events' `occurred_at`, and ticks: the engine decides after every request and at
+every multiple of `tick_ms` (of `idle_tick_ms` once no request came for a horizon, so a quiet
+stretch of history replays in a few steps; only the time-of-day and periodic predictors can
+change their answer then, on a scale of minutes). The service adds the wall clock once the
+history is read. Decisions remade while replaying history are not sent again: they were sent
+(or not) back then, and the log says what came of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+from sqlalchemy import Engine
+
+from schemas.codec import Codec
+from streams import metrics
+from streams.client import PitClient
+from streams.config import Settings
+from streams.decider import Message, from_record
+from streams.errors import BrokerUnavailableError, PitError, SchemaError
+from streams.history import HistoryError, history_source, kafka_log_reader
+from streams.kafka import partitions_of, start_consumer
+from streams.pool.lifecycle import ModelState, ModelTransitioned, ModelUsageRecorded
+from streams.pool.lifecycle import TransitionReason as R
+from streams.pool.pool import (
+    POOL,
+    AllocationQueued,
+    HostDown,
+    ModelAllocated,
+    ModelEvicted,
+    ModelPlaced,
+    ModelUnloaded,
+    UnloadRequested,
+    WarmModel,
+)
+from streams.pool.prewarm import PrewarmEngine, PrewarmStats
+from streams.topics import POOL_EVENTS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Prewarm `model_id` in `pool_id`: decided at `at_ms` (event time)."""
+    pool_id: str
+    model_id: str
+    probability: float
+    reason: str          # the predictor that contributed most
+    at_ms: int
+
+
+class PoolPrewarmer:
+    """One pool's prewarming, pure: `apply` its events in log order, `advance` its clock."""
+
+    def __init__(self, pool_id: str, engine: PrewarmEngine | None = None, *,
+                 tick_ms: int = 1_000, idle_tick_ms: int = 60_000,
+                 confirm_ms: int = 30_000) -> None:
+        self.pool_id = pool_id
+        self.engine = engine if engine is not None else PrewarmEngine()
+        self.tick_ms, self.idle_tick_ms, self.confirm_ms = tick_ms, idle_tick_ms, confirm_ms
+        self.now_ms: int | None = None
+        self.warm: set[str] = set()      # not Cold, or placed and waiting: never prewarmed
+        self._placed: set[str] = set()   # Cold but placed on a host, its load on the way
+        self._not_cold: set[str] = set()  # by its last transition
+        self._unconfirmed: dict[str, int] = {}  # model -> decided at, until ModelPlaced
+        self._next_tick: int | None = None
+        self._last_request_ms = 0
+
+    def _step(self, at_ms: int) -> int:
+        idle = at_ms - self._last_request_ms >= self.engine.horizon_ms
+        return self.idle_tick_ms if idle else self.tick_ms
+
+    def advance(self, now_ms: int) -> list[Decision]:
+        """Move the clock to `now_ms` (never back), deciding at every tick on the way."""
+        if self.now_ms is None:
+            self.now_ms = now_ms
+            self._next_tick = (now_ms // self.tick_ms + 1) * self.tick_ms
+            return []
+        decisions: list[Decision] = []
+        while self._next_tick <= now_ms:
+            tick = self._next_tick
+            decisions += self._decide(tick)
+            step = self._step(tick)
+            self._next_tick = (tick // step + 1) * step
+        self.now_ms = max(self.now_ms, now_ms)
+        return decisions
+
+    def apply(self, event: Message, at_ms: int) -> list[Decision]:
+        """Fold one pool event at its `occurred_at`; decisions due by then, and after it."""
+        decisions = self.advance(at_ms)
+        at = self.now_ms
+        match event:
+            case AllocationQueued(model_id=m, workflow_id=run):
+                return decisions + self._request(m, at, run, ready=False)
+            case ModelAllocated(model_id=m, workflow_id=run, cache_hit=True):
+                return decisions + self._request(m, at, run, ready=True)
+            case ModelUsageRecorded(model_id=m):
+                return decisions + self._request(m, at, "", ready=True)
+            case ModelTransitioned(model_id=m, to_state=state):
+                self._placed.discard(m)  # placed models leave Cold by loading (or fail)
+                if state is ModelState.COLD:
+                    self._not_cold.discard(m)
+                else:
+                    self._not_cold.add(m)
+                self._reclassify(m)
+            case ModelPlaced(model_id=m, reason=reason):
+                self._placed.add(m)
+                self._reclassify(m)
+                if reason is R.PREDICTIVE_PREWARM:
+                    self._unconfirmed.pop(m, None)
+            case HostDown(models=models):
+                for m in models:
+                    self._placed.discard(m)
+                    self._reclassify(m)
+            case ModelEvicted(model_id=m) | UnloadRequested(model_id=m) | ModelUnloaded(
+                    model_id=m):
+                self.engine.evicted(m, at)
+        return decisions
+
+    def _reclassify(self, model_id: str) -> None:
+        if model_id in self._not_cold or model_id in self._placed:
+            self.warm.add(model_id)
+        else:
+            self.warm.discard(model_id)
+
+    def _request(self, model_id: str, at_ms: int, workflow_id: str, *,
+                 ready: bool) -> list[Decision]:
+        if self._unconfirmed.pop(model_id, None) is not None:
+            self.engine.skipped(model_id)  # requested before any prewarm load started
+        self._last_request_ms = at_ms
+        if self._next_tick is not None and self._next_tick - at_ms > self.tick_ms:
+            self._next_tick = (at_ms // self.tick_ms + 1) * self.tick_ms  # busy again
+        self.engine.observe(model_id, at_ms, workflow_id or None, ready=ready)
+        return self._decide(at_ms)
+
+    def _decide(self, at_ms: int) -> list[Decision]:
+        for model_id, decided in list(self._unconfirmed.items()):
+            if at_ms - decided > self.confirm_ms:
+                del self._unconfirmed[model_id]
+                self.engine.skipped(model_id)
+        made = self.engine.decide(at_ms, self.warm)
+        for decision in made:
+            self._unconfirmed[decision.model_id] = at_ms
+        return [Decision(self.pool_id, d.model_id, d.probability, d.reason, at_ms)
+                for d in made]
+
+    def stats(self) -> PrewarmStats:
+        return self.engine.stats()
+
+
+def stats_dict(stats: list[PrewarmStats]) -> dict[str, float]:
+    """The engines' statistics summed over pools; accuracy is correct over made."""
+    made = sum(s.predictions_made for s in stats)
+    correct = sum(s.correct_predictions for s in stats)
+    return {
+        "predictions_made": made,
+        "correct_predictions": correct,
+        "wrong_predictions": sum(s.wrong_predictions for s in stats),
+        "pending": sum(s.pending for s in stats),
+        "models_prewarmed": sum(s.models_prewarmed for s in stats),
+        "cold_starts_avoided": sum(s.cold_starts_avoided for s in stats),
+        "accuracy": correct / made if made else 0.0,
+    }
+
+
+# --- the service ------------------------------------------------------------------------------
+
+class Prewarmer:
+    """Runs a `PoolPrewarmer` per pool on the log and sends their fresh decisions."""
+
+    def __init__(self, settings: Settings, codec: Codec, db: Engine | None = None, *,
+                 make_engine: Callable[[], PrewarmEngine] = PrewarmEngine,
+                 poll_ms: int = 200, stale_ms: int = 10_000, retry_s: float = 1.0,
+                 send_timeout_s: float = 10.0) -> None:
+        self.settings, self.codec, self.db = settings, codec, db
+        self.make_engine = make_engine
+        self.poll_ms, self.stale_ms, self.retry_s = poll_ms, stale_ms, retry_s
+        self.send_timeout_s = send_timeout_s
+        self.pools: dict[str, PoolPrewarmer] = {}
+        self.caught_up = asyncio.Event()  # set once the history is read
+        self._sends: set[asyncio.Task] = set()
+        self._exported: dict[str, float] = {}
+
+    def stats(self) -> dict[str, float]:
+        return stats_dict([pool.stats() for pool in self.pools.values()])
+
+    def fold(self, value: bytes | None) -> list[Decision]:
+        """One pit.pool.events record into its pool's prewarmer."""
+        if value is None:
+            return []  # a tombstone: a restored placeholder
+        try:
+            decoded = self.codec.decode(value)
+        except SchemaError:
+            return []  # the pool never writes one; nothing to learn from it
+        event_type = POOL.event_type(decoded.name)
+        if event_type is None:
+            return []
+        envelope = decoded.record["envelope"]
+        pool_id = envelope["entity_key"]
+        pool = self.pools.get(pool_id)
+        if pool is None:
+            pool = self.pools[pool_id] = PoolPrewarmer(pool_id, self.make_engine())
+        return pool.apply(from_record(event_type, decoded.record), envelope["occurred_at"])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop`: read the history, then follow the log. When Kafka fails under it,
+        it forgets everything and starts over from the log, as the processors do."""
+        while not stop.is_set():
+            try:
+                await self._run(stop)
+            except (BrokerUnavailableError, HistoryError, KafkaError) as exc:
+                if stop.is_set():
+                    return
+                log.warning("prewarmer: %s; starting over from the log in %.1f s", exc,
+                            self.retry_s)
+                self.pools.clear()
+                self.caught_up.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.retry_s)
+
+    def _replay(self, stop: asyncio.Event) -> dict[int, int]:
+        """Fold the whole history; returns the last offset read per partition."""
+        positions: dict[int, int] = {}
+        reader = kafka_log_reader(self.settings, [POOL_EVENTS])
+        for record in history_source(self.db, [POOL_EVENTS], reader):
+            if stop.is_set():  # shutting down: a long history must not hold it up
+                break
+            self.fold(record.value)  # history's decisions were sent (or not) back then
+            positions[record.partition] = record.offset
+        return positions
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        positions = await asyncio.to_thread(self._replay, stop)
+        if stop.is_set():
+            return
+        self._export()
+        consumer = await start_consumer(self.settings, fetch_max_wait_ms=50)
+        client = PitClient(self.settings, issued_by="prewarmer", codec=self.codec)
+        try:
+            tps = [TopicPartition(POOL_EVENTS, p)
+                   for p in await partitions_of(consumer, POOL_EVENTS)]
+            consumer.assign(tps)
+            for tp in tps:
+                if tp.partition in positions:
+                    consumer.seek(tp, positions[tp.partition] + 1)
+                else:
+                    await consumer.seek_to_beginning(tp)
+            await client.start()
+            self.caught_up.set()
+            log.info("prewarmer caught up with the log: %s", self.stats())
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=self.poll_ms)
+                decisions = [decision for records in batch.values() for record in records
+                             for decision in self.fold(record.value)]
+                now_ms = int(time.time() * 1000)
+                for pool in list(self.pools.values()):
+                    decisions += pool.advance(now_ms)
+                for decision in decisions:
+                    if decision.at_ms >= now_ms - self.stale_ms:
+                        self._send(client, decision)
+                self._export()
+        finally:
+            for task in list(self._sends):
+                task.cancel()
+            await asyncio.gather(*self._sends, return_exceptions=True)
+            await client.close()
+            await consumer.stop()
+
+    def _send(self, client: PitClient, decision: Decision) -> None:
+        task = asyncio.create_task(self._warm(client, decision))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _warm(self, client: PitClient, decision: Decision) -> None:
+        command = WarmModel(decision.model_id, decision.probability, decision.reason,
+                            decision.pool_id)
+        try:
+            outcome = await client.send(command, timeout=self.send_timeout_s)
+        except PitError as exc:
+            log.warning("prewarm of %s not sent: %s", decision.model_id, exc)
+            return
+        # A rejection is normal (no room without evicting); the log shows every outcome.
+        log.debug("prewarm %s (p=%.2f, %s): %s", decision.model_id, decision.probability,
+                  decision.reason, "accepted" if outcome.accepted else outcome.reason)
+
+    def _export(self) -> None:
+        """The statistics to Prometheus. Counters only grow: after starting over from the
+        log they resume once the recount passes what was exported."""
+        stats = self.stats()
+        metrics.PREWARM_ACCURACY.set(stats["accuracy"])
+        for name, counter in metrics.PREWARM_COUNTERS.items():
+            grown = stats[name] - self._exported.get(name, 0)
+            if grown > 0:
+                counter.inc(grown)
+                self._exported[name] = stats[name]

@@ -1,9 +1,11 @@
 """`pit demo`: a scripted scenario, end to end, printed as it happens.
 
 It starts the whole Pit in-process on the embedded default (or uses the `pit up` already
-running on this data directory), drives two models through their lifecycle - including an
-invalid transition, a duplicate command, a failure and its recovery, and garbage bytes -
-then shows the views, the audit trail, the hash-chain check and a point-in-time replay.
+running on this data directory) and a real model host beside it, then drives the Pool
+Manager: models are registered, allocated (a cold start, then cache hits), called on their
+host, evicted under memory pressure, failed and recovered; an invalid command, a duplicate
+and garbage bytes show the error paths. It ends with the pool at a glance, a model's audit
+trail, a point-in-time replay and the hash-chain check.
 """
 
 from __future__ import annotations
@@ -11,48 +13,53 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-
-from sqlalchemy import bindparam, text
+from pathlib import Path
 
 from streams.app import Stack, running_pit
 from streams.client import Outcome, PitClient
 from streams.config import Settings
+from streams.errors import AllocationError
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all
-from streams.pool.lifecycle import ModelState, TransitionReason
+from streams.pool.host import ModelHost
+from streams.pool.loaders import write_mlp
 from streams.processor import Output
 from streams.topics import DEAD_LETTERS, POOL_COMMANDS, POOL_EVENTS
 
-
-def _summary(event: dict) -> str:
-    if "to_state" in event:
-        return (f"{event['from_state']} -> {event['to_state']} ({event['reason']}, "
-                f"{event['time_in_previous_ms']} ms in {event['from_state']})")
-    return f"used: {event['invocations']} invocation(s)"
+SENTIMENT = "python:streams.pool.examples:sentiment"
+TOKENIZER = "python:streams.pool.examples:tokenizer"
 
 
 def _show(step: str, outcome: Outcome) -> None:
     verdict = "accepted" if outcome.accepted else f"REJECTED ({outcome.reason})"
     again = ", duplicate: acknowledged again, nothing changed" if outcome.duplicate else ""
     events = f" -> {len(outcome.event_ids)} event(s)" if outcome.event_ids else ""
-    print(f"  {step:48s} {verdict}{events}{again}")
+    print(f"  {step:46s} {verdict}{events}{again}")
 
 
-async def _wait_for_views(engine, model_ids: list[str], expected: int, timeout: float = 15):
-    """The projector runs beside us; wait until it has caught up with our events."""
+def _summary(event: dict) -> str:
+    if "to_state" in event:
+        return f"{event['from_state']} -> {event['to_state']} ({event['reason']})"
+    details = {k: v for k, v in event.items() if k not in ("model_id", "envelope")}
+    return ", ".join(f"{k}={v}" for k, v in details.items())
+
+
+async def _wait_for_views(engine, until_ms: int, timeout: float = 15) -> None:
+    """The projector runs beside us; wait until it has archived our last event."""
+    from projections import audit
+
     deadline = time.monotonic() + timeout
-    query = text("SELECT count(*) FROM model_transitions WHERE model_id IN :ids").bindparams(
-        bindparam("ids", expanding=True))
     while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            if conn.execute(query, {"ids": model_ids}).scalar_one() >= expected:
-                return
+        rows = audit.history(engine, "default")
+        if rows and rows[-1]["timestamp_ms"] >= until_ms:
+            return
         await asyncio.sleep(0.1)
 
 
 async def run_demo(settings: Settings) -> None:
     from projections import audit
     from projections.db import connect
+    from projections.pool import pool_status, status_lines
 
     stack = None
     if settings.embedded and not running_pit(settings):
@@ -63,63 +70,97 @@ async def run_demo(settings: Settings) -> None:
         print("using the running Pit")
     engine = stack.engine if stack else connect(settings.db_url)
     run = uuid.uuid4().hex[:6]
-    llama, whisper = f"llama-7b-{run}", f"whisper-{run}"
+    host_id, mlp, sentiment, tokenizer = (f"demo-host-{run}", f"mlp-{run}",
+                                          f"sentiment-{run}", f"tokenizer-{run}")
+    weights = Path(settings.data_dir) / f"demo-mlp-{run}.npz"
+    write_mlp(weights, inputs=4, hidden=64, outputs=2, seed=1)
+    host = await ModelHost(settings, host_id, memory_mb=300, capacity=2,
+                           say=lambda line: print(f"  [host] {line}")).start()
     try:
         async with PitClient(settings, issued_by="pit-demo") as pit:
-            print(f"\n1. {llama} goes through its lifecycle")
-            _show("warm (Cold -> Warming)", await pit.warm_model(llama))
-            hot = await pit.mark_hot(llama)
-            _show("ready (Warming -> Hot)", hot)
-            usage = await pit.record_usage(llama, 3, command_id=f"usage-{run}")
-            _show("serve 3 invocations", usage)
+            print("\n1. a host with room for 2 models (300 MB), and three models")
+            for model_id, uri in ((mlp, f"npz:{weights}"), (sentiment, SENTIMENT),
+                                  (tokenizer, TOKENIZER)):
+                _show(f"register {model_id}",
+                      await pit.register_model(model_id, uri, 100, 50))
+
+            print("\n2. allocate: a cold start, then cache hits")
+            started = time.perf_counter()
+            first = await pit.allocate_model(mlp, "demo")
+            print(f"  {mlp}: cache_hit={first.cache_hit}, loaded on {first.host_id} in"
+                  f" {(time.perf_counter() - started) * 1000:.0f} ms (placed, loaded, Hot)")
+            outputs = await pit.infer(first, [[0.5, -1.0, 2.0, 0.1]])
+            print(f"  infer on the host: {outputs}")
+            await pit.release_model(first.request_id)
+            started = time.perf_counter()
+            again = await pit.allocate_model(mlp, "demo")
+            print(f"  again: cache_hit={again.cache_hit} in"
+                  f" {(time.perf_counter() - started) * 1000:.1f} ms")
+            await pit.release_model(again.request_id)
+            words = await pit.allocate_model(sentiment, "demo")
+            print(f"  {sentiment}: {await pit.infer(words, 'a great and fast service')}")
+            await pit.release_model(words.request_id)
+
+            print("\n3. the host holds 2 models: a third evicts the least recently used")
+            third = await pit.allocate_model(tokenizer, "demo")
+            print(f"  {tokenizer} allocated (cache_hit={third.cache_hit}, {mlp} evicted);"
+                  f" {await pit.infer(third, 'Hello, Pit')}")
+            busy = await pit.allocate_model(sentiment, "demo")
+            try:  # both models on the host are allocated now: neither may be evicted
+                await pit.allocate_model(mlp, "demo")
+            except AllocationError as refused:
+                print(f"  {mlp} while both are in use: {refused}")
+            for allocation in (third, busy):
+                await pit.release_model(allocation.request_id)
+
+            print("\n4. failure and recovery")
+            _show(f"fail {sentiment} (operator, HealthCheckFailure)",
+                  await pit.fail_model(sentiment, "demo: bad weights"))
+            await asyncio.sleep(0.3)  # the host unloads it
+            _show(f"recover {sentiment} (Failed -> Cold)", await pit.recover_model(sentiment))
+            back = await pit.allocate_model(sentiment, "demo")
+            print(f"  allocated again: loaded on {back.host_id} (cache_hit={back.cache_hit})")
+            await pit.release_model(back.request_id)
+
+            print("\n5. bad input: rejected with a reason, acknowledged once, dead-lettered")
+            _show("usage of an unknown model", await pit.record_usage(f"nope-{run}"))
+            usage_id = f"usage-{run}"
+            _show("usage of a Hot model", await pit.record_usage(sentiment, 3,
+                                                                 command_id=usage_id))
             _show("the same command again (same command id)",
-                  await pit.record_usage(llama, 3, command_id=f"usage-{run}"))
-            _show("warm again (Hot -> Warming is not allowed)", await pit.warm_model(llama))
-            await asyncio.sleep(0.05)
-            _show("cool down (Hot -> Cooling)", await pit.cool_model(llama))
-            _show("unload (Cooling -> Cold)", await pit.unload_model(llama))
-
-            print(f"\n2. {whisper} fails while loading and recovers")
-            _show("warm (Cold -> Warming)",
-                  await pit.warm_model(whisper, TransitionReason.PREDICTIVE_PREWARM))
-            _show("load fails (Warming -> Failed)", await pit.fail_model(whisper, "CUDA OOM"))
-            _show("serve while Failed", await pit.record_usage(whisper))
-            _show("recover (Failed -> Cold)", await pit.recover_model(whisper))
-
-            print("\n3. garbage on the command topic goes to the dead-letter topic")
+                  await pit.record_usage(sentiment, 3, command_id=usage_id))
             await produce_all(make_producer(settings), [Output(
                 POOL_COMMANDS, 0, b"garbage", b"\x07not avro at all", int(time.time() * 1000))])
-            _show("and the processor keeps going: warm again",
-                  await pit.transition(whisper, ModelState.WARMING))
             letters = await read_topic(settings, DEAD_LETTERS)
+            while not letters:
+                await asyncio.sleep(0.05)
+                letters = await read_topic(settings, DEAD_LETTERS)
             headers = dict(letters[-1].headers)
-            print(f"  dead letter kept {len(letters[-1].value)} original bytes; "
-                  f"pit.error: {headers['pit.error'].decode()}")
+            print(f"  garbage bytes: the dead letter kept {len(letters[-1].value)} original"
+                  f" bytes; pit.error: {headers['pit.error'].decode()}")
+            last = await pit.record_usage(sentiment)
+        await _wait_for_views(engine, last.decided_at)
 
-        await _wait_for_views(engine, [llama, whisper], expected=8)
-        print("\n4. the models view")
-        with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT model_id, state, transition_count, failure_count, usage_count "
-                "FROM models WHERE model_id IN (:a, :b) ORDER BY model_id"),
-                {"a": llama, "b": whisper}).all()
-        print(f"  {'model':22s} {'state':8s} transitions failures usage")
-        for row in rows:
-            print(f"  {row[0]:22s} {row[1]:8s} {row[2]:11d} {row[3]:8d} {row[4]:5d}")
+        print("\n6. the pool at a glance (`pit pool status`)")
+        print("\n".join("  " + line for line in status_lines(pool_status(engine))))
 
-        print(f"\n5. the audit trail of {llama}: its events, hash-chained "
-              f"(`pit audit {llama}` shows commands and outcomes too)")
-        for row in audit.history(engine, llama):
+        print(f"\n7. the audit trail of {mlp} (`pit audit {mlp}`), hash-chained")
+        hot_at = None
+        for row in audit.history(engine, mlp):
             if row["topic"] == POOL_EVENTS:
-                print(f"  #{row['seq']:<4d} {row['topic']}[{row['partition']}]@{row['offset']:<3d} "
-                      f"{_summary(row['payload'])}  hash {row['hash'][:12]}")
-
-        state = audit.state_as_of(engine, llama, hot.decided_at)
-        print(f"\n6. {llama} as of {hot.decided_at} (replayed from the archive): {state.state}, "
-              f"{state.transition_count} transitions, {state.usage_count} invocations")
-
+                payload = row["payload"]
+                if payload.get("to_state") == "Hot" and hot_at is None:
+                    hot_at = row["timestamp_ms"]
+                print(f"  #{row['seq']:<4d} {row['event_type']:18s} {_summary(payload)}"
+                      f"  hash {row['hash'][:12]}")
+        if hot_at is not None:
+            state = audit.state_as_of(engine, mlp, hot_at)
+            print(f"\n8. {mlp} as of {hot_at} (replayed from the archive): {state.state},"
+                  f" {state.transition_count} transitions")
         report = audit.verify(engine)
-        print("\n7. audit chain: " + "; ".join(report.lines()))
+        print("\n9. audit chain: " + "; ".join(report.lines()))
     finally:
+        await host.drain()
+        await host.close()
         if stack is not None:
             await stack.close()

@@ -789,9 +789,11 @@ def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, l
     obtainable, host_id = closest
     how = ("even after evicting every idle model (allocated or draining models are never"
            " evicted)" if evict else "without evicting (prewarming never evicts)")
+    if obtainable >= need:  # memory would do: the model count is what is full
+        raise Rejection(f"cannot place model {model.model_id}: every host is at its capacity"
+                        f" of models {how}")
     raise Rejection(f"cannot place model {model.model_id}: needs {need} MB, the most any host"
-                    f" can offer {how} is {obtainable} MB (host {host_id}), or every host is at"
-                    " capacity")
+                    f" can offer {how} is {obtainable} MB (host {host_id})")
 
 
 def _place(d: _Decision, model_id: str, *, evict: bool, reason: TransitionReason) -> None:

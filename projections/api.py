@@ -4,6 +4,12 @@
     GET /models                         every model (?state=Hot filters)
     GET /models/{model_id}              one model, with time_in_state_ms at the current time
     GET /models/{model_id}/transitions  its transition history, oldest first
+    GET /models/{model_id}/health       its current health and latest checks, newest first
+                                        (?limit=50, ?pool=default)
+    GET /pool                           the pool at a glance: hosts and their memory, models
+                                        by state with their host, cache statistics, health
+                                        failures (?pool=default)
+    GET /pool/hosts                     the pool's hosts: budget, resident memory, models
     GET /audit/verify                   the audit chain check (`pit audit verify`)
     GET /audit/{key}, /audit?key=...    an entity's full archived history
                                         (?until=<epoch ms> adds its replayed state then)
@@ -29,8 +35,10 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from projections.audit import history, state_as_of, verify
 from projections.models import model_row
+from projections.pool import model_health, pool_hosts, pool_status
 from projections.runtime import default_views, live_tables, load_positions
 from streams.errors import PitError
+from streams.pool.lifecycle import DEFAULT_POOL
 
 ENGINE = web.AppKey("engine", Engine)
 CLOCK = web.AppKey("clock", Callable[[], int])
@@ -152,6 +160,37 @@ async def get_transitions(request: web.Request) -> web.Response:
     return web.json_response({"model_id": model_id, "transitions": rows})
 
 
+def _pool_id(request: web.Request) -> str:
+    return request.query.get("pool") or DEFAULT_POOL
+
+
+async def get_pool(request: web.Request) -> web.Response:
+    pool_id = _pool_id(request)
+    status = await _db(request, pool_status, pool_id)
+    if status is None:
+        return _error(404, f"no pool data yet for pool {pool_id}: no host or model registered")
+    return web.json_response(status)
+
+
+async def get_pool_hosts(request: web.Request) -> web.Response:
+    pool_id = _pool_id(request)
+    return web.json_response({"pool_id": pool_id,
+                              "hosts": await _db(request, pool_hosts, pool_id)})
+
+
+async def get_model_health(request: web.Request) -> web.Response:
+    model_id, pool_id = request.match_info["model_id"], _pool_id(request)
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        return _error(400, f"limit must be an integer, got {request.query['limit']!r}")
+    body = await _db(request, lambda engine: model_health(engine, model_id, pool_id,
+                                                          limit=max(0, limit)))
+    if body is None:
+        return _error(404, f"unknown model {model_id} in pool {pool_id}")
+    return web.json_response(body)
+
+
 async def get_verify(request: web.Request) -> web.Response:
     report = await _db(request, verify)
     return web.json_response(report.to_dict(), status=200 if report.ok else 409)
@@ -197,6 +236,9 @@ def make_app(engine: Engine, *, clock: Callable[[], int] | None = None) -> web.A
     app.router.add_get("/models", get_models)
     app.router.add_get("/models/{model_id}", get_model)
     app.router.add_get("/models/{model_id}/transitions", get_transitions)
+    app.router.add_get("/models/{model_id}/health", get_model_health)
+    app.router.add_get("/pool", get_pool)
+    app.router.add_get("/pool/hosts", get_pool_hosts)
     app.router.add_get("/audit/verify", get_verify)
     app.router.add_get("/audit", get_audit_query)
     app.router.add_get("/audit/{key}", get_audit_key)

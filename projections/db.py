@@ -245,22 +245,27 @@ def _copy_rows(conn: Connection, table: Table, columns: tuple[str, ...],
             copy.write_row(row)
 
 
-def update_rows(conn: Connection, table: Table, key: str, columns: tuple[str, ...],
-                rows: Sequence[tuple[Any, ...]]) -> None:
+def update_rows(conn: Connection, table: Table, key: str | tuple[str, ...],
+                columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> None:
     """`UPDATE table SET columns... WHERE key = ?` for many rows through the driver's
-    executemany; each row is the new column values followed by the key value."""
+    executemany; each row is the new column values followed by the key value(s) (`key`
+    may name several columns: a composite key)."""
     if not rows:
         return
+    keys = (key,) if isinstance(key, str) else key
     marker = _MARKERS.get(conn.dialect.paramstyle)
     if marker is None:
-        stmt = table.update().where(table.c[key] == bindparam("_key"))
-        conn.execute(stmt, [{**dict(zip(columns, row[:-1], strict=True)), "_key": row[-1]}
+        stmt = table.update().where(*(table.c[k] == bindparam(f"_key_{k}") for k in keys))
+        width = len(columns)
+        conn.execute(stmt, [{**dict(zip(columns, row[:width], strict=True)),
+                             **{f"_key_{k}": v for k, v in zip(keys, row[width:], strict=True)}}
                             for row in rows])
         return
     preparer = conn.dialect.identifier_preparer
     sets = ", ".join(f"{preparer.quote(name)} = {marker}" for name in columns)
-    conn.exec_driver_sql(f"UPDATE {preparer.format_table(table)} SET {sets} "
-                         f"WHERE {preparer.quote(key)} = {marker}", list(rows))
+    where = " AND ".join(f"{preparer.quote(k)} = {marker}" for k in keys)
+    conn.exec_driver_sql(f"UPDATE {preparer.format_table(table)} SET {sets} WHERE {where}",
+                         list(rows))
 
 
 _MARKERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}

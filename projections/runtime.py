@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
@@ -108,8 +108,9 @@ def constraint_name(kind: str, table: str, token: str = "") -> str:
 
 def default_views() -> list[View]:
     from projections.models import ModelsView
+    from projections.pool import PoolHealthView, PoolView
 
-    return [ModelsView()]
+    return [ModelsView(), PoolView(), PoolHealthView()]
 
 
 def view_by_name(name: str) -> View:
@@ -195,6 +196,7 @@ class BatchResult:
     archived: int = 0
     applied: dict[str, int] = field(default_factory=dict)  # projection -> events applied
     undecodable: int = 0
+    fresh: list[Entry] = field(default_factory=list)  # the records archived for the first time
 
 
 def project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Binding],
@@ -218,6 +220,7 @@ def project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Bindi
                 done[tp] = rec.offset
                 fresh.append(entry)
         result.archived = audit.append(conn, fresh)
+        result.fresh = fresh
         result.undecodable = sum(1 for e in fresh if e.error is not None)
 
     for binding in bindings:
@@ -242,13 +245,21 @@ def project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Bindi
     return result
 
 
+Observer = Callable[[Sequence[Entry]], None]
+
+
 class Projector:
-    """Applies batches of log records to the audit log and the views, exactly once."""
+    """Applies batches of log records to the audit log and the views, exactly once.
+
+    `observers` (live metrics) are called after each commit with the records archived for
+    the first time, so never twice for a record, nor for a replay (which never archives)."""
 
     def __init__(self, engine: Engine, views: Sequence[View] | None = None, *,
                  archive: bool = True, registry: SchemaRegistry | None = None,
-                 codec: Codec | None = None, topics: Sequence[str] | None = None) -> None:
+                 codec: Codec | None = None, topics: Sequence[str] | None = None,
+                 observers: Sequence[Observer] = ()) -> None:
         self.engine = engine
+        self.observers = list(observers)
         self.views = list(default_views() if views is None else views)
         self.bindings = [Binding(v.name, v, live_tables(v)) for v in self.views]
         self.archive = archive
@@ -274,7 +285,7 @@ class Projector:
         self._ensure_schema()
         try:
             with write_transaction(self.engine) as conn:
-                return project(conn, entries, self.bindings, archive=self.archive)
+                result = project(conn, entries, self.bindings, archive=self.archive)
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailableError(
                 f"projection database unavailable: {_first_line(exc)}") from exc
@@ -283,6 +294,12 @@ class Projector:
                 raise DatabaseUnavailableError(
                     f"projection database unavailable: {_first_line(exc)}") from exc
             raise
+        for observer in self.observers if result.fresh else ():
+            try:
+                observer(result.fresh)
+            except Exception:  # metrics must never stop the projections
+                log.exception("projection observer %r failed", observer)
+        return result
 
     def _ensure_schema(self) -> None:
         if not self._schema_ready:

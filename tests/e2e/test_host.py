@@ -31,6 +31,7 @@ from streams.errors import AllocationError, InferenceError
 from streams.pool.host import pool_events, tail_pool_events
 from streams.pool.lifecycle import ModelTransitioned
 from streams.pool.loaders import load, write_mlp
+from streams.pool.monitor import HostMonitor
 from streams.pool.pool import (
     AllocationFailed,
     HealthRecorded,
@@ -127,12 +128,13 @@ class Pit:
     hosts: list[Host] = field(default_factory=list)
 
     async def host(self, host_id: str, memory_mb: int = 512, capacity: int = 4,
-                   **env: str) -> Host:
+                   args: tuple[str, ...] = (), **env: str) -> Host:
         """Start `pit host` and wait until the pool has registered it."""
-        log_path = self.data_dir / f"{host_id}.log"
+        log_path = self.data_dir / f"{host_id}-{len(self.hosts)}.log"
+        earlier = len(self.events.find(HostRegistered, host_id=host_id))
         process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "host", "--id", host_id,
-             "--memory-mb", str(memory_mb), "--capacity", str(capacity)],
+             "--memory-mb", str(memory_mb), "--capacity", str(capacity), *args],
             env={**os.environ, "PIT_DATA_DIR": str(self.data_dir),
                  "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
                  **env},
@@ -143,7 +145,7 @@ class Pit:
         def registered():
             if process.poll() is not None:
                 raise AssertionError(f"pit host exited {process.returncode}: {host.log()}")
-            return self.events.find(HostRegistered, host_id=host_id)
+            return self.events.find(HostRegistered, host_id=host_id)[earlier:]
 
         (_, event), = await until(registered, 30, f"{host_id} registered")
         host.endpoint = event.endpoint
@@ -234,6 +236,19 @@ async def test_a_model_that_starts_failing_is_detected_within_a_second(hosts: Pi
     assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
     allocation = await pit.allocate(model)
     await pit.events.wait(HealthRecorded, model_id=model, ok=True)  # checked, and healthy
+    await asyncio.sleep(0.6)  # two more passing checks, which say nothing new: not reported
+    assert len(pit.events.find(HealthRecorded, model_id=model)) == 1
+    # A blip (one or two failed checks): the next passing check is reported, and resets
+    # the pool's count; the model stays Hot.
+    flag.touch()
+    time.sleep(0.3)
+    flag.unlink()
+    await until(lambda: len(pit.events.find(HealthRecorded, model_id=model, ok=True)) == 2,
+                what="the passing check after the blip")
+    blip = [e for _, e in pit.events.find(HealthRecorded, model_id=model)]
+    assert [e.ok for e in blip] in ([True, False, True], [True, False, False, True])
+    assert blip[-1].consecutive_failures == 0
+    assert not pit.events.find(ModelTransitioned, model_id=model, to_state="Failed")
 
     flag.touch()
     started = time.monotonic()
@@ -243,8 +258,10 @@ async def test_a_model_that_starts_failing_is_detected_within_a_second(hosts: Pi
           f"{detect_s:.3f}")
     assert failed.reason == "HealthCheckFailure"
     bad = [e for _, e in pit.events.find(HealthRecorded, model_id=model, ok=False)]
-    assert [e.consecutive_failures for e in bad[:3]] == [1, 2, 3]
-    assert "the fail flag is set" in bad[0].detail
+    assert [e.consecutive_failures for e in bad[-3:]] == [1, 2, 3]
+    assert "the fail flag is set" in bad[-1].detail
+    # Passing checks are reported only when they say something: the first, the reset.
+    assert len(pit.events.find(HealthRecorded, model_id=model, ok=True)) == 2
     assert detect_s < 1.0
     _, ended = await pit.events.wait(AllocationFailed, request_id=allocation.request_id)
     assert (ended.in_flight, ended.code) == (True, "health_check")
@@ -258,30 +275,104 @@ async def test_a_model_that_starts_failing_is_detected_within_a_second(hosts: Pi
 
 
 async def test_sigterm_drains_in_flight_work_then_leaves_the_pool(hosts: Pit):
-    pit, model = hosts, unique("m-drain")
+    pit, busy, idle = hosts, unique("m-drain"), unique("m-idle")
     host = await pit.host("drain")
-    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
-    allocation = await pit.allocate(model)
+    for model in (busy, idle):
+        assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    allocation = await pit.allocate(busy)
+    done = await pit.allocate(idle)
+    assert (await pit.client.release_model(done.request_id)).accepted
 
     host.process.send_signal(signal.SIGTERM)
-    await pit.events.wait(ModelTransitioned, model_id=model, to_state="Cooling")
-    # The allocation in flight is still served; a new one is refused while Cooling.
+    await pit.events.wait(ModelTransitioned, model_id=busy, to_state="Cooling")
+    # The idle model goes at once; the allocation in flight is still served; a new one is
+    # refused while Cooling, and a call no allocation covers is turned away.
+    await pit.events.wait(ModelUnloaded, model_id=idle, host_id=host.host_id)
     assert (await pit.client.infer(allocation, {"x": 4}))["echo"] == {"x": 4}
     with pytest.raises(AllocationError, match="Cooling"):
-        await pit.allocate(model)
+        await pit.allocate(busy)
+    uncovered = Allocation("none", idle, host.host_id, host.endpoint, False)
+    with pytest.raises(InferenceError, match="HTTP 503: host drain is draining"):
+        await pit.client.infer(uncovered, {"x": 5})
     await asyncio.sleep(0.3)
     assert host.process.poll() is None, "the host left before the allocation was released"
-    assert not pit.events.find(ModelUnloaded, model_id=model)
+    assert not pit.events.find(ModelUnloaded, model_id=busy)
 
     assert (await pit.client.release_model(allocation.request_id)).accepted
-    unloaded_at, _ = await pit.events.wait(ModelUnloaded, model_id=model, host_id=host.host_id)
+    unloaded_at, _ = await pit.events.wait(ModelUnloaded, model_id=busy, host_id=host.host_id)
     down_at, down = await pit.events.wait(HostDown, host_id=host.host_id)
     assert down.models == [] and unloaded_at <= down_at
     assert await asyncio.to_thread(host.process.wait, 15) == 0, host.log()
     assert "drained" in host.log()
     assert not pit.events.find(AllocationFailed, request_id=allocation.request_id)
-    await pit.events.wait(ModelTransitioned, model_id=model, from_state="Cooling",
+    await pit.events.wait(ModelTransitioned, model_id=busy, from_state="Cooling",
                           to_state="Cold")
+
+
+async def test_drain_timeout_bounds_the_drain(hosts: Pit):
+    pit, model = hosts, unique("m-stuck")
+    host = await pit.host("stuck", args=("--drain-timeout", "1"))
+    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    allocation = await pit.allocate(model)  # never released
+
+    started = time.monotonic()
+    host.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(host.process.wait, 15) == 1, host.log()
+    assert 1.0 <= time.monotonic() - started < 5.0
+    assert "drain timed out after 1 s" in host.log()
+    _, ended = await pit.events.wait(AllocationFailed, request_id=allocation.request_id)
+    assert (ended.in_flight, ended.code) == (True, "host_down")
+    _, down = await pit.events.wait(HostDown, host_id=host.host_id)
+    assert down.models == [model]
+
+
+async def test_a_host_wrongly_reported_down_registers_again(hosts: Pit):
+    pit, model = hosts, unique("m-frozen")
+    host = await pit.host("frozen")
+    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    allocation = await pit.allocate(model)
+
+    host.process.send_signal(signal.SIGSTOP)  # unreachable, but not dead
+    try:
+        await pit.events.wait(HostDown, host_id=host.host_id)
+    finally:
+        host.process.send_signal(signal.SIGCONT)
+    _, ended = await pit.events.wait(AllocationFailed, request_id=allocation.request_id)
+    assert (ended.in_flight, ended.code) == (True, "host_down")
+    await until(lambda: len(pit.events.find(HostRegistered, host_id=host.host_id)) == 2,
+                what="the host registering again")
+    assert "registering again" in host.log()
+
+    again = await pit.allocate(model)  # recovered onto the same, living host
+    assert again.host_id == host.host_id
+    assert (await pit.client.infer(again, {"x": 6}))["pid"] == host.process.pid
+    assert (await pit.client.release_model(again.request_id)).accepted
+
+
+async def test_a_restarted_host_reports_its_earlier_run_down(hosts: Pit):
+    """A host that died while no monitor watched comes back under the same id: its start
+    reports the earlier run down, so the pool recovers that run's models."""
+    pit, model, stack = hosts, unique("m-again"), hosts.stack
+    await stack.host_monitor.stop()
+    try:
+        first = await pit.host("again")
+        assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+        allocation = await pit.allocate(model)
+        first.kill()
+        second = await pit.host("again")
+        _, down = await pit.events.wait(HostDown, host_id="again")
+        assert down.models == [model]
+        _, ended = await pit.events.wait(AllocationFailed, request_id=allocation.request_id)
+        assert (ended.in_flight, ended.code) == (True, "host_down")
+        assert second.endpoint != first.endpoint
+    finally:
+        stack.host_monitor = await HostMonitor(stack.settings, stack.engine,
+                                               codec=stack.codec).start()
+    # A new monitor learns from the log which hosts are alive, and where.
+    assert stack.host_monitor.endpoints[("default", "again")] == second.endpoint
+    again = await pit.allocate(model)
+    assert (await pit.client.infer(again, {"x": 7}))["pid"] == second.process.pid
+    assert (await pit.client.release_model(again.request_id)).accepted
 
 
 async def test_npz_model_computes_on_a_real_host(hosts: Pit, tmp_path):

@@ -152,7 +152,7 @@ def test_a_decision_not_acted_on_is_a_prediction_but_not_a_prewarm():
     pool.request("A", start, "wf/r-next")
     assert decided_for(pool, "B", start)
     assert pool.request("B", start + STEP_MS, "wf/r-next") is False
-    pool.prewarmer.advance(start + STEP_MS + pool.prewarmer.confirm_ms + 1_000)
+    pool.prewarmer.advance(start + STEP_MS + pool.prewarmer.confirm_ms + pool.prewarmer.tick_ms)
 
     stats = pool.prewarmer.stats()  # B's decision, and C's that no ModelPlaced confirmed
     assert stats.predictions_made >= 1 and stats.correct_predictions >= 1
@@ -180,14 +180,14 @@ class CountingEngine(PrewarmEngine):
         return super().decide(now_ms, hot, k)
 
 
-def test_ticks_every_second_while_busy_every_minute_when_quiet():
+def test_ticks_often_while_busy_every_minute_when_quiet():
     engine = CountingEngine()
-    prewarmer = PoolPrewarmer("default", engine)
+    prewarmer = PoolPrewarmer("default", engine, tick_ms=1_000, idle_tick_ms=MINUTE_MS)
     pool = Pool(prewarmer)
     pool.request("A", T0)
     engine.calls = 0
     prewarmer.advance(T0 + 24 * 60 * MINUTE_MS)  # a quiet day
-    busy, quiet = engine.horizon_ms // 1000, (24 * 60 - 10)
+    busy, quiet = engine.horizon_ms // 1_000, (24 * 60 - 10)
     assert busy <= engine.calls <= busy + quiet + 2
     engine.calls = 0
     pool.request("A", prewarmer.now_ms + 500)  # a request: decide now, then every second

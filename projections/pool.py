@@ -652,7 +652,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     lines += ["", f"health: {len(health['unhealthy'])} unhealthy"]
     for h in health["unhealthy"]:
         lines.append(f"  {h['model_id']} on {h['host_id']}: {h['status']}, "
-                     f"{h['consecutive_failures']} failed checks in a row: {h['detail']}")
+                     f"{_plural(h['consecutive_failures'], 'failed check')} in a row:"
+                     f" {h['detail']}")
     if health["recent_failures"]:
         lines.append("  recent failed checks:")
         for c in health["recent_failures"]:

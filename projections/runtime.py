@@ -75,7 +75,7 @@ def decode_entry(codec: Codec, record: LogRecord) -> Entry:
 
 class View:
     """A projection into tables. Subclasses set `name`, `topics`, `table_names`, implement
-    `define` and `apply` (per event) and may override `apply_batch` (per batch, faster)."""
+    `define`, and `apply` (per event) or `apply_batch` (per batch, faster)."""
 
     name: ClassVar[str]
     topics: ClassVar[tuple[str, ...]]

@@ -53,7 +53,7 @@ from schemas.codec import Codec
 from streams.client import Outcome, PitClient
 from streams.config import Settings
 from streams.decider import Message, from_record
-from streams.errors import PitError, SchemaError
+from streams.errors import BrokerUnavailableError, PitError, SchemaError
 from streams.kafka import partitions_of, start_consumer
 from streams.pool.health import FailureDetector, HealthChecker, HealthResult
 from streams.pool.lifecycle import (
@@ -239,6 +239,8 @@ class ModelHost:
             raise HostError(f"host {self.host_id}: registration rejected: {registered.reason}")
         self._tasks = [asyncio.create_task(self._follow(), name="pit-host-events"),
                        asyncio.create_task(self._send_reports(), name="pit-host-reports")]
+        if self.settings.embedded:
+            self._tasks.append(asyncio.create_task(self._watch_broker(), name="pit-host-broker"))
         self._say(f"serving on {self.endpoint}; registered in pool {self.pool_id}"
                   f" ({self.memory_mb} MB, capacity {self.capacity})")
         return self
@@ -271,8 +273,26 @@ class ModelHost:
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             error = task.exception()
+            if isinstance(error, PitError):
+                raise error
             raise HostError(f"host {self.host_id}: {task.get_name()} stopped: "
                             f"{_one_line(error) if error else 'without an error'}")
+
+    async def _watch_broker(self) -> None:
+        """An embedded broker lives and dies with its `pit up`. Once the one this host
+        joined is gone (stopped, or restarted at another address) no instruction can reach
+        the host, so it stops; started again, it joins the new one."""
+        joined = self.settings.bootstrap()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                current = self.settings.bootstrap()
+            except BrokerUnavailableError:
+                current = None
+            if current != joined:
+                raise HostError(f"host {self.host_id}: the pit up it joined has stopped (its"
+                                f" embedded broker at {joined} is gone); start the host again"
+                                " once pit up runs")
 
     # --- reports: one at a time, in order ---------------------------------------------------
 

@@ -396,3 +396,18 @@ async def test_npz_model_computes_on_a_real_host(hosts: Pit, tmp_path):
     with pytest.raises(InferenceError, match=r"HTTP 404: host npz does not hold model not-here"):
         await pit.client.infer(elsewhere, one)
     assert (await pit.client.release_model(allocation.request_id)).accepted
+
+
+async def test_a_host_stops_when_its_pit_up_is_gone(hosts: Pit):
+    """The embedded broker lives and dies with `pit up`; a host left behind stops with one
+    line rather than serving a pool that can no longer instruct it."""
+    host = await hosts.host("orphan")
+    broker_file = hosts.data_dir / "broker.json"
+    joined = broker_file.read_text()
+    broker_file.write_text(json.dumps({**json.loads(joined), "bootstrap_servers": "127.0.0.1:1"}))
+    try:
+        assert await asyncio.to_thread(host.process.wait, 15) == 1
+    finally:
+        broker_file.write_text(joined)
+    last = host.log().strip().splitlines()[-1]
+    assert last.startswith("pit: error: host orphan: the pit up it joined has stopped"), last

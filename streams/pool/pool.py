@@ -631,6 +631,10 @@ def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, A
             return {"models": s.models.set(m, Model(m, uri, mb, ms, lifecycle.initial_state(m)))}
         case HostRegistered(host_id=h, memory_budget_mb=budget, capacity=capacity,
                             endpoint=endpoint):
+            known = s.hosts.get(h)
+            if known is not None:  # back up (emptied by HostDown), or alive at a new endpoint:
+                # what it holds stays
+                return {"hosts": s.hosts.set(h, _copy(known, endpoint=endpoint, alive=True))}
             return {"hosts": s.hosts.set(h, Host(h, budget, capacity, endpoint))}
         case ModelTransitioned(model_id=m, reason=reason):
             changed = lifecycle.evolve(s.models[m].lifecycle, event, at_ms)

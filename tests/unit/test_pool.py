@@ -453,3 +453,15 @@ def test_the_pool_routes_every_command_by_pool_id() -> None:
     assert POOL.entity_of(TransitionModel("a", Warming, R.USER_REQUEST)) == "default"
     assert POOL.entity_of(AllocateModel("r", "a", "who", pool_id="gpu")) == "gpu"
     assert "sent to pool 'default'" in Pool().reject(RecordModelUsage("a", 1, pool_id="gpu"))
+
+
+def test_a_live_host_registering_at_a_new_endpoint_keeps_what_it_holds() -> None:
+    pool = Pool(("h1", 1000, 4), a=100)
+    pool.hot("a")
+    before = pool.state.hosts["h1"]
+    assert kinds(pool.send(RegisterHost("h1", 1000, 4, endpoint="http://127.0.0.1:9"))) == [
+        "HostRegistered"]
+    after = pool.state.hosts["h1"]
+    assert after.endpoint == "http://127.0.0.1:9"
+    assert (after.models, after.usage, after.idle) == (before.models, before.usage, before.idle)
+    assert pool.send(AllocateModel("r", "a", "carol"))[0].endpoint == "http://127.0.0.1:9"

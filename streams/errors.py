@@ -54,3 +54,16 @@ class InferenceError(PitError):
 
 class AuditChainError(PitError):
     """The audit log's hash chain does not verify."""
+
+
+class InvalidWorkflowError(PitError):
+    """A workflow definition is malformed or invalid; `problems` lists every reason."""
+
+    def __init__(self, name: str, problems: list[str]) -> None:
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"invalid workflow {name!r} ({count}): " + "; ".join(problems))
+        self.problems = problems
+
+
+class DefinitionStoreError(PitError):
+    """A stored workflow definition is missing, or its content does not match its hash."""

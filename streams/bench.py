@@ -178,6 +178,47 @@ async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, 
                 "pool_alloc_roundtrip_p99_ms": round(percentile(latencies, 0.99), 2)}
 
 
+async def bench_pool_processor(n: int = 40_000, models: int = 1000) -> dict[str, float]:
+    """Pool commands decided per second through the embedded broker. A pool is one entity on
+    one partition, so this is the ceiling of one pool: allocations and releases of 1,000 Hot
+    models, decided, produced and committed like any command."""
+    from streams.decider import to_record
+    from streams.pool.pool import POOL, AllocateModel, RegisterHost, ReleaseModel, ReportModelLoaded
+
+    codec = Codec(EmbeddedRegistry())
+    commands: list = [RegisterHost("bench-host", models * 100, models)]
+    for m in range(models):
+        commands += [RegisterModel(f"m-{m}", f"python:bench:m{m}", 100, 10),
+                     TransitionModel(f"m-{m}", ModelState.WARMING, TransitionReason.USER_REQUEST),
+                     ReportModelLoaded("bench-host", f"m-{m}", 10, 100)]
+    for i in range(n // 2):
+        commands += [AllocateModel(f"r-{i}", f"m-{i % models}", "bench"), ReleaseModel(f"r-{i}")]
+    now = int(time.time() * 1000)
+    outputs = [Output(POOL_COMMANDS, 0, b"default", codec.encode(command.avro_name, {
+        "meta": {"command_id": f"pool-bench-{i}", "issued_at": now, "issued_by": "bench",
+                 "correlation_id": None}, **to_record(command)}), now)
+        for i, command in enumerate(commands)]
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        _say(f"producing {len(outputs):,} pool commands onto one partition")
+        await produce_all(make_producer(settings, **{"linger.ms": 20}), outputs)
+        processor = Processor(POOL, codec)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_processor(processor, settings, None, stop, ready))
+        await ready.wait()
+        started = time.perf_counter()
+        while await _results_count(settings) < len(outputs):
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await task
+        if processor.state("default").stats.hits != n // 2:
+            raise PitError("pool processor bench: not every allocation was a cache hit")
+        _say(f"pool processor: {len(outputs):,} commands in {elapsed:.2f}s")
+        return {"pool_processor_commands_per_s": round(len(outputs) / elapsed)}
+
+
 async def bench_backbone(settings: Settings) -> dict[str, float]:
     from projections.bench import bench_projections
 
@@ -201,6 +242,7 @@ async def bench_pool(settings: Settings) -> dict[str, float]:
     _say(f"pool allocation hit: p99 {figures['pool_alloc_hit_p99_us']} µs")
     figures |= bench_allocation_miss()
     _say(f"pool allocation miss that evicts: p99 {figures['pool_alloc_miss_evict_p99_us']} µs")
+    figures |= await bench_pool_processor()
     figures |= await bench_alloc_roundtrip()
     _say(f"allocation round trip: p50 {figures['pool_alloc_roundtrip_p50_ms']} ms,"
          f" p99 {figures['pool_alloc_roundtrip_p99_ms']} ms")

@@ -916,8 +916,7 @@ def _on_release(d: _Decision, c: ReleaseModel) -> None:
         return
     model = d.state.models[request.model_id]
     d.emit(ModelReleased(c.request_id, request.model_id, model.host))
-    model = d.state.models[request.model_id]
-    if model.state is Cooling and not model.allocations:  # drained: now it may go
+    if model.state is Cooling and model.allocations == {c.request_id}:  # drained: it may go
         d.emit(UnloadRequested(model.model_id, model.host, model.reason or R.USER_REQUEST))
 
 

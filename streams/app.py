@@ -38,6 +38,7 @@ from streams.kafka import (
 )
 from streams.pool.prewarmer import Prewarmer
 from streams.processor import Output, Processor, run_processor
+from streams.timers import TimerService, timer_topics
 from streams.topics import SCHEMAS, load_catalog
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Stack:
     http_port: int | None = None
     progress: bool = True
     monitor_hosts: bool = True  # poll registered hosts' /health, report dead ones down
+    timers: bool = True  # run the timer service (tests that drive their own turn it off)
 
     def __post_init__(self) -> None:
         self.catalog = load_catalog()
@@ -92,6 +94,11 @@ class Stack:
         # Relearns from the whole log in the background; sends WarmModel once caught up.
         self.prewarmer = Prewarmer(self.settings, self.codec, self.engine)
         self.tasks.append(asyncio.create_task(self.prewarmer.run(self.stop), name="prewarmer"))
+        if self.timers:
+            self.timer_service = TimerService(self.settings, self.codec, self.engine,
+                                              topics=timer_topics(DECIDERS))
+            self.tasks.append(asyncio.create_task(self.timer_service.run(self.stop),
+                                                  name="timers"))
         await self.start_projector()
         if self.monitor_hosts:
             from streams.pool.monitor import HostMonitor

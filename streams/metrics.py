@@ -54,3 +54,11 @@ PREWARM_COUNTERS = {"predictions_made": PREWARM_PREDICTIONS,
                     "correct_predictions": PREWARM_CORRECT,
                     "models_prewarmed": PREWARM_MODELS,
                     "cold_starts_avoided": PREWARM_COLD_STARTS_AVOIDED}
+
+# --- durable timers (issue 4, streams.timers) ------------------------------------------------
+TIMERS_PENDING = Gauge("pit_timers_pending", "Timers scheduled and not yet fired or cancelled")
+TIMERS_FIRED = Counter("pit_timers_fired_total", "Timer commands sent (a re-fire after a crash"
+                       " counts again; its processor answers it as a duplicate)")
+TIMER_LATENESS_SECONDS = Histogram(
+    "pit_timer_lateness_seconds", "Time from a timer's due time to its firing",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0))

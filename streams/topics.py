@@ -12,6 +12,7 @@ from streams.errors import ConfigError
 POOL_COMMANDS = "pit.pool.commands"
 POOL_EVENTS = "pit.pool.events"
 RESULTS = "pit.results"
+TIMERS = "pit.timers"
 DEAD_LETTERS = "pit.deadletters"
 SCHEMAS = "_pit.schemas"
 

@@ -1,0 +1,394 @@
+"""Durable timers (issue 4): timers that live in the event log and survive restarts of every
+process. They drive the DAG decider's retries with backoff, node timeouts and workflow
+timeouts, and anything else that must happen "at T".
+
+A timer is a command to send later: `TimerScheduled(timer_id, due_at_ms, target_topic, key,
+command_type, command_json, owner)`. At its due time the timer service sends the command to
+the target topic with the timer id as its command id, then records `TimerFired` on
+pit.timers. `TimerCancelled(timer_id)` stops a timer that has not fired.
+
+How a decider asks for a timer (the choice, and why): it emits `schedule_timer(...)` (a
+`TimerScheduled`) and `cancel_timer(...)` (a `TimerCancelled`) among its own events - add
+`TIMER_EVENTS` to its `events` and let `evolve` see them. The processor needs no change: the
+timer events go to the decider's own event topic, on the command's partition, with its other
+events, and the timer service follows that topic (`timer_topics(DECIDERS)`: pit.timers plus
+every decider event topic that carries timer events). The alternative, the processor writing
+timer records to pit.timers, would split one decision over two topics: a crash between them
+leaves events that make the redelivered command a duplicate (the ledger is rebuilt from the
+events) and a timer that is never written. On the decider's own topic the timer request is
+as durable, and as ordered, as the decision that made it. Anyone else (a service, a test)
+writes the same records to pit.timers directly (`timer_output`).
+
+Why the command travels as JSON and not as encoded bytes: a decider is pure and cannot
+encode (schema ids come from the registry), and bytes encoded when the timer was scheduled
+would carry a schema version the target processor may have left behind by the time it
+fires. The service encodes `command_json` with the current schema of `command_type` when the
+timer fires (new fields take their defaults), so it stays generic: it knows no command type.
+
+The service (`TimerService`, run by `pit up`):
+* on start it rebuilds the pending timers from the whole history of the topics it follows
+  (the audit archive, then Kafka: `streams.history`): scheduled minus fired minus cancelled,
+  in any order across topics (a timer id is used once: a cancel or fire seen first wins);
+* it keeps them in a heap and, when the earliest is due by its clock (injectable, epoch
+  ms), sends the due commands in due order, waits for the broker's acks, and only then
+  writes their `TimerFired`. A crash in between sends the command again after the restart,
+  with the same command id: the processor answers a duplicate, with no second effect;
+* timers that fell due while everything was down fire right after start: late, never lost;
+* when Kafka fails under it, it forgets everything and starts over from the log, as the
+  processors do.
+A command can still arrive after its timer was cancelled (the cancel decided while the
+command was on its way): deciders check a timer command is still current (e.g. the attempt
+it names) and reject or ignore a stale one. Timer ids must be unique across the Pit and
+never reused (a deterministic id such as "<execution>/<node>/timeout/<attempt>"): the id
+is the fired command's idempotency key.
+
+Commands are sent, and pit.timers records keyed, with Kafka's default (murmur2) partitioner,
+the one aiokafka clients use, so a timer command lands on the partition of its entity's other
+commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+from confluent_kafka import Producer
+from sqlalchemy import Engine
+
+from schemas.codec import Codec
+from streams import metrics
+from streams.config import Settings
+from streams.decider import Decider, Message, from_record, to_record
+from streams.errors import BrokerUnavailableError, SchemaError
+from streams.history import HistoryError, history_source, kafka_log_reader
+from streams.kafka import make_producer, partitions_of, produce_all, start_consumer
+from streams.processor import Output
+from streams.topics import TIMERS
+
+log = logging.getLogger(__name__)
+
+PRODUCER = "timer-service"
+ANY_PARTITION = -1  # librdkafka: let the partitioner choose (by key)
+
+
+# --- the records ------------------------------------------------------------------------------
+
+class _TimerEvent(Message):
+    key_field = "timer_id"
+
+
+@dataclass(frozen=True)
+class TimerScheduled(_TimerEvent):
+    avro_name = "pit.timer.TimerScheduled"
+    timer_id: str
+    due_at_ms: int
+    target_topic: str
+    key: str
+    command_type: str
+    command_json: str
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class TimerCancelled(_TimerEvent):
+    avro_name = "pit.timer.TimerCancelled"
+    timer_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TimerFired(_TimerEvent):
+    avro_name = "pit.timer.TimerFired"
+    timer_id: str
+    due_at_ms: int
+    fired_at_ms: int
+    error: str | None = None
+
+
+TIMER_EVENTS = (TimerScheduled, TimerCancelled)  # what a decider may emit: add to its events
+_TIMER_RECORDS = frozenset(cls.avro_name for cls in (*TIMER_EVENTS, TimerFired))
+
+
+# --- pure helpers for deciders ----------------------------------------------------------------
+
+def _plain(value: object) -> object:
+    if isinstance(value, Enum):
+        return value.value
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def schedule_timer(timer_id: str, due_at_ms: int, command: Message, target: Decider,
+                   owner: str = "") -> TimerScheduled:
+    """The event that asks for `command` to be sent to `target`'s processor at `due_at_ms`.
+    Deterministic (sorted JSON), so a decider that emits it stays replayable."""
+    return TimerScheduled(timer_id, due_at_ms, target.command_topic, target.entity_of(command),
+                          command.avro_name,
+                          json.dumps(to_record(command), sort_keys=True, separators=(",", ":"),
+                                     default=_plain),
+                          owner)
+
+
+def cancel_timer(timer_id: str, reason: str = "") -> TimerCancelled:
+    return TimerCancelled(timer_id, reason)
+
+
+def timer_topics(deciders: Iterable[Decider]) -> list[str]:
+    """The topics a timer service follows: pit.timers and every decider event topic that
+    carries timer events."""
+    return [TIMERS, *sorted({d.event_topic for d in deciders if TimerScheduled in d.events})]
+
+
+# --- the pending timers (pure) ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Timer:
+    """A pending timer: its request, and where the request came from (for the command)."""
+
+    request: TimerScheduled
+    correlation_id: str = ""
+    scheduled_by: str = ""  # the event id of its TimerScheduled
+
+    @property
+    def timer_id(self) -> str:
+        return self.request.timer_id
+
+    @property
+    def due_at_ms(self) -> int:
+        return self.request.due_at_ms
+
+    @classmethod
+    def of(cls, record: dict) -> Timer:
+        """From a decoded TimerScheduled record."""
+        envelope = record["envelope"]
+        return cls(from_record(TimerScheduled, record), envelope["correlation_id"],
+                   envelope["event_id"])
+
+
+class TimerTable:
+    """Scheduled minus fired minus cancelled, whatever order the three arrive in: a timer id
+    once fired or cancelled is done for good. Due timers come out earliest first (ties by
+    id). No I/O and no clock: `take_due` is told the time."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Timer] = {}
+        self.done: set[str] = set()
+        self._heap: list[tuple[int, str]] = []  # (due, id); cancelled entries left to skip
+
+    def schedule(self, timer: Timer) -> bool:
+        """Add a timer; False when its id is already pending or done."""
+        if timer.timer_id in self.pending or timer.timer_id in self.done:
+            return False
+        self.pending[timer.timer_id] = timer
+        heapq.heappush(self._heap, (timer.due_at_ms, timer.timer_id))
+        return True
+
+    def resolve(self, timer_id: str) -> None:
+        """The timer fired or was cancelled: it never fires (again)."""
+        self.done.add(timer_id)
+        self.pending.pop(timer_id, None)
+
+    def apply(self, name: str, record: dict) -> None:
+        """Fold one decoded timer record (TimerScheduled, TimerCancelled or TimerFired)."""
+        if name == TimerScheduled.avro_name:
+            self.schedule(Timer.of(record))
+        elif name in (TimerCancelled.avro_name, TimerFired.avro_name):
+            self.resolve(record["timer_id"])
+
+    def next_due(self) -> int | None:
+        heap = self._heap
+        while heap and heap[0][1] not in self.pending:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def take_due(self, now_ms: int, limit: int | None = None) -> list[Timer]:
+        """Remove and return the timers due at `now_ms` (due_at_ms <= now_ms), in due order;
+        they count as done from here on."""
+        due: list[Timer] = []
+        while (limit is None or len(due) < limit) and (
+                (next_due := self.next_due()) is not None and next_due <= now_ms):
+            _, timer_id = heapq.heappop(self._heap)
+            due.append(self.pending.pop(timer_id))
+            self.done.add(timer_id)
+        return due
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+def timer_output(codec: Codec, event: TimerScheduled | TimerCancelled | TimerFired,
+                 at_ms: int, *, correlation_id: str = "", causation_id: str = "",
+                 producer: str = PRODUCER) -> Output:
+    """A timer record for pit.timers, keyed by its timer id. Its envelope's entity is the
+    timer: TimerScheduled is its sequence 1, TimerCancelled/TimerFired its 2 (a timer
+    scheduled by a decider has its sequence 1 on the decider's topic)."""
+    timer_id = event.timer_id
+    envelope = {
+        "event_id": f"{timer_id}/{event.type_name}", "event_type": event.type_name,
+        "entity_key": timer_id, "sequence": 1 if isinstance(event, TimerScheduled) else 2,
+        "correlation_id": correlation_id or timer_id, "causation_id": causation_id or timer_id,
+        "occurred_at": at_ms, "producer": producer,
+    }
+    value = codec.encode(event.avro_name, {"envelope": envelope, **to_record(event)})
+    return Output(TIMERS, ANY_PARTITION, timer_id.encode(), value, at_ms)
+
+
+def command_output(codec: Codec, timer: Timer, now_ms: int) -> Output:
+    """The timer's command, encoded with its current schema, its id the timer id.
+    Raises SchemaError when `command_json` does not make a valid `command_type`."""
+    request = timer.request
+    try:
+        fields = json.loads(request.command_json)
+    except ValueError as exc:
+        raise SchemaError(f"timer {timer.timer_id}: command_json is not JSON: {exc}") from None
+    meta = {"command_id": timer.timer_id, "issued_at": now_ms, "issued_by": PRODUCER,
+            "correlation_id": timer.correlation_id or None}
+    value = codec.encode(request.command_type, {**fields, "meta": meta})
+    return Output(request.target_topic, ANY_PARTITION, request.key.encode(), value, now_ms)
+
+
+def fold(table: TimerTable, codec: Codec, value: bytes | None) -> None:
+    """Fold one log record's value into `table` if it is a timer record."""
+    if value is None:
+        return  # a tombstone: a restored placeholder
+    try:
+        decoded = codec.decode(value)
+    except SchemaError:
+        return  # dead-lettered or ignored by whoever owns the topic
+    if decoded.name in _TIMER_RECORDS:
+        table.apply(decoded.name, decoded.record)
+
+
+def timer_producer(settings: Settings, **overrides: str | int) -> Producer:
+    """A producer that partitions by key as aiokafka clients do (murmur2)."""
+    return make_producer(settings, partitioner="murmur2_random", **overrides)
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- the service ------------------------------------------------------------------------------
+
+class TimerService:
+    """Fires the timers found on `topics` (pit.timers and decider event topics) by `clock`."""
+
+    def __init__(self, settings: Settings, codec: Codec, db: Engine | None = None, *,
+                 topics: Sequence[str] = (TIMERS,), clock: Callable[[], int] = wall_ms,
+                 poll_ms: int = 100, max_batch: int = 5_000, retry_s: float = 1.0,
+                 produce_timeout_s: float = 30.0) -> None:
+        self.settings, self.codec, self.db = settings, codec, db
+        self.topics = list(topics)
+        self.clock = clock
+        # The longest wait between looks at the clock: a due timer is seen within it even
+        # when the clock is not the wall clock (tests move theirs by hand).
+        self.poll_ms = poll_ms
+        self.max_batch, self.retry_s = max_batch, retry_s
+        self.produce_timeout_s = produce_timeout_s
+        self.table = TimerTable()
+        self.ready = asyncio.Event()  # set once the history is read and the log followed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop`: rebuild from the log, then follow it and fire what falls due."""
+        while not stop.is_set():
+            try:
+                await self._run(stop)
+            except (BrokerUnavailableError, HistoryError, KafkaError) as exc:
+                if stop.is_set():
+                    return
+                log.warning("timers: %s; starting over from the log in %.1f s", exc,
+                            self.retry_s)
+                self.table = TimerTable()
+                self.ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.retry_s)
+
+    def _replay(self, stop: asyncio.Event) -> dict[tuple[str, int], int]:
+        """Fold the whole history; returns the last offset read per topic partition."""
+        positions: dict[tuple[str, int], int] = {}
+        reader = kafka_log_reader(self.settings, self.topics)
+        for record in history_source(self.db, self.topics, reader):
+            if stop.is_set():
+                break
+            fold(self.table, self.codec, record.value)
+            positions[(record.topic, record.partition)] = record.offset
+        return positions
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        positions = await asyncio.to_thread(self._replay, stop)
+        if stop.is_set():
+            return
+        consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
+        producer = timer_producer(self.settings)
+        failed = True
+        try:
+            await self._follow_from(consumer, positions)
+            log.info("timers: %d pending after reading %s", len(self.table.pending),
+                     ", ".join(self.topics))
+            self.ready.set()
+            while not stop.is_set():
+                await self._fire_due(producer)
+                metrics.TIMERS_PENDING.set(len(self.table.pending))
+                batch = await consumer.getmany(timeout_ms=self._wait_ms(),
+                                               max_records=self.max_batch)
+                for messages in batch.values():
+                    for message in messages:
+                        fold(self.table, self.codec, message.value)
+            failed = False
+        finally:
+            if failed:  # nothing queued may land after we start over from the log
+                producer.purge()
+            await consumer.stop()
+            await asyncio.to_thread(producer.flush, 0 if failed else 10)
+
+    async def _follow_from(self, consumer, positions: dict[tuple[str, int], int]) -> None:
+        assignment = [TopicPartition(topic, p) for topic in self.topics
+                      for p in await partitions_of(consumer, topic)]
+        consumer.assign(assignment)
+        fresh = [tp for tp in assignment if (tp.topic, tp.partition) not in positions]
+        # Explicit offsets, as the projector does: aiokafka may apply a reset in flight for
+        # a fresh assignment to a later seek_to_beginning.
+        beginnings = await consumer.beginning_offsets(fresh) if fresh else {}
+        for tp in assignment:
+            read = positions.get((tp.topic, tp.partition))
+            consumer.seek(tp, beginnings[tp] if read is None else read + 1)
+
+    def _wait_ms(self) -> int:
+        next_due = self.table.next_due()
+        if next_due is None:
+            return self.poll_ms
+        return max(0, min(self.poll_ms, next_due - self.clock()))
+
+    async def _fire_due(self, producer: Producer) -> None:
+        while due := self.table.take_due(now_ms := self.clock(), self.max_batch):
+            commands, fired = [], []
+            for timer in due:
+                error = None
+                try:
+                    commands.append(command_output(self.codec, timer, now_ms))
+                except SchemaError as exc:
+                    error = str(exc)
+                    log.error("timer %s (%s) cannot fire: %s", timer.timer_id, timer.request.owner,
+                              error)
+                fired.append(timer_output(
+                    self.codec, TimerFired(timer.timer_id, timer.due_at_ms, now_ms, error),
+                    now_ms, correlation_id=timer.correlation_id,
+                    causation_id=timer.scheduled_by))
+            # The commands are acknowledged before any timer is recorded as fired.
+            await produce_all(producer, commands, self.produce_timeout_s)
+            await self._record_fired(producer, fired)
+            metrics.TIMERS_FIRED.inc(len(commands))
+            for timer in due:
+                metrics.TIMER_LATENESS_SECONDS.observe((now_ms - timer.due_at_ms) / 1000)
+
+    async def _record_fired(self, producer: Producer, fired: list[Output]) -> None:
+        # Its own step, after the commands' acks: where tests inject a crash.
+        await produce_all(producer, fired, self.produce_timeout_s)
+

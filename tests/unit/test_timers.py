@@ -1,0 +1,198 @@
+"""The pure parts of the durable timers (streams/timers.py): the pending-timer table, the
+helpers a decider uses, and the records and commands the service writes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry
+from streams.decider import Decider, Message, from_record, to_record
+from streams.errors import SchemaError
+from streams.log import LogRecord
+from streams.pool.lifecycle import ModelState, TransitionModel, TransitionReason
+from streams.pool.pool import POOL, RecordModelUsage
+from streams.processor import Processor
+from streams.timers import (
+    ANY_PARTITION,
+    TIMER_EVENTS,
+    Timer,
+    TimerCancelled,
+    TimerFired,
+    TimerScheduled,
+    TimerTable,
+    cancel_timer,
+    command_output,
+    fold,
+    schedule_timer,
+    timer_output,
+    timer_topics,
+)
+from streams.topics import POOL_COMMANDS, TIMERS
+
+CODEC = Codec(EmbeddedRegistry())
+T0 = 1_800_000_000_000
+
+
+def timer(timer_id: str, due_at_ms: int) -> Timer:
+    return Timer(schedule_timer(timer_id, due_at_ms, RecordModelUsage("m"), POOL))
+
+
+def test_a_timer_is_due_at_its_due_time_not_before() -> None:
+    table = TimerTable()
+    assert table.schedule(timer("t", T0 + 1_000))
+    assert table.next_due() == T0 + 1_000
+    assert table.take_due(T0 + 999) == []
+    assert [t.timer_id for t in table.take_due(T0 + 1_000)] == ["t"]
+    assert table.take_due(T0 + 10_000) == [] and table.next_due() is None
+    assert "t" in table.done and not table.pending
+
+
+def test_due_timers_come_out_earliest_first_ties_by_id_up_to_a_limit() -> None:
+    table = TimerTable()
+    for timer_id, due in [("c", 30), ("a", 20), ("b", 20), ("d", 10), ("late", 99)]:
+        table.schedule(timer(timer_id, T0 + due))
+    assert [t.timer_id for t in table.take_due(T0 + 50, limit=3)] == ["d", "a", "b"]
+    assert [t.timer_id for t in table.take_due(T0 + 50)] == ["c"]
+    assert list(table.pending) == ["late"]
+
+
+def test_a_cancelled_timer_never_fires_and_an_id_is_used_once() -> None:
+    table = TimerTable()
+    table.schedule(timer("t", T0))
+    table.resolve("t")
+    assert table.take_due(T0 + 1_000_000) == [] and table.next_due() is None
+    assert not table.schedule(timer("t", T0 + 5))  # cancelled for good: not rescheduled
+    table.schedule(timer("u", T0))
+    assert not table.schedule(timer("u", T0 - 5))  # already pending: the first one stands
+    assert [(t.timer_id, t.due_at_ms) for t in table.take_due(T0)] == [("u", T0)]
+
+
+@given(st.dictionaries(st.text("abcdef", min_size=1, max_size=4),
+                       st.tuples(st.integers(0, 1_000), st.sampled_from(["pending", "fired",
+                                                                          "cancelled"])),
+                       max_size=30),
+       st.randoms(use_true_random=False), st.integers(0, 1_000))
+def test_pending_is_scheduled_minus_fired_minus_cancelled_in_any_order(timers, rng,
+                                                                       now) -> None:
+    """The service reads several topics (pit.timers, decider event topics) whose records
+    interleave in any order: the table must not depend on it."""
+    records = []
+    for timer_id, (due, fate) in timers.items():
+        records.append(("schedule", timer(timer_id, due)))
+        if fate != "pending":
+            records.append(("resolve", timer_id))
+    rng.shuffle(records)
+    table = TimerTable()
+    for op, value in records:
+        table.schedule(value) if op == "schedule" else table.resolve(value)
+    expected = sorted((due, i) for i, (due, fate) in timers.items() if fate == "pending")
+    assert sorted(table.pending) == sorted(i for _, i in expected)
+    taken = table.take_due(now)
+    assert [(t.due_at_ms, t.timer_id) for t in taken] == [e for e in expected if e[0] <= now]
+    assert all(t.due_at_ms > now for t in table.pending.values())
+
+
+def test_schedule_timer_targets_the_deciders_command_topic_and_entity() -> None:
+    command = TransitionModel("m", ModelState.WARMING, TransitionReason.USER_REQUEST, {"a": "b"})
+    scheduled = schedule_timer("exec-1/n/timeout/1", T0, command, POOL, owner="dag:exec-1")
+    assert (scheduled.target_topic, scheduled.key) == (POOL_COMMANDS, "default")  # pool id
+    assert scheduled.command_type == "pit.pool.TransitionModel"
+    assert json.loads(scheduled.command_json) == {
+        "model_id": "m", "to_state": "Warming", "reason": "UserRequest", "metadata": {"a": "b"},
+        "pool_id": "default"}
+    assert schedule_timer("exec-1/n/timeout/1", T0, command, POOL, "dag:exec-1") == scheduled
+    assert scheduled.entity_key == "exec-1/n/timeout/1"  # its Kafka key on any topic
+    assert cancel_timer("x", "done") == TimerCancelled("x", "done")
+
+
+def test_the_fired_command_is_the_scheduled_one_with_the_timer_id_as_command_id() -> None:
+    command = RecordModelUsage("m", 3)
+    scheduled = timer_output(CODEC, schedule_timer("t-1", T0, command, POOL), T0 - 500,
+                             correlation_id="run-7")
+    table = TimerTable()
+    fold(table, CODEC, scheduled.value)
+    pending = table.pending["t-1"]
+    assert (pending.correlation_id, pending.scheduled_by) == ("run-7", "t-1/TimerScheduled")
+
+    out = command_output(CODEC, pending, T0 + 3)
+    assert (out.topic, out.partition, out.key, out.timestamp_ms) == (
+        POOL_COMMANDS, ANY_PARTITION, b"default", T0 + 3)
+    decoded = CODEC.decode(out.value)
+    assert decoded.name == "pit.pool.RecordModelUsage"
+    assert decoded.record["meta"]["command_id"] == "t-1"
+    assert decoded.record["meta"]["correlation_id"] == "run-7"
+    assert from_record(RecordModelUsage, decoded.record) == command
+
+
+def test_timer_records_are_keyed_by_timer_and_fold_into_the_table() -> None:
+    fired = timer_output(CODEC, TimerFired("t-1", T0, T0 + 7), T0 + 7,
+                         causation_id="t-1/TimerScheduled")
+    assert (fired.topic, fired.key) == (TIMERS, b"t-1")
+    decoded = CODEC.decode(fired.value)
+    assert decoded.name == TimerFired.avro_name and decoded.record["error"] is None
+    envelope = decoded.record["envelope"]
+    assert (envelope["entity_key"], envelope["sequence"], envelope["causation_id"]) == (
+        "t-1", 2, "t-1/TimerScheduled")
+
+    table = TimerTable()
+    fold(table, CODEC, fired.value)  # fired before its schedule was read: never pending
+    fold(table, CODEC, timer_output(CODEC, schedule_timer("t-1", T0, RecordModelUsage("m"),
+                                                          POOL), T0).value)
+    fold(table, CODEC, None)  # a restored placeholder
+    fold(table, CODEC, b"not avro")
+    assert not table.pending and table.done == {"t-1"}
+
+
+@pytest.mark.parametrize(("command_type", "command_json", "problem"), [
+    ("pit.pool.NoSuchCommand", "{}", "no schema named"),
+    ("pit.pool.RecordModelUsage", '{"invocations": 1}', "model_id"),
+    ("pit.pool.RecordModelUsage", "{not json", "not JSON"),
+])
+def test_a_command_that_cannot_be_encoded_says_why(command_type, command_json,
+                                                   problem) -> None:
+    bad = Timer(TimerScheduled("t", T0, POOL_COMMANDS, "default", command_type, command_json))
+    with pytest.raises(SchemaError, match=problem):
+        command_output(CODEC, bad, T0)
+
+
+def alarm(delay_ms: int) -> Decider:
+    """A decider that answers RecordModelUsage by asking for it to reach the pool
+    `delay_ms` later, and counts the timers it asked for (its state)."""
+    def decide(count: int, command: Message, now_ms: int) -> list[Message]:
+        return [schedule_timer(f"alarm/{count}", now_ms + delay_ms, command, POOL, "alarm")]
+
+    def evolve(count: int, event: Message, _at_ms: int) -> int:
+        return count + isinstance(event, TimerScheduled)
+
+    return replace(POOL, name="alarm", command_topic="test.alarm.commands",
+                   event_topic="test.alarm.events", events=TIMER_EVENTS,
+                   initial_state=lambda _key: 0, decide=decide, evolve=evolve)
+
+
+def test_a_decider_asks_for_timers_with_events_on_its_own_topic() -> None:
+    """The processor carries timer events like any other; the timer service (which
+    follows the decider's event topic) reads them as pending timers."""
+    decider = alarm(5_000)
+    assert timer_topics([POOL, decider]) == [TIMERS, "test.alarm.events"]
+    processor = Processor(decider, CODEC)
+    command = RecordModelUsage("m", 2)
+    value = CODEC.encode(command.avro_name, {"meta": {
+        "command_id": "c-1", "issued_at": T0, "correlation_id": "run-9"}, **to_record(command)})
+    outputs = processor.handle([LogRecord("test.alarm.commands", 3, 0, T0, b"default", value)])
+    event = next(out for out in outputs if out.topic == "test.alarm.events")
+    assert (event.partition, event.key) == (3, b"alarm/0")  # the command's partition
+    assert processor.state("default") == 1
+
+    table = TimerTable()
+    fold(table, CODEC, event.value)
+    pending = table.pending["alarm/0"]
+    assert (pending.due_at_ms, pending.request.owner, pending.correlation_id) == (
+        T0 + 5_000, "alarm", "run-9")
+    fired = CODEC.decode(command_output(CODEC, pending, T0 + 5_000).value).record
+    assert from_record(RecordModelUsage, fired) == command

@@ -511,6 +511,10 @@ def _collect(**values: Any) -> list:
     return [values[name] for name in sorted(values)]
 
 
+def _pack(**values: Any) -> dict:
+    return values
+
+
 def _length(items: list) -> int:
     return len(items)
 
@@ -538,6 +542,7 @@ register_operator("add", _add, inputs={"a": "float", "b": "float"}, output="floa
 register_operator("sum_list", _sum_list, inputs={"items": "list"}, output="float")
 register_operator("sum_inputs", _sum_inputs, inputs={WILDCARD: "float"}, output="float")
 register_operator("collect", _collect, inputs={WILDCARD: "any"}, output="list")
+register_operator("pack", _pack, inputs={WILDCARD: "any"}, output="dict")
 register_operator("length", _length, inputs={"items": "list"}, output="int")
 register_operator("sleep_then_return", _sleep_then_return,
                   inputs={"value": "any", "ms": "int"}, output="any")
@@ -1015,7 +1020,7 @@ class _Validator:
                    NodeKind.BRANCH: {"condition"},
                    NodeKind.MAP: {"model", "operator", "item_input"}}[NodeKind(kind)]
         for name in sorted(n for n, used in uses.items() if used and n not in allowed):
-            self.add(f"{where}: a {kind} node takes no {name}")
+            self.add(f"{where}: {name} does not apply to {kind} nodes")
         if kind == NodeKind.INSTRUMENT and not (isinstance(node.model, str) and node.model):
             self.add(f"{where}: an instrument needs a model (a pool model id)")
         if kind == NodeKind.OPERATOR:
@@ -1329,25 +1334,27 @@ def wide_dag(width: int, *, name: str = "wide", operator: str = "add",
 
 def layered_dag(count: int, *, seed: int, layers: int = 10, max_fan_in: int = 3,
                 name: str = "layered", **node_options: Any) -> Workflow:
-    """`count` nodes spread over `layers` layers (each non-empty while count allows); each
-    node after the first layer sums (sum_inputs) 1..max_fan_in nodes of earlier layers, first
-    layer nodes output 1. Same seed, same DAG."""
+    """`count` nodes spread at random over `layers` non-empty layers (fewer if count is
+    smaller). A first-layer node outputs 1; every other node sums (sum_inputs) one node of the
+    layer just before it and up to max_fan_in - 1 more of any earlier layer, so the longest
+    path has exactly `layers` nodes. Same seed, same DAG."""
     rng = random.Random(seed)
     layers = max(1, min(layers, count))
     ids = _ids(count)
     layer_of = sorted(list(range(layers)) + [rng.randrange(layers) for _ in range(count - layers)])
-    first = {}  # layer -> its first node, so the nodes before it are the earlier layers
+    first = {}  # layer -> its first node, so nodes first[l-1]..first[l]-1 are layer l-1
     for k, layer in enumerate(layer_of):
         first.setdefault(layer, k)
     nodes, edges = [], []
     for k, node_id in enumerate(ids):
-        if layer_of[k] == 0:
+        layer = layer_of[k]
+        if layer == 0:
             nodes.append(Node(node_id, NodeKind.OPERATOR, operator="identity",
                               constants={"value": 1}, **node_options))
             continue
         nodes.append(Node(node_id, NodeKind.OPERATOR, operator="sum_inputs", **node_options))
-        earlier = first[layer_of[k]]
-        for source in sorted(set(rng.sample(range(earlier), min(earlier, rng.randint(
-                1, max_fan_in))))):
-            edges.append(Edge(node_id, ids[source], ids[source]))
+        sources = {rng.randrange(first[layer - 1], first[layer])}
+        extra = rng.randint(0, max_fan_in - 1)
+        sources.update(rng.sample(range(first[layer]), min(first[layer], extra)))
+        edges.extend(Edge(node_id, ids[source], ids[source]) for source in sorted(sources))
     return Workflow(name, tuple(nodes), tuple(edges))

@@ -12,12 +12,10 @@ from hypothesis import strategies as st
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
-from streams.decider import Decider, Message, from_record, to_record
+from streams.decider import from_record
 from streams.errors import SchemaError
-from streams.log import LogRecord
 from streams.pool.lifecycle import ModelState, TransitionModel, TransitionReason
 from streams.pool.pool import POOL, RecordModelUsage
-from streams.processor import Processor
 from streams.timers import (
     ANY_PARTITION,
     TIMER_EVENTS,
@@ -161,38 +159,9 @@ def test_a_command_that_cannot_be_encoded_says_why(command_type, command_json,
         command_output(CODEC, bad, T0)
 
 
-def alarm(delay_ms: int) -> Decider:
-    """A decider that answers RecordModelUsage by asking for it to reach the pool
-    `delay_ms` later, and counts the timers it asked for (its state)."""
-    def decide(count: int, command: Message, now_ms: int) -> list[Message]:
-        return [schedule_timer(f"alarm/{count}", now_ms + delay_ms, command, POOL, "alarm")]
-
-    def evolve(count: int, event: Message, _at_ms: int) -> int:
-        return count + isinstance(event, TimerScheduled)
-
-    return replace(POOL, name="alarm", command_topic="test.alarm.commands",
-                   event_topic="test.alarm.events", events=TIMER_EVENTS,
-                   initial_state=lambda _key: 0, decide=decide, evolve=evolve)
-
-
-def test_a_decider_asks_for_timers_with_events_on_its_own_topic() -> None:
-    """The processor carries timer events like any other; the timer service (which
-    follows the decider's event topic) reads them as pending timers."""
-    decider = alarm(5_000)
-    assert timer_topics([POOL, decider]) == [TIMERS, "test.alarm.events"]
-    processor = Processor(decider, CODEC)
-    command = RecordModelUsage("m", 2)
-    value = CODEC.encode(command.avro_name, {"meta": {
-        "command_id": "c-1", "issued_at": T0, "correlation_id": "run-9"}, **to_record(command)})
-    outputs = processor.handle([LogRecord("test.alarm.commands", 3, 0, T0, b"default", value)])
-    event = next(out for out in outputs if out.topic == "test.alarm.events")
-    assert (event.partition, event.key) == (3, b"alarm/0")  # the command's partition
-    assert processor.state("default") == 1
-
-    table = TimerTable()
-    fold(table, CODEC, event.value)
-    pending = table.pending["alarm/0"]
-    assert (pending.due_at_ms, pending.request.owner, pending.correlation_id) == (
-        T0 + 5_000, "alarm", "run-9")
-    fired = CODEC.decode(command_output(CODEC, pending, T0 + 5_000).value).record
-    assert from_record(RecordModelUsage, fired) == command
+def test_the_service_follows_pit_timers_and_the_topics_of_deciders_that_ask_for_timers(
+        ) -> None:
+    asking = replace(POOL, name="asking", event_topic="test.asking.events",
+                     events=(*POOL.events, *TIMER_EVENTS))
+    assert timer_topics([POOL]) == [TIMERS]
+    assert timer_topics([POOL, asking, asking]) == [TIMERS, "test.asking.events"]

@@ -67,3 +67,15 @@ class InvalidWorkflowError(PitError):
 
 class DefinitionStoreError(PitError):
     """A stored workflow definition is missing, or its content does not match its hash."""
+
+
+class BlobStoreError(PitError):
+    """A blob address is malformed, or the blob store cannot be read or written."""
+
+
+class BlobNotFoundError(BlobStoreError):
+    """No blob is stored at that address."""
+
+
+class BlobIntegrityError(BlobStoreError):
+    """A stored blob's content does not hash to its address."""

@@ -34,8 +34,12 @@ The service (`TimerService`, run by `pit up`):
   writes their `TimerFired`. A crash in between sends the command again after the restart,
   with the same command id: the processor answers a duplicate, with no second effect;
 * timers that fell due while everything was down fire right after start: late, never lost;
+* a timer whose command cannot be sent (no schema for it, invalid fields, a target topic
+  outside the catalog) is recorded as fired with the error, so it cannot wedge the service;
 * when Kafka fails under it, it forgets everything and starts over from the log, as the
   processors do.
+It runs once per Pit (in `pit up`); a second one would fire every timer again - harmless,
+each a duplicate, but wasted. It remembers the ids of done timers (never reused) in memory.
 A command can still arrive after its timer was cancelled (the cancel decided while the
 command was on its way): deciders check a timer command is still current (e.g. the attempt
 it names) and reject or ignore a stale one. Timer ids must be unique across the Pit and
@@ -55,7 +59,7 @@ import heapq
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -68,11 +72,11 @@ from schemas.codec import Codec
 from streams import metrics
 from streams.config import Settings
 from streams.decider import Decider, Message, from_record, to_record
-from streams.errors import BrokerUnavailableError, SchemaError
+from streams.errors import BrokerUnavailableError, PitError, SchemaError
 from streams.history import HistoryError, history_source, kafka_log_reader
 from streams.kafka import make_producer, partitions_of, produce_all, start_consumer
 from streams.processor import Output
-from streams.topics import TIMERS
+from streams.topics import TIMERS, load_catalog
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +287,14 @@ class TimerService:
     def __init__(self, settings: Settings, codec: Codec, db: Engine | None = None, *,
                  topics: Sequence[str] = (TIMERS,), clock: Callable[[], int] = wall_ms,
                  poll_ms: int = 100, max_batch: int = 5_000, retry_s: float = 1.0,
-                 produce_timeout_s: float = 30.0) -> None:
+                 produce_timeout_s: float = 30.0,
+                 targets: Collection[str] | None = None) -> None:
         self.settings, self.codec, self.db = settings, codec, db
         self.topics = list(topics)
+        # Where commands may go (default: the catalog). A timer naming another topic is
+        # recorded as fired with an error: sending to a topic that does not exist would fail
+        # (or create it) on every start.
+        self.targets = set(load_catalog() if targets is None else targets)
         self.clock = clock
         # The longest wait between looks at the clock: a due timer is seen within it even
         # when the clock is not the wall clock (tests move theirs by hand).
@@ -372,11 +381,14 @@ class TimerService:
             for timer in due:
                 error = None
                 try:
+                    if timer.request.target_topic not in self.targets:
+                        raise PitError(f"timer {timer.timer_id}: unknown target topic"
+                                       f" {timer.request.target_topic}")
                     commands.append(command_output(self.codec, timer, now_ms))
-                except SchemaError as exc:
+                except PitError as exc:
                     error = str(exc)
-                    log.error("timer %s (%s) cannot fire: %s", timer.timer_id, timer.request.owner,
-                              error)
+                    log.error("timer %s (%s) cannot fire: %s", timer.timer_id,
+                              timer.request.owner, error)
                 fired.append(timer_output(
                     self.codec, TimerFired(timer.timer_id, timer.due_at_ms, now_ms, error),
                     now_ms, correlation_id=timer.correlation_id,

@@ -139,12 +139,16 @@ async def test_timers_fire_at_their_due_time_and_a_cancelled_one_never(tmp_path)
         await hot_model(stack)
         now = wall_ms()
         due = {"early": now + 700, "cancelled": now + 1_000, "late": now + 1_300}
+        nowhere = replace(tick("nowhere", now), target_topic="pit.nowhere.commands")
         await schedule(stack, *(tick(timer_id, at) for timer_id, at in due.items()),
-                       TimerCancelled("cancelled", "not needed"))
+                       TimerCancelled("cancelled", "not needed"), nowhere)
         await until(lambda: fired_has(stack, "late"), what="the late timer")
         await asyncio.sleep(0.3)  # room for a wrongly fired "cancelled" to show up
 
-        assert await fired(stack) == {"early": 1, "late": 1}
+        assert await fired(stack) == {"nowhere": 1, "early": 1, "late": 1}
+        [error] = [r["error"] for name, r, _ in await records(stack, TIMERS)
+                   if r["timer_id"] == "nowhere" and name == "pit.timer.TimerFired"]
+        assert error == "timer nowhere: unknown target topic pit.nowhere.commands"
         commands = dict(await sent(stack))
         assert set(commands) == {"early", "late"}
         done = await effects(stack)

@@ -850,7 +850,8 @@ def _cycles(succ: list[list[int]], candidates: Iterable[int]) -> list[list[int]]
 class Graph:
     """The node-level DAG as index arrays: node i is `ids[i]` (ids sorted); `dependencies[i]`
     and `dependents[i]` are distinct node indexes; `order` is a topological order (Kahn's,
-    smallest index first among the ready)."""
+    smallest index first among the ready). Built for a validated workflow: edges naming
+    unknown nodes are left out; a cycle raises `InvalidWorkflowError` naming it."""
 
     ids: tuple[str, ...]
     index: Mapping[str, int]

@@ -21,7 +21,8 @@ Edges (`Edge`) connect `from_node.from_output` to `to_node.to_input` (written "n
 edge or one constant (`Node.constants`). Every node has `params` (JSON values, passed to the
 operator's `params` argument or with the inference call), `priority` (higher first, ties by
 critical-path rank), `resources` (cpu, memory_mb), `timeout_ms` (None: only the workflow's
-timeout applies) and `recovery` (None: the workflow's `default_recovery`).
+timeout applies), `recovery` (None: the workflow's `default_recovery`) and `pool` (the runner
+pool it runs in; "" means by kind, see `Node.runner_pool`).
 
 Recovery (`Recovery`, strategy `Strategy`) when a node attempt fails:
 * retry: up to `max_attempts` attempts in all, waiting `backoff_ms(backoff, attempt, key)`
@@ -194,6 +195,7 @@ class Node:
     resources: Resources = Resources()
     timeout_ms: int | None = None
     recovery: Recovery | None = None
+    pool: str = ""
 
     def __post_init__(self) -> None:
         _coerce(self, "kind", NodeKind)
@@ -205,6 +207,16 @@ class Node:
     @property
     def outputs(self) -> tuple[str, ...]:
         return (TRUE, FALSE) if self.kind == NodeKind.BRANCH else (OUT,)
+
+    @property
+    def runner_pool(self) -> str:
+        """The runner pool that runs the node: `pool`, else "instrument" for nodes that call a
+        model (instruments, maps over a model) and "operator" for the rest."""
+        if self.pool:
+            return self.pool
+        uses_model = self.kind == NodeKind.INSTRUMENT or (self.kind == NodeKind.MAP
+                                                          and bool(self.model))
+        return "instrument" if uses_model else "operator"
 
 
 @dataclass(frozen=True, order=True)
@@ -1036,6 +1048,8 @@ class _Validator:
         if not isinstance(res, Resources) or not (_is_number(res.cpu) and res.cpu >= 0) or not (
                 _is_int(res.memory_mb) and res.memory_mb >= 0):
             self.add(f"{where}: resources need cpu >= 0 and an int memory_mb >= 0, got {res!r}")
+        if not isinstance(node.pool, str) or (node.pool and not _NAME.fullmatch(node.pool)):
+            self.add(f"{where}: pool {node.pool!r} is not a name (letters, digits, _ and -)")
         if node.timeout_ms is not None and not (_is_int(node.timeout_ms) and node.timeout_ms > 0):
             self.add(f"{where}: timeout_ms must be a positive int, got {node.timeout_ms!r}")
         for name in ("constants", "params"):

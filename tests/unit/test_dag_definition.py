@@ -155,6 +155,20 @@ nodes:
     assert [n.kind for n in w.nodes] == [NodeKind.INSTRUMENT, NodeKind.OPERATOR, NodeKind.BRANCH]
 
 
+def test_runner_pool_is_set_or_follows_the_kind():
+    w = workflow_from_yaml("""
+name: p
+nodes:
+  - {id: a, model: m}
+  - {id: b, operator: identity, constants: {value: 1}}
+  - {id: c, kind: map, model: m, constants: {items: []}}
+  - {id: d, model: m, pool: gpu}
+""")
+    assert [n.runner_pool for n in w.nodes] == ["instrument", "operator", "instrument", "gpu"]
+    assert validate(w) == []
+    assert '"pool":"gpu"' in w.canonical_json() and w.canonical_json().count("pool") == 1
+
+
 def test_loaders_reject_malformed_definitions_listing_every_shape_problem():
     with pytest.raises(InvalidWorkflowError) as caught:
         workflow_from_yaml("""
@@ -170,7 +184,7 @@ colour: blue
         "workflow: unknown key colour (known: checkpoint_every, edges, max_concurrency, "
         "name, nodes, recovery, timeout_ms)",
         "nodes[0]: unknown key retries (known: condition, constants, id, item_input, kind, "
-        "model, operator, params, priority, recovery, resources, timeout_ms)",
+        "model, operator, params, pool, priority, recovery, resources, timeout_ms)",
         "nodes[1]: missing id",
         "edges[0]: needs 'from: node.output' and 'to: node.input' strings",
     ]
@@ -359,6 +373,8 @@ def test_instrument_inputs_are_free_and_its_model_required():
      "node 'o': params must be a mapping of JSON values"),
     (op("o", constants={"value": float("nan")}),
      "node 'o': constants must be a mapping of JSON values"),
+    (op("o", constants={"value": 1}, pool="gpu pool"),
+     "node 'o': pool 'gpu pool' is not a name (letters, digits, _ and -)"),
 ])
 def test_bad_nodes_are_rejected(node, reason):
     assert only_problem(wf(node)) == reason

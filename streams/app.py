@@ -28,6 +28,8 @@ from streams.broker import EmbeddedBroker
 from streams.client import registry_for
 from streams.components import DECIDERS
 from streams.config import BROKER_FILE, Settings
+from streams.dag.dispatch import TaskDispatcher, restore_runner_positions
+from streams.dag.runner import GROUP as RUNNER_GROUP
 from streams.errors import PitError
 from streams.history import read_topic
 from streams.kafka import (
@@ -80,6 +82,7 @@ class Stack:
             self.broker.apply(self.catalog)
             self.settings = replace(self.settings, bootstrap_servers=self.broker.bootstrap_servers)
             await self.restore_from_archive()
+            await restore_runner_positions(self.settings, self.engine, RUNNER_GROUP)
         self.registry = registry_for(self.settings)
         if isinstance(self.registry, EmbeddedRegistry):
             await self.sync_registry(self.registry)
@@ -99,6 +102,10 @@ class Stack:
                                               topics=timer_topics(DECIDERS))
             self.tasks.append(asyncio.create_task(self.timer_service.run(self.stop),
                                                   name="timers"))
+        # NodeScheduled events become tasks for `pit runner` processes (issue 4).
+        self.dispatcher = TaskDispatcher(self.settings, self.codec, self.engine)
+        self.tasks.append(asyncio.create_task(self.dispatcher.run(self.stop),
+                                              name="task-dispatcher"))
         await self.start_projector()
         if self.monitor_hosts:
             from streams.pool.monitor import HostMonitor

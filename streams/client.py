@@ -294,13 +294,16 @@ class PitClient:
                             **options) -> Outcome:
         return await self.send(ReleaseModel(request_id, pool_id), **options)
 
-    async def infer(self, allocation: Allocation, inputs, *, timeout: float = 30.0):
-        """Call the allocated model on its host; returns its outputs (JSON values)."""
+    async def infer(self, allocation: Allocation, inputs, *, params: dict | None = None,
+                    timeout: float = 30.0):
+        """Call the allocated model on its host; returns its outputs (JSON values). `params`
+        (a DAG node's) travel beside the inputs; hosts that take none ignore them."""
         if self._http is None:
             self._http = aiohttp.ClientSession()
         url = f"{allocation.endpoint}/models/{allocation.model_id}/infer"
+        body = {"inputs": inputs, **({"params": params} if params else {})}
         try:
-            async with self._http.post(url, json={"inputs": inputs},
+            async with self._http.post(url, json=body,
                                        timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
                 body = await reply.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

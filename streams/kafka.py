@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from confluent_kafka import Producer
 
 from streams.config import Settings
 from streams.errors import BrokerUnavailableError, PitError
+
+log = logging.getLogger(__name__)
 
 
 async def start_consumer(settings: Settings, *topics: str, **options) -> AIOKafkaConsumer:
@@ -74,3 +78,30 @@ async def produce_all(producer: Producer, outputs: Iterable, timeout_s: float = 
         problem = tracker.errors[0] if tracker.errors else f"{remaining} records unacknowledged"
         raise BrokerUnavailableError(f"produce failed: {problem}")
     return count
+
+
+async def keep_running(name: str, attempt: Callable[[], Awaitable[None]], stop: asyncio.Event,
+                       retry_s: float = 1.0, *, retry_on: tuple[type[Exception], ...] = (),
+                       on_restart: Callable[[], None] | None = None) -> None:
+    """Run a service's `attempt` until `stop`. When Kafka fails under it (or it raises one
+    of `retry_on`), wait `retry_s` and start it again, after `on_restart` (forget state)."""
+    while not stop.is_set():
+        try:
+            await attempt()
+        except (BrokerUnavailableError, KafkaError, *retry_on) as exc:
+            if stop.is_set():
+                return
+            log.warning("%s: %s; starting again in %.1f s", name, exc, retry_s)
+            if on_restart is not None:
+                on_restart()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), retry_s)
+
+
+async def stop_clients(consumer: AIOKafkaConsumer, producer: Producer, failed: bool) -> None:
+    """Stop a service's consumer and producer. After a failure nothing still queued may
+    land (the service starts again from the log); otherwise the queue is delivered."""
+    if failed:
+        producer.purge()
+    await consumer.stop()
+    await asyncio.to_thread(producer.flush, 0 if failed else 10)

@@ -1,0 +1,724 @@
+"""`pit runner`: node runners (issue 4, "Node runners"). The execution decider decides which
+node runs; a runner runs it and reports back.
+
+Tasks. Every `NodeScheduled` event is a node task; the task dispatcher in `pit up`
+(streams/dag/dispatch.py) relays it to pit.dag.tasks keyed by its task id
+"<execution>/<node>/<attempt>", so the tasks of one execution spread over the partitions
+and every runner process of the consumer group "pit.dag.runners" takes a share: scale out
+by starting more runners.
+
+Running a task (`NodeExecutor`, no Kafka in it):
+* operator: the registered function (streams/dag/definition.py) with the resolved inputs and
+  the node's params, in a thread pool; an `async def` operator is awaited, and the built-in
+  `sleep_then_return` sleeps on the event loop, so a thousand slow nodes need no thousand
+  threads;
+* instrument: `allocate_model(model, requester=task id, workflow_id=execution id)`, infer on
+  the host it was placed on, release - always released, also when inference fails; the
+  inference inputs are the node's inputs object, or the bare value of a node's only input
+  (a text model gets its text); the node's params travel with the call;
+* map: the operator (or model, under one allocation) once per item of input "items", the
+  item bound to its item input, at most `map_concurrency` at a time; the output is the list;
+* branch: the condition over input "value"; the value leaves on output "true" or "false".
+Inputs arrive inline (`inputs`) or as blob references (`input_refs`: {"hash", "path"}: the
+value at `path` inside the JSON object stored at `hash`). The output object ({output name:
+value}) travels inline when its JSON is at most `inline_limit` bytes, else it is put in the
+blob store (streams/blobs.py) and only its address is reported.
+
+Reports are commands to the execution decider on pit.dag.commands, keyed by execution id:
+ReportNodeStarted before running, then ReportNodeCompleted or ReportNodeFailed (error type
+name, one-line message, retryable; "Timeout" when the task's deadline passed - an operator
+thread cannot be stopped, so its late result is dropped). Command ids are derived from the
+task id ("<task id>/started" ...), so a report sent again is a duplicate to the decider, and
+every report carries the attempt, so the decider ignores a result for an attempt that is
+already over.
+
+Delivery is at least once: a task's offset is committed only once its final report is
+acknowledged by the broker, in offset order per partition (the lowest offset still running
+holds the commit back). A runner killed mid-node leaves its task uncommitted; the group
+rebalances and another runner runs it again. On a rebalance a runner first lets the tasks of
+the partitions it loses finish (up to `revoke_wait_s`) and commits them, so a planned
+rebalance repeats nothing. SIGTERM/SIGINT: stop taking tasks, let running ones finish (up to
+`--drain-timeout`), commit, leave the group, exit 0 (1 when tasks had to be abandoned: they
+are redelivered; a second signal abandons them at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import TopicPartition as KafkaPartition
+
+from schemas.codec import Codec
+from streams.blobs import FileBlobStore, blob_store
+from streams.client import PitClient, registry_for
+from streams.config import Settings
+from streams.dag.definition import (
+    FALSE,
+    ITEMS,
+    OPERATORS,
+    OUT,
+    TRUE,
+    VALUE,
+    Condition,
+    Node,
+    NodeKind,
+    OperatorRegistry,
+    evaluate_condition,
+    item_input_of,
+)
+from streams.dag.dispatch import NODE_SCHEDULED, TASK_OFFSET, TASK_PARTITION
+from streams.dag.execution import (
+    TIMEOUT,
+    ReportNodeCompleted,
+    ReportNodeFailed,
+    ReportNodeStarted,
+)
+from streams.decider import Message, to_record
+from streams.errors import BlobIntegrityError, BrokerUnavailableError, PitError, SchemaError
+from streams.topics import DAG_COMMANDS, DAG_TASKS
+
+log = logging.getLogger(__name__)
+
+GROUP = "pit.dag.runners"
+INLINE_OUTPUT_BYTES = 32 * 1024  # a larger output JSON goes to the blob store
+CONCURRENCY = 256
+THREADS = 32
+MAP_CONCURRENCY = 16
+MODEL_TIMEOUT_S = 30.0  # allocation and inference, when the task has no deadline
+DRAIN_TIMEOUT_S = 30.0
+REVOKE_WAIT_S = 5.0
+REMEMBERED_TASKS = 100_000  # task ids this runner reported, to skip a redelivered one
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+class TaskError(PitError):
+    """A task that cannot run as given (not retryable: running it again changes nothing)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+# --- tasks and results ------------------------------------------------------------------------
+
+def _json_object(record: Mapping[str, Any], name: str) -> dict:
+    try:
+        value = json.loads(record.get(name) or "{}")
+    except ValueError as exc:
+        raise TaskError("InvalidTask", f"{name} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise TaskError("InvalidTask", f"{name} is not a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class Task:
+    """A node task: the fields of a NodeScheduled event a runner needs."""
+
+    task_id: str
+    execution_id: str
+    node_id: str
+    attempt: int
+    kind: str
+    spec: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    input_refs: dict = field(default_factory=dict)
+    deadline_at: int = 0  # epoch ms; 0: none
+    correlation_id: str = ""
+    problem: str = ""  # why it cannot run (its JSON fields are malformed); reported failed
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Task:
+        """From a decoded NodeScheduled (the schema guarantees the identity fields)."""
+        values, problems = {}, []
+        for name in ("spec", "inputs", "input_refs"):
+            try:
+                values[name] = _json_object(record, name)
+            except TaskError as exc:
+                problems.append(str(exc))
+        return cls(record["task_id"], record["execution_id"], record["node_id"],
+                   record["attempt"], record["kind"], **values,
+                   deadline_at=record.get("deadline_at") or 0,
+                   correlation_id=(record.get("envelope") or {}).get("correlation_id", ""),
+                   problem="; ".join(problems))
+
+    @property
+    def params(self) -> dict:
+        return self.spec.get("params") or {}
+
+
+@dataclass(frozen=True)
+class Completed:
+    output: str = ""  # the output object as JSON, when inline
+    output_hash: str = ""  # else the blob holding it
+    branch_taken: str = ""
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Failed:
+    error_type: str
+    message: str = ""
+    retryable: bool = True
+    duration_ms: int = 0
+
+
+Result = Completed | Failed
+
+
+# --- running a node ---------------------------------------------------------------------------
+
+class Models(Protocol):
+    """What an instrument needs of the Pool Manager (`PitClient` is one)."""
+
+    async def allocate_model(self, model_id: str, requester: str, *, workflow_id: str = "",
+                             timeout: float = 30.0) -> Any: ...
+
+    async def infer(self, allocation: Any, inputs: Any, *, params: dict | None = None,
+                    timeout: float = 30.0) -> Any: ...
+
+    async def release_model(self, request_id: str) -> Any: ...
+
+
+async def _sleep_then_return(value: Any, ms: int = 0) -> Any:
+    await asyncio.sleep(ms / 1000)
+    return value
+
+
+# Built-ins that only wait: run on the event loop instead of holding a thread.
+_ASYNC_TWINS = {OPERATORS["sleep_then_return"].fn: _sleep_then_return}
+_NOT_RETRYABLE = (TaskError, BlobIntegrityError)
+
+
+@dataclass
+class NodeExecutor:
+    """Runs tasks: resolves inputs, runs the node, shapes the result. A node's failure is a
+    `Failed`, never an exception."""
+
+    blobs: FileBlobStore
+    operators: OperatorRegistry = OPERATORS
+    models: Models | None = None
+    threads: ThreadPoolExecutor | None = None
+    inline_limit: int = INLINE_OUTPUT_BYTES
+    map_concurrency: int = MAP_CONCURRENCY
+    clock: Callable[[], int] = wall_ms
+
+    async def execute(self, task: Task) -> Result:
+        if task.problem:
+            return Failed("InvalidTask", task.problem, False)
+        remaining_s = None
+        if task.deadline_at:
+            remaining_s = (task.deadline_at - self.clock()) / 1000
+            if remaining_s <= 0:
+                return Failed(TIMEOUT, f"the deadline passed {-remaining_s:.3f} s before"
+                                       " the task started")
+        started = time.monotonic()
+
+        def took() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        deadline = asyncio.timeout(remaining_s)
+        try:
+            async with deadline:
+                output, branch_taken = await self._run(task, remaining_s)
+            result = await self._completed(output, branch_taken)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return Failed(TIMEOUT, f"{task.kind} node {task.node_id} ran past its deadline"
+                                       f" ({took()} ms)", True, took())
+            return Failed(type(exc).__name__, _one_line(exc) or "timed out", True, took())
+        except Exception as exc:  # the node's failure is its report, not a runner crash
+            error_type = getattr(exc, "error_type", type(exc).__name__)
+            return Failed(error_type, _one_line(exc) or error_type,
+                          not isinstance(exc, _NOT_RETRYABLE), took())
+        return Completed(result.output, result.output_hash, result.branch_taken, took())
+
+    async def _completed(self, output: dict, branch_taken: str) -> Completed:
+        try:
+            text = json.dumps(output, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                              ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise TaskError("InvalidOutput", f"the output is not JSON: {exc}") from None
+        data = text.encode()
+        if len(data) <= self.inline_limit:
+            return Completed(text, branch_taken=branch_taken)
+        address = await asyncio.to_thread(self.blobs.put, data)
+        return Completed(output_hash=address, branch_taken=branch_taken)
+
+    async def _inputs(self, task: Task) -> dict:
+        inputs = dict(task.inputs)
+        blobs: dict[str, Any] = {}
+        for name, ref in task.input_refs.items():
+            if not isinstance(ref, dict) or "hash" not in ref:
+                raise TaskError("InvalidTask", f"input {name}: bad blob reference {ref!r}")
+            address = ref["hash"]
+            if address not in blobs:
+                blobs[address] = json.loads(await asyncio.to_thread(self.blobs.get, address))
+            value = blobs[address]
+            for step in ref.get("path") or ():
+                try:
+                    value = value[step]
+                except (KeyError, IndexError, TypeError):
+                    raise TaskError("InvalidTask", f"input {name}: no {step!r} in blob "
+                                                   f"{address}") from None
+            inputs[name] = value
+        return inputs
+
+    async def _run(self, task: Task, remaining_s: float | None) -> tuple[dict, str]:
+        inputs = await self._inputs(task)
+        spec = task.spec
+        if task.kind == NodeKind.OPERATOR:
+            return {OUT: await self._call(spec.get("operator", ""), inputs, task.params)}, ""
+        if task.kind == NodeKind.INSTRUMENT:
+            async with self._allocated(task, spec.get("model", ""), remaining_s) as allocation:
+                return {OUT: await self._infer(allocation, inputs, task.params,
+                                               remaining_s)}, ""
+        if task.kind == NodeKind.BRANCH:
+            condition = Condition(**(spec.get("condition") or {}))
+            taken = TRUE if evaluate_condition(condition, inputs.get(VALUE)) else FALSE
+            return {taken: inputs.get(VALUE)}, taken
+        if task.kind == NodeKind.MAP:
+            return {OUT: await self._map(task, inputs, remaining_s)}, ""
+        raise TaskError("InvalidTask", f"unknown node kind {task.kind!r}")
+
+    async def _call(self, name: str, inputs: dict, params: dict) -> Any:
+        operator = self.operators.get(name)
+        if operator is None:
+            raise TaskError("UnknownOperator", f"no operator {name!r} is registered in this "
+                                               "runner")
+        twin = _ASYNC_TWINS.get(operator.fn)
+        if twin is not None:
+            return await twin(**inputs)
+        if inspect.iscoroutinefunction(operator.fn):
+            return await operator(inputs, params)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.threads, operator, inputs, params)
+
+    @contextlib.asynccontextmanager
+    async def _allocated(self, task: Task, model: str, remaining_s: float | None):
+        if self.models is None:
+            raise TaskError("NoModels", "this runner has no Pool Manager client")
+        allocation = await self.models.allocate_model(
+            model, task.task_id, workflow_id=task.execution_id,
+            timeout=remaining_s or MODEL_TIMEOUT_S)
+        try:
+            yield allocation
+        finally:
+            # shielded: a deadline that cancels the node must not leak the allocation
+            await asyncio.shield(self.models.release_model(allocation.request_id))
+
+    async def _infer(self, allocation: Any, inputs: dict, params: dict,
+                     remaining_s: float | None) -> Any:
+        payload = next(iter(inputs.values())) if len(inputs) == 1 else inputs
+        return await self.models.infer(allocation, payload, params=params or None,
+                                       timeout=remaining_s or MODEL_TIMEOUT_S)
+
+    async def _map(self, task: Task, inputs: dict, remaining_s: float | None) -> list:
+        items = inputs.pop(ITEMS, None)
+        if not isinstance(items, list):
+            raise TaskError("InvalidInput", f"map node {task.node_id}: input {ITEMS!r} is "
+                                            f"{type(items).__name__}, not a list")
+        spec = task.spec
+        operator = spec.get("operator", "")
+        item_input = spec.get("item_input") or item_input_of(
+            Node(task.node_id, NodeKind.MAP, operator=operator), self.operators)
+        gate = asyncio.Semaphore(self.map_concurrency)
+
+        async def each(call: Callable[[dict], Awaitable[Any]]) -> list:
+            async def one(item: Any) -> Any:
+                async with gate:
+                    return await call({**inputs, item_input: item})
+            return list(await asyncio.gather(*(one(item) for item in items)))
+
+        if operator:
+            return await each(lambda item_inputs: self._call(operator, item_inputs,
+                                                             task.params))
+        async with self._allocated(task, spec.get("model", ""), remaining_s) as allocation:
+            return await each(lambda item_inputs: self._infer(allocation, item_inputs,
+                                                              task.params, remaining_s))
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+class Reporter(Protocol):
+    async def started(self, task: Task) -> None: ...
+
+    async def finished(self, task: Task, result: Result,
+                       headers: Sequence[tuple[str, bytes]] = ()) -> None: ...
+
+
+class KafkaReporter:
+    """Reports as commands on pit.dag.commands, keyed by execution id (the decider's entity,
+    partitioned as every client partitions it); each call returns once the broker has
+    acknowledged the report."""
+
+    def __init__(self, settings: Settings, codec: Codec, runner_id: str) -> None:
+        self.settings, self.codec, self.runner_id = settings, codec, runner_id
+        self.producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> KafkaReporter:
+        self.producer = AIOKafkaProducer(**self.settings.kafka_client_options(), linger_ms=2,
+                                         enable_idempotence=True)
+        try:
+            await self.producer.start()
+        except KafkaError as exc:
+            await self.producer.stop()
+            raise BrokerUnavailableError(
+                f"Kafka unreachable at {self.settings.bootstrap()}: {exc}") from None
+        return self
+
+    async def close(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def _send(self, command: Message, task: Task, suffix: str,
+                    headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        meta = {"command_id": f"{task.task_id}/{suffix}", "issued_at": wall_ms(),
+                "issued_by": f"pit-runner/{self.runner_id}",
+                "correlation_id": task.correlation_id or None}
+        value = self.codec.encode(command.avro_name, {"meta": meta, **to_record(command)})
+        await self.producer.send_and_wait(DAG_COMMANDS, value, key=task.execution_id.encode(),
+                                          headers=list(headers) or None)
+
+    async def started(self, task: Task) -> None:
+        await self._send(ReportNodeStarted(task.execution_id, task.node_id, task.attempt,
+                                           self.runner_id), task, "started")
+
+    async def finished(self, task: Task, result: Result,
+                       headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        ids = (task.execution_id, task.node_id, task.attempt)
+        if isinstance(result, Completed):
+            report = ReportNodeCompleted(*ids, result.output, result.output_hash,
+                                         result.branch_taken, result.duration_ms,
+                                         self.runner_id)
+            await self._send(report, task, "completed", headers)
+        else:
+            report = ReportNodeFailed(*ids, result.error_type, result.message, result.retryable,
+                                      result.duration_ms, self.runner_id)
+            await self._send(report, task, "failed", headers)
+
+
+# --- offsets ----------------------------------------------------------------------------------
+
+Partition = tuple[str, int]  # (topic, partition)
+
+
+class Offsets:
+    """Per partition, the offsets taken and not yet done. What may be committed is the
+    lowest offset still running, or one past the highest taken when none runs. A partition
+    forgotten (handed over) and assigned again starts a new epoch: a task of the earlier
+    one that finishes late does not count for the same offset taken again."""
+
+    def __init__(self) -> None:
+        self.running: dict[Partition, set[int]] = {}
+        self.next: dict[Partition, int] = {}
+        self.committed: dict[Partition, int] = {}
+        self.epochs: dict[Partition, int] = {}
+
+    def take(self, tp: Partition, offset: int) -> int:
+        """Track `offset`; returns the epoch to pass to `done`."""
+        self.running.setdefault(tp, set()).add(offset)
+        self.next[tp] = max(self.next.get(tp, 0), offset + 1)
+        return self.epochs.get(tp, 0)
+
+    def done(self, tp: Partition, offset: int, epoch: int = 0) -> None:
+        if tp in self.running and epoch == self.epochs.get(tp, 0):
+            self.running[tp].discard(offset)
+
+    def committable(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
+        positions = {}
+        for tp in list(self.next) if partitions is None else partitions:
+            if tp not in self.next:
+                continue
+            running = self.running.get(tp)
+            position = min(running) if running else self.next[tp]
+            if position != self.committed.get(tp):
+                positions[tp] = position
+        return positions
+
+    def busy(self, partitions: Iterable[Partition]) -> bool:
+        return any(self.running.get(tp) for tp in partitions)
+
+    def forget(self, partitions: Iterable[Partition]) -> None:
+        for tp in partitions:
+            for table in (self.running, self.next, self.committed):
+                table.pop(tp, None)
+            self.epochs[tp] = self.epochs.get(tp, 0) + 1
+
+
+# --- the runner -------------------------------------------------------------------------------
+
+def default_runner_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Runner:
+    """One runner process's worth: consumes pit.dag.tasks in the group, runs up to
+    `concurrency` tasks at once, reports, commits.
+
+    The group consumer is librdkafka's (confluent-kafka), driven from one thread of its own:
+    the embedded broker's group coordinator answers a follower's SyncGroup only when it
+    comes before the leader's, which aiokafka's leader usually beats (its group of two never
+    settles there), while librdkafka's leader fetches metadata first. Its rebalance
+    callbacks run on that thread and wait for the event loop to let tasks finish."""
+
+    def __init__(self, settings: Settings, *, runner_id: str | None = None,
+                 concurrency: int = CONCURRENCY, threads: int = THREADS,
+                 operators: OperatorRegistry = OPERATORS, codec: Codec | None = None,
+                 blobs: FileBlobStore | None = None, inline_limit: int = INLINE_OUTPUT_BYTES,
+                 drain_timeout_s: float = DRAIN_TIMEOUT_S, revoke_wait_s: float = REVOKE_WAIT_S,
+                 session_timeout_ms: int = 10_000, group: str = GROUP,
+                 say: Callable[[str], None] | None = None) -> None:
+        if concurrency <= 0 or threads <= 0:
+            raise PitError(f"--concurrency and --threads must be positive (got {concurrency},"
+                           f" {threads})")
+        self.settings = settings
+        self.runner_id = runner_id or default_runner_id()
+        self.concurrency, self.group = concurrency, group
+        self.drain_timeout_s, self.revoke_wait_s = drain_timeout_s, revoke_wait_s
+        self.session_timeout_ms = session_timeout_ms
+        self.codec = codec or Codec(registry_for(settings))
+        self.client = PitClient(settings, issued_by=f"pit-runner/{self.runner_id}",
+                                codec=self.codec)
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="pit-runner")
+        self._kafka = ThreadPoolExecutor(1, thread_name_prefix="pit-runner-kafka")
+        self.executor = NodeExecutor(blobs or blob_store(settings), operators, self.client,
+                                     self._threads, inline_limit)
+        self.reporter: Reporter = KafkaReporter(settings, self.codec, self.runner_id)
+        self._say = say or (lambda line: print(f"pit runner {self.runner_id}: {line}",
+                                               file=sys.stderr, flush=True))
+        self.offsets = Offsets()
+        self.assignment: set[Partition] = set()
+        self.running: dict[asyncio.Task, Partition] = {}
+        self.reported: OrderedDict[str, None] = OrderedDict()
+        self.counts = {"completed": 0, "failed": 0, "skipped": 0}
+        self._slot = asyncio.Event()
+        self._forced = asyncio.Event()
+        self._consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Take and run tasks until `stop`, then drain. True when every task taken was
+        finished and committed, False when some had to be abandoned (redelivered)."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self.client.start()
+            await self.reporter.start()
+            await self._on_kafka(self._subscribe)
+            try:
+                while not stop.is_set():
+                    await self._take()
+                    await self._commit()
+                return await self._drain()
+            finally:
+                await self._on_kafka(self._consumer.close)
+        finally:
+            await self.close()
+
+    def force(self) -> None:
+        """Stop draining now (a second signal): running tasks are abandoned."""
+        self._forced.set()
+
+    async def close(self) -> None:
+        await self.reporter.close()
+        await self.client.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._kafka.shutdown(wait=False)
+
+    def _on_kafka(self, call: Callable, *args) -> asyncio.Future:
+        """Every consumer call runs on the one Kafka thread, so none overlaps another."""
+        return self._loop.run_in_executor(self._kafka, call, *args)
+
+    # --- the group (on the Kafka thread) ----------------------------------------------------
+
+    def _subscribe(self) -> None:
+        self._consumer = Consumer({
+            **self.settings.librdkafka_config(), "group.id": self.group,
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
+            "log_level": 3})
+        self._consumer.subscribe([DAG_TASKS], on_assign=self._assigned,
+                                 on_revoke=self._revoked, on_lost=self._lost)
+
+    def _assigned(self, _consumer, partitions) -> None:
+        self.assignment |= {(p.topic, p.partition) for p in partitions}
+
+    def _revoked(self, consumer, partitions) -> None:
+        """Partitions go to another runner: let their tasks finish (bounded) and commit what
+        is done. Tasks still running go on and report, but their offsets are the new
+        owner's, who runs them again."""
+        revoked = {(p.topic, p.partition) for p in partitions}
+        self.assignment -= revoked
+        handover = asyncio.run_coroutine_threadsafe(self._let_go(revoked), self._loop)
+        try:
+            positions = handover.result(self.revoke_wait_s + 5)
+        except TimeoutError:
+            return
+        if positions:
+            with contextlib.suppress(KafkaException):
+                consumer.commit(offsets=_partitions(positions), asynchronous=False)
+
+    def _lost(self, _consumer, partitions) -> None:
+        lost = {(p.topic, p.partition) for p in partitions}
+        self.assignment -= lost
+        self._loop.call_soon_threadsafe(self.offsets.forget, lost)
+
+    def _commit_now(self, positions: dict[Partition, int]) -> None:
+        self._consumer.commit(offsets=_partitions(positions), asynchronous=False)
+
+    # --- taking tasks -----------------------------------------------------------------------
+
+    async def _take(self) -> None:
+        free = self.concurrency - len(self.running)
+        if free <= 0:
+            self._slot.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot.wait(), 0.1)
+            return
+        for message in await self._on_kafka(self._consumer.consume, free, 0.1):
+            if message.error() is not None:
+                self._say(f"consumer: {message.error()}")
+                continue
+            tp = (message.topic(), message.partition())
+            epoch = self.offsets.take(tp, message.offset())
+            job = asyncio.create_task(self._handle(tp, epoch, message))
+            self.running[job] = tp
+            job.add_done_callback(self._finished)
+
+    def _finished(self, job: asyncio.Task) -> None:
+        self.running.pop(job, None)
+        self._slot.set()
+        if not job.cancelled() and job.exception() is not None:
+            self._say(f"a task could not be run (it will run again): "
+                      f"{_one_line(job.exception())}")
+
+    async def _handle(self, tp: Partition, epoch: int, message) -> None:
+        """Run one task record. Its offset is done once its last report is acknowledged,
+        or once it proves not to be a task."""
+        task = self._task(message)
+        if task is None or task.task_id in self.reported:
+            self.counts["skipped"] += 1
+            self.offsets.done(tp, message.offset(), epoch)
+            return
+        await self._report(lambda: self.reporter.started(task), task)
+        result = await self.executor.execute(task)
+        # The task's position rides on its last report, so a restored broker can tell
+        # which tasks were done (streams/dag/dispatch.py restore_runner_positions).
+        position = ((TASK_PARTITION, str(message.partition()).encode()),
+                    (TASK_OFFSET, str(message.offset()).encode()))
+        await self._report(lambda: self.reporter.finished(task, result, position), task)
+        self.counts["completed" if isinstance(result, Completed) else "failed"] += 1
+        self.reported[task.task_id] = None
+        if len(self.reported) > REMEMBERED_TASKS:
+            self.reported.popitem(last=False)
+        self.offsets.done(tp, message.offset(), epoch)
+
+    async def _report(self, send: Callable[[], Awaitable[None]], task: Task) -> None:
+        """Until the broker acknowledges it: a report sent again has the same command id."""
+        while True:
+            try:
+                return await send()
+            except KafkaError as exc:
+                self._say(f"a report on {task.task_id} was not acknowledged "
+                          f"({_one_line(exc) or type(exc).__name__}); sending it again")
+                await asyncio.sleep(1.0)
+
+    def _task(self, message) -> Task | None:
+        if message.value() is None:
+            return None
+        try:
+            decoded = self.codec.decode(message.value())
+        except SchemaError as exc:
+            self._say(f"skipping an undecodable record at {message.topic()}"
+                      f"[{message.partition()}]@{message.offset()}: {exc}")
+            return None
+        return Task.from_record(decoded.record) if decoded.name == NODE_SCHEDULED else None
+
+    # --- committing -------------------------------------------------------------------------
+
+    async def _commit(self) -> None:
+        positions = self.offsets.committable(self.assignment)
+        if positions:
+            await self._on_kafka(self._commit_now, positions)
+            self.offsets.committed.update(positions)
+
+    async def _let_go(self, revoked: set[Partition]) -> dict[Partition, int]:
+        deadline = time.monotonic() + self.revoke_wait_s
+        while self.offsets.busy(revoked) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        positions = self.offsets.committable(revoked)
+        self.offsets.forget(revoked)
+        return positions
+
+    async def _drain(self) -> bool:
+        """Stop taking tasks; finish the running ones (bounded), commit."""
+        if self.running:
+            self._say(f"stopping: waiting up to {self.drain_timeout_s:g} s for "
+                      f"{len(self.running)} running task(s)")
+            forced = asyncio.ensure_future(self._forced.wait())
+            everything = asyncio.gather(*self.running, return_exceptions=True)
+            await asyncio.wait([forced, everything], timeout=self.drain_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            forced.cancel()
+        abandoned = list(self.running)
+        for job in abandoned:
+            job.cancel()
+        await asyncio.gather(*abandoned, return_exceptions=True)
+        with contextlib.suppress(KafkaException):
+            await self._commit()
+        if abandoned:
+            self._say(f"abandoned {len(abandoned)} running task(s); they will run again")
+        return not abandoned
+
+
+def _partitions(positions: dict[Partition, int]) -> list[KafkaPartition]:
+    return [KafkaPartition(topic, partition, offset)
+            for (topic, partition), offset in positions.items()]
+
+
+async def run_runner(settings: Settings, runner_id: str | None, concurrency: int,
+                     threads: int, drain_timeout_s: float) -> int:
+    """`pit runner`: run tasks until SIGTERM/SIGINT, then drain. 0 when it drained in time."""
+    runner = Runner(settings, runner_id=runner_id, concurrency=concurrency, threads=threads,
+                    drain_timeout_s=drain_timeout_s)
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            runner.force()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    runner._say(f"taking tasks from {DAG_TASKS} in group {runner.group} (concurrency "
+                f"{concurrency}, {threads} threads)")
+    drained = await runner.run(stop)
+    runner._say(f"stopped: {runner.counts['completed']} completed, {runner.counts['failed']}"
+                " failed")
+    return 0 if drained else 1

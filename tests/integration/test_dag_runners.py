@@ -1,0 +1,323 @@
+"""Node runners through the embedded broker: tasks on pit.dag.tasks are run by in-process
+`Runner`s of one consumer group and reported on pit.dag.commands exactly once per attempt;
+a crashed runner's task runs again elsewhere; large outputs go through the blob store; the
+task dispatcher relays NodeScheduled from pit.dag.events and resumes where it left off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+
+import pytest
+from aiokafka import TopicPartition
+
+from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry
+from streams.blobs import FileBlobStore
+from streams.broker import EmbeddedBroker
+from streams.config import Settings
+from streams.dag.dispatch import (
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    TaskDispatcher,
+    restore_runner_positions,
+)
+from streams.dag.execution import NodeScheduled, NodeStarted
+from streams.dag.runner import Runner
+from streams.decider import to_record
+from streams.history import read_topic
+from streams.kafka import make_producer, produce_all, start_consumer
+from streams.processor import Output
+from streams.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS, load_catalog
+
+STARTED, COMPLETED, FAILED = ("pit.dag.ReportNodeStarted", "pit.dag.ReportNodeCompleted",
+                              "pit.dag.ReportNodeFailed")
+
+
+@pytest.fixture
+def broker():
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        yield broker
+
+
+@pytest.fixture
+def settings(broker, tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path, bootstrap_servers=broker.bootstrap_servers)
+
+
+@pytest.fixture
+def codec() -> Codec:
+    return Codec(EmbeddedRegistry())
+
+
+def scheduled(execution: str, node: str, operator: str, inputs: dict, *, attempt: int = 1,
+              kind: str = "operator", input_refs: dict | None = None) -> NodeScheduled:
+    return NodeScheduled(execution, node, attempt, f"{execution}/{node}/{attempt}", kind,
+                         json.dumps({"operator": operator}), json.dumps(inputs),
+                         json.dumps(input_refs or {}), "operator", 1.0, 0, 0, 0.0, 0)
+
+
+def encoded(codec: Codec, event: NodeScheduled | NodeStarted, sequence: int = 1) -> bytes:
+    envelope = {"event_id": f"{event.execution_id}/{sequence}", "event_type": event.type_name,
+                "entity_key": event.execution_id, "sequence": sequence,
+                "correlation_id": event.execution_id, "causation_id": "cmd",
+                "occurred_at": 1_700_000_000_000, "producer": "test"}
+    return codec.encode(event.avro_name, {"envelope": envelope, **to_record(event)})
+
+
+async def publish_tasks(settings: Settings, codec: Codec, tasks: list[NodeScheduled]) -> None:
+    producer = make_producer(settings, partitioner="murmur2_random")
+    await produce_all(producer, [Output(DAG_TASKS, -1, t.task_id.encode(), encoded(codec, t),
+                                        int(time.time() * 1000)) for t in tasks])
+
+
+async def reports(settings: Settings, codec: Codec) -> list[tuple[str, dict, dict]]:
+    """Every report on pit.dag.commands: (record name, record, headers)."""
+    found = []
+    for record in await read_topic(settings, DAG_COMMANDS):
+        decoded = codec.decode(record.value)
+        found.append((decoded.name, decoded.record, dict(record.headers)))
+    return found
+
+
+async def until(condition, timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+class Running:
+    """Runners on this test's event loop, each with its stop event and task."""
+
+    def __init__(self, settings: Settings, codec: Codec) -> None:
+        self.settings, self.codec = settings, codec
+        self.runs: dict[str, tuple[Runner, asyncio.Event, asyncio.Task]] = {}
+
+    def start(self, runner_id: str, **options) -> Runner:
+        options = {"session_timeout_ms": 3000, "revoke_wait_s": 2.0, "say": lambda _: None,
+                   **options}
+        runner = Runner(self.settings, runner_id=runner_id, codec=self.codec, **options)
+        stop = asyncio.Event()
+        self.runs[runner_id] = (runner, stop, asyncio.create_task(runner.run(stop)))
+        return runner
+
+    async def stop(self, runner_id: str) -> bool:
+        _, stop, task = self.runs.pop(runner_id)
+        stop.set()
+        return await task
+
+    async def crash(self, runner_id: str) -> None:
+        """As a killed process: running tasks vanish unreported, nothing is committed."""
+        runner, _, task = self.runs.pop(runner_id)
+        for job in list(runner.running):
+            job.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def close(self) -> None:
+        for runner_id in list(self.runs):
+            await self.stop(runner_id)
+
+    def assignments(self) -> list[set[tuple[str, int]]]:
+        return [runner.assignment for runner, _, _ in self.runs.values()]
+
+    async def balanced(self) -> None:
+        """Every runner holds partitions and together they hold all of pit.dag.tasks."""
+        async def ready() -> bool:
+            held = self.assignments()
+            return all(held) and sum(len(h) for h in held) == 16 == len(set().union(*held))
+        await until(ready, what="the group to assign every runner its partitions")
+
+
+@pytest.fixture
+async def runners(settings, codec):
+    running = Running(settings, codec)
+    yield running
+    await running.close()
+
+
+async def test_two_runners_in_one_group_report_each_task_exactly_once(settings, codec, runners):
+    first, second = runners.start("r1"), runners.start("r2")
+    await runners.balanced()
+    tasks = [scheduled(f"ex{i % 7}", f"n{i}", "add", {"a": i, "b": 0.5}) for i in range(150)]
+    tasks += [scheduled("ex-slow", f"s{i}", "sleep_then_return", {"value": i, "ms": 50})
+              for i in range(50)]
+    await publish_tasks(settings, codec, tasks)
+
+    async def all_completed() -> bool:
+        return sum(name == COMPLETED for name, _, _ in await reports(settings, codec)) >= 200
+    await until(all_completed, what="200 completed reports")
+    assert await runners.stop("r1") and await runners.stop("r2")
+
+    found = await reports(settings, codec)
+    ids = Counter(record["meta"]["command_id"] for _, record, _ in found)
+    assert len(found) == 400 and set(ids.values()) == {1}
+    expected = {t.task_id: {"out": i + 0.5} for i, t in enumerate(tasks[:150])}
+    expected |= {t.task_id: {"out": i} for i, t in enumerate(tasks[150:])}
+    completed = {f"{r['execution_id']}/{r['node_id']}/{r['attempt']}": r
+                 for name, r, _ in found if name == COMPLETED}
+    assert {task_id: json.loads(r["output"]) for task_id, r in completed.items()} == expected
+    # both runners took a share, each completed report names who ran it
+    assert first.counts["completed"] > 0 and second.counts["completed"] > 0
+    assert first.counts["completed"] + second.counts["completed"] == 200
+    assert Counter(r["runner"] for r in completed.values()) == {
+        "r1": first.counts["completed"], "r2": second.counts["completed"]}
+    # the final report carries the task's position; the commands are keyed by execution
+    assert all({"pit.task.partition", "pit.task.offset"} <= set(headers)
+               for name, _, headers in found if name == COMPLETED)
+
+    # everything was committed: a runner joining the group later runs nothing again
+    third = runners.start("r3")
+    await runners.balanced()
+    await asyncio.sleep(0.5)
+    assert await runners.stop("r3") and third.counts == {"completed": 0, "failed": 0,
+                                                           "skipped": 0}
+    assert len(await reports(settings, codec)) == 400
+
+
+async def test_a_crashed_runners_task_is_run_again_by_the_other(settings, codec, runners):
+    runners.start("victim")
+    await runners.balanced()
+    await publish_tasks(settings, codec, [
+        scheduled("ex-crash", "slow", "sleep_then_return", {"value": "done", "ms": 1500})])
+
+    async def started() -> bool:
+        return any(name == STARTED for name, _, _ in await reports(settings, codec))
+    await until(started, what="the victim to start the task")
+    await runners.crash("victim")
+    survivor = runners.start("survivor")
+
+    async def completed() -> bool:
+        return any(name == COMPLETED for name, _, _ in await reports(settings, codec))
+    await until(completed, timeout_s=30, what="the survivor to complete the task")
+    assert await runners.stop("survivor")
+    found = await reports(settings, codec)
+    assert [(name, r["runner"]) for name, r, _ in found] == [
+        (STARTED, "victim"), (STARTED, "survivor"), (COMPLETED, "survivor")]
+    # the same attempt, the same command ids: the decider sees the second start as a repeat
+    assert found[0][1]["meta"]["command_id"] == found[1][1]["meta"]["command_id"]
+    assert json.loads(found[2][1]["output"]) == {"out": "done"}
+    assert survivor.counts["completed"] == 1
+
+
+async def test_large_outputs_and_inputs_go_through_the_blob_store(settings, codec, runners):
+    blobs = FileBlobStore(settings.data_dir / "blobs")
+    text = "lorem ipsum " * 20_000  # 240 KB: far above the inline limit
+    source = blobs.put(json.dumps({"out": {"text": text}}).encode())
+    runners.start("r1", inline_limit=4096)
+    await runners.balanced()
+    await publish_tasks(settings, codec, [
+        scheduled("ex-big", "big", "identity", {}, input_refs={
+            "value": {"hash": source, "path": ["out", "text"]}}),
+        scheduled("ex-big", "small", "length", {"items": [1, 2, 3]})])
+
+    async def completed() -> bool:
+        return sum(name == COMPLETED for name, _, _ in await reports(settings, codec)) == 2
+    await until(completed, what="both tasks to complete")
+    done = {r["node_id"]: r for name, r, _ in await reports(settings, codec)
+            if name == COMPLETED}
+    big, small = done["big"], done["small"]
+    assert big["output"] == "" and big["output_hash"].startswith("sha256:")
+    assert json.loads(blobs.get(big["output_hash"])) == {"out": text}
+    assert json.loads(small["output"]) == {"out": 3} and small["output_hash"] == ""
+
+
+async def test_a_failing_task_is_reported_failed_with_its_error(settings, codec, runners):
+    runners.start("r1")
+    await runners.balanced()
+    await publish_tasks(settings, codec, [scheduled("ex-f", "boom", "raise_error", {
+        "message": "no such document", "error": "InvalidInput"})])
+
+    async def failed() -> bool:
+        return any(name == FAILED for name, _, _ in await reports(settings, codec))
+    await until(failed, what="the failure report")
+    (report,) = [r for name, r, _ in await reports(settings, codec) if name == FAILED]
+    assert (report["error_type"], report["message"], report["retryable"], report["attempt"]) \
+        == ("InvalidInput", "no such document", True, 1)
+    assert report["meta"]["command_id"] == "ex-f/boom/1/failed"
+
+
+# --- the task dispatcher ----------------------------------------------------------------------
+
+async def produce_events(settings: Settings, codec: Codec, events, partition: int) -> None:
+    producer = make_producer(settings)
+    await produce_all(producer, [
+        Output(DAG_EVENTS, partition, e.execution_id.encode(), encoded(codec, e, n),
+               1_700_000_000_000) for n, e in enumerate(events, 1)])
+
+
+async def relay(settings, codec, stop_after: int, **options) -> TaskDispatcher:
+    """Run a dispatcher until pit.dag.tasks holds `stop_after` records."""
+    dispatcher = TaskDispatcher(settings, codec, **options)
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+
+    async def relayed() -> bool:
+        return len(await read_topic(settings, DAG_TASKS)) >= stop_after
+    try:
+        await until(relayed, what=f"{stop_after} task records")
+        await asyncio.sleep(0.3)  # time to relay anything it should not
+    finally:
+        stop.set()
+        await running
+    return dispatcher
+
+
+async def test_the_dispatcher_relays_node_scheduled_by_task_id_and_resumes(settings, codec):
+    first = [scheduled("ex-a", f"n{i}", "add", {"a": i, "b": 1}) for i in range(3)]
+    await produce_events(settings, codec, [first[0], NodeStarted("ex-a", "n0", 1, "r"),
+                                           first[1], first[2]], partition=5)
+    await relay(settings, codec, 3)
+    tasks = await read_topic(settings, DAG_TASKS)
+    assert sorted(r.key.decode() for r in tasks) == ["ex-a/n0/1", "ex-a/n1/1", "ex-a/n2/1"]
+    events = {r.offset: r for r in await read_topic(settings, DAG_EVENTS)}
+    for record in tasks:  # the task is the event: same bytes, with where it came from
+        headers = dict(record.headers)
+        source = events[int(headers[SOURCE_OFFSET])]
+        assert int(headers[SOURCE_PARTITION]) == 5 and record.value == source.value
+    assert len({r.partition for r in tasks}) > 1  # spread by task id, not by execution
+
+    # started again it goes on from its committed position: only the new event is relayed
+    await produce_events(settings, codec, [scheduled("ex-a", "n3", "add", {})], partition=5)
+    assert (await relay(settings, codec, 4)).relayed == 1
+
+    # a dispatcher whose group lost its offsets resumes after what pit.dag.tasks shows
+    await produce_events(settings, codec, [scheduled("ex-b", "m0", "add", {})], partition=2)
+    fresh = await relay(settings, codec, 5, group="pit.dag.dispatcher.fresh")
+    assert fresh.relayed == 1
+    assert sorted(r.key.decode() for r in await read_topic(settings, DAG_TASKS))[-1] \
+        == "ex-b/m0/1"
+
+
+async def test_a_restored_runner_group_resumes_at_the_first_unreported_task(settings, codec,
+                                                                             runners):
+    await publish_tasks(settings, codec, [scheduled("ex-r", f"n{i}", "identity", {"value": i})
+                                          for i in range(40)])
+    runners.start("r1")
+    await runners.balanced()
+
+    async def all_done() -> bool:
+        return sum(name == COMPLETED for name, _, _ in await reports(settings, codec)) == 40
+    await until(all_done, what="40 completed reports")
+    await runners.stop("r1")
+    # as after a restore from the archive: the same records, a group without positions
+    group = "pit.dag.runners.restored"
+    positions = await restore_runner_positions(settings, None, group)
+    consumer = await start_consumer(settings)
+    try:
+        tps = [TopicPartition(DAG_TASKS, p) for p in range(16)]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    assert positions == {tp.partition: end for tp, end in ends.items()}
+    assert await restore_runner_positions(settings, None, group) == {}  # has positions now
+    restarted = runners.start("r2", group=group)
+    await runners.balanced()
+    await asyncio.sleep(0.5)
+    assert await runners.stop("r2") and restarted.counts["completed"] == 0

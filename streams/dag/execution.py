@@ -1294,7 +1294,7 @@ def _recover(d: _Decision, i: int, error_type: str, message: str, retryable: boo
                            _json({OUT: rec.default_output}), error_type))
         d.resolved.append(i)
     elif strategy == Strategy.RESTART and run.restarts < rec.max_attempts - 1:
-        _cancel_timers(d)
+        _cancel_timers(d, workflow=False)  # the workflow's deadline stands
         d.emit(ExecutionRestarted(s.execution_id, s.plan.ids[i], s.checkpoint,
                                   f"{error_type}: {message}" if message else error_type))
         d.resolved.clear()  # what they would wake is back to the checkpoint
@@ -1334,8 +1334,8 @@ def _fail_execution(d: _Decision, i: int, error_type: str, message: str) -> None
     d.emit(ExecutionFailed(s.execution_id, s.plan.ids[i], error_type, message))
 
 
-def _cancel_timers(d: _Decision, keep: str = "") -> None:
-    """Cancel the timers the execution still has pending (but `keep`, the one firing)."""
+def _cancel_timers(d: _Decision, *, workflow: bool = True) -> None:
+    """Cancel the node timers still pending, and the workflow's unless told not to."""
     s = d.state
     if s.slots:
         for i, run in enumerate(s.nodes):
@@ -1343,7 +1343,7 @@ def _cancel_timers(d: _Decision, keep: str = "") -> None:
                 d.emit(cancel_timer(_node_timer(s, i, "retry", run.attempt), "not needed"))
             elif run.status in IN_FLIGHT and s.plan.node(i).timeout_ms:
                 d.emit(cancel_timer(_node_timer(s, i, "timeout", run.attempt), "not needed"))
-    if s.deadline_at and _workflow_timer(s) != keep:
+    if workflow and s.deadline_at:
         d.emit(cancel_timer(_workflow_timer(s), "not needed"))
 
 
@@ -1357,7 +1357,7 @@ def _on_timer(d: _Decision, c: TimerFired) -> None:
     rest = c.timer_id[len(prefix):]
     if rest == "timeout":
         if s.running:
-            _cancel_timers(d, keep=c.timer_id)
+            _cancel_timers(d, workflow=False)  # it is the one firing
             d.emit(ExecutionTimedOut(s.execution_id, s.timeout_ms))
         return
     node_id, purpose, attempt = [*rest.split("/"), "", ""][:3]

@@ -525,6 +525,16 @@ def test_restart_without_a_checkpoint_runs_everything_again_with_new_attempts():
     assert isinstance(events[-1], ExecutionFailed)
 
 
+def test_a_restart_cancels_the_node_timers_but_keeps_the_workflow_deadline():
+    run = Run(chain("a", "b", timeout_ms=300, recovery=Recovery(Strategy.RESTART)),
+              timeout_ms=5000)
+    events = run.fail("a")
+    cancelled = [e.timer_id for e in events if isinstance(e, TimerCancelled)]
+    assert cancelled == ["e1/a/timeout/1"]
+    assert set(run.timers()) == {"e1/timeout", "e1/a/timeout/2"}
+    assert isinstance(run.fire("e1/timeout")[-1], ExecutionTimedOut)
+
+
 def test_restart_goes_back_to_the_last_checkpoint_only():
     run = Run(chain("a", "b", "c", recovery=Recovery(Strategy.RESTART)))
     run.complete("a", 1)

@@ -7,6 +7,16 @@ inputs, resources, priority, deadline) and runners report back (`ReportNodeStart
 `ReportNodeCompleted`, `ReportNodeFailed`, each naming its attempt). Timers are durable
 events (streams/timers.py): the decider emits `TimerScheduled` with a deterministic id and the
 `TimerFired` command to send back, and `TimerCancelled` once a timer has no purpose left.
+Timer ids: "<execution>/timeout", "<execution>/<node>/timeout/<attempt>" and
+"<execution>/<node>/retry/<attempt>" (node ids hold no "/").
+
+The events are the issue's list plus `ExecutionRestarted` (a restart from a checkpoint is a
+fact of its own) and the timer requests. A definition travels inline as canonical JSON, or
+by content hash when larger than 256 KiB (read through `Definitions`' store). The start's
+`inputs` give values to node inputs the definition feeds with a constant ("node.input"), so
+a valid definition stays valid. Outputs travel inline as a JSON object {output: value}, or
+as a blob hash; a task receives a blob-held input as a reference {"hash", "path"}.
+Bounds are per execution (its entity): a limit across executions is the runners' to keep.
 
 `decide` builds its answer by evolving a working copy event by event (`_Decision`), as the
 pool decider does, so what it decides is what a replay of its events reproduces. `evolve` is
@@ -60,7 +70,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from streams.dag.definition import (
@@ -330,9 +340,9 @@ class Definitions:
                 definition_hash = found
             elif not definition_hash:
                 raise Rejection("a definition or a definition_hash is required")
-            elif definition_hash in self._plans:
-                return self._cached(definition_hash)
-            else:
+            if definition_hash in self._plans:
+                return self._cached(definition_hash)  # validated when it was first started
+            if not definition:
                 workflow = self._stored(definition_hash)
             check(workflow, self.registry)
         except (InvalidWorkflowError, DefinitionStoreError) as exc:
@@ -712,16 +722,9 @@ class ExecutionState:
                 if key.startswith(prefix)}
 
 
-_inputs_cache: OrderedDict[str, dict] = OrderedDict()
-
-
+@lru_cache(maxsize=64)
 def _inputs(text: str) -> dict[str, Any]:
-    found = _inputs_cache.get(text)
-    if found is None:
-        found = _inputs_cache[text] = json.loads(text)
-        if len(_inputs_cache) > 64:
-            _inputs_cache.popitem(last=False)
-    return found
+    return json.loads(text)  # read only
 
 
 def initial_state(execution_id: str) -> ExecutionState:

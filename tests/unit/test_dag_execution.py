@@ -62,6 +62,8 @@ from streams.dag.execution import (
     status,
 )
 from streams.decider import Message, Rejection, from_record, to_record
+from streams.log import LogRecord
+from streams.processor import Processor
 from streams.timers import Timer, TimerCancelled, TimerScheduled, command_output
 from streams.topics import DAG_COMMANDS
 
@@ -720,3 +722,39 @@ def test_every_command_and_event_round_trips_through_its_avro_schema():
         assert from_record(type(command), record) == command
     assert DAG.event_type("pit.dag.NodeScheduled") is NodeScheduled
     assert set(EVENTS) >= {TimerScheduled, TimerCancelled}
+
+
+def test_the_decider_runs_in_the_processor_and_restores_from_its_records():
+    """Commands in, encoded events (timer requests among them) out on pit.dag.events; a
+    processor restored from those records holds the same execution; a re-sent command is a
+    duplicate."""
+    codec = Codec(EmbeddedRegistry())
+    live = Processor(DAG, codec)
+    produced: list[LogRecord] = []
+
+    def handle(command: Message, command_id: str, at: int) -> list[dict]:
+        value = codec.encode(command.avro_name, {"meta": {"command_id": command_id,
+                                                          "issued_at": at},
+                                                 **to_record(command)})
+        outputs = live.handle([LogRecord(DAG_COMMANDS, 0, len(produced), at, EID.encode(),
+                                         value)])
+        for out in outputs:
+            produced.append(LogRecord(out.topic, out.partition, len(produced), at, out.key,
+                                      out.value))
+        return [codec.decode(out.value).record for out in outputs]
+
+    handle(StartExecution(EID, chain("a", "b", recovery=RETRY).canonical_json(),
+                          timeout_ms=5000), "c1", T0)
+    handle(ReportNodeFailed(EID, "a", 1, "Flaky"), "c2", T0 + 10)
+    records = handle(TimerFired(EID, "e1/a/retry/1"), "e1/a/retry/1", T0 + 500)
+    assert [r["envelope"]["event_type"] for r in records[:-1]] == ["NodeScheduled"]
+    assert records[-1]["status"] == "ACCEPTED"
+    again = handle(TimerFired(EID, "e1/a/retry/1"), "e1/a/retry/1", T0 + 600)
+    assert again[-1]["duplicate"] is True and len(again) == 1
+    events = [r for r in produced if r.topic == DAG.event_topic]
+    names_ = [codec.decode(r.value).name for r in events]
+    assert "pit.timer.TimerScheduled" in names_ and "pit.dag.NodeRetryScheduled" in names_
+    restored = Processor(DAG, codec)
+    restored.restore(produced)
+    assert restored.state(EID) == live.state(EID)
+    assert restored.state(EID).node("a").attempt == 2

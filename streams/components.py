@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from streams.decider import Decider, Message
 from streams.errors import PitError
+from streams.dag.execution import DAG
 from streams.pool.pool import POOL
 
-DECIDERS: tuple[Decider, ...] = (POOL,)
+DECIDERS: tuple[Decider, ...] = (POOL, DAG)
 
 
 def command_types() -> dict[str, type[Message]]:

@@ -28,8 +28,11 @@ from streams.broker import EmbeddedBroker
 from streams.client import registry_for
 from streams.components import DECIDERS
 from streams.config import BROKER_FILE, Settings
+from streams.dag.definition_store import definition_store
 from streams.dag.dispatch import TaskDispatcher, restore_runner_positions
+from streams.dag.execution import DAG, Definitions, execution_decider
 from streams.dag.runner import GROUP as RUNNER_GROUP
+from streams.decider import Decider
 from streams.errors import PitError
 from streams.history import read_topic
 from streams.kafka import (
@@ -53,6 +56,13 @@ def progress_printer(label: str, stream=sys.stderr):
         end = "\n" if total is not None and done >= total else ""
         print(f"\r{label}: {shown}", end=end, file=stream, flush=True)
     return report
+
+
+def deciders(settings: Settings) -> tuple[Decider, ...]:
+    """DECIDERS as `pit up` runs them: the DAG decider reads a definition started by hash
+    from the definition store in the data directory, where clients put it."""
+    dag = execution_decider(Definitions(definition_store(settings)))
+    return tuple(dag if decider is DAG else decider for decider in DECIDERS)
 
 
 @dataclass
@@ -87,7 +97,7 @@ class Stack:
         if isinstance(self.registry, EmbeddedRegistry):
             await self.sync_registry(self.registry)
         self.codec = Codec(self.registry)
-        for decider in DECIDERS:
+        for decider in deciders(self.settings):
             processor = Processor(decider, self.codec)
             ready = asyncio.Event()
             self.tasks.append(asyncio.create_task(

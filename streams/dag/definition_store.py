@@ -14,8 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from streams.blobs import FileBlobStore
+from streams.config import Settings
 from streams.dag.definition import Workflow, workflow_from_json, workflow_from_yaml
-from streams.errors import BlobStoreError, DefinitionStoreError, InvalidWorkflowError
+from streams.errors import (
+    BlobNotFoundError,
+    BlobStoreError,
+    DefinitionStoreError,
+    InvalidWorkflowError,
+)
 
 
 def read_workflow_file(path: str | Path) -> Workflow:
@@ -26,6 +32,14 @@ def read_workflow_file(path: str | Path) -> Workflow:
     except OSError as exc:
         raise InvalidWorkflowError(path.name, [f"cannot read {path}: {exc.strerror}"]) from None
     return workflow_from_json(text) if path.suffix == ".json" else workflow_from_yaml(text)
+
+
+def definition_store(settings: Settings) -> FileDefinitionStore:
+    """The Pit's definition store: `definitions/` in the data directory, where clients put
+    large definitions and `pit up`'s DAG processor reads them. One machine shares it through
+    the data directory; a deployment over several machines needs it on shared storage (the
+    Artifact Store's job once it exists)."""
+    return FileDefinitionStore(settings.data_dir / "definitions")
 
 
 class FileDefinitionStore:
@@ -45,8 +59,15 @@ class FileDefinitionStore:
             return self.blobs.put(workflow.canonical_bytes)
 
     def get(self, definition_hash: str) -> Workflow:
-        with _as_definition_error():
+        try:
             data = self.blobs.get(definition_hash)
+        except BlobNotFoundError as exc:
+            raise DefinitionStoreError(
+                f"{exc}: it is not in the definition store at {self.root} (whoever starts a"
+                " workflow by hash puts it there first: on one machine the same PIT_DATA_DIR,"
+                " across machines a shared store)") from None
+        except BlobStoreError as exc:
+            raise DefinitionStoreError(str(exc)) from None
         return workflow_from_json(data)
 
     def __contains__(self, definition_hash: object) -> bool:

@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -53,6 +53,7 @@ from streams.history import HistoryError, history_source, kafka_log_reader
 from streams.kafka import partitions_of, start_consumer
 from streams.pool.lifecycle import ModelState, ModelTransitioned, ModelUsageRecorded
 from streams.pool.lifecycle import TransitionReason as R
+from streams.pool.lookahead import Lookahead
 from streams.pool.pool import (
     POOL,
     AllocationQueued,
@@ -60,6 +61,7 @@ from streams.pool.pool import (
     ModelAllocated,
     ModelEvicted,
     ModelPlaced,
+    ModelRegistered,
     ModelUnloaded,
     UnloadRequested,
     WarmModel,
@@ -91,6 +93,7 @@ class PoolPrewarmer:
         self.tick_ms, self.idle_tick_ms, self.confirm_ms = tick_ms, idle_tick_ms, confirm_ms
         self.now_ms: int | None = None
         self.warm: set[str] = set()      # not Cold, or placed and waiting: never prewarmed
+        self.known: set[str] = set()     # registered: a WarmModel for another is rejected
         self._placed: set[str] = set()   # Cold but placed on a host, its load on the way
         self._not_cold: set[str] = set()  # by its last transition
         self._unconfirmed: dict[str, int] = {}  # model -> decided at, until ModelPlaced
@@ -121,6 +124,8 @@ class PoolPrewarmer:
         decisions = self.advance(at_ms)
         at = self.now_ms
         match event:
+            case ModelRegistered(model_id=m):
+                self.known.add(m)
             case AllocationQueued(model_id=m, workflow_id=run):
                 return decisions + self._request(m, at, run, ready=False)
             case ModelAllocated(model_id=m, workflow_id=run, cache_hit=True):
@@ -146,6 +151,19 @@ class PoolPrewarmer:
             case ModelEvicted(model_id=m) | UnloadRequested(model_id=m) | ModelUnloaded(
                     model_id=m):
                 self.engine.evicted(m, at)
+        return decisions
+
+    def lookahead(self, hints: Iterable[Lookahead], at_ms: int) -> list[Decision]:
+        """Decisions for the models a workflow is about to call (streams/pool/lookahead.py):
+        registered, Cold and unplaced, with no decision already on the way. The engine
+        neither made nor scores them; a placement confirms them like its own."""
+        decisions = []
+        for hint in hints:
+            m = hint.model_id
+            if m in self.known and m not in self.warm and m not in self._unconfirmed:
+                self._unconfirmed[m] = at_ms
+                decisions.append(Decision(self.pool_id, m, hint.probability, hint.reason,
+                                          at_ms))
         return decisions
 
     def _reclassify(self, model_id: str) -> None:

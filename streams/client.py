@@ -20,6 +20,9 @@ from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.components import decider_for
 from streams.config import Settings
+from streams.dag import workflows
+from streams.dag.execution import Progress
+from streams.dag.workflows import WorkflowResult
 from streams.decider import Message, from_record, to_record
 from streams.errors import (
     AllocationError,
@@ -314,6 +317,39 @@ class PitClient:
             raise InferenceError(f"{allocation.model_id} on host {allocation.host_id}:"
                                  f" HTTP {reply.status}: {detail}")
         return body["outputs"]
+
+    # --- workflows (streams/dag/workflows.py) -----------------------------------------------
+
+    async def execute_workflow(self, definition, inputs: dict | None = None, *,
+                               execution_id: str | None = None,
+                               max_concurrency: int | None = None,
+                               capacity: dict[str, dict[str, float]] | None = None,
+                               timeout_ms: int | None = None, timeout: float = 30.0) -> str:
+        """Start a workflow (a Workflow, its dict form or a .yaml/.json path) with `inputs`
+        {"node.input": value}; returns the execution id once the start is accepted.
+        `capacity`: {runner pool: {"cpu": c, "memory_mb": m}}. An invalid definition raises
+        InvalidWorkflowError listing every problem (nothing is published); a rejected start
+        raises WorkflowError with the reason."""
+        return await workflows.execute(self, definition, inputs, execution_id=execution_id,
+                                       max_concurrency=max_concurrency, capacity=capacity,
+                                       timeout_ms=timeout_ms, timeout=timeout)
+
+    async def await_result(self, execution_id: str, timeout: float = 300.0) -> WorkflowResult:
+        """How the execution ended (also one that ended before this call); WorkflowError when
+        it is unknown or still running after `timeout` seconds."""
+        return await workflows.await_result(self, execution_id, timeout)
+
+    async def workflow_status(self, execution_id: str) -> Progress:
+        """Its status now, folded from its events: node counts by state, progress, ETA."""
+        return await workflows.workflow_status(self, execution_id)
+
+    def follow_workflow(self, execution_id: str, interval: float = 0.5) -> AsyncIterator[Progress]:
+        """Its status as it runs, at least every `interval` seconds, until it ends."""
+        return workflows.follow(self, execution_id, interval)
+
+    async def cancel_workflow(self, execution_id: str, reason: str = "") -> Outcome:
+        """Cancel a running execution; WorkflowError when it is unknown or already ended."""
+        return await workflows.cancel(self, execution_id, reason)
 
     # --- results ---------------------------------------------------------------------------
 

@@ -79,3 +79,7 @@ class BlobNotFoundError(BlobStoreError):
 
 class BlobIntegrityError(BlobStoreError):
     """A stored blob's content does not hash to its address."""
+
+
+class WorkflowError(PitError):
+    """A workflow execution was refused, is unknown, or did not end in time."""

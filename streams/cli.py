@@ -45,6 +45,14 @@ def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
                                 drain_timeout_s=args.drain_timeout))
 
 
+def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.dag.runner import POOLS, run_runner
+
+    return asyncio.run(run_runner(settings, args.id, args.concurrency, args.threads,
+                                  args.drain_timeout, args.pool or POOLS,
+                                  int(args.session_timeout * 1000)))
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
@@ -215,6 +223,26 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_argument("--drain-timeout", type=float, default=30.0,
                       help="seconds SIGTERM waits for in-flight allocations before leaving")
     host.set_defaults(run=cmd_host)
+
+    runner = sub.add_parser("runner", help="run DAG node tasks (one consumer group: start more"
+                                           " runners to scale out)")
+    runner.add_argument("--id", help="runner id in reports (default: <hostname>-<pid>)")
+    runner.add_argument("--concurrency", type=int, default=256,
+                        help="most tasks running at once")
+    runner.add_argument("--threads", type=int, default=32,
+                        help="threads for blocking operators")
+    runner.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="seconds SIGTERM waits for running tasks before leaving")
+    runner.add_argument("--pool", action="append",
+                        help="a runner pool to serve (repeat; default: instrument and operator)")
+    runner.add_argument("--session-timeout", type=float, default=10.0,
+                        help="seconds without a heartbeat before the group gives a dead"
+                             " runner's tasks to the others (the same for every runner)")
+    runner.set_defaults(run=cmd_runner)
+
+    from streams.dag.workflow_cli import add_parser as add_workflow_parser
+
+    add_workflow_parser(sub)
 
     publish = sub.add_parser("publish", help="publish a command and print its outcome")
     publish.add_argument("type", help="command type, e.g. TransitionModel")

@@ -95,8 +95,9 @@ class TaskDispatcher:
 
     def __init__(self, settings: Settings, codec: Codec, db: Engine | None = None, *,
                  group: str = GROUP, max_batch: int = 5_000, produce_timeout_s: float = 30.0,
-                 retry_s: float = 1.0) -> None:
+                 retry_s: float = 1.0, session_timeout_ms: int = 10_000) -> None:
         self.settings, self.codec, self.db, self.group = settings, codec, db, group
+        self.session_timeout_ms = session_timeout_ms
         self.max_batch, self.produce_timeout_s, self.retry_s = (max_batch, produce_timeout_s,
                                                                 retry_s)
         self.names: dict[bytes, str | None] = {}  # schema id header -> record name
@@ -117,8 +118,10 @@ class TaskDispatcher:
             async def on_partitions_assigned(self, partitions) -> None:
                 assigned.append(set(partitions))
 
-        consumer = await start_consumer(self.settings, group_id=self.group,
-                                        auto_offset_reset="earliest", fetch_max_wait_ms=20)
+        consumer = await start_consumer(
+            self.settings, group_id=self.group, auto_offset_reset="earliest",
+            fetch_max_wait_ms=20, session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=max(100, self.session_timeout_ms // 5))
         consumer.subscribe([DAG_EVENTS], listener=Positions())
         producer = make_producer(self.settings, partitioner="murmur2_random")
         failed = True

@@ -97,6 +97,7 @@ from streams.topics import DAG_COMMANDS, DAG_TASKS
 log = logging.getLogger(__name__)
 
 GROUP = "pit.dag.runners"
+POOLS = ("instrument", "operator")  # the runner pools a runner serves unless told otherwise
 INLINE_OUTPUT_BYTES = 32 * 1024  # a larger output JSON goes to the blob store
 CONCURRENCY = 256
 THREADS = 32
@@ -104,6 +105,9 @@ MAP_CONCURRENCY = 16
 MODEL_TIMEOUT_S = 30.0  # allocation and inference, when the task has no deadline
 DRAIN_TIMEOUT_S = 30.0
 REVOKE_WAIT_S = 5.0
+# A dead runner's tasks move after this. Give every runner of a group the same: the embedded
+# broker drops a member waiting to join when its session is shorter than another's.
+SESSION_TIMEOUT_MS = 10_000
 REMEMBERED_TASKS = 100_000  # task ids this runner reported, to skip a redelivered one
 
 
@@ -476,6 +480,14 @@ def default_runner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def group_of(pools: Iterable[str]) -> str:
+    """The consumer group of runners serving `pools`: runners of the same pools share the
+    work; runners of other pools read the same tasks and leave these to them. So pools are
+    split between sets of runners, never shared by two sets (each would run the task)."""
+    pools = sorted(set(pools))
+    return GROUP if tuple(pools) == POOLS else f"{GROUP}.{'+'.join(pools)}"
+
+
 class Runner:
     """One runner process's worth: consumes pit.dag.tasks in the group, runs up to
     `concurrency` tasks at once, reports, commits.
@@ -491,14 +503,15 @@ class Runner:
                  operators: OperatorRegistry = OPERATORS, codec: Codec | None = None,
                  blobs: FileBlobStore | None = None, inline_limit: int = INLINE_OUTPUT_BYTES,
                  drain_timeout_s: float = DRAIN_TIMEOUT_S, revoke_wait_s: float = REVOKE_WAIT_S,
-                 session_timeout_ms: int = 10_000, group: str = GROUP,
-                 say: Callable[[str], None] | None = None) -> None:
+                 session_timeout_ms: int = SESSION_TIMEOUT_MS, pools: Iterable[str] = POOLS,
+                 group: str | None = None, say: Callable[[str], None] | None = None) -> None:
         if concurrency <= 0 or threads <= 0:
             raise PitError(f"--concurrency and --threads must be positive (got {concurrency},"
                            f" {threads})")
         self.settings = settings
         self.runner_id = runner_id or default_runner_id()
-        self.concurrency, self.group = concurrency, group
+        self.pools = tuple(sorted(set(pools)))
+        self.concurrency, self.group = concurrency, group or group_of(self.pools)
         self.drain_timeout_s, self.revoke_wait_s = drain_timeout_s, revoke_wait_s
         self.session_timeout_ms = session_timeout_ms
         self.codec = codec or Codec(registry_for(settings))
@@ -657,14 +670,22 @@ class Runner:
             self._say(f"skipping an undecodable record at {message.topic()}"
                       f"[{message.partition()}]@{message.offset()}: {exc}")
             return None
-        return Task.from_record(decoded.record) if decoded.name == NODE_SCHEDULED else None
+        if decoded.name != NODE_SCHEDULED or decoded.record["pool"] not in self.pools:
+            return None  # another group's runners serve that pool
+        return Task.from_record(decoded.record)
 
     # --- committing -------------------------------------------------------------------------
 
     async def _commit(self) -> None:
+        """Commit what is done. A commit the group refuses now (a rebalance is under way)
+        is tried again next round; the handover commits what the runner lets go."""
         positions = self.offsets.committable(self.assignment)
         if positions:
-            await self._on_kafka(self._commit_now, positions)
+            try:
+                await self._on_kafka(self._commit_now, positions)
+            except KafkaException as exc:
+                log.debug("runner %s: commit deferred: %s", self.runner_id, exc)
+                return
             self.offsets.committed.update(positions)
 
     async def _let_go(self, revoked: set[Partition]) -> dict[Partition, int]:
@@ -689,8 +710,7 @@ class Runner:
         for job in abandoned:
             job.cancel()
         await asyncio.gather(*abandoned, return_exceptions=True)
-        with contextlib.suppress(KafkaException):
-            await self._commit()
+        await self._commit()
         if abandoned:
             self._say(f"abandoned {len(abandoned)} running task(s); they will run again")
         return not abandoned
@@ -702,10 +722,12 @@ def _partitions(positions: dict[Partition, int]) -> list[KafkaPartition]:
 
 
 async def run_runner(settings: Settings, runner_id: str | None, concurrency: int,
-                     threads: int, drain_timeout_s: float) -> int:
+                     threads: int, drain_timeout_s: float, pools: Iterable[str] = POOLS,
+                     session_timeout_ms: int = SESSION_TIMEOUT_MS) -> int:
     """`pit runner`: run tasks until SIGTERM/SIGINT, then drain. 0 when it drained in time."""
     runner = Runner(settings, runner_id=runner_id, concurrency=concurrency, threads=threads,
-                    drain_timeout_s=drain_timeout_s)
+                    drain_timeout_s=drain_timeout_s, pools=pools,
+                    session_timeout_ms=session_timeout_ms)
     stop = asyncio.Event()
 
     def on_signal() -> None:
@@ -716,8 +738,8 @@ async def run_runner(settings: Settings, runner_id: str | None, concurrency: int
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    runner._say(f"taking tasks from {DAG_TASKS} in group {runner.group} (concurrency "
-                f"{concurrency}, {threads} threads)")
+    runner._say(f"taking tasks of pools {', '.join(runner.pools)} from {DAG_TASKS} in group"
+                f" {runner.group} (concurrency {concurrency}, {threads} threads)")
     drained = await runner.run(stop)
     runner._say(f"stopped: {runner.counts['completed']} completed, {runner.counts['failed']}"
                 " failed")

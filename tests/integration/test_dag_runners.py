@@ -8,6 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -254,7 +258,7 @@ async def produce_events(settings: Settings, codec: Codec, events, partition: in
 
 async def relay(settings, codec, stop_after: int, **options) -> TaskDispatcher:
     """Run a dispatcher until pit.dag.tasks holds `stop_after` records."""
-    dispatcher = TaskDispatcher(settings, codec, **options)
+    dispatcher = TaskDispatcher(settings, codec, session_timeout_ms=2000, **options)
     stop = asyncio.Event()
     running = asyncio.create_task(dispatcher.run(stop))
 
@@ -321,3 +325,85 @@ async def test_a_restored_runner_group_resumes_at_the_first_unreported_task(sett
     await runners.balanced()
     await asyncio.sleep(0.5)
     assert await runners.stop("r2") and restarted.counts["completed"] == 0
+
+
+# --- `pit runner` processes -------------------------------------------------------------------
+
+def spawn_runner(settings: Settings, runner_id: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PIT_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "PIT_DATA_DIR": str(settings.data_dir)}
+    log = (settings.data_dir / f"{runner_id}.log").open("w")
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "runner", "--id", runner_id,
+                             "--session-timeout", "3", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log)
+
+
+async def started_by(settings: Settings, codec: Codec, runner_id: str) -> None:
+    async def started() -> bool:
+        return any(name == STARTED and r["runner"] == runner_id
+                   for name, r, _ in await reports(settings, codec))
+    await until(started, timeout_s=30, what=f"{runner_id} to start the task")
+
+
+async def exited(process: subprocess.Popen, timeout_s: float = 15.0) -> int:
+    await until(lambda: asyncio.sleep(0, process.poll() is not None), timeout_s,
+                "the runner process to exit")
+    return process.returncode
+
+
+@pytest.mark.slow
+async def test_a_killed_runner_process_has_its_task_run_by_another(settings, codec, runners):
+    victim = spawn_runner(settings, "victim")
+    try:
+        await publish_tasks(settings, codec, [
+            scheduled("ex-kill", "slow", "sleep_then_return", {"value": 42, "ms": 2000})])
+        await started_by(settings, codec, "victim")
+        victim.kill()  # SIGKILL mid-node: no report, no commit, no goodbye to the group
+        assert await exited(victim) == -signal.SIGKILL
+    finally:
+        victim.kill()
+    survivor = runners.start("survivor")
+
+    async def completed() -> bool:
+        return any(name == COMPLETED for name, _, _ in await reports(settings, codec))
+    await until(completed, timeout_s=40, what="the survivor to run the task again")
+    found = [(name, r["runner"]) for name, r, _ in await reports(settings, codec)]
+    assert found == [(STARTED, "victim"), (STARTED, "survivor"), (COMPLETED, "survivor")]
+    assert survivor.counts["completed"] == 1
+
+
+@pytest.mark.slow
+async def test_sigterm_lets_running_tasks_finish_and_commits(settings, codec, runners):
+    graceful = spawn_runner(settings, "graceful")
+    try:
+        await publish_tasks(settings, codec, [
+            scheduled("ex-term", "slow", "sleep_then_return", {"value": "kept", "ms": 1500})])
+        await started_by(settings, codec, "graceful")
+        graceful.send_signal(signal.SIGTERM)
+        assert await exited(graceful) == 0
+    finally:
+        graceful.kill()
+    (done,) = [r for name, r, _ in await reports(settings, codec) if name == COMPLETED]
+    assert (done["runner"], json.loads(done["output"])) == ("graceful", {"out": "kept"})
+    log = (settings.data_dir / "graceful.log").read_text()
+    assert "waiting up to 30 s for 1 running task" in log and "1 completed" in log
+
+    # committed: the group has nothing left for the next runner; a runner that cannot
+    # finish in its drain time leaves with 1, and its task runs again
+    impatient = spawn_runner(settings, "impatient", "--drain-timeout", "0.2")
+    try:
+        await publish_tasks(settings, codec, [
+            scheduled("ex-term", "slower", "sleep_then_return", {"value": 2, "ms": 2500})])
+        await started_by(settings, codec, "impatient")
+        impatient.send_signal(signal.SIGTERM)
+        assert await exited(impatient) == 1
+    finally:
+        impatient.kill()
+    assert "abandoned 1 running task" in (settings.data_dir / "impatient.log").read_text()
+    heir = runners.start("heir")
+
+    async def rerun() -> bool:
+        return heir.counts["completed"] == 1
+    await until(rerun, timeout_s=30, what="the abandoned task to run again")
+    assert [r["node_id"] for name, r, _ in await reports(settings, codec)
+            if name == COMPLETED] == ["slow", "slower"]

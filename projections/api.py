@@ -10,6 +10,14 @@
                                         by state with their host, cache statistics, health
                                         failures (?pool=default)
     GET /pool/hosts                     the pool's hosts: budget, resident memory, models
+    GET /executions                     workflow executions, newest first (?status=running,
+                                        ?limit=100)
+    GET /executions/{id}                one execution: status, node counts by state,
+                                        progress, times, outputs or error
+    GET /executions/{id}/nodes          its nodes with their state and attempts (runner,
+                                        times, duration, error, retried/fallback/skipped)
+                                        (?state=failed, ?limit=1000, ?offset=0)
+    GET /executions/{id}/failures       its node and execution failures, in order
     GET /audit/verify                   the audit chain check (`pit audit verify`)
     GET /audit/{key}, /audit?key=...    an entity's full archived history
                                         (?until=<epoch ms> adds its replayed state then)
@@ -34,6 +42,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from projections.audit import history, state_as_of, verify
+from projections.dag import execution, execution_failures, execution_nodes, list_executions
 from projections.models import model_row
 from projections.pool import model_health, pool_hosts, pool_status
 from projections.runtime import default_views, live_tables, load_positions
@@ -191,6 +200,50 @@ async def get_model_health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def _int(request: web.Request, name: str, default: int) -> int:
+    """A non-negative integer query parameter (PitError, a 400, otherwise)."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise PitError(f"{name} must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+async def get_executions(request: web.Request) -> web.Response:
+    status, limit = request.query.get("status"), _int(request, "limit", 100)
+    rows = await _db(request, lambda engine: list_executions(engine, status, limit))
+    return web.json_response({"executions": rows, "count": len(rows)})
+
+
+async def get_execution(request: web.Request) -> web.Response:
+    execution_id = request.match_info["execution_id"]
+    body = await _db(request, execution, execution_id)
+    if body is None:
+        return _error(404, f"unknown execution {execution_id}")
+    return web.json_response(body)
+
+
+async def get_execution_nodes(request: web.Request) -> web.Response:
+    execution_id = request.match_info["execution_id"]
+    state = request.query.get("state")
+    limit, offset = _int(request, "limit", 1000), _int(request, "offset", 0)
+    body = await _db(request, lambda engine: execution_nodes(
+        engine, execution_id, state=state, limit=limit, offset=offset))
+    if body is None:
+        return _error(404, f"unknown execution {execution_id}")
+    return web.json_response(body)
+
+
+async def get_execution_failures(request: web.Request) -> web.Response:
+    execution_id = request.match_info["execution_id"]
+    rows = await _db(request, execution_failures, execution_id)
+    if rows is None:
+        return _error(404, f"unknown execution {execution_id}")
+    return web.json_response({"execution_id": execution_id, "failures": rows,
+                              "count": len(rows)})
+
+
 async def get_verify(request: web.Request) -> web.Response:
     report = await _db(request, verify)
     return web.json_response(report.to_dict(), status=200 if report.ok else 409)
@@ -239,6 +292,10 @@ def make_app(engine: Engine, *, clock: Callable[[], int] | None = None) -> web.A
     app.router.add_get("/models/{model_id}/health", get_model_health)
     app.router.add_get("/pool", get_pool)
     app.router.add_get("/pool/hosts", get_pool_hosts)
+    app.router.add_get("/executions", get_executions)
+    app.router.add_get("/executions/{execution_id}", get_execution)
+    app.router.add_get("/executions/{execution_id}/nodes", get_execution_nodes)
+    app.router.add_get("/executions/{execution_id}/failures", get_execution_failures)
     app.router.add_get("/audit/verify", get_verify)
     app.router.add_get("/audit", get_audit_query)
     app.router.add_get("/audit/{key}", get_audit_key)

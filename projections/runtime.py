@@ -107,10 +107,11 @@ def constraint_name(kind: str, table: str, token: str = "") -> str:
 
 
 def default_views() -> list[View]:
+    from projections.dag import DagView
     from projections.models import ModelsView
     from projections.pool import PoolHealthView, PoolView
 
-    return [ModelsView(), PoolView(), PoolHealthView()]
+    return [ModelsView(), PoolView(), PoolHealthView(), DagView()]
 
 
 def view_by_name(name: str) -> View:

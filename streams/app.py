@@ -159,11 +159,12 @@ class Stack:
         await produce_all(make_producer(self.settings), outputs)
 
     async def start_projector(self) -> None:
+        from projections.dag_metrics import DagMetrics
         from projections.pool_metrics import PoolMetrics
         from projections.runtime import Projector, run
 
         self.projector = Projector(self.engine, codec=self.codec,
-                                   observers=[PoolMetrics(self.engine)])
+                                   observers=[PoolMetrics(self.engine), DagMetrics(self.engine)])
         self.projector_stop = asyncio.Event()
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
 

@@ -62,3 +62,19 @@ TIMERS_FIRED = Counter("pit_timers_fired_total", "Timer commands sent (a re-fire
 TIMER_LATENESS_SECONDS = Histogram(
     "pit_timer_lateness_seconds", "Time from a timer's due time to its firing",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0))
+
+# --- workflows (issue 4) ---------------------------------------------------------------------
+# Updated from the DAG events as the projector archives them (projections.dag_metrics).
+DAG_NODE_SECONDS = Histogram(
+    "pit_dag_node_seconds", "Node attempt duration reported by the runner, by node kind and"
+    " outcome (completed, failed)", ["kind", "outcome"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+             300.0, 1800.0))
+DAG_NODES_COMPLETED = Counter("pit_dag_nodes_completed_total",
+                              "Node attempts completed, by node kind (throughput)", ["kind"])
+DAG_NODE_FAILURES = Counter("pit_dag_node_failures_total",
+                            "Node attempts failed, by node kind and error type (error rates)",
+                            ["kind", "error_type"])
+DAG_EXECUTIONS_STARTED = Counter("pit_dag_executions_started_total", "Executions started")
+DAG_EXECUTIONS_ENDED = Counter("pit_dag_executions_ended_total",
+                               "Executions ended, by final status", ["status"])

@@ -28,6 +28,13 @@ replay history about 3.5 times faster (measured on a day of the seeded trace: 5,
 1,450 requests/s), and a quiet stretch replays in a few steps. The service adds the wall
 clock once the history is read. Decisions remade while replaying history are not sent again:
 they were sent (or not) back then, and the log says what came of them.
+
+Lookahead (issue 4): the service also reads pit.dag.events, history then live, into a
+`LookaheadPredictor` (streams/pool/lookahead.py) that names the models of instrument nodes
+about to become ready; `PoolPrewarmer.lookahead` turns those of registered, Cold, unplaced
+models into decisions for the pool the runners allocate from, sent the same way (once caught
+up; the history only rebuilds the executions). Only executions with instrument nodes are
+decoded past their start: the others' records are passed over by key and record name.
 """
 
 from __future__ import annotations
@@ -43,17 +50,25 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from sqlalchemy import Engine
 
+from schemas.catalog import fullname
 from schemas.codec import Codec
 from streams import metrics
 from streams.client import PitClient
 from streams.config import Settings
+from streams.dag.definition_store import definition_store
+from streams.dag.execution import DAG, CheckpointTaken, Definitions, ExecutionStarted
 from streams.decider import Message, from_record
 from streams.errors import BrokerUnavailableError, PitError, SchemaError
 from streams.history import HistoryError, history_source, kafka_log_reader
 from streams.kafka import partitions_of, start_consumer
-from streams.pool.lifecycle import ModelState, ModelTransitioned, ModelUsageRecorded
+from streams.pool.lifecycle import (
+    DEFAULT_POOL,
+    ModelState,
+    ModelTransitioned,
+    ModelUsageRecorded,
+)
 from streams.pool.lifecycle import TransitionReason as R
-from streams.pool.lookahead import Lookahead
+from streams.pool.lookahead import Lookahead, LookaheadPredictor
 from streams.pool.pool import (
     POOL,
     AllocationQueued,
@@ -67,9 +82,14 @@ from streams.pool.pool import (
     WarmModel,
 )
 from streams.pool.prewarm import PrewarmEngine, PrewarmStats
-from streams.topics import POOL_EVENTS
+from streams.timers import TIMER_EVENTS
+from streams.topics import DAG_EVENTS, POOL_EVENTS
 
 log = logging.getLogger(__name__)
+
+_NODE_EVENTS = frozenset(cls.avro_name for cls in DAG.events) - {
+    cls.avro_name for cls in TIMER_EVENTS}
+_STARTS = frozenset({ExecutionStarted.avro_name, CheckpointTaken.avro_name})
 
 
 @dataclass(frozen=True)
@@ -219,6 +239,7 @@ class Prewarmer:
 
     def __init__(self, settings: Settings, codec: Codec, db: Engine | None = None, *,
                  make_engine: Callable[[], PrewarmEngine] = PrewarmEngine,
+                 lookahead: bool = True, definitions: Definitions | None = None,
                  poll_ms: int = 200, stale_ms: int = 10_000, retry_s: float = 1.0,
                  send_timeout_s: float = 10.0) -> None:
         self.settings, self.codec, self.db = settings, codec, db
@@ -226,9 +247,17 @@ class Prewarmer:
         self.poll_ms, self.stale_ms, self.retry_s = poll_ms, stale_ms, retry_s
         self.send_timeout_s = send_timeout_s
         self.pools: dict[str, PoolPrewarmer] = {}
+        self.with_lookahead = lookahead
+        self.definitions = definitions or Definitions(definition_store(settings))
+        self.lookahead = LookaheadPredictor(self.definitions)
         self.caught_up = asyncio.Event()  # set once the history is read
         self._sends: set[asyncio.Task] = set()
         self._exported: dict[str, float] = {}
+        self._names: dict[bytes, str] = {}  # schema id framing -> record name
+
+    @property
+    def topics(self) -> list[str]:
+        return [POOL_EVENTS, DAG_EVENTS] if self.with_lookahead else [POOL_EVENTS]
 
     def stats(self) -> dict[str, float]:
         return stats_dict([pool.stats() for pool in self.pools.values()])
@@ -245,11 +274,49 @@ class Prewarmer:
         if event_type is None:
             return []
         envelope = decoded.record["envelope"]
-        pool_id = envelope["entity_key"]
+        event = from_record(event_type, decoded.record)
+        return self._pool(envelope["entity_key"]).apply(event, envelope["occurred_at"])
+
+    def _pool(self, pool_id: str) -> PoolPrewarmer:
         pool = self.pools.get(pool_id)
         if pool is None:
             pool = self.pools[pool_id] = PoolPrewarmer(pool_id, self.make_engine())
-        return pool.apply(from_record(event_type, decoded.record), envelope["occurred_at"])
+        return pool
+
+    def _name(self, value: bytes) -> str:
+        """The record name from the framing's schema id, without decoding the body."""
+        header = value[:5]
+        name = self._names.get(header)
+        if name is None:
+            schema = self.codec.registry.schema_by_id(int.from_bytes(header[1:], "big"))
+            name = self._names[header] = fullname(schema)
+        return name
+
+    def fold_dag(self, key: bytes | None, value: bytes | None, *,
+                 live: bool = True) -> list[Decision]:
+        """One pit.dag.events record into the lookahead predictor; while replaying history
+        (`live` false) it only rebuilds the executions."""
+        if not value or len(value) < 5:
+            return []
+        try:
+            name = self._name(value)
+            followed = key is None or self.lookahead.wants(key.decode())
+            if name not in _STARTS and not (followed and name in _NODE_EVENTS):
+                return []
+            decoded = self.codec.decode(value)
+        except (SchemaError, KeyError, UnicodeDecodeError):
+            return []  # not a record the decider writes; nothing to learn from it
+        at_ms = decoded.record["envelope"]["occurred_at"]
+        event = from_record(DAG.event_type(name), decoded.record)
+        try:
+            hints = self.lookahead.apply(event, at_ms)
+        except Exception:  # a predictor bug must not stop prewarming: drop that execution
+            log.exception("lookahead failed on %s of %s", name, event.execution_id)
+            self.lookahead.runs.pop(event.execution_id, None)
+            return []
+        if not live or not hints:
+            return []
+        return self._pool(DEFAULT_POOL).lookahead(hints, at_ms)  # where runners allocate
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: read the history, then follow the log. When Kafka fails under it,
@@ -263,20 +330,27 @@ class Prewarmer:
                 log.warning("prewarmer: %s; starting over from the log in %.1f s", exc,
                             self.retry_s)
                 self.pools.clear()
+                self.lookahead = LookaheadPredictor(self.definitions)
                 self.caught_up.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.retry_s)
 
-    def _replay(self, stop: asyncio.Event) -> dict[int, int]:
-        """Fold the whole history; returns the last offset read per partition."""
-        positions: dict[int, int] = {}
-        reader = kafka_log_reader(self.settings, [POOL_EVENTS])
-        for record in history_source(self.db, [POOL_EVENTS], reader):
+    def _replay(self, stop: asyncio.Event) -> dict[tuple[str, int], int]:
+        """Fold the whole history; returns the last offset read per topic partition."""
+        positions: dict[tuple[str, int], int] = {}
+        reader = kafka_log_reader(self.settings, self.topics)
+        for record in history_source(self.db, self.topics, reader):
             if stop.is_set():  # shutting down: a long history must not hold it up
                 break
-            self.fold(record.value)  # history's decisions were sent (or not) back then
-            positions[record.partition] = record.offset
+            self._fold_record(record.topic, record.key, record.value, live=False)
+            positions[(record.topic, record.partition)] = record.offset
         return positions
+
+    def _fold_record(self, topic: str, key: bytes | None, value: bytes | None, *,
+                     live: bool) -> list[Decision]:
+        if topic == DAG_EVENTS:
+            return self.fold_dag(key, value, live=live)
+        return self.fold(value)  # history's decisions were sent (or not) back then
 
     async def _run(self, stop: asyncio.Event) -> None:
         positions = await asyncio.to_thread(self._replay, stop)
@@ -286,12 +360,12 @@ class Prewarmer:
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=50)
         client = PitClient(self.settings, issued_by="prewarmer", codec=self.codec)
         try:
-            tps = [TopicPartition(POOL_EVENTS, p)
-                   for p in await partitions_of(consumer, POOL_EVENTS)]
+            tps = [TopicPartition(topic, p) for topic in self.topics
+                   for p in await partitions_of(consumer, topic)]
             consumer.assign(tps)
             for tp in tps:
-                if tp.partition in positions:
-                    consumer.seek(tp, positions[tp.partition] + 1)
+                if (tp.topic, tp.partition) in positions:
+                    consumer.seek(tp, positions[(tp.topic, tp.partition)] + 1)
                 else:
                     await consumer.seek_to_beginning(tp)
             await client.start()
@@ -299,8 +373,9 @@ class Prewarmer:
             log.info("prewarmer caught up with the log: %s", self.stats())
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=self.poll_ms)
-                decisions = [decision for records in batch.values() for record in records
-                             for decision in self.fold(record.value)]
+                decisions = [decision for tp, records in batch.items() for record in records
+                             for decision in self._fold_record(tp.topic, record.key,
+                                                               record.value, live=True)]
                 now_ms = int(time.time() * 1000)
                 for pool in list(self.pools.values()):
                     decisions += pool.advance(now_ms)

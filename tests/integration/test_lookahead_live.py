@@ -8,7 +8,7 @@ model host (it reports loads) and the instrument runner (it allocates and report
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import json
 import time
 import uuid
@@ -53,29 +53,20 @@ class Log:
         self.events: list[tuple[Message, int]] = []
         self._replies: set[asyncio.Task] = set()
 
-    async def start(self) -> Log:
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Both topics from their beginning, until `stop`; then the replies in flight."""
         consumer = await start_consumer(self.stack.settings, fetch_max_wait_ms=5)
-        tps = [TopicPartition(topic, p) for topic in (POOL_EVENTS, DAG_EVENTS)
-               for p in await partitions_of(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        self._task = asyncio.create_task(self._run(consumer))
-        return self
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await asyncio.gather(*self._replies, return_exceptions=True)
-
-    async def _run(self, consumer) -> None:
         try:
-            while True:
-                for records in (await consumer.getmany(timeout_ms=20)).values():
-                    for record in records:
-                        self._on(record.value)
+            consumer.assign([TopicPartition(topic, p) for topic in (POOL_EVENTS, DAG_EVENTS)
+                             for p in await partitions_of(consumer, topic)])
+            await consumer.seek_to_beginning()
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=20)
+                for record in itertools.chain.from_iterable(batch.values()):
+                    self._on(record.value)
         finally:
             await consumer.stop()
+            await asyncio.gather(*self._replies, return_exceptions=True)
 
     def _on(self, value: bytes | None) -> None:
         if value is None:
@@ -120,11 +111,11 @@ async def test_the_instruments_model_is_prewarmed_while_the_slow_operator_runs(t
         await asyncio.wait_for(stack.prewarmer.caught_up.wait(), 30)
         client = await PitClient(stack.settings, issued_by="lookahead-test",
                                  codec=stack.codec).start()
-        log = await Log(stack, client).start()
+        log = Log(stack, client)
         runner = Runner(stack.settings, runner_id="ops", codec=stack.codec,
                         pools=("operator",), session_timeout_ms=3000, say=lambda _: None)
         stop = asyncio.Event()
-        running = asyncio.create_task(runner.run(stop))
+        running = asyncio.gather(log.follow(stop), runner.run(stop))
         try:
             assert (await client.register_host(HOST, 10_000, 10)).accepted
             assert (await client.register_model(model, "python:x:y", 100, 1_000)).accepted
@@ -169,5 +160,4 @@ async def test_the_instruments_model_is_prewarmed_while_the_slow_operator_runs(t
         finally:
             stop.set()
             await running
-            await log.stop()
             await client.close()

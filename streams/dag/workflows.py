@@ -303,15 +303,18 @@ async def await_result(client: PitClient, execution_id: str,
 
 
 class _Fold:
-    """The decider's state of one execution, folded event by event."""
+    """The decider's state of one execution, folded event by event, and how it ended."""
 
     def __init__(self, client: PitClient, execution_id: str) -> None:
         self.definitions = Definitions(definition_store(client.settings))
         self.state: ExecutionState = initial_state(execution_id)
+        self.result: WorkflowResult | None = None
 
     def apply(self, events: list[tuple[Message, int]]) -> None:
         for event, at_ms in events:
             self.state = evolve(self.state, event, at_ms, self.definitions)
+            if type(event) in ENDS:
+                self.result = WorkflowResult.of(event, at_ms)
 
     def progress(self) -> Progress:
         if self.state.status is ExecutionStatus.NEW:
@@ -328,15 +331,22 @@ async def workflow_status(client: PitClient, execution_id: str) -> Progress:
     return fold.progress()
 
 
-async def follow(client: PitClient, execution_id: str,
-                 interval: float = 0.5) -> AsyncIterator[Progress]:
+async def watch(client: PitClient, execution_id: str, interval: float = 0.5,
+                ) -> AsyncIterator[tuple[Progress, WorkflowResult | None]]:
     """The execution's status once caught up, then at least every `interval` seconds while
-    it runs; the last one is its end."""
+    it runs, with how it ended (None while it runs); the last one is its end."""
     fold = _Fold(client, execution_id)
     async with _log(client, execution_id) as log:
         while not log.caught_up:
             fold.apply(await log.read())
-        yield fold.progress()
+        yield fold.progress(), fold.result
         while fold.state.running:
             fold.apply(await log.read(round(interval * 1000)))
-            yield fold.progress()
+            yield fold.progress(), fold.result
+
+
+async def follow(client: PitClient, execution_id: str,
+                 interval: float = 0.5) -> AsyncIterator[Progress]:
+    """`watch` without the result: the statuses alone."""
+    async for progress, _ in watch(client, execution_id, interval):
+        yield progress

@@ -1,0 +1,190 @@
+"""`pit workflow submit|status|cancel`: the command line of the workflow API
+(streams/dag/workflows.py). Errors are `PitError`s: streams/cli.py prints them as one line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, TextIO
+
+from streams.errors import PitError
+
+if TYPE_CHECKING:  # the rest is imported when a command runs: `pit` starts fast
+    from streams.client import PitClient
+    from streams.config import Settings
+    from streams.dag.execution import Progress
+    from streams.dag.workflows import WorkflowResult
+
+BAR = 24
+
+
+def parse_inputs(pairs: list[str] | None) -> dict[str, Any]:
+    """--input node.input=JSON, repeated, as {"node.input": value}."""
+    inputs = {}
+    for pair in pairs or ():
+        name, sep, text = pair.partition("=")
+        if not sep or "." not in name:
+            raise PitError(f"--input {pair!r}: expected node.input=JSON")
+        try:
+            inputs[name] = json.loads(text)
+        except ValueError as exc:
+            raise PitError(f"--input {name}: not JSON ({exc}); a string is quoted:"
+                           f" {name}='\"text\"'") from None
+    return inputs
+
+
+def _seconds(ms: int | None) -> str:
+    if ms is None:
+        return "?"
+    return f"{ms / 1000:.1f}s" if ms < 60_000 else f"{ms // 60_000}m{ms % 60_000 // 1000:02d}s"
+
+
+def progress_line(p: Progress) -> str:
+    """One line: status, a progress bar, nodes done, counts by state, elapsed and ETA."""
+    filled = round(p.progress * BAR)
+    counts = ", ".join(f"{state} {n}" for state, n in p.counts.items())
+    eta = "" if p.status != "running" else f", ETA {_seconds(p.eta_ms)}"
+    return (f"{p.execution_id} {p.status} [{'#' * filled}{'.' * (BAR - filled)}]"
+            f" {p.progress:4.0%} {p.done}/{p.nodes} nodes ({counts})"
+            f" {_seconds(p.elapsed_ms)} elapsed{eta}")
+
+
+def result_line(result: WorkflowResult) -> str:
+    if result.ok:
+        outputs = ("(outputs too large for one event: see the sink nodes)"
+                   if result.outputs is None else json.dumps(result.outputs))
+        return f"{result.execution_id} completed in {_seconds(result.duration_ms)}: {outputs}"
+    return f"{result.execution_id} {result.status.replace('_', ' ')}: {result.error}"
+
+
+class _Lines:
+    """Progress lines: redrawn in place on a terminal, else one per change of counts."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.tty = stream, stream.isatty()
+        self.last: tuple | None = None
+
+    def show(self, p: Progress) -> None:
+        if self.tty:
+            print(f"\r\033[K{progress_line(p)}", end="", file=self.stream, flush=True)
+        elif (p.status, p.counts) != self.last:
+            print(progress_line(p), file=self.stream, flush=True)
+        self.last = (p.status, p.counts)
+
+    def end(self) -> None:
+        if self.tty and self.last is not None:
+            print(file=self.stream, flush=True)
+
+
+async def _watch(client: PitClient, execution_id: str, lines: _Lines | None,
+                 interval: float, *, follow: bool = True,
+                 ) -> tuple[Progress, WorkflowResult | None]:
+    """Show the execution's progress (until it ends when following); its last status and
+    how it ended (None while it runs)."""
+    from streams.dag.workflows import watch
+
+    async with aclosing(watch(client, execution_id, interval)) as updates:
+        try:
+            async for update in updates:
+                if lines is not None:
+                    lines.show(update[0])
+                if not follow:
+                    break
+        finally:
+            if lines is not None:
+                lines.end()
+    return update
+
+
+def _as_json(progress: Progress, result: WorkflowResult | None) -> str:
+    shown = {**progress.__dict__}
+    if result is not None:
+        shown["result"] = result.__dict__
+    return json.dumps(shown)
+
+
+async def submit(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.client import PitClient
+    from streams.dag.definition import check
+    from streams.dag.workflows import load_workflow
+
+    workflow = check(load_workflow(args.file))  # an invalid file says so even without pit up
+    inputs = parse_inputs(args.input)
+    async with PitClient(settings, issued_by="pit-cli") as client:
+        execution_id = await client.execute_workflow(
+            workflow, inputs, execution_id=args.id, max_concurrency=args.max_concurrency,
+            timeout_ms=args.timeout_ms)
+        print(execution_id, flush=True)
+        if not args.wait:
+            return 0
+        progress, result = await _watch(client, execution_id, _Lines(sys.stderr),
+                                        args.interval)
+    print(_as_json(progress, result) if args.json else result_line(result))
+    return 0 if result.ok else 2
+
+
+async def status(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.client import PitClient
+
+    async with PitClient(settings, issued_by="pit-cli") as client:
+        progress, result = await _watch(client, args.id, None if args.json else
+                                        _Lines(sys.stdout), args.interval, follow=args.follow)
+    if args.json:
+        print(_as_json(progress, result))
+    elif result is not None:
+        print(result_line(result))
+    return 0
+
+
+async def cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.client import PitClient
+
+    async with PitClient(settings, issued_by="pit-cli") as client:
+        await client.cancel_workflow(args.id, args.reason)
+    print(f"{args.id}: cancel accepted")
+    return 0
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(args.workflow(args, settings))
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """`pit workflow ...` on the `pit` parser's subcommands."""
+    workflow = sub.add_parser("workflow", help="run workflows (DAGs): submit, status, cancel")
+    workflow.set_defaults(run=run)
+    actions = workflow.add_subparsers(dest="action", required=True)
+
+    submit_ = actions.add_parser("submit", help="start a workflow from a .yaml/.json file;"
+                                                " prints the execution id")
+    submit_.add_argument("file", help="the workflow definition (.yaml, .yml or .json)")
+    submit_.add_argument("--input", action="append", metavar="NODE.INPUT=JSON",
+                         help="a value for a node input the definition feeds with a constant"
+                              " (repeat)")
+    submit_.add_argument("--id", help="execution id (default: <workflow name>-<random>)")
+    submit_.add_argument("--max-concurrency", type=int, help="most nodes running at once")
+    submit_.add_argument("--timeout-ms", type=int, help="workflow timeout (default: the"
+                                                        " definition's)")
+    submit_.add_argument("--wait", action="store_true",
+                         help="show progress, then print the result (exit 2 unless completed)")
+    submit_.add_argument("--json", action="store_true", help="with --wait: the end as JSON")
+    submit_.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    submit_.set_defaults(workflow=submit)
+
+    status_ = actions.add_parser("status", help="an execution's progress: node counts by"
+                                                " state, progress bar, ETA")
+    status_.add_argument("id", help="execution id")
+    status_.add_argument("--follow", "-f", action="store_true",
+                         help="refresh until the execution ends")
+    status_.add_argument("--json", action="store_true", help="the status as JSON")
+    status_.add_argument("--interval", type=float, default=0.5,
+                         help="seconds between refreshes with --follow")
+    status_.set_defaults(workflow=status)
+
+    cancel_ = actions.add_parser("cancel", help="cancel a running execution")
+    cancel_.add_argument("id", help="execution id")
+    cancel_.add_argument("--reason", default="", help="recorded with the cancellation")
+    cancel_.set_defaults(workflow=cancel)

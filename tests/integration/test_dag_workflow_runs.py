@@ -1,0 +1,188 @@
+"""Workflows run end to end inside one process: the `pit up` Stack (embedded broker, the DAG
+processor, the timer service, the task dispatcher) and in-process `Runner`s. Started through
+`PitClient.execute_workflow`, they complete with correct results: operators, a map, a branch,
+a large output through the blob store, a retry after a failure, and a runner crashing
+mid-workflow - with every node completed exactly once in the event log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+
+import pytest
+import pytest_asyncio
+
+from streams.app import Stack
+from streams.blobs import blob_store
+from streams.client import PitClient
+from streams.config import Settings
+from streams.dag.definition import OPERATORS, Backoff, Condition, Recovery, WorkflowBuilder
+from streams.dag.runner import Runner
+from streams.history import read_topic
+from streams.topics import DAG_EVENTS
+
+FLAKY_CALLS: Counter = Counter()
+
+
+def _flaky(value: str) -> str:
+    FLAKY_CALLS[value] += 1
+    if FLAKY_CALLS[value] == 1:
+        raise ConnectionError(f"{value}: the first call always fails")
+    return value.upper()
+
+
+def _long_text(words: list, times: int = 1) -> str:
+    return " ".join(str(w) for w in words) * times
+
+
+OPERATORS.register("flaky_upper", _flaky, inputs={"value": "str"}, output="str", replace=True)
+OPERATORS.register("long_text", _long_text, inputs={"words": "list", "times": "int"},
+                   output="str", replace=True)
+
+
+class Pit:
+    def __init__(self, stack: Stack, client: PitClient) -> None:
+        self.stack, self.client = stack, client
+        self.runs: dict[str, tuple[Runner, asyncio.Event, asyncio.Task]] = {}
+
+    def runner(self, runner_id: str) -> Runner:
+        runner = Runner(self.stack.settings, runner_id=runner_id, codec=self.stack.codec,
+                        session_timeout_ms=3000, revoke_wait_s=2.0, inline_limit=4096,
+                        say=lambda _line: None)
+        stop = asyncio.Event()
+        self.runs[runner_id] = (runner, stop, asyncio.create_task(runner.run(stop)))
+        return runner
+
+    async def stop(self, runner_id: str, *, crash: bool = False) -> None:
+        runner, stop, task = self.runs.pop(runner_id)
+        if crash:  # as a killed process: running nodes vanish unreported, nothing committed
+            for job in list(runner.running):
+                job.cancel()
+            task.cancel()
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def events(self, execution_id: str) -> list[tuple[str, dict]]:
+        found = []
+        for record in await read_topic(self.stack.settings, DAG_EVENTS):
+            if record.key == execution_id.encode():
+                decoded = self.stack.codec.decode(record.value)
+                found.append((decoded.name.rsplit(".", 1)[-1], decoded.record))
+        return found
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def pit(tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("dag-runs"))
+    async with Stack(settings, progress=False, monitor_hosts=False) as stack:
+        client = await PitClient(stack.settings, issued_by="test-dag-runs").start()
+        pit = Pit(stack, client)
+        try:
+            yield pit
+        finally:
+            for runner_id in list(pit.runs):
+                await pit.stop(runner_id)
+            await client.close()
+
+
+def completed_once(events: list[tuple[str, dict]]) -> Counter:
+    """NodeCompleted per node: each must be 1."""
+    return Counter(record["node_id"] for name, record in events if name == "NodeCompleted")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_workflow_of_operators_map_and_branch_completes(pit):
+    pit.runner("r1")
+    workflow = (WorkflowBuilder("numbers")
+                .operator("numbers", "identity", constants={"value": list(range(1, 41))})
+                .map("halves", operator="add", item_input="a", constants={"b": 0.5})
+                .operator("total", "sum_list")
+                .branch("large", Condition("gt", 500))
+                .operator("text", "long_text", constants={"times": 40})
+                .operator("pages", "split_text", constants={"size": 1000})
+                .operator("size", "length")
+                .operator("small", "identity")
+                .operator("report", "pack")
+                .edge("numbers", "halves.items").edge("halves", "total.items")
+                .edge("total", "large.value").edge("large.true", "report.total")
+                .edge("numbers", "text.words").edge("text", "pages.text")
+                .edge("pages", "size.items")
+                .edge("large.false", "small.value").edge("size", "report.size")
+                .build())
+    execution = await pit.client.execute_workflow(workflow)
+    result = await pit.client.await_result(execution, timeout=30)
+    assert result.ok, result.error
+    total = sum(range(1, 41)) + 40 * 0.5
+    text = _long_text(list(range(1, 41)), 40)
+    assert result.outputs["report"] == {"out": {"total": total,
+                                                "size": -(-len(text) // 1000)}}
+    assert "small" not in result.outputs  # skipped: its branch was not taken
+    events = await pit.events(execution)
+    assert set(completed_once(events).values()) == {1}
+    assert [r["node_id"] for name, r in events if name == "NodeSkipped"] == ["small"]
+    # the long text went to the blob store; "pages" read it from there
+    (text_done,) = [r for name, r in events if name == "NodeCompleted" and r["node_id"] == "text"]
+    assert text_done["output"] == "" and text_done["output_hash"]
+    assert json.loads(blob_store(pit.stack.settings).get(text_done["output_hash"])) == {
+        "out": text}
+    (pages,) = [r for name, r in events if name == "NodeScheduled" and r["node_id"] == "pages"]
+    assert json.loads(pages["input_refs"]) == {
+        "text": {"hash": text_done["output_hash"], "path": ["out"]}}
+    await pit.stop("r1")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_failed_node_is_retried_on_a_durable_timer_and_completes(pit):
+    pit.runner("r1")
+    workflow = (WorkflowBuilder("retry")
+                .operator("shout", "flaky_upper", constants={"value": "retry-me"},
+                          recovery=Recovery("retry", 3, Backoff("constant", 100)))
+                .build())
+    execution = await pit.client.execute_workflow(workflow)
+    result = await pit.client.await_result(execution, timeout=30)
+    assert result.ok and result.outputs == {"shout": {"out": "RETRY-ME"}}
+    events = await pit.events(execution)
+    failed = [(r["attempt"], r["error_type"]) for name, r in events if name == "NodeFailed"]
+    assert failed == [(1, "ConnectionError")]
+    assert [r["attempt"] for name, r in events if name == "NodeCompleted"] == [2]
+    assert FLAKY_CALLS["retry-me"] == 2
+    await pit.stop("r1")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit):
+    pit.runner("steady")
+    pit.runner("doomed")
+    # 60 nodes of 400 ms between a source and a sink: the crash finds some running on "doomed"
+    builder = (WorkflowBuilder("wide-crash").operator("source", "identity",
+                                                      constants={"value": 1})
+               .operator("sink", "sum_inputs"))
+    for i in range(60):
+        builder.operator(f"n{i:02d}", "sleep_then_return", constants={"ms": 400})
+        builder.edge("source", f"n{i:02d}.value").edge(f"n{i:02d}", f"sink.n{i:02d}")
+    workflow = builder.build()
+    execution = await pit.client.execute_workflow(workflow)
+
+    async def some_started_on_doomed() -> bool:
+        return any(name == "NodeStarted" and r["runner"] == "doomed" and r["node_id"] != "source"
+                   for name, r in await pit.events(execution))
+    for _ in range(200):
+        if await some_started_on_doomed():
+            break
+        await asyncio.sleep(0.05)
+    await pit.stop("doomed", crash=True)
+    result = await pit.client.await_result(execution, timeout=40)
+    assert result.ok and result.outputs == {"sink": {"out": 60}}, result
+    events = await pit.events(execution)
+    counts = completed_once(events)
+    assert len(counts) == len(workflow.nodes) and set(counts.values()) == {1}
+    # nodes the crash interrupted were started by "doomed" and completed by "steady"
+    started = {r["node_id"]: r["runner"] for name, r in events if name == "NodeStarted"}
+    finished = {r["node_id"]: r["runner"] for name, r in events if name == "NodeCompleted"}
+    taken_over = [n for n, runner in started.items() if (runner, finished[n]) == ("doomed",
+                                                                                    "steady")]
+    assert taken_over, (started, finished)
+    await pit.stop("steady")

@@ -234,8 +234,10 @@ async def bench_backbone(settings: Settings) -> dict[str, float]:
 
 async def bench_pool(settings: Settings) -> dict[str, float]:
     """The pool decider in process, the allocation round trip through the broker,
-    prewarming on the seeded trace, and host health checks on a real model."""
+    prewarming on the seeded trace, lookahead prewarming on the seeded workflow trace, and
+    host health checks on a real model."""
     from streams.pool.bench import bench_allocation_hit, bench_allocation_miss
+    from streams.pool.lookahead_bench import bench_lookahead
     from streams.pool.prewarm_bench import bench_prewarm
 
     figures = bench_allocation_hit()
@@ -248,6 +250,8 @@ async def bench_pool(settings: Settings) -> dict[str, float]:
          f" p99 {figures['pool_alloc_roundtrip_p99_ms']} ms")
     _say("replaying the seeded 4-day trace with and without prewarming")
     figures |= await asyncio.to_thread(bench_prewarm)
+    _say("replaying the seeded workflow trace with and without lookahead prewarming")
+    figures |= await asyncio.to_thread(bench_lookahead)
     _say("health checks on a real (npz) model: detection, false positives, overhead")
     figures |= await asyncio.to_thread(bench_health)
     return figures

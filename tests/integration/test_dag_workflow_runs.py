@@ -21,7 +21,11 @@ from streams.config import Settings
 from streams.dag.definition import OPERATORS, Backoff, Condition, Recovery, WorkflowBuilder
 from streams.dag.runner import Runner
 from streams.history import read_topic
-from streams.topics import DAG_EVENTS
+from streams.pool.host import ModelHost
+from streams.pool.pool import ModelAllocated, ModelReleased
+from streams.topics import DAG_EVENTS, POOL_EVENTS
+
+SENTIMENT = "python:streams.pool.examples:sentiment"
 
 FLAKY_CALLS: Counter = Counter()
 
@@ -186,3 +190,41 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
                                                                                     "steady")]
     assert taken_over, (started, finished)
     await pit.stop("steady")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_instruments_call_a_pool_model_on_its_host_and_release_it(pit):
+    host = await ModelHost(pit.stack.settings, "dag-h1", 1000, 2, say=lambda _: None).start()
+    try:
+        assert (await pit.client.register_model("sentiment", SENTIMENT, 50, 5)).accepted
+        pit.runner("r1")
+        workflow = (WorkflowBuilder("moods")
+                    .operator("texts", "identity",
+                              constants={"value": ["a great day", "awful and slow", "fine"]})
+                    .map("moods", model="sentiment", item_input="text")
+                    .operator("headline", "identity", constants={"value": "I love it"})
+                    .instrument("headline_mood", "sentiment", params={"max_tokens": 8})
+                    .operator("report", "pack")
+                    .edge("texts", "moods.items").edge("headline", "headline_mood.text")
+                    .edge("moods", "report.moods").edge("headline_mood", "report.headline")
+                    .build())
+        execution = await pit.client.execute_workflow(workflow)
+        result = await pit.client.await_result(execution, timeout=30)
+        assert result.ok, result.error
+        report = result.outputs["report"]["out"]
+        assert [m["label"] for m in report["moods"]] == ["positive", "negative", "positive"]
+        assert report["headline"] == {"label": "positive", "score": 1, "words": 3}
+        await pit.stop("r1")
+    finally:
+        await host.close()
+    # one allocation per instrument node (the map's items share one), each released
+    allocated, released = {}, set()
+    for record in await read_topic(pit.stack.settings, POOL_EVENTS):
+        decoded = pit.stack.codec.decode(record.value)
+        if decoded.name == ModelAllocated.avro_name and \
+                decoded.record["workflow_id"] == execution:
+            allocated[decoded.record["request_id"]] = decoded.record["requester"]
+        elif decoded.name == ModelReleased.avro_name:
+            released.add(decoded.record["request_id"])
+    assert sorted(allocated.values()) == [f"{execution}/headline_mood/1", f"{execution}/moods/1"]
+    assert set(allocated) <= released

@@ -20,12 +20,11 @@ The workload (every knob is a field of `WorkflowTraceConfig`):
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import random
 from dataclasses import dataclass, field, replace
 
 from streams.dag.definition import Condition, Edge, Node, NodeKind, Workflow
+from streams.pool.trace import _pick, _zipf_cumulative
 
 HOUR_MS = 3_600_000
 
@@ -76,14 +75,6 @@ class WorkflowTrace:
     executions: tuple[ExecutionSpec, ...]
 
 
-def _zipf(n: int, s: float) -> list[float]:
-    return list(itertools.accumulate(1.0 / rank ** s for rank in range(1, n + 1)))
-
-
-def _pick(rng: random.Random, cumulative: list[float]) -> int:
-    return bisect.bisect_right(cumulative, rng.random() * cumulative[-1])
-
-
 def _workflow(rng: random.Random, config: WorkflowTraceConfig, name: str,
               models: list[str], model_zipf: list[float]) -> Workflow:
     count = rng.randint(*config.nodes)
@@ -121,10 +112,10 @@ def workflow_trace(seed: int = 11, **knobs: object) -> WorkflowTrace:
                    for m in range(config.models))
     names = [m.model_id for m in models]
     rng.shuffle(names)  # popularity is not the id order
-    model_zipf = _zipf(len(names), config.model_zipf_s)
+    model_zipf = _zipf_cumulative(len(names), config.model_zipf_s)
     workflows = tuple(_workflow(rng, config, f"wf{w:02d}", names, model_zipf)
                       for w in range(config.workflows))
-    workflow_zipf = _zipf(len(workflows), config.workflow_zipf_s)
+    workflow_zipf = _zipf_cumulative(len(workflows), config.workflow_zipf_s)
     span = config.hours * HOUR_MS
     at, executions = 0.0, []
     for number in range(config.executions):

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry
+from streams.config import Settings
 from streams.dag.definition import (
     Condition,
     Edge,
@@ -32,12 +35,12 @@ from streams.dag.execution import (
     evolve,
     initial_state,
 )
-from streams.decider import Message
-from streams.pool.lifecycle import ModelState, ModelTransitioned
+from streams.decider import Message, to_record
+from streams.pool.lifecycle import DEFAULT_POOL, ModelState, ModelTransitioned
 from streams.pool.lifecycle import TransitionReason as R
 from streams.pool.lookahead import Lookahead, LookaheadPredictor
 from streams.pool.pool import ModelPlaced, ModelRegistered
-from streams.pool.prewarmer import PoolPrewarmer
+from streams.pool.prewarmer import PoolPrewarmer, Prewarmer
 
 T0 = 1_700_000_000_000
 
@@ -297,3 +300,57 @@ def test_the_pool_prewarmer_sends_lookahead_only_for_cold_unplaced_registered_mo
     assert pool.lookahead([Lookahead("cold", "e2", "n", 1.0)], T0 + 6) == []
     pool.apply(ModelPlaced("cold", "h1", 100, R.PREDICTIVE_PREWARM), T0 + 7)
     assert pool.lookahead([Lookahead("cold", "e3", "n", 1.0)], T0 + 8) == []
+
+
+# --- the service's side: records in, decisions out --------------------------------------------
+
+def record(codec: Codec, event: Message, at_ms: int, sequence: int) -> bytes:
+    envelope = {"event_id": f"{event.entity_key}/{sequence}", "event_type": event.type_name,
+                "entity_key": getattr(event, "execution_id", DEFAULT_POOL),
+                "sequence": sequence, "correlation_id": "c", "causation_id": "c",
+                "occurred_at": at_ms, "producer": "test"}
+    return codec.encode(event.avro_name, {"envelope": envelope, **to_record(event)})
+
+
+def test_the_prewarmer_rebuilds_executions_from_history_and_decides_only_live(tmp_path):
+    codec = Codec(EmbeddedRegistry())
+    prewarmer = Prewarmer(Settings(data_dir=tmp_path), codec)
+    prewarmer.fold(record(codec, ModelRegistered("model-1", "python:x:y", 100, 1_000), T0, 1))
+    history = Execution(pipeline(), execution_id="old")
+    history.complete("a")  # m1's hint was made back then
+    for n, event in enumerate(history.log):
+        assert prewarmer.fold_dag(event.execution_id.encode(),
+                                  record(codec, event, T0, n), live=False) == []
+    assert prewarmer.lookahead.wants("old")
+    assert prewarmer.lookahead.made == 1
+
+    live = Execution(pipeline(), execution_id="new")
+    live.complete("a")
+    decisions = [d for n, event in enumerate(live.log)
+                 for d in prewarmer.fold_dag(event.execution_id.encode(),
+                                             record(codec, event, T0 + n, n))]
+    assert [(d.pool_id, d.model_id, d.reason) for d in decisions] == [
+        (DEFAULT_POOL, "model-1", "lookahead new/m1")]
+
+
+class CountingCodec(Codec):
+    """The real codec, counting the records it decodes."""
+
+    decoded = 0
+
+    def decode(self, data: bytes):
+        self.decoded += 1
+        return super().decode(data)
+
+
+def test_the_prewarmer_passes_over_executions_without_models_undecoded(tmp_path):
+    codec = CountingCodec(EmbeddedRegistry())
+    prewarmer = Prewarmer(Settings(data_dir=tmp_path), codec)
+    plain = Execution(flow(op("a", constants={"value": 1}), op("b"), edges=(("a", "b.value"),)))
+    plain.complete("a")
+    records = [record(codec, event, T0, n) for n, event in enumerate(plain.log)]
+    assert len(records) > 3
+    for value in records:
+        assert prewarmer.fold_dag(b"e1", value) == []
+    assert codec.decoded == 1  # the start only
+    assert not prewarmer.lookahead.wants("e1")

@@ -20,7 +20,17 @@ it waits for a whole load. One that finds it loading (placed, Warming) waits for
 its wait is in `wait_ms`. Everything is deterministic: same trace and knobs, same figures.
 
 `bench_lookahead` compares the prewarmer with its usage predictors alone ("without") and
-with lookahead too ("with"); "none" is no prewarming at all, for scale.
+with lookahead too ("with"); "none" is no prewarming at all, for scale. On the default trace
+(800 executions of 12 workflows over 12 hours, 1,840 allocations of 24 models, loads of
+5-20 s, 10-minute idle cooldown), measured:
+* a pool of 10 slots: cold starts 346 (none), 281 (without), 200 (with):
+  `lookahead_cold_start_reduction` 0.29, allocation wait -21%. The pool is full most of the
+  time and a warm never evicts (the pool's rule), so 118 of 209 lookahead warms are
+  rejected for want of room;
+* a pool with room for every model (`_roomy`): 152 without, 25 with: 0.84, wait -59%.
+What lookahead cannot reach: an instrument that starts its workflow, one right behind a
+branch (it waits for the side to be decided), and one whose last dependency runs shorter
+than the load (counted loading, not cold: it waits for the rest).
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -199,8 +200,8 @@ Result = Completed | Failed
 class Models(Protocol):
     """What an instrument needs of the Pool Manager (`PitClient` is one)."""
 
-    async def allocate_model(self, model_id: str, requester: str, *, workflow_id: str = "",
-                             timeout: float = 30.0) -> Any: ...
+    async def allocate_model(self, model_id: str, requester: str, *, request_id: str,
+                             workflow_id: str = "", timeout: float = 30.0) -> Any: ...
 
     async def infer(self, allocation: Any, inputs: Any, *, params: dict | None = None,
                     timeout: float = 30.0) -> Any: ...
@@ -324,16 +325,24 @@ class NodeExecutor:
 
     @contextlib.asynccontextmanager
     async def _allocated(self, task: Task, model: str, remaining_s: float | None):
+        """The model allocated for the node's calls; released after them whatever happened,
+        also when the allocation itself failed or the deadline cut it short (a request still
+        queued would otherwise pin the model)."""
         if self.models is None:
             raise TaskError("NoModels", "this runner has no Pool Manager client")
-        allocation = await self.models.allocate_model(
-            model, task.task_id, workflow_id=task.execution_id,
-            timeout=remaining_s or MODEL_TIMEOUT_S)
+        request_id = f"{task.task_id}/{uuid.uuid4().hex[:8]}"
         try:
-            yield allocation
+            yield await self.models.allocate_model(
+                model, task.task_id, request_id=request_id, workflow_id=task.execution_id,
+                timeout=remaining_s or MODEL_TIMEOUT_S)
         finally:
-            # shielded: a deadline that cancels the node must not leak the allocation
-            await asyncio.shield(self.models.release_model(allocation.request_id))
+            await asyncio.shield(self._release(request_id))  # a cancelled node releases too
+
+    async def _release(self, request_id: str) -> None:
+        try:
+            await self.models.release_model(request_id)  # refused if it never began: fine
+        except PitError as exc:
+            log.warning("could not release allocation %s: %s", request_id, exc)
 
     async def _infer(self, allocation: Any, inputs: dict, params: dict,
                      remaining_s: float | None) -> Any:

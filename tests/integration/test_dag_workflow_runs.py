@@ -228,3 +228,12 @@ async def test_instruments_call_a_pool_model_on_its_host_and_release_it(pit):
             released.add(decoded.record["request_id"])
     assert sorted(allocated.values()) == [f"{execution}/headline_mood/1", f"{execution}/moods/1"]
     assert set(allocated) <= released
+
+    # a model the pool does not know: the node fails with the pool's reason
+    pit.runner("r2")
+    nowhere = (WorkflowBuilder("nowhere").operator("text", "identity", constants={"value": "x"})
+               .instrument("ask", "no-such-model").edge("text", "ask.text").build())
+    failed = await pit.client.await_result(await pit.client.execute_workflow(nowhere), 30)
+    assert failed.status == "failed" and "AllocationError" in failed.error
+    assert "no-such-model" in failed.error
+    await pit.stop("r2")

@@ -66,6 +66,7 @@ from streams.topics import DAG_EVENTS
 log = logging.getLogger(__name__)
 
 _ID = String(255)
+_CHUNK = 500  # keys per IN (...) lookup
 EXECUTION_STATUSES = ("running", "completed", "failed", "cancelled", "timed_out")
 NODE_STATES = ("pending", "scheduled", "running", "retrying", "failed", "completed",
                "fallback", "skipped", "cancelled")
@@ -86,14 +87,28 @@ def task_id(execution_id: str, node_id: str, attempt: int) -> str:
     return f"{execution_id}/{node_id}/{attempt}"
 
 
+def _node_key(execution_id: str, node_id: str) -> tuple[str]:
+    return (f"{execution_id}/{node_id}",)
+
+
 class _Table(_Rows):
-    """The pool views' batch rows, plus loading every row a condition selects."""
+    """The pool views' batch rows, keyed by one column here, loaded as plain tuples (a
+    third faster than mappings), and also by any condition."""
+
+    def load(self, conn: Connection, wanted: Iterable[tuple]) -> None:
+        keys = sorted({key for (key,) in wanted} - {key for (key,) in self.rows})
+        column = self.table.c[self.keys[0]]
+        for start in range(0, len(keys), _CHUNK):
+            self.load_where(conn, column.in_(keys[start:start + _CHUNK]))
 
     def load_where(self, conn: Connection, *conditions: Any) -> None:
-        for row in conn.execute(select(self.table).where(*conditions)).mappings():
-            key = tuple(row[k] for k in self.keys)
+        result = conn.execute(select(self.table).where(*conditions))
+        names = tuple(result.keys())
+        at = names.index(self.keys[0])
+        for values in result:
+            key = (values[at],)
             if key not in self.rows:  # a row already in memory is newer
-                self.rows[key] = dict(row)
+                self.rows[key] = dict(zip(names, values, strict=True))
                 self.stored.add(key)
 
 
@@ -133,6 +148,10 @@ class DagView(View):
         )
         nodes = Table(
             "dag_nodes" + suffix, metadata,
+            # one column to look rows up by: without statistics (a table filling inside one
+            # transaction) PostgreSQL looked (execution_id, node_id IN ...) up by the
+            # execution alone, a scan of its nodes per lookup
+            Column("node_key", String(512), nullable=False),  # "<execution>/<node>"
             Column("execution_id", _ID, nullable=False),
             Column("node_id", _ID, nullable=False),
             Column("kind", String(16)),      # known once dispatched
@@ -142,9 +161,8 @@ class DagView(View):
             Column("skip_reason", String(16)),
             Column("resolved_sequence", Long),
             Column("updated_at_ms", Long, nullable=False),
-            PrimaryKeyConstraint("execution_id", "node_id",
-                                 name=constraint_name("pk", "dag_nodes", token)),
-            Index(index_name("dag_nodes", "state", token), "execution_id", "state"),
+            PrimaryKeyConstraint("node_key", name=constraint_name("pk", "dag_nodes", token)),
+            Index(index_name("dag_nodes", "execution_id", token), "execution_id", "node_id"),
         )
         runs = Table(
             "dag_node_runs" + suffix, metadata,
@@ -214,7 +232,7 @@ class _DagBatch:
                  selected: list[tuple[str, dict[str, Any]]]) -> None:
         self.conn = conn
         self.executions = _Table(tables["dag_executions"], ("execution_id",))
-        self.nodes = _Table(tables["dag_nodes"], ("execution_id", "node_id"))
+        self.nodes = _Table(tables["dag_nodes"], ("node_key",))
         self.runs = _Table(tables["dag_node_runs"], ("task_id",))
         self.failures_table = tables["dag_failures"]
         self.failures: list[tuple[Any, ...]] = []
@@ -224,14 +242,14 @@ class _DagBatch:
             execution_id = record["execution_id"]
             ids.add((execution_id,))
             if (node_id := record.get("node_id")) is not None:
-                node_keys.add((execution_id, node_id))
+                node_keys.add(_node_key(execution_id, node_id))
                 if (attempt := record.get("attempt")) is not None:
                     attempts.add((task_id(execution_id, node_id, attempt),))
         self.executions.load(conn, ids)
         self.nodes.load(conn, node_keys)
         # skips and fallbacks name no attempt: theirs is the node's last one
-        attempts.update((task_id(*key, row["attempt"]),) for key, row in self.nodes.rows.items()
-                        if row["attempt"])
+        attempts.update((task_id(row["execution_id"], row["node_id"], row["attempt"]),)
+                        for row in self.nodes.rows.values() if row["attempt"])
         self.runs.load(conn, attempts)
 
     def run(self, selected: list[tuple[str, dict[str, Any]]]) -> None:
@@ -265,11 +283,12 @@ class _DagBatch:
     # --- helpers ------------------------------------------------------------------------------
 
     def node(self, execution: dict[str, Any], node_id: str, at_ms: int) -> dict[str, Any]:
-        key = (execution["execution_id"], node_id)
+        key = _node_key(execution["execution_id"], node_id)
         if key in self.nodes.rows:
             row = self.nodes.changed(key)
         else:
-            row = self.nodes.add(key, kind=None, pool=None, state="pending", attempt=0,
+            row = self.nodes.add(key, execution_id=execution["execution_id"], node_id=node_id,
+                                 kind=None, pool=None, state="pending", attempt=0,
                                  skip_reason=None, resolved_sequence=None)
         row["updated_at_ms"] = at_ms
         return row
@@ -301,7 +320,7 @@ class _DagBatch:
     def failure(self, execution: dict[str, Any], event: str, record: dict[str, Any],
                 envelope: dict[str, Any], error_type: str, message: str) -> None:
         node_id = record.get("node_id") or None
-        node = self.nodes.get((execution["execution_id"], node_id)) if node_id else None
+        node = self.nodes.get(_node_key(execution["execution_id"], node_id)) if node_id else None
         self.failures.append((
             execution["execution_id"], envelope["sequence"], event, node_id,
             record.get("attempt"), node["kind"] if node else None, error_type, message,
@@ -315,7 +334,7 @@ class _DagBatch:
         execution_id = execution["execution_id"]
         table = self.nodes.table
         self.nodes.load_where(self.conn, table.c.execution_id == execution_id, *conditions)
-        return [row for key, row in self.nodes.rows.items() if key[0] == execution_id]
+        return [row for row in self.nodes.rows.values() if row["execution_id"] == execution_id]
 
     def stop_attempt(self, execution: dict[str, Any], node: dict[str, Any], at_ms: int) -> None:
         """A node in flight is abandoned: its attempt's result will not count."""
@@ -331,7 +350,7 @@ class _DagBatch:
         for node in self.unfinished(execution, table.c.state.in_(UNFINISHED)):
             if node["state"] in UNFINISHED:
                 self.stop_attempt(execution, node, at_ms)
-                self.nodes.changed((node["execution_id"], node["node_id"]))
+                self.nodes.changed(_node_key(node["execution_id"], node["node_id"]))
                 self.move(execution, node, "cancelled")
                 node["updated_at_ms"] = at_ms
         # the nodes no event named are pending too
@@ -431,7 +450,7 @@ class _DagBatch:
             if node["state"] == "pending":
                 continue
             self.stop_attempt(ex, node, at)
-            self.nodes.changed((node["execution_id"], node["node_id"]))
+            self.nodes.changed(_node_key(node["execution_id"], node["node_id"]))
             self.move(ex, node, "pending")
             node.update(resolved_sequence=None, skip_reason=None, updated_at_ms=at)
 
@@ -472,7 +491,6 @@ _EVENTS = frozenset(_PREFIX + name for name in ("ExecutionStarted", *_HANDLERS))
 
 # --- readers (the API) --------------------------------------------------------------------------
 
-_CHUNK = 500
 _INTERNAL = ("checkpoint_sequence", "last_sequence", "outputs", *NODE_STATES)
 
 
@@ -549,7 +567,7 @@ def execution_nodes(engine: Engine, execution_id: str, *, state: str | None = No
                 attempts.setdefault(row["node_id"], []).append(
                     {k: v for k, v in dict(row).items() if k not in ("execution_id", "node_id")})
     for node in page:
-        del node["execution_id"], node["resolved_sequence"]
+        del node["node_key"], node["execution_id"], node["resolved_sequence"]
         node["runs"] = attempts.get(node["node_id"], [])
     return {"execution_id": execution_id, "count": count, "offset": offset, "nodes": page}
 

@@ -57,7 +57,7 @@ from streams.topics import DAG_COMMANDS, DAG_EVENTS
 
 T0 = 1_700_000_000_000
 TABLES = ("dag_executions", "dag_nodes", "dag_node_runs", "dag_failures")
-KEYS = {"dag_executions": ("execution_id",), "dag_nodes": ("execution_id", "node_id"),
+KEYS = {"dag_executions": ("execution_id",), "dag_nodes": ("node_key",),
         "dag_node_runs": ("task_id",), "dag_failures": ("execution_id", "sequence")}
 RETRY = Recovery(Strategy.RETRY, max_attempts=3, backoff=Backoff(initial_ms=100, max_ms=400))
 

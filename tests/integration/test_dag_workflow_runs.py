@@ -18,12 +18,19 @@ from streams.app import Stack
 from streams.blobs import blob_store
 from streams.client import PitClient
 from streams.config import Settings
-from streams.dag.definition import OPERATORS, Backoff, Condition, Recovery, WorkflowBuilder
+from streams.dag.definition import (
+    OPERATORS,
+    Backoff,
+    Condition,
+    Recovery,
+    WorkflowBuilder,
+    wide_dag,
+)
 from streams.dag.runner import Runner
 from streams.history import read_topic
 from streams.pool.host import ModelHost
 from streams.pool.pool import ModelAllocated, ModelReleased
-from streams.topics import DAG_EVENTS, POOL_EVENTS
+from streams.topics import DAG_EVENTS, DAG_TASKS, POOL_EVENTS
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
 
@@ -237,3 +244,32 @@ async def test_instruments_call_a_pool_model_on_its_host_and_release_it(pit):
     assert failed.status == "failed" and "AllocationError" in failed.error
     assert "no-such-model" in failed.error
     await pit.stop("r2")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_after_a_restart_of_pit_up_no_task_is_relayed_or_run_again(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    workflow = wide_dag(20, name="before-restart")
+    async with Stack(settings, progress=False, monitor_hosts=False) as stack:
+        pit = Pit(stack, await PitClient(stack.settings).start())
+        pit.runner("r1")
+        execution = await pit.client.execute_workflow(workflow)
+        assert (await pit.client.await_result(execution, timeout=30)).ok
+        await pit.stop("r1")
+        await pit.client.close()
+        tasks_before = len(await read_topic(stack.settings, DAG_TASKS))
+    assert tasks_before == len(workflow.nodes)
+
+    # the embedded broker comes back empty and is restored from the archive
+    async with Stack(settings, progress=False, monitor_hosts=False) as stack:
+        pit = Pit(stack, await PitClient(stack.settings).start())
+        runner = pit.runner("r2")
+        await asyncio.sleep(3)  # time enough to relay or run anything it should not
+        assert len(await read_topic(stack.settings, DAG_TASKS)) == tasks_before
+        assert runner.counts == {"completed": 0, "failed": 0, "skipped": 0}
+        # and new work still flows
+        again = await pit.client.execute_workflow(wide_dag(5, name="after-restart"))
+        assert (await pit.client.await_result(again, timeout=30)).outputs == {
+            "sink": {"out": 15}}
+        await pit.stop("r2")
+        await pit.client.close()

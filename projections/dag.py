@@ -65,7 +65,7 @@ from streams.topics import DAG_EVENTS
 
 log = logging.getLogger(__name__)
 
-_ID = String(255)
+_ID = Text  # ids, names and error types: any length a command let through, never a failed write
 _CHUNK = 500  # keys per IN (...) lookup
 EXECUTION_STATUSES = ("running", "completed", "failed", "cancelled", "timed_out")
 NODE_STATES = ("pending", "scheduled", "running", "retrying", "failed", "completed",
@@ -122,7 +122,7 @@ class DagView(View):
             "dag_executions" + suffix, metadata,
             Column("execution_id", _ID, nullable=False),
             Column("workflow", _ID, nullable=False),
-            Column("definition_hash", String(80), nullable=False),
+            Column("definition_hash", _ID, nullable=False),
             Column("status", String(16), nullable=False),
             Column("nodes", Integer, nullable=False),
             *(Column(state, Integer, nullable=False) for state in NODE_STATES),
@@ -151,11 +151,11 @@ class DagView(View):
             # one column to look rows up by: without statistics (a table filling inside one
             # transaction) PostgreSQL looked (execution_id, node_id IN ...) up by the
             # execution alone, a scan of its nodes per lookup
-            Column("node_key", String(512), nullable=False),  # "<execution>/<node>"
+            Column("node_key", _ID, nullable=False),  # "<execution>/<node>"
             Column("execution_id", _ID, nullable=False),
             Column("node_id", _ID, nullable=False),
             Column("kind", String(16)),      # known once dispatched
-            Column("pool", String(32)),
+            Column("pool", _ID),
             Column("state", String(16), nullable=False),
             Column("attempt", Integer, nullable=False),  # the last one dispatched
             Column("skip_reason", String(16)),
@@ -166,12 +166,12 @@ class DagView(View):
         )
         runs = Table(
             "dag_node_runs" + suffix, metadata,
-            Column("task_id", String(520), nullable=False),
+            Column("task_id", _ID, nullable=False),
             Column("execution_id", _ID, nullable=False),
             Column("node_id", _ID, nullable=False),
             Column("attempt", Integer, nullable=False),
             Column("kind", String(16), nullable=False),
-            Column("pool", String(32), nullable=False),
+            Column("pool", _ID, nullable=False),
             Column("cpu", Float, nullable=False),
             Column("memory_mb", Integer, nullable=False),
             Column("priority", Integer, nullable=False),
@@ -199,7 +199,7 @@ class DagView(View):
             "dag_failures" + suffix, metadata,
             Column("execution_id", _ID, nullable=False),
             Column("sequence", Long, nullable=False),
-            Column("event", String(32), nullable=False),
+            Column("event", _ID, nullable=False),
             Column("node_id", _ID),
             Column("attempt", Integer),
             Column("kind", String(16)),

@@ -6,6 +6,7 @@ compared with the decider's own state (node states, attempts, durations)."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 import zlib
@@ -381,6 +382,22 @@ def test_replay_reproduces_the_views(engine: Engine, flow: Flow) -> None:
     report = rebuild(engine, "dag", batch_size=11)
     assert report.swapped and report.records == len(flow.records)
     assert snapshot(engine) == live
+    assert_matches_decider(engine, flow)
+
+
+def test_a_log_read_from_after_a_start_skips_that_execution_until_a_replay(
+        engine: Engine, flow: Flow, caplog: pytest.LogCaptureFixture) -> None:
+    story(flow)
+    start = next(record for record, (name, r) in zip(flow.records, flow.events(), strict=True)
+                 if name == "pit.dag.ExecutionStarted" and r["execution_id"] == "retry")
+    with caplog.at_level(logging.WARNING, logger="projections.dag"):
+        Projector(engine).apply_batch([r for r in flow.records if r is not start])
+    assert "never saw start" in caplog.text
+    executions = {r["execution_id"] for r in rows(engine, "dag_executions")}
+    assert executions == set(flow.processor.entities) - {"retry"}
+    assert not any(r["execution_id"] == "retry" for name in TABLES[1:]
+                   for r in rows(engine, name))
+    rebuild(engine, "dag", flow.records)  # from the whole log again
     assert_matches_decider(engine, flow)
 
 

@@ -336,7 +336,8 @@ class PitClient:
 
     async def await_result(self, execution_id: str, timeout: float = 300.0) -> WorkflowResult:
         """How the execution ended (also one that ended before this call); WorkflowError when
-        it is unknown or still running after `timeout` seconds."""
+        it is unknown or still running after `timeout` seconds. Reading an execution (this,
+        workflow_status, follow_workflow) needs no start()."""
         return await workflows.await_result(self, execution_id, timeout)
 
     async def workflow_status(self, execution_id: str) -> Progress:

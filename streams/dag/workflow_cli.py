@@ -129,9 +129,9 @@ async def submit(args: argparse.Namespace, settings: Settings) -> int:
 async def status(args: argparse.Namespace, settings: Settings) -> int:
     from streams.client import PitClient
 
-    async with PitClient(settings, issued_by="pit-cli") as client:
-        progress, result = await _watch(client, args.id, None if args.json else
-                                        _Lines(sys.stdout), args.interval, follow=args.follow)
+    client = PitClient(settings, issued_by="pit-cli")  # reads only: no start() needed
+    progress, result = await _watch(client, args.id, None if args.json else _Lines(sys.stdout),
+                                    args.interval, follow=args.follow)
     if args.json:
         print(_as_json(progress, result))
     elif result is not None:

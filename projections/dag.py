@@ -70,7 +70,6 @@ _CHUNK = 500  # keys per IN (...) lookup
 EXECUTION_STATUSES = ("running", "completed", "failed", "cancelled", "timed_out")
 NODE_STATES = ("pending", "scheduled", "running", "retrying", "failed", "completed",
                "fallback", "skipped", "cancelled")
-RUN_STATUSES = ("scheduled", "running", "completed", "failed", "cancelled")
 RESOLVED = ("completed", "fallback", "skipped")
 UNFINISHED = ("pending", "scheduled", "running", "retrying")  # cancelled when the run ends
 IN_FLIGHT = ("scheduled", "running")                           # an attempt out with a runner
@@ -241,7 +240,7 @@ class _DagBatch:
         for _, record in selected:
             execution_id = record["execution_id"]
             ids.add((execution_id,))
-            if (node_id := record.get("node_id")) is not None:
+            if node_id := record.get("node_id"):
                 node_keys.add(_node_key(execution_id, node_id))
                 if (attempt := record.get("attempt")) is not None:
                     attempts.add((task_id(execution_id, node_id, attempt),))
@@ -311,11 +310,10 @@ class _DagBatch:
         row["updated_at_ms"] = at_ms
         return row
 
-    def latest(self, execution: dict[str, Any], node: dict[str, Any],
-               at_ms: int) -> dict[str, Any] | None:
+    def latest(self, node: dict[str, Any], at_ms: int) -> dict[str, Any] | None:
         if not node["attempt"]:
             return None
-        return self.attempt(execution["execution_id"], node["node_id"], node["attempt"], at_ms)
+        return self.attempt(node["execution_id"], node["node_id"], node["attempt"], at_ms)
 
     def failure(self, execution: dict[str, Any], event: str, record: dict[str, Any],
                 envelope: dict[str, Any], error_type: str, message: str) -> None:
@@ -327,32 +325,37 @@ class _DagBatch:
             record.get("retryable"), record.get("runner") or None, envelope["occurred_at"],
             envelope["event_id"]))
 
-    def unfinished(self, execution: dict[str, Any], *conditions: Any
-                   ) -> Iterable[dict[str, Any]]:
-        """Every node row of the execution, from the database where `conditions` select it,
-        and from memory (newer) in any case."""
+    def nodes_of(self, execution: dict[str, Any], *conditions: Any) -> list[dict[str, Any]]:
+        """The execution's node rows that `conditions` select in the database, and those in
+        memory (newer) whatever their values: the caller checks them."""
         execution_id = execution["execution_id"]
         table = self.nodes.table
         self.nodes.load_where(self.conn, table.c.execution_id == execution_id, *conditions)
         return [row for row in self.nodes.rows.values() if row["execution_id"] == execution_id]
 
-    def stop_attempt(self, execution: dict[str, Any], node: dict[str, Any], at_ms: int) -> None:
-        """A node in flight is abandoned: its attempt's result will not count."""
-        if node["state"] in IN_FLIGHT and (run := self.latest(execution, node, at_ms)):
-            run.update(status="cancelled", ended_at_ms=at_ms)
+    def reset(self, execution: dict[str, Any], nodes: list[dict[str, Any]], state: str,
+              at_ms: int) -> None:
+        """These nodes go to `state`; the attempts of those in flight are abandoned (their
+        results will not count)."""
+        flying = [n for n in nodes if n["state"] in IN_FLIGHT and n["attempt"]]
+        self.runs.load(self.conn, [(task_id(n["execution_id"], n["node_id"], n["attempt"]),)
+                                   for n in flying])
+        for node in flying:
+            if run := self.latest(node, at_ms):
+                run.update(status="cancelled", ended_at_ms=at_ms)
+        for node in nodes:
+            self.nodes.changed(_node_key(node["execution_id"], node["node_id"]))
+            self.move(execution, node, state)
+            node.update(resolved_sequence=None, skip_reason=None, updated_at_ms=at_ms)
 
     def end(self, execution: dict[str, Any], status: str, at_ms: int, **fields: Any) -> None:
         execution.update(status=status, ended_at_ms=at_ms,
                          duration_ms=at_ms - execution["started_at_ms"], **fields)
         if status == "completed":
             return  # every node is resolved already
-        table = self.nodes.table
-        for node in self.unfinished(execution, table.c.state.in_(UNFINISHED)):
-            if node["state"] in UNFINISHED:
-                self.stop_attempt(execution, node, at_ms)
-                self.nodes.changed(_node_key(node["execution_id"], node["node_id"]))
-                self.move(execution, node, "cancelled")
-                node["updated_at_ms"] = at_ms
+        nodes = self.nodes_of(execution, self.nodes.table.c.state.in_(UNFINISHED))
+        self.reset(execution, [n for n in nodes if n["state"] in UNFINISHED], "cancelled",
+                   at_ms)
         # the nodes no event named are pending too
         execution["cancelled"] += execution["pending"]
         execution["pending"] = 0
@@ -425,7 +428,7 @@ class _DagBatch:
         node = self.node(ex, r["node_id"], at)
         self.move(ex, node, "skipped")
         node.update(resolved_sequence=env["sequence"], skip_reason=r["reason"])
-        if r["reason"] == "recovery" and (run := self.latest(ex, node, at)):
+        if r["reason"] == "recovery" and (run := self.latest(node, at)):
             run["skipped"] = True
 
     def fallback_used(self, ex: dict, r: dict, env: dict) -> None:
@@ -433,7 +436,7 @@ class _DagBatch:
         node = self.node(ex, r["node_id"], at)
         self.move(ex, node, "fallback")
         node["resolved_sequence"] = env["sequence"]
-        if run := self.latest(ex, node, at):
+        if run := self.latest(node, at):
             run.update(fallback=True, fallback_node=r["fallback_node"] or None)
 
     def checkpoint_taken(self, ex: dict, r: dict, env: dict) -> None:
@@ -443,16 +446,11 @@ class _DagBatch:
         at, base = env["occurred_at"], ex["checkpoint_sequence"]
         ex["restarts"] += 1
         table = self.nodes.table
-        for node in self.unfinished(ex, or_(table.c.state.not_in(RESOLVED),
-                                            table.c.resolved_sequence > base)):
-            if node["state"] in RESOLVED and node["resolved_sequence"] <= base:
-                continue  # recorded at the checkpoint: kept
-            if node["state"] == "pending":
-                continue
-            self.stop_attempt(ex, node, at)
-            self.nodes.changed(_node_key(node["execution_id"], node["node_id"]))
-            self.move(ex, node, "pending")
-            node.update(resolved_sequence=None, skip_reason=None, updated_at_ms=at)
+        nodes = self.nodes_of(ex, or_(table.c.state.not_in(RESOLVED),
+                                      table.c.resolved_sequence > base))
+        # what was resolved at the checkpoint stays; the rest runs again
+        self.reset(ex, [n for n in nodes if n["state"] != "pending" and not (
+            n["state"] in RESOLVED and n["resolved_sequence"] <= base)], "pending", at)
 
     def execution_completed(self, ex: dict, r: dict, env: dict) -> None:
         self.end(ex, "completed", env["occurred_at"], outputs=r["outputs"])

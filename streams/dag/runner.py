@@ -120,6 +120,10 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+class RunnerError(PitError):
+    """The runner cannot go on (its embedded broker is gone)."""
+
+
 class TaskError(PitError):
     """A task that cannot run as given (not retryable: running it again changes nothing)."""
 
@@ -551,15 +555,37 @@ class Runner:
             await self.client.start()
             await self.reporter.start()
             await self._on_kafka(self._subscribe)
+            self._say(f"taking tasks of pools {', '.join(self.pools)} from {DAG_TASKS} in group"
+                      f" {self.group} (concurrency {self.concurrency})")
+            joined = self.settings.bootstrap() if self.settings.embedded else None
+            look_at = time.monotonic()
             try:
                 while not stop.is_set():
                     await self._take()
                     await self._commit()
+                    if joined and time.monotonic() >= look_at:
+                        self._check_broker(joined)
+                        look_at = time.monotonic() + 1.0
                 return await self._drain()
             finally:
                 await self._on_kafka(self._consumer.close)
         finally:
             await self.close()
+
+    def _check_broker(self, joined: str) -> None:
+        """An embedded broker lives and dies with its `pit up`: once the one this runner
+        joined is gone, no report can land, so the runner stops (tasks it held run again
+        once the group has other runners)."""
+        try:
+            current = self.settings.bootstrap()
+        except BrokerUnavailableError:
+            current = None
+        if current != joined:
+            for job in self.running:
+                job.cancel()
+            raise RunnerError(f"runner {self.runner_id}: the pit up it joined has stopped (its"
+                              f" embedded broker at {joined} is gone); start the runner again"
+                              " once pit up runs")
 
     def force(self) -> None:
         """Stop draining now (a second signal): running tasks are abandoned."""
@@ -583,9 +609,13 @@ class Runner:
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
-            "log_level": 3})
+            # librdkafka reconnects on its own; its connection errors would flood stderr
+            "log_level": 0, "error_cb": self._kafka_error})
         self._consumer.subscribe([DAG_TASKS], on_assign=self._assigned,
                                  on_revoke=self._revoked, on_lost=self._lost)
+
+    def _kafka_error(self, error) -> None:
+        log.debug("runner %s: kafka: %s", self.runner_id, error)
 
     def _assigned(self, _consumer, partitions) -> None:
         self.assignment |= {(p.topic, p.partition) for p in partitions}
@@ -747,8 +777,6 @@ async def run_runner(settings: Settings, runner_id: str | None, concurrency: int
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    runner._say(f"taking tasks of pools {', '.join(runner.pools)} from {DAG_TASKS} in group"
-                f" {runner.group} (concurrency {concurrency}, {threads} threads)")
     drained = await runner.run(stop)
     runner._say(f"stopped: {runner.counts['completed']} completed, {runner.counts['failed']}"
                 " failed")

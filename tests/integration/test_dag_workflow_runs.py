@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -250,15 +253,34 @@ async def test_instruments_call_a_pool_model_on_its_host_and_release_it(pit):
 async def test_after_a_restart_of_pit_up_no_task_is_relayed_or_run_again(tmp_path):
     settings = Settings(data_dir=tmp_path)
     workflow = wide_dag(20, name="before-restart")
+    log = tmp_path / "runner.log"
     async with Stack(settings, progress=False, monitor_hosts=False) as stack:
-        pit = Pit(stack, await PitClient(stack.settings).start())
-        pit.runner("r1")
-        execution = await pit.client.execute_workflow(workflow)
-        assert (await pit.client.await_result(execution, timeout=30)).ok
-        await pit.stop("r1")
-        await pit.client.close()
-        tasks_before = len(await read_topic(stack.settings, DAG_TASKS))
+        # a `pit runner` process beside an in-process one: it finds pit up by the data dir
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "runner", "--id", "p1",
+             "--session-timeout", "3"], env={**os.environ, "PIT_DATA_DIR": str(tmp_path)},
+            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        try:
+            pit = Pit(stack, await PitClient(stack.settings).start())
+            pit.runner("r1")
+            execution = await pit.client.execute_workflow(workflow)
+            assert (await pit.client.await_result(execution, timeout=30)).ok
+            await pit.stop("r1")
+            await pit.client.close()
+            tasks_before = len(await read_topic(stack.settings, DAG_TASKS))
+        except BaseException:
+            process.kill()
+            raise
     assert tasks_before == len(workflow.nodes)
+    # the runner process stops once the pit up it joined is gone, in one line
+    for _ in range(100):
+        if process.poll() is not None:
+            break
+        await asyncio.sleep(0.1)
+    process.kill()
+    assert process.wait() == 1
+    assert log.read_text().splitlines()[-1].startswith(
+        "pit: error: runner p1: the pit up it joined has stopped")
 
     # the embedded broker comes back empty and is restored from the archive
     async with Stack(settings, progress=False, monitor_hosts=False) as stack:

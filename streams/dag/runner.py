@@ -5,7 +5,9 @@ Tasks. Every `NodeScheduled` event is a node task; the task dispatcher in `pit u
 (streams/dag/dispatch.py) relays it to pit.dag.tasks keyed by its task id
 "<execution>/<node>/<attempt>", so the tasks of one execution spread over the partitions
 and every runner process of the consumer group "pit.dag.runners" takes a share: scale out
-by starting more runners.
+by starting more runners. A runner serves runner pools (NodeScheduled.pool; by default
+"instrument" and "operator"); runners of other pools form other groups (`group_of`) and
+skip these tasks.
 
 Running a task (`NodeExecutor`, no Kafka in it):
 * operator: the registered function (streams/dag/definition.py) with the resolved inputs and
@@ -13,7 +15,8 @@ Running a task (`NodeExecutor`, no Kafka in it):
   `sleep_then_return` sleeps on the event loop, so a thousand slow nodes need no thousand
   threads;
 * instrument: `allocate_model(model, requester=task id, workflow_id=execution id)`, infer on
-  the host it was placed on, release - always released, also when inference fails; the
+  the host it was placed on, release - always released, also when inference fails or the
+  allocation is still queued when the deadline passes; the
   inference inputs are the node's inputs object, or the bare value of a node's only input
   (a text model gets its text); the node's params travel with the call;
 * map: the operator (or model, under one allocation) once per item of input "items", the

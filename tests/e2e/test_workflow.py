@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from streams.app import Stack
-from streams.client import PitClient
+from streams.client import PitClient, SyncPitClient
 from streams.config import Settings
 from streams.dag.definition import Workflow, WorkflowBuilder, deep_dag, wide_dag
 from streams.dag.definition_store import definition_store
@@ -135,6 +135,20 @@ async def test_a_workflow_with_a_model_runs_to_its_result(pit):
     line, ended = shown.stdout.splitlines()
     assert line.startswith(f"{execution_id} completed [") and "(completed 5)" in line
     assert ended == last
+
+
+async def test_the_blocking_client_runs_workflows_too(pit):
+    def run() -> tuple:
+        with SyncPitClient(pit.settings, issued_by="workflow-test-sync") as client:
+            execution_id = client.execute_workflow(MOOD, {"document.value": "nice"},
+                                                   execution_id="mood-sync")
+            return client.await_result(execution_id, timeout=30), client.workflow_status(
+                execution_id)
+
+    result, status = await asyncio.to_thread(run)  # it blocks: not on the Stack's loop
+    assert result.outputs["report"]["out"] == {
+        "chunks": 1, "mood": {"label": "positive", "score": 1, "words": 1}}
+    assert (status.status, status.done) == ("completed", 5)
 
 
 async def test_status_while_running_and_after_a_cancel(pit):

@@ -218,7 +218,7 @@ def _archived(settings: Settings, partition: int, execution_id: str,
 
 class ExecutionLog:
     """One execution's events in log order: `read()` returns the next ones as (event,
-    occurred_at ms); `caught_up` once everything logged before `open()` was read."""
+    occurred_at ms); `caught_up` once everything logged before it was entered is read."""
 
     def __init__(self, settings: Settings, codec: Codec, execution_id: str) -> None:
         self.settings, self.codec, self.execution_id = settings, codec, execution_id

@@ -612,6 +612,8 @@ class Runner:
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
+            # the default (500 ms) is what every scheduled node waited before it started
+            "fetch.wait.max.ms": 10,
             # librdkafka reconnects on its own; its connection errors would flood stderr
             "log_level": 0, "error_cb": self._kafka_error})
         self._consumer.subscribe([DAG_TASKS], on_assign=self._assigned,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from streams.dag.execution import DAG
 from streams.decider import Decider, Message
 from streams.errors import PitError
-from streams.dag.execution import DAG
 from streams.pool.pool import POOL
 
 DECIDERS: tuple[Decider, ...] = (POOL, DAG)

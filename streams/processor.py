@@ -29,7 +29,7 @@ from streams import metrics
 from streams.decider import Decider, Message, Rejection, from_record, to_record
 from streams.errors import BrokerUnavailableError, SchemaError
 from streams.history import history_source, kafka_log_reader
-from streams.kafka import make_producer, produce_all, start_consumer
+from streams.kafka import make_producer, produce_all, start_consumer, stop_clients
 from streams.log import LogRecord
 from streams.topics import DEAD_LETTERS, RESULTS
 
@@ -352,7 +352,4 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                         max(0, high - await consumer.position(tp)))
         failed = False
     finally:
-        if failed:  # nothing queued may land after we start over from the log
-            producer.purge()
-        await consumer.stop()
-        await asyncio.to_thread(producer.flush, 0 if failed else 10)
+        await stop_clients(consumer, producer, failed)

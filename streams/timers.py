@@ -54,7 +54,6 @@ commands.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import json
 import logging
@@ -64,7 +63,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 from confluent_kafka import Producer
 from sqlalchemy import Engine
 
@@ -72,9 +70,16 @@ from schemas.codec import Codec
 from streams import metrics
 from streams.config import Settings
 from streams.decider import Decider, Message, from_record, to_record
-from streams.errors import BrokerUnavailableError, PitError, SchemaError
+from streams.errors import PitError, SchemaError
 from streams.history import HistoryError, history_source, kafka_log_reader
-from streams.kafka import make_producer, partitions_of, produce_all, start_consumer
+from streams.kafka import (
+    keep_running,
+    make_producer,
+    partitions_of,
+    produce_all,
+    start_consumer,
+    stop_clients,
+)
 from streams.processor import Output
 from streams.topics import TIMERS, load_catalog
 
@@ -306,18 +311,12 @@ class TimerService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: rebuild from the log, then follow it and fire what falls due."""
-        while not stop.is_set():
-            try:
-                await self._run(stop)
-            except (BrokerUnavailableError, HistoryError, KafkaError) as exc:
-                if stop.is_set():
-                    return
-                log.warning("timers: %s; starting over from the log in %.1f s", exc,
-                            self.retry_s)
-                self.table = TimerTable()
-                self.ready.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.retry_s)
+        def forget() -> None:
+            self.table = TimerTable()
+            self.ready.clear()
+
+        await keep_running("timers", lambda: self._run(stop), stop, self.retry_s,
+                           retry_on=(HistoryError,), on_restart=forget)
 
     def _replay(self, stop: asyncio.Event) -> dict[tuple[str, int], int]:
         """Fold the whole history; returns the last offset read per topic partition."""
@@ -352,10 +351,7 @@ class TimerService:
                         fold(self.table, self.codec, message.value)
             failed = False
         finally:
-            if failed:  # nothing queued may land after we start over from the log
-                producer.purge()
-            await consumer.stop()
-            await asyncio.to_thread(producer.flush, 0 if failed else 10)
+            await stop_clients(consumer, producer, failed)
 
     async def _follow_from(self, consumer, positions: dict[tuple[str, int], int]) -> None:
         assignment = [TopicPartition(topic, p) for topic in self.topics

@@ -40,14 +40,12 @@ decoded past their start: the others' records are passed over by key and record 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 from sqlalchemy import Engine
 
 from schemas.catalog import fullname
@@ -58,9 +56,9 @@ from streams.config import Settings
 from streams.dag.definition_store import definition_store
 from streams.dag.execution import DAG, CheckpointTaken, Definitions, ExecutionStarted
 from streams.decider import Message, from_record
-from streams.errors import BrokerUnavailableError, PitError, SchemaError
+from streams.errors import PitError, SchemaError
 from streams.history import HistoryError, history_source, kafka_log_reader
-from streams.kafka import partitions_of, start_consumer
+from streams.kafka import keep_running, partitions_of, start_consumer
 from streams.pool.lifecycle import (
     DEFAULT_POOL,
     ModelState,
@@ -321,19 +319,13 @@ class Prewarmer:
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: read the history, then follow the log. When Kafka fails under it,
         it forgets everything and starts over from the log, as the processors do."""
-        while not stop.is_set():
-            try:
-                await self._run(stop)
-            except (BrokerUnavailableError, HistoryError, KafkaError) as exc:
-                if stop.is_set():
-                    return
-                log.warning("prewarmer: %s; starting over from the log in %.1f s", exc,
-                            self.retry_s)
-                self.pools.clear()
-                self.lookahead = LookaheadPredictor(self.definitions)
-                self.caught_up.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.retry_s)
+        def forget() -> None:
+            self.pools.clear()
+            self.lookahead = LookaheadPredictor(self.definitions)
+            self.caught_up.clear()
+
+        await keep_running("prewarmer", lambda: self._run(stop), stop, self.retry_s,
+                           retry_on=(HistoryError,), on_restart=forget)
 
     def _replay(self, stop: asyncio.Event) -> dict[tuple[str, int], int]:
         """Fold the whole history; returns the last offset read per topic partition."""

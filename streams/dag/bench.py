@@ -12,17 +12,28 @@ with simulated runners that start and complete every task in dispatch order. Mea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import statistics
 import time
-from typing import Any
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from streams.dag.definition import Workflow, layered_dag
+from aiokafka.errors import KafkaError
+
+from schemas.codec import Codec
+from streams.config import Settings
+from streams.dag.definition import OPERATORS, Edge, OperatorRegistry, Workflow, layered_dag
 from streams.dag.execution import (
     CheckpointTaken,
     Definitions,
     ExecutionState,
+    NodeCompleted,
+    NodeFailed,
     NodeScheduled,
+    NodeStarted,
     ReportNodeCompleted,
     ReportNodeStarted,
     StartExecution,
@@ -32,8 +43,14 @@ from streams.dag.execution import (
     initial_state,
     restore,
 )
+from streams.dag.runner import Runner
+from streams.dag.workflows import ENDS, ExecutionLog, WorkflowResult
 from streams.decider import Message
+from streams.errors import PitError
 from streams.pool.bench import percentile
+
+if TYPE_CHECKING:
+    from streams.app import Stack
 
 T0 = 1_700_000_000_000
 
@@ -113,3 +130,154 @@ def bench_schedule(n: int = 10_000) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(bench_schedule()))
+
+
+# --- end to end: a whole Pit, runners, the broker -------------------------------------------
+#
+# What `pit bench dag` measures through the embedded broker, and what the stress tests
+# (tests/integration/test_dag_stress.py) drive: `pit up`'s Stack in process, runners of one
+# consumer group, executions followed on pit.dag.events as they are logged.
+
+
+class ExecutionWatch:
+    """Follows one execution's events as they are logged (`ExecutionLog`: the archive for
+    what Kafka dropped, then Kafka, live), keeping what runs look at: every event with its
+    time, NodeCompleted per node, the most nodes running at once (started, not yet completed
+    or failed) and how the execution ended. Use as an async context manager."""
+
+    def __init__(self, settings: Settings, codec: Codec, execution_id: str) -> None:
+        self.settings, self.codec, self.execution_id = settings, codec, execution_id
+        self.events: list[tuple[Message, int]] = []  # (event, occurred_at ms)
+        self.completed: Counter[str] = Counter()
+        self.running: set[str] = set()
+        self.peak = 0
+        self.result: WorkflowResult | None = None
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> ExecutionWatch:
+        self._log = await ExecutionLog(self.settings, self.codec, self.execution_id).__aenter__()
+        self._following = asyncio.create_task(self._follow())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._following.cancel()
+        with contextlib.suppress(asyncio.CancelledError, KafkaError, PitError):
+            await self._following
+        with contextlib.suppress(KafkaError):
+            await self._log.__aexit__()
+
+    async def _follow(self) -> None:
+        while True:
+            for event, at_ms in await self._log.read(100):
+                self._apply(event, at_ms)
+            self._changed.set()
+
+    def _apply(self, event: Message, at_ms: int) -> None:
+        self.events.append((event, at_ms))
+        if isinstance(event, NodeStarted):
+            self.running.add(event.node_id)
+            self.peak = max(self.peak, len(self.running))
+        elif isinstance(event, NodeCompleted | NodeFailed):
+            self.running.discard(event.node_id)
+            if isinstance(event, NodeCompleted):
+                self.completed[event.node_id] += 1
+        elif type(event) in ENDS:
+            self.result = WorkflowResult.of(event, at_ms)
+
+    def of(self, *types: type) -> list:
+        return [event for event, _ in self.events if isinstance(event, types)]
+
+    async def until(self, condition: Callable[[ExecutionWatch], bool], timeout_s: float,
+                    what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition(self):
+            if self._following.done():
+                self._following.result()  # its failure, not a timeout
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PitError(f"execution {self.execution_id}: no {what} within"
+                               f" {timeout_s:g} s ({len(self.completed)} nodes completed)")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
+
+    async def end(self, timeout_s: float) -> WorkflowResult:
+        await self.until(lambda watch: watch.result is not None, timeout_s, "end")
+        return self.result
+
+
+class Runners:
+    """In-process runners of one consumer group, as `pit runner` processes would be."""
+
+    def __init__(self, settings: Settings, codec: Codec, **options: Any) -> None:
+        self.settings, self.codec = settings, codec
+        self.options = {"session_timeout_ms": 3000, "revoke_wait_s": 2.0,
+                        "say": lambda _line: None, **options}
+        self.runs: dict[str, tuple[Runner, asyncio.Event, asyncio.Task]] = {}
+
+    def start(self, runner_id: str, **options: Any) -> Runner:
+        runner = Runner(self.settings, runner_id=runner_id, codec=self.codec,
+                        **{**self.options, **options})
+        stop = asyncio.Event()
+        self.runs[runner_id] = (runner, stop, asyncio.create_task(runner.run(stop)))
+        return runner
+
+    async def stop(self, runner_id: str) -> bool:
+        """Drain and leave: True when every task taken was finished and committed."""
+        _, stop, task = self.runs.pop(runner_id)
+        stop.set()
+        return await task
+
+    async def crash(self, runner_id: str) -> None:
+        """As a killed process: running tasks vanish unreported, nothing is committed."""
+        runner, _, task = self.runs.pop(runner_id)
+        for job in list(runner.running):
+            job.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def close(self, *, crash: bool = False) -> None:
+        for runner_id in list(self.runs):
+            await (self.crash(runner_id) if crash else self.stop(runner_id))
+
+    async def balanced(self, partitions: int, timeout_s: float = 30.0) -> None:
+        """Until every runner holds partitions of pit.dag.tasks and together all of them."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            held = [runner.assignment for runner, _, _ in self.runs.values()]
+            if all(held) and len(set().union(*held)) == partitions == sum(map(len, held)):
+                return
+            if time.monotonic() > deadline:
+                raise PitError(f"runners not balanced within {timeout_s:g} s: {held}")
+            await asyncio.sleep(0.05)
+
+
+async def crash_stack(stack: Stack) -> None:
+    """Stop a Stack as a killed `pit up` stops: nothing drains or flushes, and what the
+    projector had not archived yet is gone with the embedded broker."""
+    running = [*stack.tasks, stack.projector_task]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    if stack._runner is not None:
+        await stack._runner.cleanup()
+    stack.broker.close()
+    stack.engine.dispose()
+
+
+def sequential_outputs(workflow: Workflow,
+                       operators: OperatorRegistry = OPERATORS) -> dict[str, Any]:
+    """Every node's "out" as one thread evaluating an operator-only workflow in topological
+    order computes it: the reference a distributed run must agree with."""
+    nodes = workflow.nodes
+    feeds: dict[str, list[Edge]] = {}
+    for edge in workflow.edges:
+        feeds.setdefault(edge.to_node, []).append(edge)
+    outputs: dict[str, Any] = {}
+    for i in workflow.graph.order:
+        node = nodes[i]
+        inputs = {**node.constants, **{e.to_input: outputs[e.from_node]
+                                       for e in feeds.get(node.id, ())}}
+        outputs[node.id] = operators[node.operator](inputs, node.params)
+    return outputs

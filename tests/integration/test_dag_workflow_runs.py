@@ -168,8 +168,11 @@ async def test_a_failed_node_is_retried_on_a_durable_timer_and_completes(pit):
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit):
-    pit.runner("steady")
-    pit.runner("doomed")
+    runners = [pit.runner("steady"), pit.runner("doomed")]
+    for _ in range(400):  # both in the group, each with partitions, before any task exists
+        if all(runner.assignment for runner in runners):
+            break
+        await asyncio.sleep(0.05)
     # 60 nodes of 400 ms between a source and a sink: the crash finds some running on "doomed"
     builder = (WorkflowBuilder("wide-crash").operator("source", "identity",
                                                       constants={"value": 1})

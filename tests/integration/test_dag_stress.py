@@ -154,13 +154,19 @@ class Pit:
         await crash_stack(self.stack)
 
 
-@pytest.fixture
-async def pit(tmp_path):
-    running = await Pit(tmp_path / "pit").start(concurrency=600)
+@contextlib.asynccontextmanager
+async def running_pit(data_dir: Path, **options):
+    running = await Pit(data_dir).start(**options)
     try:
         yield running
     finally:
         await running.close()
+
+
+@pytest.fixture
+async def pit(tmp_path):
+    async with running_pit(tmp_path / "pit", concurrency=600) as running:
+        yield running
 
 
 def assert_completed_once_with(watch: ExecutionWatch, expected: dict) -> None:
@@ -260,11 +266,8 @@ class RunnerProcess:
 
 @pytest.fixture
 async def pit_without_runners(tmp_path):
-    running = await Pit(tmp_path / "pit").start(runners=0)
-    try:
+    async with running_pit(tmp_path / "pit", runners=0) as running:
         yield running
-    finally:
-        await running.close()
 
 
 async def test_a_runner_killed_mid_node_has_its_tasks_run_by_the_other(pit_without_runners,
@@ -310,12 +313,9 @@ async def test_the_pit_crashed_mid_run_resumes_and_counts_no_node_twice(tmp_path
     before = len(ledger_runs(ledger))
     assert before < len(expected)
 
-    pit = await Pit(tmp_path / "pit").start()  # restored from the archive
-    try:
-        async with pit.watch("crashed") as watch:
-            await watch.end(timeout_s=90)
-    finally:
-        await pit.close()
+    # started again on the same data directory: the broker is restored from the archive
+    async with running_pit(tmp_path / "pit") as pit, pit.watch("crashed") as watch:
+        await watch.end(timeout_s=90)
     assert_completed_once_with(watch, expected)
     assert set(ledger_runs(ledger)) == set(expected)
 

@@ -15,17 +15,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import statistics
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec
+from streams.client import PitClient
 from streams.config import Settings
-from streams.dag.definition import OPERATORS, Edge, OperatorRegistry, Workflow, layered_dag
+from streams.dag.definition import (
+    OPERATORS,
+    Edge,
+    OperatorRegistry,
+    Workflow,
+    deep_dag,
+    layered_dag,
+    wide_dag,
+)
 from streams.dag.execution import (
     CheckpointTaken,
     Definitions,
@@ -281,3 +294,141 @@ def sequential_outputs(workflow: Workflow,
                                        for e in feeds.get(node.id, ())}}
         outputs[node.id] = operators[node.operator](inputs, node.params)
     return outputs
+
+
+RUNNER_PROCESSES = 2
+RUNNER_CONCURRENCY = 512
+
+
+class RunnerProcesses:
+    """`pit runner` processes on a Pit's data directory (a core of their own each, as
+    deployed), their stderr in files beside it. `program` runs the CLI: another entry point
+    can register operators first."""
+
+    def __init__(self, data_dir: Path, program: Sequence[str] = (sys.executable, "-m",
+                                                                 "streams.cli")) -> None:
+        self.data_dir, self.program = data_dir, tuple(program)
+        self.processes: dict[str, tuple[asyncio.subprocess.Process, Path]] = {}
+
+    async def start(self, *runner_ids: str, concurrency: int = RUNNER_CONCURRENCY,
+                    timeout_s: float = 60.0) -> RunnerProcesses:
+        """Each runner, once it says it is taking tasks."""
+        env = {**os.environ, "PIT_DATA_DIR": str(self.data_dir)}
+        env.pop("PIT_KAFKA_BOOTSTRAP_SERVERS", None)
+        for runner_id in runner_ids:
+            path = self.data_dir / f"{runner_id}.log"
+            with path.open("w") as stderr:
+                process = await asyncio.create_subprocess_exec(
+                    *self.program, "runner", "--id", runner_id, "--concurrency",
+                    str(concurrency), "--session-timeout", "3", env=env, stderr=stderr)
+            self.processes[runner_id] = (process, path)
+            deadline = time.monotonic() + timeout_s
+            while "taking tasks" not in path.read_text():
+                if process.returncode is not None or time.monotonic() > deadline:
+                    raise PitError(f"pit runner {runner_id} did not start:"
+                                   f" {path.read_text()[-500:]}")
+                await asyncio.sleep(0.1)
+        return self
+
+    def kill(self, runner_id: str) -> asyncio.subprocess.Process:
+        """SIGKILL: the runner dies at once, mid-node."""
+        process, _ = self.processes[runner_id]
+        process.send_signal(signal.SIGKILL)
+        return process
+
+    async def stop(self) -> None:
+        """SIGTERM, and each drains; one that does not within 40 s is killed."""
+        for process, _ in self.processes.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process, _ in self.processes.values():
+            try:
+                await asyncio.wait_for(process.wait(), 40)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+def _pit(data_dir: Path) -> Stack:
+    from streams.app import Stack
+
+    return Stack(Settings(data_dir=data_dir), progress=False, monitor_hosts=False)
+
+
+async def run_to_end(stack: Stack, client: PitClient, workflow: Workflow, execution_id: str,
+                     timeout_s: float = 600.0) -> float:
+    """Seconds from submitting `workflow` to seeing it completed (raises if it did not)."""
+    async with ExecutionWatch(stack.settings, stack.codec, execution_id) as watch:
+        started = time.perf_counter()
+        await client.execute_workflow(workflow, execution_id=execution_id)
+        result = await watch.end(timeout_s)
+        elapsed = time.perf_counter() - started
+    if not result.ok or len(watch.completed) != len(workflow.nodes):
+        raise PitError(f"bench workflow {execution_id} did not complete: {result.error}")
+    return elapsed
+
+
+async def bench_throughput(scratch: Path, wide: int = 2_000, deep: int = 100,
+                           count: int = 10_000) -> dict[str, float]:
+    """End to end through the embedded broker: `pit up`'s Stack in this process, two `pit
+    runner` processes, cheap operators (add, identity, sum_inputs). Nodes per second of a
+    wide DAG (fan-out/fan-in, `wide` nodes at once) and of a deep one (a chain: every node
+    waits for the one before), and the wall time of a 10,000-node layered DAG (50 layers),
+    each from submitting to seeing ExecutionCompleted."""
+    data_dir = scratch / "throughput"
+    async with _pit(data_dir) as stack, PitClient(stack.settings, codec=stack.codec) as client:
+        runners = await RunnerProcesses(data_dir).start(
+            *(f"bench-{n}" for n in range(RUNNER_PROCESSES)))
+        try:
+            await asyncio.sleep(3)  # the group settles (a rebalance per runner joining)
+            await run_to_end(stack, client, wide_dag(50, name="warm-up"), "bench-warm-up")
+            wide_s = await run_to_end(stack, client, wide_dag(wide), "bench-wide")
+            deep_s = await run_to_end(stack, client, deep_dag(deep), "bench-deep")
+            ten_s = await run_to_end(stack, client, layered_dag(count, seed=1, layers=50),
+                                     "bench-10k")
+        finally:
+            await runners.stop()
+    return {"dag_nodes_per_s_wide": round((wide + 2) / wide_s),
+            "dag_nodes_per_s_deep": round(deep / deep_s, 1),
+            "dag_10k_wall_s": round(ten_s, 1)}
+
+
+async def bench_resume(scratch: Path, count: int = 3_000) -> dict[str, float]:
+    """Seconds from a crash of the DAG processor - the whole in-process Pit stopped hard,
+    its embedded broker with it - to the execution making progress again: `pit up` started
+    on the same data directory (the broker restored from the archive, the processor's state
+    from the events), runners started again, the first node completed after the crash.
+    A 3,000-node layered DAG, crashed once a third of it completed."""
+    data_dir = scratch / "resume"
+    stack = await _pit(data_dir).start()
+    runners = Runners(stack.settings, stack.codec, concurrency=RUNNER_CONCURRENCY)
+    try:
+        for n in range(2):
+            runners.start(f"resume-{n}")
+        await runners.balanced(16)
+        async with PitClient(stack.settings, codec=stack.codec) as client, ExecutionWatch(
+                stack.settings, stack.codec, "bench-resume") as watch:
+            await client.execute_workflow(layered_dag(count, seed=2, layers=30),
+                                          execution_id="bench-resume")
+            await watch.until(lambda w: len(w.completed) >= count // 3, 300,
+                              f"{count // 3} completed nodes")
+            history = len(watch.events)
+    finally:
+        await runners.close(crash=True)
+        await crash_stack(stack)
+        crashed_at = int(time.time() * 1000)  # nothing of the first Pit can report later
+    async with _pit(data_dir) as stack:
+        runners = Runners(stack.settings, stack.codec, concurrency=RUNNER_CONCURRENCY)
+        for n in range(2):
+            runners.start(f"resume-{n}")
+        try:
+            async with ExecutionWatch(stack.settings, stack.codec, "bench-resume") as watch:
+                await watch.until(lambda w: any(at >= crashed_at for event, at in w.events
+                                                if isinstance(event, NodeCompleted)),
+                                  300, "node completed after the crash")
+                resumed_at = min(at for event, at in watch.events
+                                 if isinstance(event, NodeCompleted) and at >= crashed_at)
+        finally:
+            await runners.close()
+    return {"dag_resume_s": round((resumed_at - crashed_at) / 1000, 2),
+            "dag_resume_history_events": history}

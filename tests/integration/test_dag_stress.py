@@ -35,7 +35,13 @@ import pytest
 from streams.app import Stack
 from streams.client import PitClient
 from streams.config import Settings
-from streams.dag.bench import ExecutionWatch, Runners, crash_stack, sequential_outputs
+from streams.dag.bench import (
+    ExecutionWatch,
+    RunnerProcesses,
+    Runners,
+    crash_stack,
+    sequential_outputs,
+)
 from streams.dag.definition import (
     OPERATORS,
     WILDCARD,
@@ -230,40 +236,6 @@ async def test_random_node_failures_are_retried_and_every_node_completes_once(pi
     assert ledger_runs(ledger) == Counter(dict.fromkeys(expected, 1))
 
 
-class RunnerProcess:
-    """`pit runner` (with stress_sum registered: this file as a script) on a Pit's data
-    directory; its stderr in a file beside it."""
-
-    @classmethod
-    async def start(cls, data_dir: Path, runner_id: str) -> RunnerProcess:
-        self = cls()
-        env = {**os.environ, "PIT_DATA_DIR": str(data_dir)}
-        env.pop("PIT_KAFKA_BOOTSTRAP_SERVERS", None)
-        self.stderr = data_dir / f"{runner_id}.log"
-        with self.stderr.open("w") as stderr:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "runner", "--id", runner_id, "--concurrency", "64",
-                "--session-timeout", "3", env=env, stderr=stderr)
-        deadline = time.monotonic() + 30
-        while "taking tasks" not in self.stderr.read_text():
-            assert self.process.returncode is None, self.stderr.read_text()
-            assert time.monotonic() < deadline, f"runner {runner_id} did not subscribe"
-            await asyncio.sleep(0.1)
-        return self
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.process.wait(), 40)
-        if self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-
 @pytest.fixture
 async def pit_without_runners(tmp_path):
     async with running_pit(tmp_path / "pit", runners=0) as running:
@@ -276,20 +248,20 @@ async def test_a_runner_killed_mid_node_has_its_tasks_run_by_the_other(pit_witho
     base = layered_dag(120, seed=7, layers=4)
     expected = sequential_outputs(base)
     ledger = tmp_path / "ledger.jsonl"
-    victim = await RunnerProcess.start(pit.data_dir, "victim")
-    survivor = await RunnerProcess.start(pit.data_dir, "survivor")
+    # this file as a script is `pit runner` with stress_sum registered
+    runners = RunnerProcesses(pit.data_dir, (sys.executable, __file__))
     try:
+        await runners.start("victim", "survivor", concurrency=64)
         async with pit.watch("killed") as watch:
             await pit.client.execute_workflow(ledgered(base, ledger, ms=1_000),
                                               execution_id="killed")
             await watch.until(lambda w: any(e.runner == "victim" for e in w.of(NodeStarted)),
                               60, "node started by the victim")
-            victim.kill()  # its node sleeps a second: it dies mid-node
+            victim = runners.kill("victim")  # its node sleeps a second: it dies mid-node
             await watch.end(timeout_s=90)
     finally:
-        await victim.stop()
-        await survivor.stop()
-    assert victim.process.returncode == -signal.SIGKILL
+        await runners.stop()
+    assert victim.returncode == -signal.SIGKILL
     assert_completed_once_with(watch, expected)
     started_by_victim = {e.node_id for e in watch.of(NodeStarted) if e.runner == "victim"}
     completed_by = {e.node_id: e.runner for e in watch.of(NodeCompleted)}

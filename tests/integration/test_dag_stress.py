@@ -31,6 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from streams.app import Stack
 from streams.client import PitClient
@@ -62,7 +64,8 @@ from streams.dag.execution import (
     NodeStarted,
     TakeCheckpoint,
 )
-from streams.topics import DAG_TASKS, load_catalog
+from streams.kafka import partitions_of, start_consumer
+from streams.topics import DAG_EVENTS, DAG_TASKS, load_catalog
 
 pytestmark = pytest.mark.slow
 
@@ -197,6 +200,22 @@ async def test_a_10000_node_workflow_completes_with_the_sequential_results(pit) 
         await watch.end(timeout_s=150)
     assert_completed_once_with(watch, expected)
     assert len(watch.of(NodeStarted)) == 10_000
+    # Its ~7 MiB of events outgrew what the broker keeps of a partition: a client reading
+    # it afterwards gets the beginning from the archive
+    assert await first_kept_offset(pit.stack.settings, "ten-thousand") > 0
+    assert await pit.client.await_result("ten-thousand", timeout=60) == watch.result
+
+
+async def first_kept_offset(settings: Settings, execution_id: str) -> int:
+    """Where Kafka's copy of the execution's partition of pit.dag.events begins."""
+    consumer = await start_consumer(settings)
+    try:
+        partitions = await partitions_of(consumer, DAG_EVENTS)
+        tp = TopicPartition(DAG_EVENTS, DefaultPartitioner()(execution_id.encode(), partitions,
+                                                             partitions))
+        return (await consumer.beginning_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()
 
 
 def sleepy(width: int, ms: int) -> Workflow:

@@ -230,7 +230,7 @@ def sleepy(width: int, ms: int) -> Workflow:
 async def test_a_thousand_nodes_run_at_once(pit) -> None:
     width = 1_100
     async with pit.watch("at-once") as watch:
-        await pit.client.execute_workflow(sleepy(width, 1_500), execution_id="at-once")
+        await pit.client.execute_workflow(sleepy(width, 2_000), execution_id="at-once")
         await watch.end(timeout_s=60)
     assert watch.peak >= 1_000  # started and not yet ended, all at one point of the log
     assert_completed_once_with(watch, {f"s{i:04d}": i for i in range(width)}

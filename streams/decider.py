@@ -86,6 +86,12 @@ class Decider(Generic[S]):
     # The entity that decides a command (state key, Kafka key, partition); by default the
     # command's own subject. The pool decides every command of a pool together.
     entity_of: Callable[[Message], str] = Message.entity_key.fget
+    # Checkpoints, optional: event types that carry an entity's whole state, and the state one
+    # of them records (as evolve leaves it after that event). A processor restoring from the
+    # log then starts each entity at its last such event and evolves only what follows, so
+    # recovery work is bounded by the time since the last checkpoint, not by history length.
+    snapshots: tuple[type[Message], ...] = ()
+    from_snapshot: Callable[[Message], S] | None = None
 
     def command_type(self, avro_name: str) -> type[Message] | None:
         return _types(tuple(self.commands)).get(avro_name)

@@ -94,7 +94,16 @@ class Processor:
     # --- restoring from the log ------------------------------------------------------------
 
     def restore(self, records: Iterable[LogRecord]) -> int:
-        """Fold past events and outcomes into state and ledger; returns records applied."""
+        """Fold past events and outcomes into state and ledger; returns records applied.
+
+        With a decider that takes checkpoints (`Decider.snapshots`), an entity's events are
+        held back, not evolved: a checkpoint event drops what was held and becomes the
+        entity's starting point, and only once the records are read is each entity's state
+        rebuilt from its last checkpoint plus the events after it. Every record is still
+        read (the ledger and positions need all of them), but the evolve work - what grows
+        with a long execution - is only the tail since the last checkpoint. The price is
+        holding the decoded tails in memory while reading."""
+        tails: dict[str, list] = {}  # entity -> [checkpoint or None, (type, record)...]
         applied = 0
         for record in records:
             try:
@@ -113,7 +122,10 @@ class Processor:
             if event_type is None:
                 continue
             envelope = decoded.record["envelope"]
-            self._apply(envelope, from_record(event_type, decoded.record))
+            if self.decider.snapshots:
+                self._hold(tails, envelope, event_type, decoded.record)
+            else:
+                self._apply(envelope, from_record(event_type, decoded.record))
             accepted = self.ledger.get(envelope["causation_id"])
             if accepted is None:
                 accepted = self._outcome(envelope["causation_id"], "", envelope["entity_key"],
@@ -122,7 +134,27 @@ class Processor:
             if envelope["event_id"] not in accepted["event_ids"]:  # restores may repeat
                 accepted["event_ids"].append(envelope["event_id"])
             applied += 1
+        for key, (checkpoint, *tail) in tails.items():
+            entity = self.entities[key]
+            state = entity.state if checkpoint is None else self.decider.from_snapshot(
+                from_record(*checkpoint))
+            for event_type, record in tail:
+                state = self.decider.evolve(state, from_record(event_type, record),
+                                            record["envelope"]["occurred_at"])
+            entity.state = state
         return applied
+
+    def _hold(self, tails: dict[str, list], envelope: dict, event_type: type[Message],
+              record: dict) -> None:
+        """Keep an event's record for `restore`'s fold (converted only if it is folded);
+        the entity's position advances now."""
+        entity = self.entity(envelope["entity_key"])
+        entity.sequence = envelope["sequence"]
+        entity.last_at_ms = max(entity.last_at_ms, envelope["occurred_at"])
+        if issubclass(event_type, self.decider.snapshots):
+            tails[envelope["entity_key"]] = [(event_type, record)]
+        else:
+            tails.setdefault(envelope["entity_key"], [None]).append((event_type, record))
 
     def _apply(self, envelope: dict, event: Message) -> None:
         entity = self.entity(envelope["entity_key"])
@@ -250,7 +282,8 @@ class Processor:
 
 async def restore_partitions(processor: Processor, settings, engine, partitions: set[int]) -> int:
     """Rebuild state and ledger for these partitions from their whole history (archive, then
-    Kafka): events first, then outcomes."""
+    Kafka): events first, then outcomes. Entities with checkpoints evolve only the events
+    after their last one (`Processor.restore`)."""
     def restore() -> int:
         applied = 0
         for topic in (processor.decider.event_topic, RESULTS):

@@ -8,6 +8,9 @@ with simulated runners that start and complete every task in dispatch order. Mea
 * dag_checkpoint_ms: TakeCheckpoint with half the nodes done (the snapshot is built and
   compressed in decide), the median of 5;
 * dag_snapshot_kb and dag_restore_ms: that snapshot's size, and restoring a state from it.
+
+`bench_processor_restore`: a processor restoring a long execution from its encoded records
+(events, then outcomes) with and without checkpoints (`Decider.snapshots`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +44,7 @@ from streams.dag.definition import (
     wide_dag,
 )
 from streams.dag.execution import (
+    DAG,
     CheckpointTaken,
     Definitions,
     ExecutionState,
@@ -53,14 +58,18 @@ from streams.dag.execution import (
     TakeCheckpoint,
     decide,
     evolve,
+    execution_decider,
     initial_state,
     restore,
 )
 from streams.dag.runner import Runner
 from streams.dag.workflows import ENDS, ExecutionLog, WorkflowResult
-from streams.decider import Message
+from streams.decider import Decider, Message, from_record, to_record
 from streams.errors import PitError
+from streams.log import LogRecord
 from streams.pool.bench import percentile
+from streams.processor import Processor
+from streams.topics import DAG_COMMANDS, RESULTS
 
 if TYPE_CHECKING:
     from streams.app import Stack
@@ -139,6 +148,78 @@ def bench_schedule(n: int = 10_000) -> dict[str, Any]:
         "dag_snapshot_kb": round(len(snapshot) / 1024, 1),
         "dag_restore_ms": round(restore_ms, 1),
     }
+
+
+class ProcessorRun:
+    """One execution decided by a live DAG processor from encoded command records, with
+    simulated runners; `records` is everything it produced, as its topics would hold it."""
+
+    def __init__(self, codec: Codec, execution_id: str, decider: Decider = DAG) -> None:
+        self.codec, self.execution_id, self.decider = codec, execution_id, decider
+        self.live = Processor(decider, codec)
+        self.commands: list[LogRecord] = []
+        self.records: list[LogRecord] = []
+        self.tasks: list[NodeScheduled] = []
+
+    def send(self, command: Message) -> None:
+        at = T0 + len(self.commands)
+        value = self.codec.encode(command.avro_name, {
+            "meta": {"command_id": f"c{len(self.commands)}", "issued_at": at},
+            **to_record(command)})
+        record = LogRecord(DAG_COMMANDS, 0, len(self.commands), at,
+                           self.execution_id.encode(), value)
+        self.commands.append(record)
+        for out in self.live.handle([record]):
+            self.records.append(LogRecord(out.topic, out.partition, len(self.records),
+                                          out.timestamp_ms, out.key, out.value))
+            decoded = self.codec.decode(out.value)
+            if decoded.name == NodeScheduled.avro_name:
+                self.tasks.append(from_record(NodeScheduled, decoded.record))
+
+    def complete(self, count: int) -> None:
+        """Start and complete the next `count` tasks in dispatch order."""
+        for _ in range(count):
+            task = self.tasks.pop(0)
+            self.send(ReportNodeStarted(self.execution_id, task.node_id, task.attempt))
+            output = json.dumps({"out": sum(json.loads(task.inputs).values() or [1])})
+            self.send(ReportNodeCompleted(self.execution_id, task.node_id, task.attempt,
+                                          output, duration_ms=5))
+
+    def events(self) -> list[LogRecord]:
+        return [r for r in self.records if r.topic == DAG.event_topic]
+
+    def restored(self, decider: Decider | None = None) -> Processor:
+        """A fresh processor (of `decider`, else the live one's) restored from the records,
+        events first, then outcomes."""
+        processor = Processor(decider or self.decider, self.codec, name=self.live.name)
+        processor.restore(self.events())
+        processor.restore([r for r in self.records if r.topic == RESULTS])
+        return processor
+
+
+def bench_processor_restore(codec: Codec, n: int = 3_000) -> dict[str, float]:
+    """A processor's restore of one n-node execution with n - 40 nodes done, a checkpoint,
+    then 20 more: every event folded (no checkpoint hook) against the checkpoint plus the
+    events after it. Both read and decode every record (the ledger needs them)."""
+    store = MemoryDefinitionStore()
+    decider = execution_decider(Definitions(store))
+    run = ProcessorRun(codec, "bench-restore", decider)
+    run.send(StartExecution("bench-restore", definition_hash=store.put(
+        layered_dag(n, seed=4, layers=30)), checkpoint_every=0))
+    run.complete(n - 40)
+    run.send(TakeCheckpoint("bench-restore"))
+    run.complete(20)
+    timings = {}
+    for label, restoring in (("full", replace(decider, snapshots=(), from_snapshot=None)),
+                             ("checkpoint", decider)):
+        started = time.perf_counter()
+        restored = run.restored(restoring)
+        timings[label] = round((time.perf_counter() - started) * 1000, 1)
+        if restored.state("bench-restore") != run.live.state("bench-restore"):
+            raise AssertionError(f"the {label} restore differs from the live state")
+    return {"dag_restore_history_events": len(run.events()),
+            "dag_processor_restore_full_ms": timings["full"],
+            "dag_processor_restore_checkpoint_ms": timings["checkpoint"]}
 
 
 if __name__ == "__main__":

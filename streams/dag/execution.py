@@ -1080,6 +1080,12 @@ def restore(snapshot_bytes: bytes, tail: Iterable[tuple[Message, int]] = (),
     return state
 
 
+def from_checkpoint(event: CheckpointTaken,
+                    definitions: Definitions = DEFINITIONS) -> ExecutionState:
+    """The state once `event` is applied: the processor's restore starts an execution here."""
+    return restore(event.snapshot, (), definitions)
+
+
 # --- decide: the rules ----------------------------------------------------------------------
 
 class _Decision:
@@ -1597,6 +1603,8 @@ def execution_decider(definitions: Definitions = DEFINITIONS) -> Decider[Executi
         initial_state=initial_state,
         decide=partial(decide, definitions=definitions),
         evolve=partial(evolve, definitions=definitions),
+        snapshots=(CheckpointTaken,),
+        from_snapshot=partial(from_checkpoint, definitions=definitions),
     )
 
 

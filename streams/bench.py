@@ -270,11 +270,20 @@ def bench_health() -> dict[str, float]:
 async def bench_dag(settings: Settings) -> dict[str, float]:
     """The execution decider in process on a 10,000-node DAG, then workflows end to end
     through the embedded broker (streams/dag/bench.py)."""
-    from streams.dag.bench import bench_resume, bench_schedule, bench_throughput
+    from streams.dag.bench import (
+        bench_processor_restore,
+        bench_resume,
+        bench_schedule,
+        bench_throughput,
+    )
 
     figures = await asyncio.to_thread(bench_schedule)
     _say(f"dag scheduling: p99 {figures['dag_schedule_p99_ms']} ms, checkpoint"
          f" {figures['dag_checkpoint_ms']} ms at 10,000 nodes")
+    figures |= await asyncio.to_thread(bench_processor_restore, Codec(EmbeddedRegistry()))
+    _say(f"dag processor restore of {figures['dag_restore_history_events']} events:"
+         f" {figures['dag_processor_restore_full_ms']} ms folding all,"
+         f" {figures['dag_processor_restore_checkpoint_ms']} ms from the checkpoint")
     with tempfile.TemporaryDirectory() as scratch:
         figures |= await bench_throughput(Path(scratch))
         _say(f"dag end to end: {figures['dag_nodes_per_s_wide']} nodes/s wide,"

@@ -6,7 +6,6 @@ task dispatcher relays NodeScheduled from pit.dag.events and resumes where it le
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -23,6 +22,7 @@ from schemas.registry import EmbeddedRegistry
 from streams.blobs import FileBlobStore
 from streams.broker import EmbeddedBroker
 from streams.config import Settings
+from streams.dag.bench import Runners
 from streams.dag.dispatch import (
     SOURCE_OFFSET,
     SOURCE_PARTITION,
@@ -30,7 +30,6 @@ from streams.dag.dispatch import (
     restore_runner_positions,
 )
 from streams.dag.execution import NodeScheduled, NodeStarted
-from streams.dag.runner import Runner
 from streams.decider import to_record
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all, start_consumer
@@ -88,6 +87,8 @@ async def reports(settings: Settings, codec: Codec) -> list[tuple[str, dict, dic
     return found
 
 
+TASK_PARTITIONS = load_catalog()[DAG_TASKS].partitions
+
 async def until(condition, timeout_s: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while not await condition():
@@ -95,60 +96,16 @@ async def until(condition, timeout_s: float = 20.0, what: str = "condition") -> 
         await asyncio.sleep(0.05)
 
 
-class Running:
-    """Runners on this test's event loop, each with its stop event and task."""
-
-    def __init__(self, settings: Settings, codec: Codec) -> None:
-        self.settings, self.codec = settings, codec
-        self.runs: dict[str, tuple[Runner, asyncio.Event, asyncio.Task]] = {}
-
-    def start(self, runner_id: str, **options) -> Runner:
-        options = {"session_timeout_ms": 3000, "revoke_wait_s": 2.0, "say": lambda _: None,
-                   **options}
-        runner = Runner(self.settings, runner_id=runner_id, codec=self.codec, **options)
-        stop = asyncio.Event()
-        self.runs[runner_id] = (runner, stop, asyncio.create_task(runner.run(stop)))
-        return runner
-
-    async def stop(self, runner_id: str) -> bool:
-        _, stop, task = self.runs.pop(runner_id)
-        stop.set()
-        return await task
-
-    async def crash(self, runner_id: str) -> None:
-        """As a killed process: running tasks vanish unreported, nothing is committed."""
-        runner, _, task = self.runs.pop(runner_id)
-        for job in list(runner.running):
-            job.cancel()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    async def close(self) -> None:
-        for runner_id in list(self.runs):
-            await self.stop(runner_id)
-
-    def assignments(self) -> list[set[tuple[str, int]]]:
-        return [runner.assignment for runner, _, _ in self.runs.values()]
-
-    async def balanced(self) -> None:
-        """Every runner holds partitions and together they hold all of pit.dag.tasks."""
-        async def ready() -> bool:
-            held = self.assignments()
-            return all(held) and sum(len(h) for h in held) == 16 == len(set().union(*held))
-        await until(ready, what="the group to assign every runner its partitions")
-
-
 @pytest.fixture
 async def runners(settings, codec):
-    running = Running(settings, codec)
+    running = Runners(settings, codec)
     yield running
     await running.close()
 
 
 async def test_two_runners_in_one_group_report_each_task_exactly_once(settings, codec, runners):
     first, second = runners.start("r1"), runners.start("r2")
-    await runners.balanced()
+    await runners.balanced(TASK_PARTITIONS)
     tasks = [scheduled(f"ex{i % 7}", f"n{i}", "add", {"a": i, "b": 0.5}) for i in range(150)]
     tasks += [scheduled("ex-slow", f"s{i}", "sleep_then_return", {"value": i, "ms": 50})
               for i in range(50)]
@@ -178,7 +135,7 @@ async def test_two_runners_in_one_group_report_each_task_exactly_once(settings, 
 
     # everything was committed: a runner joining the group later runs nothing again
     third = runners.start("r3")
-    await runners.balanced()
+    await runners.balanced(TASK_PARTITIONS)
     await asyncio.sleep(0.5)
     assert await runners.stop("r3") and third.counts == {"completed": 0, "failed": 0,
                                                            "skipped": 0}
@@ -187,7 +144,7 @@ async def test_two_runners_in_one_group_report_each_task_exactly_once(settings, 
 
 async def test_a_crashed_runners_task_is_run_again_by_the_other(settings, codec, runners):
     runners.start("victim")
-    await runners.balanced()
+    await runners.balanced(TASK_PARTITIONS)
     await publish_tasks(settings, codec, [
         scheduled("ex-crash", "slow", "sleep_then_return", {"value": "done", "ms": 1500})])
 
@@ -215,7 +172,7 @@ async def test_large_outputs_and_inputs_go_through_the_blob_store(settings, code
     text = "lorem ipsum " * 20_000  # 240 KB: far above the inline limit
     source = blobs.put(json.dumps({"out": {"text": text}}).encode())
     runners.start("r1", inline_limit=4096)
-    await runners.balanced()
+    await runners.balanced(TASK_PARTITIONS)
     await publish_tasks(settings, codec, [
         scheduled("ex-big", "big", "identity", {}, input_refs={
             "value": {"hash": source, "path": ["out", "text"]}}),
@@ -234,7 +191,7 @@ async def test_large_outputs_and_inputs_go_through_the_blob_store(settings, code
 
 async def test_a_failing_task_is_reported_failed_with_its_error(settings, codec, runners):
     runners.start("r1")
-    await runners.balanced()
+    await runners.balanced(TASK_PARTITIONS)
     await publish_tasks(settings, codec, [scheduled("ex-f", "boom", "raise_error", {
         "message": "no such document", "error": "InvalidInput"})])
 
@@ -304,7 +261,7 @@ async def test_a_restored_runner_group_resumes_at_the_first_unreported_task(sett
     await publish_tasks(settings, codec, [scheduled("ex-r", f"n{i}", "identity", {"value": i})
                                           for i in range(40)])
     runners.start("r1")
-    await runners.balanced()
+    await runners.balanced(TASK_PARTITIONS)
 
     async def all_done() -> bool:
         return sum(name == COMPLETED for name, _, _ in await reports(settings, codec)) == 40
@@ -322,7 +279,7 @@ async def test_a_restored_runner_group_resumes_at_the_first_unreported_task(sett
     assert positions == {tp.partition: end for tp, end in ends.items()}
     assert await restore_runner_positions(settings, None, group) == {}  # has positions now
     restarted = runners.start("r2", group=group)
-    await runners.balanced()
+    await runners.balanced(TASK_PARTITIONS)
     await asyncio.sleep(0.5)
     assert await runners.stop("r2") and restarted.counts["completed"] == 0
 

@@ -13,13 +13,12 @@ A duplicated event in the log (same execution sequence again) is skipped.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from sqlalchemy import Engine, select
 
 from projections.dag import DagView, task_id
-from projections.runtime import Entry, live_tables
+from projections.runtime import Entry, FreshEvents, live_tables
 from streams import metrics
 from streams.topics import DAG_EVENTS
 
@@ -35,24 +34,11 @@ class DagMetrics:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.runs = live_tables(DagView())["dag_node_runs"]
-        self.sequences: OrderedDict[str, int] = OrderedDict()  # execution -> last observed
+        self.fresh = FreshEvents(DAG_EVENTS, EXECUTIONS_LIMIT)
 
     def __call__(self, entries: Sequence[Entry]) -> None:
         ended = []  # (name, record) of node attempts that ended
-        for entry in entries:
-            if entry.decoded is None or entry.record.topic != DAG_EVENTS:
-                continue
-            name, record = entry.decoded.name, entry.decoded.record
-            envelope = record.get("envelope")
-            if envelope is None:
-                continue
-            execution_id, sequence = envelope["entity_key"], envelope["sequence"]
-            if sequence <= self.sequences.get(execution_id, 0):
-                continue  # a duplicate of an event already observed
-            self.sequences[execution_id] = sequence
-            self.sequences.move_to_end(execution_id)
-            if len(self.sequences) > EXECUTIONS_LIMIT:
-                self.sequences.popitem(last=False)
+        for name, record, _ in self.fresh(entries):
             if name in _ATTEMPT_ENDED:
                 ended.append((name, record))
             elif name in _ENDED:

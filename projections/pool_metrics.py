@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from sqlalchemy import Engine, select, tuple_
 
 from projections.pool import PoolView
-from projections.runtime import Entry, live_tables
+from projections.runtime import Entry, FreshEvents, live_tables
 from streams import metrics
 from streams.topics import POOL_EVENTS
 
@@ -33,7 +33,7 @@ class PoolMetrics:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.hosts = live_tables(PoolView())["pool_hosts"]
-        self.sequences: dict[str, int] = {}  # pool -> last sequence observed
+        self.fresh = FreshEvents(POOL_EVENTS)
         self.queued_at: OrderedDict[str, int] = OrderedDict()  # request id -> queued at ms
         self._hit = metrics.POOL_ALLOCATION_SECONDS.labels("true")
         self._miss = metrics.POOL_ALLOCATION_SECONDS.labels("false")
@@ -41,17 +41,8 @@ class PoolMetrics:
 
     def __call__(self, entries: Sequence[Entry]) -> None:
         touched: set[tuple[str, str]] = set()
-        for entry in entries:
-            if entry.decoded is None or entry.record.topic != POOL_EVENTS:
-                continue
-            name, record = entry.decoded.name, entry.decoded.record
-            envelope = record.get("envelope")
-            if envelope is None:
-                continue
-            pool_id, sequence = envelope["entity_key"], envelope["sequence"]
-            if sequence <= self.sequences.get(pool_id, 0):
-                continue  # a duplicate of an event already observed
-            self.sequences[pool_id] = sequence
+        for name, record, envelope in self.fresh(entries):
+            pool_id = envelope["entity_key"]
             self._observe(name, record, envelope["occurred_at"])
             if name in _HOST_EVENTS or (name == "pit.pool.ModelTransitioned"
                                         and "host" in record["metadata"]):

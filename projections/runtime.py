@@ -21,7 +21,8 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
@@ -69,6 +70,34 @@ def decode_entry(codec: Codec, record: LogRecord) -> Entry:
         return Entry(record, codec.decode(record.value))
     except PitError as exc:
         return Entry(record, None, f"{type(exc).__name__}: {exc}")
+
+
+class FreshEvents:
+    """For projector observers: the decoded events of one topic not seen before. A
+    duplicated event in the log (its entity's sequence again) is skipped; the last sequence
+    of the `limit` most recently seen entities is remembered."""
+
+    def __init__(self, topic: str, limit: int = 100_000) -> None:
+        self.topic, self.limit = topic, limit
+        self.sequences: OrderedDict[str, int] = OrderedDict()  # entity -> last sequence
+
+    def __call__(self, entries: Sequence[Entry]) -> Iterator[tuple[str, dict, dict]]:
+        """(record name, record, envelope) of each new event, in log order."""
+        for entry in entries:
+            if entry.decoded is None or entry.record.topic != self.topic:
+                continue
+            record = entry.decoded.record
+            envelope = record.get("envelope")
+            if envelope is None:
+                continue
+            entity, sequence = envelope["entity_key"], envelope["sequence"]
+            if sequence <= self.sequences.get(entity, 0):
+                continue
+            self.sequences[entity] = sequence
+            self.sequences.move_to_end(entity)
+            if len(self.sequences) > self.limit:
+                self.sequences.popitem(last=False)
+            yield entry.decoded.name, record, envelope
 
 
 # --- views ------------------------------------------------------------------------------------

@@ -83,3 +83,8 @@ class BlobIntegrityError(BlobStoreError):
 
 class WorkflowError(PitError):
     """A workflow execution was refused, is unknown, or did not end in time."""
+
+
+class ArtifactError(PitError):
+    """An artifact operation cannot apply: a diff of content that is not text, a JSON schema
+    that is not one."""

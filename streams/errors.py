@@ -88,3 +88,7 @@ class WorkflowError(PitError):
 class ArtifactError(PitError):
     """An artifact operation cannot apply: a diff of content that is not text, a JSON schema
     that is not one."""
+
+
+class SearchError(PitError):
+    """A search query is malformed, or the search index cannot be read or written."""

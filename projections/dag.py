@@ -59,6 +59,7 @@ from projections.db import Long, insert_rows
 from projections.pool import _Rows
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
+from streams.dag.execution import task_id
 from streams.errors import PitError
 from streams.log import LogRecord
 from streams.topics import DAG_EVENTS
@@ -79,11 +80,6 @@ _FAILURE_COLUMNS = ("execution_id", "sequence", "event", "node_id", "attempt", "
                     "error_type", "message", "retryable", "runner", "occurred_at_ms",
                     "event_id")
 _PREFIX = "pit.dag."
-
-
-def task_id(execution_id: str, node_id: str, attempt: int) -> str:
-    """An attempt's key, as the decider names its task (node ids hold no "/")."""
-    return f"{execution_id}/{node_id}/{attempt}"
 
 
 def _node_key(execution_id: str, node_id: str) -> tuple[str]:

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine, select
 
-from projections.dag import DagView, task_id
+from projections.dag import DagView
 from projections.runtime import Entry, FreshEvents, live_tables
 from streams import metrics
+from streams.dag.execution import task_id
 from streams.topics import DAG_EVENTS
 
 EXECUTIONS_LIMIT = 100_000  # executions whose last sequence is remembered (for duplicates)

@@ -25,6 +25,12 @@ _KAFKA_TLS_VARS = {
 BROKER_FILE = "broker.json"
 
 
+def _count(name: str, text: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"{name} must be a whole number of 0 or more, got {text!r}")
+    return int(text)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise ConfigError(f"PIT_HTTP_PORT must be a TCP port number, got {text!r}")
@@ -38,6 +44,9 @@ class Settings:
     database_url: str | None = None
     schema_registry_url: str | None = None
     http_port: int = 8642
+    # Nodes running at once across all workflow executions (0: no limit); the task
+    # dispatcher in `pit up` holds the rest back (streams/dag/dispatch.py).
+    dag_max_running: int = 4096
     kafka_security: dict[str, str] = field(default_factory=dict)
     kafka_tls: dict[str, str] = field(default_factory=dict)
 
@@ -50,6 +59,7 @@ class Settings:
             database_url=env.get("PIT_DATABASE_URL") or None,
             schema_registry_url=env.get("PIT_SCHEMA_REGISTRY_URL") or None,
             http_port=_port(env.get("PIT_HTTP_PORT", "8642")),
+            dag_max_running=_count("PIT_DAG_MAX_RUNNING", env.get("PIT_DAG_MAX_RUNNING", "4096")),
             kafka_security={v: env[k] for k, v in _KAFKA_SECURITY_VARS.items() if env.get(k)},
             kafka_tls={v: env[k] for k, v in _KAFKA_TLS_VARS.items() if env.get(k)},
         )

@@ -78,3 +78,7 @@ DAG_NODE_FAILURES = Counter("pit_dag_node_failures_total",
 DAG_EXECUTIONS_STARTED = Counter("pit_dag_executions_started_total", "Executions started")
 DAG_EXECUTIONS_ENDED = Counter("pit_dag_executions_ended_total",
                                "Executions ended, by final status", ["status"])
+DAG_TASKS_RUNNING = Gauge("pit_dag_tasks_running",
+                          "Node tasks relayed to runners and not yet ended, all executions")
+DAG_TASKS_WAITING = Gauge("pit_dag_tasks_waiting",
+                          "Node tasks held back by the overall limit (PIT_DAG_MAX_RUNNING)")

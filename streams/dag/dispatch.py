@@ -1,5 +1,6 @@
-"""The task dispatcher (issue 4, "Node runners"): relays every `NodeScheduled` on
-pit.dag.events to pit.dag.tasks, keyed by its task id, for the runners' consumer group.
+"""The task dispatcher (issue 4, "Node runners" and "Scheduling bounds"): relays
+`NodeScheduled` on pit.dag.events to pit.dag.tasks, keyed by its task id, for the runners'
+consumer group - within an overall limit on the nodes running across all executions.
 
 Why a relay and not the processor writing tasks: the processor writes a decision's events to
 the decider's event topic, on the command's partition, so one execution's events sit on one
@@ -9,14 +10,22 @@ topic from the processor as well would split one decision over two topics (a cra
 them loses tasks or duplicates decisions); relaying from the event log keeps a task exactly
 as durable as the decision that made it.
 
-The relay copies the event's bytes (envelope included: the task is the event) and adds
-headers naming its source partition and offset. It follows pit.dag.events in the consumer
-group "pit.dag.dispatcher" from its committed position - it never replays history - and
-commits only after the broker acknowledged the batch's tasks. A crash in between relays
-those events again: a task id twice, which runners recognise (they skip a task id they have
-reported, and the decider ignores a repeated report). When the group has no position (the
-embedded broker restarts empty and is restored from the archive), the source headers on
-pit.dag.tasks say how far the relay got.
+Why the overall limit lives here: each execution is its own entity, decided on its own
+partition, so no decider sees the others' running nodes (the per-execution limit and
+runner-pool capacity are the decider's). The dispatcher sees every execution's events, so it
+is where the work of all of them is admitted. Its bookkeeping (`Gate`) is a fold of the log:
+a task runs from its relay until its attempt's `NodeCompleted`/`NodeFailed`, or until its
+execution ends or restarts (whose stale attempts report to no effect). Beyond the limit,
+tasks wait, released by priority, then critical-path rank, then order of scheduling. A
+node's timeout counts from its scheduling, so it includes that wait (like Temporal's
+schedule-to-close timeout).
+
+Restarts: like the timer service, the dispatcher rebuilds the gate from the whole history on
+every start (archive, then Kafka): the task ids on pit.dag.tasks say what was relayed, the
+events say what was scheduled and what ended. It then follows pit.dag.events from there, so
+a crash relays nothing twice and loses nothing; it needs no consumer group and there is
+one dispatcher per cluster (`pit up` runs it). The relay copies the event's bytes (envelope
+included: the task is the event) and adds headers naming its source partition and offset.
 
 `restore_runner_positions` does the same for the runners' group after such a restore: each
 runner's final report carries its task's position in headers, so the group resumes at the
@@ -26,15 +35,19 @@ first task not reported instead of running every restored task again.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from sqlalchemy import Engine
 
 from schemas.catalog import fullname
 from schemas.codec import Codec
+from streams import metrics
 from streams.config import Settings
+from streams.dag.execution import task_id
 from streams.errors import SchemaError
 from streams.history import HistoryError, history_source, kafka_log_reader
 from streams.kafka import (
@@ -51,8 +64,13 @@ from streams.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS
 
 log = logging.getLogger(__name__)
 
-GROUP = "pit.dag.dispatcher"
 NODE_SCHEDULED = "pit.dag.NodeScheduled"
+ATTEMPT_ENDED = frozenset({"pit.dag.NodeCompleted", "pit.dag.NodeFailed"})
+# After these an execution's attempts so far report to no effect: their slots are free.
+EXECUTION_MOVED_ON = frozenset({"pit.dag.ExecutionCompleted", "pit.dag.ExecutionFailed",
+                                "pit.dag.ExecutionCancelled", "pit.dag.ExecutionTimedOut",
+                                "pit.dag.ExecutionRestarted"})
+WATCHED = frozenset({NODE_SCHEDULED, *ATTEMPT_ENDED, *EXECUTION_MOVED_ON})
 SOURCE_PARTITION, SOURCE_OFFSET = "pit.source.partition", "pit.source.offset"
 TASK_PARTITION, TASK_OFFSET = "pit.task.partition", "pit.task.offset"  # on runner reports
 ANY_PARTITION = -1  # librdkafka: by key
@@ -68,17 +86,6 @@ def _header(headers: Iterable[tuple[str, bytes]], name: str) -> int | None:
     return None
 
 
-def relayed_positions(records: Iterable[LogRecord]) -> dict[int, int]:
-    """From task records: the last pit.dag.events offset relayed, per events partition."""
-    relayed: dict[int, int] = {}
-    for record in records:
-        partition = _header(record.headers, SOURCE_PARTITION)
-        offset = _header(record.headers, SOURCE_OFFSET)
-        if partition is not None and offset is not None and offset > relayed.get(partition, -1):
-            relayed[partition] = offset
-    return relayed
-
-
 def reported_offsets(records: Iterable[LogRecord]) -> dict[int, set[int]]:
     """From pit.dag.commands records: the task offsets with a final report, per partition."""
     done: dict[int, set[int]] = {}
@@ -90,81 +97,167 @@ def reported_offsets(records: Iterable[LogRecord]) -> dict[int, set[int]]:
     return done
 
 
+# --- the gate: pure bookkeeping ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    execution_id: str
+    priority: int = 0
+    rank: int = 0
+    record: LogRecord | None = None  # the NodeScheduled record to relay
+
+
+@dataclass
+class Gate:
+    """Which tasks run and which wait, under `max_running` (0: no limit). Feed it the log in
+    order (`scheduled`, `attempt_ended`, `execution_moved_on`); `admit` says what to relay now.
+    Every task is admitted at most once."""
+
+    max_running: int
+    running: dict[str, str] = field(default_factory=dict)   # task id -> execution id
+    waiting: dict[str, Task] = field(default_factory=dict)
+    _queue: list[tuple[int, int, int, str]] = field(default_factory=list)
+    _order: int = 0
+
+    def scheduled(self, task: Task, relayed: bool = False) -> None:
+        """A NodeScheduled seen; `relayed` when pit.dag.tasks already holds it (a rebuild)."""
+        if task.task_id in self.running or task.task_id in self.waiting:
+            return  # the same event read twice
+        if relayed:
+            self.running[task.task_id] = task.execution_id
+            return
+        self.waiting[task.task_id] = task
+        self._order += 1
+        heapq.heappush(self._queue, (-task.priority, -task.rank, self._order, task.task_id))
+
+    def attempt_ended(self, task_id: str) -> None:
+        self.running.pop(task_id, None)
+        self.waiting.pop(task_id, None)  # ended before it was relayed (a timeout): never run
+
+    def execution_moved_on(self, execution_id: str) -> None:
+        for running in [t for t, e in self.running.items() if e == execution_id]:
+            del self.running[running]
+        for waiting in [t for t, task in self.waiting.items() if task.execution_id ==
+                        execution_id]:
+            del self.waiting[waiting]
+
+    def has_room(self) -> bool:
+        return self.max_running <= 0 or len(self.running) < self.max_running
+
+    def admit(self) -> list[Task]:
+        """The waiting tasks that fit now, best first; they count as running from here."""
+        admitted = []
+        while self._queue and self.has_room():
+            *_, task_id = heapq.heappop(self._queue)
+            task = self.waiting.pop(task_id, None)
+            if task is not None:  # else it ended or its execution moved on while waiting
+                self.running[task_id] = task.execution_id
+                admitted.append(task)
+        if not self.waiting:
+            self._queue.clear()
+        return admitted
+
+
+# --- the service ------------------------------------------------------------------------------
+
 class TaskDispatcher:
-    """Relays NodeScheduled events to pit.dag.tasks until stopped (run by `pit up`)."""
+    """Relays NodeScheduled events to pit.dag.tasks within the overall limit, until stopped
+    (run by `pit up`). `max_running` defaults to the settings' `dag_max_running`."""
 
     def __init__(self, settings: Settings, codec: Codec, db: Engine | None = None, *,
-                 group: str = GROUP, max_batch: int = 5_000, produce_timeout_s: float = 30.0,
-                 retry_s: float = 1.0, session_timeout_ms: int = 10_000) -> None:
-        self.settings, self.codec, self.db, self.group = settings, codec, db, group
-        self.session_timeout_ms = session_timeout_ms
+                 max_running: int | None = None, max_batch: int = 5_000,
+                 produce_timeout_s: float = 30.0, retry_s: float = 1.0) -> None:
+        self.settings, self.codec, self.db = settings, codec, db
+        self.max_running = settings.dag_max_running if max_running is None else max_running
         self.max_batch, self.produce_timeout_s, self.retry_s = (max_batch, produce_timeout_s,
                                                                 retry_s)
+        self.gate = Gate(self.max_running)
         self.names: dict[bytes, str | None] = {}  # schema id header -> record name
         self.relayed = 0
-        self.ready = asyncio.Event()  # partitions assigned and positioned
+        self.ready = asyncio.Event()  # the gate rebuilt and the log followed
 
     async def run(self, stop: asyncio.Event) -> None:
+        def forget() -> None:
+            self.gate = Gate(self.max_running)
+            self.ready.clear()
+
         await keep_running("task dispatcher", lambda: self._run(stop), stop, self.retry_s,
-                           retry_on=(HistoryError,), on_restart=self.ready.clear)
+                           retry_on=(HistoryError,), on_restart=forget)
 
     async def _run(self, stop: asyncio.Event) -> None:
-        assigned: list[set[TopicPartition]] = []
-
-        class Positions(ConsumerRebalanceListener):
-            async def on_partitions_revoked(self, revoked) -> None:
-                pass
-
-            async def on_partitions_assigned(self, partitions) -> None:
-                assigned.append(set(partitions))
-
-        consumer = await start_consumer(
-            self.settings, group_id=self.group, auto_offset_reset="earliest",
-            fetch_max_wait_ms=20, session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=max(100, self.session_timeout_ms // 5))
-        consumer.subscribe([DAG_EVENTS], listener=Positions())
+        positions = await asyncio.to_thread(self._rebuild, stop)
+        if stop.is_set():
+            return
+        consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
         producer = make_producer(self.settings, partitioner="murmur2_random")
         failed = True
         try:
+            await self._follow_from(consumer, positions)
+            log.info("task dispatcher: %d tasks running, %d waiting (limit %s)",
+                     len(self.gate.running), len(self.gate.waiting), self.max_running or "none")
+            self.ready.set()
             while not stop.is_set():
+                await self._relay(producer, self.gate.admit())
                 batch = await consumer.getmany(timeout_ms=100, max_records=self.max_batch)
-                if assigned:
-                    # Fetched before positioning: drop it, the seek reads it again.
-                    await self._position(consumer, set().union(*assigned))
-                    assigned.clear()
-                    self.ready.set()
-                    continue
-                outputs = [out for messages in batch.values() for message in messages
-                           if (out := self.task_of(message)) is not None]
-                if outputs:
-                    await produce_all(producer, outputs, self.produce_timeout_s)
-                    self.relayed += len(outputs)
-                if batch:
-                    await consumer.commit()
+                for messages in batch.values():
+                    for message in messages:
+                        self.fold(LogRecord.from_kafka(message))
             failed = False
         finally:
             await stop_clients(consumer, producer, failed)
 
-    async def _position(self, consumer, partitions: set[TopicPartition]) -> None:
-        """Each partition at its committed offset; without one, past what pit.dag.tasks
-        shows relayed; with neither, at its beginning (nothing was relayed yet)."""
-        committed = {tp: await consumer.committed(tp) for tp in partitions}
-        missing = {tp.partition for tp, offset in committed.items() if offset is None}
-        relayed = await asyncio.to_thread(self._relayed, missing) if missing else {}
-        for tp, offset in committed.items():
-            if offset is None and tp.partition in relayed:
-                offset = relayed[tp.partition] + 1
-            if offset is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, offset)
-        log.info("task dispatcher follows %s from %s", DAG_EVENTS,
-                 {tp.partition: committed[tp] for tp in sorted(partitions)})
+    def _rebuild(self, stop: asyncio.Event) -> dict[int, int]:
+        """Fold the whole history into the gate; returns the last pit.dag.events offset read
+        per partition."""
+        tasks = history_source(self.db, [DAG_TASKS], kafka_log_reader(self.settings, [DAG_TASKS]))
+        relayed = {record.key.decode() for record in tasks if record.key}
+        positions: dict[int, int] = {}
+        events = kafka_log_reader(self.settings, [DAG_EVENTS])
+        for record in history_source(self.db, [DAG_EVENTS], events):
+            if stop.is_set():
+                break
+            self.fold(record, relayed)
+            positions[record.partition] = record.offset
+        return positions
 
-    def _relayed(self, partitions: set[int]) -> dict[int, int]:
-        reader = kafka_log_reader(self.settings, [DAG_TASKS])
-        relayed = relayed_positions(history_source(self.db, [DAG_TASKS], reader))
-        return {p: offset for p, offset in relayed.items() if p in partitions}
+    async def _follow_from(self, consumer, positions: dict[int, int]) -> None:
+        assignment = [TopicPartition(DAG_EVENTS, p)
+                      for p in await partitions_of(consumer, DAG_EVENTS)]
+        consumer.assign(assignment)
+        fresh = [tp for tp in assignment if tp.partition not in positions]
+        beginnings = await consumer.beginning_offsets(fresh) if fresh else {}
+        for tp in assignment:
+            read = positions.get(tp.partition)
+            consumer.seek(tp, beginnings[tp] if read is None else read + 1)
+
+    def fold(self, record: LogRecord, relayed: frozenset[str] | set[str] = frozenset()
+             ) -> None:
+        """Take one pit.dag.events record into the gate (other records change nothing)."""
+        value = record.value
+        if not value or value[0] != 0 or len(value) < 5 or self._name(value) not in WATCHED:
+            return
+        try:
+            decoded = self.codec.decode(value)
+        except SchemaError:
+            return  # the processor never wrote it; nothing to relay
+        event = decoded.record
+        if decoded.name == NODE_SCHEDULED:
+            self.gate.scheduled(Task(event["task_id"], event["execution_id"], event["priority"],
+                                     event["rank"], record), event["task_id"] in relayed)
+        elif decoded.name in ATTEMPT_ENDED:
+            self.gate.attempt_ended(
+                task_id(event["execution_id"], event["node_id"], event["attempt"]))
+        else:
+            self.gate.execution_moved_on(event["execution_id"])
+
+    async def _relay(self, producer, tasks: list[Task]) -> None:
+        if tasks:
+            await produce_all(producer, [self.task_output(task) for task in tasks],
+                              self.produce_timeout_s)
+            self.relayed += len(tasks)
+        metrics.DAG_TASKS_RUNNING.set(len(self.gate.running))
+        metrics.DAG_TASKS_WAITING.set(len(self.gate.waiting))
 
     def _name(self, value: bytes) -> str | None:
         """The record name from the schema id in the framing, without decoding the body."""
@@ -177,19 +270,15 @@ class TaskDispatcher:
                 self.names[header] = None
         return self.names[header]
 
-    def task_of(self, message) -> Output | None:
-        """The task record relaying a NodeScheduled message (None for any other record)."""
-        value = message.value
-        if not value or value[0] != 0 or len(value) < 5 or self._name(value) != NODE_SCHEDULED:
-            return None
-        try:
-            task_id = self.codec.decode(value).record["task_id"]
-        except SchemaError:
-            return None
-        headers = ((SOURCE_PARTITION, str(message.partition).encode()),
-                   (SOURCE_OFFSET, str(message.offset).encode()))
-        return Output(DAG_TASKS, ANY_PARTITION, task_id.encode(), value, message.timestamp,
-                      headers)
+    @staticmethod
+    def task_output(task: Task) -> Output:
+        """The task record: the NodeScheduled event's bytes, keyed by task id, with headers
+        naming where it came from."""
+        source = task.record
+        headers = ((SOURCE_PARTITION, str(source.partition).encode()),
+                   (SOURCE_OFFSET, str(source.offset).encode()))
+        return Output(DAG_TASKS, ANY_PARTITION, task.task_id.encode(), source.value,
+                      source.timestamp_ms, headers)
 
 
 async def restore_runner_positions(settings: Settings, db: Engine | None,

@@ -101,6 +101,11 @@ TIMEOUT = "Timeout"                 # the error type of a node attempt that ran 
 INVALID_OUTPUT = "InvalidOutput"    # a report whose output does not fit the node
 
 
+def task_id(execution_id: str, node_id: str, attempt: int) -> str:
+    """An attempt's task id, as NodeScheduled carries it (node ids hold no "/")."""
+    return f"{execution_id}/{node_id}/{attempt}"
+
+
 def runner_pool(node: Node) -> str:
     """The runner pool a node runs in. (For streams/dag/definition.py: a `Node.pool` field
     would replace this.) Instruments need a model through the Pool Manager; the rest is
@@ -1460,7 +1465,7 @@ def _dispatch(d: _Decision, i: int) -> None:
     attempt = run.attempt + 1
     deadline = d.now + node.timeout_ms if node.timeout_ms else s.deadline_at
     d.emit(NodeScheduled(
-        s.execution_id, node.id, attempt, f"{s.execution_id}/{node.id}/{attempt}",
+        s.execution_id, node.id, attempt, task_id(s.execution_id, node.id, attempt),
         node.kind.value, _spec(node), _json(inputs), _json(refs) if refs else "{}",
         POOLS[plan.pool[i]], node.resources.cpu, node.resources.memory_mb, node.priority,
         -plan.key[i][1], deadline))

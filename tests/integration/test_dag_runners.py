@@ -6,6 +6,7 @@ task dispatcher relays NodeScheduled from pit.dag.events and resumes where it le
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -29,7 +30,13 @@ from streams.dag.dispatch import (
     TaskDispatcher,
     restore_runner_positions,
 )
-from streams.dag.execution import NodeScheduled, NodeStarted
+from streams.dag.execution import (
+    ExecutionCancelled,
+    NodeCompleted,
+    NodeFailed,
+    NodeScheduled,
+    NodeStarted,
+)
 from streams.decider import to_record
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all, start_consumer
@@ -215,7 +222,7 @@ async def produce_events(settings: Settings, codec: Codec, events, partition: in
 
 async def relay(settings, codec, stop_after: int, **options) -> TaskDispatcher:
     """Run a dispatcher until pit.dag.tasks holds `stop_after` records."""
-    dispatcher = TaskDispatcher(settings, codec, session_timeout_ms=2000, **options)
+    dispatcher = TaskDispatcher(settings, codec, **options)
     stop = asyncio.Event()
     running = asyncio.create_task(dispatcher.run(stop))
 
@@ -228,6 +235,10 @@ async def relay(settings, codec, stop_after: int, **options) -> TaskDispatcher:
         stop.set()
         await running
     return dispatcher
+
+
+async def relayed_ids(settings) -> list[str]:
+    return sorted(r.key.decode() for r in await read_topic(settings, DAG_TASKS))
 
 
 async def test_the_dispatcher_relays_node_scheduled_by_task_id_and_resumes(settings, codec):
@@ -244,16 +255,40 @@ async def test_the_dispatcher_relays_node_scheduled_by_task_id_and_resumes(setti
         assert int(headers[SOURCE_PARTITION]) == 5 and record.value == source.value
     assert len({r.partition for r in tasks}) > 1  # spread by task id, not by execution
 
-    # started again it goes on from its committed position: only the new event is relayed
+    # started again it rebuilds from the log: only the new events are relayed
     await produce_events(settings, codec, [scheduled("ex-a", "n3", "add", {})], partition=5)
-    assert (await relay(settings, codec, 4)).relayed == 1
-
-    # a dispatcher whose group lost its offsets resumes after what pit.dag.tasks shows
     await produce_events(settings, codec, [scheduled("ex-b", "m0", "add", {})], partition=2)
-    fresh = await relay(settings, codec, 5, group="pit.dag.dispatcher.fresh")
-    assert fresh.relayed == 1
-    assert sorted(r.key.decode() for r in await read_topic(settings, DAG_TASKS))[-1] \
-        == "ex-b/m0/1"
+    assert (await relay(settings, codec, 5)).relayed == 2
+    assert (await relayed_ids(settings))[-1] == "ex-b/m0/1"
+
+
+async def test_the_overall_limit_holds_tasks_back_until_running_ones_end(settings, codec):
+    """Two executions, a limit of 3: the best three run; an ended attempt, a failure and a
+    cancelled execution free slots; a restarted dispatcher still counts what runs."""
+    a = [scheduled("ex-a", f"a{i}", "add", {}) for i in range(4)]
+    b = [dataclasses.replace(scheduled("ex-b", f"b{i}", "add", {}), priority=-1)
+         for i in range(3)]
+    b[0] = dataclasses.replace(b[0], priority=5)   # best first, whichever execution
+    await produce_events(settings, codec, a, partition=1)
+    await produce_events(settings, codec, b, partition=2)
+    dispatcher = await relay(settings, codec, 3, max_running=3)
+    assert await relayed_ids(settings) == ["ex-a/a0/1", "ex-a/a1/1", "ex-b/b0/1"]
+    assert (len(dispatcher.gate.running), len(dispatcher.gate.waiting)) == (3, 4)
+
+    # a restarted dispatcher rebuilds the count from the log: nothing more to relay
+    assert (await relay(settings, codec, 3, max_running=3)).relayed == 0
+
+    await produce_events(settings, codec, [NodeCompleted("ex-a", "a0", 1),
+                                           NodeFailed("ex-a", "a1", 1, "Boom")], partition=1)
+    await relay(settings, codec, 5, max_running=3)
+    assert await relayed_ids(settings) == ["ex-a/a0/1", "ex-a/a1/1", "ex-a/a2/1",
+                                           "ex-a/a3/1", "ex-b/b0/1"]
+
+    # cancelling ex-a frees its two slots and ex-b's waiting tasks take them
+    await produce_events(settings, codec, [ExecutionCancelled("ex-a", "no")], partition=1)
+    dispatcher = await relay(settings, codec, 7, max_running=3)
+    assert set(await relayed_ids(settings)) >= {"ex-b/b1/1", "ex-b/b2/1"}
+    assert (len(dispatcher.gate.running), len(dispatcher.gate.waiting)) == (3, 0)
 
 
 async def test_a_restored_runner_group_resumes_at_the_first_unreported_task(settings, codec,

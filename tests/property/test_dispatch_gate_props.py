@@ -1,0 +1,81 @@
+"""The task dispatcher's gate (streams/dag/dispatch.py): the overall limit on running nodes
+across executions, checked over random streams of scheduling, endings and admissions."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.dag.dispatch import Gate, Task
+
+EXECUTIONS = ("ex-a", "ex-b", "ex-c")
+operations = st.lists(st.one_of(
+    st.tuples(st.just("schedule"), st.integers(0, 30), st.sampled_from(EXECUTIONS),
+              st.integers(-2, 2), st.integers(0, 3)),
+    st.tuples(st.just("end"), st.integers(0, 30)),
+    st.tuples(st.just("moved_on"), st.sampled_from(EXECUTIONS)),
+    st.tuples(st.just("admit"),),
+), max_size=80)
+
+
+@given(operations, st.integers(1, 6))
+def test_the_gate_keeps_the_limit_admits_each_task_once_and_best_first(ops, limit):
+    gate = Gate(limit)
+    scheduled: dict[str, Task] = {}
+    gone: set[str] = set()      # ended, or its execution moved on, before admission
+    admitted: list[str] = []
+    for op in ops:
+        if op[0] == "schedule":
+            _, n, execution, priority, rank = op
+            task = Task(f"{execution}/n{n}/1", execution, priority, rank)
+            if task.task_id not in scheduled:
+                scheduled[task.task_id] = task
+                gate.scheduled(task)
+        elif op[0] == "end":
+            task_id = next((t for t in scheduled if t.endswith(f"/n{op[1]}/1")), None)
+            if task_id is not None:
+                gate.attempt_ended(task_id)
+                gone.add(task_id)
+        elif op[0] == "moved_on":
+            gone.update(t for t, task in scheduled.items() if task.execution_id == op[1])
+            gate.execution_moved_on(op[1])
+        else:
+            batch = gate.admit()
+            for task in batch:
+                assert task.task_id not in gone, "a task that ended or was cancelled ran"
+                assert task.task_id not in admitted, "a task relayed twice"
+                admitted.append(task.task_id)
+            keys = [(-t.priority, -t.rank) for t in batch]
+            assert keys == sorted(keys), "admitted out of priority order"
+            # the best waiting task never loses to an admitted worse one
+            if batch and gate.waiting:
+                best_left = min((-t.priority, -t.rank) for t in gate.waiting.values())
+                assert best_left >= keys[-1]
+            assert len(gate.running) <= limit
+            assert not gate.waiting or len(gate.running) == limit  # no idle slot left
+        assert set(gate.waiting).isdisjoint(gate.running)
+
+
+@given(st.integers(1, 5), st.integers(0, 12))
+def test_every_waiting_task_runs_once_the_running_ones_end(limit, count):
+    gate = Gate(limit)
+    for n in range(count):
+        gate.scheduled(Task(f"ex/n{n}/1", "ex"))
+    ran = []
+    while batch := gate.admit():
+        ran += [task.task_id for task in batch]
+        assert len(batch) <= limit
+        for task in batch:
+            gate.attempt_ended(task.task_id)
+    assert sorted(ran) == sorted(f"ex/n{n}/1" for n in range(count))
+
+
+def test_no_limit_admits_everything_and_a_relayed_task_counts_as_running():
+    gate = Gate(0)
+    for n in range(100):
+        gate.scheduled(Task(f"ex/n{n}/1", "ex"))
+    assert len(gate.admit()) == 100
+    rebuilt = Gate(1)
+    rebuilt.scheduled(Task("ex/n0/1", "ex"), relayed=True)
+    rebuilt.scheduled(Task("ex/n1/1", "ex"))
+    assert rebuilt.admit() == [] and list(rebuilt.waiting) == ["ex/n1/1"]

@@ -301,3 +301,38 @@ async def test_after_a_restart_of_pit_up_no_task_is_relayed_or_run_again(tmp_pat
             "sink": {"out": 15}}
         await pit.stop("r2")
         await pit.client.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_overall_limit_bounds_nodes_running_across_executions(tmp_path):
+    """PIT_DAG_MAX_RUNNING=5, two executions of 12 parallel 300 ms nodes, a runner that would
+    take all 24 at once: at no moment do more than 5 run, and both executions complete."""
+    settings = Settings(data_dir=tmp_path, dag_max_running=5)
+    async with Stack(settings, progress=False, monitor_hosts=False) as stack:
+        client = await PitClient(stack.settings, issued_by="test-overall-limit").start()
+        pit = Pit(stack, client)
+        pit.runner("wide")
+        try:
+            builder = (WorkflowBuilder("limited").operator("source", "identity",
+                                                           constants={"value": 1})
+                       .operator("sink", "sum_inputs"))
+            for i in range(12):
+                builder.operator(f"n{i:02d}", "sleep_then_return", constants={"ms": 300})
+                builder.edge("source", f"n{i:02d}.value").edge(f"n{i:02d}", f"sink.n{i:02d}")
+            workflow = builder.build()
+            executions = [await client.execute_workflow(workflow) for _ in range(2)]
+            for execution in executions:
+                result = await client.await_result(execution, timeout=60)
+                assert result.ok, result.error
+            spans = []  # (started, completed) of every node run, from the decider's clock
+            for execution in executions:
+                events = await pit.events(execution)
+                started = {r["node_id"]: r["envelope"]["occurred_at"]
+                           for name, r in events if name == "NodeStarted"}
+                spans += [(started[r["node_id"]], r["envelope"]["occurred_at"])
+                          for name, r in events if name == "NodeCompleted"]
+            overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+            assert overlap == 5, f"{overlap} nodes ran at once under a limit of 5"
+        finally:
+            await pit.stop("wide")
+            await client.close()

@@ -11,7 +11,12 @@ An address is "sha256:<64 hex>" of the content. `FileBlobStore` keeps a blob at
 * reads verify the hash: content that does not match its address raises
   `BlobIntegrityError` naming the address, never comes back as if it were fine;
 * `put_stream`/`stream` move content in chunks, so a blob need not fit in memory (a
-  streamed read verifies at its end: use what it yielded only once it finished).
+  streamed read verifies at its end: use what it yielded only once it finished);
+* `store` says whether the content is new (`Stored.newly_stored`): a new file is linked into
+  place, which only one of several writers of the same content can do;
+* raw objects (`write_raw`/`read_raw`) sit beside the blobs under an address and a suffix,
+  unverified: the Artifact Store's encrypted content and its key objects
+  (streams/artifacts/crypto.py), whose integrity the encryption checks.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +38,15 @@ CHUNK_BYTES = 1 << 20
 _TMP_PREFIX = ".tmp-"
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What storing content did: its address and size, and whether it was not there before."""
+
+    address: str
+    size: int
+    newly_stored: bool
+
+
 def address_of(data: bytes) -> str:
     """The address of `data`: "sha256:<hex>"."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
@@ -41,13 +56,51 @@ def is_address(value: object) -> bool:
     return isinstance(value, str) and ADDRESS.fullmatch(value) is not None
 
 
+def digest_of(address: object, kind: str = "blob") -> str:
+    """The hex digest of a well-formed address; `BlobStoreError` for anything else."""
+    match = ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    if match is None:
+        raise BlobStoreError(f"not a {kind} hash: {address!r} (expected sha256:<64 hex digits>)")
+    return match.group(1)
+
+
+class HashedChunks:
+    """Chunks passing through, hashed and counted: `address` and `size` once all are through."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks, self._digest, self.size = chunks, hashlib.sha256(), 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._digest.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+
+    @property
+    def address(self) -> str:
+        return "sha256:" + self._digest.hexdigest()
+
+
+def verified(chunks: Iterable[bytes], address: str, kind: str, holder: str) -> Iterator[bytes]:
+    """`chunks` as they come, then `BlobIntegrityError` if they do not hash to `address`
+    (`holder` says what held them: "file", "object")."""
+    hashed = HashedChunks(chunks)
+    yield from hashed
+    if hashed.address != address:
+        raise _corrupt(kind, address, holder, hashed.address)
+
+
+def _corrupt(kind: str, address: str, holder: str, actual: str) -> BlobIntegrityError:
+    return BlobIntegrityError(f"{kind} {address} is corrupt: its {holder} hashes to {actual}")
+
+
 def blob_store(settings: Settings) -> FileBlobStore:
     """The Pit's blob store: `blobs/` in the data directory, shared by `pit up`, runners and
     clients on this machine."""
     return FileBlobStore(settings.data_dir / "blobs")
 
 
-def _chunks(source: Iterable[bytes] | BinaryIO, size: int) -> Iterator[bytes]:
+def chunks_of(source: Iterable[bytes] | BinaryIO, size: int = CHUNK_BYTES) -> Iterator[bytes]:
     if hasattr(source, "read"):
         while chunk := source.read(size):
             yield chunk
@@ -71,11 +124,7 @@ class FileBlobStore:
         self.suffix, self.kind = suffix, kind
 
     def path_of(self, address: str) -> Path:
-        match = ADDRESS.fullmatch(address) if isinstance(address, str) else None
-        if match is None:
-            raise BlobStoreError(f"not a {self.kind} hash: {address!r} "
-                                 "(expected sha256:<64 hex digits>)")
-        digest = match.group(1)
+        digest = digest_of(address, self.kind)
         return self.root / digest[:2] / f"{digest[2:]}{self.suffix}"
 
     def __contains__(self, address: object) -> bool:
@@ -91,37 +140,61 @@ class FileBlobStore:
 
     def put(self, data: bytes) -> str:
         """Store `data` (idempotent); returns its address."""
-        address = address_of(data)
-        path = self.path_of(address)
-        if not self._holds(path, len(data)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._write(path.parent, [data], path)
-        return address
+        return self.store(data).address
 
     def put_stream(self, source: Iterable[bytes] | BinaryIO, chunk_size: int = CHUNK_BYTES
                    ) -> str:
         """Store the content of a binary file or an iterable of chunks, hashing as it is
         written; returns its address."""
+        return self.store(source, chunk_size).address
+
+    def store(self, source: bytes | Iterable[bytes] | BinaryIO, chunk_size: int = CHUNK_BYTES
+              ) -> Stored:
+        """Store bytes, a binary file or an iterable of chunks (streamed, hashed as written)."""
+        if isinstance(source, bytes | bytearray | memoryview):
+            data = bytes(source)
+            address = address_of(data)
+            path = self.path_of(address)
+            if self._holds(path, len(data)):
+                return Stored(address, len(data), False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._write(path.parent, [data])
+            return Stored(address, len(data), self._place(tmp, path, len(data)))
         self.root.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        size = 0
-
-        def hashed() -> Iterator[bytes]:
-            nonlocal size
-            for chunk in _chunks(source, chunk_size):
-                digest.update(chunk)
-                size += len(chunk)
-                yield chunk
-
-        tmp = self._write(self.root, hashed())
-        address = "sha256:" + digest.hexdigest()
+        hashed = HashedChunks(chunks_of(source, chunk_size))
+        tmp = self._write(self.root, hashed)
+        address, size = hashed.address, hashed.size
         path = self.path_of(address)
         if self._holds(path, size):
             tmp.unlink()
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._rename(tmp, path)
-        return address
+            return Stored(address, size, False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Stored(address, size, self._place(tmp, path, size))
+
+    def _place(self, tmp: Path, path: Path, size: int) -> bool:
+        """Move the finished `tmp` to `path`; True if this call put the content there."""
+        if self._link(tmp, path):
+            return True
+        if self._holds(path, size):  # another writer was first, with the same bytes
+            tmp.unlink()
+            return False
+        self._rename(tmp, path)  # a damaged file: replace it
+        return True
+
+    @staticmethod
+    def _link(tmp: Path, path: Path) -> bool:
+        """Link `tmp` in at `path` unless a file is there (then `tmp` stays for the caller);
+        unlike a rename, only one of several writers can succeed."""
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.unlink()
+        _fsync_directory(path.parent)
+        return True
 
     @staticmethod
     def _holds(path: Path, size: int) -> bool:
@@ -171,7 +244,7 @@ class FileBlobStore:
             raise BlobNotFoundError(f"unknown {self.kind} {address}") from None
         actual = address_of(data)
         if actual != address:
-            raise self._corrupt(address, actual)
+            raise _corrupt(self.kind, address, "file", actual)
         return data
 
     def stream(self, address: str, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -182,18 +255,54 @@ class FileBlobStore:
             f = path.open("rb")
         except FileNotFoundError:
             raise BlobNotFoundError(f"unknown {self.kind} {address}") from None
-        return self._verified(f, address, chunk_size)
+        return verified(_read(f, chunk_size), address, self.kind, "file")
 
-    def _verified(self, f: BinaryIO, address: str, chunk_size: int) -> Iterator[bytes]:
-        digest = hashlib.sha256()
-        with f:
-            while chunk := f.read(chunk_size):
-                digest.update(chunk)
-                yield chunk
-        actual = "sha256:" + digest.hexdigest()
-        if actual != address:
-            raise self._corrupt(address, actual)
+    # --- raw objects beside the blobs (not checked against the address) ------------------
 
-    def _corrupt(self, address: str, actual: str) -> BlobIntegrityError:
-        return BlobIntegrityError(f"{self.kind} {address} is corrupt: its file hashes to "
-                                  f"{actual}")
+    def raw_path(self, address: str, suffix: str = "") -> Path:
+        path = self.path_of(address)
+        return path.with_name(path.name + suffix)
+
+    def write_raw(self, address: str, chunks: Iterable[bytes], *, suffix: str = "",
+                  exclusive: bool = False) -> bool:
+        """Write `chunks` atomically as the object `suffix` of `address`, replacing one that is
+        there, or with `exclusive` only if there is none; True if written."""
+        path = self.raw_path(address, suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not exclusive:
+            self._write(path.parent, chunks, path)
+            return True
+        tmp = self._write(path.parent, chunks)
+        if self._link(tmp, path):
+            return True
+        tmp.unlink()
+        return False
+
+    def read_raw(self, address: str, *, suffix: str = "", chunk_size: int = CHUNK_BYTES
+                 ) -> Iterator[bytes]:
+        try:
+            f = self.raw_path(address, suffix).open("rb")
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"unknown {self.kind} {address}{suffix}") from None
+        return _read(f, chunk_size)
+
+    def raw_size(self, address: str, *, suffix: str = "") -> int | None:
+        """The size of the object, None if there is none."""
+        try:
+            return self.raw_path(address, suffix).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def raw_addresses(self, suffix: str) -> Iterator[str]:
+        """The addresses that have an object `suffix`."""
+        ending = self.suffix + suffix
+        for path in self.root.glob(f"??/*{ending}"):
+            address = f"sha256:{path.parent.name}{path.name.removesuffix(ending)}"
+            if is_address(address) and path.name.endswith(ending):
+                yield address
+
+
+def _read(f: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(chunk_size):
+            yield chunk

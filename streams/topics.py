@@ -16,6 +16,8 @@ TIMERS = "pit.timers"
 DAG_COMMANDS = "pit.dag.commands"
 DAG_EVENTS = "pit.dag.events"
 DAG_TASKS = "pit.dag.tasks"
+ARTIFACT_COMMANDS = "pit.artifacts.commands"
+ARTIFACT_EVENTS = "pit.artifacts.events"
 DEAD_LETTERS = "pit.deadletters"
 SCHEMAS = "_pit.schemas"
 

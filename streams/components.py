@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from streams.artifacts.catalog import ARTIFACTS
 from streams.dag.execution import DAG
 from streams.decider import Decider, Message
 from streams.errors import PitError
 from streams.pool.pool import POOL
 
-DECIDERS: tuple[Decider, ...] = (POOL, DAG)
+DECIDERS: tuple[Decider, ...] = (POOL, DAG, ARTIFACTS)
 
 
 def command_types() -> dict[str, type[Message]]:

@@ -81,6 +81,10 @@ class BlobIntegrityError(BlobStoreError):
     """A stored blob's content does not hash to its address."""
 
 
+class DecryptionError(BlobStoreError):
+    """Encrypted content does not open: a wrong or missing key, or an altered object."""
+
+
 class WorkflowError(PitError):
     """A workflow execution was refused, is unknown, or did not end in time."""
 

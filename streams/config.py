@@ -37,6 +37,22 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _artifact_backend(env: dict[str, str]) -> str:
+    backend = env.get("PIT_ARTIFACT_BACKEND") or "file"
+    if backend not in ("file", "s3"):
+        raise ConfigError(f"PIT_ARTIFACT_BACKEND must be file or s3, got {backend!r}")
+    if backend == "s3" and not env.get("PIT_S3_BUCKET"):
+        raise ConfigError("PIT_ARTIFACT_BACKEND=s3 needs PIT_S3_BUCKET, the bucket's name")
+    return backend
+
+
+def _keyring_file(env: dict[str, str]) -> Path | None:
+    if env.get("PIT_KEYRING") and env.get("PIT_KEYRING_KEYS"):
+        raise ConfigError("PIT_KEYRING (a keyring file) and PIT_KEYRING_KEYS are both set: "
+                          "set one")
+    return Path(env["PIT_KEYRING"]) if env.get("PIT_KEYRING") else None
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path(".pit")
@@ -49,6 +65,14 @@ class Settings:
     dag_max_running: int = 4096
     kafka_security: dict[str, str] = field(default_factory=dict)
     kafka_tls: dict[str, str] = field(default_factory=dict)
+    # Artifact content (streams/artifacts/storage.py): "file" (<data_dir>/artifacts) or "s3",
+    # encrypted when a keyring is configured (streams/artifacts/crypto.py).
+    artifact_backend: str = "file"
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    keyring_file: Path | None = None
+    keyring_keys: str | None = field(default=None, repr=False)  # key material: never shown
+    keyring_active: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -62,6 +86,12 @@ class Settings:
             dag_max_running=_count("PIT_DAG_MAX_RUNNING", env.get("PIT_DAG_MAX_RUNNING", "4096")),
             kafka_security={v: env[k] for k, v in _KAFKA_SECURITY_VARS.items() if env.get(k)},
             kafka_tls={v: env[k] for k, v in _KAFKA_TLS_VARS.items() if env.get(k)},
+            artifact_backend=_artifact_backend(env),
+            s3_bucket=env.get("PIT_S3_BUCKET") or None,
+            s3_endpoint_url=env.get("PIT_S3_ENDPOINT_URL") or None,
+            keyring_file=_keyring_file(env),
+            keyring_keys=env.get("PIT_KEYRING_KEYS") or None,
+            keyring_active=env.get("PIT_KEYRING_ACTIVE") or None,
         )
 
     @property

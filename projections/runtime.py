@@ -136,11 +136,12 @@ def constraint_name(kind: str, table: str, token: str = "") -> str:
 
 
 def default_views() -> list[View]:
+    from projections.artifacts import ArtifactsView
     from projections.dag import DagView
     from projections.models import ModelsView
     from projections.pool import PoolHealthView, PoolView
 
-    return [ModelsView(), PoolView(), PoolHealthView(), DagView()]
+    return [ModelsView(), PoolView(), PoolHealthView(), DagView(), ArtifactsView()]
 
 
 def view_by_name(name: str) -> View:

@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.dag.workflow_cli import add_parser as add_workflow_parser
 
     add_workflow_parser(sub)
+    from streams.artifacts.cli import add_parser as add_artifact_parser
+
+    add_artifact_parser(sub)
 
     publish = sub.add_parser("publish", help="publish a command and print its outcome")
     publish.add_argument("type", help="command type, e.g. TransitionModel")

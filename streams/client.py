@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from projections.search import SearchPage
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
+from streams.artifacts.client import ArtifactOps, StoredArtifact
 from streams.components import decider_for
 from streams.config import Settings
 from streams.dag import workflows
@@ -111,6 +116,7 @@ class PitClient:
         self._tasks: list[asyncio.Task] = []
         self._pool_events: asyncio.Future | None = None  # following pit.pool.events
         self._http: aiohttp.ClientSession | None = None
+        self._artifacts: ArtifactOps | None = None
 
     async def start(self) -> PitClient:
         options = self.settings.kafka_client_options()
@@ -135,6 +141,9 @@ class PitClient:
         self._tasks.append(asyncio.create_task(self._dispatch(consumer, handle)))
 
     async def close(self) -> None:
+        if self._artifacts is not None and self._producer is not None:
+            with contextlib.suppress(KafkaError, BrokerUnavailableError):
+                await self._artifacts.flush_access()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -351,6 +360,40 @@ class PitClient:
     async def cancel_workflow(self, execution_id: str, reason: str = "") -> Outcome:
         """Cancel a running execution; WorkflowError when it is unknown or already ended."""
         return await workflows.cancel(self, execution_id, reason)
+
+    # --- artifacts (streams/artifacts/client.py) -------------------------------------------
+
+    @property
+    def artifacts(self) -> ArtifactOps:
+        """The Artifact Store operations, beyond the shortcuts below (link, remove, info,
+        stats, flush_access)."""
+        if self._artifacts is None:
+            self._artifacts = ArtifactOps(self)
+        return self._artifacts
+
+    async def store_artifact(self, content: bytes | str | os.PathLike, **options: Any
+                             ) -> StoredArtifact:
+        """Store bytes or a file (streamed) with metadata: name (versions it), content_type,
+        tags, creator, metadata, message, derived_from, schema (JSON schema to check JSON
+        content against). Returns its address and whether the content was new."""
+        return await self.artifacts.store(content, **options)
+
+    async def retrieve_artifact(self, ref: str, *, to: str | os.PathLike | None = None
+                                ) -> bytes | Path:
+        """The content of an address, "name" (latest) or "name@N", verified on the way."""
+        return await self.artifacts.retrieve(ref, to=to)
+
+    async def search(self, text: str = "", **filters: Any) -> SearchPage:
+        return await self.artifacts.search(text, **filters)
+
+    async def versions(self, name: str) -> list[dict[str, Any]]:
+        return await self.artifacts.versions(name)
+
+    async def diff(self, old: str, new: str, *, metadata: bool = False) -> str:
+        return await self.artifacts.diff(old, new, metadata=metadata)
+
+    async def lineage(self, ref: str, direction: str = "both") -> dict[str, Any]:
+        return await self.artifacts.lineage(ref, direction)
 
     # --- results ---------------------------------------------------------------------------
 

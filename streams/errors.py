@@ -94,5 +94,9 @@ class ArtifactError(PitError):
     that is not one."""
 
 
+class ArtifactNotFoundError(ArtifactError):
+    """No artifact by that address, name or version."""
+
+
 class SearchError(PitError):
     """A search query is malformed, or the search index cannot be read or written."""

@@ -1,0 +1,113 @@
+"""The Artifact Store end to end inside one process: `pit up`'s Stack (embedded broker, the
+catalog processor, the projector) and a PitClient storing, deduplicating, versioning,
+retrieving, diffing and tracing lineage - content in the local blob store, facts on
+pit.artifacts.events, answers from the `artifacts` view."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import pytest_asyncio
+
+from streams.app import Stack
+from streams.blobs import address_of
+from streams.client import PitClient
+from streams.config import Settings
+from streams.errors import ArtifactError, ArtifactNotFoundError, BlobIntegrityError
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def pit(tmp_path_factory):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("artifacts"))
+    async with Stack(settings, progress=False, monitor_hosts=False) as stack:
+        client = await PitClient(stack.settings, issued_by="alice").start()
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_store_deduplicates_and_merges_metadata(pit):
+    first = await pit.store_artifact(b"the same bytes", tags=["a"], metadata={"k": 1},
+                                     content_type="text/plain")
+    again = await pit.store_artifact(b"the same bytes", tags=["b"], creator="bob",
+                                     metadata={"k": 2, "j": 3}, content_type="text/plain")
+    assert first.address == again.address == address_of(b"the same bytes")
+    assert (first.newly_stored, again.newly_stored) == (True, False)
+    entry = await pit.artifacts.info(first.address)
+    assert entry["tags"] == ["a", "b"] and entry["creators"] == ["alice", "bob"]
+    assert entry["metadata"] == {"k": 1, "j": 3}
+    assert json.loads(json.dumps(entry["metadata_conflicts"])) == {"k": [2]}
+    assert entry["stores"] == 2 and entry["structure"] == 1.0
+    stats = await pit.artifacts.stats()
+    assert stats["bytes_saved"] >= len(b"the same bytes") and stats["dedup_ratio"] > 1
+
+
+async def test_versions_diff_and_retrieval_by_name(pit, tmp_path):
+    v1 = await pit.store_artifact(b"line one\nline two\n", name="notes", message="first",
+                                  content_type="text/plain")
+    v2 = await pit.store_artifact(b"line one\nline 2\n", name="notes", message="second",
+                                  content_type="text/plain")
+    history = await pit.versions("notes")
+    assert [(v["version"], v["address"], v["message"], v["parent_version"])
+            for v in history] == [(1, v1.address, "first", 0), (2, v2.address, "second", 1)]
+    assert await pit.retrieve_artifact("notes") == b"line one\nline 2\n"
+    assert await pit.retrieve_artifact("notes@1") == b"line one\nline two\n"
+    target = await pit.retrieve_artifact("notes@1", to=tmp_path / "out.txt")
+    assert target.read_bytes() == b"line one\nline two\n"
+    diff = await pit.diff("notes@1", "notes@2")
+    assert "-line two\n" in diff and "+line 2\n" in diff and diff.startswith("--- notes@1")
+    with pytest.raises(ArtifactNotFoundError, match=r"versions 1\.\.2, not 7"):
+        await pit.retrieve_artifact("notes@7")
+    with pytest.raises(ArtifactNotFoundError, match="no artifact named 'nothing'"):
+        await pit.versions("nothing")
+
+
+async def test_a_diff_of_binary_content_says_why(pit):
+    blob = await pit.store_artifact(bytes(range(256)))
+    text = await pit.store_artifact(b"text")
+    with pytest.raises(ArtifactError, match="binary"):
+        await pit.diff(blob.address, text.address)
+    assert "~ size: 256 -> 4" in await pit.diff(blob.address, text.address, metadata=True)
+
+
+async def test_lineage_links_and_refuses_a_cycle(pit):
+    raw = await pit.store_artifact(b"raw data", name="raw")
+    clean = await pit.store_artifact(b"clean data", derived_from=["raw"])
+    model = await pit.store_artifact(b"model weights", derived_from=[clean.address])
+    graph = await pit.lineage(clean.address)
+    assert graph["nodes"] == sorted([raw.address, clean.address, model.address])
+    assert {(e["parent"], e["child"]) for e in graph["edges"]} == {
+        (raw.address, clean.address), (clean.address, model.address)}
+    assert (await pit.lineage(model.address, "up"))["nodes"] == sorted(
+        [raw.address, clean.address, model.address])
+    with pytest.raises(ArtifactError, match="cycle"):
+        await pit.artifacts.link(raw.address, model.address)
+
+
+async def test_accesses_are_sent_aggregated_and_reach_the_view(pit):
+    stored = await pit.store_artifact(b"read me often")
+    for _ in range(5):
+        await pit.retrieve_artifact(stored.address)
+    assert pit.artifacts.access.counts[stored.address] == 5
+    await pit.artifacts.flush_access()
+    assert not pit.artifacts.access.counts
+    for _ in range(100):
+        if (await pit.artifacts.info(stored.address))["accesses"] == 5:
+            break
+        await asyncio.sleep(0.05)
+    entry = await pit.artifacts.info(stored.address)
+    assert entry["accesses"] == 5 and entry["utility"] > 0
+
+
+async def test_a_corrupted_blob_is_never_served(pit):
+    stored = await pit.store_artifact(b"precious content")
+    path = pit.artifacts.backend.path_of(stored.address)
+    path.write_bytes(b"precious c0ntent")
+    with pytest.raises(BlobIntegrityError, match=stored.address):
+        await pit.retrieve_artifact(stored.address)

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
+from streams.artifacts.dag_outputs import OutputCataloger
 from streams.broker import EmbeddedBroker
 from streams.client import registry_for
 from streams.components import DECIDERS
@@ -116,6 +117,10 @@ class Stack:
         self.dispatcher = TaskDispatcher(self.settings, self.codec, self.engine)
         self.tasks.append(asyncio.create_task(self.dispatcher.run(self.stop),
                                               name="task-dispatcher"))
+        # Completed nodes' outputs become artifacts with their lineage (issue 5).
+        self.output_cataloger = OutputCataloger(self.settings, self.codec)
+        self.tasks.append(asyncio.create_task(self.output_cataloger.run(self.stop),
+                                              name="dag-output-cataloger"))
         await self.start_projector()
         if self.monitor_hosts:
             from streams.pool.monitor import HostMonitor

@@ -111,3 +111,43 @@ async def test_a_corrupted_blob_is_never_served(pit):
     path.write_bytes(b"precious c0ntent")
     with pytest.raises(BlobIntegrityError, match=stored.address):
         await pit.retrieve_artifact(stored.address)
+
+
+async def test_dag_node_outputs_become_artifacts_with_their_lineage(pit):
+    from streams.artifacts.catalog import canonical_json
+    from streams.dag.definition import WorkflowBuilder
+    from streams.dag.runner import Runner
+
+    stop = asyncio.Event()
+    runner = Runner(pit.settings, runner_id="r-artifacts", codec=pit.codec,
+                    session_timeout_ms=3000, say=lambda _line: None)
+    running = asyncio.create_task(runner.run(stop))
+    try:
+        workflow = (WorkflowBuilder("lineage")
+                    .operator("a", "identity", constants={"value": 2})
+                    .operator("b", "add", constants={"b": 1})
+                    .operator("c", "add", constants={"b": 10})
+                    .edge("a", "b.a").edge("b", "c.a").build())
+        execution = await pit.execute_workflow(workflow)
+        result = await pit.await_result(execution, timeout=30)
+        assert result.ok and result.outputs == {"c": {"out": 13}}
+    finally:
+        stop.set()
+        await running
+    outputs = {node: address_of(canonical_json({"out": value}).encode())
+               for node, value in (("a", 2), ("b", 3), ("c", 13))}
+    async def cataloged(address: str) -> bool:
+        try:
+            return bool(await pit.artifacts.info(address))
+        except ArtifactNotFoundError:
+            return False
+    for _ in range(200):  # the cataloger and the view follow the log
+        if all([await cataloged(a) for a in outputs.values()]):
+            break
+        await asyncio.sleep(0.05)
+    entry = await pit.artifacts.info(outputs["c"])
+    assert entry["producers"] == [[execution, "c"]] and "dag-output" in entry["tags"]
+    assert entry["metadata"]["workflow"] == "lineage"
+    graph = await pit.lineage(outputs["c"], "up")
+    assert {(e["parent"], e["child"]) for e in graph["edges"]} == {
+        (outputs["a"], outputs["b"]), (outputs["b"], outputs["c"])}

@@ -294,10 +294,39 @@ async def bench_dag(settings: Settings) -> dict[str, float]:
     return figures
 
 
+async def bench_artifacts(settings: Settings) -> dict[str, float]:
+    """Storage in process on the local backend, a 1 GiB streamed round trip in a subprocess,
+    encryption, deduplication on a seeded corpus, and search over 100,000 artifacts on the
+    embedded backend (streams/artifacts/bench.py, projections/search/bench.py)."""
+    from projections.search.bench import search_p99_100k
+    from streams.artifacts.bench import (
+        dedup_savings,
+        encrypt_overhead,
+        store_retrieve_64k,
+        stream_1g,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="pit-artifacts-bench-") as scratch:
+        figures = await asyncio.to_thread(store_retrieve_64k, Path(scratch) / "small")
+        _say(f"artifacts 64 KiB: store {figures['artifact_store_64k_ms']} ms, retrieve"
+             f" {figures['artifact_retrieve_64k_ms']} ms")
+        figures |= await asyncio.to_thread(stream_1g, Path(scratch) / "large")
+        _say(f"artifacts 1 GiB streamed: {figures['artifact_stream_1g_mib_per_s']} MiB/s,"
+             f" peak RSS {figures['artifact_stream_1g_peak_rss_mib']} MiB")
+        figures |= await asyncio.to_thread(encrypt_overhead)
+        figures |= await asyncio.to_thread(dedup_savings, Path(scratch) / "dedup")
+        _say(f"artifacts: encryption {figures['encrypt_ms_per_mib']} ms/MiB, dedup savings"
+             f" {figures['dedup_savings']}")
+        figures |= await asyncio.to_thread(search_p99_100k, Path(scratch) / "search.db")
+        _say(f"search over 100,000 artifacts: p99 {figures['search_p99_ms_100k']} ms")
+    return figures
+
+
 BENCHES: dict[str, Callable[[Settings], Awaitable[dict[str, float]]]] = {
     "backbone": bench_backbone,
     "pool": bench_pool,
     "dag": bench_dag,
+    "artifacts": bench_artifacts,
 }
 
 

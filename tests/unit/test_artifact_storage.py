@@ -193,3 +193,14 @@ def test_the_benchmarks_run_and_stream_in_bounded_memory(tmp_path):
         "artifact_stream_1g_baseline_rss_mib"]
     assert growth < 16
     assert encrypt_overhead(size=1 << 20, repeats=1)["encrypt_ms_per_mib"] > 0
+
+
+def test_the_dedup_corpus_saves_what_its_duplicates_weigh(tmp_path):
+    from streams.artifacts.bench import dedup_savings
+
+    figures = dedup_savings(tmp_path, stores=200)
+    assert 0 < figures["dedup_savings"] < 1
+    assert figures["dedup_unique_stored"] < figures["dedup_total_stored"] == 200
+    # every unique content is on disk once
+    assert len([p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]) \
+        == figures["dedup_unique_stored"]

@@ -18,6 +18,11 @@
                                         times, duration, error, retried/fallback/skipped)
                                         (?state=failed, ?limit=1000, ?offset=0)
     GET /executions/{id}/failures       its node and execution failures, in order
+    GET /artifacts/{ref}                an artifact's catalog entry (ref: address, name or
+                                        name@N)
+    GET /artifacts/{name}/versions      a named artifact's versions, oldest first
+    GET /artifacts/{ref}/lineage        its lineage graph (?direction=up|down|both)
+    GET /artifacts/stats                deduplication statistics
     GET /audit/verify                   the audit chain check (`pit audit verify`)
     GET /audit/{key}, /audit?key=...    an entity's full archived history
                                         (?until=<epoch ms> adds its replayed state then)
@@ -38,15 +43,16 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from projections import artifacts
 from projections.audit import history, state_as_of, verify
 from projections.dag import execution, execution_failures, execution_nodes, list_executions
 from projections.models import model_row
 from projections.pool import model_health, pool_hosts, pool_status
 from projections.runtime import default_views, live_tables, load_positions
-from streams.errors import PitError
+from streams.errors import ArtifactNotFoundError, PitError
 from streams.pool.lifecycle import DEFAULT_POOL
 
 ENGINE = web.AppKey("engine", Engine)
@@ -244,6 +250,50 @@ async def get_execution_failures(request: web.Request) -> web.Response:
                               "count": len(rows)})
 
 
+def _artifact(engine: Engine, ref: str) -> dict[str, Any] | None:
+    if not inspect(engine).has_table("artifacts"):
+        return None
+    try:
+        return artifacts.artifact(engine, artifacts.resolve(engine, ref))
+    except ArtifactNotFoundError:
+        return None
+
+
+async def get_artifact(request: web.Request) -> web.Response:
+    ref = request.match_info["ref"]
+    body = await _db(request, _artifact, ref)
+    if body is None:
+        return _error(404, f"unknown artifact {ref}")
+    return web.json_response(body)
+
+
+async def get_artifact_versions(request: web.Request) -> web.Response:
+    name = request.match_info["ref"]
+    rows = await _db(request, lambda engine: inspect(engine).has_table("artifact_versions")
+                     and artifacts.versions(engine, name))
+    if not rows:
+        return _error(404, f"no artifact named {name}")
+    return web.json_response({"name": name, "versions": rows})
+
+
+async def get_artifact_lineage(request: web.Request) -> web.Response:
+    ref, direction = request.match_info["ref"], request.query.get("direction", "both")
+    if direction not in ("up", "down", "both"):
+        return _error(400, f"direction is up, down or both, not {direction!r}")
+    found = await _db(request, _artifact, ref)
+    if found is None:
+        return _error(404, f"unknown artifact {ref}")
+    return web.json_response(await _db(request, artifacts.lineage, found["address"],
+                                       direction))
+
+
+async def get_artifact_stats(request: web.Request) -> web.Response:
+    has = await _db(request, lambda engine: inspect(engine).has_table("artifacts"))
+    return web.json_response(await _db(request, artifacts.store_stats) if has else
+                             {"total_stored": 0, "unique_stored": 0, "bytes_saved": 0,
+                              "dedup_ratio": 1.0})
+
+
 async def get_verify(request: web.Request) -> web.Response:
     report = await _db(request, verify)
     return web.json_response(report.to_dict(), status=200 if report.ok else 409)
@@ -296,6 +346,10 @@ def make_app(engine: Engine, *, clock: Callable[[], int] | None = None) -> web.A
     app.router.add_get("/executions/{execution_id}", get_execution)
     app.router.add_get("/executions/{execution_id}/nodes", get_execution_nodes)
     app.router.add_get("/executions/{execution_id}/failures", get_execution_failures)
+    app.router.add_get("/artifacts/stats", get_artifact_stats)
+    app.router.add_get("/artifacts/{ref}", get_artifact)
+    app.router.add_get("/artifacts/{ref}/versions", get_artifact_versions)
+    app.router.add_get("/artifacts/{ref}/lineage", get_artifact_lineage)
     app.router.add_get("/audit/verify", get_verify)
     app.router.add_get("/audit", get_audit_query)
     app.router.add_get("/audit/{key}", get_audit_key)

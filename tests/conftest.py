@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -28,6 +29,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line(
                 f"CI: {len(_skipped_postgres)} PostgreSQL test(s) skipped, which CI forbids: "
                 f"{_skipped_postgres[0]} ...", red=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A function giving a free TCP port on 127.0.0.1 (for `pit up`'s API)."""
+    return _free_port
 
 
 @pytest.fixture(scope="session")

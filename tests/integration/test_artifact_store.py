@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -19,9 +20,10 @@ from streams.errors import ArtifactError, ArtifactNotFoundError, BlobIntegrityEr
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def pit(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("artifacts"))
-    async with Stack(settings, progress=False, monitor_hosts=False) as stack:
+async def pit(tmp_path_factory, free_port):
+    settings = Settings(data_dir=tmp_path_factory.mktemp("artifacts"), http_port=free_port())
+    async with Stack(settings, progress=False, monitor_hosts=False,
+                     http_port=settings.http_port) as stack:
         client = await PitClient(stack.settings, issued_by="alice").start()
         try:
             yield client
@@ -103,6 +105,26 @@ async def test_accesses_are_sent_aggregated_and_reach_the_view(pit):
         await asyncio.sleep(0.05)
     entry = await pit.artifacts.info(stored.address)
     assert entry["accesses"] == 5 and entry["utility"] > 0
+
+
+async def test_the_api_serves_entries_versions_lineage_and_stats(pit):
+    parent = await pit.store_artifact(b"api parent", name="api-doc", tags=["api"])
+    child = await pit.store_artifact(b"api child", derived_from=["api-doc"])
+    base = f"http://127.0.0.1:{pit.settings.http_port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/artifacts/api-doc") as response:
+            assert response.status == 200
+            assert (await response.json())["address"] == parent.address
+        async with http.get(f"{base}/artifacts/api-doc/versions") as response:
+            assert [v["version"] for v in (await response.json())["versions"]] == [1]
+        async with http.get(f"{base}/artifacts/{child.address}/lineage",
+                            params={"direction": "up"}) as response:
+            assert (await response.json())["nodes"] == sorted([parent.address, child.address])
+        async with http.get(f"{base}/artifacts/stats") as response:
+            assert (await response.json())["unique_stored"] >= 2
+        async with http.get(f"{base}/artifacts/no-such-name") as response:
+            assert response.status == 404
+            assert (await response.json()) == {"error": "unknown artifact no-such-name"}
 
 
 async def test_a_corrupted_blob_is_never_served(pit):

@@ -118,7 +118,12 @@ NEEDS_BROKER = {"put", "get"}  # they send commands (the catalog, access counts)
 
 
 def cmd_artifact(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
     from streams.client import PitClient
+
+    if args.action == "put" and args.file != "-" and not Path(args.file).is_file():
+        raise PitError(f"no such file: {args.file}")
 
     async def run() -> None:
         pit = PitClient(settings, issued_by="pit-cli")

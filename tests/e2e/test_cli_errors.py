@@ -39,6 +39,10 @@ VALID = '{"model_id": "m", "to_state": "Warming", "reason": "UserRequest"}'
     (("results",), ("no broker",)),
     (("audit", "m1", "--until", "yesterday-ish"), ("--until",)),
     (("bench", "nothing"), ("unknown benchmark",)),
+    (("artifact", "put", "/no/such/file"), ("no such file: /no/such/file",)),
+    (("artifact", "get", "report"), ("no broker", "pit up")),
+    (("artifact", "log", "report"), ("no artifact named 'report'",)),
+    (("artifact", "diff", "a", "b"), ("no artifact named 'a'",)),
 ])
 def test_bad_input_is_one_line(args, fragments):
     assert_one_line_error(pit(*args), *fragments)
@@ -54,6 +58,11 @@ def test_unreachable_database_is_one_line():
     result = pit("audit", "verify",
                  env={"PIT_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"})
     assert_one_line_error(result)
+
+
+def test_bad_dag_limit_setting_is_one_line():
+    assert_one_line_error(pit("audit", "verify", env={"PIT_DAG_MAX_RUNNING": "lots"}),
+                          "PIT_DAG_MAX_RUNNING")
 
 
 def test_bad_port_setting_is_one_line():

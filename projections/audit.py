@@ -22,7 +22,7 @@ import base64
 import hashlib
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     func,
     or_,
     select,
@@ -469,20 +470,25 @@ def to_log_record(row: Any) -> LogRecord:
                      decode_headers(row.headers_json))
 
 
+_RECORD_COLUMNS = [audit_log.c.topic, audit_log.c.partition, audit_log.c.offset,
+                   audit_log.c.timestamp_ms, audit_log.c.key, audit_log.c.key_raw,
+                   audit_log.c.value, audit_log.c.headers_json]
+
+
 def archived_records(engine: Engine | Connection, topics: Sequence[str] | None = None,
                      after: dict[tuple[str, int], int] | None = None,
                      *, until: dict[tuple[str, int], int] | None = None,
-                     ) -> Iterator[LogRecord]:
+                     partitions: Collection[int] | None = None) -> Iterator[LogRecord]:
     """Archived records in (topic, partition, offset) order, streamed, optionally only those
-    of `topics`, after the offsets in `after` and up to the offsets in `until` (inclusive)."""
+    of `topics` and `partitions`, after the offsets in `after` and up to the offsets in `until`
+    (inclusive)."""
     after = after or {}
-    columns = [audit_log.c.topic, audit_log.c.partition, audit_log.c.offset,
-               audit_log.c.timestamp_ms, audit_log.c.key, audit_log.c.key_raw,
-               audit_log.c.value, audit_log.c.headers_json]
+    columns = _RECORD_COLUMNS
     with _connection(engine) as conn:
-        partitions = sorted(archive_positions(conn))
-        for topic, partition in partitions:
+        for topic, partition in sorted(archive_positions(conn)):
             if topics is not None and topic not in topics:
+                continue
+            if partitions is not None and partition not in partitions:
                 continue
             stmt = (select(*columns)
                     .where(audit_log.c.topic == topic, audit_log.c.partition == partition,
@@ -496,13 +502,30 @@ def archived_records(engine: Engine | Connection, topics: Sequence[str] | None =
                 yield to_log_record(row)
 
 
+def latest_records(engine: Engine | Connection, topic: str,
+                   partitions: Collection[int] | None = None) -> list[LogRecord]:
+    """Per partition of an archived topic (or of `partitions`), the latest record of each
+    key, tombstones included, in (partition, offset) order: found by the database, so only
+    those rows are read."""
+    where = [audit_log.c.topic == topic]
+    if partitions is not None:
+        where.append(audit_log.c.partition.in_(sorted(partitions)))
+    latest = (select(audit_log.c.partition, func.max(audit_log.c.offset).label("last"))
+              .where(*where)
+              .group_by(audit_log.c.partition, audit_log.c.key, audit_log.c.key_raw)
+              .subquery())
+    stmt = (select(*_RECORD_COLUMNS)
+            .join(latest, and_(audit_log.c.partition == latest.c.partition,
+                               audit_log.c.offset == latest.c.last))
+            .where(audit_log.c.topic == topic)
+            .order_by(audit_log.c.partition, audit_log.c.offset))
+    with _connection(engine) as conn:
+        return [to_log_record(row) for row in conn.execute(stmt)]
+
+
 def compacted_records(engine: Engine | Connection, topic: str) -> list[LogRecord]:
     """What Kafka's log compaction would keep of an archived topic: per partition, the latest
     record of each key, in offset order; keys whose latest record is a tombstone (value
     NULL) and records without a key are dropped. For restoring compacted topics."""
-    latest: dict[tuple[int, bytes | None], LogRecord] = {}
-    for record in archived_records(engine, [topic]):
-        if record.key is not None:
-            latest[(record.partition, record.key)] = record
-    kept = [r for r in latest.values() if r.value is not None]
-    return sorted(kept, key=lambda r: (r.partition, r.offset))
+    return [r for r in latest_records(engine, topic)
+            if r.key is not None and r.value is not None]

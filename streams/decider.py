@@ -72,6 +72,22 @@ def from_record(cls: type[Message], record: dict[str, Any]) -> Message:
 
 
 @dataclass(frozen=True)
+class CheckpointTopic(Generic[S]):
+    """A decider's compacted checkpoint topic (its rules: streams/recovery.py): where each
+    entity's restore starts, so a processor's restore reads the recent log only.
+
+    `final(state)` is None while an entity may still change; once it cannot (an execution
+    ended), the small record of what deciding on it still needs, and `from_final` the state
+    that decides every command as the full one does. `request(key)` is the command that makes
+    the entity take a checkpoint (a snapshot event), sent when its last one lies far behind."""
+
+    topic: str
+    final: Callable[[S], bytes | None]
+    from_final: Callable[[bytes], S]
+    request: Callable[[str], Message]
+
+
+@dataclass(frozen=True)
 class Decider(Generic[S]):
     """One component's rules, plus the message types its processor reads and writes."""
 
@@ -92,6 +108,9 @@ class Decider(Generic[S]):
     # recovery work is bounded by the time since the last checkpoint, not by history length.
     snapshots: tuple[type[Message], ...] = ()
     from_snapshot: Callable[[Message], S] | None = None
+    # With snapshots, optionally: a checkpoint topic, so a restore also reads only the events
+    # and outcomes recent enough to matter, not every one (streams/recovery.py).
+    checkpoint_topic: CheckpointTopic[S] | None = None
 
     def command_type(self, avro_name: str) -> type[Message] | None:
         return _types(tuple(self.commands)).get(avro_name)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
 from sqlalchemy import Engine
 
-from projections.audit import archived_records
+from projections.audit import archived_records, latest_records
 from streams.config import Settings
 from streams.errors import BrokerUnavailableError, PitError
 from streams.log import LogRecord
@@ -32,16 +32,22 @@ class HistoryError(PitError):
 
 def history_source(engine: Engine | None, topics: Sequence[str],
                    kafka_reader: KafkaReader | None = None, *,
-                   partitions: Collection[int] | None = None) -> Iterator[LogRecord]:
-    """The whole history of `topics`: the archive first, then whatever `kafka_reader`
-    returns beyond it. `kafka_reader(after)` gets the last archived offset per partition
-    and yields newer records (see `kafka_log_reader`); records at or below what the
-    archive already gave are dropped."""
-    last: dict[TopicPartition, int] = {}
-    for record in archived_records(engine, list(topics)) if engine is not None else ():
-        if partitions is None or record.partition in partitions:
-            last[(record.topic, record.partition)] = record.offset
-            yield record
+                   partitions: Collection[int] | None = None,
+                   starts: Mapping[int, int] | None = None) -> Iterator[LogRecord]:
+    """The whole history of `topics` (of `partitions`, or from offset `starts[p]` of each
+    partition p in `starts`): the archive first, then whatever `kafka_reader` returns beyond
+    it. `kafka_reader(after)` gets the last offset per partition already given (or the one
+    before its start) and yields newer records (see `kafka_log_reader`); records at or
+    below what the archive already gave are dropped."""
+    if starts is not None:
+        partitions = set(starts)
+    begin = {(topic, p): first - 1 for topic in topics for p, first in (starts or {}).items()}
+    last: dict[TopicPartition, int] = dict(begin)
+    archived = () if engine is None else archived_records(engine, list(topics), begin,
+                                                            partitions=partitions)
+    for record in archived:
+        last[(record.topic, record.partition)] = record.offset
+        yield record
     if kafka_reader is None:
         return
     for record in kafka_reader(dict(last)):
@@ -49,6 +55,43 @@ def history_source(engine: Engine | None, topics: Sequence[str],
         if record.offset > last.get(tp, -1):
             last[tp] = record.offset
             yield record
+
+
+def latest_history(engine: Engine | None, topic: str, kafka_reader: KafkaReader | None,
+                   partitions: Collection[int]) -> list[LogRecord]:
+    """A compacted topic as compaction leaves it: the latest record of each key per
+    partition (tombstones included), from the archive's latest rows and what Kafka holds
+    beyond the archive."""
+    archived = [] if engine is None else latest_records(engine, topic, partitions)
+    last = {}
+    for record in archived:
+        last[(topic, record.partition)] = max(last.get((topic, record.partition), -1),
+                                              record.offset)
+    latest = {(r.partition, r.key): r for r in archived}
+    for record in kafka_reader(dict(last)) if kafka_reader is not None else ():
+        if record.offset > last.get((topic, record.partition), -1):
+            latest[(record.partition, record.key)] = record
+    return sorted(latest.values(), key=lambda r: (r.partition, r.offset))
+
+
+def end_offsets(settings: Settings, topic_partitions: Iterable[TopicPartition],
+                timeout_s: float = 10.0) -> dict[TopicPartition, int]:
+    """Each partition's end (the offset its next record gets), as Kafka says now."""
+    config = settings.librdkafka_config()
+    consumer = Consumer({**config, "group.id": "pit-history", "enable.auto.commit": False})
+    try:
+        ends = {}
+        for topic, partition in topic_partitions:
+            try:
+                _, high = consumer.get_watermark_offsets(KafkaPartition(topic, partition),
+                                                         timeout=timeout_s)
+            except KafkaException as exc:
+                raise HistoryError(f"Kafka unavailable at {config['bootstrap.servers']}:"
+                                   f" {exc}") from None
+            ends[(topic, partition)] = high
+        return ends
+    finally:
+        consumer.close()
 
 
 def kafka_log_reader(settings: Settings, topics: Sequence[str], *,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -58,17 +59,29 @@ class DeliveryTracker:
         if error is not None:
             self.errors.append(f"{message.topic()}[{message.partition()}]: {error}")
 
+    def at(self, offsets: list[int], index: int, error, message) -> None:
+        """Also note where the index-th record landed."""
+        self(error, message)
+        if error is None:
+            offsets[index] = message.offset()
 
-async def produce_all(producer: Producer, outputs: Iterable, timeout_s: float = 30.0) -> int:
-    """Produce `Output`s and wait until the broker acknowledged every one of them."""
+
+async def produce_all(producer: Producer, outputs: Iterable, timeout_s: float = 30.0, *,
+                      offsets: list[int] | None = None) -> int:
+    """Produce `Output`s and wait until the broker acknowledged every one of them; with
+    `offsets`, it is filled with the offset each one got, in order."""
     tracker = DeliveryTracker()
     count = 0
     for out in outputs:
+        on_delivery = tracker
+        if offsets is not None:
+            offsets.append(-1)
+            on_delivery = partial(tracker.at, offsets, count)
         while True:
             try:
                 producer.produce(out.topic, out.value, out.key, partition=out.partition,
                                  timestamp=out.timestamp_ms, headers=list(out.headers) or None,
-                                 on_delivery=tracker)
+                                 on_delivery=on_delivery)
                 break
             except BufferError:  # local queue full: let deliveries drain
                 await asyncio.to_thread(producer.poll, 0.05)

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +28,10 @@ from schemas.codec import Codec
 from streams import metrics
 from streams.decider import Decider, Message, Rejection, from_record, to_record
 from streams.errors import BrokerUnavailableError, SchemaError
-from streams.history import history_source, kafka_log_reader
+from streams.history import end_offsets, history_source, kafka_log_reader, latest_history
 from streams.kafka import make_producer, produce_all, start_consumer, stop_clients
 from streams.log import LogRecord
+from streams.recovery import CheckpointBook, RecordsMismatch
 from streams.topics import DEAD_LETTERS, RESULTS
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,13 @@ class Processor:
     # command partition -> offset of the last command answered: where to resume when the
     # group's committed offsets are gone (the embedded broker restarts empty)
     positions: dict[int, int] = field(default_factory=dict)
+    # the checkpoint topic's bookkeeping, for a decider with snapshots and a checkpoint topic
+    book: CheckpointBook | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.name = self.name or f"{self.decider.name}-processor"
+        if self.decider.checkpoint_topic is not None and self.decider.snapshots:
+            self.book = CheckpointBook(self.decider, self.codec, self.name)
         component = self.decider.name
         self._latency = metrics.PROCESSING_SECONDS.labels(component)
         self._decided_count = {status: metrics.COMMANDS.labels(component, status)
@@ -81,6 +86,8 @@ class Processor:
         self.entities.clear()
         self.ledger.clear()
         self.positions.clear()
+        if self.book is not None:
+            self.book.forget()
 
     def entity(self, key: str) -> Entity:
         found = self.entities.get(key)
@@ -102,10 +109,19 @@ class Processor:
         rebuilt from its last checkpoint plus the events after it. Every record is still
         read (the ledger and positions need all of them), but the evolve work - what grows
         with a long execution - is only the tail since the last checkpoint. The price is
-        holding the decoded tails in memory while reading."""
+        holding the decoded tails in memory while reading.
+
+        With a checkpoint topic (`book`), the records may start late (streams/recovery.py):
+        entities held as their ended marker fold nothing, what was read is told to the book,
+        and an entity that ended is held as its `final` record once folded."""
         tails: dict[str, list] = {}  # entity -> [checkpoint or None, (type, record)...]
+        where: dict[str, int] = {}   # entity -> its partition
+        command: dict[int, tuple[str, int]] = {}  # partition -> (command, its first event)
+        book = self.book
         applied = 0
         for record in records:
+            if record.value is None:
+                continue  # a tombstone (a restore's placeholder)
             try:
                 decoded = self.codec.decode(record.value)
             except SchemaError:
@@ -113,17 +129,31 @@ class Processor:
             if decoded.name == OUTCOME:
                 # Re-acknowledgements (duplicate=True) repeat an outcome already remembered.
                 outcome = decoded.record
-                if outcome["processor"] == self.name:
+                mine = outcome["processor"] == self.name
+                if mine:
                     self._advance(outcome["command_partition"], outcome["command_offset"])
                     if not outcome["duplicate"]:
                         self._remember(outcome["command_id"], outcome)
+                if book is not None:
+                    book.saw_outcome(record.partition, record.offset, outcome["command_id"]
+                                     if mine and not outcome["duplicate"] else None)
                 continue
             event_type = self.decider.event_type(decoded.name)
             if event_type is None:
                 continue
             envelope = decoded.record["envelope"]
-            if self.decider.snapshots:
-                self._hold(tails, envelope, event_type, decoded.record)
+            cause = envelope["causation_id"]
+            if book is not None:
+                book.saw_event(record.partition, record.offset)
+                if command.get(record.partition, ("",))[0] != cause:
+                    command[record.partition] = (cause, record.offset)
+            if book is not None and book.holds(record.partition, envelope["entity_key"]):
+                pass  # restored from its ended marker: only the ledger learns from it
+            elif self.decider.snapshots:
+                if self._hold(tails, envelope, event_type, decoded.record) and book is not None:
+                    book.saw_start(record.partition, envelope["entity_key"],
+                                   command[record.partition][1], cause)
+                where[envelope["entity_key"]] = record.partition
             else:
                 self._apply(envelope, from_record(event_type, decoded.record))
             accepted = self.ledger.get(envelope["causation_id"])
@@ -141,20 +171,60 @@ class Processor:
             for event_type, record in tail:
                 state = self.decider.evolve(state, from_record(event_type, record),
                                             record["envelope"]["occurred_at"])
+            if book is not None:
+                final = self.decider.checkpoint_topic.final(state)
+                if final is not None:
+                    state = self.decider.checkpoint_topic.from_final(final)
+                complete = checkpoint is not None or (
+                    bool(tail) and tail[0][1]["envelope"]["sequence"] == 1)
+                book.saw_entity(where[key], key, complete, final, entity.sequence,
+                                entity.last_at_ms)
             entity.state = state
         return applied
 
+    def restore_partitions(self, partitions: Collection[int],
+                           read: Callable[[str, dict[int, int]], Iterable[LogRecord]],
+                           checkpoints: Sequence[LogRecord],
+                           ends: Mapping[tuple[str, int], int],
+                           now_ms: int) -> tuple[int, list[Output]]:
+        """Restore partitions from their checkpoint records (rules: streams/recovery.py).
+        `read(topic, {partition: first offset})` reads a topic's history from there on,
+        `checkpoints` are the partitions' latest checkpoint records, `ends` the end of each
+        event and results partition. Returns the records applied and what to write to the
+        checkpoint topic now. Partitions whose records do not fit the log are restored again,
+        in full."""
+        book = self.book
+        distrust: set[int] = set()
+        while True:
+            floors = book.plan(checkpoints, ends, partitions, distrust)
+            for point in book.held():
+                self.entities[point.entity_key] = Entity(
+                    self.decider.checkpoint_topic.from_final(point.final), point.sequence,
+                    point.last_at)
+            applied = self.restore(read(self.decider.event_topic, {
+                p: floor.events_from for p, floor in floors.items()}))
+            applied += self.restore(read(RESULTS, {
+                p: floor.results_from for p, floor in floors.items()}))
+            try:
+                return applied, book.finish(self.positions, ends, now_ms)
+            except RecordsMismatch as mismatch:
+                log.warning("%s: %s; restoring them from the whole log", self.name, mismatch)
+                distrust |= mismatch.partitions
+                self.entities.clear()
+
     def _hold(self, tails: dict[str, list], envelope: dict, event_type: type[Message],
-              record: dict) -> None:
+              record: dict) -> bool:
         """Keep an event's record for `restore`'s fold (converted only if it is folded);
-        the entity's position advances now."""
+        the entity's position advances now. True when the entity's restore may start here:
+        a snapshot, or its first event."""
         entity = self.entity(envelope["entity_key"])
         entity.sequence = envelope["sequence"]
         entity.last_at_ms = max(entity.last_at_ms, envelope["occurred_at"])
         if issubclass(event_type, self.decider.snapshots):
             tails[envelope["entity_key"]] = [(event_type, record)]
-        else:
-            tails.setdefault(envelope["entity_key"], [None]).append((event_type, record))
+            return True
+        tails.setdefault(envelope["entity_key"], [None]).append((event_type, record))
+        return envelope["sequence"] == 1
 
     def _apply(self, envelope: dict, event: Message) -> None:
         entity = self.entity(envelope["entity_key"])
@@ -172,9 +242,11 @@ class Processor:
     def handle(self, records: Iterable[LogRecord]) -> list[Output]:
         """Decide a batch of command records; returns what must be produced, in order."""
         outputs: list[Output] = []
+        if self.book is not None:
+            self.book.begin()
         for record in records:
             started = time.perf_counter()
-            outputs.extend(self._handle_one(record))
+            outputs.extend(self._handle_one(record, len(outputs)))
             self._latency.observe(time.perf_counter() - started)
         return outputs
 
@@ -182,7 +254,8 @@ class Processor:
         if offset > self.positions.get(partition, -1):
             self.positions[partition] = offset
 
-    def _handle_one(self, record: LogRecord) -> list[Output]:
+    def _handle_one(self, record: LogRecord, base: int) -> list[Output]:
+        """The outputs of one command; `base` is where they go in the batch's outputs."""
         if record.value is None:
             return []  # a tombstone says nothing to a command topic
         try:
@@ -220,6 +293,7 @@ class Processor:
             return [self._dead_letter(record, exc), *self._decided(record, outcome)]
         self.entities.setdefault(key, entity)
         outputs, event_ids = [], []
+        start = -1  # the output that starts the entity's restore (a snapshot, its first event)
         correlation_id = meta.get("correlation_id") or command_id
         for index, event in enumerate(events):
             envelope = {
@@ -233,6 +307,8 @@ class Processor:
                 "producer": self.name,
             }
             value = self.codec.encode(event.avro_name, {"envelope": envelope, **to_record(event)})
+            if envelope["sequence"] == 1 or isinstance(event, self.decider.snapshots):
+                start = len(outputs)
             self._apply(envelope, event)
             event_ids.append(envelope["event_id"])
             # Kafka key: the event's subject (a model, host, request), so the log can be
@@ -241,7 +317,22 @@ class Processor:
             outputs.append(Output(self.decider.event_topic, record.partition,
                                   event.entity_key.encode(), value, now_ms))
         outcome = self._outcome(command_id, command.type_name, key, now_ms, event_ids=event_ids)
+        if self.book is not None and events:
+            self._book_changes(record.partition, key, entity, base, base + len(outputs),
+                               start >= 0)
         return outputs + self._decided(record, outcome)
+
+    def _book_changes(self, partition: int, key: str, entity: Entity, first: int,
+                      outcome: int, started: bool) -> None:
+        """Tell the checkpoint book what this decision changed: a new start of the entity's
+        restore (its events hold a snapshot or its first event; the restore reads from the
+        first of them, outputs[first], so it meets all of this command's events), or its end
+        (then no command changes it again)."""
+        final = self.decider.checkpoint_topic.final(entity.state)
+        if final is not None:
+            self.book.ended(partition, key, final, entity.sequence, entity.last_at_ms)
+        elif started:
+            self.book.started(partition, key, first, outcome)
 
     def _decided(self, record: LogRecord, outcome: dict) -> list[Output]:
         self._decided_count[outcome["status"].lower()].inc()
@@ -280,17 +371,30 @@ class Processor:
                       record.headers + headers)
 
 
-async def restore_partitions(processor: Processor, settings, engine, partitions: set[int]) -> int:
-    """Rebuild state and ledger for these partitions from their whole history (archive, then
+async def restore_partitions(processor: Processor, settings, engine, partitions: set[int]
+                             ) -> tuple[int, list[Output]]:
+    """Rebuild state and ledger for these partitions from their history (archive, then
     Kafka): events first, then outcomes. Entities with checkpoints evolve only the events
-    after their last one (`Processor.restore`)."""
-    def restore() -> int:
-        applied = 0
-        for topic in (processor.decider.event_topic, RESULTS):
-            reader = kafka_log_reader(settings, [topic], partitions=partitions)
-            applied += processor.restore(history_source(engine, [topic], reader,
-                                                        partitions=partitions))
-        return applied
+    after their last one (`Processor.restore`). With a checkpoint topic, only the recent
+    history is read (`Processor.restore_partitions`); returns the records applied and the
+    checkpoint records to write before deciding."""
+    def read(topic: str, starts: dict[int, int] | None = None) -> Iterable[LogRecord]:
+        chosen = set(starts) if starts is not None else partitions
+        reader = kafka_log_reader(settings, [topic], partitions=chosen)
+        return history_source(engine, [topic], reader, partitions=chosen, starts=starts)
+
+    def restore() -> tuple[int, list[Output]]:
+        decider = processor.decider
+        if processor.book is None:
+            return processor.restore(read(decider.event_topic)) + processor.restore(
+                read(RESULTS)), []
+        topic = decider.checkpoint_topic.topic
+        checkpoints = latest_history(engine, topic, kafka_log_reader(
+            settings, [topic], partitions=partitions), partitions)
+        ends = end_offsets(settings, [(t, p) for t in (decider.event_topic, RESULTS)
+                                      for p in sorted(partitions)])
+        return processor.restore_partitions(partitions, read, checkpoints, ends,
+                                            int(time.time() * 1000))
 
     return await asyncio.to_thread(restore)
 
@@ -358,7 +462,11 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                 partitions = set().union(*restoring)
                 restoring.clear()
                 processor.entities.clear()
-                applied = await restore_partitions(processor, settings, engine, partitions)
+                if processor.book is not None:
+                    processor.book.forget()
+                applied, written = await restore_partitions(processor, settings, engine,
+                                                            partitions)
+                await produce_all(producer, written, produce_timeout_s)
                 log.info("%s restored %d events for partitions %s", processor.name, applied,
                          sorted(partitions))
                 await resume_after_answered(consumer, processor, partitions)
@@ -374,7 +482,13 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
             metrics.EVENTS_IN.labels(processor.decider.name, processor.decider.command_topic
                                      ).inc(len(records))
             outputs = processor.handle(records)
-            await produce_all(producer, outputs, produce_timeout_s)
+            offsets = [] if processor.book is not None else None
+            await produce_all(producer, outputs, produce_timeout_s, offsets=offsets)
+            if processor.book is not None:  # where the next restore starts, before the commit
+                written = processor.book.written(outputs, offsets, processor.positions,
+                                                 int(time.time() * 1000))
+                await produce_all(producer, written, produce_timeout_s)
+                outputs = outputs + written
             for topic, count in Counter(out.topic for out in outputs).items():
                 metrics.EVENTS_OUT.labels(processor.decider.name, topic).inc(count)
             await consumer.commit()

@@ -24,8 +24,8 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +68,8 @@ from streams.decider import Decider, Message, from_record, to_record
 from streams.errors import PitError
 from streams.log import LogRecord
 from streams.pool.bench import percentile
-from streams.processor import Processor
-from streams.topics import DAG_COMMANDS, RESULTS
+from streams.processor import Output, Processor
+from streams.topics import DAG_CHECKPOINTS, DAG_COMMANDS, RESULTS
 
 if TYPE_CHECKING:
     from streams.app import Stack
@@ -151,8 +151,11 @@ def bench_schedule(n: int = 10_000) -> dict[str, Any]:
 
 
 class ProcessorRun:
-    """One execution decided by a live DAG processor from encoded command records, with
-    simulated runners; `records` is everything it produced, as its topics would hold it."""
+    """Executions decided by a live DAG processor from encoded command records (one command
+    partition), with simulated runners; `records` is everything it produced - events,
+    outcomes, checkpoint records, its own checkpoint requests - as its topics would hold it,
+    each topic partition numbered from 0. A checkpoint request it writes is decided next, as
+    if read back from the command topic."""
 
     def __init__(self, codec: Codec, execution_id: str, decider: Decider = DAG) -> None:
         self.codec, self.execution_id, self.decider = codec, execution_id, decider
@@ -160,41 +163,116 @@ class ProcessorRun:
         self.commands: list[LogRecord] = []
         self.records: list[LogRecord] = []
         self.tasks: list[NodeScheduled] = []
+        self.ends: Counter[tuple[str, int]] = Counter()  # the next offset per topic partition
 
-    def send(self, command: Message) -> None:
+    def encode(self, command: Message, command_id: str | None = None) -> LogRecord:
+        """The command as the next record of the command partition (not decided yet)."""
         at = T0 + len(self.commands)
         value = self.codec.encode(command.avro_name, {
-            "meta": {"command_id": f"c{len(self.commands)}", "issued_at": at},
+            "meta": {"command_id": command_id or f"c{len(self.commands)}", "issued_at": at},
             **to_record(command)})
         record = LogRecord(DAG_COMMANDS, 0, len(self.commands), at,
-                           self.execution_id.encode(), value)
+                           command.entity_key.encode(), value)
         self.commands.append(record)
-        for out in self.live.handle([record]):
-            self.records.append(LogRecord(out.topic, out.partition, len(self.records),
-                                          out.timestamp_ms, out.key, out.value))
+        return record
+
+    def send(self, command: Message, command_id: str | None = None) -> list[Output]:
+        return self.decide(self.encode(command, command_id))
+
+    def decide(self, record: LogRecord, *, landed: Callable[[Output], bool] | None = None
+               ) -> list[Output]:
+        """The live processor decides `record`; its outputs land (all of them, or those
+        `landed` accepts: a crash before the rest was acknowledged, and then nothing more)."""
+        outputs = self.live.handle([record])
+        offsets = self.append(out for out in outputs if landed is None or landed(out))
+        for out in outputs:
             decoded = self.codec.decode(out.value)
             if decoded.name == NodeScheduled.avro_name:
                 self.tasks.append(from_record(NodeScheduled, decoded.record))
+        if landed is None and self.live.book is not None:
+            self.write(self.live.book.written(outputs, offsets, self.live.positions,
+                                              record.timestamp_ms))
+        return outputs
 
-    def complete(self, count: int) -> None:
-        """Start and complete the next `count` tasks in dispatch order."""
+    def write(self, written: list[Output]) -> None:
+        """The checkpoint records land; checkpoint requests are decided as commands."""
+        self.append(out for out in written if out.topic != DAG_COMMANDS)
+        for out in written:
+            if out.topic == DAG_COMMANDS:
+                self.commands.append(LogRecord(DAG_COMMANDS, 0, len(self.commands),
+                                               out.timestamp_ms, out.key, out.value))
+                self.decide(self.commands[-1])
+
+    def append(self, outputs: Iterable[Output]) -> list[int]:
+        offsets = []
+        for out in outputs:
+            where = (out.topic, out.partition)
+            offsets.append(self.ends[where])
+            self.records.append(LogRecord(out.topic, out.partition, self.ends[where],
+                                          out.timestamp_ms, out.key, out.value))
+            self.ends[where] += 1
+        return offsets
+
+    def complete(self, count: int, execution_id: str | None = None) -> None:
+        """Start and complete the next `count` tasks (of `execution_id`) in dispatch order."""
         for _ in range(count):
-            task = self.tasks.pop(0)
-            self.send(ReportNodeStarted(self.execution_id, task.node_id, task.attempt))
+            task = next(t for t in self.tasks if t.execution_id == (execution_id or
+                                                                     self.execution_id))
+            self.tasks.remove(task)
+            self.send(ReportNodeStarted(task.execution_id, task.node_id, task.attempt))
             output = json.dumps({"out": sum(json.loads(task.inputs).values() or [1])})
-            self.send(ReportNodeCompleted(self.execution_id, task.node_id, task.attempt,
+            self.send(ReportNodeCompleted(task.execution_id, task.node_id, task.attempt,
                                           output, duration_ms=5))
 
+    def of(self, topic: str) -> list[LogRecord]:
+        return [r for r in self.records if r.topic == topic]
+
     def events(self) -> list[LogRecord]:
-        return [r for r in self.records if r.topic == DAG.event_topic]
+        return self.of(DAG.event_topic)
 
     def restored(self, decider: Decider | None = None) -> Processor:
-        """A fresh processor (of `decider`, else the live one's) restored from the records,
+        """A fresh processor (of `decider`, else the live one's) restored from every record,
         events first, then outcomes."""
         processor = Processor(decider or self.decider, self.codec, name=self.live.name)
         processor.restore(self.events())
-        processor.restore([r for r in self.records if r.topic == RESULTS])
+        processor.restore(self.of(RESULTS))
         return processor
+
+    def checkpoint_restore(self, decider: Decider | None = None) -> CheckpointRestore:
+        """A fresh processor restored from the checkpoint records and the records after the
+        floors they give (`Processor.restore_partitions`)."""
+        processor = Processor(decider or self.decider, self.codec, name=self.live.name)
+        floors: dict[str, int] = {}
+
+        def read(topic: str, starts: dict[int, int]) -> list[LogRecord]:
+            floors[topic] = starts[0]
+            return [r for r in self.of(topic) if r.offset >= starts[0]]
+
+        applied, written = processor.restore_partitions(
+            {0}, read, self.of(DAG_CHECKPOINTS), dict(self.ends), T0 + len(self.commands))
+        return CheckpointRestore(processor, applied, written, floors[DAG.event_topic],
+                                 floors[RESULTS])
+
+    def crash_and_restore(self, check: Callable[[CheckpointRestore], Any] | None = None
+                          ) -> CheckpointRestore:
+        """The live processor is gone; a new one restores from the checkpoint records (which
+        `check` may look at first), writes what they missed, and decides on from there (what
+        `run_processor` does)."""
+        restore = self.checkpoint_restore()
+        if check is not None:
+            check(restore)
+        self.live = restore.processor
+        self.write(restore.written)
+        return restore
+
+
+@dataclass(frozen=True)
+class CheckpointRestore:
+    processor: Processor
+    applied: int            # records folded
+    written: list[Output]   # checkpoint records it writes before deciding
+    events_from: int        # where it read pit.dag.events and pit.results from
+    results_from: int
 
 
 def bench_processor_restore(codec: Codec, n: int = 3_000) -> dict[str, float]:

@@ -41,8 +41,9 @@ Rules (written down where the issue leaves them open):
   the best node of the pools that fit goes first. A node that could never fit is refused when
   the execution starts.
 * Reports name their attempt. An attempt that was never dispatched is rejected; an earlier
-  attempt (stale) or a repeated report, or any report once the execution ended, is accepted
-  and changes nothing.
+  attempt (stale) or a repeated report is accepted and changes nothing. Once the execution
+  ended, every report and timer is accepted and changes nothing (checked first: an ended
+  execution may be held as its `final` record, which has no nodes).
 * Recovery (the node's, else the workflow's default): retry with backoff while attempts
   remain and the error is retryable (a runner's retryable=false or a type in
   `non_retryable` goes straight to `on_exhausted`); a node waiting for its retry keeps its
@@ -58,7 +59,11 @@ Rules (written down where the issue leaves them open):
   pending timers are cancelled.
 * A checkpoint (TakeCheckpoint, or every `checkpoint_every` completed nodes) emits
   CheckpointTaken with a compact snapshot (zlib JSON of what evolve cannot derive);
-  `restore(snapshot, tail)` equals the full replay, and reads no earlier event.
+  `restore(snapshot, tail)` equals the full replay, and reads no earlier event. The DAG
+  processor also asks for one (TakeCheckpoint) when an execution's last checkpoint lies far
+  behind its partition's head (streams/recovery.py), so a restart reads a bounded tail.
+* An ended execution decides every command as its `final` record does (status, definition
+  hash, inputs, times, error): what the checkpoint topic keeps of it once it ended.
 """
 
 from __future__ import annotations
@@ -90,10 +95,10 @@ from streams.dag.definition import (
     item_input_of,
     workflow_from_json,
 )
-from streams.decider import Decider, Message, Rejection
+from streams.decider import CheckpointTopic, Decider, Message, Rejection
 from streams.errors import DefinitionStoreError, InvalidWorkflowError
 from streams.timers import TIMER_EVENTS, TimerScheduled, cancel_timer, schedule_timer
-from streams.topics import DAG_COMMANDS, DAG_EVENTS
+from streams.topics import DAG_CHECKPOINTS, DAG_COMMANDS, DAG_EVENTS
 
 DEFAULT_MAX_CONCURRENCY = 1024
 POOLS = ("instrument", "operator")  # runner pools, by what their nodes need
@@ -707,6 +712,7 @@ class ExecutionState:
     ended_at: int = 0
     error: str = ""
     base: ExecutionState | None = None  # where a restart goes back to (without its base)
+    definition_hash: str = ""       # what it was started with: kept once ended (`final`)
 
     @property
     def running(self) -> bool:
@@ -903,7 +909,7 @@ def _started(s: ExecutionState, e: ExecutionStarted, at_ms: int,
     state = _copy(s, status=ExecutionStatus.RUNNING, plan=plan, pools=pools, inputs=e.inputs,
                   max_concurrency=e.max_concurrency, started_at=at_ms,
                   timeout_ms=e.timeout_ms, deadline_at=e.deadline_at,
-                  checkpoint_every=e.checkpoint_every)
+                  checkpoint_every=e.checkpoint_every, definition_hash=e.definition_hash)
     return _with_base(_rebuilt(state, [NodeRun()] * plan.size))
 
 
@@ -1073,7 +1079,8 @@ def restore(snapshot_bytes: bytes, tail: Iterable[tuple[Message, int]] = (),
         inputs=doc["inputs"], max_concurrency=doc["max_concurrency"],
         started_at=doc["started_at"], timeout_ms=doc["timeout_ms"],
         deadline_at=doc["deadline_at"], checkpoint_every=doc["checkpoint_every"],
-        checkpoint=doc["checkpoint"], durations=tuple(map(tuple, doc["durations"])))
+        checkpoint=doc["checkpoint"], durations=tuple(map(tuple, doc["durations"])),
+        definition_hash=plan.definition_hash)
     runs = [_BLANK] * plan.size
     for i, status, attempt, tries, restarts, scheduled_at, started_at, error, output in doc[
             "nodes"]:
@@ -1089,6 +1096,30 @@ def from_checkpoint(event: CheckpointTaken,
                     definitions: Definitions = DEFINITIONS) -> ExecutionState:
     """The state once `event` is applied: the processor's restore starts an execution here."""
     return restore(event.snapshot, (), definitions)
+
+
+FINAL_VERSION = 1
+
+
+def final(s: ExecutionState) -> bytes | None:
+    """None while the execution may change; once it ended, what deciding on it still needs
+    (the ended marker on pit.dag.checkpoints): how it ended and what it was started with."""
+    if s.status in (ExecutionStatus.NEW, ExecutionStatus.RUNNING):
+        return None
+    return _json({"v": FINAL_VERSION, "execution_id": s.execution_id, "status": int(s.status),
+                  "definition_hash": s.definition_hash, "inputs": s.inputs,
+                  "started_at": s.started_at, "ended_at": s.ended_at,
+                  "error": s.error}).encode()
+
+
+def from_final(data: bytes) -> ExecutionState:
+    """An ended execution held as its `final` record: no plan and no nodes, and every
+    command decided as on its full state (the rules check that it ended first)."""
+    doc = json.loads(data)
+    return ExecutionState(doc["execution_id"], ExecutionStatus(doc["status"]),
+                          inputs=doc["inputs"], started_at=doc["started_at"],
+                          ended_at=doc["ended_at"], error=doc["error"],
+                          definition_hash=doc["definition_hash"])
 
 
 # --- decide: the rules ----------------------------------------------------------------------
@@ -1146,7 +1177,7 @@ def _on_start(d: _Decision, c: StartExecution) -> None:
         raise Rejection("execution_id must not be empty")
     plan = d.definitions.load(c.definition, c.definition_hash)
     if s.status is not ExecutionStatus.NEW:
-        if s.plan.definition_hash == plan.definition_hash and s.inputs == _start_inputs(plan, c):
+        if s.definition_hash == plan.definition_hash and s.inputs == _start_inputs(plan, c):
             return  # the same start again: nothing to do
         raise Rejection(f"execution {c.execution_id} already started with other arguments")
     workflow = plan.workflow
@@ -1205,6 +1236,8 @@ def _report(d: _Decision, c: Any, *statuses: NodeStatus) -> int | None:
     s = d.state
     if s.status is ExecutionStatus.NEW:
         raise Rejection(f"unknown execution {c.execution_id!r}")
+    if not s.running:
+        return None  # an ended execution may be held as its `final` record, without nodes
     i = s.plan.index.get(c.node_id)
     if i is None:
         raise Rejection(f"execution {c.execution_id} has no node {c.node_id!r}")
@@ -1212,7 +1245,7 @@ def _report(d: _Decision, c: Any, *statuses: NodeStatus) -> int | None:
     if not 1 <= c.attempt <= run.attempt:
         raise Rejection(f"node {c.node_id} attempt {c.attempt} was never dispatched (the"
                         f" latest is {run.attempt})")
-    if not s.running or c.attempt < run.attempt or run.status not in statuses:
+    if c.attempt < run.attempt or run.status not in statuses:
         return None
     return i
 
@@ -1368,19 +1401,20 @@ def _on_timer(d: _Decision, c: TimerFired) -> None:
     prefix = f"{s.execution_id}/"
     if not c.timer_id.startswith(prefix):
         raise Rejection(f"timer {c.timer_id!r} is not one of execution {s.execution_id}")
+    if not s.running:
+        return  # stale: the execution ended
     rest = c.timer_id[len(prefix):]
     if rest == "timeout":
-        if s.running:
-            _cancel_timers(d, workflow=False)  # it is the one firing
-            d.emit(ExecutionTimedOut(s.execution_id, s.timeout_ms))
+        _cancel_timers(d, workflow=False)  # it is the one firing
+        d.emit(ExecutionTimedOut(s.execution_id, s.timeout_ms))
         return
     node_id, purpose, attempt = [*rest.split("/"), "", ""][:3]
     i = s.plan.index.get(node_id)
     if i is None or purpose not in ("timeout", "retry") or not attempt.isdigit():
         raise Rejection(f"timer {c.timer_id!r} names no node timeout or retry")
     run = s.nodes[i]
-    if not s.running or run.attempt != int(attempt):
-        return  # stale: the attempt ended, or the execution did
+    if run.attempt != int(attempt):
+        return  # stale: the attempt ended
     if purpose == "timeout" and run.status in (SCHEDULED, RUNNING):
         timeout = s.plan.node(i).timeout_ms
         _failed(d, i, TIMEOUT, f"no result within {timeout} ms", True,
@@ -1610,6 +1644,7 @@ def execution_decider(definitions: Definitions = DEFINITIONS) -> Decider[Executi
         evolve=partial(evolve, definitions=definitions),
         snapshots=(CheckpointTaken,),
         from_snapshot=partial(from_checkpoint, definitions=definitions),
+        checkpoint_topic=CheckpointTopic(DAG_CHECKPOINTS, final, from_final, TakeCheckpoint),
     )
 
 

@@ -56,6 +56,35 @@ async def _wait_for_views(engine, until_ms: int, timeout: float = 15) -> None:
         await asyncio.sleep(0.1)
 
 
+async def _artifacts(pit: PitClient, run: str) -> None:
+    name = f"demo-report-{run}"
+    print(f"\n6. artifacts: {name}, stored, deduplicated, versioned, traced")
+    first = await pit.store_artifact(b'{"revenue": 10, "region": "north"}\n', name=name,
+                                     content_type="application/json", tags=["finance"],
+                                     message="first draft")
+    print(f"  stored {first.address[:19]}... newly_stored={first.newly_stored}")
+    again = await pit.store_artifact(b'{"revenue": 10, "region": "north"}\n',
+                                     content_type="application/json", tags=["q3"],
+                                     creator="someone-else")
+    print(f"  the same bytes again: newly_stored={again.newly_stored}, tags and creators"
+          " merged")
+    second = await pit.store_artifact(b'{"revenue": 12, "region": "north"}\n', name=name,
+                                      content_type="application/json", message="corrected")
+    summary = await pit.store_artifact(b"revenue grew to 12 in the north\n",
+                                       derived_from=[name], content_type="text/plain",
+                                       tags=["finance", "summary"])
+    versions = await pit.versions(name)
+    print(f"  {name}: versions {[v['version'] for v in versions]}; diff v1 -> v2:")
+    for line in (await pit.diff(f"{name}@1", f"{name}@2")).splitlines()[2:]:
+        print(f"    {line}")
+    graph = await pit.lineage(summary.address, "up")
+    print(f"  lineage of the summary: derived from {second.address[:19]}..."
+          f" ({len(graph['edges'])} link)")
+    entry = await pit.artifacts.info(first.address)
+    print(f"  catalog entry: tags {entry['tags']}, creators {entry['creators']},"
+          f" quality {entry['quality']}")
+
+
 async def run_demo(settings: Settings) -> None:
     from projections import audit
     from projections.db import connect
@@ -138,13 +167,15 @@ async def run_demo(settings: Settings) -> None:
             headers = dict(letters[-1].headers)
             print(f"  garbage bytes: the dead letter kept {len(letters[-1].value)} original"
                   f" bytes; pit.error: {headers['pit.error'].decode()}")
+
+            await _artifacts(pit, run)
             last = await pit.record_usage(sentiment)
         await _wait_for_views(engine, last.decided_at)
 
-        print("\n6. the pool at a glance (`pit pool status`)")
+        print("\n7. the pool at a glance (`pit pool status`)")
         print("\n".join("  " + line for line in status_lines(pool_status(engine))))
 
-        print(f"\n7. the audit trail of {mlp} (`pit audit {mlp}`), hash-chained")
+        print(f"\n8. the audit trail of {mlp} (`pit audit {mlp}`), hash-chained")
         hot_at = None
         for row in audit.history(engine, mlp):
             if row["topic"] == POOL_EVENTS:
@@ -155,10 +186,10 @@ async def run_demo(settings: Settings) -> None:
                       f"  hash {row['hash'][:12]}")
         if hot_at is not None:
             state = audit.state_as_of(engine, mlp, hot_at)
-            print(f"\n8. {mlp} as of {hot_at} (replayed from the archive): {state.state},"
+            print(f"\n9. {mlp} as of {hot_at} (replayed from the archive): {state.state},"
                   f" {state.transition_count} transitions")
         report = audit.verify(engine)
-        print("\n9. audit chain: " + "; ".join(report.lines()))
+        print("\n10. audit chain: " + "; ".join(report.lines()))
     finally:
         await host.drain()
         await host.close()

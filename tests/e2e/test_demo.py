@@ -23,6 +23,8 @@ def test_the_demo_runs_end_to_end(tmp_path) -> None:
     assert "REJECTED (unknown model" in out
     assert "duplicate: acknowledged again, nothing changed" in out
     assert "pit.error: not a Confluent-framed Avro message" in out
+    assert "the same bytes again: newly_stored=False" in out  # the Artifact Store
+    assert '-{"revenue": 10, "region": "north"}' in out and "(1 link)" in out
     assert "cache: hit rate" in out
     assert "ModelEvicted" in out and "audit chain: audit log OK" in out
     assert "drain timed out" not in out + result.stderr

@@ -127,9 +127,10 @@ def metadata_text(doc: SearchDoc) -> str:
 
 
 def clean(text: str) -> str:
-    """Indexed text without the raw match markers (so highlighting cannot be forged)."""
-    if OPEN_MARK in text or CLOSE_MARK in text:
-        text = text.replace(OPEN_MARK, "").replace(CLOSE_MARK, "")
+    """Indexed text without the raw match markers (so highlighting cannot be forged) and
+    without NUL (which PostgreSQL text cannot hold and SQLite ends strings at)."""
+    if OPEN_MARK in text or CLOSE_MARK in text or "\x00" in text:
+        text = text.replace(OPEN_MARK, "").replace(CLOSE_MARK, "").replace("\x00", " ")
     return text
 
 

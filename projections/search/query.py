@@ -39,7 +39,7 @@ class Term:
 
 def parse_terms(text: str) -> tuple[Term, ...]:
     terms: list[Term] = []
-    for match in _TOKEN.finditer(text):
+    for match in _TOKEN.finditer(text.replace("\x00", " ")):  # SQLite ends strings at NUL
         phrase, closed, star, bare = match.groups()
         if bare is None:
             if not closed:
@@ -66,9 +66,10 @@ def fts5_expression(terms: tuple[Term, ...]) -> str:
 
 
 def words(text: str) -> str:
-    """`text` as its words separated by single spaces (what PostgreSQL indexes, so its
-    parser sees plain words where FTS5's unicode61 tokenizer sees them too)."""
-    return " ".join(WORD.findall(text))
+    """`text` as its `fold`ed words separated by single spaces: what PostgreSQL indexes,
+    so its parser sees plain words where FTS5's unicode61 tokenizer sees them, and case and
+    diacritics compare as there."""
+    return " ".join(fold(word) for word in WORD.findall(text))
 
 
 def fold(word: str) -> str:

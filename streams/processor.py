@@ -166,6 +166,11 @@ class Processor:
             applied += 1
         for key, (checkpoint, *tail) in tails.items():
             entity = self.entities[key]
+            complete = checkpoint is not None or (
+                bool(tail) and tail[0][1]["envelope"]["sequence"] == 1)
+            if book is not None and not complete:  # read without its start: the records
+                book.saw_entity(where[key], key, False, None, 0, 0)  # do not fit the log
+                continue
             state = entity.state if checkpoint is None else self.decider.from_snapshot(
                 from_record(*checkpoint))
             for event_type, record in tail:
@@ -175,9 +180,7 @@ class Processor:
                 final = self.decider.checkpoint_topic.final(state)
                 if final is not None:
                     state = self.decider.checkpoint_topic.from_final(final)
-                complete = checkpoint is not None or (
-                    bool(tail) and tail[0][1]["envelope"]["sequence"] == 1)
-                book.saw_entity(where[key], key, complete, final, entity.sequence,
+                book.saw_entity(where[key], key, True, final, entity.sequence,
                                 entity.last_at_ms)
             entity.state = state
         return applied

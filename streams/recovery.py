@@ -53,6 +53,7 @@ checkpoint topic (`Decider.checkpoint_topic`; the DAG's is pit.dag.checkpoints).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -61,6 +62,8 @@ from streams.decider import Decider, to_record
 from streams.errors import SchemaError
 from streams.log import LogRecord
 from streams.topics import RESULTS
+
+log = logging.getLogger(__name__)
 
 MARKS_KEY = b"__pit.marks__"  # no entity has this key (restore_broker's placeholder is alike)
 POINT = "pit.RecoveryPoint"
@@ -355,11 +358,15 @@ class CheckpointBook:
 
     def saw_entity(self, partition: int, key: str, complete: bool, final: bytes | None,
                    sequence: int, last_at: int) -> None:
-        """An entity folded from its events: from its start (complete) or not, and ended
-        (`final`) or live."""
+        """An entity folded from its events, ended (`final`) or live; or, not `complete`,
+        read without its start (not folded)."""
         restoring = self._restore(partition)
-        restoring.incomplete |= not complete
-        if final is None:
+        if not complete:
+            restoring.incomplete = True
+            if not restoring.trusted:
+                log.error("%s[%d]: %s is in the log without its first event or a snapshot;"
+                          " it is not restored", self.event_topic, partition, key)
+        elif final is None:
             restoring.live.add(key)
         else:
             restoring.ended[key] = Point(key, -1, -1, sequence, last_at, final)

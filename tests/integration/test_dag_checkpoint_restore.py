@@ -2,24 +2,37 @@
 execution took periodic checkpoints, starts again on its data directory; the DAG processor
 restores the execution from its last CheckpointTaken plus the events after it
 (tests/unit/test_processor_checkpoints.py counts that work), and the execution completes with
-the sequential evaluation's outputs, every node completed once."""
+the sequential evaluation's outputs, every node completed once.
+
+With the checkpoint topic (pit.dag.checkpoints, streams/recovery.py): a Pit with a long
+history of finished executions and one running is stopped and started again. The broker
+comes back from the archive, the checkpoint topic compacted: one record per execution, an
+ended marker for each finished one. The DAG processor's restore reads the events after the
+running execution's last checkpoint, not the history; the execution completes with every node
+completed once; a start of a finished execution sent again changes nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from collections import Counter
 from dataclasses import replace
 
 import pytest
 
+from schemas.codec import Codec
 from streams.app import Stack
 from streams.client import PitClient
 from streams.config import Settings
 from streams.dag.bench import ExecutionWatch, Runners, crash_stack, sequential_outputs
 from streams.dag.definition import OPERATORS, WILDCARD, layered_dag
-from streams.dag.execution import CheckpointTaken, NodeCompleted
-from streams.topics import DAG_TASKS, load_catalog
+from streams.dag.execution import CheckpointTaken, NodeCompleted, StartExecution
+from streams.dag.workflows import start_command
+from streams.history import read_topic
+from streams.recovery import MARKS, MARKS_KEY, POINT
+from streams.topics import DAG_CHECKPOINTS, DAG_EVENTS, DAG_TASKS, load_catalog
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +89,84 @@ async def test_a_crashed_pit_resumes_a_checkpointed_execution(tmp_path) -> None:
     assert watch.completed == Counter(dict.fromkeys(expected, 1))
     assert {e.node_id: json.loads(e.output)["out"] for e in watch.of(NodeCompleted)} == expected
     assert len(watch.of(CheckpointTaken)) > 3  # checkpoints before and after the crash
+
+
+HISTORY = 8  # finished executions before the running one
+
+
+def _checkpoint_records(codec: Codec, records) -> dict[str, list[dict]]:
+    """The live (non-tombstone) records of pit.dag.checkpoints, decoded, by key."""
+    found: dict[str, list[dict]] = {}
+    for record in records:
+        if record.value is not None:
+            decoded = codec.decode(record.value)
+            assert decoded.name in (POINT, MARKS)
+            found.setdefault(record.key.decode(), []).append(decoded.record)
+    return found
+
+
+async def test_a_restarted_pit_restores_from_the_checkpoint_topic(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="streams.processor")
+    history = layered_dag(40, seed=5, layers=5)
+    base = layered_dag(300, seed=21, layers=10)
+    running = replace(base, checkpoint_every=20, nodes=tuple(
+        replace(node, operator="checkpoint_slow_sum") for node in base.nodes))
+    expected = sequential_outputs(base)
+    stack = await _stack(tmp_path).start()
+    try:
+        runners = await _runners(stack)
+        async with PitClient(stack.settings, codec=stack.codec) as client:
+            for n in range(HISTORY):
+                async with ExecutionWatch(stack.settings, stack.codec, f"done-{n}") as watch:
+                    await client.execute_workflow(history, execution_id=f"done-{n}")
+                    assert (await watch.end(60)).ok
+            async with ExecutionWatch(stack.settings, stack.codec, "running") as watch:
+                await client.execute_workflow(running, execution_id="running")
+                await watch.until(lambda w: len(w.of(CheckpointTaken)) >= 3, 60,
+                                  "three checkpoints")
+        await runners.close(crash=True)
+        before = {e.node_id for e in watch.of(NodeCompleted)}
+        logged = await read_topic(stack.settings, DAG_EVENTS)
+        done_events = [r.value for r in logged if r.key == b"done-0"]
+    finally:
+        await stack.close()  # the processors finish their batch, the archive catches up
+    assert len(before) < len(expected)
+
+    caplog.clear()
+    async with _stack(tmp_path) as stack:
+        restored = sum(int(n) for n in re.findall(r"dag-processor restored (\d+) events",
+                                                  caplog.text))
+        # the history is on pit.dag.events; the restore read the tail after the last checkpoint
+        assert len(logged) > 1_000
+        assert 0 < restored < 300, (restored, len(logged))
+        # compacted: one record per execution, the finished ones' ended markers
+        records = _checkpoint_records(stack.codec, await read_topic(stack.settings,
+                                                                    DAG_CHECKPOINTS))
+        executions = {key: values for key, values in records.items()
+                      if key != MARKS_KEY.decode()}
+        assert set(executions) == {f"done-{n}" for n in range(HISTORY)} | {"running"}
+        assert all(len(values) == 1 for values in executions.values())
+        assert all(executions[f"done-{n}"][0]["events_offset"] == -1 for n in range(HISTORY))
+        assert json.loads(executions["done-0"][0]["final"])["status"] == 2  # completed
+        assert executions["running"][0]["events_offset"] >= 0
+
+        runners = await _runners(stack)
+        try:
+            async with PitClient(stack.settings, codec=stack.codec) as client, \
+                    ExecutionWatch(stack.settings, stack.codec, "running") as watch:
+                result = await watch.end(90)
+                # the same start again, and a start with a new command id: nothing changes
+                again = await client.send(start_command(history, stack.settings, "done-0"),
+                                          command_id="done-0/start")
+                anew = await client.send(StartExecution("done-0", history.canonical_json()),
+                                         command_id="done-0/start-again")
+                other = await client.send(StartExecution("done-0", base.canonical_json()))
+        finally:
+            await runners.close()
+        logged = await read_topic(stack.settings, DAG_EVENTS)
+    assert result.ok, result
+    assert watch.completed == Counter(dict.fromkeys(expected, 1))  # no node ran twice
+    assert {e.node_id: json.loads(e.output)["out"] for e in watch.of(NodeCompleted)} == expected
+    assert again.accepted and anew.accepted and not anew.event_ids
+    assert other.status == "REJECTED" and "other arguments" in other.reason
+    assert [r.value for r in logged if r.key == b"done-0"] == done_events

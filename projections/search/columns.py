@@ -118,27 +118,27 @@ def _top(counts: np.ndarray, names: Sequence[str], limit: int) -> dict[str, int]
     return {names[code]: int(counts[code]) for code in ranked[:limit]}
 
 
-def select(columns: Columns, query: SearchQuery,
-           matches: tuple[np.ndarray, np.ndarray] | None) -> Selection:
-    """The documents of `columns` that `matches` (full-text ids and scores; None: no text,
-    every document) and the query's filters keep: their number, facets and the page (by
-    score, ties by id; without text newest first)."""
+def select(columns: Columns, query: SearchQuery, match_ids: np.ndarray | None,
+           scores: np.ndarray | None = None) -> Selection:
+    """The documents of `columns` that the full text matched (`match_ids`; None: no text,
+    every document) and the query's filters keep: their number, facets and page. The page
+    goes by `scores` (aligned with `match_ids`; higher first, ties by id), without text
+    newest first; with text but no scores it is left empty, for an engine that ranks the
+    top of an unfiltered result itself."""
     n = columns.size
-    scores = None
-    if matches is None:
+    by_position = None
+    if match_ids is None:
         mask = np.ones(n, bool)
     else:
-        match_ids, match_scores = matches
         order = columns.by_id
-        at = np.searchsorted(columns.ids, match_ids, sorter=order) if n else \
-            np.zeros(len(match_ids), np.int64)
-        at = np.minimum(at, max(n - 1, 0))
-        found = (columns.ids[order[at]] == match_ids) if n else np.zeros(len(match_ids), bool)
+        at = np.minimum(np.searchsorted(columns.ids, match_ids, sorter=order), max(n - 1, 0))
+        found = columns.ids[order[at]] == match_ids if n else np.zeros(len(match_ids), bool)
         positions = order[at[found]]
         mask = np.zeros(n, bool)
         mask[positions] = True
-        scores = np.zeros(n)
-        scores[positions] = match_scores[found]
+        if scores is not None:
+            by_position = np.zeros(n)
+            by_position[positions] = scores[found]
     if query.content_types:
         wanted = [code for code, name in enumerate(columns.content_types)
                   if name in query.content_types]
@@ -162,10 +162,12 @@ def select(columns: Columns, query: SearchQuery,
                                  minlength=len(columns.tags)),
                      columns.tags, query.facet_limit),
     }
-    if scores is not None:
-        chosen = chosen[np.lexsort((columns.ids[chosen], -scores[chosen]))]
+    if match_ids is not None and by_position is None:
+        return Selection(len(chosen), facets, [])
+    if by_position is not None:
+        chosen = chosen[np.lexsort((columns.ids[chosen], -by_position[chosen]))]
     page = chosen[query.offset:query.offset + query.limit]
     return Selection(
         total=len(chosen), facets=facets,
-        page=[(int(columns.ids[p]), float(scores[p]) if scores is not None else 0.0)
+        page=[(int(columns.ids[p]), float(by_position[p]) if by_position is not None else 0.0)
               for p in page])

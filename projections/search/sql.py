@@ -285,10 +285,34 @@ class SqlSearch:
 
     # --- search --------------------------------------------------------------------------
 
-    def _matches(self, conn: Connection, terms: tuple[Term, ...]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """The ids and scores (higher is better) of the documents the terms match."""
+    def _match(self, terms: tuple[Term, ...], params: dict[str, Any]) -> tuple[str, str, str]:
+        """(id expression, score expression (higher is better), FROM ... WHERE ...) of the
+        documents the terms match; fills `params`."""
         raise NotImplementedError
+
+    def _matches(self, conn: Connection, terms: tuple[Term, ...], *, scored: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The ids of the documents the terms match, and their scores if `scored`."""
+        params: dict[str, Any] = {}
+        identity, score, source = self._match(terms, params)
+        if not scored:
+            ids = conn.execute(text(f"SELECT {identity} {source}"), params).scalars().all()
+            return np.array(ids, np.int64), None
+        rows = conn.execute(text(f"SELECT {identity}, {score} {source}"), params).all()
+        if not rows:
+            return np.empty(0, np.int64), np.empty(0)
+        ids, scores = zip(*rows, strict=True)
+        return np.array(ids, np.int64), np.array(scores, np.float64)
+
+    def _ranked(self, conn: Connection, terms: tuple[Term, ...], count: int
+                ) -> list[tuple[int, float]]:
+        """The `count` best (id, score) of the matches, by score, ties by id: the engine
+        sorts with a bounded sorter, never handing every score over."""
+        params: dict[str, Any] = {"count": count}
+        identity, score, source = self._match(terms, params)
+        rows = conn.execute(text(f"SELECT {identity} AS id, {score} AS score {source} "
+                                 f"ORDER BY score DESC, id LIMIT :count"), params)
+        return [(int(identity), float(score)) for identity, score in rows]
 
     def _fields(self, conn: Connection, ids: list[int]) -> list[tuple[int, str, str, str]]:
         """(doc_id, name, text, metadata) of `ids`, as indexed."""
@@ -347,16 +371,26 @@ class SqlSearch:
                 columns = self.columns(conn)
                 if columns is None:
                     return SearchPage(0, (), {"tags": {}, "content_types": {}})
-                matches = self._matches(conn, terms) if terms else None
-                chosen = select(columns, query, matches)
-                ids = [identity for identity, _ in chosen.page]
+                if not terms:
+                    chosen = select(columns, query, None)
+                    page = chosen.page
+                elif query.tags or query.content_types or query.created_from_ms is not None \
+                        or query.created_to_ms is not None:  # rank what the filters keep
+                    chosen = select(columns, query, *self._matches(conn, terms, scored=True))
+                    page = chosen.page
+                else:  # scores only for the page: bm25 of every match costs 4x the match
+                    ids, _ = self._matches(conn, terms, scored=False)
+                    chosen = select(columns, query, ids)
+                    end = query.offset + query.limit
+                    page = self._ranked(conn, terms, end)[query.offset:] if end else []
+                ids = [identity for identity, _ in page]
                 details = self._details(conn, ids)
                 marks = self._highlights(conn, terms, ids) if terms and ids else {}
             except (DBAPIError, SQLAlchemyError) as exc:
                 raise SearchError(f"search {query.text!r} failed: {_first_line(exc)}") from None
         hits = tuple(SearchHit(*details[identity], score=score,
                                highlights=marks.get(identity, {}))
-                     for identity, score in chosen.page if identity in details)
+                     for identity, score in page if identity in details)
         return SearchPage(chosen.total, hits, chosen.facets)
 
     def _details(self, conn: Connection, ids: list[int]
@@ -369,13 +403,6 @@ class SqlSearch:
             {"ids": ids})
         return {identity: (address, name, content_type, tuple(json.loads(tags)), created)
                 for identity, address, name, content_type, tags, created in rows}
-
-
-def _arrays(rows: Sequence[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
-    if not rows:
-        return np.empty(0, np.int64), np.empty(0, np.float64)
-    ids, scores = zip(*rows, strict=True)
-    return np.array(ids, np.int64), np.array(scores, np.float64)
 
 
 class Fts5Search(SqlSearch):
@@ -405,13 +432,10 @@ class Fts5Search(SqlSearch):
         self._in_chunks(conn, f"DELETE FROM {self._q(self.fts_name)} WHERE rowid IN :ids",
                         ids)
 
-    def _matches(self, conn: Connection, terms: tuple[Term, ...]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def _match(self, terms: tuple[Term, ...], params: dict[str, Any]) -> tuple[str, str, str]:
         fts = self._q(self.fts_name)
-        rows = conn.exec_driver_sql(
-            f"SELECT rowid, -bm25({fts}, 4.0, 1.0, 2.0) FROM {fts} WHERE {fts} MATCH ?",
-            (fts5_expression(terms),)).all()
-        return _arrays(rows)
+        params["match"] = fts5_expression(terms)
+        return "rowid", f"-bm25({fts}, 4.0, 1.0, 2.0)", f"FROM {fts} WHERE {fts} MATCH :match"
 
     def _fields(self, conn: Connection, ids: list[int]) -> list[tuple[int, str, str, str]]:
         return [tuple(row) for row in self._in_chunks(
@@ -467,14 +491,10 @@ class PostgresSearch(SqlSearch):
                 parts.append(f"phraseto_tsquery('simple', :term{i})")
         return " && ".join(parts)
 
-    def _matches(self, conn: Connection, terms: tuple[Term, ...]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        params: dict[str, Any] = {}
-        query = self._tsquery(terms, params)
-        rows = conn.execute(text(
-            f"SELECT d.doc_id, ts_rank_cd(d.document, q.q) FROM {self._q(self.docs.name)} d "
-            f"CROSS JOIN (SELECT {query} AS q) AS q WHERE d.document @@ q.q"), params).all()
-        return _arrays(rows)
+    def _match(self, terms: tuple[Term, ...], params: dict[str, Any]) -> tuple[str, str, str]:
+        return ("d.doc_id", "ts_rank_cd(d.document, q.q)",
+                f"FROM {self._q(self.docs.name)} d CROSS JOIN "
+                f"(SELECT {self._tsquery(terms, params)} AS q) AS q WHERE d.document @@ q.q")
 
     def _fields(self, conn: Connection, ids: list[int]) -> list[tuple[int, str, str, str]]:
         return [tuple(row) for row in self._in_chunks(

@@ -112,12 +112,13 @@ def test_select_agrees_with_a_reference(docs, data) -> None:
     columns = Columns.load("g", 1, rows_of(docs))
     ids = sorted(docs)
     text = data.draw(st.booleans())
-    matches = None
+    match_ids = match_scores = None
     scores: dict[int, float] = {}
     if text:
         matched = data.draw(st.lists(st.sampled_from([*ids, 999]), unique=True)) if ids else []
         scores = {i: data.draw(st.sampled_from([0.5, 1.0, 2.0])) for i in matched}
-        matches = (np.array(list(scores), np.int64), np.array(list(scores.values())))
+        match_ids = np.array(list(scores), np.int64)
+        match_scores = np.array(list(scores.values()))
     start = data.draw(st.none() | st.integers(0, 20))
     span = data.draw(st.none() | st.integers(0, 10))
     query = SearchQuery(
@@ -142,10 +143,14 @@ def test_select_agrees_with_a_reference(docs, data) -> None:
         kept.sort(key=lambda i: (-scores[i], i))
     else:
         kept.sort(key=lambda i: (-docs[i][1], i))
-    chosen = select(columns, query, matches)
+    chosen = select(columns, query, match_ids, match_scores)
     assert chosen.total == len(kept)
     assert [i for i, _ in chosen.page] == kept[query.offset:query.offset + query.limit]
     assert all(score == scores.get(i, 0.0) for i, score in chosen.page)
     assert chosen.facets == {
         "content_types": top_counts(Counter(docs[i][0] for i in kept), query.facet_limit),
         "tags": top_counts(Counter(t for i in kept for t in docs[i][2]), query.facet_limit)}
+    if text:  # an engine ranking the page itself asks for the count and facets alone
+        unranked = select(columns, query, match_ids)
+        assert (unranked.total, unranked.facets, unranked.page) == \
+            (chosen.total, chosen.facets, [])

@@ -88,6 +88,7 @@ def test_the_last_of_several_checkpoints_is_the_starting_point():
 
 
 def test_the_restore_measurement_checks_both_ways_agree():
-    figures = bench_processor_restore(CODEC, n=300)
-    assert figures["dag_restore_history_events"] > 300
-    assert figures["dag_processor_restore_checkpoint_ms"] > 0
+    figures = bench_processor_restore(CODEC, histories=(500, 1_500), n=300)
+    assert figures["dag_restore_history_events_1k"] > figures["dag_restore_history_events_500"]
+    assert figures["dag_restore_events_read_1k"] == figures["dag_restore_events_read_500"]
+    assert figures["dag_restore_ms_1k"] > 0

@@ -1,7 +1,9 @@
 """Artifact search inside the views database: SQLite FTS5 (the embedded default) and
 PostgreSQL full text (tsvector). The full-text engine lists the documents a query's text
-matches, with their scores; filters, facets and the page come from an in-memory columnar
-copy of the documents (`columns.py`), kept in step with the tables by a version.
+matches and scores them (all of them when filters will drop some; otherwise it ranks just
+the page, as scoring every match costs several times listing it); filters, facets and the
+page come from an in-memory columnar copy of the documents (`columns.py`), kept in step
+with the tables by a version.
 
 Tables (names start with `prefix`, default "search"):
 * `<prefix>_docs`: one row per artifact; `doc_id` = 63 bits of BLAKE2b(address), so ids

@@ -57,7 +57,7 @@ def test_fts5_quotes_double_quotes_inside_a_term() -> None:
 
 
 def test_words_and_fold() -> None:
-    assert words("report-3.md, v1_final!") == "report 3 md v1 final"
+    assert words("Report-3.md, v1_final, Café!") == "report 3 md v1 final cafe"
     assert fold("Café") == "cafe"
     assert fold("ÉCOLE") == "ecole"
 

@@ -18,7 +18,9 @@ Search has its own view (`artifact_search`, projections/search/).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,9 +45,11 @@ from sqlalchemy import (
 from projections.db import Long
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
-from streams.errors import ArtifactNotFoundError
+from streams.errors import ArtifactNotFoundError, PitError
 from streams.log import LogRecord
 from streams.topics import ARTIFACT_EVENTS
+
+log = logging.getLogger(__name__)
 
 _ADDRESS = String(80)
 _NAME = String(255)
@@ -274,3 +278,108 @@ def store_stats(engine: Engine, store_id: str = "default") -> dict[str, Any]:
     return {"total_stored": int(total), "unique_stored": int(unique),
             "bytes_saved": int(logical - unique_bytes),
             "dedup_ratio": round(logical / unique_bytes, 4) if unique_bytes else 1.0}
+
+
+# --- search -----------------------------------------------------------------------------------
+
+class ArtifactSearchView(View):
+    """`artifact_search`: the artifact search index (projections/search/: SQLite FTS5, or
+    PostgreSQL full text when the views live there), written in the projector's transaction
+    so index rows commit with its positions. A cataloged artifact is (re)indexed with its
+    name (the latest it was versioned under), tags, creators, metadata and, for text-like
+    content, the text of its blob (the first TEXT_LIMIT characters); a removed one leaves the
+    index. Its tables are the search backend's own (an FTS5 table is no SQLAlchemy Table),
+    so `pit replay artifact_search` rebuilds it in place: reset and re-indexed in one
+    transaction, the old index served until it commits."""
+
+    name = "artifact_search"
+    topics = (ARTIFACT_EVENTS,)
+    table_names = ()
+    in_place = True
+    TEXT_BYTES = 1 << 20  # read from a blob for its text at most
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+        self._blobs = None
+        self._ready: set[str] = set()  # databases whose index exists
+
+    def define(self, metadata: MetaData, suffix: str = "", token: str = "") -> dict[str, Table]:
+        return {}
+
+    def backend(self, conn: Connection):
+        from projections.search import sql_search
+
+        search = sql_search(conn)
+        url = conn.engine.url.render_as_string(hide_password=True)
+        if url not in self._ready:
+            search.ensure()
+            self._ready.add(url)
+        return search
+
+    def reset(self, conn: Connection) -> None:
+        self.backend(conn).reset()
+
+    def _text(self, address: str, content_type: str) -> str:
+        from streams.artifacts.quality import content_kind
+        from streams.artifacts.storage import artifact_store
+        from streams.config import Settings
+
+        if content_kind(content_type) == "unknown":
+            return ""
+        if self._blobs is None:
+            self._blobs = artifact_store(self.settings or Settings.from_env())
+        taken, size = [], 0
+        try:
+            for chunk in self._blobs.stream(address):
+                taken.append(chunk)
+                size += len(chunk)
+                if size >= self.TEXT_BYTES:
+                    break
+        except PitError as exc:  # not here (another machine's store) or unreadable
+            log.warning("search: %s indexed without its text: %s", address, exc)
+        return b"".join(taken)[:self.TEXT_BYTES].decode("utf-8", errors="replace")
+
+    def apply_batch(self, conn: Connection, tables: dict[str, Table],
+                    events: Sequence[tuple[Decoded, LogRecord]]) -> None:
+        from projections.search import SearchDoc
+
+        search = self.backend(conn)
+        docs: dict[str, SearchDoc] = {}
+        removed: set[str] = set()
+
+        def current(address: str) -> SearchDoc | None:
+            if address in docs:
+                return docs[address]
+            row = conn.execute(select(search.docs).where(
+                search.docs.c.address == address)).first()
+            if row is None:
+                return None
+            return SearchDoc(address, row.name, row.content_type, tuple(json.loads(row.tags)),
+                             row.created_at_ms, self._text(address, row.content_type),
+                             json.loads(row.metadata_json), tuple(json.loads(row.creators)))
+
+        for decoded, _record in events:
+            event, kind = decoded.record, decoded.name
+            if kind in CATALOGED:
+                known = current(event["address"])
+                metadata = {key: value if isinstance(value, str) else json.dumps(value)
+                            for key, value in json.loads(event["metadata"]).items()}
+                docs[event["address"]] = SearchDoc(
+                    event["address"], known.name if known else "", event["content_type"],
+                    tuple(event["tags"]),
+                    known.created_at_ms if known else event["envelope"]["occurred_at"],
+                    known.text if known else self._text(event["address"],
+                                                        event["content_type"]),
+                    metadata, tuple(event["creators"]))
+                removed.discard(event["address"])
+            elif kind == "pit.artifacts.ArtifactVersioned":
+                known = current(event["address"])
+                if known is not None:
+                    docs[event["address"]] = dataclasses.replace(known, name=event["name"])
+            elif kind == "pit.artifacts.ArtifactRemoved":
+                docs.pop(event["address"], None)
+                removed.add(event["address"])
+        if docs:
+            search.index(list(docs.values()))
+        if removed:
+            search.remove(removed)

@@ -76,26 +76,30 @@ class RebuildReport:
         return (self.records + self.caught_up) / self.seconds if self.seconds else 0.0
 
 
-def replayable_view(view_name: str) -> View:
+def replayable_view(view_name: str, settings=None) -> View:
     if view_name in (AUDIT, "audit_log"):
         raise ReplayError("the audit log is the archive replays read from, not a view; it is "
                           "never rebuilt (check it with `pit audit verify`)")
     try:
-        return view_by_name(view_name)
+        return view_by_name(view_name, settings)
     except PitError as exc:
         raise ReplayError(str(exc)) from None
 
 
 def rebuild(engine: Engine, view_name: str, source: Iterable[LogRecord] | None = None,
             progress: Progress | None = None, *, batch_size: int = 5000,
-            total: int | None = None, registry: SchemaRegistry | None = None) -> RebuildReport:
+            total: int | None = None, registry: SchemaRegistry | None = None,
+            view: View | None = None) -> RebuildReport:
     """Rebuild `view_name` from `source` (default: `history_source` over the view's topics)
     into shadow tables and swap them in once they have caught up with the live view.
     `progress(done, total)` is called after every batch (total is an estimate: the archived
     record count of the view's topics, raised to `done` when Kafka adds more)."""
-    view = replayable_view(view_name)
+    view = view or replayable_view(view_name)
     started = time.perf_counter()
     create_schema(engine)
+    if view.in_place:
+        return _rebuild_in_place(engine, view, source, report_to=progress or (lambda d, t: None),
+                                 batch_size=batch_size, registry=registry, started=started)
     shadow_name = f"{view.name}@rebuild"
     shadow = view.define(MetaData(), suffix=SUFFIX, token=uuid.uuid4().hex[:8])
     with write_transaction(engine) as conn:
@@ -155,16 +159,41 @@ def rebuild(engine: Engine, view_name: str, source: Iterable[LogRecord] | None =
 
 
 
+def _rebuild_in_place(engine: Engine, view: View, source: Iterable[LogRecord] | None, *,
+                      report_to: Progress, batch_size: int, registry: SchemaRegistry | None,
+                      started: float) -> RebuildReport:
+    """One writer transaction: the view reset, its positions dropped, every record projected
+    again. Readers keep the old contents until it commits; the live projector waits for it
+    and then skips what it applied."""
+    codec = Codec(registry or EmbeddedRegistry())
+    binding = Binding(view.name, view, {})
+    done = 0
+    with write_transaction(engine) as conn:
+        view.reset(conn)
+        conn.execute(delete(positions).where(positions.c.projection == view.name))
+        if source is None:  # the archive, read on this connection inside the transaction
+            source = archived_records(conn, list(view.topics))
+        total = archive_count(engine, view.topics)
+        report_to(0, total)
+        iterator = iter(source)
+        while batch := list(islice(iterator, batch_size)):
+            entries = [decode_entry(codec, r) for r in batch if r.topic in view.topics]
+            project(conn, entries, [binding], archive=False)
+            done += len(batch)
+            report_to(done, max(total, done))
+    return RebuildReport(view.name, done, 0, time.perf_counter() - started)
+
+
 async def rebuild_view(engine: Engine, settings, view_name: str,
                        progress: Progress | None = None, *, timeout_s: float = 5.0) -> int:
     """`pit replay <view>`: rebuild from the archive, then whatever Kafka holds beyond it
     (when a broker answers), in a worker thread; returns the number of records replayed."""
-    view = replayable_view(view_name)
+    view = replayable_view(view_name, settings)
 
     def work() -> int:
         reader = kafka_log_reader(settings, view.topics, timeout_s=timeout_s, optional=True)
         report = rebuild(engine, view.name, history_source(engine, view.topics, reader),
-                         progress)
+                         progress, view=view)
         return report.records + report.caught_up
 
     return await asyncio.to_thread(work)

@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from projections.db import METADATA, create_schema, positions, write_transaction
 from schemas.codec import Codec, Decoded
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
+from streams.config import Settings
 from streams.errors import DatabaseUnavailableError, PitError
 from streams.kafka import partitions_of
 from streams.log import LogRecord
@@ -109,6 +110,12 @@ class View:
     name: ClassVar[str]
     topics: ClassVar[tuple[str, ...]]
     table_names: ClassVar[tuple[str, ...]]
+    # A view whose storage is not SQLAlchemy tables (a full-text index) is rebuilt in place:
+    # `reset` in the rebuild's transaction, then every record projected again.
+    in_place: ClassVar[bool] = False
+
+    def reset(self, conn: Connection) -> None:
+        raise NotImplementedError
 
     def define(self, metadata: MetaData, suffix: str = "", token: str = "") -> dict[str, Table]:
         """The view's tables on `metadata`, keyed by logical name; physical names carry
@@ -135,17 +142,20 @@ def constraint_name(kind: str, table: str, token: str = "") -> str:
     return f"{kind}_{table}" + (f"_{token}" if token else "")
 
 
-def default_views() -> list[View]:
-    from projections.artifacts import ArtifactsView
+def default_views(settings: Settings | None = None) -> list[View]:
+    """Every view; `settings` tell the search view where artifact content is (default: the
+    environment's)."""
+    from projections.artifacts import ArtifactSearchView, ArtifactsView
     from projections.dag import DagView
     from projections.models import ModelsView
     from projections.pool import PoolHealthView, PoolView
 
-    return [ModelsView(), PoolView(), PoolHealthView(), DagView(), ArtifactsView()]
+    return [ModelsView(), PoolView(), PoolHealthView(), DagView(), ArtifactsView(),
+            ArtifactSearchView(settings)]
 
 
-def view_by_name(name: str) -> View:
-    views = {view.name: view for view in default_views()}
+def view_by_name(name: str, settings: Settings | None = None) -> View:
+    views = {view.name: view for view in default_views(settings)}
     try:
         return views[name]
     except KeyError:
@@ -288,10 +298,11 @@ class Projector:
     def __init__(self, engine: Engine, views: Sequence[View] | None = None, *,
                  archive: bool = True, registry: SchemaRegistry | None = None,
                  codec: Codec | None = None, topics: Sequence[str] | None = None,
-                 observers: Sequence[Observer] = ()) -> None:
+                 observers: Sequence[Observer] = (), settings: Settings | None = None
+                 ) -> None:
         self.engine = engine
         self.observers = list(observers)
-        self.views = list(default_views() if views is None else views)
+        self.views = list(default_views(settings) if views is None else views)
         self.bindings = [Binding(v.name, v, live_tables(v)) for v in self.views]
         self.archive = archive
         self.codec = codec or Codec(registry or EmbeddedRegistry())

@@ -168,7 +168,7 @@ class Stack:
         from projections.pool_metrics import PoolMetrics
         from projections.runtime import Projector, run
 
-        self.projector = Projector(self.engine, codec=self.codec,
+        self.projector = Projector(self.engine, codec=self.codec, settings=self.settings,
                                    observers=[PoolMetrics(self.engine), DagMetrics(self.engine)])
         self.projector_stop = asyncio.Event()
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)

@@ -173,3 +173,43 @@ async def test_dag_node_outputs_become_artifacts_with_their_lineage(pit):
     graph = await pit.lineage(outputs["c"], "up")
     assert {(e["parent"], e["child"]) for e in graph["edges"]} == {
         (outputs["a"], outputs["b"]), (outputs["b"], outputs["c"])}
+
+
+async def until_found(pit, text: str, expected: int, **filters):
+    for _ in range(200):  # the projector indexes what the catalog decided
+        page = await pit.search(text, **filters)
+        if page.total == expected:
+            return page
+        await asyncio.sleep(0.05)
+    return page
+
+
+async def test_search_finds_content_and_metadata_and_forgets_removed_artifacts(pit):
+    from projections.db import connect
+    from projections.replay import rebuild_view
+
+    report = await pit.store_artifact(b"Quarterly revenue grew in the northern region.\n",
+                                      name="q3-report", content_type="text/plain",
+                                      tags=["finance", "q3"], metadata={"owner": "ops-team"})
+    await pit.store_artifact(b'{"note": "northern expansion plan"}',
+                             content_type="application/json", tags=["plans"])
+    await pit.store_artifact(b"\x00\x01 northern binary", tags=["finance"])  # no text read
+    page = await until_found(pit, "northern", 2)
+    assert page.total == 2 and page.facets["content_types"] == {
+        "text/plain": 1, "application/json": 1}
+    (hit,) = [h for h in page.hits if h.address == report.address]
+    assert hit.name == "q3-report" and "<mark>northern</mark>" in " ".join(
+        hit.highlights["text"])
+    assert (await pit.search("northern", tags=("finance",))).total == 1
+    assert (await pit.search("ops-team")).hits[0].address == report.address  # metadata
+    assert (await pit.search("", tags=("finance",), limit=1)).total == 2
+
+    await pit.artifacts.remove(report.address, reason="superseded")
+    assert (await until_found(pit, "northern", 1)).total == 1
+
+    # the index is a projection of the log: a rebuild gives the same answers
+    engine = connect(pit.settings.db_url)
+    replayed = await rebuild_view(engine, pit.settings, "artifact_search")
+    assert replayed > 0
+    again = await pit.search("northern")
+    assert again.total == 1 and again.hits[0].address != report.address

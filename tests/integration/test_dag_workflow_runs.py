@@ -102,6 +102,16 @@ async def pit(tmp_path_factory):
             await client.close()
 
 
+def sleepy_fan_out(name: str, width: int, ms: int):
+    """`width` nodes sleeping `ms` between a source and a sink that counts them."""
+    builder = (WorkflowBuilder(name).operator("source", "identity", constants={"value": 1})
+               .operator("sink", "sum_inputs"))
+    for i in range(width):
+        builder.operator(f"n{i:02d}", "sleep_then_return", constants={"ms": ms})
+        builder.edge("source", f"n{i:02d}.value").edge(f"n{i:02d}", f"sink.n{i:02d}")
+    return builder.build()
+
+
 def completed_once(events: list[tuple[str, dict]]) -> Counter:
     """NodeCompleted per node: each must be 1."""
     return Counter(record["node_id"] for name, record in events if name == "NodeCompleted")
@@ -174,13 +184,7 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
             break
         await asyncio.sleep(0.05)
     # 60 nodes of 400 ms between a source and a sink: the crash finds some running on "doomed"
-    builder = (WorkflowBuilder("wide-crash").operator("source", "identity",
-                                                      constants={"value": 1})
-               .operator("sink", "sum_inputs"))
-    for i in range(60):
-        builder.operator(f"n{i:02d}", "sleep_then_return", constants={"ms": 400})
-        builder.edge("source", f"n{i:02d}.value").edge(f"n{i:02d}", f"sink.n{i:02d}")
-    workflow = builder.build()
+    workflow = sleepy_fan_out("wide-crash", 60, 400)
     execution = await pit.client.execute_workflow(workflow)
 
     async def some_started_on_doomed() -> bool:
@@ -313,13 +317,7 @@ async def test_the_overall_limit_bounds_nodes_running_across_executions(tmp_path
         pit = Pit(stack, client)
         pit.runner("wide")
         try:
-            builder = (WorkflowBuilder("limited").operator("source", "identity",
-                                                           constants={"value": 1})
-                       .operator("sink", "sum_inputs"))
-            for i in range(12):
-                builder.operator(f"n{i:02d}", "sleep_then_return", constants={"ms": 300})
-                builder.edge("source", f"n{i:02d}.value").edge(f"n{i:02d}", f"sink.n{i:02d}")
-            workflow = builder.build()
+            workflow = sleepy_fan_out("limited", 12, 300)
             executions = [await client.execute_workflow(workflow) for _ in range(2)]
             for execution in executions:
                 result = await client.await_result(execution, timeout=60)

@@ -167,3 +167,52 @@ def story(log: Log) -> list[LogRecord]:
 def story_of():
     """`lifecycle_story` itself, for tests that shape their own log first."""
     return lifecycle_story
+
+
+class Decided:
+    """A component's processor without Kafka: each command is encoded, decided by
+    `Processor.handle`, and its events kept as the log records a projector reads (on the
+    command's partition, as the processor writes them)."""
+
+    def __init__(self, decider, codec: Codec, partitions: int = 8,
+                 now_ms: int = 1_700_000_000_000) -> None:
+        from streams.processor import Processor
+
+        self.decider, self.codec, self.partitions = decider, codec, partitions
+        self.processor = Processor(decider, codec)
+        self.records: list[LogRecord] = []
+        self.now, self.commands = now_ms, 0
+        self.offsets: dict[int, int] = {}
+
+    def send(self, command, *, after_ms: int = 10) -> dict:
+        """Decide `command`; returns its outcome record."""
+        from streams.decider import to_record
+
+        self.now += after_ms
+        self.commands += 1
+        meta = {"command_id": f"cmd-{self.commands}", "issued_at": self.now,
+                "issued_by": "test", "correlation_id": None}
+        value = self.codec.encode(command.avro_name, {"meta": meta, **to_record(command)})
+        key = self.decider.entity_of(command).encode()
+        partition = sum(key) % self.partitions
+        outcome = None
+        for out in self.processor.handle([LogRecord(self.decider.command_topic, partition,
+                                                    self.commands, self.now, key, value)]):
+            if out.topic == self.decider.event_topic:
+                offset = self.offsets[out.partition] = self.offsets.get(out.partition, -1) + 1
+                self.records.append(LogRecord(out.topic, out.partition, offset,
+                                              out.timestamp_ms, out.key, out.value))
+            elif out.topic == RESULTS:
+                outcome = self.codec.decode(out.value).record
+        return outcome
+
+    def ok(self, command, **options) -> dict:
+        outcome = self.send(command, **options)
+        assert outcome["status"] == "ACCEPTED", outcome["reason"]
+        return outcome
+
+
+@pytest.fixture
+def decided(codec: Codec):
+    """`decided(decider)`: a `Decided` log for that decider."""
+    return lambda decider, **options: Decided(decider, codec, **options)

@@ -39,13 +39,19 @@ from sqlalchemy import (
     Text,
     and_,
     func,
+    inspect,
     select,
 )
 
 from projections.db import Long
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
-from streams.errors import ArtifactNotFoundError, PitError
+from streams.errors import (
+    ArtifactNotFoundError,
+    DatabaseUnavailableError,
+    PitError,
+    SearchError,
+)
 from streams.log import LogRecord
 from streams.topics import ARTIFACT_EVENTS
 
@@ -285,7 +291,8 @@ def store_stats(engine: Engine, store_id: str = "default") -> dict[str, Any]:
 class ArtifactSearchView(View):
     """`artifact_search`: the artifact search index (projections/search/: SQLite FTS5, or
     PostgreSQL full text when the views live there), written in the projector's transaction
-    so index rows commit with its positions. A cataloged artifact is (re)indexed with its
+    so index rows commit with its positions, and mirrored to OpenSearch when
+    PIT_OPENSEARCH_URL is set (searches then go there). A cataloged artifact is (re)indexed with its
     name (the latest it was versioned under), tags, creators, metadata and, for text-like
     content, the text of its blob (the first TEXT_LIMIT characters); a removed one leaves the
     index. Its tables are the search backend's own (an FTS5 table is no SQLAlchemy Table),
@@ -301,7 +308,7 @@ class ArtifactSearchView(View):
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
         self._blobs = None
-        self._ready: set[str] = set()  # databases whose index exists
+        self._opensearch = None
 
     def define(self, metadata: MetaData, suffix: str = "", token: str = "") -> dict[str, Table]:
         return {}
@@ -310,14 +317,38 @@ class ArtifactSearchView(View):
         from projections.search import sql_search
 
         search = sql_search(conn)
-        url = conn.engine.url.render_as_string(hide_password=True)
-        if url not in self._ready:
+        # Checked in every transaction: one that created the index may have rolled back.
+        if not inspect(conn).has_table(search.meta.name):
             search.ensure()
-            self._ready.add(url)
         return search
+
+    def mirror(self):
+        """OpenSearch, when configured: every write of the embedded index is repeated there
+        (bulk upserts by address, so a redelivered batch changes nothing)."""
+        from streams.config import Settings
+
+        settings = self.settings or Settings.from_env()
+        if settings.opensearch_url and self._opensearch is None:
+            from projections.search.opensearch import OpenSearchSearch
+
+            self._opensearch = OpenSearchSearch(settings.opensearch_url,
+                                                index=settings.opensearch_index)
+            self._mirrored(self._opensearch.ensure)
+        return self._opensearch
+
+    @staticmethod
+    def _mirrored(write, *args) -> None:
+        """An unreachable OpenSearch holds the projector back (it keeps the batch and tries
+        again), so no index update is lost."""
+        try:
+            write(*args)
+        except SearchError as exc:
+            raise DatabaseUnavailableError(str(exc)) from None
 
     def reset(self, conn: Connection) -> None:
         self.backend(conn).reset()
+        if (mirror := self.mirror()) is not None:
+            self._mirrored(mirror.reset)
 
     def _text(self, address: str, content_type: str) -> str:
         from streams.artifacts.quality import content_kind
@@ -379,7 +410,12 @@ class ArtifactSearchView(View):
             elif kind == "pit.artifacts.ArtifactRemoved":
                 docs.pop(event["address"], None)
                 removed.add(event["address"])
+        mirror = self.mirror()
         if docs:
             search.index(list(docs.values()))
+            if mirror is not None:
+                self._mirrored(mirror.index, list(docs.values()))
         if removed:
             search.remove(removed)
+            if mirror is not None:
+                self._mirrored(mirror.remove, removed)

@@ -70,6 +70,9 @@ class Settings:
     artifact_backend: str = "file"
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
+    # Artifact search on OpenSearch (mirrored from the embedded index) when set.
+    opensearch_url: str | None = None
+    opensearch_index: str = "pit-artifacts"
     keyring_file: Path | None = None
     keyring_keys: str | None = field(default=None, repr=False)  # key material: never shown
     keyring_active: str | None = None
@@ -89,6 +92,8 @@ class Settings:
             artifact_backend=_artifact_backend(env),
             s3_bucket=env.get("PIT_S3_BUCKET") or None,
             s3_endpoint_url=env.get("PIT_S3_ENDPOINT_URL") or None,
+            opensearch_url=env.get("PIT_OPENSEARCH_URL") or None,
+            opensearch_index=env.get("PIT_OPENSEARCH_INDEX") or "pit-artifacts",
             keyring_file=_keyring_file(env),
             keyring_keys=env.get("PIT_KEYRING_KEYS") or None,
             keyring_active=env.get("PIT_KEYRING_ACTIVE") or None,

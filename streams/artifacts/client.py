@@ -220,6 +220,12 @@ class ArtifactOps:
         """Full text over content and metadata; filters: tags, content_types,
         created_from_ms, created_to_ms, limit, offset."""
         query = SearchQuery(text=text, **filters)
+        settings = self.client.settings
+        if settings.opensearch_url:
+            from projections.search.opensearch import OpenSearchSearch
+
+            backend = OpenSearchSearch(settings.opensearch_url, index=settings.opensearch_index)
+            return await asyncio.to_thread(backend.search, query)
         if not await asyncio.to_thread(self._has_views):
             return SearchPage(0, (), {"tags": {}, "content_types": {}})
         return await asyncio.to_thread(sql_search(self.engine).search, query)

@@ -654,3 +654,43 @@ def test_an_unreachable_cluster_is_one_line() -> None:
     with pytest.raises(SearchError, match=r"^OpenSearch unreachable at .*127\.0\.0\.1") as caught:
         OpenSearchSearch(url, timeout_s=2).search(SearchQuery("x"))
     assert "\n" not in str(caught.value)
+
+
+def test_the_artifact_search_view_mirrors_to_opensearch_and_waits_out_an_outage(
+        server: RecordingServer, decided, tmp_path) -> None:
+    """With PIT_OPENSEARCH_URL the projection bulk-indexes what it indexes locally; an
+    unreachable cluster keeps the batch (nothing committed) for the projector to retry."""
+    from projections.artifacts import ArtifactSearchView
+    from projections.db import connect
+    from projections.runtime import Projector, read_positions
+    from streams.artifacts.catalog import ARTIFACTS, StoreArtifact
+    from streams.blobs import address_of
+    from streams.config import Settings
+    from streams.errors import DatabaseUnavailableError
+
+    address = address_of(b"mirrored")
+    log = decided(ARTIFACTS)
+    log.ok(StoreArtifact(address, 8, "application/octet-stream", name="m", tags=["t"],
+                         creator="ann"))
+    view = ArtifactSearchView(Settings(data_dir=tmp_path, opensearch_url=server.url))
+    engine = connect(f"sqlite:///{tmp_path / 'views.db'}")
+    projector = Projector(engine, [view], archive=False)
+
+    server.answers.extend([(503, error_body("unavailable", "cluster down", 503))] * 8)
+    with pytest.raises(DatabaseUnavailableError, match="pit-artifacts"):
+        projector.apply_batch(log.records)
+    assert read_positions(engine, "artifact_search") == {}
+
+    server.requests.clear()
+    server.answers.clear()
+    server.answers.extend([
+        (200, None),  # HEAD: the index exists
+        (200, {"took": 5, "errors": False, "items": [
+            bulk_item("index", address, "created", 201, 0)]}),
+    ])
+    projector.apply_batch(log.records)
+    (bulk,) = [r for r in server.requests if r.path == "/_bulk"]
+    assert bulk.body[0] == {"index": {"_index": "pit-artifacts", "_id": address}}
+    assert (bulk.body[1]["name"], bulk.body[1]["tags"], bulk.body[1]["creators"]) == (
+        "m", ["t"], ["ann"])
+    assert read_positions(engine, "artifact_search")

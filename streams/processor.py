@@ -490,8 +490,9 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
             if processor.book is not None:  # where the next restore starts, before the commit
                 written = processor.book.written(outputs, offsets, processor.positions,
                                                  int(time.time() * 1000))
-                await produce_all(producer, written, produce_timeout_s)
-                outputs = outputs + written
+                if written:  # most batches change no start and leave the marks near enough
+                    await produce_all(producer, written, produce_timeout_s)
+                    outputs = outputs + written
             for topic, count in Counter(out.topic for out in outputs).items():
                 metrics.EVENTS_OUT.labels(processor.decider.name, topic).inc(count)
             await consumer.commit()

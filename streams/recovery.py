@@ -56,12 +56,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from schemas.codec import Codec
 from streams.decider import Decider, to_record
-from streams.errors import SchemaError
+from streams.errors import PitError, SchemaError
 from streams.log import LogRecord
 from streams.topics import RESULTS
+
+if TYPE_CHECKING:
+    from streams.processor import Output
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +136,7 @@ class _Restoring:
     read_results: int = -1
 
 
-class RecordsMismatch(Exception):
+class RecordsMismatch(PitError):
     """The checkpoint records of these partitions do not fit the log: restore them in full."""
 
     def __init__(self, partitions: set[int]) -> None:
@@ -176,8 +180,8 @@ class CheckpointBook:
               last_at: int) -> None:
         self._ends.append((partition, Point(key, -1, -1, sequence, last_at, final)))
 
-    def written(self, outputs: Sequence, offsets: Sequence[int], positions: Mapping[int, int],
-                now_ms: int) -> list:
+    def written(self, outputs: Sequence[Output], offsets: Sequence[int],
+                positions: Mapping[int, int], now_ms: int) -> list[Output]:
         """The batch's outputs were acknowledged at `offsets`: the records (and checkpoint
         requests) to produce before the commands are committed (rule 4)."""
         heads: dict[int, list[int]] = {}  # partition -> [last event, last outcome]
@@ -217,7 +221,7 @@ class CheckpointBook:
             part.live[point.entity_key] = point
 
     def _marks(self, partition: int, part: _Partition, marks: Marks, now_ms: int, *,
-               force: bool) -> list:
+               force: bool) -> list[Output]:
         part.marks = marks
         behind = max(marks.events_through - part.written.events_through,
                      marks.results_through - part.written.results_through)
@@ -229,7 +233,7 @@ class CheckpointBook:
                                           "answered_through": marks.answered_through})
         return [self._output(self.spec.topic, partition, MARKS_KEY, value, now_ms)]
 
-    def _requests(self, partition: int, part: _Partition, now_ms: int) -> list:
+    def _requests(self, partition: int, part: _Partition, now_ms: int) -> list[Output]:
         """Checkpoint requests for live entities whose start lags too far (rule 8)."""
         head = part.marks.events_through
         if head - part.lag_checked < CHECKPOINT_LAG // 10:
@@ -250,7 +254,7 @@ class CheckpointBook:
                                              value, now_ms))
         return requests
 
-    def _point_output(self, partition: int, point: Point, now_ms: int):
+    def _point_output(self, partition: int, point: Point, now_ms: int) -> Output:
         value = self.codec.encode(POINT, {
             "entity_key": point.entity_key, "events_offset": point.events_offset,
             "results_offset": point.results_offset, "sequence": point.sequence,
@@ -259,7 +263,8 @@ class CheckpointBook:
                             now_ms)
 
     @staticmethod
-    def _output(topic: str, partition: int, key: bytes, value: bytes | None, now_ms: int):
+    def _output(topic: str, partition: int, key: bytes, value: bytes | None,
+                now_ms: int) -> Output:
         from streams.processor import Output  # the processor imports this module
 
         return Output(topic, partition, key, value, now_ms)
@@ -372,7 +377,7 @@ class CheckpointBook:
             restoring.ended[key] = Point(key, -1, -1, sequence, last_at, final)
 
     def finish(self, positions: dict[int, int], ends: Mapping[tuple[str, int], int],
-               now_ms: int) -> list:
+               now_ms: int) -> list[Output]:
         """After the planned partitions' events and outcomes were folded: advance positions
         to the marks, and the records to write now - the entities and marks the log holds
         beyond what the topic says. Raises RecordsMismatch (nothing changed) when the

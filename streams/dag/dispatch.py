@@ -189,7 +189,7 @@ class TaskDispatcher:
         positions = await asyncio.to_thread(self._rebuild, stop)
         if stop.is_set():
             return
-        consumer = await start_consumer(self.settings, fetch_max_wait_ms=5)
+        consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
         producer = make_producer(self.settings, partitioner="murmur2_random")
         failed = True
         try:

@@ -645,12 +645,6 @@ class Runner:
         self.assignment -= lost
         self._loop.call_soon_threadsafe(self.offsets.forget, lost)
 
-    def _next_tasks(self, most: int) -> list:
-        """Up to `most` task records, as soon as there is one. (`consume(n, timeout)` alone
-        waits for all n or the whole timeout: 100 ms added to every node of a chain.)"""
-        first = self._consumer.consume(1, 0.1)
-        return first + self._consumer.consume(most - 1, 0) if first and most > 1 else first
-
     def _commit_now(self, positions: dict[Partition, int]) -> None:
         self._consumer.commit(offsets=_partitions(positions), asynchronous=False)
 
@@ -663,7 +657,7 @@ class Runner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot.wait(), 0.1)
             return
-        for message in await self._on_kafka(self._next_tasks, free):
+        for message in await self._on_kafka(self._consumer.consume, free, 0.1):
             if message.error() is not None:
                 self._say(f"consumer: {message.error()}")
                 continue

@@ -117,10 +117,11 @@ class Stack:
         self.dispatcher = TaskDispatcher(self.settings, self.codec, self.engine)
         self.tasks.append(asyncio.create_task(self.dispatcher.run(self.stop),
                                               name="task-dispatcher"))
-        # Completed nodes' outputs become artifacts with their lineage (issue 5).
-        self.output_cataloger = OutputCataloger(self.settings, self.codec)
-        self.tasks.append(asyncio.create_task(self.output_cataloger.run(self.stop),
-                                              name="dag-output-cataloger"))
+        # Completed nodes' outputs become artifacts with their lineage (issue 5), when asked.
+        if self.settings.dag_output_artifacts:
+            self.output_cataloger = OutputCataloger(self.settings, self.codec)
+            self.tasks.append(asyncio.create_task(self.output_cataloger.run(self.stop),
+                                                  name="dag-output-cataloger"))
         await self.start_projector()
         if self.monitor_hosts:
             from streams.pool.monitor import HostMonitor

@@ -31,6 +31,12 @@ def _count(name: str, text: str) -> int:
     return int(text)
 
 
+def _flag(name: str, text: str) -> bool:
+    if text.lower() not in ("", "0", "1", "false", "true", "no", "yes"):
+        raise ConfigError(f"{name} must be 1 or 0 (true or false), got {text!r}")
+    return text.lower() in ("1", "true", "yes")
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise ConfigError(f"PIT_HTTP_PORT must be a TCP port number, got {text!r}")
@@ -63,6 +69,9 @@ class Settings:
     # Nodes running at once across all workflow executions (0: no limit); the task
     # dispatcher in `pit up` holds the rest back (streams/dag/dispatch.py).
     dag_max_running: int = 4096
+    # `pit up` catalogs every completed node's output as an artifact (streams/artifacts/
+    # dag_outputs.py): a blob write and a catalog command per node, so it is asked for.
+    dag_output_artifacts: bool = False
     kafka_security: dict[str, str] = field(default_factory=dict)
     kafka_tls: dict[str, str] = field(default_factory=dict)
     # Artifact content (streams/artifacts/storage.py): "file" (<data_dir>/artifacts) or "s3",
@@ -87,6 +96,8 @@ class Settings:
             schema_registry_url=env.get("PIT_SCHEMA_REGISTRY_URL") or None,
             http_port=_port(env.get("PIT_HTTP_PORT", "8642")),
             dag_max_running=_count("PIT_DAG_MAX_RUNNING", env.get("PIT_DAG_MAX_RUNNING", "4096")),
+            dag_output_artifacts=_flag("PIT_DAG_OUTPUT_ARTIFACTS",
+                                       env.get("PIT_DAG_OUTPUT_ARTIFACTS", "")),
             kafka_security={v: env[k] for k, v in _KAFKA_SECURITY_VARS.items() if env.get(k)},
             kafka_tls={v: env[k] for k, v in _KAFKA_TLS_VARS.items() if env.get(k)},
             artifact_backend=_artifact_backend(env),

@@ -21,7 +21,8 @@ from streams.errors import ArtifactError, ArtifactNotFoundError, BlobIntegrityEr
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def pit(tmp_path_factory, free_port):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("artifacts"), http_port=free_port())
+    settings = Settings(data_dir=tmp_path_factory.mktemp("artifacts"), http_port=free_port(),
+                        dag_output_artifacts=True)
     async with Stack(settings, progress=False, monitor_hosts=False,
                      http_port=settings.http_port) as stack:
         client = await PitClient(stack.settings, issued_by="alice").start()

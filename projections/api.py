@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from projections import artifacts
@@ -251,8 +251,6 @@ async def get_execution_failures(request: web.Request) -> web.Response:
 
 
 def _artifact(engine: Engine, ref: str) -> dict[str, Any] | None:
-    if not inspect(engine).has_table("artifacts"):
-        return None
     try:
         return artifacts.artifact(engine, artifacts.resolve(engine, ref))
     except ArtifactNotFoundError:
@@ -269,8 +267,7 @@ async def get_artifact(request: web.Request) -> web.Response:
 
 async def get_artifact_versions(request: web.Request) -> web.Response:
     name = request.match_info["ref"]
-    rows = await _db(request, lambda engine: inspect(engine).has_table("artifact_versions")
-                     and artifacts.versions(engine, name))
+    rows = await _db(request, artifacts.versions, name)
     if not rows:
         return _error(404, f"no artifact named {name}")
     return web.json_response({"name": name, "versions": rows})
@@ -288,10 +285,7 @@ async def get_artifact_lineage(request: web.Request) -> web.Response:
 
 
 async def get_artifact_stats(request: web.Request) -> web.Response:
-    has = await _db(request, lambda engine: inspect(engine).has_table("artifacts"))
-    return web.json_response(await _db(request, artifacts.store_stats) if has else
-                             {"total_stored": 0, "unique_stored": 0, "bytes_saved": 0,
-                              "dedup_ratio": 1.0})
+    return web.json_response(await _db(request, artifacts.store_stats))
 
 
 async def get_verify(request: web.Request) -> web.Response:

@@ -62,13 +62,6 @@ _NAME = String(255)
 CATALOGED = ("pit.artifacts.ArtifactStored", "pit.artifacts.ArtifactDeduplicated")
 
 
-def _upsert(conn: Connection, table: Table, key: dict[str, Any], values: dict[str, Any]) -> None:
-    """Update the row with `key`, or insert it (works the same on SQLite and PostgreSQL)."""
-    condition = and_(*(table.c[name] == value for name, value in key.items()))
-    if conn.execute(table.update().where(condition).values(**values)).rowcount == 0:
-        conn.execute(table.insert().values(**key, **values))
-
-
 def _insert_once(conn: Connection, table: Table, row: dict[str, Any], key: Sequence[str]
                  ) -> None:
     condition = and_(*(table.c[name] == row[name] for name in key))
@@ -212,7 +205,15 @@ def _row(row: Any) -> dict[str, Any]:
     return found
 
 
+def projected(engine: Engine) -> bool:
+    """Whether the views exist yet (a Pit whose projector never ran has none): every reader
+    below answers "nothing" without them."""
+    return inspect(engine).has_table("artifacts")
+
+
 def artifact(engine: Engine, address: str) -> dict[str, Any] | None:
+    if not projected(engine):
+        return None
     table = live_tables(ArtifactsView())["artifacts"]
     with engine.connect() as conn:
         row = conn.execute(select(table).where(table.c.address == address)).first()
@@ -221,6 +222,8 @@ def artifact(engine: Engine, address: str) -> dict[str, Any] | None:
 
 def versions(engine: Engine, name: str, store_id: str = "default") -> list[dict[str, Any]]:
     """A named artifact's versions, oldest first."""
+    if not projected(engine):
+        return []
     table = live_tables(ArtifactsView())["artifact_versions"]
     with engine.connect() as conn:
         rows = conn.execute(select(table).where(table.c.store_id == store_id,
@@ -255,6 +258,8 @@ def lineage(engine: Engine, address: str, direction: str = "both"
     both, as {"nodes": [...addresses], "edges": [{parent, child, relation}]}."""
     table = live_tables(ArtifactsView())["artifact_links"]
     nodes, edges, seen = {address}, set(), set()
+    if not projected(engine):
+        return {"nodes": [address], "edges": []}
     frontier = [(address, way) for way in (("up", "down") if direction == "both"
                                              else (direction,))]
     with engine.connect() as conn:
@@ -275,6 +280,8 @@ def lineage(engine: Engine, address: str, direction: str = "both"
 
 def store_stats(engine: Engine, store_id: str = "default") -> dict[str, Any]:
     """Deduplication statistics: total stored, unique stored, bytes saved, dedup ratio."""
+    if not projected(engine):
+        return {"total_stored": 0, "unique_stored": 0, "bytes_saved": 0, "dedup_ratio": 1.0}
     table = live_tables(ArtifactsView())["artifacts"]
     with engine.connect() as conn:
         total, unique, logical, unique_bytes = conn.execute(select(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine
 
 from projections import artifacts as views
 from projections.search import SearchPage, SearchQuery, sql_search
@@ -102,9 +102,6 @@ class ArtifactOps:
             self._engine = connect(self.client.settings.db_url)
         return self._engine
 
-    def _has_views(self) -> bool:
-        return inspect(self.engine).has_table("artifacts")
-
     # --- writing ---------------------------------------------------------------------------
 
     async def store(self, content: bytes | str | os.PathLike, *, name: str | None = None,
@@ -151,7 +148,7 @@ class ArtifactOps:
         right after it finds it); gives up quietly after VISIBLE_TIMEOUT_S (the views
         may be elsewhere or behind: the store itself has succeeded)."""
         def shown() -> bool:
-            entry = self._has_views() and views.artifact(self.engine, address)
+            entry = views.artifact(self.engine, address)
             return bool(entry) and entry["updated_at_ms"] >= decided_at
 
         deadline = time.monotonic() + VISIBLE_TIMEOUT_S
@@ -177,8 +174,6 @@ class ArtifactOps:
     async def resolve(self, ref: str, store_id: str = DEFAULT_STORE) -> str:
         if ref.startswith("sha256:"):
             return ref
-        if not await asyncio.to_thread(self._has_views):
-            raise ArtifactNotFoundError(f"no artifact named {ref!r} (nothing cataloged yet)")
         return await asyncio.to_thread(views.resolve, self.engine, ref, store_id)
 
     async def retrieve(self, ref: str, *, to: str | os.PathLike | None = None,
@@ -226,7 +221,7 @@ class ArtifactOps:
 
             backend = OpenSearchSearch(settings.opensearch_url, index=settings.opensearch_index)
             return await asyncio.to_thread(backend.search, query)
-        if not await asyncio.to_thread(self._has_views):
+        if not await asyncio.to_thread(views.projected, self.engine):
             return SearchPage(0, (), {"tags": {}, "content_types": {}})
         return await asyncio.to_thread(sql_search(self.engine).search, query)
 
@@ -238,8 +233,6 @@ class ArtifactOps:
         return found
 
     async def versions(self, name: str, store_id: str = DEFAULT_STORE) -> list[dict[str, Any]]:
-        if not await asyncio.to_thread(self._has_views):
-            raise ArtifactNotFoundError(f"no artifact named {name!r} (nothing cataloged yet)")
         found = await asyncio.to_thread(views.versions, self.engine, name, store_id)
         if not found:
             raise ArtifactNotFoundError(f"no artifact named {name!r}")
@@ -267,9 +260,6 @@ class ArtifactOps:
         return await asyncio.to_thread(views.lineage, self.engine, address, direction)
 
     async def stats(self, store_id: str = DEFAULT_STORE) -> dict[str, Any]:
-        if not await asyncio.to_thread(self._has_views):
-            return {"total_stored": 0, "unique_stored": 0, "bytes_saved": 0,
-                    "dedup_ratio": 1.0}
         return await asyncio.to_thread(views.store_stats, self.engine, store_id)
 
 

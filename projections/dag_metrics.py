@@ -20,15 +20,14 @@ from sqlalchemy import Engine, select
 from projections.dag import DagView
 from projections.runtime import Entry, FreshEvents, live_tables
 from streams import metrics
-from streams.dag.execution import task_id
+from streams.dag.dispatch import ATTEMPT_ENDED
+from streams.dag.execution import ENDINGS, task_id
 from streams.topics import DAG_EVENTS
 
 EXECUTIONS_LIMIT = 100_000  # executions whose last sequence is remembered (for duplicates)
 UNKNOWN = "unknown"         # the kind of an attempt the view has no row for
 _CHUNK = 500
-_ENDED = {"pit.dag.ExecutionCompleted": "completed", "pit.dag.ExecutionFailed": "failed",
-          "pit.dag.ExecutionCancelled": "cancelled", "pit.dag.ExecutionTimedOut": "timed_out"}
-_ATTEMPT_ENDED = frozenset({"pit.dag.NodeCompleted", "pit.dag.NodeFailed"})
+_ENDED = {event.avro_name: status for event, status in ENDINGS.items()}
 
 
 class DagMetrics:
@@ -40,7 +39,7 @@ class DagMetrics:
     def __call__(self, entries: Sequence[Entry]) -> None:
         ended = []  # (name, record) of node attempts that ended
         for name, record, _ in self.fresh(entries):
-            if name in _ATTEMPT_ENDED:
+            if name in ATTEMPT_ENDED:
                 ended.append((name, record))
             elif name in _ENDED:
                 metrics.DAG_EXECUTIONS_ENDED.labels(_ENDED[name]).inc()

@@ -33,6 +33,7 @@ from streams.config import Settings
 from streams.dag.definition_store import definition_store
 from streams.dag.execution import (
     DAG,
+    ENDINGS,
     Definitions,
     ExecutionStarted,
     NodeCompleted,
@@ -49,8 +50,7 @@ log = logging.getLogger(__name__)
 GROUP = "pit.artifacts.dag-outputs"
 TAG = "dag-output"
 OUTPUT_TYPE = "application/json"
-ENDED = frozenset({"pit.dag.ExecutionCompleted", "pit.dag.ExecutionFailed",
-                   "pit.dag.ExecutionCancelled", "pit.dag.ExecutionTimedOut"})
+ENDED = frozenset(event.avro_name for event in ENDINGS)
 
 
 @dataclass

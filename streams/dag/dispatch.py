@@ -47,7 +47,14 @@ from schemas.catalog import fullname
 from schemas.codec import Codec
 from streams import metrics
 from streams.config import Settings
-from streams.dag.execution import task_id
+from streams.dag.execution import (
+    ENDINGS,
+    ExecutionRestarted,
+    NodeCompleted,
+    NodeFailed,
+    NodeScheduled,
+    task_id,
+)
 from streams.errors import SchemaError
 from streams.history import HistoryError, history_source, kafka_log_reader
 from streams.kafka import (
@@ -64,12 +71,11 @@ from streams.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS
 
 log = logging.getLogger(__name__)
 
-NODE_SCHEDULED = "pit.dag.NodeScheduled"
-ATTEMPT_ENDED = frozenset({"pit.dag.NodeCompleted", "pit.dag.NodeFailed"})
+NODE_SCHEDULED = NodeScheduled.avro_name
+ATTEMPT_ENDED = frozenset({NodeCompleted.avro_name, NodeFailed.avro_name})
 # After these an execution's attempts so far report to no effect: their slots are free.
-EXECUTION_MOVED_ON = frozenset({"pit.dag.ExecutionCompleted", "pit.dag.ExecutionFailed",
-                                "pit.dag.ExecutionCancelled", "pit.dag.ExecutionTimedOut",
-                                "pit.dag.ExecutionRestarted"})
+EXECUTION_MOVED_ON = frozenset(
+    {event.avro_name for event in ENDINGS} | {ExecutionRestarted.avro_name})
 WATCHED = frozenset({NODE_SCHEDULED, *ATTEMPT_ENDED, *EXECUTION_MOVED_ON})
 SOURCE_PARTITION, SOURCE_OFFSET = "pit.source.partition", "pit.source.offset"
 TASK_PARTITION, TASK_OFFSET = "pit.task.partition", "pit.task.offset"  # on runner reports

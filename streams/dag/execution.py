@@ -1625,6 +1625,10 @@ def status(s: ExecutionState, now_ms: int) -> Progress:
 # --- the decider ----------------------------------------------------------------------------
 
 COMMANDS = tuple(_HANDLERS)
+# The events that end an execution, with the status each leaves (in views and results).
+ENDINGS: dict[type[Message], str] = {
+    ExecutionCompleted: "completed", ExecutionFailed: "failed",
+    ExecutionCancelled: "cancelled", ExecutionTimedOut: "timed_out"}
 EVENTS = (ExecutionStarted, NodeScheduled, NodeStarted, NodeCompleted, NodeFailed,
           NodeRetryScheduled, NodeSkipped, FallbackUsed, CheckpointTaken, ExecutionRestarted,
           ExecutionCompleted, ExecutionFailed, ExecutionCancelled, ExecutionTimedOut,

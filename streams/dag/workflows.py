@@ -41,6 +41,7 @@ from streams.dag.definition import Workflow, check, workflow_from_dict
 from streams.dag.definition_store import definition_store, read_workflow_file
 from streams.dag.execution import (
     DAG,
+    ENDINGS,
     CancelExecution,
     Definitions,
     ExecutionCancelled,
@@ -49,7 +50,6 @@ from streams.dag.execution import (
     ExecutionStarted,
     ExecutionState,
     ExecutionStatus,
-    ExecutionTimedOut,
     Progress,
     StartExecution,
     evolve,
@@ -65,8 +65,7 @@ if TYPE_CHECKING:
     from schemas.codec import Codec
     from streams.client import Outcome, PitClient
 
-ENDS = {ExecutionCompleted: "completed", ExecutionFailed: "failed",
-        ExecutionCancelled: "cancelled", ExecutionTimedOut: "timed_out"}
+ENDS = ENDINGS
 RESOURCES = ("cpu", "memory_mb")
 
 

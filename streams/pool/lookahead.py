@@ -46,17 +46,14 @@ from dataclasses import dataclass
 from streams.dag.definition import NodeKind
 from streams.dag.execution import (
     DEFINITIONS,
+    ENDINGS,
     IN_FLIGHT,
     RESOLVED,
     CheckpointTaken,
     Definitions,
-    ExecutionCancelled,
-    ExecutionCompleted,
-    ExecutionFailed,
     ExecutionRestarted,
     ExecutionStarted,
     ExecutionState,
-    ExecutionTimedOut,
     NodeStatus,
     P,
     Plan,
@@ -66,7 +63,7 @@ from streams.dag.execution import (
 from streams.decider import Message
 from streams.errors import DefinitionStoreError, InvalidWorkflowError
 
-ENDED = (ExecutionCompleted, ExecutionFailed, ExecutionCancelled, ExecutionTimedOut)
+ENDED = tuple(ENDINGS)
 SHAPES = 64  # plans' shapes kept, most recently started first
 _MODEL_KEY = '"model":'  # canonical JSON omits an empty model: no match, no model node
 

@@ -135,13 +135,12 @@ class ArtifactOps:
 
     def _write(self, content: bytes, path: Path | None, content_type: str,
                schema: dict[str, Any] | None):
-        if path is None:
-            return self.backend.store(content), structure(content, content_type, schema)
-        checked = None
-        if path.stat().st_size <= STRUCTURE_LIMIT:
-            checked = structure(path.read_bytes(), content_type, schema)
-        with path.open("rb") as f:
-            return self.backend.store(f), checked
+        if path is not None and path.stat().st_size <= STRUCTURE_LIMIT:
+            content = path.read_bytes()  # read once: checked and stored from memory
+        elif path is not None:  # too large to check: streamed, never whole in memory
+            with path.open("rb") as f:
+                return self.backend.store(f), None
+        return self.backend.store(content), structure(content, content_type, schema)
 
     async def _visible(self, address: str, decided_at: int) -> None:
         """Until the `artifacts` view shows the store decided at `decided_at` (so a read

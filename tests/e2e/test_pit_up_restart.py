@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,11 +20,6 @@ from streams.pool.pool import ReportModelLoaded
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PitUp:
@@ -82,7 +76,7 @@ def wait_for(check, timeout: float = 15.0):
         time.sleep(0.1)
 
 
-def test_pit_up_survives_a_restart(tmp_path: Path) -> None:
+def test_pit_up_survives_a_restart(tmp_path: Path, free_port) -> None:
     pit = PitUp(tmp_path / "pit", free_port()).start()
     try:
         with pit.client() as client:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections import Counter
 
 import aiohttp
@@ -33,11 +32,6 @@ OPERATORS.register("views_flaky_twice", _flaky_twice, inputs={"value": "str"}, o
                    replace=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -53,7 +47,7 @@ WATCHED = {"completed": ("pit_dag_nodes_completed_total", {"kind": "operator"}),
            "ended": ("pit_dag_executions_ended_total", {"status": "completed"})}
 
 
-async def test_a_running_pit_shows_its_workflows(tmp_path) -> None:
+async def test_a_running_pit_shows_its_workflows(tmp_path, free_port) -> None:
     before = {key: sample(name, **labels) for key, (name, labels) in WATCHED.items()}
     port = free_port()
     workflow = (WorkflowBuilder("live-views")

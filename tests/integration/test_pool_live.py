@@ -5,7 +5,6 @@ in process; allocations go through PitClient."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -22,17 +21,12 @@ COUNTERS = ("pit_pool_cache_hits_total", "pit_pool_cache_misses_total",
             "pit_pool_load_seconds_count")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def test_a_running_pit_shows_its_pool(tmp_path) -> None:
+async def test_a_running_pit_shows_its_pool(tmp_path, free_port) -> None:
     before = {name: sample(name) for name in COUNTERS}
     port = free_port()
     settings = Settings(data_dir=tmp_path)

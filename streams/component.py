@@ -1,0 +1,85 @@
+"""How a component joins the Pit: one `Component` descriptor, listed once in the registry
+(`streams/components.py`).
+
+The kernel (this folder's top-level modules and `schemas/`) knows no component. `pit up`,
+the CLI, the read API, replay, audit, `pit bench` and the contract tests iterate the
+registry and take from each descriptor what they need, so adding a component means its
+folder under `streams/`, its views under `projections/`, its schemas in `schemas/avro/`,
+its topics in `infra/topics.yaml`, and one line in the registry.
+
+Every part but the deciders is optional, and every part that needs a running Pit is a
+factory: the descriptor itself imports nothing heavy and starts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from streams.decider import Decider
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from schemas.codec import Codec
+    from streams.config import Settings
+
+
+class Service(Protocol):
+    """A long-running part of `pit up` (a process manager, relay or worker): runs until
+    `stop` is set, then returns once its in-flight work is done."""
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a running `pit up` hands a component's factories."""
+
+    settings: Settings
+    codec: Codec
+    engine: Engine
+
+
+@dataclass(frozen=True)
+class Route:
+    """A read-API route: GET `path`, answered by `handler(request)`."""
+
+    path: str
+    handler: Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One component of the Pit, as data.
+
+    * `deciders`: its rules, as the contract tests and the audit log see them;
+      `configure(settings)` gives the ones `pit up` runs when they need the settings (the
+      DAG reads definitions from the data directory).
+    * `services(runtime)`: what `pit up` runs for it besides its processors.
+    * `prepare(settings, engine)`: runs once the embedded broker is restored and before any
+      processor starts (restoring consumer positions the component owns).
+    * `views(settings)`: its projections; `observers(engine)`: metrics fed by the projector.
+    * `routes`: its read-API routes; `add_cli(subparsers)`: its `pit` subcommands.
+    * `client(pit_client)`: its operations, reachable as `pit_client.<name>`.
+    * `benches`: `pit bench` parts, name -> async function(settings) -> figures.
+    """
+
+    name: str
+    deciders: tuple[Decider[Any], ...]
+    configure: Callable[[Settings], tuple[Decider[Any], ...]] | None = None
+    services: Callable[[Runtime], Sequence[Service]] = lambda _runtime: ()
+    prepare: Callable[[Settings, Engine], Awaitable[None]] | None = None
+    views: Callable[[Settings | None], Sequence[Any]] = lambda _settings: ()
+    observers: Callable[[Engine], Sequence[Any]] = lambda _engine: ()
+    routes: Sequence[Route] = ()
+    add_cli: Callable[[argparse._SubParsersAction[Any]], None] | None = None
+    client: Callable[[Any], Any] | None = None
+    benches: Mapping[str, Callable[..., Awaitable[dict[str, Any]]]] = field(
+        default_factory=dict)
+
+    def running_deciders(self, settings: Settings) -> tuple[Decider[Any], ...]:
+        return self.configure(settings) if self.configure is not None else self.deciders

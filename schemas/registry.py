@@ -4,23 +4,30 @@
   on ids without coordination and compaction can never renumber anything. Its state is kept
   in the compacted topic `_pit.schemas` (key = subject/version) so other processes and
   standard tooling can look schemas up.
-* `ConfluentRegistry` talks to a Confluent-compatible registry (`PIT_SCHEMA_REGISTRY_URL`).
+* `ConfluentRegistry` talks to a Confluent-compatible registry (`PIT_SCHEMA_REGISTRY_URL`,
+  with the `PIT_SCHEMA_REGISTRY_*` auth and TLS settings).
 Subjects follow the RecordNameStrategy: the subject is the record's full name.
 """
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+# The HTTP library the client raises from (httpx2, or httpx on older installs), as it picks it.
+from confluent_kafka.schema_registry.common._httpx_compat import httpx
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import fingerprint
 
 from schemas.catalog import canonical, current_schemas, fullname, schema_json
-from streams.errors import SchemaError, UnknownSchemaError
+from streams.errors import ConfigError, SchemaError, UnknownSchemaError
+
+T = TypeVar("T")
 
 # The lockfile of released versions: {fullname: [schema_json of each version, oldest first]}.
 VERSIONS_FILE = Path(str(resources.files("schemas").joinpath("versions.json")))
@@ -133,45 +140,45 @@ class EmbeddedRegistry:
 
 
 class ConfluentRegistry:
-    """Client of the Confluent Schema Registry REST API, with caches both ways."""
+    """A Confluent-compatible registry through confluent-kafka's `SchemaRegistryClient`,
+    which caches both ways and brings basic/bearer auth, TLS and retries (`options`: its
+    configuration names, from `Settings.schema_registry_options`)."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 10.0,
+                 options: Mapping[str, object] | None = None) -> None:
         self.url = url.rstrip("/")
-        self.timeout_s = timeout_s
-        self._by_id: dict[int, dict] = {}
-        self._ids: dict[tuple[str, str], int] = {}
-
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:200]
-            if exc.code == 404 and path.startswith("/schemas/ids/"):
-                raise UnknownSchemaError(f"unknown schema id {path.rsplit('/', 1)[1]}") from None
-            raise SchemaError(
-                f"schema registry {method} {path}: HTTP {exc.code} {detail}"
-            ) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise SchemaError(f"schema registry unreachable at {self.url}: {exc}") from None
+            self._client = SchemaRegistryClient(
+                {"url": self.url, "timeout": timeout_s, **(options or {})})
+        except (ValueError, TypeError, OSError) as exc:  # bad options or certificate files
+            raise ConfigError(f"schema registry at {self.url}: {exc}") from None
+        # The client's id cache is per subject and `schema_by_id` has none to give: what this
+        # process registered is kept here, so it decodes its own writes without a GET.
+        self._registered: dict[int, dict] = {}
+
+    def _call(self, what: str, call: Callable[[], T],
+              not_found: SchemaError | None = None) -> T:
+        try:
+            return call()
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404 and not_found is not None:
+                raise not_found from None
+            detail = " ".join(str(exc.error_message).split())[:200]
+            raise SchemaError(f"schema registry {what}: HTTP {exc.http_status_code} {detail}"
+                              ) from None
+        except httpx.HTTPError as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise SchemaError(f"schema registry unreachable at {self.url}: {reason}") from None
 
     def register(self, subject: str, schema: dict) -> int:
-        key = (subject, canonical(schema))
-        if key not in self._ids:
-            answer = self._call("POST", f"/subjects/{subject}/versions",
-                                {"schema": schema_json(schema)})
-            self._ids[key] = answer["id"]
-            self._by_id[answer["id"]] = schema
-        return self._ids[key]
+        schema_id = self._call(f"register {subject}", lambda: self._client.register_schema(
+            subject, Schema(schema_json(schema), "AVRO")))
+        self._registered[schema_id] = schema
+        return schema_id
 
     def schema_by_id(self, schema_id: int) -> dict:
-        if schema_id not in self._by_id:
-            answer = self._call("GET", f"/schemas/ids/{schema_id}")
-            self._by_id[schema_id] = json.loads(answer["schema"])
-        return self._by_id[schema_id]
+        if schema_id in self._registered:
+            return self._registered[schema_id]
+        found = self._call(f"schema {schema_id}", lambda: self._client.get_schema(schema_id),
+                           UnknownSchemaError(f"unknown schema id {schema_id}"))
+        return json.loads(found.schema_str or "null")

@@ -98,7 +98,8 @@ def registry_for(settings: Settings) -> SchemaRegistry:
     if settings.schema_registry_url:
         from schemas.registry import ConfluentRegistry
 
-        return ConfluentRegistry(settings.schema_registry_url)
+        return ConfluentRegistry(settings.schema_registry_url,
+                                 options=settings.schema_registry_options)
     return EmbeddedRegistry()
 
 

@@ -22,6 +22,17 @@ _KAFKA_TLS_VARS = {
     "PIT_KAFKA_SSL_KEYFILE": "keyfile",
 }
 
+# Passed to confluent-kafka's SchemaRegistryClient with PIT_SCHEMA_REGISTRY_URL (its names).
+_SCHEMA_REGISTRY_VARS = {
+    "PIT_SCHEMA_REGISTRY_BASIC_AUTH": "basic.auth.user.info",
+    "PIT_SCHEMA_REGISTRY_BEARER_TOKEN": "bearer.auth.token",
+    "PIT_SCHEMA_REGISTRY_LOGICAL_CLUSTER": "bearer.auth.logical.cluster",
+    "PIT_SCHEMA_REGISTRY_IDENTITY_POOL": "bearer.auth.identity.pool.id",
+    "PIT_SCHEMA_REGISTRY_SSL_CAFILE": "ssl.ca.location",
+    "PIT_SCHEMA_REGISTRY_SSL_CERTFILE": "ssl.certificate.location",
+    "PIT_SCHEMA_REGISTRY_SSL_KEYFILE": "ssl.key.location",
+}
+
 BROKER_FILE = "broker.json"
 
 
@@ -52,6 +63,18 @@ def _artifact_backend(env: dict[str, str]) -> str:
     return backend
 
 
+def _schema_registry(env: dict[str, str]) -> dict[str, str]:
+    options = {v: env[k] for k, v in _SCHEMA_REGISTRY_VARS.items() if env.get(k)}
+    if ":" not in options.get("basic.auth.user.info", ":"):
+        raise ConfigError("PIT_SCHEMA_REGISTRY_BASIC_AUTH must be user:password")
+    if "bearer.auth.token" in options:
+        if "bearer.auth.logical.cluster" not in options:  # the client sends it with a token
+            raise ConfigError("PIT_SCHEMA_REGISTRY_BEARER_TOKEN needs"
+                              " PIT_SCHEMA_REGISTRY_LOGICAL_CLUSTER, the registry's cluster id")
+        options["bearer.auth.credentials.source"] = "STATIC_TOKEN"
+    return options
+
+
 def _keyring_file(env: dict[str, str]) -> Path | None:
     if env.get("PIT_KEYRING") and env.get("PIT_KEYRING_KEYS"):
         raise ConfigError("PIT_KEYRING (a keyring file) and PIT_KEYRING_KEYS are both set: "
@@ -65,6 +88,8 @@ class Settings:
     bootstrap_servers: str | None = None
     database_url: str | None = None
     schema_registry_url: str | None = None
+    # Auth and TLS of that registry, in SchemaRegistryClient's names; holds secrets: never shown
+    schema_registry_options: dict[str, str] = field(default_factory=dict, repr=False)
     http_port: int = 8642
     # Nodes running at once across all workflow executions (0: no limit); the task
     # dispatcher in `pit up` holds the rest back (streams/dag/dispatch.py).
@@ -94,6 +119,7 @@ class Settings:
             bootstrap_servers=env.get("PIT_KAFKA_BOOTSTRAP_SERVERS") or None,
             database_url=env.get("PIT_DATABASE_URL") or None,
             schema_registry_url=env.get("PIT_SCHEMA_REGISTRY_URL") or None,
+            schema_registry_options=_schema_registry(env),
             http_port=_port(env.get("PIT_HTTP_PORT", "8642")),
             dag_max_running=_count("PIT_DAG_MAX_RUNNING", env.get("PIT_DAG_MAX_RUNNING", "4096")),
             dag_output_artifacts=_flag("PIT_DAG_OUTPUT_ARTIFACTS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
@@ -9,6 +10,7 @@ import socket
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 from fastavro import parse_schema, schemaless_writer
@@ -24,7 +26,9 @@ from schemas.registry import (
     recorded_versions,
     schema_id_for,
 )
+from streams.config import Settings
 from streams.errors import (
+    ConfigError,
     IncompatibleSchemaError,
     InvalidRecordError,
     MalformedMessageError,
@@ -400,13 +404,15 @@ def test_invalid_record_and_unknown_name(codec):
 
 
 class FakeConfluent(ThreadingHTTPServer):
-    """The subset of the Confluent Schema Registry REST contract the Pit uses."""
+    """The subset of the Confluent Schema Registry REST contract the Pit uses.
+
+    `requests` holds (method, path without the query, headers, JSON body)."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.ids: dict[str, int] = {}
         self.schemas: dict[int, str] = {}
-        self.requests: list[tuple[str, str, str | None, object]] = []
+        self.requests: list[tuple[str, str, dict[str, str], object]] = []
         self.lock = threading.Lock()
 
     @property
@@ -431,8 +437,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.server.lock:
-            self.server.requests.append(("POST", self.path, self.headers["Content-Type"], body))
-            parts = self.path.strip("/").split("/")
+            path = urlsplit(self.path).path
+            self.server.requests.append(("POST", path, dict(self.headers), body))
+            parts = path.strip("/").split("/")
             if len(parts) != 3 or parts[0] != "subjects" or parts[2] != "versions":
                 return self._answer(404, {"error_code": 404, "message": "HTTP 404 Not Found"})
             if parts[1] == "refused":
@@ -445,10 +452,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         with self.server.lock:
-            self.server.requests.append(("GET", self.path, self.headers["Content-Type"], None))
+            path = urlsplit(self.path).path
+            self.server.requests.append(("GET", path, dict(self.headers), None))
             prefix = "/schemas/ids/"
-            tail = self.path[len(prefix):]
-            if self.path.startswith(prefix) and tail.isdigit() and int(tail) in self.server.schemas:
+            tail = path[len(prefix):]
+            if path.startswith(prefix) and tail.isdigit() and int(tail) in self.server.schemas:
                 return self._answer(200, {"schema": self.server.schemas[int(tail)]})
             self._answer(404, {"error_code": 40403, "message": "Schema not found"})
 
@@ -476,8 +484,9 @@ def test_confluent_register_posts_once_per_schema(confluent):
     assert other != first
     posts = [r for r in confluent.requests if r[0] == "POST"]
     assert [r[1] for r in posts] == [f"/subjects/{MT}/versions", "/subjects/pit.Envelope/versions"]
-    assert all(r[2] == "application/vnd.schemaregistry.v1+json" for r in posts)
-    assert posts[0][3] == {"schema": schema_json(schema)}
+    assert all(r[2]["Content-Type"] == "application/vnd.schemaregistry.v1+json" for r in posts)
+    assert posts[0][3]["schema"] == schema_json(schema)
+    assert posts[0][3].get("schemaType", "AVRO") == "AVRO"
     assert registry.schema_by_id(first) == schema  # cached from registering: no GET
     assert not [r for r in confluent.requests if r[0] == "GET"]
 
@@ -490,7 +499,7 @@ def test_confluent_codec_round_trip_fetches_each_id_once(confluent):
     gets = [r for r in confluent.requests if r[0] == "GET"]
     schema_id = confluent.ids[schema_json(current_schemas()[MT])]
     assert [r[1] for r in gets] == [f"/schemas/ids/{schema_id}"]
-    assert gets[0][2] == "application/vnd.schemaregistry.v1+json"
+    assert "application/vnd.schemaregistry.v1+json" in gets[0][2]["Accept"]
 
 
 def test_confluent_unknown_id_and_refusal(confluent):
@@ -502,11 +511,38 @@ def test_confluent_unknown_id_and_refusal(confluent):
     assert "\n" not in str(refused.value)
 
 
+def test_confluent_basic_auth_and_bearer_credentials_arrive(confluent):
+    settings = Settings.from_env({"PIT_SCHEMA_REGISTRY_URL": confluent.url,
+                                  "PIT_SCHEMA_REGISTRY_BASIC_AUTH": "pit:s3:cret"})
+    assert "s3:cret" not in repr(settings)
+    ConfluentRegistry(confluent.url, options=settings.schema_registry_options).register(
+        MT, current_schemas()[MT])
+    expected = "Basic " + base64.b64encode(b"pit:s3:cret").decode()
+    assert confluent.requests[-1][2]["Authorization"] == expected
+
+    settings = Settings.from_env({"PIT_SCHEMA_REGISTRY_BEARER_TOKEN": "tok-1",
+                                  "PIT_SCHEMA_REGISTRY_LOGICAL_CLUSTER": "lsrc-1"})
+    ConfluentRegistry(confluent.url, options=settings.schema_registry_options).schema_by_id(1)
+    headers = confluent.requests[-1][2]
+    assert (headers["Authorization"], headers["target-sr-cluster"]) == ("Bearer tok-1", "lsrc-1")
+
+
+def test_confluent_settings_are_checked():
+    for env, problem in (({"PIT_SCHEMA_REGISTRY_BASIC_AUTH": "nocolon"}, "user:password"),
+                         ({"PIT_SCHEMA_REGISTRY_BEARER_TOKEN": "t"}, "LOGICAL_CLUSTER")):
+        with pytest.raises(ConfigError, match=problem):
+            Settings.from_env(env)
+    options = Settings.from_env({"PIT_SCHEMA_REGISTRY_SSL_CAFILE": "/nonexistent/ca.pem"})
+    with pytest.raises(ConfigError, match=r"schema registry at https://registry\.example"):
+        ConfluentRegistry("https://registry.example", options=options.schema_registry_options)
+
+
 def test_confluent_unreachable_is_a_one_line_schema_error():
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    registry = ConfluentRegistry(f"http://127.0.0.1:{port}", timeout_s=2)
+    registry = ConfluentRegistry(f"http://127.0.0.1:{port}", timeout_s=2,
+                                 options={"retries.wait.ms": 10})  # retried, quickly
     calls = (lambda: registry.schema_by_id(1),
              lambda: registry.register(MT, current_schemas()[MT]))
     for call in calls:

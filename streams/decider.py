@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, ClassVar, Generic, TypeVar
+from operator import attrgetter
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 S = TypeVar("S")
-T = TypeVar("T")
+V = TypeVar("V")
 
 
 class Rejection(Exception):
@@ -47,26 +48,37 @@ class Message:
         return type(self).__name__
 
 
-@cache
+class _PerClass(dict[type, V]):
+    """What `compute` says of a message class, computed on first use. A dict rather than
+    functools.cache, whose typing takes a class object for unhashable."""
+
+    def __init__(self, compute: Callable[[type], V]) -> None:
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, cls: type) -> V:
+        value = self[cls] = self.compute(cls)
+        return value
+
+
 def _enum_fields(cls: type) -> dict[str, type[enum.Enum]]:
     hints = typing.get_type_hints(cls)
     return {name: hint for name, hint in hints.items()
             if isinstance(hint, type) and issubclass(hint, enum.Enum)}
 
 
-@cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(field.name for field in dataclasses.fields(cls))
+_ENUM_FIELDS = _PerClass(_enum_fields)
+_FIELD_NAMES = _PerClass(lambda cls: tuple(field.name for field in dataclasses.fields(cls)))
 
 
 def to_record(message: Message) -> dict[str, Any]:
     """The message as a codec dict (without `meta`/`envelope`, which the runtime adds)."""
-    return {name: getattr(message, name) for name in _field_names(type(message))}
+    return {name: getattr(message, name) for name in _FIELD_NAMES[type(message)]}
 
 
 def from_record(cls: type[Message], record: dict[str, Any]) -> Message:
-    values = {name: record[name] for name in _field_names(cls) if name in record}
-    for name, enum_type in _enum_fields(cls).items():
+    values = {name: record[name] for name in _FIELD_NAMES[cls] if name in record}
+    for name, enum_type in _ENUM_FIELDS[cls].items():
         if name in values:
             values[name] = enum_type(values[name])
     return cls(**values)
@@ -136,6 +148,13 @@ class Rules(Generic[D]):
         return d.events
 
 
+class Slotted(Protocol):
+    """A class whose instances keep their fields in slots (the state classes)."""
+
+    __slots__: ClassVar[Iterable[str]]
+
+
+T = TypeVar("T", bound=Slotted)
 _set = object.__setattr__
 
 
@@ -180,7 +199,7 @@ class Decider(Generic[S]):
     evolve: Callable[[S, Message, int], S]
     # The entity that decides a command (state key, Kafka key, partition); by default the
     # command's own subject. The pool decides every command of a pool together.
-    entity_of: Callable[[Message], str] = Message.entity_key.fget
+    entity_of: Callable[[Message], str] = attrgetter("entity_key")
     # Checkpoints, optional: event types that carry an entity's whole state, and the state one
     # of them records (as evolve leaves it after that event). A processor restoring from the
     # log then starts each entity at its last such event and evolves only what follows, so

@@ -405,7 +405,8 @@ class Processor:
                                     reason=f"internal error: {exc!r}")
             return [self._dead_letter(record, exc), *self._decided(record, outcome)]
         self.entities.setdefault(key, entity)
-        outputs, event_ids = [], []
+        outputs: list[Output] = []
+        event_ids: list[str] = []
         start = -1  # the output that starts the entity's restore (a snapshot, its first event)
         correlation_id = meta.get("correlation_id") or command_id
         for index, event in enumerate(events):
@@ -596,11 +597,14 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
             metrics.EVENTS_IN.labels(processor.decider.name, processor.decider.command_topic
                                      ).inc(len(records))
             outputs = processor.handle(records)
-            offsets = [] if processor.book is not None else None
-            await produce_all(producer, outputs, produce_timeout_s, offsets=offsets)
-            if processor.book is not None:  # where the next restore starts, before the commit
-                written = processor.book.written(outputs, offsets, processor.positions,
-                                                 int(time.time() * 1000))
+            book = processor.book
+            if book is None:
+                await produce_all(producer, outputs, produce_timeout_s)
+            else:  # where the next restore starts, written before the commit
+                offsets: list[int] = []
+                await produce_all(producer, outputs, produce_timeout_s, offsets=offsets)
+                written = book.written(outputs, offsets, processor.positions,
+                                       int(time.time() * 1000))
                 if written:  # most batches change no start and leave the marks near enough
                     await produce_all(producer, written, produce_timeout_s)
                     outputs = outputs + written

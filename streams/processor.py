@@ -19,7 +19,8 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -59,6 +60,157 @@ class Entity:
     last_at_ms: int = 0
 
 
+Fields = dict[str, Any]  # an event's decoded record, envelope included
+Held = tuple[type[Message], Fields]  # an event held back by a restore, not converted yet
+
+
+class Fold(Protocol):
+    """How `Processor.restore` turns the events it reads into entity state: one strategy per
+    kind of decider, chosen once (`Processor._restore_strategy`). The processor reads the
+    records and keeps ledger and positions; the fold is told every outcome and event."""
+
+    def outcome(self, record: LogRecord, command_id: str | None) -> None:
+        """An outcome read; `command_id` when it is this processor's own decision (not a
+        re-acknowledgement)."""
+
+    def event(self, record: LogRecord, envelope: Fields, event_type: type[Message],
+              fields: Fields) -> None: ...
+
+    def finish(self) -> None:
+        """Every record was read."""
+
+
+class PlainFold:
+    """Every event evolves its entity's state as it is read."""
+
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    def outcome(self, record: LogRecord, command_id: str | None) -> None:
+        pass
+
+    def event(self, record: LogRecord, envelope: Fields, event_type: type[Message],
+              fields: Fields) -> None:
+        self.processor._apply(envelope, from_record(event_type, fields))
+
+    def finish(self) -> None:
+        pass
+
+
+class _Tail:
+    """An entity's events held back by a restore: its last snapshot read, if any, and the
+    events after it."""
+
+    __slots__ = ("events", "snapshot")
+
+    def __init__(self, snapshot: Held | None) -> None:
+        self.snapshot = snapshot
+        self.events: list[Held] = []
+
+    @property
+    def complete(self) -> bool:
+        """Read from where the entity's restore may start: a snapshot or its first event."""
+        return self.snapshot is not None or (
+            bool(self.events) and self.events[0][1]["envelope"]["sequence"] == 1)
+
+
+class SnapshotFold:
+    """For a decider that takes checkpoints (`Decider.snapshots`): an entity's events are
+    held back, not evolved; a snapshot drops what was held and becomes the entity's starting
+    point, and only once the records are read is each entity's state rebuilt from its last
+    snapshot plus the events after it. Every record is still read (the ledger and positions
+    need all of them), but the evolve work - what grows with a long execution - is only the
+    tail since the last snapshot. The price is holding the decoded tails in memory."""
+
+    def __init__(self, processor: Processor, from_snapshot: Callable[[Message], Any]) -> None:
+        self.processor, self.from_snapshot = processor, from_snapshot
+        self.snapshots = processor.decider.snapshots
+        self.tails: dict[str, _Tail] = {}
+
+    def outcome(self, record: LogRecord, command_id: str | None) -> None:
+        pass
+
+    def event(self, record: LogRecord, envelope: Fields, event_type: type[Message],
+              fields: Fields) -> None:
+        self._hold(envelope, event_type, fields)
+
+    def finish(self) -> None:
+        for key, tail in self.tails.items():
+            entity = self.processor.entities[key]
+            entity.state = self._rebuilt(entity.state, tail)
+
+    def _hold(self, envelope: Fields, event_type: type[Message], fields: Fields) -> bool:
+        """Keep an event for the fold (converted only if it is folded); the entity's position
+        advances now. True when the entity's restore may start here: a snapshot, or its first
+        event."""
+        key = envelope["entity_key"]
+        entity = self.processor.entity(key)
+        entity.sequence = envelope["sequence"]
+        entity.last_at_ms = max(entity.last_at_ms, envelope["occurred_at"])
+        if issubclass(event_type, self.snapshots):
+            self.tails[key] = _Tail((event_type, fields))
+            return True
+        tail = self.tails.get(key)
+        if tail is None:
+            tail = self.tails[key] = _Tail(None)
+        tail.events.append((event_type, fields))
+        return envelope["sequence"] == 1
+
+    def _rebuilt(self, state: Any, tail: _Tail) -> Any:
+        if tail.snapshot is not None:
+            state = self.from_snapshot(from_record(*tail.snapshot))
+        evolve = self.processor.decider.evolve
+        for event_type, fields in tail.events:
+            state = evolve(state, from_record(event_type, fields),
+                           fields["envelope"]["occurred_at"])
+        return state
+
+
+class CheckpointTopicFold(SnapshotFold):
+    """For a decider with a checkpoint topic (rules: streams/recovery.py), whose records may
+    start late: the snapshot fold, telling the book what it read (events, outcomes, where an
+    entity's restore may start, each entity folded). Entities the book holds as their ended
+    marker fold nothing; an entity read without its start is not folded (the records do not
+    fit the log); one that ended is held as its `final` record."""
+
+    def __init__(self, processor: Processor, from_snapshot: Callable[[Message], Any],
+                 book: CheckpointBook) -> None:
+        super().__init__(processor, from_snapshot)
+        self.book = book
+        self.where: dict[str, int] = {}  # entity -> its partition
+        self.command: dict[int, tuple[str, int]] = {}  # partition -> (command, its 1st event)
+
+    def outcome(self, record: LogRecord, command_id: str | None) -> None:
+        self.book.saw_outcome(record.partition, record.offset, command_id)
+
+    def event(self, record: LogRecord, envelope: Fields, event_type: type[Message],
+              fields: Fields) -> None:
+        partition, key, cause = record.partition, envelope["entity_key"], envelope["causation_id"]
+        self.book.saw_event(partition, record.offset)
+        if self.command.get(partition, ("",))[0] != cause:
+            self.command[partition] = (cause, record.offset)
+        if self.book.holds(partition, key):
+            return  # restored from its ended marker: only the ledger learns from it
+        if self._hold(envelope, event_type, fields):
+            self.book.saw_start(partition, key, self.command[partition][1], cause)
+        self.where[key] = partition
+
+    def finish(self) -> None:
+        spec = self.book.spec
+        for key, tail in self.tails.items():
+            if not tail.complete:
+                self.book.saw_entity(self.where[key], key, False, None, 0, 0)
+                continue
+            entity = self.processor.entities[key]
+            state = self._rebuilt(entity.state, tail)
+            final = spec.final(state)
+            if final is not None:
+                state = spec.from_final(final)
+            self.book.saw_entity(self.where[key], key, True, final, entity.sequence,
+                                 entity.last_at_ms)
+            entity.state = state
+
+
 @dataclass
 class Processor:
     decider: Decider
@@ -71,11 +223,13 @@ class Processor:
     positions: dict[int, int] = field(default_factory=dict)
     # the checkpoint topic's bookkeeping, for a decider with snapshots and a checkpoint topic
     book: CheckpointBook | None = field(default=None, init=False, repr=False, compare=False)
+    _fold: Callable[[], Fold] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.name = self.name or f"{self.decider.name}-processor"
         if self.decider.checkpoint_topic is not None and self.decider.snapshots:
             self.book = CheckpointBook(self.decider, self.codec, self.name)
+        self._fold = self._restore_strategy()
         component = self.decider.name
         self._latency = metrics.PROCESSING_SECONDS.labels(component)
         self._decided_count = {status: metrics.COMMANDS.labels(component, status)
@@ -98,26 +252,27 @@ class Processor:
     def state(self, key: str) -> Any:
         return self.entity(key).state
 
+    def _restore_strategy(self) -> Callable[[], Fold]:
+        """How `restore` turns events into state, by what the decider takes."""
+        decider = self.decider
+        if not decider.snapshots:
+            return partial(PlainFold, self)
+        if decider.from_snapshot is None:
+            raise ValueError(f"the {decider.name} decider has snapshots but no from_snapshot")
+        if self.book is None:
+            return partial(SnapshotFold, self, decider.from_snapshot)
+        return partial(CheckpointTopicFold, self, decider.from_snapshot, self.book)
+
     # --- restoring from the log ------------------------------------------------------------
 
     def restore(self, records: Iterable[LogRecord]) -> int:
         """Fold past events and outcomes into state and ledger; returns records applied.
 
-        With a decider that takes checkpoints (`Decider.snapshots`), an entity's events are
-        held back, not evolved: a checkpoint event drops what was held and becomes the
-        entity's starting point, and only once the records are read is each entity's state
-        rebuilt from its last checkpoint plus the events after it. Every record is still
-        read (the ledger and positions need all of them), but the evolve work - what grows
-        with a long execution - is only the tail since the last checkpoint. The price is
-        holding the decoded tails in memory while reading.
-
-        With a checkpoint topic (`book`), the records may start late (streams/recovery.py):
-        entities held as their ended marker fold nothing, what was read is told to the book,
-        and an entity that ended is held as its `final` record once folded."""
-        tails: dict[str, list] = {}  # entity -> [checkpoint or None, (type, record)...]
-        where: dict[str, int] = {}   # entity -> its partition
-        command: dict[int, tuple[str, int]] = {}  # partition -> (command, its first event)
-        book = self.book
+        Every record teaches the ledger and positions the same way; how events become state
+        is the decider's restore strategy (`Fold`): evolved as read (`PlainFold`), from each
+        entity's last snapshot (`SnapshotFold`), or from what its checkpoint topic says
+        (`CheckpointTopicFold`)."""
+        fold = self._fold()
         applied = 0
         for record in records:
             if record.value is None:
@@ -134,28 +289,14 @@ class Processor:
                     self._advance(outcome["command_partition"], outcome["command_offset"])
                     if not outcome["duplicate"]:
                         self._remember(outcome["command_id"], outcome)
-                if book is not None:
-                    book.saw_outcome(record.partition, record.offset, outcome["command_id"]
-                                     if mine and not outcome["duplicate"] else None)
+                fold.outcome(record, outcome["command_id"]
+                             if mine and not outcome["duplicate"] else None)
                 continue
             event_type = self.decider.event_type(decoded.name)
             if event_type is None:
                 continue
             envelope = decoded.record["envelope"]
-            cause = envelope["causation_id"]
-            if book is not None:
-                book.saw_event(record.partition, record.offset)
-                if command.get(record.partition, ("",))[0] != cause:
-                    command[record.partition] = (cause, record.offset)
-            if book is not None and book.holds(record.partition, envelope["entity_key"]):
-                pass  # restored from its ended marker: only the ledger learns from it
-            elif self.decider.snapshots:
-                if self._hold(tails, envelope, event_type, decoded.record) and book is not None:
-                    book.saw_start(record.partition, envelope["entity_key"],
-                                   command[record.partition][1], cause)
-                where[envelope["entity_key"]] = record.partition
-            else:
-                self._apply(envelope, from_record(event_type, decoded.record))
+            fold.event(record, envelope, event_type, decoded.record)
             accepted = self.ledger.get(envelope["causation_id"])
             if accepted is None:
                 accepted = self._outcome(envelope["causation_id"], "", envelope["entity_key"],
@@ -164,25 +305,7 @@ class Processor:
             if envelope["event_id"] not in accepted["event_ids"]:  # restores may repeat
                 accepted["event_ids"].append(envelope["event_id"])
             applied += 1
-        for key, (checkpoint, *tail) in tails.items():
-            entity = self.entities[key]
-            complete = checkpoint is not None or (
-                bool(tail) and tail[0][1]["envelope"]["sequence"] == 1)
-            if book is not None and not complete:  # read without its start: the records
-                book.saw_entity(where[key], key, False, None, 0, 0)  # do not fit the log
-                continue
-            state = entity.state if checkpoint is None else self.decider.from_snapshot(
-                from_record(*checkpoint))
-            for event_type, record in tail:
-                state = self.decider.evolve(state, from_record(event_type, record),
-                                            record["envelope"]["occurred_at"])
-            if book is not None:
-                final = self.decider.checkpoint_topic.final(state)
-                if final is not None:
-                    state = self.decider.checkpoint_topic.from_final(final)
-                book.saw_entity(where[key], key, True, final, entity.sequence,
-                                entity.last_at_ms)
-            entity.state = state
+        fold.finish()
         return applied
 
     def restore_partitions(self, partitions: Collection[int],
@@ -197,13 +320,14 @@ class Processor:
         checkpoint topic now. Partitions whose records do not fit the log are restored again,
         in full."""
         book = self.book
+        if book is None:
+            raise ValueError(f"the {self.decider.name} decider has no checkpoint topic")
         distrust: set[int] = set()
         while True:
             floors = book.plan(checkpoints, ends, partitions, distrust)
             for point in book.held():
                 self.entities[point.entity_key] = Entity(
-                    self.decider.checkpoint_topic.from_final(point.final), point.sequence,
-                    point.last_at)
+                    book.spec.from_final(point.final), point.sequence, point.last_at)
             applied = self.restore(read(self.decider.event_topic, {
                 p: floor.events_from for p, floor in floors.items()}))
             applied += self.restore(read(RESULTS, {
@@ -214,20 +338,6 @@ class Processor:
                 log.warning("%s: %s; restoring them from the whole log", self.name, mismatch)
                 distrust |= mismatch.partitions
                 self.entities.clear()
-
-    def _hold(self, tails: dict[str, list], envelope: dict, event_type: type[Message],
-              record: dict) -> bool:
-        """Keep an event's record for `restore`'s fold (converted only if it is folded);
-        the entity's position advances now. True when the entity's restore may start here:
-        a snapshot, or its first event."""
-        entity = self.entity(envelope["entity_key"])
-        entity.sequence = envelope["sequence"]
-        entity.last_at_ms = max(entity.last_at_ms, envelope["occurred_at"])
-        if issubclass(event_type, self.decider.snapshots):
-            tails[envelope["entity_key"]] = [(event_type, record)]
-            return True
-        tails.setdefault(envelope["entity_key"], [None]).append((event_type, record))
-        return envelope["sequence"] == 1
 
     def _apply(self, envelope: dict, event: Message) -> None:
         entity = self.entity(envelope["entity_key"])
@@ -295,7 +405,8 @@ class Processor:
                                     reason=f"internal error: {exc!r}")
             return [self._dead_letter(record, exc), *self._decided(record, outcome)]
         self.entities.setdefault(key, entity)
-        outputs, event_ids = [], []
+        outputs: list[Output] = []
+        event_ids: list[str] = []
         start = -1  # the output that starts the entity's restore (a snapshot, its first event)
         correlation_id = meta.get("correlation_id") or command_id
         for index, event in enumerate(events):
@@ -321,21 +432,22 @@ class Processor:
                                   event.entity_key.encode(), value, now_ms))
         outcome = self._outcome(command_id, command.type_name, key, now_ms, event_ids=event_ids)
         if self.book is not None and events:
-            self._book_changes(record.partition, key, entity, base, base + len(outputs),
-                               start >= 0)
+            self._book_changes(self.book, record.partition, key, entity, base,
+                               base + len(outputs), start >= 0)
         return outputs + self._decided(record, outcome)
 
-    def _book_changes(self, partition: int, key: str, entity: Entity, first: int,
-                      outcome: int, started: bool) -> None:
+    @staticmethod
+    def _book_changes(book: CheckpointBook, partition: int, key: str, entity: Entity,
+                      first: int, outcome: int, started: bool) -> None:
         """Tell the checkpoint book what this decision changed: a new start of the entity's
         restore (its events hold a snapshot or its first event; the restore reads from the
         first of them, outputs[first], so it meets all of this command's events), or its end
         (then no command changes it again)."""
-        final = self.decider.checkpoint_topic.final(entity.state)
+        final = book.spec.final(entity.state)
         if final is not None:
-            self.book.ended(partition, key, final, entity.sequence, entity.last_at_ms)
+            book.ended(partition, key, final, entity.sequence, entity.last_at_ms)
         elif started:
-            self.book.started(partition, key, first, outcome)
+            book.started(partition, key, first, outcome)
 
     def _decided(self, record: LogRecord, outcome: dict) -> list[Output]:
         self._decided_count[outcome["status"].lower()].inc()
@@ -387,11 +499,11 @@ async def restore_partitions(processor: Processor, settings, engine, partitions:
         return history_source(engine, [topic], reader, partitions=chosen, starts=starts)
 
     def restore() -> tuple[int, list[Output]]:
-        decider = processor.decider
-        if processor.book is None:
+        decider, book = processor.decider, processor.book
+        if book is None:
             return processor.restore(read(decider.event_topic)) + processor.restore(
                 read(RESULTS)), []
-        topic = decider.checkpoint_topic.topic
+        topic = book.spec.topic
         checkpoints = latest_history(engine, topic, kafka_log_reader(
             settings, [topic], partitions=partitions), partitions)
         ends = end_offsets(settings, [(t, p) for t in (decider.event_topic, RESULTS)
@@ -485,11 +597,14 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
             metrics.EVENTS_IN.labels(processor.decider.name, processor.decider.command_topic
                                      ).inc(len(records))
             outputs = processor.handle(records)
-            offsets = [] if processor.book is not None else None
-            await produce_all(producer, outputs, produce_timeout_s, offsets=offsets)
-            if processor.book is not None:  # where the next restore starts, before the commit
-                written = processor.book.written(outputs, offsets, processor.positions,
-                                                 int(time.time() * 1000))
+            book = processor.book
+            if book is None:
+                await produce_all(producer, outputs, produce_timeout_s)
+            else:  # where the next restore starts, written before the commit
+                offsets: list[int] = []
+                await produce_all(producer, outputs, produce_timeout_s, offsets=offsets)
+                written = book.written(outputs, offsets, processor.positions,
+                                       int(time.time() * 1000))
                 if written:  # most batches change no start and leave the marks near enough
                     await produce_all(producer, written, produce_timeout_s)
                     outputs = outputs + written

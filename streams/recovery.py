@@ -56,10 +56,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from schemas.codec import Codec
-from streams.decider import Decider, to_record
+from streams.decider import CheckpointTopic, Decider, to_record
 from streams.errors import PitError, SchemaError
 from streams.log import LogRecord
 from streams.topics import RESULTS
@@ -144,13 +144,25 @@ class RecordsMismatch(PitError):
         self.partitions = partitions
 
 
+def _inside(marks: Marks | None, live: Mapping[str, Point], events_end: int,
+            results_end: int) -> TypeGuard[Marks]:
+    """Rule 5: a partition's records are trusted when its marks and the starts of its live
+    entities lie inside the log (below the ends of its event and results partitions)."""
+    return (marks is not None
+            and marks.events_through < events_end and marks.results_through < results_end
+            and all(p.events_offset < events_end and p.results_offset <= results_end
+                    for p in live.values()))
+
+
 class CheckpointBook:
     """A processor's side of its checkpoint topic: what it wrote per partition, what the batch
     being decided changes (`started`/`ended`, then `written`), and a restore's bookkeeping
     (`plan`, the `saw_*` calls while the processor folds, then `finish`)."""
 
     def __init__(self, decider: Decider, codec: Codec, producer: str) -> None:
-        self.spec = decider.checkpoint_topic
+        if decider.checkpoint_topic is None:
+            raise ValueError(f"the {decider.name} decider has no checkpoint topic")
+        self.spec: CheckpointTopic[Any] = decider.checkpoint_topic
         self.event_topic, self.command_topic = decider.event_topic, decider.command_topic
         self.codec, self.producer = codec, producer
         self.partitions: dict[int, _Partition] = {}
@@ -287,23 +299,18 @@ class CheckpointBook:
             events_end = ends.get((self.event_topic, partition), 0)
             results_end = ends.get((RESULTS, partition), 0)
             live = {key: p for key, p in existing.items() if not p.ended}
-            trusted = (partition not in distrust and marks is not None
-                       and marks.events_through < events_end
-                       and marks.results_through < results_end
-                       and all(p.events_offset < events_end and p.results_offset <= results_end
-                               for p in live.values()))
             part = self.partitions[partition] = _Partition()
-            if trusted:
+            if partition not in distrust and _inside(marks, live, events_end, results_end):
                 part.live, part.marks, part.written = live, marks, marks
                 floors[partition] = Floors(
                     min([p.events_offset for p in live.values()] + [marks.events_through + 1]),
                     max(0, min([p.results_offset for p in live.values()]
                                + [marks.results_through + 1, results_end - LEDGER_TAIL])))
                 held = {key for key, p in existing.items() if p.ended}
+                self._restoring[partition] = _Restoring(True, existing, held)
             else:
                 floors[partition] = Floors(0, 0)
-                held = set()
-            self._restoring[partition] = _Restoring(trusted, existing, held)
+                self._restoring[partition] = _Restoring(False, existing, set())
         return floors
 
     def _decode(self, records: Iterable[LogRecord]) -> tuple[dict[str, Point], Marks | None]:

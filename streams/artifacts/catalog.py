@@ -53,7 +53,7 @@ from typing import Any
 
 from streams.artifacts.quality import Quality, quality, strict_json
 from streams.blobs import is_address
-from streams.decider import Decider, Message, Rejection
+from streams.decider import Decider, Decision, Message, Rejection, Rules
 from streams.errors import ArtifactError
 from streams.pool.pool import PMap
 from streams.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS
@@ -437,18 +437,13 @@ def evolve(state: CatalogState, event: Message, at_ms: int) -> CatalogState:
 
 # --- decide: the rules -----------------------------------------------------------------------
 
-class _Decision:
-    """The events decided so far, and the state with them applied (so later rules see them)."""
+class _Decision(Decision[CatalogState]):
+    """The catalog's working copy, with the rescoring every touched artifact gets."""
 
-    __slots__ = ("events", "now", "state")
+    __slots__ = ()
 
     def __init__(self, state: CatalogState, now_ms: int) -> None:
-        self.state, self.now = state, now_ms
-        self.events: list[Message] = []
-
-    def emit(self, event: Message) -> None:
-        self.events.append(event)
-        self.state = evolve(self.state, event, self.now)
+        super().__init__(state, now_ms, evolve)
 
     def rescore(self, addresses: Iterable[str]) -> None:
         for address in dict.fromkeys(addresses):
@@ -616,29 +611,19 @@ def _on_remove(d: _Decision, c: RemoveArtifact) -> None:
     d.emit(ArtifactRemoved(c.address, c.reason))
 
 
-_HANDLERS: dict[type, Callable[[_Decision, Any], None]] = {
+_RULES: Rules[_Decision] = Rules("the artifact catalog", "store_id", {
     StoreArtifact: _on_store,
     LinkArtifacts: _on_link,
     RecordArtifactAccess: _on_access,
     RemoveArtifact: _on_remove,
-}
+})
 
 
 def decide(state: CatalogState, command: Message, now_ms: int) -> list[Message]:
-    handler = _HANDLERS.get(type(command))
-    if handler is None:
-        raise Rejection(f"the artifact catalog does not handle {command.type_name}")
-    if not command.store_id:
-        raise Rejection("store_id must not be empty")
-    if command.store_id != state.store_id:
-        raise Rejection(f"command for store {command.store_id!r} sent to store "
-                        f"{state.store_id!r}")
-    d = _Decision(state, now_ms)
-    handler(d, command)
-    return d.events
+    return _RULES.decide(_Decision(state, now_ms), command)
 
 
-COMMANDS = tuple(_HANDLERS)
+COMMANDS = _RULES.commands
 EVENTS = (ArtifactStored, ArtifactDeduplicated, ArtifactVersioned, ArtifactLinked,
           ArtifactAccessRecorded, ArtifactQualityScored, ArtifactRemoved)
 

@@ -95,7 +95,7 @@ from streams.dag.definition import (
     item_input_of,
     workflow_from_json,
 )
-from streams.decider import CheckpointTopic, Decider, Message, Rejection
+from streams.decider import CheckpointTopic, Decider, Decision, Message, Rejection, Rules, copy_with
 from streams.errors import DefinitionStoreError, InvalidWorkflowError
 from streams.timers import TIMER_EVENTS, TimerScheduled, cancel_timer, schedule_timer
 from streams.topics import DAG_CHECKPOINTS, DAG_COMMANDS, DAG_EVENTS
@@ -744,19 +744,6 @@ def initial_state(execution_id: str) -> ExecutionState:
 
 # --- evolve: apply one fact -----------------------------------------------------------------
 
-_set = object.__setattr__
-
-
-def _copy(obj: Any, **changes: Any) -> Any:
-    """`dataclasses.replace` for the frozen slotted state classes, without `__init__`."""
-    new = object.__new__(type(obj))
-    for name in type(obj).__slots__:
-        _set(new, name, getattr(obj, name))
-    for name, value in changes.items():
-        _set(new, name, value)
-    return new
-
-
 class _Change:
     """The changes one event makes, gathered and applied at once (`state()`): the node runs
     it touches, with status counts, slots and pool usage kept in step."""
@@ -785,17 +772,17 @@ class _Change:
                 sign = 1 if run.status in IN_FLIGHT else -1
                 self.slots += sign
                 pool = self.pool(plan.pool[i])
-                self.set_pool(plan.pool[i], _copy(
+                self.set_pool(plan.pool[i], copy_with(
                     pool, used_cpu_m=pool.used_cpu_m + sign * plan.cpu_m[i],
                     used_memory_mb=pool.used_memory_mb + sign * plan.memory_mb[i]))
             if old.status is READY:
                 p = plan.pool[i]
                 pool = self.pool(p)
-                self.set_pool(p, _copy(pool, ready=pool.ready.remove(plan.key[i])))
+                self.set_pool(p, copy_with(pool, ready=pool.ready.remove(plan.key[i])))
             elif run.status is READY:
                 p = plan.pool[i]
                 pool = self.pool(p)
-                self.set_pool(p, _copy(pool, ready=pool.ready.push(plan.key[i])))
+                self.set_pool(p, copy_with(pool, ready=pool.ready.push(plan.key[i])))
         self.runs[i] = run
 
     def pool(self, p: int) -> PoolRun:
@@ -815,12 +802,12 @@ class _Change:
         for target, name in self.s.plan.outputs[i]:
             t = self.run(target)
             live = t.live + (output is not None and output_value(output, name) is not _MISSING)
-            self.runs[target] = _copy(t, remaining=t.remaining - 1, live=live)
+            self.runs[target] = copy_with(t, remaining=t.remaining - 1, live=live)
             targets.append(target)
         for target in targets:
             t = self.runs[target]
             if t.status is P and t.remaining == 0 and t.live > 0:
-                self.put(target, _copy(t, status=READY))
+                self.put(target, copy_with(t, status=READY))
 
     def state(self) -> ExecutionState:
         s, changes = self.s, self.fields
@@ -832,7 +819,7 @@ class _Change:
             changes["counts"] = tuple(self.counts)
         if self.slots != s.slots:
             changes["slots"] = self.slots
-        return _copy(s, **changes) if changes else s
+        return copy_with(s, **changes) if changes else s
 
 
 def _parse_output(text: str, output_hash: str, branch_taken: str = "",
@@ -854,11 +841,11 @@ def _observed(durations: tuple[tuple[str, int, int], ...], kind: str,
 def _ended(s: ExecutionState, status: ExecutionStatus, at_ms: int,
            error: str = "") -> ExecutionState:
     """The execution ends: what has not finished is cancelled, nothing holds a slot."""
-    ended = _copy(s, status=status, ended_at=at_ms, error=error)
+    ended = copy_with(s, status=status, ended_at=at_ms, error=error)
     if s.done == s.plan.size:
         return ended  # completed: every node is resolved already
     runs = [run if run.status in TERMINAL or run.status is FAILED
-            else _copy(run, status=CANCELLED) for run in s.nodes]
+            else copy_with(run, status=CANCELLED) for run in s.nodes]
     return _rebuilt(ended, runs)
 
 
@@ -888,16 +875,16 @@ def _rebuilt(s: ExecutionState, runs: list[NodeRun]) -> ExecutionState:
             used[plan.pool[i]][0] += plan.cpu_m[i]
             used[plan.pool[i]][1] += plan.memory_mb[i]
         counts[status] += 1
-        runs[i] = _copy(run, status=status, remaining=remaining, live=live)
-    pools = tuple(_copy(pool, used_cpu_m=used[p][0], used_memory_mb=used[p][1],
+        runs[i] = copy_with(run, status=status, remaining=remaining, live=live)
+    pools = tuple(copy_with(pool, used_cpu_m=used[p][0], used_memory_mb=used[p][1],
                         ready=ReadyQueue.of(ready[p])) for p, pool in enumerate(s.pools))
-    return _copy(s, nodes=PVec.of(runs), pools=pools, slots=slots, counts=tuple(counts))
+    return copy_with(s, nodes=PVec.of(runs), pools=pools, slots=slots, counts=tuple(counts))
 
 
 def _with_base(s: ExecutionState) -> ExecutionState:
     """The state as a checkpoint (or the start) leaves it: its own restart point."""
-    base = _copy(s, base=None)
-    return _copy(base, base=base)
+    base = copy_with(s, base=None)
+    return copy_with(base, base=base)
 
 
 def _started(s: ExecutionState, e: ExecutionStarted, at_ms: int,
@@ -906,7 +893,7 @@ def _started(s: ExecutionState, e: ExecutionStarted, at_ms: int,
     pools = tuple(PoolRun(name, round(e.capacity_cpu[name] * 1000) if name in e.capacity_cpu
                           else math.inf, e.capacity_memory_mb.get(name, math.inf))
                   for name in POOLS)
-    state = _copy(s, status=ExecutionStatus.RUNNING, plan=plan, pools=pools, inputs=e.inputs,
+    state = copy_with(s, status=ExecutionStatus.RUNNING, plan=plan, pools=pools, inputs=e.inputs,
                   max_concurrency=e.max_concurrency, started_at=at_ms,
                   timeout_ms=e.timeout_ms, deadline_at=e.deadline_at,
                   checkpoint_every=e.checkpoint_every, definition_hash=e.definition_hash)
@@ -920,10 +907,10 @@ def _restarted(s: ExecutionState, e: ExecutionRestarted) -> ExecutionState:
     runs = []
     for i, (now, then) in enumerate(zip(s.nodes, base.nodes, strict=True)):
         status = then.status if then.status in RESOLVED else P
-        runs.append(_copy(then, status=status, attempt=now.attempt,
+        runs.append(copy_with(then, status=status, attempt=now.attempt,
                           restarts=now.restarts + (i == failed)))
-    state = _rebuilt(_copy(base, durations=s.durations), runs)
-    return _copy(state, base=base)
+    state = _rebuilt(copy_with(base, durations=s.durations), runs)
+    return copy_with(state, base=base)
 
 
 def evolve(state: ExecutionState, event: Message, at_ms: int,
@@ -939,7 +926,7 @@ def _on_scheduled(s: ExecutionState, e: NodeScheduled, at_ms: int) -> ExecutionS
     change = _Change(s)
     i = s.plan.index[e.node_id]
     run = change.run(i)
-    change.put(i, _copy(run, status=SCHEDULED, attempt=e.attempt, tries=run.tries + 1,
+    change.put(i, copy_with(run, status=SCHEDULED, attempt=e.attempt, tries=run.tries + 1,
                         scheduled_at=at_ms, started_at=0))
     return change.state()
 
@@ -947,7 +934,7 @@ def _on_scheduled(s: ExecutionState, e: NodeScheduled, at_ms: int) -> ExecutionS
 def _on_started(s: ExecutionState, e: NodeStarted, at_ms: int) -> ExecutionState:
     change = _Change(s)
     i = s.plan.index[e.node_id]
-    change.put(i, _copy(change.run(i), status=RUNNING, started_at=at_ms))
+    change.put(i, copy_with(change.run(i), status=RUNNING, started_at=at_ms))
     return change.state()
 
 
@@ -955,7 +942,7 @@ def _on_completed(s: ExecutionState, e: NodeCompleted, at_ms: int) -> ExecutionS
     change = _Change(s)
     i = s.plan.index[e.node_id]
     output = _parse_output(e.output, e.output_hash, e.branch_taken)
-    change.resolve(i, _copy(change.run(i), status=COMPLETED, output=output))
+    change.resolve(i, copy_with(change.run(i), status=COMPLETED, output=output))
     change.fields.update(since_checkpoint=s.since_checkpoint + 1, durations=_observed(
         s.durations, s.plan.node(i).kind.value, e.duration_ms))
     return change.state()
@@ -965,14 +952,14 @@ def _on_failed(s: ExecutionState, e: NodeFailed, at_ms: int) -> ExecutionState:
     change = _Change(s)
     i = s.plan.index[e.node_id]
     error = f"{e.error_type}: {e.message}" if e.message else e.error_type
-    change.put(i, _copy(change.run(i), status=FAILED, error=error))
+    change.put(i, copy_with(change.run(i), status=FAILED, error=error))
     return change.state()
 
 
 def _on_retry(s: ExecutionState, e: NodeRetryScheduled, at_ms: int) -> ExecutionState:
     change = _Change(s)
     i = s.plan.index[e.node_id]
-    change.put(i, _copy(change.run(i), status=RETRYING))
+    change.put(i, copy_with(change.run(i), status=RETRYING))
     return change.state()
 
 
@@ -980,7 +967,7 @@ def _on_skipped(s: ExecutionState, e: NodeSkipped, at_ms: int) -> ExecutionState
     change = _Change(s)
     i = s.plan.index[e.node_id]
     output = json.loads(e.output) if e.output else None
-    change.resolve(i, _copy(change.run(i), status=SKIPPED, output=output))
+    change.resolve(i, copy_with(change.run(i), status=SKIPPED, output=output))
     return change.state()
 
 
@@ -989,12 +976,12 @@ def _on_fallback(s: ExecutionState, e: FallbackUsed, at_ms: int) -> ExecutionSta
     i = s.plan.index[e.node_id]
     output = (json.loads(e.output) if e.output
               else {OUT: Ref(e.output_hash, tuple(e.output_path))})
-    change.resolve(i, _copy(change.run(i), status=FALLBACK, output=output))
+    change.resolve(i, copy_with(change.run(i), status=FALLBACK, output=output))
     return change.state()
 
 
 def _on_checkpoint(s: ExecutionState, e: CheckpointTaken, at_ms: int) -> ExecutionState:
-    return _with_base(_copy(s, checkpoint=e.checkpoint, since_checkpoint=0))
+    return _with_base(copy_with(s, checkpoint=e.checkpoint, since_checkpoint=0))
 
 
 _EVOLVE: dict[type, Callable[[ExecutionState, Any, int], ExecutionState]] = {
@@ -1124,29 +1111,17 @@ def from_final(data: bytes) -> ExecutionState:
 
 # --- decide: the rules ----------------------------------------------------------------------
 
-class _Decision:
-    """A working copy: `state` is the execution with every event emitted so far applied.
+class _Decision(Decision[ExecutionState]):
+    """An execution's working copy, evolved with the definitions it decides with.
     `resolved` lists the nodes resolved in this decision whose dependents and fallback
     waiters have not been looked at yet."""
 
-    __slots__ = ("_applied", "_state", "definitions", "events", "now", "resolved")
+    __slots__ = ("definitions", "resolved")
 
     def __init__(self, state: ExecutionState, now_ms: int, definitions: Definitions) -> None:
-        self._state, self._applied, self.now = state, 0, now_ms
+        super().__init__(state, now_ms, partial(evolve, definitions=definitions))
         self.definitions = definitions
-        self.events: list[Message] = []
         self.resolved: list[int] = []
-
-    @property
-    def state(self) -> ExecutionState:
-        while self._applied < len(self.events):
-            self._state = evolve(self._state, self.events[self._applied], self.now,
-                                 self.definitions)
-            self._applied += 1
-        return self._state
-
-    def emit(self, *events: Message) -> None:
-        self.events.extend(events)
 
 
 def _timer(s: ExecutionState, timer_id: str, due_at: int) -> TimerScheduled:
@@ -1549,7 +1524,9 @@ def _plain_output(output: Any) -> Any:
     return {k: _plain_output(v) if isinstance(v, Ref) else v for k, v in output.items()}
 
 
-_HANDLERS: dict[type, Callable[[_Decision, Any], None]] = {
+# An empty execution_id is the rules' to reject: a start says so, other commands find no
+# such execution.
+_RULES: Rules[_Decision] = Rules("the DAG tracker", "execution_id", {
     StartExecution: _on_start,
     ReportNodeStarted: _on_report_started,
     ReportNodeCompleted: _on_report_completed,
@@ -1557,20 +1534,12 @@ _HANDLERS: dict[type, Callable[[_Decision, Any], None]] = {
     TimerFired: _on_timer,
     CancelExecution: _on_cancel,
     TakeCheckpoint: _on_take_checkpoint,
-}
+}, reject_blank_key=False)
 
 
 def decide(state: ExecutionState, command: Message, now_ms: int,
            definitions: Definitions = DEFINITIONS) -> list[Message]:
-    handler = _HANDLERS.get(type(command))
-    if handler is None:
-        raise Rejection(f"the DAG tracker does not handle {command.type_name}")
-    if command.execution_id != state.execution_id:
-        raise Rejection(f"command for execution {command.execution_id!r} sent to execution"
-                        f" {state.execution_id!r}")
-    d = _Decision(state, now_ms, definitions)
-    handler(d, command)
-    return d.events
+    return _RULES.decide(_Decision(state, now_ms, definitions), command)
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -1624,7 +1593,7 @@ def status(s: ExecutionState, now_ms: int) -> Progress:
 
 # --- the decider ----------------------------------------------------------------------------
 
-COMMANDS = tuple(_HANDLERS)
+COMMANDS = _RULES.commands
 # The events that end an execution, with the status each leaves (in views and results).
 ENDINGS: dict[type[Message], str] = {
     ExecutionCompleted: "completed", ExecutionFailed: "failed",

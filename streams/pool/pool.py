@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from streams.decider import Decider, Message, Rejection
+from streams.decider import Decider, Decision, Message, Rejection, Rules, copy_with
 from streams.pool import lifecycle
 from streams.pool.lifecycle import (
     DEFAULT_POOL,
@@ -493,7 +493,7 @@ class Stats:
     def failed(self, code: str) -> Stats:
         counts = dict(self.allocation_failures)
         counts[code] = counts.get(code, 0) + 1
-        return _copy(self, allocation_failures=tuple(sorted(counts.items())))
+        return copy_with(self, allocation_failures=tuple(sorted(counts.items())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,20 +524,6 @@ def initial_state(pool_id: str) -> PoolState:
 
 
 # --- evolve: apply one fact ------------------------------------------------------------------
-
-_set = object.__setattr__
-
-
-def _copy(obj: Any, **changes: Any) -> Any:
-    """`dataclasses.replace` for the frozen slotted state classes, without re-running
-    `__init__`: same result, about twice as fast (evolve runs once per event)."""
-    new = object.__new__(type(obj))
-    for name in type(obj).__slots__:
-        _set(new, name, getattr(obj, name))
-    for name, value in changes.items():
-        _set(new, name, value)
-    return new
-
 
 def _weight(model: Model) -> tuple[int, int, int, int]:
     """What the model adds to its host's Usage (resident MB, count, committed MB, count)."""
@@ -580,7 +566,7 @@ def _reweigh(host: Host, old: Model | None, new: Model | None) -> Host:
     usage = host.usage
     before = _weight(old) if old is not None else (0, 0, 0, 0)
     after = _weight(new) if new is not None else (0, 0, 0, 0)
-    return _copy(
+    return copy_with(
         host,
         usage=Usage(usage.resident_mb - before[0] + after[0],
                     usage.resident_count - before[1] + after[1],
@@ -595,7 +581,7 @@ def _model_set(s: PoolState, model_id: str, hosts: PMap[str, Host] | None = None
     """The model with `changes`, and its host's usage, eviction candidates and load queue
     to match (`hosts`: the host map as this event already changed it, if it did)."""
     old = s.models[model_id]
-    new = _copy(old, **changes)
+    new = copy_with(old, **changes)
     hosts = s.hosts if hosts is None else hosts
     if old.host is not None or new.host is not None:
         if old.host == new.host:
@@ -615,13 +601,13 @@ def _model_set(s: PoolState, model_id: str, hosts: PMap[str, Host] | None = None
 def _host_models(state: PoolState, host_id: str,
                  change: Callable[[frozenset[str]], frozenset[str]]) -> PMap[str, Host]:
     host = state.hosts[host_id]
-    return state.hosts.set(host_id, _copy(host, models=change(host.models)))
+    return state.hosts.set(host_id, copy_with(host, models=change(host.models)))
 
 
 def evolve(state: PoolState, event: Message, at_ms: int) -> PoolState:
     """Apply one event. Only the touched entries are copied (see PMap), never the pool."""
     tick = state.tick + 1
-    return _copy(state, tick=tick, **_changes(state, event, at_ms, tick))
+    return copy_with(state, tick=tick, **_changes(state, event, at_ms, tick))
 
 
 def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, Any]:
@@ -634,7 +620,7 @@ def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, A
             known = s.hosts.get(h)
             if known is not None:  # back up (emptied by HostDown), or alive at a new endpoint:
                 # what it holds stays
-                return {"hosts": s.hosts.set(h, _copy(known, endpoint=endpoint, alive=True))}
+                return {"hosts": s.hosts.set(h, copy_with(known, endpoint=endpoint, alive=True))}
             return {"hosts": s.hosts.set(h, Host(h, budget, capacity, endpoint))}
         case ModelTransitioned(model_id=m, reason=reason):
             changed = lifecycle.evolve(s.models[m].lifecycle, event, at_ms)
@@ -646,23 +632,23 @@ def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, A
             return _model_set(s, m, _host_models(s, h, lambda ms: ms | {m}),
                               host=h, placed_at=tick, load_reason=reason)
         case LoadRequested(reason=R.PREDICTIVE_PREWARM):
-            return {"stats": _copy(s.stats, prewarm_loads=s.stats.prewarm_loads + 1)}
+            return {"stats": copy_with(s.stats, prewarm_loads=s.stats.prewarm_loads + 1)}
         case ModelLoaded(model_id=m, load_ms=load_ms, memory_mb=mb):
-            stats = _copy(s.stats, loads=s.stats.loads + 1,
+            stats = copy_with(s.stats, loads=s.stats.loads + 1,
                           load_time_total_ms=s.stats.load_time_total_ms + load_ms)
             return {"stats": stats, **_model_set(
                 s, m, memory_mb=mb, load_ms=load_ms, health_failures=0, last_used=tick)}
         case ModelLoadFailed(model_id=m, host_id=h) | ModelUnloaded(model_id=m, host_id=h):
             changes = _model_set(s, m, _host_models(s, h, lambda ms: ms - {m}), host=None)
             if isinstance(event, ModelLoadFailed):
-                changes["stats"] = _copy(s.stats, load_failures=s.stats.load_failures + 1)
+                changes["stats"] = copy_with(s.stats, load_failures=s.stats.load_failures + 1)
             return changes
         case ModelEvicted():
-            return {"stats": _copy(s.stats, evictions=s.stats.evictions + 1)}
+            return {"stats": copy_with(s.stats, evictions=s.stats.evictions + 1)}
         case AllocationQueued(request_id=r, model_id=m, requester=who, workflow_id=w):
             return {**_model_set(s, m, queued=(*s.models[m].queued, r)),
                     "requests": s.requests.set(r, Request(r, m, who, False, w)),
-                    "stats": _copy(s.stats, misses=s.stats.misses + 1)}
+                    "stats": copy_with(s.stats, misses=s.stats.misses + 1)}
         case ModelAllocated(request_id=r, model_id=m, requester=who, cache_hit=hit,
                             workflow_id=w):
             model = s.models[m]
@@ -672,7 +658,7 @@ def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, A
                 s, m, lifecycle=used, allocations=model.allocations | {r}, queued=queued,
                 last_used=tick)}
             if hit:
-                changes["stats"] = _copy(s.stats, hits=s.stats.hits + 1)
+                changes["stats"] = copy_with(s.stats, hits=s.stats.hits + 1)
             return changes
         case ModelReleased(request_id=r, model_id=m):
             return {"requests": s.requests.delete(r), **_model_set(
@@ -687,34 +673,22 @@ def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, A
         case HostDown(host_id=h):
             host, models = s.hosts[h], s.models
             for m in host.models:
-                models = models.set(m, _copy(models[m], host=None))
+                models = models.set(m, copy_with(models[m], host=None))
             return {"models": models,
-                    "hosts": s.hosts.set(h, _copy(host, alive=False, models=frozenset(),
+                    "hosts": s.hosts.set(h, copy_with(host, alive=False, models=frozenset(),
                                                   usage=Usage(), idle=(), waiting=()))}
     return {}  # UnloadRequested and unknown events change nothing but the clock
 
 
 # --- decide: the rules -----------------------------------------------------------------------
 
-class _Decision:
-    """A working copy: `state` is the pool with every event emitted so far applied, so later
-    rules see earlier decisions. Applied lazily: a cache hit never needs to look again."""
+class _Decision(Decision[PoolState]):
+    """The pool's working copy, with the one way its rules change a model's lifecycle."""
 
-    __slots__ = ("_applied", "_state", "events", "now")
+    __slots__ = ()
 
     def __init__(self, state: PoolState, now_ms: int) -> None:
-        self._state, self._applied, self.now = state, 0, now_ms
-        self.events: list[Message] = []
-
-    @property
-    def state(self) -> PoolState:
-        while self._applied < len(self.events):
-            self._state = evolve(self._state, self.events[self._applied], self.now)
-            self._applied += 1
-        return self._state
-
-    def emit(self, *events: Message) -> None:
-        self.events.extend(events)
+        super().__init__(state, now_ms, evolve)
 
     def transition(self, model_id: str, target: ModelState, reason: TransitionReason,
                    **metadata: str) -> None:
@@ -1074,7 +1048,7 @@ def _on_host_down(d: _Decision, c: ReportHostDown) -> None:
         _place(d, model_id, evict=True, reason=R.ERROR_RECOVERY)
 
 
-_HANDLERS: dict[type, Callable[[_Decision, Any], None]] = {
+_RULES: Rules[_Decision] = Rules("the pool", "pool_id", {
     RegisterModel: _on_register_model,
     RegisterHost: _on_register_host,
     AllocateModel: _on_allocate,
@@ -1088,23 +1062,14 @@ _HANDLERS: dict[type, Callable[[_Decision, Any], None]] = {
     ReportHostDown: _on_host_down,
     TransitionModel: _on_transition,
     RecordModelUsage: _on_usage,
-}
+})
 
 
 def decide(state: PoolState, command: Message, now_ms: int) -> list[Message]:
-    handler = _HANDLERS.get(type(command))
-    if handler is None:
-        raise Rejection(f"the pool does not handle {command.type_name}")
-    if not command.pool_id:
-        raise Rejection("pool_id must not be empty")
-    if command.pool_id != state.pool_id:
-        raise Rejection(f"command for pool {command.pool_id!r} sent to pool {state.pool_id!r}")
-    d = _Decision(state, now_ms)
-    handler(d, command)
-    return d.events
+    return _RULES.decide(_Decision(state, now_ms), command)
 
 
-COMMANDS = tuple(_HANDLERS)
+COMMANDS = _RULES.commands
 EVENTS = (ModelRegistered, HostRegistered, ModelPlaced, LoadRequested, ModelLoaded,
           ModelLoadFailed, UnloadRequested, ModelUnloaded, ModelEvicted, ModelTransitioned,
           ModelUsageRecorded, AllocationQueued, ModelAllocated, ModelReleased, AllocationFailed,

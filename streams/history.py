@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
 from sqlalchemy import Engine
 
-from projections.audit import archived_records, latest_records
+from streams.archive import archived_records, latest_records
 from streams.config import Settings
 from streams.errors import BrokerUnavailableError, PitError
 from streams.log import LogRecord

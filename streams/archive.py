@@ -26,7 +26,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     Column,
@@ -154,8 +154,8 @@ def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> str:
     return json.dumps(out, separators=(",", ":"))
 
 
-def decode_headers(text: str) -> tuple[tuple[str, bytes], ...]:
-    out = []
+def decode_headers(text: str) -> tuple[tuple[str, bytes | None], ...]:
+    out: list[tuple[str, bytes | None]] = []
     for name, value in json.loads(text):
         if isinstance(value, dict):
             out.append((name, base64.b64decode(value["base64"])))
@@ -192,7 +192,7 @@ def chain_hash(prev_hash: str, seq: int, topic: str, partition: int, offset: int
     bytes concatenated in the same order. `prev_hash` enters as its 32 raw bytes.
     """
     values = (topic, key, key_raw, value, headers_json, event_type, entity_key, payload, error)
-    parts = [b"" if v is None else v.encode() if type(v) is str else bytes(v) for v in values]
+    parts = [b"" if v is None else v.encode() if isinstance(v, str) else bytes(v) for v in values]
     digest = hashlib.sha256(bytes.fromhex(prev_hash))
     digest.update(_NUMBERS.pack(seq, partition, offset, timestamp_ms))
     digest.update(_LENGTHS.pack(*[-1 if v is None else len(p)
@@ -307,8 +307,10 @@ def to_log_record(row: Any) -> LogRecord:
     key = row.key_raw if row.key_raw is not None else (
         None if row.key is None else row.key.encode("utf-8"))
     value = None if row.value is None else bytes(row.value)
+    # LogRecord types header values as bytes; Kafka allows None, kept as it was.
+    headers = cast("tuple[tuple[str, bytes], ...]", decode_headers(row.headers_json))
     return LogRecord(row.topic, row.partition, row.offset, row.timestamp_ms, key, value,
-                     decode_headers(row.headers_json))
+                     headers)
 
 
 _RECORD_COLUMNS = [audit_log.c.topic, audit_log.c.partition, audit_log.c.offset,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-K = TypeVar("K")
+K = TypeVar("K", bound=str)
 V = TypeVar("V")
 _SHARDS = 64
 _EMPTY: dict = {}
@@ -81,7 +81,7 @@ class PMap(Generic[K, V]):
         return self._len == other._len and all(
             a == b for a, b in zip(self._shards, other._shards, strict=True))
 
-    __hash__ = None
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # unhashable, like dict
 
     def __repr__(self) -> str:
         return f"PMap({dict(sorted(self.items()))!r})"

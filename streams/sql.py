@@ -246,6 +246,7 @@ def _copy_rows(conn: Connection, table: Table, columns: tuple[str, ...],
     names = ", ".join(preparer.quote(name) for name in columns)
     statement = f"COPY {preparer.format_table(table)} ({names}) FROM STDIN"
     driver_connection = conn.connection.driver_connection  # the same psycopg transaction
+    assert driver_connection is not None  # set while the connection is checked out
     with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
         for row in rows:
             copy.write_row(row)

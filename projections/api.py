@@ -51,9 +51,10 @@ from projections.audit import history, state_as_of, verify
 from projections.dag import execution, execution_failures, execution_nodes, list_executions
 from projections.models import model_row
 from projections.pool import model_health, pool_hosts, pool_status
-from projections.runtime import default_views, live_tables, load_positions
+from projections.runtime import default_views, live_tables
 from streams.errors import ArtifactNotFoundError, PitError
 from streams.pool.lifecycle import DEFAULT_POOL
+from streams.sql import load_positions
 
 ENGINE = web.AppKey("engine", Engine)
 CLOCK = web.AppKey("clock", Callable[[], int])

@@ -43,7 +43,6 @@ from sqlalchemy import (
     select,
 )
 
-from projections.db import Long
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
 from streams.errors import (
@@ -53,6 +52,7 @@ from streams.errors import (
     SearchError,
 )
 from streams.log import LogRecord
+from streams.sql import Long
 from streams.topics import ARTIFACT_EVENTS
 
 log = logging.getLogger(__name__)

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from projections.db import connect, create_schema
-from projections.runtime import Projector
+from projections.runtime import Projector, create_schema
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
+from streams.sql import connect
 from streams.topics import POOL_EVENTS
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ def measure_throughput(engine: Engine, n: int = 50_000, *, batch_size: int = 500
 
 def measure_replay(engine: Engine, n: int = 50_000) -> float:
     """Events/s of `rebuild('models')` from the archive (after projecting `n` records)."""
-    from projections.audit import archive_positions
     from projections.replay import history_source, rebuild
+    from streams.archive import archive_positions
 
     if not archive_positions(engine):
         measure_throughput(engine, n)

@@ -55,19 +55,18 @@ from sqlalchemy import (
     select,
 )
 
-from projections.db import Long, insert_rows
-from projections.pool import _Rows
+from projections.rows import CHUNK, Rows
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
 from streams.dag.execution import task_id
 from streams.errors import PitError
 from streams.log import LogRecord
+from streams.sql import Long, insert_rows
 from streams.topics import DAG_EVENTS
 
 log = logging.getLogger(__name__)
 
 _ID = Text  # ids, names and error types: any length a command let through, never a failed write
-_CHUNK = 500  # keys per IN (...) lookup
 EXECUTION_STATUSES = ("running", "completed", "failed", "cancelled", "timed_out")
 NODE_STATES = ("pending", "scheduled", "running", "retrying", "failed", "completed",
                "fallback", "skipped", "cancelled")
@@ -86,15 +85,15 @@ def _node_key(execution_id: str, node_id: str) -> tuple[str]:
     return (f"{execution_id}/{node_id}",)
 
 
-class _Table(_Rows):
+class _Table(Rows):
     """The pool views' batch rows, keyed by one column here, loaded as plain tuples (a
     third faster than mappings), and also by any condition."""
 
     def load(self, conn: Connection, wanted: Iterable[tuple]) -> None:
         keys = sorted({key for (key,) in wanted} - {key for (key,) in self.rows})
         column = self.table.c[self.keys[0]]
-        for start in range(0, len(keys), _CHUNK):
-            self.load_where(conn, column.in_(keys[start:start + _CHUNK]))
+        for start in range(0, len(keys), CHUNK):
+            self.load_where(conn, column.in_(keys[start:start + CHUNK]))
 
     def load_where(self, conn: Connection, *conditions: Any) -> None:
         result = conn.execute(select(self.table).where(*conditions))
@@ -553,10 +552,10 @@ def execution_nodes(engine: Engine, execution_id: str, *, state: str | None = No
         ).mappings()]
         attempts: dict[str, list[dict[str, Any]]] = {}
         ids = [node["node_id"] for node in page]
-        for start in range(0, len(ids), _CHUNK):
+        for start in range(0, len(ids), CHUNK):
             for row in conn.execute(
                     select(runs).where(runs.c.execution_id == execution_id,
-                                       runs.c.node_id.in_(ids[start:start + _CHUNK]))
+                                       runs.c.node_id.in_(ids[start:start + CHUNK]))
                     .order_by(runs.c.node_id, runs.c.attempt)).mappings():
                 attempts.setdefault(row["node_id"], []).append(
                     {k: v for k, v in dict(row).items() if k not in ("execution_id", "node_id")})

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from sqlalchemy import Engine, select
 
 from projections.dag import DagView
-from projections.runtime import Entry, FreshEvents, live_tables
+from projections.runtime import FreshEvents, live_tables
 from streams import metrics
+from streams.archive import Entry
 from streams.dag.dispatch import ATTEMPT_ENDED
 from streams.dag.execution import ENDINGS, task_id
 from streams.topics import DAG_EVENTS

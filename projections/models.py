@@ -28,7 +28,6 @@ from sqlalchemy import (
     select,
 )
 
-from projections.db import Long, insert_rows, update_rows
 from projections.runtime import View, constraint_name, index_name
 from schemas.codec import Decoded
 from streams.decider import from_record
@@ -41,6 +40,7 @@ from streams.pool.lifecycle import (
     evolve,
     initial_state,
 )
+from streams.sql import Long, insert_rows, update_rows
 from streams.topics import POOL_EVENTS
 
 _CHUNK = 500  # ids per IN (...) lookup

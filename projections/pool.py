@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,7 +51,7 @@ from sqlalchemy import (
     select,
 )
 
-from projections.db import Long, insert_rows, update_rows
+from projections.rows import Rows
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
 from streams.decider import Message, from_record
@@ -75,71 +75,17 @@ from streams.pool.pool import (
     ModelReleased,
     ModelUnloaded,
 )
+from streams.sql import Long, insert_rows
 from streams.topics import POOL_EVENTS
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 500  # keys per IN (...) lookup
 _ID = String(255)
 STATES = tuple(state.value for state in ModelState)
 _RESIDENT = frozenset({"Warming", "Hot", "Cooling", "Failed"})
 _COMMITTED = frozenset({"Cold", "Warming", "Hot"})
 _STATS = ("hits", "misses", "evictions", "loads", "load_failures", "load_time_total_ms",
           "prewarm_loads")
-
-
-# --- rows of one batch --------------------------------------------------------------------------
-
-class _Rows:
-    """The rows of one table a batch touches: loaded by key once, changed in memory, written
-    back once (inserts for new keys, updates for changed ones). The key's leading columns
-    are compared for equality, its last one with IN (...)."""
-
-    def __init__(self, table: Table, keys: tuple[str, ...]) -> None:
-        self.table, self.keys = table, keys
-        self.values = tuple(c.name for c in table.columns if c.name not in keys)
-        self.rows: dict[tuple, dict[str, Any]] = {}
-        self.stored: set[tuple] = set()
-        self.dirty: set[tuple] = set()
-
-    def load(self, conn: Connection, wanted: Iterable[tuple]) -> None:
-        groups: dict[tuple, list] = {}
-        for key in set(wanted) - self.rows.keys():
-            groups.setdefault(key[:-1], []).append(key[-1])
-        *prefix, last = (self.table.c[k] for k in self.keys)
-        for head, tails in groups.items():
-            tails.sort()
-            for start in range(0, len(tails), _CHUNK):
-                stmt = select(self.table).where(
-                    *(c == v for c, v in zip(prefix, head, strict=True)),
-                    last.in_(tails[start:start + _CHUNK]))
-                for row in conn.execute(stmt).mappings():
-                    key = tuple(row[k] for k in self.keys)
-                    self.rows[key] = dict(row)
-                    self.stored.add(key)
-
-    def get(self, key: tuple) -> dict[str, Any] | None:
-        return self.rows.get(key)
-
-    def add(self, key: tuple, **values: Any) -> dict[str, Any]:
-        row = self.rows[key] = {**dict(zip(self.keys, key, strict=True)), **values}
-        self.dirty.add(key)
-        return row
-
-    def changed(self, key: tuple) -> dict[str, Any]:
-        self.dirty.add(key)
-        return self.rows[key]
-
-    def write(self, conn: Connection) -> None:
-        inserts, updates = [], []
-        for key in sorted(self.dirty):
-            row = self.rows[key]
-            if key in self.stored:
-                updates.append((*(row[c] for c in self.values), *key))
-            else:
-                inserts.append((*key, *(row[c] for c in self.values)))
-        insert_rows(conn, self.table, (*self.keys, *self.values), inserts)
-        update_rows(conn, self.table, self.keys, self.values, updates)
 
 
 def _select(events: Sequence[tuple[Decoded, LogRecord]], wanted: frozenset[type[Message]]
@@ -247,7 +193,7 @@ class PoolView(View):
         selected = _select(events, _POOL_EVENTS)
         if not selected:
             return
-        pools = _Rows(tables["pools"], ("pool_id",))
+        pools = Rows(tables["pools"], ("pool_id",))
         pools.load(conn, {(record["envelope"]["entity_key"],) for _, record in selected})
         last = {key[0]: row["last_sequence"] for key, row in pools.rows.items()}
         fresh = []
@@ -276,12 +222,12 @@ class PoolView(View):
 class _PoolBatch:
     """One batch of pool events applied to the rows it touches."""
 
-    def __init__(self, conn: Connection, tables: dict[str, Table], pools: _Rows,
+    def __init__(self, conn: Connection, tables: dict[str, Table], pools: Rows,
                  fresh: list[tuple[Message, str, int, int]]) -> None:
         self.pools = pools
-        self.failures = _Rows(tables["pool_allocation_failures"], ("pool_id", "code"))
-        self.models = _Rows(tables["pool_models"], ("pool_id", "model_id"))
-        self.hosts = _Rows(tables["pool_hosts"], ("pool_id", "host_id"))
+        self.failures = Rows(tables["pool_allocation_failures"], ("pool_id", "code"))
+        self.models = Rows(tables["pool_models"], ("pool_id", "model_id"))
+        self.hosts = Rows(tables["pool_hosts"], ("pool_id", "host_id"))
         self.unknown = 0  # events about models or hosts without a row: skipped
         model_keys, host_keys, codes = set(), set(), set()
         for event, pool_id, _, _ in fresh:
@@ -306,7 +252,7 @@ class _PoolBatch:
     def count(self, pool_id: str, name: str, amount: int = 1) -> None:
         self.pools.changed((pool_id,))[name] += amount
 
-    def row(self, rows: _Rows, key: tuple) -> dict[str, Any] | None:
+    def row(self, rows: Rows, key: tuple) -> dict[str, Any] | None:
         """The row to change, or None (counted) when the view never saw it registered."""
         if key in rows.rows:
             return rows.changed(key)
@@ -473,7 +419,7 @@ class PoolHealthView(View):
         parsed = _parse(events, _HEALTH_EVENTS)
         if not parsed:
             return
-        current = _Rows(tables["pool_health"], ("pool_id", "model_id"))
+        current = Rows(tables["pool_health"], ("pool_id", "model_id"))
         current.load(conn, {(envelope["entity_key"], event.model_id)
                             for event, envelope in parsed})
         history = []

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from sqlalchemy import Engine, select, tuple_
 
 from projections.pool import PoolView
-from projections.runtime import Entry, FreshEvents, live_tables
+from projections.runtime import FreshEvents, live_tables
 from streams import metrics
+from streams.archive import Entry
 from streams.topics import POOL_EVENTS
 
 PENDING_LIMIT = 100_000  # queued allocations remembered for their latency

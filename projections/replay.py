@@ -36,22 +36,14 @@ from itertools import islice
 
 from sqlalchemy import Engine, MetaData, delete, update
 
-from projections.audit import archive_count, archived_records
-from projections.db import create_schema, positions, quote, write_transaction
-from projections.runtime import (
-    AUDIT,
-    Binding,
-    View,
-    decode_entry,
-    load_positions,
-    project,
-    view_by_name,
-)
+from projections.runtime import Binding, View, create_schema, project, view_by_name
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
+from streams.archive import AUDIT, archive_count, archived_records, decode_entry
 from streams.errors import PitError
 from streams.history import history_source, kafka_log_reader
 from streams.log import LogRecord
+from streams.sql import load_positions, positions, quote, write_transaction
 
 log = logging.getLogger(__name__)
 

@@ -18,60 +18,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
-from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, select, update
+from sqlalchemy import Connection, Engine, MetaData, Table
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from projections.db import METADATA, create_schema, positions, write_transaction
 from schemas.codec import Codec, Decoded
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
+from streams.archive import AUDIT, Entry, append, decode_entry
 from streams.config import Settings
 from streams.errors import DatabaseUnavailableError, PitError
 from streams.kafka import partitions_of
 from streams.log import LogRecord
-from streams.topics import SCHEMAS, load_catalog
+from streams.sql import (
+    METADATA,
+    TopicPartition,
+    create_tables,
+    load_positions,
+    save_positions,
+    write_transaction,
+)
+from streams.topics import load_catalog
 
 log = logging.getLogger(__name__)
 
-AUDIT = "audit"  # the audit log's projection name in projection_positions
-TopicPartition = tuple[str, int]
 
-
-# --- decoding ---------------------------------------------------------------------------------
-
-class Entry(NamedTuple):
-    """One log record with its decoding: `decoded` is None when `error` says why (or when the
-    value is a tombstone or a JSON record of a JSON topic, which `json_value` then holds)."""
-
-    record: LogRecord
-    decoded: Decoded | None
-    error: str | None = None
-    json_value: object = None
-
-
-JSON_TOPICS = frozenset({SCHEMAS})  # topics whose values are JSON, not Avro
-
-
-def decode_entry(codec: Codec, record: LogRecord) -> Entry:
-    if record.value is None:
-        return Entry(record, None)  # a tombstone: nothing to decode, nothing wrong
-    if record.topic in JSON_TOPICS:
-        try:
-            return Entry(record, None, json_value=json.loads(record.value))
-        except (ValueError, UnicodeDecodeError) as exc:
-            return Entry(record, None, f"invalid JSON: {exc}")
-    try:
-        return Entry(record, codec.decode(record.value))
-    except PitError as exc:
-        return Entry(record, None, f"{type(exc).__name__}: {exc}")
-
+# --- observers --------------------------------------------------------------------------------
 
 class FreshEvents:
     """For projector observers: the decoded events of one topic not seen before. A
@@ -173,6 +150,13 @@ def live_tables(view: View) -> dict[str, Table]:
         return view.define(METADATA)
 
 
+def create_schema(engine: Engine) -> None:
+    """Create the positions table, the archive and every default view's tables."""
+    for view in default_views():
+        live_tables(view)
+    create_tables(engine)
+
+
 @dataclass(frozen=True)
 class Binding:
     """A view bound to its tables under a projection name (`models`, `models@rebuild`)."""
@@ -180,48 +164,6 @@ class Binding:
     projection: str
     view: View
     tables: dict[str, Table]
-
-
-# --- positions --------------------------------------------------------------------------------
-
-def load_positions(conn: Connection, projections: Iterable[str]
-                   ) -> dict[str, dict[TopicPartition, int]]:
-    names = list(projections)
-    found: dict[str, dict[TopicPartition, int]] = {name: {} for name in names}
-    rows = conn.execute(select(positions).where(positions.c.projection.in_(names)))
-    for projection, topic, partition, offset in rows:
-        found[projection][(topic, partition)] = offset
-    return found
-
-
-def save_positions(conn: Connection, before: dict[str, dict[TopicPartition, int]],
-                   after: dict[str, dict[TopicPartition, int]]) -> None:
-    inserts, updates = [], []
-    for projection, offsets in after.items():
-        old = before.get(projection, {})
-        for (topic, partition), offset in offsets.items():
-            if (topic, partition) not in old:
-                inserts.append({"projection": projection, "topic": topic,
-                                "partition": partition, "offset": offset})
-            elif old[(topic, partition)] != offset:
-                updates.append({"_p": projection, "_t": topic, "_n": partition,
-                                "offset": offset})
-    if inserts:
-        conn.execute(positions.insert(), inserts)
-    if updates:
-        conn.execute(
-            update(positions).where(positions.c.projection == bindparam("_p"),
-                                    positions.c.topic == bindparam("_t"),
-                                    positions.c.partition == bindparam("_n")),
-            updates,
-        )
-
-
-def read_positions(engine: Engine | Connection, projection: str) -> dict[TopicPartition, int]:
-    if isinstance(engine, Connection):
-        return load_positions(engine, [projection])[projection]
-    with engine.connect() as conn:
-        return load_positions(conn, [projection])[projection]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -244,23 +186,13 @@ def project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Bindi
             *, archive: bool) -> BatchResult:
     """Apply decoded entries to the audit log (if `archive`) and to each binding, in the
     caller's transaction, skipping what each projection's position says it already has."""
-    from projections import audit
-
-    names = [b.projection for b in bindings] + ([AUDIT] if archive else [])
-    before = load_positions(conn, names)
+    before = load_positions(conn, [b.projection for b in bindings])
     after = {name: dict(offsets) for name, offsets in before.items()}
     result = BatchResult(records=len(entries))
 
     if archive:
-        done = after[AUDIT]
-        fresh = []
-        for entry in entries:
-            rec = entry.record
-            tp = (rec.topic, rec.partition)
-            if rec.offset > done.get(tp, -1):
-                done[tp] = rec.offset
-                fresh.append(entry)
-        result.archived = audit.append(conn, fresh)
+        fresh = append(conn, entries)
+        result.archived = len(fresh)
         result.fresh = fresh
         result.undecodable = sum(1 for e in fresh if e.error is not None)
 

@@ -83,7 +83,8 @@ class Stack:
         self.host_monitor = None
 
     async def start(self) -> Stack:
-        from projections.db import connect, create_schema
+        from projections.runtime import create_schema
+        from streams.sql import connect
 
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = connect(self.settings.db_url)
@@ -184,7 +185,7 @@ class Stack:
 
     async def drain_projector(self, timeout_s: float = 30.0) -> None:
         """Wait until the projector has archived everything the broker holds right now."""
-        from projections.runtime import AUDIT
+        from streams.archive import AUDIT
 
         consumer = await start_consumer(self.settings)
         try:
@@ -250,7 +251,7 @@ async def restore_broker(engine, settings: Settings, catalog, progress=None) -> 
     superseded by a later one with the same key, are restored as a tombstone of a
     placeholder key: the topic then holds each key's latest value only - restored compacted -
     while every offset stays where consumer positions and the archive expect it."""
-    from projections.audit import archived_records, compacted_records
+    from streams.archive import archived_records, compacted_records
 
     kept = {spec.name: {(r.partition, r.offset) for r in compacted_records(engine, spec.name)}
             for spec in catalog.values() if spec.compacted}

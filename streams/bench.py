@@ -21,7 +21,6 @@ from streams.client import PitClient
 from streams.config import Settings
 from streams.errors import PitError
 from streams.kafka import make_producer, partitions_of, produce_all, start_consumer
-from streams.pool.bench import percentile
 from streams.pool.lifecycle import (
     LIFECYCLE,
     ModelState,
@@ -31,6 +30,7 @@ from streams.pool.lifecycle import (
 )
 from streams.pool.pool import RegisterModel
 from streams.processor import Output, Processor, run_processor
+from streams.stats import percentile
 from streams.topics import POOL_COMMANDS, RESULTS, load_catalog
 
 

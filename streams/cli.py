@@ -136,7 +136,7 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from projections import audit
-    from projections.db import connect
+    from streams.sql import connect
 
     engine = connect(settings.db_url)
     if args.target == "verify":
@@ -165,8 +165,8 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_pool(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import inspect
 
-    from projections.db import connect
     from projections.pool import pool_status, status_lines
+    from streams.sql import connect
 
     engine = connect(settings.db_url)
     status = pool_status(engine, args.pool) if inspect(engine).has_table("pools") else None
@@ -181,9 +181,9 @@ def cmd_pool(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from projections.db import connect
     from projections.replay import rebuild_view
     from streams.app import progress_printer
+    from streams.sql import connect
 
     engine = connect(settings.db_url)
     done = asyncio.run(rebuild_view(engine, settings, args.view,

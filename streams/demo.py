@@ -87,8 +87,8 @@ async def _artifacts(pit: PitClient, run: str) -> None:
 
 async def run_demo(settings: Settings) -> None:
     from projections import audit
-    from projections.db import connect
     from projections.pool import pool_status, status_lines
+    from streams.sql import connect
 
     stack = None
     if settings.embedded and not running_pit(settings):

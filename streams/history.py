@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
 from sqlalchemy import Engine
 
-from projections.audit import archived_records, latest_records
+from streams.archive import archived_records, latest_records
 from streams.config import Settings
 from streams.errors import BrokerUnavailableError, PitError
 from streams.log import LogRecord
@@ -63,7 +64,7 @@ def latest_history(engine: Engine | None, topic: str, kafka_reader: KafkaReader 
     partition (tombstones included), from the archive's latest rows and what Kafka holds
     beyond the archive."""
     archived = [] if engine is None else latest_records(engine, topic, partitions)
-    last = {}
+    last: dict[TopicPartition, int] = {}
     for record in archived:
         last[(topic, record.partition)] = max(last.get((topic, record.partition), -1),
                                               record.offset)
@@ -156,16 +157,17 @@ def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
                 if message is None:
                     raise HistoryError(f"Kafka at {bootstrap_servers} stopped answering while "
                                       f"replaying {', '.join(f'{t}[{p}]' for t, p in highs)}")
-                if message.error():
-                    if message.error().code() == KafkaError._PARTITION_EOF:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
                         continue
-                    raise HistoryError(f"Kafka error while replaying: {message.error()}")
-                tp = (message.topic(), message.partition())
+                    raise HistoryError(f"Kafka error while replaying: {error}")
+                record = _record(message)
+                tp = (record.topic, record.partition)
                 if tp not in highs:
                     continue
-                yield LogRecord(tp[0], tp[1], message.offset(), message.timestamp()[1],
-                                message.key(), message.value(), tuple(message.headers() or ()))
-                if message.offset() >= highs[tp] - 1:
+                yield record
+                if record.offset >= highs[tp] - 1:
                     del highs[tp]
         finally:
             consumer.close()
@@ -173,7 +175,18 @@ def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
     return read
 
 
+def _record(message: Message) -> LogRecord:
+    """A consumed record (not an error event, so its position is set) as a LogRecord; a
+    consumer gives headers as (name, bytes) pairs."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    headers = cast("list[tuple[str, bytes]]", message.headers() or [])
+    return LogRecord(topic, partition, offset, message.timestamp()[1], message.key(),
+                     message.value(), tuple(headers))
+
+
 async def read_topic(settings: Settings, topic: str) -> list[LogRecord]:
     """Everything Kafka holds of a (small) topic right now, read off the event loop."""
     reader = kafka_log_reader(settings, [topic])
+    assert reader is not None  # only an optional reader is ever missing
     return await asyncio.to_thread(lambda: list(reader({})))

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from projections.db import connect
 from projections.search.model import SearchDoc, SearchQuery
 from projections.search.sql import SqlSearch, sql_search
+from streams.sql import connect
 
 START_MS = 1_700_000_000_000
 VOCABULARY = 20_000

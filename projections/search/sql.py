@@ -56,7 +56,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from projections.db import Long, insert_rows, is_sqlite
 from projections.search.columns import Columns, select
 from projections.search.model import (
     TEXT_LIMIT,
@@ -76,6 +75,7 @@ from projections.search.query import (
     words,
 )
 from streams.errors import SearchError
+from streams.sql import Long, insert_rows, is_sqlite
 
 _PREFIX = re.compile(r"[a-z][a-z0-9_]{0,40}")
 _CHUNK = 500  # ids per IN (...)

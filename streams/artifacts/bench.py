@@ -19,7 +19,7 @@ from streams.artifacts.crypto import seal, unseal
 from streams.artifacts.storage import BlobBackend, artifact_store
 from streams.blobs import CHUNK_BYTES
 from streams.config import Settings
-from streams.pool.bench import percentile
+from streams.stats import percentile
 
 MIB = 1 << 20
 

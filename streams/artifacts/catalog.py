@@ -55,7 +55,7 @@ from streams.artifacts.quality import Quality, quality, strict_json
 from streams.blobs import is_address
 from streams.decider import Decider, Decision, Message, Rejection, Rules
 from streams.errors import ArtifactError
-from streams.pool.pool import PMap
+from streams.persistent import PMap
 from streams.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS
 
 DEFAULT_STORE = "default"

@@ -97,7 +97,7 @@ class ArtifactOps:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            from projections.db import connect
+            from streams.sql import connect
 
             self._engine = connect(self.client.settings.db_url)
         return self._engine

@@ -68,8 +68,8 @@ from streams.dag.workflows import ENDS, ExecutionLog, WorkflowResult
 from streams.decider import Decider, Message, from_record, to_record
 from streams.errors import PitError
 from streams.log import LogRecord
-from streams.pool.bench import percentile
 from streams.processor import Output, Processor
+from streams.stats import percentile
 from streams.topics import DAG_CHECKPOINTS, DAG_COMMANDS, RESULTS
 
 if TYPE_CHECKING:

@@ -191,8 +191,8 @@ def _archived(settings: Settings, partition: int, execution_id: str,
     after the archive's last one there (where Kafka takes over)."""
     from sqlalchemy import func, select
 
-    from projections.audit import audit_log
-    from projections.db import connect
+    from streams.archive import audit_log
+    from streams.sql import connect
 
     where = f"{DAG_EVENTS}[{partition}]"
     try:

@@ -25,6 +25,7 @@ from streams.pool.pool import (
     evolve,
     initial_state,
 )
+from streams.stats import percentile
 
 T0 = 1_700_000_000_000
 
@@ -50,12 +51,6 @@ def hot_pool(models: int = 1000, hosts: int = 10) -> PoolState:
         state = _apply(state, ReportModelLoaded(host, model_id, 50, 100), T0)
         state = _apply(state, ReleaseModel(f"warm-{m}"), T0)
     return state
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile, as every benchmark of the Pit reports it."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def bench_allocation_hit(models: int = 1000, hosts: int = 10, samples: int = 20_000,

@@ -38,9 +38,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from streams.pool.bench import percentile
 from streams.pool.prewarm import HOUR_MS, MINUTE_MS, PrewarmEngine, PrewarmStats
 from streams.pool.trace import DAY_MS, Request, generate_trace, trace_plan
+from streams.stats import percentile
 
 
 @dataclass

@@ -73,11 +73,11 @@ def test_bad_port_setting_is_one_line():
 def test_audit_output_piped_into_head_ends_quietly(tmp_path):
     """A reader that leaves early (`pit audit m | head -1`) is not an error."""
     env = {**os.environ, "PIT_DATA_DIR": str(tmp_path)}
-    from projections.db import connect
     from projections.runtime import Projector
     from schemas.codec import Codec
     from schemas.registry import EmbeddedRegistry
     from streams.log import LogRecord
+    from streams.sql import connect
 
     engine = connect(f"sqlite:///{tmp_path / 'pit.db'}")
     Projector(engine, views=[], codec=Codec(EmbeddedRegistry())).apply_batch(

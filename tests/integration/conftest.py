@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 import pytest
 from sqlalchemy import Engine, text
 
-from projections.db import connect, create_schema
+from projections.runtime import create_schema
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
 from streams.pool.lifecycle import DEFAULT_POOL as POOL
+from streams.sql import connect
 from streams.topics import POOL_EVENTS, RESULTS
 
 POSTGRES_URL = os.environ.get("PIT_TEST_POSTGRES_URL",

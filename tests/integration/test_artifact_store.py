@@ -186,8 +186,8 @@ async def until_found(pit, text: str, expected: int, **filters):
 
 
 async def test_search_finds_content_and_metadata_and_forgets_removed_artifacts(pit):
-    from projections.db import connect
     from projections.replay import rebuild_view
+    from streams.sql import connect
 
     report = await pit.store_artifact(b"Quarterly revenue grew in the northern region.\n",
                                       name="q3-report", content_type="text/plain",

@@ -7,19 +7,16 @@ from itertools import pairwise
 import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 
-from projections.audit import (
+from projections.audit import format_row, history, state_as_of, verify
+from projections.runtime import Projector
+from streams.archive import (
     GENESIS,
     archive_count,
     archive_positions,
     archived_records,
     audit_log,
-    format_row,
-    history,
     row_hash,
-    state_as_of,
-    verify,
 )
-from projections.runtime import Projector
 from streams.errors import AuditChainError, PitError
 from streams.pool.lifecycle import ModelLifecycle, ModelState
 from streams.topics import DEAD_LETTERS, POOL_EVENTS, RESULTS
@@ -266,7 +263,7 @@ def test_the_archive_gives_back_the_exact_records(engine: Engine, archived: list
 
 
 def test_compacted_records_keep_each_keys_latest_value(engine: Engine, log) -> None:
-    from projections.audit import compacted_records
+    from streams.archive import compacted_records
     from streams.topics import SCHEMAS
 
     def put(key: str | None, value: bytes | None, at: int):

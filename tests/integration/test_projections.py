@@ -10,14 +10,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import Engine, func, select
 
 from projections.api import make_app
-from projections.audit import audit_log
-from projections.db import connect, positions
 from projections.models import ModelsView, lifecycle_of
-from projections.runtime import AUDIT, Projector, View, live_tables, run
+from projections.runtime import Projector, View, live_tables, run
+from streams.archive import AUDIT, audit_log
 from streams.decider import from_record
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
 from streams.pool.lifecycle import LIFECYCLE, ModelState
+from streams.sql import connect, positions
 from streams.topics import DEAD_LETTERS, POOL_EVENTS, SCHEMAS
 
 T0 = 1_700_000_000_000

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, inspect, select, update
 
-from projections.audit import audit_log
-from projections.db import positions
 from projections.models import ModelsView
 from projections.replay import (
     ReplayError,
@@ -14,9 +12,11 @@ from projections.replay import (
     rebuild_view,
 )
 from projections.runtime import Projector, live_tables
+from streams.archive import audit_log
 from streams.config import Settings
 from streams.history import history_source, kafka_log_reader
 from streams.log import LogRecord
+from streams.sql import positions
 from streams.topics import POOL_EVENTS
 
 T0 = 1_700_000_000_000

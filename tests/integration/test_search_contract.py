@@ -299,7 +299,7 @@ class TestSqlSearch(SearchContract):
 
 @pytest.fixture(scope="module")
 def fts5_corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchBackend]:
-    from projections.db import connect
+    from streams.sql import connect
 
     engine = connect(f"sqlite:///{tmp_path_factory.mktemp('search') / 'corpus.db'}")
     backend = sql_search(engine)
@@ -661,12 +661,12 @@ def test_the_artifact_search_view_mirrors_to_opensearch_and_waits_out_an_outage(
     """With PIT_OPENSEARCH_URL the projection bulk-indexes what it indexes locally; an
     unreachable cluster keeps the batch (nothing committed) for the projector to retry."""
     from projections.artifacts import ArtifactSearchView
-    from projections.db import connect
-    from projections.runtime import Projector, read_positions
+    from projections.runtime import Projector
     from streams.artifacts.catalog import ARTIFACTS, StoreArtifact
     from streams.blobs import address_of
     from streams.config import Settings
     from streams.errors import DatabaseUnavailableError
+    from streams.sql import connect, read_positions
 
     address = address_of(b"mirrored")
     log = decided(ARTIFACTS)

@@ -11,6 +11,7 @@ from schemas.catalog import current_schemas
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.decider import Message, Rejection, from_record, to_record
+from streams.persistent import PMap
 from streams.pool.lifecycle import (
     ModelState,
     ModelTransitioned,
@@ -35,7 +36,6 @@ from streams.pool.pool import (
     ModelPlaced,
     ModelRegistered,
     ModelReleased,
-    PMap,
     PoolState,
     RegisterHost,
     RegisterModel,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import inspect
 
-from projections.db import connect
 from projections.search.bench import search_p99_100k
+from streams.sql import connect
 
 
 def test_on_a_temporary_sqlite_file() -> None:

@@ -1,10 +1,11 @@
-"""The projection database: one engine for SQLite (the embedded default) and PostgreSQL.
+"""The Pit's database, below everything that stores: one engine for SQLite (the embedded
+default) and PostgreSQL, the consumer positions table, and fast bulk writes.
 
-`connect(url)` returns a SQLAlchemy engine that has been proven to answer, `create_schema`
-creates every table the projections own, and `write_transaction` opens the transaction a
+`connect(url)` returns a SQLAlchemy engine that has been proven to answer, `create_tables`
+creates every table defined on `METADATA`, and `write_transaction` opens the transaction a
 writer must use: it takes the writer lock up front (SQLite `BEGIN IMMEDIATE`; on PostgreSQL
-a lock on `projection_positions`), so projectors, the audit chain and a replay's table swap
-are serialized while readers keep reading.
+a lock on `projection_positions`), so projectors, the archive's hash chain and a replay's
+table swap are serialized while readers keep reading.
 
 Decisions:
 * SQLite runs in WAL mode with `synchronous=NORMAL` (a committed batch survives a process
@@ -21,7 +22,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -40,7 +41,9 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    select,
     text,
+    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
@@ -59,7 +62,10 @@ METADATA = MetaData()
 # A BIGINT on PostgreSQL, an INTEGER (the 64-bit rowid type) on SQLite.
 Long = BigInteger().with_variant(Integer(), "sqlite")
 
-# Consumer positions of every projection, written in the same transaction as its rows.
+TopicPartition = tuple[str, int]
+
+# Consumer positions of every projection (and of the archive), written in the same
+# transaction as its rows.
 positions = Table(
     "projection_positions",
     METADATA,
@@ -240,6 +246,7 @@ def _copy_rows(conn: Connection, table: Table, columns: tuple[str, ...],
     names = ", ".join(preparer.quote(name) for name in columns)
     statement = f"COPY {preparer.format_table(table)} ({names}) FROM STDIN"
     driver_connection = conn.connection.driver_connection  # the same psycopg transaction
+    assert driver_connection is not None  # set while the connection is checked out
     with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
         for row in rows:
             copy.write_row(row)
@@ -278,13 +285,9 @@ def _insert_sql(marker: str, preparer: Any, table: Table, names: tuple[str, ...]
             f"VALUES ({', '.join([marker] * len(names))})")
 
 
-def create_schema(engine: Engine) -> None:
-    """Create the positions table, the audit log and every default view's tables."""
-    from projections import audit  # noqa: F401  (defines audit_log on METADATA)
-    from projections.runtime import default_views, live_tables
-
-    for view in default_views():
-        live_tables(view)
+def create_tables(engine: Engine) -> None:
+    """Create every table defined on METADATA that does not exist yet (idempotent);
+    `DatabaseUnavailableError` in one line when the database cannot do it."""
     try:
         METADATA.create_all(engine)
     except (DBAPIError, SQLAlchemyError) as exc:
@@ -295,3 +298,61 @@ def create_schema(engine: Engine) -> None:
                 f"projection database unavailable: {reason}") from None
         raise DatabaseUnavailableError(
             f"cannot create the projection tables: {reason}") from None
+
+
+class connection:
+    """Use a given connection as is, or open one from an engine (closed on exit)."""
+
+    def __init__(self, bind: Engine | Connection) -> None:
+        self.bind: Engine | Connection = bind
+        self.conn: Connection | None = None
+
+    def __enter__(self) -> Connection:
+        if isinstance(self.bind, Connection):
+            return self.bind
+        self.conn = self.bind.connect()
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+# --- positions --------------------------------------------------------------------------------
+
+def load_positions(conn: Connection, projections: Iterable[str]
+                   ) -> dict[str, dict[TopicPartition, int]]:
+    names = list(projections)
+    found: dict[str, dict[TopicPartition, int]] = {name: {} for name in names}
+    rows = conn.execute(select(positions).where(positions.c.projection.in_(names)))
+    for projection, topic, partition, offset in rows:
+        found[projection][(topic, partition)] = offset
+    return found
+
+
+def save_positions(conn: Connection, before: dict[str, dict[TopicPartition, int]],
+                   after: dict[str, dict[TopicPartition, int]]) -> None:
+    inserts, updates = [], []
+    for projection, offsets in after.items():
+        old = before.get(projection, {})
+        for (topic, partition), offset in offsets.items():
+            if (topic, partition) not in old:
+                inserts.append({"projection": projection, "topic": topic,
+                                "partition": partition, "offset": offset})
+            elif old[(topic, partition)] != offset:
+                updates.append({"_p": projection, "_t": topic, "_n": partition,
+                                "offset": offset})
+    if inserts:
+        conn.execute(positions.insert(), inserts)
+    if updates:
+        conn.execute(
+            update(positions).where(positions.c.projection == bindparam("_p"),
+                                    positions.c.topic == bindparam("_t"),
+                                    positions.c.partition == bindparam("_n")),
+            updates,
+        )
+
+
+def read_positions(engine: Engine | Connection, projection: str) -> dict[TopicPartition, int]:
+    with connection(engine) as conn:
+        return load_positions(conn, [projection])[projection]

@@ -180,7 +180,7 @@ class ModelHost:
         self._tasks: list[asyncio.Task] = []
         self._jobs: set[asyncio.Task] = set()
         self._runner: web.AppRunner | None = None
-        self._log = Follower(settings, [POOL_EVENTS])
+        self._follower = Follower(settings, [POOL_EVENTS])
         self._closing = asyncio.Event()
         self.client: PitClient | None = None
         self._work = ThreadPoolExecutor(32, thread_name_prefix="pit-host-work")
@@ -207,7 +207,7 @@ class ModelHost:
             self._say("the pool still had this host up from an earlier run: reported that run"
                       " down, so the pool recovers its models")
         # Pinned before registering: the instructions that follow it are never missed.
-        await self._log.start(at_end=True)
+        await self._follower.start(at_end=True)
         registered = await self.client.send(self._registration())
         if not registered.accepted:
             raise HostError(f"host {self.host_id}: registration rejected: {registered.reason}")
@@ -234,7 +234,7 @@ class ModelHost:
         for held in self.held.values():
             held.model.close()
         self.held.clear()
-        await self._log.stop()
+        await self._follower.stop()
         if self.client is not None:
             await self.client.close()
         if self._runner is not None:
@@ -297,7 +297,7 @@ class ModelHost:
     # --- instructions from the pool ---------------------------------------------------------
 
     async def _follow(self) -> None:
-        async for records in self._log.batches(self._closing, wait_ms=200):
+        async for records in self._follower.batches(self._closing, wait_ms=200):
             for pool_id, event in pool_events(self.client.codec, records):
                 if pool_id == self.pool_id:
                     self._on_event(event)

@@ -46,17 +46,17 @@ class HostMonitor:
         self.client = PitClient(settings, issued_by="pit-host-monitor", codec=codec)
         self.endpoints: dict[HostKey, str] = {}  # alive hosts with an endpoint
         self._polls: dict[HostKey, asyncio.Task] = {}
-        self._log = Follower(settings, [POOL_EVENTS], engine)
+        self._follower = Follower(settings, [POOL_EVENTS], engine)
         self._stopping = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task | None = None
 
     async def start(self) -> HostMonitor:
         """Learn the hosts alive now from the whole history, then follow the log."""
-        await self._log.restore(self._learn, self._stopping)
+        await self._follower.restore(self._learn, self._stopping)
         await self.client.start()
         self._http = aiohttp.ClientSession()
-        await self._log.start()
+        await self._follower.start()
         for key, endpoint in self.endpoints.items():
             self._poll(key, endpoint)
         self._task = asyncio.create_task(self._follow(), name="pit-host-monitor")
@@ -70,7 +70,7 @@ class HostMonitor:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self._log.stop()
+        await self._follower.stop()
         if self._http is not None:
             await self._http.close()
         await self.client.close()
@@ -96,7 +96,7 @@ class HostMonitor:
         return False
 
     async def _follow(self) -> None:
-        async for records in self._log.batches(self._stopping, wait_ms=200):
+        async for records in self._follower.batches(self._stopping, wait_ms=200):
             for pool_id, event in pool_events(self.client.codec, records):
                 if self._apply(pool_id, event):
                     key = (pool_id, event.host_id)

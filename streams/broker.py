@@ -105,9 +105,12 @@ class EmbeddedBroker:
             self._cluster, api_key, len(errors), array)
 
     def push_broker_request_errors(self, broker_id: int, api_key: int,
-                                   errors: list[int]) -> None:
-        """Like `push_request_errors`, but only requests sent to this one broker fail."""
-        pairs = [value for error in errors for value in (ctypes.c_int(error), ctypes.c_int(0))]
+                                   errors: list[int], *, rtt_ms: int = 0) -> None:
+        """Like `push_request_errors`, but only requests sent to this one broker fail, each
+        answered `rtt_ms` late (error 0 and an rtt: a slow answer, e.g. to hold a request
+        in flight)."""
+        pairs = [value for error in errors
+                 for value in (ctypes.c_int(error), ctypes.c_int(rtt_ms))]
         _librdkafka().rd_kafka_mock_broker_push_request_error_rtts(  # variadic (error, rtt)
             self._cluster, broker_id, api_key, len(errors), *pairs)
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -111,9 +112,16 @@ async def keep_running(name: str, attempt: Callable[[], Awaitable[None]], stop: 
                 await asyncio.wait_for(stop.wait(), retry_s)
 
 
-async def stop_clients(consumer: AIOKafkaConsumer, producer: Producer, failed: bool) -> None:
-    """Stop a service's consumer and producer. After a failure nothing still queued may
-    land (the service starts again from the log); otherwise the queue is delivered."""
+class Reader(Protocol):
+    """What reads the log: an aiokafka consumer, or a `streams.follower.Follower`."""
+
+    async def stop(self) -> None: ...
+
+
+async def stop_clients(consumer: Reader, producer: Producer, failed: bool) -> None:
+    """Stop a service's consumer (or follower) and producer. After a failure nothing still
+    queued may land (the service starts again from the log); otherwise the queue is
+    delivered."""
     if failed:
         producer.purge()
     await consumer.stop()

@@ -27,7 +27,7 @@ timer fires (new fields take their defaults), so it stays generic: it knows no c
 
 The service (`TimerService`, run by `pit up`):
 * on start it rebuilds the pending timers from the whole history of the topics it follows
-  (the audit archive, then Kafka: `streams.history`): scheduled minus fired minus cancelled,
+  (the audit archive, then Kafka: `streams.follower`): scheduled minus fired minus cancelled,
   in any order across topics (a timer id is used once: a cancel or fire seen first wins);
 * it keeps them in a heap and, when the earliest is due by its clock (injectable, epoch
   ms), sends the due commands in due order, waits for the broker's acks, and only then
@@ -61,8 +61,8 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
-from aiokafka import TopicPartition
 from confluent_kafka import Producer
 from sqlalchemy import Engine
 
@@ -71,15 +71,9 @@ from streams import metrics
 from streams.config import Settings
 from streams.decider import Decider, Message, from_record, to_record
 from streams.errors import PitError, SchemaError
-from streams.history import HistoryError, history_source, kafka_log_reader
-from streams.kafka import (
-    keep_running,
-    make_producer,
-    partitions_of,
-    produce_all,
-    start_consumer,
-    stop_clients,
-)
+from streams.follower import Follower
+from streams.history import HistoryError
+from streams.kafka import keep_running, make_producer, produce_all, stop_clients
 from streams.processor import Output
 from streams.topics import TIMERS, load_catalog
 
@@ -178,8 +172,8 @@ class Timer:
     def of(cls, record: dict) -> Timer:
         """From a decoded TimerScheduled record."""
         envelope = record["envelope"]
-        return cls(from_record(TimerScheduled, record), envelope["correlation_id"],
-                   envelope["event_id"])
+        request = cast(TimerScheduled, from_record(TimerScheduled, record))
+        return cls(request, envelope["correlation_id"], envelope["event_id"])
 
 
 class TimerTable:
@@ -318,52 +312,29 @@ class TimerService:
         await keep_running("timers", lambda: self._run(stop), stop, self.retry_s,
                            retry_on=(HistoryError,), on_restart=forget)
 
-    def _replay(self, stop: asyncio.Event) -> dict[tuple[str, int], int]:
-        """Fold the whole history; returns the last offset read per topic partition."""
-        positions: dict[tuple[str, int], int] = {}
-        reader = kafka_log_reader(self.settings, self.topics)
-        for record in history_source(self.db, self.topics, reader):
-            if stop.is_set():
-                break
-            fold(self.table, self.codec, record.value)
-            positions[(record.topic, record.partition)] = record.offset
-        return positions
-
     async def _run(self, stop: asyncio.Event) -> None:
-        positions = await asyncio.to_thread(self._replay, stop)
+        follower = Follower(self.settings, self.topics, self.db, max_records=self.max_batch)
+        await follower.restore(lambda record: fold(self.table, self.codec, record.value), stop)
         if stop.is_set():
             return
-        consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
         producer = timer_producer(self.settings)
         failed = True
         try:
-            await self._follow_from(consumer, positions)
+            await follower.start()
             log.info("timers: %d pending after reading %s", len(self.table.pending),
                      ", ".join(self.topics))
             self.ready.set()
-            while not stop.is_set():
+            await self._fire_due(producer)
+            metrics.TIMERS_PENDING.set(len(self.table.pending))
+            # The wait is asked before each read: a timer due sooner than a poll shortens it.
+            async for records in follower.batches(stop, wait_ms=self._wait_ms):
+                for record in records:
+                    fold(self.table, self.codec, record.value)
                 await self._fire_due(producer)
                 metrics.TIMERS_PENDING.set(len(self.table.pending))
-                batch = await consumer.getmany(timeout_ms=self._wait_ms(),
-                                               max_records=self.max_batch)
-                for messages in batch.values():
-                    for message in messages:
-                        fold(self.table, self.codec, message.value)
             failed = False
         finally:
-            await stop_clients(consumer, producer, failed)
-
-    async def _follow_from(self, consumer, positions: dict[tuple[str, int], int]) -> None:
-        assignment = [TopicPartition(topic, p) for topic in self.topics
-                      for p in await partitions_of(consumer, topic)]
-        consumer.assign(assignment)
-        fresh = [tp for tp in assignment if (tp.topic, tp.partition) not in positions]
-        # Explicit offsets, as the projector does: aiokafka may apply a reset in flight for
-        # a fresh assignment to a later seek_to_beginning.
-        beginnings = await consumer.beginning_offsets(fresh) if fresh else {}
-        for tp in assignment:
-            read = positions.get((tp.topic, tp.partition))
-            consumer.seek(tp, beginnings[tp] if read is None else read + 1)
+            await stop_clients(follower, producer, failed)
 
     def _wait_ms(self) -> int:
         next_due = self.table.next_due()

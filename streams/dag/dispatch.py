@@ -56,6 +56,7 @@ from streams.dag.execution import (
     task_id,
 )
 from streams.errors import SchemaError
+from streams.follower import Follower
 from streams.history import HistoryError, history_source, kafka_log_reader
 from streams.kafka import (
     keep_running,
@@ -192,50 +193,32 @@ class TaskDispatcher:
                            retry_on=(HistoryError,), on_restart=forget)
 
     async def _run(self, stop: asyncio.Event) -> None:
-        positions = await asyncio.to_thread(self._rebuild, stop)
+        follower = Follower(self.settings, [DAG_EVENTS], self.db, max_records=self.max_batch)
+        relayed = await asyncio.to_thread(self._relayed)
+        await follower.restore(lambda record: self.fold(record, relayed), stop)
         if stop.is_set():
             return
-        consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
         producer = make_producer(self.settings, partitioner="murmur2_random")
         failed = True
         try:
-            await self._follow_from(consumer, positions)
+            await follower.start()
             log.info("task dispatcher: %d tasks running, %d waiting (limit %s)",
                      len(self.gate.running), len(self.gate.waiting), self.max_running or "none")
             self.ready.set()
-            while not stop.is_set():
+            await self._relay(producer, self.gate.admit())
+            async for records in follower.batches(stop, wait_ms=100):
+                for record in records:
+                    self.fold(record)
                 await self._relay(producer, self.gate.admit())
-                batch = await consumer.getmany(timeout_ms=100, max_records=self.max_batch)
-                for messages in batch.values():
-                    for message in messages:
-                        self.fold(LogRecord.from_kafka(message))
             failed = False
         finally:
-            await stop_clients(consumer, producer, failed)
+            await stop_clients(follower, producer, failed)
 
-    def _rebuild(self, stop: asyncio.Event) -> dict[int, int]:
-        """Fold the whole history into the gate; returns the last pit.dag.events offset read
-        per partition."""
+    def _relayed(self) -> set[str]:
+        """The task ids pit.dag.tasks holds: what was relayed before this start. Read before
+        the events, so a rebuild relays none of them again."""
         tasks = history_source(self.db, [DAG_TASKS], kafka_log_reader(self.settings, [DAG_TASKS]))
-        relayed = {record.key.decode() for record in tasks if record.key}
-        positions: dict[int, int] = {}
-        events = kafka_log_reader(self.settings, [DAG_EVENTS])
-        for record in history_source(self.db, [DAG_EVENTS], events):
-            if stop.is_set():
-                break
-            self.fold(record, relayed)
-            positions[record.partition] = record.offset
-        return positions
-
-    async def _follow_from(self, consumer, positions: dict[int, int]) -> None:
-        assignment = [TopicPartition(DAG_EVENTS, p)
-                      for p in await partitions_of(consumer, DAG_EVENTS)]
-        consumer.assign(assignment)
-        fresh = [tp for tp in assignment if tp.partition not in positions]
-        beginnings = await consumer.beginning_offsets(fresh) if fresh else {}
-        for tp in assignment:
-            read = positions.get(tp.partition)
-            consumer.seek(tp, beginnings[tp] if read is None else read + 1)
+        return {record.key.decode() for record in tasks if record.key}
 
     def fold(self, record: LogRecord, relayed: frozenset[str] | set[str] = frozenset()
              ) -> None:

@@ -47,14 +47,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import Codec
 from streams.client import Outcome, PitClient
 from streams.config import Settings
 from streams.decider import Message, from_record
 from streams.errors import BrokerUnavailableError, PitError, SchemaError
-from streams.kafka import partitions_of, start_consumer
+from streams.follower import Follower
 from streams.pool.health import FailureDetector, HealthChecker, HealthResult
 from streams.pool.lifecycle import (
     DEFAULT_POOL,
@@ -81,8 +80,7 @@ from streams.pool.pool import (
 )
 from streams.topics import POOL_EVENTS
 
-__all__ = ["DRAIN_TIMEOUT_S", "HostError", "ModelHost", "pool_events", "run_host",
-           "tail_pool_events"]
+__all__ = ["DRAIN_TIMEOUT_S", "HostError", "ModelHost", "pool_events", "run_host"]
 
 log = logging.getLogger(__name__)
 
@@ -101,32 +99,6 @@ def _one_line(text: object) -> str:
 
 
 # --- following pit.pool.events (the host and the HostMonitor) --------------------------------
-
-async def tail_pool_events(settings: Settings,
-                           starts: dict[int, int] | None = None) -> AIOKafkaConsumer:
-    """A consumer of every partition of pit.pool.events: at `starts` (partition -> next
-    offset; partitions not named from their beginning) or, without, at the current end,
-    pinned now, so nothing produced after this call is missed."""
-    consumer = await start_consumer(settings, fetch_max_wait_ms=20)
-    try:
-        tps = [TopicPartition(POOL_EVENTS, p)
-               for p in await partitions_of(consumer, POOL_EVENTS)]
-        consumer.assign(tps)
-        if starts is None:
-            await consumer.seek_to_end(*tps)
-            for tp in tps:
-                await consumer.position(tp)
-        else:
-            for tp in tps:
-                if tp.partition in starts:
-                    consumer.seek(tp, starts[tp.partition])
-                else:
-                    await consumer.seek_to_beginning(tp)
-    except BaseException:
-        await consumer.stop()
-        raise
-    return consumer
-
 
 def pool_events(codec: Codec, records: Iterable[Any]) -> Iterator[tuple[str, Message]]:
     """(pool id, event) for each pool event among `records` (anything with a `.value`:
@@ -208,7 +180,8 @@ class ModelHost:
         self._tasks: list[asyncio.Task] = []
         self._jobs: set[asyncio.Task] = set()
         self._runner: web.AppRunner | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._follower = Follower(settings, [POOL_EVENTS])
+        self._closing = asyncio.Event()
         self.client: PitClient | None = None
         self._work = ThreadPoolExecutor(32, thread_name_prefix="pit-host-work")
         self._loads = ThreadPoolExecutor(max(1, capacity), thread_name_prefix="pit-host-load")
@@ -233,7 +206,8 @@ class ModelHost:
         if earlier.accepted:
             self._say("the pool still had this host up from an earlier run: reported that run"
                       " down, so the pool recovers its models")
-        self._consumer = await tail_pool_events(self.settings)
+        # Pinned before registering: the instructions that follow it are never missed.
+        await self._follower.start(at_end=True)
         registered = await self.client.send(self._registration())
         if not registered.accepted:
             raise HostError(f"host {self.host_id}: registration rejected: {registered.reason}")
@@ -250,6 +224,7 @@ class ModelHost:
                             self.endpoint)
 
     async def close(self) -> None:
+        self._closing.set()
         for task in [*self._tasks, *self._jobs,
                      *(h.watch for h in self.held.values() if h.watch)]:
             task.cancel()
@@ -259,8 +234,7 @@ class ModelHost:
         for held in self.held.values():
             held.model.close()
         self.held.clear()
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._follower.stop()
         if self.client is not None:
             await self.client.close()
         if self._runner is not None:
@@ -323,12 +297,10 @@ class ModelHost:
     # --- instructions from the pool ---------------------------------------------------------
 
     async def _follow(self) -> None:
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=200)
-            for messages in batch.values():
-                for pool_id, event in pool_events(self.client.codec, messages):
-                    if pool_id == self.pool_id:
-                        self._on_event(event)
+        async for records in self._follower.batches(self._closing, wait_ms=200):
+            for pool_id, event in pool_events(self.client.codec, records):
+                if pool_id == self.pool_id:
+                    self._on_event(event)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)

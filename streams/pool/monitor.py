@@ -14,20 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer
 from sqlalchemy import Engine
 
 from schemas.codec import Codec
 from streams.client import PitClient
 from streams.config import Settings
 from streams.errors import PitError
-from streams.history import history_source, kafka_log_reader
+from streams.follower import Follower
 from streams.log import LogRecord
 from streams.pool.health import CHECK_INTERVAL_S
-from streams.pool.host import pool_events, tail_pool_events
+from streams.pool.host import pool_events
 from streams.pool.pool import HostDown, HostRegistered, ReportHostDown
 from streams.topics import POOL_EVENTS
 
@@ -48,49 +46,39 @@ class HostMonitor:
         self.client = PitClient(settings, issued_by="pit-host-monitor", codec=codec)
         self.endpoints: dict[HostKey, str] = {}  # alive hosts with an endpoint
         self._polls: dict[HostKey, asyncio.Task] = {}
-        self._consumer: AIOKafkaConsumer | None = None
+        self._follower = Follower(settings, [POOL_EVENTS], engine)
+        self._stopping = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task | None = None
 
     async def start(self) -> HostMonitor:
         """Learn the hosts alive now from the whole history, then follow the log."""
-        starts = await asyncio.to_thread(self._learn_history)
+        await self._follower.restore(self._learn, self._stopping)
         await self.client.start()
         self._http = aiohttp.ClientSession()
-        self._consumer = await tail_pool_events(self.settings, starts)
+        await self._follower.start()
         for key, endpoint in self.endpoints.items():
             self._poll(key, endpoint)
         self._task = asyncio.create_task(self._follow(), name="pit-host-monitor")
         return self
 
     async def stop(self) -> None:
+        self._stopping.set()
         tasks = [t for t in (self._task, *self._polls.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._follower.stop()
         if self._http is not None:
             await self._http.close()
         await self.client.close()
 
-    def _learn_history(self) -> dict[int, int]:
-        """Fold the host events of the whole history (archive, then Kafka); returns where
-        to follow on from (partition -> next offset)."""
-        starts: dict[int, int] = {}
-
-        def positions(records: Iterator[LogRecord]) -> Iterator[LogRecord]:
-            for record in records:
-                starts[record.partition] = record.offset + 1
-                yield record
-
-        records = history_source(self.engine, [POOL_EVENTS],
-                                 kafka_log_reader(self.settings, [POOL_EVENTS]))
-        for pool_id, event in pool_events(self.client.codec, positions(records)):
+    def _learn(self, record: LogRecord) -> None:
+        """A host event of the history: who is alive, and where."""
+        for pool_id, event in pool_events(self.client.codec, [record]):
             self._apply(pool_id, event)
-        return starts
 
     def _apply(self, pool_id: str, event: object) -> bool:
         """Note a host event; True when it changed what is polled."""
@@ -108,17 +96,15 @@ class HostMonitor:
         return False
 
     async def _follow(self) -> None:
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=200)
-            for messages in batch.values():
-                for pool_id, event in pool_events(self.client.codec, messages):
-                    if self._apply(pool_id, event):
-                        key = (pool_id, event.host_id)
-                        old = self._polls.pop(key, None)
-                        if old is not None:
-                            old.cancel()
-                        if key in self.endpoints:
-                            self._poll(key, self.endpoints[key])
+        async for records in self._follower.batches(self._stopping, wait_ms=200):
+            for pool_id, event in pool_events(self.client.codec, records):
+                if self._apply(pool_id, event):
+                    key = (pool_id, event.host_id)
+                    old = self._polls.pop(key, None)
+                    if old is not None:
+                        old.cancel()
+                    if key in self.endpoints:
+                        self._poll(key, self.endpoints[key])
 
     def _poll(self, key: HostKey, endpoint: str) -> None:
         self._polls[key] = asyncio.create_task(self._watch(key, endpoint),

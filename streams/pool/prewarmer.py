@@ -1,7 +1,7 @@
 """The prewarmer (issue 3, seed M3.1.4): the prewarm engine run on the pool's event log.
 
 `pit up` runs it next to the processors. On start it reads the whole history of
-pit.pool.events (the audit archive, then Kafka: `streams.history`), so the predictors relearn
+pit.pool.events (the audit archive, then Kafka: `streams.follower`), so the predictors relearn
 everything the log shows and its statistics are recounted from it; then it follows the log.
 It holds no state the log does not give back. Its decisions are WarmModel commands, sent like
 any client's: the pool places the model where there is room without evicting, or rejects
@@ -45,7 +45,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from aiokafka import TopicPartition
 from sqlalchemy import Engine
 
 from schemas.catalog import fullname
@@ -57,8 +56,10 @@ from streams.dag.definition_store import definition_store
 from streams.dag.execution import DAG, CheckpointTaken, Definitions, ExecutionStarted
 from streams.decider import Message, from_record
 from streams.errors import PitError, SchemaError
-from streams.history import HistoryError, history_source, kafka_log_reader
-from streams.kafka import keep_running, partitions_of, start_consumer
+from streams.follower import Follower
+from streams.history import HistoryError
+from streams.kafka import keep_running
+from streams.log import LogRecord
 from streams.pool.lifecycle import (
     DEFAULT_POOL,
     ModelState,
@@ -327,47 +328,26 @@ class Prewarmer:
         await keep_running("prewarmer", lambda: self._run(stop), stop, self.retry_s,
                            retry_on=(HistoryError,), on_restart=forget)
 
-    def _replay(self, stop: asyncio.Event) -> dict[tuple[str, int], int]:
-        """Fold the whole history; returns the last offset read per topic partition."""
-        positions: dict[tuple[str, int], int] = {}
-        reader = kafka_log_reader(self.settings, self.topics)
-        for record in history_source(self.db, self.topics, reader):
-            if stop.is_set():  # shutting down: a long history must not hold it up
-                break
-            self._fold_record(record.topic, record.key, record.value, live=False)
-            positions[(record.topic, record.partition)] = record.offset
-        return positions
-
-    def _fold_record(self, topic: str, key: bytes | None, value: bytes | None, *,
-                     live: bool) -> list[Decision]:
-        if topic == DAG_EVENTS:
-            return self.fold_dag(key, value, live=live)
-        return self.fold(value)  # history's decisions were sent (or not) back then
+    def _fold_record(self, record: LogRecord, *, live: bool) -> list[Decision]:
+        if record.topic == DAG_EVENTS:
+            return self.fold_dag(record.key, record.value, live=live)
+        return self.fold(record.value)  # history's decisions were sent (or not) back then
 
     async def _run(self, stop: asyncio.Event) -> None:
-        positions = await asyncio.to_thread(self._replay, stop)
+        follower = Follower(self.settings, self.topics, self.db, fetch_max_wait_ms=50)
+        await follower.restore(lambda record: self._fold_record(record, live=False), stop)
         if stop.is_set():
             return
         self._export()
-        consumer = await start_consumer(self.settings, fetch_max_wait_ms=50)
         client = PitClient(self.settings, issued_by="prewarmer", codec=self.codec)
         try:
-            tps = [TopicPartition(topic, p) for topic in self.topics
-                   for p in await partitions_of(consumer, topic)]
-            consumer.assign(tps)
-            for tp in tps:
-                if (tp.topic, tp.partition) in positions:
-                    consumer.seek(tp, positions[(tp.topic, tp.partition)] + 1)
-                else:
-                    await consumer.seek_to_beginning(tp)
+            await follower.start()
             await client.start()
             self.caught_up.set()
             log.info("prewarmer caught up with the log: %s", self.stats())
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=self.poll_ms)
-                decisions = [decision for tp, records in batch.items() for record in records
-                             for decision in self._fold_record(tp.topic, record.key,
-                                                               record.value, live=True)]
+            async for records in follower.batches(stop, wait_ms=self.poll_ms):
+                decisions = [decision for record in records
+                             for decision in self._fold_record(record, live=True)]
                 now_ms = int(time.time() * 1000)
                 for pool in list(self.pools.values()):
                     decisions += pool.advance(now_ms)
@@ -380,7 +360,7 @@ class Prewarmer:
                 task.cancel()
             await asyncio.gather(*self._sends, return_exceptions=True)
             await client.close()
-            await consumer.stop()
+            await follower.stop()
 
     def _send(self, client: PitClient, decision: Decision) -> None:
         task = asyncio.create_task(self._warm(client, decision))

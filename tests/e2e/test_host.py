@@ -28,7 +28,8 @@ from streams.client import Allocation, PitClient
 from streams.config import Settings
 from streams.decider import Message
 from streams.errors import AllocationError, InferenceError
-from streams.pool.host import pool_events, tail_pool_events
+from streams.follower import Follower
+from streams.pool.host import pool_events
 from streams.pool.lifecycle import ModelTransitioned
 from streams.pool.loaders import load, write_mlp
 from streams.pool.monitor import HostMonitor
@@ -42,6 +43,7 @@ from streams.pool.pool import (
     ModelUnloaded,
     ReportHostDown,
 )
+from streams.topics import POOL_EVENTS
 
 pytestmark = pytest.mark.slow
 
@@ -69,17 +71,16 @@ class Events:
         self.seen: list[tuple[float, Message]] = []
 
     async def start(self, settings: Settings, codec) -> Events:
-        consumer = await tail_pool_events(settings)
+        follower = Follower(settings, [POOL_EVENTS])
+        await follower.start(at_end=True)
 
         async def follow() -> None:
             try:
-                while True:
-                    batch = await consumer.getmany(timeout_ms=100)
+                async for records in follower.batches(asyncio.Event()):
                     now = time.monotonic()
-                    for messages in batch.values():
-                        self.seen.extend((now, e) for _, e in pool_events(codec, messages))
+                    self.seen.extend((now, e) for _, e in pool_events(codec, records))
             finally:
-                await consumer.stop()
+                await follower.stop()
 
         self.task = asyncio.create_task(follow())
         return self

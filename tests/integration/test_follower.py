@@ -1,0 +1,195 @@
+"""The log follower (streams/follower.py) through the embedded broker: every record once
+across the archive, Kafka and live; live reading starts where the history ended (or at
+a fresh partition's beginning), never at the end, even when records arrive during start-up;
+at the end when asked; and it stops when told, without being cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import Engine
+
+from projections.runtime import Projector
+from streams.broker import EmbeddedBroker
+from streams.config import Settings
+from streams.follower import Follower
+from streams.history import read_topic
+from streams.kafka import make_producer, produce_all
+from streams.log import LogRecord
+from streams.processor import Output
+from streams.topics import POOL_EVENTS, TopicSpec, load_catalog
+
+TOPIC = "test.follow"
+PARTITIONS = 4
+LIST_OFFSETS = 2  # Kafka API key
+
+
+@pytest.fixture
+def broker():
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        broker.create_topic(TopicSpec(TOPIC, PARTITIONS, "key"))
+        yield broker
+
+
+@pytest.fixture
+def settings(broker, tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path, bootstrap_servers=broker.bootstrap_servers)
+
+
+async def produce(settings: Settings, values: list[bytes], partitions: int = PARTITIONS
+                  ) -> None:
+    """Value n on partition n mod `partitions`, acknowledged before returning."""
+    await produce_all(make_producer(settings), [
+        Output(TOPIC, n % partitions, b"k", value, 1_700_000_000_000 + n)
+        for n, value in enumerate(values)])
+
+
+async def read_until(follower: Follower, seen: list[LogRecord],
+                     done: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Append the live batches to `seen` until `done()`; fails after `timeout_s`."""
+    stop = asyncio.Event()
+
+    async def read() -> None:
+        async for records in follower.batches(stop, wait_ms=50):
+            seen.extend(records)
+            if done():
+                stop.set()
+
+    await asyncio.wait_for(read(), timeout_s)
+
+
+def where(records: list[LogRecord]) -> list[tuple[int, int]]:
+    return sorted((r.partition, r.offset) for r in records)
+
+
+async def test_every_record_once_across_the_archive_kafka_and_live(
+        settings: Settings, engine: Engine, log) -> None:
+    # real pool events, so the projector archives them; 8 partitions by model id
+    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
+              for n in range(40)]
+    await produce_all(make_producer(settings), [
+        Output(POOL_EVENTS, n % 8, f"m{n}".encode(), value, 1_700_000_000_000 + n)
+        for n, value in enumerate(values[:30])])
+    in_kafka = await read_topic(settings, POOL_EVENTS)
+    Projector(engine).apply_batch(in_kafka[:18])  # the archive holds part; Kafka holds all
+
+    follower = Follower(settings, [POOL_EVENTS], engine)
+    restored: list[LogRecord] = []
+    await follower.restore(restored.append, asyncio.Event())
+    assert where(restored) == where(in_kafka)  # each once: the overlap is not repeated
+    await follower.start()
+    try:
+        await produce_all(make_producer(settings), [
+            Output(POOL_EVENTS, n % 8, f"m{n}".encode(), values[n], 1_700_000_000_000 + n)
+            for n in range(30, 40)])
+        live: list[LogRecord] = []
+        await read_until(follower, live, lambda: len(live) >= 10)
+    finally:
+        await follower.stop()
+    everything = await read_topic(settings, POOL_EVENTS)
+    assert len(everything) == 40
+    assert where(restored + live) == where(everything)  # nothing twice, nothing missed
+
+
+async def test_it_follows_from_where_the_history_ended_never_from_the_end(
+        settings: Settings) -> None:
+    await produce(settings, [f"old-{n}".encode() for n in range(6)], partitions=2)
+    follower = Follower(settings, [TOPIC])
+    restored: list[LogRecord] = []
+    await follower.restore(restored.append, asyncio.Event())
+    assert len(restored) == 6
+    assert follower.positions == {(TOPIC, 0): 3, (TOPIC, 1): 3}  # 2 and 3: never seen
+    # Records that arrive after the history was read and while the consumer starts: on
+    # partitions the history reached and on ones it never saw (the reset race's victims).
+    during = [f"during-{n}".encode() for n in range(40)]
+    producing = asyncio.create_task(produce(settings, during))
+    await follower.start()
+    try:
+        await producing
+        live: list[LogRecord] = []
+        await read_until(follower, live, lambda: len(live) >= len(during))
+    finally:
+        await follower.stop()
+    assert sorted(r.value for r in live) == sorted(during)
+    assert where(restored + live) == where(await read_topic(settings, TOPIC))
+
+
+async def test_a_fresh_partition_starts_at_its_beginning_even_with_a_reset_in_flight(
+        settings: Settings, broker: EmbeddedBroker) -> None:
+    follower = Follower(settings, [TOPIC])
+    await follower.restore(lambda record: None, asyncio.Event())  # nothing yet
+    assert follower.positions == {}
+    early = [f"early-{n}".encode() for n in range(8)]
+    await produce(settings, early)  # after the history, before the consumer: never skipped
+    # The race: a fresh assignment sends an offset reset ("latest"); answered late, it lands
+    # after the consumer was positioned. A seek_to_beginning then took the end, and missed
+    # `early`; an explicit seek cannot be overridden.
+    broker.push_broker_request_errors(1, LIST_OFFSETS, [0] * 4, rtt_ms=500)
+    await follower.start()
+    try:
+        assert follower.positions == {(TOPIC, p): 0 for p in range(PARTITIONS)}
+        live: list[LogRecord] = []
+        await read_until(follower, live, lambda: len(live) >= len(early))
+    finally:
+        await follower.stop()
+    assert sorted(r.value for r in live) == sorted(early)
+
+
+async def test_at_end_skips_the_history_and_misses_nothing_after_start(
+        settings: Settings) -> None:
+    await produce(settings, [b"before"] * 4)
+    follower = Follower(settings, [TOPIC])
+    await follower.start(at_end=True)
+    try:
+        assert follower.positions == {(TOPIC, p): 1 for p in range(PARTITIONS)}
+        await produce(settings, [b"after"] * 4)
+        live: list[LogRecord] = []
+        await read_until(follower, live, lambda: len(live) >= 4)
+    finally:
+        await follower.stop()
+    assert [r.value for r in live] == [b"after"] * 4
+    assert where(live) == [(p, 1) for p in range(PARTITIONS)]
+
+
+async def test_it_stops_when_told(settings: Settings) -> None:
+    await produce(settings, [b"x"] * 4)
+    stop = asyncio.Event()
+    follower = Follower(settings, [TOPIC])
+    stop.set()
+    taken: list[LogRecord] = []
+    await follower.restore(taken.append, stop)  # shutting down: the history is not read
+    assert taken == []
+
+    stop.clear()
+    await follower.start()
+    asked = 0
+
+    def wait_ms() -> int:
+        nonlocal asked
+        asked += 1
+        return 5_000  # a long wait: stopping must not depend on it running out
+
+    batches: list[list[LogRecord]] = []
+    all_read = asyncio.Event()
+
+    async def follow() -> None:
+        async for records in follower.batches(stop, wait_ms):
+            batches.append(records)
+            if sum(len(b) for b in batches) >= 4:
+                all_read.set()
+
+    following = asyncio.create_task(follow())
+    try:
+        await asyncio.wait_for(all_read.wait(), 20)
+        assert asked == len(batches) + 1  # asked before every read, the one now waiting too
+        stop.set()
+        await produce(settings, [b"while stopping"])
+        await asyncio.wait_for(following, 10)  # returns by itself, not cancelled
+    finally:
+        following.cancel()
+        await follower.stop()
+    assert all(r.value == b"x" for b in batches for r in b)
+    await follower.stop()  # stopping twice is harmless

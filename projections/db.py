@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -53,6 +53,9 @@ from sqlalchemy.exc import (
 )
 
 from streams.errors import DatabaseUnavailableError
+
+if TYPE_CHECKING:
+    from projections.runtime import View
 
 METADATA = MetaData()
 
@@ -278,12 +281,13 @@ def _insert_sql(marker: str, preparer: Any, table: Table, names: tuple[str, ...]
             f"VALUES ({', '.join([marker] * len(names))})")
 
 
-def create_schema(engine: Engine) -> None:
-    """Create the positions table, the audit log and every default view's tables."""
+def create_schema(engine: Engine, views: Sequence[View] = ()) -> None:
+    """Create the positions table, the audit log and the tables of `views` (and of any view
+    whose live tables are defined already)."""
     from projections import audit  # noqa: F401  (defines audit_log on METADATA)
-    from projections.runtime import default_views, live_tables
+    from projections.runtime import live_tables
 
-    for view in default_views():
+    for view in views:
         live_tables(view)
     try:
         METADATA.create_all(engine)

@@ -32,7 +32,6 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from projections.db import METADATA, create_schema, positions, write_transaction
 from schemas.codec import Codec, Decoded
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
-from streams.config import Settings
 from streams.errors import DatabaseUnavailableError, PitError
 from streams.kafka import partitions_of
 from streams.log import LogRecord
@@ -142,24 +141,13 @@ def constraint_name(kind: str, table: str, token: str = "") -> str:
     return f"{kind}_{table}" + (f"_{token}" if token else "")
 
 
-def default_views(settings: Settings | None = None) -> list[View]:
-    """Every view; `settings` tell the search view where artifact content is (default: the
-    environment's)."""
-    from projections.artifacts import ArtifactSearchView, ArtifactsView
-    from projections.dag import DagView
-    from projections.models import ModelsView
-    from projections.pool import PoolHealthView, PoolView
-
-    return [ModelsView(), PoolView(), PoolHealthView(), DagView(), ArtifactsView(),
-            ArtifactSearchView(settings)]
-
-
-def view_by_name(name: str, settings: Settings | None = None) -> View:
-    views = {view.name: view for view in default_views(settings)}
+def view_by_name(name: str, views: Sequence[View]) -> View:
+    """One of `views` (the registry's: `streams.components.views`), by name."""
+    found = {view.name: view for view in views}
     try:
-        return views[name]
+        return found[name]
     except KeyError:
-        raise PitError(f"unknown view {name!r}; views: {', '.join(sorted(views))}") from None
+        raise PitError(f"unknown view {name!r}; views: {', '.join(sorted(found))}") from None
 
 
 _live_lock = threading.Lock()
@@ -295,14 +283,13 @@ class Projector:
     `observers` (live metrics) are called after each commit with the records archived for
     the first time, so never twice for a record, nor for a replay (which never archives)."""
 
-    def __init__(self, engine: Engine, views: Sequence[View] | None = None, *,
+    def __init__(self, engine: Engine, views: Sequence[View], *,
                  archive: bool = True, registry: SchemaRegistry | None = None,
                  codec: Codec | None = None, topics: Sequence[str] | None = None,
-                 observers: Sequence[Observer] = (), settings: Settings | None = None
-                 ) -> None:
+                 observers: Sequence[Observer] = ()) -> None:
         self.engine = engine
         self.observers = list(observers)
-        self.views = list(default_views(settings) if views is None else views)
+        self.views = list(views)
         self.bindings = [Binding(v.name, v, live_tables(v)) for v in self.views]
         self.archive = archive
         self.codec = codec or Codec(registry or EmbeddedRegistry())

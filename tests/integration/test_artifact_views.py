@@ -92,9 +92,8 @@ def test_the_artifacts_view_agrees_with_the_catalog(engine, decided, tmp_path):
     assert rows(engine) == before
 
     # replay rebuilds both views exactly
-    rebuild(engine, "artifacts", log.records)
+    rebuild(engine, ArtifactsView(), log.records)
     assert rows(engine) == before
-    rebuild(engine, "artifact_search", log.records, view=ArtifactSearchView(
-        Settings(data_dir=tmp_path)))
+    rebuild(engine, ArtifactSearchView(Settings(data_dir=tmp_path)), log.records)
     assert [h.address for h in sql_search(engine).search(SearchQuery("red")).hits] == [A]
     assert json.loads(json.dumps(views.artifact(engine, A)["tags"])) == ["x", "y"]

@@ -403,7 +403,7 @@ async def test_run_keeps_the_batch_while_the_database_is_away(engine: Engine, st
                 raise DatabaseUnavailableError("projection database unavailable: gone")
             return super().apply_batch(records)
 
-    projector = Flaky(engine, topics=[POOL_EVENTS])
+    projector = Flaky(engine, views(), topics=[POOL_EVENTS])
     consumer = FakeConsumer(story, {POOL_EVENTS: 8})
     stop = asyncio.Event()
     task = asyncio.create_task(run(projector, consumer, stop))

@@ -58,7 +58,7 @@ from streams.errors import PitError
 
 ENGINE = web.AppKey("engine", Engine)
 CLOCK = web.AppKey("clock", Callable[[], int])
-PROJECTIONS = web.AppKey("projections", list[str])  # the views' names, then the audit log's
+PROJECTIONS = web.AppKey("projections", tuple[str, ...])  # the views', then the audit log
 REPLAYERS = web.AppKey("replayers", dict[str, tuple[Decider, Decider]])
 
 
@@ -115,9 +115,11 @@ async def _errors(request: web.Request, handler: Callable) -> web.StreamResponse
 # --- handlers -----------------------------------------------------------------------------------
 
 async def get_health(request: web.Request) -> web.Response:
+    names: tuple[str, ...] = request.app[PROJECTIONS]
+
     def health(engine: Engine) -> dict[str, Any]:
         with engine.connect() as conn:
-            stored = load_positions(conn, request.app[PROJECTIONS])
+            stored = load_positions(conn, names)
         return {"status": "ok", "database": engine.dialect.name,
                 "positions": {name: {f"{t}[{p}]": o for (t, p), o in sorted(offsets.items())}
                               for name, offsets in stored.items()}}
@@ -174,8 +176,8 @@ def make_app(engine: Engine, components: Sequence[Component], *,
     app = web.Application(middlewares=[_errors])
     app[ENGINE] = engine
     app[CLOCK] = clock or _now_ms
-    app[PROJECTIONS] = [view.name for component in components
-                        for view in component.views(None)] + [AUDIT]
+    app[PROJECTIONS] = (*(view.name for component in components
+                          for view in component.views(None)), AUDIT)
     app[REPLAYERS] = audit_deciders(components)
     app.router.add_get("/health", get_health)
     for component in components:

@@ -1,0 +1,152 @@
+"""`pit bench`: measured figures, one JSON object. Benchmarks report; they do not assert.
+
+`backbone` measures the kernel; each component adds its parts in its descriptor's
+`benches` (streams/component.py). `pit bench <name>` runs one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry
+from streams.broker import EmbeddedBroker
+from streams.client import PitClient
+from streams.component import bench_note
+from streams.components import COMPONENTS, views
+from streams.config import Settings
+from streams.errors import PitError
+from streams.kafka import make_producer, produce_all, topic_size
+from streams.pool.bench import percentile
+from streams.pool.lifecycle import LIFECYCLE, ModelState, TransitionModel, TransitionReason
+from streams.processor import Output, Processor, run_processor
+from streams.topics import POOL_COMMANDS, RESULTS, load_catalog
+
+
+def _sample_event(codec: Codec) -> tuple[str, dict]:
+    envelope = {"event_id": str(uuid.uuid4()), "event_type": "ModelTransitioned",
+                "entity_key": "model-1", "sequence": 7, "correlation_id": "c", "causation_id": "c",
+                "occurred_at": 1_700_000_000_000, "producer": "pool-processor"}
+    return "pit.pool.ModelTransitioned", {
+        "envelope": envelope, "model_id": "model-1", "from_state": "Hot", "to_state": "Cooling",
+        "reason": "ScheduledCooldown", "time_in_previous_ms": 1234, "metadata": {}}
+
+
+def bench_codec(n: int = 50_000) -> dict[str, float]:
+    codec = Codec(EmbeddedRegistry())
+    name, record = _sample_event(codec)
+    started = time.perf_counter()
+    for _ in range(n):
+        data = codec.encode(name, record)
+    encode_us = (time.perf_counter() - started) / n * 1e6
+    started = time.perf_counter()
+    for _ in range(n):
+        codec.decode(data)
+    decode_us = (time.perf_counter() - started) / n * 1e6
+    return {"codec_encode_us": round(encode_us, 2), "codec_decode_us": round(decode_us, 2)}
+
+
+def lifecycle_commands(codec: Codec, n: int, models: int = 1000) -> list[Output]:
+    """n valid lifecycle commands: models cycle Cold -> Warming -> Hot -> Cooling -> Cold."""
+    cycle = [ModelState.WARMING, ModelState.HOT, ModelState.COOLING, ModelState.COLD]
+    catalog = load_catalog()
+    partitions = catalog[POOL_COMMANDS].partitions
+    outputs = []
+    for i in range(n):
+        model, step = f"model-{i % models}", (i // models) % len(cycle)
+        meta = {"command_id": f"bench-{i}", "issued_at": 0, "issued_by": "bench",
+                "correlation_id": None}
+        value = codec.encode(TransitionModel.avro_name, {
+            "meta": meta, "model_id": model, "to_state": cycle[step],
+            "reason": TransitionReason.USER_REQUEST, "metadata": {}})
+        outputs.append(Output(POOL_COMMANDS, (i % models) % partitions, model.encode(), value,
+                              int(time.time() * 1000)))
+    return outputs
+
+
+async def bench_processor(n: int = 60_000) -> dict[str, float]:
+    """Commands decided per second through the embedded broker, end to end: consumed,
+    decided, events and outcomes produced and acknowledged, offsets committed."""
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        codec = Codec(EmbeddedRegistry())
+        bench_note(f"producing {n:,} lifecycle commands")
+        await produce_all(make_producer(settings, **{"linger.ms": 20}),
+                          lifecycle_commands(codec, n))
+        processor = Processor(LIFECYCLE, codec)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_processor(processor, settings, None, stop, ready))
+        await ready.wait()
+        started = time.perf_counter()
+        while await topic_size(settings, RESULTS) < n:
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await task
+        bench_note(f"processor: {n:,} commands in {elapsed:.2f}s")
+        return {"processor_events_per_s": round(n / elapsed)}
+
+
+async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
+    """Client -> command topic -> processor -> results topic -> client, one at a time."""
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        processor = Processor(LIFECYCLE, Codec(EmbeddedRegistry()))
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_processor(processor, settings, None, stop, ready))
+        await ready.wait()
+        latencies = []
+        async with PitClient(settings) as client:
+            for i in range(n + 50):
+                model = f"rt-{i % 100}"
+                target = [ModelState.WARMING, ModelState.HOT, ModelState.COOLING,
+                          ModelState.COLD][(i // 100) % 4]
+                started = time.perf_counter()
+                outcome = await client.transition(model, target)
+                if i >= 50:  # the first commands warm connections and caches
+                    latencies.append((time.perf_counter() - started) * 1000)
+                if not outcome.accepted:
+                    raise PitError(f"round trip bench: {outcome.line()}")
+        stop.set()
+        await task
+        return {"roundtrip_p50_ms": round(statistics.median(latencies), 2),
+                "roundtrip_p99_ms": round(percentile(latencies, 0.99), 2)}
+
+
+async def bench_backbone(settings: Settings) -> dict[str, Any]:
+    from projections.bench import bench_projections
+
+    figures: dict[str, Any] = bench_codec()
+    bench_note(f"codec: {figures}")
+    figures |= await bench_processor()
+    figures |= await bench_roundtrip()
+    bench_note(f"round trip: p50 {figures['roundtrip_p50_ms']} ms,"
+               f" p99 {figures['roundtrip_p99_ms']} ms")
+    with tempfile.TemporaryDirectory() as scratch:
+        figures |= await bench_projections(Path(scratch), views(settings), settings)
+    return figures
+
+
+BENCHES: dict[str, Callable[[Settings], Awaitable[dict[str, Any]]]] = {
+    "backbone": bench_backbone,
+    **{name: bench for component in COMPONENTS for name, bench in component.benches.items()},
+}
+
+
+async def run_bench(component: str, settings: Settings) -> dict[str, Any]:
+    if component != "all" and component not in BENCHES:
+        raise PitError(f"unknown benchmark {component!r}; known: all, {', '.join(BENCHES)}")
+    figures: dict[str, Any] = {}
+    for name, bench in BENCHES.items():
+        if component in ("all", name):
+            figures |= await bench(settings)
+    return figures

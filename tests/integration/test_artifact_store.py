@@ -211,7 +211,8 @@ async def test_search_finds_content_and_metadata_and_forgets_removed_artifacts(p
 
     # the index is a projection of the log: a rebuild gives the same answers
     engine = connect(pit.settings.db_url)
-    replayed = await rebuild_view(engine, pit.settings, "artifact_search", views())
+    replayed = await rebuild_view(engine, pit.settings, "artifact_search",
+                                  views(pit.settings))
     assert replayed > 0
     again = await pit.search("northern")
     assert again.total == 1 and again.hits[0].address != report.address

@@ -10,6 +10,7 @@ it can be anchored elsewhere (a ticket, a second system).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,10 +22,7 @@ from schemas.registry import EmbeddedRegistry
 from streams.archive import AUDIT, COLUMNS, GENESIS, audit_log, payload_json, row_hash
 from streams.decider import Decider, from_record
 from streams.errors import AuditChainError, PitError
-from streams.pool.lifecycle import LIFECYCLE
-from streams.pool.pool import POOL
 from streams.sql import connection, positions
-from streams.topics import POOL_EVENTS
 
 # --- verification -----------------------------------------------------------------------------
 
@@ -159,16 +157,15 @@ def format_row(row: dict[str, Any]) -> str:
             f"{row.get('event_type') or '-'} {row.get('key') or '-'} {body}")
 
 
-# event topic -> (the decider of its entities, the decider of one subject's events)
-DECIDERS: dict[str, tuple[Decider, Decider]] = {POOL_EVENTS: (POOL, LIFECYCLE)}
-
-
-def state_as_of(engine: Engine | Connection, key: str, until_ms: int, *,
+def state_as_of(engine: Engine | Connection, key: str, until_ms: int,
+                deciders: Mapping[str, tuple[Decider, Decider]], *,
                 topic: str | None = None, codec: Codec | None = None) -> Any:
     """The state of `key` at `until_ms` (inclusive), replayed from its archived events; None
-    when it had no event by then. A key that is an entity (a pool) replays the entity's
-    decider over all its events; a subject (a model: the events' Kafka key) replays the
-    subject's decider (the model lifecycle) over the events about it.
+    when it had no event by then. `deciders` maps an event topic to the decider of its
+    entities and that of one subject's events (`streams.component.audit_deciders`). A key
+    that is an entity (a pool) replays the entity's decider over all its events; a subject
+    (a model: the events' Kafka key) replays the subject's decider (the model lifecycle)
+    over the events about it.
 
     Event time is the envelope's `occurred_at` (what `evolve` uses), else the log timestamp.
     """
@@ -176,7 +173,7 @@ def state_as_of(engine: Engine | Connection, key: str, until_ms: int, *,
         if topic is None:
             topics = set(conn.execute(
                 select(audit_log.c.topic).distinct()
-                .where(audit_log.c.topic.in_(list(DECIDERS)),
+                .where(audit_log.c.topic.in_(list(deciders)),
                        or_(audit_log.c.entity_key == key, audit_log.c.key == key))).scalars())
             if not topics:
                 return None
@@ -184,9 +181,9 @@ def state_as_of(engine: Engine | Connection, key: str, until_ms: int, *,
                 raise PitError(f"{key} has events on {', '.join(sorted(topics))}; name the topic")
             topic = topics.pop()
         try:
-            entity_decider, subject_decider = DECIDERS[topic]
+            entity_decider, subject_decider = deciders[topic]
         except KeyError:
-            raise PitError(f"no decider replays {topic}; known: {', '.join(DECIDERS)}") from None
+            raise PitError(f"no decider replays {topic}; known: {', '.join(deciders)}") from None
         is_entity = conn.execute(select(audit_log.c.seq).where(
             audit_log.c.topic == topic, audit_log.c.entity_key == key).limit(1)).first()
     decider, column = ((entity_decider, audit_log.c.entity_key) if is_entity

@@ -5,6 +5,9 @@ framing, cycling models through Cold -> Warming -> Hot -> Cooling -> Cold, sprea
 8 partitions of pit.pool.events. Only applying them is timed (decode, audit chain, views,
 positions, commit), in batches of `batch_size` like `run` reads them from Kafka.
 
+Every view the caller passes (`pit bench`: all of the registry's) is applied, as in
+`pit up`; the replay rebuilds the models view among them.
+
 The benchmark writes into the database it is given: use a throwaway one (`bench_sqlite`
 makes a temporary file, `bench_postgres` a temporary schema it drops afterwards).
 `bench_projections` is what `pit bench` calls.
@@ -18,12 +21,12 @@ import tempfile
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from projections.runtime import Projector, create_schema
+from projections.runtime import Projector, View, create_schema, view_by_name
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.errors import DatabaseUnavailableError
@@ -71,40 +74,42 @@ def _batches(records: list[LogRecord], size: int) -> Iterator[list[LogRecord]]:
         yield records[start:start + size]
 
 
-def measure_throughput(engine: Engine, n: int = 50_000, *, batch_size: int = 5000) -> float:
+def measure_throughput(engine: Engine, views: Sequence[View], n: int = 50_000, *,
+                       batch_size: int = 5000) -> float:
     """Events/s of `Projector.apply_batch` over `n` fresh ModelTransitioned records."""
     create_schema(engine)
     records = transition_records(n)
-    projector = Projector(engine)
+    projector = Projector(engine, views)
     started = time.perf_counter()
     for batch in _batches(records, batch_size):
         projector.apply_batch(batch)
     return n / (time.perf_counter() - started)
 
 
-def measure_replay(engine: Engine, n: int = 50_000) -> float:
+def measure_replay(engine: Engine, views: Sequence[View], n: int = 50_000) -> float:
     """Events/s of `rebuild('models')` from the archive (after projecting `n` records)."""
     from projections.replay import history_source, rebuild
     from streams.archive import archive_positions
 
     if not archive_positions(engine):
-        measure_throughput(engine, n)
+        measure_throughput(engine, views, n)
     started = time.perf_counter()
-    report = rebuild(engine, "models", history_source(engine, [POOL_EVENTS]))
+    models = view_by_name("models", views)
+    report = rebuild(engine, models, history_source(engine, [POOL_EVENTS]))
     return report.records / (time.perf_counter() - started)
 
 
-def bench_sqlite(n: int = 50_000) -> dict[str, float]:
+def bench_sqlite(views: Sequence[View], n: int = 50_000) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="pit-bench-") as tmp:
         engine = connect(f"sqlite:///{Path(tmp) / 'bench.db'}")
         try:
-            return {"projection_events_per_s_sqlite": measure_throughput(engine, n),
-                    "replay_events_per_s": measure_replay(engine, n)}
+            return {"projection_events_per_s_sqlite": measure_throughput(engine, views, n),
+                    "replay_events_per_s": measure_replay(engine, views, n)}
         finally:
             engine.dispose()
 
 
-def bench_postgres(url: str, n: int = 50_000) -> dict[str, float]:
+def bench_postgres(url: str, views: Sequence[View], n: int = 50_000) -> dict[str, float]:
     """In a temporary schema of the database at `url`, dropped afterwards."""
     schema = f"pit_bench_{uuid.uuid4().hex[:10]}"
     admin = connect(url)
@@ -114,7 +119,7 @@ def bench_postgres(url: str, n: int = 50_000) -> dict[str, float]:
         separator = "&" if "?" in url else "?"
         engine = connect(f"{url}{separator}options=-csearch_path%3D{schema}")
         try:
-            return {"projection_events_per_s_postgres": measure_throughput(engine, n)}
+            return {"projection_events_per_s_postgres": measure_throughput(engine, views, n)}
         finally:
             engine.dispose()
     finally:
@@ -135,8 +140,8 @@ def postgres_bench_url(settings=None) -> str:
             or os.environ.get("PIT_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL)
 
 
-async def bench_projections(scratch: Path, settings=None, n: int = 50_000
-                            ) -> dict[str, float | None]:
+async def bench_projections(scratch: Path, views: Sequence[View], settings=None,
+                            n: int = 50_000) -> dict[str, float | None]:
     """`pit bench` keys projection_events_per_s_sqlite, projection_events_per_s_postgres
     (None when no PostgreSQL answers) and replay_events_per_s, measured in worker threads
     on a SQLite file under `scratch` and in a temporary PostgreSQL schema."""
@@ -145,14 +150,14 @@ async def bench_projections(scratch: Path, settings=None, n: int = 50_000
     def sqlite() -> dict[str, float]:
         engine = connect(f"sqlite:///{Path(scratch) / 'bench-projections.db'}")
         try:
-            return {"projection_events_per_s_sqlite": round(measure_throughput(engine, n)),
-                    "replay_events_per_s": round(measure_replay(engine, n))}
+            return {"projection_events_per_s_sqlite": round(measure_throughput(engine, views, n)),
+                    "replay_events_per_s": round(measure_replay(engine, views, n))}
         finally:
             engine.dispose()
 
     def postgres() -> dict[str, float | None]:
         try:
-            figure = bench_postgres(postgres_bench_url(settings), n)
+            figure = bench_postgres(postgres_bench_url(settings), views, n)
         except DatabaseUnavailableError as exc:
             log.warning("no PostgreSQL projection figure: %s", exc)
             return {"projection_events_per_s_postgres": None}

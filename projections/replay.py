@@ -1,6 +1,6 @@
 """Replay: rebuild a view from the log into fresh tables, then swap them in.
 
-`rebuild(engine, "models", source, progress)`:
+`rebuild(engine, view, source, progress)`:
 
 1. creates shadow tables (`models__rebuild`, `model_transitions__rebuild`) and starts the
    projection `models@rebuild` with no positions;
@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -68,25 +68,25 @@ class RebuildReport:
         return (self.records + self.caught_up) / self.seconds if self.seconds else 0.0
 
 
-def replayable_view(view_name: str, settings=None) -> View:
+def replayable_view(view_name: str, views: Sequence[View]) -> View:
+    """The view named `view_name` among `views` (the registry's), if it can be rebuilt."""
     if view_name in (AUDIT, "audit_log"):
         raise ReplayError("the audit log is the archive replays read from, not a view; it is "
                           "never rebuilt (check it with `pit audit verify`)")
     try:
-        return view_by_name(view_name, settings)
+        return view_by_name(view_name, views)
     except PitError as exc:
         raise ReplayError(str(exc)) from None
 
 
-def rebuild(engine: Engine, view_name: str, source: Iterable[LogRecord] | None = None,
+def rebuild(engine: Engine, view: View, source: Iterable[LogRecord] | None = None,
             progress: Progress | None = None, *, batch_size: int = 5000,
-            total: int | None = None, registry: SchemaRegistry | None = None,
-            view: View | None = None) -> RebuildReport:
-    """Rebuild `view_name` from `source` (default: `history_source` over the view's topics)
+            total: int | None = None, registry: SchemaRegistry | None = None
+            ) -> RebuildReport:
+    """Rebuild `view` from `source` (default: `history_source` over the view's topics)
     into shadow tables and swap them in once they have caught up with the live view.
     `progress(done, total)` is called after every batch (total is an estimate: the archived
     record count of the view's topics, raised to `done` when Kafka adds more)."""
-    view = view or replayable_view(view_name)
     started = time.perf_counter()
     create_schema(engine)
     if view.in_place:
@@ -176,16 +176,16 @@ def _rebuild_in_place(engine: Engine, view: View, source: Iterable[LogRecord] | 
     return RebuildReport(view.name, done, 0, time.perf_counter() - started)
 
 
-async def rebuild_view(engine: Engine, settings, view_name: str,
+async def rebuild_view(engine: Engine, settings, view_name: str, views: Sequence[View],
                        progress: Progress | None = None, *, timeout_s: float = 5.0) -> int:
-    """`pit replay <view>`: rebuild from the archive, then whatever Kafka holds beyond it
-    (when a broker answers), in a worker thread; returns the number of records replayed."""
-    view = replayable_view(view_name, settings)
+    """`pit replay <view>`: rebuild one of `views` from the archive, then whatever Kafka
+    holds beyond it (when a broker answers), in a worker thread; returns the number of
+    records replayed."""
+    view = replayable_view(view_name, views)
 
     def work() -> int:
         reader = kafka_log_reader(settings, view.topics, timeout_s=timeout_s, optional=True)
-        report = rebuild(engine, view.name, history_source(engine, view.topics, reader),
-                         progress, view=view)
+        report = rebuild(engine, view, history_source(engine, view.topics, reader), progress)
         return report.records + report.caught_up
 
     return await asyncio.to_thread(work)

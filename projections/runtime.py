@@ -31,7 +31,6 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from schemas.codec import Codec, Decoded
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.archive import AUDIT, Entry, append, decode_entry
-from streams.config import Settings
 from streams.errors import DatabaseUnavailableError, PitError
 from streams.kafka import partitions_of
 from streams.log import LogRecord
@@ -119,24 +118,13 @@ def constraint_name(kind: str, table: str, token: str = "") -> str:
     return f"{kind}_{table}" + (f"_{token}" if token else "")
 
 
-def default_views(settings: Settings | None = None) -> list[View]:
-    """Every view; `settings` tell the search view where artifact content is (default: the
-    environment's)."""
-    from projections.artifacts import ArtifactSearchView, ArtifactsView
-    from projections.dag import DagView
-    from projections.models import ModelsView
-    from projections.pool import PoolHealthView, PoolView
-
-    return [ModelsView(), PoolView(), PoolHealthView(), DagView(), ArtifactsView(),
-            ArtifactSearchView(settings)]
-
-
-def view_by_name(name: str, settings: Settings | None = None) -> View:
-    views = {view.name: view for view in default_views(settings)}
+def view_by_name(name: str, views: Sequence[View]) -> View:
+    """One of `views` (the registry's: `streams.components.views`), by name."""
+    found = {view.name: view for view in views}
     try:
-        return views[name]
+        return found[name]
     except KeyError:
-        raise PitError(f"unknown view {name!r}; views: {', '.join(sorted(views))}") from None
+        raise PitError(f"unknown view {name!r}; views: {', '.join(sorted(found))}") from None
 
 
 _live_lock = threading.Lock()
@@ -150,9 +138,10 @@ def live_tables(view: View) -> dict[str, Table]:
         return view.define(METADATA)
 
 
-def create_schema(engine: Engine) -> None:
-    """Create the positions table, the archive and every default view's tables."""
-    for view in default_views():
+def create_schema(engine: Engine, views: Sequence[View] = ()) -> None:
+    """Create the positions table, the archive and the tables of `views` (and of any view
+    whose live tables are defined already)."""
+    for view in views:
         live_tables(view)
     create_tables(engine)
 
@@ -227,14 +216,13 @@ class Projector:
     `observers` (live metrics) are called after each commit with the records archived for
     the first time, so never twice for a record, nor for a replay (which never archives)."""
 
-    def __init__(self, engine: Engine, views: Sequence[View] | None = None, *,
+    def __init__(self, engine: Engine, views: Sequence[View], *,
                  archive: bool = True, registry: SchemaRegistry | None = None,
                  codec: Codec | None = None, topics: Sequence[str] | None = None,
-                 observers: Sequence[Observer] = (), settings: Settings | None = None
-                 ) -> None:
+                 observers: Sequence[Observer] = ()) -> None:
         self.engine = engine
         self.observers = list(observers)
-        self.views = list(default_views(settings) if views is None else views)
+        self.views = list(views)
         self.bindings = [Binding(v.name, v, live_tables(v)) for v in self.views]
         self.archive = archive
         self.codec = codec or Codec(registry or EmbeddedRegistry())

@@ -1,5 +1,6 @@
 """`pit up`: the whole Pit in one process - embedded broker (unless a cluster is configured),
-every component's processor, the projector, and the read API with /metrics.
+every registered component's processors and services (streams/components.py), the timer
+service, the projector, and the read API with /metrics.
 
 Start-up order matters: the broker is restored from the archive before anything reads it,
 so offsets, state and views after a restart are what they were before it. Shutdown is the
@@ -16,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
@@ -24,16 +26,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
-from streams.artifacts.dag_outputs import OutputCataloger
 from streams.broker import EmbeddedBroker
 from streams.client import registry_for
-from streams.components import DECIDERS
+from streams.component import Runtime, Service
+from streams.components import COMPONENTS, DECIDERS, views
 from streams.config import BROKER_FILE, Settings
-from streams.dag.definition_store import definition_store
-from streams.dag.dispatch import TaskDispatcher, restore_runner_positions
-from streams.dag.execution import DAG, Definitions, execution_decider
-from streams.dag.runner import GROUP as RUNNER_GROUP
-from streams.decider import Decider
 from streams.errors import PitError
 from streams.history import read_topic
 from streams.kafka import (
@@ -42,7 +39,6 @@ from streams.kafka import (
     produce_all,
     start_consumer,
 )
-from streams.pool.prewarmer import Prewarmer
 from streams.processor import Output, Processor, run_processor
 from streams.timers import TimerService, timer_topics
 from streams.topics import SCHEMAS, load_catalog
@@ -59,19 +55,13 @@ def progress_printer(label: str, stream=sys.stderr):
     return report
 
 
-def deciders(settings: Settings) -> tuple[Decider, ...]:
-    """DECIDERS as `pit up` runs them: the DAG decider reads a definition started by hash
-    from the definition store in the data directory, where clients put it."""
-    dag = execution_decider(Definitions(definition_store(settings)))
-    return tuple(dag if decider is DAG else decider for decider in DECIDERS)
-
-
 @dataclass
 class Stack:
     settings: Settings = field(default_factory=Settings.from_env)
     http_port: int | None = None
     progress: bool = True
-    monitor_hosts: bool = True  # poll registered hosts' /health, report dead ones down
+    # Component services not to run, by name (`host-monitor`: tests without model hosts).
+    without: Collection[str] = ()
     timers: bool = True  # run the timer service (tests that drive their own turn it off)
 
     def __post_init__(self) -> None:
@@ -80,7 +70,7 @@ class Stack:
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
         self._runner: web.AppRunner | None = None
-        self.host_monitor = None
+        self.services: dict[str, Service] = {}
 
     async def start(self) -> Stack:
         from projections.runtime import create_schema
@@ -88,47 +78,40 @@ class Stack:
 
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = connect(self.settings.db_url)
-        create_schema(self.engine)
+        self.views = views(self.settings)
+        create_schema(self.engine, self.views)
         if self.settings.embedded:
             self.broker = EmbeddedBroker(1)
             self.broker.apply(self.catalog)
             self.settings = replace(self.settings, bootstrap_servers=self.broker.bootstrap_servers)
             await self.restore_from_archive()
-            await restore_runner_positions(self.settings, self.engine, RUNNER_GROUP)
+            for component in COMPONENTS:
+                if component.prepare is not None:
+                    await component.prepare(self.settings, self.engine)
         self.registry = registry_for(self.settings)
         if isinstance(self.registry, EmbeddedRegistry):
             await self.sync_registry(self.registry)
         self.codec = Codec(self.registry)
-        for decider in deciders(self.settings):
-            processor = Processor(decider, self.codec)
-            ready = asyncio.Event()
-            self.tasks.append(asyncio.create_task(
-                run_processor(processor, self.settings, self.engine, self.stop, ready),
-                name=processor.name))
-            await self._until(ready)
-        # Relearns from the whole log in the background; sends WarmModel once caught up.
-        self.prewarmer = Prewarmer(self.settings, self.codec, self.engine)
-        self.tasks.append(asyncio.create_task(self.prewarmer.run(self.stop), name="prewarmer"))
+        for component in COMPONENTS:
+            for decider in component.running_deciders(self.settings):
+                processor = Processor(decider, self.codec)
+                ready = asyncio.Event()
+                self.tasks.append(asyncio.create_task(
+                    run_processor(processor, self.settings, self.engine, self.stop, ready),
+                    name=processor.name))
+                await self._until(ready)
+        runtime = Runtime(self.settings, self.codec, self.engine)
+        for component in COMPONENTS:
+            for name, service in component.services(runtime).items():
+                if name not in self.without:
+                    self.services[name] = service
+                    self.tasks.append(asyncio.create_task(service.run(self.stop), name=name))
         if self.timers:
             self.timer_service = TimerService(self.settings, self.codec, self.engine,
                                               topics=timer_topics(DECIDERS))
             self.tasks.append(asyncio.create_task(self.timer_service.run(self.stop),
                                                   name="timers"))
-        # NodeScheduled events become tasks for `pit runner` processes (issue 4).
-        self.dispatcher = TaskDispatcher(self.settings, self.codec, self.engine)
-        self.tasks.append(asyncio.create_task(self.dispatcher.run(self.stop),
-                                              name="task-dispatcher"))
-        # Completed nodes' outputs become artifacts with their lineage (issue 5), when asked.
-        if self.settings.dag_output_artifacts:
-            self.output_cataloger = OutputCataloger(self.settings, self.codec)
-            self.tasks.append(asyncio.create_task(self.output_cataloger.run(self.stop),
-                                                  name="dag-output-cataloger"))
         await self.start_projector()
-        if self.monitor_hosts:
-            from streams.pool.monitor import HostMonitor
-
-            self.host_monitor = await HostMonitor(self.settings, self.engine,
-                                                  codec=self.codec).start()
         if self.http_port is not None:
             await self.start_http(self.http_port)
         if self.broker is not None:
@@ -166,12 +149,12 @@ class Stack:
         await produce_all(make_producer(self.settings), outputs)
 
     async def start_projector(self) -> None:
-        from projections.dag_metrics import DagMetrics
-        from projections.pool_metrics import PoolMetrics
         from projections.runtime import Projector, run
 
-        self.projector = Projector(self.engine, codec=self.codec, settings=self.settings,
-                                   observers=[PoolMetrics(self.engine), DagMetrics(self.engine)])
+        observers = [observer for component in COMPONENTS
+                     for observer in component.observers(self.engine)]
+        self.projector = Projector(self.engine, self.views, codec=self.codec,
+                                   observers=observers)
         self.projector_stop = asyncio.Event()
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
 
@@ -206,16 +189,15 @@ class Stack:
     async def start_http(self, port: int) -> None:
         from projections.api import make_app
 
-        app = make_app(self.engine)
+        app = make_app(self.engine, COMPONENTS)
         app.router.add_get("/metrics", metrics_handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
 
     async def close(self) -> None:
-        """Processors finish their batch, the projector drains, then everything stops."""
-        if self.host_monitor is not None:
-            await self.host_monitor.stop()
+        """Processors and services finish their batch, the projector drains, then everything
+        stops."""
         self.stop.set()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):

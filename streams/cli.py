@@ -136,6 +136,8 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from projections import audit
+    from streams.component import audit_deciders
+    from streams.components import COMPONENTS
     from streams.sql import connect
 
     engine = connect(settings.db_url)
@@ -146,7 +148,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if report.ok else 1
     if args.until:
         until_ms = _parse_time_ms(args.until)
-        state = audit.state_as_of(engine, args.target, until_ms)
+        state = audit.state_as_of(engine, args.target, until_ms, audit_deciders(COMPONENTS))
         if state is None:
             raise PitError(f"no events for {args.target!r} before {args.until}")
         shown = dataclasses.asdict(state)
@@ -183,10 +185,11 @@ def cmd_pool(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from projections.replay import rebuild_view
     from streams.app import progress_printer
+    from streams.components import views
     from streams.sql import connect
 
     engine = connect(settings.db_url)
-    done = asyncio.run(rebuild_view(engine, settings, args.view,
+    done = asyncio.run(rebuild_view(engine, settings, args.view, views(settings),
                                     progress_printer(f"replaying {args.view}")))
     print(f"{args.view}: rebuilt from {done:,} records and swapped in")
     return 0
@@ -240,12 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                              " runner's tasks to the others (the same for every runner)")
     runner.set_defaults(run=cmd_runner)
 
-    from streams.dag.workflow_cli import add_parser as add_workflow_parser
+    from streams.components import COMPONENTS
 
-    add_workflow_parser(sub)
-    from streams.artifacts.cli import add_parser as add_artifact_parser
-
-    add_artifact_parser(sub)
+    for component in COMPONENTS:
+        if component.add_cli is not None:
+            component.add_cli(sub)
 
     publish = sub.add_parser("publish", help="publish a command and print its outcome")
     publish.add_argument("type", help="command type, e.g. TransitionModel")

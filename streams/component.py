@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,11 +60,15 @@ class Component:
     * `deciders`: its rules, as the contract tests and the audit log see them;
       `configure(settings)` gives the ones `pit up` runs when they need the settings (the
       DAG reads definitions from the data directory).
-    * `services(runtime)`: what `pit up` runs for it besides its processors.
+    * `subjects`: deciders that replay one subject's events inside an entity's topic (the
+      pool's model lifecycle), for `pit audit <key> --until` on a key that is no entity.
+    * `services(runtime)`: what `pit up` runs for it besides its processors, by name (the
+      task's name; `Stack(without=...)` leaves named ones out).
     * `prepare(settings, engine)`: runs once the embedded broker is restored and before any
       processor starts (restoring consumer positions the component owns).
     * `views(settings)`: its projections; `observers(engine)`: metrics fed by the projector.
-    * `routes`: its read-API routes; `add_cli(subparsers)`: its `pit` subcommands.
+    * `routes()`: its read-API routes (a factory: handlers import the projections);
+      `add_cli(subparsers)`: its `pit` subcommands.
     * `client(pit_client)`: its operations, reachable as `pit_client.<name>`.
     * `benches`: `pit bench` parts, name -> async function(settings) -> figures.
     """
@@ -71,11 +76,12 @@ class Component:
     name: str
     deciders: tuple[Decider[Any], ...]
     configure: Callable[[Settings], tuple[Decider[Any], ...]] | None = None
-    services: Callable[[Runtime], Sequence[Service]] = lambda _runtime: ()
+    subjects: tuple[Decider[Any], ...] = ()
+    services: Callable[[Runtime], Mapping[str, Service]] = lambda _runtime: {}
     prepare: Callable[[Settings, Engine], Awaitable[None]] | None = None
     views: Callable[[Settings | None], Sequence[Any]] = lambda _settings: ()
     observers: Callable[[Engine], Sequence[Any]] = lambda _engine: ()
-    routes: Sequence[Route] = ()
+    routes: Callable[[], Sequence[Route]] = lambda: ()
     add_cli: Callable[[argparse._SubParsersAction[Any]], None] | None = None
     client: Callable[[Any], Any] | None = None
     benches: Mapping[str, Callable[..., Awaitable[dict[str, Any]]]] = field(
@@ -83,3 +89,21 @@ class Component:
 
     def running_deciders(self, settings: Settings) -> tuple[Decider[Any], ...]:
         return self.configure(settings) if self.configure is not None else self.deciders
+
+
+def audit_deciders(components: Iterable[Component]
+                   ) -> dict[str, tuple[Decider[Any], Decider[Any]]]:
+    """Event topic -> (the decider of its entities, the decider of one subject's events),
+    what `state_as_of` replays; without a subject decider a key is replayed as an entity."""
+    found: dict[str, tuple[Decider[Any], Decider[Any]]] = {}
+    for component in components:
+        for decider in component.deciders:
+            subject = next((s for s in component.subjects
+                            if s.event_topic == decider.event_topic), decider)
+            found[decider.event_topic] = (decider, subject)
+    return found
+
+
+def bench_note(text: str) -> None:
+    """A `pit bench` part's progress line: on stderr, so stdout holds only the figures."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)

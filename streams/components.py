@@ -1,14 +1,32 @@
-"""The Pit's components: each one's decider, which fixes its topics and message types."""
+"""The registry: every component of the Pit, one line each (streams/component.py says what
+a component is). `pit up`, the CLI, the API, replay, audit, `pit bench` and the contract
+tests iterate it; the helpers below derive from it."""
 
 from __future__ import annotations
 
-from streams.artifacts.catalog import ARTIFACTS
-from streams.dag.execution import DAG
+from typing import Any
+
+from streams.artifacts import component as artifacts
+from streams.component import Component
+from streams.config import Settings
+from streams.dag import component as dag
 from streams.decider import Decider, Message
 from streams.errors import PitError
-from streams.pool.pool import POOL
+from streams.pool import component as pool
 
-DECIDERS: tuple[Decider, ...] = (POOL, DAG, ARTIFACTS)
+COMPONENTS: tuple[Component, ...] = (
+    pool.COMPONENT,
+    dag.COMPONENT,
+    artifacts.COMPONENT,
+)
+
+DECIDERS: tuple[Decider, ...] = tuple(d for c in COMPONENTS for d in c.deciders)
+
+
+def views(settings: Settings | None = None) -> list[Any]:
+    """Every component's views; `settings` tell a view where its data is (default: the
+    environment's)."""
+    return [view for component in COMPONENTS for view in component.views(settings)]
 
 
 def command_types() -> dict[str, type[Message]]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from streams.app import Stack, running_pit
 from streams.client import Outcome, PitClient
+from streams.component import audit_deciders
+from streams.components import COMPONENTS
 from streams.config import Settings
 from streams.errors import AllocationError
 from streams.history import read_topic
@@ -185,7 +187,7 @@ async def run_demo(settings: Settings) -> None:
                 print(f"  #{row['seq']:<4d} {row['event_type']:18s} {_summary(payload)}"
                       f"  hash {row['hash'][:12]}")
         if hot_at is not None:
-            state = audit.state_as_of(engine, mlp, hot_at)
+            state = audit.state_as_of(engine, mlp, hot_at, audit_deciders(COMPONENTS))
             print(f"\n9. {mlp} as of {hot_at} (replayed from the archive): {state.state},"
                   f" {state.transition_count} transitions")
         report = audit.verify(engine)

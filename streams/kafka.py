@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from confluent_kafka import Producer
 
@@ -41,6 +41,16 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
     if not partitions:
         raise PitError(f"topic {topic} does not exist (apply infra/topics.yaml)")
     return sorted(partitions)
+
+
+async def topic_size(settings: Settings, topic: str) -> int:
+    """How many records `topic` has ever held: the sum of its partitions' end offsets."""
+    consumer = await start_consumer(settings)
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
 
 
 def make_producer(settings: Settings, **overrides: str | int) -> Producer:

@@ -3,10 +3,12 @@ they do not print or assert)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -18,6 +20,7 @@ from pathlib import Path
 from streams.artifacts.crypto import seal, unseal
 from streams.artifacts.storage import BlobBackend, artifact_store
 from streams.blobs import CHUNK_BYTES
+from streams.component import bench_note
 from streams.config import Settings
 from streams.stats import percentile
 
@@ -190,3 +193,25 @@ def dedup_savings(root: str | Path, stores: int = 3_000, seed: int = 11) -> dict
             "dedup_ratio": round(stats.dedup_ratio, 3),
             "dedup_unique_stored": stats.unique_stored,
             "dedup_total_stored": stats.total_stored}
+
+
+async def bench_artifacts(settings: Settings) -> dict[str, float]:
+    """Storage in process on the local backend, a 1 GiB streamed round trip in a subprocess,
+    encryption, deduplication on a seeded corpus, and search over 100,000 artifacts on the
+    embedded backend (streams/artifacts/bench.py, projections/search/bench.py)."""
+    from projections.search.bench import search_p99_100k
+
+    with tempfile.TemporaryDirectory(prefix="pit-artifacts-bench-") as scratch:
+        figures = await asyncio.to_thread(store_retrieve_64k, Path(scratch) / "small")
+        bench_note(f"artifacts 64 KiB: store {figures['artifact_store_64k_ms']} ms, retrieve"
+                   f" {figures['artifact_retrieve_64k_ms']} ms")
+        figures |= await asyncio.to_thread(stream_1g, Path(scratch) / "large")
+        bench_note(f"artifacts 1 GiB streamed: {figures['artifact_stream_1g_mib_per_s']} MiB/s,"
+                   f" peak RSS {figures['artifact_stream_1g_peak_rss_mib']} MiB")
+        figures |= await asyncio.to_thread(encrypt_overhead)
+        figures |= await asyncio.to_thread(dedup_savings, Path(scratch) / "dedup")
+        bench_note(f"artifacts: encryption {figures['encrypt_ms_per_mib']} ms/MiB, dedup savings"
+                   f" {figures['dedup_savings']}")
+        figures |= await asyncio.to_thread(search_p99_100k, Path(scratch) / "search.db")
+        bench_note(f"search over 100,000 artifacts: p99 {figures['search_p99_ms_100k']} ms")
+    return figures

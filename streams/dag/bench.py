@@ -23,6 +23,7 @@ import os
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -33,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry
 from streams.client import PitClient
+from streams.component import bench_note
 from streams.config import Settings
 from streams.dag.definition import (
     OPERATORS,
@@ -547,7 +550,7 @@ class RunnerProcesses:
 def _pit(data_dir: Path) -> Stack:
     from streams.app import Stack
 
-    return Stack(Settings(data_dir=data_dir), progress=False, monitor_hosts=False)
+    return Stack(Settings(data_dir=data_dir), progress=False, without={"host-monitor"})
 
 
 async def run_to_end(stack: Stack, client: PitClient, workflow: Workflow, execution_id: str,
@@ -627,3 +630,25 @@ async def bench_resume(scratch: Path, count: int = 3_000) -> dict[str, float]:
             await runners.close()
     return {"dag_resume_s": round((resumed_at - crashed_at) / 1000, 2),
             "dag_resume_history_events": history}
+
+
+async def bench_dag(settings: Settings) -> dict[str, float]:
+    """The execution decider in process on a 10,000-node DAG, then workflows end to end
+    through the embedded broker (streams/dag/bench.py)."""
+    figures = await asyncio.to_thread(bench_schedule)
+    bench_note(f"dag scheduling: p99 {figures['dag_schedule_p99_ms']} ms, checkpoint"
+               f" {figures['dag_checkpoint_ms']} ms at 10,000 nodes")
+    figures |= await asyncio.to_thread(bench_processor_restore, Codec(EmbeddedRegistry()))
+    for label in ("1k", "20k"):
+        bench_note(f"dag processor restore after {label} finished nodes"
+                   f" ({figures[f'dag_restore_history_events_{label}']} events):"
+                   f" {figures[f'dag_restore_ms_{label}']} ms from the checkpoint topic,"
+                   f" {figures[f'dag_restore_full_ms_{label}']} ms reading it all")
+    with tempfile.TemporaryDirectory() as scratch:
+        figures |= await bench_throughput(Path(scratch))
+        bench_note(f"dag end to end: {figures['dag_nodes_per_s_wide']} nodes/s wide,"
+                   f" {figures['dag_nodes_per_s_deep']} deep, 10,000 nodes in"
+                   f" {figures['dag_10k_wall_s']} s")
+        figures |= await bench_resume(Path(scratch))
+        bench_note(f"dag resume after a crash: {figures['dag_resume_s']} s")
+    return figures

@@ -1,5 +1,7 @@
-"""Pool decider micro-benchmarks (pure, in process): the cache-hit allocation decision, and
-a miss on a full pool (the decision that must evict).
+"""Pool benchmarks: decider micro-benchmarks (pure, in process) - the cache-hit allocation
+decision, and a miss on a full pool (the decision that must evict) - then the pool processor
+and the allocation round trip through the embedded broker, and `bench_pool`, the pool's
+`pit bench` part.
 
 Target (seed M3.1.3): allocation on a cache hit < 100 µs with 1,000+ models; a miss that
 evicts well under 1 ms.
@@ -7,12 +9,24 @@ evicts well under 1 ms.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import statistics
 import time
 from collections import deque
 
-from streams.decider import Message
+from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry
+from streams.broker import EmbeddedBroker
+from streams.client import PitClient
+from streams.component import bench_note
+from streams.config import Settings
+from streams.decider import Message, to_record
+from streams.errors import PitError
+from streams.kafka import make_producer, produce_all, topic_size
+from streams.pool.lifecycle import ModelState, RecordModelUsage, TransitionModel, TransitionReason
 from streams.pool.pool import (
+    POOL,
     AllocateModel,
     ModelEvicted,
     PoolState,
@@ -25,7 +39,9 @@ from streams.pool.pool import (
     evolve,
     initial_state,
 )
+from streams.processor import Output, Processor, run_processor
 from streams.stats import percentile
+from streams.topics import POOL_COMMANDS, RESULTS, load_catalog
 
 T0 = 1_700_000_000_000
 
@@ -118,3 +134,111 @@ def bench_allocation_miss(models: int = 1000, hosts: int = 10, samples: int = 10
 if __name__ == "__main__":
     print(bench_allocation_hit())
     print(bench_allocation_miss())
+
+
+async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, float]:
+    """`PitClient.allocate_model` on a Hot model, end to end through the embedded broker:
+    AllocateModel -> pool processor -> outcome on pit.results and ModelAllocated on
+    pit.pool.events -> client; then the release. 1,000 registered, Hot models."""
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        processor = Processor(POOL, Codec(EmbeddedRegistry()))
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_processor(processor, settings, None, stop, ready))
+        await ready.wait()
+        latencies = []
+        async with PitClient(settings, issued_by="bench") as client:
+            bench_note(f"registering {models:,} models and loading them (reported as a host would)")
+            await client.register_host("bench-host", models * 100, models)
+            for m in range(models):
+                await client.publish(RegisterModel(f"m-{m}", f"python:bench:m{m}", 100, 10))
+                await client.publish(TransitionModel(f"m-{m}", ModelState.WARMING,
+                                                     TransitionReason.USER_REQUEST))
+                await client.publish(ReportModelLoaded("bench-host", f"m-{m}", 10, 100))
+            await client.send(RecordModelUsage(f"m-{models - 1}"))  # all decided by now
+            for i in range(n + 50):
+                started = time.perf_counter()
+                allocation = await client.allocate_model(f"m-{i % models}", "bench")
+                if i >= 50:  # the first ones warm connections and caches
+                    latencies.append((time.perf_counter() - started) * 1000)
+                if not allocation.cache_hit:
+                    raise PitError(f"allocation round trip bench: {allocation} was a miss")
+                await client.release_model(allocation.request_id)
+        stop.set()
+        await task
+        return {"pool_alloc_roundtrip_p50_ms": round(statistics.median(latencies), 2),
+                "pool_alloc_roundtrip_p99_ms": round(percentile(latencies, 0.99), 2)}
+
+
+async def bench_pool_processor(n: int = 40_000, models: int = 1000) -> dict[str, float]:
+    """Pool commands decided per second through the embedded broker. A pool is one entity on
+    one partition, so this is the ceiling of one pool: allocations and releases of 1,000 Hot
+    models, decided, produced and committed like any command."""
+    codec = Codec(EmbeddedRegistry())
+    commands: list = [RegisterHost("bench-host", models * 100, models)]
+    for m in range(models):
+        commands += [RegisterModel(f"m-{m}", f"python:bench:m{m}", 100, 10),
+                     TransitionModel(f"m-{m}", ModelState.WARMING, TransitionReason.USER_REQUEST),
+                     ReportModelLoaded("bench-host", f"m-{m}", 10, 100)]
+    for i in range(n // 2):
+        commands += [AllocateModel(f"r-{i}", f"m-{i % models}", "bench"), ReleaseModel(f"r-{i}")]
+    now = int(time.time() * 1000)
+    outputs = [Output(POOL_COMMANDS, 0, b"default", codec.encode(command.avro_name, {
+        "meta": {"command_id": f"pool-bench-{i}", "issued_at": now, "issued_by": "bench",
+                 "correlation_id": None}, **to_record(command)}), now)
+        for i, command in enumerate(commands)]
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        bench_note(f"producing {len(outputs):,} pool commands onto one partition")
+        await produce_all(make_producer(settings, **{"linger.ms": 20}), outputs)
+        processor = Processor(POOL, codec)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_processor(processor, settings, None, stop, ready))
+        await ready.wait()
+        started = time.perf_counter()
+        while await topic_size(settings, RESULTS) < len(outputs):
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await task
+        if processor.state("default").stats.hits != n // 2:
+            raise PitError("pool processor bench: not every allocation was a cache hit")
+        bench_note(f"pool processor: {len(outputs):,} commands in {elapsed:.2f}s")
+        return {"pool_processor_commands_per_s": round(len(outputs) / elapsed)}
+
+
+async def bench_pool(settings: Settings) -> dict[str, float]:
+    """The pool decider in process, the allocation round trip through the broker,
+    prewarming on the seeded trace, lookahead prewarming on the seeded workflow trace, and
+    host health checks on a real model."""
+    from streams.pool.lookahead_bench import bench_lookahead
+    from streams.pool.prewarm_bench import bench_prewarm
+
+    figures = bench_allocation_hit()
+    bench_note(f"pool allocation hit: p99 {figures['pool_alloc_hit_p99_us']} µs")
+    figures |= bench_allocation_miss()
+    bench_note("pool allocation miss that evicts:"
+               f" p99 {figures['pool_alloc_miss_evict_p99_us']} µs")
+    figures |= await bench_pool_processor()
+    figures |= await bench_alloc_roundtrip()
+    bench_note(f"allocation round trip: p50 {figures['pool_alloc_roundtrip_p50_ms']} ms,"
+               f" p99 {figures['pool_alloc_roundtrip_p99_ms']} ms")
+    bench_note("replaying the seeded 4-day trace with and without prewarming")
+    figures |= await asyncio.to_thread(bench_prewarm)
+    bench_note("replaying the seeded workflow trace with and without lookahead prewarming")
+    figures |= await asyncio.to_thread(bench_lookahead)
+    bench_note("health checks on a real (npz) model: detection, false positives, overhead")
+    figures |= await asyncio.to_thread(bench_health)
+    return figures
+
+
+def bench_health() -> dict[str, float]:
+    from streams.pool.health import (
+        measure_detection,
+        measure_false_positives,
+        measure_overhead,
+    )
+
+    return measure_detection() | measure_false_positives() | measure_overhead()

@@ -62,6 +62,14 @@ class HostMonitor:
         self._task = asyncio.create_task(self._follow(), name="pit-host-monitor")
         return self
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """As a `pit up` service: start, follow until `stop` is set, stop."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
     async def stop(self) -> None:
         self._stopping.set()
         tasks = [t for t in (self._task, *self._polls.values()) if t is not None]

@@ -354,7 +354,7 @@ async def test_a_restarted_host_reports_its_earlier_run_down(hosts: Pit):
     """A host that died while no monitor watched comes back under the same id: its start
     reports the earlier run down, so the pool recovers that run's models."""
     pit, model, stack = hosts, unique("m-again"), hosts.stack
-    await stack.host_monitor.stop()
+    await stack.services["host-monitor"].stop()
     try:
         first = await pit.host("again")
         assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
@@ -366,11 +366,13 @@ async def test_a_restarted_host_reports_its_earlier_run_down(hosts: Pit):
         _, ended = await pit.events.wait(AllocationFailed, request_id=allocation.request_id)
         assert (ended.in_flight, ended.code) == (True, "host_down")
         assert second.endpoint != first.endpoint
-    finally:
-        stack.host_monitor = await HostMonitor(stack.settings, stack.engine,
-                                               codec=stack.codec).start()
+    finally:  # a new monitor, run by the stack as its own was
+        monitor = HostMonitor(stack.settings, stack.engine, codec=stack.codec)
+        stack.services["host-monitor"] = monitor
+        stack.tasks.append(asyncio.create_task(monitor.run(stack.stop), name="host-monitor"))
     # A new monitor learns from the log which hosts are alive, and where.
-    assert stack.host_monitor.endpoints[("default", "again")] == second.endpoint
+    await until(lambda: monitor.endpoints.get(("default", "again")) == second.endpoint,
+                what="the new monitor learning the host from the log")
     again = await pit.allocate(model)
     assert (await pit.client.infer(again, {"x": 7}))["pid"] == second.process.pid
     assert (await pit.client.release_model(again.request_id)).accepted

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, text
 from projections.runtime import create_schema
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
+from streams.components import views
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
 from streams.pool.lifecycle import DEFAULT_POOL as POOL
@@ -58,7 +59,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     engine = connect(db_url)
-    create_schema(engine)
+    create_schema(engine, views())
     try:
         yield engine
     finally:

@@ -15,6 +15,7 @@ import pytest_asyncio
 from streams.app import Stack
 from streams.blobs import address_of
 from streams.client import PitClient
+from streams.components import views
 from streams.config import Settings
 from streams.errors import ArtifactError, ArtifactNotFoundError, BlobIntegrityError
 
@@ -23,7 +24,7 @@ from streams.errors import ArtifactError, ArtifactNotFoundError, BlobIntegrityEr
 async def pit(tmp_path_factory, free_port):
     settings = Settings(data_dir=tmp_path_factory.mktemp("artifacts"), http_port=free_port(),
                         dag_output_artifacts=True)
-    async with Stack(settings, progress=False, monitor_hosts=False,
+    async with Stack(settings, progress=False, without={"host-monitor"},
                      http_port=settings.http_port) as stack:
         client = await PitClient(stack.settings, issued_by="alice").start()
         try:
@@ -210,7 +211,8 @@ async def test_search_finds_content_and_metadata_and_forgets_removed_artifacts(p
 
     # the index is a projection of the log: a rebuild gives the same answers
     engine = connect(pit.settings.db_url)
-    replayed = await rebuild_view(engine, pit.settings, "artifact_search")
+    replayed = await rebuild_view(engine, pit.settings, "artifact_search",
+                                  views(pit.settings))
     assert replayed > 0
     again = await pit.search("northern")
     assert again.total == 1 and again.hits[0].address != report.address

@@ -17,6 +17,8 @@ from streams.archive import (
     audit_log,
     row_hash,
 )
+from streams.component import audit_deciders
+from streams.components import COMPONENTS, views
 from streams.errors import AuditChainError, PitError
 from streams.pool.lifecycle import ModelLifecycle, ModelState
 from streams.topics import DEAD_LETTERS, POOL_EVENTS, RESULTS
@@ -33,7 +35,7 @@ def archived(engine: Engine, log, story) -> list:
                log.append(DEAD_LETTERS, b"\xff\x00raw key", b"\x00\x00garbage", T0 + 7,
                           partition=0, headers=(("pit.error", b"bad"), ("bin", b"\xff\x00\x01"))),
                log.append(POOL_EVENTS, "m-gone", None, T0 + 8)]
-    projector = Projector(engine)
+    projector = Projector(engine, views())
     projector.apply_batch(records[:5])
     projector.apply_batch(records[5:])
     return records
@@ -119,7 +121,7 @@ def test_rows_deleted_at_the_end_are_named(engine: Engine, archived: list, log) 
     # link, but the projector's position says that offset was archived
     more = [log.transitioned("m-tail", "Cold", "Warming", T0 + 20),
             log.transitioned("m-tail", "Warming", "Hot", T0 + 21)]
-    Projector(engine).apply_batch(more)
+    Projector(engine, views()).apply_batch(more)
     last = rows(engine)[-1]
     with engine.begin() as conn:
         conn.execute(delete(audit_log).where(audit_log.c.seq == last["seq"]))
@@ -175,7 +177,7 @@ def test_reordering_within_a_partition_is_caught_even_when_rehashed(engine: Engi
                                                                     log) -> None:
     records = [log.transitioned("m-one", "Cold", "Warming", T0),
                log.transitioned("m-one", "Warming", "Hot", T0 + 1)]
-    Projector(engine).apply_batch(records)
+    Projector(engine, views()).apply_batch(records)
     stored = rows(engine)
     # a careful forger swaps the two rows and recomputes the whole chain
     first, second = dict(stored[1], seq=1, prev_hash=GENESIS), dict(stored[0], seq=2)
@@ -219,20 +221,24 @@ def test_history_rows_print_as_one_line_each(engine: Engine, archived: list) -> 
     assert format_row(history(engine, "m-gone")[0]).endswith("m-gone tombstone")
 
 
+REPLAYED = audit_deciders(COMPONENTS)
+
+
 def test_state_as_of_replays_the_entity(engine: Engine, archived: list) -> None:
-    assert state_as_of(engine, "m-alpha", T0 - 1) is None  # nothing had happened yet
-    assert state_as_of(engine, "m-alpha", T0) == ModelLifecycle(
+    assert state_as_of(engine, "m-alpha", T0 - 1, REPLAYED) is None  # nothing had happened yet
+    assert state_as_of(engine, "m-alpha", T0, REPLAYED) == ModelLifecycle(
         "m-alpha", ModelState.WARMING, entered_at_ms=T0, transition_count=1)
-    at_2s = state_as_of(engine, "m-alpha", T0 + 2_000)
+    at_2s = state_as_of(engine, "m-alpha", T0 + 2_000, REPLAYED)
     assert at_2s.state is ModelState.HOT and at_2s.usage_count == 3
     assert at_2s.time_in_state_ms(T0 + 2_000) == 1_000
-    final = state_as_of(engine, "m-alpha", T0 + 10**9)
+    final = state_as_of(engine, "m-alpha", T0 + 10**9, REPLAYED)
     assert (final.state, final.transition_count, final.usage_count) == (ModelState.COOLING, 3, 5)
-    beta = state_as_of(engine, "m-beta", T0 + 3_000)
+    beta = state_as_of(engine, "m-beta", T0 + 3_000, REPLAYED)
     assert beta.state is ModelState.FAILED and beta.failure_count == 1
-    assert state_as_of(engine, "cmd-1", T0 + 10**9) is None  # no pool events for a command
+    # no pool events for a command
+    assert state_as_of(engine, "cmd-1", T0 + 10**9, REPLAYED) is None
     with pytest.raises(PitError, match="no decider"):
-        state_as_of(engine, "m-alpha", T0, topic=RESULTS)
+        state_as_of(engine, "m-alpha", T0, REPLAYED, topic=RESULTS)
 
 
 def test_the_archive_gives_back_the_exact_records(engine: Engine, archived: list) -> None:
@@ -272,7 +278,7 @@ def test_compacted_records_keep_each_keys_latest_value(engine: Engine, log) -> N
     records = [put("a/1", b'{"v": 1}', 0), put("b/1", b'{"v": 2}', 1),
                put("a/1", b'{"v": 3}', 2), put("c/1", b'{"v": 4}', 3),
                put("c/1", None, 4), put(None, b'{"v": 5}', 5)]
-    Projector(engine).apply_batch(records)
+    Projector(engine, views()).apply_batch(records)
     kept = compacted_records(engine, SCHEMAS)
     assert [(r.key, r.value, r.offset) for r in kept] == [
         (b"b/1", b'{"v": 2}', 1), (b"a/1", b'{"v": 3}', 2)]

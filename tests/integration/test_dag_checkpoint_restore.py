@@ -47,7 +47,7 @@ OPERATORS.register("checkpoint_slow_sum", _slow_sum, inputs={WILDCARD: "float"},
 
 
 def _stack(data_dir) -> Stack:
-    return Stack(Settings(data_dir=data_dir), progress=False, monitor_hosts=False)
+    return Stack(Settings(data_dir=data_dir), progress=False, without={"host-monitor"})
 
 
 async def _runners(stack: Stack) -> Runners:

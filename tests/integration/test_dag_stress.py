@@ -137,7 +137,7 @@ class Pit:
 
     async def start(self, runners: int = 2, **runner_options) -> Pit:
         self.stack = await Stack(Settings(data_dir=self.data_dir), progress=False,
-                                 monitor_hosts=False).start()
+                                 without={"host-monitor"}).start()
         self.client = await PitClient(self.stack.settings, codec=self.stack.codec).start()
         self.runners = Runners(self.stack.settings, self.stack.codec, **runner_options)
         for n in range(runners):

@@ -25,6 +25,7 @@ from projections.dag_metrics import DagMetrics
 from projections.replay import rebuild
 from projections.runtime import Projector, live_tables
 from schemas.codec import Codec
+from streams.components import COMPONENTS, views
 from streams.dag.bench import MemoryDefinitionStore
 from streams.dag.definition import (
     Backoff,
@@ -298,7 +299,7 @@ def assert_matches_decider(engine: Engine, flow: Flow) -> None:
 
 def test_views_equal_the_deciders_state(engine: Engine, flow: Flow) -> None:
     story(flow)
-    result = Projector(engine).apply_batch(flow.records)
+    result = Projector(engine, views()).apply_batch(flow.records)
     assert result.applied["dag"] == len(flow.records)
     assert_matches_decider(engine, flow)
 
@@ -361,7 +362,7 @@ def test_views_equal_the_deciders_state(engine: Engine, flow: Flow) -> None:
 
 def test_batches_split_anywhere_and_duplicates_change_nothing(engine: Engine, flow: Flow) -> None:
     story(flow)
-    projector = Projector(engine)
+    projector = Projector(engine, views())
     for record in flow.records:  # one event per transaction: all state goes through the rows
         projector.apply_batch([record])
     one_by_one = snapshot(engine)
@@ -375,11 +376,11 @@ def test_batches_split_anywhere_and_duplicates_change_nothing(engine: Engine, fl
 
 def test_replay_reproduces_the_views(engine: Engine, flow: Flow) -> None:
     story(flow)
-    projector = Projector(engine)
+    projector = Projector(engine, views())
     for start in range(0, len(flow.records), 7):
         projector.apply_batch(flow.records[start:start + 7])
     live = snapshot(engine)
-    report = rebuild(engine, "dag", batch_size=11)
+    report = rebuild(engine, DagView(), batch_size=11)
     assert report.swapped and report.records == len(flow.records)
     assert snapshot(engine) == live
     assert_matches_decider(engine, flow)
@@ -391,13 +392,13 @@ def test_a_log_read_from_after_a_start_skips_that_execution_until_a_replay(
     start = next(record for record, (name, r) in zip(flow.records, flow.events(), strict=True)
                  if name == "pit.dag.ExecutionStarted" and r["execution_id"] == "retry")
     with caplog.at_level(logging.WARNING, logger="projections.dag"):
-        Projector(engine).apply_batch([r for r in flow.records if r is not start])
+        Projector(engine, views()).apply_batch([r for r in flow.records if r is not start])
     assert "never saw start" in caplog.text
     executions = {r["execution_id"] for r in rows(engine, "dag_executions")}
     assert executions == set(flow.processor.entities) - {"retry"}
     assert not any(r["execution_id"] == "retry" for name in TABLES[1:]
                    for r in rows(engine, name))
-    rebuild(engine, "dag", flow.records)  # from the whole log again
+    rebuild(engine, DagView(), flow.records)  # from the whole log again
     assert_matches_decider(engine, flow)
 
 
@@ -415,7 +416,7 @@ def test_random_runs_keep_the_views_equal_to_the_decider(engine: Engine, flow: F
                               timeout_ms=rng.choice([None, None, 300])) for n in base.nodes)
         flow.start(f"x{k}", replace(base, name=f"random{k}", nodes=nodes),
                    max_concurrency=rng.choice([2, 4, 100]), checkpoint_every=rng.choice([0, 3]))
-    projector, projected = Projector(engine), 0
+    projector, projected = Projector(engine, views()), 0
     for step in range(700):
         live = [e for e in flow.processor.entities if flow.state(e).running]
         if not live:
@@ -481,7 +482,7 @@ def test_a_heavy_execution_projects_in_batches_and_equals_the_decider(
         engine: Engine, heavy: Flow) -> None:
     assert heavy.state("big").status.name == "COMPLETED"
     assert len(heavy.records) > 4 * HEAVY_NODES
-    projector = Projector(engine, archive=False)
+    projector = Projector(engine, views(), archive=False)
     started = time.perf_counter()
     for start in range(0, len(heavy.records), 5000):
         projector.apply_batch(heavy.records[start:start + 5000])
@@ -499,13 +500,13 @@ def test_a_heavy_execution_projects_in_batches_and_equals_the_decider(
 # --- the API ----------------------------------------------------------------------------------
 
 async def test_executions_api(engine: Engine, flow: Flow) -> None:
-    client = TestClient(TestServer(make_app(engine)))
+    client = TestClient(TestServer(make_app(engine, COMPONENTS)))
     await client.start_server()
     try:
         empty = await (await client.get("/executions")).json()
         assert empty == {"executions": [], "count": 0}
         story(flow)
-        Projector(engine).apply_batch(flow.records)
+        Projector(engine, views()).apply_batch(flow.records)
 
         listed = await (await client.get("/executions")).json()
         assert listed["count"] == 7
@@ -586,7 +587,7 @@ def test_metrics_follow_the_events_once(engine: Engine, flow: Flow) -> None:
                 for (n, labels), value in before.items()}
 
     story(flow)
-    projector = Projector(engine, observers=[DagMetrics(engine)])
+    projector = Projector(engine, views(), observers=[DagMetrics(engine)])
     projector.apply_batch(flow.records[:len(flow.records) // 2])
     projector.apply_batch(flow.records)  # overlaps: the first half is not observed twice
     completed = [r for name, r in flow.events() if name == "pit.dag.NodeCompleted"]
@@ -612,5 +613,5 @@ def test_metrics_follow_the_events_once(engine: Engine, flow: Flow) -> None:
     copies = [flow.record(r.partition, r.key, r.value, r.timestamp_ms) for r in flow.records]
     projector.apply_batch(copies)  # the same events at new offsets: archived, not observed
     assert grown() == again
-    rebuild(engine, "dag")  # a replay is not live traffic
+    rebuild(engine, DagView())  # a replay is not live traffic
     assert grown() == again

@@ -62,7 +62,7 @@ async def test_a_running_pit_shows_its_workflows(tmp_path, free_port) -> None:
                 .edge("broken", "both.broken")
                 .build())
     async with Stack(Settings(data_dir=tmp_path), http_port=port, progress=False,
-                     monitor_hosts=False) as stack:
+                     without={"host-monitor"}) as stack:
         runner = Runner(stack.settings, runner_id="views-r1", codec=stack.codec,
                         session_timeout_ms=3000, say=lambda _line: None)
         stop = asyncio.Event()

@@ -91,7 +91,7 @@ class Pit:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def pit(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("dag-runs"))
-    async with Stack(settings, progress=False, monitor_hosts=False) as stack:
+    async with Stack(settings, progress=False, without={"host-monitor"}) as stack:
         client = await PitClient(stack.settings, issued_by="test-dag-runs").start()
         pit = Pit(stack, client)
         try:
@@ -261,7 +261,7 @@ async def test_after_a_restart_of_pit_up_no_task_is_relayed_or_run_again(tmp_pat
     settings = Settings(data_dir=tmp_path)
     workflow = wide_dag(20, name="before-restart")
     log = tmp_path / "runner.log"
-    async with Stack(settings, progress=False, monitor_hosts=False) as stack:
+    async with Stack(settings, progress=False, without={"host-monitor"}) as stack:
         # a `pit runner` process beside an in-process one: it finds pit up by the data dir
         process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "runner", "--id", "p1",
@@ -293,7 +293,7 @@ async def test_after_a_restart_of_pit_up_no_task_is_relayed_or_run_again(tmp_pat
         "runner p1: the pit up it joined has stopped" in last or "no broker" in last), last
 
     # the embedded broker comes back empty and is restored from the archive
-    async with Stack(settings, progress=False, monitor_hosts=False) as stack:
+    async with Stack(settings, progress=False, without={"host-monitor"}) as stack:
         pit = Pit(stack, await PitClient(stack.settings).start())
         runner = pit.runner("r2")
         await asyncio.sleep(3)  # time enough to relay or run anything it should not
@@ -312,7 +312,7 @@ async def test_the_overall_limit_bounds_nodes_running_across_executions(tmp_path
     """PIT_DAG_MAX_RUNNING=5, two executions of 12 parallel 300 ms nodes, a runner that would
     take all 24 at once: at no moment do more than 5 run, and both executions complete."""
     settings = Settings(data_dir=tmp_path, dag_max_running=5)
-    async with Stack(settings, progress=False, monitor_hosts=False) as stack:
+    async with Stack(settings, progress=False, without={"host-monitor"}) as stack:
         client = await PitClient(stack.settings, issued_by="test-overall-limit").start()
         pit = Pit(stack, client)
         pit.runner("wide")

@@ -108,7 +108,7 @@ async def test_the_instruments_model_is_prewarmed_while_the_slow_operator_runs(t
     model = f"summarizer-{uuid.uuid4().hex[:6]}"
     execution = f"wf-{uuid.uuid4().hex[:8]}"
     async with Stack(Settings(data_dir=tmp_path / "pit"), progress=False) as stack:
-        await asyncio.wait_for(stack.prewarmer.caught_up.wait(), 30)
+        await asyncio.wait_for(stack.services["prewarmer"].caught_up.wait(), 30)
         client = await PitClient(stack.settings, issued_by="lookahead-test",
                                  codec=stack.codec).start()
         log = Log(stack, client)
@@ -152,9 +152,9 @@ async def test_the_instruments_model_is_prewarmed_while_the_slow_operator_runs(t
                      if r.value and stack.codec.decode(r.value).name == WarmModel.avro_name]
             assert [(w.model_id, w.reason) for w in warms] == [
                 (model, f"lookahead {execution}/summarize")]
-            assert stack.prewarmer.lookahead.made == 1
+            assert stack.services["prewarmer"].lookahead.made == 1
             deadline = time.monotonic() + 10
-            while stack.prewarmer.lookahead.wants(execution):  # ended: forgotten
+            while stack.services["prewarmer"].lookahead.wants(execution):  # ended: forgotten
                 assert time.monotonic() < deadline, "the ended execution is still followed"
                 await asyncio.sleep(0.02)
         finally:

@@ -23,6 +23,7 @@ from projections.pool_metrics import PoolMetrics
 from projections.replay import rebuild
 from projections.runtime import Projector, live_tables
 from schemas.codec import Codec
+from streams.components import COMPONENTS, views
 from streams.decider import Message, from_record, to_record
 from streams.log import LogRecord
 from streams.pool.lifecycle import ModelState, TransitionReason
@@ -201,7 +202,7 @@ def assert_matches_decider(engine: Engine, state: PoolState) -> None:
 
 def test_views_equal_the_deciders_state(engine: Engine, pool: Pool) -> None:
     story(pool)
-    result = Projector(engine).apply_batch(pool.records)
+    result = Projector(engine, views()).apply_batch(pool.records)
     assert result.applied["pool"] == result.applied["pool_health"] == len(pool.records)
     assert_matches_decider(engine, pool.state)
 
@@ -224,7 +225,7 @@ def test_views_equal_the_deciders_state(engine: Engine, pool: Pool) -> None:
 
 def test_health_history_and_status(engine: Engine, pool: Pool) -> None:
     story(pool)
-    Projector(engine).apply_batch(pool.records)
+    Projector(engine, views()).apply_batch(pool.records)
     checks = rows(engine, "pool_health_checks", "sequence")
     assert [(c["model_id"], c["ok"], c["consecutive_failures"], c["detail"]) for c in checks] \
         == [("m2", False, 1, "timeout"), ("m2", False, 2, "timeout"), ("m2", False, 3, "timeout"),
@@ -241,7 +242,7 @@ def test_health_history_and_status(engine: Engine, pool: Pool) -> None:
     pool.ok(RegisterHost("h3", 400, 2))
     pool.ok(AllocateModel("r10", "m2", "hank"))
     pool.ok(ReportModelLoaded(pool.state.models["m2"].host, "m2", 70, 300))
-    Projector(engine).apply_batch(pool.records)
+    Projector(engine, views()).apply_batch(pool.records)
     m2 = {r["model_id"]: r for r in rows(engine, "pool_health", "model_id")}["m2"]
     assert (m2["status"], m2["consecutive_failures"], m2["checks"]) == ("unchecked", 0, 3)
     assert_matches_decider(engine, pool.state)
@@ -249,7 +250,7 @@ def test_health_history_and_status(engine: Engine, pool: Pool) -> None:
 
 def test_batches_split_anywhere_and_duplicates_change_nothing(engine: Engine, pool: Pool) -> None:
     story(pool)
-    projector = Projector(engine)
+    projector = Projector(engine, views())
     for record in pool.records:  # one event per transaction: all state goes through the rows
         projector.apply_batch([record])
     one_by_one = snapshot(engine)
@@ -270,7 +271,7 @@ def test_random_commands_keep_the_views_equal_to_the_decider(engine: Engine,
         pool.ok(RegisterHost(host_id, rng.choice([500, 900, 1300]), rng.randint(1, 3)))
     for model_id in models:
         pool.ok(RegisterModel(model_id, f"python:x:{model_id}", rng.choice([100, 250, 400]), 50))
-    projector, projected, requests = Projector(engine), 0, 0
+    projector, projected, requests = Projector(engine, views()), 0, 0
     accepted = 0
     for step in range(400):
         state = pool.state
@@ -317,11 +318,11 @@ def test_random_commands_keep_the_views_equal_to_the_decider(engine: Engine,
 
 def test_replay_reproduces_the_views(engine: Engine, pool: Pool) -> None:
     story(pool)
-    projector = Projector(engine)
+    projector = Projector(engine, views())
     for start in range(0, len(pool.records), 7):
         projector.apply_batch(pool.records[start:start + 7])
     live = snapshot(engine)
-    for view in ("pool", "pool_health"):
+    for view in (PoolView(), PoolHealthView()):
         report = rebuild(engine, view, batch_size=11)
         assert report.swapped and report.records == len(pool.records)
     assert snapshot(engine) == live
@@ -332,7 +333,7 @@ def test_lifecycle_events_from_before_the_pool_decider_are_left_to_models(
         engine: Engine, story_of, log) -> None:
     """Old logs hold ModelTransitioned events whose entity is the model: the models view
     takes them, the pool views do not invent a pool for them."""
-    Projector(engine).apply_batch(story_of(log))
+    Projector(engine, views()).apply_batch(story_of(log))
     assert snapshot(engine) == {name: [] for name in snapshot(engine)}
     with engine.connect() as conn:
         assert len(conn.execute(select(live_tables(ModelsView())["models"])).all()) == 2
@@ -340,7 +341,7 @@ def test_lifecycle_events_from_before_the_pool_decider_are_left_to_models(
 
 def test_the_models_view_still_follows_pool_events(engine: Engine, pool: Pool) -> None:
     story(pool)
-    Projector(engine).apply_batch(pool.records)
+    Projector(engine, views()).apply_batch(pool.records)
     table = live_tables(ModelsView())["models"]
     with engine.connect() as conn:
         states = dict(conn.execute(select(table.c.model_id, table.c.state)).all())
@@ -351,13 +352,13 @@ def test_the_models_view_still_follows_pool_events(engine: Engine, pool: Pool) -
 # --- the API and `pit pool status` ----------------------------------------------------------
 
 async def test_pool_api(engine: Engine, pool: Pool) -> None:
-    client = TestClient(TestServer(make_app(engine)))
+    client = TestClient(TestServer(make_app(engine, COMPONENTS)))
     await client.start_server()
     try:
         empty = await client.get("/pool")
         assert empty.status == 404 and "no pool data yet" in (await empty.json())["error"]
         story(pool)
-        Projector(engine).apply_batch(pool.records)
+        Projector(engine, views()).apply_batch(pool.records)
 
         status = await (await client.get("/pool")).json()
         assert status["pool_id"] == "default" and status["sequence"] == len(pool.records)
@@ -413,7 +414,7 @@ def test_pit_pool_status(engine: Engine, db_url: str, pool: Pool) -> None:
     assert "no data yet" in empty.stdout
 
     story(pool)
-    Projector(engine).apply_batch(pool.records)
+    Projector(engine, views()).apply_batch(pool.records)
     shown = pit(db_url, "pool", "status")
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
@@ -459,7 +460,7 @@ def test_metrics_follow_the_events_once(engine: Engine, pool: Pool) -> None:
                 for (n, labels), value in before.items()}
 
     story(pool)
-    projector = Projector(engine, observers=[PoolMetrics(engine)])
+    projector = Projector(engine, views(), observers=[PoolMetrics(engine)])
     projector.apply_batch(pool.records[:len(pool.records) // 2])
     projector.apply_batch(pool.records)  # overlaps: the first half is not observed twice
     # m1, m4 and m5 were misses allocated after their loads (150 + 400 + 10 ms); m3's first
@@ -484,5 +485,5 @@ def test_metrics_follow_the_events_once(engine: Engine, pool: Pool) -> None:
     copies = [pool.record(r.partition, r.key, r.value, r.timestamp_ms) for r in pool.records]
     projector.apply_batch(copies)  # the same events at new offsets: archived, not observed
     assert grown() == again
-    rebuild(engine, "pool")  # a replay is not live traffic
+    rebuild(engine, PoolView())  # a replay is not live traffic
     assert grown() == again

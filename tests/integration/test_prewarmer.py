@@ -178,7 +178,7 @@ async def warm_models_sent(stack: Stack) -> list[WarmModel]:
 @contextlib.asynccontextmanager
 async def running(settings: Settings):
     async with Stack(settings, progress=False) as stack:
-        await asyncio.wait_for(stack.prewarmer.caught_up.wait(), 30)
+        await asyncio.wait_for(stack.services["prewarmer"].caught_up.wait(), 30)
         client = await PitClient(stack.settings, issued_by="prewarm-test",
                                  codec=stack.codec).start()
         host = await Host(stack, client).start()
@@ -225,7 +225,7 @@ async def test_prewarms_the_next_workflow_step_and_relearns_from_the_log(tmp_pat
 
         sent = await warm_models_sent(stack)
         assert [w.reason for w in sent if w.model_id == b][-1] == "workflow"
-        stats = await eventually(lambda: (s := stack.prewarmer.stats())[
+        stats = await eventually(lambda: (s := stack.services["prewarmer"].stats())[
             "cold_starts_avoided"] >= 1 and s, what="the prewarmer counting B's hit")
         assert stats["predictions_made"] >= len(sent) >= 1
         assert stats["correct_predictions"] >= 1
@@ -236,11 +236,11 @@ async def test_prewarms_the_next_workflow_step_and_relearns_from_the_log(tmp_pat
         assert REGISTRY.get_sample_value("pit_pool_prewarm_predictions_total") >= stats[
             "predictions_made"]
         await asyncio.sleep(0.5)
-        before = stack.prewarmer.stats()
+        before = stack.services["prewarmer"].stats()
         placed_before = [e for e in host.events if isinstance(e, ModelPlaced)]
 
     async with running(settings) as (stack, client, host):
-        assert stack.prewarmer.stats() == before  # relearnt from the log alone
+        assert stack.services["prewarmer"].stats() == before  # relearnt from the log alone
         await asyncio.sleep(2.0)  # wall-clock ticks: nothing from history is sent again
         assert len(await warm_models_sent(stack)) == len(sent)
         assert [e for e in host.events if isinstance(e, ModelPlaced)] == placed_before

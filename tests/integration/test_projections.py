@@ -13,6 +13,7 @@ from projections.api import make_app
 from projections.models import ModelsView, lifecycle_of
 from projections.runtime import Projector, View, live_tables, run
 from streams.archive import AUDIT, audit_log
+from streams.components import COMPONENTS, views
 from streams.decider import from_record
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
@@ -64,7 +65,7 @@ def fold(records: list[LogRecord], codec, model_id: str):
 
 def test_views_are_built_from_encoded_events(engine: Engine, story, codec) -> None:
     records = story
-    result = Projector(engine).apply_batch(records)
+    result = Projector(engine, views()).apply_batch(records)
     assert result.archived == len(records)
     assert result.applied["models"] == len(records)
 
@@ -98,7 +99,7 @@ def test_views_are_built_from_encoded_events(engine: Engine, story, codec) -> No
 
 def test_batches_split_anywhere_give_the_same_view(engine: Engine, story) -> None:
     records = story
-    projector = Projector(engine)
+    projector = Projector(engine, views())
     for record in records:  # one record per transaction: state carried through the table
         projector.apply_batch([record])
     assert lifecycle_of(models(engine)["m-alpha"]).usage_count == 5
@@ -108,7 +109,7 @@ def test_batches_split_anywhere_give_the_same_view(engine: Engine, story) -> Non
 
 def test_redelivery_changes_nothing(engine: Engine, story) -> None:
     records = story
-    projector = Projector(engine)
+    projector = Projector(engine, views())
     projector.apply_batch(records[:5])
     projector.apply_batch(records[3:])   # overlaps: 3 and 4 come again
     before = (models(engine), transitions(engine), count(engine, audit_log),
@@ -127,7 +128,7 @@ def test_a_duplicated_event_at_a_new_offset_is_applied_once(engine: Engine, log)
     first = log.transitioned("m-dup", "Cold", "Warming", T0)
     # the same event produced twice (a producer retry without idempotence): new offset
     copy = log.append(first.topic, "m-dup", first.value, T0 + 1)
-    Projector(engine).apply_batch([first, copy])
+    Projector(engine, views()).apply_batch([first, copy])
     assert models(engine)["m-dup"]["transition_count"] == 1
     assert len(transitions(engine)) == 1
     assert count(engine, audit_log) == 2  # the archive keeps both records of the log
@@ -155,7 +156,7 @@ def test_positions_and_rows_commit_atomically(engine: Engine, story) -> None:
     assert count(engine, audit_log) == 0
     assert all_positions(engine) == {}
 
-    Projector(engine).apply_batch(records)
+    Projector(engine, views()).apply_batch(records)
     assert models(engine)["m-alpha"]["state"] == "Cooling"
     assert all_positions(engine)[("models", POOL_EVENTS, records[0].partition)] >= 0
 
@@ -173,7 +174,7 @@ def test_undecodable_records_are_archived_and_skipped(engine: Engine, log, codec
     later = log.transitioned("m-ok", "Warming", "Hot", T0 + 10)
     records = [good, garbage, unknown, truncated, tombstone, dead, schema, later]
 
-    result = Projector(engine).apply_batch(records)
+    result = Projector(engine, views()).apply_batch(records)
     assert result.archived == len(records)
     assert result.undecodable == 4  # garbage, unknown schema, truncated, dead letter
     assert models(engine)["m-ok"]["state"] == "Hot"
@@ -199,7 +200,7 @@ def test_undecodable_records_are_archived_and_skipped(engine: Engine, log, codec
 
 
 def test_resume_positions_is_the_slowest_consumer(engine: Engine, log, story) -> None:
-    projector = Projector(engine)
+    projector = Projector(engine, views())
     assert projector.resume_positions() == {}
     records = story
     projector.apply_batch(records)
@@ -244,9 +245,9 @@ def test_connect_creates_the_sqlite_directory(tmp_path) -> None:
 async def test_read_api(engine: Engine, log, story) -> None:
     records = story
     records.append(log.outcome("cmd-42", "m-alpha", T0 + 7))
-    Projector(engine).apply_batch(records)
+    Projector(engine, views()).apply_batch(records)
     now = T0 + 10_000
-    client = TestClient(TestServer(make_app(engine, clock=lambda: now)))
+    client = TestClient(TestServer(make_app(engine, COMPONENTS, clock=lambda: now)))
     await client.start_server()
     try:
         response = await client.get("/models")
@@ -339,7 +340,7 @@ class FakeConsumer:
 
 async def test_run_seeks_to_positions_and_projects(engine: Engine, story) -> None:
     records = story
-    projector = Projector(engine, topics=[POOL_EVENTS])
+    projector = Projector(engine, views(), topics=[POOL_EVENTS])
     projector.apply_batch(records[:4])
     consumer = FakeConsumer(records, {POOL_EVENTS: 8})
     stop = asyncio.Event()
@@ -371,7 +372,7 @@ async def test_run_against_the_embedded_broker(engine: Engine, log, story_of) ->
                          timestamp=record.timestamp_ms)
     assert producer.flush(10) == 0
 
-    projector = Projector(engine, topics=[POOL_EVENTS])
+    projector = Projector(engine, views(), topics=[POOL_EVENTS])
     for attempt in range(2):  # the second run resumes at the stored positions
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         await consumer.start()
@@ -402,7 +403,7 @@ async def test_run_keeps_the_batch_while_the_database_is_away(engine: Engine, st
                 raise DatabaseUnavailableError("projection database unavailable: gone")
             return super().apply_batch(records)
 
-    projector = Flaky(engine, topics=[POOL_EVENTS])
+    projector = Flaky(engine, views(), topics=[POOL_EVENTS])
     consumer = FakeConsumer(story, {POOL_EVENTS: 8})
     stop = asyncio.Event()
     task = asyncio.create_task(run(projector, consumer, stop))
@@ -421,7 +422,7 @@ async def test_health_reports_an_unreachable_database() -> None:
     from sqlalchemy import create_engine
 
     down = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2")
-    client = TestClient(TestServer(make_app(down)))
+    client = TestClient(TestServer(make_app(down, COMPONENTS)))
     await client.start_server()
     try:
         health = await client.get("/health")
@@ -441,7 +442,7 @@ def test_apply_batch_reports_an_unreachable_database(story) -> None:
     down = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2")
     try:
         with pytest.raises(DatabaseUnavailableError, match=r"^projection database unavailable"):
-            Projector(down).apply_batch(story)
+            Projector(down, views()).apply_batch(story)
     finally:
         down.dispose()
 
@@ -449,10 +450,10 @@ def test_apply_batch_reports_an_unreachable_database(story) -> None:
 def test_the_benchmark_measures_real_projection_work(engine: Engine) -> None:
     from projections.bench import measure_replay, measure_throughput
 
-    assert measure_throughput(engine, 2_000, batch_size=500) > 0
+    assert measure_throughput(engine, views(), 2_000, batch_size=500) > 0
     assert count(engine, audit_log) == 2_000
     assert len(models(engine)) == 1_000 and len(transitions(engine)) == 2_000
-    assert measure_replay(engine, 2_000) > 0
+    assert measure_replay(engine, views(), 2_000) > 0
     assert len(transitions(engine)) == 2_000
 
 
@@ -460,7 +461,7 @@ def test_the_benchmark_measures_real_projection_work(engine: Engine) -> None:
 async def test_bench_projections_reports_the_pit_bench_keys(tmp_path) -> None:
     from projections.bench import bench_projections
 
-    figures = await bench_projections(tmp_path, n=1_000)
+    figures = await bench_projections(tmp_path, views(), n=1_000)
     assert set(figures) == {"projection_events_per_s_sqlite", "replay_events_per_s",
                             "projection_events_per_s_postgres"}
     assert figures["projection_events_per_s_sqlite"] > 0

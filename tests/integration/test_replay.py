@@ -10,9 +10,11 @@ from projections.replay import (
     ReplayError,
     rebuild,
     rebuild_view,
+    replayable_view,
 )
 from projections.runtime import Projector, live_tables
 from streams.archive import audit_log
+from streams.components import views
 from streams.config import Settings
 from streams.history import history_source, kafka_log_reader
 from streams.log import LogRecord
@@ -57,7 +59,7 @@ def many_events(log, n_models: int = 30, start: int = T0) -> list[LogRecord]:
 
 def test_rebuild_equals_the_live_view_and_swaps(engine: Engine, log) -> None:
     records = many_events(log)
-    projector = Projector(engine)
+    projector = Projector(engine, views())
     for start in range(0, len(records), 100):
         projector.apply_batch(records[start:start + 100])
     live = snapshot(engine)
@@ -65,7 +67,7 @@ def test_rebuild_equals_the_live_view_and_swaps(engine: Engine, log) -> None:
     assert len(live[0]) == 30 and len(live[1]) == 240
 
     calls: list[tuple[int, int]] = []
-    report = rebuild(engine, "models", progress=lambda done, total: calls.append((done, total)),
+    report = rebuild(engine, ModelsView(), progress=lambda done, total: calls.append((done, total)),
                      batch_size=64)
     assert report.swapped and report.records == len(records) and report.caught_up == 0
     assert snapshot(engine) == live
@@ -86,13 +88,13 @@ def test_rebuild_equals_the_live_view_and_swaps(engine: Engine, log) -> None:
 
     # and a second rebuild works too (index and constraint names never collide)
     expected = snapshot(engine)
-    rebuild(engine, "models")
+    rebuild(engine, ModelsView())
     assert snapshot(engine) == expected
 
 
 def test_old_view_serves_queries_during_the_rebuild(engine: Engine, log) -> None:
     records = many_events(log, n_models=10)
-    projector = Projector(engine)
+    projector = Projector(engine, views())
     projector.apply_batch(records)
     truth = snapshot(engine)
     # damage the live view, as a bug in an old view version would have: rebuild repairs it
@@ -111,7 +113,7 @@ def test_old_view_serves_queries_during_the_rebuild(engine: Engine, log) -> None
             assert {"models__rebuild", "model_transitions__rebuild"} <= table_names(engine)
             projector.apply_batch(extra)  # the live projector keeps going meanwhile
 
-    report = rebuild(engine, "models", progress=progress, batch_size=16)
+    report = rebuild(engine, ModelsView(), progress=progress, batch_size=16)
     assert seen_during and seen_during[0] == damaged
     assert report.caught_up == len(extra)  # picked up from the archive inside the swap
     models, transitions = snapshot(engine)
@@ -123,7 +125,7 @@ def test_old_view_serves_queries_during_the_rebuild(engine: Engine, log) -> None
 
 def test_rebuild_from_the_archive_then_kafka(engine: Engine, log) -> None:
     records = many_events(log, n_models=5)
-    Projector(engine).apply_batch(records[:30])  # the archive has the first 30
+    Projector(engine, views()).apply_batch(records[:30])  # the archive has the first 30
     asked: list[dict] = []
 
     def kafka(after: dict) -> list[LogRecord]:
@@ -136,7 +138,7 @@ def test_rebuild_from_the_archive_then_kafka(engine: Engine, log) -> None:
     assert asked[0] == {(POOL_EVENTS, p): max(r.offset for r in records[:30] if r.partition == p)
                         for p in {r.partition for r in records[:30]}}
 
-    report = rebuild(engine, "models", iter(source))
+    report = rebuild(engine, ModelsView(), iter(source))
     assert report.records == len(records)
     rebuilt = snapshot(engine)
     assert len(rebuilt[1]) == 40  # every transition of the whole log, not just the archive's
@@ -146,24 +148,24 @@ def test_rebuild_from_the_archive_then_kafka(engine: Engine, log) -> None:
     assert stored_positions(engine, "models") == last  # ahead of the archive: that is fine
 
     # the live projector then archives the rest and skips it for the view
-    Projector(engine).apply_batch(records)
+    Projector(engine, views()).apply_batch(records)
     assert snapshot(engine) == rebuilt
     assert len(list(history_source(engine, [POOL_EVENTS]))) == len(records)
 
 
 def test_the_audit_log_and_unknown_views_are_refused(engine: Engine) -> None:
     with pytest.raises(ReplayError, match="audit log"):
-        rebuild(engine, "audit")
+        replayable_view("audit", views())
     with pytest.raises(ReplayError, match="audit log"):
-        rebuild(engine, "audit_log")
+        replayable_view("audit_log", views())
     with pytest.raises(ReplayError, match="unknown view 'nope'; views: artifact_search, "
                                           "artifacts, dag, models"):
-        rebuild(engine, "nope")
+        replayable_view("nope", views())
 
 
 def test_rebuild_of_an_empty_log(engine: Engine) -> None:
     calls: list = []
-    report = rebuild(engine, "models", progress=lambda d, t: calls.append((d, t)))
+    report = rebuild(engine, ModelsView(), progress=lambda d, t: calls.append((d, t)))
     assert report.records == 0 and calls == [(0, 0)]
     assert snapshot(engine) == ([], [])
 
@@ -197,18 +199,18 @@ async def test_rebuild_view_uses_the_archive_and_kafka_when_it_answers(engine: E
     from streams.config import Settings
 
     records = many_events(log, n_models=4)
-    Projector(engine).apply_batch(records)
+    Projector(engine, views()).apply_batch(records)
     live = snapshot(engine)
     calls: list = []
     # no broker anywhere: the archive alone
-    done = await rebuild_view(engine, Settings(data_dir=tmp_path), "models",
+    done = await rebuild_view(engine, Settings(data_dir=tmp_path), "models", views(),
                               lambda d, t: calls.append((d, t)))
     assert done == len(records) and snapshot(engine) == live and calls[-1][0] == len(records)
     # a stale broker address: a warning, then the archive alone
     stale = Settings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:1")
-    assert await rebuild_view(engine, stale, "models", timeout_s=1) == len(records)
+    assert await rebuild_view(engine, stale, "models", views(), timeout_s=1) == len(records)
     with pytest.raises(ReplayError, match="audit log"):
-        await rebuild_view(engine, stale, "audit")
+        await rebuild_view(engine, stale, "audit", views())
 
     # a broker holding more than the archive: those records are replayed too
     confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -222,8 +224,8 @@ async def test_rebuild_view_uses_the_archive_and_kafka_when_it_answers(engine: E
     with engine.begin() as conn:  # an archive that lags: only offsets 0..1 of each partition
         conn.execute(audit_log.delete())
         conn.execute(positions.delete())
-    Projector(engine).apply_batch([r for r in kafka_log if r.offset <= 1])
+    Projector(engine, views()).apply_batch([r for r in kafka_log if r.offset <= 1])
     settings = Settings(data_dir=tmp_path, bootstrap_servers=f"{broker.host}:{broker.port}")
-    assert await rebuild_view(engine, settings, "models") == len(kafka_log)
+    assert await rebuild_view(engine, settings, "models", views()) == len(kafka_log)
     transitions = [r for r in kafka_log if b"ModelTransitioned" in r.value]
     assert len(snapshot(engine)[1]) == len(transitions)  # the whole log, not the archive's

@@ -131,7 +131,7 @@ async def running(service: TimerService):
 
 
 def stack_on(tmp_path, **options) -> Stack:
-    return Stack(Settings(data_dir=tmp_path), progress=False, monitor_hosts=False, **options)
+    return Stack(Settings(data_dir=tmp_path), progress=False, without={"host-monitor"}, **options)
 
 
 async def test_timers_fire_at_their_due_time_and_a_cancelled_one_never(tmp_path) -> None:

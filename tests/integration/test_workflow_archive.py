@@ -32,7 +32,8 @@ async def low_watermark(settings: Settings, partition: int) -> int:
 async def test_an_execution_that_left_kafka_is_read_from_the_archive(tmp_path):
     workflow = WorkflowBuilder("tiny").operator("only", "identity",
                                                 constants={"value": 7}).build()
-    async with Stack(Settings(data_dir=tmp_path), progress=False, monitor_hosts=False) as stack:
+    async with Stack(Settings(data_dir=tmp_path), progress=False,
+                     without={"host-monitor"}) as stack:
         settings = stack.settings
         async with PitClient(settings, issued_by="archive-test") as client:
             execution_id = await client.execute_workflow(workflow, execution_id="tiny-1")

@@ -1,0 +1,54 @@
+"""The Artifact Store as a component of the Pit (streams/component.py): its decider, the
+output cataloger `pit up` runs when asked, its views, routes, CLI and bench."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from streams.artifacts.catalog import ARTIFACTS
+from streams.artifacts.cli import add_parser
+from streams.component import Component, Route, Runtime, Service
+
+if TYPE_CHECKING:
+    from streams.config import Settings
+
+
+def _services(runtime: Runtime) -> Mapping[str, Service]:
+    if not runtime.settings.dag_output_artifacts:
+        return {}
+    from streams.artifacts.dag_outputs import OutputCataloger
+
+    # Completed nodes' outputs become artifacts with their lineage (issue 5), when asked.
+    return {"dag-output-cataloger": OutputCataloger(runtime.settings, runtime.codec)}
+
+
+def _views(settings: Settings | None) -> Sequence[Any]:
+    """`settings` tell the search view where artifact content is (default: the
+    environment's)."""
+    from projections.artifacts import ArtifactSearchView, ArtifactsView
+
+    return [ArtifactsView(), ArtifactSearchView(settings)]
+
+
+def _routes() -> Sequence[Route]:
+    from projections.artifacts_api import ROUTES
+
+    return ROUTES
+
+
+async def _bench(settings: Settings) -> dict[str, Any]:
+    from streams.artifacts.bench import bench_artifacts
+
+    return await bench_artifacts(settings)
+
+
+COMPONENT = Component(
+    name="artifacts",
+    deciders=(ARTIFACTS,),
+    services=_services,
+    views=_views,
+    routes=_routes,
+    add_cli=add_parser,
+    benches={"artifacts": _bench},
+)

@@ -1,0 +1,65 @@
+"""The model pool as a component of the Pit (streams/component.py): its deciders, the
+services `pit up` runs for it, its views, metrics, read-API routes and bench."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from streams.component import Component, Route, Runtime, Service
+from streams.pool.lifecycle import LIFECYCLE
+from streams.pool.pool import POOL
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from streams.config import Settings
+
+
+def _services(runtime: Runtime) -> Mapping[str, Service]:
+    from streams.pool.monitor import HostMonitor
+    from streams.pool.prewarmer import Prewarmer
+
+    return {
+        # Relearns from the whole log in the background; sends WarmModel once caught up.
+        "prewarmer": Prewarmer(runtime.settings, runtime.codec, runtime.engine),
+        # Polls registered hosts' /health, reports dead ones down.
+        "host-monitor": HostMonitor(runtime.settings, runtime.engine, codec=runtime.codec),
+    }
+
+
+def _views(_settings: Settings | None) -> Sequence[Any]:
+    from projections.models import ModelsView
+    from projections.pool import PoolHealthView, PoolView
+
+    return [ModelsView(), PoolView(), PoolHealthView()]
+
+
+def _observers(engine: Engine) -> Sequence[Any]:
+    from projections.pool_metrics import PoolMetrics
+
+    return [PoolMetrics(engine)]
+
+
+def _routes() -> Sequence[Route]:
+    from projections.pool_api import ROUTES
+
+    return ROUTES
+
+
+async def _bench(settings: Settings) -> dict[str, Any]:
+    from streams.pool.bench import bench_pool
+
+    return await bench_pool(settings)
+
+
+COMPONENT = Component(
+    name="pool",
+    deciders=(POOL,),
+    subjects=(LIFECYCLE,),
+    services=_services,
+    views=_views,
+    observers=_observers,
+    routes=_routes,
+    benches={"pool": _bench},
+)

@@ -67,9 +67,10 @@ class Pit:
         await self.stack.close()
 
     def pit(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        """`pit <args>` as the user runs it (a process, off the event loop's thread)."""
+        """`pit <args>` as the user runs it (a process, off the event loop's thread). The
+        timeout only stops a hung command: ten of them start at once on a loaded machine."""
         return subprocess.run([sys.executable, "-m", "streams.cli", *args],
-                              env=env or self.env, capture_output=True, text=True, timeout=60)
+                              env=env or self.env, capture_output=True, text=True, timeout=300)
 
     async def run(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         return await asyncio.to_thread(self.pit, *args, env=env)

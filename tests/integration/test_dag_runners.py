@@ -24,6 +24,7 @@ from streams.blobs import FileBlobStore
 from streams.broker import EmbeddedBroker
 from streams.config import Settings
 from streams.dag.bench import Runners
+from streams.dag.definition import OPERATORS
 from streams.dag.dispatch import (
     SOURCE_OFFSET,
     SOURCE_PARTITION,
@@ -45,6 +46,23 @@ from streams.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS, load_catalog
 
 STARTED, COMPLETED, FAILED = ("pit.dag.ReportNodeStarted", "pit.dag.ReportNodeCompleted",
                               "pit.dag.ReportNodeFailed")
+LONG_MS = 600_000  # a node that outlasts any test: its runner is stopped mid-node
+
+
+async def _never_ends(value, ms: int = 0):
+    await asyncio.Event().wait()
+
+
+async def _at_once(value, ms: int = 0):
+    return value
+
+
+# A runner that must be caught mid-node never ends its sleeps; the runner that takes its
+# task over ends them at once: neither waits on the clock.
+STUCK, QUICK = OPERATORS.copy(), OPERATORS.copy()
+for _registry, _fn in ((STUCK, _never_ends), (QUICK, _at_once)):
+    _registry.register("sleep_then_return", _fn, inputs={"value": "any", "ms": "int"},
+                       output="any", replace=True)
 
 
 @pytest.fixture
@@ -150,16 +168,16 @@ async def test_two_runners_in_one_group_report_each_task_exactly_once(settings, 
 
 
 async def test_a_crashed_runners_task_is_run_again_by_the_other(settings, codec, runners):
-    runners.start("victim")
+    runners.start("victim", operators=STUCK)
     await runners.balanced(TASK_PARTITIONS)
     await publish_tasks(settings, codec, [
-        scheduled("ex-crash", "slow", "sleep_then_return", {"value": "done", "ms": 1500})])
+        scheduled("ex-crash", "slow", "sleep_then_return", {"value": "done", "ms": LONG_MS})])
 
     async def started() -> bool:
         return any(name == STARTED for name, _, _ in await reports(settings, codec))
     await until(started, what="the victim to start the task")
     await runners.crash("victim")
-    survivor = runners.start("survivor")
+    survivor = runners.start("survivor", operators=QUICK)
 
     async def completed() -> bool:
         return any(name == COMPLETED for name, _, _ in await reports(settings, codec))
@@ -348,13 +366,13 @@ async def test_a_killed_runner_process_has_its_task_run_by_another(settings, cod
     victim = spawn_runner(settings, "victim")
     try:
         await publish_tasks(settings, codec, [
-            scheduled("ex-kill", "slow", "sleep_then_return", {"value": 42, "ms": 2000})])
+            scheduled("ex-kill", "slow", "sleep_then_return", {"value": 42, "ms": LONG_MS})])
         await started_by(settings, codec, "victim")
         victim.kill()  # SIGKILL mid-node: no report, no commit, no goodbye to the group
         assert await exited(victim) == -signal.SIGKILL
     finally:
         victim.kill()
-    survivor = runners.start("survivor")
+    survivor = runners.start("survivor", operators=QUICK)
 
     async def completed() -> bool:
         return any(name == COMPLETED for name, _, _ in await reports(settings, codec))
@@ -369,7 +387,8 @@ async def test_sigterm_lets_running_tasks_finish_and_commits(settings, codec, ru
     graceful = spawn_runner(settings, "graceful")
     try:
         await publish_tasks(settings, codec, [
-            scheduled("ex-term", "slow", "sleep_then_return", {"value": "kept", "ms": 1500})])
+            # long enough for the SIGTERM to come mid-node on a loaded machine
+            scheduled("ex-term", "slow", "sleep_then_return", {"value": "kept", "ms": 5000})])
         await started_by(settings, codec, "graceful")
         graceful.send_signal(signal.SIGTERM)
         assert await exited(graceful) == 0
@@ -385,14 +404,14 @@ async def test_sigterm_lets_running_tasks_finish_and_commits(settings, codec, ru
     impatient = spawn_runner(settings, "impatient", "--drain-timeout", "0.2")
     try:
         await publish_tasks(settings, codec, [
-            scheduled("ex-term", "slower", "sleep_then_return", {"value": 2, "ms": 2500})])
+            scheduled("ex-term", "slower", "sleep_then_return", {"value": 2, "ms": LONG_MS})])
         await started_by(settings, codec, "impatient")
         impatient.send_signal(signal.SIGTERM)
         assert await exited(impatient) == 1
     finally:
         impatient.kill()
     assert "abandoned 1 running task" in (settings.data_dir / "impatient.log").read_text()
-    heir = runners.start("heir")
+    heir = runners.start("heir", operators=QUICK)
 
     async def rerun() -> bool:
         return heir.counts["completed"] == 1

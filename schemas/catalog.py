@@ -29,7 +29,7 @@ def current_schemas() -> dict[str, dict]:
             schema = load_schema(str(path), _write_hint=False)
         except Exception as exc:  # fastavro raises several types for a bad file
             raise SchemaError(f"{path.name}: {exc}") from None
-        if schema.get("type") == "record":
+        if isinstance(schema, dict) and schema.get("type") == "record":
             records[fullname(schema)] = schema
     return records
 

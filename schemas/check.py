@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,10 +65,11 @@ class CheckReport:
 
 
 def check_repository(schemas: dict[str, dict] | None = None,
-                     versions: dict[str, list[str | dict]] | None = None) -> CheckReport:
+                     versions: Mapping[str, Sequence[str | dict]] | None = None) -> CheckReport:
     """Compare the current record schemas to every recorded version of them."""
     schemas = current_schemas() if schemas is None else schemas
-    versions = recorded_versions() if versions is None else versions
+    if versions is None:
+        versions = recorded_versions()
     report = CheckReport()
     ids: dict[int, tuple[str, str]] = {}  # schema id -> (label, canonical form)
 

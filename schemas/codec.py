@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import fastavro.read
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.types import Schema
 from fastavro.validation import ValidationError, validate
 
 from schemas.catalog import canonical, current_schemas, fullname
@@ -55,10 +56,10 @@ class Codec:
     def __init__(self, registry: SchemaRegistry, schemas: dict[str, dict] | None = None) -> None:
         self.registry = registry
         self.schemas = current_schemas() if schemas is None else schemas
-        self._writers: dict[str, tuple[bytes, object]] = {}
-        self._readers: dict[int, tuple[str, object, object]] = {}
+        self._writers: dict[str, tuple[bytes, Schema]] = {}
+        self._readers: dict[int, tuple[str, Schema, Schema | None]] = {}
 
-    def _writer(self, name: str) -> tuple[bytes, object]:
+    def _writer(self, name: str) -> tuple[bytes, Schema]:
         if name not in self._writers:
             try:
                 schema = self.schemas[name]
@@ -87,7 +88,7 @@ class Codec:
             problems = [_EXPECTED.sub(_expected, str(problem)) for problem in exc.errors]
             raise InvalidRecordError("; ".join(problems)) from None
 
-    def _reader(self, schema_id: int) -> tuple[str, object, object | None]:
+    def _reader(self, schema_id: int) -> tuple[str, Schema, Schema | None]:
         if schema_id not in self._readers:
             writer = self.registry.schema_by_id(schema_id)
             name = fullname(writer)
@@ -113,6 +114,8 @@ class Codec:
         if body.tell() != len(data):
             raise MalformedMessageError(
                 f"{name} (schema {schema_id}): {len(data) - body.tell()} bytes after the record")
+        if not isinstance(record, dict):  # every schema the Pit frames is a record
+            raise MalformedMessageError(f"{name} (schema {schema_id}): not a record")
         return Decoded(name, record, schema_id)
 
     def schema_id(self, name: str) -> int:

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeGuard
 
 from streams.config import Settings
 from streams.errors import BlobIntegrityError, BlobNotFoundError, BlobStoreError
@@ -52,7 +52,7 @@ def address_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def is_address(value: object) -> bool:
+def is_address(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and ADDRESS.fullmatch(value) is not None
 
 

@@ -84,7 +84,7 @@ async def produce_all(producer: Producer, outputs: Iterable, timeout_s: float = 
     tracker = DeliveryTracker()
     count = 0
     for out in outputs:
-        on_delivery = tracker
+        on_delivery: Callable[..., None] = tracker
         if offsets is not None:
             offsets.append(-1)
             on_delivery = partial(tracker.at, offsets, count)

@@ -91,7 +91,7 @@ class Decision(Generic[S]):
     replay of its events reproduces. The events are applied when `state` is next read, not
     when emitted: the last ones of a decision are never evolved for nothing.
 
-    A decider's own rules subclass it for their helpers (and any scratch they keep)."""
+    A decider's rules subclass it for their helpers (and any scratch they keep)."""
 
     __slots__ = ("_applied", "_evolve", "_state", "events", "now")
 
@@ -140,7 +140,7 @@ class Rules(Generic[D]):
         key = getattr(command, self.key)
         if not key and self.reject_blank_key:
             raise Rejection(f"{self.key} must not be empty")
-        deciding = getattr(d.state, self.key)
+        deciding = getattr(d._state, self.key)  # nothing emitted yet: the state as given
         if key != deciding:
             entity = self.key.removesuffix("_id")
             raise Rejection(f"command for {entity} {key!r} sent to {entity} {deciding!r}")

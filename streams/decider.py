@@ -8,6 +8,9 @@ No I/O, no wall clock, no unseeded randomness: time arrives as an argument (the 
 Kafka timestamp when deciding, the event's `occurred_at` when evolving), so replaying the
 events reproduces the state exactly. Commands and events are frozen dataclasses named after
 their Avro records; `to_record`/`from_record` convert them to and from the codec's dicts.
+
+A decider with many rules writes each as a function of a `Decision` (the working copy) and
+the command, and runs them through `Rules`; its `evolve` copies state with `copy_with`.
 """
 
 from __future__ import annotations
@@ -148,13 +151,13 @@ class Rules(Generic[D]):
         return d.events
 
 
-class Slotted(Protocol):
+class _Slotted(Protocol):
     """A class whose instances keep their fields in slots (the state classes)."""
 
     __slots__: ClassVar[Iterable[str]]
 
 
-T = TypeVar("T", bound=Slotted)
+T = TypeVar("T", bound=_Slotted)
 _set = object.__setattr__
 
 

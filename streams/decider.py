@@ -8,6 +8,9 @@ No I/O, no wall clock, no unseeded randomness: time arrives as an argument (the 
 Kafka timestamp when deciding, the event's `occurred_at` when evolving), so replaying the
 events reproduces the state exactly. Commands and events are frozen dataclasses named after
 their Avro records; `to_record`/`from_record` convert them to and from the codec's dicts.
+
+A decider with many rules writes each as a function of a `Decision` (the working copy) and
+the command, and runs them through `Rules`; its `evolve` copies state with `copy_with`.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class Decision(Generic[S]):
     replay of its events reproduces. The events are applied when `state` is next read, not
     when emitted: the last ones of a decision are never evolved for nothing.
 
-    A decider's own rules subclass it for their helpers (and any scratch they keep)."""
+    A decider's rules subclass it for their helpers (and any scratch they keep)."""
 
     __slots__ = ("_applied", "_evolve", "_state", "events", "now")
 
@@ -140,7 +143,7 @@ class Rules(Generic[D]):
         key = getattr(command, self.key)
         if not key and self.reject_blank_key:
             raise Rejection(f"{self.key} must not be empty")
-        deciding = getattr(d.state, self.key)
+        deciding = getattr(d._state, self.key)  # nothing emitted yet: the state as given
         if key != deciding:
             entity = self.key.removesuffix("_id")
             raise Rejection(f"command for {entity} {key!r} sent to {entity} {deciding!r}")
@@ -148,13 +151,13 @@ class Rules(Generic[D]):
         return d.events
 
 
-class Slotted(Protocol):
+class _Slotted(Protocol):
     """A class whose instances keep their fields in slots (the state classes)."""
 
     __slots__: ClassVar[Iterable[str]]
 
 
-T = TypeVar("T", bound=Slotted)
+T = TypeVar("T", bound=_Slotted)
 _set = object.__setattr__
 
 

@@ -74,7 +74,8 @@ class Fold(Protocol):
         re-acknowledgement)."""
 
     def event(self, record: LogRecord, envelope: Fields, event_type: type[Message],
-              fields: Fields) -> None: ...
+              fields: Fields) -> None:
+        """An event of the decider read; `fields` is its decoded record."""
 
     def finish(self) -> None:
         """Every record was read."""

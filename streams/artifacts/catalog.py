@@ -442,9 +442,6 @@ class _Decision(Decision[CatalogState]):
 
     __slots__ = ()
 
-    def __init__(self, state: CatalogState, now_ms: int) -> None:
-        super().__init__(state, now_ms, evolve)
-
     def rescore(self, addresses: Iterable[str]) -> None:
         for address in dict.fromkeys(addresses):
             artifact = self.state.artifacts[address]
@@ -620,7 +617,7 @@ _RULES: Rules[_Decision] = Rules("the artifact catalog", "store_id", {
 
 
 def decide(state: CatalogState, command: Message, now_ms: int) -> list[Message]:
-    return _RULES.decide(_Decision(state, now_ms), command)
+    return _RULES.decide(_Decision(state, now_ms, evolve), command)
 
 
 COMMANDS = _RULES.commands

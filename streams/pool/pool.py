@@ -608,9 +608,6 @@ class _Decision(Decision[PoolState]):
 
     __slots__ = ()
 
-    def __init__(self, state: PoolState, now_ms: int) -> None:
-        super().__init__(state, now_ms, evolve)
-
     def transition(self, model_id: str, target: ModelState, reason: TransitionReason,
                    **metadata: str) -> None:
         """A lifecycle change, checked by the lifecycle's own decide (the one rulebook)."""
@@ -987,7 +984,7 @@ _RULES: Rules[_Decision] = Rules("the pool", "pool_id", {
 
 
 def decide(state: PoolState, command: Message, now_ms: int) -> list[Message]:
-    return _RULES.decide(_Decision(state, now_ms), command)
+    return _RULES.decide(_Decision(state, now_ms, evolve), command)
 
 
 COMMANDS = _RULES.commands

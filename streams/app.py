@@ -26,7 +26,7 @@ from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.artifacts.dag_outputs import OutputCataloger
 from streams.broker import EmbeddedBroker
-from streams.client import registry_for
+from streams.commands import registry_for
 from streams.components import DECIDERS
 from streams.config import BROKER_FILE, Settings
 from streams.dag.definition_store import definition_store

@@ -130,7 +130,7 @@ async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
                 target = [ModelState.WARMING, ModelState.HOT, ModelState.COOLING,
                           ModelState.COLD][(i // 100) % 4]
                 started = time.perf_counter()
-                outcome = await client.transition(model, target)
+                outcome = await client.pool.transition(model, target)
                 if i >= 50:  # the first commands warm connections and caches
                     latencies.append((time.perf_counter() - started) * 1000)
                 if not outcome.accepted:
@@ -157,7 +157,7 @@ async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, 
         latencies = []
         async with PitClient(settings, issued_by="bench") as client:
             _say(f"registering {models:,} models and loading them (reported as a host would)")
-            await client.register_host("bench-host", models * 100, models)
+            await client.pool.register_host("bench-host", models * 100, models)
             for m in range(models):
                 await client.publish(RegisterModel(f"m-{m}", f"python:bench:m{m}", 100, 10))
                 await client.publish(TransitionModel(f"m-{m}", ModelState.WARMING,
@@ -166,12 +166,12 @@ async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, 
             await client.send(RecordModelUsage(f"m-{models - 1}"))  # all decided by now
             for i in range(n + 50):
                 started = time.perf_counter()
-                allocation = await client.allocate_model(f"m-{i % models}", "bench")
+                allocation = await client.pool.allocate_model(f"m-{i % models}", "bench")
                 if i >= 50:  # the first ones warm connections and caches
                     latencies.append((time.perf_counter() - started) * 1000)
                 if not allocation.cache_hit:
                     raise PitError(f"allocation round trip bench: {allocation} was a miss")
-                await client.release_model(allocation.request_id)
+                await client.pool.release_model(allocation.request_id)
         stop.set()
         await task
         return {"pool_alloc_roundtrip_p50_ms": round(statistics.median(latencies), 2),

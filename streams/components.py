@@ -1,14 +1,18 @@
-"""The Pit's components: each one's decider, which fixes its topics and message types."""
+"""The Pit's components, each one's descriptor (streams/component.py); their deciders fix
+their topics and message types."""
 
 from __future__ import annotations
 
-from streams.artifacts.catalog import ARTIFACTS
-from streams.dag.execution import DAG
+from streams.artifacts.component import COMPONENT as ARTIFACTS
+from streams.component import Component
+from streams.dag.component import COMPONENT as DAG
 from streams.decider import Decider, Message
 from streams.errors import PitError
-from streams.pool.pool import POOL
+from streams.pool.component import COMPONENT as POOL
 
-DECIDERS: tuple[Decider, ...] = (POOL, DAG, ARTIFACTS)
+COMPONENTS: tuple[Component, ...] = (POOL, DAG, ARTIFACTS)
+
+DECIDERS: tuple[Decider, ...] = tuple(d for c in COMPONENTS for d in c.deciders)
 
 
 def command_types() -> dict[str, type[Message]]:

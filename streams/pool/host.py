@@ -50,7 +50,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import Codec
-from streams.client import Outcome, PitClient
+from streams.client import PitClient
+from streams.commands import Outcome
 from streams.config import Settings
 from streams.decider import Message, from_record
 from streams.errors import BrokerUnavailableError, PitError, SchemaError

@@ -117,8 +117,8 @@ async def test_the_instruments_model_is_prewarmed_while_the_slow_operator_runs(t
         stop = asyncio.Event()
         running = asyncio.gather(log.follow(stop), runner.run(stop))
         try:
-            assert (await client.register_host(HOST, 10_000, 10)).accepted
-            assert (await client.register_model(model, "python:x:y", 100, 1_000)).accepted
+            assert (await client.pool.register_host(HOST, 10_000, 10)).accepted
+            assert (await client.pool.register_model(model, "python:x:y", 100, 1_000)).accepted
             outcome = await client.send(StartExecution(execution,
                                                        workflow(model).canonical_json()))
             assert outcome.accepted, outcome.line()
@@ -139,10 +139,10 @@ async def test_the_instruments_model_is_prewarmed_while_the_slow_operator_runs(t
             assert order < scheduled_order
 
             # The instrument runner's allocation finds the model loaded.
-            allocation = await client.allocate_model(model, task.task_id,
+            allocation = await client.pool.allocate_model(model, task.task_id,
                                                      workflow_id=execution)
             assert allocation.cache_hit
-            await client.release_model(allocation.request_id)
+            await client.pool.release_model(allocation.request_id)
             assert (await client.send(ReportNodeCompleted(
                 execution, "summarize", task.attempt, json.dumps({"out": "summary"})))).accepted
             await log.wait(lambda e: isinstance(e, ExecutionCompleted), "the execution's end")

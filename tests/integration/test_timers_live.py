@@ -111,9 +111,9 @@ def tick(timer_id: str, due_at_ms: int) -> TimerScheduled:
 
 async def hot_model(stack: Stack) -> None:
     async with PitClient(stack.settings, codec=stack.codec) as client:
-        for outcome in [await client.register_host(HOST, 1_000_000, 100),
-                        await client.register_model(MODEL, "python:m:f", 10, 10),
-                        await client.warm_model(MODEL),
+        for outcome in [await client.pool.register_host(HOST, 1_000_000, 100),
+                        await client.pool.register_model(MODEL, "python:m:f", 10, 10),
+                        await client.pool.warm_model(MODEL),
                         await client.send(ReportModelLoaded(HOST, MODEL, 5, 10))]:
             assert outcome.accepted, outcome.reason
 

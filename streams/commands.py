@@ -155,6 +155,8 @@ class CommandClient:
         decider = self._routes.get(type(command))
         if decider is None:
             raise PitError(f"no component of this client takes {command.type_name}")
+        if self._producer is None:
+            raise PitError("the client is not started: call start() or use `async with`")
         command_id = command_id or str(uuid.uuid4())
         value = self.encode_command(command, command_id, correlation_id)
         await self._producer.send_and_wait(decider.command_topic, value,

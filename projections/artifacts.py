@@ -46,6 +46,7 @@ from sqlalchemy import (
 from projections.db import Long
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
+from streams.artifacts.topics import ARTIFACT_EVENTS
 from streams.errors import (
     ArtifactNotFoundError,
     DatabaseUnavailableError,
@@ -53,7 +54,6 @@ from streams.errors import (
     SearchError,
 )
 from streams.log import LogRecord
-from streams.topics import ARTIFACT_EVENTS
 
 log = logging.getLogger(__name__)
 

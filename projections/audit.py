@@ -54,7 +54,7 @@ from streams.errors import AuditChainError, PitError
 from streams.log import LogRecord
 from streams.pool.lifecycle import LIFECYCLE
 from streams.pool.pool import POOL
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 if TYPE_CHECKING:
     from projections.runtime import Entry

@@ -29,7 +29,7 @@ from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 log = logging.getLogger(__name__)
 

@@ -60,9 +60,9 @@ from projections.pool import _Rows
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
 from streams.dag.execution import task_id
+from streams.dag.topics import DAG_EVENTS
 from streams.errors import PitError
 from streams.log import LogRecord
-from streams.topics import DAG_EVENTS
 
 log = logging.getLogger(__name__)
 

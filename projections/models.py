@@ -41,7 +41,7 @@ from streams.pool.lifecycle import (
     evolve,
     initial_state,
 )
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 _CHUNK = 500  # ids per IN (...) lookup
 _STATE_COLUMNS = ("state", "entered_at_ms", "last_used_ms", "transition_count", "failure_count",

@@ -75,7 +75,7 @@ from streams.pool.pool import (
     ModelReleased,
     ModelUnloaded,
 )
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ from streams.pool.lifecycle import (
     TransitionReason,
 )
 from streams.pool.pool import RegisterModel
+from streams.pool.topics import POOL_COMMANDS
 from streams.processor import Output, Processor, run_processor
-from streams.topics import POOL_COMMANDS, RESULTS, load_catalog
+from streams.topics import RESULTS, load_catalog
 
 
 def _say(text: str) -> None:

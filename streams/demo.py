@@ -24,8 +24,9 @@ from streams.history import read_topic
 from streams.kafka import make_producer, produce_all
 from streams.pool.host import ModelHost
 from streams.pool.loaders import write_mlp
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import Output
-from streams.topics import DEAD_LETTERS, POOL_COMMANDS, POOL_EVENTS
+from streams.topics import DEAD_LETTERS
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
 TOKENIZER = "python:streams.pool.examples:tokenizer"

@@ -52,11 +52,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.artifacts.quality import Quality, quality, strict_json
+from streams.artifacts.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS
 from streams.blobs import is_address
 from streams.decider import Decider, Message, Rejection
 from streams.errors import ArtifactError
 from streams.pool.pool import PMap
-from streams.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS
 
 DEFAULT_STORE = "default"
 DERIVED_FROM = "derived_from"

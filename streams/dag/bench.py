@@ -64,13 +64,14 @@ from streams.dag.execution import (
     restore,
 )
 from streams.dag.runner import Runner
+from streams.dag.topics import DAG_CHECKPOINTS, DAG_COMMANDS
 from streams.dag.workflows import ENDS, ExecutionLog, WorkflowResult
 from streams.decider import Decider, Message, from_record, to_record
 from streams.errors import PitError
 from streams.log import LogRecord
 from streams.pool.bench import percentile
 from streams.processor import Output, Processor
-from streams.topics import DAG_CHECKPOINTS, DAG_COMMANDS, RESULTS
+from streams.topics import RESULTS
 
 if TYPE_CHECKING:
     from streams.app import Stack

@@ -95,9 +95,9 @@ from streams.dag.execution import (
     ReportNodeFailed,
     ReportNodeStarted,
 )
+from streams.dag.topics import DAG_COMMANDS, DAG_TASKS
 from streams.decider import Message, to_record
 from streams.errors import BlobIntegrityError, BrokerUnavailableError, PitError, SchemaError
-from streams.topics import DAG_COMMANDS, DAG_TASKS
 
 log = logging.getLogger(__name__)
 

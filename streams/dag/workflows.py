@@ -55,10 +55,10 @@ from streams.dag.execution import (
     initial_state,
     status,
 )
+from streams.dag.topics import DAG_EVENTS
 from streams.decider import Message, from_record
 from streams.errors import DatabaseUnavailableError, PitError, SchemaError, WorkflowError
 from streams.kafka import partitions_of, start_consumer
-from streams.topics import DAG_EVENTS
 
 if TYPE_CHECKING:
     from schemas.codec import Codec

@@ -28,7 +28,7 @@ from streams.pool.pool import (
     RegisterModel,
     ReleaseModel,
 )
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 
 @dataclass(frozen=True)

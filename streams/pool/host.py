@@ -80,7 +80,7 @@ from streams.pool.pool import (
     ReportModelUnloaded,
     UnloadRequested,
 )
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 __all__ = ["DRAIN_TIMEOUT_S", "HostError", "ModelHost", "pool_events", "run_host",
            "tail_pool_events"]

@@ -22,7 +22,8 @@ from projections.audit import (
 from projections.runtime import Projector
 from streams.errors import AuditChainError, PitError
 from streams.pool.lifecycle import ModelLifecycle, ModelState
-from streams.topics import DEAD_LETTERS, POOL_EVENTS, RESULTS
+from streams.pool.topics import POOL_EVENTS
+from streams.topics import DEAD_LETTERS, RESULTS
 
 T0 = 1_700_000_000_000
 

@@ -42,8 +42,9 @@ from streams.pool.lifecycle import (
     TransitionModel,
     TransitionReason,
 )
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import OUTCOME, Processor, run_processor
-from streams.topics import DEAD_LETTERS, POOL_COMMANDS, POOL_EVENTS, RESULTS, load_catalog
+from streams.topics import DEAD_LETTERS, RESULTS, load_catalog
 
 COLD, WARMING, HOT, COOLING, FAILED = ModelState
 USER = TransitionReason.USER_REQUEST

@@ -29,10 +29,11 @@ from streams.config import Settings
 from streams.dag.bench import ExecutionWatch, Runners, crash_stack, sequential_outputs
 from streams.dag.definition import OPERATORS, WILDCARD, layered_dag
 from streams.dag.execution import CheckpointTaken, NodeCompleted, StartExecution
+from streams.dag.topics import DAG_CHECKPOINTS, DAG_EVENTS, DAG_TASKS
 from streams.dag.workflows import start_command
 from streams.history import read_topic
 from streams.recovery import MARKS, MARKS_KEY, POINT
-from streams.topics import DAG_CHECKPOINTS, DAG_EVENTS, DAG_TASKS, load_catalog
+from streams.topics import load_catalog
 
 pytestmark = pytest.mark.slow
 

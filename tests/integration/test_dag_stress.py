@@ -64,8 +64,9 @@ from streams.dag.execution import (
     NodeStarted,
     TakeCheckpoint,
 )
+from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 from streams.kafka import partitions_of, start_consumer
-from streams.topics import DAG_EVENTS, DAG_TASKS, load_catalog
+from streams.topics import load_catalog
 
 pytestmark = pytest.mark.slow
 

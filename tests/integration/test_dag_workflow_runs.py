@@ -30,10 +30,11 @@ from streams.dag.definition import (
     wide_dag,
 )
 from streams.dag.runner import Runner
+from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 from streams.history import read_topic
 from streams.pool.host import ModelHost
 from streams.pool.pool import ModelAllocated, ModelReleased
-from streams.topics import DAG_EVENTS, DAG_TASKS, POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
 

@@ -27,6 +27,7 @@ from streams.dag.execution import (
     StartExecution,
 )
 from streams.dag.runner import Runner
+from streams.dag.topics import DAG_EVENTS
 from streams.decider import Message, from_record
 from streams.history import read_topic
 from streams.kafka import partitions_of, start_consumer
@@ -38,7 +39,7 @@ from streams.pool.pool import (
     ReportModelLoaded,
     WarmModel,
 )
-from streams.topics import DAG_EVENTS, POOL_COMMANDS, POOL_EVENTS
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 
 HOST = "lookahead-host"
 SLOW_MS = 3_000

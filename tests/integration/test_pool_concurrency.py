@@ -29,7 +29,7 @@ from streams.pool.pool import (
     ModelReleased,
     ModelUnloaded,
 )
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
 

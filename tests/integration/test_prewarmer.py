@@ -41,7 +41,7 @@ from streams.pool.pool import (
     UnloadRequested,
     WarmModel,
 )
-from streams.topics import POOL_COMMANDS, POOL_EVENTS
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 
 Cold, Warming, Hot, Cooling, Failed = ModelState
 HOST = "prewarm-host"

@@ -17,7 +17,7 @@ from projections.runtime import Projector, live_tables
 from streams.config import Settings
 from streams.history import history_source, kafka_log_reader
 from streams.log import LogRecord
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 T0 = 1_700_000_000_000
 

@@ -27,6 +27,7 @@ from streams.history import read_topic
 from streams.kafka import produce_all
 from streams.pool.lifecycle import RecordModelUsage
 from streams.pool.pool import POOL, ReportModelLoaded
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import Output, Processor, run_processor
 from streams.timers import (
     TIMER_EVENTS,
@@ -38,7 +39,7 @@ from streams.timers import (
     timer_producer,
     wall_ms,
 )
-from streams.topics import POOL_COMMANDS, POOL_EVENTS, RESULTS, TIMERS, TopicSpec
+from streams.topics import RESULTS, TIMERS, TopicSpec
 
 HOST = "timer-host"
 MODEL = "ticker"

@@ -13,9 +13,9 @@ from streams.client import PitClient
 from streams.config import Settings
 from streams.dag.definition import WorkflowBuilder
 from streams.dag.execution import ReportNodeCompleted, ReportNodeStarted
+from streams.dag.topics import DAG_EVENTS
 from streams.kafka import make_producer, partitions_of, produce_all, start_consumer
 from streams.processor import Output
-from streams.topics import DAG_EVENTS
 
 FILLER = 100 * 1024  # bytes per record that pushes the execution's events out of Kafka
 

@@ -52,7 +52,8 @@ from projections.dag import execution, execution_failures, execution_nodes, list
 from projections.models import model_row
 from projections.pool import model_health, pool_hosts, pool_status
 from projections.runtime import default_views, live_tables, load_positions
-from streams.errors import ArtifactNotFoundError, PitError
+from streams.artifacts.errors import ArtifactNotFoundError
+from streams.errors import PitError
 from streams.pool.lifecycle import DEFAULT_POOL
 
 ENGINE = web.AppKey("engine", Engine)

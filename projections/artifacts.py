@@ -46,13 +46,9 @@ from sqlalchemy import (
 from projections.db import Long
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
+from streams.artifacts.errors import ArtifactNotFoundError, SearchError
 from streams.artifacts.topics import ARTIFACT_EVENTS
-from streams.errors import (
-    ArtifactNotFoundError,
-    DatabaseUnavailableError,
-    PitError,
-    SearchError,
-)
+from streams.errors import DatabaseUnavailableError, PitError
 from streams.log import LogRecord
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from streams.app import Stack, running_pit
 from streams.client import PitClient
 from streams.commands import Outcome
 from streams.config import Settings
-from streams.errors import AllocationError
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all
+from streams.pool.errors import AllocationError
 from streams.pool.host import ModelHost
 from streams.pool.loaders import write_mlp
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS

@@ -75,7 +75,7 @@ from projections.search.query import (
     parse_terms,
     words,
 )
-from streams.errors import SearchError
+from streams.artifacts.errors import SearchError
 
 _PREFIX = re.compile(r"[a-z][a-z0-9_]{0,40}")
 _CHUNK = 500  # ids per IN (...)

@@ -51,11 +51,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.artifacts.errors import ArtifactError
 from streams.artifacts.quality import Quality, quality, strict_json
 from streams.artifacts.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS
 from streams.blobs import is_address
 from streams.decider import Decider, Message, Rejection
-from streams.errors import ArtifactError
 from streams.pool.pool import PMap
 
 DEFAULT_STORE = "default"

@@ -39,9 +39,10 @@ from streams.artifacts.catalog import (
     canonical_json,
 )
 from streams.artifacts.diff import metadata_diff, text_diff
+from streams.artifacts.errors import ArtifactError, ArtifactNotFoundError
 from streams.artifacts.quality import structure
 from streams.artifacts.storage import BlobBackend, Stored, artifact_store
-from streams.errors import ArtifactError, ArtifactNotFoundError, BrokerUnavailableError
+from streams.errors import BrokerUnavailableError
 
 if TYPE_CHECKING:
     from streams.commands import CommandClient

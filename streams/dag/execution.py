@@ -95,9 +95,9 @@ from streams.dag.definition import (
     item_input_of,
     workflow_from_json,
 )
+from streams.dag.errors import DefinitionStoreError, InvalidWorkflowError
 from streams.dag.topics import DAG_CHECKPOINTS, DAG_COMMANDS, DAG_EVENTS
 from streams.decider import CheckpointTopic, Decider, Message, Rejection
-from streams.errors import DefinitionStoreError, InvalidWorkflowError
 from streams.timers import TIMER_EVENTS, TimerScheduled, cancel_timer, schedule_timer
 
 DEFAULT_MAX_CONCURRENCY = 1024

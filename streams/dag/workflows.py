@@ -38,6 +38,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from streams.config import Settings
 from streams.dag.definition import Workflow, check, workflow_from_dict
 from streams.dag.definition_store import definition_store, read_workflow_file
+from streams.dag.errors import WorkflowError
 from streams.dag.execution import (
     DAG,
     ENDINGS,
@@ -57,7 +58,7 @@ from streams.dag.execution import (
 )
 from streams.dag.topics import DAG_EVENTS
 from streams.decider import Message, from_record
-from streams.errors import DatabaseUnavailableError, PitError, SchemaError, WorkflowError
+from streams.errors import DatabaseUnavailableError, PitError, SchemaError
 from streams.kafka import partitions_of, start_consumer
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ import aiohttp
 
 from streams.commands import CommandClient, Outcome
 from streams.decider import from_record
-from streams.errors import AllocationError, InferenceError, SchemaError
+from streams.errors import SchemaError
+from streams.pool.errors import AllocationError, InferenceError
 from streams.pool.lifecycle import (
     DEFAULT_POOL,
     ModelState,

@@ -27,8 +27,8 @@ from streams.app import Stack
 from streams.client import PitClient
 from streams.config import Settings
 from streams.decider import Message
-from streams.errors import AllocationError, InferenceError
 from streams.pool.client import Allocation
+from streams.pool.errors import AllocationError, InferenceError
 from streams.pool.host import pool_events, tail_pool_events
 from streams.pool.lifecycle import ModelTransitioned
 from streams.pool.loaders import load, write_mlp

@@ -21,8 +21,8 @@ from streams.client import PitClient, SyncPitClient
 from streams.config import Settings
 from streams.dag.definition import Workflow, WorkflowBuilder, deep_dag, wide_dag
 from streams.dag.definition_store import definition_store
+from streams.dag.errors import InvalidWorkflowError, WorkflowError
 from streams.dag.execution import StartExecution
-from streams.errors import InvalidWorkflowError, WorkflowError
 from streams.pool.host import ModelHost
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,11 @@ import pytest
 import pytest_asyncio
 
 from streams.app import Stack
+from streams.artifacts.errors import ArtifactError, ArtifactNotFoundError
 from streams.blobs import address_of
 from streams.client import PitClient
 from streams.config import Settings
-from streams.errors import ArtifactError, ArtifactNotFoundError, BlobIntegrityError
+from streams.errors import BlobIntegrityError
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -15,8 +15,8 @@ from streams.app import Stack
 from streams.client import PitClient
 from streams.config import Settings
 from streams.decider import from_record
-from streams.errors import AllocationError
 from streams.history import read_topic
+from streams.pool.errors import AllocationError
 from streams.pool.host import ModelHost
 from streams.pool.pool import (
     POOL,

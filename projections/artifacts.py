@@ -45,15 +45,11 @@ from sqlalchemy import (
 
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
-from streams.errors import (
-    ArtifactNotFoundError,
-    DatabaseUnavailableError,
-    PitError,
-    SearchError,
-)
+from streams.artifacts.errors import ArtifactNotFoundError, SearchError
+from streams.artifacts.topics import ARTIFACT_EVENTS
+from streams.errors import DatabaseUnavailableError, PitError
 from streams.log import LogRecord
 from streams.sql import Long
-from streams.topics import ARTIFACT_EVENTS
 
 log = logging.getLogger(__name__)
 

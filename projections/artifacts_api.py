@@ -9,8 +9,8 @@ from sqlalchemy import Engine
 
 from projections import artifacts
 from projections.api import in_thread, json_error
+from streams.artifacts.errors import ArtifactNotFoundError
 from streams.component import Route
-from streams.errors import ArtifactNotFoundError
 
 
 def _artifact(engine: Engine, ref: str) -> dict[str, Any] | None:

@@ -31,8 +31,8 @@ from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
+from streams.pool.topics import POOL_EVENTS
 from streams.sql import connect
-from streams.topics import POOL_EVENTS
 
 log = logging.getLogger(__name__)
 

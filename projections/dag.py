@@ -59,10 +59,10 @@ from projections.rows import CHUNK, Rows
 from projections.runtime import View, constraint_name, index_name, live_tables
 from schemas.codec import Decoded
 from streams.dag.execution import task_id
+from streams.dag.topics import DAG_EVENTS
 from streams.errors import PitError
 from streams.log import LogRecord
 from streams.sql import Long, insert_rows
-from streams.topics import DAG_EVENTS
 
 log = logging.getLogger(__name__)
 

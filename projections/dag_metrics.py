@@ -23,7 +23,7 @@ from streams import metrics
 from streams.archive import Entry
 from streams.dag.dispatch import ATTEMPT_ENDED
 from streams.dag.execution import ENDINGS, task_id
-from streams.topics import DAG_EVENTS
+from streams.dag.topics import DAG_EVENTS
 
 EXECUTIONS_LIMIT = 100_000  # executions whose last sequence is remembered (for duplicates)
 UNKNOWN = "unknown"         # the kind of an attempt the view has no row for

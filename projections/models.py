@@ -40,8 +40,8 @@ from streams.pool.lifecycle import (
     evolve,
     initial_state,
 )
+from streams.pool.topics import POOL_EVENTS
 from streams.sql import Long, insert_rows, update_rows
-from streams.topics import POOL_EVENTS
 
 _CHUNK = 500  # ids per IN (...) lookup
 _STATE_COLUMNS = ("state", "entered_at_ms", "last_used_ms", "transition_count", "failure_count",

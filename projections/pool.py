@@ -75,8 +75,8 @@ from streams.pool.pool import (
     ModelReleased,
     ModelUnloaded,
 )
+from streams.pool.topics import POOL_EVENTS
 from streams.sql import Long, insert_rows
-from streams.topics import POOL_EVENTS
 
 log = logging.getLogger(__name__)
 

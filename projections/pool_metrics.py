@@ -22,7 +22,7 @@ from projections.pool import PoolView
 from projections.runtime import FreshEvents, live_tables
 from streams import metrics
 from streams.archive import Entry
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 PENDING_LIMIT = 100_000  # queued allocations remembered for their latency
 _HOST_EVENTS = frozenset({"pit.pool.HostRegistered", "pit.pool.ModelPlaced",

@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.broker import EmbeddedBroker
-from streams.client import registry_for
+from streams.commands import registry_for
 from streams.component import Runtime, Service
 from streams.components import COMPONENTS, DECIDERS, views
 from streams.config import BROKER_FILE, Settings

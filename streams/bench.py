@@ -30,9 +30,10 @@ from streams.pool.lifecycle import (
     TransitionModel,
     TransitionReason,
 )
+from streams.pool.topics import POOL_COMMANDS
 from streams.processor import Output, Processor, run_processor
 from streams.stats import percentile
-from streams.topics import POOL_COMMANDS, RESULTS, load_catalog
+from streams.topics import RESULTS, load_catalog
 
 
 def _sample_event(codec: Codec) -> tuple[str, dict]:
@@ -116,7 +117,7 @@ async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
                 target = [ModelState.WARMING, ModelState.HOT, ModelState.COOLING,
                           ModelState.COLD][(i // 100) % 4]
                 started = time.perf_counter()
-                outcome = await client.transition(model, target)
+                outcome = await client.pool.transition(model, target)
                 if i >= 50:  # the first commands warm connections and caches
                     latencies.append((time.perf_counter() - started) * 1000)
                 if not outcome.accepted:

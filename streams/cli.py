@@ -11,6 +11,7 @@ import os
 import sys
 from datetime import datetime
 
+from streams.components import COMPONENTS
 from streams.config import Settings
 from streams.errors import PitError
 
@@ -35,22 +36,6 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     asyncio.run(serve(settings))
     return 0
-
-
-def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.pool.host import run_host
-
-    return asyncio.run(run_host(settings, args.id, args.memory_mb, args.capacity,
-                                port=args.port, pool_id=args.pool,
-                                drain_timeout_s=args.drain_timeout))
-
-
-def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.dag.runner import POOLS, run_runner
-
-    return asyncio.run(run_runner(settings, args.id, args.concurrency, args.threads,
-                                  args.drain_timeout, args.pool or POOLS,
-                                  int(args.session_timeout * 1000)))
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -164,24 +149,6 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_pool(args: argparse.Namespace, settings: Settings) -> int:
-    from sqlalchemy import inspect
-
-    from projections.pool import pool_status, status_lines
-    from streams.sql import connect
-
-    engine = connect(settings.db_url)
-    status = pool_status(engine, args.pool) if inspect(engine).has_table("pools") else None
-    if status is None:
-        print(f"pool {args.pool}: no data yet (no host or model has registered; start"
-              " `pit up`, then `pit host` or register models)")
-    elif args.json:
-        print(json.dumps(status, indent=2))
-    else:
-        print("\n".join(status_lines(status)))
-    return 0
-
-
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from projections.replay import rebuild_view
     from streams.app import progress_printer
@@ -215,37 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="run broker, processors, projections and the API").set_defaults(
         run=cmd_up)
     sub.add_parser("demo", help="run a scripted scenario end to end").set_defaults(run=cmd_demo)
-
-    host = sub.add_parser("host", help="run a model host: load models the pool places here and"
-                                       " answer inference")
-    host.add_argument("--id", required=True, help="host id in the pool")
-    host.add_argument("--memory-mb", type=int, required=True, help="memory budget (MB)")
-    host.add_argument("--capacity", type=int, required=True, help="most models held at once")
-    host.add_argument("--port", type=int, default=0, help="HTTP port (default: any free one)")
-    host.add_argument("--pool", default="default", help="pool id")
-    host.add_argument("--drain-timeout", type=float, default=30.0,
-                      help="seconds SIGTERM waits for in-flight allocations before leaving")
-    host.set_defaults(run=cmd_host)
-
-    runner = sub.add_parser("runner", help="run DAG node tasks (one consumer group: start more"
-                                           " runners to scale out)")
-    runner.add_argument("--id", help="runner id in reports (default: <hostname>-<pid>)")
-    runner.add_argument("--concurrency", type=int, default=256,
-                        help="most tasks running at once")
-    runner.add_argument("--threads", type=int, default=32,
-                        help="threads for blocking operators")
-    runner.add_argument("--drain-timeout", type=float, default=30.0,
-                        help="seconds SIGTERM waits for running tasks before leaving")
-    runner.add_argument("--pool", action="append",
-                        help="a runner pool to serve (repeat; default: instrument and operator)")
-    runner.add_argument("--session-timeout", type=float, default=10.0,
-                        help="seconds without a heartbeat before the group gives a dead"
-                             " runner's tasks to the others (the same for every runner)")
-    runner.set_defaults(run=cmd_runner)
-
-    from streams.components import COMPONENTS
-
-    for component in COMPONENTS:
+    for component in COMPONENTS:  # the kernel's commands are here, each component adds its own
         if component.add_cli is not None:
             component.add_cli(sub)
 
@@ -277,12 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("target", help="`verify`, or an entity key such as a model id")
     audit.add_argument("--until", help="show the entity's state as of this time")
     audit.set_defaults(run=cmd_audit)
-
-    pool = sub.add_parser("pool", help="the model pool: `status` shows it at a glance")
-    pool.add_argument("action", choices=["status"])
-    pool.add_argument("--pool", default="default", help="pool id")
-    pool.add_argument("--json", action="store_true", help="the status as JSON (as GET /pool)")
-    pool.set_defaults(run=cmd_pool)
 
     replay = sub.add_parser("replay", help="rebuild a view from the log and swap it in")
     replay.add_argument("view", help="view name, e.g. models")

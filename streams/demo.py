@@ -16,17 +16,19 @@ import uuid
 from pathlib import Path
 
 from streams.app import Stack, running_pit
-from streams.client import Outcome, PitClient
+from streams.client import PitClient
+from streams.commands import Outcome
 from streams.component import audit_deciders
 from streams.components import COMPONENTS
 from streams.config import Settings
-from streams.errors import AllocationError
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all
+from streams.pool.errors import AllocationError
 from streams.pool.host import ModelHost
 from streams.pool.loaders import write_mlp
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import Output
-from streams.topics import DEAD_LETTERS, POOL_COMMANDS, POOL_EVENTS
+from streams.topics import DEAD_LETTERS
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
 TOKENIZER = "python:streams.pool.examples:tokenizer"
@@ -61,25 +63,25 @@ async def _wait_for_views(engine, until_ms: int, timeout: float = 15) -> None:
 async def _artifacts(pit: PitClient, run: str) -> None:
     name = f"demo-report-{run}"
     print(f"\n6. artifacts: {name}, stored, deduplicated, versioned, traced")
-    first = await pit.store_artifact(b'{"revenue": 10, "region": "north"}\n', name=name,
+    first = await pit.artifacts.store(b'{"revenue": 10, "region": "north"}\n', name=name,
                                      content_type="application/json", tags=["finance"],
                                      message="first draft")
     print(f"  stored {first.address[:19]}... newly_stored={first.newly_stored}")
-    again = await pit.store_artifact(b'{"revenue": 10, "region": "north"}\n',
+    again = await pit.artifacts.store(b'{"revenue": 10, "region": "north"}\n',
                                      content_type="application/json", tags=["q3"],
                                      creator="someone-else")
     print(f"  the same bytes again: newly_stored={again.newly_stored}, tags and creators"
           " merged")
-    second = await pit.store_artifact(b'{"revenue": 12, "region": "north"}\n', name=name,
+    second = await pit.artifacts.store(b'{"revenue": 12, "region": "north"}\n', name=name,
                                       content_type="application/json", message="corrected")
-    summary = await pit.store_artifact(b"revenue grew to 12 in the north\n",
+    summary = await pit.artifacts.store(b"revenue grew to 12 in the north\n",
                                        derived_from=[name], content_type="text/plain",
                                        tags=["finance", "summary"])
-    versions = await pit.versions(name)
+    versions = await pit.artifacts.versions(name)
     print(f"  {name}: versions {[v['version'] for v in versions]}; diff v1 -> v2:")
-    for line in (await pit.diff(f"{name}@1", f"{name}@2")).splitlines()[2:]:
+    for line in (await pit.artifacts.diff(f"{name}@1", f"{name}@2")).splitlines()[2:]:
         print(f"    {line}")
-    graph = await pit.lineage(summary.address, "up")
+    graph = await pit.artifacts.lineage(summary.address, "up")
     print(f"  lineage of the summary: derived from {second.address[:19]}..."
           f" ({len(graph['edges'])} link)")
     entry = await pit.artifacts.info(first.address)
@@ -113,53 +115,53 @@ async def run_demo(settings: Settings) -> None:
             for model_id, uri in ((mlp, f"npz:{weights}"), (sentiment, SENTIMENT),
                                   (tokenizer, TOKENIZER)):
                 _show(f"register {model_id}",
-                      await pit.register_model(model_id, uri, 100, 50))
+                      await pit.pool.register_model(model_id, uri, 100, 50))
 
             print("\n2. allocate: a cold start, then cache hits")
             started = time.perf_counter()
-            first = await pit.allocate_model(mlp, "demo")
+            first = await pit.pool.allocate_model(mlp, "demo")
             print(f"  {mlp}: cache_hit={first.cache_hit}, loaded on {first.host_id} in"
                   f" {(time.perf_counter() - started) * 1000:.0f} ms (placed, loaded, Hot)")
-            outputs = await pit.infer(first, [[0.5, -1.0, 2.0, 0.1]])
+            outputs = await pit.pool.infer(first, [[0.5, -1.0, 2.0, 0.1]])
             print(f"  infer on the host: {outputs}")
-            await pit.release_model(first.request_id)
+            await pit.pool.release_model(first.request_id)
             started = time.perf_counter()
-            again = await pit.allocate_model(mlp, "demo")
+            again = await pit.pool.allocate_model(mlp, "demo")
             print(f"  again: cache_hit={again.cache_hit} in"
                   f" {(time.perf_counter() - started) * 1000:.1f} ms")
-            await pit.release_model(again.request_id)
-            words = await pit.allocate_model(sentiment, "demo")
-            print(f"  {sentiment}: {await pit.infer(words, 'a great and fast service')}")
-            await pit.release_model(words.request_id)
+            await pit.pool.release_model(again.request_id)
+            words = await pit.pool.allocate_model(sentiment, "demo")
+            print(f"  {sentiment}: {await pit.pool.infer(words, 'a great and fast service')}")
+            await pit.pool.release_model(words.request_id)
 
             print("\n3. the host holds 2 models: a third evicts the least recently used")
-            third = await pit.allocate_model(tokenizer, "demo")
+            third = await pit.pool.allocate_model(tokenizer, "demo")
             print(f"  {tokenizer} allocated (cache_hit={third.cache_hit}, {mlp} evicted);"
-                  f" {await pit.infer(third, 'Hello, Pit')}")
-            busy = await pit.allocate_model(sentiment, "demo")
+                  f" {await pit.pool.infer(third, 'Hello, Pit')}")
+            busy = await pit.pool.allocate_model(sentiment, "demo")
             try:  # both models on the host are allocated now: neither may be evicted
-                await pit.allocate_model(mlp, "demo")
+                await pit.pool.allocate_model(mlp, "demo")
             except AllocationError as refused:
                 print(f"  {mlp} while both are in use: {refused}")
             for allocation in (third, busy):
-                await pit.release_model(allocation.request_id)
+                await pit.pool.release_model(allocation.request_id)
 
             print("\n4. failure and recovery")
             _show(f"fail {sentiment} (operator, HealthCheckFailure)",
-                  await pit.fail_model(sentiment, "demo: bad weights"))
+                  await pit.pool.fail_model(sentiment, "demo: bad weights"))
             await asyncio.sleep(0.3)  # the host unloads it
-            _show(f"recover {sentiment} (Failed -> Cold)", await pit.recover_model(sentiment))
-            back = await pit.allocate_model(sentiment, "demo")
+            _show(f"recover {sentiment} (Failed -> Cold)", await pit.pool.recover_model(sentiment))
+            back = await pit.pool.allocate_model(sentiment, "demo")
             print(f"  allocated again: loaded on {back.host_id} (cache_hit={back.cache_hit})")
-            await pit.release_model(back.request_id)
+            await pit.pool.release_model(back.request_id)
 
             print("\n5. bad input: rejected with a reason, acknowledged once, dead-lettered")
-            _show("usage of an unknown model", await pit.record_usage(f"nope-{run}"))
+            _show("usage of an unknown model", await pit.pool.record_usage(f"nope-{run}"))
             usage_id = f"usage-{run}"
-            _show("usage of a Hot model", await pit.record_usage(sentiment, 3,
+            _show("usage of a Hot model", await pit.pool.record_usage(sentiment, 3,
                                                                  command_id=usage_id))
             _show("the same command again (same command id)",
-                  await pit.record_usage(sentiment, 3, command_id=usage_id))
+                  await pit.pool.record_usage(sentiment, 3, command_id=usage_id))
             await produce_all(make_producer(settings), [Output(
                 POOL_COMMANDS, 0, b"garbage", b"\x07not avro at all", int(time.time() * 1000))])
             letters = await read_topic(settings, DEAD_LETTERS)
@@ -171,7 +173,7 @@ async def run_demo(settings: Settings) -> None:
                   f" bytes; pit.error: {headers['pit.error'].decode()}")
 
             await _artifacts(pit, run)
-            last = await pit.record_usage(sentiment)
+            last = await pit.pool.record_usage(sentiment)
         await _wait_for_views(engine, last.decided_at)
 
         print("\n7. the pool at a glance (`pit pool status`)")

@@ -1,6 +1,7 @@
 """The one exception root of the Pit, with a subclass per concern.
 
 Anything that reaches a user is a `PitError`; the CLI prints its message as one line.
+A component's own errors subclass these in `streams/<component>/errors.py`.
 """
 
 
@@ -44,29 +45,8 @@ class CommandTimeoutError(PitError):
     """No outcome arrived for a command within the timeout."""
 
 
-class AllocationError(PitError):
-    """A model allocation was rejected, or failed before or after it was granted."""
-
-
-class InferenceError(PitError):
-    """A host could not answer an inference call."""
-
-
 class AuditChainError(PitError):
     """The audit log's hash chain does not verify."""
-
-
-class InvalidWorkflowError(PitError):
-    """A workflow definition is malformed or invalid; `problems` lists every reason."""
-
-    def __init__(self, name: str, problems: list[str]) -> None:
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        super().__init__(f"invalid workflow {name!r} ({count}): " + "; ".join(problems))
-        self.problems = problems
-
-
-class DefinitionStoreError(PitError):
-    """A stored workflow definition is missing, or its content does not match its hash."""
 
 
 class BlobStoreError(PitError):
@@ -79,24 +59,3 @@ class BlobNotFoundError(BlobStoreError):
 
 class BlobIntegrityError(BlobStoreError):
     """A stored blob's content does not hash to its address."""
-
-
-class DecryptionError(BlobStoreError):
-    """Encrypted content does not open: a wrong or missing key, or an altered object."""
-
-
-class WorkflowError(PitError):
-    """A workflow execution was refused, is unknown, or did not end in time."""
-
-
-class ArtifactError(PitError):
-    """An artifact operation cannot apply: a diff of content that is not text, a JSON schema
-    that is not one."""
-
-
-class ArtifactNotFoundError(ArtifactError):
-    """No artifact by that address, name or version."""
-
-
-class SearchError(PitError):
-    """A search query is malformed, or the search index cannot be read or written."""

@@ -9,16 +9,9 @@ import yaml
 
 from streams.errors import ConfigError
 
-POOL_COMMANDS = "pit.pool.commands"
-POOL_EVENTS = "pit.pool.events"
+# The kernel's topics; each component names its own (streams/<component>/topics.py).
 RESULTS = "pit.results"
 TIMERS = "pit.timers"
-DAG_COMMANDS = "pit.dag.commands"
-DAG_EVENTS = "pit.dag.events"
-DAG_CHECKPOINTS = "pit.dag.checkpoints"
-DAG_TASKS = "pit.dag.tasks"
-ARTIFACT_COMMANDS = "pit.artifacts.commands"
-ARTIFACT_EVENTS = "pit.artifacts.events"
 DEAD_LETTERS = "pit.deadletters"
 SCHEMAS = "_pit.schemas"
 

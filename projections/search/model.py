@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from streams.errors import SearchError
+from streams.artifacts.errors import SearchError
 
 FIELDS = ("name", "text", "metadata")  # the full-text fields, in index column order
 MAX_LIMIT = 1000

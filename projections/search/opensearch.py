@@ -45,7 +45,7 @@ from projections.search.model import (
     top_counts,
 )
 from projections.search.query import Term, parse_terms
-from streams.errors import SearchError
+from streams.artifacts.errors import SearchError
 
 DEFAULT_INDEX = "pit-artifacts"
 FIELDS = ["name^4", "metadata^2", "text"]  # the weights of the FTS5 backend's bm25

@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from projections.search.model import CLOSE_MARK, OPEN_MARK
-from streams.errors import SearchError
+from streams.artifacts.errors import SearchError
 
 MAX_TERMS = 32
 WORD = re.compile(r"[^\W_]+")  # a run of letters and digits: what every tokenizer keeps

@@ -74,7 +74,7 @@ from projections.search.query import (
     parse_terms,
     words,
 )
-from streams.errors import SearchError
+from streams.artifacts.errors import SearchError
 from streams.sql import Long, insert_rows, is_sqlite
 
 _PREFIX = re.compile(r"[a-z][a-z0-9_]{0,40}")

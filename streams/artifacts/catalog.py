@@ -51,12 +51,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.artifacts.errors import ArtifactError
 from streams.artifacts.quality import Quality, quality, strict_json
+from streams.artifacts.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS
 from streams.blobs import is_address
 from streams.decider import Decider, Decision, Message, Rejection, Rules
-from streams.errors import ArtifactError
 from streams.persistent import PMap
-from streams.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS
 
 DEFAULT_STORE = "default"
 DERIVED_FROM = "derived_from"

@@ -38,7 +38,7 @@ def _time(ms: int) -> str:
 
 async def _put(pit: PitClient, args: argparse.Namespace) -> None:
     content = sys.stdin.buffer.read() if args.file == "-" else args.file
-    stored = await pit.store_artifact(
+    stored = await pit.artifacts.store(
         content, name=args.name, content_type=args.type, tags=args.tag or [],
         metadata=parse_metadata(args.meta), message=args.message or "",
         derived_from=args.derived_from or [], creator=args.creator)
@@ -49,10 +49,10 @@ async def _put(pit: PitClient, args: argparse.Namespace) -> None:
 
 async def _get(pit: PitClient, args: argparse.Namespace) -> None:
     if args.output:
-        path = await pit.retrieve_artifact(args.ref, to=args.output)
+        path = await pit.artifacts.retrieve(args.ref, to=args.output)
         print(f"{args.ref} -> {path}", file=sys.stderr)
     else:
-        sys.stdout.buffer.write(await pit.retrieve_artifact(args.ref))
+        sys.stdout.buffer.write(await pit.artifacts.retrieve(args.ref))
         sys.stdout.flush()
 
 
@@ -64,9 +64,9 @@ async def _info(pit: PitClient, args: argparse.Namespace) -> None:
 
 
 async def _search(pit: PitClient, args: argparse.Namespace) -> None:
-    page = await pit.search(args.text or "", tags=tuple(args.tag or ()),
-                            content_types=tuple(args.type or ()), limit=args.limit,
-                            offset=args.offset)
+    page = await pit.artifacts.search(args.text or "", tags=tuple(args.tag or ()),
+                                      content_types=tuple(args.type or ()), limit=args.limit,
+                                      offset=args.offset)
     if args.json:
         print(json.dumps({"total": page.total, "facets": page.facets, "hits": [
             {"address": h.address, "name": h.name, "content_type": h.content_type,
@@ -87,19 +87,19 @@ async def _search(pit: PitClient, args: argparse.Namespace) -> None:
 
 
 async def _log(pit: PitClient, args: argparse.Namespace) -> None:
-    for version in reversed(await pit.versions(args.name)):
+    for version in reversed(await pit.artifacts.versions(args.name)):
         print(f"{args.name}@{version['version']}  {version['address']}  "
               f"{_time(version['created_at_ms'])}  {version['creator'] or '-'}  "
               f"{version['message']}")
 
 
 async def _diff(pit: PitClient, args: argparse.Namespace) -> None:
-    sys.stdout.write(await pit.diff(args.old, args.new, metadata=args.metadata))
+    sys.stdout.write(await pit.artifacts.diff(args.old, args.new, metadata=args.metadata))
 
 
 async def _lineage(pit: PitClient, args: argparse.Namespace) -> None:
     direction = "up" if args.up else "down" if args.down else "both"
-    graph = await pit.lineage(args.ref, direction)
+    graph = await pit.artifacts.lineage(args.ref, direction)
     if args.json:
         print(json.dumps(graph, indent=2))
         return

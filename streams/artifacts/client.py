@@ -1,4 +1,4 @@
-"""The Artifact Store as a client uses it (PitClient's artifact methods and `pit artifact`).
+"""The Artifact Store as a client uses it (`PitClient.artifacts` and `pit artifact`).
 
 Storing writes the content to the blob store first (streams/artifacts/storage.py: local
 files or S3, encrypted when a keyring is configured), checks its structure while the bytes
@@ -13,6 +13,7 @@ aggregated per interval (`RecordArtifactAccess`), never one event per read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import mimetypes
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aiokafka.errors import KafkaError
 from sqlalchemy import Engine
 
 from projections import artifacts as views
@@ -37,12 +39,13 @@ from streams.artifacts.catalog import (
     canonical_json,
 )
 from streams.artifacts.diff import metadata_diff, text_diff
+from streams.artifacts.errors import ArtifactError, ArtifactNotFoundError
 from streams.artifacts.quality import structure
 from streams.artifacts.storage import BlobBackend, Stored, artifact_store
-from streams.errors import ArtifactError, ArtifactNotFoundError
+from streams.errors import BrokerUnavailableError
 
 if TYPE_CHECKING:
-    from streams.client import PitClient
+    from streams.commands import CommandClient
 
 STRUCTURE_LIMIT = 16 << 20  # content checked for structure up to this size (it is read whole)
 VISIBLE_TIMEOUT_S = 10.0
@@ -88,11 +91,18 @@ class AccessCounter:
 class ArtifactOps:
     """Per client: its blob backend, its views engine, its access counts."""
 
-    def __init__(self, client: PitClient, backend: BlobBackend | None = None) -> None:
+    def __init__(self, client: CommandClient, backend: BlobBackend | None = None) -> None:
         self.client = client
         self.backend = backend or artifact_store(client.settings)
         self.access = AccessCounter()
         self._engine: Engine | None = None
+        client.at_close(self.close)
+
+    async def close(self) -> None:
+        """Send the access counts still held, when the client can."""
+        if self.client.connected:
+            with contextlib.suppress(KafkaError, BrokerUnavailableError):
+                await self.flush_access()
 
     @property
     def engine(self) -> Engine:
@@ -205,7 +215,7 @@ class ArtifactOps:
             await self.flush_access()
 
     async def flush_access(self) -> None:
-        """Send the access counts gathered so far (PitClient.close does this too)."""
+        """Send the access counts gathered so far (closing the client does this too)."""
         command = self.access.take(int(time.time() * 1000))
         if command is not None:
             await self.client.publish(command)

@@ -43,6 +43,12 @@ async def _bench(settings: Settings) -> dict[str, Any]:
     return await bench_artifacts(settings)
 
 
+def _operations(client: Any) -> Any:
+    from streams.artifacts.client import ArtifactOps  # imported on first use: `pit` starts fast
+
+    return ArtifactOps(client)
+
+
 COMPONENT = Component(
     name="artifacts",
     deciders=(ARTIFACTS,),
@@ -51,4 +57,5 @@ COMPONENT = Component(
     routes=_routes,
     add_cli=add_parser,
     benches={"artifacts": _bench},
+    client=_operations,
 )

@@ -48,9 +48,10 @@ from typing import TYPE_CHECKING
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from streams.artifacts.errors import DecryptionError
 from streams.blobs import HashedChunks, Stored, address_of, chunks_of, is_address, verified
 from streams.config import Settings
-from streams.errors import BlobNotFoundError, BlobStoreError, ConfigError, DecryptionError
+from streams.errors import BlobNotFoundError, BlobStoreError, ConfigError
 
 if TYPE_CHECKING:
     from streams.artifacts.storage import ObjectBackend, Source

@@ -39,11 +39,11 @@ from streams.dag.execution import (
     NodeCompleted,
     task_id,
 )
+from streams.dag.topics import DAG_EVENTS
 from streams.dag.workflows import ExecutionLog
 from streams.decider import Message, from_record
 from streams.errors import PitError, SchemaError
 from streams.kafka import keep_running, start_consumer
-from streams.topics import DAG_EVENTS
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streams.artifacts.catalog import canonical_json
+from streams.artifacts.errors import ArtifactError
 from streams.artifacts.quality import utf8_error
-from streams.errors import ArtifactError
 
 NO_NEWLINE = "\\ No newline at end of file\n"
 

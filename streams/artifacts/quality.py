@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streams.errors import ArtifactError
+from streams.artifacts.errors import ArtifactError
 
 NEUTRAL = 0.5
 STRUCTURE_WEIGHT = 0.6

@@ -67,13 +67,14 @@ from streams.dag.execution import (
     restore,
 )
 from streams.dag.runner import Runner
+from streams.dag.topics import DAG_CHECKPOINTS, DAG_COMMANDS
 from streams.dag.workflows import ENDS, ExecutionLog, WorkflowResult
 from streams.decider import Decider, Message, from_record, to_record
 from streams.errors import PitError
 from streams.log import LogRecord
 from streams.processor import Output, Processor
 from streams.stats import percentile
-from streams.topics import DAG_CHECKPOINTS, DAG_COMMANDS, RESULTS
+from streams.topics import RESULTS
 
 if TYPE_CHECKING:
     from streams.app import Stack
@@ -558,7 +559,7 @@ async def run_to_end(stack: Stack, client: PitClient, workflow: Workflow, execut
     """Seconds from submitting `workflow` to seeing it completed (raises if it did not)."""
     async with ExecutionWatch(stack.settings, stack.codec, execution_id) as watch:
         started = time.perf_counter()
-        await client.execute_workflow(workflow, execution_id=execution_id)
+        await client.dag.execute_workflow(workflow, execution_id=execution_id)
         result = await watch.end(timeout_s)
         elapsed = time.perf_counter() - started
     if not result.ok or len(watch.completed) != len(workflow.nodes):
@@ -606,7 +607,7 @@ async def bench_resume(scratch: Path, count: int = 3_000) -> dict[str, float]:
         await runners.balanced(16)
         async with PitClient(stack.settings, codec=stack.codec) as client, ExecutionWatch(
                 stack.settings, stack.codec, "bench-resume") as watch:
-            await client.execute_workflow(layered_dag(count, seed=2, layers=30),
+            await client.dag.execute_workflow(layered_dag(count, seed=2, layers=30),
                                           execution_id="bench-resume")
             await watch.until(lambda w: len(w.completed) >= count // 3, 300,
                               f"{count // 3} completed nodes")

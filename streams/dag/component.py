@@ -64,6 +64,12 @@ async def _bench(settings: Settings) -> dict[str, Any]:
     return await bench_dag(settings)
 
 
+def _operations(client: Any) -> Any:
+    from streams.dag.workflows import WorkflowOps  # imported on first use: `pit` starts fast
+
+    return WorkflowOps(client)
+
+
 COMPONENT = Component(
     name="dag",
     deciders=(DAG,),
@@ -75,4 +81,5 @@ COMPONENT = Component(
     routes=_routes,
     add_cli=add_parser,
     benches={"dag": _bench},
+    client=_operations,
 )

@@ -70,7 +70,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from streams.errors import InvalidWorkflowError
+from streams.dag.errors import InvalidWorkflowError
 
 OUT = "out"  # the output of instruments, operators and maps
 TRUE, FALSE = "true", "false"  # the outputs of a branch

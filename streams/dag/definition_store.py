@@ -16,12 +16,8 @@ from pathlib import Path
 from streams.blobs import FileBlobStore
 from streams.config import Settings
 from streams.dag.definition import Workflow, workflow_from_json, workflow_from_yaml
-from streams.errors import (
-    BlobNotFoundError,
-    BlobStoreError,
-    DefinitionStoreError,
-    InvalidWorkflowError,
-)
+from streams.dag.errors import DefinitionStoreError, InvalidWorkflowError
+from streams.errors import BlobNotFoundError, BlobStoreError
 
 
 def read_workflow_file(path: str | Path) -> Workflow:

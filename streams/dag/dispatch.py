@@ -55,6 +55,7 @@ from streams.dag.execution import (
     NodeScheduled,
     task_id,
 )
+from streams.dag.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS
 from streams.errors import SchemaError
 from streams.follower import Follower
 from streams.history import HistoryError, history_source, kafka_log_reader
@@ -68,7 +69,6 @@ from streams.kafka import (
 )
 from streams.log import LogRecord
 from streams.processor import Output
-from streams.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS
 
 log = logging.getLogger(__name__)
 

@@ -95,10 +95,10 @@ from streams.dag.definition import (
     item_input_of,
     workflow_from_json,
 )
+from streams.dag.errors import DefinitionStoreError, InvalidWorkflowError
+from streams.dag.topics import DAG_CHECKPOINTS, DAG_COMMANDS, DAG_EVENTS
 from streams.decider import CheckpointTopic, Decider, Decision, Message, Rejection, Rules, copy_with
-from streams.errors import DefinitionStoreError, InvalidWorkflowError
 from streams.timers import TIMER_EVENTS, TimerScheduled, cancel_timer, schedule_timer
-from streams.topics import DAG_CHECKPOINTS, DAG_COMMANDS, DAG_EVENTS
 
 DEFAULT_MAX_CONCURRENCY = 1024
 POOLS = ("instrument", "operator")  # runner pools, by what their nodes need

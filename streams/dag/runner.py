@@ -71,7 +71,8 @@ from confluent_kafka import TopicPartition as KafkaPartition
 
 from schemas.codec import Codec
 from streams.blobs import FileBlobStore, blob_store
-from streams.client import PitClient, registry_for
+from streams.client import PitClient
+from streams.commands import registry_for
 from streams.config import Settings
 from streams.dag.definition import (
     FALSE,
@@ -94,9 +95,9 @@ from streams.dag.execution import (
     ReportNodeFailed,
     ReportNodeStarted,
 )
+from streams.dag.topics import DAG_COMMANDS, DAG_TASKS
 from streams.decider import Message, to_record
 from streams.errors import BlobIntegrityError, BrokerUnavailableError, PitError, SchemaError
-from streams.topics import DAG_COMMANDS, DAG_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ Result = Completed | Failed
 # --- running a node ---------------------------------------------------------------------------
 
 class Models(Protocol):
-    """What an instrument needs of the Pool Manager (`PitClient` is one)."""
+    """What an instrument needs of the Pool Manager (`PitClient.pool` is one)."""
 
     async def allocate_model(self, model_id: str, requester: str, *, request_id: str,
                              workflow_id: str = "", timeout: float = 30.0) -> Any: ...
@@ -535,7 +536,7 @@ class Runner:
                                 codec=self.codec)
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="pit-runner")
         self._kafka = ThreadPoolExecutor(1, thread_name_prefix="pit-runner-kafka")
-        self.executor = NodeExecutor(blobs or blob_store(settings), operators, self.client,
+        self.executor = NodeExecutor(blobs or blob_store(settings), operators, self.client.pool,
                                      self._threads, inline_limit)
         self.reporter: Reporter = KafkaReporter(settings, self.codec, self.runner_id)
         self._say = say or (lambda line: print(f"pit runner {self.runner_id}: {line}",

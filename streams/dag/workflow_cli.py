@@ -1,5 +1,6 @@
-"""`pit workflow submit|status|cancel`: the command line of the workflow API
-(streams/dag/workflows.py). Errors are `PitError`s: streams/cli.py prints them as one line."""
+"""`pit runner` and `pit workflow submit|status|cancel`: the DAG's command line (the
+runner, streams/dag/runner.py, and the workflow API, streams/dag/workflows.py). Errors are
+`PitError`s: streams/cli.py prints them as one line."""
 
 from __future__ import annotations
 
@@ -84,9 +85,7 @@ async def _watch(client: PitClient, execution_id: str, lines: _Lines | None,
                  ) -> tuple[Progress, WorkflowResult | None]:
     """Show the execution's progress (until it ends when following); its last status and
     how it ended (None while it runs)."""
-    from streams.dag.workflows import watch
-
-    async with aclosing(watch(client, execution_id, interval)) as updates:
+    async with aclosing(client.dag.watch(execution_id, interval)) as updates:
         try:
             async for update in updates:
                 if lines is not None:
@@ -114,7 +113,7 @@ async def submit(args: argparse.Namespace, settings: Settings) -> int:
     workflow = check(load_workflow(args.file))  # an invalid file says so even without pit up
     inputs = parse_inputs(args.input)
     async with PitClient(settings, issued_by="pit-cli") as client:
-        execution_id = await client.execute_workflow(
+        execution_id = await client.dag.execute_workflow(
             workflow, inputs, execution_id=args.id, max_concurrency=args.max_concurrency,
             timeout_ms=args.timeout_ms)
         print(execution_id, flush=True)
@@ -143,7 +142,7 @@ async def cancel(args: argparse.Namespace, settings: Settings) -> int:
     from streams.client import PitClient
 
     async with PitClient(settings, issued_by="pit-cli") as client:
-        await client.cancel_workflow(args.id, args.reason)
+        await client.dag.cancel_workflow(args.id, args.reason)
     print(f"{args.id}: cancel accepted")
     return 0
 
@@ -152,8 +151,32 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(args.workflow(args, settings))
 
 
+def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.dag.runner import POOLS, run_runner
+
+    return asyncio.run(run_runner(settings, args.id, args.concurrency, args.threads,
+                                  args.drain_timeout, args.pool or POOLS,
+                                  int(args.session_timeout * 1000)))
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """`pit workflow ...` on the `pit` parser's subcommands."""
+    """`pit runner` and `pit workflow ...` on the `pit` parser's subcommands."""
+    runner = sub.add_parser("runner", help="run DAG node tasks (one consumer group: start more"
+                                           " runners to scale out)")
+    runner.add_argument("--id", help="runner id in reports (default: <hostname>-<pid>)")
+    runner.add_argument("--concurrency", type=int, default=256,
+                        help="most tasks running at once")
+    runner.add_argument("--threads", type=int, default=32,
+                        help="threads for blocking operators")
+    runner.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="seconds SIGTERM waits for running tasks before leaving")
+    runner.add_argument("--pool", action="append",
+                        help="a runner pool to serve (repeat; default: instrument and operator)")
+    runner.add_argument("--session-timeout", type=float, default=10.0,
+                        help="seconds without a heartbeat before the group gives a dead"
+                             " runner's tasks to the others (the same for every runner)")
+    runner.set_defaults(run=cmd_runner)
+
     workflow = sub.add_parser("workflow", help="run workflows (DAGs): submit, status, cancel")
     workflow.set_defaults(run=run)
     actions = workflow.add_subparsers(dest="action", required=True)

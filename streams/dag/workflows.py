@@ -1,6 +1,5 @@
 """The client's workflow API (issue 4, "Client, CLI, views"): start an execution, await its
-result, fold its status, follow it, cancel it. `PitClient.execute_workflow`, `await_result`,
-`workflow_status`, `follow_workflow` and `cancel_workflow` call this module.
+result, fold its status, follow it, cancel it: `WorkflowOps`, reachable as `PitClient.dag`.
 
 Starting. A definition (a `Workflow`, a .yaml/.json path, or the dict form) is validated
 here first: an invalid one raises `InvalidWorkflowError` listing every problem and nothing
@@ -39,6 +38,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from streams.config import Settings
 from streams.dag.definition import Workflow, check, workflow_from_dict
 from streams.dag.definition_store import definition_store, read_workflow_file
+from streams.dag.errors import WorkflowError
 from streams.dag.execution import (
     DAG,
     ENDINGS,
@@ -56,14 +56,14 @@ from streams.dag.execution import (
     initial_state,
     status,
 )
+from streams.dag.topics import DAG_EVENTS
 from streams.decider import Message, from_record
-from streams.errors import DatabaseUnavailableError, PitError, SchemaError, WorkflowError
+from streams.errors import DatabaseUnavailableError, PitError, SchemaError
 from streams.kafka import partitions_of, start_consumer
-from streams.topics import DAG_EVENTS
 
 if TYPE_CHECKING:
     from schemas.codec import Codec
-    from streams.client import Outcome, PitClient
+    from streams.commands import CommandClient, Outcome
 
 ENDS = ENDINGS
 RESOURCES = ("cpu", "memory_mb")
@@ -151,32 +151,6 @@ def start_command(workflow: Workflow, settings: Settings, execution_id: str,
     cpu, memory = _capacity(capacity)
     return StartExecution(execution_id, definition, definition_hash, inputs_json,
                           max_concurrency or 0, cpu, memory, timeout_ms or 0)
-
-
-async def execute(client: PitClient, definition: Workflow | Mapping | str | os.PathLike,
-                  inputs: Mapping[str, Any] | None = None, *, execution_id: str | None = None,
-                  max_concurrency: int | None = None,
-                  capacity: Mapping[str, Mapping[str, float]] | None = None,
-                  timeout_ms: int | None = None, timeout: float = 30.0) -> str:
-    """Validate, start, return the execution id once the DAG processor accepted the start."""
-    workflow = check(load_workflow(definition))
-    execution_id = execution_id or f"{workflow.name}-{uuid.uuid4().hex[:12]}"
-    command = start_command(workflow, client.settings, execution_id, inputs,
-                            max_concurrency=max_concurrency, capacity=capacity,
-                            timeout_ms=timeout_ms)
-    outcome = await client.send(command, command_id=f"{execution_id}/start", timeout=timeout)
-    if not outcome.accepted:
-        raise WorkflowError(f"workflow {workflow.name!r} was not started: {outcome.reason}")
-    return execution_id
-
-
-async def cancel(client: PitClient, execution_id: str, reason: str = "",
-                 timeout: float = 30.0) -> Outcome:
-    outcome = await client.send(CancelExecution(execution_id, reason or "cancelled by a client"),
-                                timeout=timeout)
-    if not outcome.accepted:
-        raise WorkflowError(f"cannot cancel {execution_id}: {outcome.reason}")
-    return outcome
 
 
 # --- reading one execution's events ---------------------------------------------------------
@@ -277,35 +251,11 @@ class ExecutionLog:
                 decoded.record["envelope"]["occurred_at"])
 
 
-def _log(client: PitClient, execution_id: str) -> ExecutionLog:
-    return ExecutionLog(client.settings, client.codec, execution_id)
-
-
-async def await_result(client: PitClient, execution_id: str,
-                       timeout: float = 300.0) -> WorkflowResult:
-    """How the execution ended, waiting up to `timeout` seconds for it to end."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    started = False
-    async with _log(client, execution_id) as log:
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise WorkflowError(f"execution {execution_id} did not end within"
-                                    f" {timeout:g}s")
-            for event, at_ms in await log.read(round(min(remaining, 0.5) * 1000)):
-                started = started or isinstance(event, ExecutionStarted)
-                if type(event) in ENDS:
-                    return WorkflowResult.of(event, at_ms)
-            if log.caught_up and not started:
-                raise _unknown(execution_id)
-
-
 class _Fold:
     """The decider's state of one execution, folded event by event, and how it ended."""
 
-    def __init__(self, client: PitClient, execution_id: str) -> None:
-        self.definitions = Definitions(definition_store(client.settings))
+    def __init__(self, settings: Settings, execution_id: str) -> None:
+        self.definitions = Definitions(definition_store(settings))
         self.state: ExecutionState = initial_state(execution_id)
         self.result: WorkflowResult | None = None
 
@@ -321,31 +271,89 @@ class _Fold:
         return status(self.state, wall_ms())
 
 
-async def workflow_status(client: PitClient, execution_id: str) -> Progress:
-    """The execution's status now: node counts by state, progress, ETA."""
-    fold = _Fold(client, execution_id)
-    async with _log(client, execution_id) as log:
-        while not log.caught_up:
-            fold.apply(await log.read())
-    return fold.progress()
+class WorkflowOps:
+    """Workflows as a client uses them (`PitClient.dag`). Reading an execution
+    (await_result, workflow_status, follow_workflow, watch) needs no start()."""
 
+    def __init__(self, client: CommandClient) -> None:
+        self.client = client
 
-async def watch(client: PitClient, execution_id: str, interval: float = 0.5,
-                ) -> AsyncIterator[tuple[Progress, WorkflowResult | None]]:
-    """The execution's status once caught up, then at least every `interval` seconds while
-    it runs, with how it ended (None while it runs); the last one is its end."""
-    fold = _Fold(client, execution_id)
-    async with _log(client, execution_id) as log:
-        while not log.caught_up:
-            fold.apply(await log.read())
-        yield fold.progress(), fold.result
-        while fold.state.running:
-            fold.apply(await log.read(round(interval * 1000)))
+    def _log(self, execution_id: str) -> ExecutionLog:
+        return ExecutionLog(self.client.settings, self.client.codec, execution_id)
+
+    async def execute_workflow(self, definition: Workflow | Mapping | str | os.PathLike,
+                               inputs: Mapping[str, Any] | None = None, *,
+                               execution_id: str | None = None,
+                               max_concurrency: int | None = None,
+                               capacity: Mapping[str, Mapping[str, float]] | None = None,
+                               timeout_ms: int | None = None, timeout: float = 30.0) -> str:
+        """Start a workflow (a Workflow, its dict form or a .yaml/.json path) with `inputs`
+        {"node.input": value}; returns the execution id once the start is accepted.
+        `capacity`: {runner pool: {"cpu": c, "memory_mb": m}}. An invalid definition raises
+        InvalidWorkflowError listing every problem (nothing is published); a rejected start
+        raises WorkflowError with the reason."""
+        workflow = check(load_workflow(definition))
+        execution_id = execution_id or f"{workflow.name}-{uuid.uuid4().hex[:12]}"
+        command = start_command(workflow, self.client.settings, execution_id, inputs,
+                                max_concurrency=max_concurrency, capacity=capacity,
+                                timeout_ms=timeout_ms)
+        outcome = await self.client.send(command, command_id=f"{execution_id}/start",
+                                         timeout=timeout)
+        if not outcome.accepted:
+            raise WorkflowError(f"workflow {workflow.name!r} was not started: {outcome.reason}")
+        return execution_id
+
+    async def cancel_workflow(self, execution_id: str, reason: str = "",
+                              timeout: float = 30.0) -> Outcome:
+        """Cancel a running execution; WorkflowError when it is unknown or already ended."""
+        outcome = await self.client.send(
+            CancelExecution(execution_id, reason or "cancelled by a client"), timeout=timeout)
+        if not outcome.accepted:
+            raise WorkflowError(f"cannot cancel {execution_id}: {outcome.reason}")
+        return outcome
+
+    async def await_result(self, execution_id: str, timeout: float = 300.0) -> WorkflowResult:
+        """How the execution ended (also one that ended before this call); WorkflowError when
+        it is unknown or still running after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        started = False
+        async with self._log(execution_id) as log:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise WorkflowError(f"execution {execution_id} did not end within"
+                                        f" {timeout:g}s")
+                for event, at_ms in await log.read(round(min(remaining, 0.5) * 1000)):
+                    started = started or isinstance(event, ExecutionStarted)
+                    if type(event) in ENDS:
+                        return WorkflowResult.of(event, at_ms)
+                if log.caught_up and not started:
+                    raise _unknown(execution_id)
+
+    async def workflow_status(self, execution_id: str) -> Progress:
+        """Its status now, folded from its events: node counts by state, progress, ETA."""
+        fold = _Fold(self.client.settings, execution_id)
+        async with self._log(execution_id) as log:
+            while not log.caught_up:
+                fold.apply(await log.read())
+        return fold.progress()
+
+    async def watch(self, execution_id: str, interval: float = 0.5,
+                    ) -> AsyncIterator[tuple[Progress, WorkflowResult | None]]:
+        """The execution's status once caught up, then at least every `interval` seconds
+        while it runs, with how it ended (None while it runs); the last one is its end."""
+        fold = _Fold(self.client.settings, execution_id)
+        async with self._log(execution_id) as log:
+            while not log.caught_up:
+                fold.apply(await log.read())
             yield fold.progress(), fold.result
+            while fold.state.running:
+                fold.apply(await log.read(round(interval * 1000)))
+                yield fold.progress(), fold.result
 
-
-async def follow(client: PitClient, execution_id: str,
-                 interval: float = 0.5) -> AsyncIterator[Progress]:
-    """`watch` without the result: the statuses alone."""
-    async for progress, _ in watch(client, execution_id, interval):
-        yield progress
+    async def follow_workflow(self, execution_id: str,
+                              interval: float = 0.5) -> AsyncIterator[Progress]:
+        """Its status as it runs, at least every `interval` seconds, until it ends."""
+        async for progress, _ in self.watch(execution_id, interval):
+            yield progress

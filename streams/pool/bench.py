@@ -39,9 +39,10 @@ from streams.pool.pool import (
     evolve,
     initial_state,
 )
+from streams.pool.topics import POOL_COMMANDS
 from streams.processor import Output, Processor, run_processor
 from streams.stats import percentile
-from streams.topics import POOL_COMMANDS, RESULTS, load_catalog
+from streams.topics import RESULTS, load_catalog
 
 T0 = 1_700_000_000_000
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.component import Component, Route, Runtime, Service
+from streams.pool.cli import add_parser
 from streams.pool.lifecycle import LIFECYCLE
 from streams.pool.pool import POOL
 
@@ -53,6 +54,12 @@ async def _bench(settings: Settings) -> dict[str, Any]:
     return await bench_pool(settings)
 
 
+def _operations(client: Any) -> Any:
+    from streams.pool.client import PoolOps  # imported on first use: `pit` starts fast
+
+    return PoolOps(client)
+
+
 COMPONENT = Component(
     name="pool",
     deciders=(POOL,),
@@ -62,4 +69,6 @@ COMPONENT = Component(
     observers=_observers,
     routes=_routes,
     benches={"pool": _bench},
+    client=_operations,
+    add_cli=add_parser,
 )

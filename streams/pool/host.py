@@ -49,7 +49,8 @@ from typing import Any
 from aiohttp import web
 
 from schemas.codec import Codec
-from streams.client import Outcome, PitClient
+from streams.client import PitClient
+from streams.commands import Outcome
 from streams.config import Settings
 from streams.decider import Message, from_record
 from streams.errors import BrokerUnavailableError, PitError, SchemaError
@@ -78,7 +79,7 @@ from streams.pool.pool import (
     ReportModelUnloaded,
     UnloadRequested,
 )
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 __all__ = ["DRAIN_TIMEOUT_S", "HostError", "ModelHost", "pool_events", "run_host"]
 

@@ -11,7 +11,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from streams.decider import Decider, Message, Rejection
-from streams.topics import POOL_COMMANDS, POOL_EVENTS
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 
 
 class ModelState(StrEnum):

@@ -44,6 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from streams.dag.definition import NodeKind
+from streams.dag.errors import DefinitionStoreError, InvalidWorkflowError
 from streams.dag.execution import (
     DEFINITIONS,
     ENDINGS,
@@ -61,7 +62,6 @@ from streams.dag.execution import (
     restore,
 )
 from streams.decider import Message
-from streams.errors import DefinitionStoreError, InvalidWorkflowError
 
 ENDED = tuple(ENDINGS)
 SHAPES = 64  # plans' shapes kept, most recently started first

@@ -27,7 +27,7 @@ from streams.log import LogRecord
 from streams.pool.health import CHECK_INTERVAL_S
 from streams.pool.host import pool_events
 from streams.pool.pool import HostDown, HostRegistered, ReportHostDown
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 log = logging.getLogger(__name__)
 

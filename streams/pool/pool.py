@@ -61,7 +61,7 @@ from streams.pool.lifecycle import (
     TransitionModel,
     TransitionReason,
 )
-from streams.topics import POOL_COMMANDS, POOL_EVENTS
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 
 Cold, Warming, Hot, Cooling, Failed = ModelState
 R = TransitionReason

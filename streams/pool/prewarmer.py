@@ -54,6 +54,7 @@ from streams.client import PitClient
 from streams.config import Settings
 from streams.dag.definition_store import definition_store
 from streams.dag.execution import DAG, CheckpointTaken, Definitions, ExecutionStarted
+from streams.dag.topics import DAG_EVENTS
 from streams.decider import Message, from_record
 from streams.errors import PitError, SchemaError
 from streams.follower import Follower
@@ -81,8 +82,8 @@ from streams.pool.pool import (
     WarmModel,
 )
 from streams.pool.prewarm import PrewarmEngine, PrewarmStats
+from streams.pool.topics import POOL_EVENTS
 from streams.timers import TIMER_EVENTS
-from streams.topics import DAG_EVENTS, POOL_EVENTS
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,12 @@ import pytest
 import pytest_asyncio
 
 from streams.app import Stack
-from streams.client import Allocation, PitClient
+from streams.client import PitClient
 from streams.config import Settings
 from streams.decider import Message
-from streams.errors import AllocationError, InferenceError
 from streams.follower import Follower
+from streams.pool.client import Allocation
+from streams.pool.errors import AllocationError, InferenceError
 from streams.pool.host import pool_events
 from streams.pool.lifecycle import ModelTransitioned
 from streams.pool.loaders import load, write_mlp
@@ -43,7 +44,7 @@ from streams.pool.pool import (
     ModelUnloaded,
     ReportHostDown,
 )
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +154,7 @@ class Pit:
         return host
 
     async def allocate(self, model_id: str, **options) -> Allocation:
-        return await self.client.allocate_model(model_id, "test-host", **options)
+        return await self.client.pool.allocate_model(model_id, "test-host", **options)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -186,7 +187,7 @@ async def test_host_killed_mid_load_the_queued_allocation_is_granted_elsewhere(h
     # The bigger budget makes the slow host the pool's first choice.
     slow = await pit.host("load-slow", memory_mb=1024, HOST_MODELS_LOAD_DELAY_S="60")
     spare = await pit.host("load-spare", memory_mb=512)
-    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    assert (await pit.client.pool.register_model(model, ECHO, 64, 100)).accepted
     allocation = asyncio.create_task(pit.allocate(model, request_id=request, timeout=30))
 
     await pit.events.wait(LoadRequested, model_id=model, host_id=slow.host_id)
@@ -201,19 +202,19 @@ async def test_host_killed_mid_load_the_queued_allocation_is_granted_elsewhere(h
     _, failed = await pit.events.wait(ModelTransitioned, model_id=model, to_state="Failed")
     assert failed.from_state == "Warming" and failed.reason == "HealthCheckFailure"
     assert not pit.events.find(AllocationFailed, request_id=request)  # not lost
-    assert (await pit.client.infer(granted, {"x": 1}))["echo"] == {"x": 1}
-    assert (await pit.client.release_model(request)).accepted
+    assert (await pit.client.pool.infer(granted, {"x": 1}))["echo"] == {"x": 1}
+    assert (await pit.client.pool.release_model(request)).accepted
 
 
 async def test_host_killed_mid_inference_fails_the_allocation_and_recovers(hosts: Pit):
     pit, model = hosts, unique("m-infer")
     doomed = await pit.host("infer-doomed", memory_mb=1024)
     spare = await pit.host("infer-spare", memory_mb=512)
-    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    assert (await pit.client.pool.register_model(model, ECHO, 64, 100)).accepted
     first = await pit.allocate(model)
     assert first.host_id == doomed.host_id
 
-    call = asyncio.create_task(pit.client.infer(first, {"sleep": 30}))
+    call = asyncio.create_task(pit.client.pool.infer(first, {"sleep": 30}))
     await until(lambda: doomed.health()["models"][model]["calls"] == 1,
                 what="the call running on the host")
     doomed.kill()
@@ -226,15 +227,15 @@ async def test_host_killed_mid_inference_fails_the_allocation_and_recovers(hosts
     assert (second.host_id, second.cache_hit) == (spare.host_id, False)
     assert pit.events.find(ModelTransitioned, model_id=model, from_state="Failed",
                            to_state="Cold", reason="ErrorRecovery")
-    reply = await pit.client.infer(second, {"x": 2})
+    reply = await pit.client.pool.infer(second, {"x": 2})
     assert reply == {"echo": {"x": 2}, "pid": spare.process.pid}
-    assert (await pit.client.release_model(second.request_id)).accepted
+    assert (await pit.client.pool.release_model(second.request_id)).accepted
 
 
 async def test_a_model_that_starts_failing_is_detected_within_a_second(hosts: Pit, tmp_path):
     pit, model, flag = hosts, unique("m-fail"), tmp_path / "fail"
     host = await pit.host("health", HOST_MODELS_FAIL_FLAG=str(flag))
-    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    assert (await pit.client.pool.register_model(model, ECHO, 64, 100)).accepted
     allocation = await pit.allocate(model)
     await pit.events.wait(HealthRecorded, model_id=model, ok=True)  # checked, and healthy
     await asyncio.sleep(0.6)  # two more passing checks, which say nothing new: not reported
@@ -273,35 +274,35 @@ async def test_a_model_that_starts_failing_is_detected_within_a_second(hosts: Pi
     flag.unlink()  # healthy again: the next allocation recovers it (Failed -> Cold -> Hot)
     again = await pit.allocate(model)
     assert again.host_id == host.host_id
-    assert (await pit.client.infer(again, {"x": 3}))["echo"] == {"x": 3}
-    assert (await pit.client.release_model(again.request_id)).accepted
+    assert (await pit.client.pool.infer(again, {"x": 3}))["echo"] == {"x": 3}
+    assert (await pit.client.pool.release_model(again.request_id)).accepted
 
 
 async def test_sigterm_drains_in_flight_work_then_leaves_the_pool(hosts: Pit):
     pit, busy, idle = hosts, unique("m-drain"), unique("m-idle")
     host = await pit.host("drain")
     for model in (busy, idle):
-        assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+        assert (await pit.client.pool.register_model(model, ECHO, 64, 100)).accepted
     allocation = await pit.allocate(busy)
     done = await pit.allocate(idle)
-    assert (await pit.client.release_model(done.request_id)).accepted
+    assert (await pit.client.pool.release_model(done.request_id)).accepted
 
     host.process.send_signal(signal.SIGTERM)
     await pit.events.wait(ModelTransitioned, model_id=busy, to_state="Cooling")
     # The idle model goes at once; the allocation in flight is still served; a new one is
     # refused while Cooling, and a call no allocation covers is turned away.
     await pit.events.wait(ModelUnloaded, model_id=idle, host_id=host.host_id)
-    assert (await pit.client.infer(allocation, {"x": 4}))["echo"] == {"x": 4}
+    assert (await pit.client.pool.infer(allocation, {"x": 4}))["echo"] == {"x": 4}
     with pytest.raises(AllocationError, match="Cooling"):
         await pit.allocate(busy)
     uncovered = Allocation("none", idle, host.host_id, host.endpoint, False)
     with pytest.raises(InferenceError, match="HTTP 503: host drain is draining"):
-        await pit.client.infer(uncovered, {"x": 5})
+        await pit.client.pool.infer(uncovered, {"x": 5})
     await asyncio.sleep(0.3)
     assert host.process.poll() is None, "the host left before the allocation was released"
     assert not pit.events.find(ModelUnloaded, model_id=busy)
 
-    assert (await pit.client.release_model(allocation.request_id)).accepted
+    assert (await pit.client.pool.release_model(allocation.request_id)).accepted
     unloaded_at, _ = await pit.events.wait(ModelUnloaded, model_id=busy, host_id=host.host_id)
     down_at, down = await pit.events.wait(HostDown, host_id=host.host_id)
     assert down.models == [] and unloaded_at <= down_at
@@ -315,7 +316,7 @@ async def test_sigterm_drains_in_flight_work_then_leaves_the_pool(hosts: Pit):
 async def test_drain_timeout_bounds_the_drain(hosts: Pit):
     pit, model = hosts, unique("m-stuck")
     host = await pit.host("stuck", args=("--drain-timeout", "1"))
-    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    assert (await pit.client.pool.register_model(model, ECHO, 64, 100)).accepted
     allocation = await pit.allocate(model)  # never released
 
     started = time.monotonic()
@@ -332,7 +333,7 @@ async def test_drain_timeout_bounds_the_drain(hosts: Pit):
 async def test_a_host_wrongly_reported_down_registers_again(hosts: Pit):
     pit, model = hosts, unique("m-frozen")
     host = await pit.host("frozen")
-    assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+    assert (await pit.client.pool.register_model(model, ECHO, 64, 100)).accepted
     allocation = await pit.allocate(model)
 
     host.process.send_signal(signal.SIGSTOP)  # unreachable, but not dead
@@ -348,8 +349,8 @@ async def test_a_host_wrongly_reported_down_registers_again(hosts: Pit):
 
     again = await pit.allocate(model)  # recovered onto the same, living host
     assert again.host_id == host.host_id
-    assert (await pit.client.infer(again, {"x": 6}))["pid"] == host.process.pid
-    assert (await pit.client.release_model(again.request_id)).accepted
+    assert (await pit.client.pool.infer(again, {"x": 6}))["pid"] == host.process.pid
+    assert (await pit.client.pool.release_model(again.request_id)).accepted
 
 
 async def test_a_restarted_host_reports_its_earlier_run_down(hosts: Pit):
@@ -359,7 +360,7 @@ async def test_a_restarted_host_reports_its_earlier_run_down(hosts: Pit):
     await stack.services["host-monitor"].stop()
     try:
         first = await pit.host("again")
-        assert (await pit.client.register_model(model, ECHO, 64, 100)).accepted
+        assert (await pit.client.pool.register_model(model, ECHO, 64, 100)).accepted
         allocation = await pit.allocate(model)
         first.kill()
         second = await pit.host("again")
@@ -376,22 +377,22 @@ async def test_a_restarted_host_reports_its_earlier_run_down(hosts: Pit):
     await until(lambda: monitor.endpoints.get(("default", "again")) == second.endpoint,
                 what="the new monitor learning the host from the log")
     again = await pit.allocate(model)
-    assert (await pit.client.infer(again, {"x": 7}))["pid"] == second.process.pid
-    assert (await pit.client.release_model(again.request_id)).accepted
+    assert (await pit.client.pool.infer(again, {"x": 7}))["pid"] == second.process.pid
+    assert (await pit.client.pool.release_model(again.request_id)).accepted
 
 
 async def test_npz_model_computes_on_a_real_host(hosts: Pit, tmp_path):
     pit, model = hosts, unique("m-npz")
     uri = f"npz:{write_mlp(tmp_path / 'mlp.npz', inputs=8, hidden=16, outputs=3, seed=3)}"
     host = await pit.host("npz")
-    assert (await pit.client.register_model(model, uri, 1, 50)).accepted
+    assert (await pit.client.pool.register_model(model, uri, 1, 50)).accepted
     allocation = await pit.allocate(model)
 
     rng = np.random.default_rng(5)
     one, batch = rng.standard_normal(8).tolist(), rng.standard_normal((4, 8)).tolist()
     reference = load(uri)
-    assert np.allclose(await pit.client.infer(allocation, one), reference.infer(one))
-    outputs = np.asarray(await pit.client.infer(allocation, batch))
+    assert np.allclose(await pit.client.pool.infer(allocation, one), reference.infer(one))
+    outputs = np.asarray(await pit.client.pool.infer(allocation, batch))
     assert outputs.shape == (4, 3) and np.allclose(outputs, reference.infer(batch))
     assert np.allclose(outputs.sum(axis=1), 1.0)
 
@@ -399,8 +400,8 @@ async def test_npz_model_computes_on_a_real_host(hosts: Pit, tmp_path):
     assert loaded.host_id == host.host_id and loaded.load_ms >= 1 and loaded.memory_mb >= 1
     elsewhere = Allocation("none", "not-here", host.host_id, host.endpoint, False)
     with pytest.raises(InferenceError, match=r"HTTP 404: host npz does not hold model not-here"):
-        await pit.client.infer(elsewhere, one)
-    assert (await pit.client.release_model(allocation.request_id)).accepted
+        await pit.client.pool.infer(elsewhere, one)
+    assert (await pit.client.pool.release_model(allocation.request_id)).accepted
 
 
 async def test_a_host_stops_when_its_pit_up_is_gone(hosts: Pit):

@@ -80,13 +80,13 @@ def test_pit_up_survives_a_restart(tmp_path: Path, free_port) -> None:
     pit = PitUp(tmp_path / "pit", free_port()).start()
     try:
         with pit.client() as client:
-            assert client.register_host("h1", 1000, 4).accepted
-            assert client.register_model("llama", "python:math:sqrt", 100, 10).accepted
-            assert client.warm_model("llama", command_id="c1").accepted  # placed and loading
+            assert client.pool.register_host("h1", 1000, 4).accepted
+            assert client.pool.register_model("llama", "python:math:sqrt", 100, 10).accepted
+            assert client.pool.warm_model("llama", command_id="c1").accepted  # placed and loading
             # what the host reports once it loaded the model (no host process in this test)
             assert client.send(ReportModelLoaded("h1", "llama", 12, 90), command_id="c2").accepted
-            assert client.record_usage("llama", 5, command_id="c3").accepted
-            assert not client.warm_model("llama", command_id="c4").accepted
+            assert client.pool.record_usage("llama", 5, command_id="c3").accepted
+            assert not client.pool.warm_model("llama", command_id="c4").accepted
         before = wait_for(lambda: (m := pit.get("/models/llama"))["usage_count"] == 5 and m)
         transitions = pit.get("/models/llama/transitions")
         assert "pit_events_in_total" in pit.get("/metrics")
@@ -103,9 +103,9 @@ def test_pit_up_survives_a_restart(tmp_path: Path, free_port) -> None:
             assert after[field] == before[field], field
         assert pit.get("/models/llama/transitions") == transitions
         with pit.client() as client:
-            again = client.record_usage("llama", 5, command_id="c3")
+            again = client.pool.record_usage("llama", 5, command_id="c3")
             assert again.accepted and again.duplicate  # the ledger survived the restart
-            assert client.cool_model("llama", command_id="c5").accepted  # state did too
+            assert client.pool.cool_model("llama", command_id="c5").accepted  # state did too
         wait_for(lambda: pit.get("/models/llama")["state"] == "Cooling")
         assert pit.get("/models/llama")["last_sequence"] == before["last_sequence"] + 1
         assert pit.get("/audit/verify")["ok"]

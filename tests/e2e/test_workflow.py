@@ -23,8 +23,8 @@ from streams.client import PitClient, SyncPitClient
 from streams.config import Settings
 from streams.dag.definition import Workflow, WorkflowBuilder, deep_dag, wide_dag
 from streams.dag.definition_store import definition_store
+from streams.dag.errors import InvalidWorkflowError, WorkflowError
 from streams.dag.execution import ReportNodeCompleted, StartExecution
-from streams.errors import InvalidWorkflowError, WorkflowError
 from streams.pool.host import ModelHost
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ class Pit:
         self.host = await ModelHost(self.settings, "wf-host", 500, 2,
                                     say=lambda _line: None).start()
         self.client = await PitClient(self.settings, issued_by="workflow-test").start()
-        assert (await self.client.register_model("sentiment", SENTIMENT, 50, 5)).accepted
+        assert (await self.client.pool.register_model("sentiment", SENTIMENT, 50, 5)).accepted
         self.runners = [subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "runner", "--id", f"wf-runner-{n}",
              "--session-timeout", "3", "--drain-timeout", "2"],
@@ -120,18 +120,18 @@ MOOD_OUT = {"report": {"out": {"chunks": 3, "mood": {"label": "positive", "score
 
 
 async def test_a_workflow_with_a_model_runs_to_its_result(pit):
-    execution_id = await pit.client.execute_workflow(MOOD, execution_id="mood-1")
+    execution_id = await pit.client.dag.execute_workflow(MOOD, execution_id="mood-1")
     assert execution_id == "mood-1"
-    result = await pit.client.await_result(execution_id, timeout=30)
+    result = await pit.client.dag.await_result(execution_id, timeout=30)
     assert (result.status, result.error, result.outputs) == ("completed", "", MOOD_OUT)
-    status = await pit.client.workflow_status(execution_id)
+    status = await pit.client.dag.workflow_status(execution_id)
     assert (status.status, status.nodes, status.done, status.progress) == ("completed", 5, 5,
                                                                           1.0)
     assert status.counts == {"completed": 5} and status.eta_ms == 0
     assert set(status.mean_ms) == {"instrument", "operator"}
     # already ended: awaiting again reads it from the log; starting it again is a duplicate
-    assert await pit.client.await_result(execution_id, timeout=5) == result
-    assert await pit.client.execute_workflow(MOOD, execution_id="mood-1") == "mood-1"
+    assert await pit.client.dag.await_result(execution_id, timeout=5) == result
+    assert await pit.client.dag.execute_workflow(MOOD, execution_id="mood-1") == "mood-1"
 
     # the same file through the CLI, with an input replacing the document's constant
     done = await pit.run("workflow", "submit", str(MOOD), "--wait", "--input",
@@ -153,9 +153,9 @@ async def test_a_workflow_with_a_model_runs_to_its_result(pit):
 async def test_the_blocking_client_runs_workflows_too(pit):
     def run() -> tuple:
         with SyncPitClient(pit.settings, issued_by="workflow-test-sync") as client:
-            execution_id = client.execute_workflow(MOOD, {"document.value": "nice"},
+            execution_id = client.dag.execute_workflow(MOOD, {"document.value": "nice"},
                                                    execution_id="mood-sync")
-            return client.await_result(execution_id, timeout=30), client.workflow_status(
+            return client.dag.await_result(execution_id, timeout=30), client.dag.workflow_status(
                 execution_id)
 
     result, status = await asyncio.to_thread(run)  # it blocks: not on the Stack's loop
@@ -166,9 +166,9 @@ async def test_the_blocking_client_runs_workflows_too(pit):
 
 async def test_status_while_running_and_after_a_cancel(pit):
     # the last node is gated: the run cannot end before the cancel, however slow the CLI is
-    execution_id = await pit.client.execute_workflow(slow_chain("slow", 30, 300, gated=(29,)))
+    execution_id = await pit.client.dag.execute_workflow(slow_chain("slow", 30, 300, gated=(29,)))
     deadline = time.monotonic() + 20
-    while (status := await pit.client.workflow_status(execution_id)).done < 2:
+    while (status := await pit.client.dag.workflow_status(execution_id)).done < 2:
         assert time.monotonic() < deadline, status
         await asyncio.sleep(0.2)
     assert status.status == "running" and 2 <= status.done < 30
@@ -183,9 +183,9 @@ async def test_status_while_running_and_after_a_cancel(pit):
 
     cancelled = await pit.run("workflow", "cancel", execution_id, "--reason", "too slow")
     assert cancelled.returncode == 0 and cancelled.stdout.strip().endswith("cancel accepted")
-    result = await pit.client.await_result(execution_id, timeout=10)
+    result = await pit.client.dag.await_result(execution_id, timeout=10)
     assert (result.status, result.error, result.outputs) == ("cancelled", "too slow", None)
-    after = await pit.client.workflow_status(execution_id)
+    after = await pit.client.dag.workflow_status(execution_id)
     assert after.status == "cancelled" and after.eta_ms == 0 and after.in_flight == 0
     assert after.counts["cancelled"] >= 1 and after.done < 30
     shown, again = await asyncio.gather(pit.run("workflow", "status", execution_id),
@@ -193,14 +193,14 @@ async def test_status_while_running_and_after_a_cancel(pit):
     assert shown.stdout.splitlines()[-1] == f"{execution_id} cancelled: too slow"
     one_line_error(again, f"cannot cancel {execution_id}", "already ended (cancelled)")
     with pytest.raises(WorkflowError, match="already ended"):
-        await pit.client.cancel_workflow(execution_id)
+        await pit.client.dag.cancel_workflow(execution_id)
 
 
 async def test_status_follow_refreshes_until_the_end(pit):
     """The first and last nodes are gated: the test reports each once the follower has shown
     the state before it, so the follower sees the run from its start to its end however slow
     the machine is."""
-    execution_id = await pit.client.execute_workflow(slow_chain("follow", 6, 0, gated=(0, 5)))
+    execution_id = await pit.client.dag.execute_workflow(slow_chain("follow", 6, 0, gated=(0, 5)))
     follower = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "streams.cli", "workflow", "status", execution_id, "--follow",
         "--interval", "0.2", env=pit.env, stdout=asyncio.subprocess.PIPE,
@@ -241,10 +241,10 @@ async def test_an_invalid_definition_is_refused_with_every_problem(pit, tmp_path
                                     {"id": "b", "operator": "no_such_operator"}],
            "edges": [{"from": "ghost.out", "to": "b.value"}]}
     with pytest.raises(InvalidWorkflowError) as refused:
-        await pit.client.execute_workflow(bad, execution_id="bad-1")
+        await pit.client.dag.execute_workflow(bad, execution_id="bad-1")
     assert len(refused.value.problems) >= 3
     with pytest.raises(WorkflowError, match="unknown execution 'bad-1'"):
-        await pit.client.workflow_status("bad-1")  # nothing was published
+        await pit.client.dag.workflow_status("bad-1")  # nothing was published
 
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
@@ -258,11 +258,11 @@ async def test_a_definition_larger_than_an_event_goes_by_hash(pit):
     workflow = wide_dag(2000)
     assert workflow.is_large and len(workflow.canonical_bytes) > 256 * 1024
     store = definition_store(pit.settings)
-    execution_id = await pit.client.execute_workflow(workflow, execution_id="wide-2000")
+    execution_id = await pit.client.dag.execute_workflow(workflow, execution_id="wide-2000")
     assert workflow.content_hash() in store
-    result = await pit.client.await_result(execution_id, timeout=40)
+    result = await pit.client.dag.await_result(execution_id, timeout=40)
     assert (result.status, result.outputs) == ("completed", {"sink": {"out": 2_001_000}})
-    status = await pit.client.workflow_status(execution_id)
+    status = await pit.client.dag.workflow_status(execution_id)
     assert (status.nodes, status.done) == (2002, 2002)
 
     # a hash the processor's store does not hold: refused, saying where it looked

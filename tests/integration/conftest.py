@@ -23,8 +23,9 @@ from streams.components import views
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
 from streams.pool.lifecycle import DEFAULT_POOL as POOL
+from streams.pool.topics import POOL_EVENTS
 from streams.sql import connect
-from streams.topics import POOL_EVENTS, RESULTS
+from streams.topics import RESULTS
 
 POSTGRES_URL = os.environ.get("PIT_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -13,11 +13,12 @@ import pytest
 import pytest_asyncio
 
 from streams.app import Stack
+from streams.artifacts.errors import ArtifactError, ArtifactNotFoundError
 from streams.blobs import address_of
 from streams.client import PitClient
 from streams.components import views
 from streams.config import Settings
-from streams.errors import ArtifactError, ArtifactNotFoundError, BlobIntegrityError
+from streams.errors import BlobIntegrityError
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -37,9 +38,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_store_deduplicates_and_merges_metadata(pit):
-    first = await pit.store_artifact(b"the same bytes", tags=["a"], metadata={"k": 1},
+    first = await pit.artifacts.store(b"the same bytes", tags=["a"], metadata={"k": 1},
                                      content_type="text/plain")
-    again = await pit.store_artifact(b"the same bytes", tags=["b"], creator="bob",
+    again = await pit.artifacts.store(b"the same bytes", tags=["b"], creator="bob",
                                      metadata={"k": 2, "j": 3}, content_type="text/plain")
     assert first.address == again.address == address_of(b"the same bytes")
     assert (first.newly_stored, again.newly_stored) == (True, False)
@@ -53,51 +54,51 @@ async def test_store_deduplicates_and_merges_metadata(pit):
 
 
 async def test_versions_diff_and_retrieval_by_name(pit, tmp_path):
-    v1 = await pit.store_artifact(b"line one\nline two\n", name="notes", message="first",
+    v1 = await pit.artifacts.store(b"line one\nline two\n", name="notes", message="first",
                                   content_type="text/plain")
-    v2 = await pit.store_artifact(b"line one\nline 2\n", name="notes", message="second",
+    v2 = await pit.artifacts.store(b"line one\nline 2\n", name="notes", message="second",
                                   content_type="text/plain")
-    history = await pit.versions("notes")
+    history = await pit.artifacts.versions("notes")
     assert [(v["version"], v["address"], v["message"], v["parent_version"])
             for v in history] == [(1, v1.address, "first", 0), (2, v2.address, "second", 1)]
-    assert await pit.retrieve_artifact("notes") == b"line one\nline 2\n"
-    assert await pit.retrieve_artifact("notes@1") == b"line one\nline two\n"
-    target = await pit.retrieve_artifact("notes@1", to=tmp_path / "out.txt")
+    assert await pit.artifacts.retrieve("notes") == b"line one\nline 2\n"
+    assert await pit.artifacts.retrieve("notes@1") == b"line one\nline two\n"
+    target = await pit.artifacts.retrieve("notes@1", to=tmp_path / "out.txt")
     assert target.read_bytes() == b"line one\nline two\n"
-    diff = await pit.diff("notes@1", "notes@2")
+    diff = await pit.artifacts.diff("notes@1", "notes@2")
     assert "-line two\n" in diff and "+line 2\n" in diff and diff.startswith("--- notes@1")
     with pytest.raises(ArtifactNotFoundError, match=r"versions 1\.\.2, not 7"):
-        await pit.retrieve_artifact("notes@7")
+        await pit.artifacts.retrieve("notes@7")
     with pytest.raises(ArtifactNotFoundError, match="no artifact named 'nothing'"):
-        await pit.versions("nothing")
+        await pit.artifacts.versions("nothing")
 
 
 async def test_a_diff_of_binary_content_says_why(pit):
-    blob = await pit.store_artifact(bytes(range(256)))
-    text = await pit.store_artifact(b"text")
+    blob = await pit.artifacts.store(bytes(range(256)))
+    text = await pit.artifacts.store(b"text")
     with pytest.raises(ArtifactError, match="binary"):
-        await pit.diff(blob.address, text.address)
-    assert "~ size: 256 -> 4" in await pit.diff(blob.address, text.address, metadata=True)
+        await pit.artifacts.diff(blob.address, text.address)
+    assert "~ size: 256 -> 4" in await pit.artifacts.diff(blob.address, text.address, metadata=True)
 
 
 async def test_lineage_links_and_refuses_a_cycle(pit):
-    raw = await pit.store_artifact(b"raw data", name="raw")
-    clean = await pit.store_artifact(b"clean data", derived_from=["raw"])
-    model = await pit.store_artifact(b"model weights", derived_from=[clean.address])
-    graph = await pit.lineage(clean.address)
+    raw = await pit.artifacts.store(b"raw data", name="raw")
+    clean = await pit.artifacts.store(b"clean data", derived_from=["raw"])
+    model = await pit.artifacts.store(b"model weights", derived_from=[clean.address])
+    graph = await pit.artifacts.lineage(clean.address)
     assert graph["nodes"] == sorted([raw.address, clean.address, model.address])
     assert {(e["parent"], e["child"]) for e in graph["edges"]} == {
         (raw.address, clean.address), (clean.address, model.address)}
-    assert (await pit.lineage(model.address, "up"))["nodes"] == sorted(
+    assert (await pit.artifacts.lineage(model.address, "up"))["nodes"] == sorted(
         [raw.address, clean.address, model.address])
     with pytest.raises(ArtifactError, match="cycle"):
         await pit.artifacts.link(raw.address, model.address)
 
 
 async def test_accesses_are_sent_aggregated_and_reach_the_view(pit):
-    stored = await pit.store_artifact(b"read me often")
+    stored = await pit.artifacts.store(b"read me often")
     for _ in range(5):
-        await pit.retrieve_artifact(stored.address)
+        await pit.artifacts.retrieve(stored.address)
     assert pit.artifacts.access.counts[stored.address] == 5
     await pit.artifacts.flush_access()
     assert not pit.artifacts.access.counts
@@ -110,8 +111,8 @@ async def test_accesses_are_sent_aggregated_and_reach_the_view(pit):
 
 
 async def test_the_api_serves_entries_versions_lineage_and_stats(pit):
-    parent = await pit.store_artifact(b"api parent", name="api-doc", tags=["api"])
-    child = await pit.store_artifact(b"api child", derived_from=["api-doc"])
+    parent = await pit.artifacts.store(b"api parent", name="api-doc", tags=["api"])
+    child = await pit.artifacts.store(b"api child", derived_from=["api-doc"])
     base = f"http://127.0.0.1:{pit.settings.http_port}"
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/artifacts/api-doc") as response:
@@ -130,11 +131,11 @@ async def test_the_api_serves_entries_versions_lineage_and_stats(pit):
 
 
 async def test_a_corrupted_blob_is_never_served(pit):
-    stored = await pit.store_artifact(b"precious content")
+    stored = await pit.artifacts.store(b"precious content")
     path = pit.artifacts.backend.path_of(stored.address)
     path.write_bytes(b"precious c0ntent")
     with pytest.raises(BlobIntegrityError, match=stored.address):
-        await pit.retrieve_artifact(stored.address)
+        await pit.artifacts.retrieve(stored.address)
 
 
 async def test_dag_node_outputs_become_artifacts_with_their_lineage(pit):
@@ -152,8 +153,8 @@ async def test_dag_node_outputs_become_artifacts_with_their_lineage(pit):
                     .operator("b", "add", constants={"b": 1})
                     .operator("c", "add", constants={"b": 10})
                     .edge("a", "b.a").edge("b", "c.a").build())
-        execution = await pit.execute_workflow(workflow)
-        result = await pit.await_result(execution, timeout=30)
+        execution = await pit.dag.execute_workflow(workflow)
+        result = await pit.dag.await_result(execution, timeout=30)
         assert result.ok and result.outputs == {"c": {"out": 13}}
     finally:
         stop.set()
@@ -172,14 +173,14 @@ async def test_dag_node_outputs_become_artifacts_with_their_lineage(pit):
     entry = await pit.artifacts.info(outputs["c"])
     assert entry["producers"] == [[execution, "c"]] and "dag-output" in entry["tags"]
     assert entry["metadata"]["workflow"] == "lineage"
-    graph = await pit.lineage(outputs["c"], "up")
+    graph = await pit.artifacts.lineage(outputs["c"], "up")
     assert {(e["parent"], e["child"]) for e in graph["edges"]} == {
         (outputs["a"], outputs["b"]), (outputs["b"], outputs["c"])}
 
 
 async def until_found(pit, text: str, expected: int, **filters):
     for _ in range(600):  # up to 30 s: the projector indexes what the catalog decided
-        page = await pit.search(text, **filters)
+        page = await pit.artifacts.search(text, **filters)
         if page.total == expected:
             return page
         await asyncio.sleep(0.05)
@@ -190,21 +191,21 @@ async def test_search_finds_content_and_metadata_and_forgets_removed_artifacts(p
     from projections.replay import rebuild_view
     from streams.sql import connect
 
-    report = await pit.store_artifact(b"Quarterly revenue grew in the northern region.\n",
+    report = await pit.artifacts.store(b"Quarterly revenue grew in the northern region.\n",
                                       name="q3-report", content_type="text/plain",
                                       tags=["finance", "q3"], metadata={"owner": "ops-team"})
-    await pit.store_artifact(b'{"note": "northern expansion plan"}',
+    await pit.artifacts.store(b'{"note": "northern expansion plan"}',
                              content_type="application/json", tags=["plans"])
-    await pit.store_artifact(b"\x00\x01 northern binary", tags=["finance"])  # no text read
+    await pit.artifacts.store(b"\x00\x01 northern binary", tags=["finance"])  # no text read
     page = await until_found(pit, "northern", 2)
     assert page.total == 2 and page.facets["content_types"] == {
         "text/plain": 1, "application/json": 1}
     (hit,) = [h for h in page.hits if h.address == report.address]
     assert hit.name == "q3-report" and "<mark>northern</mark>" in " ".join(
         hit.highlights["text"])
-    assert (await pit.search("northern", tags=("finance",))).total == 1
-    assert (await pit.search("ops-team")).hits[0].address == report.address  # metadata
-    assert (await pit.search("", tags=("finance",), limit=1)).total == 2
+    assert (await pit.artifacts.search("northern", tags=("finance",))).total == 1
+    assert (await pit.artifacts.search("ops-team")).hits[0].address == report.address  # metadata
+    assert (await pit.artifacts.search("", tags=("finance",), limit=1)).total == 2
 
     await pit.artifacts.remove(report.address, reason="superseded")
     assert (await until_found(pit, "northern", 1)).total == 1
@@ -214,5 +215,5 @@ async def test_search_finds_content_and_metadata_and_forgets_removed_artifacts(p
     replayed = await rebuild_view(engine, pit.settings, "artifact_search",
                                   views(pit.settings))
     assert replayed > 0
-    again = await pit.search("northern")
+    again = await pit.artifacts.search("northern")
     assert again.total == 1 and again.hits[0].address != report.address

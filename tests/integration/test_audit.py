@@ -21,7 +21,8 @@ from streams.component import audit_deciders
 from streams.components import COMPONENTS, views
 from streams.errors import AuditChainError, PitError
 from streams.pool.lifecycle import ModelLifecycle, ModelState
-from streams.topics import DEAD_LETTERS, POOL_EVENTS, RESULTS
+from streams.pool.topics import POOL_EVENTS
+from streams.topics import DEAD_LETTERS, RESULTS
 
 T0 = 1_700_000_000_000
 

@@ -27,7 +27,8 @@ from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams import metrics
 from streams.broker import EmbeddedBroker
-from streams.client import Outcome, PitClient, SyncPitClient
+from streams.client import PitClient, SyncPitClient
+from streams.commands import Outcome
 from streams.config import Settings
 from streams.decider import to_record
 from streams.errors import CommandTimeoutError, UnknownSchemaError
@@ -41,8 +42,9 @@ from streams.pool.lifecycle import (
     TransitionModel,
     TransitionReason,
 )
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import OUTCOME, Processor, run_processor
-from streams.topics import DEAD_LETTERS, POOL_COMMANDS, POOL_EVENTS, RESULTS, load_catalog
+from streams.topics import DEAD_LETTERS, RESULTS, load_catalog
 
 COLD, WARMING, HOT, COOLING, FAILED = ModelState
 USER = TransitionReason.USER_REQUEST
@@ -212,7 +214,7 @@ async def test_command_becomes_event_and_accepted_outcome(pit: Pit) -> None:
     model = unique("warm")
     command_id = unique("cmd")
     before = int(time.time() * 1000)
-    outcome = await pit.client.transition(model, WARMING, USER, {"why": "test"},
+    outcome = await pit.client.pool.transition(model, WARMING, USER, {"why": "test"},
                                           command_id=command_id, correlation_id="corr-1")
     assert outcome.accepted and not outcome.duplicate and outcome.reason is None
     assert (outcome.command_id, outcome.command_type, outcome.entity_key) == (
@@ -234,7 +236,7 @@ async def test_command_becomes_event_and_accepted_outcome(pit: Pit) -> None:
     assert pit.processor.processor.state(model).state == WARMING
 
     # The next transition's time in state comes from the two event timestamps.
-    hot = await pit.client.transition(model, HOT)
+    hot = await pit.client.pool.transition(model, HOT)
     assert hot.accepted
     events = await eventually(lambda: len(pit.tap.events(model)) == 2 and pit.tap.events(model))
     (first, _), (second, second_event) = events
@@ -244,16 +246,16 @@ async def test_command_becomes_event_and_accepted_outcome(pit: Pit) -> None:
 
 async def test_invalid_transition_is_rejected_with_reason_and_no_event(pit: Pit) -> None:
     model = unique("reject")
-    outcome = await pit.client.transition(model, HOT)  # Cold -> Hot is not allowed
+    outcome = await pit.client.pool.transition(model, HOT)  # Cold -> Hot is not allowed
     assert outcome.status == "REJECTED" and not outcome.accepted
     assert outcome.event_ids == ()
     assert "Cold" in outcome.reason and "Hot" in outcome.reason
-    usage = await pit.client.record_usage(model, 0)
+    usage = await pit.client.pool.record_usage(model, 0)
     assert usage.status == "REJECTED" and "positive" in usage.reason
-    empty = await pit.client.transition("", WARMING)
+    empty = await pit.client.pool.transition("", WARMING)
     assert empty.status == "REJECTED" and "empty" in empty.reason
     # An accepted command afterwards proves everything before it was decided: still no event.
-    assert (await pit.client.warm_model(model)).accepted
+    assert (await pit.client.pool.warm_model(model)).accepted
     await eventually(lambda: pit.tap.events(model))
     assert [env["sequence"] for env, _ in pit.tap.events(model)] == [1]
     assert pit.tap.events(model)[0][1]["to_state"] == "Warming"
@@ -262,8 +264,8 @@ async def test_invalid_transition_is_rejected_with_reason_and_no_event(pit: Pit)
 async def test_same_command_id_twice_has_one_effect(pit: Pit) -> None:
     model = unique("dup")
     command_id = unique("cmd")
-    first = await pit.client.warm_model(model, command_id=command_id)
-    second = await pit.client.warm_model(model, command_id=command_id)
+    first = await pit.client.pool.warm_model(model, command_id=command_id)
+    second = await pit.client.pool.warm_model(model, command_id=command_id)
     assert first.accepted and not first.duplicate
     assert second.accepted and second.duplicate
     assert second.event_ids == first.event_ids == (f"{command_id}/0",)
@@ -271,7 +273,7 @@ async def test_same_command_id_twice_has_one_effect(pit: Pit) -> None:
     assert len(pit.tap.events(model)) == 1
     assert pit.processor.processor.state(model).transition_count == 1
     # Even a different command under an old id is only acknowledged.
-    third = await pit.client.transition(model, HOT, command_id=command_id)
+    third = await pit.client.pool.transition(model, HOT, command_id=command_id)
     assert third.duplicate and third.command_type == "TransitionModel"
     assert third.event_ids == first.event_ids
     assert pit.processor.processor.state(model).state == WARMING
@@ -325,7 +327,7 @@ async def test_garbage_and_unknown_schema_go_to_dead_letters_and_processing_goes
 
     # The processor kept going: a valid command afterwards is decided.
     model = unique("after-garbage")
-    assert (await pit.client.warm_model(model)).accepted
+    assert (await pit.client.pool.warm_model(model)).accepted
     assert not pit.processor.task.done()
 
 
@@ -364,8 +366,8 @@ async def test_sync_client_from_blocking_code(pit: Pit) -> None:
 
     def blocking() -> list[Outcome]:
         with SyncPitClient(pit.settings, issued_by="sync-test") as client:
-            return [client.warm_model(model), client.transition(model, HOT),
-                    client.record_usage(model, 5), client.cool_model(model)]
+            return [client.pool.warm_model(model), client.pool.transition(model, HOT),
+                    client.pool.record_usage(model, 5), client.pool.cool_model(model)]
 
     outcomes = await asyncio.to_thread(blocking)
     assert [o.accepted for o in outcomes] == [True, True, True, True]
@@ -402,10 +404,10 @@ async def test_processor_restart_restores_state_from_the_topics(fast_rebalance) 
         async with pit_on(broker) as pit:
             model = unique("restart")
             ids = [unique("cmd") for _ in range(4)]
-            assert (await pit.client.warm_model(model, command_id=ids[0])).accepted
-            assert (await pit.client.transition(model, HOT, command_id=ids[1])).accepted
-            assert (await pit.client.record_usage(model, 7, command_id=ids[2])).accepted
-            rejected = await pit.client.transition(model, WARMING, command_id=ids[3])
+            assert (await pit.client.pool.warm_model(model, command_id=ids[0])).accepted
+            assert (await pit.client.pool.transition(model, HOT, command_id=ids[1])).accepted
+            assert (await pit.client.pool.record_usage(model, 7, command_id=ids[2])).accepted
+            rejected = await pit.client.pool.transition(model, WARMING, command_id=ids[3])
             assert rejected.status == "REJECTED"
             old = pit.processor.processor
             await pit.processor.stop()
@@ -419,12 +421,12 @@ async def test_processor_restart_restores_state_from_the_topics(fast_rebalance) 
                 assert new.state(model).usage_count == 7
                 assert new.entities[model].sequence == 3
                 for command_id in ids:  # every old command id: acknowledged, not re-decided
-                    again = await pit.client.warm_model(model, command_id=command_id)
+                    again = await pit.client.pool.warm_model(model, command_id=command_id)
                     assert again.duplicate
                     original = pit.tap.outcomes(command_id)[0]
                     assert (again.status, list(again.event_ids), again.reason) == (
                         original["status"], original["event_ids"], original["reason"])
-                cooled = await pit.client.cool_model(model)
+                cooled = await pit.client.pool.cool_model(model)
                 assert cooled.accepted
                 envelopes = [env for env, _ in await eventually(
                     lambda: len(pit.tap.events(model)) == 4 and pit.tap.events(model))]
@@ -543,7 +545,7 @@ async def test_a_failed_produce_restarts_the_processor_from_the_log(monkeypatch,
                 broker.set_leader(POOL_EVENTS, partition, 3)
                 broker.set_leader(RESULTS, partition, 3)
             model = unique("refused")
-            assert (await pit.client.warm_model(model, command_id="r/0")).accepted
+            assert (await pit.client.pool.warm_model(model, command_id="r/0")).accepted
             broker.push_broker_request_errors(3, PRODUCE, [TOPIC_AUTHORIZATION_FAILED] * 2)
             hot = await send_until_decided(pit.client, TransitionModel(model, HOT, USER), "r/1")
             assert hot.accepted

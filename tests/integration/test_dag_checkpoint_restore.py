@@ -29,10 +29,11 @@ from streams.config import Settings
 from streams.dag.bench import ExecutionWatch, Runners, crash_stack, sequential_outputs
 from streams.dag.definition import OPERATORS, WILDCARD, layered_dag
 from streams.dag.execution import CheckpointTaken, NodeCompleted, StartExecution
+from streams.dag.topics import DAG_CHECKPOINTS, DAG_EVENTS, DAG_TASKS
 from streams.dag.workflows import start_command
 from streams.history import read_topic
 from streams.recovery import MARKS, MARKS_KEY, POINT
-from streams.topics import DAG_CHECKPOINTS, DAG_EVENTS, DAG_TASKS, load_catalog
+from streams.topics import load_catalog
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,7 @@ async def test_a_crashed_pit_resumes_a_checkpointed_execution(tmp_path) -> None:
         runners = await _runners(stack)
         async with PitClient(stack.settings, codec=stack.codec) as client, ExecutionWatch(
                 stack.settings, stack.codec, "checkpointed") as watch:
-            await client.execute_workflow(workflow, execution_id="checkpointed")
+            await client.dag.execute_workflow(workflow, execution_id="checkpointed")
             await watch.until(lambda w: len(w.of(CheckpointTaken)) >= 3, 60,
                               "three checkpoints")
     finally:
@@ -118,10 +119,10 @@ async def test_a_restarted_pit_restores_from_the_checkpoint_topic(tmp_path, capl
         async with PitClient(stack.settings, codec=stack.codec) as client:
             for n in range(HISTORY):
                 async with ExecutionWatch(stack.settings, stack.codec, f"done-{n}") as watch:
-                    await client.execute_workflow(history, execution_id=f"done-{n}")
+                    await client.dag.execute_workflow(history, execution_id=f"done-{n}")
                     assert (await watch.end(60)).ok
             async with ExecutionWatch(stack.settings, stack.codec, "running") as watch:
-                await client.execute_workflow(running, execution_id="running")
+                await client.dag.execute_workflow(running, execution_id="running")
                 await watch.until(lambda w: len(w.of(CheckpointTaken)) >= 3, 60,
                                   "three checkpoints")
         await runners.close(crash=True)

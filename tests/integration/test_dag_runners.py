@@ -38,11 +38,12 @@ from streams.dag.execution import (
     NodeScheduled,
     NodeStarted,
 )
+from streams.dag.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS
 from streams.decider import to_record
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all, start_consumer
 from streams.processor import Output
-from streams.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS, load_catalog
+from streams.topics import load_catalog
 
 STARTED, COMPLETED, FAILED = ("pit.dag.ReportNodeStarted", "pit.dag.ReportNodeCompleted",
                               "pit.dag.ReportNodeFailed")

@@ -64,8 +64,9 @@ from streams.dag.execution import (
     NodeStarted,
     TakeCheckpoint,
 )
+from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 from streams.kafka import partitions_of, start_consumer
-from streams.topics import DAG_EVENTS, DAG_TASKS, load_catalog
+from streams.topics import load_catalog
 
 pytestmark = pytest.mark.slow
 
@@ -196,14 +197,14 @@ async def test_a_10000_node_workflow_completes_with_the_sequential_results(pit) 
     expected = sequential_outputs(workflow)
     assert workflow.is_large  # started by hash from the definition store
     async with pit.watch("ten-thousand") as watch:
-        await pit.client.execute_workflow(workflow, execution_id="ten-thousand")
+        await pit.client.dag.execute_workflow(workflow, execution_id="ten-thousand")
         await watch.end(timeout_s=150)
     assert_completed_once_with(watch, expected)
     assert len(watch.of(NodeStarted)) == 10_000
     # Its ~7 MiB of events outgrew what the broker keeps of a partition: a client reading
     # it afterwards gets the beginning from the archive
     assert await first_kept_offset(pit.stack.settings, "ten-thousand") > 0
-    assert await pit.client.await_result("ten-thousand", timeout=60) == watch.result
+    assert await pit.client.dag.await_result("ten-thousand", timeout=60) == watch.result
 
 
 async def first_kept_offset(settings: Settings, execution_id: str) -> int:
@@ -230,7 +231,7 @@ def sleepy(width: int, ms: int) -> Workflow:
 async def test_a_thousand_nodes_run_at_once(pit) -> None:
     width = 1_100
     async with pit.watch("at-once") as watch:
-        await pit.client.execute_workflow(sleepy(width, 2_000), execution_id="at-once")
+        await pit.client.dag.execute_workflow(sleepy(width, 2_000), execution_id="at-once")
         await watch.end(timeout_s=60)
     assert watch.peak >= 1_000  # started and not yet ended, all at one point of the log
     assert_completed_once_with(watch, {f"s{i:04d}": i for i in range(width)}
@@ -246,7 +247,7 @@ async def test_random_node_failures_are_retried_and_every_node_completes_once(pi
     ledger = tmp_path / "ledger.jsonl"
     workflow = ledgered(base, ledger, recovery=RETRIES, fail=0.25, seed=3)
     async with pit.watch("flaky") as watch:
-        await pit.client.execute_workflow(workflow, execution_id="flaky")
+        await pit.client.dag.execute_workflow(workflow, execution_id="flaky")
         await watch.end(timeout_s=90)
     assert_completed_once_with(watch, expected)
     failures = watch.of(NodeFailed)
@@ -272,7 +273,7 @@ async def test_a_runner_killed_mid_node_has_its_tasks_run_by_the_other(pit_witho
     try:
         await runners.start("victim", "survivor", concurrency=64)
         async with pit.watch("killed") as watch:
-            await pit.client.execute_workflow(ledgered(base, ledger, ms=1_000),
+            await pit.client.dag.execute_workflow(ledgered(base, ledger, ms=1_000),
                                               execution_id="killed")
             await watch.until(lambda w: any(e.runner == "victim" for e in w.of(NodeStarted)),
                               60, "node started by the victim")
@@ -296,7 +297,7 @@ async def test_the_pit_crashed_mid_run_resumes_and_counts_no_node_twice(tmp_path
     pit = await Pit(tmp_path / "pit").start()
     try:
         async with pit.watch("crashed") as watch:
-            await pit.client.execute_workflow(ledgered(base, ledger, ms=100),
+            await pit.client.dag.execute_workflow(ledgered(base, ledger, ms=100),
                                               execution_id="crashed")
             await watch.until(lambda w: len(w.completed) >= 100, 60, "100 completed nodes")
     finally:
@@ -316,7 +317,7 @@ async def test_the_broker_down_and_up_mid_run(pit, tmp_path) -> None:
     expected = sequential_outputs(base)
     ledger = tmp_path / "ledger.jsonl"
     async with pit.watch("outage") as watch:
-        await pit.client.execute_workflow(ledgered(base, ledger, ms=100),
+        await pit.client.dag.execute_workflow(ledgered(base, ledger, ms=100),
                                           execution_id="outage")
         await watch.until(lambda w: len(w.completed) >= 100, 60, "100 completed nodes")
         pit.stack.broker.broker_down(1)  # the only broker: every client loses Kafka

@@ -52,10 +52,10 @@ from streams.dag.execution import (
     TimerFired,
     execution_decider,
 )
+from streams.dag.topics import DAG_COMMANDS, DAG_EVENTS
 from streams.decider import Message, to_record
 from streams.log import LogRecord
 from streams.processor import Processor
-from streams.topics import DAG_COMMANDS, DAG_EVENTS
 
 T0 = 1_700_000_000_000
 TABLES = ("dag_executions", "dag_nodes", "dag_node_runs", "dag_failures")

@@ -69,8 +69,8 @@ async def test_a_running_pit_shows_its_workflows(tmp_path, free_port) -> None:
         running = asyncio.create_task(runner.run(stop))
         try:
             async with PitClient(stack.settings, issued_by="dag-views-live") as client:
-                execution_id = await client.execute_workflow(workflow)
-                result = await client.await_result(execution_id, timeout=30)
+                execution_id = await client.dag.execute_workflow(workflow)
+                result = await client.dag.await_result(execution_id, timeout=30)
             assert result.ok, result.error
             assert result.outputs == {"both": {"out": {"shout": "HELLO", "broken": "skipped"}}}
         finally:

@@ -30,10 +30,11 @@ from streams.dag.definition import (
     wide_dag,
 )
 from streams.dag.runner import Runner
+from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 from streams.history import read_topic
 from streams.pool.host import ModelHost
 from streams.pool.pool import ModelAllocated, ModelReleased
-from streams.topics import DAG_EVENTS, DAG_TASKS, POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
 
@@ -136,8 +137,8 @@ async def test_a_workflow_of_operators_map_and_branch_completes(pit):
                 .edge("pages", "size.items")
                 .edge("large.false", "small.value").edge("size", "report.size")
                 .build())
-    execution = await pit.client.execute_workflow(workflow)
-    result = await pit.client.await_result(execution, timeout=30)
+    execution = await pit.client.dag.execute_workflow(workflow)
+    result = await pit.client.dag.await_result(execution, timeout=30)
     assert result.ok, result.error
     total = sum(range(1, 41)) + 40 * 0.5
     text = _long_text(list(range(1, 41)), 40)
@@ -165,8 +166,8 @@ async def test_a_failed_node_is_retried_on_a_durable_timer_and_completes(pit):
                 .operator("shout", "flaky_upper", constants={"value": "retry-me"},
                           recovery=Recovery("retry", 3, Backoff("constant", 100)))
                 .build())
-    execution = await pit.client.execute_workflow(workflow)
-    result = await pit.client.await_result(execution, timeout=30)
+    execution = await pit.client.dag.execute_workflow(workflow)
+    result = await pit.client.dag.await_result(execution, timeout=30)
     assert result.ok and result.outputs == {"shout": {"out": "RETRY-ME"}}
     events = await pit.events(execution)
     failed = [(r["attempt"], r["error_type"]) for name, r in events if name == "NodeFailed"]
@@ -185,7 +186,7 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
         await asyncio.sleep(0.05)
     # 60 nodes of 400 ms between a source and a sink: the crash finds some running on "doomed"
     workflow = sleepy_fan_out("wide-crash", 60, 400)
-    execution = await pit.client.execute_workflow(workflow)
+    execution = await pit.client.dag.execute_workflow(workflow)
 
     async def some_started_on_doomed() -> bool:
         return any(name == "NodeStarted" and r["runner"] == "doomed" and r["node_id"] != "source"
@@ -195,7 +196,7 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
             break
         await asyncio.sleep(0.05)
     await pit.stop("doomed", crash=True)
-    result = await pit.client.await_result(execution, timeout=40)
+    result = await pit.client.dag.await_result(execution, timeout=40)
     assert result.ok and result.outputs == {"sink": {"out": 60}}, result
     events = await pit.events(execution)
     counts = completed_once(events)
@@ -213,7 +214,7 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
 async def test_instruments_call_a_pool_model_on_its_host_and_release_it(pit):
     host = await ModelHost(pit.stack.settings, "dag-h1", 1000, 2, say=lambda _: None).start()
     try:
-        assert (await pit.client.register_model("sentiment", SENTIMENT, 50, 5)).accepted
+        assert (await pit.client.pool.register_model("sentiment", SENTIMENT, 50, 5)).accepted
         pit.runner("r1")
         workflow = (WorkflowBuilder("moods")
                     .operator("texts", "identity",
@@ -225,8 +226,8 @@ async def test_instruments_call_a_pool_model_on_its_host_and_release_it(pit):
                     .edge("texts", "moods.items").edge("headline", "headline_mood.text")
                     .edge("moods", "report.moods").edge("headline_mood", "report.headline")
                     .build())
-        execution = await pit.client.execute_workflow(workflow)
-        result = await pit.client.await_result(execution, timeout=30)
+        execution = await pit.client.dag.execute_workflow(workflow)
+        result = await pit.client.dag.await_result(execution, timeout=30)
         assert result.ok, result.error
         report = result.outputs["report"]["out"]
         assert [m["label"] for m in report["moods"]] == ["positive", "negative", "positive"]
@@ -250,7 +251,7 @@ async def test_instruments_call_a_pool_model_on_its_host_and_release_it(pit):
     pit.runner("r2")
     nowhere = (WorkflowBuilder("nowhere").operator("text", "identity", constants={"value": "x"})
                .instrument("ask", "no-such-model").edge("text", "ask.text").build())
-    failed = await pit.client.await_result(await pit.client.execute_workflow(nowhere), 30)
+    failed = await pit.client.dag.await_result(await pit.client.dag.execute_workflow(nowhere), 30)
     assert failed.status == "failed" and "AllocationError" in failed.error
     assert "no-such-model" in failed.error
     await pit.stop("r2")
@@ -270,8 +271,8 @@ async def test_after_a_restart_of_pit_up_no_task_is_relayed_or_run_again(tmp_pat
         try:
             pit = Pit(stack, await PitClient(stack.settings).start())
             pit.runner("r1")
-            execution = await pit.client.execute_workflow(workflow)
-            assert (await pit.client.await_result(execution, timeout=30)).ok
+            execution = await pit.client.dag.execute_workflow(workflow)
+            assert (await pit.client.dag.await_result(execution, timeout=30)).ok
             await pit.stop("r1")
             await pit.client.close()
             tasks_before = len(await read_topic(stack.settings, DAG_TASKS))
@@ -300,8 +301,8 @@ async def test_after_a_restart_of_pit_up_no_task_is_relayed_or_run_again(tmp_pat
         assert len(await read_topic(stack.settings, DAG_TASKS)) == tasks_before
         assert runner.counts == {"completed": 0, "failed": 0, "skipped": 0}
         # and new work still flows
-        again = await pit.client.execute_workflow(wide_dag(5, name="after-restart"))
-        assert (await pit.client.await_result(again, timeout=30)).outputs == {
+        again = await pit.client.dag.execute_workflow(wide_dag(5, name="after-restart"))
+        assert (await pit.client.dag.await_result(again, timeout=30)).outputs == {
             "sink": {"out": 15}}
         await pit.stop("r2")
         await pit.client.close()
@@ -318,9 +319,9 @@ async def test_the_overall_limit_bounds_nodes_running_across_executions(tmp_path
         pit.runner("wide")
         try:
             workflow = sleepy_fan_out("limited", 12, 300)
-            executions = [await client.execute_workflow(workflow) for _ in range(2)]
+            executions = [await client.dag.execute_workflow(workflow) for _ in range(2)]
             for execution in executions:
-                result = await client.await_result(execution, timeout=60)
+                result = await client.dag.await_result(execution, timeout=60)
                 assert result.ok, result.error
             spans = []  # (started, completed) of every node run, from the decider's clock
             for execution in executions:

@@ -18,8 +18,9 @@ from streams.follower import Follower
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all
 from streams.log import LogRecord
+from streams.pool.topics import POOL_EVENTS
 from streams.processor import Output
-from streams.topics import POOL_EVENTS, TopicSpec, load_catalog
+from streams.topics import TopicSpec, load_catalog
 
 TOPIC = "test.follow"
 PARTITIONS = 4

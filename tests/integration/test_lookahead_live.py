@@ -27,18 +27,13 @@ from streams.dag.execution import (
     StartExecution,
 )
 from streams.dag.runner import Runner
+from streams.dag.topics import DAG_EVENTS
 from streams.decider import Message, from_record
 from streams.history import read_topic
 from streams.kafka import partitions_of, start_consumer
 from streams.pool.lifecycle import TransitionReason as R
-from streams.pool.pool import (
-    POOL,
-    LoadRequested,
-    ModelPlaced,
-    ReportModelLoaded,
-    WarmModel,
-)
-from streams.topics import DAG_EVENTS, POOL_COMMANDS, POOL_EVENTS
+from streams.pool.pool import POOL, LoadRequested, ModelPlaced, ReportModelLoaded, WarmModel
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 
 HOST = "lookahead-host"
 SLOW_MS = 3_000
@@ -117,8 +112,8 @@ async def test_the_instruments_model_is_prewarmed_while_the_slow_operator_runs(t
         stop = asyncio.Event()
         running = asyncio.gather(log.follow(stop), runner.run(stop))
         try:
-            assert (await client.register_host(HOST, 10_000, 10)).accepted
-            assert (await client.register_model(model, "python:x:y", 100, 1_000)).accepted
+            assert (await client.pool.register_host(HOST, 10_000, 10)).accepted
+            assert (await client.pool.register_model(model, "python:x:y", 100, 1_000)).accepted
             outcome = await client.send(StartExecution(execution,
                                                        workflow(model).canonical_json()))
             assert outcome.accepted, outcome.line()
@@ -139,10 +134,10 @@ async def test_the_instruments_model_is_prewarmed_while_the_slow_operator_runs(t
             assert order < scheduled_order
 
             # The instrument runner's allocation finds the model loaded.
-            allocation = await client.allocate_model(model, task.task_id,
+            allocation = await client.pool.allocate_model(model, task.task_id,
                                                      workflow_id=execution)
             assert allocation.cache_hit
-            await client.release_model(allocation.request_id)
+            await client.pool.release_model(allocation.request_id)
             assert (await client.send(ReportNodeCompleted(
                 execution, "summarize", task.attempt, json.dumps({"out": "summary"})))).accepted
             await log.wait(lambda e: isinstance(e, ExecutionCompleted), "the execution's end")

@@ -15,8 +15,8 @@ from streams.app import Stack
 from streams.client import PitClient
 from streams.config import Settings
 from streams.decider import from_record
-from streams.errors import AllocationError
 from streams.history import read_topic
+from streams.pool.errors import AllocationError
 from streams.pool.host import ModelHost
 from streams.pool.pool import (
     POOL,
@@ -29,7 +29,7 @@ from streams.pool.pool import (
     ModelReleased,
     ModelUnloaded,
 )
-from streams.topics import POOL_EVENTS
+from streams.pool.topics import POOL_EVENTS
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
 
@@ -62,20 +62,20 @@ async def test_concurrent_allocations_load_each_model_once_and_lose_none(tmp_pat
     models = [f"m{i}" for i in range(6)]
     async with pool_with_hosts(tmp_path, ("h1", 1000, 4), ("h2", 1000, 4)) as (stack, client):
         for model_id in models:
-            assert (await client.register_model(model_id, SENTIMENT, 50, 5)).accepted
+            assert (await client.pool.register_model(model_id, SENTIMENT, 50, 5)).accepted
         rng = random.Random(3)
         wanted = [rng.choice(models) for _ in range(300)]  # the same and different models
 
         allocations = await asyncio.gather(*(
-            client.allocate_model(model_id, f"user-{i}", request_id=f"r{i}")
+            client.pool.allocate_model(model_id, f"user-{i}", request_id=f"r{i}")
             for i, model_id in enumerate(wanted)))
 
         assert [a.model_id for a in allocations] == wanted
         assert len({a.request_id for a in allocations}) == len(wanted)
-        replies = await asyncio.gather(*(client.infer(a, "good fast service")
+        replies = await asyncio.gather(*(client.pool.infer(a, "good fast service")
                                          for a in allocations[:20]))
         assert all(reply["label"] == "positive" for reply in replies)
-        released = await asyncio.gather(*(client.release_model(a.request_id)
+        released = await asyncio.gather(*(client.pool.release_model(a.request_id)
                                           for a in allocations))
         assert all(outcome.accepted for outcome in released)
 
@@ -99,17 +99,17 @@ async def test_concurrent_allocations_beyond_capacity_evict_only_idle_models(tmp
     models = [f"big{i}" for i in range(5)]
     async with pool_with_hosts(tmp_path, ("solo", 200, 2)) as (stack, client):
         for model_id in models:
-            assert (await client.register_model(model_id, SENTIMENT, 100, 5)).accepted
+            assert (await client.pool.register_model(model_id, SENTIMENT, 100, 5)).accepted
 
         async def use(i: int, model_id: str) -> str:
             try:
-                allocation = await client.allocate_model(model_id, f"user-{i}",
+                allocation = await client.pool.allocate_model(model_id, f"user-{i}",
                                                          request_id=f"w{i}")
             except AllocationError as refused:
                 assert "cannot place" in str(refused) or "Cooling" in str(refused), refused
                 return "refused"
             await asyncio.sleep(0.05)  # hold it a moment: the model is busy meanwhile
-            assert (await client.release_model(allocation.request_id)).accepted
+            assert (await client.pool.release_model(allocation.request_id)).accepted
             return "granted"
 
         results = []

@@ -36,12 +36,12 @@ async def test_a_running_pit_shows_its_pool(tmp_path, free_port) -> None:
         try:
             async with PitClient(stack.settings, issued_by="pool-live-test") as client:
                 for model_id in ("sent-a", "sent-b"):
-                    assert (await client.register_model(model_id, SENTIMENT, 50, 5)).accepted
-                first = await client.allocate_model("sent-a", "alice")
-                second = await client.allocate_model("sent-a", "bob")
-                third = await client.allocate_model("sent-b", "carol")
+                    assert (await client.pool.register_model(model_id, SENTIMENT, 50, 5)).accepted
+                first = await client.pool.allocate_model("sent-a", "alice")
+                second = await client.pool.allocate_model("sent-a", "bob")
+                third = await client.pool.allocate_model("sent-b", "carol")
                 assert (first.cache_hit, second.cache_hit, third.cache_hit) == (False, True, False)
-                assert (await client.release_model(first.request_id)).accepted
+                assert (await client.pool.release_model(first.request_id)).accepted
             await stack.drain_projector()
 
             async with aiohttp.ClientSession() as http:

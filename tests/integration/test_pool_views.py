@@ -43,8 +43,8 @@ from streams.pool.pool import (
     ReportModelUnloaded,
     WarmModel,
 )
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import Processor
-from streams.topics import POOL_COMMANDS, POOL_EVENTS
 
 T0 = 1_700_000_000_000
 COLD, WARMING, HOT, COOLING, FAILED = ModelState

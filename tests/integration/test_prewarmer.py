@@ -41,7 +41,7 @@ from streams.pool.pool import (
     UnloadRequested,
     WarmModel,
 )
-from streams.topics import POOL_COMMANDS, POOL_EVENTS
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 
 Cold, Warming, Hot, Cooling, Failed = ModelState
 HOST = "prewarm-host"
@@ -159,7 +159,7 @@ class Workflow:
         allocations = [await self.allocate(m, at_ms + i * STEP_MS, run)
                        for i, m in enumerate(self.models)]
         for allocation in allocations:
-            await self.client.release_model(allocation.request_id)
+            await self.client.pool.release_model(allocation.request_id)
         await self.settle()
         return allocations
 
@@ -194,9 +194,9 @@ async def test_prewarms_the_next_workflow_step_and_relearns_from_the_log(tmp_pat
     models = [f"wf-{name}-{uuid.uuid4().hex[:6]}" for name in "ABC"]
     a, b, _ = models
     async with running(settings) as (stack, client, host):
-        assert (await client.register_host(HOST, 10_000, 10)).accepted
+        assert (await client.pool.register_host(HOST, 10_000, 10)).accepted
         for model_id in models:
-            assert (await client.register_model(model_id, "python:x:y", 100, 1_000)).accepted
+            assert (await client.pool.register_model(model_id, "python:x:y", 100, 1_000)).accepted
         producer = AIOKafkaProducer(**stack.settings.kafka_client_options(), linger_ms=0)
         await producer.start()
         try:
@@ -218,7 +218,7 @@ async def test_prewarms_the_next_workflow_step_and_relearns_from_the_log(tmp_pat
             assert second.cache_hit
             third = await workflow.allocate(models[2], at + 2 * STEP_MS, "wf/last")
             for allocation in (first, second, third):
-                await client.release_model(allocation.request_id)
+                await client.pool.release_model(allocation.request_id)
             await workflow.settle()
         finally:
             await producer.stop()

@@ -18,8 +18,9 @@ from streams.decider import from_record
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
 from streams.pool.lifecycle import LIFECYCLE, ModelState
+from streams.pool.topics import POOL_EVENTS
 from streams.sql import connect, positions
-from streams.topics import DEAD_LETTERS, POOL_EVENTS, SCHEMAS
+from streams.topics import DEAD_LETTERS, SCHEMAS
 
 T0 = 1_700_000_000_000
 

@@ -49,8 +49,8 @@ async def test_round_trip_on_a_real_cluster() -> None:
         try:
             async with PitClient(settings) as client:
                 model = f"real-{uuid.uuid4().hex[:8]}"
-                assert (await client.warm_model(model, timeout=30)).accepted
-                assert not (await client.warm_model(model, timeout=30)).accepted
+                assert (await client.pool.warm_model(model, timeout=30)).accepted
+                assert not (await client.pool.warm_model(model, timeout=30)).accepted
         finally:
             stop.set()
             await task

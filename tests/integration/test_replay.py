@@ -18,8 +18,8 @@ from streams.components import views
 from streams.config import Settings
 from streams.history import history_source, kafka_log_reader
 from streams.log import LogRecord
+from streams.pool.topics import POOL_EVENTS
 from streams.sql import positions
-from streams.topics import POOL_EVENTS
 
 T0 = 1_700_000_000_000
 

@@ -11,7 +11,8 @@ from streams.broker import EmbeddedBroker
 from streams.config import Settings
 from streams.history import read_topic
 from streams.log import LogRecord
-from streams.topics import POOL_EVENTS, SCHEMAS, load_catalog
+from streams.pool.topics import POOL_EVENTS
+from streams.topics import SCHEMAS, load_catalog
 
 CODEC = Codec(EmbeddedRegistry())
 

@@ -13,10 +13,11 @@ import pytest
 
 from streams.artifacts.bench import streamed_round_trip
 from streams.artifacts.crypto import KEY_SUFFIX, EncryptedStore, Keyring, rotate
+from streams.artifacts.errors import DecryptionError
 from streams.artifacts.storage import PART_BYTES, S3BlobStore, artifact_store
 from streams.blobs import address_of
 from streams.config import Settings
-from streams.errors import BlobIntegrityError, BlobNotFoundError, BlobStoreError, DecryptionError
+from streams.errors import BlobIntegrityError, BlobNotFoundError, BlobStoreError
 
 MIB = 1 << 20
 

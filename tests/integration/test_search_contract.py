@@ -42,7 +42,7 @@ from projections.search import (
 from projections.search.model import metadata_text, top_counts
 from projections.search.opensearch import MAPPING, OpenSearchSearch
 from projections.search.query import WORD, Term, fold, highlight
-from streams.errors import SearchError
+from streams.artifacts.errors import SearchError
 
 T0 = 1_700_000_000_000
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",

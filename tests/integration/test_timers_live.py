@@ -27,6 +27,7 @@ from streams.history import read_topic
 from streams.kafka import produce_all
 from streams.pool.lifecycle import RecordModelUsage
 from streams.pool.pool import POOL, ReportModelLoaded
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import Output, Processor, run_processor
 from streams.timers import (
     TIMER_EVENTS,
@@ -38,7 +39,7 @@ from streams.timers import (
     timer_producer,
     wall_ms,
 )
-from streams.topics import POOL_COMMANDS, POOL_EVENTS, RESULTS, TIMERS, TopicSpec
+from streams.topics import RESULTS, TIMERS, TopicSpec
 
 HOST = "timer-host"
 MODEL = "ticker"
@@ -111,9 +112,9 @@ def tick(timer_id: str, due_at_ms: int) -> TimerScheduled:
 
 async def hot_model(stack: Stack) -> None:
     async with PitClient(stack.settings, codec=stack.codec) as client:
-        for outcome in [await client.register_host(HOST, 1_000_000, 100),
-                        await client.register_model(MODEL, "python:m:f", 10, 10),
-                        await client.warm_model(MODEL),
+        for outcome in [await client.pool.register_host(HOST, 1_000_000, 100),
+                        await client.pool.register_model(MODEL, "python:m:f", 10, 10),
+                        await client.pool.warm_model(MODEL),
                         await client.send(ReportModelLoaded(HOST, MODEL, 5, 10))]:
             assert outcome.accepted, outcome.reason
 

@@ -13,9 +13,9 @@ from streams.client import PitClient
 from streams.config import Settings
 from streams.dag.definition import WorkflowBuilder
 from streams.dag.execution import ReportNodeCompleted, ReportNodeStarted
+from streams.dag.topics import DAG_EVENTS
 from streams.kafka import make_producer, partitions_of, produce_all, start_consumer
 from streams.processor import Output
-from streams.topics import DAG_EVENTS
 
 FILLER = 100 * 1024  # bytes per record that pushes the execution's events out of Kafka
 
@@ -36,13 +36,13 @@ async def test_an_execution_that_left_kafka_is_read_from_the_archive(tmp_path):
                      without={"host-monitor"}) as stack:
         settings = stack.settings
         async with PitClient(settings, issued_by="archive-test") as client:
-            execution_id = await client.execute_workflow(workflow, execution_id="tiny-1")
+            execution_id = await client.dag.execute_workflow(workflow, execution_id="tiny-1")
             # what a runner reports (no runner in this test)
             for report in (ReportNodeStarted(execution_id, "only", 1, "r"),
                            ReportNodeCompleted(execution_id, "only", 1, '{"out": 7}',
                                                runner="r")):
                 assert (await client.send(report)).accepted
-            before = await client.await_result(execution_id, timeout=10)
+            before = await client.dag.await_result(execution_id, timeout=10)
             assert (before.status, before.outputs) == ("completed", {"only": {"out": 7}})
 
             consumer = await start_consumer(settings)
@@ -58,7 +58,7 @@ async def test_an_execution_that_left_kafka_is_read_from_the_archive(tmp_path):
                 await produce_all(producer, [filler] * 10)
                 await stack.drain_projector()
 
-            assert await client.await_result(execution_id, timeout=10) == before
-            status = await client.workflow_status(execution_id)
+            assert await client.dag.await_result(execution_id, timeout=10) == before
+            status = await client.dag.workflow_status(execution_id)
             assert (status.status, status.done, status.counts) == ("completed", 1,
                                                                    {"completed": 1})

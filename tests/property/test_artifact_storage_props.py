@@ -29,8 +29,8 @@ from streams.artifacts.crypto import (
     sealed_size,
     unseal,
 )
+from streams.artifacts.errors import DecryptionError
 from streams.blobs import FileBlobStore, Stored
-from streams.errors import DecryptionError
 
 MIB = 1 << 20
 KEYRING = Keyring("k1", {"k1": bytes(range(32))})

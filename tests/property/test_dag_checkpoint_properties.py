@@ -43,8 +43,9 @@ from streams.dag.execution import (
     StartExecution,
     TakeCheckpoint,
 )
+from streams.dag.topics import DAG_EVENTS
 from streams.processor import Processor
-from streams.topics import DAG_EVENTS, RESULTS
+from streams.topics import RESULTS
 
 CODEC = Codec(EmbeddedRegistry())
 EXECUTIONS = tuple(f"{slot}{k}" for slot in "xyz" for k in range(3))

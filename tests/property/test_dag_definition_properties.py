@@ -35,7 +35,7 @@ from streams.dag.definition import (
     workflow_from_json,
     workflow_from_yaml,
 )
-from streams.errors import InvalidWorkflowError
+from streams.dag.errors import InvalidWorkflowError
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                          st.floats(allow_nan=False, allow_infinity=False),

@@ -37,8 +37,9 @@ from streams.pool.lifecycle import (
     evolve,
     initial_state,
 )
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import OUTCOME, Output, Processor
-from streams.topics import POOL_COMMANDS, POOL_EVENTS, RESULTS
+from streams.topics import RESULTS
 
 COLD, WARMING, HOT, COOLING, FAILED = "Cold", "Warming", "Hot", "Cooling", "Failed"
 # The seed's table (M3.1.1), written out by hand: the decider's table must be exactly this.

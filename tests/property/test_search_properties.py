@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from projections.search.columns import Columns, select
 from projections.search.model import CLOSE_MARK, OPEN_MARK, SearchQuery, top_counts
 from projections.search.query import WORD, fold, fts5_expression, highlight, parse_terms
-from streams.errors import SearchError
+from streams.artifacts.errors import SearchError
 
 _FTS = sqlite3.connect(":memory:")
 _FTS.execute("CREATE VIRTUAL TABLE t USING fts5(name, text, metadata, "

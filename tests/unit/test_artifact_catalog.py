@@ -36,12 +36,13 @@ from streams.artifacts.catalog import (
     initial_state,
     merge_metadata,
 )
+from streams.artifacts.errors import ArtifactError
 from streams.artifacts.quality import quality
+from streams.artifacts.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS
 from streams.blobs import address_of
 from streams.components import DECIDERS, decider_for
 from streams.decider import Message, Rejection, from_record, to_record
-from streams.errors import ArtifactError
-from streams.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS, RESULTS, load_catalog
+from streams.topics import RESULTS, load_catalog
 
 T0 = 1_700_000_000_000
 A, B, C, D = (address_of(x) for x in (b"a", b"b", b"c", b"d"))

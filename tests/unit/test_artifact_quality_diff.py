@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from streams.artifacts.diff import MetadataDiff, metadata_diff, text_diff
+from streams.artifacts.errors import ArtifactError
 from streams.artifacts.quality import (
     NEUTRAL,
     Quality,
@@ -18,7 +19,6 @@ from streams.artifacts.quality import (
     structure,
     utility,
 )
-from streams.errors import ArtifactError
 
 SCHEMA = {"type": "object", "required": ["id"],
           "properties": {"id": {"type": "integer"}, "tags": {"type": "array",

@@ -15,10 +15,11 @@ import pytest
 
 from streams.artifacts.bench import encrypt_overhead, store_retrieve_64k, stream_1g
 from streams.artifacts.crypto import KEY_SUFFIX, EncryptedStore, Keyring
+from streams.artifacts.errors import DecryptionError
 from streams.artifacts.storage import S3BlobStore, artifact_store
 from streams.blobs import FileBlobStore, address_of
 from streams.config import Settings
-from streams.errors import BlobNotFoundError, ConfigError, DecryptionError
+from streams.errors import BlobNotFoundError, ConfigError
 
 KEY = bytes(range(32))
 KEY_TEXT = base64.b64encode(KEY).decode()

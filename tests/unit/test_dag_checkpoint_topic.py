@@ -30,9 +30,10 @@ from streams.dag.execution import (
     final,
     from_final,
 )
+from streams.dag.topics import DAG_CHECKPOINTS, DAG_EVENTS
 from streams.decider import Rejection
 from streams.recovery import MARKS, MARKS_KEY, POINT
-from streams.topics import DAG_CHECKPOINTS, DAG_EVENTS, RESULTS
+from streams.topics import RESULTS
 
 CODEC = Codec(EmbeddedRegistry())
 WORKFLOW = layered_dag(30, seed=7, layers=5)

@@ -39,7 +39,8 @@ from streams.dag.definition import (
     workflow_from_yaml,
 )
 from streams.dag.definition_store import FileDefinitionStore, read_workflow_file
-from streams.errors import DefinitionStoreError, InvalidWorkflowError, PitError
+from streams.dag.errors import DefinitionStoreError, InvalidWorkflowError
+from streams.errors import PitError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "workflows"
 

@@ -61,11 +61,11 @@ from streams.dag.execution import (
     restore,
     status,
 )
+from streams.dag.topics import DAG_COMMANDS
 from streams.decider import Message, Rejection, from_record, to_record
 from streams.log import LogRecord
 from streams.processor import Processor
 from streams.timers import Timer, TimerCancelled, TimerScheduled, command_output
-from streams.topics import DAG_COMMANDS
 
 T0 = 1_700_000_000_000
 EID = "e1"

@@ -14,7 +14,7 @@ from projections.search.model import (
     top_counts,
 )
 from projections.search.query import Term, fold, fts5_expression, highlight, parse_terms, words
-from streams.errors import SearchError
+from streams.artifacts.errors import SearchError
 
 
 def test_words_phrases_and_prefixes() -> None:

@@ -16,6 +16,7 @@ from streams.decider import from_record
 from streams.errors import SchemaError
 from streams.pool.lifecycle import ModelState, TransitionModel, TransitionReason
 from streams.pool.pool import POOL, RecordModelUsage
+from streams.pool.topics import POOL_COMMANDS
 from streams.timers import (
     ANY_PARTITION,
     TIMER_EVENTS,
@@ -31,7 +32,7 @@ from streams.timers import (
     timer_output,
     timer_topics,
 )
-from streams.topics import POOL_COMMANDS, TIMERS
+from streams.topics import TIMERS
 
 CODEC = Codec(EmbeddedRegistry())
 T0 = 1_800_000_000_000

@@ -1,0 +1,195 @@
+"""`CommandClient`: publish commands and await their outcomes (correlated by command id on
+`pit.results`), follow results and tail topics. It knows no component: the deciders it is
+given route each command to its topic and key, and components build their operations on
+it (`streams/<component>/client.py`; `streams/client.py` assembles them into `PitClient`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Self
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry, SchemaRegistry
+from streams.config import Settings
+from streams.decider import Decider, Message, to_record
+from streams.errors import BrokerUnavailableError, CommandTimeoutError, PitError, SchemaError
+from streams.kafka import partitions_of, start_consumer
+from streams.topics import RESULTS
+
+
+@dataclass(frozen=True)
+class Outcome:
+    command_id: str
+    command_type: str
+    entity_key: str
+    status: str
+    reason: str | None
+    event_ids: tuple[str, ...]
+    decided_at: int
+    processor: str
+    duplicate: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "ACCEPTED"
+
+    @classmethod
+    def from_record(cls, record: dict) -> Outcome:
+        return cls(record["command_id"], record["command_type"], record["entity_key"],
+                   record["status"], record["reason"], tuple(record["event_ids"]),
+                   record["decided_at"], record["processor"], record["duplicate"])
+
+    def line(self) -> str:
+        verdict = "accepted" if self.accepted else f"rejected: {self.reason}"
+        again = " (duplicate: already handled)" if self.duplicate else ""
+        return f"{self.command_type} {self.entity_key} {self.command_id}: {verdict}{again}"
+
+
+def registry_for(settings: Settings) -> SchemaRegistry:
+    if settings.schema_registry_url:
+        from schemas.registry import ConfluentRegistry
+
+        return ConfluentRegistry(settings.schema_registry_url,
+                                 options=settings.schema_registry_options)
+    return EmbeddedRegistry()
+
+
+class CommandClient:
+    """Commands to the deciders it routes (`deciders`), outcomes back. `start` connects;
+    reading the log (`results`, `tail`) needs no producer."""
+
+    def __init__(self, settings: Settings | None = None, issued_by: str = "pit-client",
+                 codec: Codec | None = None, *, deciders: Iterable[Decider[Any]] = ()) -> None:
+        self.settings = settings or Settings.from_env()
+        self.issued_by = issued_by
+        self.codec = codec or Codec(registry_for(self.settings))
+        self._routes = {command: decider for decider in deciders for command in decider.commands}
+        self._pending: dict[str, asyncio.Future] = {}  # command id -> its outcome
+        self._producer: AIOKafkaProducer | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    def at_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run `closer` first when the client closes (while it can still publish)."""
+        self._closers.append(closer)
+
+    async def start(self) -> Self:
+        options = self.settings.kafka_client_options()
+        self._producer = AIOKafkaProducer(**options, linger_ms=0, enable_idempotence=True)
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise BrokerUnavailableError(
+                f"Kafka unreachable at {options['bootstrap_servers']}: {exc}") from None
+        await self.tail(RESULTS, self._on_outcome)
+        return self
+
+    async def tail(self, topic: str, handle: Callable[[Any], None]) -> None:
+        """Follow `topic` from its current end, calling `handle(message)` for each record
+        until the client closes."""
+        consumer = await start_consumer(self.settings, fetch_max_wait_ms=5)
+        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # pin the end now, so no answer to us can slip past
+            await consumer.position(tp)
+        self._tasks.append(asyncio.create_task(self._dispatch(consumer, handle)))
+
+    async def close(self) -> None:
+        for closer in self._closers:
+            await closer()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._producer:
+            await self._producer.stop()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    @staticmethod
+    async def _dispatch(consumer, handle) -> None:
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=200)
+                for messages in batch.values():
+                    for message in messages:
+                        handle(message)
+        finally:
+            await consumer.stop()
+
+    def _on_outcome(self, message) -> None:
+        try:
+            outcome = Outcome.from_record(self.codec.decode(message.value).record)
+        except (SchemaError, KeyError):
+            return
+        waiter = self._pending.pop(outcome.command_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(outcome)
+
+    def encode_command(self, command: Message, command_id: str,
+                       correlation_id: str | None = None) -> bytes:
+        meta = {"command_id": command_id, "issued_at": int(time.time() * 1000),
+                "issued_by": self.issued_by, "correlation_id": correlation_id}
+        return self.codec.encode(command.avro_name, {"meta": meta, **to_record(command)})
+
+    async def publish(self, command: Message, *, command_id: str | None = None,
+                      correlation_id: str | None = None) -> str:
+        """Publish without waiting for the outcome; returns the command id."""
+        decider = self._routes.get(type(command))
+        if decider is None:
+            raise PitError(f"no component of this client takes {command.type_name}")
+        if self._producer is None:
+            raise PitError("the client is not started: call start() or use `async with`")
+        command_id = command_id or str(uuid.uuid4())
+        value = self.encode_command(command, command_id, correlation_id)
+        await self._producer.send_and_wait(decider.command_topic, value,
+                                           key=decider.entity_of(command).encode())
+        return command_id
+
+    async def send(self, command: Message, *, command_id: str | None = None,
+                   correlation_id: str | None = None, timeout: float = 10.0) -> Outcome:
+        """Publish a command and wait for its outcome."""
+        command_id = command_id or str(uuid.uuid4())
+        waiter = self._pending[command_id] = asyncio.get_running_loop().create_future()
+        try:
+            await self.publish(command, command_id=command_id, correlation_id=correlation_id)
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise CommandTimeoutError(
+                f"no outcome for {command.type_name} {command_id} within {timeout:g}s "
+                "(is `pit up` running?)") from None
+        finally:
+            self._pending.pop(command_id, None)
+
+    async def results(self, from_beginning: bool = False) -> AsyncIterator[Outcome]:
+        """Every outcome from now on (or from the start of the log), as they arrive."""
+        consumer = await start_consumer(self.settings, fetch_max_wait_ms=100)
+        try:
+            tps = [TopicPartition(RESULTS, p) for p in await partitions_of(consumer, RESULTS)]
+            consumer.assign(tps)
+            await (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                for message in sorted((m for ms in batch.values() for m in ms),
+                                      key=lambda m: m.timestamp):
+                    yield Outcome.from_record(self.codec.decode(message.value).record)
+        finally:
+            await consumer.stop()

@@ -39,6 +39,7 @@ from streams.kafka import (
     produce_all,
     start_consumer,
 )
+from streams.log import LogRecord
 from streams.processor import Output, Processor, run_processor
 from streams.timers import TimerService, timer_topics
 from streams.topics import SCHEMAS, load_catalog
@@ -239,7 +240,7 @@ async def restore_broker(engine, settings: Settings, catalog, progress=None) -> 
             for spec in catalog.values() if spec.compacted}
     producer = make_producer(settings, **{"linger.ms": 20})
     next_offset: dict[tuple[str, int], int] = {}
-    restored, batch = 0, []
+    restored, batch = 0, list[Output | LogRecord]()
 
     def placeholder(record):
         return Output(record.topic, record.partition, RESTORE_PLACEHOLDER_KEY, None,

@@ -21,6 +21,7 @@ from streams.commands import Outcome
 from streams.component import audit_deciders
 from streams.components import COMPONENTS
 from streams.config import Settings
+from streams.errors import PitError
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all
 from streams.pool.errors import AllocationError
@@ -169,7 +170,7 @@ async def run_demo(settings: Settings) -> None:
                 await asyncio.sleep(0.05)
                 letters = await read_topic(settings, DEAD_LETTERS)
             headers = dict(letters[-1].headers)
-            print(f"  garbage bytes: the dead letter kept {len(letters[-1].value)} original"
+            print(f"  garbage bytes: the dead letter kept {len(letters[-1].value or b'')} original"
                   f" bytes; pit.error: {headers['pit.error'].decode()}")
 
             await _artifacts(pit, run)
@@ -177,7 +178,10 @@ async def run_demo(settings: Settings) -> None:
         await _wait_for_views(engine, last.decided_at)
 
         print("\n7. the pool at a glance (`pit pool status`)")
-        print("\n".join("  " + line for line in status_lines(pool_status(engine))))
+        status = pool_status(engine)
+        if status is None:
+            raise PitError("the pool view is empty after the demo's allocations")
+        print("\n".join("  " + line for line in status_lines(status)))
 
         print(f"\n8. the audit trail of {mlp} (`pit audit {mlp}`), hash-chained")
         hot_at = None

@@ -63,8 +63,6 @@ def test_type_errors_do_not_grow(mypy_report) -> None:
                       f" baseline: lower it with `python tests/test_types.py`", stacklevel=1)
 
 
-@pytest.mark.xfail(strict=False,
-                   reason="kernel errors being fixed on other branches (issue 10)")
 def test_the_kernel_has_no_type_errors(mypy_report) -> None:
     _, errors = mypy_report
     kernel = [line for line in errors if KERNEL.match(ERROR.match(line)["path"])]

@@ -151,7 +151,7 @@ async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, 
         latencies = []
         async with PitClient(settings, issued_by="bench") as client:
             bench_note(f"registering {models:,} models and loading them (reported as a host would)")
-            await client.register_host("bench-host", models * 100, models)
+            await client.pool.register_host("bench-host", models * 100, models)
             for m in range(models):
                 await client.publish(RegisterModel(f"m-{m}", f"python:bench:m{m}", 100, 10))
                 await client.publish(TransitionModel(f"m-{m}", ModelState.WARMING,
@@ -160,12 +160,12 @@ async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, 
             await client.send(RecordModelUsage(f"m-{models - 1}"))  # all decided by now
             for i in range(n + 50):
                 started = time.perf_counter()
-                allocation = await client.allocate_model(f"m-{i % models}", "bench")
+                allocation = await client.pool.allocate_model(f"m-{i % models}", "bench")
                 if i >= 50:  # the first ones warm connections and caches
                     latencies.append((time.perf_counter() - started) * 1000)
                 if not allocation.cache_hit:
                     raise PitError(f"allocation round trip bench: {allocation} was a miss")
-                await client.release_model(allocation.request_id)
+                await client.pool.release_model(allocation.request_id)
         stop.set()
         await task
         return {"pool_alloc_roundtrip_p50_ms": round(statistics.median(latencies), 2),

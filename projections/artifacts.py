@@ -328,9 +328,10 @@ class ArtifactSearchView(View):
     def mirror(self):
         """OpenSearch, when configured: every write of the embedded index is repeated there
         (bulk upserts by address, so a redelivered batch changes nothing)."""
+        from streams.artifacts.settings import ArtifactSettings
         from streams.config import Settings
 
-        settings = self.settings or Settings.from_env()
+        settings = ArtifactSettings.of(self.settings or Settings.from_env())
         if settings.opensearch_url and self._opensearch is None:
             from projections.search.opensearch import OpenSearchSearch
 

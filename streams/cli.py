@@ -233,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        return args.run(args, Settings.from_env())
+        settings = Settings.from_env()
+        for component in COMPONENTS:  # a bad component setting fails before any command
+            if component.settings is not None:
+                component.settings(settings)
+        return args.run(args, settings)
     except PitError as exc:
         print(f"pit: error: {exc}", file=sys.stderr)
         return 1

@@ -71,6 +71,9 @@ class Component:
       `add_cli(subparsers)`: its `pit` subcommands.
     * `client(pit_client)`: its operations, reachable as `pit_client.<name>`.
     * `benches`: `pit bench` parts, name -> async function(settings) -> figures.
+    * `settings(settings)`: its own settings, parsed from its `PIT_*` variables in
+      `settings.env`; the CLI parses every component's at start-up, so a bad value fails
+      before any command runs.
     """
 
     name: str
@@ -86,6 +89,7 @@ class Component:
     client: Callable[[Any], Any] | None = None
     benches: Mapping[str, Callable[..., Awaitable[dict[str, Any]]]] = field(
         default_factory=dict)
+    settings: Callable[[Settings], Any] | None = None
 
     def running_deciders(self, settings: Settings) -> tuple[Decider[Any], ...]:
         return self.configure(settings) if self.configure is not None else self.deciders

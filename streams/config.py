@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,13 +37,14 @@ _SCHEMA_REGISTRY_VARS = {
 BROKER_FILE = "broker.json"
 
 
-def _count(name: str, text: str) -> int:
+# The parsers of a number and a flag, shared by the kernel's and the components' settings.
+def parse_count(name: str, text: str) -> int:
     if not text.isdigit():
         raise ConfigError(f"{name} must be a whole number of 0 or more, got {text!r}")
     return int(text)
 
 
-def _flag(name: str, text: str) -> bool:
+def parse_flag(name: str, text: str) -> bool:
     if text.lower() not in ("", "0", "1", "false", "true", "no", "yes"):
         raise ConfigError(f"{name} must be 1 or 0 (true or false), got {text!r}")
     return text.lower() in ("1", "true", "yes")
@@ -52,15 +54,6 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise ConfigError(f"PIT_HTTP_PORT must be a TCP port number, got {text!r}")
     return int(text)
-
-
-def _artifact_backend(env: dict[str, str]) -> str:
-    backend = env.get("PIT_ARTIFACT_BACKEND") or "file"
-    if backend not in ("file", "s3"):
-        raise ConfigError(f"PIT_ARTIFACT_BACKEND must be file or s3, got {backend!r}")
-    if backend == "s3" and not env.get("PIT_S3_BUCKET"):
-        raise ConfigError("PIT_ARTIFACT_BACKEND=s3 needs PIT_S3_BUCKET, the bucket's name")
-    return backend
 
 
 def _schema_registry(env: dict[str, str]) -> dict[str, str]:
@@ -75,13 +68,6 @@ def _schema_registry(env: dict[str, str]) -> dict[str, str]:
     return options
 
 
-def _keyring_file(env: dict[str, str]) -> Path | None:
-    if env.get("PIT_KEYRING") and env.get("PIT_KEYRING_KEYS"):
-        raise ConfigError("PIT_KEYRING (a keyring file) and PIT_KEYRING_KEYS are both set: "
-                          "set one")
-    return Path(env["PIT_KEYRING"]) if env.get("PIT_KEYRING") else None
-
-
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path(".pit")
@@ -91,25 +77,11 @@ class Settings:
     # Auth and TLS of that registry, in SchemaRegistryClient's names; holds secrets: never shown
     schema_registry_options: dict[str, str] = field(default_factory=dict, repr=False)
     http_port: int = 8642
-    # Nodes running at once across all workflow executions (0: no limit); the task
-    # dispatcher in `pit up` holds the rest back (streams/dag/dispatch.py).
-    dag_max_running: int = 4096
-    # `pit up` catalogs every completed node's output as an artifact (streams/artifacts/
-    # dag_outputs.py): a blob write and a catalog command per node, so it is asked for.
-    dag_output_artifacts: bool = False
     kafka_security: dict[str, str] = field(default_factory=dict)
     kafka_tls: dict[str, str] = field(default_factory=dict)
-    # Artifact content (streams/artifacts/storage.py): "file" (<data_dir>/artifacts) or "s3",
-    # encrypted when a keyring is configured (streams/artifacts/crypto.py).
-    artifact_backend: str = "file"
-    s3_bucket: str | None = None
-    s3_endpoint_url: str | None = None
-    # Artifact search on OpenSearch (mirrored from the embedded index) when set.
-    opensearch_url: str | None = None
-    opensearch_index: str = "pit-artifacts"
-    keyring_file: Path | None = None
-    keyring_keys: str | None = field(default=None, repr=False)  # key material: never shown
-    keyring_active: str | None = None
+    # The `PIT_*` variables these settings came from: each component parses its own from
+    # them (its `settings.py`), so the kernel knows none. May hold secrets: never shown.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -121,19 +93,9 @@ class Settings:
             schema_registry_url=env.get("PIT_SCHEMA_REGISTRY_URL") or None,
             schema_registry_options=_schema_registry(env),
             http_port=_port(env.get("PIT_HTTP_PORT", "8642")),
-            dag_max_running=_count("PIT_DAG_MAX_RUNNING", env.get("PIT_DAG_MAX_RUNNING", "4096")),
-            dag_output_artifacts=_flag("PIT_DAG_OUTPUT_ARTIFACTS",
-                                       env.get("PIT_DAG_OUTPUT_ARTIFACTS", "")),
             kafka_security={v: env[k] for k, v in _KAFKA_SECURITY_VARS.items() if env.get(k)},
             kafka_tls={v: env[k] for k, v in _KAFKA_TLS_VARS.items() if env.get(k)},
-            artifact_backend=_artifact_backend(env),
-            s3_bucket=env.get("PIT_S3_BUCKET") or None,
-            s3_endpoint_url=env.get("PIT_S3_ENDPOINT_URL") or None,
-            opensearch_url=env.get("PIT_OPENSEARCH_URL") or None,
-            opensearch_index=env.get("PIT_OPENSEARCH_INDEX") or "pit-artifacts",
-            keyring_file=_keyring_file(env),
-            keyring_keys=env.get("PIT_KEYRING_KEYS") or None,
-            keyring_active=env.get("PIT_KEYRING_ACTIVE") or None,
+            env={name: value for name, value in env.items() if name.startswith("PIT_")},
         )
 
     @property

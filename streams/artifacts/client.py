@@ -41,6 +41,7 @@ from streams.artifacts.catalog import (
 from streams.artifacts.diff import metadata_diff, text_diff
 from streams.artifacts.errors import ArtifactError, ArtifactNotFoundError
 from streams.artifacts.quality import structure
+from streams.artifacts.settings import ArtifactSettings
 from streams.artifacts.storage import BlobBackend, Stored, artifact_store
 from streams.errors import BrokerUnavailableError
 
@@ -224,7 +225,7 @@ class ArtifactOps:
         """Full text over content and metadata; filters: tags, content_types,
         created_from_ms, created_to_ms, limit, offset."""
         query = SearchQuery(text=text, **filters)
-        settings = self.client.settings
+        settings = ArtifactSettings.of(self.client.settings)
         if settings.opensearch_url:
             from projections.search.opensearch import OpenSearchSearch
 

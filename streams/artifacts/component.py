@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from streams.artifacts.catalog import ARTIFACTS
 from streams.artifacts.cli import add_parser
+from streams.artifacts.settings import ArtifactSettings
 from streams.component import Component, Route, Runtime, Service
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def _services(runtime: Runtime) -> Mapping[str, Service]:
-    if not runtime.settings.dag_output_artifacts:
+    if not ArtifactSettings.of(runtime.settings).dag_output_artifacts:
         return {}
     from streams.artifacts.dag_outputs import OutputCataloger
 
@@ -58,4 +59,5 @@ COMPONENT = Component(
     add_cli=add_parser,
     benches={"artifacts": _bench},
     client=_operations,
+    settings=ArtifactSettings.of,
 )

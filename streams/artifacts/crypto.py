@@ -49,8 +49,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from streams.artifacts.errors import DecryptionError
+from streams.artifacts.settings import ArtifactSettings
 from streams.blobs import HashedChunks, Stored, address_of, chunks_of, is_address, verified
-from streams.config import Settings
 from streams.errors import BlobNotFoundError, BlobStoreError, ConfigError
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class Keyring:
                               f"keys {sorted(self.keys)}")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Keyring | None:
+    def from_settings(cls, settings: ArtifactSettings) -> Keyring | None:
         """The configured keyring: PIT_KEYRING's file, else PIT_KEYRING_KEYS, else none."""
         if settings.keyring_file is not None:
             return cls.from_file(settings.keyring_file)

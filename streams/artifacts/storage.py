@@ -28,6 +28,7 @@ from itertools import chain
 from typing import Any, BinaryIO, Protocol
 
 from streams.artifacts.crypto import EncryptedStore, Keyring
+from streams.artifacts.settings import ArtifactSettings
 from streams.blobs import (
     CHUNK_BYTES,
     FileBlobStore,
@@ -88,14 +89,14 @@ class ObjectBackend(BlobBackend, Protocol):
 def artifact_store(settings: Settings) -> BlobBackend:
     """The Pit's artifact store: files in `<data_dir>/artifacts` or the S3 bucket
     (PIT_ARTIFACT_BACKEND), encrypted when a keyring is configured."""
+    own = ArtifactSettings.of(settings)
     backend: ObjectBackend
-    if settings.artifact_backend == "s3":
-        assert settings.s3_bucket is not None  # Settings.from_env refuses s3 without a bucket
-        backend = S3BlobStore(settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
-                              kind="artifact")
+    if own.backend == "s3":
+        assert own.s3_bucket is not None  # ArtifactSettings.of refuses s3 without a bucket
+        backend = S3BlobStore(own.s3_bucket, endpoint_url=own.s3_endpoint_url, kind="artifact")
     else:
         backend = FileBlobStore(settings.data_dir / "artifacts", kind="artifact")
-    keyring = Keyring.from_settings(settings)
+    keyring = Keyring.from_settings(own)
     return backend if keyring is None else EncryptedStore(backend, keyring)
 
 

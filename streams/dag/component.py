@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from streams.component import Component, Route, Runtime, Service
 from streams.dag.execution import DAG
+from streams.dag.settings import DagSettings
 from streams.dag.workflow_cli import add_parser
 
 if TYPE_CHECKING:
@@ -82,4 +83,5 @@ COMPONENT = Component(
     add_cli=add_parser,
     benches={"dag": _bench},
     client=_operations,
+    settings=DagSettings.of,
 )

@@ -55,6 +55,7 @@ from streams.dag.execution import (
     NodeScheduled,
     task_id,
 )
+from streams.dag.settings import DagSettings
 from streams.dag.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS
 from streams.errors import SchemaError
 from streams.follower import Follower
@@ -170,13 +171,14 @@ class Gate:
 
 class TaskDispatcher:
     """Relays NodeScheduled events to pit.dag.tasks within the overall limit, until stopped
-    (run by `pit up`). `max_running` defaults to the settings' `dag_max_running`."""
+    (run by `pit up`). `max_running` defaults to PIT_DAG_MAX_RUNNING (`DagSettings`)."""
 
     def __init__(self, settings: Settings, codec: Codec, db: Engine | None = None, *,
                  max_running: int | None = None, max_batch: int = 5_000,
                  produce_timeout_s: float = 30.0, retry_s: float = 1.0) -> None:
         self.settings, self.codec, self.db = settings, codec, db
-        self.max_running = settings.dag_max_running if max_running is None else max_running
+        self.max_running = (DagSettings.of(settings).max_running if max_running is None
+                            else max_running)
         self.max_batch, self.produce_timeout_s, self.retry_s = (max_batch, produce_timeout_s,
                                                                 retry_s)
         self.gate = Gate(self.max_running)

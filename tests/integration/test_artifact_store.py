@@ -24,7 +24,7 @@ from streams.errors import BlobIntegrityError
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def pit(tmp_path_factory, free_port):
     settings = Settings(data_dir=tmp_path_factory.mktemp("artifacts"), http_port=free_port(),
-                        dag_output_artifacts=True)
+                        env={"PIT_DAG_OUTPUT_ARTIFACTS": "1"})
     async with Stack(settings, progress=False, without={"host-monitor"},
                      http_port=settings.http_port) as stack:
         client = await PitClient(stack.settings, issued_by="alice").start()

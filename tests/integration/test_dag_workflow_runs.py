@@ -312,7 +312,7 @@ async def test_after_a_restart_of_pit_up_no_task_is_relayed_or_run_again(tmp_pat
 async def test_the_overall_limit_bounds_nodes_running_across_executions(tmp_path):
     """PIT_DAG_MAX_RUNNING=5, two executions of 12 parallel 300 ms nodes, a runner that would
     take all 24 at once: at no moment do more than 5 run, and both executions complete."""
-    settings = Settings(data_dir=tmp_path, dag_max_running=5)
+    settings = Settings(data_dir=tmp_path, env={"PIT_DAG_MAX_RUNNING": "5"})
     async with Stack(settings, progress=False, without={"host-monitor"}) as stack:
         client = await PitClient(stack.settings, issued_by="test-overall-limit").start()
         pit = Pit(stack, client)

@@ -672,7 +672,8 @@ def test_the_artifact_search_view_mirrors_to_opensearch_and_waits_out_an_outage(
     log = decided(ARTIFACTS)
     log.ok(StoreArtifact(address, 8, "application/octet-stream", name="m", tags=["t"],
                          creator="ann"))
-    view = ArtifactSearchView(Settings(data_dir=tmp_path, opensearch_url=server.url))
+    view = ArtifactSearchView(Settings(data_dir=tmp_path,
+                                         env={"PIT_OPENSEARCH_URL": server.url}))
     engine = connect(f"sqlite:///{tmp_path / 'views.db'}")
     projector = Projector(engine, [view], archive=False)
 

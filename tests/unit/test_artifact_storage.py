@@ -16,6 +16,7 @@ import pytest
 from streams.artifacts.bench import encrypt_overhead, store_retrieve_64k, stream_1g
 from streams.artifacts.crypto import KEY_SUFFIX, EncryptedStore, Keyring
 from streams.artifacts.errors import DecryptionError
+from streams.artifacts.settings import ArtifactSettings
 from streams.artifacts.storage import S3BlobStore, artifact_store
 from streams.blobs import FileBlobStore, address_of
 from streams.config import Settings
@@ -158,12 +159,13 @@ def test_keyring_from_the_environment_and_its_errors():
 
 def test_settings_choose_the_backend_and_keep_key_material_out_of_the_repr(tmp_path):
     settings = Settings.from_env({"PIT_DATA_DIR": str(tmp_path)})
-    assert (settings.artifact_backend, settings.keyring_file) == ("file", None)
+    own = ArtifactSettings.of(settings)
+    assert (own.backend, own.keyring_file) == ("file", None)
     store = artifact_store(settings)
     assert isinstance(store, FileBlobStore) and store.root == tmp_path / "artifacts"
     env = {"PIT_DATA_DIR": str(tmp_path), "PIT_KEYRING_KEYS": f"k9:{KEY_TEXT}"}
     settings = Settings.from_env(env)
-    assert KEY_TEXT not in repr(settings)
+    assert KEY_TEXT not in repr(settings) + repr(ArtifactSettings.of(settings))
     store = artifact_store(settings)
     assert isinstance(store, EncryptedStore) and store.keyring.active == "k9"
     assert store.backend.root == tmp_path / "artifacts"
@@ -181,7 +183,7 @@ def test_settings_choose_the_backend_and_keep_key_material_out_of_the_repr(tmp_p
 ])
 def test_impossible_artifact_settings_are_config_errors(env, message):
     with pytest.raises(ConfigError, match=message):
-        Settings.from_env(env)
+        ArtifactSettings.of(Settings.from_env(env))
 
 
 def test_the_benchmarks_run_and_stream_in_bounded_memory(tmp_path):

@@ -37,7 +37,7 @@ _SCHEMA_REGISTRY_VARS = {
 BROKER_FILE = "broker.json"
 
 
-# The parsers of a number and a flag, shared by the kernel's and the components' settings.
+# For the components' settings (streams/<component>/settings.py): one wording for a bad value.
 def parse_count(name: str, text: str) -> int:
     if not text.isdigit():
         raise ConfigError(f"{name} must be a whole number of 0 or more, got {text!r}")

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -56,9 +56,6 @@ from sqlalchemy.exc import (
 )
 
 from streams.errors import DatabaseUnavailableError
-
-if TYPE_CHECKING:
-    pass
 
 METADATA = MetaData()
 

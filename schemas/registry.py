@@ -17,11 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-
-# The HTTP library the client raises from (httpx2, or httpx on older installs), as it picks it.
-from confluent_kafka.schema_registry.common._httpx_compat import httpx
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import fingerprint
 
 from schemas.catalog import canonical, current_schemas, fullname, schema_json
@@ -146,6 +141,10 @@ class ConfluentRegistry:
 
     def __init__(self, url: str, timeout_s: float = 10.0,
                  options: Mapping[str, object] | None = None) -> None:
+        # Imported here, not at the top: every process frames Avro through this module, few
+        # talk to a registry server, and the client's imports (httpx, authlib) take 0.14 s.
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
         self.url = url.rstrip("/")
         try:
             self._client = SchemaRegistryClient(
@@ -158,6 +157,10 @@ class ConfluentRegistry:
 
     def _call(self, what: str, call: Callable[[], T],
               not_found: SchemaError | None = None) -> T:
+        # The HTTP library the client raises from (httpx2, or httpx on older installs).
+        from confluent_kafka.schema_registry.common._httpx_compat import httpx
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
         try:
             return call()
         except SchemaRegistryError as exc:
@@ -171,6 +174,8 @@ class ConfluentRegistry:
             raise SchemaError(f"schema registry unreachable at {self.url}: {reason}") from None
 
     def register(self, subject: str, schema: dict) -> int:
+        from confluent_kafka.schema_registry import Schema
+
         schema_id = self._call(f"register {subject}", lambda: self._client.register_schema(
             subject, Schema(schema_json(schema), "AVRO")))
         self._registered[schema_id] = schema

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from aiokafka import ConsumerRecord
 
 from schemas.codec import Codec
-from streams.artifacts.catalog import StoreArtifact, canonical_json
+from streams.artifacts.catalog import ARTIFACTS, StoreArtifact, canonical_json
 from streams.artifacts.storage import BlobBackend, artifact_store
 from streams.blobs import address_of, blob_store
+from streams.commands import CommandClient
 from streams.config import Settings
 from streams.dag.definition_store import definition_store
 from streams.dag.execution import (
@@ -65,13 +66,11 @@ class OutputCataloger:
 
     def __init__(self, settings: Settings, codec: Codec, *,
                  backend: BlobBackend | None = None, retry_s: float = 1.0) -> None:
-        from streams.client import PitClient
-
         self.settings, self.codec, self.retry_s = settings, codec, retry_s
         self.backend = backend or artifact_store(settings)
         self.blobs = blob_store(settings)
         self.definitions = Definitions(definition_store(settings))
-        self.client = PitClient(settings, issued_by="dag-outputs", codec=codec)
+        self.client = CommandClient(settings, "dag-outputs", codec, deciders=(ARTIFACTS,))
         self.executions: dict[str, _Execution] = {}
         self.cataloged = 0
 

@@ -71,8 +71,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 
 from schemas.codec import Codec
 from streams.blobs import FileBlobStore, blob_store
-from streams.client import PitClient
-from streams.commands import registry_for
+from streams.commands import CommandClient, registry_for
 from streams.config import Settings
 from streams.dag.definition import (
     FALSE,
@@ -98,6 +97,8 @@ from streams.dag.execution import (
 from streams.dag.topics import DAG_COMMANDS, DAG_TASKS
 from streams.decider import Message, to_record
 from streams.errors import BlobIntegrityError, BrokerUnavailableError, PitError, SchemaError
+from streams.pool.client import PoolOps
+from streams.pool.pool import POOL
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ Result = Completed | Failed
 # --- running a node ---------------------------------------------------------------------------
 
 class Models(Protocol):
-    """What an instrument needs of the Pool Manager (`PitClient.pool` is one)."""
+    """What an instrument needs of the Pool Manager (`PoolOps` is one)."""
 
     async def allocate_model(self, model_id: str, requester: str, *, request_id: str,
                              workflow_id: str = "", timeout: float = 30.0) -> Any: ...
@@ -532,11 +533,11 @@ class Runner:
         self.drain_timeout_s, self.revoke_wait_s = drain_timeout_s, revoke_wait_s
         self.session_timeout_ms = session_timeout_ms
         self.codec = codec or Codec(registry_for(settings))
-        self.client = PitClient(settings, issued_by=f"pit-runner/{self.runner_id}",
-                                codec=self.codec)
+        self.client = CommandClient(settings, f"pit-runner/{self.runner_id}", self.codec,
+                                    deciders=(POOL,))
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="pit-runner")
         self._kafka = ThreadPoolExecutor(1, thread_name_prefix="pit-runner-kafka")
-        self.executor = NodeExecutor(blobs or blob_store(settings), operators, self.client.pool,
+        self.executor = NodeExecutor(blobs or blob_store(settings), operators, PoolOps(self.client),
                                      self._threads, inline_limit)
         self.reporter: Reporter = KafkaReporter(settings, self.codec, self.runner_id)
         self._say = say or (lambda line: print(f"pit runner {self.runner_id}: {line}",

@@ -49,8 +49,7 @@ from typing import Any
 from aiohttp import web
 
 from schemas.codec import Codec
-from streams.client import PitClient
-from streams.commands import Outcome
+from streams.commands import CommandClient, Outcome
 from streams.config import Settings
 from streams.decider import Message, from_record
 from streams.errors import BrokerUnavailableError, PitError, SchemaError
@@ -183,7 +182,7 @@ class ModelHost:
         self._runner: web.AppRunner | None = None
         self._follower = Follower(settings, [POOL_EVENTS])
         self._closing = asyncio.Event()
-        self.client: PitClient | None = None
+        self.client: CommandClient | None = None
         self._work = ThreadPoolExecutor(32, thread_name_prefix="pit-host-work")
         self._loads = ThreadPoolExecutor(max(1, capacity), thread_name_prefix="pit-host-load")
 
@@ -201,7 +200,7 @@ class ModelHost:
             raise HostError(f"cannot listen on {self.bind}:{self.port}: "
                             f"{exc.strerror or exc}") from None
         self.endpoint = f"http://{self.bind}:{self._runner.addresses[0][1]}"
-        self.client = PitClient(self.settings, issued_by=f"pit-host/{self.host_id}")
+        self.client = CommandClient(self.settings, f"pit-host/{self.host_id}", deciders=(POOL,))
         await self.client.start()
         earlier = await self.client.send(ReportHostDown(self.host_id, self.pool_id))
         if earlier.accepted:

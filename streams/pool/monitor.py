@@ -19,14 +19,14 @@ import aiohttp
 from sqlalchemy import Engine
 
 from schemas.codec import Codec
-from streams.client import PitClient
+from streams.commands import CommandClient
 from streams.config import Settings
 from streams.errors import PitError
 from streams.follower import Follower
 from streams.log import LogRecord
 from streams.pool.health import CHECK_INTERVAL_S
 from streams.pool.host import pool_events
-from streams.pool.pool import HostDown, HostRegistered, ReportHostDown
+from streams.pool.pool import POOL, HostDown, HostRegistered, ReportHostDown
 from streams.pool.topics import POOL_EVENTS
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class HostMonitor:
                  failures: int = POLL_FAILURES, timeout_s: float = POLL_TIMEOUT_S) -> None:
         self.settings, self.engine = settings, engine
         self.interval_s, self.failures, self.timeout_s = interval_s, failures, timeout_s
-        self.client = PitClient(settings, issued_by="pit-host-monitor", codec=codec)
+        self.client = CommandClient(settings, "pit-host-monitor", codec, deciders=(POOL,))
         self.endpoints: dict[HostKey, str] = {}  # alive hosts with an endpoint
         self._polls: dict[HostKey, asyncio.Task] = {}
         self._follower = Follower(settings, [POOL_EVENTS], engine)

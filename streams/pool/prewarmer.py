@@ -50,7 +50,7 @@ from sqlalchemy import Engine
 from schemas.catalog import fullname
 from schemas.codec import Codec
 from streams import metrics
-from streams.client import PitClient
+from streams.commands import CommandClient
 from streams.config import Settings
 from streams.dag.definition_store import definition_store
 from streams.dag.execution import DAG, CheckpointTaken, Definitions, ExecutionStarted
@@ -340,7 +340,7 @@ class Prewarmer:
         if stop.is_set():
             return
         self._export()
-        client = PitClient(self.settings, issued_by="prewarmer", codec=self.codec)
+        client = CommandClient(self.settings, "prewarmer", self.codec, deciders=(POOL,))
         try:
             await follower.start()
             await client.start()
@@ -363,12 +363,12 @@ class Prewarmer:
             await client.close()
             await follower.stop()
 
-    def _send(self, client: PitClient, decision: Decision) -> None:
+    def _send(self, client: CommandClient, decision: Decision) -> None:
         task = asyncio.create_task(self._warm(client, decision))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
-    async def _warm(self, client: PitClient, decision: Decision) -> None:
+    async def _warm(self, client: CommandClient, decision: Decision) -> None:
         command = WarmModel(decision.model_id, decision.probability, decision.reason,
                             decision.pool_id)
         try:

@@ -174,6 +174,21 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def add_campaigns(sub) -> None:
+    """`pit campaign <name>`: one subcommand per campaign (streams/campaigns/)."""
+    from importlib import import_module
+
+    from streams.campaigns import CAMPAIGNS
+
+    campaign = sub.add_parser("campaign", help="run a chaos, fuzz, drain or soak campaign")
+    names = campaign.add_subparsers(dest="campaign", required=True)
+    for name, (module, summary) in CAMPAIGNS.items():
+        parser = names.add_parser(name, help=summary)
+        runner = import_module(module)
+        runner.add_arguments(parser)
+        parser.set_defaults(run=runner.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pit", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -223,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("component", nargs="?", default="all")
     bench.add_argument("--json", action="store_true", help="one JSON object")
     bench.set_defaults(run=cmd_bench)
+    add_campaigns(sub)
     return parser
 
 

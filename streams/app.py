@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
+from streams import metrics
 from streams.broker import EmbeddedBroker
 from streams.commands import registry_for
 from streams.component import Runtime, Service
@@ -39,7 +41,7 @@ from streams.kafka import (
     produce_all,
     start_consumer,
 )
-from streams.log import LogRecord
+from streams.log import LogRecord, source_of
 from streams.processor import Output, Processor, run_processor
 from streams.timers import TimerService, timer_topics
 from streams.topics import SCHEMAS, load_catalog
@@ -93,12 +95,16 @@ class Stack:
         if isinstance(self.registry, EmbeddedRegistry):
             await self.sync_registry(self.registry)
         self.codec = Codec(self.registry)
+        # The embedded broker keeps nothing over a restart: processors archive their events
+        # before their outcomes, in turn with the projector (streams/processor.py).
+        self.archive_gate = asyncio.Lock() if self.broker is not None else None
         for component in COMPONENTS:
             for decider in component.running_deciders(self.settings):
                 processor = Processor(decider, self.codec)
                 ready = asyncio.Event()
                 self.tasks.append(asyncio.create_task(
-                    run_processor(processor, self.settings, self.engine, self.stop, ready),
+                    run_processor(processor, self.settings, self.engine, self.stop, ready,
+                                  archive_first=self.archive_gate),
                     name=processor.name))
                 await self._until(ready)
         runtime = Runtime(self.settings, self.codec, self.engine)
@@ -161,7 +167,8 @@ class Stack:
 
         async def project() -> None:
             try:
-                await run(self.projector, consumer, self.projector_stop)
+                await run(self.projector, consumer, self.projector_stop,
+                          gate=self.archive_gate)
             finally:
                 await consumer.stop()
 
@@ -229,30 +236,41 @@ RESTORE_PLACEHOLDER_KEY = b"__pit.restore.placeholder__"
 async def restore_broker(engine, settings: Settings, catalog, progress=None) -> int:
     """Replay the archive into an empty broker so every record gets back its original offset.
 
-    Records go back partition by partition in offset order. An offset the archive does not
-    hold (the broker dropped it before it was archived) and, on a compacted topic, a record
-    superseded by a later one with the same key, are restored as a tombstone of a
-    placeholder key: the topic then holds each key's latest value only - restored compacted -
-    while every offset stays where consumer positions and the archive expect it."""
-    from streams.archive import archived_records, compacted_records
+    Records go back partition by partition in offset order: the archived ones, then the
+    pending ones beyond them (events a processor made durable before the projector archived
+    them: streams/archive.py). An offset the archive does not hold (the broker dropped it
+    before it was archived), on a compacted topic a record superseded by a later one with the
+    same key, and a derived record whose source is not durable (a task whose NodeScheduled
+    was lost: `streams.log.source_of`) are restored as a tombstone of a placeholder key: the
+    topic then holds each key's latest value only - restored compacted - and no effect
+    without its cause, while every offset stays where consumer positions and the archive
+    expect it."""
+    from streams.archive import compacted_records, durable_ends, durable_records
 
     kept = {spec.name: {(r.partition, r.offset) for r in compacted_records(engine, spec.name)}
             for spec in catalog.values() if spec.compacted}
+    durable = durable_ends(engine)
     producer = make_producer(settings, **{"linger.ms": 20})
     next_offset: dict[tuple[str, int], int] = {}
     restored, batch = 0, list[Output | LogRecord]()
+    orphans: Counter[str] = Counter()
 
     def placeholder(record):
         return Output(record.topic, record.partition, RESTORE_PLACEHOLDER_KEY, None,
                       record.timestamp_ms)
 
-    for record in archived_records(engine):
+    for record in durable_records(engine):
         position = (record.topic, record.partition)
         batch.extend(placeholder(record) for _ in range(next_offset.get(position, 0),
                                                         record.offset))
         superseded = record.topic in kept and (record.partition, record.offset) not in kept[
             record.topic]
-        batch.append(placeholder(record) if superseded else record)
+        source = source_of(record.headers) if record.headers else None
+        orphan = source is not None and source[2] > durable.get(source[:2], -1)
+        if orphan:
+            orphans[record.topic] += 1
+            metrics.RESTORE_ORPHANS.labels(record.topic).inc()
+        batch.append(placeholder(record) if superseded or orphan else record)
         next_offset[position] = record.offset + 1
         if len(batch) >= 20_000:
             restored += await produce_all(producer, batch)
@@ -262,6 +280,9 @@ async def restore_broker(engine, settings: Settings, catalog, progress=None) -> 
     restored += await produce_all(producer, batch)
     if progress and restored:
         progress(restored, restored)
+    if orphans:
+        log.warning("restore: %s restored as placeholders: their source is not in the archive",
+                    ", ".join(f"{n} records of {topic}" for topic, n in sorted(orphans.items())))
     return restored
 
 

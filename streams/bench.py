@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.broker import EmbeddedBroker
@@ -32,6 +34,7 @@ from streams.pool.lifecycle import (
 )
 from streams.pool.topics import POOL_COMMANDS
 from streams.processor import Output, Processor, run_processor
+from streams.sql import connect, create_tables
 from streams.stats import percentile
 from streams.topics import RESULTS, load_catalog
 
@@ -77,10 +80,19 @@ def lifecycle_commands(codec: Codec, n: int, models: int = 1000) -> list[Output]
     return outputs
 
 
+def _archive(scratch: str) -> Engine:
+    """A SQLite archive as `pit up` keeps it on the embedded broker: processors run on it
+    archive their events before publishing their outcomes."""
+    engine = connect(f"sqlite:///{scratch}/archive.db")
+    create_tables(engine)
+    return engine
+
+
 async def bench_processor(n: int = 60_000) -> dict[str, float]:
-    """Commands decided per second through the embedded broker, end to end: consumed,
-    decided, events and outcomes produced and acknowledged, offsets committed."""
-    with EmbeddedBroker(1) as broker:
+    """Commands decided per second through the embedded broker, end to end, as `pit up` runs
+    the processor: consumed, decided, events produced and archived (SQLite), outcomes
+    produced, everything acknowledged, offsets committed."""
+    with EmbeddedBroker(1) as broker, tempfile.TemporaryDirectory() as scratch:
         broker.apply(load_catalog())
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         codec = Codec(EmbeddedRegistry())
@@ -89,7 +101,9 @@ async def bench_processor(n: int = 60_000) -> dict[str, float]:
                           lifecycle_commands(codec, n))
         processor = Processor(LIFECYCLE, codec)
         stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run_processor(processor, settings, None, stop, ready))
+        engine = _archive(scratch)
+        task = asyncio.create_task(run_processor(processor, settings, engine, stop, ready,
+                                                 archive_first=asyncio.Lock()))
         await ready.wait()
         started = time.perf_counter()
         while await topic_size(settings, RESULTS) < n:
@@ -97,18 +111,21 @@ async def bench_processor(n: int = 60_000) -> dict[str, float]:
         elapsed = time.perf_counter() - started
         stop.set()
         await task
+        engine.dispose()
         bench_note(f"processor: {n:,} commands in {elapsed:.2f}s")
         return {"processor_events_per_s": round(n / elapsed)}
 
 
 async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
     """Client -> command topic -> processor -> results topic -> client, one at a time."""
-    with EmbeddedBroker(1) as broker:
+    with EmbeddedBroker(1) as broker, tempfile.TemporaryDirectory() as scratch:
         broker.apply(load_catalog())
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         processor = Processor(LIFECYCLE, Codec(EmbeddedRegistry()))
         stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run_processor(processor, settings, None, stop, ready))
+        engine = _archive(scratch)
+        task = asyncio.create_task(run_processor(processor, settings, engine, stop, ready,
+                                                 archive_first=asyncio.Lock()))
         await ready.wait()
         latencies = []
         async with PitClient(settings) as client:
@@ -124,6 +141,7 @@ async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
                     raise PitError(f"round trip bench: {outcome.line()}")
         stop.set()
         await task
+        engine.dispose()
         return {"roundtrip_p50_ms": round(statistics.median(latencies), 2),
                 "roundtrip_p99_ms": round(percentile(latencies, 0.99), 2)}
 

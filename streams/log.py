@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+# Headers naming the record a derived record was made from (a task from its NodeScheduled, a
+# dead letter from its command): a restore brings a derived record back only with its cause.
+SOURCE_TOPIC = "pit.source.topic"
+SOURCE_PARTITION = "pit.source.partition"
+SOURCE_OFFSET = "pit.source.offset"
 
 
 @dataclass(frozen=True)
@@ -20,3 +27,20 @@ class LogRecord:
         """From an aiokafka ConsumerRecord."""
         return cls(message.topic, message.partition, message.offset, message.timestamp,
                    message.key, message.value, tuple(message.headers or ()))
+
+
+def source_headers(topic: str, partition: int, offset: int) -> tuple[tuple[str, bytes], ...]:
+    """The headers of a record derived from the record at topic/partition/offset."""
+    return ((SOURCE_TOPIC, topic.encode()), (SOURCE_PARTITION, str(partition).encode()),
+            (SOURCE_OFFSET, str(offset).encode()))
+
+
+def source_of(headers: Iterable[tuple[str, bytes | None]]) -> tuple[str, int, int] | None:
+    """(topic, partition, offset) of the record this one was derived from, if it says."""
+    found = {name: value for name, value in headers
+             if name in (SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET)}
+    try:
+        return (found[SOURCE_TOPIC].decode(), int(found[SOURCE_PARTITION]),
+                int(found[SOURCE_OFFSET]))
+    except (KeyError, AttributeError, ValueError):
+        return None

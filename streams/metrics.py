@@ -14,6 +14,9 @@ PROCESSING_SECONDS = Histogram(
 )
 CONSUMER_LAG = Gauge("pit_consumer_lag_records", "Records between position and high watermark",
                      ["group", "topic", "partition"])
+RESTORE_ORPHANS = Counter("pit_restore_orphans_total",
+                          "Derived records a restore left out: their source was not durable",
+                          ["topic"])
 PROCESSOR_RESTARTS = Counter("pit_processor_restarts_total",
                              "Times a processor started over from the log after a Kafka failure",
                              ["component"])
@@ -82,3 +85,6 @@ DAG_TASKS_RUNNING = Gauge("pit_dag_tasks_running",
                           "Node tasks relayed to runners and not yet ended, all executions")
 DAG_TASKS_WAITING = Gauge("pit_dag_tasks_waiting",
                           "Node tasks held back by the overall limit (PIT_DAG_MAX_RUNNING)")
+DAG_TASKS_REDISPATCHED = Counter(
+    "pit_dag_tasks_redispatched_total",
+    "Tasks relayed again on start: the earlier relay came from a NodeScheduled the log lost")

@@ -27,12 +27,13 @@ from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec
 from streams import metrics
+from streams.archive import keep_pending
 from streams.decider import Decider, Message, Rejection, from_record, to_record
-from streams.errors import BrokerUnavailableError, SchemaError
+from streams.errors import BrokerUnavailableError, DatabaseUnavailableError, SchemaError
 from streams.history import end_offsets, history_source, kafka_log_reader, latest_history
 from streams.kafka import make_producer, produce_all, start_consumer, stop_clients
-from streams.log import LogRecord
-from streams.recovery import CheckpointBook, RecordsMismatch
+from streams.log import LogRecord, source_headers
+from streams.recovery import CheckpointBook, RecordsMismatch, within_commands
 from streams.topics import DEAD_LETTERS, RESULTS
 
 log = logging.getLogger(__name__)
@@ -478,9 +479,7 @@ class Processor:
         headers = (
             ("pit.error", str(error).encode()),
             ("pit.error.type", type(error).__name__.encode()),
-            ("pit.source.topic", record.topic.encode()),
-            ("pit.source.partition", str(record.partition).encode()),
-            ("pit.source.offset", str(record.offset).encode()),
+            *source_headers(record.topic, record.partition, record.offset),
             ("pit.processor", self.name.encode()),
         )
         return Output(DEAD_LETTERS, 0, record.key, record.value or b"", record.timestamp_ms,
@@ -501,15 +500,18 @@ async def restore_partitions(processor: Processor, settings, engine, partitions:
 
     def restore() -> tuple[int, list[Output]]:
         decider, book = processor.decider, processor.book
+        commands = end_offsets(settings, [(decider.command_topic, p) for p in sorted(partitions)])
         if book is None:
-            return processor.restore(read(decider.event_topic)) + processor.restore(
-                read(RESULTS)), []
+            applied = processor.restore(read(decider.event_topic)) + processor.restore(
+                read(RESULTS))
+            within_commands(processor.positions, commands, decider.command_topic)
+            return applied, []
         topic = book.spec.topic
         checkpoints = latest_history(engine, topic, kafka_log_reader(
             settings, [topic], partitions=partitions), partitions)
         ends = end_offsets(settings, [(t, p) for t in (decider.event_topic, RESULTS)
                                       for p in sorted(partitions)])
-        return processor.restore_partitions(partitions, read, checkpoints, ends,
+        return processor.restore_partitions(partitions, read, checkpoints, ends | commands,
                                             int(time.time() * 1000))
 
     return await asyncio.to_thread(restore)
@@ -530,19 +532,25 @@ async def resume_after_answered(consumer, processor: Processor, partitions: set[
 
 async def run_processor(processor: Processor, settings, engine, stop: asyncio.Event,
                         ready: asyncio.Event | None = None, max_records: int = 5000, *,
-                        produce_timeout_s: float = 30.0, retry_s: float = 1.0) -> None:
+                        produce_timeout_s: float = 30.0, retry_s: float = 1.0,
+                        archive_first: asyncio.Lock | None = None) -> None:
     """Consume the decider's command topic until `stop` is set (then finish the batch).
 
+    With `archive_first` (the embedded broker, which keeps nothing over a restart), each
+    batch's events are made durable in `engine` before its outcomes are published
+    (`produce_archived`): a client never sees *accepted* for events a kill could lose.
+
     When Kafka fails under it (a produce that cannot be acknowledged, a lost connection),
-    the processor does not guess what landed: it forgets its state, waits, and starts over
-    from the log - state, ledger and positions restored, uncommitted commands redelivered
-    and answered (acknowledged again where their events had already landed)."""
+    or the archive cannot be written, the processor does not guess what landed: it forgets
+    its state, waits, and starts over from the log - state, ledger and positions restored,
+    uncommitted commands redelivered and answered (acknowledged again where their events
+    had already landed)."""
     while True:
         try:
             await _consume(processor, settings, engine, stop, ready, max_records,
-                           produce_timeout_s)
+                           produce_timeout_s, archive_first)
             return
-        except (BrokerUnavailableError, KafkaError) as exc:
+        except (BrokerUnavailableError, KafkaError, DatabaseUnavailableError) as exc:
             if stop.is_set():
                 raise
             log.warning("%s: %s; restarting from the log in %.1f s", processor.name, exc,
@@ -552,9 +560,41 @@ async def run_processor(processor: Processor, settings, engine, stop: asyncio.Ev
             await asyncio.sleep(retry_s)
 
 
+async def produce_archived(producer, outputs: Sequence[Output], processor: Processor, engine,
+                           gate: asyncio.Lock, timeout_s: float) -> list[int]:
+    """Produce a batch's outputs with its events durable first: the events are produced and
+    written to the archive's pending records (`streams.archive.keep_pending`, one
+    transaction) before the outcomes, dead letters and checkpoint requests go out. Returns
+    each output's offset, in order.
+
+    `gate` orders this process's archive writers (the processors, and the projector, which
+    holds it while it applies a batch): held from producing the events until they are
+    durable, it keeps the projector from archiving anything derived from them - a task
+    relayed from a NodeScheduled, a timer's command - before them."""
+    topic = processor.decider.event_topic
+    events = [i for i, out in enumerate(outputs) if out.topic == topic]
+    rest = [i for i, out in enumerate(outputs) if out.topic != topic]
+    offsets = [-1] * len(outputs)
+    if events:
+        got: list[int] = []
+        async with gate:
+            await produce_all(producer, [outputs[i] for i in events], timeout_s, offsets=got)
+            records = [LogRecord(topic, out.partition, offset, out.timestamp_ms, out.key,
+                                 out.value, out.headers)
+                       for out, offset in zip((outputs[i] for i in events), got, strict=True)]
+            await asyncio.to_thread(keep_pending, engine, records)
+        for i, offset in zip(events, got, strict=True):
+            offsets[i] = offset
+    got = []
+    await produce_all(producer, [outputs[i] for i in rest], timeout_s, offsets=got)
+    for i, offset in zip(rest, got, strict=True):
+        offsets[i] = offset
+    return offsets
+
+
 async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                    ready: asyncio.Event | None, max_records: int,
-                   produce_timeout_s: float) -> None:
+                   produce_timeout_s: float, archive_first: asyncio.Lock | None) -> None:
     group = f"pit.{processor.decider.name}.processor"
     restoring: list[set[int]] = []
 
@@ -599,11 +639,14 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                                      ).inc(len(records))
             outputs = processor.handle(records)
             book = processor.book
-            if book is None:
-                await produce_all(producer, outputs, produce_timeout_s)
-            else:  # where the next restore starts, written before the commit
-                offsets: list[int] = []
-                await produce_all(producer, outputs, produce_timeout_s, offsets=offsets)
+            offsets: list[int] = []
+            if archive_first is not None:
+                offsets = await produce_archived(producer, outputs, processor, engine,
+                                                 archive_first, produce_timeout_s)
+            else:
+                await produce_all(producer, outputs, produce_timeout_s,
+                                  offsets=None if book is None else offsets)
+            if book is not None:  # where the next restore starts, written before the commit
                 written = book.written(outputs, offsets, processor.positions,
                                        int(time.time() * 1000))
                 if written:  # most batches change no start and leave the marks near enough

@@ -144,6 +144,18 @@ class RecordsMismatch(PitError):
         self.partitions = partitions
 
 
+def within_commands(positions: dict[int, int], ends: Mapping[tuple[str, int], int],
+                    topic: str) -> None:
+    """Answered positions inside the command topic's partitions (`ends`: their next offsets).
+    An outcome restored without its command (the archive took them in different batches
+    before a kill) names an offset the restored command topic does not hold: the next
+    command gets it, so it does not count as answered."""
+    for partition, answered in positions.items():
+        end = ends.get((topic, partition))
+        if end is not None and answered >= end:
+            positions[partition] = end - 1
+
+
 def _inside(marks: Marks | None, live: Mapping[str, Point], events_end: int,
             results_end: int) -> TypeGuard[Marks]:
     """Rule 5: a partition's records are trusted when its marks and the starts of its live
@@ -417,6 +429,7 @@ class CheckpointBook:
             if restoring.trusted and part.marks.answered_through >= 0:
                 positions[partition] = max(positions.get(partition, -1),
                                            part.marks.answered_through)
+            within_commands(positions, ends, self.command_topic)
             marks = Marks(max(part.marks.events_through, restoring.read_events),
                           max(part.marks.results_through, restoring.read_results),
                           positions.get(partition, -1))

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
@@ -68,7 +68,7 @@ from streams.kafka import (
     start_consumer,
     stop_clients,
 )
-from streams.log import LogRecord
+from streams.log import LogRecord, source_headers, source_of
 from streams.processor import Output
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,6 @@ ATTEMPT_ENDED = frozenset({NodeCompleted.avro_name, NodeFailed.avro_name})
 EXECUTION_MOVED_ON = frozenset(
     {event.avro_name for event in ENDINGS} | {ExecutionRestarted.avro_name})
 WATCHED = frozenset({NODE_SCHEDULED, *ATTEMPT_ENDED, *EXECUTION_MOVED_ON})
-SOURCE_PARTITION, SOURCE_OFFSET = "pit.source.partition", "pit.source.offset"
 TASK_PARTITION, TASK_OFFSET = "pit.task.partition", "pit.task.offset"  # on runner reports
 ANY_PARTITION = -1  # librdkafka: by key
 
@@ -196,8 +195,7 @@ class TaskDispatcher:
 
     async def _run(self, stop: asyncio.Event) -> None:
         follower = Follower(self.settings, [DAG_EVENTS], self.db, max_records=self.max_batch)
-        relayed = await asyncio.to_thread(self._relayed)
-        await follower.restore(lambda record: self.fold(record, relayed), stop)
+        await self._restore(follower, stop)
         if stop.is_set():
             return
         producer = make_producer(self.settings, partitioner="murmur2_random")
@@ -216,15 +214,38 @@ class TaskDispatcher:
         finally:
             await stop_clients(follower, producer, failed)
 
-    def _relayed(self) -> set[str]:
-        """The task ids pit.dag.tasks holds: what was relayed before this start. Read before
-        the events, so a rebuild relays none of them again."""
+    def _relayed(self) -> dict[str, tuple[int, int] | None]:
+        """The task ids pit.dag.tasks holds, with the NodeScheduled each was relayed from
+        (partition, offset; None if its headers do not say): what was relayed before this
+        start. Read before the events, so a rebuild relays none of them again."""
         tasks = history_source(self.db, [DAG_TASKS], kafka_log_reader(self.settings, [DAG_TASKS]))
-        return {record.key.decode() for record in tasks if record.key}
+        relayed: dict[str, tuple[int, int] | None] = {}
+        for record in tasks:
+            if record.key and record.value is not None:
+                source = source_of(record.headers)
+                relayed[record.key.decode()] = None if source is None else source[1:]
+        return relayed
 
-    def fold(self, record: LogRecord, relayed: frozenset[str] | set[str] = frozenset()
-             ) -> None:
-        """Take one pit.dag.events record into the gate (other records change nothing)."""
+    async def _restore(self, follower: Follower, stop: asyncio.Event) -> None:
+        """Rebuild the gate from the log. A task relayed from a NodeScheduled the log no
+        longer holds (lost with the embedded broker before it was durable, while its task
+        was kept) is relayed again from the NodeScheduled that is there: that node would
+        otherwise wait for good. Says so in one line and counts it."""
+        relayed = await asyncio.to_thread(self._relayed)
+        again: list[str] = []
+        await follower.restore(lambda record: self.fold(record, relayed, again), stop)
+        if again:
+            metrics.DAG_TASKS_REDISPATCHED.inc(len(again))
+            log.warning("task dispatcher: re-dispatching %d task(s) whose earlier relay came"
+                        " from a NodeScheduled the log no longer holds (%s%s)", len(again),
+                        ", ".join(again[:5]), ", ..." if len(again) > 5 else "")
+
+    def fold(self, record: LogRecord,
+             relayed: Mapping[str, tuple[int, int] | None] | None = None,
+             again: list[str] | None = None) -> None:
+        """Take one pit.dag.events record into the gate (other records change nothing);
+        during a rebuild, `relayed` is what pit.dag.tasks holds, and `again` collects the
+        tasks relayed from another NodeScheduled than this one (relayed again)."""
         value = record.value
         if not value or value[0] != 0 or len(value) < 5 or self._name(value) not in WATCHED:
             return
@@ -234,8 +255,14 @@ class TaskDispatcher:
             return  # the processor never wrote it; nothing to relay
         event = decoded.record
         if decoded.name == NODE_SCHEDULED:
-            self.gate.scheduled(Task(event["task_id"], event["execution_id"], event["priority"],
-                                     event["rank"], record), event["task_id"] in relayed)
+            task, done = event["task_id"], False
+            if relayed is not None and task in relayed:
+                source = relayed[task]
+                done = source is None or source == (record.partition, record.offset)
+                if not done and again is not None:
+                    again.append(task)
+            self.gate.scheduled(Task(task, event["execution_id"], event["priority"],
+                                     event["rank"], record), done)
         elif decoded.name in ATTEMPT_ENDED:
             self.gate.attempt_ended(
                 task_id(event["execution_id"], event["node_id"], event["attempt"]))
@@ -266,10 +293,9 @@ class TaskDispatcher:
         """The task record: the NodeScheduled event's bytes, keyed by task id, with headers
         naming where it came from."""
         source = task.record
-        headers = ((SOURCE_PARTITION, str(source.partition).encode()),
-                   (SOURCE_OFFSET, str(source.offset).encode()))
         return Output(DAG_TASKS, ANY_PARTITION, task.task_id.encode(), source.value,
-                      source.timestamp_ms, headers)
+                      source.timestamp_ms,
+                      source_headers(source.topic, source.partition, source.offset))
 
 
 async def restore_runner_positions(settings: Settings, db: Engine | None,

@@ -25,12 +25,7 @@ from streams.broker import EmbeddedBroker
 from streams.config import Settings
 from streams.dag.bench import Runners
 from streams.dag.definition import OPERATORS
-from streams.dag.dispatch import (
-    SOURCE_OFFSET,
-    SOURCE_PARTITION,
-    TaskDispatcher,
-    restore_runner_positions,
-)
+from streams.dag.dispatch import TaskDispatcher, restore_runner_positions
 from streams.dag.execution import (
     ExecutionCancelled,
     NodeCompleted,
@@ -42,6 +37,7 @@ from streams.dag.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS
 from streams.decider import to_record
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all, start_consumer
+from streams.log import SOURCE_OFFSET, SOURCE_PARTITION
 from streams.processor import Output
 from streams.topics import load_catalog
 

@@ -1,11 +1,15 @@
 """`pit up` as a real process: commands in, views and audit out, and a restart (SIGTERM,
-then `pit up` again on the same data directory) loses nothing."""
+then `pit up` again on the same data directory) loses nothing; nor does a `kill -9` with
+commands in flight lose one it acknowledged."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.client import SyncPitClient
+from streams.client import PitClient, SyncPitClient
 from streams.config import Settings
 from streams.pool.pool import ReportModelLoaded
 
@@ -53,6 +57,11 @@ class PitUp:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as reply:
             body = reply.read()
             return json.loads(body) if path != "/metrics" else body.decode()
+
+    def registered(self) -> set[str]:
+        """The models in the pool's view (pool_models), read from its database."""
+        with contextlib.closing(sqlite3.connect(self.data_dir / "pit.db")) as db:
+            return {row[0] for row in db.execute("SELECT model_id FROM pool_models")}
 
     def client(self) -> SyncPitClient:
         return SyncPitClient(Settings.from_env(self.env))
@@ -127,3 +136,77 @@ def test_pit_up_survives_a_restart(tmp_path: Path, free_port) -> None:
     assert verify.returncode == 0, verify.stderr
     history = pit.pit("audit", "llama")
     assert history.returncode == 0 and "ModelTransitioned" in history.stdout
+
+
+KILL_AFTER = 300  # accepted outcomes received before the kill
+IN_FLIGHT = 32
+
+
+async def _stream_until_killed(pit: PitUp) -> tuple[set[int], set[int]]:
+    """Register models m-0, m-1, ... with IN_FLIGHT commands outstanding; SIGKILL `pit up` as
+    the KILL_AFTER-th accepted outcome arrives. Returns the models whose registration was
+    answered accepted, and those sent but not answered."""
+    accepted: set[int] = set()
+    sent: set[int] = set()
+    killed = asyncio.Event()
+    slots = asyncio.Semaphore(IN_FLIGHT)
+    client = PitClient(Settings.from_env(pit.env))
+    await client.start()
+
+    async def register(n: int) -> None:
+        async with slots:
+            if killed.is_set():
+                return
+            sent.add(n)
+            outcome = await client.pool.register_model(f"m-{n}", "python:math:sqrt", 1, 1,
+                                                       command_id=f"reg-{n}", timeout=120)
+            if killed.is_set():
+                return
+            assert outcome.accepted, outcome
+            accepted.add(n)
+            if len(accepted) == KILL_AFTER:
+                pit.process.kill()
+                killed.set()
+
+    tasks = [asyncio.create_task(register(n)) for n in range(KILL_AFTER * 4)]
+    await asyncio.wait_for(killed.wait(), 300)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), 10)
+    pit.process.wait(timeout=30)
+    return accepted, sent - accepted
+
+
+def test_a_killed_pit_up_keeps_every_command_it_acknowledged(tmp_path: Path,
+                                                             free_port) -> None:
+    """`kill -9` of `pit up` with commands in flight: after a restart on the same directory,
+    every registration answered *accepted* has its effect (the model is in the views), and
+    sent again it is a duplicate; the audit chain verifies."""
+    pit = PitUp(tmp_path / "pit", free_port()).start()
+    accepted, unanswered = asyncio.run(_stream_until_killed(pit))
+    assert len(accepted) >= KILL_AFTER and unanswered  # killed with commands in flight
+
+    pit.start()
+    try:
+        with pit.client() as client:
+            for n in sorted(accepted):
+                again = client.pool.register_model(f"m-{n}", "python:math:sqrt", 1, 1,
+                                                   command_id=f"reg-{n}")
+                assert again.accepted and again.duplicate, (n, again)
+            for n in sorted(unanswered):  # lost or kept: decided once either way
+                assert client.pool.register_model(f"m-{n}", "python:math:sqrt", 1, 1,
+                                                  command_id=f"reg-{n}").accepted
+        wanted = {f"m-{n}" for n in accepted | unanswered}
+        try:
+            wait_for(lambda: pit.registered() >= wanted, 120)
+        except AssertionError:
+            missing = wanted - pit.registered()
+            raise AssertionError(f"not in the pool's view: {sorted(missing)[:20]}"
+                                 f" ({len(missing)} of {len(wanted)})") from None
+        assert pit.get("/audit/verify")["ok"]
+    finally:
+        pit.stop()
+    verify = pit.pit("audit", "verify")
+    assert verify.returncode == 0, verify.stderr

@@ -1,16 +1,21 @@
 """Restoring the embedded broker from the archive: original offsets, compacted topics
-compacted, and a gap the archive never saw kept as a placeholder."""
+compacted, a gap the archive never saw kept as a placeholder, the pending records after the
+archived ones, and no derived record without its source."""
 
 from __future__ import annotations
+
+from sqlalchemy import select
 
 from projections.runtime import Projector
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.app import RESTORE_PLACEHOLDER_KEY, restore_broker
+from streams.archive import durable_ends, durable_records, keep_pending, pending
 from streams.broker import EmbeddedBroker
 from streams.config import Settings
+from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 from streams.history import read_topic
-from streams.log import LogRecord
+from streams.log import LogRecord, source_headers
 from streams.pool.topics import POOL_EVENTS
 from streams.topics import SCHEMAS, load_catalog
 
@@ -54,3 +59,43 @@ async def test_restore_keeps_offsets_compacts_and_fills_gaps(engine) -> None:
         live = {r.key: r.value for r in schemas if r.value is not None}
         assert live == {b"b/1": b'{"v": "b"}', b"a/1": b'{"v": "a-new"}'}  # latest per key
         assert schemas[0].key == RESTORE_PLACEHOLDER_KEY and schemas[0].value is None
+
+
+async def test_restore_brings_back_pending_records_and_no_effect_without_its_cause(
+        engine) -> None:
+    """Events a processor made durable before the projector archived them come back after
+    the archived ones; a derived record (a task relayed from its NodeScheduled) whose source
+    is not durable comes back as a placeholder, one whose source is, as itself."""
+    task_of = {2: b"task-a", 3: b"task-b", 9: b"task-lost"}  # source offset -> task id
+    Projector(engine, views=[], codec=CODEC).apply_batch([
+        LogRecord(DAG_EVENTS, 4, 0, 1000, b"x", event("x", 1)),
+        LogRecord(DAG_EVENTS, 4, 1, 1001, b"x", event("x", 2)),
+        *[LogRecord(DAG_TASKS, n, 0, 1005, task, event("x", source),
+                    source_headers(DAG_EVENTS, 4, source))
+          for n, (source, task) in enumerate(task_of.items())],
+    ])
+    keep_pending(engine, [LogRecord(DAG_EVENTS, 4, offset, 1000 + offset, b"x",
+                                    event("x", offset + 1)) for offset in (1, 2, 3)])
+    assert durable_ends(engine)[(DAG_EVENTS, 4)] == 3
+
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        await restore_broker(engine, settings, load_catalog())
+
+        events = await read_topic(settings, DAG_EVENTS)
+        assert [(r.partition, r.offset, r.value) for r in events] == [
+            (4, offset, event("x", offset + 1)) for offset in range(4)]
+        tasks = {r.partition: r for r in await read_topic(settings, DAG_TASKS)}
+        assert [tasks[n].key for n in range(3)] == [b"task-a", b"task-b",
+                                                     RESTORE_PLACEHOLDER_KEY]
+        assert tasks[2].value is None and tasks[0].value == event("x", 2)
+
+    # once the projector archives the pending records' offsets, they are removed
+    Projector(engine, views=[], codec=CODEC).apply_batch(
+        [LogRecord(DAG_EVENTS, 4, offset, 1000 + offset, b"x", event("x", offset + 1))
+         for offset in (1, 2)])
+    assert [r.offset for r in durable_records(engine) if r.topic == DAG_EVENTS] == [
+        0, 1, 2, 3]
+    with engine.connect() as conn:
+        assert conn.execute(select(pending.c.offset)).scalars().all() == [3]

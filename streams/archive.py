@@ -15,8 +15,12 @@ a replay when Kafka no longer holds the beginning: `archived_records`, `archive_
 
 Any writer may append (`append`, in its own `write_transaction`): the archive keeps its own
 position per partition, so a record archived once, by whichever writer, is skipped when
-another writer offers it again. That is what lets a writer archive its records before they
-are acknowledged while the projector archives everything else.
+another writer offers it again.
+
+Pending records (`archive_pending`): on the embedded broker a processor makes its events
+durable there, raw, before it publishes their outcomes (`keep_pending`); `append` removes
+them once their offsets are archived, and a restore reads the archive and then the pending
+records beyond it (`durable_records`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Per batch of commands (aiokafka `getmany`): decode, drop duplicates, decide, evo
 in-memory state, then produce every event and outcome, wait for the broker's acks, and only
 then commit the command offsets. A crash anywhere redelivers the batch; the ledger of handled
 command ids (rebuilt from the events and results topics on start) turns the redelivery into
-acknowledgements with no second effect.
+acknowledgements with no second effect. On the embedded broker, which keeps nothing over a
+restart, the events are also made durable in the database before the outcomes are produced
+(`produce_archived`).
 
 `Processor.handle` is the pure-ish core (no I/O): tests and benchmarks drive it directly.
 Why not a Faust agent per event: Faust's per-event path measured ~2,100 events/s here; a

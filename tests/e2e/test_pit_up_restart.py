@@ -144,8 +144,8 @@ IN_FLIGHT = 32
 
 async def _stream_until_killed(pit: PitUp) -> tuple[set[int], set[int]]:
     """Register models m-0, m-1, ... with IN_FLIGHT commands outstanding; SIGKILL `pit up` as
-    the KILL_AFTER-th accepted outcome arrives. Returns the models whose registration was
-    answered accepted, and those sent but not answered."""
+    an accepted outcome arrives, once KILL_AFTER did, with others outstanding. Returns the
+    models whose registration was answered accepted, and those sent but not answered."""
     accepted: set[int] = set()
     sent: set[int] = set()
     killed = asyncio.Event()
@@ -164,7 +164,7 @@ async def _stream_until_killed(pit: PitUp) -> tuple[set[int], set[int]]:
                 return
             assert outcome.accepted, outcome
             accepted.add(n)
-            if len(accepted) == KILL_AFTER:
+            if len(accepted) >= KILL_AFTER and len(sent) > len(accepted):
                 pit.process.kill()
                 killed.set()
 

@@ -38,9 +38,9 @@ def source_headers(topic: str, partition: int, offset: int) -> tuple[tuple[str, 
 def source_of(headers: Iterable[tuple[str, bytes | None]]) -> tuple[str, int, int] | None:
     """(topic, partition, offset) of the record this one was derived from, if it says."""
     found = {name: value for name, value in headers
-             if name in (SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET)}
+             if value is not None and name in (SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET)}
     try:
         return (found[SOURCE_TOPIC].decode(), int(found[SOURCE_PARTITION]),
                 int(found[SOURCE_OFFSET]))
-    except (KeyError, AttributeError, ValueError):
+    except (KeyError, ValueError):  # not derived, or headers it did not write
         return None

@@ -293,6 +293,7 @@ class TaskDispatcher:
         """The task record: the NodeScheduled event's bytes, keyed by task id, with headers
         naming where it came from."""
         source = task.record
+        assert source is not None  # a task admitted from the log carries its record
         return Output(DAG_TASKS, ANY_PARTITION, task.task_id.encode(), source.value,
                       source.timestamp_ms,
                       source_headers(source.topic, source.partition, source.offset))

@@ -17,6 +17,7 @@ from collections import Counter
 
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client import REGISTRY
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
@@ -37,7 +38,7 @@ from streams.dag.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS
 from streams.decider import to_record
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all, start_consumer
-from streams.log import SOURCE_OFFSET, SOURCE_PARTITION
+from streams.log import SOURCE_OFFSET, SOURCE_PARTITION, source_headers, source_of
 from streams.processor import Output
 from streams.topics import load_catalog
 
@@ -275,6 +276,29 @@ async def test_the_dispatcher_relays_node_scheduled_by_task_id_and_resumes(setti
     await produce_events(settings, codec, [scheduled("ex-b", "m0", "add", {})], partition=2)
     assert (await relay(settings, codec, 5)).relayed == 2
     assert (await relayed_ids(settings))[-1] == "ex-b/m0/1"
+
+
+async def test_a_task_relayed_from_a_lost_node_scheduled_is_dispatched_again(
+        settings, codec, caplog):
+    """pit.dag.tasks holds a task relayed from a NodeScheduled the log no longer holds (its
+    source offset holds another record): on start the dispatcher relays the task again from
+    the NodeScheduled that is there, says so in one line and counts it; a task whose source
+    is there is not relayed again."""
+    lost, kept = scheduled("ex-r", "n0", "add", {}), scheduled("ex-r", "n1", "add", {})
+    await produce_events(settings, codec, [NodeStarted("ex-r", "n9", 1, "r"), kept, lost],
+                         partition=3)  # offsets 0, 1, 2
+    await produce_all(make_producer(settings), [
+        Output(DAG_TASKS, 0, lost.task_id.encode(), encoded(codec, lost), 0,
+               source_headers(DAG_EVENTS, 3, 0)),  # offset 0 is not its NodeScheduled
+        Output(DAG_TASKS, 1, kept.task_id.encode(), encoded(codec, kept), 0,
+               source_headers(DAG_EVENTS, 3, 1))])
+    before = REGISTRY.get_sample_value("pit_dag_tasks_redispatched_total") or 0
+    await relay(settings, codec, 3)
+    assert await relayed_ids(settings) == [lost.task_id, lost.task_id, kept.task_id]
+    tasks = [r for r in await read_topic(settings, DAG_TASKS) if r.key == lost.task_id.encode()]
+    assert source_of(tasks[-1].headers) == (DAG_EVENTS, 3, 2)
+    assert REGISTRY.get_sample_value("pit_dag_tasks_redispatched_total") == before + 1
+    assert "re-dispatching 1 task(s)" in caplog.text and lost.task_id in caplog.text
 
 
 async def test_the_overall_limit_holds_tasks_back_until_running_ones_end(settings, codec):

@@ -187,8 +187,12 @@ async def test_a_crashed_runners_task_is_run_again_by_the_other(settings, codec,
     found = await reports(settings, codec)
     assert [(name, r["runner"]) for name, r, _ in found] == [
         (STARTED, "victim"), (STARTED, "survivor"), (COMPLETED, "survivor")]
-    # the same attempt, the same command ids: the decider sees the second start as a repeat
-    assert found[0][1]["meta"]["command_id"] == found[1][1]["meta"]["command_id"]
+    # the same attempt run again: a start of its own (a second NodeStarted, so the
+    # node-runs view shows the run), while a report sent again keeps its command id
+    first_start, second_start = (r["meta"]["command_id"] for _, r, _ in found[:2])
+    assert first_start.startswith("ex-crash/slow/1/started/victim/")
+    assert second_start.startswith("ex-crash/slow/1/started/survivor/")
+    assert found[2][1]["meta"]["command_id"] == "ex-crash/slow/1/completed"
     assert json.loads(found[2][1]["output"]) == {"out": "done"}
     assert survivor.counts["completed"] == 1
 

@@ -123,6 +123,7 @@ MODEL_TIMEOUT_S = 30.0  # allocation and inference, when the task has no deadlin
 DRAIN_TIMEOUT_S = 30.0
 REVOKE_WAIT_S = 5.0
 COMMIT_WAIT_S = 3.0  # a commit the group refuses while it rebalances is tried this long
+HANDOVER_S = 0.5     # a runner given partitions waits this long for their previous owner
 CLOSE_WAIT_S = 5.0   # closing a client of a broker that is gone
 # A dead runner's tasks move after this. Give every runner of a group the same: the embedded
 # broker drops a member waiting to join when its session is shorter than another's.
@@ -566,6 +567,9 @@ class Runner:
         self._say = say or (lambda line: print(f"pit runner {self.runner_id}: {line}",
                                                file=sys.stderr, flush=True))
         self.offsets = Offsets()
+        # positions of partitions given up that the group refused to commit yet
+        self.handover: dict[Partition, int] = {}
+        self.handover_until = 0.0
         self.assignment: set[Partition] = set()
         self.running: dict[asyncio.Task, Partition] = {}
         self.reported: OrderedDict[str, None] = OrderedDict()
@@ -678,14 +682,22 @@ class Runner:
     def _kafka_error(self, error) -> None:
         log.debug("runner %s: kafka: %s", self.runner_id, error)
 
-    def _assigned(self, _consumer, partitions) -> None:
+    def _assigned(self, consumer, partitions) -> None:
+        """New partitions: start at their committed positions as they are a moment after the
+        group settled, so a handover commit the previous owner could not make while the
+        group rebalanced (the embedded coordinator refuses commits then) lands first."""
+        if partitions:
+            time.sleep(HANDOVER_S)
+        with contextlib.suppress(KafkaException):
+            partitions = consumer.committed(partitions, timeout=HANDOVER_S * 10)
+        consumer.incremental_assign(partitions)
         self.assignment |= {(p.topic, p.partition) for p in partitions}
 
     def _revoked(self, consumer, partitions) -> None:
         """Partitions go to another runner: let their tasks finish (up to `revoke_wait_s`)
-        and commit what is done before the new owner reads the position. A task still
-        running then goes on and reports, but its offset is the new owner's, who runs it
-        again."""
+        and commit what is done before the new owner reads the position; what the group
+        refuses now is committed as soon as it accepts (`_commit`). A task still running
+        then goes on and reports, but its offset is the new owner's, who runs it again."""
         revoked = {(p.topic, p.partition) for p in partitions}
         self.assignment -= revoked
         handover = asyncio.run_coroutine_threadsafe(self._let_go(revoked), self._loop)
@@ -693,15 +705,11 @@ class Runner:
             positions = handover.result(self.revoke_wait_s + 5)
         except TimeoutError:
             return
-        deadline = time.monotonic() + COMMIT_WAIT_S
-        while positions and time.monotonic() < deadline:
-            positions = {tp: offset for tp, offset in positions.items()
-                         if tp not in _committed(consumer, positions)}
-            if positions:
-                time.sleep(0.05)  # the group is settling: the commit is accepted once it is
-        if positions:
-            self._say(f"could not commit {len(positions)} handed-over position(s) within"
-                      f" {COMMIT_WAIT_S:g} s; their finished tasks may run again")
+        committed = _committed(consumer, positions)
+        self.handover.update({tp: o for tp, o in positions.items() if tp not in committed})
+        # owed until the group has settled with the new owner, never past (a late commit
+        # would move its position back)
+        self.handover_until = time.monotonic() + self.session_timeout_ms / 1000 + HANDOVER_S
 
     def _lost(self, _consumer, partitions) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
@@ -785,14 +793,21 @@ class Runner:
     # --- committing -------------------------------------------------------------------------
 
     async def _commit(self) -> bool:
-        """Commit what is done; True when all of it was. What the group refuses now (it is
-        rebalancing) is tried again next round."""
+        """Commit what is done, and the handovers still owed; True when all of it was. What
+        the group refuses now (it is rebalancing) is tried again next round."""
         positions = self.offsets.committable(self.assignment)
-        if not positions:
+        if self.handover and time.monotonic() > self.handover_until:
+            self._say(f"could not commit {len(self.handover)} handed-over position(s) in"
+                      " time; their finished tasks may run again")
+            self.handover.clear()
+        if not positions and not self.handover:
             return True
-        committed = await self._on_kafka(self._commit_now, positions)
-        self.offsets.committed.update({tp: positions[tp] for tp in committed})
-        return len(committed) == len(positions)
+        committed = await self._on_kafka(self._commit_now, {**self.handover, **positions})
+        self.offsets.committed.update({tp: positions[tp] for tp in committed
+                                       if tp in positions})
+        for tp in committed:
+            self.handover.pop(tp, None)
+        return not self.handover and committed >= set(positions)
 
     async def _let_go(self, revoked: set[Partition]) -> dict[Partition, int]:
         deadline = time.monotonic() + self.revoke_wait_s

@@ -168,6 +168,49 @@ async def test_two_runners_in_one_group_report_each_task_exactly_once(settings, 
     assert len(await reports(settings, codec)) == 400
 
 
+async def test_a_runner_joining_then_one_leaving_runs_no_task_twice(settings, codec, runners,
+                                                                    tmp_path):
+    """200 short nodes with one runner; a second joins partway, then the first leaves as on
+    SIGTERM (drain, commit, leave): every side effect happens exactly once."""
+    effects = tmp_path / "effects.txt"  # one line per run of a node: what a user would see
+
+    async def side_effect(value, ms: int = 0):
+        with effects.open("a") as out:
+            out.write(f"{value}\n")
+        await asyncio.sleep(ms / 1000)
+        return value
+
+    counting = OPERATORS.copy()
+    counting.register("sleep_then_return", side_effect, inputs={"value": "any", "ms": "int"},
+                      output="any", replace=True)
+
+    def runs() -> Counter:
+        return Counter(effects.read_text().split()) if effects.exists() else Counter()
+
+    async def ran(count: int) -> bool:
+        return sum(runs().values()) >= count
+
+    first = runners.start("first", operators=counting, concurrency=4)
+    await runners.balanced(TASK_PARTITIONS)
+    await publish_tasks(settings, codec, [
+        scheduled("ex-members", f"n{i:03d}", "sleep_then_return", {"value": f"n{i:03d}",
+                                                                    "ms": 40})
+        for i in range(200)])
+    await until(lambda: ran(20), what="the first runner to be under way")
+    second = runners.start("second", operators=counting, concurrency=4)
+    await runners.balanced(TASK_PARTITIONS)
+    await until(lambda: ran(100), timeout_s=60, what="half the nodes run")
+    assert await runners.stop("first")  # drained: nothing abandoned
+    await until(lambda: ran(200), timeout_s=60, what="every node run")
+    assert await runners.stop("second")
+
+    assert runs() == Counter({f"n{i:03d}": 1 for i in range(200)})  # none twice, none lost
+    assert first.counts["completed"] > 0 and second.counts["completed"] > 0
+    assert first.counts["completed"] + second.counts["completed"] == 200
+    found = await reports(settings, codec)
+    assert Counter(name for name, _, _ in found) == {STARTED: 200, COMPLETED: 200}
+
+
 async def test_a_crashed_runners_task_is_run_again_by_the_other(settings, codec, runners):
     runners.start("victim", operators=STUCK)
     await runners.balanced(TASK_PARTITIONS)

@@ -494,9 +494,6 @@ class Offsets:
                 positions[tp] = position
         return positions
 
-    def busy(self, partitions: Iterable[Partition]) -> bool:
-        return any(self.running.get(tp) for tp in partitions)
-
     def forget(self, partitions: Iterable[Partition]) -> None:
         for tp in partitions:
             for table in (self.running, self.next, self.committed):
@@ -811,7 +808,8 @@ class Runner:
 
     async def _let_go(self, revoked: set[Partition]) -> dict[Partition, int]:
         deadline = time.monotonic() + self.revoke_wait_s
-        while self.offsets.busy(revoked) and time.monotonic() < deadline:
+        while (any(tp in revoked for tp in self.running.values())
+               and time.monotonic() < deadline):
             await asyncio.sleep(0.02)
         positions = self.offsets.committable(revoked)
         self.offsets.forget(revoked)

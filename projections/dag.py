@@ -15,7 +15,10 @@ View `dag`, four tables:
   cancelled: the execution ended or restarted while it was in flight), the error, and
   whether a retry followed it, or a fallback or a skip completed its node;
 * dag_failures: one row per NodeFailed, ExecutionFailed and ExecutionTimedOut (error type
-  "Timeout"), with the error type and message.
+  "Timeout"), with the error type and message;
+* dag_node_starts: one row per NodeStarted: which runner started which attempt, when. An
+  attempt started more than once was run again by another runner, its first runner lost
+  mid-node (killed, or cut off from `pit up`): every run of a task shows here.
 
 The rules follow the decider's evolve: when an execution fails, is cancelled or times out,
 its unfinished nodes become cancelled (a failed node stays failed); a restart sends every
@@ -78,6 +81,8 @@ _TOTALS = ("attempts", "retries", "node_failures", "restarts")
 _FAILURE_COLUMNS = ("execution_id", "sequence", "event", "node_id", "attempt", "kind",
                     "error_type", "message", "retryable", "runner", "occurred_at_ms",
                     "event_id")
+_START_COLUMNS = ("execution_id", "sequence", "node_id", "attempt", "runner",
+                  "started_at_ms")
 _PREFIX = "pit.dag."
 
 
@@ -109,7 +114,8 @@ class _Table(Rows):
 class DagView(View):
     name = "dag"
     topics = (DAG_EVENTS,)
-    table_names = ("dag_executions", "dag_nodes", "dag_node_runs", "dag_failures")
+    table_names = ("dag_executions", "dag_nodes", "dag_node_runs", "dag_failures",
+                   "dag_node_starts")
 
     def define(self, metadata: MetaData, suffix: str = "", token: str = "") -> dict[str, Table]:
         executions = Table(
@@ -207,8 +213,19 @@ class DagView(View):
                                  name=constraint_name("pk", "dag_failures", token)),
             Index(index_name("dag_failures", "error_type", token), "error_type"),
         )
+        starts = Table(
+            "dag_node_starts" + suffix, metadata,
+            Column("execution_id", _ID, nullable=False),
+            Column("sequence", Long, nullable=False),
+            Column("node_id", _ID, nullable=False),
+            Column("attempt", Integer, nullable=False),
+            Column("runner", _ID),
+            Column("started_at_ms", Long, nullable=False),
+            PrimaryKeyConstraint("execution_id", "sequence",
+                                 name=constraint_name("pk", "dag_node_starts", token)),
+        )
         return {"dag_executions": executions, "dag_nodes": nodes, "dag_node_runs": runs,
-                "dag_failures": failures}
+                "dag_failures": failures, "dag_node_starts": starts}
 
     def apply_batch(self, conn: Connection, tables: dict[str, Table],
                     events: Sequence[tuple[Decoded, LogRecord]]) -> None:
@@ -230,6 +247,8 @@ class _DagBatch:
         self.runs = _Table(tables["dag_node_runs"], ("task_id",))
         self.failures_table = tables["dag_failures"]
         self.failures: list[tuple[Any, ...]] = []
+        self.starts_table = tables["dag_node_starts"]
+        self.starts: list[tuple[Any, ...]] = []
         self.unknown = 0  # events of executions whose start the view never saw: skipped
         ids, node_keys, attempts = set(), set(), set()
         for _, record in selected:
@@ -273,6 +292,7 @@ class _DagBatch:
         for rows in (self.executions, self.nodes, self.runs):
             rows.write(self.conn)
         insert_rows(self.conn, self.failures_table, _FAILURE_COLUMNS, self.failures)
+        insert_rows(self.conn, self.starts_table, _START_COLUMNS, self.starts)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -387,6 +407,8 @@ class _DagBatch:
 
     def node_started(self, ex: dict, r: dict, env: dict) -> None:
         at = env["occurred_at"]
+        self.starts.append((ex["execution_id"], env["sequence"], r["node_id"], r["attempt"],
+                            r["runner"] or None, at))
         self.move(ex, self.node(ex, r["node_id"], at), "running")
         if run := self.attempt(ex["execution_id"], r["node_id"], r["attempt"], at):
             run.update(status="running", started_at_ms=at, runner=r["runner"] or None)
@@ -534,12 +556,13 @@ def _known(conn: Connection, tables: dict[str, Table], execution_id: str) -> boo
 
 def execution_nodes(engine: Engine, execution_id: str, *, state: str | None = None,
                     limit: int = 1000, offset: int = 0) -> dict[str, Any] | None:
-    """The nodes events named (by node id), each with its attempts, oldest first; `count`
-    is how many match `state`. None for an unknown execution."""
+    """The nodes events named (by node id), each with its attempts, oldest first, and each
+    attempt with its starts (more than one: run again by another runner); `count` is how
+    many match `state`. None for an unknown execution."""
     if state is not None and state not in NODE_STATES:
         raise PitError(f"unknown node state {state!r}; states: {', '.join(NODE_STATES)}")
     tables = dag_tables()
-    nodes, runs = tables["dag_nodes"], tables["dag_node_runs"]
+    nodes, runs, starts = tables["dag_nodes"], tables["dag_node_runs"], tables["dag_node_starts"]
     where = [nodes.c.execution_id == execution_id]
     if state is not None:
         where.append(nodes.c.state == state)
@@ -551,6 +574,7 @@ def execution_nodes(engine: Engine, execution_id: str, *, state: str | None = No
             select(nodes).where(*where).order_by(nodes.c.node_id).limit(limit).offset(offset)
         ).mappings()]
         attempts: dict[str, list[dict[str, Any]]] = {}
+        started: dict[str, list[dict[str, Any]]] = {}  # task id -> its runs
         ids = [node["node_id"] for node in page]
         for start in range(0, len(ids), CHUNK):
             for row in conn.execute(
@@ -559,6 +583,16 @@ def execution_nodes(engine: Engine, execution_id: str, *, state: str | None = No
                     .order_by(runs.c.node_id, runs.c.attempt)).mappings():
                 attempts.setdefault(row["node_id"], []).append(
                     {k: v for k, v in dict(row).items() if k not in ("execution_id", "node_id")})
+            for row in conn.execute(
+                    select(starts).where(starts.c.execution_id == execution_id,
+                                         starts.c.node_id.in_(ids[start:start + CHUNK]))
+                    .order_by(starts.c.sequence)).mappings():
+                started.setdefault(task_id(execution_id, row["node_id"], row["attempt"]),
+                                   []).append({"runner": row["runner"],
+                                               "started_at_ms": row["started_at_ms"]})
+    for runs_of in attempts.values():
+        for run in runs_of:
+            run["starts"] = started.get(run["task_id"], [])
     for node in page:
         del node["node_key"], node["execution_id"], node["resolved_sequence"]
         node["runs"] = attempts.get(node["node_id"], [])

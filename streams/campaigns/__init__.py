@@ -9,4 +9,7 @@ kill whole Pits, so they may import anything.
 from __future__ import annotations
 
 # name -> (module, one-line help)
-CAMPAIGNS: dict[str, tuple[str, str]] = {}
+CAMPAIGNS: dict[str, tuple[str, str]] = {
+    "drain": ("streams.campaigns.drain", "hosts and runners asked to stop exit within their"
+                                         " drain timeout, whatever pit up does"),
+}

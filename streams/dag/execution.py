@@ -1226,7 +1226,9 @@ def _report(d: _Decision, c: Any, *statuses: NodeStatus) -> int | None:
 
 
 def _on_report_started(d: _Decision, c: ReportNodeStarted) -> None:
-    if _report(d, c, SCHEDULED) is not None:
+    # Started again while running: another runner took the task over (the first was lost
+    # mid-node). A report sent again is a duplicate command, deduplicated before this.
+    if _report(d, c, SCHEDULED, RUNNING) is not None:
         d.emit(NodeStarted(c.execution_id, c.node_id, c.attempt, c.runner))
 
 

@@ -31,18 +31,23 @@ Reports are commands to the execution decider on pit.dag.commands, keyed by exec
 ReportNodeStarted before running, then ReportNodeCompleted or ReportNodeFailed (error type
 name, one-line message, retryable; "Timeout" when the task's deadline passed - an operator
 thread cannot be stopped, so its late result is dropped). Command ids are derived from the
-task id ("<task id>/started" ...), so a report sent again is a duplicate to the decider, and
+task id ("<task id>/completed" ...), so a report sent again is a duplicate to the decider, and
 every report carries the attempt, so the decider ignores a result for an attempt that is
-already over.
+already over. A start report also names the runner process ("<task id>/started/<runner
+id>/<token>"): a task run again by another runner (its first runner was lost mid-node) is a
+second NodeStarted of that attempt, so every run shows in the node-runs view.
 
 Delivery is at least once: a task's offset is committed only once its final report is
 acknowledged by the broker, in offset order per partition (the lowest offset still running
-holds the commit back). A runner killed mid-node leaves its task uncommitted; the group
-rebalances and another runner runs it again. On a rebalance a runner first lets the tasks of
-the partitions it loses finish (up to `revoke_wait_s`) and commits them, so a planned
-rebalance repeats nothing. SIGTERM/SIGINT: stop taking tasks, let running ones finish (up to
-`--drain-timeout`), commit, leave the group, exit 0 (1 when tasks had to be abandoned: they
-are redelivered; a second signal abandons them at once).
+holds the commit back), at the latest 0.1 s after it. A runner killed mid-node leaves its
+task uncommitted; the group rebalances and another runner runs it again. Runners joining
+and leaving move partitions by cooperative rebalancing: a runner first lets the tasks of the
+partitions it gives up finish (up to `revoke_wait_s`) and commits them, so a join or a
+graceful leave runs nothing twice. SIGTERM/SIGINT: stop taking tasks, let running ones finish
+(up to `--drain-timeout`), commit, leave the group, exit 0 (1 when tasks had to be
+abandoned: they are redelivered; a second signal abandons them at once). It exits within
+the drain timeout and a few seconds whatever `pit up` does meanwhile (streams/process.py).
+A runner whose `pit up` is gone says so in one line and waits for it, then carries on.
 """
 
 from __future__ import annotations
@@ -53,7 +58,6 @@ import inspect
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -99,6 +103,13 @@ from streams.decider import Message, to_record
 from streams.errors import BlobIntegrityError, BrokerUnavailableError, PitError, SchemaError
 from streams.pool.client import PoolOps
 from streams.pool.pool import POOL
+from streams.process import (
+    BROKER_POLL_S,
+    Stopping,
+    broker_address,
+    gone_line,
+    wait_for_broker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +122,9 @@ MAP_CONCURRENCY = 16
 MODEL_TIMEOUT_S = 30.0  # allocation and inference, when the task has no deadline
 DRAIN_TIMEOUT_S = 30.0
 REVOKE_WAIT_S = 5.0
+COMMIT_WAIT_S = 3.0  # a commit the group refuses while it rebalances is tried this long
+HANDOVER_S = 0.5     # a runner given partitions waits this long for their previous owner
+CLOSE_WAIT_S = 5.0   # closing a client of a broker that is gone
 # A dead runner's tasks move after this. Give every runner of a group the same: the embedded
 # broker drops a member waiting to join when its session is shorter than another's.
 SESSION_TIMEOUT_MS = 10_000
@@ -123,10 +137,6 @@ def wall_ms() -> int:
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
-
-
-class RunnerError(PitError):
-    """The runner cannot go on (its embedded broker is gone)."""
 
 
 class TaskError(PitError):
@@ -398,8 +408,10 @@ class KafkaReporter:
     partitioned as every client partitions it); each call returns once the broker has
     acknowledged the report."""
 
-    def __init__(self, settings: Settings, codec: Codec, runner_id: str) -> None:
+    def __init__(self, settings: Settings, codec: Codec, runner_id: str,
+                 run_id: str = "") -> None:
         self.settings, self.codec, self.runner_id = settings, codec, runner_id
+        self.run_id = run_id or runner_id
         self.producer: AIOKafkaProducer | None = None
 
     async def start(self) -> KafkaReporter:
@@ -428,7 +440,7 @@ class KafkaReporter:
 
     async def started(self, task: Task) -> None:
         await self._send(ReportNodeStarted(task.execution_id, task.node_id, task.attempt,
-                                           self.runner_id), task, "started")
+                                           self.runner_id), task, f"started/{self.run_id}")
 
     async def finished(self, task: Task, result: Result,
                        headers: Sequence[tuple[str, bytes]] = ()) -> None:
@@ -482,9 +494,6 @@ class Offsets:
                 positions[tp] = position
         return positions
 
-    def busy(self, partitions: Iterable[Partition]) -> bool:
-        return any(self.running.get(tp) for tp in partitions)
-
     def forget(self, partitions: Iterable[Partition]) -> None:
         for tp in partitions:
             for table in (self.running, self.next, self.committed):
@@ -514,7 +523,18 @@ class Runner:
     the embedded broker's group coordinator answers a follower's SyncGroup only when it
     comes before the leader's, which aiokafka's leader usually beats (its group of two never
     settles there), while librdkafka's leader fetches metadata first. Its rebalance
-    callbacks run on that thread and wait for the event loop to let tasks finish."""
+    callbacks run on that thread and wait for the event loop to let tasks finish.
+
+    Partitions move by cooperative rebalancing: a runner keeps its partitions while the
+    group rebalances and gives up only those that move, once the tasks it runs on them have
+    finished and their offsets are committed. (With the eager protocol every runner revokes
+    everything first; the embedded broker's coordinator refuses commits while the group is
+    joining, so what a runner had done since its last commit ran again on its new owner.)
+
+    Connections: the Kafka clients belong to one connection to the broker. Once the `pit up`
+    of an embedded broker is gone, the runner says so in one line, abandons its running
+    tasks (their reports could not land; they run again from the restored log) and waits for
+    a `pit up` to come back, then connects to it and carries on."""
 
     def __init__(self, settings: Settings, *, runner_id: str | None = None,
                  concurrency: int = CONCURRENCY, threads: int = THREADS,
@@ -528,21 +548,25 @@ class Runner:
                            f" {threads})")
         self.settings = settings
         self.runner_id = runner_id or default_runner_id()
+        # Names this process's runs in its start reports: a task run again elsewhere (its
+        # runner was lost) is a new run to the decider, not a repeat of the first report.
+        self.run_id = f"{self.runner_id}/{uuid.uuid4().hex[:8]}"
         self.pools = tuple(sorted(set(pools)))
         self.concurrency, self.group = concurrency, group or group_of(self.pools)
         self.drain_timeout_s, self.revoke_wait_s = drain_timeout_s, revoke_wait_s
         self.session_timeout_ms = session_timeout_ms
         self.codec = codec or Codec(registry_for(settings))
-        self.client = CommandClient(settings, f"pit-runner/{self.runner_id}", self.codec,
-                                    deciders=(POOL,))
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="pit-runner")
-        self._kafka = ThreadPoolExecutor(1, thread_name_prefix="pit-runner-kafka")
-        self.executor = NodeExecutor(blobs or blob_store(settings), operators, PoolOps(self.client),
+        self.executor = NodeExecutor(blobs or blob_store(settings), operators, None,
                                      self._threads, inline_limit)
-        self.reporter: Reporter = KafkaReporter(settings, self.codec, self.runner_id)
+        self.client: CommandClient | None = None
+        self.reporter: Reporter | None = None
         self._say = say or (lambda line: print(f"pit runner {self.runner_id}: {line}",
                                                file=sys.stderr, flush=True))
         self.offsets = Offsets()
+        # positions of partitions given up that the group refused to commit yet
+        self.handover: dict[Partition, int] = {}
+        self.handover_until = 0.0
         self.assignment: set[Partition] = set()
         self.running: dict[asyncio.Task, Partition] = {}
         self.reported: OrderedDict[str, None] = OrderedDict()
@@ -550,57 +574,86 @@ class Runner:
         self._slot = asyncio.Event()
         self._forced = asyncio.Event()
         self._consumer: Consumer | None = None
+        self._kafka: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Take and run tasks until `stop`, then drain. True when every task taken was
-        finished and committed, False when some had to be abandoned (redelivered)."""
+        finished and committed, False when some had to be abandoned (they run again)."""
         self._loop = asyncio.get_running_loop()
+        abandoned = False
         try:
+            while True:
+                address = await wait_for_broker(self.settings, stop, self._say)
+                if address is None:
+                    return not abandoned
+                drained = await self._connected(stop, address)
+                if drained is not None:
+                    return drained and not abandoned
+                abandoned = True
+        finally:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _connected(self, stop: asyncio.Event, address: str) -> bool | None:
+        """One connection: take tasks until `stop` (then drain: True when nothing was
+        abandoned) or until the broker is gone (None)."""
+        self._kafka = ThreadPoolExecutor(1, thread_name_prefix="pit-runner-kafka")
+        try:
+            self.client = CommandClient(self.settings, f"pit-runner/{self.runner_id}",
+                                        self.codec, deciders=(POOL,))
+            self.executor.models = PoolOps(self.client)
+            self.reporter = KafkaReporter(self.settings, self.codec, self.runner_id,
+                                          self.run_id)
             await self.client.start()
             await self.reporter.start()
-            await self._on_kafka(self._subscribe)
-            self._say(f"taking tasks of pools {', '.join(self.pools)} from {DAG_TASKS} in group"
-                      f" {self.group} (concurrency {self.concurrency})")
-            joined = self.settings.bootstrap() if self.settings.embedded else None
-            look_at = time.monotonic()
-            try:
-                while not stop.is_set():
-                    await self._take()
-                    await self._commit()
-                    if joined and time.monotonic() >= look_at:
-                        self._check_broker(joined)
-                        look_at = time.monotonic() + 1.0
-                return await self._drain()
-            finally:
-                await self._on_kafka(self._consumer.close)
-        finally:
-            await self.close()
-
-    def _check_broker(self, joined: str) -> None:
-        """An embedded broker lives and dies with its `pit up`: once the one this runner
-        joined is gone, no report can land, so the runner stops (tasks it held run again
-        once the group has other runners)."""
+            await self._on_kafka(self._subscribe, address)
+        except BrokerUnavailableError as exc:
+            self._say(f"cannot connect to the broker at {address}: {_one_line(exc)}")
+            await self._disconnect()
+            await asyncio.sleep(BROKER_POLL_S)
+            return None
+        self._say(f"taking tasks of pools {', '.join(self.pools)} from {DAG_TASKS} in group"
+                  f" {self.group} at {address} (concurrency {self.concurrency})")
+        look_at = time.monotonic()
         try:
-            current = self.settings.bootstrap()
-        except BrokerUnavailableError:
-            current = None
-        if current != joined:
-            for job in self.running:
-                job.cancel()
-            raise RunnerError(f"runner {self.runner_id}: the pit up it joined has stopped (its"
-                              f" embedded broker at {joined} is gone); start the runner again"
-                              " once pit up runs")
+            while not stop.is_set():
+                await self._take()
+                await self._commit()
+                if time.monotonic() >= look_at:
+                    if broker_address(self.settings) != address:
+                        self._say(gone_line(address))
+                        self._abandon()
+                        return None
+                    look_at = time.monotonic() + BROKER_POLL_S
+            return await self._drain()
+        finally:
+            await self._disconnect()
+
+    def _abandon(self) -> None:
+        """The broker is gone: running tasks stop unreported and the positions go (a new
+        broker restores the group's own)."""
+        for job in self.running:
+            job.cancel()
+        self.offsets.forget(set(self.offsets.next))
+        self.assignment.clear()
+
+    async def _disconnect(self) -> None:
+        """Close the connection's clients, each in bounded time (a broker that is gone may
+        never answer a goodbye)."""
+        if self._consumer is not None:
+            with contextlib.suppress(TimeoutError, KafkaException):
+                await asyncio.wait_for(self._on_kafka(self._consumer.close), CLOSE_WAIT_S)
+            self._consumer = None
+        for part in (self.reporter, self.client):
+            if part is not None:
+                with contextlib.suppress(TimeoutError, KafkaError):
+                    await asyncio.wait_for(part.close(), CLOSE_WAIT_S)
+        self.reporter = self.client = None
+        self._kafka.shutdown(wait=False)
 
     def force(self) -> None:
         """Stop draining now (a second signal): running tasks are abandoned."""
         self._forced.set()
-
-    async def close(self) -> None:
-        await self.reporter.close()
-        await self.client.close()
-        self._threads.shutdown(wait=False, cancel_futures=True)
-        self._kafka.shutdown(wait=False)
 
     def _on_kafka(self, call: Callable, *args) -> asyncio.Future:
         """Every consumer call runs on the one Kafka thread, so none overlaps another."""
@@ -608,10 +661,12 @@ class Runner:
 
     # --- the group (on the Kafka thread) ----------------------------------------------------
 
-    def _subscribe(self) -> None:
+    def _subscribe(self, address: str) -> None:
         self._consumer = Consumer({
-            **self.settings.librdkafka_config(), "group.id": self.group,
+            **self.settings.librdkafka_config(), "bootstrap.servers": address,
+            "group.id": self.group,
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
             # the default (500 ms) is what every scheduled node waited before it started
@@ -624,13 +679,22 @@ class Runner:
     def _kafka_error(self, error) -> None:
         log.debug("runner %s: kafka: %s", self.runner_id, error)
 
-    def _assigned(self, _consumer, partitions) -> None:
+    def _assigned(self, consumer, partitions) -> None:
+        """New partitions: start at their committed positions as they are a moment after the
+        group settled, so a handover commit the previous owner could not make while the
+        group rebalanced (the embedded coordinator refuses commits then) lands first."""
+        if partitions:
+            time.sleep(HANDOVER_S)
+        with contextlib.suppress(KafkaException):
+            partitions = consumer.committed(partitions, timeout=HANDOVER_S * 10)
+        consumer.incremental_assign(partitions)
         self.assignment |= {(p.topic, p.partition) for p in partitions}
 
     def _revoked(self, consumer, partitions) -> None:
-        """Partitions go to another runner: let their tasks finish (bounded) and commit what
-        is done. Tasks still running go on and report, but their offsets are the new
-        owner's, who runs them again."""
+        """Partitions go to another runner: let their tasks finish (up to `revoke_wait_s`)
+        and commit what is done before the new owner reads the position; what the group
+        refuses now is committed as soon as it accepts (`_commit`). A task still running
+        then goes on and reports, but its offset is the new owner's, who runs it again."""
         revoked = {(p.topic, p.partition) for p in partitions}
         self.assignment -= revoked
         handover = asyncio.run_coroutine_threadsafe(self._let_go(revoked), self._loop)
@@ -638,17 +702,19 @@ class Runner:
             positions = handover.result(self.revoke_wait_s + 5)
         except TimeoutError:
             return
-        if positions:
-            with contextlib.suppress(KafkaException):
-                consumer.commit(offsets=_partitions(positions), asynchronous=False)
+        committed = _committed(consumer, positions)
+        self.handover.update({tp: o for tp, o in positions.items() if tp not in committed})
+        # owed until the group has settled with the new owner, never past (a late commit
+        # would move its position back)
+        self.handover_until = time.monotonic() + self.session_timeout_ms / 1000 + HANDOVER_S
 
     def _lost(self, _consumer, partitions) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
         self.assignment -= lost
         self._loop.call_soon_threadsafe(self.offsets.forget, lost)
 
-    def _commit_now(self, positions: dict[Partition, int]) -> None:
-        self._consumer.commit(offsets=_partitions(positions), asynchronous=False)
+    def _commit_now(self, positions: dict[Partition, int]) -> set[Partition]:
+        return _committed(self._consumer, positions)
 
     # --- taking tasks -----------------------------------------------------------------------
 
@@ -684,13 +750,14 @@ class Runner:
             self.counts["skipped"] += 1
             self.offsets.done(tp, message.offset(), epoch)
             return
-        await self._report(lambda: self.reporter.started(task), task)
+        reporter = self.reporter
+        await self._report(lambda: reporter.started(task), task)
         result = await self.executor.execute(task)
         # The task's position rides on its last report, so a restored broker can tell
         # which tasks were done (streams/dag/dispatch.py restore_runner_positions).
         position = ((TASK_PARTITION, str(message.partition()).encode()),
                     (TASK_OFFSET, str(message.offset()).encode()))
-        await self._report(lambda: self.reporter.finished(task, result, position), task)
+        await self._report(lambda: reporter.finished(task, result, position), task)
         self.counts["completed" if isinstance(result, Completed) else "failed"] += 1
         self.reported[task.task_id] = None
         if len(self.reported) > REMEMBERED_TASKS:
@@ -722,21 +789,27 @@ class Runner:
 
     # --- committing -------------------------------------------------------------------------
 
-    async def _commit(self) -> None:
-        """Commit what is done. A commit the group refuses now (a rebalance is under way)
-        is tried again next round; the handover commits what the runner lets go."""
+    async def _commit(self) -> bool:
+        """Commit what is done, and the handovers still owed; True when all of it was. What
+        the group refuses now (it is rebalancing) is tried again next round."""
         positions = self.offsets.committable(self.assignment)
-        if positions:
-            try:
-                await self._on_kafka(self._commit_now, positions)
-            except KafkaException as exc:
-                log.debug("runner %s: commit deferred: %s", self.runner_id, exc)
-                return
-            self.offsets.committed.update(positions)
+        if self.handover and time.monotonic() > self.handover_until:
+            self._say(f"could not commit {len(self.handover)} handed-over position(s) in"
+                      " time; their finished tasks may run again")
+            self.handover.clear()
+        if not positions and not self.handover:
+            return True
+        committed = await self._on_kafka(self._commit_now, {**self.handover, **positions})
+        self.offsets.committed.update({tp: positions[tp] for tp in committed
+                                       if tp in positions})
+        for tp in committed:
+            self.handover.pop(tp, None)
+        return not self.handover and committed >= set(positions)
 
     async def _let_go(self, revoked: set[Partition]) -> dict[Partition, int]:
         deadline = time.monotonic() + self.revoke_wait_s
-        while self.offsets.busy(revoked) and time.monotonic() < deadline:
+        while (any(tp in revoked for tp in self.running.values())
+               and time.monotonic() < deadline):
             await asyncio.sleep(0.02)
         positions = self.offsets.committable(revoked)
         self.offsets.forget(revoked)
@@ -756,10 +829,26 @@ class Runner:
         for job in abandoned:
             job.cancel()
         await asyncio.gather(*abandoned, return_exceptions=True)
-        await self._commit()
+        # Before leaving the group: a commit refused while it rebalances is taken once it
+        # has settled, and the runner that gets these partitions starts after them.
+        deadline = time.monotonic() + COMMIT_WAIT_S
+        while not await self._commit() and time.monotonic() < deadline \
+                and not self._forced.is_set():
+            await asyncio.sleep(0.05)
         if abandoned:
             self._say(f"abandoned {len(abandoned)} running task(s); they will run again")
         return not abandoned
+
+
+def _committed(consumer: Consumer, positions: dict[Partition, int]) -> set[Partition]:
+    """Commit `positions`; the partitions the group accepted (it refuses them all while it
+    rebalances, and a partition can fail alone)."""
+    try:
+        answer = consumer.commit(offsets=_partitions(positions), asynchronous=False)
+    except KafkaException as exc:
+        log.debug("commit refused: %s", exc)
+        return set()
+    return {(p.topic, p.partition) for p in answer or () if p.error is None}
 
 
 def _partitions(positions: dict[Partition, int]) -> list[KafkaPartition]:
@@ -770,21 +859,14 @@ def _partitions(positions: dict[Partition, int]) -> list[KafkaPartition]:
 async def run_runner(settings: Settings, runner_id: str | None, concurrency: int,
                      threads: int, drain_timeout_s: float, pools: Iterable[str] = POOLS,
                      session_timeout_ms: int = SESSION_TIMEOUT_MS) -> int:
-    """`pit runner`: run tasks until SIGTERM/SIGINT, then drain. 0 when it drained in time."""
+    """`pit runner`: run tasks until SIGTERM/SIGINT, then drain. 0 when it drained in time.
+    It exits within its drain timeout and a few seconds whatever the broker does, at once on
+    a second signal (streams/process.py `Stopping`)."""
     runner = Runner(settings, runner_id=runner_id, concurrency=concurrency, threads=threads,
                     drain_timeout_s=drain_timeout_s, pools=pools,
                     session_timeout_ms=session_timeout_ms)
-    stop = asyncio.Event()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            runner.force()
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    drained = await runner.run(stop)
+    stopping = Stopping(drain_timeout_s, runner.force, runner._say).install()
+    drained = await runner.run(stopping.stop)
     runner._say(f"stopped: {runner.counts['completed']} completed, {runner.counts['failed']}"
                 " failed")
     return 0 if drained else 1

@@ -23,7 +23,12 @@
   allocations in flight are still answered, unloads happen as instructed, and finally the
   host reports itself down (it leaves the pool empty) and exits 0. The drain is bounded
   (`--drain-timeout`, 30 s): past it, or on a second signal, the host reports itself down
-  anyway - the pool ends the allocations still in flight - and exits 1.
+  anyway - the pool ends the allocations still in flight - and exits 1. The whole stop is
+  bounded whatever `pit up` does meanwhile: the last report waits 3 s at most, and the
+  process ends at the drain timeout plus 5 s, 2 s after a second signal (streams/process.py).
+* Its `pit up`: with an embedded broker, a host waits for a `pit up` to run (one line), and
+  when the one it serves is gone (stopped, killed, restarted at a new address) it says so in
+  one line, drops what it held and waits for the next, then registers there afresh.
 * If the pool records this host down while it runs (the HostMonitor could not reach it),
   its models are already Failed there: the host drops them and registers again.
 
@@ -38,7 +43,6 @@ import contextlib
 import json
 import logging
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,7 +56,7 @@ from schemas.codec import Codec
 from streams.commands import CommandClient, Outcome
 from streams.config import Settings
 from streams.decider import Message, from_record
-from streams.errors import BrokerUnavailableError, PitError, SchemaError
+from streams.errors import BrokerUnavailableError, CommandTimeoutError, PitError, SchemaError
 from streams.follower import Follower
 from streams.pool.health import FailureDetector, HealthChecker, HealthResult
 from streams.pool.lifecycle import (
@@ -79,8 +83,10 @@ from streams.pool.pool import (
     UnloadRequested,
 )
 from streams.pool.topics import POOL_EVENTS
+from streams.process import BROKER_POLL_S, Stopping, broker_address, gone_line, wait_for_broker
 
-__all__ = ["DRAIN_TIMEOUT_S", "HostError", "ModelHost", "pool_events", "run_host"]
+__all__ = ["DRAIN_TIMEOUT_S", "BrokerGone", "HostError", "ModelHost", "pool_events",
+           "run_host"]
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +94,16 @@ DRAIN_TIMEOUT_S = 30.0
 HEALTH_REPORT_EVERY_S = 10.0  # a passing check is reported this often, for the history
 CHECK_TIMEOUT_S = 0.25  # a test inference still running after this counts as a failed check
 UNLOAD_WAIT_S = 10.0  # calls in progress get this long to finish before a model is closed
+REPORT_WAIT_S = 3.0  # the last report of a stop waits this long for pit up's answer
+CLOSE_WAIT_S = 3.0   # closing the clients of a broker that may be gone
 
 
 class HostError(PitError):
     """The host cannot start or run (no broker, registration refused, port taken)."""
+
+
+class BrokerGone(HostError):
+    """The `pit up` whose embedded broker the host joined is gone."""
 
 
 def _one_line(text: object) -> str:
@@ -172,6 +184,7 @@ class ModelHost:
         self.loading: dict[str, _Loading] = {}
         self.allocations: dict[str, str] = {}  # request id -> model id, granted on this host
         self.draining = False
+        self.broker_gone = False
         # Bumped when the pool records this host down: work of an earlier life is dropped.
         self.life = 0
         self._down = asyncio.Event()  # the pool recorded this host down during the drain
@@ -234,11 +247,11 @@ class ModelHost:
         for held in self.held.values():
             held.model.close()
         self.held.clear()
-        await self._follower.stop()
-        if self.client is not None:
-            await self.client.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for closing in (self._follower.stop(), self.client.close() if self.client else None,
+                        self._runner.cleanup() if self._runner else None):
+            if closing is not None:  # each bounded: a broker that is gone may never answer
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(closing, CLOSE_WAIT_S)
         for pool in (self._work, self._loads):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -254,19 +267,13 @@ class ModelHost:
 
     async def _watch_broker(self) -> None:
         """An embedded broker lives and dies with its `pit up`. Once the one this host
-        joined is gone (stopped, or restarted at another address) no instruction can reach
-        the host, so it stops; started again, it joins the new one."""
+        joined is gone (stopped, killed, or restarted at another address) no instruction can
+        reach the host: it stops serving this pool (`run_host` waits for the next one)."""
         joined = self.settings.bootstrap()
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                current = self.settings.bootstrap()
-            except BrokerUnavailableError:
-                current = None
-            if current != joined:
-                raise HostError(f"host {self.host_id}: the pit up it joined has stopped (its"
-                                f" embedded broker at {joined} is gone); start the host again"
-                                " once pit up runs")
+        while broker_address(self.settings) == joined:
+            await asyncio.sleep(BROKER_POLL_S)
+        self.broker_gone = True
+        raise BrokerGone(gone_line(joined))
 
     # --- reports: one at a time, in order ---------------------------------------------------
 
@@ -486,7 +493,8 @@ class ModelHost:
         deadline = loop.time() + self.drain_timeout_s
         next_note = loop.time() + 5.0
         while ((self.held or self.loading) and not self._down.is_set()
-               and not self._forced.is_set() and loop.time() < deadline):
+               and not self._forced.is_set() and not self.broker_gone
+               and loop.time() < deadline):
             await asyncio.sleep(0.05)
             if loop.time() >= next_note:
                 next_note += 5.0
@@ -494,14 +502,24 @@ class ModelHost:
                           f" ({len(self.allocations)} allocation(s) in flight)")
         drained = not self.held and not self.loading
         if not drained:
-            why = "stopped by a second signal" if self._forced.is_set() else (
-                f"timed out after {self.drain_timeout_s:g} s")
+            why = ("stopped by a second signal" if self._forced.is_set()
+                   else "cut short: pit up is gone" if self.broker_gone
+                   else f"timed out after {self.drain_timeout_s:g} s")
             self._say(f"drain {why}: {', '.join(sorted([*self.held, *self.loading]))} still"
                       f" held, {len(self.allocations)} allocation(s) in flight end now")
         if self._down.is_set():
             self._say("the pool recorded this host down during the drain")
             return drained
-        outcome = await self.report(ReportHostDown(self.host_id, self.pool_id))
+        if self.broker_gone:
+            return False  # nobody to tell: the pool recovers the host's models on restart
+        try:  # bounded: a `pit up` that stops now never answers
+            outcome = await asyncio.wait_for(self.report(ReportHostDown(self.host_id,
+                                                                        self.pool_id)),
+                                             0.1 if self._forced.is_set() else REPORT_WAIT_S)
+        except TimeoutError:
+            self._say(f"could not report this host down within {REPORT_WAIT_S:g} s (is pit up"
+                      " running?); the pool will find it unreachable")
+            return False
         if outcome is not None and outcome.accepted:
             self._say("drained" if drained else "reported down")
         return drained
@@ -510,33 +528,46 @@ class ModelHost:
 async def run_host(settings: Settings, host_id: str, memory_mb: int, capacity: int, *,
                    port: int = 0, pool_id: str = DEFAULT_POOL,
                    drain_timeout_s: float = DRAIN_TIMEOUT_S) -> int:
-    """`pit host`: serve until SIGTERM/SIGINT, then drain. 0 when it drained in time."""
+    """`pit host`: serve until SIGTERM/SIGINT, then drain. 0 when it drained in time. It
+    exits within its drain timeout and a few seconds whatever `pit up` does meanwhile, at
+    once on a second signal (streams/process.py `Stopping`). While no `pit up` runs it waits
+    for one, and when its `pit up` is gone it says so and serves the next one."""
     if memory_mb <= 0 or capacity <= 0:
         raise HostError(f"--memory-mb and --capacity must be positive (got {memory_mb},"
                         f" {capacity})")
     if drain_timeout_s < 0:
         raise HostError(f"--drain-timeout must not be negative (got {drain_timeout_s:g})")
-    host = ModelHost(settings, host_id, memory_mb, capacity, port=port, pool_id=pool_id,
-                     drain_timeout_s=drain_timeout_s)
-    stop = asyncio.Event()
 
-    def on_signal() -> None:
-        if stop.is_set():
-            host.force()
-        stop.set()
+    def say(line: str) -> None:
+        print(f"pit host {host_id}: {line}", file=sys.stderr, flush=True)
 
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        await host.start()
-        stopping = asyncio.create_task(stop.wait())
-        failed = asyncio.create_task(host.failed())
-        await asyncio.wait([stopping, failed], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if failed.done():
-            failed.result()  # raises why the host cannot go on
-        failed.cancel()
-        return 0 if await host.drain() else 1
-    finally:
-        await host.close()
+    hosts: list[ModelHost] = []  # the current life, for the second signal
+    stopping = Stopping(drain_timeout_s, lambda: hosts and hosts[-1].force(), say).install()
+    refused = False  # said so once until the host registers again
+    while await wait_for_broker(settings, stopping.stop, say) is not None:
+        host = ModelHost(settings, host_id, memory_mb, capacity, port=port, pool_id=pool_id,
+                         drain_timeout_s=drain_timeout_s, say=say)
+        hosts[:] = [host]
+        try:
+            try:
+                await host.start()
+            except (BrokerUnavailableError, CommandTimeoutError) as exc:
+                if not refused:
+                    say(f"could not register ({_one_line(exc)}); trying again")
+                refused = True
+                await asyncio.sleep(BROKER_POLL_S)
+                continue
+            refused = False
+            stop = asyncio.create_task(stopping.stop.wait())
+            failed = asyncio.create_task(host.failed())
+            await asyncio.wait([stop, failed], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not failed.done():
+                failed.cancel()
+                return 0 if await host.drain() else 1
+            if not isinstance(failed.exception(), BrokerGone):
+                failed.result()  # raises why the host cannot go on
+            say(str(failed.exception()))
+        finally:
+            await host.close()
+    return 0

@@ -404,16 +404,21 @@ async def test_npz_model_computes_on_a_real_host(hosts: Pit, tmp_path):
     assert (await pit.client.pool.release_model(allocation.request_id)).accepted
 
 
-async def test_a_host_stops_when_its_pit_up_is_gone(hosts: Pit):
-    """The embedded broker lives and dies with `pit up`; a host left behind stops with one
-    line rather than serving a pool that can no longer instruct it."""
+async def test_a_host_whose_pit_up_is_gone_says_so_and_serves_the_next(hosts: Pit):
+    """The embedded broker lives and dies with `pit up`; a host left behind says so in one
+    line, waits rather than serve a pool that can no longer instruct it, and registers
+    again with the next `pit up` (here: the broker file names the live one again)."""
     host = await hosts.host("orphan")
+    registered = len(hosts.events.find(HostRegistered, host_id="orphan"))
     broker_file = hosts.data_dir / "broker.json"
     joined = broker_file.read_text()
     broker_file.write_text(json.dumps({**json.loads(joined), "bootstrap_servers": "127.0.0.1:1"}))
     try:
-        assert await asyncio.to_thread(host.process.wait, 15) == 1
+        await until(lambda: "pit up is gone" in host.log(), 15, "the host to notice")
     finally:
         broker_file.write_text(joined)
-    last = host.log().strip().splitlines()[-1]
-    assert last.startswith("pit: error: host orphan: the pit up it joined has stopped"), last
+    await until(lambda: len(hosts.events.find(HostRegistered, host_id="orphan")) > registered,
+                60, "the host to register again")
+    assert host.process.poll() is None
+    log = host.log()
+    assert log.count("pit up is gone") == 1 and "Traceback" not in log, log

@@ -165,6 +165,49 @@ async def test_two_runners_in_one_group_report_each_task_exactly_once(settings, 
     assert len(await reports(settings, codec)) == 400
 
 
+async def test_a_runner_joining_then_one_leaving_runs_no_task_twice(settings, codec, runners,
+                                                                    tmp_path):
+    """200 short nodes with one runner; a second joins partway, then the first leaves as on
+    SIGTERM (drain, commit, leave): every side effect happens exactly once."""
+    effects = tmp_path / "effects.txt"  # one line per run of a node: what a user would see
+
+    async def side_effect(value, ms: int = 0):
+        with effects.open("a") as out:
+            out.write(f"{value}\n")
+        await asyncio.sleep(ms / 1000)
+        return value
+
+    counting = OPERATORS.copy()
+    counting.register("sleep_then_return", side_effect, inputs={"value": "any", "ms": "int"},
+                      output="any", replace=True)
+
+    def runs() -> Counter:
+        return Counter(effects.read_text().split()) if effects.exists() else Counter()
+
+    async def ran(count: int) -> bool:
+        return sum(runs().values()) >= count
+
+    first = runners.start("first", operators=counting, concurrency=4)
+    await runners.balanced(TASK_PARTITIONS)
+    await publish_tasks(settings, codec, [
+        scheduled("ex-members", f"n{i:03d}", "sleep_then_return", {"value": f"n{i:03d}",
+                                                                    "ms": 40})
+        for i in range(200)])
+    await until(lambda: ran(20), what="the first runner to be under way")
+    second = runners.start("second", operators=counting, concurrency=4)
+    await runners.balanced(TASK_PARTITIONS)
+    await until(lambda: ran(100), timeout_s=60, what="half the nodes run")
+    assert await runners.stop("first")  # drained: nothing abandoned
+    await until(lambda: ran(200), timeout_s=60, what="every node run")
+    assert await runners.stop("second")
+
+    assert runs() == Counter({f"n{i:03d}": 1 for i in range(200)})  # none twice, none lost
+    assert first.counts["completed"] > 0 and second.counts["completed"] > 0
+    assert first.counts["completed"] + second.counts["completed"] == 200
+    found = await reports(settings, codec)
+    assert Counter(name for name, _, _ in found) == {STARTED: 200, COMPLETED: 200}
+
+
 async def test_a_crashed_runners_task_is_run_again_by_the_other(settings, codec, runners):
     runners.start("victim", operators=STUCK)
     await runners.balanced(TASK_PARTITIONS)
@@ -184,8 +227,12 @@ async def test_a_crashed_runners_task_is_run_again_by_the_other(settings, codec,
     found = await reports(settings, codec)
     assert [(name, r["runner"]) for name, r, _ in found] == [
         (STARTED, "victim"), (STARTED, "survivor"), (COMPLETED, "survivor")]
-    # the same attempt, the same command ids: the decider sees the second start as a repeat
-    assert found[0][1]["meta"]["command_id"] == found[1][1]["meta"]["command_id"]
+    # the same attempt run again: a start of its own (a second NodeStarted, so the
+    # node-runs view shows the run), while a report sent again keeps its command id
+    first_start, second_start = (r["meta"]["command_id"] for _, r, _ in found[:2])
+    assert first_start.startswith("ex-crash/slow/1/started/victim/")
+    assert second_start.startswith("ex-crash/slow/1/started/survivor/")
+    assert found[2][1]["meta"]["command_id"] == "ex-crash/slow/1/completed"
     assert json.loads(found[2][1]["output"]) == {"out": "done"}
     assert survivor.counts["completed"] == 1
 

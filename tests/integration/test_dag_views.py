@@ -58,9 +58,10 @@ from streams.log import LogRecord
 from streams.processor import Processor
 
 T0 = 1_700_000_000_000
-TABLES = ("dag_executions", "dag_nodes", "dag_node_runs", "dag_failures")
+TABLES = ("dag_executions", "dag_nodes", "dag_node_runs", "dag_failures", "dag_node_starts")
 KEYS = {"dag_executions": ("execution_id",), "dag_nodes": ("node_key",),
-        "dag_node_runs": ("task_id",), "dag_failures": ("execution_id", "sequence")}
+        "dag_node_runs": ("task_id",), "dag_failures": ("execution_id", "sequence"),
+        "dag_node_starts": ("execution_id", "sequence")}
 RETRY = Recovery(Strategy.RETRY, max_attempts=3, backoff=Backoff(initial_ms=100, max_ms=400))
 
 
@@ -217,7 +218,9 @@ def story(flow: Flow) -> None:
     flow.complete("restart", "b", 2, duration_ms=11)
     flow.complete("restart", "c", 3, duration_ms=12)
     flow.complete("fallbacks", "after", 3)
-    flow.complete("ok", "join", [None, 5])
+    flow.begin("ok", "join", "r1")
+    flow.begin("ok", "join", "r3")  # r1 was lost mid-node: r3 ran the task again
+    flow.complete("ok", "join", [None, 5], begin=False)
     flow.begin("failed", "b")
     flow.fail("failed", "a", "Fatal", "a is broken", retryable=False)
     flow.begin("timedout", "a")
@@ -544,6 +547,12 @@ async def test_executions_api(engine: Engine, flow: Flow) -> None:
         page = await (await client.get("/executions/retry/nodes",
                                        params={"limit": 1, "offset": 1})).json()
         assert (page["count"], [n["node_id"] for n in page["nodes"]]) == (2, ["b"])
+        assert [s["runner"] for s in b["runs"][1]["starts"]] == ["r1"]
+        ok_nodes = await (await client.get("/executions/ok/nodes")).json()
+        (join,) = [n for n in ok_nodes["nodes"] if n["node_id"] == "join"]
+        (run,) = join["runs"]  # one attempt, run twice: each run with its runner
+        assert [s["runner"] for s in run["starts"]] == ["r1", "r3"]
+        assert run["starts"][0]["started_at_ms"] < run["starts"][1]["started_at_ms"]
         skipped = await (await client.get("/executions/ok/nodes",
                                           params={"state": "skipped"})).json()
         assert [(n["node_id"], n["runs"]) for n in skipped["nodes"]] == [("yes", []),

@@ -17,6 +17,7 @@ from collections import Counter
 import pytest
 import pytest_asyncio
 
+from projections.dag import execution_nodes
 from streams.app import Stack
 from streams.blobs import blob_store
 from streams.client import PitClient
@@ -201,12 +202,30 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
     events = await pit.events(execution)
     counts = completed_once(events)
     assert len(counts) == len(workflow.nodes) and set(counts.values()) == {1}
-    # nodes the crash interrupted were started by "doomed" and completed by "steady"
-    started = {r["node_id"]: r["runner"] for name, r in events if name == "NodeStarted"}
+    # the nodes the crash interrupted, and only those, ran again: started by "doomed", then
+    # by "steady", which completed them
+    started: dict[str, list[str]] = {}
+    for name, r in events:
+        if name == "NodeStarted":
+            started.setdefault(r["node_id"], []).append(r["runner"])
     finished = {r["node_id"]: r["runner"] for name, r in events if name == "NodeCompleted"}
-    taken_over = [n for n, runner in started.items() if (runner, finished[n]) == ("doomed",
-                                                                                    "steady")]
-    assert taken_over, (started, finished)
+    interrupted = {n for n, runners in started.items()
+                   if runners[0] == "doomed" and finished[n] == "steady"}
+    assert interrupted, (started, finished)
+    assert all(started[n] == ["doomed", "steady"] for n in interrupted), started
+    assert all(len(runners) == 1 for n, runners in started.items() if n not in interrupted)
+    # and the node-runs view shows both runs of each, under its one attempt
+    async def viewed() -> dict | None:
+        found = await asyncio.to_thread(execution_nodes, pit.stack.engine, execution)
+        done = found and all(n["state"] == "completed" for n in found["nodes"])
+        return found if done and len(found["nodes"]) == len(workflow.nodes) else None
+    for _ in range(400):
+        if view := await viewed():
+            break
+        await asyncio.sleep(0.05)
+    runs = {n["node_id"]: n["runs"] for n in view["nodes"]}
+    assert all([(r["attempt"], [s["runner"] for s in r["starts"]]) for r in runs[n]]
+               == [(1, ["doomed", "steady"])] for n in interrupted), runs
     await pit.stop("steady")
 
 

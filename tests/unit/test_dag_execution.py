@@ -375,7 +375,9 @@ def test_started_then_completed_and_repeated_or_stale_reports_change_nothing():
     run = Run(chain("a", "b"))
     assert isinstance(run.send(ReportNodeStarted(EID, "a", 1, "r1"))[0], NodeStarted)
     assert run.at("a").status is NodeStatus.RUNNING
-    assert run.send(ReportNodeStarted(EID, "a", 1, "r2")) == []
+    # another runner took the task over (r1 was lost mid-node): a run of its own
+    assert run.send(ReportNodeStarted(EID, "a", 1, "r2")) == [NodeStarted(EID, "a", 1, "r2")]
+    assert run.at("a").status is NodeStatus.RUNNING
     run.complete("a", 1)
     assert run.send(ReportNodeCompleted(EID, "a", 1, '{"out": 2}')) == []  # duplicate result
     assert run.send(ReportNodeFailed(EID, "a", 1, "Boom")) == []

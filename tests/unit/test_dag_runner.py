@@ -219,9 +219,9 @@ def test_offsets_commit_up_to_the_lowest_task_still_running():
     offsets.done(tp, 10)
     offsets.committed.update(offsets.committable())
     assert offsets.committed == {tp: 13, other: 3} and offsets.committable() == {}
-    assert offsets.busy([other]) and not offsets.busy([tp])
+    assert offsets.running == {tp: set(), other: {3}}
     offsets.forget([other])
-    assert offsets.committable() == {} and not offsets.busy([other])
+    assert offsets.committable() == {} and other not in offsets.running
 
 
 def test_a_task_of_a_partition_handed_over_does_not_count_once_it_is_back():
@@ -231,6 +231,6 @@ def test_a_task_of_a_partition_handed_over_does_not_count_once_it_is_back():
     offsets.forget([tp])  # revoked while offset 5 still ran
     again = offsets.take(tp, 5)  # assigned back: redelivered and running again
     offsets.done(tp, 5, before)  # the first run finishes late
-    assert offsets.busy([tp]) and offsets.committable() == {tp: 5}
+    assert offsets.running[tp] == {5} and offsets.committable() == {tp: 5}
     offsets.done(tp, 5, again)
     assert offsets.committable() == {tp: 6}

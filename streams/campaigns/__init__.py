@@ -9,4 +9,7 @@ kill whole Pits, so they may import anything.
 from __future__ import annotations
 
 # name -> (module, one-line help)
-CAMPAIGNS: dict[str, tuple[str, str]] = {}
+CAMPAIGNS: dict[str, tuple[str, str]] = {
+    "chaos": ("streams.campaigns.chaos", "kill -9 pit up, runners and hosts and break the broker"
+                                         " under a mixed load; check nothing acknowledged is lost"),
+}

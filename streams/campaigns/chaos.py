@@ -197,9 +197,15 @@ class Pit:
                                        "--concurrency", "64"), "taking tasks")
                         for n in range(RUNNERS)]
         self.chaos_killed: dict[int, float] = {}  # runner pid -> when the campaign killed it
+        self.pids: dict[int, str] = {}  # runner pid -> its runner id
+
+    def runner_names(self, pids: list[int]) -> str:
+        return ", ".join(self.pids.get(pid, "?") for pid in pids)
 
     async def start_runner(self, runner: Proc) -> Proc:
-        return await runner.start("--id", f"{runner.name}.{runner.runs + 1}")
+        await runner.start("--id", f"{runner.name}.{runner.runs + 1}")
+        self.pids[runner.pid] = f"{runner.name}.{runner.runs}"
+        return runner
 
     async def start(self) -> None:
         await self.up.start()
@@ -381,13 +387,17 @@ class LogFacts:
                 if payload is not None:
                     self.add(topic, event_type, json.loads(payload))
         self.seen = top
+        self.settle()
+
+    def settle(self) -> None:
+        """Report the numbers missing below what the previous read saw (the archive has
+        caught up since: they are gone for good), each once."""
         for entity, numbers in self.sequences.items():
-            # gaps below what the last read already saw are for good (the archive caught up)
             missing = set(range(1, self.settled.get(entity, 0) + 1)) - numbers
             if missing:
                 self.sequence_faults.append(f"{entity[0]} {entity[1]}: sequence numbers"
                                             f" {sorted(missing)[:5]} missing")
-                numbers.update(missing)  # reported once
+                numbers.update(missing)
             self.settled[entity] = max(numbers)
 
     def add(self, topic: str, event_type: str, record: dict) -> None:
@@ -455,10 +465,11 @@ def view_differences(engine: Engine, settings: Settings, codec: Codec) -> list[s
 
 
 def repeated_runs(ledger: list[dict], killed: dict[int, float]
-                  ) -> tuple[int, dict[tuple[str, str], int]]:
+                  ) -> tuple[int, dict[tuple[str, str], tuple[int, list[int]]]]:
     """Runs of one node beyond its first, from the ledger: how many a killed runner had in
     flight (its run ended at most INFLIGHT_S before it was killed: `killed` is pid -> when),
-    and the others per (execution, node)."""
+    and for each (execution, node) run more often than that, the runs not excused and the
+    pids of all its runs."""
     runs: dict[tuple[str, str], list[dict]] = {}
     for run in ledger:
         runs.setdefault((run["e"], run["n"]), []).append(run)
@@ -469,7 +480,7 @@ def repeated_runs(ledger: list[dict], killed: dict[int, float]
         extra = len(node_runs) - 1
         excused += min(extra, in_flight)
         if extra > in_flight:
-            other[node] = extra - in_flight
+            other[node] = (extra - in_flight, [run["pid"] for run in node_runs])
     return excused, other
 
 
@@ -725,10 +736,11 @@ class Campaign:
     def check_side_effects(self) -> None:
         excused, other = repeated_runs(self.ledger(), self.pit.chaos_killed)
         self.found.duplicates_killed = excused
-        for node, extra in other.items():
+        for node, (extra, pids) in other.items():
             if self.found.duplicates_other.get(node) != extra:
                 self.found.duplicates_other[node] = extra
-                self.note(f"{node[0]} node {node[1]} ran {extra + 1} times")
+                self.note(f"{node[0]} node {node[1]} ran {len(pids)} times (runner pids"
+                          f" {pids}: {self.pit.runner_names(pids)})")
 
     def summary(self) -> None:
         found, times = self.found, sorted(self.recovery)

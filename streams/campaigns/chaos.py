@@ -86,6 +86,7 @@ RUNNERS, HOSTS, MODELS = 2, 2, 10
 MODEL_URI = "python:streams.pool.examples:sentiment"
 START_S, SETTLE_S, CATCH_UP_S, WORKFLOW_S = 120.0, 60.0, 60.0, 90.0  # deadlines
 STEP_S = 30.0  # the longest one load step may take (an artifact store waits for the view)
+START_TRIES = 3
 RECONNECT_S = 30.0  # for runners and hosts to carry on after `pit up` restarted
 INFLIGHT_S = 10.0  # a killed runner's run this close before the kill was still in flight
 PRODUCE, FETCH, NOT_LEADER_OR_FOLLOWER = 0, 1, 6  # Kafka API keys and a retriable error
@@ -198,21 +199,31 @@ class Pit:
                         for n in range(RUNNERS)]
         self.chaos_killed: dict[int, float] = {}  # runner pid -> when the campaign killed it
         self.pids: dict[int, str] = {}  # runner pid -> its runner id
+        self.failed_starts: list[str] = []
 
     def runner_names(self, pids: list[int]) -> str:
         return ", ".join(self.pids.get(pid, "?") for pid in pids)
 
-    async def start_runner(self, runner: Proc) -> Proc:
-        await runner.start("--id", f"{runner.name}.{runner.runs + 1}")
-        self.pids[runner.pid] = f"{runner.name}.{runner.runs}"
-        return runner
+    async def launch(self, proc: Proc) -> None:
+        """Start `proc` (a runner with a new id per run: reports name the run), trying again
+        when it gives up starting (`pit host` waits 10 s for `pit up`'s answers)."""
+        for attempt in range(1, START_TRIES + 1):
+            try:
+                if proc in self.runners:
+                    await proc.start("--id", f"{proc.name}.{proc.runs + 1}")
+                    self.pids[proc.pid] = f"{proc.name}.{proc.runs}"
+                else:
+                    await proc.start()
+                return
+            except PitError as exc:
+                self.failed_starts.append(str(exc))
+                print(f"  {exc} (try {attempt} of {START_TRIES})", flush=True)
+                if attempt == START_TRIES:
+                    raise
 
     async def start(self) -> None:
-        await self.up.start()
-        for host in self.hosts:
-            await host.start()
-        for runner in self.runners:
-            await self.start_runner(runner)
+        for proc in (self.up, *self.hosts, *self.runners):
+            await self.launch(proc)
 
     def stop(self) -> None:
         for proc in (*self.runners, *self.hosts, self.up):
@@ -540,6 +551,9 @@ class Campaign:
             while self.point < self.kills:
                 self.point += 1
                 await self.kill_point()
+        except PitError as exc:  # a process that no longer starts: the campaign cannot go on
+            self.found.exited += 1
+            self.note(f"stopped: {exc}")
         finally:
             if not self.load.stop.is_set():
                 await self.load.pause()
@@ -577,7 +591,7 @@ class Campaign:
     async def kill_pit_up(self) -> tuple[str, float]:
         self.pit.up.kill()
         await self.load.halt()
-        await self.pit.up.start()
+        await self.pit.launch(self.pit.up)
         since = self.pit.up.started_at
         await self.load.connect()
         self.load.start()
@@ -604,7 +618,7 @@ class Campaign:
             self.note(f"{proc.name} did not carry on after pit up restarted"
                       f" ({'alive' if proc.alive else 'exited'}: {proc.tail(1)})")
             proc.kill()
-            await (self.pit.start_runner(proc) if proc in self.pit.runners else proc.start())
+            await self.pit.launch(proc)
 
     def ran_since(self, pid: int, since: float) -> bool:
         wall = time.time() - (time.monotonic() - since)
@@ -622,7 +636,7 @@ class Campaign:
         runner = self.rng.choice(self.pit.runners)
         self.pit.chaos_killed[runner.pid] = time.time()
         runner.kill()
-        await self.pit.start_runner(runner)
+        await self.pit.launch(runner)
         since = runner.started_at
         recovered = await self.progress(since, lambda: self.ran_since(runner.pid, since))
         return f"kill -9 runner {runner.name}", recovered
@@ -630,7 +644,7 @@ class Campaign:
     async def kill_host(self) -> tuple[str, float]:
         host = self.rng.choice(self.pit.hosts)
         host.kill()
-        await host.start()  # ready once registered: its first progress
+        await self.pit.launch(host)  # ready once registered: its first progress
         return f"kill -9 host {host.name}", time.monotonic() - host.started_at
 
     async def kill_broker(self) -> tuple[str, float]:
@@ -664,7 +678,7 @@ class Campaign:
             self.found.exited += 1
             self.note(f"pit up exited by itself: {self.pit.up.tail()}")
             await self.load.disconnect()
-            await self.pit.up.start()
+            await self.pit.launch(self.pit.up)
             await self.load.connect()
         await self.check_workflows()
         if not await caught_up(Settings.from_env(self.pit.up.env), self.engine, CATCH_UP_S):
@@ -770,6 +784,7 @@ class Campaign:
                                          f" (mean {statistics.fmean(times):.2f} s)"
                                          if times else "-"),
             ("sends without an outcome (expected while down)", failures),
+            ("process starts that gave up and were tried again", len(self.pit.failed_starts)),
         ]
         print("\n| figure | value |\n|---|---|")
         for name, value in rows:

@@ -572,13 +572,14 @@ class Campaign:
         self.recovery.append(recovered_s)
         await asyncio.sleep(load_s)  # the load goes on after the recovery
         await self.load.pause()
-        violations = self.found.violations
+        violations, checking = self.found.violations, time.monotonic()
         await self.check()
         self.survived += self.found.violations == violations
         acked = len(self.load.acked)
         print(f"[{self.point}/{self.kills}] {what}: recovered in {recovered_s:.2f} s;"
-              f" {acked} acknowledged, {len(self.load.workflows)} workflows;"
-              f" violations so far {self.found.violations}", flush=True)
+              f" {acked} acknowledged, {len(self.load.workflows)} workflows; checked in"
+              f" {time.monotonic() - checking:.0f} s; violations so far {self.found.violations}",
+              flush=True)
 
     async def progress(self, since: float, seen: Callable[[], bool],
                        timeout_s: float = SETTLE_S) -> float:

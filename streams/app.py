@@ -48,6 +48,10 @@ from streams.topics import SCHEMAS, load_catalog
 
 log = logging.getLogger(__name__)
 
+# "1": a chaos campaign's `pit up` (streams/campaigns/chaos.py): three embedded brokers, so a
+# broker can go down or lose a partition's leadership, and POST /faults to make it so.
+FAULTS = "PIT_FAULTS"
+
 
 def progress_printer(label: str, stream=sys.stderr):
     """A progress callback(done, total) that redraws one line."""
@@ -84,7 +88,7 @@ class Stack:
         self.views = views(self.settings)
         create_schema(self.engine, self.views)
         if self.settings.embedded:
-            self.broker = EmbeddedBroker(1)
+            self.broker = EmbeddedBroker(3 if self.faults else 1)
             self.broker.apply(self.catalog)
             self.settings = replace(self.settings, bootstrap_servers=self.broker.bootstrap_servers)
             await self.restore_from_archive()
@@ -126,6 +130,10 @@ class Stack:
                 "bootstrap_servers": self.settings.bootstrap_servers, "pid": os.getpid(),
                 "http_port": self.http_port}))
         return self
+
+    @property
+    def faults(self) -> bool:
+        return self.settings.env.get(FAULTS) == "1"
 
     @property
     def broker_file(self):
@@ -199,6 +207,8 @@ class Stack:
 
         app = make_app(self.engine, COMPONENTS)
         app.router.add_get("/metrics", metrics_handler)
+        if self.faults and self.broker is not None:
+            app.router.add_post("/faults", fault_handler(self.broker))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
@@ -300,6 +310,30 @@ async def metrics_handler(_request: web.Request) -> web.Response:
     response = web.Response(body=generate_latest())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response
+
+
+def fault_handler(broker: EmbeddedBroker):
+    """POST /faults, the mock cluster's fault injection (only with PIT_FAULTS=1), one of
+    {"fault": "down" | "up", "broker": id}, {"fault": "errors", "api_key": k, "errors": [code,
+    ...]} (the next requests of that API fail so) or {"fault": "leader", "topic": t,
+    "partition": p, "broker": id}."""
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            fault = body["fault"]
+            if fault in ("down", "up"):
+                (broker.broker_down if fault == "down" else broker.broker_up)(int(body["broker"]))
+            elif fault == "errors":
+                broker.push_request_errors(int(body["api_key"]), [int(e) for e in body["errors"]])
+            elif fault == "leader":
+                broker.set_leader(str(body["topic"]), int(body["partition"]), int(body["broker"]))
+            else:
+                raise ValueError(f"unknown fault {fault!r}")
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"bad fault: {exc}"}, status=400)
+        return web.json_response({"ok": True})
+
+    return handle
 
 
 async def serve(settings: Settings) -> None:

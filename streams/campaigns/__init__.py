@@ -10,6 +10,8 @@ from __future__ import annotations
 
 # name -> (module, one-line help)
 CAMPAIGNS: dict[str, tuple[str, str]] = {
+    "chaos": ("streams.campaigns.chaos", "kill -9 pit up, runners and hosts and break the broker"
+                                         " under a mixed load; check nothing acknowledged is lost"),
     "drain": ("streams.campaigns.drain", "hosts and runners asked to stop exit within their"
                                          " drain timeout, whatever pit up does"),
 }

@@ -146,12 +146,13 @@ def to_record(message: Message) -> dict[str, Any]:
 _FRAMING = ("meta", "envelope")  # what the runtime adds to a command's or event's record
 
 
-def unknown_fields(cls: type[Message], record: Mapping[str, Any]) -> None:
+def unknown_fields(cls: type[Message], record: Mapping[str, Any],
+                   framing: tuple[str, ...] = _FRAMING) -> None:
     """Raise `InvalidRecordError` naming the first field of `record` that `cls` does not
-    have: a misspelt field must fail, not vanish."""
+    have (nor `framing`, the runtime's): a misspelt field must fail, not vanish."""
     known = _FIELD_NAMES[cls]
     for name in record:
-        if name not in known and name not in _FRAMING:
+        if name not in known and name not in framing:
             raise InvalidRecordError(f"unknown field {name!r} for {cls.__name__} "
                                      f"(known: {', '.join(known)})")
 

@@ -53,6 +53,25 @@ class Output:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+def dead_letter(record: LogRecord, error_type: str, reason: str, by: str,
+                component: str | None = None) -> Output:
+    """A record that cannot be handled, for the dead-letter topic (counted in
+    `pit_dead_letters_total`): its key, original bytes and headers, plus headers saying why
+    (`pit.error`, `pit.error.type`), where it came from (`pit.source.*`) and who gave up on it
+    (`pit.processor`: a processor's name, `projector`, `registry`)."""
+    metrics.DEAD_LETTERS.labels(component or by, error_type).inc()
+    headers = (
+        ("pit.error", reason.encode("utf-8", "backslashreplace")),
+        ("pit.error.type", error_type.encode()),
+        ("pit.source.topic", record.topic.encode()),
+        ("pit.source.partition", str(record.partition).encode()),
+        ("pit.source.offset", str(record.offset).encode()),
+        ("pit.processor", by.encode()),
+    )
+    return Output(DEAD_LETTERS, 0, record.key, record.value or b"", record.timestamp_ms,
+                  record.headers + headers)
+
+
 @dataclass
 class Entity:
     """Runtime bookkeeping around one entity's decider state."""
@@ -496,17 +515,8 @@ class Processor:
                       self.codec.encode(OUTCOME, answer), outcome["decided_at"])
 
     def _dead_letter(self, record: LogRecord, error: Exception) -> Output:
-        metrics.DEAD_LETTERS.labels(self.decider.name, type(error).__name__).inc()
-        headers = (
-            ("pit.error", str(error).encode()),
-            ("pit.error.type", type(error).__name__.encode()),
-            ("pit.source.topic", record.topic.encode()),
-            ("pit.source.partition", str(record.partition).encode()),
-            ("pit.source.offset", str(record.offset).encode()),
-            ("pit.processor", self.name.encode()),
-        )
-        return Output(DEAD_LETTERS, 0, record.key, record.value or b"", record.timestamp_ms,
-                      record.headers + headers)
+        return dead_letter(record, type(error).__name__, str(error), self.name,
+                           self.decider.name)
 
 
 async def restore_partitions(processor: Processor, settings, engine, partitions: set[int]

@@ -25,15 +25,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from confluent_kafka import Producer
 from sqlalchemy import Connection, Engine, MetaData, Table
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from schemas.codec import Codec, Decoded
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.archive import AUDIT, Entry, append, decode_entry
-from streams.errors import DatabaseUnavailableError, PitError
-from streams.kafka import partitions_of
+from streams.errors import BrokerUnavailableError, DatabaseUnavailableError, PitError
+from streams.kafka import partitions_of, produce_all
 from streams.log import LogRecord
+from streams.processor import Output, dead_letter
 from streams.sql import (
     METADATA,
     TopicPartition,
@@ -169,12 +171,57 @@ class BatchResult:
     applied: dict[str, int] = field(default_factory=dict)  # projection -> events applied
     undecodable: int = 0
     fresh: list[Entry] = field(default_factory=list)  # the records archived for the first time
+    # Entries no view could apply, and why: archived, positions moved past, no view row.
+    failed: list[tuple[Entry, BaseException]] = field(default_factory=list)
+
+    def add(self, other: BatchResult) -> None:
+        self.archived += other.archived
+        for name, count in other.applied.items():
+            self.applied[name] = self.applied.get(name, 0) + count
+        self.undecodable += other.undecodable
+        self.fresh += other.fresh
+        self.failed += other.failed
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """The database (not the record) failed: keep the batch and retry it later."""
+    return isinstance(exc, OperationalError | InterfaceError | DatabaseUnavailableError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 def project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Binding],
             *, archive: bool) -> BatchResult:
     """Apply decoded entries to the audit log (if `archive`) and to each binding, in the
-    caller's transaction, skipping what each projection's position says it already has."""
+    caller's transaction, skipping what each projection's position says it already has.
+
+    An entry a view cannot apply (a value its columns cannot hold, a bug) stops nothing: the
+    batch is applied again entry by entry, each in a savepoint, and a failing entry's rows
+    roll back while it is still archived and every position moves past it; `failed` says
+    which and why. A database that is down is no entry's fault: that error propagates."""
+    try:
+        with conn.begin_nested():
+            return _project(conn, entries, bindings, archive=archive)
+    except Exception as exc:
+        if _unavailable(exc):
+            raise
+    result = BatchResult(records=len(entries))
+    for entry in entries:
+        try:
+            with conn.begin_nested():
+                one = _project(conn, [entry], bindings, archive=archive)
+        except Exception as exc:
+            if _unavailable(exc):
+                raise
+            one = _project(conn, [entry], bindings, archive=archive, apply=False)
+            one.failed.append((entry, exc))
+        result.add(one)
+    return result
+
+
+def _project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Binding],
+             *, archive: bool, apply: bool = True) -> BatchResult:
+    """`project` without the savepoints; `apply` False: archive and move the positions
+    only."""
     before = load_positions(conn, [b.projection for b in bindings])
     after = {name: dict(offsets) for name, offsets in before.items()}
     result = BatchResult(records=len(entries))
@@ -199,9 +246,9 @@ def project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Bindi
             done[tp] = rec.offset
             if entry.decoded is not None:
                 events.append((entry.decoded, rec))
-        if events:
+        if events and apply:
             binding.view.apply_batch(conn, binding.tables, events)
-        result.applied[binding.projection] = len(events)
+        result.applied[binding.projection] = len(events) if apply else 0
 
     save_positions(conn, before, after)
     return result
@@ -238,8 +285,13 @@ class Projector:
     def projections(self) -> list[str]:
         return [b.projection for b in self.bindings] + ([AUDIT] if self.archive else [])
 
-    def apply_batch(self, records: Sequence[LogRecord]) -> BatchResult:
+    def apply_batch(self, records: Sequence[LogRecord],
+                    dead_letters: Callable[[list[Output]], None] | None = None) -> BatchResult:
         """One transaction: audit rows, view rows and positions commit together or not at all.
+
+        A record no view can apply is dead-lettered (`dead_letters` produces them, before the
+        commit moves the positions past them; a crash in between sends them again), logged
+        and counted, and the batch goes on without its rows (`project`).
 
         Raises `DatabaseUnavailableError` (one line) when the database cannot be reached;
         nothing of the batch is committed then, so applying it again later is safe."""
@@ -248,6 +300,8 @@ class Projector:
         try:
             with write_transaction(self.engine) as conn:
                 result = project(conn, entries, self.bindings, archive=self.archive)
+                if result.failed:
+                    self._dead_letter(result.failed, dead_letters)
         except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailableError(
                 f"projection database unavailable: {_first_line(exc)}") from exc
@@ -262,6 +316,18 @@ class Projector:
             except Exception:  # metrics must never stop the projections
                 log.exception("projection observer %r failed", observer)
         return result
+
+    @staticmethod
+    def _dead_letter(failed: list[tuple[Entry, BaseException]],
+                     sink: Callable[[list[Output]], None] | None) -> None:
+        outputs = []
+        for entry, exc in failed:
+            rec, reason = entry.record, _first_line(exc)[:1000]
+            log.warning("projector: %s[%d]@%d cannot be applied, dead-lettered: %s: %s",
+                        rec.topic, rec.partition, rec.offset, type(exc).__name__, reason)
+            outputs.append(dead_letter(rec, type(exc).__name__, reason, "projector"))
+        if sink is not None:
+            sink(outputs)
 
     def _ensure_schema(self) -> None:
         if not self._schema_ready:
@@ -296,19 +362,26 @@ class Projector:
 
 async def run(projector: Projector, consumer, stop: asyncio.Event, *,
               topics: Sequence[str] | None = None, max_records: int = 5000,
-              timeout_ms: int = 100, gate: asyncio.Lock | None = None) -> None:
+              timeout_ms: int = 100, gate: asyncio.Lock | None = None,
+              producer: Producer | None = None) -> None:
     """Feed an already started aiokafka consumer into the projector until `stop` is set.
 
     Assigns every partition of `topics` (default: the projector's), from the cluster's
     metadata, and seeks each to its stored
     position + 1, or to its beginning offset when no projection has a position there.
     Loops getmany -> apply_batch; each batch is applied in a worker thread so the event
-    loop stays responsive. While the database is unavailable the batch is kept and retried
-    with backoff (nothing was committed, so nothing is lost or doubled). `gate` is held while
-    a batch is applied: the lock of the processors that archive their events before
-    publishing their outcomes (`streams.processor.produce_archived`).
+    loop stays responsive. While the database (or, for a dead letter, Kafka) is unavailable
+    the batch is kept and retried with backoff (nothing was committed, so nothing is lost or
+    doubled). Records no view can apply go to the dead-letter topic through `producer`.
+    It never stops on a record: any other failure is logged and the batch retried. `gate`
+    is held while a batch is applied: the lock of the processors that archive their events
+    before publishing their outcomes (`streams.processor.produce_archived`).
     """
     from aiokafka import TopicPartition as KafkaTopicPartition
+
+    def sink(outputs: list[Output]) -> None:  # in apply_batch's worker thread
+        if producer is not None:
+            asyncio.run(produce_all(producer, outputs))
 
     wanted = list(topics or projector.topics)
     assignment = [KafkaTopicPartition(t, p) for t in wanted
@@ -336,10 +409,12 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
         while records and not stop.is_set():
             try:
                 async with gate or contextlib.nullcontext():
-                    await asyncio.to_thread(projector.apply_batch, records)
+                    await asyncio.to_thread(projector.apply_batch, records, sink)
                 break
-            except DatabaseUnavailableError as exc:  # keep the batch, wait, try again
-                log.warning("%s; retrying in %.1fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 10.0)
+            except (DatabaseUnavailableError, BrokerUnavailableError) as exc:
+                log.warning("%s; retrying in %.1fs", exc, delay)  # keep the batch, try again
+            except Exception:
+                log.exception("projector: a batch failed; retrying in %.1fs", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 10.0)

@@ -75,7 +75,7 @@ class Codec:
         buffer.write(header)
         try:
             schemaless_writer(buffer, parsed, record)
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
             raise InvalidRecordError(f"{name}: {exc!r}") from None
         return buffer.getvalue()
 

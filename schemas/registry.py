@@ -17,7 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from fastavro.schema import fingerprint
+from fastavro import parse_schema
+from fastavro.schema import SchemaParseException, fingerprint
 
 from schemas.catalog import canonical, current_schemas, fullname, schema_json
 from streams.errors import ConfigError, SchemaError, UnknownSchemaError
@@ -66,6 +67,26 @@ def parse_recorded(subject: str, version: int, text: str) -> dict:
     if name != subject:
         raise SchemaError(f"versions.json: {subject} v{version} is named {name}")
     return schema
+
+
+def registry_record(value: bytes) -> dict:
+    """A record of the schemas topic, checked: {subject, version, id, schema} where schema is
+    the JSON of a schema named `subject` whose fingerprint is `id`; else `SchemaError`."""
+    try:
+        entry = json.loads(value)
+        schema = json.loads(entry["schema"])
+        name, schema_id, version = fullname(schema), entry["id"], entry["version"]
+        parse_schema(schema)
+        expected = schema_id_for(schema)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError,
+            SchemaParseException) as exc:
+        raise SchemaError(f"not a schema record: {type(exc).__name__}: {exc}"[:500]) from None
+    if name != entry["subject"] or not isinstance(version, int) or isinstance(version, bool):
+        raise SchemaError(f"not a schema record: {entry['subject']!r} v{version!r} holds {name}")
+    if schema_id != expected:
+        raise SchemaError(f"{name}: id {schema_id!r} is not its schema's fingerprint"
+                          f" ({expected})")
+    return entry
 
 
 class EmbeddedRegistry:
@@ -120,10 +141,13 @@ class EmbeddedRegistry:
         return records
 
     def load_record(self, value: bytes | None) -> None:
-        """Apply one record read from the schemas topic (tombstones carry nothing)."""
+        """Apply one record read from the schemas topic (tombstones carry nothing).
+
+        A record that is not a schema whose id is its fingerprint raises `SchemaError` and
+        changes nothing: one corrupt record must not stop a start, nor rebind an id."""
         if value is None:
             return
-        entry = json.loads(value)
+        entry = registry_record(value)
         schema = json.loads(entry["schema"])
         self._by_id[entry["id"]] = schema
         versions = self._versions.setdefault(entry["subject"], [])

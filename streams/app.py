@@ -33,7 +33,7 @@ from streams.commands import registry_for
 from streams.component import Runtime, Service
 from streams.components import COMPONENTS, DECIDERS, views
 from streams.config import BROKER_FILE, Settings
-from streams.errors import PitError
+from streams.errors import PitError, SchemaError
 from streams.history import read_topic
 from streams.kafka import (
     make_producer,
@@ -42,7 +42,7 @@ from streams.kafka import (
     start_consumer,
 )
 from streams.log import LogRecord, source_of
-from streams.processor import Output, Processor, run_processor
+from streams.processor import Output, Processor, dead_letter, run_processor
 from streams.timers import TimerService, timer_topics
 from streams.topics import SCHEMAS, load_catalog
 
@@ -156,11 +156,22 @@ class Stack:
         log.info("restored %d records into the embedded broker", restored)
 
     async def sync_registry(self, registry: EmbeddedRegistry) -> None:
-        """Load schemas others registered, then publish ours to the compacted topic."""
+        """Load schemas others registered, then publish ours to the compacted topic. A
+        corrupt record is skipped, dead-lettered and reported in one line, never fatal (the
+        repository's schemas are known anyway; ours are published again)."""
+        corrupt: list[Output] = []
         for record in await read_topic(self.settings, SCHEMAS):
-            registry.load_record(record.value)
-        outputs = [Output(SCHEMAS, 0, key, value, 0)
-                   for key, value in registry.take_unpublished()]
+            try:
+                registry.load_record(record.value)
+            except SchemaError as exc:
+                corrupt.append(dead_letter(record, type(exc).__name__, str(exc), "registry"))
+        if corrupt:
+            first = dict(corrupt[0].headers)
+            log.warning("%s: skipped %d corrupt record(s), dead-lettered (first at offset %s:"
+                        " %s)", SCHEMAS, len(corrupt), first["pit.source.offset"].decode(),
+                        first["pit.error"].decode())
+        outputs = corrupt + [Output(SCHEMAS, 0, key, value, 0)
+                             for key, value in registry.take_unpublished()]
         await produce_all(make_producer(self.settings), outputs)
 
     async def start_projector(self) -> None:
@@ -174,11 +185,13 @@ class Stack:
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
 
         async def project() -> None:
+            producer = make_producer(self.settings)  # for the records no view can apply
             try:
                 await run(self.projector, consumer, self.projector_stop,
-                          gate=self.archive_gate)
+                          gate=self.archive_gate, producer=producer)
             finally:
                 await consumer.stop()
+                await asyncio.to_thread(producer.flush, 10)
 
         self.projector_task = asyncio.create_task(project(), name="projector")
 

@@ -90,7 +90,7 @@ def decode_entry(codec: Codec, record: LogRecord) -> Entry:
     if record.topic in JSON_TOPICS:
         try:
             return Entry(record, None, json_value=json.loads(record.value))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             return Entry(record, None, f"invalid JSON: {exc}")
     try:
         return Entry(record, codec.decode(record.value))

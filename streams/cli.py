@@ -48,7 +48,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from streams.client import PitClient
     from streams.components import command_type
-    from streams.decider import from_record
+    from streams.decider import from_record, unknown_fields
 
     cls = command_type(args.type)
     try:
@@ -57,6 +57,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
         raise PitError(f"bad JSON for {cls.__name__}: {exc}") from None
     if not isinstance(fields, dict):
         raise PitError(f"{cls.__name__} needs a JSON object, got {type(fields).__name__}")
+    unknown_fields(cls, fields, framing=())  # the client adds the meta
 
     async def publish() -> int:
         client = PitClient(settings, issued_by="pit-cli")

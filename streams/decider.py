@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from operator import attrgetter
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from streams.errors import InvalidRecordError
 
 S = TypeVar("S")
 V = TypeVar("V")
@@ -41,6 +44,9 @@ class Message:
 
     avro_name: ClassVar[str]
     key_field: ClassVar[str]
+    # `*_id` fields built of other ids (a timer id names its execution and node), so longer
+    # than MAX_ID_CHARS
+    composite_ids: ClassVar[tuple[str, ...]] = ()
 
     @property
     def entity_key(self) -> str:
@@ -74,13 +80,88 @@ _ENUM_FIELDS = _PerClass(_enum_fields)
 _FIELD_NAMES = _PerClass(lambda cls: tuple(field.name for field in dataclasses.fields(cls)))
 
 
+# --- values every store can hold ---------------------------------------------------------------
+# A command is decided once and its events are kept for ever: a value no view, archive or
+# codec can hold must be refused at the door, with the field named, not found by a projector.
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_ID_CHARS = 255        # an id (`*_id` field, entity key): the views' id columns' width
+MAX_TEXT_CHARS = 1 << 20  # any other string (a Kafka record holds about that much anyway)
+MAX_ITEMS = 10_000        # entries of a list or map field
+
+
+def fits_int64(value: int) -> bool:
+    """A counter, size or time a BIGINT column (and Avro's long) can hold."""
+    return INT64_MIN <= value <= INT64_MAX
+
+
+def _problem(value: Any, limit: int) -> str | None:
+    """What makes `value` unstorable, or None; `limit`: its maximum length if a string."""
+    if value is None or isinstance(value, bool | enum.Enum):
+        return None
+    if isinstance(value, str):
+        if len(value) > limit:
+            return f"{len(value):,} characters, more than {limit:,}"
+        return "contains a NUL character" if "\x00" in value else None
+    if isinstance(value, int):
+        return None if fits_int64(value) else f"{value} does not fit in 64 bits"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value} is not a finite number"
+    if isinstance(value, Mapping | list | tuple | set | frozenset):
+        if len(value) > MAX_ITEMS:
+            return f"{len(value):,} entries, more than {MAX_ITEMS:,}"
+        pairs = value.items() if isinstance(value, Mapping) else ((None, v) for v in value)
+        for key, item in pairs:
+            problem = _problem(key, MAX_ID_CHARS) or _problem(item, MAX_TEXT_CHARS)
+            if problem:
+                return f"{'a key or value' if key is not None else 'an entry'}: {problem}"
+    return None
+
+
+def _limits(cls: type) -> tuple[tuple[str, int], ...]:
+    key, composite = getattr(cls, "key_field", ""), getattr(cls, "composite_ids", ())
+    return tuple((name, MAX_ID_CHARS if (name.endswith("_id") and name not in composite)
+                  or name == key else MAX_TEXT_CHARS) for name in _FIELD_NAMES[cls])
+
+
+_LIMITS = _PerClass(_limits)
+
+
+def check_values(message: Message) -> None:
+    """Reject (naming the field) a value no store can hold: an int beyond 64 bits, a NaN or
+    infinite float, a NUL character (PostgreSQL text has none), an id longer than
+    MAX_ID_CHARS, another string longer than MAX_TEXT_CHARS, a list or map of more than
+    MAX_ITEMS entries. `Rules` checks every command before its rule runs."""
+    for name, limit in _LIMITS[type(message)]:
+        problem = _problem(getattr(message, name), limit)
+        if problem is not None:
+            raise Rejection(f"{message.type_name}.{name}: {problem}")
+
+
 def to_record(message: Message) -> dict[str, Any]:
     """The message as a codec dict (without `meta`/`envelope`, which the runtime adds)."""
     return {name: getattr(message, name) for name in _FIELD_NAMES[type(message)]}
 
 
+_FRAMING = ("meta", "envelope")  # what the runtime adds to a command's or event's record
+
+
+def unknown_fields(cls: type[Message], record: Mapping[str, Any],
+                   framing: tuple[str, ...] = _FRAMING) -> None:
+    """Raise `InvalidRecordError` naming the first field of `record` that `cls` does not
+    have (nor `framing`, the runtime's): a misspelt field must fail, not vanish."""
+    known = _FIELD_NAMES[cls]
+    for name in record:
+        if name not in known and name not in framing:
+            raise InvalidRecordError(f"unknown field {name!r} for {cls.__name__} "
+                                     f"(known: {', '.join(known)})")
+
+
 def from_record(cls: type[Message], record: dict[str, Any]) -> Message:
+    """The message of a codec dict; `InvalidRecordError` on a field it does not have."""
     values = {name: record[name] for name in _FIELD_NAMES[cls] if name in record}
+    if len(values) != len(record) - sum(name in record for name in _FRAMING):
+        unknown_fields(cls, record)
     for name, enum_type in _ENUM_FIELDS[cls].items():
         if name in values:
             values[name] = enum_type(values[name])
@@ -140,6 +221,7 @@ class Rules(Generic[D]):
         rule = self.rules.get(type(command))
         if rule is None:
             raise Rejection(f"{self.owner} does not handle {command.type_name}")
+        check_values(command)
         key = getattr(command, self.key)
         if not key and self.reject_blank_key:
             raise Rejection(f"{self.key} must not be empty")

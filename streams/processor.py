@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 from schemas.codec import Codec
 from streams import metrics
 from streams.archive import keep_pending
-from streams.decider import Decider, Message, Rejection, from_record, to_record
+from streams.decider import MAX_ID_CHARS, Decider, Message, Rejection, from_record, to_record
 from streams.errors import BrokerUnavailableError, DatabaseUnavailableError, SchemaError
 from streams.history import end_offsets, history_source, kafka_log_reader, latest_history
 from streams.kafka import make_producer, produce_all, start_consumer, stop_clients
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 OUTCOME = "pit.Outcome"
 LEDGER_SIZE = 1_000_000  # command ids remembered for duplicate detection, per process
+# An event id is "<command id>/<index>" and must fit the views' id columns (MAX_ID_CHARS).
+MAX_COMMAND_ID_CHARS = MAX_ID_CHARS - 8
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,23 @@ class Output:
     value: bytes | None
     timestamp_ms: int
     headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def dead_letter(record: LogRecord, error_type: str, reason: str, by: str,
+                component: str | None = None) -> Output:
+    """A record that cannot be handled, for the dead-letter topic (counted in
+    `pit_dead_letters_total`): its key, original bytes and headers, plus headers saying why
+    (`pit.error`, `pit.error.type`), where it came from (`pit.source.*`) and who gave up on it
+    (`pit.processor`: a processor's name, `projector`, `registry`)."""
+    metrics.DEAD_LETTERS.labels(component or by, error_type).inc()
+    headers = (
+        ("pit.error", reason.encode("utf-8", "backslashreplace")),
+        ("pit.error.type", error_type.encode()),
+        *source_headers(record.topic, record.partition, record.offset),
+        ("pit.processor", by.encode()),
+    )
+    return Output(DEAD_LETTERS, 0, record.key, record.value or b"", record.timestamp_ms,
+                  record.headers + headers)
 
 
 @dataclass
@@ -389,11 +408,21 @@ class Processor:
             self._decided_count["duplicate"].inc()
             return [self._result(record, {**known, "duplicate": True})]
         now_ms = record.timestamp_ms
+        if not 0 < len(command_id) <= MAX_COMMAND_ID_CHARS or "\x00" in command_id:
+            outcome = self._outcome(command_id, decoded.name.rsplit(".", 1)[-1], "", now_ms,
+                                    reason=f"a command id has 1 to {MAX_COMMAND_ID_CHARS}"
+                                    " characters and no NUL")
+            return self._decided(record, outcome)
         if command_type is None:
             outcome = self._outcome(command_id, decoded.name, "", now_ms, reason=(
                 f"{decoded.name} is not a command of the {self.decider.name} processor"))
             return self._decided(record, outcome)
-        command = from_record(command_type, decoded.record)
+        try:
+            command = from_record(command_type, decoded.record)
+        except (SchemaError, TypeError, ValueError) as exc:  # a record its class cannot take
+            outcome = self._outcome(command_id, command_type.__name__, "", now_ms,
+                                    reason=str(exc))
+            return self._decided(record, outcome)
         key = self.decider.entity_of(command)
         entity = self.entities.get(key) or Entity(self.decider.initial_state(key))
         now_ms = max(now_ms, entity.last_at_ms)  # per-entity time never runs backwards
@@ -408,23 +437,33 @@ class Processor:
             outcome = self._outcome(command_id, command.type_name, key, now_ms,
                                     reason=f"internal error: {exc!r}")
             return [self._dead_letter(record, exc), *self._decided(record, outcome)]
+        correlation_id = meta.get("correlation_id") or command_id
+        encoded: list[tuple[dict, Message, bytes]] = []
+        try:  # every event encodes before any is applied: a decision is taken whole or not
+            for index, event in enumerate(events):
+                envelope = {
+                    "event_id": f"{command_id}/{index}",  # deterministic: replays agree
+                    "event_type": event.type_name,
+                    "entity_key": key,
+                    "sequence": entity.sequence + 1 + index,
+                    "correlation_id": correlation_id,
+                    "causation_id": command_id,
+                    "occurred_at": now_ms,
+                    "producer": self.name,
+                }
+                encoded.append((envelope, event, self.codec.encode(
+                    event.avro_name, {"envelope": envelope, **to_record(event)})))
+        except SchemaError as exc:  # the decider let through a value its events cannot hold
+            log.error("decider %s decided an unencodable event on %s: %s", self.decider.name,
+                      command_id, exc)
+            outcome = self._outcome(command_id, command.type_name, key, now_ms,
+                                    reason=f"internal error: {exc}")
+            return [self._dead_letter(record, exc), *self._decided(record, outcome)]
         self.entities.setdefault(key, entity)
         outputs: list[Output] = []
         event_ids: list[str] = []
         start = -1  # the output that starts the entity's restore (a snapshot, its first event)
-        correlation_id = meta.get("correlation_id") or command_id
-        for index, event in enumerate(events):
-            envelope = {
-                "event_id": f"{command_id}/{index}",  # deterministic: replays agree
-                "event_type": event.type_name,
-                "entity_key": key,
-                "sequence": entity.sequence + 1,
-                "correlation_id": correlation_id,
-                "causation_id": command_id,
-                "occurred_at": now_ms,
-                "producer": self.name,
-            }
-            value = self.codec.encode(event.avro_name, {"envelope": envelope, **to_record(event)})
+        for envelope, event, value in encoded:
             if envelope["sequence"] == 1 or isinstance(event, self.decider.snapshots):
                 start = len(outputs)
             self._apply(envelope, event)
@@ -477,15 +516,8 @@ class Processor:
                       self.codec.encode(OUTCOME, answer), outcome["decided_at"])
 
     def _dead_letter(self, record: LogRecord, error: Exception) -> Output:
-        metrics.DEAD_LETTERS.labels(self.decider.name, type(error).__name__).inc()
-        headers = (
-            ("pit.error", str(error).encode()),
-            ("pit.error.type", type(error).__name__.encode()),
-            *source_headers(record.topic, record.partition, record.offset),
-            ("pit.processor", self.name.encode()),
-        )
-        return Output(DEAD_LETTERS, 0, record.key, record.value or b"", record.timestamp_ms,
-                      record.headers + headers)
+        return dead_letter(record, type(error).__name__, str(error), self.name,
+                           self.decider.name)
 
 
 async def restore_partitions(processor: Processor, settings, engine, partitions: set[int]

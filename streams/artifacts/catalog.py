@@ -55,7 +55,7 @@ from streams.artifacts.errors import ArtifactError
 from streams.artifacts.quality import Quality, quality, strict_json
 from streams.artifacts.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS
 from streams.blobs import is_address
-from streams.decider import Decider, Decision, Message, Rejection, Rules
+from streams.decider import Decider, Decision, Message, Rejection, Rules, fits_int64
 from streams.persistent import PMap
 
 DEFAULT_STORE = "default"
@@ -595,6 +595,9 @@ def _on_access(d: _Decision, c: RecordArtifactAccess) -> None:
             raise Rejection(f"access count of {address} must not be negative, got {count}")
         if _address(address, "counted address") not in d.state.artifacts:
             raise Rejection(f"counted address {address} is not in the catalog")
+        if not fits_int64(d.state.artifacts[address].accesses + count):
+            raise Rejection(f"{count} more accesses of {address} would overflow its count"
+                            " (64 bits)")
     for address, count in sorted(c.counts.items()):
         if count:
             total = d.state.artifacts[address].accesses + count

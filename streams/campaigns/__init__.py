@@ -14,4 +14,5 @@ CAMPAIGNS: dict[str, tuple[str, str]] = {
                                          " under a mixed load; check nothing acknowledged is lost"),
     "drain": ("streams.campaigns.drain", "hosts and runners asked to stop exit within their"
                                          " drain timeout, whatever pit up does"),
+    "fuzz": ("streams.campaigns.fuzz", "bad input through the broker: no process stops"),
 }

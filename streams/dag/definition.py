@@ -959,8 +959,14 @@ def _is_json(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+# The largest int a definition may hold: what every JSON reader keeps exact (2**53), so a
+# timeout added to a time still fits 64 bits; priorities and memory sizes go to INTEGER columns
+# (32 bits on PostgreSQL).
+MAX_INT, MAX_INT32 = 1 << 53, (1 << 31) - 1
+
+
+def _is_int(value: Any, limit: int = MAX_INT) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -limit <= value <= limit
 
 
 def _is_number(value: Any) -> bool:
@@ -1042,12 +1048,14 @@ class _Validator:
             self.map_node(node, where)
         if kind == NodeKind.BRANCH:
             self.condition(node, where)
-        if not _is_int(node.priority):
-            self.add(f"{where}: priority must be an int, got {node.priority!r}")
+        if not _is_int(node.priority, MAX_INT32):
+            self.add(f"{where}: priority must be an int within ±{MAX_INT32},"
+                     f" got {node.priority!r}")
         res = node.resources
         if not isinstance(res, Resources) or not (_is_number(res.cpu) and res.cpu >= 0) or not (
-                _is_int(res.memory_mb) and res.memory_mb >= 0):
-            self.add(f"{where}: resources need cpu >= 0 and an int memory_mb >= 0, got {res!r}")
+                _is_int(res.memory_mb, MAX_INT32) and res.memory_mb >= 0):
+            self.add(f"{where}: resources need cpu >= 0 and an int memory_mb in"
+                     f" 0..{MAX_INT32}, got {res!r}")
         if not isinstance(node.pool, str) or (node.pool and not _NAME.fullmatch(node.pool)):
             self.add(f"{where}: pool {node.pool!r} is not a name (letters, digits, _ and -)")
         if node.timeout_ms is not None and not (_is_int(node.timeout_ms) and node.timeout_ms > 0):

@@ -97,7 +97,16 @@ from streams.dag.definition import (
 )
 from streams.dag.errors import DefinitionStoreError, InvalidWorkflowError
 from streams.dag.topics import DAG_CHECKPOINTS, DAG_COMMANDS, DAG_EVENTS
-from streams.decider import CheckpointTopic, Decider, Decision, Message, Rejection, Rules, copy_with
+from streams.decider import (
+    CheckpointTopic,
+    Decider,
+    Decision,
+    Message,
+    Rejection,
+    Rules,
+    copy_with,
+    fits_int64,
+)
 from streams.timers import TIMER_EVENTS, TimerScheduled, cancel_timer, schedule_timer
 
 DEFAULT_MAX_CONCURRENCY = 1024
@@ -459,6 +468,7 @@ class ReportNodeFailed(_Failure):
 @dataclass(frozen=True)
 class TimerFired(_Execution):
     avro_name = "pit.dag.TimerFired"
+    composite_ids = ("timer_id",)
     execution_id: str
     timer_id: str
 
@@ -1174,6 +1184,8 @@ def _on_start(d: _Decision, c: StartExecution) -> None:
                         " not below -1")
     inputs = _start_inputs(plan, c)
     timeout = c.timeout_ms or workflow.timeout_ms or 0
+    if not fits_int64(d.now + timeout):
+        raise Rejection(f"timeout_ms {timeout} puts the deadline beyond 64-bit time")
     d.emit(ExecutionStarted(
         c.execution_id, workflow.name, plan.definition_hash,
         "" if workflow.is_large else workflow.canonical_json(), inputs,

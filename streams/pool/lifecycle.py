@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
-from streams.decider import Decider, Message, Rejection
+from streams.decider import Decider, Message, Rejection, fits_int64
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 
 
@@ -132,6 +132,9 @@ def decide(state: ModelLifecycle, command: Message, now_ms: int) -> list[Message
                 raise Rejection(f"invocations must be positive, got {invocations}")
             if state.state is not Hot:
                 raise Rejection(f"model {model_id} is {state.state}; usage requires Hot")
+            if not fits_int64(state.usage_count + invocations):
+                raise Rejection(f"model {model_id}: {invocations} more invocations would"
+                                f" overflow its usage count ({state.usage_count}, 64 bits)")
             return [ModelUsageRecorded(model_id, invocations)]
     raise Rejection(f"the pool does not handle {command.type_name}")
 

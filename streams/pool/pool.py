@@ -66,6 +66,9 @@ from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 Cold, Warming, Hot, Cooling, Failed = ModelState
 R = TransitionReason
 HEALTH_FAILURE_THRESHOLD = 3  # consecutive failed health checks that fail a Hot model
+# Memory sizes, capacities and load times: the views keep them in INTEGER columns (32 bits
+# on PostgreSQL), so a larger value is refused here rather than unstorable there.
+MAX_SIZE = (1 << 31) - 1
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -744,9 +747,10 @@ def _fail_queue(d: _Decision, model_id: str, code: str, why: str) -> None:
 def _on_register_model(d: _Decision, c: RegisterModel) -> None:
     if not c.model_id or not c.uri:
         raise Rejection("model_id and uri must not be empty")
-    if c.memory_mb <= 0 or c.expected_load_ms < 0:
-        raise Rejection(f"model {c.model_id}: memory_mb must be positive and expected_load_ms"
-                        f" not negative (got {c.memory_mb}, {c.expected_load_ms})")
+    if not (0 < c.memory_mb <= MAX_SIZE and 0 <= c.expected_load_ms <= MAX_SIZE):
+        raise Rejection(f"model {c.model_id}: memory_mb must lie in 1..{MAX_SIZE} and"
+                        f" expected_load_ms in 0..{MAX_SIZE} (got {c.memory_mb},"
+                        f" {c.expected_load_ms})")
     known = d.state.models.get(c.model_id)
     if known is not None:
         if (known.uri, known.declared_memory_mb, known.expected_load_ms) != (
@@ -761,9 +765,9 @@ def _on_register_model(d: _Decision, c: RegisterModel) -> None:
 def _on_register_host(d: _Decision, c: RegisterHost) -> None:
     if not c.host_id:
         raise Rejection("host_id must not be empty")
-    if c.memory_budget_mb <= 0 or c.capacity <= 0:
-        raise Rejection(f"host {c.host_id}: memory_budget_mb and capacity must be positive"
-                        f" (got {c.memory_budget_mb}, {c.capacity})")
+    if not (0 < c.memory_budget_mb <= MAX_SIZE and 0 < c.capacity <= MAX_SIZE):
+        raise Rejection(f"host {c.host_id}: memory_budget_mb and capacity must lie in"
+                        f" 1..{MAX_SIZE} (got {c.memory_budget_mb}, {c.capacity})")
     known = d.state.hosts.get(c.host_id)
     if known is not None:
         if (known.memory_budget_mb, known.capacity) != (c.memory_budget_mb, c.capacity):
@@ -835,8 +839,8 @@ def _on_loaded(d: _Decision, c: ReportModelLoaded) -> None:
     if model.state is not Warming:
         raise Rejection(f"model {c.model_id} is {model.state} on host {c.host_id};"
                         " a load report needs Warming")
-    if c.memory_mb <= 0 or c.load_ms < 0:
-        raise Rejection(f"memory_mb must be positive and load_ms not negative"
+    if not (0 < c.memory_mb <= MAX_SIZE and 0 <= c.load_ms <= MAX_SIZE):
+        raise Rejection(f"memory_mb must lie in 1..{MAX_SIZE} and load_ms in 0..{MAX_SIZE}"
                         f" (got {c.memory_mb}, {c.load_ms})")
     d.emit(ModelLoaded(c.model_id, c.host_id, c.load_ms, c.memory_mb))
     host, usage = d.state.hosts[c.host_id], d.state.usage(c.host_id)

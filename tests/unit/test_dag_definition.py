@@ -364,11 +364,11 @@ def test_instrument_inputs_are_free_and_its_model_required():
      "node 'br': condition gt needs a number or string value"),
     (Node("br", NodeKind.BRANCH, constants={"value": 1}), "node 'br': a branch needs a condition"),
     (op("o", constants={"value": 1}, priority="high"),
-     "node 'o': priority must be an int, got 'high'"),
+     "node 'o': priority must be an int within ±2147483647, got 'high'"),
     (op("o", constants={"value": 1}, timeout_ms=0),
      "node 'o': timeout_ms must be a positive int, got 0"),
     (op("o", constants={"value": 1}, resources=Resources(cpu=-1)),
-     "node 'o': resources need cpu >= 0 and an int memory_mb >= 0, got "
+     "node 'o': resources need cpu >= 0 and an int memory_mb in 0..2147483647, got "
      "Resources(cpu=-1.0, memory_mb=0)"),
     (op("o", constants={"value": 1}, params={"when": object()}),
      "node 'o': params must be a mapping of JSON values"),

@@ -110,8 +110,8 @@ def test_registering_twice_is_a_no_op_and_different_parameters_are_refused() -> 
     assert "already registered with other parameters" in pool.reject(
         RegisterModel("m", "py://other", 100, 100))
     assert "already registered with other parameters" in pool.reject(RegisterHost("h1", 999, 4))
-    assert "positive" in pool.reject(RegisterModel("n", "py://n", 0, 100))
-    assert "positive" in pool.reject(RegisterHost("h2", 100, 0))
+    assert "must lie in 1.." in pool.reject(RegisterModel("n", "py://n", 0, 100))
+    assert "must lie in 1.." in pool.reject(RegisterHost("h2", 100, 0))
     assert pool.reject(AllocateModel("r", "m", "x", pool_id="other")).startswith("command for pool")
 
 

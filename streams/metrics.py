@@ -82,3 +82,11 @@ DAG_TASKS_RUNNING = Gauge("pit_dag_tasks_running",
                           "Node tasks relayed to runners and not yet ended, all executions")
 DAG_TASKS_WAITING = Gauge("pit_dag_tasks_waiting",
                           "Node tasks held back by the overall limit (PIT_DAG_MAX_RUNNING)")
+
+# --- the processors' memory (issue 11) -------------------------------------------------------
+PROCESSOR_ENTITIES = Gauge("pit_processor_entities",
+                           "Entities a processor holds in memory: live ones, and ended ones kept"
+                           " (compact) until evicted", ["component", "kind"])
+PROCESSOR_LEDGER = Gauge("pit_processor_ledger_commands",
+                         "Command ids a processor remembers to answer duplicates from memory",
+                         ["component"])

@@ -9,4 +9,6 @@ kill whole Pits, so they may import anything.
 from __future__ import annotations
 
 # name -> (module, one-line help)
-CAMPAIGNS: dict[str, tuple[str, str]] = {}
+CAMPAIGNS: dict[str, tuple[str, str]] = {
+    "soak": ("streams.campaigns.soak", "steady mixed load against `pit up`, its memory sampled"),
+}

@@ -40,7 +40,8 @@ from streams.kafka import (
     start_consumer,
 )
 from streams.log import LogRecord
-from streams.processor import Output, Processor, run_processor
+from streams.memory import trim_broker
+from streams.processor import Output, Processor, processor_group, run_processor
 from streams.timers import TimerService, timer_topics
 from streams.topics import SCHEMAS, load_catalog
 
@@ -107,6 +108,10 @@ class Stack:
                 if name not in self.without:
                     self.services[name] = service
                     self.tasks.append(asyncio.create_task(service.run(self.stop), name=name))
+        if self.broker is not None:
+            self.tasks.append(asyncio.create_task(trim_broker(
+                self.broker, self.settings, self.engine, self.catalog, consumer_groups(),
+                self.stop), name="broker-trim"))
         if self.timers:
             self.timer_service = TimerService(self.settings, self.codec, self.engine,
                                               topics=timer_topics(DECIDERS))
@@ -263,6 +268,19 @@ async def restore_broker(engine, settings: Settings, catalog, progress=None) -> 
     if progress and restored:
         progress(restored, restored)
     return restored
+
+
+def consumer_groups() -> dict[str, tuple[str, ...]]:
+    """The consumer groups the Pit's processes read with, and their topics: the embedded
+    broker keeps what they have not committed (streams/memory.py)."""
+    from streams.artifacts.dag_outputs import GROUP as DAG_OUTPUTS
+    from streams.dag.runner import GROUP as RUNNERS
+    from streams.dag.topics import DAG_EVENTS, DAG_TASKS
+
+    # Runners of some pools only (their own groups) leave the tasks topic untrimmed: the
+    # runners' group of every pool holds it until it commits.
+    groups = {processor_group(decider): (decider.command_topic,) for decider in DECIDERS}
+    return groups | {RUNNERS: (DAG_TASKS,), DAG_OUTPUTS: (DAG_EVENTS,)}
 
 
 def running_pit(settings: Settings) -> bool:

@@ -21,6 +21,14 @@ command with its first outcome). Without a bound both grow with every command ev
 Nothing is evicted that the archive cannot give back, so what a processor decides does not
 depend on what it evicted: tests/property/test_memory_properties.py checks that an evicted
 and recalled entity decides exactly as one never evicted.
+
+The embedded broker (librdkafka's mock) holds every record it keeps in memory, up to ~5 MiB
+per partition: some 600 MiB over the catalog's partitions, filled at the pace of the work.
+`trim_broker` deletes a partition's records once they are archived, were in the log
+BROKER_RETAIN_S ago (so a reader that took its archive position moments ago still finds the
+rest in Kafka), and every consumer group that reads the topic has committed past them.
+Compacted topics are left alone (clients read _pit.schemas from Kafka; both are small).
+Everyone who reads history reads the archive first, then Kafka beyond it (streams/history.py).
 """
 
 from __future__ import annotations
@@ -29,20 +37,26 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Collection, Iterable
+import time
+from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, TopicPartition
 
 from sqlalchemy import Engine, select
 
 from schemas.codec import Codec
 from streams import metrics
-from streams.archive import audit_log
+from streams.archive import archive_positions, audit_log
+from streams.config import Settings
 from streams.decider import Decider, from_record
 from streams.errors import PitError
+from streams.history import end_offsets
 from streams.sql import connection
-from streams.topics import RESULTS
+from streams.topics import RESULTS, TopicSpec
 
 if TYPE_CHECKING:
+    from streams.broker import EmbeddedBroker
     from streams.processor import Processor
 
 log = logging.getLogger(__name__)
@@ -51,6 +65,8 @@ ENDED_KEPT = 200       # ended entities kept in memory: the most recently ended
 LEDGER_KEPT = 5_000    # outcomes kept in memory: the most recent
 EVICT_EVERY_S = 5.0    # how often `keep_bounded` looks
 EVICT_BATCH = 2_000    # keys looked up in the archive per query
+BROKER_RETAIN_S = 60.0  # the embedded broker keeps at least what it held this long ago
+TRIM_EVERY_S = 15.0
 OUTCOME = "pit.Outcome"
 POINT = "pit.RecoveryPoint"
 
@@ -227,3 +243,69 @@ async def keep_bounded(processor: Processor, recall: ArchiveRecall, stop: asynci
             if processor.generation == generation:  # no restore meanwhile
                 processor.evict(entities, outcomes)
         report(processor)
+
+
+Partition = tuple[str, int]
+
+
+def _committed(settings: Settings, group: str, partitions: list[Partition]
+               ) -> dict[Partition, int]:
+    """The group's committed offsets (-1 where it committed none)."""
+    consumer = Consumer({**settings.librdkafka_config(), "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        found = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=10)
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in found}
+    finally:
+        consumer.close()
+
+
+def trim_points(archived: Mapping[Partition, int], retained: Mapping[Partition, int],
+                committed: Iterable[Mapping[Partition, int]]) -> dict[Partition, int]:
+    """Where each partition may start: below what is archived (`archived`: the last offset),
+    what the log held a while ago (`retained`: its end then) and every group's committed
+    position on it (a group that committed nothing there holds it at 0)."""
+    points = {}
+    for tp, end in retained.items():
+        point = min(archived.get(tp, -1) + 1, end)
+        for group in committed:
+            if tp in group:
+                point = min(point, max(group[tp], 0))
+        points[tp] = point
+    return points
+
+
+async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine,
+                      catalog: Mapping[str, TopicSpec], groups: Mapping[str, Collection[str]],
+                      stop: asyncio.Event, every_s: float = TRIM_EVERY_S,
+                      retain_s: float = BROKER_RETAIN_S) -> None:
+    """Until `stop`: trim the embedded broker's partitions (rules above). `groups`: each
+    consumer group's topics."""
+    partitions = [(spec.name, p) for spec in catalog.values() if not spec.compacted
+                  for p in range(spec.partitions)]
+    ends: list[tuple[float, dict[Partition, int]]] = []  # (monotonic time, ends then)
+    trimmed: dict[Partition, int] = {}
+
+    def look() -> dict[Partition, int]:
+        now = time.monotonic()
+        ends.append((now, end_offsets(settings, partitions)))
+        while len(ends) > 1 and ends[1][0] <= now - retain_s:
+            ends.pop(0)
+        if ends[0][0] > now - retain_s:
+            return {}  # not running long enough to know what the log held then
+        committed = [{tp: offset for tp, offset in _committed(
+            settings, group, [tp for tp in partitions if tp[0] in topics]).items()}
+            for group, topics in groups.items()]
+        return trim_points(archive_positions(engine), ends[0][1], committed)
+
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        try:
+            points = await asyncio.to_thread(look)
+            for tp, point in points.items():
+                if point > trimmed.get(tp, 0):
+                    broker.delete_records(*tp, point)
+                    trimmed[tp] = point
+        except Exception:  # the archive or the broker busy for a moment: keep all, look again
+            log.exception("cannot trim the embedded broker")

@@ -557,6 +557,11 @@ class Processor:
                       record.headers + headers)
 
 
+def processor_group(decider: Decider) -> str:
+    """The consumer group of the decider's processors."""
+    return f"pit.{decider.name}.processor"
+
+
 async def restore_partitions(processor: Processor, settings, engine, partitions: set[int]
                              ) -> tuple[int, list[Output]]:
     """Rebuild state and ledger for these partitions from their history (archive, then
@@ -645,7 +650,7 @@ async def _run_processor(processor: Processor, settings, engine, stop: asyncio.E
 async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                    ready: asyncio.Event | None, max_records: int,
                    produce_timeout_s: float) -> None:
-    group = f"pit.{processor.decider.name}.processor"
+    group = processor_group(processor.decider)
     restoring: list[set[int]] = []
 
     class Restore(ConsumerRebalanceListener):

@@ -73,6 +73,7 @@ class Stack:
         self.tasks: list[asyncio.Task] = []
         self._runner: web.AppRunner | None = None
         self.services: dict[str, Service] = {}
+        self.processors: dict[str, Processor] = {}  # by decider name
 
     async def start(self) -> Stack:
         from projections.runtime import create_schema
@@ -97,6 +98,7 @@ class Stack:
         for component in COMPONENTS:
             for decider in component.running_deciders(self.settings):
                 processor = Processor(decider, self.codec)
+                self.processors[decider.name] = processor
                 ready = asyncio.Event()
                 self.tasks.append(asyncio.create_task(
                     run_processor(processor, self.settings, self.engine, self.stop, ready),
@@ -279,7 +281,8 @@ def consumer_groups() -> dict[str, tuple[str, ...]]:
 
     # Runners of some pools only (their own groups) leave the tasks topic untrimmed: the
     # runners' group of every pool holds it until it commits.
-    groups = {processor_group(decider): (decider.command_topic,) for decider in DECIDERS}
+    groups: dict[str, tuple[str, ...]] = {
+        processor_group(decider): (decider.command_topic,) for decider in DECIDERS}
     return groups | {RUNNERS: (DAG_TASKS,), DAG_OUTPUTS: (DAG_EVENTS,)}
 
 

@@ -42,7 +42,6 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, TopicPartition
-
 from sqlalchemy import Engine, select
 
 from schemas.codec import Codec
@@ -225,12 +224,12 @@ def report(processor: Processor) -> None:
     metrics.PROCESSOR_LEDGER.labels(component).set(len(processor.ledger))
 
 
-async def keep_bounded(processor: Processor, recall: ArchiveRecall, stop: asyncio.Event,
-                       every_s: float = EVICT_EVERY_S) -> None:
-    """Until `stop`: every `every_s`, evict what lies beyond the bounds and is archived."""
+async def keep_bounded(processor: Processor, recall: ArchiveRecall,
+                       stop: asyncio.Event) -> None:
+    """Until `stop`: every EVICT_EVERY_S, evict what lies beyond the bounds and is archived."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
+            await asyncio.wait_for(stop.wait(), EVICT_EVERY_S)
         keys, command_ids = processor.eviction_candidates(ENDED_KEPT, LEDGER_KEPT)
         if keys or command_ids:
             generation = processor.generation

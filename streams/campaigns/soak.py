@@ -169,7 +169,7 @@ class Soak:
             try:
                 await step()
                 self.done[name] += 1
-            except Exception as exc:  # noqa: BLE001 - counted and shown
+            except Exception as exc:  # counted and shown, not fatal
                 self.errors[f"{name}: {type(exc).__name__}: {exc}"[:160]] += 1
                 await asyncio.sleep(1.0)
 

@@ -60,8 +60,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENDED_KEPT = 200       # ended entities kept in memory: the most recently ended
-LEDGER_KEPT = 5_000    # outcomes kept in memory: the most recent
+ENDED_KEPT = 50        # ended entities kept in memory: the most recently ended
+LEDGER_KEPT = 500      # outcomes kept in memory: the most recent
 EVICT_EVERY_S = 5.0    # how often `keep_bounded` looks
 EVICT_BATCH = 2_000    # keys looked up in the archive per query
 BROKER_RETAIN_S = 60.0  # the embedded broker keeps at least what it held this long ago

@@ -24,7 +24,8 @@ and recalled entity decides exactly as one never evicted.
 
 The embedded broker (librdkafka's mock) holds every record it keeps in memory, up to ~5 MiB
 per partition: some 600 MiB over the catalog's partitions, filled at the pace of the work.
-`trim_broker` deletes a partition's records once they are archived, were in the log
+`trim_broker` deletes a partition's records once they are archived and every projection
+has applied them (the lowest position in projection_positions), were in the log
 BROKER_RETAIN_S ago (so a reader that took its archive position moments ago still finds the
 rest in Kafka), and every consumer group that reads the topic has committed past them.
 Compacted topics are left alone (clients read _pit.schemas from Kafka; both are small).
@@ -42,16 +43,16 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, TopicPartition
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from schemas.codec import Codec
 from streams import metrics
-from streams.archive import archive_positions, audit_log
+from streams.archive import audit_log
 from streams.config import Settings
 from streams.decider import Decider, from_record
 from streams.errors import PitError
 from streams.history import end_offsets
-from streams.sql import connection
+from streams.sql import connection, positions
 from streams.topics import RESULTS, TopicSpec
 
 if TYPE_CHECKING:
@@ -259,11 +260,19 @@ def _committed(settings: Settings, group: str, partitions: list[Partition]
         consumer.close()
 
 
+def applied_everywhere(engine: Engine) -> dict[Partition, int]:
+    """Per partition, the last offset every projection (the archive one of them) applied."""
+    stmt = (select(positions.c.topic, positions.c.partition, func.min(positions.c.offset))
+            .group_by(positions.c.topic, positions.c.partition))
+    with connection(engine) as conn:
+        return {(topic, partition): offset for topic, partition, offset in conn.execute(stmt)}
+
+
 def trim_points(archived: Mapping[Partition, int], retained: Mapping[Partition, int],
                 committed: Iterable[Mapping[Partition, int]]) -> dict[Partition, int]:
-    """Where each partition may start: below what is archived (`archived`: the last offset),
-    what the log held a while ago (`retained`: its end then) and every group's committed
-    position on it (a group that committed nothing there holds it at 0)."""
+    """Where each partition may start: below what is archived and projected (`archived`: the
+    last offset), what the log held a while ago (`retained`: its end then) and every group's
+    committed position on it (a group that committed nothing there holds it at 0)."""
     points = {}
     for tp, end in retained.items():
         point = min(archived.get(tp, -1) + 1, end)
@@ -295,7 +304,7 @@ async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine
         committed = [{tp: offset for tp, offset in _committed(
             settings, group, [tp for tp in partitions if tp[0] in topics]).items()}
             for group, topics in groups.items()]
-        return trim_points(archive_positions(engine), ends[0][1], committed)
+        return trim_points(applied_everywhere(engine), ends[0][1], committed)
 
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):

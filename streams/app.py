@@ -42,7 +42,14 @@ from streams.kafka import (
     start_consumer,
 )
 from streams.log import LogRecord, source_of
-from streams.processor import Output, Processor, dead_letter, run_processor
+from streams.memory import trim_broker
+from streams.processor import (
+    Output,
+    Processor,
+    dead_letter,
+    processor_group,
+    run_processor,
+)
 from streams.timers import TimerService, timer_topics
 from streams.topics import SCHEMAS, load_catalog
 
@@ -78,6 +85,7 @@ class Stack:
         self.tasks: list[asyncio.Task] = []
         self._runner: web.AppRunner | None = None
         self.services: dict[str, Service] = {}
+        self.processors: dict[str, Processor] = {}  # by decider name
 
     async def start(self) -> Stack:
         from projections.runtime import create_schema
@@ -105,6 +113,7 @@ class Stack:
         for component in COMPONENTS:
             for decider in component.running_deciders(self.settings):
                 processor = Processor(decider, self.codec)
+                self.processors[decider.name] = processor
                 ready = asyncio.Event()
                 self.tasks.append(asyncio.create_task(
                     run_processor(processor, self.settings, self.engine, self.stop, ready,
@@ -117,6 +126,10 @@ class Stack:
                 if name not in self.without:
                     self.services[name] = service
                     self.tasks.append(asyncio.create_task(service.run(self.stop), name=name))
+        if self.broker is not None:
+            self.tasks.append(asyncio.create_task(trim_broker(
+                self.broker, self.settings, self.engine, self.catalog, consumer_groups(),
+                self.stop), name="broker-trim"))
         if self.timers:
             self.timer_service = TimerService(self.settings, self.codec, self.engine,
                                               topics=timer_topics(DECIDERS))
@@ -307,6 +320,20 @@ async def restore_broker(engine, settings: Settings, catalog, progress=None) -> 
         log.warning("restore: %s restored as placeholders: their source is not in the archive",
                     ", ".join(f"{n} records of {topic}" for topic, n in sorted(orphans.items())))
     return restored
+
+
+def consumer_groups() -> dict[str, tuple[str, ...]]:
+    """The consumer groups the Pit's processes read with, and their topics: the embedded
+    broker keeps what they have not committed (streams/memory.py)."""
+    from streams.artifacts.dag_outputs import GROUP as DAG_OUTPUTS
+    from streams.dag.runner import GROUP as RUNNERS
+    from streams.dag.topics import DAG_EVENTS, DAG_TASKS
+
+    # Runners of some pools only (their own groups) leave the tasks topic untrimmed: the
+    # runners' group of every pool holds it until it commits.
+    groups: dict[str, tuple[str, ...]] = {
+        processor_group(decider): (decider.command_topic,) for decider in DECIDERS}
+    return groups | {RUNNERS: (DAG_TASKS,), DAG_OUTPUTS: (DAG_EVENTS,)}
 
 
 def running_pit(settings: Settings) -> bool:

@@ -2,7 +2,8 @@
 
 librdkafka ships inside the confluent-kafka wheel and exports `rd_kafka_mock_*`, so a real
 Kafka-protocol broker runs in-process with no JVM. Its limits (see DESIGN.md): it keeps
-only the newest ~5 MiB per partition, has no compaction and no CreateTopics (topics are
+only the newest ~5 MiB per partition, in memory (`pit up` trims what is archived:
+streams/memory.py), has no compaction and no CreateTopics (topics are
 created here, through the API), no transactional isolation, and nothing survives a
 restart - durability comes from the audit archive, which `restore` replays into it.
 """
@@ -97,6 +98,20 @@ class EmbeddedBroker:
     def set_leader(self, topic: str, partition: int, broker_id: int) -> None:
         _librdkafka().rd_kafka_mock_partition_set_leader(
             self._cluster, topic.encode(), partition, broker_id)
+
+    def delete_records(self, topic: str, partition: int, before: int) -> None:
+        """Drop the partition's records below offset `before` (the mock holds every record in
+        memory; Kafka's DeleteRecords, which the mock does not serve over the wire)."""
+        function = getattr(_librdkafka(), "rd_kafka_mock_partition_delete_records", None)
+        if function is None:
+            raise BrokerUnavailableError("this librdkafka cannot delete the embedded broker's"
+                                         " records")
+        function.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int64]
+        function.restype = ctypes.c_int
+        code = function(self._cluster, topic.encode(), partition, before)
+        if code:
+            raise BrokerUnavailableError(f"cannot delete records of {topic}[{partition}] below"
+                                         f" {before}: error {code}")
 
     def push_request_errors(self, api_key: int, errors: list[int]) -> None:
         """The next requests of `api_key` (e.g. 0 = Produce) fail with these error codes."""

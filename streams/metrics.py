@@ -88,3 +88,11 @@ DAG_TASKS_WAITING = Gauge("pit_dag_tasks_waiting",
 DAG_TASKS_REDISPATCHED = Counter(
     "pit_dag_tasks_redispatched_total",
     "Tasks relayed again on start: the earlier relay came from a NodeScheduled the log lost")
+
+# --- the processors' memory (issue 11) -------------------------------------------------------
+PROCESSOR_ENTITIES = Gauge("pit_processor_entities",
+                           "Entities a processor holds in memory: live ones, and ended ones kept"
+                           " (compact) until evicted", ["component", "kind"])
+PROCESSOR_LEDGER = Gauge("pit_processor_ledger_commands",
+                         "Command ids a processor remembers to answer duplicates from memory",
+                         ["component"])

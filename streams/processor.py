@@ -16,12 +16,14 @@ batch loop on aiokafka's fetcher plus librdkafka's producer is what reaches >20,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from typing import Any, Protocol
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -35,13 +37,14 @@ from streams.errors import BrokerUnavailableError, DatabaseUnavailableError, Sch
 from streams.history import end_offsets, history_source, kafka_log_reader, latest_history
 from streams.kafka import make_producer, produce_all, start_consumer, stop_clients
 from streams.log import LogRecord, source_headers
+from streams.memory import ArchiveRecall, Forgotten, keep_bounded
 from streams.recovery import CheckpointBook, RecordsMismatch, within_commands
 from streams.topics import DEAD_LETTERS, RESULTS
 
 log = logging.getLogger(__name__)
 
 OUTCOME = "pit.Outcome"
-LEDGER_SIZE = 1_000_000  # command ids remembered for duplicate detection, per process
+LEDGER_SIZE = 1_000_000  # command ids remembered at most (without an archive to evict to)
 # An event id is "<command id>/<index>" and must fit the views' id columns (MAX_ID_CHARS).
 MAX_COMMAND_ID_CHARS = MAX_ID_CHARS - 8
 
@@ -246,6 +249,13 @@ class Processor:
     positions: dict[int, int] = field(default_factory=dict)
     # the checkpoint topic's bookkeeping, for a decider with snapshots and a checkpoint topic
     book: CheckpointBook | None = field(default=None, init=False, repr=False, compare=False)
+    # Memory (streams/memory.py): the ended entities in `entities`, oldest end first; the
+    # keys and command ids evicted; where evicted ones come back from (None: nothing is
+    # evicted); and a count of restores, so an eviction planned before one is dropped.
+    ended: dict[str, None] = field(default_factory=dict, repr=False, compare=False)
+    forgotten: Forgotten = field(default_factory=Forgotten, repr=False, compare=False)
+    recall: ArchiveRecall | None = field(default=None, repr=False, compare=False)
+    generation: int = field(default=0, repr=False, compare=False)
     _fold: Callable[[], Fold] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -263,6 +273,8 @@ class Processor:
         self.entities.clear()
         self.ledger.clear()
         self.positions.clear()
+        self.ended.clear()
+        self.generation += 1
         if self.book is not None:
             self.book.forget()
 
@@ -329,6 +341,7 @@ class Processor:
                 accepted["event_ids"].append(envelope["event_id"])
             applied += 1
         fold.finish()
+        self._note_ended()
         return applied
 
     def restore_partitions(self, partitions: Collection[int],
@@ -361,6 +374,61 @@ class Processor:
                 log.warning("%s: %s; restoring them from the whole log", self.name, mismatch)
                 distrust |= mismatch.partitions
                 self.entities.clear()
+
+    # --- memory (streams/memory.py) ---------------------------------------------------------
+
+    def _note_ended(self) -> None:
+        """After a restore: which entities in memory ended (a restore holds every one)."""
+        self.generation += 1
+        spec = self.book.spec if self.book is not None else None
+        if spec is None:
+            return
+        self.ended = {key: None for key in self.ended if key in self.entities}
+        for key, entity in self.entities.items():
+            if key not in self.ended and spec.final(entity.state) is not None:
+                self.ended[key] = None
+
+    def eviction_candidates(self, ended_kept: int, ledger_kept: int
+                            ) -> tuple[list[str], list[str]]:
+        """The ended entities beyond the `ended_kept` most recently ended, and the command
+        ids beyond the `ledger_kept` most recent outcomes, oldest first (for `evict` once the
+        archive holds them); none without an archive to recall them from."""
+        if self.recall is None:
+            return [], []
+        keys = list(islice(self.ended, max(0, len(self.ended) - ended_kept)))
+        command_ids = list(islice(self.ledger, max(0, len(self.ledger) - ledger_kept)))
+        return keys, command_ids
+
+    def evict(self, keys: Iterable[str], command_ids: Iterable[str]) -> None:
+        """Drop these ended entities and outcomes from memory (the archive holds them:
+        `recall` brings them back when a command needs them)."""
+        for key in keys:
+            if key in self.ended:
+                del self.ended[key]
+                self.entities.pop(key, None)
+                self.forgotten.add(key)
+        for command_id in command_ids:
+            if self.ledger.pop(command_id, None) is not None:
+                self.forgotten.add(command_id)
+
+    def _known(self, command_id: str) -> dict | None:
+        """The outcome of a command already decided: remembered, or recalled if evicted."""
+        known = self.ledger.get(command_id)
+        if known is None and self.recall is not None and command_id in self.forgotten:
+            known = self.recall.outcome(command_id)
+            if known is not None:
+                self._remember(command_id, known)
+        return known
+
+    def _held(self, key: str) -> Entity | None:
+        """The entity in memory, or recalled if it was evicted (it comes back ended)."""
+        found = self.entities.get(key)
+        if found is None and self.recall is not None and key in self.forgotten:
+            recalled = self.recall.entity(key)
+            if recalled is not None:
+                found = self.entities[key] = Entity(*recalled)
+                self.ended[key] = None
+        return found
 
     def _apply(self, envelope: dict, event: Message) -> None:
         entity = self.entity(envelope["entity_key"])
@@ -403,7 +471,7 @@ class Processor:
         if meta is None:
             return [self._dead_letter(record, SchemaError(f"{decoded.name} is not a command"))]
         command_id = meta["command_id"]
-        known = self.ledger.get(command_id)
+        known = self._known(command_id)
         if known is not None:
             self._decided_count["duplicate"].inc()
             return [self._result(record, {**known, "duplicate": True})]
@@ -424,7 +492,7 @@ class Processor:
                                     reason=str(exc))
             return self._decided(record, outcome)
         key = self.decider.entity_of(command)
-        entity = self.entities.get(key) or Entity(self.decider.initial_state(key))
+        entity = self._held(key) or Entity(self.decider.initial_state(key))
         now_ms = max(now_ms, entity.last_at_ms)  # per-entity time never runs backwards
         try:
             events = self.decider.decide(entity.state, command, now_ms)
@@ -474,23 +542,25 @@ class Processor:
             outputs.append(Output(self.decider.event_topic, record.partition,
                                   event.entity_key.encode(), value, now_ms))
         outcome = self._outcome(command_id, command.type_name, key, now_ms, event_ids=event_ids)
-        if self.book is not None and events:
-            self._book_changes(self.book, record.partition, key, entity, base,
-                               base + len(outputs), start >= 0)
+        if self.book is not None and events and self._book_changes(
+                self.book, record.partition, key, entity, base, base + len(outputs), start >= 0):
+            self.ended[key] = None
         return outputs + self._decided(record, outcome)
 
     @staticmethod
     def _book_changes(book: CheckpointBook, partition: int, key: str, entity: Entity,
-                      first: int, outcome: int, started: bool) -> None:
+                      first: int, outcome: int, started: bool) -> bool:
         """Tell the checkpoint book what this decision changed: a new start of the entity's
         restore (its events hold a snapshot or its first event; the restore reads from the
         first of them, outputs[first], so it meets all of this command's events), or its end
-        (then no command changes it again)."""
+        (then no command changes it again: True)."""
         final = book.spec.final(entity.state)
         if final is not None:
             book.ended(partition, key, final, entity.sequence, entity.last_at_ms)
-        elif started:
+            return True
+        if started:
             book.started(partition, key, first, outcome)
+        return False
 
     def _decided(self, record: LogRecord, outcome: dict) -> list[Output]:
         self._decided_count[outcome["status"].lower()].inc()
@@ -518,6 +588,11 @@ class Processor:
     def _dead_letter(self, record: LogRecord, error: Exception) -> Output:
         return dead_letter(record, type(error).__name__, str(error), self.name,
                            self.decider.name)
+
+
+def processor_group(decider: Decider) -> str:
+    """The consumer group of the decider's processors."""
+    return f"pit.{decider.name}.processor"
 
 
 async def restore_partitions(processor: Processor, settings, engine, partitions: set[int]
@@ -578,7 +653,28 @@ async def run_processor(processor: Processor, settings, engine, stop: asyncio.Ev
     or the archive cannot be written, the processor does not guess what landed: it forgets
     its state, waits, and starts over from the log - state, ledger and positions restored,
     uncommitted commands redelivered and answered (acknowledged again where their events
-    had already landed)."""
+    had already landed).
+
+    With a database (the archive), what it holds in memory stays bounded (streams/memory.py)."""
+    if engine is not None:
+        processor.recall = ArchiveRecall(engine, processor.decider, processor.codec,
+                                         processor.name)
+        bounded = asyncio.create_task(keep_bounded(processor, processor.recall, stop),
+                                      name=f"{processor.name}-memory")
+    try:
+        await _run_processor(processor, settings, engine, stop, ready, max_records,
+                             produce_timeout_s, retry_s, archive_first)
+    finally:
+        if engine is not None:
+            bounded.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bounded
+
+
+async def _run_processor(processor: Processor, settings, engine, stop: asyncio.Event,
+                         ready: asyncio.Event | None, max_records: int,
+                         produce_timeout_s: float, retry_s: float,
+                         archive_first: asyncio.Lock | None) -> None:
     while True:
         try:
             await _consume(processor, settings, engine, stop, ready, max_records,
@@ -629,7 +725,7 @@ async def produce_archived(producer, outputs: Sequence[Output], processor: Proce
 async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                    ready: asyncio.Event | None, max_records: int,
                    produce_timeout_s: float, archive_first: asyncio.Lock | None) -> None:
-    group = f"pit.{processor.decider.name}.processor"
+    group = processor_group(processor.decider)
     restoring: list[set[int]] = []
 
     class Restore(ConsumerRebalanceListener):

@@ -39,7 +39,8 @@ The service (`TimerService`, run by `pit up`):
 * when Kafka fails under it, it forgets everything and starts over from the log, as the
   processors do.
 It runs once per Pit (in `pit up`); a second one would fire every timer again - harmless,
-each a duplicate, but wasted. It remembers the ids of done timers (never reused) in memory.
+each a duplicate, but wasted. It remembers the last DONE_KEPT ids of done timers (never
+reused) in memory.
 A command can still arrive after its timer was cancelled (the cancel decided while the
 command was on its way): deciders check a timer command is still current (e.g. the attempt
 it names) and reject or ignore a stale one. Timer ids must be unique across the Pit and
@@ -81,6 +82,7 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "timer-service"
 ANY_PARTITION = -1  # librdkafka: let the partitioner choose (by key)
+DONE_KEPT = 100_000  # done timer ids a TimerTable remembers, the most recent
 
 
 # --- the records ------------------------------------------------------------------------------
@@ -179,11 +181,15 @@ class Timer:
 class TimerTable:
     """Scheduled minus fired minus cancelled, whatever order the three arrive in: a timer id
     once fired or cancelled is done for good. Due timers come out earliest first (ties by
-    id). No I/O and no clock: `take_due` is told the time."""
+    id). No I/O and no clock: `take_due` is told the time.
+
+    It remembers the last DONE_KEPT done ids (memory stays bounded under steady work): a
+    TimerScheduled read again for an id forgotten earlier fires once more, a duplicate its
+    processor answers with the first outcome (ids are command ids)."""
 
     def __init__(self) -> None:
         self.pending: dict[str, Timer] = {}
-        self.done: set[str] = set()
+        self.done: dict[str, None] = {}  # insertion-ordered: the oldest are forgotten first
         self._heap: list[tuple[int, str]] = []  # (due, id); cancelled entries left to skip
 
     def schedule(self, timer: Timer) -> bool:
@@ -196,8 +202,13 @@ class TimerTable:
 
     def resolve(self, timer_id: str) -> None:
         """The timer fired or was cancelled: it never fires (again)."""
-        self.done.add(timer_id)
+        self._done(timer_id)
         self.pending.pop(timer_id, None)
+
+    def _done(self, timer_id: str) -> None:
+        self.done[timer_id] = None
+        if len(self.done) > DONE_KEPT:
+            del self.done[next(iter(self.done))]
 
     def apply(self, name: str, record: dict) -> None:
         """Fold one decoded timer record (TimerScheduled, TimerCancelled or TimerFired)."""
@@ -220,7 +231,7 @@ class TimerTable:
                 (next_due := self.next_due()) is not None and next_due <= now_ms):
             _, timer_id = heapq.heappop(self._heap)
             due.append(self.pending.pop(timer_id))
-            self.done.add(timer_id)
+            self._done(timer_id)
         return due
 
 

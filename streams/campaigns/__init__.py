@@ -15,4 +15,5 @@ CAMPAIGNS: dict[str, tuple[str, str]] = {
     "drain": ("streams.campaigns.drain", "hosts and runners asked to stop exit within their"
                                          " drain timeout, whatever pit up does"),
     "fuzz": ("streams.campaigns.fuzz", "bad input through the broker: no process stops"),
+    "soak": ("streams.campaigns.soak", "steady mixed load against `pit up`, its memory sampled"),
 }

@@ -1,0 +1,319 @@
+"""What a processor keeps in memory under steady work, and how the rest comes back.
+
+A processor holds every entity it decides and a ledger of command ids (to answer a re-sent
+command with its first outcome). Without a bound both grow with every command ever decided.
+`pit up` (`run_processor` with a database) keeps them bounded:
+
+* Ended entities (a decider with a checkpoint topic: `final(state)` is not None, e.g. a
+  finished execution) stay in memory while they are among the ENDED_KEPT most recently
+  ended; older ones are evicted once the archive holds their ended marker. Live entities
+  stay.
+* The ledger keeps the LEDGER_KEPT most recent outcomes; older ones are evicted once the
+  archive holds them (pit.results, keyed by command id).
+* An evicted key goes into `Forgotten`, a Bloom filter. A command whose entity or command id
+  is not in memory but may have been evicted is looked up in the archive (`ArchiveRecall`):
+  the entity comes back from its ended marker (else from its archived events), decided as
+  its `final` record - the state a restore holds it as, which decides every command as the
+  full one (streams/recovery.py, rule 7); the outcome comes back as it was first answered,
+  so a duplicate is still a duplicate. A key not in the filter is new: no lookup, so new
+  commands cost nothing; a false positive costs one indexed query that finds nothing.
+
+Nothing is evicted that the archive cannot give back, so what a processor decides does not
+depend on what it evicted: tests/property/test_memory_properties.py checks that an evicted
+and recalled entity decides exactly as one never evicted.
+
+The embedded broker (librdkafka's mock) holds every record it keeps in memory, up to ~5 MiB
+per partition: some 600 MiB over the catalog's partitions, filled at the pace of the work.
+`trim_broker` deletes a partition's records once they are archived and every projection
+has applied them (the lowest position in projection_positions), were in the log
+BROKER_RETAIN_S ago (so a reader that took its archive position moments ago still finds the
+rest in Kafka), and every consumer group that reads the topic has committed past them.
+Compacted topics are left alone (clients read _pit.schemas from Kafka; both are small).
+Everyone who reads history reads the archive first, then Kafka beyond it (streams/history.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, TopicPartition
+from sqlalchemy import Engine, func, select
+
+from schemas.codec import Codec
+from streams import metrics
+from streams.archive import audit_log
+from streams.config import Settings
+from streams.decider import Decider, from_record
+from streams.errors import PitError
+from streams.history import end_offsets
+from streams.sql import connection, positions
+from streams.topics import RESULTS, TopicSpec
+
+if TYPE_CHECKING:
+    from streams.broker import EmbeddedBroker
+    from streams.processor import Processor
+
+log = logging.getLogger(__name__)
+
+ENDED_KEPT = 50        # ended entities kept in memory: the most recently ended
+LEDGER_KEPT = 500      # outcomes kept in memory: the most recent
+EVICT_EVERY_S = 5.0    # how often `keep_bounded` looks
+EVICT_BATCH = 2_000    # keys looked up in the archive per query
+BROKER_RETAIN_S = 60.0  # the embedded broker keeps at least what it held this long ago
+TRIM_EVERY_S = 15.0
+OUTCOME = "pit.Outcome"
+POINT = "pit.RecoveryPoint"
+
+
+class Forgotten:
+    """The keys evicted from memory, as a Bloom filter: `key in forgotten` is False for every
+    key never added, and True for every key added (and, rarely, for one that was not). Its
+    size is fixed: 2^23 bits (1 MiB, taken on the first add) keep false positives near 1% up
+    to some 800,000 keys; past that they grow, which costs lookups, never answers."""
+
+    BITS = 1 << 23
+    HASHES = 4
+
+    def __init__(self) -> None:
+        self._bits: bytearray | None = None
+
+    def _positions(self, key: str) -> Iterable[int]:
+        digest = hashlib.blake2b(key.encode(), digest_size=4 * self.HASHES).digest()
+        for i in range(self.HASHES):
+            yield int.from_bytes(digest[4 * i:4 * i + 4], "big") % self.BITS
+
+    def add(self, key: str) -> None:
+        if self._bits is None:
+            self._bits = bytearray(self.BITS // 8)
+        for position in self._positions(key):
+            self._bits[position >> 3] |= 1 << (position & 7)
+
+    def __contains__(self, key: str) -> bool:
+        bits = self._bits
+        return bits is not None and all(bits[p >> 3] & (1 << (p & 7))
+                                        for p in self._positions(key))
+
+    def clear(self) -> None:
+        self._bits = None
+
+
+def _chunks(keys: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(keys), EVICT_BATCH):
+        yield keys[start:start + EVICT_BATCH]
+
+
+class ArchiveRecall:
+    """Reads back from the archive what a processor evicted (and says what it may evict)."""
+
+    def __init__(self, engine: Engine, decider: Decider, codec: Codec,
+                 processor_name: str) -> None:
+        self.engine, self.decider, self.codec, self.name = engine, decider, codec, processor_name
+
+    # --- the ledger --------------------------------------------------------------------------
+
+    def _answers(self, command_ids: Collection[str]) -> dict[str, dict]:
+        """The first (not duplicate) outcome of this processor for each command id archived."""
+        found: dict[str, dict] = {}
+        for chunk in _chunks(sorted(command_ids)):
+            stmt = (select(audit_log.c.key, audit_log.c.value)
+                    .where(audit_log.c.topic == RESULTS, audit_log.c.key.in_(chunk))
+                    .order_by(audit_log.c.partition, audit_log.c.offset))
+            with connection(self.engine) as conn:
+                rows = conn.execute(stmt).all()
+            for key, value in rows:
+                if key in found or value is None:
+                    continue
+                outcome = self._decoded(value, OUTCOME)
+                if outcome is not None and outcome["processor"] == self.name and not outcome[
+                        "duplicate"]:
+                    found[key] = outcome
+        return found
+
+    def archived_outcomes(self, command_ids: Collection[str]) -> set[str]:
+        return set(self._answers(command_ids))
+
+    def outcome(self, command_id: str) -> dict | None:
+        """The outcome this processor first gave `command_id`, as it remembered it."""
+        found = self._answers([command_id]).get(command_id)
+        if found is None:
+            return None
+        found.pop("command_partition", None)
+        found.pop("command_offset", None)
+        return found
+
+    # --- ended entities ----------------------------------------------------------------------
+
+    def _markers(self, keys: Collection[str]) -> dict[str, dict]:
+        """The latest archived checkpoint record of each key, when it is an ended marker."""
+        spec = self.decider.checkpoint_topic
+        if spec is None:
+            return {}
+        latest: dict[str, tuple[int, bytes | None]] = {}
+        for chunk in _chunks(sorted(keys)):
+            stmt = (select(audit_log.c.key, audit_log.c.offset, audit_log.c.value)
+                    .where(audit_log.c.topic == spec.topic, audit_log.c.key.in_(chunk)))
+            with connection(self.engine) as conn:
+                for key, offset, value in conn.execute(stmt):
+                    if key not in latest or offset > latest[key][0]:
+                        latest[key] = (offset, value)
+        markers = {}
+        for key, (_, value) in latest.items():
+            point = self._decoded(value, POINT) if value is not None else None
+            if point is not None and point["events_offset"] < 0:
+                markers[key] = point
+        return markers
+
+    def archived_entities(self, keys: Collection[str]) -> set[str]:
+        return set(self._markers(keys))
+
+    def entity(self, key: str) -> tuple[Any, int, int] | None:
+        """An evicted entity as (state, sequence, last time): from its ended marker, else
+        folded from its archived events (from its last snapshot); None when the archive holds
+        nothing of it."""
+        spec = self.decider.checkpoint_topic
+        marker = self._markers([key]).get(key)
+        if spec is not None and marker is not None:
+            return spec.from_final(marker["final"]), marker["sequence"], marker["last_at"]
+        return self._folded(key)
+
+    def _folded(self, key: str) -> tuple[Any, int, int] | None:
+        decider = self.decider
+        stmt = (select(audit_log.c.value)
+                .where(audit_log.c.topic == decider.event_topic, audit_log.c.entity_key == key)
+                .order_by(audit_log.c.partition, audit_log.c.offset))
+        with connection(self.engine) as conn:
+            values = [value for (value,) in conn.execute(stmt) if value is not None]
+        state, sequence, last_at = decider.initial_state(key), 0, 0
+        for value in values:
+            decoded = self.codec.decode(value)
+            event_type = decider.event_type(decoded.name)
+            if event_type is None:
+                continue
+            envelope = decoded.record["envelope"]
+            event = from_record(event_type, decoded.record)
+            if isinstance(event, decider.snapshots) and decider.from_snapshot is not None:
+                state = decider.from_snapshot(event)
+            else:
+                state = decider.evolve(state, event, envelope["occurred_at"])
+            sequence, last_at = envelope["sequence"], max(last_at, envelope["occurred_at"])
+        if not sequence:
+            return None
+        spec = decider.checkpoint_topic
+        final = spec.final(state) if spec is not None else None
+        return (spec.from_final(final) if spec is not None and final is not None else state,
+                sequence, last_at)
+
+    def _decoded(self, value: bytes, name: str) -> dict | None:
+        try:
+            decoded = self.codec.decode(bytes(value))
+        except PitError:
+            return None
+        return decoded.record if decoded.name == name else None
+
+
+def report(processor: Processor) -> None:
+    component = processor.decider.name
+    ended = len(processor.ended)
+    metrics.PROCESSOR_ENTITIES.labels(component, "live").set(len(processor.entities) - ended)
+    metrics.PROCESSOR_ENTITIES.labels(component, "ended").set(ended)
+    metrics.PROCESSOR_LEDGER.labels(component).set(len(processor.ledger))
+
+
+async def keep_bounded(processor: Processor, recall: ArchiveRecall,
+                       stop: asyncio.Event) -> None:
+    """Until `stop`: every EVICT_EVERY_S, evict what lies beyond the bounds and is archived."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), EVICT_EVERY_S)
+        keys, command_ids = processor.eviction_candidates(ENDED_KEPT, LEDGER_KEPT)
+        if keys or command_ids:
+            generation = processor.generation
+            try:
+                entities = await asyncio.to_thread(recall.archived_entities, keys)
+                outcomes = await asyncio.to_thread(recall.archived_outcomes, command_ids)
+            except Exception:  # the archive unreadable for a moment: keep all, look again
+                log.exception("%s: cannot read the archive to evict", processor.name)
+                continue
+            if processor.generation == generation:  # no restore meanwhile
+                processor.evict(entities, outcomes)
+        report(processor)
+
+
+Partition = tuple[str, int]
+
+
+def _committed(settings: Settings, group: str, partitions: list[Partition]
+               ) -> dict[Partition, int]:
+    """The group's committed offsets (-1 where it committed none)."""
+    consumer = Consumer({**settings.librdkafka_config(), "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        found = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=10)
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in found}
+    finally:
+        consumer.close()
+
+
+def applied_everywhere(engine: Engine) -> dict[Partition, int]:
+    """Per partition, the last offset every projection (the archive one of them) applied."""
+    stmt = (select(positions.c.topic, positions.c.partition, func.min(positions.c.offset))
+            .group_by(positions.c.topic, positions.c.partition))
+    with connection(engine) as conn:
+        return {(topic, partition): offset for topic, partition, offset in conn.execute(stmt)}
+
+
+def trim_points(archived: Mapping[Partition, int], retained: Mapping[Partition, int],
+                committed: Iterable[Mapping[Partition, int]]) -> dict[Partition, int]:
+    """Where each partition may start: below what is archived and projected (`archived`: the
+    last offset), what the log held a while ago (`retained`: its end then) and every group's
+    committed position on it (a group that committed nothing there holds it at 0)."""
+    points = {}
+    for tp, end in retained.items():
+        point = min(archived.get(tp, -1) + 1, end)
+        for group in committed:
+            if tp in group:
+                point = min(point, max(group[tp], 0))
+        points[tp] = point
+    return points
+
+
+async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine,
+                      catalog: Mapping[str, TopicSpec], groups: Mapping[str, Collection[str]],
+                      stop: asyncio.Event, every_s: float = TRIM_EVERY_S,
+                      retain_s: float = BROKER_RETAIN_S) -> None:
+    """Until `stop`: trim the embedded broker's partitions (rules above). `groups`: each
+    consumer group's topics."""
+    partitions = [(spec.name, p) for spec in catalog.values() if not spec.compacted
+                  for p in range(spec.partitions)]
+    ends: list[tuple[float, dict[Partition, int]]] = []  # (monotonic time, ends then)
+    trimmed: dict[Partition, int] = {}
+
+    def look() -> dict[Partition, int]:
+        now = time.monotonic()
+        ends.append((now, end_offsets(settings, partitions)))
+        while len(ends) > 1 and ends[1][0] <= now - retain_s:
+            ends.pop(0)
+        if ends[0][0] > now - retain_s:
+            return {}  # not running long enough to know what the log held then
+        committed = [{tp: offset for tp, offset in _committed(
+            settings, group, [tp for tp in partitions if tp[0] in topics]).items()}
+            for group, topics in groups.items()]
+        return trim_points(applied_everywhere(engine), ends[0][1], committed)
+
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        try:
+            points = await asyncio.to_thread(look)
+            for tp, point in points.items():
+                if point > trimmed.get(tp, 0):
+                    broker.delete_records(*tp, point)
+                    trimmed[tp] = point
+        except Exception:  # the archive or the broker busy for a moment: keep all, look again
+            log.exception("cannot trim the embedded broker")

@@ -1,0 +1,37 @@
+"""Issue 11, memory: where the embedded broker may start each partition (`trim_points`), and
+the broker dropping what lies below it."""
+
+from __future__ import annotations
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streams.broker import EmbeddedBroker
+from streams.memory import trim_points
+from streams.topics import TopicSpec
+
+A, B = ("t", 0), ("t", 1)
+
+
+def test_a_partition_starts_below_what_is_archived_retained_and_committed() -> None:
+    archived = {A: 99, B: 9}
+    retained = {A: 80, B: 50}  # the ends a minute ago
+    assert trim_points(archived, retained, []) == {A: 80, B: 10}
+    assert trim_points(archived, retained, [{A: 30}]) == {A: 30, B: 10}
+    assert trim_points(archived, retained, [{A: -1, B: 5}]) == {A: 0, B: 5}  # none committed
+    assert trim_points({}, retained, []) == {A: 0, B: 0}  # nothing archived: nothing trimmed
+
+
+def test_the_embedded_broker_drops_records_below_an_offset() -> None:
+    with EmbeddedBroker(1) as broker:
+        broker.create_topic(TopicSpec("t", 2, "k"))
+        producer = Producer({"bootstrap.servers": broker.bootstrap_servers})
+        for n in range(20):
+            producer.produce("t", value=b"x", partition=n % 2)
+        producer.flush(30)
+        broker.delete_records("t", 0, 7)
+        consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "g"})
+        try:
+            assert consumer.get_watermark_offsets(TopicPartition("t", 0), timeout=30) == (7, 10)
+            assert consumer.get_watermark_offsets(TopicPartition("t", 1), timeout=30) == (0, 10)
+        finally:
+            consumer.close()

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 LEADER_TOPIC = "_pit.leader"
 GROUP = "pit.leader"
 SESSION_TIMEOUT_MS = 6_000
+POLL_MS = 100  # how often the election looks at the group (and at `stop`)
 
 
 def session_timeout_ms(settings: Settings) -> int:
@@ -133,6 +134,7 @@ class LeaderGate:
         self._assigned: bool | None = None  # partition 0 held, as the last rebalance said
         self._running: dict[str, asyncio.Task] = {}
         self._term_stop = asyncio.Event()
+        self._pending: tuple[int, asyncio.Future] | None = None  # a commit still unanswered
 
     async def run(self, stop: asyncio.Event) -> None:
         tp = TopicPartition(LEADER_TOPIC, 0)
@@ -167,15 +169,18 @@ class LeaderGate:
                 await self._depose("stopping" if stop.is_set() else "the election failed")
                 self._assigned = None
                 await consumer.stop()  # leaves the group: the next member leads at once
+                if self._pending is not None:  # failed with the consumer: nothing to learn
+                    await asyncio.gather(self._pending[1], return_exceptions=True)
+                    self._pending = None
 
     async def _elect(self, consumer: AIOKafkaConsumer, tp: TopicPartition,
                      stop: asyncio.Event) -> None:
-        last_ok = time.monotonic()
+        last_ok = renew_at = time.monotonic()
         while not stop.is_set():
-            # Keeps the member active (aiokafka leaves the group of an idle consumer).
             if tp in consumer.assignment():
                 consumer.pause(tp)  # never read: its committed offset is the term
-            await consumer.getmany(timeout_ms=int(self.heartbeat_s * 1000))
+            # Also keeps the member active (aiokafka leaves the group of an idle consumer).
+            await consumer.getmany(timeout_ms=POLL_MS)
             self._check_services()
             if self._assigned is None:
                 continue  # not through the first rebalance yet
@@ -186,10 +191,13 @@ class LeaderGate:
             if not self.term:
                 term = (await consumer.committed(tp) or 0) + 1
                 if await self._commit(consumer, tp, term):
-                    last_ok = time.monotonic()
+                    last_ok = renew_at = time.monotonic()
                     await self._elected(term)
                 self.decided.set()
                 continue
+            if time.monotonic() < renew_at + self.heartbeat_s:
+                continue
+            renew_at = time.monotonic()
             renewed = await self._commit(consumer, tp, self.term)
             if renewed:
                 last_ok = time.monotonic()
@@ -199,15 +207,24 @@ class LeaderGate:
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition,
                       term: int) -> bool | None:
         """Commit `term` for the group: True if accepted, None if the group has moved on
-        without this member, False if unknown (no answer in time, a rebalance going on)."""
+        without this member, False if unknown (no answer in time, a rebalance going on). A
+        commit not answered in time is left to finish (cancelling it would leave aiokafka's
+        own request task unanswered), and waited for again next time."""
+        if self._pending is None:
+            self._pending = (term, asyncio.ensure_future(consumer.commit({tp: term})))
+        pending_term, pending = self._pending
+        done, _ = await asyncio.wait({pending}, timeout=self.heartbeat_s)
+        if not done:
+            return False
+        self._pending = None
         try:
-            await asyncio.wait_for(consumer.commit({tp: term}), self.heartbeat_s)
-            return True
+            pending.result()
         except CommitFailedError as exc:
             gone = isinstance(exc.__cause__, UnknownMemberIdError | IllegalGenerationError)
             return None if gone else False
-        except (TimeoutError, KafkaError):
+        except KafkaError:
             return False
+        return pending_term == term or False
 
     async def _elected(self, term: int) -> None:
         self.term, self._assignor.claim = term, term

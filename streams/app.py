@@ -71,6 +71,7 @@ class Stack:
     # (`pit up --join`) instead of starting one.
     join: bool = False
     leader_session_ms: int | None = None  # the leader group's session (default: its setting)
+    say: Callable[[str], None] | None = None  # where leadership changes are told (`pit up`)
 
     def __post_init__(self) -> None:
         self.catalog = load_catalog()
@@ -115,7 +116,7 @@ class Stack:
         # The singleton services run on the elected leader only (streams/leader.py).
         self.leader = LeaderGate(self.settings, lambda: self._services(runtime, shared=False),
                                  services=self.services,
-                                 session_timeout_ms=self.leader_session_ms)
+                                 session_timeout_ms=self.leader_session_ms, say=self.say)
         self.tasks.append(asyncio.create_task(self.leader.run(self.stop), name="leader"))
         await self._until(self.leader.decided)
         await self.start_projector()
@@ -336,7 +337,7 @@ async def serve(settings: Settings, *, join: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     if not (join and settings.embedded):
-        await _serve(Stack(settings, http_port=settings.http_port), stopping)
+        await _serve(Stack(settings, http_port=settings.http_port, say=_say), stopping)
         return
     # A joined process serves the read API only where asked (the first one serves it).
     port = settings.http_port if "PIT_HTTP_PORT" in settings.env else None
@@ -347,7 +348,7 @@ async def serve(settings: Settings, *, join: bool = False) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), 0.5)
             continue
-        await _serve(Stack(settings, http_port=port, join=True), stopping,
+        await _serve(Stack(settings, http_port=port, join=True, say=_say), stopping,
                      broker_gone=lambda: not running_pit(settings))
 
 
@@ -376,6 +377,10 @@ async def _serve(stack: Stack, stopping: asyncio.Event,
     print("pit is stopping: draining processors and projections", flush=True)
     await stack.close()
     print("pit stopped", flush=True)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 async def _until_true(check: Callable[[], bool], every_s: float = 0.5) -> None:

@@ -118,8 +118,9 @@ class LeaderGate:
     def __init__(self, settings: Settings, make: Callable[[], Mapping[str, Service]], *,
                  services: MutableMapping[str, Service] | None = None,
                  session_timeout_ms: int | None = None, drain_s: float = 30.0,
-                 group: str = GROUP) -> None:
+                 group: str = GROUP, say: Callable[[str], None] | None = None) -> None:
         self.settings, self.make, self.group = settings, make, group
+        self.say = say or log.info  # where leadership changes are told
         self.services: MutableMapping[str, Service] = {} if services is None else services
         self.session_ms = (globals()["session_timeout_ms"](settings)
                            if session_timeout_ms is None else session_timeout_ms)
@@ -231,7 +232,7 @@ class LeaderGate:
         self.terms += 1
         self._term_stop = asyncio.Event()
         made = self.make()
-        log.info("leader: term %d: running %s", term, ", ".join(made) or "nothing")
+        self.say(f"leader: this process leads (term {term}): {', '.join(made) or 'nothing'}")
         for name, service in made.items():
             self.services[name] = service
             self._running[name] = asyncio.create_task(service.run(self._term_stop), name=name)
@@ -241,8 +242,8 @@ class LeaderGate:
         """Stop this term's services (gracefully, up to `drain_s`)."""
         if not self.term:
             return
-        log.info("leader: term %d ends (%s): stopping %s", self.term, why,
-                 ", ".join(self._running) or "nothing")
+        self.say(f"leader: term {self.term} ends ({why}): stopping "
+                 f"{', '.join(self._running) or 'nothing'}")
         self.leading.clear()
         self.term, self._assignor.claim = 0, 0
         self._term_stop.set()

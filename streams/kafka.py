@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from confluent_kafka import Producer
 
-from streams.config import Settings
+from streams.config import Settings, parse_count
 from streams.errors import BrokerUnavailableError, PitError
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,17 @@ log = logging.getLogger(__name__)
 LEADER_SYNC_DELAY_S = 0.5
 
 
+def group_session(settings: Settings) -> dict[str, int]:
+    """A consumer group's session timeout (`PIT_GROUP_SESSION_TIMEOUT_MS`, default aiokafka's
+    10 s: how long a killed member holds its partitions) and a heartbeat of a third of it."""
+    text = settings.env.get("PIT_GROUP_SESSION_TIMEOUT_MS", "")
+    session = parse_count("PIT_GROUP_SESSION_TIMEOUT_MS", text) if text else 10_000
+    return {"session_timeout_ms": session, "heartbeat_interval_ms": session // 3}
+
+
 async def start_consumer(settings: Settings, *topics: str, **options) -> AIOKafkaConsumer:
+    if options.get("group_id") is not None and "session_timeout_ms" not in options:
+        options = {**group_session(settings), **options}
     consumer = AIOKafkaConsumer(*topics, **settings.kafka_client_options(),
                                 enable_auto_commit=False, **options)
     try:

@@ -7,15 +7,16 @@ waits for, then joins again, a first process that restarts."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import queue
 import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,15 +29,19 @@ from streams.topics import load_catalog
 pytestmark = pytest.mark.slow
 
 SESSION_MS = 6000  # the default leader session: the figure the README reports
+# A command to a partition that is moving waits for the processors' group: its session for
+# a killed member, and the mock's rebalance wait (session - 1 s).
+REBALANCE_S = 60
 
 
 class Process:
     """A `pit up` process whose stdout lines are read as they come."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen([sys.executable, "-m", "streams.cli", "up", *args],
-                                        env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True)
+                                        env=env, stdout=subprocess.PIPE, stderr=self.stderr,
+                                        text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -53,7 +58,9 @@ class Process:
                 line = self.lines.get(timeout=0.2)
             except queue.Empty:
                 if self.process.poll() is not None:
-                    raise AssertionError(f"pit up exited: {self.seen}") from None
+                    self.stderr.seek(0)
+                    raise AssertionError(f"pit up exited: {self.seen}, "
+                                         f"{self.stderr.read()[-2000:]}") from None
                 continue
             self.seen.append(line)
             if text in line:
@@ -76,9 +83,11 @@ class Process:
                 self.kill()
 
 
-def models(port: int) -> list:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/models", timeout=5) as reply:
-        return json.loads(reply.read())["models"]
+def registered(data_dir: Path) -> int:
+    """ModelRegistered events in the archive (what the projectors wrote, both of them)."""
+    with contextlib.closing(sqlite3.connect(data_dir / "pit.db", timeout=30)) as db:
+        return db.execute("SELECT count(*) FROM audit_log"
+                          " WHERE event_type = 'ModelRegistered'").fetchone()[0]
 
 
 def wait_until(check, timeout_s: float = 60.0) -> None:
@@ -107,7 +116,8 @@ def test_kill_9_of_the_leader_moves_the_singletons_to_the_other_pit_up(tmp_path,
         second = None
         try:
             first.wait_for("pit is up")
-            second = Process(env_for(tmp_path / "b", free_port(), **shared))
+            second_env = env_for(tmp_path / "b", free_port(), **shared)
+            second = Process(second_env)
             second.wait_for("pit is up")
             assert first.leads() and not second.leads()
             killed_at = time.monotonic()
@@ -116,8 +126,7 @@ def test_kill_9_of_the_leader_moves_the_singletons_to_the_other_pit_up(tmp_path,
             took = led_at - killed_at
             print(f"fail-over after kill -9: {took:.1f} s (session {SESSION_MS} ms)")
             assert took < SESSION_MS / 1000 * 3 + 10
-            settings = Settings.from_env(env_for(tmp_path / "b", 0, **shared))
-            with SyncPitClient(settings) as client:
+            with SyncPitClient(Settings.from_env(second_env)) as client:
                 assert client.pool.register_host("h1", 1000, 4).accepted
         finally:
             first.stop()
@@ -128,30 +137,35 @@ def test_kill_9_of_the_leader_moves_the_singletons_to_the_other_pit_up(tmp_path,
 def test_pit_up_join_shares_the_embedded_broker_and_waits_out_a_restart(tmp_path,
                                                                         free_port) -> None:
     data_dir, port = tmp_path / "pit", free_port()
-    first = Process(env_for(data_dir, port))
+    fast = {"PIT_GROUP_SESSION_TIMEOUT_MS": "3000", "PIT_LEADER_SESSION_TIMEOUT_MS": "3000"}
+    joiner_env = env_for(data_dir, port, **fast)
+    del joiner_env["PIT_HTTP_PORT"]  # the first process serves the read API
+    first = Process(env_for(data_dir, port, **fast))
     joined = None
     try:
         first.wait_for("pit is up")
-        joined = Process(env_for(data_dir, port), "--join")
+        joined = Process(joiner_env, "--join")
         joined.wait_for("(joined)")
-        settings = Settings.from_env(env_for(data_dir, port))
+        settings = Settings.from_env(joiner_env)
         with SyncPitClient(settings) as client:
             for i in range(8):
-                assert client.pool.register_model(f"m{i}", "python:math:sqrt", 100, 10).accepted
+                assert client.pool.register_model(f"m{i}", "python:math:sqrt", 100, 10,
+                                                 timeout=REBALANCE_S).accepted
         joined.kill()  # what it held goes back to the first process
         with SyncPitClient(settings) as client:
             for i in range(8, 16):
-                assert client.pool.register_model(f"m{i}", "python:math:sqrt", 100, 10).accepted
-        wait_until(lambda: len(models(port)) == 16)
+                assert client.pool.register_model(f"m{i}", "python:math:sqrt", 100, 10,
+                                                 timeout=REBALANCE_S).accepted
+        wait_until(lambda: registered(data_dir) == 16)
 
-        joined = Process(env_for(data_dir, port), "--join")
+        joined = Process(joiner_env, "--join")
         joined.wait_for("(joined)")
         first.stop()
         joined.wait_for("waiting for it to restart")
-        first = Process(env_for(data_dir, port))
+        first = Process(env_for(data_dir, port, **fast))
         first.wait_for("pit is up")
         joined.wait_for("(joined)")
-        assert len(models(port)) == 16
+        assert registered(data_dir) == 16
     finally:
         first.stop()
         if joined is not None:

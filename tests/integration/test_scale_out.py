@@ -15,8 +15,6 @@ from collections import Counter
 
 import pytest
 
-import streams.app
-import streams.processor
 from projections.audit import verify
 from streams.app import Stack
 from streams.client import PitClient
@@ -33,22 +31,6 @@ SESSION_MS = 3000  # the leader group's session; the mock adds session - 1 s to 
 # a heartbeat to learn of it, the mock's rebalance wait, the new leader's start - and slack
 # for a loaded machine.
 FAIL_OVER_BOUND_S = SESSION_MS / 1000 + 1 + SESSION_MS / 1000 + 15
-
-
-@pytest.fixture(autouse=True)
-def short_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Processor and projector groups with a 3 s session, for test speed only: the mock
-    makes every rebalance of a non-empty group wait session - 1 s (10 s by default)."""
-    for module in (streams.processor, streams.app):
-        original = module.start_consumer
-
-        async def start_consumer(settings, *topics, _original=original, **options):
-            if "group_id" in options:
-                options = {"session_timeout_ms": SESSION_MS, "heartbeat_interval_ms": 500,
-                           **options}
-            return await _original(settings, *topics, **options)
-
-        monkeypatch.setattr(module, "start_consumer", start_consumer)
 
 
 def fan_out(name: str, width: int, ms: int):
@@ -71,7 +53,10 @@ async def until(check, timeout_s: float = 60.0, what: str = "condition"):
 
 @contextlib.asynccontextmanager
 async def two_pits(tmp_path, db_url: str):
-    settings = Settings(data_dir=tmp_path / "pit", database_url=db_url)
+    # Groups with a 3 s session, for test speed only: the mock makes every rebalance of a
+    # non-empty group wait session - 1 s (10 s by default).
+    settings = Settings(data_dir=tmp_path / "pit", database_url=db_url,
+                        env={"PIT_GROUP_SESSION_TIMEOUT_MS": str(SESSION_MS)})
     options = {"progress": False, "without": {"host-monitor"}, "leader_session_ms": SESSION_MS}
     async with Stack(settings, **options) as first, \
             Stack(settings, join=True, **options) as second:

@@ -360,36 +360,11 @@ class Projector:
 
 # --- Kafka ------------------------------------------------------------------------------------
 
-async def run(projector: Projector, consumer, stop: asyncio.Event, *,
-              topics: Sequence[str] | None = None, max_records: int = 5000,
-              timeout_ms: int = 100, gate: asyncio.Lock | None = None,
-              producer: Producer | None = None) -> None:
-    """Feed an already started aiokafka consumer into the projector until `stop` is set.
-
-    Assigns every partition of `topics` (default: the projector's), from the cluster's
-    metadata, and seeks each to its stored
-    position + 1, or to its beginning offset when no projection has a position there.
-    Loops getmany -> apply_batch; each batch is applied in a worker thread so the event
-    loop stays responsive. While the database (or, for a dead letter, Kafka) is unavailable
-    the batch is kept and retried with backoff (nothing was committed, so nothing is lost or
-    doubled). Records no view can apply go to the dead-letter topic through `producer`.
-    It never stops on a record: any other failure is logged and the batch retried. `gate`
-    is held while a batch is applied: the lock of the processors that archive their events
-    before publishing their outcomes (`streams.processor.produce_archived`).
-    """
-    from aiokafka import TopicPartition as KafkaTopicPartition
-
-    def sink(outputs: list[Output]) -> None:  # in apply_batch's worker thread
-        if producer is not None:
-            asyncio.run(produce_all(producer, outputs))
-
-    wanted = list(topics or projector.topics)
-    assignment = [KafkaTopicPartition(t, p) for t in wanted
-                  for p in await partitions_of(consumer, t)]
-    consumer.assign(assignment)
+async def _seek_stored(projector: Projector, consumer, partitions: Sequence) -> None:
+    """Seek each of `partitions` past its stored position, or to its beginning."""
     resume = await asyncio.to_thread(projector.resume_positions)
     fresh = []
-    for tp in assignment:
+    for tp in partitions:
         position = resume.get((tp.topic, tp.partition))
         if position is None:
             fresh.append(tp)
@@ -402,6 +377,54 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
         beginnings = await consumer.beginning_offsets(fresh)
         for tp in fresh:
             consumer.seek(tp, beginnings[tp])
+
+
+async def run(projector: Projector, consumer, stop: asyncio.Event, *,
+              topics: Sequence[str] | None = None, max_records: int = 5000,
+              timeout_ms: int = 100, group: bool = False, gate: asyncio.Lock | None = None,
+              producer: Producer | None = None) -> None:
+    """Feed an already started aiokafka consumer into the projector until `stop` is set.
+
+    Assigns every partition of `topics` (default: the projector's), from the cluster's
+    metadata, or, with `group`, subscribes to them in the consumer's group, so projectors
+    sharing a database divide the partitions between them. Each partition is sought to its
+    stored position + 1, or to its beginning offset when no projection has a position there.
+    Loops getmany -> apply_batch; each batch is applied in a worker thread so the event
+    loop stays responsive. While the database (or, for a dead letter, Kafka) is unavailable
+    the batch is kept and retried with backoff (nothing was committed, so nothing is lost or
+    doubled). Records no view can apply go to the dead-letter topic through `producer`.
+    It never stops on a record: any other failure is logged and the batch retried. `gate`
+    is held while a batch is applied: the lock of the processors that archive their events
+    before publishing their outcomes (`streams.processor.produce_archived`).
+
+    Why projectors in one group cannot collide: a batch's rows and positions commit in one
+    `write_transaction`, which serialises writers (SQLite `BEGIN IMMEDIATE`, PostgreSQL a
+    table lock) and reads the positions inside it, so a record a former owner of its
+    partition applied while the partition moved is skipped, and the archive's `seq` and
+    hash chain follow one order across every projector.
+    """
+    from aiokafka import ConsumerRebalanceListener
+    from aiokafka import TopicPartition as KafkaTopicPartition
+
+    def sink(outputs: list[Output]) -> None:  # in apply_batch's worker thread
+        if producer is not None:
+            asyncio.run(produce_all(producer, outputs))
+
+    wanted = list(topics or projector.topics)
+    if group:
+        class Resume(ConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked) -> None:
+                pass  # positions are in the database: nothing to hand over
+
+            async def on_partitions_assigned(self, assigned) -> None:
+                await _seek_stored(projector, consumer, list(assigned))
+
+        consumer.subscribe(wanted, listener=Resume())
+    else:
+        assignment = [KafkaTopicPartition(t, p) for t in wanted
+                      for p in await partitions_of(consumer, t)]
+        consumer.assign(assignment)
+        await _seek_stored(projector, consumer, assignment)
     while not stop.is_set():
         batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         records = [LogRecord.from_kafka(m) for messages in batches.values() for m in messages]

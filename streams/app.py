@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
@@ -41,6 +41,7 @@ from streams.kafka import (
     produce_all,
     start_consumer,
 )
+from streams.leader import LeaderGate
 from streams.log import LogRecord, source_of
 from streams.memory import trim_broker
 from streams.processor import (
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 # "1": a chaos campaign's `pit up` (streams/campaigns/chaos.py): three embedded brokers, so a
 # broker can go down or lose a partition's leadership, and POST /faults to make it so.
 FAULTS = "PIT_FAULTS"
+PROJECTOR_GROUP = "pit.projector"
 
 
 def progress_printer(label: str, stream=sys.stderr):
@@ -77,6 +79,11 @@ class Stack:
     # Component services not to run, by name (`host-monitor`: tests without model hosts).
     without: Collection[str] = ()
     timers: bool = True  # run the timer service (tests that drive their own turn it off)
+    # Join the embedded broker of the `pit up` already running on this data directory
+    # (`pit up --join`) instead of starting one.
+    join: bool = False
+    leader_session_ms: int | None = None  # the leader group's session (default: its setting)
+    say: Callable[[str], None] | None = None  # where leadership changes are told (`pit up`)
 
     def __post_init__(self) -> None:
         self.catalog = load_catalog()
@@ -95,7 +102,7 @@ class Stack:
         self.engine = connect(self.settings.db_url)
         self.views = views(self.settings)
         create_schema(self.engine, self.views)
-        if self.settings.embedded:
+        if self.settings.embedded and not self.join:
             self.broker = EmbeddedBroker(3 if self.faults else 1)
             self.broker.apply(self.catalog)
             self.settings = replace(self.settings, bootstrap_servers=self.broker.bootstrap_servers)
@@ -108,8 +115,9 @@ class Stack:
             await self.sync_registry(self.registry)
         self.codec = Codec(self.registry)
         # The embedded broker keeps nothing over a restart: processors archive their events
-        # before their outcomes, in turn with the projector (streams/processor.py).
-        self.archive_gate = asyncio.Lock() if self.broker is not None else None
+        # before their outcomes, in turn with the projector (streams/processor.py); a joined
+        # `pit up` too, since the broker it writes to is as volatile.
+        self.archive_gate = asyncio.Lock() if self.settings.embedded else None
         for component in COMPONENTS:
             for decider in component.running_deciders(self.settings):
                 processor = Processor(decider, self.codec)
@@ -121,20 +129,19 @@ class Stack:
                     name=processor.name))
                 await self._until(ready)
         runtime = Runtime(self.settings, self.codec, self.engine)
-        for component in COMPONENTS:
-            for name, service in component.services(runtime).items():
-                if name not in self.without:
-                    self.services[name] = service
-                    self.tasks.append(asyncio.create_task(service.run(self.stop), name=name))
+        for name, service in self._services(runtime, shared=True).items():
+            self.services[name] = service
+            self.tasks.append(asyncio.create_task(service.run(self.stop), name=name))
+        # The singleton services run on the elected leader only (streams/leader.py).
+        self.leader = LeaderGate(self.settings, lambda: self._services(runtime, shared=False),
+                                 services=self.services,
+                                 session_timeout_ms=self.leader_session_ms, say=self.say)
+        self.tasks.append(asyncio.create_task(self.leader.run(self.stop), name="leader"))
+        await self._until(self.leader.decided)
         if self.broker is not None:
             self.tasks.append(asyncio.create_task(trim_broker(
                 self.broker, self.settings, self.engine, self.catalog, consumer_groups(),
                 self.stop), name="broker-trim"))
-        if self.timers:
-            self.timer_service = TimerService(self.settings, self.codec, self.engine,
-                                              topics=timer_topics(DECIDERS))
-            self.tasks.append(asyncio.create_task(self.timer_service.run(self.stop),
-                                                  name="timers"))
         await self.start_projector()
         if self.http_port is not None:
             await self.start_http(self.http_port)
@@ -143,6 +150,20 @@ class Stack:
                 "bootstrap_servers": self.settings.bootstrap_servers, "pid": os.getpid(),
                 "http_port": self.http_port}))
         return self
+
+    def _services(self, runtime: Runtime, *, shared: bool) -> dict[str, Service]:
+        """The components' services that run in every `pit up` (`shared`), or those that run
+        on the leader: made afresh for each of its terms."""
+        found: dict[str, Service] = {}
+        for component in COMPONENTS:
+            for name, service in component.services(runtime).items():
+                if name not in self.without and (name in component.shared) == shared:
+                    found[name] = service
+        if not shared and self.timers:
+            self.timer_service = TimerService(self.settings, self.codec, self.engine,
+                                              topics=timer_topics(DECIDERS))
+            found["timers"] = self.timer_service
+        return found
 
     @property
     def faults(self) -> bool:
@@ -195,12 +216,14 @@ class Stack:
         self.projector = Projector(self.engine, self.views, codec=self.codec,
                                    observers=observers)
         self.projector_stop = asyncio.Event()
-        consumer = await start_consumer(self.settings, fetch_max_wait_ms=20)
+        # One group for every `pit up`'s projector: they divide the partitions.
+        consumer = self.projector_consumer = await start_consumer(
+            self.settings, group_id=PROJECTOR_GROUP, fetch_max_wait_ms=20)
 
         async def project() -> None:
             producer = make_producer(self.settings)  # for the records no view can apply
             try:
-                await run(self.projector, consumer, self.projector_stop,
+                await run(self.projector, consumer, self.projector_stop, group=True,
                           gate=self.archive_gate, producer=producer)
             finally:
                 await consumer.stop()
@@ -209,7 +232,9 @@ class Stack:
         self.projector_task = asyncio.create_task(project(), name="projector")
 
     async def drain_projector(self, timeout_s: float = 30.0) -> None:
-        """Wait until the projector has archived everything the broker holds right now."""
+        """Wait until everything the broker holds right now is archived (by whichever
+        projector of the group holds each partition: in embedded mode the broker goes away
+        with this process, so all of it)."""
         from streams.archive import AUDIT
 
         consumer = await start_consumer(self.settings)
@@ -257,6 +282,19 @@ class Stack:
             with contextlib.suppress(FileNotFoundError):
                 self.broker_file.unlink()
             self.broker.close()
+        self.engine.dispose()
+
+    async def abort(self) -> None:
+        """Stop at once, draining nothing: for a joined process whose broker went away
+        (nothing can be delivered; what was not acknowledged is redelivered to others)."""
+        tasks = [*self.tasks, *([self.projector_task] if hasattr(self, "projector_task")
+                                else [])]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        if self._runner is not None:
+            await self._runner.cleanup()
         self.engine.dispose()
 
     async def __aenter__(self) -> Stack:
@@ -376,24 +414,70 @@ def fault_handler(broker: EmbeddedBroker):
     return handle
 
 
-async def serve(settings: Settings) -> None:
-    """`pit up`: run until SIGINT/SIGTERM, then stop gracefully."""
-    if settings.embedded and running_pit(settings):
-        raise PitError(f"pit up is already running on {settings.data_dir.resolve()}")
-    stack = Stack(settings, http_port=settings.http_port)
-    await stack.start()
+async def serve(settings: Settings, *, join: bool = False) -> None:
+    """`pit up`: run until SIGINT/SIGTERM, then stop gracefully.
+
+    `join` (`pit up --join`): add this process to the `pit up` running on the same data
+    directory, on its embedded broker and database. The two share the work (processors and
+    projectors by partition, the singleton services on the elected leader). The embedded
+    broker lives in the first process: while it is down this one waits, and joins again
+    when it is back. Against a cluster every `pit up` joins the others; `join` changes
+    nothing there."""
     where = settings.data_dir.resolve()
-    print(f"pit is up: kafka {stack.settings.bootstrap_servers}, "
-          f"api http://127.0.0.1:{settings.http_port} (/models, /metrics), state in {where}",
-          flush=True)
+    if settings.embedded and running_pit(settings) and not join:
+        raise PitError(f"pit up is already running on {where}"
+                       " (`pit up --join` adds a process to it)")
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    failed = asyncio.create_task(asyncio.wait([*stack.tasks, stack.projector_task],
-                                              return_when=asyncio.FIRST_EXCEPTION))
-    await asyncio.wait([asyncio.create_task(stopping.wait()), failed],
-                       return_when=asyncio.FIRST_COMPLETED)
+    if not (join and settings.embedded):
+        await _serve(Stack(settings, http_port=settings.http_port, say=_say), stopping)
+        return
+    # A joined process serves the read API only where asked (the first one serves it).
+    port = settings.http_port if "PIT_HTTP_PORT" in settings.env else None
+    while not stopping.is_set():
+        if not running_pit(settings):
+            print(f"pit up --join: waiting for pit up on {where} to start", flush=True)
+            while not (running_pit(settings) or stopping.is_set()):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), 0.5)
+            continue
+        await _serve(Stack(settings, http_port=port, join=True, say=_say), stopping,
+                     broker_gone=lambda: not running_pit(settings))
+
+
+async def _serve(stack: Stack, stopping: asyncio.Event,
+                 broker_gone: Callable[[], bool] | None = None) -> None:
+    """Run `stack` until `stopping`, a failure, or (joined) its broker's process is gone."""
+    await stack.start()
+    settings = stack.settings
+    api = f"http://127.0.0.1:{stack.http_port}" if stack.http_port is not None else "none here"
+    print(f"pit is up: kafka {settings.bootstrap()}, api {api} (/models, /metrics), "
+          f"state in {settings.data_dir.resolve()}"
+          + (" (joined)" if stack.join else ""), flush=True)
+    waits = [asyncio.create_task(stopping.wait()),
+             asyncio.create_task(asyncio.wait([*stack.tasks, stack.projector_task],
+                                              return_when=asyncio.FIRST_EXCEPTION))]
+    if broker_gone is not None:
+        waits.append(asyncio.create_task(_until_true(broker_gone)))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if broker_gone is not None and broker_gone():
+        print("pit up --join: the pit up holding the embedded broker is gone;"
+              " waiting for it to restart", flush=True)
+        await stack.abort()
+        return
     print("pit is stopping: draining processors and projections", flush=True)
     await stack.close()
     print("pit stopped", flush=True)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _until_true(check: Callable[[], bool], every_s: float = 0.5) -> None:
+    while not check():
+        await asyncio.sleep(every_s)

@@ -34,7 +34,7 @@ def _parse_time_ms(text: str) -> int:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from streams.app import serve
 
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, join=args.join))
     return 0
 
 
@@ -195,8 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("up", help="run broker, processors, projections and the API").set_defaults(
-        run=cmd_up)
+    up = sub.add_parser("up", help="run broker, processors, projections and the API")
+    up.add_argument("--join", action="store_true",
+                    help="add this process to the pit up running on the same data directory "
+                         "(embedded broker): the two share the work")
+    up.set_defaults(run=cmd_up)
     sub.add_parser("demo", help="run a scripted scenario end to end").set_defaults(run=cmd_demo)
     for component in COMPONENTS:  # the kernel's commands are here, each component adds its own
         if component.add_cli is not None:

@@ -63,7 +63,10 @@ class Component:
     * `subjects`: deciders that replay one subject's events inside an entity's topic (the
       pool's model lifecycle), for `pit audit <key> --until` on a key that is no entity.
     * `services(runtime)`: what `pit up` runs for it besides its processors, by name (the
-      task's name; `Stack(without=...)` leaves named ones out).
+      task's name; `Stack(without=...)` leaves named ones out). They run once per cluster,
+      on the elected leader (streams/leader.py), and are made afresh for every term; those
+      named in `shared` divide their work through their own consumer group instead, and
+      run in every `pit up`.
     * `prepare(settings, engine)`: runs once the embedded broker is restored and before any
       processor starts (restoring consumer positions the component owns).
     * `views(settings)`: its projections; `observers(engine)`: metrics fed by the projector.
@@ -81,6 +84,7 @@ class Component:
     configure: Callable[[Settings], tuple[Decider[Any], ...]] | None = None
     subjects: tuple[Decider[Any], ...] = ()
     services: Callable[[Runtime], Mapping[str, Service]] = lambda _runtime: {}
+    shared: frozenset[str] = frozenset()
     prepare: Callable[[Settings, Engine], Awaitable[None]] | None = None
     views: Callable[[Settings | None], Sequence[Any]] = lambda _settings: ()
     observers: Callable[[Engine], Sequence[Any]] = lambda _engine: ()

@@ -13,13 +13,32 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from confluent_kafka import Producer
 
-from streams.config import Settings
+from streams.config import Settings, parse_count
 from streams.errors import BrokerUnavailableError, PitError
 
 log = logging.getLogger(__name__)
 
 
+# librdkafka's mock cluster (the embedded broker) completes a group's sync when the leader's
+# SyncGroup arrives and answers any member's SyncGroup after that with INVALID_REQUEST
+# (rdkafka_mock_cgrp.c), so two aiokafka members in one process, where the group leader
+# always sends first, never form a group. A group leader with others to wait for waits this
+# long before its SyncGroup; a real broker holds every SyncGroup until the leader's, so
+# there it only adds this much to a rebalance of two members or more.
+LEADER_SYNC_DELAY_S = 0.5
+
+
+def group_session(settings: Settings) -> dict[str, int]:
+    """A consumer group's session timeout (`PIT_GROUP_SESSION_TIMEOUT_MS`, default aiokafka's
+    10 s: how long a killed member holds its partitions) and a heartbeat of a third of it."""
+    text = settings.env.get("PIT_GROUP_SESSION_TIMEOUT_MS", "")
+    session = parse_count("PIT_GROUP_SESSION_TIMEOUT_MS", text) if text else 10_000
+    return {"session_timeout_ms": session, "heartbeat_interval_ms": session // 3}
+
+
 async def start_consumer(settings: Settings, *topics: str, **options) -> AIOKafkaConsumer:
+    if options.get("group_id") is not None and "session_timeout_ms" not in options:
+        options = {**group_session(settings), **options}
     consumer = AIOKafkaConsumer(*topics, **settings.kafka_client_options(),
                                 enable_auto_commit=False, **options)
     try:
@@ -28,7 +47,22 @@ async def start_consumer(settings: Settings, *topics: str, **options) -> AIOKafk
         await consumer.stop()
         raise BrokerUnavailableError(
             f"Kafka unreachable at {settings.bootstrap()}: {exc}") from None
+    if options.get("group_id") is not None:
+        _let_followers_sync_first(consumer)
     return consumer
+
+
+def _let_followers_sync_first(consumer: AIOKafkaConsumer) -> None:
+    coordinator = consumer._coordinator
+    perform = coordinator._perform_assignment
+
+    async def perform_then_wait(response):
+        assignments = await perform(response)
+        if len(assignments) > 1:
+            await asyncio.sleep(LEADER_SYNC_DELAY_S)
+        return assignments
+
+    coordinator._perform_assignment = perform_then_wait
 
 
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[int]:

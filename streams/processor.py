@@ -727,10 +727,14 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                    produce_timeout_s: float, archive_first: asyncio.Lock | None) -> None:
     group = processor_group(processor.decider)
     restoring: list[set[int]] = []
+    settled = asyncio.Event()  # clear from deciding a batch until its outputs are acknowledged
+    settled.set()
 
     class Restore(ConsumerRebalanceListener):
         async def on_partitions_revoked(self, revoked) -> None:
-            pass
+            # Another `pit up` may be assigned these partitions next and restore them from
+            # the log: the batch in flight lands first, or it would decide it again.
+            await settled.wait()
 
         async def on_partitions_assigned(self, assigned) -> None:
             restoring.append({tp.partition for tp in assigned})
@@ -767,6 +771,7 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                 continue
             metrics.EVENTS_IN.labels(processor.decider.name, processor.decider.command_topic
                                      ).inc(len(records))
+            settled.clear()
             outputs = processor.handle(records)
             book = processor.book
             offsets: list[int] = []
@@ -785,6 +790,7 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
             for topic, count in Counter(out.topic for out in outputs).items():
                 metrics.EVENTS_OUT.labels(processor.decider.name, topic).inc(count)
             await consumer.commit()
+            settled.set()
             for tp in consumer.assignment():
                 high = consumer.highwater(tp)
                 if high is not None:
@@ -792,4 +798,5 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                         max(0, high - await consumer.position(tp)))
         failed = False
     finally:
+        settled.set()  # a failed batch is redelivered: nothing more to wait for
         await stop_clients(consumer, producer, failed)

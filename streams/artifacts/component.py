@@ -54,6 +54,7 @@ COMPONENT = Component(
     name="artifacts",
     deciders=(ARTIFACTS,),
     services=_services,
+    shared=frozenset({"dag-output-cataloger"}),  # its consumer group divides the work
     views=_views,
     routes=_routes,
     add_cli=add_parser,

@@ -307,14 +307,19 @@ class Load:
                       for n, worker in enumerate(workers)]
 
     async def pause(self) -> None:
+        """Let the steps in flight end (each is bounded), then stop."""
         self.stop.set()
-        await asyncio.gather(*self.tasks)
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=STEP_S + 10)
+        await self.halt()
 
     async def halt(self) -> None:
-        """Drop what is in flight at once (`pit up` is gone: its calls would hang)."""
+        """Drop what is in flight at once (`pit up` is gone: its calls would hang). A step
+        stuck in a client call that does not yield to the cancel is left behind."""
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=10)
 
     async def _loop(self, n: int, step: Callable[[random.Random], Any]) -> None:
         rng = random.Random(f"{self.seed}/{self.rounds}/{n}")
@@ -599,6 +604,7 @@ class Campaign:
     async def kill_pit_up(self) -> tuple[str, float]:
         self.pit.up.kill()
         await self.load.halt()
+        await self.load.disconnect()
         await self.pit.launch(self.pit.up)
         since = self.pit.up.started_at
         await self.load.connect()

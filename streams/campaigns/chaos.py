@@ -567,10 +567,9 @@ class Campaign:
             self.found.exited += 1
             self.note(f"stopped: {exc}")
         finally:
-            if not self.load.stop.is_set():
-                await self.load.pause()
+            self.pit.stop()  # first: whatever happens next, no process outlives the campaign
+            await self.load.halt()
             await self.load.disconnect()
-            self.pit.stop()
             self.engine.dispose()
         self.summary()
         return 1 if self.found.violations else 0

@@ -629,7 +629,7 @@ class Campaign:
                 continue
             self.found.not_reconnected += 1
             self.note(f"{proc.name} did not carry on after pit up restarted"
-                      f" ({'alive' if proc.alive else 'exited'}: {proc.tail(1)})")
+                      f" ({'alive' if proc.alive else 'exited'}: {proc.tail(2)})")
             proc.kill()
             await self.pit.launch(proc)
 

@@ -165,7 +165,7 @@ class Proc:
         return self
 
     def kill(self) -> None:
-        if self.alive:
+        if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(30)
 
@@ -277,6 +277,12 @@ class Load:
         self.stop = asyncio.Event()
         self.rounds = 0
 
+    @property
+    def live(self) -> RecordingClient:
+        if self.client is None:
+            raise PitError("no client: pit up is being restarted")
+        return self.client
+
     def accepted(self, outcome: Outcome) -> None:
         self.acked.append(outcome)
         self.last_accepted = time.monotonic()
@@ -301,14 +307,19 @@ class Load:
                       for n, worker in enumerate(workers)]
 
     async def pause(self) -> None:
+        """Let the steps in flight end (each is bounded), then stop."""
         self.stop.set()
-        await asyncio.gather(*self.tasks)
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=STEP_S + 10)
+        await self.halt()
 
     async def halt(self) -> None:
-        """Drop what is in flight at once (`pit up` is gone: its calls would hang)."""
+        """Drop what is in flight at once (`pit up` is gone: its calls would hang). A step
+        stuck in a client call that does not yield to the cancel is left behind."""
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=10)
 
     async def _loop(self, n: int, step: Callable[[random.Random], Any]) -> None:
         rng = random.Random(f"{self.seed}/{self.rounds}/{n}")
@@ -326,17 +337,17 @@ class Load:
 
     def pool_worker(self, _n: int) -> Callable[[random.Random], Any]:
         async def step(rng: random.Random) -> None:
-            pool, model = self.client.pool, rng.choice(self.models)
+            pool, model = self.live.pool, rng.choice(self.models)
             kind = rng.choices(["register", "warm", "cool", "usage", "allocate"],
                                [1, 3, 2, 3, 3])[0]
             if kind == "register":
                 await pool.register_model(model, MODEL_URI, 40, 5, timeout=5)
             elif kind in ("warm", "cool"):
                 to = ModelState.WARMING if kind == "warm" else ModelState.COOLING
-                await self.client.send(TransitionModel(model, to, TransitionReason.USER_REQUEST),
+                await self.live.send(TransitionModel(model, to, TransitionReason.USER_REQUEST),
                                        timeout=5)
             elif kind == "usage":
-                await self.client.send(RecordModelUsage(model, rng.randint(1, 5)), timeout=5)
+                await self.live.send(RecordModelUsage(model, rng.randint(1, 5)), timeout=5)
             else:
                 allocation = await pool.allocate_model(model, "chaos", timeout=5)
                 await pool.release_model(allocation.request_id, timeout=5)
@@ -353,7 +364,7 @@ class Load:
                                    layers=rng.randint(3, 6))
             expected = sequential_outputs(base)
             workflow = ledgered(base, execution_id, self.ledger, rng.randint(20, 80))
-            await self.client.dag.execute_workflow(workflow, execution_id=execution_id,
+            await self.live.dag.execute_workflow(workflow, execution_id=execution_id,
                                                    timeout=5)
             sinks = set(expected) - {edge.from_node for edge in base.edges}
             self.workflows[execution_id] = Expected(
@@ -364,7 +375,7 @@ class Load:
     def artifact_worker(self) -> Callable[[random.Random], Any]:
         async def step(rng: random.Random) -> None:
             content = json.dumps({"round": self.rounds, "value": rng.random()}).encode()
-            await self.client.artifacts.store(content, name=f"chaos-doc-{rng.randrange(5)}",
+            await self.live.artifacts.store(content, name=f"chaos-doc-{rng.randrange(5)}",
                                               tags=["chaos"], content_type="application/json",
                                               timeout=5)
             await asyncio.sleep(rng.uniform(0.3, 1.0))
@@ -541,8 +552,9 @@ class Campaign:
         print(line, flush=True)
 
     async def run(self) -> int:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM,
-                                                      asyncio.current_task().cancel)
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         print(f"chaos: {self.kills} kill points, seed {self.seed}, data in"
               f" {self.pit.data_dir}", flush=True)
         await self.pit.start()
@@ -555,10 +567,9 @@ class Campaign:
             self.found.exited += 1
             self.note(f"stopped: {exc}")
         finally:
-            if not self.load.stop.is_set():
-                await self.load.pause()
+            self.pit.stop()  # first: whatever happens next, no process outlives the campaign
+            await self.load.halt()
             await self.load.disconnect()
-            self.pit.stop()
             self.engine.dispose()
         self.summary()
         return 1 if self.found.violations else 0
@@ -592,6 +603,7 @@ class Campaign:
     async def kill_pit_up(self) -> tuple[str, float]:
         self.pit.up.kill()
         await self.load.halt()
+        await self.load.disconnect()
         await self.pit.launch(self.pit.up)
         since = self.pit.up.started_at
         await self.load.connect()
@@ -617,7 +629,7 @@ class Campaign:
                 continue
             self.found.not_reconnected += 1
             self.note(f"{proc.name} did not carry on after pit up restarted"
-                      f" ({'alive' if proc.alive else 'exited'}: {proc.tail(1)})")
+                      f" ({'alive' if proc.alive else 'exited'}: {proc.tail(2)})")
             proc.kill()
             await self.pit.launch(proc)
 
@@ -709,7 +721,7 @@ class Campaign:
 
         async def ended(execution_id: str, expected: Expected) -> None:
             try:
-                result = await self.load.client.dag.await_result(
+                result = await self.load.live.dag.await_result(
                     execution_id, timeout=max(1.0, deadline - time.monotonic()))
             except (PitError, KafkaError):
                 expected.ended = "stalled"
@@ -740,9 +752,8 @@ class Campaign:
         for execution_id, expected in self.load.workflows.items():
             if expected.ended != "ok":
                 continue
-            counts = {node: self.facts.completed[(execution_id, node)]
-                      for node in expected.nodes}
-            odd = {node: count for node, count in counts.items() if count != 1}
+            odd = {node: self.facts.completed[(execution_id, node)] for node in expected.nodes
+                   if self.facts.completed[(execution_id, node)] != 1}
             if odd and execution_id not in self.found.wrong:
                 self.found.wrong.add(execution_id)
                 self.note(f"workflow {execution_id}: NodeCompleted {len(odd)} nodes not once,"

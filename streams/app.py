@@ -1,6 +1,9 @@
 """`pit up`: the whole Pit in one process - embedded broker (unless a cluster is configured),
 every registered component's processors and services (streams/components.py), the timer
-service, the projector, and the read API with /metrics.
+service, the projector, and the read API with /metrics. Several `pit up` share one cluster:
+processors and projectors split the partitions in their groups, and the services that must
+run once (the timer service, the components' singletons) run on the elected leader
+(streams/leader.py). `pit up --join` does the same on the embedded broker of another.
 
 Start-up order matters: the broker is restored from the archive before anything reads it,
 so offsets, state and views after a restart are what they were before it. Shutdown is the

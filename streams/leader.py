@@ -6,9 +6,8 @@ How: every `pit up` joins the consumer group `pit.leader` on the one-partition t
 `_pit.leader`; the member assigned partition 0 leads. Why a consumer group and not a lease
 row in the SQL database: it works wherever the rest of the Pit works - the embedded broker
 and any real cluster - with nothing more to run or configure, and also for instances that
-share no database; membership, failure detection (the session timeout) and the handover
-order (every member's revoke completes before any member is assigned) are Kafka's, tested
-at scale, where a lease would need its own expiry clock. The services write to Kafka, not
+share no database; membership and failure detection (the session timeout) are Kafka's,
+tested at scale, where a lease would need its own expiry clock. The services write to Kafka, not
 to the database, so a database lease would fence nothing more.
 
 * Sticky: `LeaderAssignor` gives partition 0 to the member that already leads (its claim,
@@ -29,6 +28,11 @@ to the database, so a database lease would fence nothing more.
   from the log as they do on every start (`streams.follower`): what the dead leader wrote is
   in the log, and what it did not write is redone. Fail-over time is about the session
   timeout plus a heartbeat interval plus that rebuild (README, "Scale-out and fail-over").
+* What is not fenced: a leader frozen (not dead) past its session may, once it runs again,
+  write before it notices it was deposed. Kafka offers no write fence without transactions
+  (which the embedded broker cannot do); such a late write is a repeat the others absorb -
+  a timer's command carries the timer id as its command id, a host reported down twice is
+  down once - except a task relayed twice, which a runner would run again.
 
 `PIT_LEADER_SESSION_TIMEOUT_MS` sets the session timeout (default 6000: a real broker's
 `group.min.session.timeout.ms`); the heartbeat interval is a third of it.
@@ -68,7 +72,7 @@ SESSION_TIMEOUT_MS = 6_000
 POLL_MS = 100  # how often the election looks at the group (and at `stop`)
 
 
-def session_timeout_ms(settings: Settings) -> int:
+def leader_session_ms(settings: Settings) -> int:
     text = settings.env.get("PIT_LEADER_SESSION_TIMEOUT_MS", "")
     return parse_count("PIT_LEADER_SESSION_TIMEOUT_MS", text) if text else SESSION_TIMEOUT_MS
 
@@ -122,8 +126,8 @@ class LeaderGate:
         self.settings, self.make, self.group = settings, make, group
         self.say = say or log.info  # where leadership changes are told
         self.services: MutableMapping[str, Service] = {} if services is None else services
-        self.session_ms = (globals()["session_timeout_ms"](settings)
-                           if session_timeout_ms is None else session_timeout_ms)
+        self.session_ms = (leader_session_ms(settings) if session_timeout_ms is None
+                           else session_timeout_ms)
         self.heartbeat_s = self.session_ms / 3000
         self.drain_s = drain_s
         self.term = 0  # the term led now; 0: not leading

@@ -1355,6 +1355,18 @@ def wide_dag(width: int, *, name: str = "wide", operator: str = "add",
     return Workflow(name, tuple(nodes), tuple(edges))
 
 
+def sleepy_dag(width: int, ms: int, *, name: str = "sleepy") -> Workflow:
+    """Fan-out/fan-in of `width` nodes that each sleep `ms` (sleep_then_return) between a
+    source (1) and a sink that sums them: the sink's output is `width`."""
+    ids = _ids(width)
+    nodes = [Node("source", NodeKind.OPERATOR, operator="identity", constants={"value": 1}),
+             Node("sink", NodeKind.OPERATOR, operator="sum_inputs")]
+    nodes += [Node(i, NodeKind.OPERATOR, operator="sleep_then_return", constants={"ms": ms})
+              for i in ids]
+    edges = [Edge(i, "value", "source") for i in ids] + [Edge("sink", i, i) for i in ids]
+    return Workflow(name, tuple(nodes), tuple(edges))
+
+
 def layered_dag(count: int, *, seed: int, layers: int = 10, max_fan_in: int = 3,
                 name: str = "layered", **node_options: Any) -> Workflow:
     """`count` nodes spread at random over `layers` non-empty layers (fewer if count is

@@ -28,6 +28,7 @@ from streams.dag.definition import (
     Condition,
     Recovery,
     WorkflowBuilder,
+    sleepy_dag,
     wide_dag,
 )
 from streams.dag.runner import Runner
@@ -104,16 +105,6 @@ async def pit(tmp_path_factory):
             await client.close()
 
 
-def sleepy_fan_out(name: str, width: int, ms: int):
-    """`width` nodes sleeping `ms` between a source and a sink that counts them."""
-    builder = (WorkflowBuilder(name).operator("source", "identity", constants={"value": 1})
-               .operator("sink", "sum_inputs"))
-    for i in range(width):
-        builder.operator(f"n{i:02d}", "sleep_then_return", constants={"ms": ms})
-        builder.edge("source", f"n{i:02d}.value").edge(f"n{i:02d}", f"sink.n{i:02d}")
-    return builder.build()
-
-
 def completed_once(events: list[tuple[str, dict]]) -> Counter:
     """NodeCompleted per node: each must be 1."""
     return Counter(record["node_id"] for name, record in events if name == "NodeCompleted")
@@ -186,7 +177,7 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
             break
         await asyncio.sleep(0.05)
     # 60 nodes of 400 ms between a source and a sink: the crash finds some running on "doomed"
-    workflow = sleepy_fan_out("wide-crash", 60, 400)
+    workflow = sleepy_dag(60, 400, name="wide-crash")
     execution = await pit.client.dag.execute_workflow(workflow)
 
     async def some_started_on_doomed() -> bool:
@@ -337,7 +328,7 @@ async def test_the_overall_limit_bounds_nodes_running_across_executions(tmp_path
         pit = Pit(stack, client)
         pit.runner("wide")
         try:
-            workflow = sleepy_fan_out("limited", 12, 300)
+            workflow = sleepy_dag(12, 300, name="limited")
             executions = [await client.dag.execute_workflow(workflow) for _ in range(2)]
             for execution in executions:
                 result = await client.dag.await_result(execution, timeout=60)

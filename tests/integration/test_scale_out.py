@@ -19,7 +19,7 @@ from projections.audit import verify
 from streams.app import Stack
 from streams.client import PitClient
 from streams.config import Settings
-from streams.dag.definition import WorkflowBuilder
+from streams.dag.definition import sleepy_dag
 from streams.dag.runner import Runner
 from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 from streams.history import read_topic
@@ -31,15 +31,6 @@ SESSION_MS = 3000  # the leader group's session; the mock adds session - 1 s to 
 # a heartbeat to learn of it, the mock's rebalance wait, the new leader's start - and slack
 # for a loaded machine.
 FAIL_OVER_BOUND_S = SESSION_MS / 1000 + 1 + SESSION_MS / 1000 + 15
-
-
-def fan_out(name: str, width: int, ms: int):
-    builder = (WorkflowBuilder(name).operator("source", "identity", constants={"value": 1})
-               .operator("sink", "sum_inputs"))
-    for i in range(width):
-        builder.operator(f"n{i:02d}", "sleep_then_return", constants={"ms": ms})
-        builder.edge("source", f"n{i:02d}.value").edge(f"n{i:02d}", f"sink.n{i:02d}")
-    return builder.build()
 
 
 async def until(check, timeout_s: float = 60.0, what: str = "condition"):
@@ -119,12 +110,12 @@ async def test_two_pits_share_the_work_and_survive_the_leader(tmp_path, db_url) 
             what="both projectors to hold partitions")
         assert not assignments[0] & assignments[1]
 
-        before = await client.dag.execute_workflow(fan_out("before", 20, 50))
+        before = await client.dag.execute_workflow(sleepy_dag(20, 50, name="before"))
         result = await client.dag.await_result(before, timeout=60)
         assert result.ok and result.outputs == {"sink": {"out": 20}}, result
 
         # The leader dies while a workflow runs; the other one takes over.
-        during = await client.dag.execute_workflow(fan_out("during", 30, 300))
+        during = await client.dag.execute_workflow(sleepy_dag(30, 300, name="during"))
         await until(lambda: True)  # let the first tasks go out
         crashed_at = time.monotonic()
         dead = crash(leader)

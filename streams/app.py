@@ -95,8 +95,8 @@ class Stack:
         if isinstance(self.registry, EmbeddedRegistry):
             await self.sync_registry(self.registry)
         self.codec = Codec(self.registry)
-        # The embedded broker keeps nothing over a restart: processors archive their events
-        # before their outcomes, in turn with the projector (streams/processor.py).
+        # The embedded broker keeps nothing over a restart: processors make their events
+        # durable before their outcomes, in turn with the projector (streams/processor.py).
         self.archive_gate = asyncio.Lock() if self.broker is not None else None
         for component in COMPONENTS:
             for decider in component.running_deciders(self.settings):

@@ -381,7 +381,7 @@ async def _seek_stored(projector: Projector, consumer, partitions: Sequence) -> 
 
 async def run(projector: Projector, consumer, stop: asyncio.Event, *,
               topics: Sequence[str] | None = None, max_records: int = 5000,
-              timeout_ms: int = 100, group: bool = False, gate: asyncio.Lock | None = None,
+              timeout_ms: int = 100, group: bool = False,
               producer: Producer | None = None) -> None:
     """Feed an already started aiokafka consumer into the projector until `stop` is set.
 
@@ -393,9 +393,7 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
     loop stays responsive. While the database (or, for a dead letter, Kafka) is unavailable
     the batch is kept and retried with backoff (nothing was committed, so nothing is lost or
     doubled). Records no view can apply go to the dead-letter topic through `producer`.
-    It never stops on a record: any other failure is logged and the batch retried. `gate`
-    is held while a batch is applied: the lock of the processors that archive their events
-    before publishing their outcomes (`streams.processor.produce_archived`).
+    It never stops on a record: any other failure is logged and the batch retried.
 
     Why projectors in one group cannot collide: a batch's rows and positions commit in one
     `write_transaction`, which serialises writers (SQLite `BEGIN IMMEDIATE`, PostgreSQL a
@@ -431,8 +429,7 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
         delay = 0.5
         while records and not stop.is_set():
             try:
-                async with gate or contextlib.nullcontext():
-                    await asyncio.to_thread(projector.apply_batch, records, sink)
+                await asyncio.to_thread(projector.apply_batch, records, sink)
                 break
             except (DatabaseUnavailableError, BrokerUnavailableError) as exc:
                 log.warning("%s; retrying in %.1fs", exc, delay)  # keep the batch, try again

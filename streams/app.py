@@ -117,8 +117,8 @@ class Stack:
         if isinstance(self.registry, EmbeddedRegistry):
             await self.sync_registry(self.registry)
         self.codec = Codec(self.registry)
-        # The embedded broker keeps nothing over a restart: processors archive their events
-        # before their outcomes, in turn with the projector (streams/processor.py); a joined
+        # The embedded broker keeps nothing over a restart: processors make their events
+        # durable before their outcomes, one at a time (streams/processor.py); a joined
         # `pit up` too, since the broker it writes to is as volatile.
         self.archive_gate = asyncio.Lock() if self.settings.embedded else None
         for component in COMPONENTS:
@@ -227,7 +227,7 @@ class Stack:
             producer = make_producer(self.settings)  # for the records no view can apply
             try:
                 await run(self.projector, consumer, self.projector_stop, group=True,
-                          gate=self.archive_gate, producer=producer)
+                          producer=producer)
             finally:
                 await consumer.stop()
                 await asyncio.to_thread(producer.flush, 10)

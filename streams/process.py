@@ -24,13 +24,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import NoReturn
 
 from streams.config import BROKER_FILE, Settings
 
 BROKER_POLL_S = 0.5  # how often a process waiting for `pit up` reads its broker file
 GRACE_S = 5.0   # past the drain timeout: reports, commits, closing the clients
 FORCE_S = 2.0   # after a second signal
+CLOSE_S = 2.0   # closing the clients, all of them
 
 
 def broker_address(settings: Settings) -> str | None:
@@ -70,6 +73,30 @@ async def wait_for_broker(settings: Settings, stop: asyncio.Event,
     return None
 
 
+async def close_all(closers: Iterable[Callable[[], Awaitable[object]]],
+                    timeout_s: float = CLOSE_S) -> None:
+    """Run each closer in turn, all within `timeout_s`; one that fails or runs out of time is
+    left behind (a client of a broker that is gone may never get its goodbye answered)."""
+    deadline = time.monotonic() + timeout_s
+    for closer in closers:
+        try:
+            await asyncio.wait_for(closer(), max(0.05, deadline - time.monotonic()))
+        except asyncio.CancelledError:  # raised from inside a client's own teardown
+            if asyncio.current_task().cancelling():
+                raise
+        except Exception:  # closing: nothing left to do about it
+            pass
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a process whose work is done (reports acknowledged, clients closed or left
+    behind) at once: not after threads still stuck in a call to a broker that is gone, nor
+    after the interpreter's teardown, either of which can take longer than the drain."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def gone_line(address: str) -> str:
     return (f"pit up is gone (its broker at {address} stopped); waiting for it to come back"
             f" (watching {BROKER_FILE})")
@@ -106,5 +133,4 @@ class Stopping:
 
     def _exit(self, why: str, seconds: float) -> None:
         self._say(f"{why} {seconds:g} s after the signal: exiting now")
-        sys.stderr.flush()
-        os._exit(1)
+        exit_now(1)

@@ -107,6 +107,7 @@ from streams.process import (
     BROKER_POLL_S,
     Stopping,
     broker_address,
+    close_all,
     gone_line,
     wait_for_broker,
 )
@@ -122,9 +123,8 @@ MAP_CONCURRENCY = 16
 MODEL_TIMEOUT_S = 30.0  # allocation and inference, when the task has no deadline
 DRAIN_TIMEOUT_S = 30.0
 REVOKE_WAIT_S = 5.0
-COMMIT_WAIT_S = 3.0  # a commit the group refuses while it rebalances is tried this long
+COMMIT_WAIT_S = 2.0  # a commit the group refuses while it rebalances is tried this long
 HANDOVER_S = 0.5     # a runner given partitions waits this long for their previous owner
-CLOSE_WAIT_S = 5.0   # closing a client of a broker that is gone
 # A dead runner's tasks move after this. Give every runner of a group the same: the embedded
 # broker drops a member waiting to join when its session is shorter than another's.
 SESSION_TIMEOUT_MS = 10_000
@@ -638,16 +638,11 @@ class Runner:
         self.assignment.clear()
 
     async def _disconnect(self) -> None:
-        """Close the connection's clients, each in bounded time (a broker that is gone may
-        never answer a goodbye)."""
-        if self._consumer is not None:
-            with contextlib.suppress(TimeoutError, KafkaException):
-                await asyncio.wait_for(self._on_kafka(self._consumer.close), CLOSE_WAIT_S)
-            self._consumer = None
-        for part in (self.reporter, self.client):
-            if part is not None:
-                with contextlib.suppress(TimeoutError, KafkaError):
-                    await asyncio.wait_for(part.close(), CLOSE_WAIT_S)
+        """Close the connection's clients, in bounded time."""
+        consumer, self._consumer = self._consumer, None
+        closers = [] if consumer is None else [lambda: self._on_kafka(consumer.close)]
+        await close_all([*closers, *(part.close for part in (self.reporter, self.client)
+                                     if part is not None)])
         self.reporter = self.client = None
         self._kafka.shutdown(wait=False)
 
@@ -832,9 +827,12 @@ class Runner:
         # Before leaving the group: a commit refused while it rebalances is taken once it
         # has settled, and the runner that gets these partitions starts after them.
         deadline = time.monotonic() + COMMIT_WAIT_S
-        while not await self._commit() and time.monotonic() < deadline \
-                and not self._forced.is_set():
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):  # a broker that is gone never answers
+            while not self._forced.is_set() and not await asyncio.wait_for(
+                    self._commit(), max(0.05, deadline - time.monotonic())):
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
         if abandoned:
             self._say(f"abandoned {len(abandoned)} running task(s); they will run again")
         return not abandoned

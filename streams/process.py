@@ -82,7 +82,8 @@ async def close_all(closers: Iterable[Callable[[], Awaitable[object]]],
         try:
             await asyncio.wait_for(closer(), max(0.05, deadline - time.monotonic()))
         except asyncio.CancelledError:  # raised from inside a client's own teardown
-            if asyncio.current_task().cancelling():
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
                 raise
         except Exception:  # closing: nothing left to do about it
             pass

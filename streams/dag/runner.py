@@ -399,6 +399,8 @@ class NodeExecutor:
 class Reporter(Protocol):
     async def started(self, task: Task) -> None: ...
 
+    async def close(self) -> None: ...
+
     async def finished(self, task: Task, result: Result,
                        headers: Sequence[tuple[str, bytes]] = ()) -> None: ...
 
@@ -644,7 +646,8 @@ class Runner:
         await close_all([*closers, *(part.close for part in (self.reporter, self.client)
                                      if part is not None)])
         self.reporter = self.client = None
-        self._kafka.shutdown(wait=False)
+        if self._kafka is not None:
+            self._kafka.shutdown(wait=False)
 
     def force(self) -> None:
         """Stop draining now (a second signal): running tasks are abandoned."""
@@ -709,7 +712,8 @@ class Runner:
         self._loop.call_soon_threadsafe(self.offsets.forget, lost)
 
     def _commit_now(self, positions: dict[Partition, int]) -> set[Partition]:
-        return _committed(self._consumer, positions)
+        consumer = self._consumer
+        return set() if consumer is None else _committed(consumer, positions)
 
     # --- taking tasks -----------------------------------------------------------------------
 
@@ -746,6 +750,8 @@ class Runner:
             self.offsets.done(tp, message.offset(), epoch)
             return
         reporter = self.reporter
+        if reporter is None:  # disconnected meanwhile: the task runs again
+            return
         await self._report(lambda: reporter.started(task), task)
         result = await self.executor.execute(task)
         # The task's position rides on its last report, so a restored broker can tell

@@ -545,7 +545,12 @@ async def run_host(settings: Settings, host_id: str, memory_mb: int, capacity: i
         print(f"pit host {host_id}: {line}", file=sys.stderr, flush=True)
 
     hosts: list[ModelHost] = []  # the current life, for the second signal
-    stopping = Stopping(drain_timeout_s, lambda: hosts and hosts[-1].force(), say).install()
+
+    def force() -> None:
+        for host in hosts:
+            host.force()
+
+    stopping = Stopping(drain_timeout_s, force, say).install()
     refused = False  # said so once until the host registers again
     while await wait_for_broker(settings, stopping.stop, say) is not None:
         host = ModelHost(settings, host_id, memory_mb, capacity, port=port, pool_id=pool_id,

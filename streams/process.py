@@ -56,10 +56,9 @@ def broker_address(settings: Settings) -> str | None:
 
 
 async def wait_for_broker(settings: Settings, stop: asyncio.Event,
-                          say: Callable[[str], None]) -> str | None:
-    """The broker's address once there is one, saying once that it waits; None if `stop` is
-    set first."""
-    said = False
+                          say: Callable[[str], None], *, said: bool = False) -> str | None:
+    """The broker's address once there is one, saying once that it waits (unless `said`:
+    the caller said why already); None if `stop` is set first."""
     while not stop.is_set():
         address = broker_address(settings)
         if address is not None:

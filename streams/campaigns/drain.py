@@ -225,6 +225,7 @@ def plan(rounds: int) -> list[tuple[str, str, bool]]:
 
 async def campaign(data_dir: Path, steps: list[tuple[str, str, bool]],
                    drain_timeout_s: float, say=print) -> list[Round]:
+    data_dir.mkdir(parents=True, exist_ok=True)
     pit = Pit(data_dir)
     results = []
     try:
@@ -263,7 +264,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="pit-drain-"))
-    data_dir.mkdir(parents=True, exist_ok=True)
     print(f"drain campaign: {args.rounds} rounds, drain timeout {args.drain_timeout:g} s,"
           f" in {data_dir}")
     print(HEADER)

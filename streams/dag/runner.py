@@ -573,6 +573,7 @@ class Runner:
         self.running: dict[asyncio.Task, Partition] = {}
         self.reported: OrderedDict[str, None] = OrderedDict()
         self.counts = {"completed": 0, "failed": 0, "skipped": 0}
+        self.abandoned = 0  # tasks dropped unreported when the broker went away
         self._slot = asyncio.Event()
         self._forced = asyncio.Event()
         self._consumer: Consumer | None = None
@@ -583,16 +584,16 @@ class Runner:
         """Take and run tasks until `stop`, then drain. True when every task taken was
         finished and committed, False when some had to be abandoned (they run again)."""
         self._loop = asyncio.get_running_loop()
-        abandoned = False
+        gone = False
         try:
             while True:
-                address = await wait_for_broker(self.settings, stop, self._say)
+                address = await wait_for_broker(self.settings, stop, self._say, said=gone)
                 if address is None:
-                    return not abandoned
+                    return not self.abandoned
                 drained = await self._connected(stop, address)
                 if drained is not None:
-                    return drained and not abandoned
-                abandoned = True
+                    return drained and not self.abandoned
+                gone = True
         finally:
             self._threads.shutdown(wait=False, cancel_futures=True)
 
@@ -634,6 +635,7 @@ class Runner:
     def _abandon(self) -> None:
         """The broker is gone: running tasks stop unreported and the positions go (a new
         broker restores the group's own)."""
+        self.abandoned += len(self.running)
         for job in self.running:
             job.cancel()
         self.offsets.forget(set(self.offsets.next))

@@ -552,7 +552,8 @@ async def run_host(settings: Settings, host_id: str, memory_mb: int, capacity: i
 
     stopping = Stopping(drain_timeout_s, force, say).install()
     refused = False  # said so once until the host registers again
-    while await wait_for_broker(settings, stopping.stop, say) is not None:
+    gone = False  # said so already: waiting for the next pit up needs no second line
+    while await wait_for_broker(settings, stopping.stop, say, said=gone) is not None:
         host = ModelHost(settings, host_id, memory_mb, capacity, port=port, pool_id=pool_id,
                          drain_timeout_s=drain_timeout_s, say=say)
         hosts[:] = [host]
@@ -576,6 +577,7 @@ async def run_host(settings: Settings, host_id: str, memory_mb: int, capacity: i
             if not isinstance(failed.exception(), BrokerGone):
                 failed.result()  # raises why the host cannot go on
             say(str(failed.exception()))
+            gone = True
         finally:
             await host.close()
     return 0

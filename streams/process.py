@@ -24,13 +24,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import NoReturn
 
 from streams.config import BROKER_FILE, Settings
 
 BROKER_POLL_S = 0.5  # how often a process waiting for `pit up` reads its broker file
 GRACE_S = 5.0   # past the drain timeout: reports, commits, closing the clients
 FORCE_S = 2.0   # after a second signal
+CLOSE_S = 2.0   # closing the clients, all of them
 
 
 def broker_address(settings: Settings) -> str | None:
@@ -53,10 +56,9 @@ def broker_address(settings: Settings) -> str | None:
 
 
 async def wait_for_broker(settings: Settings, stop: asyncio.Event,
-                          say: Callable[[str], None]) -> str | None:
-    """The broker's address once there is one, saying once that it waits; None if `stop` is
-    set first."""
-    said = False
+                          say: Callable[[str], None], *, said: bool = False) -> str | None:
+    """The broker's address once there is one, saying once that it waits (unless `said`:
+    the caller said why already); None if `stop` is set first."""
     while not stop.is_set():
         address = broker_address(settings)
         if address is not None:
@@ -68,6 +70,31 @@ async def wait_for_broker(settings: Settings, stop: asyncio.Event,
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), BROKER_POLL_S)
     return None
+
+
+async def close_all(closers: Iterable[Callable[[], Awaitable[object]]],
+                    timeout_s: float = CLOSE_S) -> None:
+    """Run each closer in turn, all within `timeout_s`; one that fails or runs out of time is
+    left behind (a client of a broker that is gone may never get its goodbye answered)."""
+    deadline = time.monotonic() + timeout_s
+    for closer in closers:
+        try:
+            await asyncio.wait_for(closer(), max(0.05, deadline - time.monotonic()))
+        except asyncio.CancelledError:  # raised from inside a client's own teardown
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except Exception:  # closing: nothing left to do about it
+            pass
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a process whose work is done (reports acknowledged, clients closed or left
+    behind) at once: not after threads still stuck in a call to a broker that is gone, nor
+    after the interpreter's teardown, either of which can take longer than the drain."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def gone_line(address: str) -> str:
@@ -106,5 +133,4 @@ class Stopping:
 
     def _exit(self, why: str, seconds: float) -> None:
         self._say(f"{why} {seconds:g} s after the signal: exiting now")
-        sys.stderr.flush()
-        os._exit(1)
+        exit_now(1)

@@ -83,11 +83,11 @@ class Pit:
         return process, log
 
     async def start(self, timeout_s: float = 120.0) -> None:
-        self.up, _ = self.spawn("pit-up", "up")
+        up = self.up = self.spawn("pit-up", "up")[0]
 
         def running() -> bool:
-            if self.up.poll() is not None:
-                raise RuntimeError(f"pit up exited {self.up.returncode}")
+            if up.poll() is not None:
+                raise RuntimeError(f"pit up exited {up.returncode}")
             return broker_address(self.settings) is not None and self._answers()
         await until(running, timeout_s, "pit up")
 
@@ -103,7 +103,7 @@ class Pit:
         return self.up is not None and self.up.poll() is None
 
     def signal(self, sig: int) -> None:
-        if self.alive():
+        if self.up is not None and self.up.poll() is None:
             self.up.send_signal(sig)
 
     async def ended(self, timeout_s: float = 60.0) -> None:
@@ -225,6 +225,7 @@ def plan(rounds: int) -> list[tuple[str, str, bool]]:
 
 async def campaign(data_dir: Path, steps: list[tuple[str, str, bool]],
                    drain_timeout_s: float, say=print) -> list[Round]:
+    data_dir.mkdir(parents=True, exist_ok=True)
     pit = Pit(data_dir)
     results = []
     try:
@@ -263,7 +264,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="pit-drain-"))
-    data_dir.mkdir(parents=True, exist_ok=True)
     print(f"drain campaign: {args.rounds} rounds, drain timeout {args.drain_timeout:g} s,"
           f" in {data_dir}")
     print(HEADER)

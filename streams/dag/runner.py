@@ -107,6 +107,7 @@ from streams.process import (
     BROKER_POLL_S,
     Stopping,
     broker_address,
+    close_all,
     gone_line,
     wait_for_broker,
 )
@@ -122,9 +123,8 @@ MAP_CONCURRENCY = 16
 MODEL_TIMEOUT_S = 30.0  # allocation and inference, when the task has no deadline
 DRAIN_TIMEOUT_S = 30.0
 REVOKE_WAIT_S = 5.0
-COMMIT_WAIT_S = 3.0  # a commit the group refuses while it rebalances is tried this long
+COMMIT_WAIT_S = 2.0  # a commit the group refuses while it rebalances is tried this long
 HANDOVER_S = 0.5     # a runner given partitions waits this long for their previous owner
-CLOSE_WAIT_S = 5.0   # closing a client of a broker that is gone
 # A dead runner's tasks move after this. Give every runner of a group the same: the embedded
 # broker drops a member waiting to join when its session is shorter than another's.
 SESSION_TIMEOUT_MS = 10_000
@@ -399,6 +399,8 @@ class NodeExecutor:
 class Reporter(Protocol):
     async def started(self, task: Task) -> None: ...
 
+    async def close(self) -> None: ...
+
     async def finished(self, task: Task, result: Result,
                        headers: Sequence[tuple[str, bytes]] = ()) -> None: ...
 
@@ -571,6 +573,7 @@ class Runner:
         self.running: dict[asyncio.Task, Partition] = {}
         self.reported: OrderedDict[str, None] = OrderedDict()
         self.counts = {"completed": 0, "failed": 0, "skipped": 0}
+        self.abandoned = 0  # tasks dropped unreported when the broker went away
         self._slot = asyncio.Event()
         self._forced = asyncio.Event()
         self._consumer: Consumer | None = None
@@ -581,16 +584,16 @@ class Runner:
         """Take and run tasks until `stop`, then drain. True when every task taken was
         finished and committed, False when some had to be abandoned (they run again)."""
         self._loop = asyncio.get_running_loop()
-        abandoned = False
+        gone = False
         try:
             while True:
-                address = await wait_for_broker(self.settings, stop, self._say)
+                address = await wait_for_broker(self.settings, stop, self._say, said=gone)
                 if address is None:
-                    return not abandoned
+                    return not self.abandoned
                 drained = await self._connected(stop, address)
                 if drained is not None:
-                    return drained and not abandoned
-                abandoned = True
+                    return drained and not self.abandoned
+                gone = True
         finally:
             self._threads.shutdown(wait=False, cancel_futures=True)
 
@@ -632,24 +635,21 @@ class Runner:
     def _abandon(self) -> None:
         """The broker is gone: running tasks stop unreported and the positions go (a new
         broker restores the group's own)."""
+        self.abandoned += len(self.running)
         for job in self.running:
             job.cancel()
         self.offsets.forget(set(self.offsets.next))
         self.assignment.clear()
 
     async def _disconnect(self) -> None:
-        """Close the connection's clients, each in bounded time (a broker that is gone may
-        never answer a goodbye)."""
-        if self._consumer is not None:
-            with contextlib.suppress(TimeoutError, KafkaException):
-                await asyncio.wait_for(self._on_kafka(self._consumer.close), CLOSE_WAIT_S)
-            self._consumer = None
-        for part in (self.reporter, self.client):
-            if part is not None:
-                with contextlib.suppress(TimeoutError, KafkaError):
-                    await asyncio.wait_for(part.close(), CLOSE_WAIT_S)
+        """Close the connection's clients, in bounded time."""
+        consumer, self._consumer = self._consumer, None
+        closers = [] if consumer is None else [lambda: self._on_kafka(consumer.close)]
+        await close_all([*closers, *(part.close for part in (self.reporter, self.client)
+                                     if part is not None)])
         self.reporter = self.client = None
-        self._kafka.shutdown(wait=False)
+        if self._kafka is not None:
+            self._kafka.shutdown(wait=False)
 
     def force(self) -> None:
         """Stop draining now (a second signal): running tasks are abandoned."""
@@ -714,7 +714,8 @@ class Runner:
         self._loop.call_soon_threadsafe(self.offsets.forget, lost)
 
     def _commit_now(self, positions: dict[Partition, int]) -> set[Partition]:
-        return _committed(self._consumer, positions)
+        consumer = self._consumer
+        return set() if consumer is None else _committed(consumer, positions)
 
     # --- taking tasks -----------------------------------------------------------------------
 
@@ -751,6 +752,8 @@ class Runner:
             self.offsets.done(tp, message.offset(), epoch)
             return
         reporter = self.reporter
+        if reporter is None:  # disconnected meanwhile: the task runs again
+            return
         await self._report(lambda: reporter.started(task), task)
         result = await self.executor.execute(task)
         # The task's position rides on its last report, so a restored broker can tell
@@ -832,9 +835,12 @@ class Runner:
         # Before leaving the group: a commit refused while it rebalances is taken once it
         # has settled, and the runner that gets these partitions starts after them.
         deadline = time.monotonic() + COMMIT_WAIT_S
-        while not await self._commit() and time.monotonic() < deadline \
-                and not self._forced.is_set():
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):  # a broker that is gone never answers
+            while not self._forced.is_set() and not await asyncio.wait_for(
+                    self._commit(), max(0.05, deadline - time.monotonic())):
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
         if abandoned:
             self._say(f"abandoned {len(abandoned)} running task(s); they will run again")
         return not abandoned

@@ -153,10 +153,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
     from streams.dag.runner import POOLS, run_runner
+    from streams.process import exit_now
 
-    return asyncio.run(run_runner(settings, args.id, args.concurrency, args.threads,
-                                  args.drain_timeout, args.pool or POOLS,
-                                  int(args.session_timeout * 1000)))
+    return exit_now(asyncio.run(run_runner(settings, args.id, args.concurrency, args.threads,
+                                           args.drain_timeout, args.pool or POOLS,
+                                           int(args.session_timeout * 1000))))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -15,10 +15,11 @@ if TYPE_CHECKING:  # the rest is imported when a command runs: `pit` starts fast
 
 def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
     from streams.pool.host import run_host
+    from streams.process import exit_now
 
-    return asyncio.run(run_host(settings, args.id, args.memory_mb, args.capacity,
-                                port=args.port, pool_id=args.pool,
-                                drain_timeout_s=args.drain_timeout))
+    return exit_now(asyncio.run(run_host(settings, args.id, args.memory_mb, args.capacity,
+                                         port=args.port, pool_id=args.pool,
+                                         drain_timeout_s=args.drain_timeout)))
 
 
 def cmd_pool(args: argparse.Namespace, settings: Settings) -> int:

@@ -83,7 +83,14 @@ from streams.pool.pool import (
     UnloadRequested,
 )
 from streams.pool.topics import POOL_EVENTS
-from streams.process import BROKER_POLL_S, Stopping, broker_address, gone_line, wait_for_broker
+from streams.process import (
+    BROKER_POLL_S,
+    Stopping,
+    broker_address,
+    close_all,
+    gone_line,
+    wait_for_broker,
+)
 
 __all__ = ["DRAIN_TIMEOUT_S", "BrokerGone", "HostError", "ModelHost", "pool_events",
            "run_host"]
@@ -94,8 +101,7 @@ DRAIN_TIMEOUT_S = 30.0
 HEALTH_REPORT_EVERY_S = 10.0  # a passing check is reported this often, for the history
 CHECK_TIMEOUT_S = 0.25  # a test inference still running after this counts as a failed check
 UNLOAD_WAIT_S = 10.0  # calls in progress get this long to finish before a model is closed
-REPORT_WAIT_S = 3.0  # the last report of a stop waits this long for pit up's answer
-CLOSE_WAIT_S = 3.0   # closing the clients of a broker that may be gone
+REPORT_WAIT_S = 2.0  # the last report of a stop waits this long for pit up's answer
 
 
 class HostError(PitError):
@@ -247,11 +253,8 @@ class ModelHost:
         for held in self.held.values():
             held.model.close()
         self.held.clear()
-        for closing in (self._follower.stop(), self.client.close() if self.client else None,
-                        self._runner.cleanup() if self._runner else None):
-            if closing is not None:  # each bounded: a broker that is gone may never answer
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(closing, CLOSE_WAIT_S)
+        await close_all([self._follower.stop, *([self.client.close] if self.client else []),
+                         *([self._runner.cleanup] if self._runner else [])])
         for pool in (self._work, self._loads):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -510,7 +513,7 @@ class ModelHost:
         if self._down.is_set():
             self._say("the pool recorded this host down during the drain")
             return drained
-        if self.broker_gone:
+        if self.broker_gone or broker_address(self.settings) is None:
             return False  # nobody to tell: the pool recovers the host's models on restart
         try:  # bounded: a `pit up` that stops now never answers
             outcome = await asyncio.wait_for(self.report(ReportHostDown(self.host_id,
@@ -542,9 +545,15 @@ async def run_host(settings: Settings, host_id: str, memory_mb: int, capacity: i
         print(f"pit host {host_id}: {line}", file=sys.stderr, flush=True)
 
     hosts: list[ModelHost] = []  # the current life, for the second signal
-    stopping = Stopping(drain_timeout_s, lambda: hosts and hosts[-1].force(), say).install()
+
+    def force() -> None:
+        for host in hosts:
+            host.force()
+
+    stopping = Stopping(drain_timeout_s, force, say).install()
     refused = False  # said so once until the host registers again
-    while await wait_for_broker(settings, stopping.stop, say) is not None:
+    gone = False  # said so already: waiting for the next pit up needs no second line
+    while await wait_for_broker(settings, stopping.stop, say, said=gone) is not None:
         host = ModelHost(settings, host_id, memory_mb, capacity, port=port, pool_id=pool_id,
                          drain_timeout_s=drain_timeout_s, say=say)
         hosts[:] = [host]
@@ -568,6 +577,7 @@ async def run_host(settings: Settings, host_id: str, memory_mb: int, capacity: i
             if not isinstance(failed.exception(), BrokerGone):
                 failed.result()  # raises why the host cannot go on
             say(str(failed.exception()))
+            gone = True
         finally:
             await host.close()
     return 0

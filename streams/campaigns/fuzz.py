@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import dataclasses
 import enum
-import functools
 import json
 import logging
 import random
@@ -91,9 +90,14 @@ UNICODE = "модель-ü-漢字-🙂"
 
 # --- generating ----------------------------------------------------------------------------
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """A message class's field types (typing evaluates them anew on every call: slow)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _plain(hint: Any) -> Any:
@@ -366,14 +370,15 @@ def check_answers(report: Report, bad: dict[Position, str], records: Iterable[Lo
         if record.value is None:
             continue
         if record.topic == RESULTS:
-            outcome = codec.decode(record.value).record
-            topic = topic_of.get(outcome["processor"])
-            answered[(topic, outcome["command_partition"], outcome["command_offset"])] = outcome
+            decided = codec.decode(record.value).record
+            topic = topic_of.get(decided["processor"], "")
+            answered[(topic, decided["command_partition"], decided["command_offset"])] = decided
         elif record.topic == DEAD_LETTERS:
             headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
-            source = (headers.get("pit.source.topic"), int(headers.get("pit.source.partition",
-                      -1)), int(headers.get("pit.source.offset", -1)))
-            letters[source] = headers.get("pit.processor", "")  # type: ignore[index]
+            source = (headers.get("pit.source.topic", ""),
+                      int(headers.get("pit.source.partition", -1)),
+                      int(headers.get("pit.source.offset", -1)))
+            letters[source] = headers.get("pit.processor", "")
             if headers.get("pit.processor") == "projector":
                 report.projector_dead_letters += 1
             elif headers.get("pit.processor") == "registry":
@@ -490,8 +495,8 @@ async def campaign(settings: Settings, inputs: int, seed: int, valid_share: floa
                     key, value, category = generator.registry()
                     outputs.append(Output(SCHEMAS, 0, key, value, int(time.time() * 1000)))
                 else:
-                    decider, key, value, category = generator.bad()
-                    outputs.append(command_output(decider, key, value))
+                    decider, bad_key, value, category = generator.bad()
+                    outputs.append(command_output(decider, bad_key, value))
                 categories.append(category)
             offsets: list[int] = []
             await produce_all(producer, outputs, 120.0, offsets=offsets)

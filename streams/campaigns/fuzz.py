@@ -397,8 +397,9 @@ def check_answers(report: Report, bad: dict[Position, str], records: Iterable[Lo
             report.outcomes["rejected"] += 1
         else:
             report.outcomes["unanswered"] += 1
-            report.problem(f"bad input neither rejected nor dead-lettered ({category}) at"
-                           f" {position}")
+            if report.outcomes["unanswered"] <= 3:
+                report.problem(f"bad input neither rejected nor dead-lettered ({category})"
+                               f" at {position}")
     if report.projector_dead_letters:
         report.problem(f"the projector dead-lettered {report.projector_dead_letters} events:"
                        " a decider let through a value a view cannot hold")
@@ -480,7 +481,7 @@ async def campaign(settings: Settings, inputs: int, seed: int, valid_share: floa
         async with PitClient(live, issued_by="fuzz") as client:
             await _make_hot_model(client)
         send_started = time.perf_counter()
-        chunk = max(100, min(5000, inputs // 20))
+        chunk = max(100, min(2000, inputs // 20))
         while report.inputs < inputs:
             outputs, categories = [], []
             for _ in range(min(chunk, inputs - report.inputs)):
@@ -509,7 +510,10 @@ async def campaign(settings: Settings, inputs: int, seed: int, valid_share: floa
                 else:
                     bad[(output.topic, output.partition, offset)] = category
             report.inputs += len(outputs)
-            await _until_archived(stack, outputs, offsets)
+            # Its answers archived before the next chunk: the embedded broker keeps only the
+            # newest ~5 MiB of a partition, and what it drops unarchived is lost.
+            await _until_answered(stack, bad, deciders, progress)
+            await stack.drain_projector(timeout_s=600)
             elapsed = time.perf_counter() - send_started
             progress(f"fuzz: {report.inputs:,}/{inputs:,} inputs sent"
                      f" ({report.inputs / elapsed:,.0f}/s), processes stopped:"
@@ -554,23 +558,6 @@ async def _make_hot_model(client: PitClient) -> None:
         outcome = await client.send(command, timeout=60)
         if not outcome.accepted:
             raise RuntimeError(f"fuzz set-up: {outcome.line()}")
-
-
-async def _until_archived(stack: Stack, outputs: Sequence[Output], offsets: Sequence[int],
-                          timeout_s: float = 600) -> None:
-    """Send no faster than the projector archives: the embedded broker keeps only the newest
-    ~5 MiB of a partition, and what it drops before the archive has it is lost."""
-    from streams.archive import AUDIT
-
-    last: dict[tuple[str, int], int] = {}
-    for output, offset in zip(outputs, offsets, strict=True):
-        last[(output.topic, output.partition)] = offset
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not stack.projector_task.done():
-        archived = (await asyncio.to_thread(stack.projector.positions)).get(AUDIT, {})
-        if all(archived.get(tp, -1) >= offset for tp, offset in last.items()):
-            return
-        await asyncio.sleep(0.05)
 
 
 async def _until_answered(stack: Stack, bad: dict[Position, str], deciders: Sequence[Decider],

@@ -171,16 +171,9 @@ class BatchResult:
     applied: dict[str, int] = field(default_factory=dict)  # projection -> events applied
     undecodable: int = 0
     fresh: list[Entry] = field(default_factory=list)  # the records archived for the first time
-    # Entries no view could apply, and why: archived, positions moved past, no view row.
-    failed: list[tuple[Entry, BaseException]] = field(default_factory=list)
-
-    def add(self, other: BatchResult) -> None:
-        self.archived += other.archived
-        for name, count in other.applied.items():
-            self.applied[name] = self.applied.get(name, 0) + count
-        self.undecodable += other.undecodable
-        self.fresh += other.fresh
-        self.failed += other.failed
+    # Events a view could not apply (entry, projection, why): archived, positions moved past,
+    # no row of that view.
+    failed: list[tuple[Entry, str, BaseException]] = field(default_factory=list)
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -194,34 +187,23 @@ def project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Bindi
     """Apply decoded entries to the audit log (if `archive`) and to each binding, in the
     caller's transaction, skipping what each projection's position says it already has.
 
-    An entry a view cannot apply (a value its columns cannot hold, a bug) stops nothing: the
-    batch is applied again entry by entry, each in a savepoint, and a failing entry's rows
-    roll back while it is still archived and every position moves past it; `failed` says
-    which and why. A database that is down is no entry's fault: that error propagates."""
+    An event a view cannot apply (a value its columns cannot hold, a bug) stops nothing: the
+    batch is applied again with a savepoint per event and view, so the failing event's rows
+    in that view roll back while it is archived, the other views apply it and every position
+    moves past it; `failed` says which and why. A database that is down is no event's fault:
+    that error propagates."""
     try:
         with conn.begin_nested():
             return _project(conn, entries, bindings, archive=archive)
     except Exception as exc:
         if _unavailable(exc):
             raise
-    result = BatchResult(records=len(entries))
-    for entry in entries:
-        try:
-            with conn.begin_nested():
-                one = _project(conn, [entry], bindings, archive=archive)
-        except Exception as exc:
-            if _unavailable(exc):
-                raise
-            one = _project(conn, [entry], bindings, archive=archive, apply=False)
-            one.failed.append((entry, exc))
-        result.add(one)
-    return result
+    return _project(conn, entries, bindings, archive=archive, isolate=True)
 
 
 def _project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Binding],
-             *, archive: bool, apply: bool = True) -> BatchResult:
-    """`project` without the savepoints; `apply` False: archive and move the positions
-    only."""
+             *, archive: bool, isolate: bool = False) -> BatchResult:
+    """`project`'s work; `isolate`: each event in its own savepoint, failures collected."""
     before = load_positions(conn, [b.projection for b in bindings])
     after = {name: dict(offsets) for name, offsets in before.items()}
     result = BatchResult(records=len(entries))
@@ -245,10 +227,20 @@ def _project(conn: Connection, entries: Sequence[Entry], bindings: Sequence[Bind
                 continue  # redelivered: already applied
             done[tp] = rec.offset
             if entry.decoded is not None:
-                events.append((entry.decoded, rec))
-        if events and apply:
-            binding.view.apply_batch(conn, binding.tables, events)
-        result.applied[binding.projection] = len(events) if apply else 0
+                events.append((entry, entry.decoded, rec))
+        applied = len(events)
+        if events and not isolate:
+            binding.view.apply_batch(conn, binding.tables, [(d, r) for _, d, r in events])
+        for entry, decoded, rec in events if isolate else ():
+            try:
+                with conn.begin_nested():
+                    binding.view.apply_batch(conn, binding.tables, [(decoded, rec)])
+            except Exception as exc:
+                if _unavailable(exc):
+                    raise
+                applied -= 1
+                result.failed.append((entry, binding.projection, exc))
+        result.applied[binding.projection] = applied
 
     save_positions(conn, before, after)
     return result
@@ -289,9 +281,9 @@ class Projector:
                     dead_letters: Callable[[list[Output]], None] | None = None) -> BatchResult:
         """One transaction: audit rows, view rows and positions commit together or not at all.
 
-        A record no view can apply is dead-lettered (`dead_letters` produces them, before the
-        commit moves the positions past them; a crash in between sends them again), logged
-        and counted, and the batch goes on without its rows (`project`).
+        An event a view cannot apply is dead-lettered (`dead_letters` produces them, before
+        the commit moves the positions past them; a crash in between sends them again),
+        logged and counted, and the batch goes on without its rows in that view (`project`).
 
         Raises `DatabaseUnavailableError` (one line) when the database cannot be reached;
         nothing of the batch is committed then, so applying it again later is safe."""
@@ -318,11 +310,11 @@ class Projector:
         return result
 
     @staticmethod
-    def _dead_letter(failed: list[tuple[Entry, BaseException]],
+    def _dead_letter(failed: list[tuple[Entry, str, BaseException]],
                      sink: Callable[[list[Output]], None] | None) -> None:
         outputs = []
-        for entry, exc in failed:
-            rec, reason = entry.record, _first_line(exc)[:1000]
+        for entry, projection, exc in failed:
+            rec, reason = entry.record, f"{projection}: {_first_line(exc)[:1000]}"
             log.warning("projector: %s[%d]@%d cannot be applied, dead-lettered: %s: %s",
                         rec.topic, rec.partition, rec.offset, type(exc).__name__, reason)
             outputs.append(dead_letter(rec, type(exc).__name__, reason, "projector"))

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import dataclasses
 import enum
-import functools
 import json
 import logging
 import random
@@ -91,9 +90,14 @@ UNICODE = "модель-ü-漢字-🙂"
 
 # --- generating ----------------------------------------------------------------------------
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """A message class's field types (typing evaluates them anew on every call: slow)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _plain(hint: Any) -> Any:
@@ -264,7 +268,7 @@ class Generator:
             value = {"subject": name, "version": 1, "id": self.rng.randrange(1, 1 << 31),
                      "schema": schema}
             return key, json.dumps(value).encode(), "registry: wrong id"
-        return key, b"[" * 100_000 + b"]" * 100_000, "registry: nested too deep"
+        return key, b"[" * 3000 + b"]" * 3000, "registry: nested too deep"
 
     def valid(self) -> Message:
         """A command some decider accepts (mostly: a cancel may find its execution ended)."""
@@ -366,14 +370,15 @@ def check_answers(report: Report, bad: dict[Position, str], records: Iterable[Lo
         if record.value is None:
             continue
         if record.topic == RESULTS:
-            outcome = codec.decode(record.value).record
-            topic = topic_of.get(outcome["processor"])
-            answered[(topic, outcome["command_partition"], outcome["command_offset"])] = outcome
+            decided = codec.decode(record.value).record
+            topic = topic_of.get(decided["processor"], "")
+            answered[(topic, decided["command_partition"], decided["command_offset"])] = decided
         elif record.topic == DEAD_LETTERS:
             headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
-            source = (headers.get("pit.source.topic"), int(headers.get("pit.source.partition",
-                      -1)), int(headers.get("pit.source.offset", -1)))
-            letters[source] = headers.get("pit.processor", "")  # type: ignore[index]
+            source = (headers.get("pit.source.topic", ""),
+                      int(headers.get("pit.source.partition", -1)),
+                      int(headers.get("pit.source.offset", -1)))
+            letters[source] = headers.get("pit.processor", "")
             if headers.get("pit.processor") == "projector":
                 report.projector_dead_letters += 1
             elif headers.get("pit.processor") == "registry":
@@ -392,8 +397,9 @@ def check_answers(report: Report, bad: dict[Position, str], records: Iterable[Lo
             report.outcomes["rejected"] += 1
         else:
             report.outcomes["unanswered"] += 1
-            report.problem(f"bad input neither rejected nor dead-lettered ({category}) at"
-                           f" {position}")
+            if report.outcomes["unanswered"] <= 3:
+                report.problem(f"bad input neither rejected nor dead-lettered ({category})"
+                               f" at {position}")
     if report.projector_dead_letters:
         report.problem(f"the projector dead-lettered {report.projector_dead_letters} events:"
                        " a decider let through a value a view cannot hold")
@@ -475,7 +481,7 @@ async def campaign(settings: Settings, inputs: int, seed: int, valid_share: floa
         async with PitClient(live, issued_by="fuzz") as client:
             await _make_hot_model(client)
         send_started = time.perf_counter()
-        chunk = max(100, min(5000, inputs // 20))
+        chunk = max(100, min(2000, inputs // 20))
         while report.inputs < inputs:
             outputs, categories = [], []
             for _ in range(min(chunk, inputs - report.inputs)):
@@ -486,12 +492,12 @@ async def campaign(settings: Settings, inputs: int, seed: int, valid_share: floa
                     outputs.append(command_output(decider, decider.entity_of(command).encode(),
                                                   generator.encode(command, generator._id("ok"))))
                     category = "valid"
-                elif roll < valid_share + 0.04:
+                elif roll < valid_share + 0.02:
                     key, value, category = generator.registry()
                     outputs.append(Output(SCHEMAS, 0, key, value, int(time.time() * 1000)))
                 else:
-                    decider, key, value, category = generator.bad()
-                    outputs.append(command_output(decider, key, value))
+                    decider, bad_key, value, category = generator.bad()
+                    outputs.append(command_output(decider, bad_key, value))
                 categories.append(category)
             offsets: list[int] = []
             await produce_all(producer, outputs, 120.0, offsets=offsets)
@@ -504,6 +510,10 @@ async def campaign(settings: Settings, inputs: int, seed: int, valid_share: floa
                 else:
                     bad[(output.topic, output.partition, offset)] = category
             report.inputs += len(outputs)
+            # Its answers archived before the next chunk: the embedded broker keeps only the
+            # newest ~5 MiB of a partition, and what it drops unarchived is lost.
+            await _until_answered(stack, bad, deciders, progress)
+            await stack.drain_projector(timeout_s=600)
             elapsed = time.perf_counter() - send_started
             progress(f"fuzz: {report.inputs:,}/{inputs:,} inputs sent"
                      f" ({report.inputs / elapsed:,.0f}/s), processes stopped:"

@@ -8,7 +8,9 @@ from sqlalchemy import Engine, select
 from projections.models import ModelsView
 from projections.runtime import Projector, live_tables
 from streams.archive import AUDIT, audit_log
+from streams.campaigns.fuzz import campaign
 from streams.components import views
+from streams.config import Settings
 from streams.decider import INT64_MAX
 from streams.processor import Output
 from streams.topics import DEAD_LETTERS
@@ -38,7 +40,8 @@ def test_an_event_no_view_can_hold_is_dead_lettered_and_the_rest_applied(engine:
     projector = Projector(engine, views())
     result = projector.apply_batch(records, sent.extend)
 
-    assert [entry.record for entry, _ in result.failed] == [records[3]]
+    assert [(entry.record, view) for entry, view, _ in result.failed] == [
+        (records[3], "models")]  # the pool view keeps no usage count: it applied them all
     row = model_row(engine, "m")  # the failing event's rows rolled back, the next one applied
     assert (row["usage_count"], row["state"]) == (INT64_MAX - 10, "Cooling")
     with engine.connect() as conn:
@@ -53,3 +56,19 @@ def test_an_event_no_view_can_hold_is_dead_lettered_and_the_rest_applied(engine:
 
     again = projector.apply_batch(records, sent.extend)  # redelivered: nothing happens twice
     assert (again.archived, again.failed, len(sent)) == (0, [], 1)
+
+
+async def test_a_short_fuzz_campaign_stops_no_process_and_changes_nothing(tmp_path) -> None:
+    """`pit campaign fuzz`, short: every bad input through the broker is rejected with a
+    reason or dead-lettered, no task of the Pit stops, deciding the valid commands alone gives
+    the logged events, the views equal their rebuild, and a restart over the registry's
+    garbage reports it and verifies."""
+    report = await campaign(Settings(data_dir=tmp_path / "pit"), 2000, seed=7,
+                            progress=lambda _line: None)
+    assert report.ok, "\n".join(report.lines())
+    assert (report.inputs, report.stopped, report.projector_dead_letters) == (2000, [], 0)
+    bad = report.inputs - report.valid - report.registry
+    assert report.outcomes["dead-lettered"] + report.outcomes["rejected"] == bad
+    assert report.outcomes["dead-lettered"] > 0 and report.outcomes["rejected"] > 0
+    assert report.registry_dead_letters >= report.registry > 0
+    assert report.categories["usage overflow"] > 0 and report.valid > 0

@@ -8,6 +8,7 @@ import struct
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import OperationalError
 
 from projections.api import make_app
 from projections.models import ModelsView, lifecycle_of
@@ -135,7 +136,30 @@ def test_a_duplicated_event_at_a_new_offset_is_applied_once(engine: Engine, log)
     assert count(engine, audit_log) == 2  # the archive keeps both records of the log
 
 
-def test_positions_and_rows_commit_atomically(engine: Engine, story) -> None:
+def test_positions_and_rows_commit_atomically(engine: Engine, story, monkeypatch) -> None:
+    import projections.runtime
+
+    def unavailable(*_args):
+        raise OperationalError("save positions", {}, Exception("database is locked"))
+
+    records = story
+    monkeypatch.setattr(projections.runtime, "save_positions", unavailable)
+    with pytest.raises(DatabaseUnavailableError, match="database is locked"):
+        Projector(engine, views()).apply_batch(records)
+    # the views and the archive ran before the failure, but nothing of the batch was committed
+    assert models(engine) == {}
+    assert transitions(engine) == []
+    assert count(engine, audit_log) == 0
+    assert all_positions(engine) == {}
+
+    monkeypatch.undo()
+    Projector(engine, views()).apply_batch(records)
+    assert models(engine)["m-alpha"]["state"] == "Cooling"
+    assert all_positions(engine)[("models", POOL_EVENTS, records[0].partition)] >= 0
+
+
+def test_a_failing_view_stops_neither_the_batch_nor_the_other_views(engine: Engine,
+                                                                     story) -> None:
     class Exploding(View):
         name = "exploding"
         topics = (POOL_EVENTS,)
@@ -148,18 +172,13 @@ def test_positions_and_rows_commit_atomically(engine: Engine, story) -> None:
             raise RuntimeError("view failed mid-batch")
 
     records = story
-    broken = Projector(engine, [ModelsView(), Exploding()])
-    with pytest.raises(RuntimeError, match="mid-batch"):
-        broken.apply_batch(records)
-    # the models view ran before the failure, but nothing of the batch was committed
-    assert models(engine) == {}
-    assert transitions(engine) == []
-    assert count(engine, audit_log) == 0
-    assert all_positions(engine) == {}
-
-    Projector(engine, views()).apply_batch(records)
+    result = Projector(engine, [ModelsView(), Exploding()]).apply_batch(records)
+    assert [(entry.record, view) for entry, view, _ in result.failed] == [
+        (record, "exploding") for record in records]
     assert models(engine)["m-alpha"]["state"] == "Cooling"
-    assert all_positions(engine)[("models", POOL_EVENTS, records[0].partition)] >= 0
+    assert count(engine, audit_log) == len(records)
+    last = records[-1].offset
+    assert all_positions(engine)[("exploding", POOL_EVENTS, records[0].partition)] == last
 
 
 def test_undecodable_records_are_archived_and_skipped(engine: Engine, log, codec) -> None:
@@ -398,11 +417,11 @@ async def test_run_keeps_the_batch_while_the_database_is_away(engine: Engine, st
     class Flaky(Projector):
         failures = 2
 
-        def apply_batch(self, records):
+        def apply_batch(self, records, dead_letters=None):
             if self.failures:
                 self.failures -= 1
                 raise DatabaseUnavailableError("projection database unavailable: gone")
-            return super().apply_batch(records)
+            return super().apply_batch(records, dead_letters)
 
     projector = Flaky(engine, views(), topics=[POOL_EVENTS])
     consumer = FakeConsumer(story, {POOL_EVENTS: 8})

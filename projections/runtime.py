@@ -296,7 +296,7 @@ class Projector:
 
 async def run(projector: Projector, consumer, stop: asyncio.Event, *,
               topics: Sequence[str] | None = None, max_records: int = 5000,
-              timeout_ms: int = 100, gate: asyncio.Lock | None = None) -> None:
+              timeout_ms: int = 100) -> None:
     """Feed an already started aiokafka consumer into the projector until `stop` is set.
 
     Assigns every partition of `topics` (default: the projector's), from the cluster's
@@ -304,9 +304,7 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
     position + 1, or to its beginning offset when no projection has a position there.
     Loops getmany -> apply_batch; each batch is applied in a worker thread so the event
     loop stays responsive. While the database is unavailable the batch is kept and retried
-    with backoff (nothing was committed, so nothing is lost or doubled). `gate` is held while
-    a batch is applied: the lock of the processors that archive their events before
-    publishing their outcomes (`streams.processor.produce_archived`).
+    with backoff (nothing was committed, so nothing is lost or doubled).
     """
     from aiokafka import TopicPartition as KafkaTopicPartition
 
@@ -335,8 +333,7 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
         delay = 0.5
         while records and not stop.is_set():
             try:
-                async with gate or contextlib.nullcontext():
-                    await asyncio.to_thread(projector.apply_batch, records)
+                await asyncio.to_thread(projector.apply_batch, records)
                 break
             except DatabaseUnavailableError as exc:  # keep the batch, wait, try again
                 log.warning("%s; retrying in %.1fs", exc, delay)

@@ -96,7 +96,7 @@ class Stack:
             await self.sync_registry(self.registry)
         self.codec = Codec(self.registry)
         # The embedded broker keeps nothing over a restart: processors make their events
-        # durable before their outcomes, in turn with the projector (streams/processor.py).
+        # durable before their outcomes, one at a time (streams/processor.py).
         self.archive_gate = asyncio.Lock() if self.broker is not None else None
         for component in COMPONENTS:
             for decider in component.running_deciders(self.settings):
@@ -167,8 +167,7 @@ class Stack:
 
         async def project() -> None:
             try:
-                await run(self.projector, consumer, self.projector_stop,
-                          gate=self.archive_gate)
+                await run(self.projector, consumer, self.projector_stop)
             finally:
                 await consumer.stop()
 

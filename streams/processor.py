@@ -569,10 +569,10 @@ async def produce_archived(producer, outputs: Sequence[Output], processor: Proce
     transaction) before the outcomes, dead letters and checkpoint requests go out. Returns
     each output's offset, in order.
 
-    `gate` orders this process's archive writers (the processors, and the projector, which
-    holds it while it applies a batch): held from producing the events until they are
-    durable, it keeps the projector from archiving anything derived from them - a task
-    relayed from a NodeScheduled, a timer's command - before them."""
+    `gate` is shared by the processors of the process: one at a time writes its pending
+    records (no writer waits on SQLite's lock). What others derive from the events before
+    they are durable (a task relayed from a NodeScheduled) may be archived first; a restore
+    leaves such a record out when its source did not survive (`streams.app.restore_broker`)."""
     topic = processor.decider.event_topic
     events = [i for i, out in enumerate(outputs) if out.topic == topic]
     rest = [i for i, out in enumerate(outputs) if out.topic != topic]

@@ -105,7 +105,8 @@ class Stack:
         self.engine = connect(self.settings.db_url)
         self.views = views(self.settings)
         create_schema(self.engine, self.views)
-        if self.settings.embedded and not self.join:
+        embedded = self.settings.embedded  # false once it names the broker started here
+        if embedded and not self.join:
             self.broker = EmbeddedBroker(3 if self.faults else 1)
             self.broker.apply(self.catalog)
             self.settings = replace(self.settings, bootstrap_servers=self.broker.bootstrap_servers)
@@ -120,7 +121,7 @@ class Stack:
         # The embedded broker keeps nothing over a restart: processors make their events
         # durable before their outcomes, one at a time (streams/processor.py); a joined
         # `pit up` too, since the broker it writes to is as volatile.
-        self.archive_gate = asyncio.Lock() if self.settings.embedded else None
+        self.archive_gate = asyncio.Lock() if embedded else None
         for component in COMPONENTS:
             for decider in component.running_deciders(self.settings):
                 processor = Processor(decider, self.codec)

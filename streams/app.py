@@ -323,9 +323,9 @@ async def restore_broker(engine, settings: Settings, catalog, progress=None) -> 
     topic then holds each key's latest value only - restored compacted - and no effect
     without its cause, while every offset stays where consumer positions and the archive
     expect it."""
-    from streams.archive import compacted_records, durable_ends, durable_records
+    from streams.archive import compacted_positions, durable_ends, durable_records
 
-    kept = {spec.name: {(r.partition, r.offset) for r in compacted_records(engine, spec.name)}
+    kept = {spec.name: compacted_positions(engine, spec.name)
             for spec in catalog.values() if spec.compacted}
     durable = durable_ends(engine)
     producer = make_producer(settings, **{"linger.ms": 20})

@@ -466,9 +466,20 @@ def latest_records(engine: Engine | Connection, topic: str,
         return [to_log_record(row) for row in conn.execute(stmt)]
 
 
-def compacted_records(engine: Engine | Connection, topic: str) -> list[LogRecord]:
-    """What Kafka's log compaction would keep of an archived topic: per partition, the latest
-    record of each key, in offset order; keys whose latest record is a tombstone (value
-    NULL) and records without a key are dropped. For restoring compacted topics."""
-    return [r for r in latest_records(engine, topic)
-            if r.key is not None and r.value is not None]
+def compacted_positions(engine: Engine | Connection, topic: str) -> set[tuple[int, int]]:
+    """What Kafka's log compaction would keep of a topic's durable records (archived, then
+    pending beyond the archive), as (partition, offset): the latest record of each key; keys
+    whose latest record is a tombstone (value NULL) and records without a key are dropped.
+    For restoring compacted topics: a pending record supersedes an archived one."""
+    latest = {(r.partition, r.key): (r.offset, r.value is not None)
+              for r in latest_records(engine, topic)}
+    archived = archive_positions(engine)
+    stmt = (select(pending.c.partition, pending.c.offset, pending.c.key,
+                   pending.c.value.is_not(None)).where(pending.c.topic == topic)
+            .order_by(pending.c.partition, pending.c.offset))
+    with connection(engine) as conn:
+        for partition, offset, key, live in conn.execute(stmt):
+            if offset > archived.get((topic, partition), -1):
+                latest[(partition, None if key is None else bytes(key))] = (offset, live)
+    return {(partition, offset) for (partition, key), (offset, live) in latest.items()
+            if key is not None and live}

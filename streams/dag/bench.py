@@ -260,16 +260,21 @@ class ProcessorRun:
         return CheckpointRestore(processor, applied, written, floors[DAG.event_topic],
                                  floors[RESULTS])
 
-    def crash_and_restore(self, check: Callable[[CheckpointRestore], Any] | None = None
-                          ) -> CheckpointRestore:
+    def crash_and_restore(self, check: Callable[[CheckpointRestore], Any] | None = None,
+                          unanswered: LogRecord | None = None) -> CheckpointRestore:
         """The live processor is gone; a new one restores from the checkpoint records (which
         `check` may look at first), writes what they missed, and decides on from there (what
-        `run_processor` does)."""
+        `run_processor` does). The command it was deciding (`unanswered`) comes again first
+        unless the restore counts it decided: it sits on the command topic before any
+        checkpoint request the new processor writes there."""
         restore = self.checkpoint_restore()
         if check is not None:
             check(restore)
         self.live = restore.processor
-        self.write(restore.written)
+        self.append(out for out in restore.written if out.topic != DAG_COMMANDS)
+        if unanswered is not None and unanswered.offset > self.live.positions.get(0, -1):
+            self.decide(unanswered)
+        self.write([out for out in restore.written if out.topic == DAG_COMMANDS])
         return restore
 
 

@@ -689,6 +689,7 @@ class NodeRun:
     scheduled_at: int = 0
     started_at: int = 0
     error: str = ""         # the last failure: "ErrorType: message"
+    runner: str = ""        # the runner that reported the attempt started
 
 
 @dataclass(frozen=True, slots=True)
@@ -944,7 +945,7 @@ def _on_scheduled(s: ExecutionState, e: NodeScheduled, at_ms: int) -> ExecutionS
 def _on_started(s: ExecutionState, e: NodeStarted, at_ms: int) -> ExecutionState:
     change = _Change(s)
     i = s.plan.index[e.node_id]
-    change.put(i, copy_with(change.run(i), status=RUNNING, started_at=at_ms))
+    change.put(i, copy_with(change.run(i), status=RUNNING, started_at=at_ms, runner=e.runner))
     return change.state()
 
 
@@ -1047,7 +1048,7 @@ def snapshot(s: ExecutionState, checkpoint: int) -> bytes:
             continue
         nodes.append([i, int(run.status), run.attempt, run.tries, run.restarts,
                       run.scheduled_at, run.started_at, run.error,
-                      _encode_output(run.output)])
+                      _encode_output(run.output), run.runner])
     pools = [[p.name, None if math.isinf(p.cpu_m) else p.cpu_m,
               None if math.isinf(p.memory_mb) else p.memory_mb] for p in s.pools]
     doc = {
@@ -1079,10 +1080,11 @@ def restore(snapshot_bytes: bytes, tail: Iterable[tuple[Message, int]] = (),
         checkpoint=doc["checkpoint"], durations=tuple(map(tuple, doc["durations"])),
         definition_hash=plan.definition_hash)
     runs = [_BLANK] * plan.size
-    for i, status, attempt, tries, restarts, scheduled_at, started_at, error, output in doc[
-            "nodes"]:
+    for i, status, attempt, tries, restarts, scheduled_at, started_at, error, output, *runner \
+            in doc["nodes"]:  # snapshots taken before the runner was kept have no runner
         runs[i] = NodeRun(NodeStatus(status), 0, 0, attempt, tries, restarts,
-                          _decode_output(output), scheduled_at, started_at, error)
+                          _decode_output(output), scheduled_at, started_at, error,
+                          *runner)
     state = _with_base(_rebuilt(state, runs))
     for event, at_ms in tail:
         state = evolve(state, event, at_ms, definitions)
@@ -1238,9 +1240,12 @@ def _report(d: _Decision, c: Any, *statuses: NodeStatus) -> int | None:
 
 
 def _on_report_started(d: _Decision, c: ReportNodeStarted) -> None:
-    # Started again while running: another runner took the task over (the first was lost
-    # mid-node). A report sent again is a duplicate command, deduplicated before this.
-    if _report(d, c, SCHEDULED, RUNNING) is not None:
+    # Started again while running by another runner: it took the task over (the first was
+    # lost mid-node). The same runner's start again changes nothing, so a report re-sent
+    # after a restore that no longer knows its command id stays without effect (recovery.py).
+    i = _report(d, c, SCHEDULED, RUNNING)
+    if i is not None and not (d.state.nodes[i].status is RUNNING
+                              and d.state.nodes[i].runner == c.runner):
         d.emit(NodeStarted(c.execution_id, c.node_id, c.attempt, c.runner))
 
 

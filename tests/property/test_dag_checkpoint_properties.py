@@ -84,9 +84,7 @@ def crash(run: ProcessorRun, command, landed) -> None:
     the checkpoint records takes over and gets the command again unless it was answered."""
     record = run.encode(command)
     run.decide(record, landed=landed)
-    run.crash_and_restore(partial(check_restore, run))
-    if record.offset > run.live.positions.get(0, -1):
-        run.decide(record)
+    run.crash_and_restore(partial(check_restore, run), unanswered=record)
 
 
 def window(run: ProcessorRun, restore: CheckpointRestore) -> set[str]:

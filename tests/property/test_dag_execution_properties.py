@@ -301,8 +301,8 @@ class Sim:
         raise AssertionError("the execution did not end")
 
 
-ACTIONS = ["complete", "complete", "complete", "fail", "fail", "start", "repeat", "timer",
-           "timer", "checkpoint", "crash", "cancel", "late_timer"]
+ACTIONS = ["complete", "complete", "complete", "fail", "fail", "start", "repeat", "takeover",
+           "timer", "timer", "checkpoint", "crash", "cancel", "late_timer"]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -329,17 +329,25 @@ def test_random_executions_keep_every_invariant(workflow, data):
             node_id = data.draw(st.sampled_from(flying))
             sim.report(ReportNodeStarted(EID, node_id, sim.state.node(node_id).attempt))
         elif action == "repeat" and sim.reports:
+            # the same report again (also re-sent after a restore that no longer knows its
+            # command id) changes nothing, unless another runner took that attempt over since
             before, report = sim.state, data.draw(st.sampled_from(sim.reports))
             node = before.node(report.node_id)
             if (isinstance(report, ReportNodeStarted) and node.status is NodeStatus.RUNNING
-                    and node.attempt == report.attempt):
-                # a start of the attempt running: a runner took it over (a repeat of the
-                # same report is the same command, dropped as a duplicate before deciding)
+                    and node.attempt == report.attempt and node.runner != report.runner):
                 assert sim.send(report) == [NodeStarted(EID, report.node_id, report.attempt)]
-                assert sim.state.node(report.node_id).status is NodeStatus.RUNNING
             else:
                 assert sim.send(report) == []
                 assert sim.state is before
+        elif action == "takeover" and (running := [
+                node_id for node_id in flying
+                if sim.state.node(node_id).status is NodeStatus.RUNNING]):
+            # another runner starts a running attempt: it took the task over
+            node_id = data.draw(st.sampled_from(running))
+            attempt = sim.state.node(node_id).attempt
+            assert sim.send(ReportNodeStarted(EID, node_id, attempt, "other")) == [
+                NodeStarted(EID, node_id, attempt, "other")]
+            assert sim.state.node(node_id).status is NodeStatus.RUNNING
         elif action == "timer" and sim.timers():
             sim.fire(sim.timers()[0])
         elif action == "late_timer" and sim.done_timers():

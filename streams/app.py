@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams import metrics
+from streams.archive import pending_engine
 from streams.broker import EmbeddedBroker
 from streams.commands import registry_for
 from streams.component import Runtime, Service
@@ -48,6 +49,7 @@ from streams.leader import LeaderGate
 from streams.log import LogRecord, source_of
 from streams.memory import trim_broker
 from streams.processor import (
+    ArchiveFirst,
     Output,
     Processor,
     dead_letter,
@@ -105,6 +107,7 @@ class Stack:
         self.engine = connect(self.settings.db_url)
         self.views = views(self.settings)
         create_schema(self.engine, self.views)
+        self.pending_db = pending_engine(self.engine)
         embedded = self.settings.embedded  # false once it names the broker started here
         if embedded and not self.join:
             self.broker = EmbeddedBroker(3 if self.faults else 1)
@@ -121,7 +124,7 @@ class Stack:
         # The embedded broker keeps nothing over a restart: processors make their events
         # durable before their outcomes, one at a time (streams/processor.py); a joined
         # `pit up` too, since the broker it writes to is as volatile.
-        self.archive_gate = asyncio.Lock() if embedded else None
+        self.archive_first = ArchiveFirst(self.engine, self.pending_db) if embedded else None
         for component in COMPONENTS:
             for decider in component.running_deciders(self.settings):
                 processor = Processor(decider, self.codec)
@@ -129,7 +132,7 @@ class Stack:
                 ready = asyncio.Event()
                 self.tasks.append(asyncio.create_task(
                     run_processor(processor, self.settings, self.engine, self.stop, ready,
-                                  archive_first=self.archive_gate),
+                                  archive_first=self.archive_first),
                     name=processor.name))
                 await self._until(ready)
         runtime = Runtime(self.settings, self.codec, self.engine)
@@ -188,7 +191,8 @@ class Stack:
                 raise RuntimeError(f"{task.get_name()} stopped during start-up")
 
     async def restore_from_archive(self) -> None:
-        restored = await restore_broker(self.engine, self.settings, self.catalog,
+        restored = await restore_broker(self.engine, self.pending_db, self.settings,
+                                        self.catalog,
                                         progress_printer("restoring the embedded broker")
                                         if self.progress else None)
         log.info("restored %d records into the embedded broker", restored)
@@ -286,7 +290,7 @@ class Stack:
             with contextlib.suppress(FileNotFoundError):
                 self.broker_file.unlink()
             self.broker.close()
-        self.engine.dispose()
+        self.dispose()
 
     async def abort(self) -> None:
         """Stop at once, draining nothing: for a joined process whose broker went away
@@ -299,7 +303,12 @@ class Stack:
             await asyncio.wait(tasks, timeout=10)
         if self._runner is not None:
             await self._runner.cleanup()
+        self.dispose()
+
+    def dispose(self) -> None:
         self.engine.dispose()
+        if self.pending_db is not self.engine:
+            self.pending_db.dispose()
 
     async def __aenter__(self) -> Stack:
         return await self.start()
@@ -311,7 +320,8 @@ class Stack:
 RESTORE_PLACEHOLDER_KEY = b"__pit.restore.placeholder__"
 
 
-async def restore_broker(engine, settings: Settings, catalog, progress=None) -> int:
+async def restore_broker(engine, pending_db, settings: Settings, catalog, progress=None
+                         ) -> int:
     """Replay the archive into an empty broker so every record gets back its original offset.
 
     Records go back partition by partition in offset order: the archived ones, then the
@@ -325,9 +335,9 @@ async def restore_broker(engine, settings: Settings, catalog, progress=None) -> 
     expect it."""
     from streams.archive import compacted_positions, durable_ends, durable_records
 
-    kept = {spec.name: compacted_positions(engine, spec.name)
+    kept = {spec.name: compacted_positions(engine, pending_db, spec.name)
             for spec in catalog.values() if spec.compacted}
-    durable = durable_ends(engine)
+    durable = durable_ends(engine, pending_db)
     producer = make_producer(settings, **{"linger.ms": 20})
     next_offset: dict[tuple[str, int], int] = {}
     restored, batch = 0, list[Output | LogRecord]()
@@ -337,7 +347,7 @@ async def restore_broker(engine, settings: Settings, catalog, progress=None) -> 
         return Output(record.topic, record.partition, RESTORE_PLACEHOLDER_KEY, None,
                       record.timestamp_ms)
 
-    for record in durable_records(engine):
+    for record in durable_records(engine, pending_db):
         position = (record.topic, record.partition)
         batch.extend(placeholder(record) for _ in range(next_offset.get(position, 0),
                                                         record.offset))

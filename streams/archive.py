@@ -17,10 +17,10 @@ Any writer may append (`append`, in its own `write_transaction`): the archive ke
 position per partition, so a record archived once, by whichever writer, is skipped when
 another writer offers it again.
 
-Pending records (`archive_pending`): on the embedded broker a processor makes its events
-durable there, raw, before it publishes their outcomes (`keep_pending`); `append` removes
-them once their offsets are archived, and a restore reads the archive and then the pending
-records beyond it (`durable_records`).
+Pending records (`archive_pending`, in `pending_engine`): on the embedded broker a processor
+makes its events durable there, raw, before it publishes their outcomes (`keep_pending`) and
+removes those the archive has caught up with (`prune_pending`); a restore reads the archive
+and then the pending records beyond it (`durable_records`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Collection, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
@@ -58,11 +59,12 @@ from streams.log import LogRecord
 from streams.sql import (
     METADATA,
     Long,
+    connect,
     connection,
     insert_rows,
     load_positions,
+    read_positions,
     save_positions,
-    write_transaction,
 )
 from streams.topics import SCHEMAS
 
@@ -260,13 +262,6 @@ def append(conn: Connection, entries: Sequence[Entry]) -> list[Entry]:
             fresh.append(entry)
     _chain(conn, fresh)
     save_positions(conn, before, {AUDIT: done})
-    advanced = [{"t": topic, "p": partition, "o": offset}
-                for (topic, partition), offset in done.items()
-                if offset != before[AUDIT].get((topic, partition))]
-    if advanced:
-        conn.execute(delete(pending).where(
-            pending.c.topic == bindparam("t"), pending.c.partition == bindparam("p"),
-            pending.c.offset <= bindparam("o")), advanced)
     return fresh
 
 
@@ -276,8 +271,8 @@ def append(conn: Connection, entries: Sequence[Entry]) -> list[Entry]:
 # here before it publishes their outcomes (`keep_pending`): their bytes at their offsets,
 # unchained, one insert per batch - a tenth of what archiving them costs (decoding, JSON, the
 # hash chain, three indexes), work the projector does anyway when it reads them from Kafka.
-# It removes them once it has archived their offsets; a restore brings back the archive, then
-# per partition the pending records beyond it (`durable_records`).
+# They go once the archive has their offsets (`prune_pending`); a restore brings back the
+# archive, then per partition the pending records beyond it (`durable_records`).
 pending = Table(
     "archive_pending",
     METADATA,
@@ -293,14 +288,31 @@ pending = Table(
 _PENDING_COLUMNS = tuple(c.name for c in pending.columns)
 
 
-def keep_pending(engine: Engine, records: Sequence[LogRecord]) -> None:
+def pending_engine(engine: Engine) -> Engine:
+    """Where pending records live. On SQLite, a database file of its own beside the main one
+    (`pit.pending.db` for `pit.db`): SQLite has one write lock per file, and a processor
+    waiting for it behind the projector's transactions ran a 10,000-node workflow five times
+    slower. Elsewhere (PostgreSQL: row locks) the database itself."""
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return engine
+    path = Path(database)
+    side = connect(str(engine.url.set(database=str(path.with_name(
+        f"{path.stem}.pending{path.suffix or '.db'}")))))
+    pending.create(side, checkfirst=True)
+    return side
+
+
+def keep_pending(pending_db: Engine, records: Sequence[LogRecord]) -> None:
     """Make a writer's records durable before the archive has them: one transaction, on disk
     when it returns (a process killed after it loses none of them); `DatabaseUnavailableError`
-    when the database cannot take them."""
+    when the database cannot take them. A plain transaction: distinct offsets never conflict,
+    so it need not wait for the projection writer lock."""
     rows = [(r.topic, r.partition, r.offset, r.timestamp_ms, r.key, r.value,
              encode_headers(r.headers)) for r in records]
     try:
-        with write_transaction(engine) as conn:
+        with pending_db.begin() as conn:
             insert_rows(conn, pending, _PENDING_COLUMNS, rows)
     except (OperationalError, InterfaceError) as exc:
         lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
@@ -308,23 +320,38 @@ def keep_pending(engine: Engine, records: Sequence[LogRecord]) -> None:
             f"archive unavailable: {lines[0] if lines else type(exc).__name__}") from exc
 
 
-def durable_ends(engine: Engine | Connection) -> dict[tuple[str, int], int]:
+def prune_pending(engine: Engine, pending_db: Engine) -> int:
+    """Remove the pending records the archive now holds (by its stored positions); the
+    number removed."""
+    archived = read_positions(engine, AUDIT)
+    with pending_db.begin() as conn:
+        held = conn.execute(select(pending.c.topic, pending.c.partition).distinct()).all()
+        done = [{"t": topic, "p": partition, "o": archived[(topic, partition)]}
+                for topic, partition in held if (topic, partition) in archived]
+        if not done:
+            return 0
+        return conn.execute(delete(pending).where(
+            pending.c.topic == bindparam("t"), pending.c.partition == bindparam("p"),
+            pending.c.offset <= bindparam("o")), done).rowcount
+
+
+def durable_ends(engine: Engine, pending_db: Engine) -> dict[tuple[str, int], int]:
     """The last durable offset of every (topic, partition): archived or pending."""
     ends = archive_positions(engine)
     stmt = (select(pending.c.topic, pending.c.partition, func.max(pending.c.offset))
             .group_by(pending.c.topic, pending.c.partition))
-    with connection(engine) as conn:
+    with connection(pending_db) as conn:
         for topic, partition, offset in conn.execute(stmt):
             ends[(topic, partition)] = max(offset, ends.get((topic, partition), -1))
     return ends
 
 
-def durable_records(engine: Engine | Connection) -> Iterator[LogRecord]:
+def durable_records(engine: Engine, pending_db: Engine) -> Iterator[LogRecord]:
     """Every record a restore can bring back, per (topic, partition) in offset order: the
     archived ones, then the pending ones beyond them."""
     archived = archive_positions(engine)
-    with connection(engine) as conn:
-        held = {(t, p) for t, p in conn.execute(
+    with connection(engine) as conn, connection(pending_db) as side:
+        held = {(t, p) for t, p in side.execute(
             select(pending.c.topic, pending.c.partition).distinct())}
         for topic, partition in sorted(archived.keys() | held):
             if (topic, partition) in archived:
@@ -334,7 +361,7 @@ def durable_records(engine: Engine | Connection) -> Iterator[LogRecord]:
                     pending.c.topic == topic, pending.c.partition == partition,
                     pending.c.offset > archived.get((topic, partition), -1))
                     .order_by(pending.c.offset))
-                for row in conn.execute(stmt):
+                for row in side.execute(stmt):
                     yield LogRecord(row.topic, row.partition, row.offset, row.timestamp_ms,
                                     row.key, row.value, cast(
                                         "tuple[tuple[str, bytes], ...]",
@@ -466,7 +493,8 @@ def latest_records(engine: Engine | Connection, topic: str,
         return [to_log_record(row) for row in conn.execute(stmt)]
 
 
-def compacted_positions(engine: Engine | Connection, topic: str) -> set[tuple[int, int]]:
+def compacted_positions(engine: Engine, pending_db: Engine, topic: str
+                        ) -> set[tuple[int, int]]:
     """What Kafka's log compaction would keep of a topic's durable records (archived, then
     pending beyond the archive), as (partition, offset): the latest record of each key; keys
     whose latest record is a tombstone (value NULL) and records without a key are dropped.
@@ -477,7 +505,7 @@ def compacted_positions(engine: Engine | Connection, topic: str) -> set[tuple[in
     stmt = (select(pending.c.partition, pending.c.offset, pending.c.key,
                    pending.c.value.is_not(None)).where(pending.c.topic == topic)
             .order_by(pending.c.partition, pending.c.offset))
-    with connection(engine) as conn:
+    with connection(pending_db) as conn:
         for partition, offset, key, live in conn.execute(stmt):
             if offset > archived.get((topic, partition), -1):
                 latest[(partition, None if key is None else bytes(key))] = (offset, live)

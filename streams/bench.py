@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
+from streams.archive import pending_engine
 from streams.broker import EmbeddedBroker
 from streams.client import PitClient
 from streams.component import bench_note
@@ -33,7 +34,7 @@ from streams.pool.lifecycle import (
     TransitionReason,
 )
 from streams.pool.topics import POOL_COMMANDS
-from streams.processor import Output, Processor, run_processor
+from streams.processor import ArchiveFirst, Output, Processor, run_processor
 from streams.sql import connect, create_tables
 from streams.stats import percentile
 from streams.topics import RESULTS, load_catalog
@@ -102,8 +103,9 @@ async def bench_processor(n: int = 60_000) -> dict[str, float]:
         processor = Processor(LIFECYCLE, codec)
         stop, ready = asyncio.Event(), asyncio.Event()
         engine = _archive(scratch)
+        durable = ArchiveFirst(engine, pending_engine(engine))
         task = asyncio.create_task(run_processor(processor, settings, engine, stop, ready,
-                                                 archive_first=asyncio.Lock()))
+                                                 archive_first=durable))
         await ready.wait()
         started = time.perf_counter()
         while await topic_size(settings, RESULTS) < n:
@@ -112,6 +114,7 @@ async def bench_processor(n: int = 60_000) -> dict[str, float]:
         stop.set()
         await task
         engine.dispose()
+        durable.pending_db.dispose()
         bench_note(f"processor: {n:,} commands in {elapsed:.2f}s")
         return {"processor_events_per_s": round(n / elapsed)}
 
@@ -124,8 +127,9 @@ async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
         processor = Processor(LIFECYCLE, Codec(EmbeddedRegistry()))
         stop, ready = asyncio.Event(), asyncio.Event()
         engine = _archive(scratch)
+        durable = ArchiveFirst(engine, pending_engine(engine))
         task = asyncio.create_task(run_processor(processor, settings, engine, stop, ready,
-                                                 archive_first=asyncio.Lock()))
+                                                 archive_first=durable))
         await ready.wait()
         latencies = []
         async with PitClient(settings) as client:
@@ -142,6 +146,7 @@ async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
         stop.set()
         await task
         engine.dispose()
+        durable.pending_db.dispose()
         return {"roundtrip_p50_ms": round(statistics.median(latencies), 2),
                 "roundtrip_p99_ms": round(percentile(latencies, 0.99), 2)}
 

@@ -28,10 +28,11 @@ from typing import Any, Protocol
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from sqlalchemy import Engine
 
 from schemas.codec import Codec
 from streams import metrics
-from streams.archive import keep_pending
+from streams.archive import keep_pending, prune_pending
 from streams.decider import MAX_ID_CHARS, Decider, Message, Rejection, from_record, to_record
 from streams.errors import BrokerUnavailableError, DatabaseUnavailableError, SchemaError
 from streams.history import end_offsets, history_source, kafka_log_reader, latest_history
@@ -642,12 +643,12 @@ async def resume_after_answered(consumer, processor: Processor, partitions: set[
 async def run_processor(processor: Processor, settings, engine, stop: asyncio.Event,
                         ready: asyncio.Event | None = None, max_records: int = 5000, *,
                         produce_timeout_s: float = 30.0, retry_s: float = 1.0,
-                        archive_first: asyncio.Lock | None = None) -> None:
+                        archive_first: ArchiveFirst | None = None) -> None:
     """Consume the decider's command topic until `stop` is set (then finish the batch).
 
     With `archive_first` (the embedded broker, which keeps nothing over a restart), each
-    batch's events are made durable in `engine` before its outcomes are published
-    (`produce_archived`): a client never sees *accepted* for events a kill could lose.
+    batch's events are made durable before its outcomes are published (`produce_archived`):
+    a client never sees *accepted* for events a kill could lose.
 
     When Kafka fails under it (a produce that cannot be acknowledged, a lost connection),
     or the archive cannot be written, the processor does not guess what landed: it forgets
@@ -674,7 +675,7 @@ async def run_processor(processor: Processor, settings, engine, stop: asyncio.Ev
 async def _run_processor(processor: Processor, settings, engine, stop: asyncio.Event,
                          ready: asyncio.Event | None, max_records: int,
                          produce_timeout_s: float, retry_s: float,
-                         archive_first: asyncio.Lock | None) -> None:
+                         archive_first: ArchiveFirst | None) -> None:
     while True:
         try:
             await _consume(processor, settings, engine, stop, ready, max_records,
@@ -690,29 +691,57 @@ async def _run_processor(processor: Processor, settings, engine, stop: asyncio.E
             await asyncio.sleep(retry_s)
 
 
-async def produce_archived(producer, outputs: Sequence[Output], processor: Processor, engine,
-                           gate: asyncio.Lock, timeout_s: float) -> list[int]:
-    """Produce a batch's outputs with its events durable first: the events are produced and
-    written to the archive's pending records (`streams.archive.keep_pending`, one
-    transaction) before the outcomes, dead letters and checkpoint requests go out. Returns
-    each output's offset, in order.
+PRUNE_EVERY_S = 10.0  # how often pending records the archive caught up with are removed
 
-    `gate` is shared by the processors of the process: one at a time writes its pending
-    records (no writer waits on SQLite's lock). What others derive from the events before
-    they are durable (a task relayed from a NodeScheduled) may be archived first; a restore
-    leaves such a record out when its source did not survive (`streams.app.restore_broker`)."""
+
+@dataclass
+class ArchiveFirst:
+    """What the processors of one `pit up` on the embedded broker (which keeps nothing over
+    a restart) share to make their events durable before their outcomes: the pending
+    records (`pending_db`, `streams.archive.pending_engine`), written by one processor at a
+    time (`gate`: no writer waits on SQLite's lock), and the archive (`engine`) that says
+    which of them can go."""
+
+    engine: Engine
+    pending_db: Engine
+    gate: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pruned_at: float = field(default_factory=time.monotonic)
+
+    def keep(self, records: Sequence[LogRecord]) -> None:
+        keep_pending(self.pending_db, records)
+        if time.monotonic() - self.pruned_at >= PRUNE_EVERY_S:
+            prune_pending(self.engine, self.pending_db)
+            self.pruned_at = time.monotonic()
+
+
+async def produce_archived(producer, outputs: Sequence[Output], processor: Processor,
+                           durable: ArchiveFirst, timeout_s: float) -> list[int]:
+    """Produce a batch's outputs with its events durable first: the events are produced and
+    written to the pending records (`streams.archive.keep_pending`, one transaction) before
+    the outcomes, dead letters and checkpoint requests go out. Returns each output's offset,
+    in order.
+
+    On SQLite the write runs on the event loop: a small insert into a file of its own takes
+    about a millisecond, while handing it to a thread cost a GIL switch interval or more
+    beside the projector's thread (the processor's round trip is on every workflow hop).
+    What others derive from the events before they are durable (a task relayed from a
+    NodeScheduled) may be archived first; a restore leaves such a record out when its source
+    did not survive (`streams.app.restore_broker`)."""
     topic = processor.decider.event_topic
     events = [i for i, out in enumerate(outputs) if out.topic == topic]
     rest = [i for i, out in enumerate(outputs) if out.topic != topic]
     offsets = [-1] * len(outputs)
     if events:
         got: list[int] = []
-        async with gate:
+        async with durable.gate:
             await produce_all(producer, [outputs[i] for i in events], timeout_s, offsets=got)
             records = [LogRecord(topic, out.partition, offset, out.timestamp_ms, out.key,
                                  out.value, out.headers)
                        for out, offset in zip((outputs[i] for i in events), got, strict=True)]
-            await asyncio.to_thread(keep_pending, engine, records)
+            if durable.pending_db.url.get_backend_name() == "sqlite":
+                durable.keep(records)
+            else:
+                await asyncio.to_thread(durable.keep, records)
         for i, offset in zip(events, got, strict=True):
             offsets[i] = offset
     got = []
@@ -724,7 +753,7 @@ async def produce_archived(producer, outputs: Sequence[Output], processor: Proce
 
 async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                    ready: asyncio.Event | None, max_records: int,
-                   produce_timeout_s: float, archive_first: asyncio.Lock | None) -> None:
+                   produce_timeout_s: float, archive_first: ArchiveFirst | None) -> None:
     group = processor_group(processor.decider)
     restoring: list[set[int]] = []
     settled = asyncio.Event()  # clear from deciding a batch until its outputs are acknowledged
@@ -776,8 +805,8 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
             book = processor.book
             offsets: list[int] = []
             if archive_first is not None:
-                offsets = await produce_archived(producer, outputs, processor, engine,
-                                                 archive_first, produce_timeout_s)
+                offsets = await produce_archived(producer, outputs, processor, archive_first,
+                                                 produce_timeout_s)
             else:
                 await produce_all(producer, outputs, produce_timeout_s,
                                   offsets=None if book is None else offsets)

@@ -4,13 +4,23 @@ archived ones, and no derived record without its source."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, select
 
 from projections.runtime import Projector
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.app import RESTORE_PLACEHOLDER_KEY, restore_broker
-from streams.archive import durable_ends, durable_records, keep_pending, pending
+from streams.archive import (
+    durable_ends,
+    durable_records,
+    keep_pending,
+    pending,
+    pending_engine,
+    prune_pending,
+)
 from streams.broker import EmbeddedBroker
 from streams.config import Settings
 from streams.dag.topics import DAG_EVENTS, DAG_TASKS
@@ -30,7 +40,15 @@ def event(model: str, sequence: int) -> bytes:
                         {"envelope": envelope, "model_id": model, "invocations": 1})
 
 
-async def test_restore_keeps_offsets_compacts_and_fills_gaps(engine) -> None:
+@pytest.fixture
+def pending_db(engine: Engine) -> Iterator[Engine]:
+    side = pending_engine(engine)
+    yield side
+    if side is not engine:
+        side.dispose()
+
+
+async def test_restore_keeps_offsets_compacts_and_fills_gaps(engine, pending_db) -> None:
     archived = [
         LogRecord(POOL_EVENTS, 0, 0, 1000, b"m", event("m", 1)),
         LogRecord(POOL_EVENTS, 0, 1, 1001, b"m", event("m", 2)),
@@ -45,7 +63,7 @@ async def test_restore_keeps_offsets_compacts_and_fills_gaps(engine) -> None:
     with EmbeddedBroker(1) as broker:
         broker.apply(load_catalog())
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
-        assert await restore_broker(engine, settings, load_catalog()) == 7
+        assert await restore_broker(engine, pending_db, settings, load_catalog()) == 7
 
         events = await read_topic(settings, POOL_EVENTS)
         assert [r.offset for r in events] == [0, 1, 2, 3]
@@ -62,7 +80,7 @@ async def test_restore_keeps_offsets_compacts_and_fills_gaps(engine) -> None:
 
 
 async def test_restore_brings_back_pending_records_and_no_effect_without_its_cause(
-        engine) -> None:
+        engine, pending_db) -> None:
     """Events a processor made durable before the projector archived them come back after
     the archived ones; a derived record (a task relayed from its NodeScheduled) whose source
     is not durable comes back as a placeholder, one whose source is, as itself."""
@@ -74,14 +92,14 @@ async def test_restore_brings_back_pending_records_and_no_effect_without_its_cau
                     source_headers(DAG_EVENTS, 4, source))
           for n, (source, task) in enumerate(task_of.items())],
     ])
-    keep_pending(engine, [LogRecord(DAG_EVENTS, 4, offset, 1000 + offset, b"x",
+    keep_pending(pending_db, [LogRecord(DAG_EVENTS, 4, offset, 1000 + offset, b"x",
                                     event("x", offset + 1)) for offset in (1, 2, 3)])
-    assert durable_ends(engine)[(DAG_EVENTS, 4)] == 3
+    assert durable_ends(engine, pending_db)[(DAG_EVENTS, 4)] == 3
 
     with EmbeddedBroker(1) as broker:
         broker.apply(load_catalog())
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
-        await restore_broker(engine, settings, load_catalog())
+        await restore_broker(engine, pending_db, settings, load_catalog())
 
         events = await read_topic(settings, DAG_EVENTS)
         assert [(r.partition, r.offset, r.value) for r in events] == [
@@ -91,11 +109,12 @@ async def test_restore_brings_back_pending_records_and_no_effect_without_its_cau
                                                      RESTORE_PLACEHOLDER_KEY]
         assert tasks[2].value is None and tasks[0].value == event("x", 2)
 
-    # once the projector archives the pending records' offsets, they are removed
+    # once the projector archives the pending records' offsets, they can go
     Projector(engine, views=[], codec=CODEC).apply_batch(
         [LogRecord(DAG_EVENTS, 4, offset, 1000 + offset, b"x", event("x", offset + 1))
          for offset in (1, 2)])
-    assert [r.offset for r in durable_records(engine) if r.topic == DAG_EVENTS] == [
+    assert prune_pending(engine, pending_db) == 2
+    assert [r.offset for r in durable_records(engine, pending_db) if r.topic == DAG_EVENTS] == [
         0, 1, 2, 3]
-    with engine.connect() as conn:
+    with pending_db.connect() as conn:
         assert conn.execute(select(pending.c.offset)).scalars().all() == [3]

@@ -617,20 +617,32 @@ class Runner:
             return None
         self._say(f"taking tasks of pools {', '.join(self.pools)} from {DAG_TASKS} in group"
                   f" {self.group} at {address} (concurrency {self.concurrency})")
-        look_at = time.monotonic()
+        # Watched beside the loop, not in it: a call to a broker that died (a commit, say)
+        # can block its Kafka thread for a minute.
+        gone = asyncio.ensure_future(self._until_gone(address))
         try:
             while not stop.is_set():
-                await self._take()
-                await self._commit()
-                if time.monotonic() >= look_at:
-                    if broker_address(self.settings) != address:
-                        self._say(gone_line(address))
-                        self._abandon()
-                        return None
-                    look_at = time.monotonic() + BROKER_POLL_S
+                step = asyncio.ensure_future(self._take_and_commit())
+                await asyncio.wait([step, gone], return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():
+                    step.cancel()
+                    self._say(gone_line(address))
+                    self._abandon()
+                    return None
+                step.result()
             return await self._drain()
         finally:
+            gone.cancel()
             await self._disconnect()
+
+    async def _take_and_commit(self) -> None:
+        await self._take()
+        await self._commit()
+
+    async def _until_gone(self, address: str) -> None:
+        """Return once the broker at `address` is no longer where `pit up` is."""
+        while broker_address(self.settings) == address:
+            await asyncio.sleep(BROKER_POLL_S)
 
     def _abandon(self) -> None:
         """The broker is gone: the positions go (a new broker restores the group's own), and

@@ -448,7 +448,7 @@ class Runners:
     async def crash(self, runner_id: str) -> None:
         """As a killed process: running tasks vanish unreported, nothing is committed."""
         runner, _, task = self.runs.pop(runner_id)
-        for job in list(runner.running):
+        for job in [*runner.running, *runner.runs.values()]:
             job.cancel()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

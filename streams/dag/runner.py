@@ -128,7 +128,7 @@ HANDOVER_S = 0.5     # a runner given partitions waits this long for their previ
 # A dead runner's tasks move after this. Give every runner of a group the same: the embedded
 # broker drops a member waiting to join when its session is shorter than another's.
 SESSION_TIMEOUT_MS = 10_000
-REMEMBERED_TASKS = 100_000  # task ids this runner reported, to skip a redelivered one
+REMEMBERED_TASKS = 100_000  # results of tasks this runner ran, reported again if redelivered
 
 
 def wall_ms() -> int:
@@ -571,9 +571,9 @@ class Runner:
         self.handover_until = 0.0
         self.assignment: set[Partition] = set()
         self.running: dict[asyncio.Task, Partition] = {}
-        self.reported: OrderedDict[str, None] = OrderedDict()
+        self.results: OrderedDict[str, Result] = OrderedDict()  # by task id, bounded
+        self.runs: dict[str, asyncio.Future] = {}  # tasks running, by task id
         self.counts = {"completed": 0, "failed": 0, "skipped": 0}
-        self.abandoned = 0  # tasks dropped unreported when the broker went away
         self._slot = asyncio.Event()
         self._forced = asyncio.Event()
         self._consumer: Consumer | None = None
@@ -588,11 +588,11 @@ class Runner:
         try:
             while True:
                 address = await wait_for_broker(self.settings, stop, self._say, said=gone)
-                if address is None:
-                    return not self.abandoned
+                if address is None:  # stopped while the broker was gone
+                    return not self.runs
                 drained = await self._connected(stop, address)
                 if drained is not None:
-                    return drained and not self.abandoned
+                    return drained
                 gone = True
         finally:
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -617,25 +617,36 @@ class Runner:
             return None
         self._say(f"taking tasks of pools {', '.join(self.pools)} from {DAG_TASKS} in group"
                   f" {self.group} at {address} (concurrency {self.concurrency})")
-        look_at = time.monotonic()
+        # Watched beside the loop, not in it: a call to a broker that died (a commit, say)
+        # can block its Kafka thread for a minute.
+        gone = asyncio.ensure_future(self._until_gone(address))
         try:
             while not stop.is_set():
-                await self._take()
-                await self._commit()
-                if time.monotonic() >= look_at:
-                    if broker_address(self.settings) != address:
-                        self._say(gone_line(address))
-                        self._abandon()
-                        return None
-                    look_at = time.monotonic() + BROKER_POLL_S
+                step = asyncio.ensure_future(self._take_and_commit())
+                await asyncio.wait([step, gone], return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():
+                    step.cancel()
+                    self._say(gone_line(address))
+                    self._abandon()
+                    return None
+                step.result()
             return await self._drain()
         finally:
+            gone.cancel()
             await self._disconnect()
 
+    async def _take_and_commit(self) -> None:
+        await self._take()
+        await self._commit()
+
+    async def _until_gone(self, address: str) -> None:
+        """Return once the broker at `address` is no longer where `pit up` is."""
+        while broker_address(self.settings) == address:
+            await asyncio.sleep(BROKER_POLL_S)
+
     def _abandon(self) -> None:
-        """The broker is gone: running tasks stop unreported and the positions go (a new
-        broker restores the group's own)."""
-        self.abandoned += len(self.running)
+        """The broker is gone: the positions go (a new broker restores the group's own), and
+        running tasks go on unreported; their results are reported when they come again."""
         for job in self.running:
             job.cancel()
         self.offsets.forget(set(self.offsets.next))
@@ -745,31 +756,57 @@ class Runner:
 
     async def _handle(self, tp: Partition, epoch: int, message) -> None:
         """Run one task record. Its offset is done once its last report is acknowledged,
-        or once it proves not to be a task."""
+        or once it proves not to be a task.
+
+        A task this runner already ran (or is running) is not run again when it comes back -
+        after `pit up` restarted, say, whose restored log lost the report: its kept result is
+        reported again, under the same command id, so the operator's side effects happen
+        once."""
         task = self._task(message)
-        if task is None or task.task_id in self.reported:
+        if task is None:
             self.counts["skipped"] += 1
             self.offsets.done(tp, message.offset(), epoch)
             return
+        result = self.results.get(task.task_id)
+        if result is None:
+            run = self.runs.get(task.task_id)
+            if run is None:
+                run = self.runs[task.task_id] = asyncio.ensure_future(self._run(task))
+            # shielded: a lost broker cancels this job, not the run, whose result is kept
+            result = await asyncio.shield(run)
+            self.counts["completed" if isinstance(result, Completed) else "failed"] += 1
+        else:
+            self.counts["skipped"] += 1
         reporter = self.reporter
-        if reporter is None:  # disconnected meanwhile: the task runs again
+        if reporter is None:  # disconnected meanwhile: reported when the task comes again
             return
-        await self._report(lambda: reporter.started(task), task)
-        result = await self.executor.execute(task)
         # The task's position rides on its last report, so a restored broker can tell
         # which tasks were done (streams/dag/dispatch.py restore_runner_positions).
         position = ((TASK_PARTITION, str(message.partition()).encode()),
                     (TASK_OFFSET, str(message.offset()).encode()))
         await self._report(lambda: reporter.finished(task, result, position), task)
-        self.counts["completed" if isinstance(result, Completed) else "failed"] += 1
-        self.reported[task.task_id] = None
-        if len(self.reported) > REMEMBERED_TASKS:
-            self.reported.popitem(last=False)
         self.offsets.done(tp, message.offset(), epoch)
 
-    async def _report(self, send: Callable[[], Awaitable[None]], task: Task) -> None:
-        """Until the broker acknowledges it: a report sent again has the same command id."""
-        while True:
+    async def _run(self, task: Task) -> Result:
+        """Report the start (while connected), execute, keep the result."""
+        reporter = self.reporter
+        if reporter is not None:
+            with contextlib.suppress(asyncio.CancelledError):  # the broker went away
+                await self._report(lambda: reporter.started(task), task, reporter)
+        try:
+            result = await self.executor.execute(task)
+        finally:
+            self.runs.pop(task.task_id, None)
+        self.results[task.task_id] = result
+        if len(self.results) > REMEMBERED_TASKS:
+            self.results.popitem(last=False)
+        return result
+
+    async def _report(self, send: Callable[[], Awaitable[None]], task: Task,
+                      reporter: Reporter | None = None) -> None:
+        """Until the broker acknowledges it: a report sent again has the same command id.
+        With `reporter`, only while it is this connection's (else the report is dropped)."""
+        while reporter is None or self.reporter is reporter:
             try:
                 return await send()
             except KafkaError as exc:

@@ -76,7 +76,7 @@ class Pit:
     async def stop(self, runner_id: str, *, crash: bool = False) -> None:
         runner, stop, task = self.runs.pop(runner_id)
         if crash:  # as a killed process: running nodes vanish unreported, nothing committed
-            for job in list(runner.running):
+            for job in [*runner.running, *runner.runs.values()]:
                 job.cancel()
             task.cancel()
         stop.set()

@@ -572,7 +572,7 @@ class Runner:
         self.assignment: set[Partition] = set()
         self.running: dict[asyncio.Task, Partition] = {}
         self.results: OrderedDict[str, Result] = OrderedDict()  # by task id, bounded
-        self.runs: dict[str, asyncio.Future] = {}  # tasks running, by task id
+        self.runs: dict[str, asyncio.Future[Result]] = {}  # tasks running, by task id
         self.counts = {"completed": 0, "failed": 0, "skipped": 0}
         self._slot = asyncio.Event()
         self._forced = asyncio.Event()
@@ -767,8 +767,8 @@ class Runner:
             self.counts["skipped"] += 1
             self.offsets.done(tp, message.offset(), epoch)
             return
-        result = self.results.get(task.task_id)
-        if result is None:
+        kept = self.results.get(task.task_id)
+        if kept is None:
             run = self.runs.get(task.task_id)
             if run is None:
                 run = self.runs[task.task_id] = asyncio.ensure_future(self._run(task))
@@ -776,6 +776,7 @@ class Runner:
             result = await asyncio.shield(run)
             self.counts["completed" if isinstance(result, Completed) else "failed"] += 1
         else:
+            result = kept
             self.counts["skipped"] += 1
         reporter = self.reporter
         if reporter is None:  # disconnected meanwhile: reported when the task comes again

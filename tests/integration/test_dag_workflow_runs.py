@@ -34,7 +34,8 @@ from streams.dag.definition import (
 )
 from streams.dag.runner import Runner
 from streams.dag.topics import DAG_EVENTS, DAG_TASKS
-from streams.history import read_topic
+from streams.history import history_source, kafka_log_reader, read_topic
+from streams.log import LogRecord
 from streams.pool.host import ModelHost
 from streams.pool.pool import ModelAllocated, ModelReleased
 from streams.pool.topics import POOL_EVENTS
@@ -83,9 +84,16 @@ class Pit:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def history(self, topic: str) -> list[LogRecord]:
+        """The topic's whole history: the archive, then Kafka beyond it (the broker keeps
+        only the last minute or so of what is archived: streams/memory.py)."""
+        reader = kafka_log_reader(self.stack.settings, [topic])
+        return await asyncio.to_thread(
+            lambda: list(history_source(self.stack.engine, [topic], reader)))
+
     async def events(self, execution_id: str) -> list[tuple[str, dict]]:
         found = []
-        for record in await read_topic(self.stack.settings, DAG_EVENTS):
+        for record in await self.history(DAG_EVENTS):
             if record.key == execution_id.encode():
                 decoded = self.stack.codec.decode(record.value)
                 found.append((decoded.name.rsplit(".", 1)[-1], decoded.record))
@@ -248,7 +256,7 @@ async def test_instruments_call_a_pool_model_on_its_host_and_release_it(pit):
         await host.close()
     # one allocation per instrument node (the map's items share one), each released
     allocated, released = {}, set()
-    for record in await read_topic(pit.stack.settings, POOL_EVENTS):
+    for record in await pit.history(POOL_EVENTS):
         decoded = pit.stack.codec.decode(record.value)
         if decoded.name == ModelAllocated.avro_name and \
                 decoded.record["workflow_id"] == execution:

@@ -40,7 +40,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy import Engine, func, select
@@ -57,7 +57,6 @@ from streams.topics import RESULTS, TopicSpec
 
 if TYPE_CHECKING:
     from streams.broker import EmbeddedBroker
-    from streams.processor import Processor
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +216,30 @@ class ArchiveRecall:
         return decoded.record if decoded.name == name else None
 
 
-def report(processor: Processor) -> None:
+class Bounded(Protocol):
+    """What `keep_bounded` needs of a processor (streams/processor.py), named here so this
+    module does not import the processor that imports it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def decider(self) -> Decider: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def entities(self) -> Mapping[str, Any]: ...
+    @property
+    def ended(self) -> Mapping[str, None]: ...
+    @property
+    def ledger(self) -> Mapping[str, Any]: ...
+
+    def eviction_candidates(self, ended_kept: int, ledger_kept: int
+                            ) -> tuple[list[str], list[str]]: ...
+
+    def evict(self, keys: Iterable[str], command_ids: Iterable[str]) -> None: ...
+
+
+def report(processor: Bounded) -> None:
     component = processor.decider.name
     ended = len(processor.ended)
     metrics.PROCESSOR_ENTITIES.labels(component, "live").set(len(processor.entities) - ended)
@@ -225,7 +247,7 @@ def report(processor: Processor) -> None:
     metrics.PROCESSOR_LEDGER.labels(component).set(len(processor.ledger))
 
 
-async def keep_bounded(processor: Processor, recall: ArchiveRecall,
+async def keep_bounded(processor: Bounded, recall: ArchiveRecall,
                        stop: asyncio.Event) -> None:
     """Until `stop`: every EVICT_EVERY_S, evict what lies beyond the bounds and is archived."""
     while not stop.is_set():

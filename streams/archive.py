@@ -501,7 +501,7 @@ def compacted_positions(engine: Engine, pending_db: Engine, topic: str
     For restoring compacted topics: a pending record supersedes an archived one."""
     latest = {(r.partition, r.key): (r.offset, r.value is not None)
               for r in latest_records(engine, topic)}
-    archived = archive_positions(engine)
+    archived = read_positions(engine, AUDIT)  # stored by `append`: no scan of the archive
     stmt = (select(pending.c.partition, pending.c.offset, pending.c.key,
                    pending.c.value.is_not(None)).where(pending.c.topic == topic)
             .order_by(pending.c.partition, pending.c.offset))

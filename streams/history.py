@@ -138,8 +138,12 @@ def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
                 for partition in sorted(topic_metadata.partitions):
                     if partitions is not None and partition not in partitions:
                         continue
-                    low, high = consumer.get_watermark_offsets(
-                        KafkaPartition(topic, partition), timeout=timeout_s)
+                    try:  # a leader moving (a broker fault) answers this with an error
+                        low, high = consumer.get_watermark_offsets(
+                            KafkaPartition(topic, partition), timeout=timeout_s)
+                    except KafkaException as exc:
+                        raise HistoryError(f"{topic}[{partition}]: no watermarks from Kafka at"
+                                           f" {bootstrap_servers}: {exc}") from None
                     last = after.get((topic, partition))
                     if last is not None and low > last + 1:
                         raise HistoryError(

@@ -1239,13 +1239,26 @@ def _report(d: _Decision, c: Any, *statuses: NodeStatus) -> int | None:
     return i
 
 
+def _why_over(s: ExecutionState, c: ReportNodeStarted) -> str:
+    if not s.running:
+        return "its execution has ended"
+    run = s.nodes[s.plan.index[c.node_id]]
+    if c.attempt < run.attempt:
+        return f"attempt {run.attempt} is the latest"
+    return f"it is {run.status.name.lower()}"
+
+
 def _on_report_started(d: _Decision, c: ReportNodeStarted) -> None:
     # Started again while running by another runner: it took the task over (the first was
     # lost mid-node). The same runner's start again changes nothing, so a report re-sent
     # after a restore that no longer knows its command id stays without effect (recovery.py).
+    # A start for an attempt that is over is refused: a runner given a task that may have
+    # run elsewhere asks first and runs it only if its start is accepted (runner.py).
     i = _report(d, c, SCHEDULED, RUNNING)
-    if i is not None and not (d.state.nodes[i].status is RUNNING
-                              and d.state.nodes[i].runner == c.runner):
+    if i is None:
+        raise Rejection(f"node {c.node_id} attempt {c.attempt} is over ({_why_over(d.state, c)})"
+                        ": it does not run again")
+    if not (d.state.nodes[i].status is RUNNING and d.state.nodes[i].runner == c.runner):
         d.emit(NodeStarted(c.execution_id, c.node_id, c.attempt, c.runner))
 
 

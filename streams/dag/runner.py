@@ -40,7 +40,13 @@ second NodeStarted of that attempt, so every run shows in the node-runs view.
 Delivery is at least once: a task's offset is committed only once its final report is
 acknowledged by the broker, in offset order per partition (the lowest offset still running
 holds the commit back), at the latest 0.1 s after it. A runner killed mid-node leaves its
-task uncommitted; the group rebalances and another runner runs it again. Runners joining
+task uncommitted; the group rebalances and another runner runs it again. Fencing: a task
+that was already on its partition when this runner was given it (handed over, or in a log
+restored after `pit up` restarted, whose group positions are only as good as the archived
+reports) may have run to its end elsewhere. Its start report waits for the decider's
+outcome, and the task runs only if the decider accepted that start (a first run, or a
+takeover from a runner lost mid-node); it refuses a start whose attempt or execution is over.
+Tasks that arrive after the assignment need no such round trip: nobody ran them yet. Runners joining
 and leaving move partitions by cooperative rebalancing: a runner first lets the tasks of the
 partitions it gives up finish (up to `revoke_wait_s`) and commits them, so a join or a
 graceful leave runs nothing twice. SIGTERM/SIGINT: stop taking tasks, let running ones finish
@@ -93,6 +99,7 @@ from streams.dag.definition import (
 )
 from streams.dag.dispatch import NODE_SCHEDULED, TASK_OFFSET, TASK_PARTITION
 from streams.dag.execution import (
+    DAG,
     TIMEOUT,
     ReportNodeCompleted,
     ReportNodeFailed,
@@ -100,7 +107,13 @@ from streams.dag.execution import (
 )
 from streams.dag.topics import DAG_COMMANDS, DAG_TASKS
 from streams.decider import Message, to_record
-from streams.errors import BlobIntegrityError, BrokerUnavailableError, PitError, SchemaError
+from streams.errors import (
+    BlobIntegrityError,
+    BrokerUnavailableError,
+    CommandTimeoutError,
+    PitError,
+    SchemaError,
+)
 from streams.pool.client import PoolOps
 from streams.pool.pool import POOL
 from streams.process import (
@@ -405,6 +418,10 @@ class Reporter(Protocol):
                        headers: Sequence[tuple[str, bytes]] = ()) -> None: ...
 
 
+def started_report(task: Task, runner_id: str) -> ReportNodeStarted:
+    return ReportNodeStarted(task.execution_id, task.node_id, task.attempt, runner_id)
+
+
 class KafkaReporter:
     """Reports as commands on pit.dag.commands, keyed by execution id (the decider's entity,
     partitioned as every client partitions it); each call returns once the broker has
@@ -441,8 +458,8 @@ class KafkaReporter:
                                           headers=list(headers) or None)
 
     async def started(self, task: Task) -> None:
-        await self._send(ReportNodeStarted(task.execution_id, task.node_id, task.attempt,
-                                           self.runner_id), task, f"started/{self.run_id}")
+        await self._send(started_report(task, self.runner_id), task,
+                         f"started/{self.run_id}")
 
     async def finished(self, task: Task, result: Result,
                        headers: Sequence[tuple[str, bytes]] = ()) -> None:
@@ -544,7 +561,8 @@ class Runner:
                  blobs: FileBlobStore | None = None, inline_limit: int = INLINE_OUTPUT_BYTES,
                  drain_timeout_s: float = DRAIN_TIMEOUT_S, revoke_wait_s: float = REVOKE_WAIT_S,
                  session_timeout_ms: int = SESSION_TIMEOUT_MS, pools: Iterable[str] = POOLS,
-                 group: str | None = None, say: Callable[[str], None] | None = None) -> None:
+                 group: str | None = None, say: Callable[[str], None] | None = None,
+                 fence: bool = True) -> None:
         if concurrency <= 0 or threads <= 0:
             raise PitError(f"--concurrency and --threads must be positive (got {concurrency},"
                            f" {threads})")
@@ -557,6 +575,7 @@ class Runner:
         self.concurrency, self.group = concurrency, group or group_of(self.pools)
         self.drain_timeout_s, self.revoke_wait_s = drain_timeout_s, revoke_wait_s
         self.session_timeout_ms = session_timeout_ms
+        self.fence = fence  # off only where no decider answers: the group's own tests
         self.codec = codec or Codec(registry_for(settings))
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="pit-runner")
         self.executor = NodeExecutor(blobs or blob_store(settings), operators, None,
@@ -570,10 +589,12 @@ class Runner:
         self.handover: dict[Partition, int] = {}
         self.handover_until = 0.0
         self.assignment: set[Partition] = set()
+        # per partition, its end when it was assigned: the tasks below it are fenced
+        self.backlog: dict[Partition, int] = {}
         self.running: dict[asyncio.Task, Partition] = {}
         self.results: OrderedDict[str, Result] = OrderedDict()  # by task id, bounded
         self.runs: dict[str, asyncio.Future[Result]] = {}  # tasks running, by task id
-        self.counts = {"completed": 0, "failed": 0, "skipped": 0}
+        self.counts = {"completed": 0, "failed": 0, "skipped": 0, "over_elsewhere": 0}
         self._slot = asyncio.Event()
         self._forced = asyncio.Event()
         self._consumer: Consumer | None = None
@@ -603,7 +624,7 @@ class Runner:
         self._kafka = ThreadPoolExecutor(1, thread_name_prefix="pit-runner-kafka")
         try:
             self.client = CommandClient(self.settings, f"pit-runner/{self.runner_id}",
-                                        self.codec, deciders=(POOL,))
+                                        self.codec, deciders=(POOL, DAG))
             self.executor.models = PoolOps(self.client)
             self.reporter = KafkaReporter(self.settings, self.codec, self.runner_id,
                                           self.run_id)
@@ -698,8 +719,19 @@ class Runner:
             time.sleep(HANDOVER_S)
         with contextlib.suppress(KafkaException):
             partitions = consumer.committed(partitions, timeout=HANDOVER_S * 10)
+        waiting = 0
+        for p in partitions:
+            try:
+                low, high = consumer.get_watermark_offsets(p, timeout=HANDOVER_S * 10)
+                waiting += max(0, high - max(low, p.offset))
+            except KafkaException:
+                high = 2**63 - 1  # unknown: fence every task of it
+            self.backlog[(p.topic, p.partition)] = high
         consumer.incremental_assign(partitions)
         self.assignment |= {(p.topic, p.partition) for p in partitions}
+        if partitions:
+            self._say(f"given {len(partitions)} partition(s) of {DAG_TASKS}, {waiting} task(s)"
+                      " already on them: each runs once the decider takes its start")
 
     def _revoked(self, consumer, partitions) -> None:
         """Partitions go to another runner: let their tasks finish (up to `revoke_wait_s`)
@@ -743,7 +775,8 @@ class Runner:
                 continue
             tp = (message.topic(), message.partition())
             epoch = self.offsets.take(tp, message.offset())
-            job = asyncio.create_task(self._handle(tp, epoch, message))
+            fenced = self.fence and message.offset() < self.backlog.get(tp, 0)
+            job = asyncio.create_task(self._handle(tp, epoch, message, fenced))
             self.running[job] = tp
             job.add_done_callback(self._finished)
 
@@ -754,9 +787,9 @@ class Runner:
             self._say(f"a task could not be run (it will run again): "
                       f"{_one_line(job.exception())}")
 
-    async def _handle(self, tp: Partition, epoch: int, message) -> None:
+    async def _handle(self, tp: Partition, epoch: int, message, fenced: bool = False) -> None:
         """Run one task record. Its offset is done once its last report is acknowledged,
-        or once it proves not to be a task.
+        or once it proves not to be a task, or (`fenced`) to be over elsewhere.
 
         A task this runner already ran (or is running) is not run again when it comes back -
         after `pit up` restarted, say, whose restored log lost the report: its kept result is
@@ -771,7 +804,12 @@ class Runner:
         if kept is None:
             run = self.runs.get(task.task_id)
             if run is None:
-                run = self.runs[task.task_id] = asyncio.ensure_future(self._run(task))
+                if fenced and not await self._claim(task):
+                    self.counts["over_elsewhere"] += 1
+                    self.offsets.done(tp, message.offset(), epoch)
+                    return
+                run = self.runs[task.task_id] = asyncio.ensure_future(
+                    self._run(task, reported=fenced))
             # shielded: a lost broker cancels this job, not the run, whose result is kept
             result = await asyncio.shield(run)
             self.counts["completed" if isinstance(result, Completed) else "failed"] += 1
@@ -788,9 +826,34 @@ class Runner:
         await self._report(lambda: reporter.finished(task, result, position), task)
         self.offsets.done(tp, message.offset(), epoch)
 
-    async def _run(self, task: Task) -> Result:
-        """Report the start (while connected), execute, keep the result."""
-        reporter = self.reporter
+    async def _claim(self, task: Task) -> bool:
+        """Report the start of a fenced task and wait for the decider: True when it accepted
+        the start (a first start, a takeover from a runner lost mid-node, or a restarted
+        runner of the same name starting its own attempt again), so this runner runs it. It
+        refuses a start whose attempt or execution is over, or that was never dispatched as
+        such (its NodeScheduled was lost; the task is relayed again). Asked again until it
+        is answered; a lost broker cancels it (the task comes again from the restored log)."""
+        while (client := self.client) is not None:
+            try:
+                outcome = await client.send(
+                    started_report(task, self.runner_id),
+                    command_id=f"{task.task_id}/started/{self.run_id}",
+                    correlation_id=task.correlation_id or None)
+            except (CommandTimeoutError, KafkaError) as exc:
+                self._say(f"the start of {task.task_id} was not answered"
+                          f" ({_one_line(exc) or type(exc).__name__}); asking again")
+                await asyncio.sleep(1.0)
+                continue
+            if not outcome.accepted:
+                log.info("runner %s: not running %s: %s", self.runner_id, task.task_id,
+                         outcome.reason)
+            return outcome.accepted
+        raise asyncio.CancelledError  # disconnected: the task comes again
+
+    async def _run(self, task: Task, reported: bool = False) -> Result:
+        """Report the start (while connected, unless `reported`), execute, keep the
+        result."""
+        reporter = None if reported else self.reporter
         if reporter is not None:
             with contextlib.suppress(asyncio.CancelledError):  # the broker went away
                 await self._report(lambda: reporter.started(task), task, reporter)
@@ -911,6 +974,7 @@ async def run_runner(settings: Settings, runner_id: str | None, concurrency: int
                     session_timeout_ms=session_timeout_ms)
     stopping = Stopping(drain_timeout_s, runner.force, runner._say).install()
     drained = await runner.run(stopping.stop)
-    runner._say(f"stopped: {runner.counts['completed']} completed, {runner.counts['failed']}"
-                " failed")
+    counts = runner.counts
+    runner._say(f"stopped: {counts['completed']} completed, {counts['failed']} failed,"
+                f" {counts['over_elsewhere']} not run again (over elsewhere)")
     return 0 if drained else 1

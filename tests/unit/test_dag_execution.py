@@ -371,7 +371,7 @@ def test_an_output_that_does_not_fit_the_node_fails_it():
 
 # --- runner reports -------------------------------------------------------------------------
 
-def test_started_then_completed_and_repeated_or_stale_reports_change_nothing():
+def test_started_then_completed_and_repeated_or_stale_results_change_nothing():
     run = Run(chain("a", "b"))
     assert isinstance(run.send(ReportNodeStarted(EID, "a", 1, "r1"))[0], NodeStarted)
     assert run.at("a").status is NodeStatus.RUNNING
@@ -381,8 +381,19 @@ def test_started_then_completed_and_repeated_or_stale_reports_change_nothing():
     run.complete("a", 1)
     assert run.send(ReportNodeCompleted(EID, "a", 1, '{"out": 2}')) == []  # duplicate result
     assert run.send(ReportNodeFailed(EID, "a", 1, "Boom")) == []
-    assert run.send(ReportNodeStarted(EID, "a", 1)) == []
+    # a start for an attempt that is over is refused: the runner asking does not run it
+    assert "attempt 1 is over (it is completed)" in run.reject(ReportNodeStarted(EID, "a", 1))
     assert run.at("a").output == {"out": 1}
+
+
+def test_a_start_after_a_newer_attempt_or_the_end_is_refused():
+    run = Run(flow(op("a", constants={"value": 1}, recovery=RETRY),
+                   op("b", constants={"value": 2})), max_concurrency=1)
+    run.fail("a", "Flaky")
+    run.fire(run.events(NodeRetryScheduled)[0].timer_id)
+    assert "attempt 2 is the latest" in run.reject(ReportNodeStarted(EID, "a", 1))
+    run.send(CancelExecution(EID, "enough"))
+    assert "its execution has ended" in run.reject(ReportNodeStarted(EID, "a", 2))
 
 
 def test_reports_for_attempts_never_dispatched_or_unknown_nodes_are_rejected():

@@ -1242,6 +1242,7 @@ def _report(d: _Decision, c: Any, *statuses: NodeStatus) -> int | None:
 def _why_over(s: ExecutionState, c: ReportNodeStarted) -> str:
     if not s.running:
         return "its execution has ended"
+    assert s.plan is not None  # a running execution has its plan
     run = s.nodes[s.plan.index[c.node_id]]
     if c.attempt < run.attempt:
         return f"attempt {run.attempt} is the latest"

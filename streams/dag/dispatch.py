@@ -29,7 +29,10 @@ included: the task is the event) and adds headers naming its source partition an
 
 `restore_runner_positions` does the same for the runners' group after such a restore: each
 runner's final report carries its task's position in headers, so the group resumes at the
-first task not reported instead of running every restored task again.
+first task not reported instead of offering every restored task again. Those reports are
+only as recent as the archive's last pass (pit.dag.commands has no pending records), so the
+position can fall back a little; the tasks behind it that had ended are not run again
+because a runner fences the tasks it was given with its partition (streams/dag/runner.py).
 """
 
 from __future__ import annotations

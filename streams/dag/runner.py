@@ -594,6 +594,10 @@ class Runner:
         self.running: dict[asyncio.Task, Partition] = {}
         self.results: OrderedDict[str, Result] = OrderedDict()  # by task id, bounded
         self.runs: dict[str, asyncio.Future[Result]] = {}  # tasks running, by task id
+        # tasks taken whose final report the broker has not acknowledged, with the headers
+        # it carries: reported first thing after a reconnect (`_report_owed`)
+        self.owed: dict[str, tuple[Task, tuple[tuple[str, bytes], ...]]] = {}
+        self._owed_jobs: set[asyncio.Task] = set()
         self.counts = {"completed": 0, "failed": 0, "skipped": 0, "over_elsewhere": 0}
         self._slot = asyncio.Event()
         self._forced = asyncio.Event()
@@ -630,6 +634,7 @@ class Runner:
                                           self.run_id)
             await self.client.start()
             await self.reporter.start()
+            await self._report_owed()
             await self._on_kafka(self._subscribe, address)
         except BrokerUnavailableError as exc:
             self._say(f"cannot connect to the broker at {address}: {_one_line(exc)}")
@@ -667,8 +672,8 @@ class Runner:
 
     def _abandon(self) -> None:
         """The broker is gone: the positions go (a new broker restores the group's own), and
-        running tasks go on unreported; their results are reported when they come again."""
-        for job in self.running:
+        running tasks go on unreported; their results are reported once a broker is back."""
+        for job in [*self.running, *self._owed_jobs]:
             job.cancel()
         self.offsets.forget(set(self.offsets.next))
         self.assignment.clear()
@@ -800,6 +805,10 @@ class Runner:
             self.counts["skipped"] += 1
             self.offsets.done(tp, message.offset(), epoch)
             return
+        # The task's position rides on its last report, so a restored broker can tell
+        # which tasks were done (streams/dag/dispatch.py restore_runner_positions).
+        position = ((TASK_PARTITION, str(message.partition()).encode()),
+                    (TASK_OFFSET, str(message.offset()).encode()))
         kept = self.results.get(task.task_id)
         if kept is None:
             run = self.runs.get(task.task_id)
@@ -810,6 +819,7 @@ class Runner:
                     return
                 run = self.runs[task.task_id] = asyncio.ensure_future(
                     self._run(task, reported=fenced))
+            self.owed[task.task_id] = (task, position)
             # shielded: a lost broker cancels this job, not the run, whose result is kept
             result = await asyncio.shield(run)
             self.counts["completed" if isinstance(result, Completed) else "failed"] += 1
@@ -817,14 +827,49 @@ class Runner:
             result = kept
             self.counts["skipped"] += 1
         reporter = self.reporter
-        if reporter is None:  # disconnected meanwhile: reported when the task comes again
+        if reporter is None:  # disconnected meanwhile: reported once a broker is back
             return
-        # The task's position rides on its last report, so a restored broker can tell
-        # which tasks were done (streams/dag/dispatch.py restore_runner_positions).
-        position = ((TASK_PARTITION, str(message.partition()).encode()),
-                    (TASK_OFFSET, str(message.offset()).encode()))
         await self._report(lambda: reporter.finished(task, result, position), task)
+        self.owed.pop(task.task_id, None)
         self.offsets.done(tp, message.offset(), epoch)
+
+    async def _report_owed(self) -> None:
+        """After a reconnect, before taking tasks: report what this runner finished while
+        `pit up` was away, and what it still runs as each run ends. The restored log offers
+        such a task again, maybe to another runner, whose fenced start is then refused
+        because the attempt is already over - so the side effect happens once. (A runner
+        that starts it first still runs it again: the takeover of a runner that looked lost.)"""
+        reporter = self.reporter
+        assert reporter is not None
+
+        async def report(task: Task, result: Result, position) -> None:
+            await self._report(lambda: reporter.finished(task, result, position), task,
+                               reporter)
+            self.owed.pop(task.task_id, None)
+
+        async def when_done(task: Task, run: asyncio.Future[Result], position) -> None:
+            try:
+                result = await asyncio.shield(run)
+            except Exception:  # its run failed (and said so): the task runs again
+                self.owed.pop(task.task_id, None)
+                return
+            await report(task, result, position)
+
+        if self.owed:
+            self._say(f"reporting {len(self.owed)} task(s) taken before pit up went away, each"
+                      " as soon as its run has ended")
+        finished = []
+        for task, position in list(self.owed.values()):
+            run = self.runs.get(task.task_id)
+            if run is not None:
+                job = asyncio.ensure_future(when_done(task, run, position))
+                self._owed_jobs.add(job)
+                job.add_done_callback(self._owed_jobs.discard)
+            elif (result := self.results.get(task.task_id)) is not None:
+                finished.append(report(task, result, position))
+            else:
+                self.owed.pop(task.task_id, None)  # its run failed: it runs again
+        await asyncio.gather(*finished)
 
     async def _claim(self, task: Task) -> bool:
         """Report the start of a fenced task and wait for the decider: True when it accepted
@@ -869,10 +914,20 @@ class Runner:
     async def _report(self, send: Callable[[], Awaitable[None]], task: Task,
                       reporter: Reporter | None = None) -> None:
         """Until the broker acknowledges it: a report sent again has the same command id.
-        With `reporter`, only while it is this connection's (else the report is dropped)."""
+        With `reporter`, only while it is this connection's (else the report is dropped):
+        a send to a broker that died can wait for good, and a run (which outlives its job)
+        must not hang on its start report."""
         while reporter is None or self.reporter is reporter:
             try:
-                return await send()
+                if reporter is None:
+                    return await send()
+                sending = asyncio.ensure_future(send())
+                while not sending.done():
+                    await asyncio.wait([sending], timeout=BROKER_POLL_S)
+                    if self.reporter is not reporter:
+                        sending.cancel()
+                        return
+                return sending.result()
             except KafkaError as exc:
                 self._say(f"a report on {task.task_id} was not acknowledged "
                           f"({_one_line(exc) or type(exc).__name__}); sending it again")

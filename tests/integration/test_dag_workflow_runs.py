@@ -374,6 +374,51 @@ async def test_after_a_restart_of_pit_up_no_task_is_relayed_or_run_again(tmp_pat
         process.kill()
 
 
+async def _log_says(log, text: str, count: int = 1, timeout_s: float = 60.0) -> None:
+    for _ in range(int(timeout_s * 10)):
+        if log.read_text().count(text) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the log never said {text!r} {count} time(s): {log.read_text()}")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_node_finished_while_pit_up_was_away_is_reported_on_reconnect(tmp_path):
+    """A `pit runner` process runs a 4 s node; `pit up` stops meanwhile and comes back. The
+    runner reports the result it kept first thing after reconnecting, before it takes tasks,
+    so the node completes once, with its first run's output."""
+    settings = Settings(data_dir=tmp_path)
+    log = tmp_path / "runner.log"
+    workflow = (WorkflowBuilder("away").operator(
+        "slow", "sleep_then_return", constants={"value": 7, "ms": 4000}).build())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "runner", "--id", "p1", "--session-timeout",
+         "3"], env={**os.environ, "PIT_DATA_DIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    try:
+        async with Stack(settings, progress=False, without={"host-monitor"}) as stack:
+            pit = Pit(stack, await PitClient(stack.settings).start())
+            await _log_says(log, "partition(s) of")
+            execution = await pit.client.dag.execute_workflow(workflow)
+            for _ in range(300):
+                if any(name == "NodeStarted" for name, _ in await pit.events(execution)):
+                    break
+                await asyncio.sleep(0.1)
+            await pit.client.close()
+        await _log_says(log, "pit up is gone")
+        async with Stack(settings, progress=False, without={"host-monitor"}) as stack:
+            pit = Pit(stack, await PitClient(stack.settings).start())
+            result = await pit.client.dag.await_result(execution, timeout=60)
+            assert result.outputs == {"slow": {"out": 7}}
+            text = log.read_text()
+            assert "reporting 1 task(s) taken before pit up went away" in text, text
+            names = Counter(name for name, _ in await pit.events(execution))
+            assert names["NodeStarted"] == names["NodeCompleted"] == 1, names
+            await pit.client.close()
+    finally:
+        process.kill()
+
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_overall_limit_bounds_nodes_running_across_executions(tmp_path):
     """PIT_DAG_MAX_RUNNING=5, two executions of 12 parallel 300 ms nodes, a runner that would

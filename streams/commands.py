@@ -164,11 +164,18 @@ class CommandClient:
                                            key=decider.entity_of(command).encode())
         return command_id
 
+    def expect(self, command_id: str) -> asyncio.Future[Outcome]:
+        """The outcome of a command, once it comes (sent by this client or by a producer of
+        the caller's own; the client must be started)."""
+        if command_id not in self._pending:
+            self._pending[command_id] = asyncio.get_running_loop().create_future()
+        return self._pending[command_id]
+
     async def send(self, command: Message, *, command_id: str | None = None,
                    correlation_id: str | None = None, timeout: float = 10.0) -> Outcome:
         """Publish a command and wait for its outcome."""
         command_id = command_id or str(uuid.uuid4())
-        waiter = self._pending[command_id] = asyncio.get_running_loop().create_future()
+        waiter = self.expect(command_id)
         try:
             await self.publish(command, command_id=command_id, correlation_id=correlation_id)
             return await asyncio.wait_for(waiter, timeout)

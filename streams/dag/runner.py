@@ -422,6 +422,11 @@ def started_report(task: Task, runner_id: str) -> ReportNodeStarted:
     return ReportNodeStarted(task.execution_id, task.node_id, task.attempt, runner_id)
 
 
+def final_suffix(result: Result) -> str:
+    """The end of a final report's command id ("<task id>/completed" or ".../failed")."""
+    return "completed" if isinstance(result, Completed) else "failed"
+
+
 class KafkaReporter:
     """Reports as commands on pit.dag.commands, keyed by execution id (the decider's entity,
     partitioned as every client partitions it); each call returns once the broker has
@@ -468,11 +473,11 @@ class KafkaReporter:
             report = ReportNodeCompleted(*ids, result.output, result.output_hash,
                                          result.branch_taken, result.duration_ms,
                                          self.runner_id)
-            await self._send(report, task, "completed", headers)
+            await self._send(report, task, final_suffix(result), headers)
         else:
             report = ReportNodeFailed(*ids, result.error_type, result.message, result.retryable,
                                       result.duration_ms, self.runner_id)
-            await self._send(report, task, "failed", headers)
+            await self._send(report, task, final_suffix(result), headers)
 
 
 # --- offsets ----------------------------------------------------------------------------------
@@ -826,12 +831,22 @@ class Runner:
         else:
             result = kept
             self.counts["skipped"] += 1
-        reporter = self.reporter
-        if reporter is None:  # disconnected meanwhile: reported once a broker is back
+        if self.reporter is None:  # disconnected meanwhile: reported once a broker is back
             return
-        await self._report(lambda: reporter.finished(task, result, position), task)
-        self.owed.pop(task.task_id, None)
+        await self._report_final(task, result, position)
         self.offsets.done(tp, message.offset(), epoch)
+
+    async def _report_final(self, task: Task, result: Result, position: tuple[
+            tuple[str, bytes], ...], reporter: Reporter | None = None) -> None:
+        """Send a task's final report until the broker acknowledges it. The task stays owed
+        until the decider has answered the report: one acknowledged by the broker but not yet
+        decided when `pit up` died is gone from the restored log, so it is sent again."""
+        sender, client = reporter or self.reporter, self.client
+        if sender is None or client is None:
+            return
+        decided = client.expect(f"{task.task_id}/{final_suffix(result)}")
+        await self._report(lambda: sender.finished(task, result, position), task, reporter)
+        decided.add_done_callback(lambda _answer: self.owed.pop(task.task_id, None))
 
     async def _report_owed(self) -> None:
         """After a reconnect, before taking tasks: report what this runner finished while
@@ -843,9 +858,7 @@ class Runner:
         assert reporter is not None
 
         async def report(task: Task, result: Result, position) -> None:
-            await self._report(lambda: reporter.finished(task, result, position), task,
-                               reporter)
-            self.owed.pop(task.task_id, None)
+            await self._report_final(task, result, position, reporter)
 
         async def when_done(task: Task, run: asyncio.Future[Result], position) -> None:
             try:

@@ -152,6 +152,9 @@ async def test_two_runners_in_one_group_report_each_task_exactly_once(settings, 
     # both runners took a share, each completed report names who ran it
     assert first.counts["completed"] > 0 and second.counts["completed"] > 0
     assert first.counts["completed"] + second.counts["completed"] == 200
+    # acknowledged by the broker but answered by no decider (none runs here): still owed,
+    # so a runner would send them again after a reconnect
+    assert len(first.owed) + len(second.owed) == 200
     assert Counter(r["runner"] for r in completed.values()) == {
         "r1": first.counts["completed"], "r2": second.counts["completed"]}
     # the final report carries the task's position; the commands are keyed by execution

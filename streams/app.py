@@ -147,8 +147,8 @@ class Stack:
         await self._until(self.leader.decided)
         if self.broker is not None:
             self.tasks.append(asyncio.create_task(trim_broker(
-                self.broker, self.settings, self.engine, self.catalog, consumer_groups(),
-                self.stop), name="broker-trim"))
+                self.broker, self.settings, self.engine, self.catalog,
+                consumer_groups(self.settings), self.stop), name="broker-trim"))
         await self.start_projector()
         if self.http_port is not None:
             await self.start_http(self.http_port)
@@ -374,10 +374,13 @@ async def restore_broker(engine, pending_db, settings: Settings, catalog, progre
     return restored
 
 
-def consumer_groups() -> dict[str, tuple[str, ...]]:
+def consumer_groups(settings: Settings) -> dict[str, tuple[str, ...]]:
     """The consumer groups the Pit's processes read with, and their topics: the embedded
-    broker keeps what they have not committed (streams/memory.py)."""
+    broker keeps what they have not committed (streams/memory.py). The output cataloger's
+    group counts only when the cataloger runs: a group that never commits would hold
+    pit.dag.events in memory for good."""
     from streams.artifacts.dag_outputs import GROUP as DAG_OUTPUTS
+    from streams.artifacts.settings import ArtifactSettings
     from streams.dag.runner import GROUP as RUNNERS
     from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 
@@ -385,7 +388,10 @@ def consumer_groups() -> dict[str, tuple[str, ...]]:
     # runners' group of every pool holds it until it commits.
     groups: dict[str, tuple[str, ...]] = {
         processor_group(decider): (decider.command_topic,) for decider in DECIDERS}
-    return groups | {RUNNERS: (DAG_TASKS,), DAG_OUTPUTS: (DAG_EVENTS,)}
+    groups[RUNNERS] = (DAG_TASKS,)
+    if ArtifactSettings.of(settings).dag_output_artifacts:
+        groups[DAG_OUTPUTS] = (DAG_EVENTS,)
+    return groups
 
 
 def running_pit(settings: Settings) -> bool:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streams.app import consumer_groups
+from streams.artifacts.dag_outputs import GROUP as DAG_OUTPUTS
 from streams.broker import EmbeddedBroker
+from streams.config import Settings
+from streams.dag.runner import GROUP as RUNNERS
+from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 from streams.memory import trim_points
 from streams.topics import TopicSpec
 
@@ -35,3 +40,12 @@ def test_the_embedded_broker_drops_records_below_an_offset() -> None:
             assert consumer.get_watermark_offsets(TopicPartition("t", 1), timeout=30) == (0, 10)
         finally:
             consumer.close()
+
+
+def test_the_output_catalogers_group_holds_dag_events_only_when_it_runs() -> None:
+    """A group that never commits holds its topic in the broker's memory for good: the
+    cataloger's counts only when PIT_DAG_OUTPUT_ARTIFACTS turns it on."""
+    off = consumer_groups(Settings())
+    on = consumer_groups(Settings(env={"PIT_DAG_OUTPUT_ARTIFACTS": "1"}))
+    assert DAG_OUTPUTS not in off and on[DAG_OUTPUTS] == (DAG_EVENTS,)
+    assert off[RUNNERS] == on[RUNNERS] == (DAG_TASKS,)

@@ -599,8 +599,8 @@ class Runner:
         self.running: dict[asyncio.Task, Partition] = {}
         self.results: OrderedDict[str, Result] = OrderedDict()  # by task id, bounded
         self.runs: dict[str, asyncio.Future[Result]] = {}  # tasks running, by task id
-        # tasks taken whose final report the broker has not acknowledged, with the headers
-        # it carries: reported first thing after a reconnect (`_report_owed`)
+        # tasks taken whose final report the decider has not answered, with the headers it
+        # carries: reported first thing after a reconnect (`_report_owed`)
         self.owed: dict[str, tuple[Task, tuple[tuple[str, bytes], ...]]] = {}
         self._owed_jobs: set[asyncio.Task] = set()
         self.counts = {"completed": 0, "failed": 0, "skipped": 0, "over_elsewhere": 0}
@@ -857,16 +857,13 @@ class Runner:
         reporter = self.reporter
         assert reporter is not None
 
-        async def report(task: Task, result: Result, position) -> None:
-            await self._report_final(task, result, position, reporter)
-
         async def when_done(task: Task, run: asyncio.Future[Result], position) -> None:
             try:
                 result = await asyncio.shield(run)
             except Exception:  # its run failed (and said so): the task runs again
                 self.owed.pop(task.task_id, None)
                 return
-            await report(task, result, position)
+            await self._report_final(task, result, position, reporter)
 
         if self.owed:
             self._say(f"reporting {len(self.owed)} task(s) taken before pit up went away, each"
@@ -879,7 +876,7 @@ class Runner:
                 self._owed_jobs.add(job)
                 job.add_done_callback(self._owed_jobs.discard)
             elif (result := self.results.get(task.task_id)) is not None:
-                finished.append(report(task, result, position))
+                finished.append(self._report_final(task, result, position, reporter))
             else:
                 self.owed.pop(task.task_id, None)  # its run failed: it runs again
         await asyncio.gather(*finished)

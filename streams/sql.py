@@ -79,6 +79,7 @@ positions = Table(
 _WRITE = "pit_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 64 * 1024
+SQLITE_HEAP_LIMIT_BYTES = 48 * 1024 * 1024  # for all connections of the process together
 WAL_AUTOCHECKPOINT_PAGES = 50_000       # ~200 MiB: the safety net behind the checkpointer
 CHECKPOINT_INTERVAL_S = 0.25
 CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024  # checkpoint once the WAL holds this much
@@ -139,6 +140,10 @@ def _configure_sqlite(engine: Engine) -> None:
         # A page cache big enough for the hot index pages of a growing audit log (the
         # default 2 MiB costs the projector ~10% at 100k rows); allocated as pages are used.
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        # ...but bounded for the whole process (the pragma is process-wide): each pooled
+        # connection keeps its cache while idle, so 15 of them could hold 15 x 64 MiB.
+        # Near the limit a cache recycles its own pages instead of growing.
+        cursor.execute(f"PRAGMA soft_heap_limit={SQLITE_HEAP_LIMIT_BYTES}")
         # Checkpoints run in a background thread (below), not inside a writer's COMMIT;
         # this bound only applies if that thread falls far behind.
         cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")

@@ -16,6 +16,7 @@ from streams.components import COMPONENTS, DECIDERS
 from streams.config import Settings
 
 if TYPE_CHECKING:
+    from streams.arbitration.client import ArbitrationOps
     from streams.artifacts.client import ArtifactOps
     from streams.dag.workflows import WorkflowOps
     from streams.pool.client import PoolOps
@@ -32,6 +33,7 @@ class PitClient(CommandClient):
     pool: PoolOps
     dag: WorkflowOps
     artifacts: ArtifactOps
+    arbitration: ArbitrationOps
 
     def __init__(self, settings: Settings | None = None, issued_by: str = "pit-client",
                  codec: Codec | None = None) -> None:

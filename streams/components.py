@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams.arbitration import component as arbitration
 from streams.artifacts import component as artifacts
 from streams.component import Component
 from streams.config import Settings
@@ -18,6 +19,7 @@ COMPONENTS: tuple[Component, ...] = (
     pool.COMPONENT,
     dag.COMPONENT,
     artifacts.COMPONENT,
+    arbitration.COMPONENT,
 )
 
 DECIDERS: tuple[Decider, ...] = tuple(d for c in COMPONENTS for d in c.deciders)

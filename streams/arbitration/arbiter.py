@@ -633,7 +633,7 @@ def _enqueue(d: _Decision, request: Request, found: list[Conflict], strategy: St
                                  f" {request.request_id}")
         state = d.state
     ahead = routing.position(state, request, strategy, now, correction)
-    estimate = routing.wait_estimate_ms(state, request, ahead)
+    estimate = routing.wait_estimate_ms(state, request, ahead, strategy)
     what = "; ".join(c.describe() for c in found)
     lines = [f"{what}; queued by {strategy.value} at position {ahead + 1},"
              f" expected in ~{_seconds(estimate)}"]

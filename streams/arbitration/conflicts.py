@@ -9,9 +9,10 @@
 * cost limit: the tenant's spend in its window, plus what a grant costs at once, passes
   its limit.
 
-`would_conflict` checks one request against the state in O(1) of the pending requests (it
-reads the maintained totals: grants per model, promised memory); `detect` lists every
-conflict among the pending requests. The property tests hold both equal to a brute-force
+`would_conflict` checks one request against the state without scanning the pending
+requests (it reads the maintained totals: grants per model, promised memory, the queues'
+lengths), and names only that request in what it finds; `detect` lists every conflict among
+the pending requests with all of theirs. The property tests hold both equal to a brute-force
 recount from the raw request list.
 """
 
@@ -87,19 +88,15 @@ def over_cost(state: ArbiterState, tenant: str, model_id: str, now_ms: int
     return None
 
 
-def _waiting_ids(state: ArbiterState, model_id: str) -> tuple[str, ...]:
-    return tuple(rid for _, _, ids, _ in state.queues.get(model_id, ()) for rid in ids)
-
-
 def would_conflict(state: ArbiterState, request: Request, now_ms: int) -> list[Conflict]:
     """Every conflict granting `request` (not yet granted) now would meet, in kind order."""
     found: list[Conflict] = []
     model = state.models.get(request.model_id)
     used = state.in_use.get(request.model_id, 0)
     if model is not None and model.slots and used >= model.slots:
-        requesters = {request.request_id, *_waiting_ids(state, request.model_id)}
-        found.append(Conflict(K.MODEL_CONTENTION, request.model_id, tuple(sorted(requesters)),
-                              model.slots, used + len(requesters)))
+        # the request, and how many contend: the waiting ones are listed by `detect`
+        found.append(Conflict(K.MODEL_CONTENTION, request.model_id, (request.request_id,),
+                              model.slots, used + state.waiting(request.model_id) + 1))
     need = memory_need(state, request.model_id)
     if need:
         available, most = memory_available(state)

@@ -44,11 +44,17 @@ def _head_since(state: ArbiterState, request: Request) -> int | None:
     return request.submitted_at
 
 
-def effective_priority(state: ArbiterState, request: Request, now_ms: int) -> float:
+_UNKNOWN = -1
+
+
+def effective_priority(state: ArbiterState, request: Request, now_ms: int,
+                       since: int | None = _UNKNOWN) -> float:
     """The priority plus what waiting at the head of its bucket earned it: aging_per_s a
-    second, in whole aging_steps, up to aging_cap, so low priority never starves."""
+    second, in whole aging_steps, up to aging_cap, so low priority never starves. `since`:
+    when it became head, if the caller knows (None: it is not a head)."""
     policy = state.policy
-    since = _head_since(state, request)
+    if since == _UNKNOWN:
+        since = _head_since(state, request)
     if since is None:
         return float(request.priority)
     points = min(policy.aging_cap, policy.aging_per_s * max(0, now_ms - since) / 1000)
@@ -58,9 +64,16 @@ def effective_priority(state: ArbiterState, request: Request, now_ms: int) -> fl
 
 
 def corrections(state: ArbiterState, now_ms: int) -> Callable[[str], float]:
+    """Each tenant's fairness correction now (computed once per tenant asked)."""
     totals = state.window.totals(now_ms)
     weights = tenant_weights(state, totals)
-    return lambda tenant: fairness.correction(totals, weights, tenant)
+    known: dict[str, float] = {}
+
+    def correction(tenant: str) -> float:
+        if tenant not in known:
+            known[tenant] = fairness.correction(totals, weights, tenant)
+        return known[tenant]
+    return correction
 
 
 def tenant_weights(state: ArbiterState, totals: dict[str, int]) -> dict[str, float]:
@@ -98,8 +111,19 @@ def rank_key(state: ArbiterState, strategy: Strategy, now_ms: int,
                 return (-math.log(_draw(r.request_id, salt)) / weight, r.seq)
             return draw
         case _:
-            return lambda r: (-effective_priority(state, r, now_ms), -correction(r.tenant),
-                              -r.score, r.seq)
+            heads: dict[str, dict[str, int]] = {}  # model -> its heads' since, read once
+
+            def since(r: Request) -> int | None:
+                if r.model_id not in heads:
+                    heads[r.model_id] = {ids[0]: at for _, _, ids, at
+                                         in state.queues.get(r.model_id, ()) if ids}
+                found = heads[r.model_id]
+                if r.request_id in found:
+                    return found[r.request_id]
+                return r.submitted_at if r.status != "waiting" else None
+
+            return lambda r: (-effective_priority(state, r, now_ms, since(r)),
+                              -correction(r.tenant), -r.score, r.seq)
 
 
 def heads(state: ArbiterState, model_id: str) -> list[Request]:
@@ -131,9 +155,34 @@ def position(state: ArbiterState, request: Request, strategy: Strategy, now_ms: 
 DEFAULT_HOLD_MS = 10_000.0  # a grant's hold before any was measured
 
 
-def wait_estimate_ms(state: ArbiterState, request: Request, ahead: int) -> int:
-    """When the request should be granted: (ahead + 1) releases of its model, which come at
-    slots / mean hold, plus the model's measured load time while it is cold."""
+def _turns(state: ArbiterState, request: Request, strategy: Strategy) -> float:
+    """How many grants of its model go before `request` is granted, itself included.
+
+    Under QUEUE that is its position. Under the others, tenants waiting at its priority
+    share the grants (by weight; equally under ROUND_ROBIN), so its own tenant's backlog
+    ahead of it counts in full and the others' in proportion; every request waiting at a
+    higher priority goes first."""
+    higher, peers, mine = 0, {request.tenant}, 0
+    for tenant, priority, ids, _ in state.queues.get(request.model_id, ()):
+        if priority > request.priority:
+            higher += len(ids)
+        elif priority == request.priority:
+            peers.add(tenant)
+            if tenant == request.tenant:
+                mine = ids.index(request.request_id) if request.request_id in ids else len(ids)
+    if strategy is S.ROUND_ROBIN:
+        share = 1 / len(peers)
+    else:
+        weights = {t: state.policy.weight(t) for t in peers}
+        share = weights[request.tenant] / sum(weights.values())
+    return higher + (mine + 1) / share
+
+
+def wait_estimate_ms(state: ArbiterState, request: Request, ahead: int,
+                     strategy: Strategy) -> int:
+    """When the request should be granted: its turns (`_turns`, or `ahead` + 1 under QUEUE)
+    at the rate grants of its model free up (slots / mean hold), plus the model's measured
+    load time while it is cold."""
     model = state.models.get(request.model_id)
     mean = state.mean_hold_ms(request.model_id)
     if mean is None:
@@ -141,8 +190,11 @@ def wait_estimate_ms(state: ArbiterState, request: Request, ahead: int) -> int:
         mean = sum(means) / len(means) if means else DEFAULT_HOLD_MS
     slots = model.slots if model is not None and model.slots else 1
     in_use = state.in_use.get(request.model_id, 0)
-    wait = 0.0 if model is not None and model.slots and in_use < slots and not ahead \
-        else (ahead + 1) * mean / slots
+    if model is not None and model.slots and in_use < slots and not ahead:
+        wait = 0.0
+    else:
+        turns = ahead + 1 if strategy is S.QUEUE else _turns(state, request, strategy)
+        wait = turns * mean / slots
     if model is not None and not model.hot:
         wait += model.load_ms
     return int(wait)

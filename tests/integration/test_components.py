@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from property.test_codec_properties import values_of
 from sqlalchemy import Engine
+from test_arbitration_views import assert_matches_arbiter, contention
 from test_artifact_views import assert_matches_catalog, catalog
 from test_dag_views import RETRY, Flow, chain
 from test_dag_views import assert_matches_decider as assert_dag_matches
@@ -81,6 +82,9 @@ CASES: dict[str, Case] = {
     "artifacts": Case(
         lambda _codec, decided: catalog(decided),
         lambda engine, log: assert_matches_catalog(engine, log.processor.state("default"))),
+    "arbitration": Case(
+        lambda _codec, decided: contention(decided),
+        lambda engine, log: assert_matches_arbiter(engine, log.processor.state("default"))),
 }
 
 COMPONENT_IDS = [component.name for component in COMPONENTS]

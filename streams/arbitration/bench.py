@@ -1,0 +1,230 @@
+"""`pit bench arbitration`: the arbiter's figures (issue 12). Benchmarks report; they do not
+assert.
+
+* detection and resolution with 1,000 requests pending: `would_conflict` for one more
+  request, and a whole decision on a release (who is next, the grant), timed one by one;
+* a seeded contended trace in virtual time: four tenants of weights 1, 1, 2 and 4 share a
+  model of 4 slots; every tenant asks for more than its share (b, c and d 1.5 times, a ten
+  times), 5% of requests are BACKGROUND. From it: the fairness deviation and Gini over the
+  last window of arrivals (120 s, all tenants backlogged), the longest BACKGROUND
+  wait against the mean wait, and the wait estimates' error against the actual waits;
+* requests decided per second through the processor and the embedded broker, as
+  `pit up` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import random
+import tempfile
+import time
+from typing import Any
+
+from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry
+from streams.arbitration import conflicts, fairness
+from streams.arbitration.arbiter import (
+    ARBITER,
+    DescribeModel,
+    ObserveModel,
+    ReleaseRequest,
+    RequestDecided,
+    SetArbitrationPolicy,
+    SubmitRequest,
+)
+from streams.arbitration.state import ArbiterState, Request
+from streams.arbitration.topics import ARBITRATION_COMMANDS
+from streams.component import bench_note
+from streams.config import Settings
+from streams.decider import Message, to_record
+from streams.processor import Output
+from streams.stats import percentile
+from streams.topics import load_catalog
+
+WEIGHTS = {"a": 1.0, "b": 1.0, "c": 2.0, "d": 4.0}
+# What each asks, in multiples of its weight: all more than they are entitled to (so the
+# shares measure the arbiter, not idle tenants), a ten times its share.
+DEMAND = {"a": 10.0, "b": 1.5, "c": 3.0, "d": 6.0}
+
+
+def _apply(state: ArbiterState, command: Message, now_ms: int) -> tuple[ArbiterState, list]:
+    events = ARBITER.decide(state, command, now_ms)
+    for event in events:
+        state = ARBITER.evolve(state, event, now_ms)
+    return state, list(events)
+
+
+def _setup(slots: int = 4) -> ArbiterState:
+    state = ARBITER.initial_state("default")
+    policy = {"tenants": WEIGHTS, "fairness_window_s": 120, "max_queue": 100_000,
+              "default_timeout_s": 0}
+    for command in (SetArbitrationPolicy(json.dumps(policy)), DescribeModel("m", slots=slots),
+                    ObserveModel("m", 1000, 3000, True)):
+        state, _ = _apply(state, command, 0)
+    return state
+
+
+def _pending(n: int, seed: int = 1) -> tuple[ArbiterState, int]:
+    """The arbiter with `n` requests waiting on a full model, at time `now`."""
+    rng = random.Random(seed)
+    state, now = _setup(slots=4), 1_000
+    for i in range(4 + n):
+        tenant = rng.choice(list(WEIGHTS))
+        state, _ = _apply(state, SubmitRequest(f"r{i}", "m", tenant,
+                                               rng.choice((-100, 0, 0, 100))), now)
+        now += 1
+    return state, now
+
+
+def bench_decisions(pending: int = 1000, samples: int = 2000) -> dict[str, float]:
+    state, now = _pending(pending)
+    probe = Request("probe", "m", "b", 0, 0.5, (), "", "", 0, now, state.seq)
+    detect = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        conflicts.would_conflict(state, probe, now)
+        detect.append((time.perf_counter() - started) * 1000)
+    resolve = []
+    granted = [r.request_id for r in state.requests.values() if r.status == "granted"]
+    for i in range(samples):
+        holder = granted.pop(0)
+        started = time.perf_counter()
+        events = ARBITER.decide(state, ReleaseRequest(holder), now)
+        resolve.append((time.perf_counter() - started) * 1000)
+        for event in events:
+            state = ARBITER.evolve(state, event, now)
+        granted += [e.request_id for e in events
+                    if isinstance(e, RequestDecided) and e.outcome == "granted"]
+        state, _ = _apply(state, SubmitRequest(f"refill{i}", "m", "c"), now)  # stay at 1,000
+        now += 1
+    return {"arb_detect_p99_ms_1k": round(percentile(detect, 0.99), 4),
+            "arb_resolve_p99_ms_1k": round(percentile(resolve, 0.99), 4)}
+
+
+def bench_trace(requests: int = 6000, seed: int = 7, slots: int = 4,
+                mean_hold_ms: float = 1000.0) -> dict[str, float]:
+    """The contended trace, in virtual time."""
+    rng = random.Random(seed)
+    state, now = _setup(slots), 0
+    tenants, demand = list(DEMAND), list(DEMAND.values())
+    rate_per_ms = sum(demand) / sum(WEIGHTS.values()) * slots / mean_hold_ms
+    arrivals, t = [], 0.0
+    for i in range(requests):
+        t += rng.expovariate(rate_per_ms)
+        tenant = rng.choices(tenants, demand)[0]
+        priority = -1000 if rng.random() < 0.05 else 0
+        arrivals.append((int(t), f"q{i}", tenant, priority))
+    heap: list[tuple[int, int, str, str]] = [(at, 1, rid, f"{tenant}|{p}")
+                                              for at, rid, tenant, p in arrivals]
+    heapq.heapify(heap)
+    submitted, estimates, waits, background = {}, {}, {}, {}
+    granted_at: list[tuple[int, str]] = []
+
+    def note(events: list, at: int) -> None:
+        for e in events:
+            if not isinstance(e, RequestDecided):
+                continue
+            if e.outcome == "queued":
+                estimates[e.request_id] = e.wait_estimate_ms
+            elif e.outcome == "granted":
+                waits[e.request_id] = at - submitted[e.request_id]
+                granted_at.append((at, e.tenant))
+                hold = int(rng.expovariate(1 / mean_hold_ms))
+                heapq.heappush(heap, (at + hold, 0, e.request_id, ""))
+
+    while heap:
+        at, kind, rid, info = heapq.heappop(heap)
+        now = at
+        if kind == 1:
+            tenant, priority = info.split("|")
+            submitted[rid] = at
+            if priority == "-1000":
+                background[rid] = True
+            state, events = _apply(state, SubmitRequest(rid, "m", tenant, int(priority)), now)
+        else:
+            state, events = _apply(state, ReleaseRequest(rid), now)
+        note(events, now)
+    # fairness over the last window of arrivals: every tenant has requests waiting
+    busy_until = arrivals[-1][0]
+    window = [tenant for at, tenant in granted_at if busy_until - 120_000 < at <= busy_until]
+    totals = {t: window.count(t) for t in WEIGHTS}
+    # Wait estimates against actual waits in the steady state: queued once a hold had been
+    # measured (before, the estimate rests on a default), granted while arrivals went on
+    # (after, the contention it assumed stops, and every wait shortens).
+    first_release = min(at + waits[r] for r, at in submitted.items() if r in waits
+                        and waits[r] > 0)
+    errors = [abs(estimates[r] - waits[r]) / waits[r] for r in estimates
+              if r in waits and waits[r] > 0 and submitted[r] >= first_release
+              and submitted[r] + waits[r] <= busy_until]
+    mean_wait = sum(waits.values()) / len(waits)
+    bg_waits = [waits[r] for r in background if r in waits]
+    return {"arb_fairness_deviation": round(fairness.deviation(totals, WEIGHTS), 4),
+            "arb_gini": round(fairness.normalised_gini(totals, WEIGHTS), 4),
+            "arb_low_priority_max_wait_ratio": round(max(bg_waits) / mean_wait, 2)
+            if bg_waits and mean_wait else 0.0,
+            "arb_wait_estimate_mape": round(sum(errors) / len(errors), 4) if errors else 0.0,
+            "arb_trace_requests": requests}
+
+
+def _commands(codec: Codec, n: int) -> list[Output]:
+    """n commands for one pool: requests for a model with free slots, each released."""
+    partitions = load_catalog()[ARBITRATION_COMMANDS].partitions
+    setup: list[Message] = [DescribeModel("m", slots=0), ObserveModel("m", 1000, 3000, True)]
+    commands = setup + [SubmitRequest(f"b{i // 2}", "m", "t") if i % 2 == 0
+                        else ReleaseRequest(f"b{i // 2}") for i in range(n)]
+    key = b"default"
+    partition = sum(key) % partitions  # any fixed partition: one pool, one partition
+    outputs = []
+    for i, command in enumerate(commands):
+        meta = {"command_id": f"bench-{i}", "issued_at": 0, "issued_by": "bench",
+                "correlation_id": None}
+        value = codec.encode(command.avro_name, {"meta": meta, **to_record(command)})
+        outputs.append(Output(ARBITRATION_COMMANDS, partition, key, value,
+                              int(time.time() * 1000)))
+    return outputs
+
+
+async def bench_arbitration_processor(n: int = 20_000) -> dict[str, float]:
+    """Requests decided per second through the embedded broker, as `pit up` runs the
+    processor (events archived, outcomes produced, offsets committed)."""
+    from streams.archive import pending_engine
+    from streams.bench import _archive
+    from streams.broker import EmbeddedBroker
+    from streams.kafka import make_producer, produce_all, topic_size
+    from streams.processor import ArchiveFirst, Processor, run_processor
+    from streams.topics import RESULTS
+
+    with EmbeddedBroker(1) as broker, tempfile.TemporaryDirectory() as scratch:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        codec = Codec(EmbeddedRegistry())
+        outputs = _commands(codec, n)
+        await produce_all(make_producer(settings, **{"linger.ms": 20}), outputs)
+        processor = Processor(ARBITER, codec)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        engine = _archive(scratch)
+        durable = ArchiveFirst(engine, pending_engine(engine))
+        task = asyncio.create_task(run_processor(processor, settings, engine, stop, ready,
+                                                 archive_first=durable))
+        await ready.wait()
+        started = time.perf_counter()
+        while await topic_size(settings, RESULTS) < len(outputs):
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await task
+        engine.dispose()
+        durable.pending_db.dispose()
+        bench_note(f"arbitration processor: {len(outputs):,} commands in {elapsed:.2f}s")
+        return {"arb_requests_per_s": round(len(outputs) / elapsed)}
+
+
+async def bench_arbitration(_settings: Settings) -> dict[str, Any]:
+    figures: dict[str, Any] = bench_decisions()
+    bench_note(f"decisions with 1,000 pending: {figures}")
+    figures |= bench_trace()
+    bench_note(f"contended trace: {figures}")
+    figures |= await bench_arbitration_processor()
+    return figures

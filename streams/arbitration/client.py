@@ -1,0 +1,228 @@
+"""Arbitration as a client uses it (`PitClient.arbitration`): submit requests (one, or a
+batch: the seed's `arbitrate(requests)`), wait for a grant, release, cancel, set the policy
+and tell arbitration about models, hosts and load. Decisions come on
+pit.arbitration.events, keyed by request id, which the operations follow from the first
+request on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from streams.arbitration.arbiter import (
+    CancelRequest,
+    DescribeModel,
+    ObserveHost,
+    ObserveModel,
+    ReleaseRequest,
+    ReportUtilisation,
+    RequestCancelled,
+    RequestDecided,
+    RequestTimedOut,
+    SetArbitrationPolicy,
+    SubmitRequest,
+)
+from streams.arbitration.policy import Policy, parse_policy, policy_from, policy_json
+from streams.arbitration.topics import ARBITRATION_EVENTS
+from streams.commands import CommandClient, Outcome
+from streams.decider import Message, from_record
+from streams.errors import PitError, SchemaError
+from streams.pool.errors import AllocationError
+from streams.pool.lifecycle import DEFAULT_POOL
+
+_ANSWERS = {cls.avro_name: cls for cls in (RequestDecided, RequestTimedOut, RequestCancelled)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One arbitration decision on a request, as its submitter sees it."""
+
+    request_id: str
+    outcome: str              # granted | queued | deferred | denied | timed_out | cancelled
+    model_id: str = ""        # the model granted (an equivalent, for a counter-offer)
+    reason: str = ""
+    rationale: str = ""
+    counterfactual: str = ""
+    strategy: str = ""
+    position: int = -1
+    wait_estimate_ms: int = -1
+    delay_ms: int = -1
+
+    @property
+    def granted(self) -> bool:
+        return self.outcome == "granted"
+
+    @property
+    def final(self) -> bool:
+        """No later decision follows (granted, denied, timed out or cancelled)."""
+        return self.outcome not in ("queued", "deferred")
+
+    @classmethod
+    def of(cls, event: Message) -> Decision:
+        if isinstance(event, RequestDecided):
+            return cls(event.request_id, event.outcome, event.granted_model, event.reason,
+                       event.rationale, event.counterfactual, event.strategy, event.position,
+                       event.wait_estimate_ms, event.delay_ms)
+        if isinstance(event, RequestTimedOut):
+            return cls(event.request_id, "timed_out",
+                       rationale=f"timed out after {event.waited_ms / 1000:.1f} s waiting")
+        assert isinstance(event, RequestCancelled)
+        return cls(event.request_id, "cancelled", rationale=event.reason)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One request of a batch (`arbitrate`)."""
+
+    model_id: str
+    tenant: str = "default"
+    priority: int = 0
+    scores: Mapping[str, float] | None = None
+    request_id: str | None = None
+    timeout: float | None = None   # seconds; None: the policy's default, 0: none
+    requester: str = ""
+    workflow_id: str = ""
+
+
+class ArbitrationOps:
+    """Per client: the requests awaiting decisions."""
+
+    def __init__(self, client: CommandClient) -> None:
+        self.client = client
+        self._watched: dict[str, asyncio.Queue[Decision]] = {}  # request id -> its decisions
+        self._events: asyncio.Future | None = None
+
+    async def _follow(self) -> None:
+        if self._events is None:
+            self._events = asyncio.ensure_future(self.client.tail(ARBITRATION_EVENTS,
+                                                                  self._on_event))
+        await asyncio.shield(self._events)
+
+    def _on_event(self, message) -> None:
+        request_id = message.key.decode() if message.key else ""
+        queue = self._watched.get(request_id)
+        if queue is None:
+            return
+        try:
+            decoded = self.client.codec.decode(message.value)
+        except SchemaError:
+            return
+        answer = _ANSWERS.get(decoded.name)
+        if answer is not None:
+            queue.put_nowait(Decision.of(from_record(answer, decoded.record)))
+
+    async def submit(self, model_id: str, *, tenant: str = "default", priority: int = 0,
+                     scores: Mapping[str, float] | None = None, request_id: str | None = None,
+                     timeout: float | None = None, requester: str = "",
+                     workflow_id: str = "", pool_id: str = DEFAULT_POOL,
+                     answer_within: float = 10.0) -> Decision:
+        """Submit a request; returns its first decision (granted, queued, deferred or
+        denied). A rejected request (bad input) raises PitError with the reason."""
+        return (await self.arbitrate([Ask(model_id, tenant, priority, scores, request_id,
+                                          timeout, requester, workflow_id)],
+                                     pool_id=pool_id, answer_within=answer_within))[0]
+
+    async def arbitrate(self, asks: Iterable[Ask], *, pool_id: str = DEFAULT_POOL,
+                        answer_within: float = 10.0) -> list[Decision]:
+        """The seed's `arbitrate(requests)`: every request submitted at once, one decision
+        each, in the order given. A rejected one is a `denied` decision with the reason."""
+        await self._follow()
+        asks = list(asks)
+        ids = [ask.request_id or str(uuid.uuid4()) for ask in asks]
+        for request_id in ids:
+            self._watched.setdefault(request_id, asyncio.Queue())
+        commands = [SubmitRequest(rid, ask.model_id, ask.tenant, ask.priority,
+                                  dict(ask.scores or {}), ask.requester, ask.workflow_id,
+                                  -1 if ask.timeout is None else int(ask.timeout * 1000),
+                                  pool_id) for rid, ask in zip(ids, asks, strict=True)]
+        outcomes = await asyncio.gather(*(self.client.send(c, command_id=f"submit/{c.request_id}",
+                                                           timeout=answer_within)
+                                          for c in commands))
+        decisions = []
+        for request_id, outcome in zip(ids, outcomes, strict=True):
+            if not outcome.accepted:
+                self._watched.pop(request_id, None)
+                if len(asks) == 1:
+                    raise PitError(f"request {request_id} rejected: {outcome.reason}")
+                decisions.append(Decision(request_id, "denied", reason="policy_violation",
+                                          rationale=outcome.reason or ""))
+                continue
+            decision = await self._next(request_id, answer_within)
+            if decision.final:
+                self._watched.pop(request_id, None)
+            decisions.append(decision)
+        return decisions
+
+    async def _next(self, request_id: str, timeout: float) -> Decision:
+        try:
+            return await asyncio.wait_for(self._watched[request_id].get(), timeout)
+        except TimeoutError:
+            raise PitError(f"no decision on request {request_id} within {timeout:g}s (is"
+                           " `pit up` running?)") from None
+
+    async def wait_granted(self, decision: Decision, timeout: float = 60.0) -> Decision:
+        """Wait until a queued or deferred request is granted; AllocationError when it is
+        denied, times out or is cancelled instead, or `timeout` passes (it stays queued)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not decision.final:
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            try:
+                decision = await asyncio.wait_for(
+                    self._watched[decision.request_id].get(), remaining)
+            except TimeoutError:
+                raise AllocationError(
+                    f"request {decision.request_id} still {decision.outcome} after"
+                    f" {timeout:g}s; it stays queued until cancelled") from None
+        self._watched.pop(decision.request_id, None)
+        if not decision.granted:
+            raise AllocationError(f"request {decision.request_id} {decision.outcome}"
+                                  f"{f' ({decision.reason})' if decision.reason else ''}:"
+                                  f" {decision.rationale}")
+        return decision
+
+    async def release(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
+                      **options) -> Outcome:
+        return await self.client.send(ReleaseRequest(request_id, pool_id), **options)
+
+    async def cancel(self, request_id: str, reason: str = "", *, pool_id: str = DEFAULT_POOL,
+                     **options) -> Outcome:
+        return await self.client.send(CancelRequest(request_id, reason, pool_id), **options)
+
+    async def set_policy(self, policy: Policy | Mapping[str, Any] | str, *,
+                         pool_id: str = DEFAULT_POOL, **options) -> Outcome:
+        """Set the policy (a Policy, its plain data, or YAML/JSON text); PolicyError listing
+        every problem before anything is sent."""
+        if isinstance(policy, str):
+            policy = parse_policy(policy)
+        elif not isinstance(policy, Policy):
+            policy = policy_from(json.loads(json.dumps(policy)))
+        return await self.client.send(SetArbitrationPolicy(policy_json(policy), pool_id),
+                                      **options)
+
+    async def describe_model(self, model_id: str, *, slots: int = 0,
+                             cost_per_second: float = 0.0, cost_per_call: float = 0.0,
+                             equivalents: Iterable[str] = (), pool_id: str = DEFAULT_POOL,
+                             **options) -> Outcome:
+        return await self.client.send(DescribeModel(model_id, slots, cost_per_second,
+                                                    cost_per_call, list(equivalents), pool_id),
+                                      **options)
+
+    async def observe_model(self, model_id: str, memory_mb: int, load_ms: int, hot: bool, *,
+                            pool_id: str = DEFAULT_POOL, **options) -> Outcome:
+        return await self.client.send(ObserveModel(model_id, memory_mb, load_ms, hot, pool_id),
+                                      **options)
+
+    async def observe_host(self, host_id: str, budget_mb: int, free_mb: int,
+                           alive: bool = True, *, pool_id: str = DEFAULT_POOL,
+                           **options) -> Outcome:
+        return await self.client.send(ObserveHost(host_id, budget_mb, free_mb, alive, pool_id),
+                                      **options)
+
+    async def report_utilisation(self, source: str, utilisation: float, *,
+                                 pool_id: str = DEFAULT_POOL, **options) -> Outcome:
+        return await self.client.send(ReportUtilisation(source, utilisation, pool_id),
+                                      **options)

@@ -1,0 +1,50 @@
+"""The Arbitration Engine as a component of the Pit (streams/component.py): its decider, its
+views, read-API routes, CLI, client operations and bench. Its timers (timeouts, deferrals)
+are events on its own topic, which the timer service follows by itself."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from streams.arbitration.arbiter import ARBITER
+from streams.arbitration.cli import add_parser
+from streams.component import Component, Route
+
+if TYPE_CHECKING:
+    from streams.config import Settings
+
+
+def _views(_settings: Settings | None) -> Sequence[Any]:
+    from projections.arbitration import ArbitrationView
+
+    return [ArbitrationView()]
+
+
+def _routes() -> Sequence[Route]:
+    from projections.arbitration_api import ROUTES
+
+    return ROUTES
+
+
+async def _bench(settings: Settings) -> dict[str, Any]:
+    from streams.arbitration.bench import bench_arbitration
+
+    return await bench_arbitration(settings)
+
+
+def _operations(client: Any) -> Any:
+    from streams.arbitration.client import ArbitrationOps  # on first use: `pit` starts fast
+
+    return ArbitrationOps(client)
+
+
+COMPONENT = Component(
+    name="arbitration",
+    deciders=(ARBITER,),
+    views=_views,
+    routes=_routes,
+    add_cli=add_parser,
+    benches={"arbitration": _bench},
+    client=_operations,
+)

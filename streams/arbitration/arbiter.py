@@ -828,6 +828,10 @@ def _on_describe(d: _Decision, c: DescribeModel) -> None:
         raise Rejection(f"model {c.model_id}: costs must not be negative")
     if c.model_id in c.equivalents:
         raise Rejection(f"model {c.model_id} cannot be its own equivalent")
+    held = d.state.in_use.get(c.model_id, 0)
+    if c.slots and c.slots < held:
+        raise Rejection(f"model {c.model_id} holds {held} grants: its slots cannot drop to"
+                        f" {c.slots} until they are released")
     known = d.state.models.get(c.model_id)
     described = (c.slots, c.cost_per_second, c.cost_per_call, tuple(c.equivalents))
     if known is None or (known.slots, known.cost_per_second, known.cost_per_call,

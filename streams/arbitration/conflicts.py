@@ -58,11 +58,11 @@ def memory_need(state: ArbiterState, model_id: str) -> int:
     return model.memory_mb
 
 
-def memory_available(state: ArbiterState) -> tuple[float, int]:
-    """(MB cold models may still take, the most free on one host); (inf, 0) with no host
-    observed: then the pool alone decides where models fit."""
+def memory_available(state: ArbiterState) -> tuple[float, float]:
+    """(MB cold models may still take, the most free on one host); both infinite with no
+    host observed: then the pool alone decides where models fit."""
     if not len(state.hosts):
-        return float("inf"), 0
+        return float("inf"), float("inf")
     total, most = state.free_mb()
     return state.policy.memory_threshold * total - state.promised_mb, most
 

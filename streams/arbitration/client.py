@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.arbitration.arbiter import (
     CancelRequest,
@@ -33,6 +33,9 @@ from streams.decider import Message, from_record
 from streams.errors import PitError, SchemaError
 from streams.pool.errors import AllocationError
 from streams.pool.lifecycle import DEFAULT_POOL
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 _ANSWERS = {cls.avro_name: cls for cls in (RequestDecided, RequestTimedOut, RequestCancelled)}
 
@@ -95,6 +98,7 @@ class ArbitrationOps:
         self.client = client
         self._watched: dict[str, asyncio.Queue[Decision]] = {}  # request id -> its decisions
         self._events: asyncio.Future | None = None
+        self._engine: Engine | None = None  # the views, for a request submitted before
 
     async def _follow(self) -> None:
         if self._events is None:
@@ -144,6 +148,10 @@ class ArbitrationOps:
                                           for c in commands))
         decisions = []
         for request_id, outcome in zip(ids, outcomes, strict=True):
+            if outcome.accepted and outcome.duplicate:  # decided before: its last decision
+                self._watched.pop(request_id, None)
+                decisions.append(await self._recorded(request_id, pool_id, answer_within))
+                continue
             if not outcome.accepted:
                 self._watched.pop(request_id, None)
                 if len(asks) == 1:
@@ -156,6 +164,30 @@ class ArbitrationOps:
                 self._watched.pop(request_id, None)
             decisions.append(decision)
         return decisions
+
+    async def _recorded(self, request_id: str, pool_id: str, timeout: float) -> Decision:
+        """The last decision on a request submitted before, from the views (which may lag
+        the log by a moment)."""
+        from projections.arbitration import request
+
+        from streams.sql import connect
+
+        if self._engine is None:
+            self._engine = connect(self.client.settings.db_url)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            found = await asyncio.to_thread(request, self._engine, request_id, pool_id)
+            if found and found["decisions"]:
+                last = found["decisions"][-1]
+                outcome = found["state"] if found["state"] in (
+                    "timed_out", "cancelled") else last["outcome"]
+                return Decision(request_id, outcome, last["granted_model"], last["reason"],
+                                last["rationale"], last["counterfactual"], last["strategy"],
+                                last["position"], last["wait_estimate_ms"], last["delay_ms"])
+            if asyncio.get_running_loop().time() > deadline:
+                raise PitError(f"request {request_id} was submitted before, but its decision"
+                               f" is not in the views within {timeout:g}s")
+            await asyncio.sleep(0.05)
 
     async def _next(self, request_id: str, timeout: float) -> Decision:
         try:
@@ -183,6 +215,43 @@ class ArbitrationOps:
                                   f"{f' ({decision.reason})' if decision.reason else ''}:"
                                   f" {decision.rationale}")
         return decision
+
+    async def allocate_model(self, model_id: str, requester: str, *, tenant: str = "default",
+                             priority: int = 0, scores: Mapping[str, float] | None = None,
+                             request_id: str | None = None, workflow_id: str = "",
+                             pool_id: str = DEFAULT_POOL, timeout: float = 30.0) -> Any:
+        """A model allocation admitted by arbitration: the request waits its turn (at most
+        `timeout` seconds: its durable timeout is the same), then the pool allocates the
+        model granted (an equivalent, on a counter-offer) under the same request id.
+        Raises AllocationError with the reason when it is refused, denied or times out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            decision = await self.submit(model_id, tenant=tenant, priority=priority,
+                                         scores=scores, request_id=request_id, timeout=timeout,
+                                         requester=requester, workflow_id=workflow_id,
+                                         pool_id=pool_id)
+        except PitError as exc:
+            raise AllocationError(f"allocation of {model_id} refused by arbitration:"
+                                  f" {exc}") from None
+        decision = await self.wait_granted(decision, max(0.0, deadline - loop.time()))
+        try:
+            allocation = await self.client.pool.allocate_model(  # type: ignore[attr-defined]
+                decision.model_id, requester, request_id=decision.request_id,
+                workflow_id=workflow_id, pool_id=pool_id,
+                timeout=max(0.1, deadline - loop.time()))
+        except (AllocationError, PitError):
+            await self.release(decision.request_id, pool_id=pool_id)
+            raise
+        return allocation
+
+    async def release_model(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
+                            **options) -> Outcome:
+        """Release an allocation made by `allocate_model`: in the pool, then its grant."""
+        pool = await self.client.pool.release_model(  # type: ignore[attr-defined]
+            request_id, pool_id=pool_id, **options)
+        granted = await self.release(request_id, pool_id=pool_id, **options)
+        return pool if not pool.accepted else granted
 
     async def release(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
                       **options) -> Outcome:

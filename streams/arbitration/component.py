@@ -1,18 +1,26 @@
-"""The Arbitration Engine as a component of the Pit (streams/component.py): its decider, its
-views, read-API routes, CLI, client operations and bench. Its timers (timeouts, deferrals)
-are events on its own topic, which the timer service follows by itself."""
+"""The Arbitration Engine as a component of the Pit (streams/component.py): its decider, the
+pool observer `pit up` runs for it, its views, read-API routes, CLI, client operations and
+bench. Its timers (timeouts, deferrals) are events on its own topic, which the timer service
+follows by itself."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.arbitration.arbiter import ARBITER
 from streams.arbitration.cli import add_parser
-from streams.component import Component, Route
+from streams.component import Component, Route, Runtime, Service
 
 if TYPE_CHECKING:
     from streams.config import Settings
+
+
+def _services(runtime: Runtime) -> Mapping[str, Service]:
+    from streams.arbitration.observer import PoolObserver
+
+    # Tells the arbiter what the pool holds: models Hot or not, hosts' free memory.
+    return {"pool-observer": PoolObserver(runtime.settings, runtime.codec, runtime.engine)}
 
 
 def _views(_settings: Settings | None) -> Sequence[Any]:
@@ -42,6 +50,7 @@ def _operations(client: Any) -> Any:
 COMPONENT = Component(
     name="arbitration",
     deciders=(ARBITER,),
+    services=_services,
     views=_views,
     routes=_routes,
     add_cli=add_parser,

@@ -52,6 +52,7 @@ class PoolOps:
         self._allocations: dict[str, asyncio.Future] = {}  # request id -> its answer event
         self._pool_events: asyncio.Future | None = None  # following pit.pool.events
         self._http: aiohttp.ClientSession | None = None
+        self._arbitrated: set[str] = set()  # allocations arbitration granted
         client.at_close(self.close)
 
     async def close(self) -> None:
@@ -102,9 +103,22 @@ class PoolOps:
 
     async def allocate_model(self, model_id: str, requester: str, *,
                              request_id: str | None = None, workflow_id: str = "",
-                             pool_id: str = DEFAULT_POOL, timeout: float = 30.0) -> Allocation:
+                             pool_id: str = DEFAULT_POOL, timeout: float = 30.0,
+                             tenant: str | None = None, priority: int | None = None,
+                             scores: dict[str, float] | None = None) -> Allocation:
         """Allocate a model, waiting while the pool loads it (a cache miss) if it must.
-        Raises AllocationError with the pool's reason when it is rejected or fails."""
+        Raises AllocationError with the pool's reason when it is rejected or fails.
+
+        With a `tenant`, `priority` or `scores` the request goes through arbitration first
+        (streams/arbitration/client.py): it waits its turn, and a denial or timeout raises
+        AllocationError with arbitration's reason; release it here as any other."""
+        if tenant is not None or priority is not None or scores is not None:
+            allocation = await self.client.arbitration.allocate_model(  # type: ignore[attr-defined]
+                model_id, requester, tenant=tenant or "default", priority=priority or 0,
+                scores=scores, request_id=request_id, workflow_id=workflow_id,
+                pool_id=pool_id, timeout=timeout)
+            self._arbitrated.add(allocation.request_id)
+            return allocation
         request_id = request_id or str(uuid.uuid4())
         await self._follow_pool()
         deadline = asyncio.get_running_loop().time() + timeout
@@ -152,6 +166,10 @@ class PoolOps:
 
     async def release_model(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
                             **options) -> Outcome:
+        if request_id in self._arbitrated:  # its grant goes back to arbitration too
+            self._arbitrated.discard(request_id)
+            return await self.client.arbitration.release_model(  # type: ignore[attr-defined]
+                request_id, pool_id=pool_id, **options)
         return await self.client.send(ReleaseModel(request_id, pool_id), **options)
 
     async def infer(self, allocation: Allocation, inputs, *, params: dict | None = None,

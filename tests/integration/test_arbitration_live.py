@@ -1,0 +1,107 @@
+"""Arbitration in a running Pit: the Stack (embedded broker, processors, the pool observer,
+timers, projector) and a real model host in process; requests go through PitClient."""
+
+from __future__ import annotations
+
+import asyncio
+
+from test_timers_live import records, until
+
+from projections import arbitration as views
+from streams.app import Stack
+from streams.arbitration.topics import ARBITRATION_EVENTS
+from streams.client import PitClient
+from streams.config import Settings
+from streams.pool.host import ModelHost
+
+SENTIMENT = "python:streams.pool.examples:sentiment"
+
+
+async def observed(stack: Stack, models: set[str], host: str) -> bool:
+    """Whether arbitration has been told of `models` and `host` (by the pool observer)."""
+    seen = {(name, r.get("model_id") or r.get("host_id"))
+            for name, r, _ in await records(stack, ARBITRATION_EVENTS)}
+    return {("pit.arbitration.ModelObserved", m) for m in models} | {
+        ("pit.arbitration.HostObserved", host)} <= seen
+
+
+async def request_state(stack: Stack, request_id: str) -> str:
+    await stack.drain_projector()
+    found = views.request(stack.engine, request_id)
+    return found["state"] if found else ""
+
+
+async def test_two_tenants_contend_for_a_host_that_fits_one_model(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    async with Stack(settings, progress=False) as stack:
+        # The host has 1 MB: the models measure 1 MB each (the least a load reports).
+        host = await ModelHost(stack.settings, "arb-h1", 1, 2, say=lambda _line: None).start()
+        try:
+            async with PitClient(stack.settings, issued_by="arbitration-test") as pit:
+                assert (await pit.arbitration.set_policy({"tenants": {"a": 1, "b": 1},
+                                                          "memory_threshold": 1.0})).accepted
+                for model_id in ("m-a", "m-b"):
+                    assert (await pit.pool.register_model(model_id, SENTIMENT, 1, 5)).accepted
+                await until(lambda: observed(stack, {"m-a", "m-b"}, "arb-h1"),
+                            what="the pool observer telling arbitration")
+                first = await pit.pool.allocate_model("m-a", "alice", tenant="a",
+                                                      request_id="alice-1")
+                assert (first.model_id, first.host_id) == ("m-a", "arb-h1")
+                # m-b needs the host's memory, which m-a holds while in use: b waits
+                waiting = asyncio.ensure_future(pit.pool.allocate_model(
+                    "m-b", "bob", tenant="b", request_id="bob-1", timeout=60))
+                await until(lambda: _is(stack, "bob-1", "waiting"), what="bob-1 queued")
+                assert not waiting.done()
+                assert (await pit.pool.release_model(first.request_id)).accepted
+                second = await asyncio.wait_for(waiting, 60)  # the queue drains
+                assert (second.model_id, second.host_id) == ("m-b", "arb-h1")
+                assert (await pit.pool.release_model(second.request_id)).accepted
+            await until(lambda: _is(stack, "bob-1", "released"), what="bob-1 released")
+            story = views.request(stack.engine, "bob-1")
+            assert [d["outcome"] for d in story["decisions"]] == ["queued", "granted"]
+            assert story["decisions"][0]["conflict_kinds"] == ["memory_pressure"]
+            assert "MB more were free" in story["decisions"][0]["counterfactual"]
+            assert (await request_state(stack, "alice-1")) == "released"
+        finally:
+            await host.close()
+
+
+async def _is(stack: Stack, request_id: str, state: str) -> bool:
+    return await request_state(stack, request_id) == state
+
+
+async def test_a_denied_request_raises_with_the_reason(tmp_path) -> None:
+    async with Stack(Settings(data_dir=tmp_path), progress=False,
+                     without={"host-monitor"}) as stack:
+        async with PitClient(stack.settings, issued_by="arbitration-test") as pit:
+            await pit.arbitration.set_policy({"tenants": {"a": 1}, "closed": True})
+            assert (await pit.arbitration.describe_model("m", slots=1)).accepted
+            decision = await pit.arbitration.submit("m", tenant="a", request_id="ok-1")
+            assert decision.granted
+            refused = await pit.arbitration.arbitrate([
+                _ask("m", tenant="z"), _ask("m", tenant="a", request_id="q-1")])
+            assert refused[0].outcome == "denied" and "unknown tenant" in refused[0].rationale
+            assert (refused[1].outcome, refused[1].position) == ("queued", 0)
+            again = await pit.arbitration.submit("m", tenant="a", request_id="q-1")
+            assert again.outcome == "queued"  # the same submission again: a duplicate
+
+
+def _ask(model_id: str, **fields):
+    from streams.arbitration.client import Ask
+
+    return Ask(model_id, **fields)
+
+
+async def test_a_timeout_fires_after_a_pit_up_restart(tmp_path) -> None:
+    async with Stack(Settings(data_dir=tmp_path), progress=False,
+                     without={"host-monitor"}) as stack:
+        async with PitClient(stack.settings, issued_by="arbitration-test") as pit:
+            assert (await pit.arbitration.describe_model("m", slots=1)).accepted
+            assert (await pit.arbitration.submit("m", request_id="holder")).granted
+            queued = await pit.arbitration.submit("m", request_id="late", timeout=3)
+            assert queued.outcome == "queued"
+    async with Stack(Settings(data_dir=tmp_path), progress=False,
+                     without={"host-monitor"}) as stack:
+        await until(lambda: _is(stack, "late", "timed_out"), timeout=60,
+                    what="the timeout set before the restart")
+        assert await request_state(stack, "holder") == "granted"

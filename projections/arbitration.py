@@ -293,7 +293,7 @@ def status(engine: Engine, pool_id: str = DEFAULT_POOL, now_ms: int = 0
     policy = policy_from(json.loads(policy_text))
     window_ms = int(policy.fairness_window_s * 1000)
     with engine.connect() as conn:
-        by_state = dict(conn.execute(select(requests.c.state, func.count()).where(
+        by_state: dict[str, int] = dict(conn.execute(select(requests.c.state, func.count()).where(
             requests.c.pool_id == pool_id).group_by(requests.c.state)).all())
         if not by_state:
             return None
@@ -303,11 +303,11 @@ def status(engine: Engine, pool_id: str = DEFAULT_POOL, now_ms: int = 0
                    requests.c.submitted_at_ms)
             .where(requests.c.pool_id == pool_id, requests.c.state == "waiting")
             .order_by(requests.c.priority.desc(), requests.c.position)).mappings()]
-        granted = dict(conn.execute(
+        granted: dict[str, int] = dict(conn.execute(
             select(table.c.tenant, func.count()).where(
                 table.c.pool_id == pool_id, table.c.outcome == "granted",
                 table.c.decided_at_ms > now_ms - window_ms).group_by(table.c.tenant)).all())
-        outcomes = dict(conn.execute(select(table.c.outcome, func.count()).where(
+        outcomes: dict[str, int] = dict(conn.execute(select(table.c.outcome, func.count()).where(
             table.c.pool_id == pool_id).group_by(table.c.outcome)).all())
     tenants = set(policy.tenants) | set(granted) | {w["tenant"] for w in waiting}
     weights = {t: policy.weight(t) for t in sorted(tenants)}

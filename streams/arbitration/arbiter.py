@@ -30,7 +30,9 @@ How a request is decided (the rules, in one place):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from streams.arbitration import conflicts, fairness, routing
@@ -384,14 +386,14 @@ def _changes(s: ArbiterState, event: Message, at_ms: int) -> dict[str, Any]:
             return {"policy": policy,
                     "window": Window(int(policy.fairness_window_s * 1000), s.window.buckets)}
         case ModelDescribed():
-            model = s.models.get(event.model_id) or ModelFacts(event.model_id)
+            known = s.models.get(event.model_id) or ModelFacts(event.model_id)
             return {"models": s.models.set(event.model_id, copy_with(
-                model, slots=event.slots, cost_per_second=event.cost_per_second,
+                known, slots=event.slots, cost_per_second=event.cost_per_second,
                 cost_per_call=event.cost_per_call, equivalents=tuple(event.equivalents)))}
         case ModelObserved():
-            model = s.models.get(event.model_id) or ModelFacts(event.model_id)
+            known = s.models.get(event.model_id) or ModelFacts(event.model_id)
             changes: dict[str, Any] = {"models": s.models.set(event.model_id, copy_with(
-                model, memory_mb=event.memory_mb, load_ms=event.load_ms, hot=event.hot))}
+                known, memory_mb=event.memory_mb, load_ms=event.load_ms, hot=event.hot))}
             if event.hot:  # loaded: its memory now shows in its host's free memory
                 changes["promised"] = s.promised.delete(event.model_id)
             return changes
@@ -472,7 +474,7 @@ class _Decision(Decision[ArbiterState]):
     __slots__ = ()
 
     def decided(self, request: Request, outcome: str, strategy: Strategy | None,
-                rationale: str, found: list[Conflict] = (), **details: Any) -> None:
+                rationale: str, found: Sequence[Conflict] = (), **details: Any) -> None:
         state = self.state
         policy = state.policy
         correction = routing.corrections(state, self.now)(request.tenant)
@@ -563,11 +565,11 @@ def _settle(d: _Decision, request: Request) -> None:
             _defer(d, request, found, strategy, _cost_delay(state, request, now),
                    f"{cost.describe()}: reconsidered once its window has room")
             return
+        allowed = cost.available - conflicts.call_cost(state, request.model_id)
         d.decided(request, DENY, strategy, cost.describe(), found,
                   reason=DenialReason.COST_EXCEEDED.value,
                   counterfactual=f"granted if tenant {request.tenant}'s spend in its window"
-                                 f" were at most {cost.available - conflicts.call_cost(state, request.model_id):g}"
-                                 f" (it is {cost.requested:g})")
+                                 f" were at most {allowed:g} (it is {cost.requested:g})")
         return
     if K.CPU_SATURATION in kinds:
         cpu = next(c for c in found if c.kind is K.CPU_SATURATION)
@@ -909,6 +911,6 @@ ARBITER: Decider[ArbiterState] = Decider(
     initial_state=initial_state,
     decide=decide,
     evolve=evolve,
-    entity_of=lambda command: command.pool_id,
+    entity_of=attrgetter("pool_id"),
 )
 

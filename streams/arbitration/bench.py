@@ -119,7 +119,10 @@ def bench_trace(requests: int = 6000, seed: int = 7, slots: int = 4,
     heap: list[tuple[int, int, str, str]] = [(at, 1, rid, f"{tenant}|{p}")
                                               for at, rid, tenant, p in arrivals]
     heapq.heapify(heap)
-    submitted, estimates, waits, background = {}, {}, {}, {}
+    submitted: dict[str, int] = {}
+    estimates: dict[str, int] = {}
+    waits: dict[str, int] = {}
+    background: set[str] = set()
     granted_at: list[tuple[int, str]] = []
 
     def note(events: list, at: int) -> None:
@@ -138,11 +141,11 @@ def bench_trace(requests: int = 6000, seed: int = 7, slots: int = 4,
         at, kind, rid, info = heapq.heappop(heap)
         now = at
         if kind == 1:
-            tenant, priority = info.split("|")
+            tenant, level = info.split("|")
             submitted[rid] = at
-            if priority == "-1000":
-                background[rid] = True
-            state, events = _apply(state, SubmitRequest(rid, "m", tenant, int(priority)), now)
+            if level == "-1000":
+                background.add(rid)
+            state, events = _apply(state, SubmitRequest(rid, "m", tenant, int(level)), now)
         else:
             state, events = _apply(state, ReleaseRequest(rid), now)
         note(events, now)

@@ -169,7 +169,6 @@ class ArbitrationOps:
         """The last decision on a request submitted before, from the views (which may lag
         the log by a moment)."""
         from projections.arbitration import request
-
         from streams.sql import connect
 
         if self._engine is None:

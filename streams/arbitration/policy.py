@@ -34,14 +34,14 @@ class Priority(enum.IntEnum):
 MIN_PRIORITY, MAX_PRIORITY = -10_000, 10_000
 
 
-class ConflictKind(str, enum.Enum):
+class ConflictKind(enum.StrEnum):
     MODEL_CONTENTION = "model_contention"
     MEMORY_PRESSURE = "memory_pressure"
     CPU_SATURATION = "cpu_saturation"
     COST_LIMIT = "cost_limit"
 
 
-class Strategy(str, enum.Enum):
+class Strategy(enum.StrEnum):
     PRIORITY = "priority"              # highest effective priority first (aging, fairness)
     ROUND_ROBIN = "round_robin"        # tenants take turns
     QUEUE = "queue"                    # first come, first served
@@ -49,7 +49,7 @@ class Strategy(str, enum.Enum):
     COLLABORATIVE = "collaborative"    # a counter-offer (an equivalent model) before waiting
 
 
-class DenialReason(str, enum.Enum):
+class DenialReason(enum.StrEnum):
     LOWER_PRIORITY = "lower_priority"            # a full queue keeps the higher ranked
     RESOURCE_UNAVAILABLE = "resource_unavailable"  # it could never fit
     COST_EXCEEDED = "cost_exceeded"

@@ -91,7 +91,7 @@ class ArbiterState:
     promised: PMap[str, int] = field(default_factory=PMap)     # cold model -> MB promised
     pending: PMap[str, int] = field(default_factory=PMap)      # tenant -> waiting + deferred
     spend: PMap[str, tuple[tuple[int, float], ...]] = field(default_factory=PMap)  # tenant
-    window: Window = Window(300_000)
+    window: Window = field(default_factory=lambda: Window(300_000))
     holds: PMap[str, tuple[int, float]] = field(default_factory=PMap)  # model -> (n, mean ms)
     last_tenant: str = ""           # round robin: whose turn was last
     seq: int = 0                    # requests submitted: the arrival order

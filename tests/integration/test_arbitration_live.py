@@ -70,20 +70,20 @@ async def _is(stack: Stack, request_id: str, state: str) -> bool:
     return await request_state(stack, request_id) == state
 
 
-async def test_a_denied_request_raises_with_the_reason(tmp_path) -> None:
+async def test_a_refused_request_is_a_denial_and_a_resent_one_a_duplicate(tmp_path) -> None:
     async with Stack(Settings(data_dir=tmp_path), progress=False,
-                     without={"host-monitor"}) as stack:
-        async with PitClient(stack.settings, issued_by="arbitration-test") as pit:
-            await pit.arbitration.set_policy({"tenants": {"a": 1}, "closed": True})
-            assert (await pit.arbitration.describe_model("m", slots=1)).accepted
-            decision = await pit.arbitration.submit("m", tenant="a", request_id="ok-1")
-            assert decision.granted
-            refused = await pit.arbitration.arbitrate([
-                _ask("m", tenant="z"), _ask("m", tenant="a", request_id="q-1")])
-            assert refused[0].outcome == "denied" and "unknown tenant" in refused[0].rationale
-            assert (refused[1].outcome, refused[1].position) == ("queued", 0)
-            again = await pit.arbitration.submit("m", tenant="a", request_id="q-1")
-            assert again.outcome == "queued"  # the same submission again: a duplicate
+                     without={"host-monitor"}) as stack, \
+            PitClient(stack.settings, issued_by="arbitration-test") as pit:
+        await pit.arbitration.set_policy({"tenants": {"a": 1}, "closed": True})
+        assert (await pit.arbitration.describe_model("m", slots=1)).accepted
+        decision = await pit.arbitration.submit("m", tenant="a", request_id="ok-1")
+        assert decision.granted
+        refused = await pit.arbitration.arbitrate([
+            _ask("m", tenant="z"), _ask("m", tenant="a", request_id="q-1")])
+        assert refused[0].outcome == "denied" and "unknown tenant" in refused[0].rationale
+        assert (refused[1].outcome, refused[1].position) == ("queued", 0)
+        again = await pit.arbitration.submit("m", tenant="a", request_id="q-1")
+        assert again.outcome == "queued"  # the same submission again: a duplicate
 
 
 def _ask(model_id: str, **fields):
@@ -94,12 +94,12 @@ def _ask(model_id: str, **fields):
 
 async def test_a_timeout_fires_after_a_pit_up_restart(tmp_path) -> None:
     async with Stack(Settings(data_dir=tmp_path), progress=False,
-                     without={"host-monitor"}) as stack:
-        async with PitClient(stack.settings, issued_by="arbitration-test") as pit:
-            assert (await pit.arbitration.describe_model("m", slots=1)).accepted
-            assert (await pit.arbitration.submit("m", request_id="holder")).granted
-            queued = await pit.arbitration.submit("m", request_id="late", timeout=3)
-            assert queued.outcome == "queued"
+                     without={"host-monitor"}) as stack, \
+            PitClient(stack.settings, issued_by="arbitration-test") as pit:
+        assert (await pit.arbitration.describe_model("m", slots=1)).accepted
+        assert (await pit.arbitration.submit("m", request_id="holder")).granted
+        queued = await pit.arbitration.submit("m", request_id="late", timeout=3)
+        assert queued.outcome == "queued"
     async with Stack(Settings(data_dir=tmp_path), progress=False,
                      without={"host-monitor"}) as stack:
         await until(lambda: _is(stack, "late", "timed_out"), timeout=60,

@@ -14,11 +14,9 @@ assert.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import json
 import random
-import tempfile
 import time
 from typing import Any
 
@@ -35,13 +33,12 @@ from streams.arbitration.arbiter import (
     SubmitRequest,
 )
 from streams.arbitration.state import ArbiterState, Request
-from streams.arbitration.topics import ARBITRATION_COMMANDS
 from streams.component import bench_note
 from streams.config import Settings
-from streams.decider import Message, to_record
-from streams.processor import Output
+from streams.decider import Message
+from streams.errors import PitError
 from streams.stats import percentile
-from streams.topics import load_catalog
+from streams.throughput import decided_per_second
 
 WEIGHTS = {"a": 1.0, "b": 1.0, "c": 2.0, "d": 4.0}
 # What each asks, in multiples of its weight: all more than they are entitled to (so the
@@ -171,57 +168,16 @@ def bench_trace(requests: int = 6000, seed: int = 7, slots: int = 4,
             "arb_trace_requests": requests}
 
 
-def _commands(codec: Codec, n: int) -> list[Output]:
-    """n commands for one pool: requests for a model with free slots, each released."""
-    partitions = load_catalog()[ARBITRATION_COMMANDS].partitions
+async def bench_arbitration_processor(n: int = 20_000) -> dict[str, float]:
+    """Requests decided per second through the embedded broker, as `pit up` runs the
+    processor: requests for a model with free slots, each released."""
     setup: list[Message] = [DescribeModel("m", slots=0), ObserveModel("m", 1000, 3000, True)]
     commands = setup + [SubmitRequest(f"b{i // 2}", "m", "t") if i % 2 == 0
                         else ReleaseRequest(f"b{i // 2}") for i in range(n)]
-    key = b"default"
-    partition = sum(key) % partitions  # any fixed partition: one pool, one partition
-    outputs = []
-    for i, command in enumerate(commands):
-        meta = {"command_id": f"bench-{i}", "issued_at": 0, "issued_by": "bench",
-                "correlation_id": None}
-        value = codec.encode(command.avro_name, {"meta": meta, **to_record(command)})
-        outputs.append(Output(ARBITRATION_COMMANDS, partition, key, value,
-                              int(time.time() * 1000)))
-    return outputs
-
-
-async def bench_arbitration_processor(n: int = 20_000) -> dict[str, float]:
-    """Requests decided per second through the embedded broker, as `pit up` runs the
-    processor (events archived, outcomes produced, offsets committed)."""
-    from streams.archive import pending_engine
-    from streams.bench import _archive
-    from streams.broker import EmbeddedBroker
-    from streams.kafka import make_producer, produce_all, topic_size
-    from streams.processor import ArchiveFirst, Processor, run_processor
-    from streams.topics import RESULTS
-
-    with EmbeddedBroker(1) as broker, tempfile.TemporaryDirectory() as scratch:
-        broker.apply(load_catalog())
-        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
-        codec = Codec(EmbeddedRegistry())
-        outputs = _commands(codec, n)
-        await produce_all(make_producer(settings, **{"linger.ms": 20}), outputs)
-        processor = Processor(ARBITER, codec)
-        stop, ready = asyncio.Event(), asyncio.Event()
-        engine = _archive(scratch)
-        durable = ArchiveFirst(engine, pending_engine(engine))
-        task = asyncio.create_task(run_processor(processor, settings, engine, stop, ready,
-                                                 archive_first=durable))
-        await ready.wait()
-        started = time.perf_counter()
-        while await topic_size(settings, RESULTS) < len(outputs):
-            await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        stop.set()
-        await task
-        engine.dispose()
-        durable.pending_db.dispose()
-        bench_note(f"arbitration processor: {len(outputs):,} commands in {elapsed:.2f}s")
-        return {"arb_requests_per_s": round(len(outputs) / elapsed)}
+    per_s, processor = await decided_per_second(ARBITER, Codec(EmbeddedRegistry()), commands)
+    if processor.state("default").stats.granted != n // 2:
+        raise PitError("arbitration processor bench: not every request was granted")
+    return {"arb_requests_per_s": round(per_s)}
 
 
 async def bench_arbitration(_settings: Settings) -> dict[str, Any]:

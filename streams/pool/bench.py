@@ -21,9 +21,8 @@ from streams.broker import EmbeddedBroker
 from streams.client import PitClient
 from streams.component import bench_note
 from streams.config import Settings
-from streams.decider import Message, to_record
+from streams.decider import Message
 from streams.errors import PitError
-from streams.kafka import make_producer, produce_all, topic_size
 from streams.pool.lifecycle import ModelState, RecordModelUsage, TransitionModel, TransitionReason
 from streams.pool.pool import (
     POOL,
@@ -39,10 +38,10 @@ from streams.pool.pool import (
     evolve,
     initial_state,
 )
-from streams.pool.topics import POOL_COMMANDS
-from streams.processor import Output, Processor, run_processor
+from streams.processor import Processor, run_processor
 from streams.stats import percentile
-from streams.topics import RESULTS, load_catalog
+from streams.throughput import decided_per_second
+from streams.topics import load_catalog
 
 T0 = 1_700_000_000_000
 
@@ -184,30 +183,10 @@ async def bench_pool_processor(n: int = 40_000, models: int = 1000) -> dict[str,
                      ReportModelLoaded("bench-host", f"m-{m}", 10, 100)]
     for i in range(n // 2):
         commands += [AllocateModel(f"r-{i}", f"m-{i % models}", "bench"), ReleaseModel(f"r-{i}")]
-    now = int(time.time() * 1000)
-    outputs = [Output(POOL_COMMANDS, 0, b"default", codec.encode(command.avro_name, {
-        "meta": {"command_id": f"pool-bench-{i}", "issued_at": now, "issued_by": "bench",
-                 "correlation_id": None}, **to_record(command)}), now)
-        for i, command in enumerate(commands)]
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
-        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
-        bench_note(f"producing {len(outputs):,} pool commands onto one partition")
-        await produce_all(make_producer(settings, **{"linger.ms": 20}), outputs)
-        processor = Processor(POOL, codec)
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run_processor(processor, settings, None, stop, ready))
-        await ready.wait()
-        started = time.perf_counter()
-        while await topic_size(settings, RESULTS) < len(outputs):
-            await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        stop.set()
-        await task
-        if processor.state("default").stats.hits != n // 2:
-            raise PitError("pool processor bench: not every allocation was a cache hit")
-        bench_note(f"pool processor: {len(outputs):,} commands in {elapsed:.2f}s")
-        return {"pool_processor_commands_per_s": round(len(outputs) / elapsed)}
+    per_s, processor = await decided_per_second(POOL, codec, commands, archive=False)
+    if processor.state("default").stats.hits != n // 2:
+        raise PitError("pool processor bench: not every allocation was a cache hit")
+    return {"pool_processor_commands_per_s": round(per_s)}
 
 
 async def bench_pool(settings: Settings) -> dict[str, float]:

@@ -319,3 +319,35 @@ def test_gini_and_deviation() -> None:
     assert fairness.deviation({"a": 25, "b": 75}, weights) == 0
     assert fairness.deviation({"a": 50, "b": 50}, weights) == pytest.approx(1.0)
     assert fairness.normalised_gini({"a": 25, "b": 75}, weights) == 0
+
+
+def test_the_observer_tells_what_a_cold_model_could_get_on_each_host() -> None:
+    from streams.arbitration.observer import changes, facts
+    from streams.pool.pool import (
+        POOL,
+        AllocateModel,
+        RegisterHost,
+        RegisterModel,
+        ReleaseModel,
+        ReportModelLoaded,
+    )
+
+    state, now = POOL.initial_state("default"), 1_000
+    for command in (RegisterHost("h1", 1000, 4), RegisterModel("a", "python:x:a", 300, 50),
+                    RegisterModel("b", "python:x:b", 500, 80), AllocateModel("r1", "a", "me")):
+        for event in POOL.decide(state, command, now):
+            state = POOL.evolve(state, event, now)
+    found = facts(state)
+    assert found.hosts["h1"] == (1000, 700, True)  # a is loading: kept
+    assert found.models["a"] == (300, 50, False)
+    told = changes("default", None, found)
+    assert [type(c).__name__ for c in told] == ["ObserveModel", "ObserveModel", "ObserveHost"]
+    for command in (ReportModelLoaded("h1", "a", 40, 250), ReleaseModel("r1")):
+        for event in POOL.decide(state, command, now):
+            state = POOL.evolve(state, event, now)
+    later = facts(state)
+    assert later.models["a"] == (250, 40, True)  # measured
+    assert later.hosts["h1"] == (1000, 1000, True)  # idle Hot: the pool would evict it
+    assert [(type(c).__name__, c.model_id if hasattr(c, "model_id") else c.host_id)
+            for c in changes("default", found, later)] == [("ObserveModel", "a"),
+                                                           ("ObserveHost", "h1")]

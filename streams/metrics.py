@@ -96,3 +96,16 @@ PROCESSOR_ENTITIES = Gauge("pit_processor_entities",
 PROCESSOR_LEDGER = Gauge("pit_processor_ledger_commands",
                          "Command ids a processor remembers to answer duplicates from memory",
                          ["component"])
+
+# Updated from arbitration's events as the projector archives them
+# (projections.arbitration_metrics); the gauges are read from the arbitration view.
+ARBITRATION_DECISIONS = Counter(
+    "pit_arbitration_decisions_total", "Arbitration decisions, by outcome, strategy and the"
+    " first conflict met (none: granted at once)", ["outcome", "strategy", "conflict"])
+ARBITRATION_WAIT_SECONDS = Histogram(
+    "pit_arbitration_wait_seconds", "How long a granted request waited for its grant",
+    buckets=(0.0, *_LOAD_BUCKETS, 300.0, 900.0))
+ARBITRATION_QUEUE = Gauge("pit_arbitration_queue_length",
+                          "Requests waiting, by pool and priority level", ["pool", "priority"])
+ARBITRATION_GINI = Gauge("pit_arbitration_gini",
+                         "Gini of weight-normalised grants over the fairness window", ["pool"])

@@ -1,6 +1,6 @@
 """The Arbitration Engine as a component of the Pit (streams/component.py): its decider, the
 pool observer `pit up` runs for it, its views, read-API routes, CLI, client operations and
-bench. Its timers (timeouts, deferrals) are events on its own topic, which the timer service
+metrics, bench. Its timers (timeouts, deferrals) are events on its own topic, which the timer service
 follows by itself."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from streams.arbitration.cli import add_parser
 from streams.component import Component, Route, Runtime, Service
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from streams.config import Settings
 
 
@@ -27,6 +29,12 @@ def _views(_settings: Settings | None) -> Sequence[Any]:
     from projections.arbitration import ArbitrationView
 
     return [ArbitrationView()]
+
+
+def _observers(engine: Engine) -> Sequence[Any]:
+    from projections.arbitration_metrics import ArbitrationMetrics
+
+    return [ArbitrationMetrics(engine)]
 
 
 def _routes() -> Sequence[Route]:
@@ -52,6 +60,7 @@ COMPONENT = Component(
     deciders=(ARBITER,),
     services=_services,
     views=_views,
+    observers=_observers,
     routes=_routes,
     add_cli=add_parser,
     benches={"arbitration": _bench},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
 from test_timers_live import records, until
 
 from projections import arbitration as views
@@ -31,8 +32,17 @@ async def request_state(stack: Stack, request_id: str) -> str:
     return found["state"] if found else ""
 
 
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+QUEUED = {"outcome": "queued", "strategy": "priority", "conflict": "memory_pressure"}
+
+
 async def test_two_tenants_contend_for_a_host_that_fits_one_model(tmp_path) -> None:
     settings = Settings(data_dir=tmp_path)
+    queued_before = sample("pit_arbitration_decisions_total", **QUEUED)
+    waits_before = sample("pit_arbitration_wait_seconds_count")
     async with Stack(settings, progress=False) as stack:
         # The host has 1 MB: the models measure 1 MB each (the least a load reports).
         host = await ModelHost(stack.settings, "arb-h1", 1, 2, say=lambda _line: None).start()
@@ -62,6 +72,11 @@ async def test_two_tenants_contend_for_a_host_that_fits_one_model(tmp_path) -> N
             assert story["decisions"][0]["conflict_kinds"] == ["memory_pressure"]
             assert "MB more were free" in story["decisions"][0]["counterfactual"]
             assert (await request_state(stack, "alice-1")) == "released"
+            # the live metrics counted bob's wait, once
+            assert sample("pit_arbitration_decisions_total", **QUEUED) == queued_before + 1
+            assert sample("pit_arbitration_wait_seconds_count") == waits_before + 1
+            assert sample("pit_arbitration_queue_length", pool="default",
+                          priority="NORMAL") == 0
         finally:
             await host.close()
 

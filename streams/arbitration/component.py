@@ -1,7 +1,7 @@
 """The Arbitration Engine as a component of the Pit (streams/component.py): its decider, the
-pool observer `pit up` runs for it, its views, read-API routes, CLI, client operations and
-metrics, bench. Its timers (timeouts, deferrals) are events on its own topic, which the timer service
-follows by itself."""
+pool observer `pit up` runs for it, its views, metrics, read-API routes, CLI, client
+operations and bench. Its timers (timeouts, deferrals) are events on its own topic, which
+the timer service follows by itself."""
 
 from __future__ import annotations
 

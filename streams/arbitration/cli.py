@@ -1,7 +1,8 @@
 """`pit arbitration ...`: the Arbitration Engine's command line - `status`, `log`,
-`explain`, `policy set|show`, and `submit`, `release`, `cancel`, `describe` to drive it by
-hand. Reads come from the views (projections/arbitration.py); `--json` on each. Errors are
-`PitError`s: streams/cli.py prints them as one line."""
+`explain`, `policy set|show`, `simulate` (over the archive), and `submit`, `release`,
+`cancel`, `describe` to drive it by hand. Reads come from the views
+(projections/arbitration.py); `--json` on each. Errors are `PitError`s: streams/cli.py
+prints them as one line."""
 
 from __future__ import annotations
 
@@ -146,6 +147,37 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if outcome.accepted else 1
 
 
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.codec import Codec
+    from streams.arbitration.arbiter import ARBITER
+    from streams.arbitration.policy import parse_policy
+    from streams.arbitration.simulate import simulate, simulation_lines
+    from streams.arbitration.topics import ARBITRATION_EVENTS
+    from streams.commands import registry_for
+    from streams.decider import from_record
+    from streams.history import history_source
+
+    path = Path(args.policy)
+    if not path.is_file():
+        raise PitError(f"no such file: {args.policy}")
+    policy = parse_policy(path.read_text())
+    codec = Codec(registry_for(settings))
+    recorded = []
+    for record in history_source(_engine(settings), [ARBITRATION_EVENTS]):
+        if record.value is None:
+            continue
+        decoded = codec.decode(record.value)
+        envelope = decoded.record["envelope"]
+        event_type = ARBITER.event_type(decoded.name)
+        if event_type is not None and envelope["entity_key"] == args.pool:
+            recorded.append((from_record(event_type, decoded.record), envelope["occurred_at"]))
+    now = int(time.time() * 1000)
+    found = simulate(recorded, policy, args.pool,
+                     since_ms(args.since, now) if args.since else 0)
+    _print(args, found, simulation_lines(found))
+    return 0
+
+
 def _run(settings: Settings, operation: Any) -> Any:
     from streams.client import PitClient
 
@@ -213,6 +245,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     policy = action("policy", "set the policy from a YAML/JSON file, or show it", cmd_policy)
     policy.add_argument("policy_action", choices=["set", "show"])
     policy.add_argument("file", nargs="?", default="", help="the policy file (set)")
+    simulate = action("simulate", "re-decide the recorded requests under another policy;"
+                                  " writes nothing", cmd_simulate)
+    simulate.add_argument("--policy", required=True, help="the policy file (YAML or JSON)")
+    simulate.add_argument("--since", help="only requests from this time: 10m, 2h, epoch ms or"
+                                          " ISO")
     submit = action("submit", "ask for a model; prints the decision", cmd_submit)
     submit.add_argument("model")
     submit.add_argument("--tenant", default="default")

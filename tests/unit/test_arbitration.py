@@ -36,6 +36,7 @@ class Arbiter:
         self.state = ARBITER.initial_state("default")
         self.now = now
         self.events: list[Message] = []
+        self.times: list[int] = []
 
     def send(self, command: Message, *, at: int | None = None) -> list[Message]:
         if at is not None:
@@ -44,6 +45,7 @@ class Arbiter:
         for event in events:
             self.state = ARBITER.evolve(self.state, event, self.now)
         self.events.extend(events)
+        self.times.extend(self.now for _ in events)
         return list(events)
 
     def decided(self, command: Message, **options) -> dict[str, RequestDecided]:
@@ -351,3 +353,29 @@ def test_the_observer_tells_what_a_cold_model_could_get_on_each_host() -> None:
     assert [(type(c).__name__, c.model_id if hasattr(c, "model_id") else c.host_id)
             for c in changes("default", found, later)] == [("ObserveModel", "a"),
                                                            ("ObserveHost", "h1")]
+
+
+def test_simulate_re_decides_the_recorded_stream_under_another_policy() -> None:
+    from streams.arbitration.policy import parse_policy
+    from streams.arbitration.simulate import simulate, simulation_lines
+
+    recorded = Arbiter()
+    recorded.send(DescribeModel("m", slots=1))
+    recorded.send(ObserveModel("m", 1000, 2000, True))
+    recorded.policy(default_strategy="queue")
+    recorded.submit("a1", tenant="a")
+    for i in range(2, 6):  # a floods the queue first; b asks once, later
+        recorded.submit(f"a{i}", tenant="a", at=recorded.now + 10)
+    recorded.submit("b1", tenant="b", at=recorded.now + 10)
+    holder = "a1"
+    for nxt in ("a2", "a3"):
+        recorded.send(ReleaseRequest(holder), at=recorded.now + 1000)
+        holder = nxt
+    log = list(zip(recorded.events, recorded.times, strict=True))
+    under_fairness = parse_policy("default_strategy: priority\ntenants: {a: 1, b: 1}\n")
+    found = simulate(log, under_fairness)
+    assert found == simulate(log, under_fairness)  # deterministic
+    b = found["tenants"]["b"]
+    assert (b["actual"]["granted"], b["simulated"]["granted"]) == (0, 1)
+    assert [found["tenants"]["a"][side]["granted"] for side in ("actual", "simulated")] == [3, 1]
+    assert "b (weight 1): granted 0 -> 1" in "\n".join(simulation_lines(found))

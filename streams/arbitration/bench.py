@@ -9,7 +9,9 @@ assert.
   last window of arrivals (120 s, all tenants backlogged), the longest BACKGROUND
   wait against the mean wait, and the wait estimates' error against the actual waits;
 * requests decided per second through the processor and the embedded broker, as
-  `pit up` runs it.
+  `pit up` runs it;
+* the cost of arbitration on a Hot model's allocation: direct and arbitrated round trips,
+  alternately, in one run.
 """
 
 from __future__ import annotations
@@ -180,10 +182,66 @@ async def bench_arbitration_processor(n: int = 20_000) -> dict[str, float]:
     return {"arb_requests_per_s": round(per_s)}
 
 
+async def bench_arbitrated_roundtrip(n: int = 500, models: int = 50) -> dict[str, float]:
+    """A Hot model allocated directly and through arbitration, alternately, in one run, end
+    to end through the embedded broker (the pool's and the arbiter's processors in
+    process): the p99 of the arbitrated round trip minus the direct one's."""
+    import asyncio
+    import statistics
+
+    from streams.broker import EmbeddedBroker
+    from streams.client import PitClient
+    from streams.pool.lifecycle import ModelState, TransitionModel, TransitionReason
+    from streams.pool.pool import POOL, RegisterModel, ReportModelLoaded
+    from streams.processor import Processor, run_processor
+    from streams.topics import load_catalog
+
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        codec = Codec(EmbeddedRegistry())
+        stop = asyncio.Event()
+        readies = [asyncio.Event(), asyncio.Event()]
+        tasks = [asyncio.create_task(run_processor(Processor(decider, codec), settings, None,
+                                                   stop, ready))
+                 for decider, ready in zip((POOL, ARBITER), readies, strict=True)]
+        for ready in readies:
+            await ready.wait()
+        direct, arbitrated = [], []
+        async with PitClient(settings, issued_by="bench") as client:
+            await client.pool.register_host("bench-host", models * 100, models)
+            for m in range(models):
+                await client.publish(RegisterModel(f"m-{m}", f"python:bench:m{m}", 100, 10))
+                await client.publish(TransitionModel(f"m-{m}", ModelState.WARMING,
+                                                     TransitionReason.USER_REQUEST))
+                await client.publish(ReportModelLoaded("bench-host", f"m-{m}", 10, 100))
+                await client.publish(ObserveModel(f"m-{m}", 100, 10, True))
+            await client.arbitration.observe_host("bench-host", models * 100, models * 100)
+            for i in range(2 * n + 50):
+                through = i % 2 == 1
+                started = time.perf_counter()
+                allocation = await client.pool.allocate_model(
+                    f"m-{i % models}", "bench", tenant="t" if through else None)
+                elapsed = (time.perf_counter() - started) * 1000
+                if i >= 50:  # the first ones warm connections and caches
+                    (arbitrated if through else direct).append(elapsed)
+                await client.pool.release_model(allocation.request_id)
+        stop.set()
+        for task in tasks:
+            await task
+    p99 = percentile(arbitrated, 0.99) - percentile(direct, 0.99)
+    bench_note(f"hot allocation: direct p50 {statistics.median(direct):.2f} ms, arbitrated"
+               f" p50 {statistics.median(arbitrated):.2f} ms")
+    return {"arb_roundtrip_overhead_ms_p99": round(p99, 2),
+            "arb_roundtrip_overhead_ms_p50": round(statistics.median(arbitrated)
+                                                   - statistics.median(direct), 2)}
+
+
 async def bench_arbitration(_settings: Settings) -> dict[str, Any]:
     figures: dict[str, Any] = bench_decisions()
     bench_note(f"decisions with 1,000 pending: {figures}")
     figures |= bench_trace()
     bench_note(f"contended trace: {figures}")
     figures |= await bench_arbitration_processor()
+    figures |= await bench_arbitrated_roundtrip()
     return figures

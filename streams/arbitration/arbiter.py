@@ -68,6 +68,8 @@ from streams.timers import TIMER_EVENTS, cancel_timer, schedule_timer
 K = ConflictKind
 GRANT, QUEUE, DEFER, DENY = "granted", "queued", "deferred", "denied"
 MAX_SIZE = (1 << 31) - 1  # MB and ms: the views' INTEGER columns
+MAX_TIMEOUT_MS = 30 * 86_400_000  # a request waits 30 days at the most
+MAX_COST = 1e9            # per call or second: sums of them stay finite
 HOLDS_KEPT = 100          # the mean hold time is a running mean over about this many
 
 
@@ -738,9 +740,9 @@ def _on_submit(d: _Decision, c: SubmitRequest) -> None:
             raise Rejection(f"unknown score {dimension!r} (known: {', '.join(SCORE_DIMENSIONS)})")
         if not 0.0 <= value <= 1.0:
             raise Rejection(f"score {dimension} is {value}; scores lie within [0, 1]")
-    if c.timeout_ms < -1:
-        raise Rejection(f"timeout_ms {c.timeout_ms} is negative (-1: the policy's default,"
-                        " 0: none)")
+    if not -1 <= c.timeout_ms <= MAX_TIMEOUT_MS:
+        raise Rejection(f"timeout_ms {c.timeout_ms} is outside -1..{MAX_TIMEOUT_MS} (-1: the"
+                        " policy's default, 0: none)")
     timeout = int(policy.default_timeout_s * 1000) if c.timeout_ms == -1 else c.timeout_ms
     scores = policy.scores_of(c.tenant, c.scores)
     d.emit(RequestSubmitted(c.request_id, c.model_id, c.tenant, c.priority, scores,
@@ -826,8 +828,8 @@ def _on_describe(d: _Decision, c: DescribeModel) -> None:
     if not c.model_id:
         raise Rejection("model_id must not be empty")
     _size("slots", c.slots)
-    if c.cost_per_second < 0 or c.cost_per_call < 0:
-        raise Rejection(f"model {c.model_id}: costs must not be negative")
+    if not (0 <= c.cost_per_second <= MAX_COST and 0 <= c.cost_per_call <= MAX_COST):
+        raise Rejection(f"model {c.model_id}: costs must lie within 0..{MAX_COST:g}")
     if c.model_id in c.equivalents:
         raise Rejection(f"model {c.model_id} cannot be its own equivalent")
     held = d.state.in_use.get(c.model_id, 0)

@@ -82,6 +82,10 @@ BOUNDED_INTS: dict[str, tuple[str, ...]] = {
     "RegisterHost": ("memory_budget_mb", "capacity"),
     "ReportModelLoaded": ("memory_mb", "load_ms"),
     "StoreArtifact": ("size",),
+    "SubmitRequest": ("priority", "timeout_ms"),
+    "DescribeModel": ("slots",),
+    "ObserveModel": ("memory_mb", "load_ms"),
+    "ObserveHost": ("budget_mb", "free_mb"),
 }
 HOT_MODEL, HOT_HOST = "fuzz-hot-model", "fuzz-host"
 HOT_ROOM = 10  # what the Hot model's usage count may still grow by: no usage command fits
@@ -142,6 +146,7 @@ class Generator:
         self.count = 0
         self.addresses: list[str] = []  # of the valid artifacts, for valid accesses
         self.executions: list[str] = []  # started by valid commands, to cancel
+        self.requests: list[str] = []  # submitted to arbitration, to release
 
     def _id(self, prefix: str) -> str:
         self.count += 1
@@ -279,6 +284,16 @@ class Generator:
 
         n = self._id("valid")
         roll = self.rng.random()
+        if roll < 0.05:  # arbitration: a model it knows, requests for it, some released
+            from streams.arbitration.arbiter import DescribeModel, ReleaseRequest, SubmitRequest
+
+            if not self.requests or self.rng.random() < 0.1:
+                return DescribeModel("fuzz-arb-model", self.rng.randrange(0, 4))
+            if self.rng.random() < 0.5:
+                return ReleaseRequest(self.requests.pop(0))
+            self.requests.append(f"r-{n}")
+            return SubmitRequest(f"r-{n}", "fuzz-arb-model", self.rng.choice(["a", UNICODE]),
+                                 self.rng.randrange(-1000, 1001), timeout_ms=0)
         if roll < 0.3:
             return RegisterModel(f"m-{n}-{UNICODE}", f"py://{n}", self.rng.randrange(1, 4096),
                                  self.rng.randrange(0, 1000))
@@ -520,6 +535,7 @@ async def campaign(settings: Settings, inputs: int, seed: int, valid_share: floa
                      f" {len(stopped_tasks(stack))}")
         report.send_seconds = time.perf_counter() - send_started
         await _until_answered(stack, bad, deciders, progress)
+        await _until_quiet(stack, deciders, progress)
         await stack.drain_projector(timeout_s=600)
         report.stopped = stopped_tasks(stack)
         progress("fuzz: checking the answers, the decisions and the views")
@@ -584,6 +600,39 @@ async def _until_answered(stack: Stack, bad: dict[Position, str], deciders: Sequ
                 return
             await asyncio.sleep(0.5)
         progress(f"fuzz: processors did not answer everything within {timeout_s:.0f} s")
+    finally:
+        for reader in readers.values():
+            await reader.stop()
+
+
+async def _until_quiet(stack: Stack, deciders: Sequence[Decider],
+                       progress: Callable[[str], None], timeout_s: float = 300) -> None:
+    """Wait until the Pit's own services have stopped sending too (the pool observer tells
+    arbitration about every model registered, timers fire): every command partition
+    answered to its end, and the ends unmoved for a second. The log read after this is
+    whole; read while they still send, a command could be read without its events."""
+    from aiokafka import TopicPartition
+
+    from streams.kafka import partitions_of, start_consumer
+
+    readers = {d.command_topic: await start_consumer(
+        stack.settings, group_id=f"pit.{d.name}.processor") for d in deciders}
+    deadline = time.monotonic() + timeout_s
+    previous: dict[TopicPartition, int] = {}
+    try:
+        while time.monotonic() < deadline:
+            ends: dict[TopicPartition, int] = {}
+            behind = 0
+            for topic, reader in readers.items():
+                tps = [TopicPartition(topic, p) for p in await partitions_of(reader, topic)]
+                ends.update(await reader.end_offsets(tps))
+                for tp in tps:
+                    behind += (await reader.committed(tp) or 0) < ends[tp]
+            if not behind and ends == previous:
+                return
+            previous = ends
+            await asyncio.sleep(1.0)
+        progress(f"fuzz: the Pit's services did not go quiet within {timeout_s:.0f} s")
     finally:
         for reader in readers.values():
             await reader.stop()

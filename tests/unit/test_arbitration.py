@@ -252,7 +252,9 @@ def test_cancel_and_release_refuse_what_does_not_apply(arb) -> None:
     (ObserveHost("h", -1, 0), "budget_mb"),
     (ObserveHost("h", 10, 20), "exceeds its budget"),
     (ReportUtilisation("h", float("inf")), "finite"),
-    (DescribeModel("m", slots=1, cost_per_call=-1.0), "negative"),
+    (DescribeModel("m", slots=1, cost_per_call=-1.0), "within 0"),
+    (DescribeModel("m", slots=1, cost_per_second=1e300), "within 0"),
+    (SubmitRequest("r", "m", timeout_ms=(1 << 63) - 1), "timeout_ms"),
     (SetArbitrationPolicy('{"tenants": {"a": -1}, "bogus": 1}'), "bogus.*tenants.a|tenants.a"),
 ])
 def test_bad_input_is_rejected_with_a_reason_and_changes_nothing(arb, command, reason) -> None:

@@ -70,6 +70,7 @@ GRANT, QUEUE, DEFER, DENY = "granted", "queued", "deferred", "denied"
 MAX_SIZE = (1 << 31) - 1  # MB and ms: the views' INTEGER columns
 MAX_TIMEOUT_MS = 30 * 86_400_000  # a request waits 30 days at the most
 MAX_COST = 1e9            # per call or second: sums of them stay finite
+UNKNOWN_MODEL = "unknown model"  # how the rejection of a request for one begins
 HOLDS_KEPT = 100          # the mean hold time is a running mean over about this many
 
 
@@ -728,7 +729,7 @@ def _on_submit(d: _Decision, c: SubmitRequest) -> None:
     if known is not None:
         raise Rejection(f"request {c.request_id} is already submitted (it is {known.status})")
     if c.model_id not in state.models:
-        raise Rejection(f"unknown model {c.model_id!r}: arbitration has not been told of it"
+        raise Rejection(f"{UNKNOWN_MODEL} {c.model_id!r}: arbitration has not been told of it"
                         " (DescribeModel, or the pool's registration)")
     if policy.closed and c.tenant not in policy.tenants:
         raise Rejection(f"unknown tenant {c.tenant!r}; the policy names"

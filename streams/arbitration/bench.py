@@ -37,7 +37,7 @@ from streams.arbitration.arbiter import (
 from streams.arbitration.state import ArbiterState, Request
 from streams.component import bench_note
 from streams.config import Settings
-from streams.decider import Message
+from streams.decider import Decider, Message
 from streams.errors import PitError
 from streams.stats import percentile
 from streams.throughput import decided_per_second
@@ -202,12 +202,14 @@ async def bench_arbitrated_roundtrip(n: int = 500, models: int = 50) -> dict[str
         codec = Codec(EmbeddedRegistry())
         stop = asyncio.Event()
         readies = [asyncio.Event(), asyncio.Event()]
+        deciders: tuple[Decider[Any], ...] = (POOL, ARBITER)
         tasks = [asyncio.create_task(run_processor(Processor(decider, codec), settings, None,
                                                    stop, ready))
-                 for decider, ready in zip((POOL, ARBITER), readies, strict=True)]
+                 for decider, ready in zip(deciders, readies, strict=True)]
         for ready in readies:
             await ready.wait()
-        direct, arbitrated = [], []
+        direct: list[float] = []
+        arbitrated: list[float] = []
         async with PitClient(settings, issued_by="bench") as client:
             await client.pool.register_host("bench-host", models * 100, models)
             for m in range(models):

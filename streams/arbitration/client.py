@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streams.arbitration.arbiter import (
+    UNKNOWN_MODEL,
     CancelRequest,
     DescribeModel,
     ObserveHost,
@@ -36,6 +37,17 @@ from streams.pool.lifecycle import DEFAULT_POOL
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+LEARNING_S = 5.0  # how long allocate_model waits for arbitration to learn of a new model
+
+
+class RequestRejected(PitError):
+    """A request the arbiter refused as invalid (not a denial: it was never considered)."""
+
+    def __init__(self, request_id: str, reason: str) -> None:
+        super().__init__(f"request {request_id} rejected: {reason}")
+        self.reason = reason
+
 
 _ANSWERS = {cls.avro_name: cls for cls in (RequestDecided, RequestTimedOut, RequestCancelled)}
 
@@ -155,7 +167,7 @@ class ArbitrationOps:
             if not outcome.accepted:
                 self._watched.pop(request_id, None)
                 if len(asks) == 1:
-                    raise PitError(f"request {request_id} rejected: {outcome.reason}")
+                    raise RequestRejected(request_id, outcome.reason or "")
                 decisions.append(Decision(request_id, "denied", reason="policy_violation",
                                           rationale=outcome.reason or ""))
                 continue
@@ -225,14 +237,24 @@ class ArbitrationOps:
         Raises AllocationError with the reason when it is refused, denied or times out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        try:
-            decision = await self.submit(model_id, tenant=tenant, priority=priority,
-                                         scores=scores, request_id=request_id, timeout=timeout,
-                                         requester=requester, workflow_id=workflow_id,
-                                         pool_id=pool_id)
-        except PitError as exc:
-            raise AllocationError(f"allocation of {model_id} refused by arbitration:"
-                                  f" {exc}") from None
+        learning = loop.time() + min(timeout, LEARNING_S)
+        while True:
+            try:
+                decision = await self.submit(model_id, tenant=tenant, priority=priority,
+                                             scores=scores, request_id=request_id,
+                                             timeout=timeout, requester=requester,
+                                             workflow_id=workflow_id, pool_id=pool_id)
+                break
+            except RequestRejected as exc:
+                # A model registered a moment ago: the pool observer tells arbitration of it
+                # shortly after the pool decided it. Anything else is final.
+                if not exc.reason.startswith(UNKNOWN_MODEL) or loop.time() > learning:
+                    raise AllocationError(f"allocation of {model_id} refused by arbitration:"
+                                          f" {exc.reason}") from None
+                await asyncio.sleep(0.1)
+            except PitError as exc:
+                raise AllocationError(f"allocation of {model_id} refused by arbitration:"
+                                      f" {exc}") from None
         decision = await self.wait_granted(decision, max(0.0, deadline - loop.time()))
         try:
             allocation = await self.client.pool.allocate_model(  # type: ignore[attr-defined]

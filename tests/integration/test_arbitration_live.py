@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import REGISTRY
 from test_timers_live import records, until
 
@@ -13,6 +14,7 @@ from streams.app import Stack
 from streams.arbitration.topics import ARBITRATION_EVENTS
 from streams.client import PitClient
 from streams.config import Settings
+from streams.pool.errors import AllocationError
 from streams.pool.host import ModelHost
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
@@ -99,6 +101,23 @@ async def test_a_refused_request_is_a_denial_and_a_resent_one_a_duplicate(tmp_pa
         assert (refused[1].outcome, refused[1].position) == ("queued", 0)
         again = await pit.arbitration.submit("m", tenant="a", request_id="q-1")
         assert again.outcome == "queued"  # the same submission again: a duplicate
+
+
+async def test_a_model_registered_a_moment_ago_is_allocated_through_arbitration(
+        tmp_path) -> None:
+    async with Stack(Settings(data_dir=tmp_path), progress=False) as stack, \
+            PitClient(stack.settings, issued_by="arbitration-test") as pit:
+        host = await ModelHost(stack.settings, "arb-h2", 100, 2, say=lambda _line: None).start()
+        try:
+            assert (await pit.pool.register_model("fresh", SENTIMENT, 1, 5)).accepted
+            # no wait for the pool observer: the client gives arbitration a moment to learn
+            allocation = await pit.pool.allocate_model("fresh", "me", tenant="t", timeout=30)
+            assert allocation.model_id == "fresh"
+            assert (await pit.pool.release_model(allocation.request_id)).accepted
+            with pytest.raises(AllocationError, match="unknown model 'never'"):
+                await pit.pool.allocate_model("never", "me", tenant="t", timeout=1)
+        finally:
+            await host.close()
 
 
 def _ask(model_id: str, **fields):

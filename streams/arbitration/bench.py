@@ -189,8 +189,9 @@ async def bench_arbitrated_roundtrip(n: int = 500, models: int = 50) -> dict[str
     import asyncio
     import statistics
 
+    from streams.arbitration.client import allocation_ops
     from streams.broker import EmbeddedBroker
-    from streams.client import PitClient
+    from streams.commands import CommandClient
     from streams.pool.lifecycle import ModelState, TransitionModel, TransitionReason
     from streams.pool.pool import POOL, RegisterModel, ReportModelLoaded
     from streams.processor import Processor, run_processor
@@ -210,24 +211,25 @@ async def bench_arbitrated_roundtrip(n: int = 500, models: int = 50) -> dict[str
             await ready.wait()
         direct: list[float] = []
         arbitrated: list[float] = []
-        async with PitClient(settings, issued_by="bench") as client:
-            await client.pool.register_host("bench-host", models * 100, models)
+        async with CommandClient(settings, "bench", codec, deciders=deciders) as client:
+            pool, arbitration = allocation_ops(client)
+            await pool.register_host("bench-host", models * 100, models)
             for m in range(models):
                 await client.publish(RegisterModel(f"m-{m}", f"python:bench:m{m}", 100, 10))
                 await client.publish(TransitionModel(f"m-{m}", ModelState.WARMING,
                                                      TransitionReason.USER_REQUEST))
                 await client.publish(ReportModelLoaded("bench-host", f"m-{m}", 10, 100))
                 await client.publish(ObserveModel(f"m-{m}", 100, 10, True))
-            await client.arbitration.observe_host("bench-host", models * 100, models * 100)
+            await arbitration.observe_host("bench-host", models * 100, models * 100)
             for i in range(2 * n + 50):
                 through = i % 2 == 1
                 started = time.perf_counter()
-                allocation = await client.pool.allocate_model(
+                allocation = await pool.allocate_model(
                     f"m-{i % models}", "bench", tenant="t" if through else None)
                 elapsed = (time.perf_counter() - started) * 1000
                 if i >= 50:  # the first ones warm connections and caches
                     (arbitrated if through else direct).append(elapsed)
-                await client.pool.release_model(allocation.request_id)
+                await pool.release_model(allocation.request_id)
         stop.set()
         for task in tasks:
             await task

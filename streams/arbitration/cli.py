@@ -142,7 +142,7 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     if not path.is_file():
         raise PitError(f"no such file: {args.file}")
     policy = parse_policy(path.read_text())  # every problem, before anything is sent
-    outcome = _run(settings, lambda pit: pit.arbitration.set_policy(policy, pool_id=args.pool))
+    outcome = _run(settings, lambda ops: ops.set_policy(policy, pool_id=args.pool))
     print(outcome.line())
     return 0 if outcome.accepted else 1
 
@@ -179,11 +179,15 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run(settings: Settings, operation: Any) -> Any:
-    from streams.client import PitClient
+    """`operation(arbitration's client operations)`, on a connected client."""
+    from streams.arbitration.arbiter import ARBITER
+    from streams.arbitration.client import allocation_ops
+    from streams.commands import CommandClient
+    from streams.pool.pool import POOL
 
     async def run() -> Any:
-        async with PitClient(settings, issued_by="pit-cli") as pit:
-            return await operation(pit)
+        async with CommandClient(settings, "pit-cli", deciders=(ARBITER, POOL)) as client:
+            return await operation(allocation_ops(client)[1])
 
     return asyncio.run(run())
 
@@ -198,7 +202,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             raise PitError(f"--score {pair!r}: expected name=number") from None
         if not sep:
             raise PitError(f"--score {pair!r}: expected name=number")
-    decision = _run(settings, lambda pit: pit.arbitration.submit(
+    decision = _run(settings, lambda ops: ops.submit(
         args.model, tenant=args.tenant, priority=args.priority, scores=scores,
         request_id=args.request_id, timeout=args.timeout, pool_id=args.pool))
     if args.json:
@@ -212,7 +216,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 def _command(send: Any) -> Any:
     def run(args: argparse.Namespace, settings: Settings) -> int:
-        outcome = _run(settings, lambda pit: send(pit, args))
+        outcome = _run(settings, lambda ops: send(ops, args))
         print(outcome.line())
         return 0 if outcome.accepted else 1
     return run
@@ -260,13 +264,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--request-id")
     submit.add_argument("--timeout", type=float, help="seconds it may wait (0: forever)")
     release = action("release", "give back a granted request", _command(
-        lambda pit, a: pit.arbitration.release(a.request, pool_id=a.pool)))
+        lambda ops, a: ops.release(a.request, pool_id=a.pool)))
     release.add_argument("request")
     cancel = action("cancel", "withdraw a waiting request", _command(
-        lambda pit, a: pit.arbitration.cancel(a.request, pool_id=a.pool)))
+        lambda ops, a: ops.cancel(a.request, pool_id=a.pool)))
     cancel.add_argument("request")
     describe = action("describe", "a model's slots, costs and equivalents", _command(
-        lambda pit, a: pit.arbitration.describe_model(
+        lambda ops, a: ops.describe_model(
             a.model, slots=a.slots, cost_per_second=a.cost_per_second,
             cost_per_call=a.cost_per_call, equivalents=a.equivalent or [], pool_id=a.pool)))
     describe.add_argument("model")

@@ -106,8 +106,11 @@ class Ask:
 class ArbitrationOps:
     """Per client: the requests awaiting decisions."""
 
-    def __init__(self, client: CommandClient) -> None:
+    def __init__(self, client: CommandClient, pool: Any = None) -> None:
+        """`pool`: the pool's operations `allocate_model` allocates with (default: the
+        client's own, `client.pool`, which a PitClient has)."""
         self.client = client
+        self.pool = pool
         self._watched: dict[str, asyncio.Queue[Decision]] = {}  # request id -> its decisions
         self._events: asyncio.Future | None = None
         self._engine: Engine | None = None  # the views, for a request submitted before
@@ -257,7 +260,7 @@ class ArbitrationOps:
                                       f" {exc}") from None
         decision = await self.wait_granted(decision, max(0.0, deadline - loop.time()))
         try:
-            allocation = await self.client.pool.allocate_model(  # type: ignore[attr-defined]
+            allocation = await self._pool().allocate_model(
                 decision.model_id, requester, request_id=decision.request_id,
                 workflow_id=workflow_id, pool_id=pool_id,
                 timeout=max(0.1, deadline - loop.time()))
@@ -269,10 +272,12 @@ class ArbitrationOps:
     async def release_model(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
                             **options) -> Outcome:
         """Release an allocation made by `allocate_model`: in the pool, then its grant."""
-        pool = await self.client.pool.release_model(  # type: ignore[attr-defined]
-            request_id, pool_id=pool_id, **options)
+        pool = await self._pool().release_model(request_id, pool_id=pool_id, **options)
         granted = await self.release(request_id, pool_id=pool_id, **options)
         return pool if not pool.accepted else granted
+
+    def _pool(self) -> Any:
+        return self.pool or self.client.pool  # type: ignore[attr-defined]
 
     async def release(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
                       **options) -> Outcome:
@@ -316,3 +321,15 @@ class ArbitrationOps:
                                  pool_id: str = DEFAULT_POOL, **options) -> Outcome:
         return await self.client.send(ReportUtilisation(source, utilisation, pool_id),
                                       **options)
+
+
+def allocation_ops(client: CommandClient) -> tuple[Any, ArbitrationOps]:
+    """The pool's operations and arbitration's, wired to each other on a bare CommandClient
+    that routes the pool's and the arbiter's commands: what a PitClient has as `.pool` and
+    `.arbitration` (a runner, the CLI and the bench use these)."""
+    from streams.pool.client import PoolOps
+
+    pool = PoolOps(client)
+    arbitration = ArbitrationOps(client, pool=pool)
+    pool.arbitration = arbitration
+    return pool, arbitration

@@ -414,6 +414,7 @@ class StartExecution(_Execution):
     capacity_memory_mb: dict[str, int] = field(default_factory=dict)
     timeout_ms: int = 0         # 0: the definition's
     checkpoint_every: int = -1  # -1: the definition's; 0: no periodic checkpoints
+    tenant: str = ""            # whose it is: its instrument nodes' allocations are arbitrated
 
 
 # A runner's report and the event that records it carry the same fields.
@@ -503,6 +504,7 @@ class ExecutionStarted(_Execution):
     deadline_at: int         # 0: none
     checkpoint_every: int
     nodes: int
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
@@ -522,6 +524,7 @@ class NodeScheduled(_Execution):
     priority: int
     rank: float
     deadline_at: int   # 0: none
+    tenant: str = ""   # the execution's: a model allocation is arbitrated for it
 
 
 @dataclass(frozen=True)
@@ -724,6 +727,7 @@ class ExecutionState:
     error: str = ""
     base: ExecutionState | None = None  # where a restart goes back to (without its base)
     definition_hash: str = ""       # what it was started with: kept once ended (`final`)
+    tenant: str = ""                # whose execution it is (StartExecution.tenant)
 
     @property
     def running(self) -> bool:
@@ -907,7 +911,8 @@ def _started(s: ExecutionState, e: ExecutionStarted, at_ms: int,
     state = copy_with(s, status=ExecutionStatus.RUNNING, plan=plan, pools=pools, inputs=e.inputs,
                   max_concurrency=e.max_concurrency, started_at=at_ms,
                   timeout_ms=e.timeout_ms, deadline_at=e.deadline_at,
-                  checkpoint_every=e.checkpoint_every, definition_hash=e.definition_hash)
+                  checkpoint_every=e.checkpoint_every, definition_hash=e.definition_hash,
+                  tenant=e.tenant)
     return _with_base(_rebuilt(state, [NodeRun()] * plan.size))
 
 
@@ -1059,6 +1064,7 @@ def snapshot(s: ExecutionState, checkpoint: int) -> bytes:
         "pools": pools, "started_at": s.started_at, "timeout_ms": s.timeout_ms,
         "deadline_at": s.deadline_at, "checkpoint_every": s.checkpoint_every,
         "checkpoint": checkpoint, "durations": s.durations, "nodes": nodes,
+        "tenant": s.tenant,
     }
     return zlib.compress(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode(), 6)
 
@@ -1078,7 +1084,7 @@ def restore(snapshot_bytes: bytes, tail: Iterable[tuple[Message, int]] = (),
         started_at=doc["started_at"], timeout_ms=doc["timeout_ms"],
         deadline_at=doc["deadline_at"], checkpoint_every=doc["checkpoint_every"],
         checkpoint=doc["checkpoint"], durations=tuple(map(tuple, doc["durations"])),
-        definition_hash=plan.definition_hash)
+        definition_hash=plan.definition_hash, tenant=doc.get("tenant", ""))
     runs = [_BLANK] * plan.size
     for i, status, attempt, tries, restarts, scheduled_at, started_at, error, output, *runner \
             in doc["nodes"]:  # snapshots taken before the runner was kept have no runner
@@ -1195,7 +1201,7 @@ def _on_start(d: _Decision, c: StartExecution) -> None:
         dict(c.capacity_cpu), dict(c.capacity_memory_mb), timeout,
         d.now + timeout if timeout else 0,
         workflow.checkpoint_every if c.checkpoint_every < 0 else c.checkpoint_every,
-        plan.size))
+        plan.size, c.tenant))
     if timeout:
         s = d.state
         d.emit(_timer(s, _workflow_timer(s), s.deadline_at))
@@ -1510,7 +1516,7 @@ def _dispatch(d: _Decision, i: int) -> None:
         s.execution_id, node.id, attempt, task_id(s.execution_id, node.id, attempt),
         node.kind.value, _spec(node), _json(inputs), _json(refs) if refs else "{}",
         POOLS[plan.pool[i]], node.resources.cpu, node.resources.memory_mb, node.priority,
-        -plan.key[i][1], deadline))
+        -plan.key[i][1], deadline, s.tenant))
     if node.timeout_ms:
         d.emit(_timer(s, _node_timer(s, i, "timeout", attempt), deadline))
 

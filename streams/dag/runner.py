@@ -80,6 +80,8 @@ from confluent_kafka import Consumer, KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from schemas.codec import Codec
+from streams.arbitration.arbiter import ARBITER
+from streams.arbitration.client import allocation_ops
 from streams.blobs import FileBlobStore, blob_store
 from streams.commands import CommandClient, registry_for
 from streams.config import Settings
@@ -114,7 +116,6 @@ from streams.errors import (
     PitError,
     SchemaError,
 )
-from streams.pool.client import PoolOps
 from streams.pool.pool import POOL
 from streams.process import (
     BROKER_POLL_S,
@@ -187,6 +188,8 @@ class Task:
     deadline_at: int = 0  # epoch ms; 0: none
     correlation_id: str = ""
     problem: str = ""  # why it cannot run (its JSON fields are malformed); reported failed
+    tenant: str = ""   # the execution's; with one, model allocations are arbitrated
+    priority: int = 0  # the node's, for arbitration
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Task:
@@ -201,7 +204,8 @@ class Task:
                    record["attempt"], record["kind"], **values,
                    deadline_at=record.get("deadline_at") or 0,
                    correlation_id=(record.get("envelope") or {}).get("correlation_id", ""),
-                   problem="; ".join(problems))
+                   problem="; ".join(problems), tenant=record.get("tenant") or "",
+                   priority=record.get("priority") or 0)
 
     @property
     def params(self) -> dict:
@@ -233,7 +237,8 @@ class Models(Protocol):
     """What an instrument needs of the Pool Manager (`PoolOps` is one)."""
 
     async def allocate_model(self, model_id: str, requester: str, *, request_id: str,
-                             workflow_id: str = "", timeout: float = 30.0) -> Any: ...
+                             workflow_id: str = "", timeout: float = 30.0,
+                             tenant: str | None = None, priority: int | None = None) -> Any: ...
 
     async def infer(self, allocation: Any, inputs: Any, *, params: dict | None = None,
                     timeout: float = 30.0) -> Any: ...
@@ -364,9 +369,11 @@ class NodeExecutor:
             raise TaskError("NoModels", "this runner has no Pool Manager client")
         request_id = f"{task.task_id}/{uuid.uuid4().hex[:8]}"
         try:
+            # An execution with a tenant has its allocations arbitrated, at the node's priority.
             yield await self.models.allocate_model(
                 model, task.task_id, request_id=request_id, workflow_id=task.execution_id,
-                timeout=remaining_s or MODEL_TIMEOUT_S)
+                timeout=remaining_s or MODEL_TIMEOUT_S, tenant=task.tenant or None,
+                priority=task.priority if task.tenant else None)
         finally:
             await asyncio.shield(self._release(request_id))  # a cancelled node releases too
 
@@ -633,8 +640,9 @@ class Runner:
         self._kafka = ThreadPoolExecutor(1, thread_name_prefix="pit-runner-kafka")
         try:
             self.client = CommandClient(self.settings, f"pit-runner/{self.runner_id}",
-                                        self.codec, deciders=(POOL, DAG))
-            self.executor.models = PoolOps(self.client)
+                                        self.codec, deciders=(POOL, DAG, ARBITER))
+            # the pool's operations, arbitrated for an execution with a tenant
+            self.executor.models, _ = allocation_ops(self.client)
             self.reporter = KafkaReporter(self.settings, self.codec, self.runner_id,
                                           self.run_id)
             await self.client.start()

@@ -115,7 +115,7 @@ async def submit(args: argparse.Namespace, settings: Settings) -> int:
     async with PitClient(settings, issued_by="pit-cli") as client:
         execution_id = await client.dag.execute_workflow(
             workflow, inputs, execution_id=args.id, max_concurrency=args.max_concurrency,
-            timeout_ms=args.timeout_ms)
+            timeout_ms=args.timeout_ms, tenant=args.tenant or "")
         print(execution_id, flush=True)
         if not args.wait:
             return 0
@@ -190,6 +190,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                               " (repeat)")
     submit_.add_argument("--id", help="execution id (default: <workflow name>-<random>)")
     submit_.add_argument("--max-concurrency", type=int, help="most nodes running at once")
+    submit_.add_argument("--tenant", help="whose workflow it is: its model allocations go"
+                                          " through arbitration, at each node's priority")
     submit_.add_argument("--timeout-ms", type=int, help="workflow timeout (default: the"
                                                         " definition's)")
     submit_.add_argument("--wait", action="store_true",

@@ -138,7 +138,7 @@ def start_command(workflow: Workflow, settings: Settings, execution_id: str,
                   inputs: Mapping[str, Any] | None = None, *,
                   max_concurrency: int | None = None,
                   capacity: Mapping[str, Mapping[str, float]] | None = None,
-                  timeout_ms: int | None = None) -> StartExecution:
+                  timeout_ms: int | None = None, tenant: str = "") -> StartExecution:
     """The StartExecution of a valid workflow; a large definition goes to the store first."""
     try:
         inputs_json = json.dumps(dict(inputs or {}), sort_keys=True, allow_nan=False)
@@ -150,7 +150,7 @@ def start_command(workflow: Workflow, settings: Settings, execution_id: str,
         definition, definition_hash = workflow.canonical_json(), ""
     cpu, memory = _capacity(capacity)
     return StartExecution(execution_id, definition, definition_hash, inputs_json,
-                          max_concurrency or 0, cpu, memory, timeout_ms or 0)
+                          max_concurrency or 0, cpu, memory, timeout_ms or 0, tenant=tenant)
 
 
 # --- reading one execution's events ---------------------------------------------------------
@@ -286,17 +286,20 @@ class WorkflowOps:
                                execution_id: str | None = None,
                                max_concurrency: int | None = None,
                                capacity: Mapping[str, Mapping[str, float]] | None = None,
-                               timeout_ms: int | None = None, timeout: float = 30.0) -> str:
+                               timeout_ms: int | None = None, timeout: float = 30.0,
+                               tenant: str = "") -> str:
         """Start a workflow (a Workflow, its dict form or a .yaml/.json path) with `inputs`
         {"node.input": value}; returns the execution id once the start is accepted.
-        `capacity`: {runner pool: {"cpu": c, "memory_mb": m}}. An invalid definition raises
+        `capacity`: {runner pool: {"cpu": c, "memory_mb": m}}. With a `tenant`, its
+        instrument nodes' model allocations go through arbitration, each at its node's
+        priority (streams/arbitration/). An invalid definition raises
         InvalidWorkflowError listing every problem (nothing is published); a rejected start
         raises WorkflowError with the reason."""
         workflow = check(load_workflow(definition))
         execution_id = execution_id or f"{workflow.name}-{uuid.uuid4().hex[:12]}"
         command = start_command(workflow, self.client.settings, execution_id, inputs,
                                 max_concurrency=max_concurrency, capacity=capacity,
-                                timeout_ms=timeout_ms)
+                                timeout_ms=timeout_ms, tenant=tenant)
         outcome = await self.client.send(command, command_id=f"{execution_id}/start",
                                          timeout=timeout)
         if not outcome.accepted:

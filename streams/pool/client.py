@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -53,6 +54,9 @@ class PoolOps:
         self._pool_events: asyncio.Future | None = None  # following pit.pool.events
         self._http: aiohttp.ClientSession | None = None
         self._arbitrated: set[str] = set()  # allocations arbitration granted
+        # Arbitration's operations, for allocations with a tenant or priority: a PitClient's
+        # own (`client.arbitration`) unless given (a runner's bare CommandClient has none).
+        self.arbitration: Any = None
         client.at_close(self.close)
 
     async def close(self) -> None:
@@ -113,7 +117,7 @@ class PoolOps:
         (streams/arbitration/client.py): it waits its turn, and a denial or timeout raises
         AllocationError with arbitration's reason; release it here as any other."""
         if tenant is not None or priority is not None or scores is not None:
-            allocation = await self.client.arbitration.allocate_model(  # type: ignore[attr-defined]
+            allocation = await self._arbitration().allocate_model(
                 model_id, requester, tenant=tenant or "default", priority=priority or 0,
                 scores=scores, request_id=request_id, workflow_id=workflow_id,
                 pool_id=pool_id, timeout=timeout)
@@ -143,6 +147,9 @@ class PoolOps:
                                   f" ({event.code}): {event.reason}")
         return Allocation(request_id, model_id, event.host_id, event.endpoint, event.cache_hit)
 
+    def _arbitration(self) -> Any:
+        return self.arbitration or self.client.arbitration  # type: ignore[attr-defined]
+
     async def _follow_pool(self) -> None:
         """Start following the pool's events once; every caller waits until it is pinned."""
         if self._pool_events is None:
@@ -168,8 +175,8 @@ class PoolOps:
                             **options) -> Outcome:
         if request_id in self._arbitrated:  # its grant goes back to arbitration too
             self._arbitrated.discard(request_id)
-            return await self.client.arbitration.release_model(  # type: ignore[attr-defined]
-                request_id, pool_id=pool_id, **options)
+            return await self._arbitration().release_model(request_id, pool_id=pool_id,
+                                                           **options)
         return await self.client.send(ReleaseModel(request_id, pool_id), **options)
 
     async def infer(self, allocation: Allocation, inputs, *, params: dict | None = None,

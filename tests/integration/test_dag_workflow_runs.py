@@ -230,6 +230,36 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
 
 
 @pytest.mark.asyncio(loop_scope="session")
+async def test_an_executions_instrument_nodes_are_arbitrated_with_their_priority(pit):
+    from streams.arbitration.topics import ARBITRATION_EVENTS
+
+    host = await ModelHost(pit.stack.settings, "dag-arb-h1", 1000, 2,
+                           say=lambda _: None).start()
+    try:
+        assert (await pit.client.pool.register_model("mood-arb", SENTIMENT, 50, 5)).accepted
+        pit.runner("r-arb")
+        workflow = (WorkflowBuilder("arbitrated-moods")
+                    .operator("headline", "identity", constants={"value": "a great day"})
+                    .instrument("mood", "mood-arb", priority=100)
+                    .edge("headline", "mood.text").build())
+        execution = await pit.client.dag.execute_workflow(workflow, tenant="team-a")
+        result = await pit.client.dag.await_result(execution, timeout=30)
+        assert result.ok, result.error
+        await pit.stop("r-arb")
+    finally:
+        await host.close()
+    seen: dict[str, list[dict]] = {}
+    for record in await pit.history(ARBITRATION_EVENTS):
+        decoded = pit.stack.codec.decode(record.value)
+        seen.setdefault(decoded.name.rsplit(".", 1)[-1], []).append(decoded.record)
+    (submitted,) = [r for r in seen["RequestSubmitted"] if r["workflow_id"] == execution]
+    assert (submitted["tenant"], submitted["priority"], submitted["requester"]) == (
+        "team-a", 100, f"{execution}/mood/1")
+    decided = [r for r in seen["RequestDecided"] if r["request_id"] == submitted["request_id"]]
+    assert [r["outcome"] for r in decided] == ["granted"]
+    assert submitted["request_id"] in {r["request_id"] for r in seen["GrantReleased"]}
+
+
 async def test_instruments_call_a_pool_model_on_its_host_and_release_it(pit):
     host = await ModelHost(pit.stack.settings, "dag-h1", 1000, 2, say=lambda _: None).start()
     try:

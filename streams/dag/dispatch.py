@@ -16,7 +16,8 @@ runner-pool capacity are the decider's). The dispatcher sees every execution's e
 is where the work of all of them is admitted. Its bookkeeping (`Gate`) is a fold of the log:
 a task runs from its relay until its attempt's `NodeCompleted`/`NodeFailed`, or until its
 execution ends or restarts (whose stale attempts report to no effect). Beyond the limit,
-tasks wait, released by priority, then critical-path rank, then order of scheduling. A
+tasks wait, released by priority, then to the tenant (or tenant-less execution) running the
+fewest, then by critical-path rank, then order of scheduling. A
 node's timeout counts from its scheduling, so it includes that wait (like Temporal's
 schedule-to-close timeout).
 
@@ -116,18 +117,31 @@ class Task:
     priority: int = 0
     rank: int = 0
     record: LogRecord | None = None  # the NodeScheduled record to relay
+    tenant: str = ""  # the execution's (StartExecution.tenant); "": the execution alone
+
+    @property
+    def share(self) -> str:
+        """Whom the limit is shared between: its tenant, or, without one, its execution."""
+        return f"tenant:{self.tenant}" if self.tenant else f"execution:{self.execution_id}"
 
 
 @dataclass
 class Gate:
     """Which tasks run and which wait, under `max_running` (0: no limit). Feed it the log in
     order (`scheduled`, `attempt_ended`, `execution_moved_on`); `admit` says what to relay now.
-    Every task is admitted at most once."""
+    Every task is admitted at most once.
+
+    The limit is shared: between tasks of equal priority, the next slot goes to the tenant
+    (or, for an execution without one, the execution) running the fewest tasks now, so one
+    tenant's 10,000-node workflow cannot lock out another's 10-node one. Higher priority
+    still goes first; within one share, critical-path rank, then order of scheduling."""
 
     max_running: int
     running: dict[str, str] = field(default_factory=dict)   # task id -> execution id
     waiting: dict[str, Task] = field(default_factory=dict)
-    _queue: list[tuple[int, int, int, str]] = field(default_factory=list)
+    _queues: dict[str, list[tuple[int, int, int, str]]] = field(default_factory=dict)
+    _share_of: dict[str, str] = field(default_factory=dict)  # running task id -> its share
+    _running_in: dict[str, int] = field(default_factory=dict)  # share -> tasks running
     _order: int = 0
 
     def scheduled(self, task: Task, relayed: bool = False) -> None:
@@ -135,19 +149,35 @@ class Gate:
         if task.task_id in self.running or task.task_id in self.waiting:
             return  # the same event read twice
         if relayed:
-            self.running[task.task_id] = task.execution_id
+            self._run(task)
             return
         self.waiting[task.task_id] = task
         self._order += 1
-        heapq.heappush(self._queue, (-task.priority, -task.rank, self._order, task.task_id))
+        heapq.heappush(self._queues.setdefault(task.share, []),
+                       (-task.priority, -task.rank, self._order, task.task_id))
+
+    def _run(self, task: Task) -> None:
+        self.running[task.task_id] = task.execution_id
+        self._share_of[task.task_id] = task.share
+        self._running_in[task.share] = self._running_in.get(task.share, 0) + 1
+
+    def _stop(self, task_id: str) -> None:
+        self.running.pop(task_id, None)
+        share = self._share_of.pop(task_id, None)
+        if share is not None:
+            left = self._running_in[share] - 1
+            if left:
+                self._running_in[share] = left
+            else:
+                del self._running_in[share]
 
     def attempt_ended(self, task_id: str) -> None:
-        self.running.pop(task_id, None)
+        self._stop(task_id)
         self.waiting.pop(task_id, None)  # ended before it was relayed (a timeout): never run
 
     def execution_moved_on(self, execution_id: str) -> None:
         for running in [t for t, e in self.running.items() if e == execution_id]:
-            del self.running[running]
+            self._stop(running)
         for waiting in [t for t, task in self.waiting.items() if task.execution_id ==
                         execution_id]:
             del self.waiting[waiting]
@@ -155,17 +185,37 @@ class Gate:
     def has_room(self) -> bool:
         return self.max_running <= 0 or len(self.running) < self.max_running
 
+    def _head(self, share: str) -> tuple[int, int, int, str] | None:
+        """The share's best waiting task, dropping the ones that ended while waiting."""
+        queue = self._queues[share]
+        while queue and queue[0][3] not in self.waiting:
+            heapq.heappop(queue)
+        if not queue:
+            del self._queues[share]
+            return None
+        return queue[0]
+
     def admit(self) -> list[Task]:
         """The waiting tasks that fit now, best first; they count as running from here."""
         admitted = []
-        while self._queue and self.has_room():
-            *_, task_id = heapq.heappop(self._queue)
-            task = self.waiting.pop(task_id, None)
-            if task is not None:  # else it ended or its execution moved on while waiting
-                self.running[task_id] = task.execution_id
-                admitted.append(task)
+        while self.waiting and self.has_room():
+            best: tuple[tuple[int, int, int, int], str] | None = None
+            for share in list(self._queues):
+                head = self._head(share)
+                if head is None:
+                    continue
+                priority, rank, order, _ = head
+                key = (priority, self._running_in.get(share, 0), rank, order)
+                if best is None or key < best[0]:
+                    best = (key, share)
+            if best is None:
+                break
+            *_, task_id = heapq.heappop(self._queues[best[1]])
+            task = self.waiting.pop(task_id)
+            self._run(task)
+            admitted.append(task)
         if not self.waiting:
-            self._queue.clear()
+            self._queues.clear()
         return admitted
 
 
@@ -265,7 +315,7 @@ class TaskDispatcher:
                 if not done and again is not None:
                     again.append(task)
             self.gate.scheduled(Task(task, event["execution_id"], event["priority"],
-                                     event["rank"], record), done)
+                                     event["rank"], record, event.get("tenant") or ""), done)
         elif decoded.name in ATTEMPT_ENDED:
             self.gate.attempt_ended(
                 task_id(event["execution_id"], event["node_id"], event["attempt"]))

@@ -45,12 +45,16 @@ def test_the_gate_keeps_the_limit_admits_each_task_once_and_best_first(ops, limi
                 assert task.task_id not in gone, "a task that ended or was cancelled ran"
                 assert task.task_id not in admitted, "a task relayed twice"
                 admitted.append(task.task_id)
-            keys = [(-t.priority, -t.rank) for t in batch]
+            keys = [-t.priority for t in batch]
             assert keys == sorted(keys), "admitted out of priority order"
-            # the best waiting task never loses to an admitted worse one
+            # a higher priority waiting task never loses to an admitted lower one
             if batch and gate.waiting:
-                best_left = min((-t.priority, -t.rank) for t in gate.waiting.values())
+                best_left = min(-t.priority for t in gate.waiting.values())
                 assert best_left >= keys[-1]
+            # within one execution (its share), rank goes first
+            for execution in EXECUTIONS:
+                mine = [(-t.priority, -t.rank) for t in batch if t.execution_id == execution]
+                assert mine == sorted(mine), "an execution's tasks admitted out of rank order"
             assert len(gate.running) <= limit
             assert not gate.waiting or len(gate.running) == limit  # no idle slot left
         assert set(gate.waiting).isdisjoint(gate.running)
@@ -68,6 +72,31 @@ def test_every_waiting_task_runs_once_the_running_ones_end(limit, count):
         for task in batch:
             gate.attempt_ended(task.task_id)
     assert sorted(ran) == sorted(f"ex/n{n}/1" for n in range(count))
+
+
+def test_the_limit_is_shared_between_executions_and_tenants_at_equal_priority():
+    gate = Gate(4)
+    for n in range(100):  # a big workflow scheduled first, with a better rank
+        gate.scheduled(Task(f"big/n{n}/1", "big", rank=10))
+    for n in range(3):
+        gate.scheduled(Task(f"small/n{n}/1", "small"))
+    first = gate.admit()
+    assert sorted(t.execution_id for t in first) == ["big", "big", "small", "small"]
+    for task in first:
+        if task.execution_id == "small":
+            gate.attempt_ended(task.task_id)
+    assert [t.task_id for t in gate.admit()] in (["small/n2/1", "big/n2/1"],
+                                                 ["big/n2/1", "small/n2/1"])
+    # a tenant's executions share one part of the limit; higher priority still goes first
+    tenants = Gate(3)
+    for execution in ("t1-a", "t1-b"):
+        for n in range(5):
+            tenants.scheduled(Task(f"{execution}/n{n}/1", execution, tenant="t1"))
+    tenants.scheduled(Task("t2-a/n0/1", "t2-a", tenant="t2"))
+    tenants.scheduled(Task("t2-a/n1/1", "t2-a", tenant="t2"))
+    tenants.scheduled(Task("urgent/n0/1", "urgent", priority=5, tenant="t1"))
+    # urgent first; then t2 (running none), then t1 and t2 level, t1's scheduled first
+    assert [t.task_id for t in tenants.admit()] == ["urgent/n0/1", "t2-a/n0/1", "t1-a/n0/1"]
 
 
 def test_no_limit_admits_everything_and_a_relayed_task_counts_as_running():

@@ -180,6 +180,15 @@ class ReportUtilisation(_ArbitrationCommand):
 # --- events ---------------------------------------------------------------------------------
 # The envelope's entity key is the pool id; key_field names the subject (the Kafka key).
 
+
+class _Fact(Message):
+    """An event about a model, host or source the pool's events are keyed by too: keyed
+    `arbitration:<subject>` on Kafka, so `pit audit <model>` still names one story."""
+
+    @property
+    def entity_key(self) -> str:
+        return f"arbitration:{getattr(self, self.key_field)}"
+
 @dataclass(frozen=True)
 class RequestSubmitted(Message):
     avro_name = "pit.arbitration.RequestSubmitted"
@@ -257,7 +266,7 @@ class ArbitrationPolicySet(Message):
 
 
 @dataclass(frozen=True)
-class ModelDescribed(Message):
+class ModelDescribed(_Fact):
     avro_name = "pit.arbitration.ModelDescribed"
     key_field = "model_id"
     model_id: str
@@ -268,7 +277,7 @@ class ModelDescribed(Message):
 
 
 @dataclass(frozen=True)
-class ModelObserved(Message):
+class ModelObserved(_Fact):
     avro_name = "pit.arbitration.ModelObserved"
     key_field = "model_id"
     model_id: str
@@ -278,7 +287,7 @@ class ModelObserved(Message):
 
 
 @dataclass(frozen=True)
-class HostObserved(Message):
+class HostObserved(_Fact):
     avro_name = "pit.arbitration.HostObserved"
     key_field = "host_id"
     host_id: str
@@ -288,7 +297,7 @@ class HostObserved(Message):
 
 
 @dataclass(frozen=True)
-class UtilisationReported(Message):
+class UtilisationReported(_Fact):
     avro_name = "pit.arbitration.UtilisationReported"
     key_field = "source"
     source: str

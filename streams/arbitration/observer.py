@@ -12,12 +12,18 @@ waiting); idle Hot models do not count, since the pool evicts them for a cold on
 It runs once per cluster (on the leader). On every start it rebuilds the pools from the
 whole history and sends every fact again; the arbiter accepts a fact it already has with no
 event, so a restart costs one command per model and host, and changes nothing.
+
+It tells at most every TELL_EVERY_S what changed since: a host's free memory changes with
+every allocation and release of a model it holds (in use, then idle), and told each time
+that doubled the commands and events of a busy pool for facts that were stale a moment
+later. Arbitration decides on facts at most that old; the pool still places every model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -36,6 +42,7 @@ from streams.pool.pool import POOL, PoolState
 from streams.pool.topics import POOL_EVENTS
 
 log = logging.getLogger(__name__)
+TELL_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -104,14 +111,18 @@ class PoolObserver:
         try:
             await self._follower.start()
             await self._tell()
+            told_at = time.monotonic()
             async for records in self._follower.batches(stop, wait_ms=100):
                 for record in records:
                     self._take(record)
+                if time.monotonic() - told_at < TELL_EVERY_S:
+                    continue
                 try:
                     await self._tell()
                 except PitError as exc:  # the broker or pit up is away: tell it all later
                     log.warning("could not tell arbitration about the pool: %s", exc)
                     self.told.clear()
+                told_at = time.monotonic()
         finally:
             await self._follower.stop()
             await self.client.close()

@@ -28,6 +28,13 @@ async def observed(stack: Stack, models: set[str], host: str) -> bool:
         ("pit.arbitration.HostObserved", host)} <= seen
 
 
+async def host_free(stack: Stack, host: str) -> int | None:
+    """The free memory arbitration was last told of for `host`."""
+    told = [r["free_mb"] for name, r, _ in await records(stack, ARBITRATION_EVENTS)
+            if name == "pit.arbitration.HostObserved" and r["host_id"] == host]
+    return told[-1] if told else None
+
+
 async def request_state(stack: Stack, request_id: str) -> str:
     await stack.drain_projector()
     found = views.request(stack.engine, request_id)
@@ -59,6 +66,8 @@ async def test_two_tenants_contend_for_a_host_that_fits_one_model(tmp_path) -> N
                 first = await pit.pool.allocate_model("m-a", "alice", tenant="a",
                                                       request_id="alice-1")
                 assert (first.model_id, first.host_id) == ("m-a", "arb-h1")
+                await until(lambda: _free_is(stack, "arb-h1", 0),
+                            what="arbitration told that m-a holds the host's memory")
                 # m-b needs the host's memory, which m-a holds while in use: b waits
                 waiting = asyncio.ensure_future(pit.pool.allocate_model(
                     "m-b", "bob", tenant="b", request_id="bob-1", timeout=60))
@@ -81,6 +90,10 @@ async def test_two_tenants_contend_for_a_host_that_fits_one_model(tmp_path) -> N
                           priority="NORMAL") == 0
         finally:
             await host.close()
+
+
+async def _free_is(stack: Stack, host: str, free_mb: int) -> bool:
+    return await host_free(stack, host) == free_mb
 
 
 async def _is(stack: Stack, request_id: str, state: str) -> bool:

@@ -158,8 +158,8 @@ def test_the_audit_log_and_unknown_views_are_refused(engine: Engine) -> None:
         replayable_view("audit", views())
     with pytest.raises(ReplayError, match="audit log"):
         replayable_view("audit_log", views())
-    with pytest.raises(ReplayError, match="unknown view 'nope'; views: artifact_search, "
-                                          "artifacts, dag, models"):
+    with pytest.raises(ReplayError, match="unknown view 'nope'; views: arbitration, "
+                                          "artifact_search, artifacts, dag, models"):
         replayable_view("nope", views())
 
 

@@ -14,9 +14,10 @@ An address is "sha256:<64 hex>" of the content. `FileBlobStore` keeps a blob at
   streamed read verifies at its end: use what it yielded only once it finished);
 * `store` says whether the content is new (`Stored.newly_stored`): a new file is linked into
   place, which only one of several writers of the same content can do;
-* raw objects (`write_raw`/`read_raw`) sit beside the blobs under an address and a suffix,
-  unverified: the Artifact Store's encrypted content and its key objects
-  (streams/artifacts/crypto.py), whose integrity the encryption checks.
+* raw objects (`write_raw`/`read_raw`/`delete_raw`) sit beside the blobs under an address
+  and a suffix, unverified: the Artifact Store's encrypted content and its key objects
+  (streams/artifacts/crypto.py), whose integrity the encryption checks, and the compressed
+  copies of the storage tiers (streams/stale/tiers.py).
 """
 
 from __future__ import annotations
@@ -292,6 +293,18 @@ class FileBlobStore:
             return self.raw_path(address, suffix).stat().st_size
         except FileNotFoundError:
             return None
+
+    def delete_raw(self, address: str, *, suffix: str = "") -> bool:
+        """Delete the object `suffix` of `address` (with "", the blob itself); True if there
+        was one. The directory is fsynced: a deletion a caller relies on (a tier move's
+        source, a purge) must not come back after a crash."""
+        path = self.raw_path(address, suffix)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_directory(path.parent)
+        return True
 
     def raw_addresses(self, suffix: str) -> Iterator[str]:
         """The addresses that have an object `suffix`."""

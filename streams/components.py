@@ -14,12 +14,14 @@ from streams.dag import component as dag
 from streams.decider import Decider, Message
 from streams.errors import PitError
 from streams.pool import component as pool
+from streams.stale import component as stale
 
 COMPONENTS: tuple[Component, ...] = (
     pool.COMPONENT,
     dag.COMPONENT,
     artifacts.COMPONENT,
     arbitration.COMPONENT,
+    stale.COMPONENT,
 )
 
 DECIDERS: tuple[Decider, ...] = tuple(d for c in COMPONENTS for d in c.deciders)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import yaml
-
+from streams.documents import choice, flag, load_document, mapping, number, unknown_keys
 from streams.errors import PitError
 
 
@@ -120,49 +118,23 @@ class Policy:
 DEFAULT_POLICY = Policy()
 
 
-def _number(problems: list[str], where: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        problems.append(f"{where}: {value!r} is not a finite number")
-        return low
-    if not low <= value <= high:
-        problems.append(f"{where}: {value} is not within [{low:g}, {high:g}]")
-    return float(value)
-
-
-def _enum(problems: list[str], where: str, kind: type[enum.Enum], value: Any) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        known = ", ".join(str(m.value) for m in kind)  # type: ignore[attr-defined]
-        problems.append(f"{where}: {value!r} is not one of {known}")
-        return next(iter(kind))
-
-
-def _mapping(problems: list[str], where: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        problems.append(f"{where}: expected a mapping, got {type(value).__name__}")
-        return {}
-    return value
-
-
 _FIELDS = {f for f in Policy.__dataclass_fields__}
 
 
 def policy_from(data: Any) -> Policy:
     """A Policy of plain data (parsed YAML/JSON); PolicyError listing every problem."""
     problems: list[str] = []
-    data = _mapping(problems, "policy", data)
-    for unknown in sorted(set(data) - _FIELDS):
-        problems.append(f"{unknown}: unknown setting (known: {', '.join(sorted(_FIELDS))})")
+    data = mapping(problems, "policy", data)
+    unknown_keys(problems, "", data, _FIELDS)
     values: dict[str, Any] = {}
     if "default_strategy" in data:
-        values["default_strategy"] = _enum(problems, "default_strategy", Strategy,
+        values["default_strategy"] = choice(problems, "default_strategy", Strategy,
                                            data["default_strategy"])
     if "strategies" in data:
         values["strategies"] = {
-            _enum(problems, f"strategies: {k}", ConflictKind, k):
-                _enum(problems, f"strategies.{k}", Strategy, v)
-            for k, v in _mapping(problems, "strategies", data["strategies"]).items()}
+            choice(problems, f"strategies: {k}", ConflictKind, k):
+                choice(problems, f"strategies.{k}", Strategy, v)
+            for k, v in mapping(problems, "strategies", data["strategies"]).items()}
     for name, low, high in (("memory_threshold", 0.0, 1.0), ("cpu_threshold", 0.0, 1.0),
                             ("cpu_defer_s", 0.001, 86_400.0), ("default_weight", 0.001, 1e6),
                             ("aging_per_s", 0.0, 1e6), ("aging_cap", 0.0, 1e6),
@@ -172,40 +144,38 @@ def policy_from(data: Any) -> Policy:
                             ("max_queue", 1, 1_000_000),
                             ("max_pending_per_tenant", 1, 1_000_000)):
         if name in data:
-            number = _number(problems, name, data[name], low, high)
-            values[name] = int(number) if name.startswith("max_") else number
+            value = number(problems, name, data[name], low, high)
+            values[name] = int(value) if name.startswith("max_") else value
     if "closed" in data:
-        if not isinstance(data["closed"], bool):
-            problems.append(f"closed: {data['closed']!r} is not true or false")
-        values["closed"] = bool(data["closed"])
+        values["closed"] = flag(problems, "closed", data["closed"])
     if "tenants" in data:
-        values["tenants"] = {str(t): _number(problems, f"tenants.{t}", w, 0.001, 1e6)
-                             for t, w in _mapping(problems, "tenants", data["tenants"]).items()}
+        values["tenants"] = {str(t): number(problems, f"tenants.{t}", w, 0.001, 1e6)
+                             for t, w in mapping(problems, "tenants", data["tenants"]).items()}
     if "cost_limits" in data:
         limits = {}
-        for tenant, limit in _mapping(problems, "cost_limits", data["cost_limits"]).items():
-            limit = _mapping(problems, f"cost_limits.{tenant}", limit)
+        for tenant, limit in mapping(problems, "cost_limits", data["cost_limits"]).items():
+            limit = mapping(problems, f"cost_limits.{tenant}", limit)
             limits[str(tenant)] = CostLimit(
-                _number(problems, f"cost_limits.{tenant}.limit", limit.get("limit"), 0, 1e12),
-                _number(problems, f"cost_limits.{tenant}.window_s", limit.get("window_s"),
+                number(problems, f"cost_limits.{tenant}.limit", limit.get("limit"), 0, 1e12),
+                number(problems, f"cost_limits.{tenant}.window_s", limit.get("window_s"),
                         1, 365 * 86_400))
         values["cost_limits"] = limits
     if "score_weights" in data:
-        weights = _mapping(problems, "score_weights", data["score_weights"])
+        weights = mapping(problems, "score_weights", data["score_weights"])
         for unknown in sorted(set(weights) - set(SCORE_DIMENSIONS)):
             problems.append(f"score_weights.{unknown}: unknown dimension"
                             f" (known: {', '.join(SCORE_DIMENSIONS)})")
         values["score_weights"] = {
-            d: _number(problems, f"score_weights.{d}", weights.get(d, 1.0), 0, 1e6)
+            d: number(problems, f"score_weights.{d}", weights.get(d, 1.0), 0, 1e6)
             for d in SCORE_DIMENSIONS}
     if "tenant_scores" in data:
         tenant_scores = {}
-        for tenant, scores in _mapping(problems, "tenant_scores", data["tenant_scores"]).items():
-            scores = _mapping(problems, f"tenant_scores.{tenant}", scores)
+        for tenant, scores in mapping(problems, "tenant_scores", data["tenant_scores"]).items():
+            scores = mapping(problems, f"tenant_scores.{tenant}", scores)
             for unknown in sorted(set(scores) - set(SCORE_DIMENSIONS)):
                 problems.append(f"tenant_scores.{tenant}.{unknown}: unknown dimension")
             tenant_scores[str(tenant)] = {
-                d: _number(problems, f"tenant_scores.{tenant}.{d}", v, 0, 1)
+                d: number(problems, f"tenant_scores.{tenant}.{d}", v, 0, 1)
                 for d, v in scores.items() if d in SCORE_DIMENSIONS}
         values["tenant_scores"] = tenant_scores
     if values.get("closed") and not values.get("tenants"):
@@ -217,11 +187,11 @@ def policy_from(data: Any) -> Policy:
 
 def parse_policy(text: str) -> Policy:
     """A policy from YAML or JSON text (JSON is YAML); PolicyError listing every problem."""
-    try:
-        data = yaml.safe_load(text) if text.strip() else {}
-    except yaml.YAMLError as exc:
-        raise PolicyError([f"not YAML or JSON: {str(exc).splitlines()[0]}"]) from None
-    return policy_from(data if data is not None else {})
+    problems: list[str] = []
+    data = load_document(text, problems)
+    if problems:
+        raise PolicyError(problems)
+    return policy_from(data)
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,4 @@
+"""The Stale Manager's topics (infra/topics.yaml)."""
+
+STALE_COMMANDS = "pit.stale.commands"
+STALE_EVENTS = "pit.stale.events"

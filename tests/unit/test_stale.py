@@ -1,0 +1,355 @@
+"""The Stale Manager's rules (streams/stale/policy.py, manager.py): the retention document,
+every rule type and how verdicts compose, value scoring, and the plan -> apply -> trash ->
+purge/restore cycle with its refusals, holds and schedule, decided command by command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streams.decider import Message, Rejection
+from streams.stale.manager import (
+    APPLY_BATCH,
+    STALE,
+    ApplyPlan,
+    ContinueApply,
+    ItemSkipped,
+    ItemTrashed,
+    ObserveArtifacts,
+    PlaceHold,
+    PlanApplied,
+    PlanCleanup,
+    PurgeItem,
+    ReportTierMoved,
+    RestoreItems,
+    RunSchedule,
+    ScheduledRun,
+    SetRetentionPolicy,
+    StaleState,
+    TierMoveRequested,
+    item_record,
+)
+from streams.stale.policy import (
+    DAY_MS,
+    Action,
+    Evaluator,
+    Item,
+    RetentionError,
+    Tier,
+    parse_retention,
+    retention_from,
+    retention_json,
+)
+from streams.timers import TimerScheduled
+
+NOW = 1_800_000_000_000
+
+
+def addr(n: int) -> str:
+    return f"sha256:{n:064x}"
+
+
+def item(n: int, *, idle_days: float = 0, size: int = 100, **kw) -> Item:
+    used = NOW - int(idle_days * DAY_MS)
+    return Item(addr(n), size, kw.pop("stored_at", used), used, **kw)
+
+
+class Store:
+    """The decider, driven command by command, its state kept."""
+
+    def __init__(self) -> None:
+        self.state: StaleState = STALE.initial_state("default")
+        self.now = NOW
+
+    def do(self, command: Message, now: int | None = None) -> list[Message]:
+        at = self.now if now is None else now
+        events = STALE.decide(self.state, command, at)
+        for event in events:
+            self.state = STALE.evolve(self.state, event, at)
+        return events
+
+    def refused(self, command: Message) -> str:
+        with pytest.raises(Rejection) as caught:
+            self.do(command)
+        return caught.value.reason
+
+    def observe(self, *items: Item) -> None:
+        self.do(ObserveArtifacts([item_record(i) for i in items]))
+
+    def policy(self, document: dict) -> None:
+        self.do(SetRetentionPolicy(json.dumps(document)))
+
+    def timers(self, events: list[Message]) -> list[TimerScheduled]:
+        return [e for e in events if isinstance(e, TimerScheduled)]
+
+
+def evaluate(document: dict, *items: Item, holds=None, now=NOW):
+    retention = retention_from(document)
+    evaluator = Evaluator(retention, {i.address: i for i in items}, holds or {}, now, {})
+    return {i.address: evaluator.evaluate(i.address) for i in items}
+
+
+AGE_OUT = {"policies": [{"name": "age", "priority": 10,
+                         "rules": [{"type": "MaxAge", "days": 30}]}]}
+
+
+# --- the document --------------------------------------------------------------------------
+
+def test_an_invalid_document_lists_every_problem():
+    with pytest.raises(RetentionError) as caught:
+        parse_retention("""
+policies:
+  - name: bad
+    priority: 300
+    rules:
+      - {type: MaxAge, days: -3}
+      - {type: NoSuchRule}
+      - {type: KeepTagged, tags: []}
+schedule: {cron: "every day"}
+colour: blue
+""")
+    text = "; ".join(caught.value.problems)
+    assert "priority: 300 is not within [0, 255]" in text
+    assert "days: -3 is not within" in text          # a negative age
+    assert "'NoSuchRule' is not one of" in text
+    assert "tags: expected a non-empty list" in text
+    assert "schedule.cron: 'every day' is not a cron expression" in text
+    assert "colour: unknown setting" in text
+    assert len(caught.value.problems) == 6
+
+
+def test_the_canonical_document_reads_back_to_the_same_retention():
+    retention = parse_retention(json.dumps({
+        "policies": [{"name": "p", "priority": 3, "enabled": False, "rules": [
+            {"type": "MaxAge", "days": 9, "action": "archive"},
+            {"type": "MaxTotalSize", "bytes": 1000},
+            {"type": "MinAccessCount", "count": 2},
+            {"type": "MinQualityScore", "score": 0.5},
+            {"type": "PreserveTrainingData", "preserve": True, "tags": ["train"]},
+            {"type": "KeepTagged", "tags": ["b", "a"]}]}],
+        "value": {"weights": {"recency": 2}}, "schedule": {"cron": "0 3 * * *"}}))
+    assert parse_retention(retention_json(retention)) == retention
+
+
+# --- rules and how they compose --------------------------------------------------------------
+
+def test_max_age_deletes_what_is_idle_too_long_and_says_when_the_rest_will_go():
+    old, young = item(1, idle_days=40), item(2, idle_days=18)
+    result = evaluate(AGE_OUT, old, young)
+    assert result[old.address].action is Action.DELETE
+    assert "idle 40.0 days > 30" in result[old.address].reason
+    assert result[young.address].action is Action.KEEP
+    assert result[young.address].next_change == "eligible for delete in 12 days"
+
+
+@pytest.mark.parametrize(("rule", "kw", "reason"), [
+    ({"type": "MinAccessCount", "count": 5}, {"accesses": 5}, "read 5 times >= 5"),
+    ({"type": "MinQualityScore", "score": 0.7}, {"quality": 0.8}, "quality 0.80 >= 0.7"),
+    ({"type": "KeepTagged", "tags": ["release"]}, {"tags": ("release",)}, "tagged release"),
+    ({"type": "PreserveTrainingData"}, {"tags": ("training",)}, "training data"),
+])
+def test_a_keep_rule_is_an_exception_to_its_policys_max_age(rule, kw, reason):
+    document = {"policies": [{"name": "p", "rules": [{"type": "MaxAge", "days": 1}, rule]}]}
+    kept, other = item(1, idle_days=5, **kw), item(2, idle_days=5)
+    result = evaluate(document, kept, other)
+    assert (result[kept.address].action, result[kept.address].reason) == (Action.KEEP, reason)
+    assert result[other.address].action is Action.DELETE
+
+
+def test_the_highest_priority_policy_that_decides_wins_and_keep_wins_a_tie():
+    old = item(1, idle_days=100, tags=("x",))
+    high_delete = {"name": "high", "priority": 20, "rules": [{"type": "MaxAge", "days": 1}]}
+    low_keep = {"name": "low", "priority": 10, "rules": [{"type": "KeepTagged", "tags": ["x"]}]}
+    assert evaluate({"policies": [high_delete, low_keep]}, old)[old.address].rule == \
+        "high/MaxAge"
+    tie = dict(low_keep, priority=20)
+    decided = evaluate({"policies": [high_delete, tie]}, old)[old.address]
+    assert (decided.action, decided.rule) == (Action.KEEP, "low/KeepTagged")
+    archive = {"name": "arch", "priority": 20,
+               "rules": [{"type": "MaxAge", "days": 1, "action": "archive"}]}
+    assert evaluate({"policies": [high_delete, archive]}, old)[old.address].action is \
+        Action.ARCHIVE
+    disabled = dict(high_delete, enabled=False)
+    assert evaluate({"policies": [disabled]}, old)[old.address].rule == "default"
+
+
+def test_a_hold_keeps_whatever_the_policies_say():
+    old = item(1, idle_days=100)
+    decided = evaluate(AGE_OUT, old, holds={old.address: "case 42"})[old.address]
+    assert (decided.action, decided.reason) == (Action.KEEP, "legal hold: case 42")
+
+
+def test_training_data_protects_what_it_derives_from():
+    raw, cleaned = item(1, idle_days=100), item(2, idle_days=100, parents=(addr(1),))
+    trained = item(3, idle_days=100, parents=(addr(2),), tags=("training",))
+    unrelated = item(4, idle_days=100)
+    document = {"policies": [{"name": "p", "rules": [{"type": "MaxAge", "days": 1},
+                                                     {"type": "PreserveTrainingData"}]}]}
+    result = evaluate(document, raw, cleaned, trained, unrelated)
+    assert [result[i.address].action for i in (raw, cleaned, trained, unrelated)] == \
+        [Action.KEEP, Action.KEEP, Action.KEEP, Action.DELETE]
+    assert "lineage" in result[raw.address].reason
+
+
+def test_max_total_size_archives_the_lowest_valued_first_until_the_store_fits():
+    items = [item(n, idle_days=n * 10, size=100) for n in range(1, 6)]  # older = less valuable
+    document = {"policies": [{"name": "cap", "rules": [
+        {"type": "MaxTotalSize", "bytes": 300}, {"type": "KeepTagged", "tags": ["x"]}]}]}
+    result = evaluate(document, *items)
+    archived = sorted(a for a, e in result.items() if e.action is Action.ARCHIVE)
+    assert archived == [addr(4), addr(5)]
+    assert all(result[a].target is Tier.COLD for a in archived)
+
+
+def test_orphans_wait_out_their_grace_then_go():
+    young = item(1, orphan=True, stored_at=NOW - 3_600_000)
+    old = item(2, orphan=True, stored_at=NOW - 2 * DAY_MS)
+    result = evaluate({}, young, old)
+    assert result[young.address].action is Action.KEEP
+    assert result[old.address].action is Action.DELETE
+
+
+def test_value_ranks_deterministically_with_a_stable_tie_break():
+    twins = [item(n, idle_days=3) for n in (5, 2, 9)]
+    evaluator = Evaluator(retention_from({}), {i.address: i for i in twins}, {}, NOW, {})
+    assert evaluator.ranked() == [addr(2), addr(5), addr(9)]
+    busy = item(7, idle_days=0, accesses=500, quality=0.9)
+    idle = item(8, idle_days=200)
+    evaluator = Evaluator(retention_from({}), {i.address: i for i in (busy, idle)}, {}, NOW, {})
+    assert evaluator.values[busy.address].total > evaluator.values[idle.address].total
+
+
+def test_an_idle_low_value_kept_item_moves_to_the_warm_tier():
+    document = {"tiers": {"warm_after_days": 10, "warm_below": 0.9}}
+    decided = evaluate(document, item(1, idle_days=20))[addr(1)]
+    assert (decided.action, decided.target) == (Action.KEEP, Tier.WARM)
+
+
+# --- plan, apply, trash, purge, restore --------------------------------------------------------
+
+def planned(store: Store, plan_id: str = "p1") -> None:
+    store.do(PlanCleanup(plan_id))
+
+
+def test_plan_then_apply_trashes_exactly_the_plan_and_purges_after_the_grace():
+    store = Store()
+    store.policy(dict(AGE_OUT, trash_days=7))
+    store.observe(item(1, idle_days=40), item(2, idle_days=2), item(3, idle_days=50))
+    planned(store)
+    plan = store.state.plans["p1"]
+    assert [(i.address, i.target) for i in plan.items] == [(addr(1), "trash"),
+                                                            (addr(3), "trash")]
+    assert not store.state.trash  # nothing happens until the plan is confirmed
+    events = store.do(ApplyPlan("p1"))
+    assert {e.address for e in events if isinstance(e, ItemTrashed)} == {addr(1), addr(3)}
+    assert any(isinstance(e, PlanApplied) for e in events)
+    purge = store.timers(events)[0]
+    assert purge.due_at_ms == NOW + 7 * DAY_MS
+    seq = store.state.trash[addr(1)].seq
+    store.do(PurgeItem(addr(1), seq), now=purge.due_at_ms)
+    assert addr(1) in store.state.purged and addr(1) not in store.state.trash
+    assert "was purged" in store.refused(RestoreItems(addr(1)))
+    store.do(RestoreItems(addr(3)))
+    assert not store.state.trash
+    # the restored item's purge timer fires later and changes nothing
+    assert store.do(PurgeItem(addr(3), store.state.trash_seq), now=purge.due_at_ms) == []
+
+
+def test_apply_is_refused_for_unknown_expired_or_already_applied_plans():
+    store = Store()
+    store.policy(dict(AGE_OUT, plan_ttl_hours=1))
+    store.observe(item(1, idle_days=40))
+    assert "no plan 'nope'" in store.refused(ApplyPlan("nope"))
+    planned(store)
+    store.now = NOW + 2 * 3_600_000
+    assert "expired" in store.refused(ApplyPlan("p1"))
+    store.now = NOW
+    planned(store, "p2")
+    store.do(ApplyPlan("p2"))
+    assert "already applied" in store.refused(ApplyPlan("p2"))
+    assert "already used" in store.refused(PlanCleanup("p2"))
+
+
+def test_an_item_that_changed_since_the_plan_is_skipped_with_the_reason():
+    store = Store()
+    store.policy(AGE_OUT)
+    store.observe(item(1, idle_days=40), item(2, idle_days=40), item(3, idle_days=40))
+    planned(store)
+    store.observe(item(1, idle_days=40, accesses=1))           # read since
+    store.do(PlaceHold(addr(2), "audit"))                       # held since
+    events = store.do(ApplyPlan("p1"))
+    skipped = {e.address: e.reason for e in events if isinstance(e, ItemSkipped)}
+    assert "changed since the plan" in skipped[addr(1)]
+    assert "legal hold" in skipped[addr(2)]
+    assert [e.address for e in events if isinstance(e, ItemTrashed)] == [addr(3)]
+
+
+def test_a_new_descendant_protects_its_ancestors_from_a_plan_made_before_it():
+    store = Store()
+    store.policy({"policies": [{"name": "p", "rules": [{"type": "MaxAge", "days": 1},
+                                                       {"type": "PreserveTrainingData"}]}]})
+    store.observe(item(1, idle_days=40))
+    planned(store)
+    store.observe(item(2, parents=(addr(1),), tags=("training",)))
+    events = store.do(ApplyPlan("p1"))
+    assert [e.address for e in events if isinstance(e, ItemSkipped)] == [addr(1)]
+
+
+def test_a_large_apply_goes_in_batches_each_resumed_by_a_timer():
+    store = Store()
+    store.policy(AGE_OUT)
+    store.observe(*(item(n, idle_days=40) for n in range(APPLY_BATCH + 10)))
+    planned(store)
+    events = store.do(ApplyPlan("p1"))
+    assert sum(isinstance(e, ItemTrashed) for e in events) == APPLY_BATCH
+    resume = [t for t in store.timers(events) if "apply" in t.timer_id]
+    assert len(resume) == 1 and resume[0].due_at_ms == NOW
+    assert store.state.plans["p1"].cursor == APPLY_BATCH
+    events = store.do(ContinueApply("p1", APPLY_BATCH))
+    assert sum(isinstance(e, ItemTrashed) for e in events) == 10
+    assert store.state.plans["p1"].status == "applied"
+    assert store.do(ContinueApply("p1", APPLY_BATCH)) == []  # fired twice: nothing more
+
+
+def test_archive_requests_a_tier_move_that_the_worker_reports():
+    store = Store()
+    store.policy({"policies": [{"name": "p", "rules": [
+        {"type": "MaxAge", "days": 10, "action": "archive"}]}]})
+    store.observe(item(1, idle_days=40))
+    planned(store)
+    events = store.do(ApplyPlan("p1"))
+    moves = [e for e in events if isinstance(e, TierMoveRequested)]
+    assert [(m.source, m.target) for m in moves] == [("hot", "cold")]
+    store.do(ReportTierMoved(addr(1), "cold", 42))
+    assert store.state.tiers[addr(1)] is Tier.COLD and not store.state.moving
+    planned(store, "p2")
+    assert store.state.plans["p2"].items == ()  # archived already: nothing more to do
+
+
+def test_a_schedule_sets_a_durable_timer_and_a_late_run_is_skipped():
+    store = Store()
+    events = store.do(SetRetentionPolicy(json.dumps(dict(
+        AGE_OUT, schedule={"cron": "0 3 * * *", "window_minutes": 60, "apply": True}))))
+    due = store.state.next_run_at
+    assert due is not None and due > NOW
+    assert [t.due_at_ms for t in store.timers(events)] == [due]
+    store.observe(item(1, idle_days=40))
+    events = store.do(RunSchedule(due), now=due + 5 * 60_000)
+    assert any(isinstance(e, ItemTrashed) for e in events)          # planned and applied
+    assert store.state.next_run_at == due + DAY_MS
+    late = store.state.next_run_at
+    events = store.do(RunSchedule(late), now=late + 3 * 3_600_000)
+    run = next(e for e in events if isinstance(e, ScheduledRun))
+    assert run.plan_id == "" and "past the 60-minute window" in run.skipped_reason
+    assert store.state.next_run_at == late + DAY_MS
+
+
+def test_bad_commands_are_refused_with_the_reason():
+    store = Store()
+    assert "invalid retention policy" in store.refused(SetRetentionPolicy("policies: 3"))
+    assert "not an artifact address" in store.refused(PlaceHold("nope"))
+    assert "not in the trash" in store.refused(RestoreItems(addr(1)))
+    bad = item_record(item(1))
+    bad["size"] = -1
+    assert "size must not be negative" in store.refused(ObserveArtifacts([bad]))

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from streams.artifacts.client import ArtifactOps
     from streams.dag.workflows import WorkflowOps
     from streams.pool.client import PoolOps
+    from streams.stale.client import StaleOps
 
 # Component name -> the factory of its operations on a client.
 OPERATIONS = {c.name: c.client for c in COMPONENTS if c.client is not None}
@@ -34,6 +35,7 @@ class PitClient(CommandClient):
     dag: WorkflowOps
     artifacts: ArtifactOps
     arbitration: ArbitrationOps
+    stale: StaleOps
 
     def __init__(self, settings: Settings | None = None, issued_by: str = "pit-client",
                  codec: Codec | None = None) -> None:

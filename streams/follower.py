@@ -29,15 +29,39 @@ when it starts over (`keep_running`: a new follower, from the whole history agai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import Engine
 
 from streams.config import Settings
+from streams.decider import Decider, Message, from_record
+from streams.errors import SchemaError
 from streams.history import history_source, kafka_log_reader
 from streams.kafka import partitions_of, start_consumer
 from streams.log import LogRecord
+
+if TYPE_CHECKING:
+    from schemas.codec import Codec
+
+
+def entity_events(codec: Codec, decider: Decider, records: Iterable[Any]
+                  ) -> Iterator[tuple[str, Message]]:
+    """(entity key, event) for each of `decider`'s events among `records` (anything with a
+    `.value`: aiokafka messages, log records); tombstones, undecodable records and other
+    deciders' events are skipped."""
+    for record in records:
+        if record.value is None:
+            continue
+        try:
+            decoded = codec.decode(record.value)
+        except SchemaError:
+            continue
+        event_type = decider.event_type(decoded.name)
+        if event_type is not None:
+            yield decoded.record["envelope"]["entity_key"], from_record(event_type,
+                                                                       decoded.record)
 
 
 class Follower:

@@ -3,7 +3,8 @@
 Addresses are "sha256:<hex>" of the plaintext content (streams/blobs.py). `BlobBackend` is
 what the Artifact Store reads and writes; `ObjectBackend` adds raw objects beside the blobs
 (unverified, under an address and a suffix), on which `EncryptedStore`
-(streams/artifacts/crypto.py) keeps ciphertext and key objects.
+(streams/artifacts/crypto.py) keeps ciphertext and key objects, and between which the
+Stale Manager's storage tiers (streams/stale/tiers.py) move them.
 
 * `FileBlobStore` (streams/blobs.py): the local default, `<data_dir>/artifacts`.
 * `S3BlobStore`: a bucket, blobs at "blobs/<2 hex>/<62 hex>". A store streams: content goes
@@ -42,7 +43,8 @@ from streams.blobs import (
 from streams.config import Settings
 from streams.errors import BlobNotFoundError, BlobStoreError
 
-__all__ = ["BlobBackend", "ObjectBackend", "S3BlobStore", "Source", "Stored", "artifact_store"]
+__all__ = ["BlobBackend", "ObjectBackend", "S3BlobStore", "Source", "Stored", "artifact_backend",
+           "artifact_store"]
 
 Source = bytes | BinaryIO | Iterable[bytes]
 PART_BYTES = 8 << 20  # S3 wants parts of 5 MiB at least (all but the last)
@@ -79,25 +81,40 @@ class ObjectBackend(BlobBackend, Protocol):
         True if written."""
         ...
 
-    def read_raw(self, address: str, *, suffix: str = "") -> Iterator[bytes]: ...
+    def read_raw(self, address: str, *, suffix: str = "", chunk_size: int = CHUNK_BYTES
+                 ) -> Iterator[bytes]: ...
 
     def raw_size(self, address: str, *, suffix: str = "") -> int | None: ...
 
     def raw_addresses(self, suffix: str) -> Iterator[str]: ...
 
+    def delete_raw(self, address: str, *, suffix: str = "") -> bool:
+        """Delete the object (with "", the blob itself); True if there was one."""
+        ...
+
 
 def artifact_store(settings: Settings) -> BlobBackend:
     """The Pit's artifact store: files in `<data_dir>/artifacts` or the S3 bucket
-    (PIT_ARTIFACT_BACKEND), encrypted when a keyring is configured."""
+    (PIT_ARTIFACT_BACKEND), over the storage tiers when they are in use, encrypted when a
+    keyring is configured."""
+    from streams.stale.tiers import tiered_store, tiers_in_use  # here: tiers.py imports this
+
     own = ArtifactSettings.of(settings)
-    backend: ObjectBackend
-    if own.backend == "s3":
-        assert own.s3_bucket is not None  # ArtifactSettings.of refuses s3 without a bucket
-        backend = S3BlobStore(own.s3_bucket, endpoint_url=own.s3_endpoint_url, kind="artifact")
-    else:
-        backend = FileBlobStore(settings.data_dir / "artifacts", kind="artifact")
+    backend = artifact_backend(settings)
+    if tiers_in_use(settings):  # then a retrieve finds content in any tier
+        backend = tiered_store(settings, hot=backend)
     keyring = Keyring.from_settings(own)
     return backend if keyring is None else EncryptedStore(backend, keyring)
+
+
+def artifact_backend(settings: Settings) -> ObjectBackend:
+    """Where the artifact store keeps its objects (the hot tier): files in
+    `<data_dir>/artifacts` or the S3 bucket (PIT_ARTIFACT_BACKEND)."""
+    own = ArtifactSettings.of(settings)
+    if own.backend == "s3":
+        assert own.s3_bucket is not None  # ArtifactSettings.of refuses s3 without a bucket
+        return S3BlobStore(own.s3_bucket, endpoint_url=own.s3_endpoint_url, kind="artifact")
+    return FileBlobStore(settings.data_dir / "artifacts", kind="artifact")
 
 
 class S3BlobStore:
@@ -191,6 +208,16 @@ class S3BlobStore:
                 if _code(exc) in _MISSING:
                     return None
                 raise
+
+    def delete_raw(self, address: str, *, suffix: str = "") -> bool:
+        """Delete the object; True if there was one (S3's DELETE does not say, so a HEAD
+        first)."""
+        if self.raw_size(address, suffix=suffix) is None:
+            return False
+        key = self.key_of(address, suffix)
+        with self._errors(f"delete {key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return True
 
     def raw_addresses(self, suffix: str) -> Iterator[str]:
         with self._errors("list blobs"):

@@ -55,9 +55,9 @@ from aiohttp import web
 from schemas.codec import Codec
 from streams.commands import CommandClient, Outcome
 from streams.config import Settings
-from streams.decider import Message, from_record
-from streams.errors import BrokerUnavailableError, CommandTimeoutError, PitError, SchemaError
-from streams.follower import Follower
+from streams.decider import Message
+from streams.errors import BrokerUnavailableError, CommandTimeoutError, PitError
+from streams.follower import Follower, entity_events
 from streams.pool.health import FailureDetector, HealthChecker, HealthResult
 from streams.pool.lifecycle import (
     DEFAULT_POOL,
@@ -119,19 +119,8 @@ def _one_line(text: object) -> str:
 # --- following pit.pool.events (the host and the HostMonitor) --------------------------------
 
 def pool_events(codec: Codec, records: Iterable[Any]) -> Iterator[tuple[str, Message]]:
-    """(pool id, event) for each pool event among `records` (anything with a `.value`:
-    aiokafka messages, log records); other records are skipped."""
-    for record in records:
-        if record.value is None:
-            continue
-        try:
-            decoded = codec.decode(record.value)
-        except SchemaError:
-            continue
-        event_type = POOL.event_type(decoded.name)
-        if event_type is not None:
-            yield decoded.record["envelope"]["entity_key"], from_record(event_type,
-                                                                       decoded.record)
+    """(pool id, event) for each pool event among `records`."""
+    return entity_events(codec, POOL, records)
 
 
 # --- the host --------------------------------------------------------------------------------

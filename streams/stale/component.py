@@ -5,10 +5,35 @@ are events on its own topic, which the timer service follows by itself."""
 
 from __future__ import annotations
 
-from streams.component import Component
+from collections.abc import Mapping
+from typing import Any
+
+from streams.component import Component, Runtime, Service
+from streams.stale.cli import add_parser
 from streams.stale.manager import STALE
+
+
+def _services(runtime: Runtime) -> Mapping[str, Service]:
+    from streams.stale.observer import CatalogObserver
+    from streams.stale.worker import TierWorker
+
+    # The observer tells the decider what the catalog and the blob store hold; the worker
+    # moves and purges the bytes it decided on.
+    return {"catalog-observer": CatalogObserver(runtime.settings, runtime.codec,
+                                                runtime.engine),
+            "stale-worker": TierWorker(runtime.settings, runtime.codec, runtime.engine)}
+
+
+def _operations(client: Any) -> Any:
+    from streams.stale.client import StaleOps  # on first use: `pit` starts fast
+
+    return StaleOps(client)
+
 
 COMPONENT = Component(
     name="stale",
     deciders=(STALE,),
+    services=_services,
+    add_cli=add_parser,
+    client=_operations,
 )

@@ -506,6 +506,9 @@ class Evaluator:
         hold = self.holds.get(item.address)
         if hold is not None:
             return Verdict(Action.KEEP, f"legal hold: {hold or 'no reason given'}", "hold"), ""
+        if item.orphan and item.address in self.training:  # lineage outranks "unreferenced"
+            return Verdict(Action.KEEP, "training data derives from it (lineage)",
+                           "lineage"), ""
         if item.orphan:
             grace = self.retention.orphan_grace_hours
             age_h = (self.now - item.stored_at) / HOUR_MS

@@ -1,0 +1,295 @@
+"""`pit stale ...`: the Stale Manager's command line - `status`, `policy set|show`, `plan`,
+`show`, `apply` (with a progress bar), `restore`, `hold`, `release`, `explain`, `simulate`;
+`--json` on each. Reads come from the views (projections/stale.py); `explain` and
+`simulate` fold the recorded history. Errors are `PitError`s: streams/cli.py prints them as
+one line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from streams.errors import PitError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from streams.config import Settings
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "never"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _engine(settings: Settings) -> Engine:
+    from streams.sql import connect
+
+    return connect(settings.db_url)
+
+
+def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else "\n".join(lines))
+
+
+def _run(settings: Settings, operation: Any) -> Any:
+    """`operation(the Stale Manager's client operations)`, on a connected client."""
+    from streams.commands import CommandClient
+    from streams.stale.client import StaleOps
+    from streams.stale.manager import STALE
+
+    async def run() -> Any:
+        async with CommandClient(settings, "pit-cli", deciders=(STALE,)) as client:
+            return await operation(StaleOps(client))
+
+    return asyncio.run(run())
+
+
+def status_lines(found: dict[str, Any]) -> list[str]:
+    lines = [f"store {found['store_id']}: retention policy v{found['policy_version']}"]
+    for tier in ("hot", "warm", "cold"):
+        t = found["tiers"].get(tier, {"items": 0, "bytes": 0})
+        lines.append(f"  {tier:<5} {t['items']:>8} items  {human_bytes(t['bytes']):>10}")
+    trash = human_bytes(found["trash_bytes"])
+    lines.append(f"  trash {found['trash_items']:>8} items  {trash:>10}")
+    lines.append(f"  holds {found['holds']}")
+    lines.append(f"  next run {_when(found['next_run_at'])},"
+                 f" last run {_when(found['last_run_at'])}"
+                 + (f", last plan {found['last_plan']}" if found.get("last_plan") else ""))
+    return lines
+
+
+def plan_lines(plan: dict[str, Any]) -> list[str]:
+    lines = [f"plan {plan['plan_id']} ({plan['status']}): {plan['items']} of "
+             f"{plan['evaluated']} items - delete {human_bytes(plan['delete_bytes'])}, archive "
+             f"{human_bytes(plan['archive_bytes'])}, warm {human_bytes(plan['warm_bytes'])};"
+             f" expires {_when(plan['expires_at'])}"]
+    if plan["status"] != "planned":
+        lines.append(f"  applied {plan['cursor']}/{plan['items']}: {plan['trashed']} trashed,"
+                     f" {plan['moved']} moved, {plan['skipped']} skipped,"
+                     f" {human_bytes(plan['bytes_freed'])} freed")
+    for item in plan.get("item_rows", ()):
+        outcome = item.get("outcome", "")
+        lines.append(f"  {item['address']}  {item['target']:<5} {human_bytes(item['size']):>10}"
+                     f"  {item['reason']} [{item['rule']}]"
+                     + (f"  -> {outcome}" if outcome and outcome != "pending" else ""))
+    shown = len(plan.get("item_rows", ()))
+    if shown < plan["items"]:
+        lines.append(f"  ... {plan['items'] - shown} more (--limit, --offset)")
+    if plan["status"] == "planned":
+        lines.append(f"confirm with: pit stale apply {plan['plan_id']}")
+    return lines
+
+
+def _bar(plan: dict[str, Any]) -> None:
+    total = max(1, plan["items"])
+    width = 30
+    filled = int(width * plan["cursor"] / total)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {plan['cursor']}/"
+                     f"{plan['items']} items, {human_bytes(plan['bytes_freed'])} freed")
+    if plan["status"] == "applied":
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.stale import status
+
+    found = status(_engine(settings), args.store)
+    _print(args, found, status_lines(found))
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
+    if args.policy_action == "show":
+        from projections.stale import status
+
+        document = status(_engine(settings), args.store).get("document") or ""
+        from streams.stale.manager import retention_from_json
+        from streams.stale.policy import retention_json
+
+        plain = json.loads(retention_json(retention_from_json(document)))
+        if args.json:
+            print(json.dumps(plain, indent=2))
+        else:
+            import yaml
+
+            print(f"# store {args.store}: " + ("as set" if document else "the default"))
+            print(yaml.safe_dump(plain, sort_keys=True).rstrip())
+        return 0
+    from streams.stale.policy import parse_retention
+
+    path = Path(args.file)
+    if not args.file or not path.is_file():
+        raise PitError(f"no such file: {args.file!r}")
+    retention = parse_retention(path.read_text())  # every problem, before anything is sent
+    outcome = _run(settings, lambda ops: ops.set_policy(retention, store_id=args.store))
+    print(outcome.line())
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    async def plan(ops: Any) -> dict[str, Any]:
+        made = await ops.plan(store_id=args.store)
+        return await ops.show(made["plan_id"], limit=args.limit) if "status" in made else made
+
+    found = _run(settings, plan)
+    if "status" not in found:
+        print(f"plan {found['plan_id']} requested; the views do not show it yet:"
+              f" pit stale show {found['plan_id']}")
+        return 0
+    _print(args, found, plan_lines(found))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    found = _run(settings, lambda ops: ops.show(args.plan, limit=args.limit,
+                                                offset=args.offset))
+    _print(args, found, plan_lines(found))
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
+    progress = None if args.no_wait or args.json else _bar
+    found = _run(settings, lambda ops: ops.apply(args.plan, store_id=args.store,
+                                                 progress=progress))
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+    elif args.no_wait:
+        print(f"plan {args.plan} confirmed: pit stale show {args.plan} follows it")
+    else:
+        print(plan_lines(found)[1].strip() if "status" in found else f"plan {args.plan} applied")
+    return 0
+
+
+def _simple(send: Any) -> Any:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        outcome = _run(settings, lambda ops: send(ops, args))
+        print(outcome.line())
+        return 0
+    return run
+
+
+def explain_lines(found: dict[str, Any]) -> list[str]:
+    lines = [f"{found['address']}: {found['action']}"
+             + (f" -> {found['target']}" if found["target"] else "")
+             + f" ({found['state']}, {found['tier']}, {human_bytes(found['size'])})",
+             f"  deciding rule: {found['rule']}",
+             f"  reason: {found['reason']}"]
+    value = found["value"]
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in value["components"].items())
+    lines.append(f"  value {value['total']:.3f} ({parts})")
+    if found["hold"] is not None:
+        lines.append(f"  legal hold: {found['hold'] or 'no reason given'}")
+    if found["next_change"]:
+        lines.append(f"  next: {found['next_change']}")
+    return lines
+
+
+def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.stale.client import replayed_state
+
+    state = replayed_state(settings, _engine(settings), args.store)
+    if args.address not in state.items:
+        raise PitError(f"the Stale Manager knows no item {args.address!r}")
+    now = int(time.time() * 1000)
+    state_name = ("trashed" if args.address in state.trash else "purged"
+                  if args.address in state.purged else "moving" if args.address in state.moving
+                  else "live")
+    evaluator = state.evaluator(now)
+    item = state.items[args.address]
+    if args.address in evaluator.items:
+        e = evaluator.evaluate(args.address)
+        action, target, reason, rule = (e.action.value, e.target.value if e.target else "",
+                                        e.reason, e.rule)
+        value, next_change = e.value, e.next_change
+    else:
+        from streams.stale.policy import value_of
+
+        action, target, reason, rule, next_change = state_name, "", state_name, "-", ""
+        value = value_of(item, state.retention, now, training=False, derivable=False)
+    found = {"address": args.address, "state": state_name, "action": action, "target": target,
+             "reason": reason, "rule": rule, "size": item.size, "next_change": next_change,
+             "tier": state.tiers.get(args.address, "hot"), "hold": state.holds.get(args.address),
+             "value": {"total": value.total, "components": value.components()}}
+    _print(args, found, explain_lines(found))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.stale.client import replayed_state
+    from streams.stale.policy import parse_retention
+    from streams.stale.simulate import simulate, simulation_lines
+
+    path = Path(args.policy)
+    if not path.is_file():
+        raise PitError(f"no such file: {args.policy}")
+    if args.days < 1 or args.days > 3650:
+        raise PitError(f"--days must be within 1 and 3650, got {args.days}")
+    candidate = parse_retention(path.read_text())
+    state = replayed_state(settings, _engine(settings), args.store)
+    found = simulate(state, candidate, args.days, int(time.time() * 1000))
+    _print(args, found, simulation_lines(found))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """`pit stale ...` on the `pit` parser's subcommands."""
+    stale = sub.add_parser("stale", help="the Stale Manager: retention policy, plans, trash,"
+                                         " tiers, explanations")
+    actions = stale.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help_text: str, run: Any) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help_text)
+        parser.add_argument("--store", default="default", help="store id")
+        parser.add_argument("--json", action="store_true", help="JSON instead of text")
+        parser.set_defaults(run=run)
+        return parser
+
+    action("status", "bytes per tier, trash, holds, next and last run", cmd_status)
+    policy = action("policy", "set the retention policy from a YAML/JSON file, or show it",
+                    cmd_policy)
+    policy.add_argument("policy_action", choices=["set", "show"])
+    policy.add_argument("file", nargs="?", default="", help="the policy file (set)")
+    plan = action("plan", "evaluate every item and list what would change; changes nothing",
+                  cmd_plan)
+    plan.add_argument("--limit", type=int, default=50, help="items to list")
+    show = action("show", "a plan, its items and its progress", cmd_show)
+    show.add_argument("plan")
+    show.add_argument("--limit", type=int, default=50)
+    show.add_argument("--offset", type=int, default=0)
+    apply = action("apply", "confirm a plan by its id and carry it out", cmd_apply)
+    apply.add_argument("plan")
+    apply.add_argument("--no-wait", action="store_true", help="confirm and return")
+    restore = action("restore", "bring back a trashed item, or every trashed item of a plan",
+                     _simple(lambda ops, a: ops.restore(a.target, store_id=a.store)))
+    restore.add_argument("target", help="an artifact address or a plan id")
+    hold = action("hold", "a legal hold: no delete or archive until released",
+                  _simple(lambda ops, a: ops.hold(a.address, a.reason, store_id=a.store)))
+    hold.add_argument("address")
+    hold.add_argument("--reason", default="")
+    release = action("release", "lift a legal hold",
+                     _simple(lambda ops, a: ops.release_hold(a.address, store_id=a.store)))
+    release.add_argument("address")
+    explain = action("explain", "an item's decision, deciding rule, value breakdown and"
+                                " when it will next change", cmd_explain)
+    explain.add_argument("address")
+    simulate = action("simulate", "project a candidate policy day by day next to the current"
+                                  " one; writes nothing", cmd_simulate)
+    simulate.add_argument("--policy", required=True, help="the candidate (YAML or JSON)")
+    simulate.add_argument("--days", type=int, default=30)

@@ -1,0 +1,33 @@
+"""The Stale Manager's settings, from its `PIT_STALE_*` variables (README, Configuration)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.config import Settings
+
+_TIER_VARIABLES = ("PIT_STALE_WARM_DIR", "PIT_STALE_COLD_BUCKET", "PIT_STALE_COLD_ENDPOINT_URL")
+
+
+@dataclass(frozen=True)
+class StaleSettings:
+    # Storage tiers (streams/stale/tiers.py): warm is a directory, cold an S3 bucket; without
+    # a bucket there is no cold tier.
+    warm_dir: Path = Path(".pit") / "warm"
+    cold_bucket: str | None = None
+    cold_endpoint_url: str | None = None  # PIT_STALE_COLD_ENDPOINT_URL, else PIT_S3_ENDPOINT_URL
+    # Any PIT_STALE_* tier variable is set: the artifact store then always reads through the
+    # tiers (without one, from the moment the warm directory exists).
+    tiers_configured: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> StaleSettings:
+        env = settings.env
+        return cls(
+            warm_dir=Path(env.get("PIT_STALE_WARM_DIR") or settings.data_dir / "warm"),
+            cold_bucket=env.get("PIT_STALE_COLD_BUCKET") or None,
+            cold_endpoint_url=(env.get("PIT_STALE_COLD_ENDPOINT_URL")
+                               or env.get("PIT_S3_ENDPOINT_URL") or None),
+            tiers_configured=any(env.get(name) for name in _TIER_VARIABLES),
+        )

@@ -95,14 +95,12 @@ class ObjectBackend(BlobBackend, Protocol):
 
 def artifact_store(settings: Settings) -> BlobBackend:
     """The Pit's artifact store: files in `<data_dir>/artifacts` or the S3 bucket
-    (PIT_ARTIFACT_BACKEND), over the storage tiers when they are in use, encrypted when a
-    keyring is configured."""
-    from streams.stale.tiers import tiered_store, tiers_in_use  # here: tiers.py imports this
+    (PIT_ARTIFACT_BACKEND), read through the storage tiers (a retrieve finds content the
+    Stale Manager moved to warm or cold), encrypted when a keyring is configured."""
+    from streams.stale.tiers import tiered_store  # here: tiers.py imports this module
 
     own = ArtifactSettings.of(settings)
-    backend = artifact_backend(settings)
-    if tiers_in_use(settings):  # then a retrieve finds content in any tier
-        backend = tiered_store(settings, hot=backend)
+    backend = tiered_store(settings, hot=artifact_backend(settings))
     keyring = Keyring.from_settings(own)
     return backend if keyring is None else EncryptedStore(backend, keyring)
 

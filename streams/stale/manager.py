@@ -13,7 +13,8 @@ Rules (written down where the issue leaves them open):
   version number. A schedule in it sets the next run's durable timer.
 * Holds: `PlaceHold` keeps an item out of every delete and archive until `ReleaseHold`.
 * Plan: `PlanCleanup` evaluates every item not in the trash, purged or moving, and lists the
-  ones to change: delete (to the trash), archive (to cold), warm (to warm) - with the reason,
+  ones to change: delete (to the trash), archive (to cold), warm (to warm), promote (back to
+  hot: used again) - with the reason,
   the deciding rule, the bytes, and the item's revision. `PlanComputed` then the items in
   `PlanItemsListed` chunks of PLAN_CHUNK (events stay far below 1 MiB). A plan expires
   after the document's `plan_ttl_hours`.
@@ -246,6 +247,7 @@ class PlanComputed(Message):
     warm_bytes: int
     evaluated: int
     scheduled: bool = False
+    promote_bytes: int = 0  # back to the hot tier
 
 
 @dataclass(frozen=True)
@@ -379,7 +381,7 @@ class ScheduledRun(Message):
 class PlanItem:
     address: str
     action: Action
-    target: str      # "trash", "cold" or "warm"
+    target: str      # "trash", "cold", "warm" or "hot"
     reason: str
     rule: str
     size: int
@@ -654,7 +656,7 @@ def _plan(d: _Decision, plan_id: str, scheduled: bool) -> None:
     s = d.state
     evaluator = s.evaluator(d.now)
     items: list[dict[str, Any]] = []
-    sizes = {"delete": 0, "archive": 0, "warm": 0}
+    sizes = {"trash": 0, "cold": 0, "warm": 0, "hot": 0}
     for evaluation in evaluator.evaluate_all():
         tier = s.tiers.get(evaluation.address, Tier.HOT)
         if evaluation.action is Action.DELETE:
@@ -664,15 +666,15 @@ def _plan(d: _Decision, plan_id: str, scheduled: bool) -> None:
         else:
             continue
         item = evaluator.items[evaluation.address]
-        sizes["delete" if target == "trash" else "archive" if target == "cold" else "warm"] += \
-            item.size
+        sizes[target] += item.size
         items.append({"address": item.address, "action": evaluation.action.value,
                       "target": target, "reason": evaluation.reason, "rule": evaluation.rule,
                       "size": item.size, "revision": s.revisions.get(item.address, 0),
                       "tier": tier.value})
     ttl_ms = int(s.retention.plan_ttl_hours * HOUR_MS)
-    d.emit(PlanComputed(plan_id, s.policy_version, d.now + ttl_ms, len(items), sizes["delete"],
-                        sizes["archive"], sizes["warm"], len(evaluator.items), scheduled))
+    d.emit(PlanComputed(plan_id, s.policy_version, d.now + ttl_ms, len(items), sizes["trash"],
+                        sizes["cold"], sizes["warm"], len(evaluator.items), scheduled,
+                        sizes["hot"]))
     for start in range(0, len(items), PLAN_CHUNK):
         d.emit(PlanItemsListed(plan_id, items[start:start + PLAN_CHUNK]))
 

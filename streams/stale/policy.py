@@ -39,7 +39,9 @@ How verdicts compose (the issue's rule, made total):
 * a legal hold keeps, before any policy; an item no policy speaks for is kept;
 * a blob nothing references (an orphan) is deleted once older than the grace period.
 A kept item still in the hot tier moves to warm when idle `warm_after_days` and valued below
-`warm_below`; an archived one goes to cold. Delete means the trash first (see manager.py).
+`warm_below`, and one in warm or cold comes back to hot once it is used again (idle less than
+that, valued at least that); an archived one goes to cold. Delete means the trash first
+(see manager.py).
 """
 
 from __future__ import annotations
@@ -497,6 +499,13 @@ class Evaluator:
                               f"{item.idle_days(self.now):.0f} days and valued "
                               f"{value.total:.2f} < {self.retention.warm_below:g}: warm tier",
                               verdict.rule)
+        elif (tier is not Tier.HOT and verdict.rule != "hold"
+              and item.idle_days(self.now) < self.retention.warm_after_days
+              and value.total >= self.retention.warm_below):
+            target = Tier.HOT  # read again since it moved: back where reads are cheap
+            verdict = Verdict(Action.KEEP, f"{verdict.reason}; used "
+                              f"{item.idle_days(self.now):.0f} days ago and valued "
+                              f"{value.total:.2f}: back to the hot tier", verdict.rule)
         else:
             target = tier
         return Evaluation(item.address, verdict.action, target, verdict.reason, verdict.rule,

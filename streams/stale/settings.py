@@ -7,8 +7,6 @@ from pathlib import Path
 
 from streams.config import Settings
 
-_TIER_VARIABLES = ("PIT_STALE_WARM_DIR", "PIT_STALE_COLD_BUCKET", "PIT_STALE_COLD_ENDPOINT_URL")
-
 
 @dataclass(frozen=True)
 class StaleSettings:
@@ -17,9 +15,6 @@ class StaleSettings:
     warm_dir: Path = Path(".pit") / "warm"
     cold_bucket: str | None = None
     cold_endpoint_url: str | None = None  # PIT_STALE_COLD_ENDPOINT_URL, else PIT_S3_ENDPOINT_URL
-    # Any PIT_STALE_* tier variable is set: the artifact store then always reads through the
-    # tiers (without one, from the moment the warm directory exists).
-    tiers_configured: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> StaleSettings:
@@ -29,5 +24,4 @@ class StaleSettings:
             cold_bucket=env.get("PIT_STALE_COLD_BUCKET") or None,
             cold_endpoint_url=(env.get("PIT_STALE_COLD_ENDPOINT_URL")
                                or env.get("PIT_S3_ENDPOINT_URL") or None),
-            tiers_configured=any(env.get(name) for name in _TIER_VARIABLES),
         )

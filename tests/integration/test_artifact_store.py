@@ -132,7 +132,7 @@ async def test_the_api_serves_entries_versions_lineage_and_stats(pit):
 
 async def test_a_corrupted_blob_is_never_served(pit):
     stored = await pit.artifacts.store(b"precious content")
-    path = pit.artifacts.backend.path_of(stored.address)
+    path = pit.artifacts.backend.hot.path_of(stored.address)
     path.write_bytes(b"precious c0ntent")
     with pytest.raises(BlobIntegrityError, match=stored.address):
         await pit.artifacts.retrieve(stored.address)

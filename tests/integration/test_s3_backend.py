@@ -165,6 +165,6 @@ def test_the_factory_gives_the_configured_bucket(s3, s3_endpoint):
     settings = Settings.from_env({"PIT_ARTIFACT_BACKEND": "s3", "PIT_S3_BUCKET": s3.bucket,
                                   "PIT_S3_ENDPOINT_URL": s3_endpoint})
     store = artifact_store(settings)
-    assert isinstance(store, S3BlobStore)
+    assert isinstance(store.hot, S3BlobStore)
     address = store.store(b"via settings").address
     assert s3.get(address) == b"via settings"

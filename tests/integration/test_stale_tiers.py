@@ -266,29 +266,28 @@ def test_without_a_cold_bucket_a_move_to_cold_is_a_one_line_error(tmp_path):
     with pytest.raises(BlobStoreError) as error:
         tiers.move(address, "cold")
     assert str(error.value) == "there is no cold tier: PIT_STALE_COLD_BUCKET names no bucket"
-    with pytest.raises(BlobStoreError, match="^unknown storage tier 'frozen': hot, warm or "
-                                             "cold$"):
+    with pytest.raises(BlobStoreError) as error:
         tiers.move(address, "frozen")
+    assert str(error.value) == "unknown storage tier 'frozen': hot, warm or cold"
     with pytest.raises(BlobStoreError, match="needs a cold tier"):
         measure_tiers(tiers, mib=1)
     assert tiers.tier_of(address) == "hot" and tiers.get(address) == b"stays warm at most"
 
 
-def test_the_settings_and_when_the_artifact_store_reads_through_the_tiers(tmp_path):
+def test_the_settings_and_the_artifact_store_reading_through_the_tiers(tmp_path):
     plain = Settings.from_env({"PIT_DATA_DIR": str(tmp_path)})
     assert StaleSettings.of(plain) == StaleSettings(warm_dir=tmp_path / "warm")
-    assert isinstance(artifact_store(plain), FileBlobStore)  # no tier in use yet
+    store = artifact_store(plain)  # made before anything moved: it still finds what will
     tiered = tiered_store(plain)
     address = tiered.store(b"moved by the Stale Manager").address
-    tiered.move(address, "warm")  # the warm directory exists from now on
-    store = artifact_store(plain)
+    tiered.move(address, "warm")
     assert isinstance(store, TieredStore) and store.get(address) == b"moved by the Stale Manager"
     assert isinstance(store.hot, FileBlobStore) and store.hot.root == tmp_path / "artifacts"
     configured = StaleSettings.of(Settings.from_env({
         "PIT_DATA_DIR": str(tmp_path), "PIT_STALE_WARM_DIR": "/srv/warm",
         "PIT_STALE_COLD_BUCKET": "pit-cold", "PIT_S3_ENDPOINT_URL": "http://s3:1",
         "PIT_STALE_COLD_ENDPOINT_URL": "http://cold:2"}))
-    assert configured == StaleSettings(Path("/srv/warm"), "pit-cold", "http://cold:2", True)
+    assert configured == StaleSettings(Path("/srv/warm"), "pit-cold", "http://cold:2")
 
 
 def test_the_benchmark_measures_and_leaves_nothing_behind(tiers, tmp_path):

@@ -21,6 +21,7 @@ from streams.artifacts.storage import S3BlobStore, artifact_store
 from streams.blobs import FileBlobStore, address_of
 from streams.config import Settings
 from streams.errors import BlobNotFoundError, ConfigError
+from streams.stale.tiers import TieredStore
 
 KEY = bytes(range(32))
 KEY_TEXT = base64.b64encode(KEY).decode()
@@ -161,17 +162,18 @@ def test_settings_choose_the_backend_and_keep_key_material_out_of_the_repr(tmp_p
     settings = Settings.from_env({"PIT_DATA_DIR": str(tmp_path)})
     own = ArtifactSettings.of(settings)
     assert (own.backend, own.keyring_file) == ("file", None)
-    store = artifact_store(settings)
-    assert isinstance(store, FileBlobStore) and store.root == tmp_path / "artifacts"
+    store = artifact_store(settings)  # read through the Stale Manager's tiers
+    assert isinstance(store, TieredStore) and store.hot.root == tmp_path / "artifacts"
     env = {"PIT_DATA_DIR": str(tmp_path), "PIT_KEYRING_KEYS": f"k9:{KEY_TEXT}"}
     settings = Settings.from_env(env)
     assert KEY_TEXT not in repr(settings) + repr(ArtifactSettings.of(settings))
     store = artifact_store(settings)
     assert isinstance(store, EncryptedStore) and store.keyring.active == "k9"
-    assert store.backend.root == tmp_path / "artifacts"
+    assert store.backend.hot.root == tmp_path / "artifacts"
     s3 = artifact_store(Settings.from_env({"PIT_ARTIFACT_BACKEND": "s3",
                                            "PIT_S3_BUCKET": "pit-artifacts",
                                            "PIT_S3_ENDPOINT_URL": "http://127.0.0.1:1"}))
+    s3 = s3.hot
     assert isinstance(s3, S3BlobStore) and (s3.bucket, s3.endpoint_url) == (
         "pit-artifacts", "http://127.0.0.1:1")
 

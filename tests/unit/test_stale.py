@@ -353,3 +353,18 @@ def test_bad_commands_are_refused_with_the_reason():
     bad = item_record(item(1))
     bad["size"] = -1
     assert "size must not be negative" in store.refused(ObserveArtifacts([bad]))
+
+
+def test_an_archived_item_used_again_is_planned_back_to_the_hot_tier():
+    store = Store()
+    store.policy({"policies": [{"name": "p", "rules": [
+        {"type": "MaxAge", "days": 10, "action": "archive"}]}]})
+    store.observe(item(1, idle_days=40))
+    planned(store)
+    store.do(ApplyPlan("p1"))
+    store.do(ReportTierMoved(addr(1), "cold", 42))
+    store.observe(item(1, idle_days=0, accesses=3))  # read again: its cold copy came back
+    planned(store, "p2")
+    back = store.state.plans["p2"].items
+    assert [(i.tier, i.target) for i in back] == [("cold", "hot")]
+    assert "back to the hot tier" in back[0].reason

@@ -7,7 +7,9 @@ The harness, in a fresh data directory:
 * drives a mixed load from this process through a `PitClient` that records every outcome
   that said *accepted*: pool commands (RegisterModel, TransitionModel, RecordModelUsage,
   allocations and releases), workflows (chains and layered DAGs of `chaos_step` nodes, which
-  append each run to a ledger file) and artifact stores;
+  append each run to a ledger file), artifact stores (half of them tagged "keep") and the
+  Stale Manager's plans and applies under CHAOS_RETENTION (the rest is deleted, the kept
+  ones move to the warm tier; the trash is purged after seconds) and holds;
 * at seeded random moments kills one process with SIGKILL (`pit up`, a runner or a host) and
   starts it again, or injects a broker fault through the mock API (a broker down and up,
   failing requests, a partition's leader moved), while the load goes on.
@@ -23,6 +25,10 @@ After each kill point the load pauses and the campaign checks, once the Pit has 
 * every view equals the same view rebuilt from the archive up to the positions it shows (the
   contract test, tests/integration/test_components.py, holds rebuilt views to the decider's
   state; the views without tables, the search index, are left out);
+* the Stale Manager deleted nothing outside a confirmed plan and nothing tagged "keep"; it
+  purged only what it had trashed; and every stored artifact it never trashed reads back
+  byte for byte, from whichever tier it is in (a move either completed or left it where
+  it was);
 * `pit up` did not exit by itself, and runners and hosts carried on after a `pit up` restart
   without being restarted (one that did not is restarted, and counted).
 It measures the recovery time: from the restart (or the end of the broker fault) to the
@@ -78,6 +84,7 @@ from streams.errors import PitError
 from streams.kafka import partitions_of, start_consumer
 from streams.pool.lifecycle import ModelState, RecordModelUsage, TransitionModel, TransitionReason
 from streams.sql import connect, load_positions
+from streams.stale.topics import STALE_EVENTS
 from streams.topics import load_catalog
 
 PROGRAM = (sys.executable, "-m", "streams.campaigns.chaos")
@@ -90,6 +97,11 @@ START_TRIES = 3
 RECONNECT_S = 30.0  # for runners and hosts to carry on after `pit up` restarted
 INFLIGHT_S = 10.0  # a killed runner's run this close before the kill was still in flight
 PRODUCE, FETCH, NOT_LEADER_OR_FOLLOWER = 0, 1, 6  # Kafka API keys and a retriable error
+# Delete what is not tagged "keep", move what is to the warm tier; purge the trash after ~9 s.
+CHAOS_RETENTION = {
+    "policies": [{"name": "chaos", "rules": [{"type": "MaxAge", "days": 0},
+                                             {"type": "KeepTagged", "tags": ["keep"]}]}],
+    "tiers": {"warm_after_days": 0, "warm_below": 1.0}, "trash_days": 0.0001}
 
 
 # --- the operator with a side effect to count -----------------------------------------------
@@ -276,6 +288,9 @@ class Load:
         self.tasks: list[asyncio.Task] = []
         self.stop = asyncio.Event()
         self.rounds = 0
+        self.stored: dict[str, bytes] = {}  # acknowledged artifacts' content, by address
+        self.kept: set[str] = set()          # ... of those tagged "keep"
+        self.policy_set = False
 
     @property
     def live(self) -> RecordingClient:
@@ -301,8 +316,8 @@ class Load:
     def start(self) -> None:
         self.rounds += 1
         self.stop = asyncio.Event()
-        workers = [self.pool_worker(n) for n in range(3)] + [self.workflow_worker(),
-                                                              self.artifact_worker()]
+        workers = [self.pool_worker(n) for n in range(3)] + [
+            self.workflow_worker(), self.artifact_worker(), self.stale_worker()]
         self.tasks = [asyncio.create_task(self._loop(n, worker))
                       for n, worker in enumerate(workers)]
 
@@ -375,10 +390,29 @@ class Load:
     def artifact_worker(self) -> Callable[[random.Random], Any]:
         async def step(rng: random.Random) -> None:
             content = json.dumps({"round": self.rounds, "value": rng.random()}).encode()
-            await self.live.artifacts.store(content, name=f"chaos-doc-{rng.randrange(5)}",
-                                              tags=["chaos"], content_type="application/json",
-                                              timeout=5)
+            keep = rng.random() < 0.5
+            stored = await self.live.artifacts.store(
+                content, name=f"chaos-doc-{rng.randrange(5)}",
+                tags=["chaos", "keep"] if keep else ["chaos"], content_type="application/json",
+                timeout=5)
+            self.stored[stored.address] = content
+            if keep:
+                self.kept.add(stored.address)
             await asyncio.sleep(rng.uniform(0.3, 1.0))
+        return step
+
+    def stale_worker(self) -> Callable[[random.Random], Any]:
+        async def step(rng: random.Random) -> None:
+            stale = self.live.stale
+            if not self.policy_set:
+                await stale.set_policy(CHAOS_RETENTION)
+                self.policy_set = True
+            if self.stored and rng.random() < 0.2:
+                await stale.hold(rng.choice(sorted(self.stored)), "chaos")
+            else:
+                plan = await stale.plan(timeout=5)
+                await stale.apply(plan["plan_id"])
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
         return step
 
 
@@ -397,6 +431,11 @@ class LogFacts:
         self.settled: dict[tuple[str, str], int] = {}  # numbers up to here must all be there
         self.sequence_faults: list[str] = []
         self.seen = 0  # archive seq read so far
+        # The Stale Manager's deletions, to hold against its plans.
+        self.plan_trash: dict[str, set[str]] = {}   # plan id -> addresses it would trash
+        self.confirmed: set[str] = set()            # plans applied
+        self.trashed: list[tuple[str, str]] = []    # (address, plan id), every ItemTrashed
+        self.purged: set[str] = set()
 
     def read(self, engine: Engine) -> None:
         with engine.connect() as conn:
@@ -427,11 +466,26 @@ class LogFacts:
         self.events[envelope["event_id"]] += 1
         if topic == DAG_EVENTS and event_type == NodeCompleted.__name__:
             self.completed[(record["execution_id"], record["node_id"])] += 1
+        if topic == STALE_EVENTS:
+            self.add_stale(event_type, record)
         numbers = self.sequences.setdefault((topic, envelope["entity_key"]), set())
         if envelope["sequence"] in numbers:
             self.sequence_faults.append(f"{topic} {envelope['entity_key']}: sequence"
                                         f" {envelope['sequence']} twice")
         numbers.add(envelope["sequence"])
+
+
+    def add_stale(self, event_type: str, record: dict) -> None:
+        match event_type:
+            case "PlanItemsListed":
+                self.plan_trash.setdefault(record["plan_id"], set()).update(
+                    i["address"] for i in record["items"] if i["target"] == "trash")
+            case "PlanApplyStarted":
+                self.confirmed.add(record["plan_id"])
+            case "ItemTrashed":
+                self.trashed.append((record["address"], record["plan_id"]))
+            case "ItemPurged":
+                self.purged.add(record["address"])
 
 
 async def caught_up(settings: Settings, engine: Engine, timeout_s: float) -> bool:
@@ -523,13 +577,15 @@ class Findings:
     view_failures: int = 0
     not_reconnected: int = 0
     exited: int = 0
+    stale: set[str] = field(default_factory=set)        # addresses the Stale Manager harmed
     lines: list[str] = field(default_factory=list)
 
     @property
     def violations(self) -> int:
         return (len(self.lost) + len(self.doubled) + len(self.stalled) + len(self.wrong)
                 + sum(self.duplicates_other.values()) + self.sequence_faults
-                + self.audit_failures + self.view_failures + self.not_reconnected + self.exited)
+                + self.audit_failures + self.view_failures + self.not_reconnected + self.exited
+                + len(self.stale))
 
 
 class Campaign:
@@ -699,6 +755,7 @@ class Campaign:
         self.facts.read(self.engine)
         self.check_acknowledged()
         self.check_side_effects()
+        await asyncio.to_thread(self.check_stale)
         faults = self.facts.sequence_faults[self.found.sequence_faults:]
         for fault in faults:
             self.note(f"event sequence: {fault}")
@@ -759,6 +816,37 @@ class Campaign:
                 self.note(f"workflow {execution_id}: NodeCompleted {len(odd)} nodes not once,"
                           f" e.g. {dict(list(odd.items())[:3])}")
 
+    def check_stale(self) -> None:
+        """What the Stale Manager deleted was in a confirmed plan and not kept; what it purged
+        it had trashed; everything else stored reads back byte for byte, from any tier."""
+        from streams.artifacts.storage import artifact_store
+
+        def harmed(address: str, why: str) -> None:
+            if address not in self.found.stale:
+                self.found.stale.add(address)
+                self.note(f"stale manager: {address} {why}")
+
+        facts = self.facts
+        ever_trashed = {address for address, _ in facts.trashed}
+        for address, plan_id in facts.trashed:
+            if plan_id not in facts.confirmed or address not in facts.plan_trash.get(plan_id, ()):
+                harmed(address, f"trashed outside confirmed plan {plan_id}")
+            if address in self.load.kept:
+                harmed(address, "trashed though tagged keep")
+        for address in facts.purged - ever_trashed:
+            harmed(address, "purged without being trashed")
+        store = artifact_store(Settings.from_env(self.pit.up.env))
+        for address, content in list(self.load.stored.items()):
+            if address in ever_trashed:
+                continue
+            try:
+                read = store.get(address)
+            except PitError as exc:
+                harmed(address, f"unreadable, never trashed: {exc}")
+                continue
+            if read != content:
+                harmed(address, "reads back different content")
+
     def check_side_effects(self) -> None:
         excused, other = repeated_runs(self.ledger(), self.pit.chaos_killed)
         self.found.duplicates_killed = excused
@@ -790,6 +878,9 @@ class Campaign:
              f"failed after {found.audit_failures} kill points"),
             ("views == replay", "ok" if not found.view_failures else
              f"differed after {found.view_failures} kill points"),
+            ("stale manager: deleted outside a plan or kept / unreadable", len(found.stale)),
+            ("stale manager: items trashed / purged", f"{len(self.facts.trashed)} /"
+                                                      f" {len(self.facts.purged)}"),
             ("processes that did not carry on by themselves", found.not_reconnected),
             ("pit up exits not caused by the campaign", found.exited),
             ("recovery p50 / p95 / max", f"{pct(0.5)} / {pct(0.95)} / {pct(1.0)}"

@@ -6,11 +6,14 @@ are events on its own topic, which the timer service follows by itself."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.component import Component, Runtime, Service
 from streams.stale.cli import add_parser
 from streams.stale.manager import STALE
+
+if TYPE_CHECKING:
+    from streams.config import Settings
 
 
 def _services(runtime: Runtime) -> Mapping[str, Service]:
@@ -22,6 +25,12 @@ def _services(runtime: Runtime) -> Mapping[str, Service]:
     return {"catalog-observer": CatalogObserver(runtime.settings, runtime.codec,
                                                 runtime.engine),
             "stale-worker": TierWorker(runtime.settings, runtime.codec, runtime.engine)}
+
+
+async def _bench(settings: Settings) -> dict[str, Any]:
+    from streams.stale.bench import bench_stale
+
+    return await bench_stale(settings)
 
 
 def _operations(client: Any) -> Any:
@@ -36,4 +45,5 @@ COMPONENT = Component(
     services=_services,
     add_cli=add_parser,
     client=_operations,
+    benches={"stale": _bench},
 )

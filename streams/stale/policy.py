@@ -29,7 +29,9 @@ What each rule says of an item (nothing, or a verdict with its reason):
 * `MinQualityScore {score}`: quality at least `score` -> keep;
 * `KeepTagged {tags}`: carries one of `tags` -> keep;
 * `PreserveTrainingData {preserve, tags}`: training data (tagged one of `tags`, default
-  "training") and everything it derives from (its lineage ancestors) -> keep.
+  "training") and everything it derives from (its lineage ancestors) -> keep. The lineage
+  is traced from the tags of every enabled preserve rule together, and also protects an
+  orphan blob that training data derives from, whatever the policies say.
 
 How verdicts compose (the issue's rule, made total):
 * within a policy, keep beats archive beats delete (a keep rule is an exception to the

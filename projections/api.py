@@ -23,12 +23,19 @@
     GET /artifacts/{name}/versions      a named artifact's versions, oldest first
     GET /artifacts/{ref}/lineage        its lineage graph (?direction=up|down|both)
     GET /artifacts/stats                deduplication statistics
+    GET /arbitration                    queues by priority, tenants' shares, the Gini
+                                        (also /arbitration/decisions, /arbitration/policy,
+                                        /arbitration/requests/{id})
+    GET /stale                          the Stale Manager: bytes per tier, trash, holds,
+                                        runs (also /stale/plans, /stale/plans/{id}
+                                        ?limit=&offset=, /stale/items/{address})
     GET /audit/verify                   the audit chain check (`pit audit verify`)
     GET /audit/{key}, /audit?key=...    an entity's full archived history
                                         (?until=<epoch ms> adds its replayed state then)
 
 Each component's routes come from its descriptor (`streams/component.py`), in the
-component's own module here (`pool_api`, `dag_api`, `artifacts_api`); this module holds
+component's own module here (`pool_api`, `dag_api`, `artifacts_api`, `arbitration_api`,
+`stale_api`); this module holds
 the kernel's routes (/health, /audit) and what every handler shares.
 
 Errors are JSON too: {"error": "..."} with 400/404/503. Database calls run in worker

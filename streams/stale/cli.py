@@ -88,9 +88,9 @@ def plan_lines(plan: dict[str, Any]) -> list[str]:
         lines.append(f"  {item['address']}  {item['target']:<5} {human_bytes(item['size']):>10}"
                      f"  {item['reason']} [{item['rule']}]"
                      + (f"  -> {outcome}" if outcome and outcome != "pending" else ""))
-    shown = len(plan.get("item_rows", ()))
-    if shown < plan["items"]:
-        lines.append(f"  ... {plan['items'] - shown} more (--limit, --offset)")
+    shown_to = plan.get("offset", 0) + len(plan.get("item_rows", ()))
+    if shown_to < plan["items"]:
+        lines.append(f"  ... {plan['items'] - shown_to} more (--offset {shown_to})")
     if plan["status"] == "planned":
         lines.append(f"confirm with: pit stale apply {plan['plan_id']}")
     return lines
@@ -146,7 +146,9 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     async def plan(ops: Any) -> dict[str, Any]:
         made = await ops.plan(store_id=args.store)
-        return await ops.show(made["plan_id"], limit=args.limit) if "status" in made else made
+        if "status" not in made:
+            return made
+        return await ops.show(made["plan_id"], store_id=args.store, limit=args.limit)
 
     found = _run(settings, plan)
     if "status" not in found:
@@ -158,8 +160,8 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    found = _run(settings, lambda ops: ops.show(args.plan, limit=args.limit,
-                                                offset=args.offset))
+    found = _run(settings, lambda ops: ops.show(args.plan, store_id=args.store,
+                                                limit=args.limit, offset=args.offset))
     _print(args, found, plan_lines(found))
     return 0
 

@@ -100,15 +100,16 @@ class StaleOps:
 
         plan_id = f"plan-{uuid.uuid4().hex[:12]}"
         await self._send(PlanCleanup(plan_id, store_id), "plan a cleanup")
-        found = await wait_for(lambda: views.plan(self.engine, plan_id, limit=0), timeout)
+        found = await wait_for(lambda: views.plan(self.engine, plan_id, store_id=store_id,
+                                                  limit=0), timeout)
         return found or {"plan_id": plan_id}
 
-    async def show(self, plan_id: str, *, limit: int = 50, offset: int = 0
-                   ) -> dict[str, Any]:
+    async def show(self, plan_id: str, *, store_id: str = DEFAULT_STORE, limit: int = 50,
+                   offset: int = 0) -> dict[str, Any]:
         from projections import stale as views
 
-        found = await asyncio.to_thread(views.plan, self.engine, plan_id, limit=limit,
-                                        offset=offset)
+        found = await asyncio.to_thread(views.plan, self.engine, plan_id, store_id=store_id,
+                                        limit=limit, offset=offset)
         if found is None:
             raise StaleError(f"no plan {plan_id!r} (plan ids: pit stale status)")
         return found
@@ -124,7 +125,8 @@ class StaleOps:
         deadline = time.monotonic() + timeout
         seen = None
         while True:
-            found = await asyncio.to_thread(views.plan, self.engine, plan_id, limit=0)
+            found = await asyncio.to_thread(views.plan, self.engine, plan_id,
+                                            store_id=store_id, limit=0)
             if found and (found["cursor"], found["status"]) != seen:
                 seen = (found["cursor"], found["status"])
                 if progress is not None:

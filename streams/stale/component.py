@@ -5,14 +5,16 @@ are events on its own topic, which the timer service follows by itself."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from streams.component import Component, Runtime, Service
+from streams.component import Component, Route, Runtime, Service
 from streams.stale.cli import add_parser
 from streams.stale.manager import STALE
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from streams.config import Settings
 
 
@@ -25,6 +27,24 @@ def _services(runtime: Runtime) -> Mapping[str, Service]:
     return {"catalog-observer": CatalogObserver(runtime.settings, runtime.codec,
                                                 runtime.engine),
             "stale-worker": TierWorker(runtime.settings, runtime.codec, runtime.engine)}
+
+
+def _views(_settings: Settings | None) -> Sequence[Any]:
+    from projections.stale import StaleView
+
+    return [StaleView()]
+
+
+def _observers(engine: Engine) -> Sequence[Any]:
+    from projections.stale_metrics import StaleMetrics
+
+    return [StaleMetrics(engine)]
+
+
+def _routes() -> Sequence[Route]:
+    from projections.stale_api import ROUTES
+
+    return ROUTES
 
 
 async def _bench(settings: Settings) -> dict[str, Any]:
@@ -43,6 +63,9 @@ COMPONENT = Component(
     name="stale",
     deciders=(STALE,),
     services=_services,
+    views=_views,
+    observers=_observers,
+    routes=_routes,
     add_cli=add_parser,
     client=_operations,
     benches={"stale": _bench},

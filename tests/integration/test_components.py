@@ -26,6 +26,7 @@ from test_dag_views import RETRY, Flow, chain
 from test_dag_views import assert_matches_decider as assert_dag_matches
 from test_pool_views import Pool, story
 from test_pool_views import assert_matches_decider as assert_pool_matches
+from test_stale_views import assert_matches_stale, stale_story
 
 from projections.runtime import Projector
 from schemas.codec import Codec
@@ -85,6 +86,9 @@ CASES: dict[str, Case] = {
     "arbitration": Case(
         lambda _codec, decided: contention(decided),
         lambda engine, log: assert_matches_arbiter(engine, log.processor.state("default"))),
+    "stale": Case(
+        lambda _codec, decided: stale_story(decided),
+        lambda engine, log: assert_matches_stale(engine, log.processor.state("default"))),
 }
 
 COMPONENT_IDS = [component.name for component in COMPONENTS]

@@ -1,7 +1,8 @@
 """Properties of the Stale Manager (streams/stale/), on random stores and histories:
 * evaluation is deterministic, and a replay of the events reproduces the decided state;
 * nothing a keep rule, a hold or the training lineage protects is ever planned for deletion
-  (checked against a brute-force reading of the rules, not the Evaluator's own code);
+  (checked against the brute-force reading of the rules in streams/stale/bench.py, not the
+  Evaluator's own code);
 * apply trashes exactly the confirmed plan's items that are still as planned - never an item
   outside the plan, never one that changed, was held or protected since.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.stale.bench import must_keep
 from streams.stale.manager import (
     STALE,
     ApplyPlan,
@@ -59,29 +61,6 @@ def stores(draw, max_items: int = 25) -> list[Item]:
     return items
 
 
-def must_keep(items: list[Item], holds: set[str]) -> set[str]:
-    """Brute force: what the PROTECTING document's keep rules and the holds protect."""
-    by_address = {i.address: i for i in items}
-
-    def ancestors(address: str) -> set[str]:
-        found = set()
-        for parent in by_address[address].parents:
-            if parent in by_address:
-                found |= {parent} | ancestors(parent)
-        return found
-
-    kept = set(holds)
-    for item in items:
-        if item.orphan:
-            continue
-        if item.accesses >= 50 or (item.quality is not None and item.quality >= 0.9) \
-                or "release" in item.tags:
-            kept.add(item.address)
-        if "training" in item.tags:
-            kept |= {item.address} | ancestors(item.address)
-    return kept & set(by_address)
-
-
 def decided(events_by_command):
     """The state of folding every event, from the initial state (a replay)."""
     state = STALE.initial_state("default")
@@ -101,7 +80,7 @@ def test_nothing_protected_is_planned_for_deletion_and_evaluation_is_determinist
     first = Evaluator(retention, mapping, holds, NOW, {}).evaluate_all()
     again = Evaluator(retention, dict(reversed(mapping.items())), holds, NOW, {}).evaluate_all()
     assert first == again
-    protected = must_keep(items, set(holds))
+    protected = must_keep(PROTECTING, items, holds, NOW)
     deleted = {e.address for e in first if e.action is Action.DELETE}
     archived = {e.address for e in first if e.action is Action.ARCHIVE}
     assert not deleted & protected
@@ -157,5 +136,6 @@ def test_apply_trashes_exactly_the_plans_items_still_as_planned(history):
     held_now = {items[h].address for h in held}
     assert trashed == planned_deletes - held_now - revised
     assert trashed <= planned_deletes                      # never outside the plan
-    assert not trashed & must_keep(items, held_now)
+    assert not trashed & must_keep(PROTECTING, items, dict.fromkeys(held_now, "late hold"),
+                                   NOW)
     assert decided(log) == state                           # a replay reproduces the state

@@ -34,8 +34,10 @@ What each rule says of an item (nothing, or a verdict with its reason):
   orphan blob that training data derives from, whatever the policies say.
 
 How verdicts compose (the issue's rule, made total):
-* within a policy, keep beats archive beats delete (a keep rule is an exception to the
-  policy's reclaiming rules: "delete after 90 days unless read 20 times");
+* within a policy, keep beats everything (a keep rule is an exception to the policy's
+  reclaiming rules: "delete after 90 days unless read 20 times"); of its reclaiming rules
+  that fire, delete beats archive (the later phase: "archive after 30 days, delete after
+  365" is one policy);
 * across policies, the highest-priority policy that says anything decides; at equal
   priority the most conservative verdict wins (keep, then archive, then delete);
 * a legal hold keeps, before any policy; an item no policy speaks for is kept;
@@ -483,6 +485,14 @@ class Evaluator:
     def evaluate_all(self) -> list[Evaluation]:
         return [self.evaluate(a) for a in sorted(self.items)]
 
+    def deletable(self) -> list[str]:
+        """The seed's `get_deletable`: addresses the policies delete, sorted."""
+        return [e.address for e in self.evaluate_all() if e.action is Action.DELETE]
+
+    def archivable(self) -> list[str]:
+        """The seed's `get_archivable`: addresses the policies archive, sorted."""
+        return [e.address for e in self.evaluate_all() if e.action is Action.ARCHIVE]
+
     # --- one item ---
 
     def _evaluate(self, item: Item) -> Evaluation:
@@ -539,7 +549,7 @@ class Evaluator:
                         if (v := self._rule(policy, rule, item, upcoming)) is not None]
             if verdicts:
                 priority = policy.priority
-                decided.append(max(verdicts, key=lambda v: _CAUTION[v.action]))
+                decided.append(_within_policy(verdicts))
         next_change = ""
         if upcoming:
             days, action = min(upcoming)
@@ -600,6 +610,15 @@ class Evaluator:
                 total -= item.size
             self._evicted[key] = frozenset(evicted)
         return self._evicted[key]
+
+
+def _within_policy(verdicts: list[Verdict]) -> Verdict:
+    """One policy's verdict: a keep if any rule keeps, else the latest phase that fired
+    (delete over archive), the first rule of it on a tie."""
+    keeps = [v for v in verdicts if v.action is Action.KEEP]
+    if keeps:
+        return keeps[0]
+    return min(verdicts, key=lambda v: _CAUTION[v.action])
 
 
 def _span(amount: float, unit: str) -> str:

@@ -368,3 +368,12 @@ def test_an_archived_item_used_again_is_planned_back_to_the_hot_tier():
     back = store.state.plans["p2"].items
     assert [(i.tier, i.target) for i in back] == [("cold", "hot")]
     assert "back to the hot tier" in back[0].reason
+
+
+def test_the_engine_lists_what_it_deletes_and_archives():
+    document = {"policies": [{"name": "p", "rules": [
+        {"type": "MaxAge", "days": 10, "action": "archive"}, {"type": "MaxAge", "days": 50}]}]}
+    items = [item(1, idle_days=60), item(2, idle_days=20), item(3, idle_days=1)]
+    evaluator = Evaluator(retention_from(document), {i.address: i for i in items}, {}, NOW, {})
+    # phases in one policy: archived after 10 days idle, deleted after 50
+    assert (evaluator.deletable(), evaluator.archivable()) == ([addr(1)], [addr(2)])

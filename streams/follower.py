@@ -46,11 +46,12 @@ if TYPE_CHECKING:
     from schemas.codec import Codec
 
 
-def entity_events(codec: Codec, decider: Decider, records: Iterable[Any]
+def entity_events(codec: Codec, decider: Decider | Sequence[Decider], records: Iterable[Any]
                   ) -> Iterator[tuple[str, Message]]:
-    """(entity key, event) for each of `decider`'s events among `records` (anything with a
-    `.value`: aiokafka messages, log records); tombstones, undecodable records and other
-    deciders' events are skipped."""
+    """(entity key, event) for each event of `decider` (or of any of several) among
+    `records` (anything with a `.value`: aiokafka messages, log records), each decoded once;
+    tombstones, undecodable records and other deciders' events are skipped."""
+    deciders = (decider,) if isinstance(decider, Decider) else tuple(decider)
     for record in records:
         if record.value is None:
             continue
@@ -58,10 +59,12 @@ def entity_events(codec: Codec, decider: Decider, records: Iterable[Any]
             decoded = codec.decode(record.value)
         except SchemaError:
             continue
-        event_type = decider.event_type(decoded.name)
-        if event_type is not None:
-            yield decoded.record["envelope"]["entity_key"], from_record(event_type,
-                                                                       decoded.record)
+        for one in deciders:
+            event_type = one.event_type(decoded.name)
+            if event_type is not None:
+                yield decoded.record["envelope"]["entity_key"], from_record(event_type,
+                                                                           decoded.record)
+                break
 
 
 class Follower:

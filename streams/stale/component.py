@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from streams.component import Component, Route, Runtime, Service
 from streams.stale.cli import add_parser
 from streams.stale.manager import STALE
+from streams.stale.settings import StaleSettings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -68,5 +69,6 @@ COMPONENT = Component(
     routes=_routes,
     add_cli=add_parser,
     client=_operations,
+    settings=StaleSettings.of,
     benches={"stale": _bench},
 )

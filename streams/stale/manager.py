@@ -49,6 +49,8 @@ from streams.blobs import is_address
 from streams.decider import Decider, Decision, Message, Rejection, Rules, copy_with
 from streams.persistent import PMap
 from streams.stale.policy import (
+    ARTIFACT,
+    DAG_OUTPUT,
     DAY_MS,
     DEFAULT_RETENTION,
     HOUR_MS,
@@ -78,7 +80,7 @@ class _StoreMessage(Message):
 # Lists of items travel as Avro arrays of records (plain dicts here): see OBSERVED_FIELDS.
 
 OBSERVED_FIELDS = ("address", "size", "stored_at", "last_used_at", "accesses", "quality",
-                   "tags", "parents", "names", "stores", "orphan", "removed")
+                   "tags", "parents", "names", "stores", "orphan", "removed", "kind")
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,7 @@ class ItemPurged(_AboutItem):
     plan_id: str
     size: int
     orphan: bool = False
+    kind: str = ARTIFACT  # where its bytes are: the artifact store, or the DAG's blob store
 
 
 @dataclass(frozen=True)
@@ -465,7 +468,7 @@ def item_of(record: dict[str, Any]) -> Item:
     return Item(record["address"], record["size"], record["stored_at"], record["last_used_at"],
                 record["accesses"], record["quality"], tuple(record["tags"]),
                 tuple(record["parents"]), tuple(record["names"]), record["stores"],
-                record["orphan"], record["removed"])
+                record["orphan"], record["removed"], record.get("kind", ARTIFACT))
 
 
 def item_record(item: Item) -> dict[str, Any]:
@@ -473,7 +476,7 @@ def item_record(item: Item) -> dict[str, Any]:
             "last_used_at": item.last_used_at, "accesses": item.accesses,
             "quality": item.quality, "tags": list(item.tags), "parents": list(item.parents),
             "names": list(item.names), "stores": item.stores, "orphan": item.orphan,
-            "removed": item.removed}
+            "removed": item.removed, "kind": item.kind}
 
 
 def _plan_item(record: dict[str, Any]) -> PlanItem:
@@ -570,6 +573,9 @@ def _observed(record: dict[str, Any]) -> Item:
     if item.last_used_at < item.stored_at:
         raise Rejection(f"{item.address}: last used ({item.last_used_at}) before it was stored"
                         f" ({item.stored_at})")
+    if item.kind not in (ARTIFACT, DAG_OUTPUT):
+        raise Rejection(f"{item.address}: kind {item.kind!r} is neither {ARTIFACT} nor"
+                        f" {DAG_OUTPUT}")
     if item.quality is not None and not 0.0 <= item.quality <= 1.0:
         raise Rejection(f"{item.address}: quality {item.quality} is outside [0, 1]")
     for parent in item.parents:
@@ -785,7 +791,7 @@ def _on_purge(d: _Decision, c: PurgeItem) -> None:
         return  # restored (or trashed again later) before the grace period ended
     item = d.state.items.get(c.address)
     d.emit(ItemPurged(c.address, trashed.plan_id, item.size if item else 0,
-                      bool(item and item.orphan)))
+                      bool(item and item.orphan), item.kind if item else ARTIFACT))
 
 
 def _on_run(d: _Decision, c: RunSchedule) -> None:

@@ -4,24 +4,28 @@ exactly the catalog's), and tells the Stale Manager what changed as `ObserveArti
 commands - each item's size, age, last use, reads, quality, tags, lineage, names and
 stores. It also lists the hot tier's blobs: one the catalog does not know is an orphan (a
 crash between a blob write and its StoreArtifact), reported with the time it was first
-seen, so the grace period counts from then. The Stale Manager decides on these commands,
-which become its events: a replay sees exactly what each plan saw.
+seen, so the grace period counts from then. It follows pit.dag.events too, for the node
+outputs in the DAG's blob store (streams/blobs.py): which workflows produced or read each
+blob, and when the last of them ended (`DagOutputs`); a blob there that no workflow names is
+an orphan as well. The Stale Manager decides on these commands, which become its events: a
+replay sees exactly what each plan saw.
 
-`items_of` is the pure part: a catalog state and the times of its stores and reads in, the
-items the Stale Manager needs out.
+`items_of`, `orphans_of` and `DagOutputs.items` are the pure part: what the logs and the
+stores hold in, the items the Stale Manager needs out.
 
 It runs once per cluster (on the leader). On every start it rebuilds the catalog from the
 whole history and tells everything again; the Stale Manager accepts an item it already has
 with no event, so a restart costs commands but changes nothing. It tells at most every
-TELL_EVERY_S, and lists the blob store every SCAN_EVERY_S.
+TELL_EVERY_S, and lists the stores every PIT_STALE_SCAN_S (10 minutes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -37,16 +41,28 @@ from streams.artifacts.catalog import (
 from streams.artifacts.topics import ARTIFACT_EVENTS
 from streams.commands import CommandClient
 from streams.config import Settings
+from streams.dag.execution import (
+    DAG,
+    ExecutionCancelled,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionRestarted,
+    ExecutionTimedOut,
+    NodeCompleted,
+    NodeScheduled,
+)
+from streams.dag.topics import DAG_EVENTS
 from streams.decider import Message
 from streams.errors import PitError
 from streams.follower import Follower, entity_events
 from streams.log import LogRecord
+from streams.persistent import PMap
 from streams.stale.manager import MAX_OBSERVED, STALE, ObserveArtifacts, item_record
-from streams.stale.policy import Item
+from streams.stale.policy import DAG_OUTPUT, Item
+from streams.stale.settings import StaleSettings
 
 log = logging.getLogger(__name__)
 TELL_EVERY_S = 0.5
-SCAN_EVERY_S = 600.0
 
 
 @dataclass
@@ -82,22 +98,80 @@ def orphans_of(known: Iterable[str], stored: dict[str, int], first_seen: dict[st
     return found
 
 
+@dataclass
+class DagOutputs:
+    """Which workflows name each blob of the DAG's blob store - as a node's output, or as a
+    node's input by reference - and when those that name any blob ended. Only executions
+    that name a blob are remembered (outputs past 32 KiB go to the blob store; most
+    workflows never do), so this stays small however many workflows run."""
+
+    refs: dict[str, set[str]] = field(default_factory=dict)   # blob address -> executions
+    named: set[str] = field(default_factory=set)              # executions naming any blob
+    ended: dict[str, int] = field(default_factory=dict)       # ... of those: ended at, ms
+
+    def take(self, event: Message, at_ms: int) -> None:
+        match event:
+            case NodeCompleted(output_hash=address, execution_id=execution) if address:
+                self._names(execution, [address])
+            case NodeScheduled(input_refs=refs, execution_id=execution) if refs not in ("",
+                                                                                      "{}"):
+                self._names(execution, [r["hash"] for r in json.loads(refs).values()
+                                        if isinstance(r, dict) and "hash" in r])
+            case ExecutionCompleted() | ExecutionFailed() | ExecutionCancelled() | \
+                    ExecutionTimedOut() if event.execution_id in self.named:
+                self.ended[event.execution_id] = at_ms
+            case ExecutionRestarted(execution_id=execution):
+                self.ended.pop(execution, None)
+
+    def _names(self, execution: str, addresses: Iterable[str]) -> None:
+        for address in addresses:
+            self.refs.setdefault(address, set()).add(execution)
+            self.named.add(execution)
+        self.ended.pop(execution, None)  # it runs
+
+    def items(self, stored: Mapping[str, int], first_seen: dict[str, int], now_ms: int,
+              cataloged: Iterable[str]) -> dict[str, Item]:
+        """The blob store's blobs (`stored`: address -> size) as items: a blob no workflow
+        names is an orphan (dated from when first seen); one whose workflows all ended was
+        last used when the last ended; one a running workflow names is in use now. A blob
+        whose content is also an artifact is left to the artifact's policy (one address,
+        one item: the Stale Manager keeps one story per address)."""
+        cataloged = set(cataloged)
+        found = {}
+        for address, size in stored.items():
+            if address in cataloged:
+                continue
+            seen = first_seen.setdefault(address, now_ms)
+            executions = self.refs.get(address, set())
+            if not executions:
+                found[address] = Item(address, size, seen, seen, orphan=True, kind=DAG_OUTPUT)
+                continue
+            ends = [self.ended.get(e) for e in executions]
+            used = now_ms if None in ends else max(e for e in ends if e is not None)
+            found[address] = Item(address, size, min(seen, used), used, kind=DAG_OUTPUT)
+        return found
+
+
 class CatalogObserver:
     """The service `pit up` runs for the Stale Manager (see the module docstring)."""
 
-    def __init__(self, settings: Settings, codec: Codec, engine: Engine | None = None,
-                 *, scan_every_s: float = SCAN_EVERY_S) -> None:
-        self.settings, self.scan_every_s = settings, scan_every_s
+    def __init__(self, settings: Settings, codec: Codec, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.scan_every_s = StaleSettings.of(settings).scan_every_s
         self.client = CommandClient(settings, "pit-catalog-observer", codec, deciders=(STALE,))
         self.catalogs: dict[str, Catalog] = {}
         self.told: dict[str, dict[str, Item]] = {}   # per store: what it was last told
-        self.orphans: dict[str, Item] = {}          # of the default store's blob store
+        self.orphans: dict[str, Item] = {}  # blobs no catalog or workflow knows, and outputs
         self.first_seen: dict[str, int] = {}
-        self._follower = Follower(settings, [ARTIFACT_EVENTS], engine)
+        self.dag = DagOutputs()
+        self._follower = Follower(settings, [ARTIFACT_EVENTS, DAG_EVENTS], engine)
 
     def _take(self, record: LogRecord) -> None:
-        for store_id, event in entity_events(self.client.codec, ARTIFACTS, [record]):
-            self._apply(store_id, event, record.timestamp_ms)
+        for key, event in entity_events(self.client.codec, (ARTIFACTS, DAG), [record]):
+            if record.topic == DAG_EVENTS:
+                self.dag.take(event, record.timestamp_ms)
+            else:
+                self._apply(key, event, record.timestamp_ms)
 
     def _apply(self, store_id: str, event: Message, at_ms: int) -> None:
         catalog = self.catalogs.get(store_id)
@@ -112,14 +186,21 @@ class CatalogObserver:
                     catalog.last_used.get(event.address, 0), event.interval_end)
 
     def scan(self) -> None:
-        """List the hot tier's blobs (a thread: a bucket listing can take a while)."""
-        from streams.artifacts.storage import artifact_store
+        """List the artifact store's hot tier and the DAG's blob store (a thread: a bucket
+        listing can take a while)."""
+        from streams.artifacts.storage import artifact_backend
+        from streams.blobs import blob_store
 
-        store = artifact_store(self.settings)
-        listed = {a: store.size(a) for a in _addresses(store)}
+        now = int(time.time() * 1000)
+        hot = artifact_backend(self.settings)  # the hot tier's objects, however wrapped
+        listed = {a: hot.raw_size(a) or 0 for a in hot.raw_addresses("")}
         known = self.catalogs.get("default")
-        self.orphans = orphans_of(known.state.artifacts if known else (), listed,
-                                  self.first_seen, int(time.time() * 1000))
+        cataloged = known.state.artifacts if known else PMap()
+        self.orphans = orphans_of(cataloged, listed, self.first_seen, now)
+        blobs = blob_store(self.settings)
+        outputs = {a: blobs.raw_size(a) or 0 for a in blobs.raw_addresses("")}
+        for address, item in self.dag.items(outputs, self.first_seen, now, cataloged).items():
+            self.orphans.setdefault(address, item)  # the artifact store's copy comes first
 
     async def _tell(self) -> None:
         stores = set(self.catalogs) | {"default"}
@@ -167,10 +248,3 @@ class CatalogObserver:
             await self._follower.stop()
             await self.client.close()
 
-
-def _addresses(store: object) -> list[str]:
-    """The addresses of the content a store holds (hot tier), whatever its wrapping."""
-    backend = getattr(store, "backend", store)  # EncryptedStore keeps its objects in one
-    backend = getattr(backend, "hot", backend)  # the tiered store: the hot tier's
-    raw = getattr(backend, "raw_addresses", None)
-    return sorted(raw("")) if raw is not None else []

@@ -41,7 +41,10 @@ How verdicts compose (the issue's rule, made total):
 * across policies, the highest-priority policy that says anything decides; at equal
   priority the most conservative verdict wins (keep, then archive, then delete);
 * a legal hold keeps, before any policy; an item no policy speaks for is kept;
-* a blob nothing references (an orphan) is deleted once older than the grace period.
+* a blob nothing references (an orphan) is deleted once older than the grace period;
+* a node output in the DAG's blob store (not an artifact: no policy speaks for it) is kept
+  while a workflow using it runs and `dag_output_days` after the last one ended, then
+  deleted.
 A kept item still in the hot tier moves to warm when idle `warm_after_days` and valued below
 `warm_below`, and one in warm or cold comes back to hot once it is used again (idle less than
 that, valued at least that); an archived one goes to cold. Delete means the trash first
@@ -74,6 +77,9 @@ class Action(enum.StrEnum):
 
 # The more conservative verdict wins a tie: keep, then archive, then delete.
 _CAUTION = {Action.KEEP: 2, Action.ARCHIVE: 1, Action.DELETE: 0}
+
+
+ARTIFACT, DAG_OUTPUT = "artifact", "dag_output"  # what an item is (Item.kind)
 
 
 class Tier(enum.StrEnum):
@@ -113,6 +119,9 @@ class Item:
     stores: int = 1                 # how often the same content was stored (dedup)
     orphan: bool = False
     removed: bool = False           # taken out of the catalog (its blob stays until purged)
+    # "artifact" (the Artifact Store's content) or "dag_output" (a node output in the DAG's
+    # blob store, streams/blobs.py: `last_used_at` is when the last workflow using it ended)
+    kind: str = ARTIFACT
 
     def idle_days(self, now_ms: int) -> float:
         return max(0, now_ms - self.last_used_at) / DAY_MS
@@ -205,6 +214,7 @@ class Retention:
     trash_days: float = 7.0
     orphan_grace_hours: float = 24.0
     plan_ttl_hours: float = 24.0
+    dag_output_days: float = 30.0      # a node output is kept this long after its workflows end
     schedule: Schedule | None = None
 
 
@@ -289,7 +299,7 @@ def _schedule(problems: list[str], data: Any) -> Schedule:
 
 
 _SETTINGS = {"policies", "value", "tiers", "trash_days", "orphan_grace_hours", "plan_ttl_hours",
-             "schedule"}
+             "dag_output_days", "schedule"}
 
 
 def retention_from(data: Any) -> Retention:
@@ -333,7 +343,7 @@ def retention_from(data: Any) -> Retention:
     if "warm_below" in tiers:
         values["warm_below"] = number(problems, "tiers.warm_below", tiers["warm_below"], 0, 1)
     for name, high in (("trash_days", 365.0), ("orphan_grace_hours", 24 * 365.0),
-                       ("plan_ttl_hours", 24 * 365.0)):
+                       ("plan_ttl_hours", 24 * 365.0), ("dag_output_days", MAX_DAYS)):
         if name in data:
             values[name] = number(problems, name, data[name], 0, high)
     if data.get("schedule") is not None:
@@ -377,7 +387,8 @@ def retention_json(retention: Retention) -> str:
            "tiers": {"warm_after_days": plain["warm_after_days"],
                      "warm_below": plain["warm_below"]},
            "trash_days": plain["trash_days"], "orphan_grace_hours": plain["orphan_grace_hours"],
-           "plan_ttl_hours": plain["plan_ttl_hours"], "schedule": plain["schedule"]}
+           "plan_ttl_hours": plain["plan_ttl_hours"], "dag_output_days": plain["dag_output_days"],
+           "schedule": plain["schedule"]}
     return json.dumps(out, sort_keys=True, separators=(",", ":"))
 
 
@@ -501,6 +512,8 @@ class Evaluator:
         tier = self.tiers.get(item.address, Tier.HOT)
         if verdict.action is Action.DELETE:
             target = None
+        elif item.kind == DAG_OUTPUT:
+            target = tier  # node outputs stay in the DAG's blob store: no tiers there
         elif verdict.action is Action.ARCHIVE:
             target = Tier.COLD
         elif (tier is Tier.HOT and verdict.rule != "hold"
@@ -527,6 +540,15 @@ class Evaluator:
         hold = self.holds.get(item.address)
         if hold is not None:
             return Verdict(Action.KEEP, f"legal hold: {hold or 'no reason given'}", "hold"), ""
+        if item.kind == DAG_OUTPUT and not item.orphan:
+            days, idle = self.retention.dag_output_days, item.idle_days(self.now)
+            if idle > days:
+                return Verdict(Action.DELETE, f"node output of workflows that ended {idle:.1f}"
+                               f" days ago (kept {days:g})", "dag_outputs"), ""
+            return (Verdict(Action.KEEP, f"node output of a workflow that ended {idle:.1f} days"
+                            " ago" if item.last_used_at < self.now else
+                            "node output of a workflow still running", "dag_outputs"),
+                    f"eligible for delete in {_span(days - idle, 'days')}")
         if item.orphan and item.address in self.training:  # lineage outranks "unreferenced"
             return Verdict(Action.KEEP, "training data derives from it (lineage)",
                            "lineage"), ""

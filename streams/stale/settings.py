@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.config import Settings
+from streams.config import Settings, parse_count
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,9 @@ class StaleSettings:
     warm_dir: Path = Path(".pit") / "warm"
     cold_bucket: str | None = None
     cold_endpoint_url: str | None = None  # PIT_STALE_COLD_ENDPOINT_URL, else PIT_S3_ENDPOINT_URL
+    # How often the catalog observer lists the stores for blobs nothing references
+    # (PIT_STALE_SCAN_S): a listing reads every object's size, a HEAD each on S3.
+    scan_every_s: int = 600
 
     @classmethod
     def of(cls, settings: Settings) -> StaleSettings:
@@ -24,4 +27,6 @@ class StaleSettings:
             cold_bucket=env.get("PIT_STALE_COLD_BUCKET") or None,
             cold_endpoint_url=(env.get("PIT_STALE_COLD_ENDPOINT_URL")
                                or env.get("PIT_S3_ENDPOINT_URL") or None),
+            scan_every_s=max(1, parse_count("PIT_STALE_SCAN_S",
+                                            env.get("PIT_STALE_SCAN_S") or "600")),
         )

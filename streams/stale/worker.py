@@ -1,7 +1,8 @@
 """The Stale Manager's hands: the `TierWorker` carries out what the decider decided - it moves
 an item's bytes between tiers (`TierMoveRequested`) and deletes a purged item's bytes from
 every tier (`ItemPurged`) - and reports each as a command (`ReportTierMoved` or
-`ReportTierMoveFailed`, `ReportPurged`). The decider never touches a byte.
+`ReportTierMoveFailed`, `ReportPurged`). The decider never touches a byte. A node output
+(`kind` dag_output) is deleted from the DAG's blob store instead, and no catalog is told.
 
 `Pending` is the pure part: the stale events in, the work still owed out - moves requested
 and not yet reported, purges not yet reported. On every start the worker rebuilds it from
@@ -41,6 +42,7 @@ from streams.stale.manager import (
     TierMoveFailed,
     TierMoveRequested,
 )
+from streams.stale.policy import DAG_OUTPUT
 from streams.stale.topics import STALE_EVENTS
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ class Pending:
     """The work the stale events ask for and no report has answered yet, in order."""
 
     moves: dict[tuple[str, str], str] = field(default_factory=dict)  # (store, addr) -> tier
-    purges: dict[tuple[str, str], bool] = field(default_factory=dict)  # -> was an orphan
+    # (store, address) -> (its size, an orphan?, its kind: the artifact store or DAG blobs)
+    purges: dict[tuple[str, str], tuple[int, bool, str]] = field(default_factory=dict)
 
     def take(self, store_id: str, event: Message) -> None:
         key = (store_id, getattr(event, "address", ""))
@@ -60,9 +63,9 @@ class Pending:
                 self.moves[key] = target
             case TierMoved() | TierMoveFailed():
                 self.moves.pop(key, None)
-            case ItemPurged(orphan=orphan):
+            case ItemPurged(size=size, orphan=orphan, kind=kind):
                 self.moves.pop(key, None)
-                self.purges[key] = orphan
+                self.purges[key] = (size, orphan, kind)
             case BytesPurged():
                 self.purges.pop(key, None)
 
@@ -103,13 +106,20 @@ class TierWorker:
             else:
                 await self._report(ReportTierMoved(address, target, stored, store_id))
             self.pending.moves.pop((store_id, address), None)
-        for (store_id, address), orphan in list(self.pending.purges.items()):
-            freed = await asyncio.to_thread(self.store.purge, address)
-            await self._report(ReportPurged(address, freed, store_id))
-            if not orphan:
+        for (store_id, address), (size, orphan, kind) in list(self.pending.purges.items()):
+            purge = self._purge_output if kind == DAG_OUTPUT else self.store.purge
+            await asyncio.to_thread(purge, address)  # idempotent: a rerun deletes nothing
+            await self._report(ReportPurged(address, size, store_id))
+            if not orphan and kind != DAG_OUTPUT:
                 await self._report(RemoveArtifact(address, "purged by the Stale Manager",
                                                   store_id))
             self.pending.purges.pop((store_id, address), None)
+
+    def _purge_output(self, address: str) -> None:
+        """Delete a node output from the DAG's blob store."""
+        from streams.blobs import blob_store
+
+        blob_store(self.settings).delete_raw(address)
 
     async def _report(self, command: Message) -> None:
         outcome = await self.client.send(command)

@@ -6,14 +6,20 @@ state (an event in the log, a view), never for time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 from test_timers_live import records, until
 
 from streams.app import Stack
 from streams.artifacts.storage import artifact_store
-from streams.blobs import FileBlobStore
+from streams.blobs import FileBlobStore, blob_store
 from streams.client import PitClient
 from streams.config import Settings
+from streams.dag.definition import OPERATORS, WorkflowBuilder
+from streams.dag.runner import Runner
+from streams.dag.topics import DAG_EVENTS
 from streams.stale import manager
 from streams.stale.client import StaleError
 from streams.stale.tiers import tiered_store
@@ -144,3 +150,58 @@ async def test_a_scheduled_run_fires_after_a_restart(tmp_path) -> None:
 async def _runs(stack: Stack) -> list[dict]:
     return [r for r in await stale_events(stack, "ScheduledRun") if r["plan_id"]]
 
+
+
+def _big_text(times: int) -> str:
+    return "a node output too large to travel inline " * times
+
+
+OPERATORS.register("stale_big_text", _big_text, inputs={"times": "int"}, output="str",
+                   replace=True)
+
+
+async def test_node_outputs_of_ended_workflows_and_orphan_blobs_are_collected(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path, env={"PIT_STALE_SCAN_S": "1"})
+    # a runner's output it never reported: nothing names it
+    orphan = blob_store(settings).store(b'{"out": "never reported"}')
+    async with Stack(settings, progress=False, without={"host-monitor"}) as stack, \
+            PitClient(stack.settings, issued_by="stale-test") as pit:
+        runner = Runner(stack.settings, runner_id="stale-r1", codec=stack.codec,
+                        inline_limit=1024, say=lambda _line: None)
+        stop = asyncio.Event()
+        running = asyncio.create_task(runner.run(stop))
+        try:
+            workflow = (WorkflowBuilder("big-output")
+                        .operator("text", "stale_big_text", constants={"times": 100})
+                        .build())
+            execution = await pit.dag.execute_workflow(workflow)
+            assert (await pit.dag.await_result(execution, timeout=30)).ok
+        finally:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        (output,) = [a for a in blob_store(stack.settings).raw_addresses("")
+                     if a != orphan.address]
+        ended_at = [ts for name, r, ts in await records(stack, DAG_EVENTS)
+                    if name == "pit.dag.ExecutionCompleted" and r["execution_id"] == execution]
+        await until(lambda: _ended_output_observed(stack, output, ended_at[0]),
+                    what="the observer telling of the ended workflow's output")
+        await pit.stale.set_policy({"dag_output_days": 0, "orphan_grace_hours": 0,
+                                    "trash_days": 0})
+        plan = await pit.stale.plan()
+        rows = (await pit.stale.show(plan["plan_id"]))["item_rows"]
+        assert {(r["address"], r["target"]) for r in rows} == {(output, "trash"),
+                                                               (orphan.address, "trash")}
+        await pit.stale.apply(plan["plan_id"], progress=lambda _plan: None)
+        for address in (output, orphan.address):
+            await until(lambda a=address: _bytes_purged(stack, a), what=f"{address} purged")
+            assert address not in blob_store(stack.settings)
+
+
+async def _ended_output_observed(stack: Stack, address: str, ended_at: int) -> bool:
+    """Whether the Stale Manager was told `address` is the output of a workflow that ended
+    at `ended_at` (while it ran, it was told as in use at the time of each scan)."""
+    told = [i for r in await stale_events(stack, "ArtifactsObserved") for i in r["items"]
+            if i["address"] == address]
+    return bool(told) and (told[-1]["kind"], told[-1]["orphan"], told[-1]["last_used_at"]) \
+        == ("dag_output", False, ended_at)

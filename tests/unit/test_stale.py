@@ -377,3 +377,39 @@ def test_the_engine_lists_what_it_deletes_and_archives():
     evaluator = Evaluator(retention_from(document), {i.address: i for i in items}, {}, NOW, {})
     # phases in one policy: archived after 10 days idle, deleted after 50
     assert (evaluator.deletable(), evaluator.archivable()) == ([addr(1)], [addr(2)])
+
+
+# --- node outputs in the DAG's blob store -------------------------------------------------------
+
+def test_a_node_output_is_kept_while_its_workflows_run_and_dag_output_days_after():
+    document = {"dag_output_days": 30, "tiers": {"warm_after_days": 0, "warm_below": 1.0}}
+    running = item(1, idle_days=0, kind="dag_output")
+    recent = item(2, idle_days=10, kind="dag_output")
+    old = item(3, idle_days=40, kind="dag_output")
+    result = evaluate(document, running, recent, old)
+    assert result[running.address].reason == "node output of a workflow still running"
+    assert result[recent.address].next_change == "eligible for delete in 20 days"
+    assert result[old.address].action is Action.DELETE
+    assert result[old.address].rule == "dag_outputs"
+    # never a tier move: node outputs stay in the DAG's blob store
+    assert {result[i.address].target for i in (running, recent)} == {Tier.HOT}
+
+
+def test_dag_outputs_follow_the_workflows_that_name_each_blob():
+    from streams.dag.execution import ExecutionCompleted, ExecutionRestarted, NodeCompleted
+    from streams.stale.observer import DagOutputs
+
+    outputs = DagOutputs()
+    outputs.take(NodeCompleted("e1", "n", 1, output_hash=addr(1)), NOW - 5 * DAY_MS)
+    outputs.take(ExecutionCompleted("e1", "{}", 1, 1), NOW - 4 * DAY_MS)
+    outputs.take(NodeCompleted("e2", "n", 1, output_hash=addr(2)), NOW - DAY_MS)
+    stored = {addr(1): 10, addr(2): 20, addr(3): 30, addr(4): 40}
+    seen: dict[str, int] = {}
+    items = outputs.items(stored, seen, NOW, cataloged=[addr(4)])
+    assert items[addr(1)].last_used_at == NOW - 4 * DAY_MS        # its workflow ended then
+    assert items[addr(1)].stored_at <= items[addr(1)].last_used_at
+    assert items[addr(2)].last_used_at == NOW                     # e2 still runs
+    assert items[addr(3)].orphan and items[addr(3)].kind == "dag_output"
+    assert addr(4) not in items                                   # an artifact's content
+    outputs.take(ExecutionRestarted("e1", "n"), NOW)
+    assert outputs.items(stored, seen, NOW, [])[addr(1)].last_used_at == NOW

@@ -6,8 +6,9 @@ The harness, in a fresh data directory:
   (`pit host`) and two workflow runners (`pit runner`) as subprocesses;
 * drives a mixed load from this process through a `PitClient` that records every outcome
   that said *accepted*: pool commands (RegisterModel, TransitionModel, RecordModelUsage,
-  allocations and releases), workflows (chains and layered DAGs of `chaos_step` nodes, which
-  append each run to a ledger file), artifact stores (half of them tagged "keep") and the
+  allocations and releases, two in three of them arbitrated as a tenant's), workflows
+  (chains and layered DAGs of `chaos_step` nodes, which append each run to a ledger file),
+  artifact stores (half of them tagged "keep") and the
   Stale Manager's plans and applies under CHAOS_RETENTION (the rest is deleted, the kept
   ones move to the warm tier; the trash is purged after seconds) and holds;
 * at seeded random moments kills one process with SIGKILL (`pit up`, a runner or a host) and
@@ -363,8 +364,10 @@ class Load:
                                        timeout=5)
             elif kind == "usage":
                 await self.live.send(RecordModelUsage(model, rng.randint(1, 5)), timeout=5)
-            else:
-                allocation = await pool.allocate_model(model, "chaos", timeout=5)
+            else:  # half through arbitration, as a tenant (its grant released with the model)
+                tenant = rng.choice(["", "chaos-a", "chaos-b"])
+                allocation = await pool.allocate_model(model, "chaos", timeout=5,
+                                                       **({"tenant": tenant} if tenant else {}))
                 await pool.release_model(allocation.request_id, timeout=5)
             await asyncio.sleep(rng.uniform(0.02, 0.1))
         return step

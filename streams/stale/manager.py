@@ -597,6 +597,8 @@ def _ancestors(items: Any, addresses: Iterable[str]) -> set[str]:
 def _on_observe(d: _Decision, c: ObserveArtifacts) -> None:
     if len(c.items) > MAX_OBSERVED:
         raise Rejection(f"{len(c.items)} items in one observation, more than {MAX_OBSERVED}")
+    if not c.items and not c.forget:
+        raise Rejection("nothing observed: no items and nothing to forget")
     changed = []
     for record in c.items:
         item = _observed(record)

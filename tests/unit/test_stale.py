@@ -413,3 +413,7 @@ def test_dag_outputs_follow_the_workflows_that_name_each_blob():
     assert addr(4) not in items                                   # an artifact's content
     outputs.take(ExecutionRestarted("e1", "n"), NOW)
     assert outputs.items(stored, seen, NOW, [])[addr(1)].last_used_at == NOW
+
+
+def test_an_empty_observation_is_refused():
+    assert "nothing observed" in Store().refused(ObserveArtifacts([]))

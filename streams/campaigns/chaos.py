@@ -367,7 +367,7 @@ class Load:
             else:  # half through arbitration, as a tenant (its grant released with the model)
                 tenant = rng.choice(["", "chaos-a", "chaos-b"])
                 allocation = await pool.allocate_model(model, "chaos", timeout=5,
-                                                       **({"tenant": tenant} if tenant else {}))
+                                                       tenant=tenant or None)
                 await pool.release_model(allocation.request_id, timeout=5)
             await asyncio.sleep(rng.uniform(0.02, 0.1))
         return step

@@ -4,7 +4,8 @@ exactly the catalog's), and tells the Stale Manager what changed as `ObserveArti
 commands - each item's size, age, last use, reads, quality, tags, lineage, names and
 stores. It also lists the hot tier's blobs: one the catalog does not know is an orphan (a
 crash between a blob write and its StoreArtifact), reported with the time it was first
-seen, so the grace period counts from then. It follows pit.dag.events too, for the node
+seen, so the grace period counts from then. Asked to (PIT_STALE_DAG_OUTPUTS=1), it follows
+pit.dag.events too, for the node
 outputs in the DAG's blob store (streams/blobs.py): which workflows produced or read each
 blob, and when the last of them ended (`DagOutputs`); a blob there that no workflow names is
 an orphan as well. The Stale Manager decides on these commands, which become its events: a
@@ -157,14 +158,17 @@ class CatalogObserver:
 
     def __init__(self, settings: Settings, codec: Codec, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.scan_every_s = StaleSettings.of(settings).scan_every_s
+        own = StaleSettings.of(settings)
+        self.scan_every_s, self.dag_outputs = own.scan_every_s, own.dag_outputs
         self.client = CommandClient(settings, "pit-catalog-observer", codec, deciders=(STALE,))
         self.catalogs: dict[str, Catalog] = {}
         self.told: dict[str, dict[str, Item]] = {}   # per store: what it was last told
         self.orphans: dict[str, Item] = {}  # blobs no catalog or workflow knows, and outputs
         self.first_seen: dict[str, int] = {}
         self.dag = DagOutputs()
-        self._follower = Follower(settings, [ARTIFACT_EVENTS, DAG_EVENTS], engine)
+        self._follower = Follower(
+            settings, [ARTIFACT_EVENTS, DAG_EVENTS] if self.dag_outputs else [ARTIFACT_EVENTS],
+            engine)
 
     def _take(self, record: LogRecord) -> None:
         for key, event in entity_events(self.client.codec, (ARTIFACTS, DAG), [record]):
@@ -197,6 +201,8 @@ class CatalogObserver:
         known = self.catalogs.get("default")
         cataloged = known.state.artifacts if known else PMap()
         self.orphans = orphans_of(cataloged, listed, self.first_seen, now)
+        if not self.dag_outputs:
+            return
         blobs = blob_store(self.settings)
         outputs = {a: blobs.raw_size(a) or 0 for a in blobs.raw_addresses("")}
         for address, item in self.dag.items(outputs, self.first_seen, now, cataloged).items():

@@ -161,7 +161,8 @@ OPERATORS.register("stale_big_text", _big_text, inputs={"times": "int"}, output=
 
 
 async def test_node_outputs_of_ended_workflows_and_orphan_blobs_are_collected(tmp_path) -> None:
-    settings = Settings(data_dir=tmp_path, env={"PIT_STALE_SCAN_S": "1"})
+    settings = Settings(data_dir=tmp_path, env={"PIT_STALE_SCAN_S": "1",
+                                                    "PIT_STALE_DAG_OUTPUTS": "1"})
     # a runner's output it never reported: nothing names it
     orphan = blob_store(settings).store(b'{"out": "never reported"}')
     async with Stack(settings, progress=False, without={"host-monitor"}) as stack, \

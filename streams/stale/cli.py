@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import PitError
+from streams.stale.policy import human_bytes
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -27,14 +28,6 @@ def _when(ms: int | None) -> str:
     if ms is None:
         return "never"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _engine(settings: Settings) -> Engine:

@@ -592,7 +592,7 @@ class Evaluator:
                 upcoming.append((days - idle, action.value))
             case MaxTotalSize(bytes=budget, action=action):
                 if item.address in self._evictions(policy, budget):
-                    return Verdict(action, f"store over {_bytes(budget)}: among the lowest "
+                    return Verdict(action, f"store over {human_bytes(budget)}: among the lowest "
                                    f"valued ({self.values[item.address].total:.3f})", name)
             case MinAccessCount(count=count):
                 if item.accesses >= count:
@@ -650,7 +650,8 @@ def _span(amount: float, unit: str) -> str:
     return f"{amount:.0f} {unit}" if amount >= 1 else f"{amount * 60:.0f} minutes"
 
 
-def _bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """1536 -> "1.5 KiB": sizes as people read them."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

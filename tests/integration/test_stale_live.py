@@ -36,10 +36,14 @@ async def stale_events(stack: Stack, name: str) -> list[dict]:
             if n == f"pit.stale.{name}"]
 
 
-async def observed(stack: Stack, addresses: set[str]) -> bool:
-    seen = {i["address"] for r in await stale_events(stack, "ArtifactsObserved")
-            for i in r["items"]}
-    return addresses <= seen
+async def observed(stack: Stack, addresses: set[str], orphans: frozenset[str] = frozenset()
+                   ) -> bool:
+    """Every address observed, the last observation of each saying cataloged or orphan as
+    expected: a scan that lists a blob before its StoreArtifact is folded first reports it as
+    an orphan, and the catalog's observation corrects that a moment later."""
+    latest = {i["address"]: i["orphan"] for r in await stale_events(stack, "ArtifactsObserved")
+              for i in r["items"]}
+    return all(latest.get(a) == (a in orphans) for a in addresses)
 
 
 async def plan_status(stack: Stack, plan_id: str) -> str:
@@ -58,7 +62,7 @@ async def test_plans_archive_to_s3_purge_orphans_trash_and_restore_reading_every
         junk = await pit.artifacts.store(b"scratch " * 100, tags=["junk"])
         kept = await pit.artifacts.store(b"release notes", tags=["release"])
         await until(lambda: observed(stack, {old.address, junk.address, kept.address,
-                                             orphan.address}),
+                                             orphan.address}, frozenset({orphan.address})),
                     what="the catalog observer telling the Stale Manager")
         await pit.stale.set_policy({
             "policies": [{"name": "archive", "rules": [

@@ -413,7 +413,8 @@ def _changes(s: ArbiterState, event: Message, at_ms: int) -> dict[str, Any]:
             return {"hosts": s.hosts.set(event.host_id, HostFacts(
                 event.host_id, event.budget_mb, event.free_mb, event.alive))}
         case UtilisationReported():
-            return {"utilisation": s.utilisation.set(event.source, event.utilisation)}
+            return {"utilisation": s.utilisation.set(event.source, event.utilisation),
+                    "reported_at": s.reported_at.set(event.source, at_ms)}
     return {}  # the timer events change nothing here
 
 
@@ -886,7 +887,11 @@ def _on_utilisation(d: _Decision, c: ReportUtilisation) -> None:
         raise Rejection("source must not be empty")
     if not 0.0 <= c.utilisation <= 1.0:
         raise Rejection(f"utilisation {c.utilisation} is outside [0, 1]")
-    if d.state.utilisation.get(c.source) != c.utilisation:
+    # the same figure again is an event only once half its time to live has gone: it says
+    # the source is alive, and costs the log one record per source per half TTL
+    refresh_ms = d.state.policy.utilisation_ttl_s * 500
+    if d.state.utilisation.get(c.source) != c.utilisation or \
+            d.now - d.state.reported_at.get(c.source, 0) >= refresh_ms:
         d.emit(UtilisationReported(c.source, c.utilisation))
         _drain(d)
 

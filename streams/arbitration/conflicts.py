@@ -5,7 +5,8 @@
 * memory pressure: a cold model needs its memory on a host; it conflicts when that is more
   than `memory_threshold` of the free memory left after what earlier grants promised, or
   more than any one host has free;
-* CPU saturation: a host or runner reported utilisation at or above `cpu_threshold`;
+* CPU saturation: a host or runner reported utilisation at or above `cpu_threshold`, within
+  the last `utilisation_ttl_s` (a reporter that died stops counting);
 * cost limit: the tenant's spend in its window, plus what a grant costs at once, passes
   its limit.
 
@@ -67,8 +68,11 @@ def memory_available(state: ArbiterState) -> tuple[float, float]:
     return state.policy.memory_threshold * total - state.promised_mb, most
 
 
-def busiest(state: ArbiterState) -> float:
-    return max(state.utilisation.values(), default=0.0)
+def busiest(state: ArbiterState, now_ms: int) -> float:
+    """The highest utilisation reported within the policy's `utilisation_ttl_s`."""
+    since = now_ms - state.policy.utilisation_ttl_s * 1000
+    return max((u for source, u in state.utilisation.items()
+                if state.reported_at.get(source, 0) >= since), default=0.0)
 
 
 def call_cost(state: ArbiterState, model_id: str) -> float:
@@ -103,7 +107,7 @@ def would_conflict(state: ArbiterState, request: Request, now_ms: int) -> list[C
         if need > available or need > most:
             found.append(Conflict(K.MEMORY_PRESSURE, request.model_id, (request.request_id,),
                                   min(available, most), need))
-    utilisation = busiest(state)
+    utilisation = busiest(state, now_ms)
     if utilisation >= state.policy.cpu_threshold:
         found.append(Conflict(K.CPU_SATURATION, "", (request.request_id,),
                               state.policy.cpu_threshold, utilisation))
@@ -139,7 +143,7 @@ def detect(state: ArbiterState, now_ms: int) -> list[Conflict]:
                 K.MEMORY_PRESSURE, "", tuple(sorted(r.request_id for r in pending
                                                     if cold[r.model_id])),
                 min(available, most), wanted))
-    utilisation = busiest(state)
+    utilisation = busiest(state, now_ms)
     if utilisation >= state.policy.cpu_threshold:
         found.append(Conflict(K.CPU_SATURATION, "", tuple(sorted(r.request_id for r in pending)),
                               state.policy.cpu_threshold, utilisation))

@@ -79,6 +79,7 @@ class Policy:
     memory_threshold: float = 0.9   # cold models may take this fraction of free memory
     cpu_threshold: float = 0.9      # no new grant while any reported utilisation is above
     cpu_defer_s: float = 5.0        # a request deferred for CPU is reconsidered after this
+    utilisation_ttl_s: float = 60.0  # a source silent this long no longer counts (it died)
     # Tenants and their weights; with `closed`, a tenant not listed is refused.
     tenants: Mapping[str, float] = field(default_factory=dict)
     default_weight: float = 1.0
@@ -136,7 +137,9 @@ def policy_from(data: Any) -> Policy:
                 choice(problems, f"strategies.{k}", Strategy, v)
             for k, v in mapping(problems, "strategies", data["strategies"]).items()}
     for name, low, high in (("memory_threshold", 0.0, 1.0), ("cpu_threshold", 0.0, 1.0),
-                            ("cpu_defer_s", 0.001, 86_400.0), ("default_weight", 0.001, 1e6),
+                            ("cpu_defer_s", 0.001, 86_400.0),
+                            ("utilisation_ttl_s", 1.0, 86_400.0),
+                            ("default_weight", 0.001, 1e6),
                             ("aging_per_s", 0.0, 1e6), ("aging_cap", 0.0, 1e6),
                             ("aging_step", 0.0, 1e6),
                             ("fairness_window_s", 1.0, 30 * 86_400.0),

@@ -84,6 +84,7 @@ class ArbiterState:
     models: PMap[str, ModelFacts] = field(default_factory=PMap)
     hosts: PMap[str, HostFacts] = field(default_factory=PMap)
     utilisation: PMap[str, float] = field(default_factory=PMap)  # source -> 0..1
+    reported_at: PMap[str, int] = field(default_factory=PMap)  # source -> its last report, ms
     requests: PMap[str, Request] = field(default_factory=PMap)   # live: decided, not ended
     # model -> its waiting requests, in buckets of one tenant and priority, each oldest first
     queues: PMap[str, tuple[Bucket, ...]] = field(default_factory=PMap)

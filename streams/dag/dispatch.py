@@ -17,7 +17,8 @@ is where the work of all of them is admitted. Its bookkeeping (`Gate`) is a fold
 a task runs from its relay until its attempt's `NodeCompleted`/`NodeFailed`, or until its
 execution ends or restarts (whose stale attempts report to no effect). Beyond the limit,
 tasks wait, released by priority, then to the tenant (or tenant-less execution) running the
-fewest, then by critical-path rank, then order of scheduling. A
+fewest for its weight in the arbitration policy (it follows pit.arbitration.events for the
+policy, decoding nothing else there), then by critical-path rank, then order of scheduling. A
 node's timeout counts from its scheduling, so it includes that wait (like Temporal's
 schedule-to-close timeout).
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +52,9 @@ from sqlalchemy import Engine
 from schemas.catalog import fullname
 from schemas.codec import Codec
 from streams import metrics
+from streams.arbitration.arbiter import ArbitrationPolicySet
+from streams.arbitration.policy import policy_from
+from streams.arbitration.topics import ARBITRATION_EVENTS
 from streams.config import Settings
 from streams.dag.execution import (
     ENDINGS,
@@ -73,6 +78,7 @@ from streams.kafka import (
     stop_clients,
 )
 from streams.log import LogRecord, source_headers, source_of
+from streams.pool.lifecycle import DEFAULT_POOL
 from streams.processor import Output
 
 log = logging.getLogger(__name__)
@@ -82,7 +88,8 @@ ATTEMPT_ENDED = frozenset({NodeCompleted.avro_name, NodeFailed.avro_name})
 # After these an execution's attempts so far report to no effect: their slots are free.
 EXECUTION_MOVED_ON = frozenset(
     {event.avro_name for event in ENDINGS} | {ExecutionRestarted.avro_name})
-WATCHED = frozenset({NODE_SCHEDULED, *ATTEMPT_ENDED, *EXECUTION_MOVED_ON})
+POLICY_SET = ArbitrationPolicySet.avro_name  # the tenants' weights share the limit
+WATCHED = frozenset({NODE_SCHEDULED, *ATTEMPT_ENDED, *EXECUTION_MOVED_ON, POLICY_SET})
 TASK_PARTITION, TASK_OFFSET = "pit.task.partition", "pit.task.offset"  # on runner reports
 ANY_PARTITION = -1  # librdkafka: by key
 
@@ -132,11 +139,17 @@ class Gate:
     Every task is admitted at most once.
 
     The limit is shared: between tasks of equal priority, the next slot goes to the tenant
-    (or, for an execution without one, the execution) running the fewest tasks now, so one
-    tenant's 10,000-node workflow cannot lock out another's 10-node one. Higher priority
-    still goes first; within one share, critical-path rank, then order of scheduling."""
+    (or, for an execution without one, the execution) running the fewest tasks for its
+    weight now, so one tenant's 10,000-node workflow cannot lock out another's 10-node one.
+    `weights` are the arbitration policy's tenant weights (`default_weight` for the others
+    and for executions without a tenant): backlogged tenants of weights 1 and 3 run 1:3.
+    The next slot goes to the lowest (running + 1/2) / weight (Sainte-Lague's divisor, which
+    neither starves a light share nor over-serves a heavy one). Higher priority still goes
+    first; within one share, critical-path rank, then order of scheduling."""
 
     max_running: int
+    weights: Mapping[str, float] = field(default_factory=dict)  # tenant -> weight
+    default_weight: float = 1.0
     running: dict[str, str] = field(default_factory=dict)   # task id -> execution id
     waiting: dict[str, Task] = field(default_factory=dict)
     _queues: dict[str, list[tuple[int, int, int, str]]] = field(default_factory=dict)
@@ -182,6 +195,11 @@ class Gate:
                         execution_id]:
             del self.waiting[waiting]
 
+    def weight(self, share: str) -> float:
+        kind, _, name = share.partition(":")
+        return self.weights.get(name, self.default_weight) if kind == "tenant" \
+            else self.default_weight
+
     def has_room(self) -> bool:
         return self.max_running <= 0 or len(self.running) < self.max_running
 
@@ -199,13 +217,14 @@ class Gate:
         """The waiting tasks that fit now, best first; they count as running from here."""
         admitted = []
         while self.waiting and self.has_room():
-            best: tuple[tuple[int, int, int, int], str] | None = None
+            best: tuple[tuple[int, float, int, int], str] | None = None
             for share in list(self._queues):
                 head = self._head(share)
                 if head is None:
                     continue
                 priority, rank, order, _ = head
-                key = (priority, self._running_in.get(share, 0), rank, order)
+                load = (self._running_in.get(share, 0) + 0.5) / self.weight(share)
+                key = (priority, load, rank, order)
                 if best is None or key < best[0]:
                     best = (key, share)
             if best is None:
@@ -247,7 +266,8 @@ class TaskDispatcher:
                            retry_on=(HistoryError,), on_restart=forget)
 
     async def _run(self, stop: asyncio.Event) -> None:
-        follower = Follower(self.settings, [DAG_EVENTS], self.db, max_records=self.max_batch)
+        follower = Follower(self.settings, [DAG_EVENTS, ARBITRATION_EVENTS], self.db,
+                            max_records=self.max_batch)
         await self._restore(follower, stop)
         if stop.is_set():
             return
@@ -296,7 +316,8 @@ class TaskDispatcher:
     def fold(self, record: LogRecord,
              relayed: Mapping[str, tuple[int, int] | None] | None = None,
              again: list[str] | None = None) -> None:
-        """Take one pit.dag.events record into the gate (other records change nothing);
+        """Take one pit.dag.events record, or the default pool's arbitration policy, into
+        the gate (other records change nothing, and are not decoded);
         during a rebuild, `relayed` is what pit.dag.tasks holds, and `again` collects the
         tasks relayed from another NodeScheduled than this one (relayed again)."""
         value = record.value
@@ -307,7 +328,12 @@ class TaskDispatcher:
         except SchemaError:
             return  # the processor never wrote it; nothing to relay
         event = decoded.record
-        if decoded.name == NODE_SCHEDULED:
+        if decoded.name == POLICY_SET:
+            if event["envelope"]["entity_key"] == DEFAULT_POOL:
+                policy = policy_from(json.loads(event["policy_json"]))
+                self.gate.weights, self.gate.default_weight = (policy.tenants,
+                                                               policy.default_weight)
+        elif decoded.name == NODE_SCHEDULED:
             task, done = event["task_id"], False
             if relayed is not None and task in relayed:
                 source = relayed[task]

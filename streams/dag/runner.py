@@ -82,6 +82,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 from schemas.codec import Codec
 from streams.arbitration.arbiter import ARBITER
 from streams.arbitration.client import allocation_ops
+from streams.arbitration.utilisation import report_every_s, report_utilisation
 from streams.blobs import FileBlobStore, blob_store
 from streams.commands import CommandClient, registry_for
 from streams.config import Settings
@@ -614,6 +615,7 @@ class Runner:
         self._slot = asyncio.Event()
         self._forced = asyncio.Event()
         self._consumer: Consumer | None = None
+        self._utilisation: asyncio.Future[None] | None = None
         self._kafka: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -647,6 +649,9 @@ class Runner:
                                           self.run_id)
             await self.client.start()
             await self.reporter.start()
+            if every_s := report_every_s(self.settings):  # CPU saturation, for arbitration
+                self._utilisation = asyncio.ensure_future(
+                    report_utilisation(self.client.send, self.runner_id, every_s))
             await self._report_owed()
             await self._on_kafka(self._subscribe, address)
         except BrokerUnavailableError as exc:
@@ -693,6 +698,11 @@ class Runner:
 
     async def _disconnect(self) -> None:
         """Close the connection's clients, in bounded time."""
+        if self._utilisation is not None:  # reports 0 on its way out, while the client is up
+            self._utilisation.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._utilisation
+            self._utilisation = None
         consumer, self._consumer = self._consumer, None
         closers = [] if consumer is None else [lambda: self._on_kafka(consumer.close)]
         await close_all([*closers, *(part.close for part in (self.reporter, self.client)

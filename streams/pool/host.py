@@ -53,6 +53,8 @@ from typing import Any
 from aiohttp import web
 
 from schemas.codec import Codec
+from streams.arbitration.arbiter import ARBITER
+from streams.arbitration.utilisation import report_every_s, report_utilisation
 from streams.commands import CommandClient, Outcome
 from streams.config import Settings
 from streams.decider import Message
@@ -208,7 +210,8 @@ class ModelHost:
             raise HostError(f"cannot listen on {self.bind}:{self.port}: "
                             f"{exc.strerror or exc}") from None
         self.endpoint = f"http://{self.bind}:{self._runner.addresses[0][1]}"
-        self.client = CommandClient(self.settings, f"pit-host/{self.host_id}", deciders=(POOL,))
+        self.client = CommandClient(self.settings, f"pit-host/{self.host_id}",
+                                    deciders=(POOL, ARBITER))
         await self.client.start()
         earlier = await self.client.send(ReportHostDown(self.host_id, self.pool_id))
         if earlier.accepted:
@@ -223,6 +226,10 @@ class ModelHost:
                        asyncio.create_task(self._send_reports(), name="pit-host-reports")]
         if self.settings.embedded:
             self._tasks.append(asyncio.create_task(self._watch_broker(), name="pit-host-broker"))
+        if every_s := report_every_s(self.settings):  # CPU saturation, for arbitration
+            self._tasks.append(asyncio.create_task(report_utilisation(
+                self.client.send, self.host_id, every_s, pool_id=self.pool_id),
+                name="pit-host-utilisation"))
         self._say(f"serving on {self.endpoint}; registered in pool {self.pool_id}"
                   f" ({self.memory_mb} MB, capacity {self.capacity})")
         return self

@@ -152,3 +152,34 @@ async def test_a_timeout_fires_after_a_pit_up_restart(tmp_path) -> None:
         await until(lambda: _is(stack, "late", "timed_out"), timeout=60,
                     what="the timeout set before the restart")
         assert await request_state(stack, "holder") == "granted"
+
+
+async def _reports(stack: Stack, source: str) -> list[float]:
+    return [r["utilisation"] for name, r, _ in await records(stack, ARBITRATION_EVENTS)
+            if name == "pit.arbitration.UtilisationReported" and r["source"] == source]
+
+
+async def test_a_host_reports_its_cpu_and_saturation_defers_grants_until_it_stops(
+        tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path, env={"PIT_UTILISATION_REPORT_S": "1"})
+    async with Stack(settings, progress=False, without={"host-monitor"}) as stack, \
+            PitClient(stack.settings, issued_by="arbitration-test") as pit:
+        # any fresh report saturates: the host's measured figure, whatever it is, defers
+        await pit.arbitration.set_policy({"cpu_threshold": 0.0, "cpu_defer_s": 3600})
+        assert (await pit.arbitration.describe_model("m")).accepted
+        host = await ModelHost(stack.settings, "util-h1", 100, 2, say=lambda _line: None).start()
+        try:
+            reported = await until(lambda: _reports(stack, "util-h1"),
+                                   what="the host's first utilisation report")
+            assert all(0.0 <= u <= 1.0 for u in reported)
+            decision = await pit.arbitration.submit("m", tenant="a", request_id="busy-1")
+            assert decision.outcome == "deferred" and "CPU at" in decision.rationale
+        finally:
+            await host.close()
+        # a graceful stop says 0, so a stopped host holds nothing back
+        await until(lambda: _last_is_zero(stack, "util-h1"), what="the host's last report, 0")
+
+
+async def _last_is_zero(stack: Stack, source: str) -> bool:
+    told = await _reports(stack, source)
+    return bool(told) and told[-1] == 0.0

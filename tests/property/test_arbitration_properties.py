@@ -52,6 +52,7 @@ policies = st.fixed_dictionaries({}, optional={
     "cost_limits": st.just({"a": {"limit": 2.0, "window_s": 30}}),
     "memory_threshold": st.sampled_from([0.5, 0.9, 1.0]),
     "cpu_threshold": st.sampled_from([0.5, 0.9]),
+    "utilisation_ttl_s": st.sampled_from([5, 60]),  # the 7 s steps outlive a report of 5
     "max_queue": st.integers(1, 6),
     "max_pending_per_tenant": st.integers(1, 8),
 })
@@ -146,7 +147,7 @@ def brute_force(state: ArbiterState, now: int) -> list[tuple]:
         if sum(need.values()) > available or max(need.values()) > most:
             found.append((K.MEMORY_PRESSURE, "", tuple(sorted(
                 r.request_id for r in pending if need[r.model_id]))))
-    if pending and max(state.utilisation.values(), default=0) >= state.policy.cpu_threshold:
+    if pending and brute_cpu(state, now) >= state.policy.cpu_threshold:
         found.append((K.CPU_SATURATION, "", tuple(sorted(r.request_id for r in pending))))
     for tenant in sorted({r.tenant for r in pending}):
         limit = state.policy.cost_limits.get(tenant)
@@ -160,6 +161,13 @@ def brute_force(state: ArbiterState, now: int) -> list[tuple]:
         if over:
             found.append((K.COST_LIMIT, tenant, tuple(over)))
     return found
+
+
+def brute_cpu(state: ArbiterState, now: int) -> float:
+    """The busiest source heard from within the time to live (a silent one died)."""
+    fresh = [u for source, u in state.utilisation.items()
+             if now - state.reported_at[source] <= state.policy.utilisation_ttl_s * 1000]
+    return max(fresh, default=0)
 
 
 def brute_would(state: ArbiterState, request: Request, now: int) -> set:
@@ -177,7 +185,7 @@ def brute_would(state: ArbiterState, request: Request, now: int) -> set:
         if model.memory_mb > available or model.memory_mb > max(
                 (h.free_mb for h in hosts), default=0):
             kinds.add(K.MEMORY_PRESSURE)
-    if max(state.utilisation.values(), default=0) >= state.policy.cpu_threshold:
+    if brute_cpu(state, now) >= state.policy.cpu_threshold:
         kinds.add(K.CPU_SATURATION)
     limit = state.policy.cost_limits.get(request.tenant)
     if limit is not None:

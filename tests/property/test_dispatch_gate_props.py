@@ -108,3 +108,36 @@ def test_no_limit_admits_everything_and_a_relayed_task_counts_as_running():
     rebuilt.scheduled(Task("ex/n0/1", "ex"), relayed=True)
     rebuilt.scheduled(Task("ex/n1/1", "ex"))
     assert rebuilt.admit() == [] and list(rebuilt.waiting) == ["ex/n1/1"]
+
+
+@given(st.integers(1, 40), st.lists(st.floats(0.1, 10), min_size=1, max_size=5),
+       st.floats(0.1, 10))
+def test_backlogged_tenants_share_the_limit_by_their_weights(limit, weights, default):
+    """Sainte-Lague's divisor, checked pairwise: no tenant holds a slot that another,
+    by its weight, had the better claim to ((r_i - 1/2) / w_i <= (r_j + 1/2) / w_j)."""
+    tenants = {f"t{n}": w for n, w in enumerate(weights)}
+    gate = Gate(limit, weights=tenants, default_weight=default)
+    shares = [*tenants, "unlisted"]
+    for tenant in shares:
+        for n in range(limit):  # each could take the whole limit alone
+            gate.scheduled(Task(f"{tenant}/n{n}/1", f"ex-{tenant}", tenant=tenant))
+    admitted = gate.admit()
+    assert len(admitted) == limit
+    running = {t: sum(task.tenant == t for task in admitted) for t in shares}
+    weight = {**tenants, "unlisted": default}
+    for i in shares:
+        for j in shares:
+            if running[i]:
+                assert (running[i] - 0.5) / weight[i] <= (running[j] + 0.5) / weight[j] + 1e-9
+
+
+def test_tenants_of_weights_1_and_3_run_1_to_3():
+    gate = Gate(8, weights={"light": 1.0, "heavy": 3.0})
+    for tenant in ("light", "heavy"):
+        for n in range(20):
+            gate.scheduled(Task(f"{tenant}/n{n}/1", f"ex-{tenant}", tenant=tenant))
+    first = gate.admit()
+    assert sorted(t.tenant for t in first) == ["heavy"] * 6 + ["light"] * 2
+    light = next(t for t in first if t.tenant == "light")
+    gate.attempt_ended(light.task_id)  # the light tenant's slot comes back to it
+    assert [t.tenant for t in gate.admit()] == ["light"]

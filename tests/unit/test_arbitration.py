@@ -189,6 +189,18 @@ def test_cpu_saturation_defers_and_the_timer_reconsiders(arb) -> None:
     assert again["r1"].outcome == "granted"
 
 
+def test_a_silent_source_stops_counting_and_a_live_one_is_heard_each_half_ttl(arb) -> None:
+    arb.policy(utilisation_ttl_s=60)
+    assert arb.send(ReportUtilisation("runner-1", 0.95))  # the first report is an event
+    assert not arb.send(ReportUtilisation("runner-1", 0.95), at=arb.now + 29_000)
+    assert arb.send(ReportUtilisation("runner-1", 0.95), at=arb.now + 1_000)  # half the TTL
+    assert arb.submit("r1").outcome == "deferred"
+    # the runner was killed: a minute after its last report it no longer holds grants back
+    request = arb.state.requests["r1"]
+    again = arb.decided(ReconsiderRequest("r1", request.seq, 1), at=arb.now + 60_001)
+    assert again["r1"].outcome == "granted"
+
+
 def test_cost_limit_denies_cost_exceeded(arb) -> None:
     arb.policy(cost_limits={"a": {"limit": 1.0, "window_s": 60}})
     arb.send(DescribeModel("m", slots=0, cost_per_call=0.6))

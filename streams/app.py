@@ -47,7 +47,7 @@ from streams.kafka import (
 )
 from streams.leader import LeaderGate
 from streams.log import LogRecord, source_of
-from streams.memory import trim_broker
+from streams.memory import trim_broker, trim_heap_every
 from streams.processor import (
     ArchiveFirst,
     Output,
@@ -145,6 +145,7 @@ class Stack:
                                  session_timeout_ms=self.leader_session_ms, say=self.say)
         self.tasks.append(asyncio.create_task(self.leader.run(self.stop), name="leader"))
         await self._until(self.leader.decided)
+        self.tasks.append(asyncio.create_task(trim_heap_every(self.stop), name="heap-trim"))
         if self.broker is not None:
             self.tasks.append(asyncio.create_task(trim_broker(
                 self.broker, self.settings, self.engine, self.catalog,

@@ -33,7 +33,9 @@ def _parse_time_ms(text: str) -> int:
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from streams.app import serve
+    from streams.memory import limit_malloc_arenas
 
+    limit_malloc_arenas()  # before librdkafka, SQLite and asyncio start their threads
     asyncio.run(serve(settings, join=args.join))
     return 0
 

@@ -30,16 +30,23 @@ BROKER_RETAIN_S ago (so a reader that took its archive position moments ago stil
 rest in Kafka), and every consumer group that reads the topic has committed past them.
 Compacted topics are left alone (clients read _pit.schemas from Kafka; both are small).
 Everyone who reads history reads the archive first, then Kafka beyond it (streams/history.py).
+
+The C heap: what Python and librdkafka free goes back to glibc's malloc, which keeps it -
+per arena, and glibc gives threads up to eight arenas per core - so RSS stays at each
+burst's high-water mark. `pit up` limits malloc to two arenas (`limit_malloc_arenas`, before
+any thread starts) and hands free pages back to the system every minute (`trim_heap_every`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import logging
 import time
 from collections.abc import Collection, Iterable, Mapping
+from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import Consumer, TopicPartition
@@ -66,6 +73,8 @@ EVICT_EVERY_S = 5.0    # how often `keep_bounded` looks
 EVICT_BATCH = 2_000    # keys looked up in the archive per query
 BROKER_RETAIN_S = 60.0  # the embedded broker keeps at least what it held this long ago
 TRIM_EVERY_S = 15.0
+HEAP_TRIM_EVERY_S = 60.0
+M_ARENA_MAX = -8  # glibc's mallopt parameter
 OUTCOME = "pit.Outcome"
 POINT = "pit.RecoveryPoint"
 
@@ -339,3 +348,39 @@ async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine
                     trimmed[tp] = point
         except Exception:  # the archive or the broker busy for a moment: keep all, look again
             log.exception("cannot trim the embedded broker")
+
+
+# --- the C heap -------------------------------------------------------------------------------
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (malloc_trim and mallopt are glibc's); else None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes, libc.mallopt.argtypes = [ctypes.c_size_t], [ctypes.c_int] * 2
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """At most `arenas` malloc arenas for the threads started from now on (no-op off glibc):
+    fewer places for freed memory to sit unused. The GIL serialises most allocation anyway,
+    so more arenas buy little."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_ARENA_MAX, arenas)
+
+
+def trim_heap() -> None:
+    """Give every arena's free pages back to the system (no-op off glibc)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+async def trim_heap_every(stop: asyncio.Event, every_s: float = HEAP_TRIM_EVERY_S) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        await asyncio.to_thread(trim_heap)

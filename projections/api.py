@@ -32,6 +32,8 @@
     GET /audit/verify                   the audit chain check (`pit audit verify`)
     GET /audit/{key}, /audit?key=...    an entity's full archived history
                                         (?until=<epoch ms> adds its replayed state then)
+    GET /schemas/ids/{id}, /subjects/.. the embedded registry, as the Confluent Schema
+                                        Registry serves it (projections/schema_api.py)
 
 Each component's routes come from its descriptor (`streams/component.py`), in the
 component's own module here (`pool_api`, `dag_api`, `artifacts_api`, `arbitration_api`,

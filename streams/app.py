@@ -267,6 +267,10 @@ class Stack:
 
         app = make_app(self.engine, COMPONENTS)
         app.router.add_get("/metrics", metrics_handler)
+        if isinstance(self.registry, EmbeddedRegistry):  # for tools that decode our Avro
+            from projections.schema_api import add_registry_routes
+
+            add_registry_routes(app, self.registry)
         if self.faults and self.broker is not None:
             app.router.add_post("/faults", fault_handler(self.broker))
         self._runner = web.AppRunner(app, access_log=None)

@@ -123,19 +123,24 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import inspect
+
     from projections import audit
+    from streams.archive import audit_log
     from streams.component import audit_deciders
     from streams.components import COMPONENTS
-    from streams.sql import connect
+    from streams.sql import connect_existing
 
-    engine = connect(settings.db_url)
+    until_ms = _parse_time_ms(args.until) if args.until else None  # bad input before I/O
+    engine = connect_existing(settings.db_url)
+    if not inspect(engine).has_table(audit_log.name):
+        raise PitError(f"nothing archived yet in {settings.db_url} (no `pit up` has run there)")
     if args.target == "verify":
         report = audit.verify(engine)
         for line in report.lines():
             print(line)
         return 0 if report.ok else 1
-    if args.until:
-        until_ms = _parse_time_ms(args.until)
+    if until_ms is not None:
         state = audit.state_as_of(engine, args.target, until_ms, audit_deciders(COMPONENTS))
         if state is None:
             raise PitError(f"no events for {args.target!r} before {args.until}")
@@ -156,9 +161,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from projections.replay import rebuild_view
     from streams.app import progress_printer
     from streams.components import views
-    from streams.sql import connect
+    from streams.sql import connect_existing
 
-    engine = connect(settings.db_url)
+    engine = connect_existing(settings.db_url)
     done = asyncio.run(rebuild_view(engine, settings, args.view, views(settings),
                                     progress_printer(f"replaying {args.view}")))
     print(f"{args.view}: rebuilt from {done:,} records and swapped in")

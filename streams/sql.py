@@ -18,6 +18,7 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -127,6 +128,20 @@ def connect(url: str, *, echo: bool = False) -> Engine:
             not parsed.database.startswith("file:"):
         _start_checkpointer(engine, str(Path(parsed.database).expanduser()))
     return engine
+
+
+def connect_existing(url: str) -> Engine:
+    """`connect`, for readers (the CLI's views and audit): a SQLite file that is not there
+    is no Pit, said in one line, and not created empty."""
+    with contextlib.suppress(ArgumentError):
+        parsed = make_url(url)
+        path = parsed.database
+        if parsed.get_backend_name() == "sqlite" and path and path != ":memory:" and \
+                not path.startswith("file:") and not Path(path).expanduser().exists():
+            raise DatabaseUnavailableError(
+                f"no Pit here: {path} does not exist (start `pit up` in this directory, or"
+                " point PIT_DATA_DIR or PIT_DATABASE_URL at a Pit)")
+    return connect(url)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -79,9 +79,9 @@ def explain_lines(found: dict[str, Any]) -> list[str]:
 
 
 def _engine(settings: Settings) -> Engine:
-    from streams.sql import connect
+    from streams.sql import connect_existing
 
-    return connect(settings.db_url)
+    return connect_existing(settings.db_url)
 
 
 def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:

@@ -26,9 +26,9 @@ def cmd_pool(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import inspect
 
     from projections.pool import pool_status, status_lines
-    from streams.sql import connect
+    from streams.sql import connect_existing
 
-    engine = connect(settings.db_url)
+    engine = connect_existing(settings.db_url)
     status = pool_status(engine, args.pool) if inspect(engine).has_table("pools") else None
     if status is None:
         print(f"pool {args.pool}: no data yet (no host or model has registered; start"

@@ -31,9 +31,9 @@ def _when(ms: int | None) -> str:
 
 
 def _engine(settings: Settings) -> Engine:
-    from streams.sql import connect
+    from streams.sql import connect_existing
 
-    return connect(settings.db_url)
+    return connect_existing(settings.db_url)
 
 
 def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:

@@ -52,6 +52,15 @@ def test_bad_input_is_one_line(args, fragments):
     assert_one_line_error(pit(*args), *fragments)
 
 
+@pytest.mark.parametrize("args", [("audit", "verify"), ("audit", "sentiment"),
+                                  ("pool", "status"), ("arbitration", "status"),
+                                  ("stale", "status"), ("replay", "models")])
+def test_a_reader_outside_a_pit_says_so_in_one_line_and_creates_nothing(tmp_path, args):
+    result = pit(*args, env={"PIT_DATA_DIR": str(tmp_path / ".pit")})
+    assert_one_line_error(result, "no Pit here", "start `pit up`")
+    assert not (tmp_path / ".pit").exists()
+
+
 def test_unreachable_broker_is_one_line():
     result = pit("publish", "TransitionModel", VALID,
                  env={"PIT_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})

@@ -125,16 +125,18 @@ class Stack:
         # durable before their outcomes, one at a time (streams/processor.py); a joined
         # `pit up` too, since the broker it writes to is as volatile.
         self.archive_first = ArchiveFirst(self.engine, self.pending_db) if embedded else None
+        readies = []
         for component in COMPONENTS:
             for decider in component.running_deciders(self.settings):
                 processor = Processor(decider, self.codec)
                 self.processors[decider.name] = processor
-                ready = asyncio.Event()
+                readies.append(ready := asyncio.Event())
                 self.tasks.append(asyncio.create_task(
                     run_processor(processor, self.settings, self.engine, self.stop, ready,
                                   archive_first=self.archive_first),
                     name=processor.name))
-                await self._until(ready)
+        for ready in readies:  # they join their groups and restore side by side
+            await self._until(ready)
         runtime = Runtime(self.settings, self.codec, self.engine)
         for name, service in self._services(runtime, shared=True).items():
             self.services[name] = service

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import confluent_kafka
@@ -85,8 +86,10 @@ class EmbeddedBroker:
             raise BrokerUnavailableError(f"cannot create topic {spec.name}: error {code}")
 
     def apply(self, catalog: dict[str, TopicSpec]) -> None:
-        for spec in catalog.values():
-            self.create_topic(spec)
+        """Create every topic of `catalog`, all at once: each call waits for the mock's
+        thread to wake up and answer (~40-60 ms), so one after another took a second."""
+        with ThreadPoolExecutor(max(1, len(catalog)), thread_name_prefix="pit-topics") as pool:
+            list(pool.map(self.create_topic, catalog.values()))
 
     # Fault injection, for tests.
     def broker_down(self, broker_id: int) -> None:
@@ -98,6 +101,14 @@ class EmbeddedBroker:
     def set_leader(self, topic: str, partition: int, broker_id: int) -> None:
         _librdkafka().rd_kafka_mock_partition_set_leader(
             self._cluster, topic.encode(), partition, broker_id)
+
+    def delete_records_below(self, points: dict[tuple[str, int], int]) -> None:
+        """`delete_records` for each (topic, partition) -> offset, all at once (each call
+        waits for the mock's thread, as in `apply`)."""
+        if points:
+            with ThreadPoolExecutor(min(32, len(points)), thread_name_prefix="pit-trim") as pool:
+                list(pool.map(lambda item: self.delete_records(*item[0], item[1]),
+                              points.items()))
 
     def delete_records(self, topic: str, partition: int, before: int) -> None:
         """Drop the partition's records below offset `before` (the mock holds every record in

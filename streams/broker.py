@@ -107,7 +107,7 @@ class EmbeddedBroker:
         waits for the mock's thread, as in `apply`)."""
         if points:
             with ThreadPoolExecutor(min(32, len(points)), thread_name_prefix="pit-trim") as pool:
-                list(pool.map(lambda item: self.delete_records(*item[0], item[1]),
+                list(pool.map(lambda item: self.delete_records(item[0][0], item[0][1], item[1]),
                               points.items()))
 
     def delete_records(self, topic: str, partition: int, before: int) -> None:

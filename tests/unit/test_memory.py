@@ -38,6 +38,9 @@ def test_the_embedded_broker_drops_records_below_an_offset() -> None:
         try:
             assert consumer.get_watermark_offsets(TopicPartition("t", 0), timeout=30) == (7, 10)
             assert consumer.get_watermark_offsets(TopicPartition("t", 1), timeout=30) == (0, 10)
+            broker.delete_records_below({("t", 0): 9, ("t", 1): 4})  # several at once
+            assert consumer.get_watermark_offsets(TopicPartition("t", 0), timeout=30) == (9, 10)
+            assert consumer.get_watermark_offsets(TopicPartition("t", 1), timeout=30) == (4, 10)
         finally:
             consumer.close()
 

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -61,14 +62,28 @@ def result_line(result: WorkflowResult) -> str:
     return f"{result.execution_id} {result.status.replace('_', ' ')}: {result.error}"
 
 
-class _Lines:
-    """Progress lines: redrawn in place on a terminal, else one per change of counts."""
+NO_RUNNER_S = 10.0  # scheduled work nobody started for this long gets a hint
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream, self.tty = stream, stream.isatty()
+
+def waiting_for_a_runner(p: Progress) -> bool:
+    """Nodes are scheduled, yet none has ever started: no runner is taking tasks."""
+    return p.status == "running" and p.counts.get("scheduled", 0) > 0 and \
+        set(p.counts) <= {"pending", "ready", "scheduled"}
+
+
+class _Lines:
+    """Progress lines: redrawn in place on a terminal, else one per change of counts. Says
+    once when scheduled work has waited NO_RUNNER_S with no node started: with no runner,
+    the counts would otherwise show "scheduled" for good, silently."""
+
+    def __init__(self, stream: TextIO, clock=time.monotonic) -> None:
+        self.stream, self.tty, self.clock = stream, stream.isatty(), clock
         self.last: tuple | None = None
+        self.idle_since: float | None = None
+        self.hinted = False
 
     def show(self, p: Progress) -> None:
+        self._hint(p)
         if self.tty:
             print(f"\r\033[K{progress_line(p)}", end="", file=self.stream, flush=True)
         elif (p.status, p.counts) != self.last:
@@ -78,6 +93,19 @@ class _Lines:
     def end(self) -> None:
         if self.tty and self.last is not None:
             print(file=self.stream, flush=True)
+
+    def _hint(self, p: Progress) -> None:
+        if not waiting_for_a_runner(p):
+            self.idle_since = None
+            return
+        now = self.clock()
+        self.idle_since = now if self.idle_since is None else self.idle_since
+        if not self.hinted and now - self.idle_since >= NO_RUNNER_S:
+            self.hinted = True
+            if self.tty:
+                print(file=self.stream)  # below the line redrawn in place
+            print(f"no runner has taken a task in {NO_RUNNER_S:.0f}s: is `pit runner` running"
+                  " for this pool?", file=self.stream, flush=True)
 
 
 async def _watch(client: PitClient, execution_id: str, lines: _Lines | None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import json
 import sys
 from datetime import UTC, datetime
@@ -63,6 +64,13 @@ async def _info(pit: PitClient, args: argparse.Namespace) -> None:
     print(json.dumps(entry, indent=2) if args.json else "\n".join(describe(entry)))
 
 
+def for_terminal(fragment: str, tty: bool) -> str:
+    """A highlight (HTML-escaped, matches in <mark></mark>) for people: the escapes undone,
+    matches in bold on a terminal, between [brackets] in a pipe or file."""
+    start, end = ("\033[1m", "\033[0m") if tty else ("[", "]")
+    return html.unescape(fragment.replace("<mark>", start).replace("</mark>", end))
+
+
 async def _search(pit: PitClient, args: argparse.Namespace) -> None:
     page = await pit.artifacts.search(args.text or "", tags=tuple(args.tag or ()),
                                       content_types=tuple(args.type or ()), limit=args.limit,
@@ -80,7 +88,7 @@ async def _search(pit: PitClient, args: argparse.Namespace) -> None:
               f"{','.join(hit.tags)}")
         for field, fragments in hit.highlights.items():
             for fragment in fragments[:2]:
-                print(f"    {field}: {fragment}")
+                print(f"    {field}: {for_terminal(fragment, sys.stdout.isatty())}")
     for facet, counts in page.facets.items():
         if counts:
             print(f"{facet}: " + ", ".join(f"{k} {n}" for k, n in counts.items()))

@@ -132,3 +132,11 @@ def test_a_metadata_diff_names_every_difference() -> None:
     assert not diff.empty
     same = metadata_diff(old, old)
     assert same.empty and same.lines() == []
+
+
+def test_a_search_highlight_reads_as_text_in_a_terminal_and_in_a_pipe() -> None:
+    from streams.artifacts.cli import for_terminal
+
+    fragment = 'say &quot;<mark>revenue</mark>&quot; &lt;mark&gt; &amp; more'  # as the engine gives
+    assert for_terminal(fragment, tty=False) == 'say "[revenue]" <mark> & more'
+    assert for_terminal(fragment, tty=True) == 'say "\033[1mrevenue\033[0m" <mark> & more'

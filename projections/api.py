@@ -49,8 +49,6 @@ read with `GET /audit?key=verify` (which accepts any key, for exactly that reaso
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import enum
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -65,6 +63,7 @@ from streams.component import Component, audit_deciders
 from streams.decider import Decider
 from streams.errors import PitError
 from streams.sql import load_positions
+from streams.times import readable
 
 ENGINE = web.AppKey("engine", Engine)
 CLOCK = web.AppKey("clock", Callable[[], int])
@@ -76,20 +75,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _json_ready(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _json_ready(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    return value
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """Every answer: plain JSON (dataclasses, maps, enums), each epoch-ms moment with its ISO
+    time beside it (`started_at` next to `started_at_ms`: streams/times.py)."""
+    return web.json_response(readable(body), status=status)
 
 
 def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return json_response({"error": message}, status=status)
 
 
 async def in_thread(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
@@ -135,17 +128,17 @@ async def get_health(request: web.Request) -> web.Response:
                               for name, offsets in stored.items()}}
 
     try:
-        return web.json_response(await in_thread(request, health))
+        return json_response(await in_thread(request, health))
     except (DBAPIError, SQLAlchemyError) as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()
-        return web.json_response(
+        return json_response(
             {"status": "unavailable", "error": reason[0] if reason else type(exc).__name__},
             status=503)
 
 
 async def get_verify(request: web.Request) -> web.Response:
     report = await in_thread(request, verify)
-    return web.json_response(report.to_dict(), status=200 if report.ok else 409)
+    return json_response(report.to_dict(), status=200 if report.ok else 409)
 
 
 async def _audit(request: web.Request, key: str) -> web.Response:
@@ -159,13 +152,13 @@ async def _audit(request: web.Request, key: str) -> web.Response:
             return json_error(400, f"until must be epoch milliseconds, got {until!r}")
         state = await in_thread(request, state_as_of, key, until_ms, request.app[REPLAYERS])
         body["until_ms"] = until_ms
-        body["state"] = _json_ready(state)
+        body["state"] = readable(state)
         if state is not None and hasattr(state, "time_in_state_ms"):
             body["state"]["time_in_state_ms"] = state.time_in_state_ms(until_ms)
     if not events:
         body["error"] = f"no archived records for {key}"
-        return web.json_response(body, status=404)
-    return web.json_response(body)
+        return json_response(body, status=404)
+    return json_response(body)
 
 
 async def get_audit_key(request: web.Request) -> web.Response:

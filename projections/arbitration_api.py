@@ -7,7 +7,7 @@ import json
 
 from aiohttp import web
 
-from projections.api import CLOCK, in_thread, int_param, json_error
+from projections.api import CLOCK, in_thread, int_param, json_error, json_response
 from projections.arbitration import decisions, policy_of, request, status
 from streams.component import Route
 from streams.pool.lifecycle import DEFAULT_POOL
@@ -21,7 +21,7 @@ async def get_status(req: web.Request) -> web.Response:
     found = await in_thread(req, status, _pool_id(req), req.app[CLOCK]())
     if found is None:
         return json_error(404, f"no arbitration requests yet in pool {_pool_id(req)}")
-    return web.json_response(found)
+    return json_response(found)
 
 
 async def get_request(req: web.Request) -> web.Response:
@@ -29,7 +29,7 @@ async def get_request(req: web.Request) -> web.Response:
     found = await in_thread(req, request, request_id, _pool_id(req))
     if found is None:
         return json_error(404, f"unknown request {request_id}")
-    return web.json_response(found)
+    return json_response(found)
 
 
 async def get_decisions(req: web.Request) -> web.Response:
@@ -40,12 +40,12 @@ async def get_decisions(req: web.Request) -> web.Response:
         engine, _pool_id(req), request_id=req.query.get("request"),
         tenant=req.query.get("tenant"), outcome=req.query.get("outcome"),
         since_ms=since or None, until_ms=until or None, limit=limit))
-    return web.json_response({"decisions": rows, "count": len(rows)})
+    return json_response({"decisions": rows, "count": len(rows)})
 
 
 async def get_policy(req: web.Request) -> web.Response:
     text, set_at = await in_thread(req, policy_of, _pool_id(req))
-    return web.json_response({"policy": json.loads(text), "set_at_ms": set_at})
+    return json_response({"policy": json.loads(text), "set_at_ms": set_at})
 
 
 ROUTES = (

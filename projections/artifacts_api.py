@@ -8,7 +8,7 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from projections import artifacts
-from projections.api import in_thread, json_error
+from projections.api import in_thread, json_error, json_response
 from streams.artifacts.errors import ArtifactNotFoundError
 from streams.component import Route
 
@@ -25,7 +25,7 @@ async def get_artifact(request: web.Request) -> web.Response:
     body = await in_thread(request, _artifact, ref)
     if body is None:
         return json_error(404, f"unknown artifact {ref}")
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def get_artifact_versions(request: web.Request) -> web.Response:
@@ -33,7 +33,7 @@ async def get_artifact_versions(request: web.Request) -> web.Response:
     rows = await in_thread(request, artifacts.versions, name)
     if not rows:
         return json_error(404, f"no artifact named {name}")
-    return web.json_response({"name": name, "versions": rows})
+    return json_response({"name": name, "versions": rows})
 
 
 async def get_artifact_lineage(request: web.Request) -> web.Response:
@@ -43,12 +43,12 @@ async def get_artifact_lineage(request: web.Request) -> web.Response:
     found = await in_thread(request, _artifact, ref)
     if found is None:
         return json_error(404, f"unknown artifact {ref}")
-    return web.json_response(await in_thread(request, artifacts.lineage, found["address"],
+    return json_response(await in_thread(request, artifacts.lineage, found["address"],
                                        direction))
 
 
 async def get_artifact_stats(request: web.Request) -> web.Response:
-    return web.json_response(await in_thread(request, artifacts.store_stats))
+    return json_response(await in_thread(request, artifacts.store_stats))
 
 
 # /artifacts/stats before /artifacts/{ref}: "stats" is no artifact reference.

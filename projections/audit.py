@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, or_, select
@@ -23,6 +22,7 @@ from streams.archive import AUDIT, COLUMNS, GENESIS, audit_log, payload_json, ro
 from streams.decider import Decider, from_record
 from streams.errors import AuditChainError, PitError
 from streams.sql import connection, positions
+from streams.times import iso
 
 # --- verification -----------------------------------------------------------------------------
 
@@ -142,8 +142,7 @@ def format_row(row: dict[str, Any]) -> str:
     """One history row (from `history`) as one line for `pit audit <key>`:
     seq, log time (UTC), topic[partition]@offset, type, key, then the payload without its
     envelope (or the decoding error)."""
-    when = datetime.fromtimestamp(row["timestamp_ms"] / 1000, tz=UTC)
-    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{row['timestamp_ms'] % 1000:03d}Z"
+    stamp = iso(row["timestamp_ms"])
     payload = row.get("payload")
     if isinstance(payload, dict):
         body = payload_json({k: v for k, v in payload.items() if k != "envelope"})

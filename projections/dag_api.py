@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from projections.api import in_thread, int_param, json_error
+from projections.api import in_thread, int_param, json_error, json_response
 from projections.dag import execution, execution_failures, execution_nodes, list_executions
 from streams.component import Route
 
@@ -12,7 +12,7 @@ from streams.component import Route
 async def get_executions(request: web.Request) -> web.Response:
     status, limit = request.query.get("status"), int_param(request, "limit", 100)
     rows = await in_thread(request, lambda engine: list_executions(engine, status, limit))
-    return web.json_response({"executions": rows, "count": len(rows)})
+    return json_response({"executions": rows, "count": len(rows)})
 
 
 async def get_execution(request: web.Request) -> web.Response:
@@ -20,7 +20,7 @@ async def get_execution(request: web.Request) -> web.Response:
     body = await in_thread(request, execution, execution_id)
     if body is None:
         return json_error(404, f"unknown execution {execution_id}")
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def get_execution_nodes(request: web.Request) -> web.Response:
@@ -31,7 +31,7 @@ async def get_execution_nodes(request: web.Request) -> web.Response:
         engine, execution_id, state=state, limit=limit, offset=offset))
     if body is None:
         return json_error(404, f"unknown execution {execution_id}")
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def get_execution_failures(request: web.Request) -> web.Response:
@@ -39,7 +39,7 @@ async def get_execution_failures(request: web.Request) -> web.Response:
     rows = await in_thread(request, execution_failures, execution_id)
     if rows is None:
         return json_error(404, f"unknown execution {execution_id}")
-    return web.json_response({"execution_id": execution_id, "failures": rows,
+    return json_response({"execution_id": execution_id, "failures": rows,
                               "count": len(rows)})
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -77,6 +76,7 @@ from streams.pool.pool import (
 )
 from streams.pool.topics import POOL_EVENTS
 from streams.sql import Long, insert_rows
+from streams.times import iso
 
 log = logging.getLogger(__name__)
 
@@ -549,9 +549,7 @@ def model_health(engine: Engine, model_id: str, pool_id: str = DEFAULT_POOL, *,
 
 
 def _when(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return "-" if ms is None else iso(ms)
 
 
 def _plural(n: int, word: str, plural: str = "") -> str:

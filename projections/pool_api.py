@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import Engine, select
 
-from projections.api import CLOCK, in_thread, json_error
+from projections.api import CLOCK, in_thread, json_error, json_response
 from projections.models import ModelsView, model_row
 from projections.pool import model_health, pool_hosts, pool_status
 from projections.runtime import live_tables
@@ -49,7 +49,7 @@ def _transitions(engine: Engine, model_id: str) -> list[dict[str, Any]] | None:
 
 async def get_models(request: web.Request) -> web.Response:
     rows = await in_thread(request, _models, request.query.get("state"), request.app[CLOCK]())
-    return web.json_response({"models": rows, "count": len(rows)})
+    return json_response({"models": rows, "count": len(rows)})
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -57,7 +57,7 @@ async def get_model(request: web.Request) -> web.Response:
     row = await in_thread(request, _model, model_id, request.app[CLOCK]())
     if row is None:
         return json_error(404, f"unknown model {model_id}")
-    return web.json_response(row)
+    return json_response(row)
 
 
 async def get_transitions(request: web.Request) -> web.Response:
@@ -65,7 +65,7 @@ async def get_transitions(request: web.Request) -> web.Response:
     rows = await in_thread(request, _transitions, model_id)
     if rows is None:
         return json_error(404, f"unknown model {model_id}")
-    return web.json_response({"model_id": model_id, "transitions": rows})
+    return json_response({"model_id": model_id, "transitions": rows})
 
 
 def _pool_id(request: web.Request) -> str:
@@ -77,12 +77,12 @@ async def get_pool(request: web.Request) -> web.Response:
     status = await in_thread(request, pool_status, pool_id)
     if status is None:
         return json_error(404, f"no pool data yet for pool {pool_id}: no host or model registered")
-    return web.json_response(status)
+    return json_response(status)
 
 
 async def get_pool_hosts(request: web.Request) -> web.Response:
     pool_id = _pool_id(request)
-    return web.json_response({"pool_id": pool_id,
+    return json_response({"pool_id": pool_id,
                               "hosts": await in_thread(request, pool_hosts, pool_id)})
 
 
@@ -96,7 +96,7 @@ async def get_model_health(request: web.Request) -> web.Response:
                                                           limit=max(0, limit)))
     if body is None:
         return json_error(404, f"unknown model {model_id} in pool {pool_id}")
-    return web.json_response(body)
+    return json_response(body)
 
 
 ROUTES = (

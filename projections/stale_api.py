@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from projections.api import in_thread, int_param, json_error
+from projections.api import in_thread, int_param, json_error, json_response
 from projections.stale import item, plan, plans, status
 from streams.component import Route
 from streams.stale.manager import DEFAULT_STORE
@@ -23,14 +23,14 @@ async def get_status(req: web.Request) -> web.Response:
     found = await in_thread(req, status, store_id)
     if not found["sequence"]:
         return json_error(404, f"no Stale Manager events yet for store {store_id}")
-    return web.json_response(found)
+    return json_response(found)
 
 
 async def get_plans(req: web.Request) -> web.Response:
     """?limit= (newest first, without their items)."""
     limit, store_id = min(int_param(req, "limit", 20), MAX_LIMIT), _store_id(req)
     rows = await in_thread(req, lambda engine: plans(engine, limit, store_id=store_id))
-    return web.json_response({"plans": rows, "count": len(rows)})
+    return json_response({"plans": rows, "count": len(rows)})
 
 
 async def get_plan(req: web.Request) -> web.Response:
@@ -42,7 +42,7 @@ async def get_plan(req: web.Request) -> web.Response:
                                                      limit=limit, offset=offset))
     if found is None:
         return json_error(404, f"unknown plan {plan_id}")
-    return web.json_response(found)
+    return json_response(found)
 
 
 async def get_item(req: web.Request) -> web.Response:
@@ -50,7 +50,7 @@ async def get_item(req: web.Request) -> web.Response:
     found = await in_thread(req, lambda engine: item(engine, address, store_id=store_id))
     if found is None:
         return json_error(404, f"unknown item {address}")
-    return web.json_response(found)
+    return json_response(found)
 
 
 ROUTES = (

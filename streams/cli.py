@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import os
 import sys
-from datetime import datetime
 
 from streams.components import COMPONENTS
 from streams.config import Settings
 from streams.errors import PitError
-
-
-def _parse_time_ms(text: str) -> int:
-    """Epoch milliseconds, or an ISO 8601 time (UTC unless it says otherwise)."""
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise PitError(f"--until: {text!r} is neither epoch milliseconds nor an ISO time") from None
-    if moment.tzinfo is None:
-        from datetime import UTC
-
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+from streams.times import parse_time_ms, readable
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -131,7 +115,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from streams.components import COMPONENTS
     from streams.sql import connect_existing
 
-    until_ms = _parse_time_ms(args.until) if args.until else None  # bad input before I/O
+    until_ms = parse_time_ms(args.until, "--until") if args.until else None  # bad input before I/O
     engine = connect_existing(settings.db_url)
     if not inspect(engine).has_table(audit_log.name):
         raise PitError(f"nothing archived yet in {settings.db_url} (no `pit up` has run there)")
@@ -144,10 +128,10 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         state = audit.state_as_of(engine, args.target, until_ms, audit_deciders(COMPONENTS))
         if state is None:
             raise PitError(f"no events for {args.target!r} before {args.until}")
-        shown = dataclasses.asdict(state)
+        shown = readable(state)
         if hasattr(state, "time_in_state_ms"):
             shown["time_in_state_ms"] = state.time_in_state_ms(until_ms)
-        print(json.dumps({"as_of_ms": until_ms, **shown}, default=str, indent=2))
+        print(json.dumps(readable({"as_of_ms": until_ms, **shown}), default=str, indent=2))
         return 0
     rows = audit.history(engine, args.target)
     if not rows:

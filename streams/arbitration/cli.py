@@ -11,11 +11,11 @@ import asyncio
 import json
 import re
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import PitError
+from streams.times import parse_time_ms, when
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -32,24 +32,13 @@ def since_ms(text: str, now_ms: int) -> int:
     ago = _AGO.match(text)
     if ago:
         return now_ms - int(float(ago[1]) * _UNIT_S[ago[2]] * 1000)
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise PitError(f"--since {text!r}: expected a duration (10m, 2h), epoch ms or an"
-                       " ISO time") from None
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
-
-
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return parse_time_ms(text, "--since (a duration like 10m or 2h, epoch ms, an ISO time)")
 
 
 def _decision_line(d: dict[str, Any]) -> str:
     what = d["outcome"] + (f" ({d['reason']})" if d["reason"] else "")
     model = d["granted_model"] if d["granted_model"] not in ("", d["model_id"]) else ""
-    return (f"{_when(d['decided_at_ms'])}  {d['request_id']}  {d['tenant']}  {d['model_id']}"
+    return (f"{when(d['decided_at_ms'])}  {d['request_id']}  {d['tenant']}  {d['model_id']}"
             f"{f' -> {model}' if model else ''}  {what}  [{d['strategy'] or '-'}]"
             f"  {d['rationale']}")
 
@@ -61,7 +50,7 @@ def explain_lines(found: dict[str, Any]) -> list[str]:
              f" model {found['model_id']}, priority {found['priority']},"
              f" score {found['score']:.2f}"]
     for d in found["decisions"]:
-        lines.append(f"  {_when(d['decided_at_ms'])} {d['outcome']}"
+        lines.append(f"  {when(d['decided_at_ms'])} {d['outcome']}"
                      + (f" ({d['reason']})" if d["reason"] else "")
                      + (f" by {d['strategy']}" if d["strategy"] else "")
                      + f": {d['rationale']}")
@@ -133,7 +122,7 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
             import yaml
 
             print(f"# pool {args.pool}: "
-                  + (f"set {_when(set_at)}" if set_at else "the default policy"))
+                  + (f"set {when(set_at)}" if set_at else "the default policy"))
             print(yaml.safe_dump(policy, sort_keys=True).rstrip())
         return 0
     from streams.arbitration.policy import parse_policy

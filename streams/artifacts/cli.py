@@ -9,10 +9,10 @@ import asyncio
 import html
 import json
 import sys
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import PitError
+from streams.times import when
 
 if TYPE_CHECKING:
     from streams.client import PitClient
@@ -33,8 +33,6 @@ def parse_metadata(pairs: list[str] | None) -> dict[str, Any]:
     return found
 
 
-def _time(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 async def _put(pit: PitClient, args: argparse.Namespace) -> None:
@@ -97,7 +95,7 @@ async def _search(pit: PitClient, args: argparse.Namespace) -> None:
 async def _log(pit: PitClient, args: argparse.Namespace) -> None:
     for version in reversed(await pit.artifacts.versions(args.name)):
         print(f"{args.name}@{version['version']}  {version['address']}  "
-              f"{_time(version['created_at_ms'])}  {version['creator'] or '-'}  "
+              f"{when(version['created_at_ms'])}  {version['creator'] or '-'}  "
               f"{version['message']}")
 
 

@@ -11,12 +11,12 @@ import asyncio
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import PitError
 from streams.stale.policy import human_bytes
+from streams.times import when
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -25,9 +25,7 @@ if TYPE_CHECKING:
 
 
 def _when(ms: int | None) -> str:
-    if ms is None:
-        return "never"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return when(ms, never="never")
 
 
 def _engine(settings: Settings) -> Engine:

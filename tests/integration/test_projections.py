@@ -21,6 +21,7 @@ from streams.log import LogRecord
 from streams.pool.lifecycle import LIFECYCLE, ModelState
 from streams.pool.topics import POOL_EVENTS
 from streams.sql import connect, positions
+from streams.times import iso
 from streams.topics import DEAD_LETTERS, SCHEMAS
 
 T0 = 1_700_000_000_000
@@ -280,6 +281,8 @@ async def test_read_api(engine: Engine, log, story) -> None:
         alpha = await (await client.get("/models/m-alpha")).json()
         assert alpha["state"] == "Cooling"
         assert alpha["time_in_state_ms"] == now - (T0 + 4_000)
+        # people read ISO 8601: every epoch-ms moment has its ISO time beside it
+        assert alpha["entered_at"] == iso(alpha["entered_at_ms"]) and "time_in_state" not in alpha
 
         missing = await client.get("/models/nope")
         assert missing.status == 404

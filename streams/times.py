@@ -1,0 +1,70 @@
+"""Times for people, in one place: what the CLI prints and parses, and what the read API adds
+beside every epoch-milliseconds timestamp. The log and the views keep epoch milliseconds
+(exact, sortable, what Kafka stamps); people read ISO 8601 in UTC."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from streams.errors import PitError
+
+# Keys holding an epoch-ms moment (not a duration like `elapsed_ms`): `*_at_ms` and these.
+MOMENT_KEYS = frozenset({"timestamp_ms", "last_used_ms", "interval_start_ms",
+                         "interval_end_ms", "until_ms", "since_ms", "as_of_ms"})
+
+
+def iso(ms: int) -> str:
+    """2026-12-04T07:28:13.123Z"""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def when(ms: int | None, never: str = "-") -> str:
+    """2026-12-04 07:28:13 UTC, for a line of CLI output; `never` for no time."""
+    if not ms:
+        return never
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def parse_time_ms(text: str, option: str) -> int:
+    """Epoch milliseconds, or an ISO 8601 time (UTC unless it says otherwise); a PitError
+    naming `option` otherwise."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise PitError(f"{option}: {text!r} is neither epoch milliseconds nor an ISO time"
+                       ) from None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def is_moment(key: str) -> bool:
+    return key.endswith("_at_ms") or key in MOMENT_KEYS
+
+
+def readable(value: Any) -> Any:
+    """Plain JSON data for people: dataclasses, mappings (a PMap too) and sequences as JSON
+    objects and arrays, enums by value, and beside each epoch-ms moment (`started_at_ms`)
+    its ISO time without the suffix (`started_at`; null for 0 or none)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping) or callable(getattr(value, "items", None)):
+        mapping = dict(value.items())  # a PMap too, sorted: its iteration order is not fixed
+        shown: dict[str, Any] = {}
+        for key, item in sorted(mapping.items(), key=lambda kv: str(kv[0])) \
+                if not isinstance(value, dict) else mapping.items():
+            name = key if isinstance(key, str) else str(key)
+            if is_moment(name) and name[:-3] not in mapping and \
+                    (item is None or (isinstance(item, int) and not isinstance(item, bool))):
+                shown[name[:-3]] = iso(item) if item else None
+            shown[name] = readable(item)
+        return shown
+    if isinstance(value, list | tuple | set | frozenset):
+        return [readable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value

@@ -114,7 +114,6 @@ class ArbitrationOps:
         self._watched: dict[str, asyncio.Queue[Decision]] = {}  # request id -> its decisions
         self._events: asyncio.Future | None = None
         self._engine: Engine | None = None  # the views, for a request submitted before
-        self._unsettled: set[asyncio.Future] = set()  # outcomes no one waits for (see _settle)
 
     async def _follow(self) -> None:
         if self._events is None:
@@ -159,15 +158,11 @@ class ArbitrationOps:
                                   dict(ask.scores or {}), ask.requester, ask.workflow_id,
                                   -1 if ask.timeout is None else int(ask.timeout * 1000),
                                   pool_id) for rid, ask in zip(ids, asks, strict=True)]
-        answers = await asyncio.gather(*(self._first_answer(c, answer_within)
-                                         for c in commands))
+        outcomes = await asyncio.gather(*(self.client.send(c, command_id=f"submit/{c.request_id}",
+                                                           timeout=answer_within)
+                                          for c in commands))
         decisions = []
-        for request_id, outcome in zip(ids, answers, strict=True):
-            if isinstance(outcome, Decision):
-                if outcome.final:
-                    self._watched.pop(request_id, None)
-                decisions.append(outcome)
-                continue
+        for request_id, outcome in zip(ids, outcomes, strict=True):
             if outcome.accepted and outcome.duplicate:  # decided before: its last decision
                 self._watched.pop(request_id, None)
                 decisions.append(await self._recorded(request_id, pool_id, answer_within))
@@ -184,27 +179,6 @@ class ArbitrationOps:
                 self._watched.pop(request_id, None)
             decisions.append(decision)
         return decisions
-
-    async def _first_answer(self, command: SubmitRequest, timeout: float) -> Decision | Outcome:
-        """The request's first decision, or the command's outcome if that comes first. The
-        decision event and the outcome are written together, but each reaches us through
-        its own consumer's fetch: taking whichever arrives first (a decision means the
-        command was accepted) spares a granted request the slower of the two."""
-        sending = asyncio.ensure_future(self.client.send(
-            command, command_id=f"submit/{command.request_id}", timeout=timeout))
-        deciding = asyncio.ensure_future(self._watched[command.request_id].get())
-        await asyncio.wait({sending, deciding}, return_when=asyncio.FIRST_COMPLETED)
-        if deciding.done():
-            self._settle(sending)
-            return deciding.result()
-        deciding.cancel()
-        return sending.result()
-
-    def _settle(self, sending: asyncio.Future) -> None:
-        """Let an outcome nobody waits for any more arrive (or fail) in the background."""
-        self._unsettled.add(sending)
-        sending.add_done_callback(self._unsettled.discard)
-        sending.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _recorded(self, request_id: str, pool_id: str, timeout: float) -> Decision:
         """The last decision on a request submitted before, from the views (which may lag

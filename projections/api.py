@@ -49,6 +49,7 @@ read with `GET /audit?key=verify` (which accepts any key, for exactly that reaso
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -172,11 +173,32 @@ async def get_audit_query(request: web.Request) -> web.Response:
     return await _audit(request, key)
 
 
+OPEN_PATHS = frozenset({"/health", "/metrics"})  # probes and scrapers need no token
+
+
+def bearer_auth(token: str) -> Callable:
+    """With PIT_API_TOKEN set, every route but OPEN_PATHS wants `Authorization: Bearer
+    <token>`; anything else is a 401 that reaches no handler (compared in constant time)."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Callable) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if request.path in OPEN_PATHS or hmac.compare_digest(given, expected):
+            return await handler(request)
+        return web.json_response(
+            {"error": "this Pit wants its API token: Authorization: Bearer <PIT_API_TOKEN>"},
+            status=401, headers={"WWW-Authenticate": 'Bearer realm="pit"'})
+
+    return check
+
+
 def make_app(engine: Engine, components: Sequence[Component], *,
-             clock: Callable[[], int] | None = None) -> web.Application:
+             clock: Callable[[], int] | None = None, token: str | None = None
+             ) -> web.Application:
     """The read API over `engine`'s views: the kernel's routes and each component's.
-    `clock` (epoch ms) is for tests."""
-    app = web.Application(middlewares=[_errors])
+    `token`: PIT_API_TOKEN (see `bearer_auth`). `clock` (epoch ms) is for tests."""
+    app = web.Application(middlewares=[*([bearer_auth(token)] if token else []), _errors])
     app[ENGINE] = engine
     app[CLOCK] = clock or _now_ms
     app[PROJECTIONS] = (*(view.name for component in components

@@ -267,7 +267,8 @@ class Stack:
     async def start_http(self, port: int) -> None:
         from projections.api import make_app
 
-        app = make_app(self.engine, COMPONENTS)
+        app = make_app(self.engine, COMPONENTS,
+                       token=self.settings.env.get("PIT_API_TOKEN") or None)
         app.router.add_get("/metrics", metrics_handler)
         if isinstance(self.registry, EmbeddedRegistry):  # for tools that decode our Avro
             from projections.schema_api import add_registry_routes

@@ -71,6 +71,7 @@ from typing import Any, Protocol
 import yaml
 
 from streams.dag.errors import InvalidWorkflowError
+from streams.errors import PitError
 
 OUT = "out"  # the output of instruments, operators and maps
 TRUE, FALSE = "true", "false"  # the outputs of a branch
@@ -457,11 +458,51 @@ def _operator(name: str, fn: Callable[..., Any], inputs: Mapping[str, str] | Non
     return Operator(name, fn, inputs, output, required, "params" in signature.parameters)
 
 
-class OperatorRegistry:
-    """Operators by name. `OPERATORS` is the default one, with the built-ins."""
+OPERATOR_GROUP = "pit.operators"  # the entry-point group of packages that bring operators
+OPERATOR_MODULES = "PIT_OPERATOR_MODULES"  # modules to import for operators, comma-separated
 
-    def __init__(self, operators: Iterable[Operator] = ()) -> None:
+
+def load_operator_modules(modules: Iterable[str] = ()) -> list[str]:
+    """Import the user's operators: every entry point of the `pit.operators` group (a
+    package declares `[project.entry-points."pit.operators"] mine = "mypkg.operators"`),
+    then PIT_OPERATOR_MODULES and `modules`. A module registers its operators as it is
+    imported (`register_operator`); an entry point naming a function is called with the
+    default registry. Returns what was loaded; one that cannot be is a PitError naming it."""
+    import importlib
+    import os
+    from importlib.metadata import entry_points
+
+    OPERATORS._plugins = False  # loaded once per process, here or on the first unknown name
+    loaded = []
+    for point in entry_points(group=OPERATOR_GROUP):
+        try:
+            found = point.load()
+        except Exception as exc:  # a user's module: any error, said in one line
+            raise PitError(f"operators entry point {point.name} ({point.value}) cannot be"
+                           f" loaded: {type(exc).__name__}: {exc}") from None
+        if callable(found):
+            found(OPERATORS)
+        loaded.append(point.value)
+    named = [m.strip() for m in os.environ.get(OPERATOR_MODULES, "").split(",") if m.strip()]
+    for module in [*named, *modules]:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # as above
+            raise PitError(f"operators module {module} cannot be imported:"
+                           f" {type(exc).__name__}: {exc}") from None
+        loaded.append(module)
+    return loaded
+
+
+class OperatorRegistry:
+    """Operators by name. `OPERATORS` is the default one, with the built-ins; the first time
+    it is asked for a name it does not know, it loads the user's operators
+    (`load_operator_modules`), so every process - pit up validating, a runner running, a
+    client submitting - finds them with no wiring."""
+
+    def __init__(self, operators: Iterable[Operator] = (), *, plugins: bool = False) -> None:
         self._operators = {op.name: op for op in operators}
+        self._plugins = plugins  # still to load (only the default registry has any)
 
     def register(self, name: str, fn: Callable[..., Any] | None = None, *,
                  inputs: Mapping[str, str] | None = None, output: str = "any",
@@ -476,13 +517,19 @@ class OperatorRegistry:
         return add if fn is None else add(fn)
 
     def get(self, name: str) -> Operator | None:
+        if name not in self._operators and self._plugins:
+            self._plugins = False
+            load_operator_modules()
         return self._operators.get(name)
 
     def __getitem__(self, name: str) -> Operator:
-        return self._operators[name]
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
 
     def __contains__(self, name: object) -> bool:
-        return name in self._operators
+        return isinstance(name, str) and self.get(name) is not None
 
     def names(self) -> list[str]:
         return sorted(self._operators)
@@ -491,7 +538,7 @@ class OperatorRegistry:
         return OperatorRegistry(self._operators.values())
 
 
-OPERATORS = OperatorRegistry()
+OPERATORS = OperatorRegistry(plugins=True)
 
 
 def register_operator(name: str, fn: Callable[..., Any] | None = None, *,

@@ -180,8 +180,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.dag.definition import load_operator_modules
     from streams.dag.runner import POOLS, run_runner
     from streams.process import exit_now
+
+    for module in load_operator_modules(args.imports or ()):
+        print(f"pit runner: operators from {module}", file=sys.stderr)
 
     return exit_now(asyncio.run(run_runner(settings, args.id, args.concurrency, args.threads,
                                            args.drain_timeout, args.pool or POOLS,
@@ -193,6 +197,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     runner = sub.add_parser("runner", help="run DAG node tasks (one consumer group: start more"
                                            " runners to scale out)")
     runner.add_argument("--id", help="runner id in reports (default: <hostname>-<pid>)")
+    runner.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                        help="a module of your operators to import (repeatable); the"
+                             " `pit.operators` entry points and PIT_OPERATOR_MODULES are"
+                             " loaded too")
     runner.add_argument("--concurrency", type=int, default=256,
                         help="most tasks running at once")
     runner.add_argument("--threads", type=int, default=32,

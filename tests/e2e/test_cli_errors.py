@@ -43,6 +43,8 @@ VALID = '{"model_id": "m", "to_state": "Warming", "reason": "UserRequest"}'
     (("results",), ("no broker",)),
     (("audit", "m1", "--until", "yesterday-ish"), ("--until",)),
     (("bench", "nothing"), ("unknown benchmark",)),
+    (("runner", "--import", "no_such_team_ops"),
+     ("operators module no_such_team_ops cannot be imported",)),
     (("artifact", "put", "/no/such/file"), ("no such file: /no/such/file",)),
     (("artifact", "get", "report"), ("no broker", "pit up")),
     (("artifact", "log", "report"), ("no artifact named 'report'",)),

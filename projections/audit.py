@@ -10,7 +10,7 @@ it can be anchored elsewhere (a ticket, a second system).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +154,35 @@ def format_row(row: dict[str, Any]) -> str:
         body = "tombstone" if row.get("value_size") is None else "-"
     return (f"#{row['seq']} {stamp} {row['topic']}[{row['partition']}]@{row['offset']} "
             f"{row.get('event_type') or '-'} {row.get('key') or '-'} {body}")
+
+
+def history_lines(rows: Sequence[dict[str, Any]], quiet: Collection[str] = ()
+                  ) -> Iterator[str]:
+    """`format_row` for each row, except that each run of two or more consecutive rows of
+    `quiet` types is one line: how many, of which types, from when to when, and how many
+    said ok and not ok where their payloads say."""
+    run: list[dict[str, Any]] = []
+    for row in [*rows, None]:
+        if row is not None and row.get("event_type") in quiet:
+            run.append(row)
+            continue
+        if len(run) == 1:
+            yield format_row(run[0])
+        elif run:
+            yield _folded(run)
+        run = []
+        if row is not None:
+            yield format_row(row)
+
+
+def _folded(run: list[dict[str, Any]]) -> str:
+    types = sorted({row["event_type"] for row in run})
+    said = [row["payload"].get("ok") for row in run if isinstance(row.get("payload"), dict)]
+    outcome = (f" ({said.count(True)} ok, {said.count(False)} not ok)"
+               if said.count(True) + said.count(False) else "")
+    return (f"#{run[0]['seq']}..#{run[-1]['seq']} {iso(run[0]['timestamp_ms'])} to"
+            f" {iso(run[-1]['timestamp_ms'])}: {len(run)} {' and '.join(types)}{outcome}"
+            " (--all shows each)")
 
 
 def state_as_of(engine: Engine | Connection, key: str, until_ms: int,

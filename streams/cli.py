@@ -136,8 +136,9 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     rows = audit.history(engine, args.target)
     if not rows:
         raise PitError(f"no audit history for {args.target!r}")
-    for row in rows:
-        print(audit.format_row(row))
+    quiet = () if args.all else {name for c in COMPONENTS for name in c.quiet_events}
+    for line in audit.history_lines(rows, quiet):
+        print(line)
     return 0
 
 
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="`verify` the hash chain, or show a key's history")
     audit.add_argument("target", help="`verify`, or an entity key such as a model id")
     audit.add_argument("--until", help="show the entity's state as of this time")
+    audit.add_argument("--all", action="store_true",
+                       help="every record, health checks too (else a run of them is one line)")
     audit.set_defaults(run=cmd_audit)
 
     replay = sub.add_parser("replay", help="rebuild a view from the log and swap it in")

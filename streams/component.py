@@ -77,6 +77,9 @@ class Component:
     * `settings(settings)`: its own settings, parsed from its `PIT_*` variables in
       `settings.env`; the CLI parses every component's at start-up, so a bad value fails
       before any command runs.
+    * `quiet_events`: record types (event or command names) too frequent to read one by one
+      in an entity's history - a health check every 10 s: `pit audit` folds each run of
+      them into one line (`--all` shows every one).
     """
 
     name: str
@@ -94,6 +97,7 @@ class Component:
     benches: Mapping[str, Callable[..., Awaitable[dict[str, Any]]]] = field(
         default_factory=dict)
     settings: Callable[[Settings], Any] | None = None
+    quiet_events: frozenset[str] = frozenset()
 
     def running_deciders(self, settings: Settings) -> tuple[Decider[Any], ...]:
         return self.configure(settings) if self.configure is not None else self.deciders

@@ -71,4 +71,5 @@ COMPONENT = Component(
     benches={"pool": _bench},
     client=_operations,
     add_cli=add_parser,
+    quiet_events=frozenset({"HealthRecorded", "ReportHealth"}),  # every 10 s per model
 )

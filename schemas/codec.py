@@ -75,6 +75,10 @@ class Codec:
         buffer.write(header)
         try:
             schemaless_writer(buffer, parsed, record)
+        except UnicodeEncodeError as exc:  # a lone surrogate: Avro strings are UTF-8
+            bad = exc.object[exc.start:exc.end].encode("unicode_escape").decode()
+            raise InvalidRecordError(f"{name}: text that is not valid UTF-8 ({bad} at"
+                                     f" position {exc.start} of {exc.object!a})") from None
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
             raise InvalidRecordError(f"{name}: {exc!r}") from None
         return buffer.getvalue()

@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a lone surrogate in a name prints as \udc80
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -254,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args, settings)
     except PitError as exc:
         print(f"pit: error: {exc}", file=sys.stderr)
+        return 1
+    except UnicodeError as exc:  # text that cannot be UTF-8 on the wire (a lone surrogate)
+        print(f"pit: error: not valid UTF-8 text: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pit: interrupted", file=sys.stderr)

@@ -181,3 +181,17 @@ def test_a_corrupt_registry_record_changes_nothing() -> None:
         with pytest.raises(SchemaError):
             registry.load_record(value)
     assert registry.schema_by_id(real_id) == CODEC.schemas[name]
+
+
+def test_a_lone_surrogate_is_one_clear_line_not_an_encoder_repr() -> None:
+    from streams.decider import to_record
+    from streams.errors import InvalidRecordError
+    from streams.pool.pool import RegisterModel
+
+    command = RegisterModel("m\udc80", "python:streams.pool.examples:sentiment", 5, 5)
+    envelope = {"command_id": "c", "correlation_id": "c", "issued_at": 0, "issued_by": "t"}
+    with pytest.raises(InvalidRecordError) as raised:
+        Codec(EmbeddedRegistry()).encode(command.avro_name, {"meta": envelope,
+                                                             **to_record(command)})
+    assert str(raised.value) == ("pit.pool.RegisterModel: text that is not valid UTF-8"
+                                 " (\\udc80 at position 1 of 'm\\udc80')")

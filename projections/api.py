@@ -1,7 +1,8 @@
 """The read API: JSON over HTTP (aiohttp), read-only, straight from the views.
 
     GET /health                         database reachable, projection positions
-    GET /models                         every model (?state=Hot filters)
+    GET /models                         every model, registered ones never used too
+                                        (?state=Hot filters)
     GET /models/{model_id}              one model, with time_in_state_ms at the current time
     GET /models/{model_id}/transitions  its transition history, oldest first
     GET /models/{model_id}/health       its current health and latest checks, newest first

@@ -9,39 +9,62 @@ from sqlalchemy import Engine, select
 
 from projections.api import CLOCK, in_thread, json_error, json_response
 from projections.models import ModelsView, model_row
-from projections.pool import model_health, pool_hosts, pool_status
+from projections.pool import PoolView, model_health, pool_hosts, pool_status
 from projections.runtime import live_tables
 from streams.component import Route
 from streams.pool.lifecycle import DEFAULT_POOL
 
 
-def _pool_tables() -> dict:
-    return live_tables(ModelsView())
+def _tables() -> dict:
+    return {**live_tables(ModelsView()), **live_tables(PoolView())}
 
 
-def _models(engine: Engine, state: str | None, now_ms: int) -> list[dict[str, Any]]:
-    models = _pool_tables()["models"]
-    stmt = select(models).order_by(models.c.model_id)
-    if state:
-        stmt = stmt.where(models.c.state == state)
+def _models(engine: Engine, state: str | None, now_ms: int,
+            model_id: str | None = None) -> list[dict[str, Any]]:
+    """Every model the Pit knows, one row each: its lifecycle row, or for a model registered
+    and never transitioned (no lifecycle event yet) its registration, Cold. Each row also
+    says in which pools it is registered and how many allocations it holds there now
+    (`usage_count` counts the invocations recorded with RecordModelUsage)."""
+    tables = _tables()
+    models, registered = tables["models"], tables["pool_models"]
+    lifecycle = select(models)
+    pooled = select(registered)
+    if model_id is not None:
+        lifecycle = lifecycle.where(models.c.model_id == model_id)
+        pooled = pooled.where(registered.c.model_id == model_id)
     with engine.connect() as conn:
-        return [model_row(row, now_ms) for row in conn.execute(stmt).mappings()]
+        rows = {row["model_id"]: dict(row) for row in conn.execute(lifecycle).mappings()}
+        in_pools: dict[str, list[dict[str, Any]]] = {}
+        for row in conn.execute(pooled.order_by(registered.c.pool_id)).mappings():
+            in_pools.setdefault(row["model_id"], []).append(dict(row))
+    for found, pools in in_pools.items():
+        first = pools[0]
+        rows.setdefault(found, {
+            "model_id": found, "state": first["state"], "entered_at_ms": first["entered_at_ms"],
+            "last_used_ms": None, "transition_count": 0, "failure_count": 0, "usage_count": 0,
+            "last_sequence": 0, "updated_at_ms": first["updated_at_ms"]})
+    shown = []
+    for found in sorted(rows):
+        row = rows[found]
+        if state and row["state"] != state:
+            continue
+        pools = in_pools.get(found, [])
+        shown.append({**model_row(row, now_ms), "pools": [p["pool_id"] for p in pools],
+                      "allocations_in_flight": sum(p["allocations"] for p in pools)})
+    return shown
 
 
 def _model(engine: Engine, model_id: str, now_ms: int) -> dict[str, Any] | None:
-    models = _pool_tables()["models"]
-    with engine.connect() as conn:
-        row = conn.execute(select(models).where(models.c.model_id == model_id)).mappings().first()
-    return None if row is None else model_row(row, now_ms)
+    found = _models(engine, None, now_ms, model_id)
+    return found[0] if found else None
 
 
 def _transitions(engine: Engine, model_id: str) -> list[dict[str, Any]] | None:
-    tables = _pool_tables()
-    models, transitions = tables["models"], tables["model_transitions"]
+    """Its transitions, oldest first; None for a model the Pit does not know."""
+    if _model(engine, model_id, 0) is None:
+        return None
+    transitions = _tables()["model_transitions"]
     with engine.connect() as conn:
-        if conn.execute(select(models.c.model_id).where(models.c.model_id == model_id)).first() \
-                is None:
-            return None
         stmt = (select(transitions).where(transitions.c.model_id == model_id)
                 .order_by(transitions.c.sequence))
         return [dict(row) for row in conn.execute(stmt).mappings()]

@@ -397,6 +397,24 @@ async def test_pool_api(engine: Engine, pool: Pool) -> None:
         assert (await client.get("/models/nope/health")).status == 404
         assert (await client.get("/models/m1/health", params={"limit": "x"})).status == 400
         assert (await client.get("/pool", params={"pool": "other"})).status == 404
+
+        # one model, one truth: a model registered and never used is a model of /models too
+        seen = len(pool.records)
+        pool.ok(RegisterModel("m6", "python:tests.models:m6", 100, 100))
+        Projector(engine, views()).apply_batch(pool.records[seen:])
+        listed = await (await client.get("/models")).json()
+        status = await (await client.get("/pool")).json()
+        assert listed["count"] == status["models"]["count"] == 6
+        m6 = await (await client.get("/models/m6")).json()
+        assert (m6["state"], m6["pools"], m6["allocations_in_flight"],
+                m6["transition_count"]) == (
+            "Cold", ["default"], 0, 0)
+        assert (await (await client.get("/models/m6/transitions")).json())["transitions"] == []
+        by_model = {m["model_id"]: m for m in listed["models"]}
+        assert by_model["m1"]["allocations_in_flight"] == 0  # r1 and r2 were released
+        assert by_model["m3"]["allocations_in_flight"] == len(pool.state.models["m3"].allocations)
+        cold = await (await client.get("/models", params={"state": "Cold"})).json()
+        assert {m["model_id"] for m in cold["models"]} == {"m1", "m6"}
     finally:
         await client.close()
 

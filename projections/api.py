@@ -60,6 +60,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from projections.audit import history, state_as_of, verify
+from streams import metrics
 from streams.archive import AUDIT
 from streams.component import Component, audit_deciders
 from streams.decider import Decider
@@ -140,6 +141,7 @@ async def get_health(request: web.Request) -> web.Response:
 
 async def get_verify(request: web.Request) -> web.Response:
     report = await in_thread(request, verify)
+    metrics.AUDIT_VERIFICATIONS.labels("ok" if report.ok else "broken").inc()
     return json_response(report.to_dict(), status=200 if report.ok else 409)
 
 

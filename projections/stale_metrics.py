@@ -33,6 +33,9 @@ STALE_ITEMS = Counter("pit_stale_items_total", "Items listed in cleanup plans, b
                       " delete, archive, warm, promote (back to hot)", ["decision"])
 STALE_BYTES_FREED = Counter("pit_stale_bytes_freed_total",
                             "Bytes the worker reported purged (BytesPurged)")
+STALE_MOVE_FAILURES = Counter("pit_stale_move_failures_total",
+                              "Tier moves the worker reported failed (TierMoveFailed), by target",
+                              ["target"])
 STALE_RUN_SECONDS = Histogram(
     "pit_stale_run_seconds", "How long a plan's apply ran, PlanApplyStarted to PlanApplied"
     " (event times)",
@@ -60,6 +63,8 @@ class StaleMetrics:
                                        ).inc()
             elif name == "pit.stale.BytesPurged":
                 STALE_BYTES_FREED.inc(record["freed_bytes"])
+            elif name == "pit.stale.TierMoveFailed":
+                STALE_MOVE_FAILURES.labels(record["target"]).inc()
             elif name == "pit.stale.PlanApplied":
                 applied[(envelope["entity_key"], record["plan_id"])] = envelope["occurred_at"]
         if applied:

@@ -20,6 +20,9 @@ RESTORE_ORPHANS = Counter("pit_restore_orphans_total",
 PROCESSOR_RESTARTS = Counter("pit_processor_restarts_total",
                              "Times a processor started over from the log after a Kafka failure",
                              ["component"])
+AUDIT_VERIFICATIONS = Counter("pit_audit_verifications_total",
+                              "Audit-chain verifications through GET /audit/verify, by result"
+                              " (ok, broken)", ["result"])
 
 # --- the pool (issue 3) ----------------------------------------------------------------------
 # Updated from the pool's events as the projector archives them (projections.pool_metrics),

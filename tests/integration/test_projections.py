@@ -7,6 +7,7 @@ import struct
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import OperationalError
 
@@ -306,8 +307,11 @@ async def test_read_api(engine: Engine, log, story) -> None:
         by_query = await (await client.get("/audit", params={"key": "cmd-42"})).json()
         assert [e["topic"] for e in by_query["events"]] == ["pit.results"]
 
+        verified = REGISTRY.get_sample_value("pit_audit_verifications_total", {"result": "ok"})
         verify = await (await client.get("/audit/verify")).json()
         assert verify["ok"] is True and verify["rows"] == len(records)
+        assert REGISTRY.get_sample_value("pit_audit_verifications_total",  # for the alert
+                                         {"result": "ok"}) == (verified or 0) + 1
 
         health = await (await client.get("/health")).json()
         assert health["status"] == "ok"

@@ -318,7 +318,8 @@ def test_metrics_follow_the_events_once(decided, engine) -> None:
     watched = [*(("pit_stale_items_total", {"decision": d})
                  for d in ("delete", "archive", "warm", "promote")),
                ("pit_stale_bytes_freed_total", {}), ("pit_stale_run_seconds_count", {}),
-               ("pit_stale_run_seconds_sum", {})]
+               ("pit_stale_run_seconds_sum", {}),
+               ("pit_stale_move_failures_total", {"target": "cold"})]
     before = {(n, tuple(sorted(labels.items()))): sample(n, **labels) for n, labels in watched}
 
     def grown() -> dict[str, float]:
@@ -342,6 +343,7 @@ def test_metrics_follow_the_events_once(decided, engine) -> None:
         "pit_stale_bytes_freed_total": 1_102 + 300,
         "pit_stale_run_seconds_count": 1,
         "pit_stale_run_seconds_sum": (p1.applied_at - started) / 1000,
+        "pit_stale_move_failures_total{'target': 'cold'}": 1,  # the bucket was unreachable
     }
     status = views.status(engine)
     for tier in ("hot", "warm", "cold"):

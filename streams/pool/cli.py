@@ -18,7 +18,8 @@ def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
     from streams.process import exit_now
 
     return exit_now(asyncio.run(run_host(settings, args.id, args.memory_mb, args.capacity,
-                                         port=args.port, pool_id=args.pool,
+                                         port=args.port, bind=args.bind,
+                                         advertise=args.advertise or "", pool_id=args.pool,
                                          drain_timeout_s=args.drain_timeout)))
 
 
@@ -48,6 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     host.add_argument("--memory-mb", type=int, required=True, help="memory budget (MB)")
     host.add_argument("--capacity", type=int, required=True, help="most models held at once")
     host.add_argument("--port", type=int, default=0, help="HTTP port (default: any free one)")
+    host.add_argument("--bind", default="127.0.0.1",
+                      help="address to listen on (0.0.0.0 in a container)")
+    host.add_argument("--advertise", metavar="URL",
+                      help="the URL runners and clients call it at (default:"
+                           " http://<bind>:<port>; e.g. http://pit-host:8700 in compose)")
     host.add_argument("--pool", default="default", help="pool id")
     host.add_argument("--drain-timeout", type=float, default=30.0,
                       help="seconds SIGTERM waits for in-flight allocations before leaving")

@@ -166,13 +166,14 @@ def _error(status: int, message: str) -> web.Response:
 
 class ModelHost:
     def __init__(self, settings: Settings, host_id: str, memory_mb: int, capacity: int, *,
-                 port: int = 0, bind: str = "127.0.0.1", pool_id: str = DEFAULT_POOL,
-                 drain_timeout_s: float = DRAIN_TIMEOUT_S,
+                 port: int = 0, bind: str = "127.0.0.1", advertise: str = "",
+                 pool_id: str = DEFAULT_POOL, drain_timeout_s: float = DRAIN_TIMEOUT_S,
                  registry: LoaderRegistry | None = None,
                  say: Callable[[str], None] | None = None) -> None:
         self.settings, self.host_id, self.pool_id = settings, host_id, pool_id
         self.memory_mb, self.capacity = memory_mb, capacity
         self.port, self.bind, self.drain_timeout_s = port, bind, drain_timeout_s
+        self.advertise = advertise  # the URL others call it at, when not http://<bind>:<port>
         self.registry = registry or default_registry
         self._say = say or (lambda line: print(f"pit host {host_id}: {line}", file=sys.stderr,
                                                flush=True))
@@ -209,7 +210,8 @@ class ModelHost:
         except OSError as exc:
             raise HostError(f"cannot listen on {self.bind}:{self.port}: "
                             f"{exc.strerror or exc}") from None
-        self.endpoint = f"http://{self.bind}:{self._runner.addresses[0][1]}"
+        self.endpoint = (self.advertise.rstrip("/") or
+                         f"http://{self.bind}:{self._runner.addresses[0][1]}")
         self.client = CommandClient(self.settings, f"pit-host/{self.host_id}",
                                     deciders=(POOL, ARBITER))
         await self.client.start()
@@ -525,8 +527,8 @@ class ModelHost:
 
 
 async def run_host(settings: Settings, host_id: str, memory_mb: int, capacity: int, *,
-                   port: int = 0, pool_id: str = DEFAULT_POOL,
-                   drain_timeout_s: float = DRAIN_TIMEOUT_S) -> int:
+                   port: int = 0, bind: str = "127.0.0.1", advertise: str = "",
+                   pool_id: str = DEFAULT_POOL, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> int:
     """`pit host`: serve until SIGTERM/SIGINT, then drain. 0 when it drained in time. It
     exits within its drain timeout and a few seconds whatever `pit up` does meanwhile, at
     once on a second signal (streams/process.py `Stopping`). While no `pit up` runs it waits
@@ -550,7 +552,8 @@ async def run_host(settings: Settings, host_id: str, memory_mb: int, capacity: i
     refused = False  # said so once until the host registers again
     gone = False  # said so already: waiting for the next pit up needs no second line
     while await wait_for_broker(settings, stopping.stop, say, said=gone) is not None:
-        host = ModelHost(settings, host_id, memory_mb, capacity, port=port, pool_id=pool_id,
+        host = ModelHost(settings, host_id, memory_mb, capacity, port=port, bind=bind,
+                         advertise=advertise, pool_id=pool_id,
                          drain_timeout_s=drain_timeout_s, say=say)
         hosts[:] = [host]
         try:

@@ -167,8 +167,10 @@ async def test_a_host_reports_its_cpu_and_saturation_defers_grants_until_it_stop
         # any fresh report saturates: the host's measured figure, whatever it is, defers
         await pit.arbitration.set_policy({"cpu_threshold": 0.0, "cpu_defer_s": 3600})
         assert (await pit.arbitration.describe_model("m")).accepted
-        host = await ModelHost(stack.settings, "util-h1", 100, 2, say=lambda _line: None).start()
+        host = await ModelHost(stack.settings, "util-h1", 100, 2, say=lambda _line: None,
+                               advertise="http://util-h1.internal:8700/").start()
         try:
+            assert host.endpoint == "http://util-h1.internal:8700"  # what it registered
             reported = await until(lambda: _reports(stack, "util-h1"),
                                    what="the host's first utilisation report")
             assert all(0.0 <= u <= 1.0 for u in reported)

@@ -84,6 +84,8 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from streams.topics import apply_to_cluster, load_catalog
 
     catalog = load_catalog()
+    if args.action == "restore":
+        return _restore_cluster(settings, catalog)
     if args.action == "list":
         for spec in catalog.values():
             print(f"{spec.name}\tpartitions={spec.partitions}\tkey={spec.key}\t"
@@ -91,6 +93,33 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     created = asyncio.run(apply_to_cluster(settings.kafka_client_options(), catalog))
     print(f"created: {', '.join(created)}" if created else "all topics exist")
+    return 0
+
+
+def _restore_cluster(settings: Settings, catalog: dict) -> int:
+    """`pit topics restore`: disaster recovery onto a new, empty cluster - every archived
+    record back at its original offset (the same restore `pit up` does for the embedded
+    broker), so consumer positions, the views and the archive still line up."""
+    from streams.app import progress_printer, restore_broker
+    from streams.archive import pending_engine
+    from streams.history import end_offsets
+    from streams.sql import connect_existing
+
+    if settings.embedded:
+        raise PitError("pit topics restore fills a new cluster (set PIT_KAFKA_BOOTSTRAP_SERVERS);"
+                       " the embedded broker is restored by `pit up` itself")
+    engine = connect_existing(settings.db_url)
+    ends = end_offsets(settings, [(spec.name, p) for spec in catalog.values()
+                                  for p in range(spec.partitions)])
+    held = {topic: n for (topic, _), n in ends.items() if n}
+    if held:
+        topic = min(held)
+        raise PitError(f"{topic} already holds records (offset {held[topic]:,}): restore only"
+                       " into a cluster whose topics are new and empty (`pit topics apply`)")
+    restored = asyncio.run(restore_broker(engine, pending_engine(engine), settings, catalog,
+                                          progress_printer("restoring the cluster")))
+    print(f"restored {restored:,} records from the archive into"
+          f" {settings.bootstrap_servers}")
     return 0
 
 
@@ -212,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     results.set_defaults(run=cmd_results)
 
     topics = sub.add_parser("topics", help="the topic catalog (infra/topics.yaml)")
-    topics.add_argument("action", choices=["apply", "list"])
+    topics.add_argument("action", choices=["apply", "list", "restore"],
+                        help="apply: create the catalog's topics on a cluster; restore: fill a"
+                             " new cluster's empty topics from the archive")
     topics.set_defaults(run=cmd_topics)
 
     schemas = sub.add_parser("schemas", help="schema compatibility")

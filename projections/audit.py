@@ -189,11 +189,12 @@ def state_as_of(engine: Engine | Connection, key: str, until_ms: int,
                 deciders: Mapping[str, tuple[Decider, Decider]], *,
                 topic: str | None = None, codec: Codec | None = None) -> Any:
     """The state of `key` at `until_ms` (inclusive), replayed from its archived events; None
-    when it had no event by then. `deciders` maps an event topic to the decider of its
-    entities and that of one subject's events (`streams.component.audit_deciders`). A key
-    that is an entity (a pool) replays the entity's decider over all its events; a subject
-    (a model: the events' Kafka key) replays the subject's decider (the model lifecycle)
-    over the events about it.
+    when it had no event by then (a subject's initial state when it had only events its
+    decider does not fold, such as a model's registration). `deciders` maps an event topic
+    to the decider of its entities and that of one subject's events
+    (`streams.component.audit_deciders`). A key that is an entity (a pool) replays the
+    entity's decider over all its events; a subject (a model: the events' Kafka key) replays
+    the subject's decider (the model lifecycle) over the events about it.
 
     Event time is the envelope's `occurred_at` (what `evolve` uses), else the log timestamp.
     """
@@ -225,13 +226,14 @@ def state_as_of(engine: Engine | Connection, key: str, until_ms: int,
     with connection(engine) as conn:
         for value, timestamp_ms in conn.execute(stmt):
             decoded = codec.decode(value)
-            event_type = decider.event_type(decoded.name)
-            if event_type is None:
-                continue
             envelope = decoded.record.get("envelope") or {}
             at_ms = envelope.get("occurred_at", timestamp_ms)
             if at_ms > until_ms:
                 break
-            state = decider.evolve(state, from_record(event_type, decoded.record), at_ms)
+            # It exists from its first event, one its decider does not fold too (a model's
+            # registration is the pool's event): until the next, it is in its initial state.
             seen = True
+            event_type = decider.event_type(decoded.name)
+            if event_type is not None:
+                state = decider.evolve(state, from_record(event_type, decoded.record), at_ms)
     return state if seen else None

@@ -290,3 +290,15 @@ def test_compaction_keeps_each_keys_latest_value_pending_ones_included(engine: E
     assert compacted_positions(engine, pending_db, SCHEMAS) == {(0, 2), (0, 6)}
     if pending_db is not engine:
         pending_db.dispose()
+
+
+def test_a_model_registered_and_not_yet_changed_is_cold_as_of_then(engine: Engine, log,
+                                                                    story) -> None:
+    registered = log.append(POOL_EVENTS, "m-new", log.codec.encode(
+        "pit.pool.ModelRegistered", {
+            "envelope": log.envelope("m-new", "ModelRegistered", T0 - 500),
+            "model_id": "m-new", "uri": "python:x:y", "memory_mb": 10,
+            "expected_load_ms": 5}), T0 - 500)
+    Projector(engine, views()).apply_batch([registered, *story])
+    assert state_as_of(engine, "m-new", T0 - 501, REPLAYED) is None  # not registered yet
+    assert state_as_of(engine, "m-new", T0 - 100, REPLAYED) == ModelLifecycle("m-new")

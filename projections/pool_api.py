@@ -33,10 +33,10 @@ def _models(engine: Engine, state: str | None, now_ms: int,
         lifecycle = lifecycle.where(models.c.model_id == model_id)
         pooled = pooled.where(registered.c.model_id == model_id)
     with engine.connect() as conn:
-        rows = {row["model_id"]: dict(row) for row in conn.execute(lifecycle).mappings()}
+        rows = {r["model_id"]: dict(r) for r in conn.execute(lifecycle).mappings()}
         in_pools: dict[str, list[dict[str, Any]]] = {}
-        for row in conn.execute(pooled.order_by(registered.c.pool_id)).mappings():
-            in_pools.setdefault(row["model_id"], []).append(dict(row))
+        for pooled_row in conn.execute(pooled.order_by(registered.c.pool_id)).mappings():
+            in_pools.setdefault(pooled_row["model_id"], []).append(dict(pooled_row))
     for found, pools in in_pools.items():
         first = pools[0]
         rows.setdefault(found, {

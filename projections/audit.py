@@ -56,7 +56,7 @@ class VerifyReport:
                 "more_problems": self.more}
 
 
-def _where(row: dict[str, Any]) -> str:
+def _where(row: Mapping[str, Any]) -> str:
     return f"seq {row['seq']} ({row['topic']} partition {row['partition']} offset {row['offset']})"
 
 

@@ -129,7 +129,8 @@ class ModelsView(View):
                     event.to_state._value_, event.reason._value_, event.time_in_previous_ms, at_ms,
                     envelope["causation_id"], record.topic, record.partition, record.offset,
                 ))
-        inserts, updates = [], []
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
         for model_id, (state, sequence, at_ms) in changed.items():
             row = (state.state._value_, state.entered_at_ms, state.last_used_ms,
                    state.transition_count, state.failure_count, state.usage_count, sequence,

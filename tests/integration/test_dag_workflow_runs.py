@@ -181,10 +181,11 @@ async def test_a_failed_node_is_retried_on_a_durable_timer_and_completes(pit):
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit):
     runners = [pit.runner("steady"), pit.runner("doomed")]
-    for _ in range(400):  # both in the group, each with partitions, before any task exists
+    for _ in range(1200):  # both in the group, each with partitions, before any task exists
         if all(runner.assignment for runner in runners):
             break
         await asyncio.sleep(0.05)
+    assert all(runner.assignment for runner in runners), "the group never gave both partitions"
     # 60 nodes of 400 ms between a source and a sink: the crash finds some running on "doomed"
     workflow = sleepy_dag(60, 400, name="wide-crash")
     execution = await pit.client.dag.execute_workflow(workflow)
@@ -192,10 +193,11 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
     async def some_started_on_doomed() -> bool:
         return any(name == "NodeStarted" and r["runner"] == "doomed" and r["node_id"] != "source"
                    for name, r in await pit.events(execution))
-    for _ in range(200):
+    for _ in range(1200):  # waited for, not assumed: a loaded machine takes its time
         if await some_started_on_doomed():
             break
         await asyncio.sleep(0.05)
+    assert await some_started_on_doomed(), "no node ever started on the runner to crash"
     await pit.stop("doomed", crash=True)
     result = await pit.client.dag.await_result(execution, timeout=40)
     assert result.ok and result.outputs == {"sink": {"out": 60}}, result

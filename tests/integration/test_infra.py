@@ -61,9 +61,9 @@ async def test_every_metric_a_dashboard_or_alert_queries_is_exported(tmp_path,
                                                                       free_port) -> None:
     port = free_port()
     async with Stack(Settings(data_dir=tmp_path), http_port=port, progress=False,
-                     without={"host-monitor"}), aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{port}/metrics") as reply:
-            names = exposed(await reply.text())
+                     without={"host-monitor"}), aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{port}/metrics") as reply:
+        names = exposed(await reply.text())
     wanted = queried()
     assert len(wanted) >= 30  # the dashboards cover the components, not a token panel
     missing = {metric: sorted(where) for metric, where in wanted.items() if metric not in names}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -18,8 +19,9 @@ MOMENT_KEYS = frozenset({"timestamp_ms", "last_used_ms", "interval_start_ms",
 
 
 def iso(ms: int) -> str:
-    """2026-12-04T07:28:13.123Z"""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """2026-12-04T07:28:13.123Z (gmtime: twice as fast as datetime, and every API answer
+    formats each of its moments)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 def when(ms: int | None, never: str = "-") -> str:
@@ -42,29 +44,38 @@ def parse_time_ms(text: str, option: str) -> int:
     return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
-def is_moment(key: str) -> bool:
-    return key.endswith("_at_ms") or key in MOMENT_KEYS
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # exact types: enums are not plain
 
 
 def readable(value: Any) -> Any:
     """Plain JSON data for people: dataclasses, mappings (a PMap too) and sequences as JSON
     objects and arrays, enums by value, and beside each epoch-ms moment (`started_at_ms`)
-    its ISO time without the suffix (`started_at`; null for 0 or none)."""
+    its ISO time without the suffix (`started_at`; null for 0 or none). Every API answer
+    comes through here, so the common types are tried first, by exact type."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        return _object(value)
+    if kind is list or kind is tuple:
+        return [readable(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _object({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
     if isinstance(value, Mapping) or callable(getattr(value, "items", None)):
-        mapping = dict(value.items())  # a PMap too, sorted: its iteration order is not fixed
-        shown: dict[str, Any] = {}
-        for key, item in sorted(mapping.items(), key=lambda kv: str(kv[0])) \
-                if not isinstance(value, dict) else mapping.items():
-            name = key if isinstance(key, str) else str(key)
-            if is_moment(name) and name[:-3] not in mapping and \
-                    (item is None or (isinstance(item, int) and not isinstance(item, bool))):
-                shown[name[:-3]] = iso(item) if item else None
-            shown[name] = readable(item)
-        return shown
+        return _object(dict(sorted(value.items(), key=lambda kv: str(kv[0]))))  # a PMap
     if isinstance(value, list | tuple | set | frozenset):
         return [readable(v) for v in value]
     if isinstance(value, enum.Enum):
         return value.value
     return value
+
+
+def _object(value: dict) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for key, item in value.items():
+        name = key if isinstance(key, str) else str(key)
+        if (name.endswith("_at_ms") or name in MOMENT_KEYS) and name[:-3] not in value \
+                and (item is None or type(item) is int):
+            shown[name[:-3]] = iso(item) if item else None
+        shown[name] = readable(item)
+    return shown

@@ -17,7 +17,7 @@
                                         progress, times, outputs or error
     GET /executions/{id}/nodes          its nodes with their state and attempts (runner,
                                         times, duration, error, retried/fallback/skipped)
-                                        (?state=failed, ?limit=1000, ?offset=0)
+                                        (?state=failed, ?node=<id>, ?limit=1000, ?offset=0)
     GET /executions/{id}/failures       its node and execution failures, in order
     GET /artifacts/{ref}                an artifact's catalog entry (ref: address, name or
                                         name@N)

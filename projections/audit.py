@@ -138,6 +138,17 @@ def history(engine: Engine | Connection, key: str) -> list[dict[str, Any]]:
         return [_row_out(row) for row in conn.execute(stmt).mappings()]
 
 
+def latest_payload(engine: Engine | Connection, key: str, event_type: str
+                   ) -> dict[str, Any] | None:
+    """The payload of the entity's last archived record of `event_type` (None if none)."""
+    stmt = (select(audit_log.c.payload_json)
+            .where(audit_log.c.entity_key == key, audit_log.c.event_type == event_type)
+            .order_by(audit_log.c.seq.desc()).limit(1))
+    with connection(engine) as conn:
+        found = conn.execute(stmt).scalar()
+    return None if found is None else json.loads(found)
+
+
 def format_row(row: dict[str, Any]) -> str:
     """One history row (from `history`) as one line for `pit audit <key>`:
     seq, log time (UTC), topic[partition]@offset, type, key, then the payload without its

@@ -555,10 +555,11 @@ def _known(conn: Connection, tables: dict[str, Table], execution_id: str) -> boo
 
 
 def execution_nodes(engine: Engine, execution_id: str, *, state: str | None = None,
-                    limit: int = 1000, offset: int = 0) -> dict[str, Any] | None:
+                    node: str | None = None, limit: int = 1000, offset: int = 0
+                    ) -> dict[str, Any] | None:
     """The nodes events named (by node id), each with its attempts, oldest first, and each
     attempt with its starts (more than one: run again by another runner); `count` is how
-    many match `state`. None for an unknown execution."""
+    many match `state` (and `node`, one node id). None for an unknown execution."""
     if state is not None and state not in NODE_STATES:
         raise PitError(f"unknown node state {state!r}; states: {', '.join(NODE_STATES)}")
     tables = dag_tables()
@@ -566,6 +567,8 @@ def execution_nodes(engine: Engine, execution_id: str, *, state: str | None = No
     where = [nodes.c.execution_id == execution_id]
     if state is not None:
         where.append(nodes.c.state == state)
+    if node is not None:
+        where.append(nodes.c.node_id == node)
     with engine.connect() as conn:
         if not _known(conn, tables, execution_id):
             return None
@@ -597,6 +600,21 @@ def execution_nodes(engine: Engine, execution_id: str, *, state: str | None = No
         del node["node_key"], node["execution_id"], node["resolved_sequence"]
         node["runs"] = attempts.get(node["node_id"], [])
     return {"execution_id": execution_id, "count": count, "offset": offset, "nodes": page}
+
+
+def node_states(engine: Engine, execution_id: str) -> dict[str, dict[str, Any]]:
+    """Every node events named, with its state, kind and its last attempt's duration and
+    start: one query, for drawing a whole execution (projections/console/graph.py)."""
+    tables = dag_tables()
+    nodes, runs = tables["dag_nodes"], tables["dag_node_runs"]
+    stmt = (select(nodes.c.node_id, nodes.c.state, nodes.c.kind, runs.c.duration_ms,
+                   runs.c.started_at_ms)
+            .select_from(nodes.outerjoin(runs, (runs.c.execution_id == nodes.c.execution_id)
+                                         & (runs.c.node_id == nodes.c.node_id)
+                                         & (runs.c.attempt == nodes.c.attempt)))
+            .where(nodes.c.execution_id == execution_id))
+    with engine.connect() as conn:
+        return {row["node_id"]: dict(row) for row in conn.execute(stmt).mappings()}
 
 
 def execution_failures(engine: Engine, execution_id: str) -> list[dict[str, Any]] | None:

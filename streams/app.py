@@ -274,6 +274,12 @@ class Stack:
             from projections.schema_api import add_registry_routes
 
             add_registry_routes(app, self.registry)
+        from projections.console import add_console_routes
+
+        add_console_routes(app, self.settings, broker={
+            "kind": "embedded" if self.broker is not None else "cluster",
+            "bootstrap_servers": self.settings.bootstrap_servers},
+            components=tuple(component.name for component in COMPONENTS))
         if self.faults and self.broker is not None:
             app.router.add_post("/faults", fault_handler(self.broker))
         self._runner = web.AppRunner(app, access_log=None)

@@ -47,6 +47,7 @@ from streams.errors import BrokerUnavailableError
 
 if TYPE_CHECKING:
     from streams.commands import CommandClient
+    from streams.config import Settings
 
 STRUCTURE_LIMIT = 16 << 20  # content checked for structure up to this size (it is read whole)
 VISIBLE_TIMEOUT_S = 10.0
@@ -59,6 +60,20 @@ class StoredArtifact:
     size: int
     newly_stored: bool  # False: the content was there already (deduplicated)
     name: str | None = None
+
+
+def search_artifacts(settings: Settings, engine: Engine, query: SearchQuery) -> SearchPage:
+    """`query` against the configured engine: OpenSearch when PIT_OPENSEARCH_URL names one,
+    else the SQL view's own index (empty before the view exists)."""
+    found = ArtifactSettings.of(settings)
+    if found.opensearch_url:
+        from projections.search.opensearch import OpenSearchSearch
+
+        return OpenSearchSearch(found.opensearch_url, index=found.opensearch_index
+                                ).search(query)
+    if not views.projected(engine):
+        return SearchPage(0, (), {"tags": {}, "content_types": {}})
+    return sql_search(engine).search(query)
 
 
 @dataclass(frozen=True)
@@ -225,15 +240,8 @@ class ArtifactOps:
         """Full text over content and metadata; filters: tags, content_types,
         created_from_ms, created_to_ms, limit, offset."""
         query = SearchQuery(text=text, **filters)
-        settings = ArtifactSettings.of(self.client.settings)
-        if settings.opensearch_url:
-            from projections.search.opensearch import OpenSearchSearch
-
-            backend = OpenSearchSearch(settings.opensearch_url, index=settings.opensearch_index)
-            return await asyncio.to_thread(backend.search, query)
-        if not await asyncio.to_thread(views.projected, self.engine):
-            return SearchPage(0, (), {"tags": {}, "content_types": {}})
-        return await asyncio.to_thread(sql_search(self.engine).search, query)
+        return await asyncio.to_thread(search_artifacts, self.client.settings, self.engine,
+                                       query)
 
     async def info(self, ref: str, store_id: str = DEFAULT_STORE) -> dict[str, Any]:
         address = await self.resolve(ref, store_id)

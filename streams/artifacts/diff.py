@@ -3,6 +3,7 @@
 * `text_diff`: a unified diff (difflib) of two versions of a text artifact, lines split on
   "\\n" only, a last line without a newline marked as GNU diff marks it. Content with a NUL
   byte or invalid UTF-8 is not text: ArtifactError naming which side and why.
+* `side_by_side`: the same comparison as rows for two columns (the console's diff).
 * `metadata_diff`: for any two artifacts (text or not): metadata keys added, removed and
   changed (values compared as canonical JSON, so 1 and true differ), tags added and removed,
   content type and size changes.
@@ -49,6 +50,22 @@ def text_diff(old: bytes, new: bytes, *, old_label: str = "a", new_label: str = 
     for line in difflib.unified_diff(_lines(a), _lines(b), old_label, new_label, n=context):
         out.append(line if line.endswith("\n") else line + "\n" + NO_NEWLINE)
     return "".join(out)
+
+
+def side_by_side(old: bytes, new: bytes, *, old_label: str = "a", new_label: str = "b"
+                 ) -> list[dict[str, Any]]:
+    """The same diff as rows for two columns: {op, old_no, old, new_no, new}, op one of
+    equal, replace, delete, insert; a replaced block pairs its lines in order."""
+    a = as_text(old, old_label).splitlines()
+    b = as_text(new, new_label).splitlines()
+    rows: list[dict[str, Any]] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        for k in range(max(i2 - i1, j2 - j1)):
+            i, j = i1 + k, j1 + k
+            rows.append({"op": op,
+                         "old_no": i + 1 if i < i2 else None, "old": a[i] if i < i2 else None,
+                         "new_no": j + 1 if j < j2 else None, "new": b[j] if j < j2 else None})
+    return rows
 
 
 class Described(Protocol):

@@ -96,8 +96,9 @@ def eta_ms(graph: Graph, rows: Mapping[str, NodeRow], weight: list[float], path:
 
 
 def execution_graph(workflow: Workflow, rows: Mapping[str, NodeRow], *, now_ms: int,
-                    max_concurrency: int = 1) -> dict[str, Any]:
-    """The graph to draw: node by node (`mode: "nodes"`) up to NODE_LIMIT nodes, else
+                    max_concurrency: int = 1, node_limit: int = NODE_LIMIT,
+                    max_bands: int = MAX_BANDS) -> dict[str, Any]:
+    """The graph to draw: node by node (`mode: "nodes"`) up to `node_limit` nodes, else
     aggregated into bands of levels (`mode: "bands"`); with the critical path, the counts
     by state and the ETA (0 once every node ended)."""
     graph = workflow.graph
@@ -110,11 +111,11 @@ def execution_graph(workflow: Workflow, rows: Mapping[str, NodeRow], *, now_ms: 
         counts[state] = counts.get(state, 0) + 1
     body: dict[str, Any] = {
         "nodes_total": len(graph.ids), "counts": counts,
-        "critical_path": [graph.ids[i] for i in path] if len(path) <= NODE_LIMIT else [],
+        "critical_path": [graph.ids[i] for i in path] if len(path) <= node_limit else [],
         "critical_path_length": len(path),
         "critical_path_ms": round(sum(weight[i] for i in path)),
         "eta_ms": eta_ms(graph, rows, weight, path, max_concurrency, now_ms)}
-    if len(graph.ids) <= NODE_LIMIT:
+    if len(graph.ids) <= node_limit:
         kinds = {node.id: node.kind.value for node in workflow.nodes}
         body["mode"] = "nodes"
         body["nodes"] = [{"id": node_id, "state": state_of[i], "kind": kinds[node_id],
@@ -127,7 +128,7 @@ def execution_graph(workflow: Workflow, rows: Mapping[str, NodeRow], *, now_ms: 
         return body
     level = levels(graph)
     depth = max(level) + 1
-    per_band = -(-depth // MAX_BANDS)  # ceiling: every band holds the same levels
+    per_band = -(-depth // max_bands)  # ceiling: every band holds the same levels
     band_of = [lv // per_band for lv in level]
     bands: dict[int, dict[str, Any]] = {}
     for i, band in enumerate(band_of):

@@ -316,7 +316,7 @@ function graphElements(g) {
 }
 
 function bandData(b) {
-  const data = {id: b.id, label: `levels ${b.first_level}-${b.last_level}\n${fmt.int(b.nodes)} nodes\n`
+  const data = {id: b.id, count: b.nodes, label: `levels ${b.first_level}-${b.last_level}\n${fmt.int(b.nodes)} nodes\n`
     + `${fmt.int(b.counts.completed || 0)} done, ${fmt.int(b.counts.running || 0)} running`};
   NODE_STATES.forEach((state, i) => { data[`p${i}`] = 100 * (b.counts[state] || 0) / b.nodes; });
   return data;
@@ -380,6 +380,7 @@ function executionPage(main, executionId, params) {
       if (g.mode === "nodes") showNode(id);
     });
     graphBox.dataset.mode = g.mode;
+    graphBox.cy = cy;  // for the browser tests: the drawn states, read back
   }
 
   async function refreshNodes() {

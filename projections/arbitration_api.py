@@ -1,5 +1,6 @@
-"""The Arbitration Engine's read-API routes (`GET /arbitration/...`), answered from its
-views (projections/arbitration.py)."""
+"""The Arbitration Engine's API routes (`/arbitration/...`): reads answered from its views
+(projections/arbitration.py), and setting the policy (a command through
+`PitClient.arbitration`). `?pool=` picks the pool (default: "default")."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ import json
 
 from aiohttp import web
 
-from projections.api import CLOCK, in_thread, int_param, json_error, json_response
+from projections.api import (
+    CLOCK,
+    accepted,
+    document_body,
+    in_thread,
+    int_param,
+    json_error,
+    json_response,
+    operations,
+)
 from projections.arbitration import decisions, policy_of, request, status
-from streams.component import Route
+from streams.component import Param, Route
 from streams.pool.lifecycle import DEFAULT_POOL
 
 
@@ -48,9 +58,29 @@ async def get_policy(req: web.Request) -> web.Response:
     return json_response({"policy": json.loads(text), "set_at_ms": set_at})
 
 
+async def put_policy(req: web.Request) -> web.Response:
+    """The policy, as JSON or YAML; every problem listed in the 400."""
+    arbitration = await operations(req, "arbitration")
+    outcome = await arbitration.set_policy(await document_body(req), pool_id=_pool_id(req))
+    if not outcome.accepted:
+        return json_error(400, f"cannot set the arbitration policy: {outcome.reason}")
+    return accepted(outcome)
+
+
+POOL = Param("pool", 'the pool (default: "default")')
 ROUTES = (
-    Route("/arbitration", get_status),
-    Route("/arbitration/decisions", get_decisions),
-    Route("/arbitration/policy", get_policy),
-    Route("/arbitration/requests/{request_id}", get_request),
+    Route("/arbitration", get_status, query=(POOL,),
+          summary="queues by priority, tenants' shares, the Gini"),
+    Route("/arbitration/decisions", get_decisions, summary="decisions, newest first",
+          query=(POOL, Param("request", "one request's"), Param("tenant", "one tenant's"),
+                 Param("outcome", "granted, queued, deferred, denied..."),
+                 Param("since_ms", "from this epoch ms", "integer"),
+                 Param("until_ms", "until this epoch ms", "integer"),
+                 Param("limit", "how many (at most 10,000)", "integer"))),
+    Route("/arbitration/policy", get_policy, query=(POOL,), summary="the policy in force"),
+    Route("/arbitration/requests/{request_id}", get_request, query=(POOL,),
+          summary="one request: its state and every decision, explained"),
+    Route("/arbitration/policy", put_policy, method="PUT", query=(POOL,),
+          summary="set the policy, JSON or YAML (an action: needs the token)",
+          body={"type": "object", "description": "the arbitration policy (README)"}),
 )

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from projections import artifacts
 from projections.api import in_thread, json_error, json_response
 from streams.artifacts.errors import ArtifactNotFoundError
-from streams.component import Route
+from streams.component import Param, Route
 
 
 def _artifact(engine: Engine, ref: str) -> dict[str, Any] | None:
@@ -53,8 +53,11 @@ async def get_artifact_stats(request: web.Request) -> web.Response:
 
 # /artifacts/stats before /artifacts/{ref}: "stats" is no artifact reference.
 ROUTES = (
-    Route("/artifacts/stats", get_artifact_stats),
-    Route("/artifacts/{ref}", get_artifact),
-    Route("/artifacts/{ref}/versions", get_artifact_versions),
-    Route("/artifacts/{ref}/lineage", get_artifact_lineage),
+    Route("/artifacts/stats", get_artifact_stats, summary="deduplication statistics"),
+    Route("/artifacts/{ref}", get_artifact,
+          summary="an artifact's catalog entry (ref: address, name or name@N)"),
+    Route("/artifacts/{ref}/versions", get_artifact_versions,
+          summary="a named artifact's versions, oldest first"),
+    Route("/artifacts/{ref}/lineage", get_artifact_lineage, summary="its lineage graph",
+          query=(Param("direction", "up, down or both", enum=("up", "down", "both")),)),
 )

@@ -7,11 +7,11 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import Engine, select
 
-from projections.api import CLOCK, in_thread, json_error, json_response
+from projections.api import CLOCK, in_thread, int_param, json_error, json_response
 from projections.models import ModelsView, model_row
 from projections.pool import PoolView, model_health, pool_hosts, pool_status
 from projections.runtime import live_tables
-from streams.component import Route
+from streams.component import Param, Route
 from streams.pool.lifecycle import DEFAULT_POOL
 
 
@@ -111,22 +111,26 @@ async def get_pool_hosts(request: web.Request) -> web.Response:
 
 async def get_model_health(request: web.Request) -> web.Response:
     model_id, pool_id = request.match_info["model_id"], _pool_id(request)
-    try:
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
-        return json_error(400, f"limit must be an integer, got {request.query['limit']!r}")
+    limit = int_param(request, "limit", 50)
     body = await in_thread(request, lambda engine: model_health(engine, model_id, pool_id,
-                                                          limit=max(0, limit)))
+                                                          limit=limit))
     if body is None:
         return json_error(404, f"unknown model {model_id} in pool {pool_id}")
     return json_response(body)
 
 
+POOL = Param("pool", 'the pool (default: "default")')
 ROUTES = (
-    Route("/models", get_models),
-    Route("/models/{model_id}", get_model),
-    Route("/models/{model_id}/transitions", get_transitions),
-    Route("/models/{model_id}/health", get_model_health),
-    Route("/pool", get_pool),
-    Route("/pool/hosts", get_pool_hosts),
+    Route("/models", get_models, summary="every model the Pit knows",
+          query=(Param("state", "only models in this state (Cold, Warming, Hot...)"),)),
+    Route("/models/{model_id}", get_model, summary="one model, with its time in state"),
+    Route("/models/{model_id}/transitions", get_transitions,
+          summary="its transition history, oldest first"),
+    Route("/models/{model_id}/health", get_model_health,
+          summary="its current health and latest checks, newest first",
+          query=(Param("limit", "how many checks", "integer"), POOL)),
+    Route("/pool", get_pool, query=(POOL,),
+          summary="the pool at a glance: hosts, models by state, cache, health failures"),
+    Route("/pool/hosts", get_pool_hosts, query=(POOL,),
+          summary="the pool's hosts: budget, resident memory, models"),
 )

@@ -266,9 +266,12 @@ class Stack:
 
     async def start_http(self, port: int) -> None:
         from projections.api import make_app
+        from streams.client import PitClient
 
+        settings, codec = self.settings, self.codec
         app = make_app(self.engine, COMPONENTS,
-                       token=self.settings.env.get("PIT_API_TOKEN") or None)
+                       token=self.settings.env.get("PIT_API_TOKEN") or None,
+                       commands=lambda: PitClient(settings, "pit-api", codec))
         app.router.add_get("/metrics", metrics_handler)
         if isinstance(self.registry, EmbeddedRegistry):  # for tools that decode our Avro
             from projections.schema_api import add_registry_routes

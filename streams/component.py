@@ -46,11 +46,31 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class Param:
+    """A query parameter of a route, as /openapi.json describes it: `type` is a JSON
+    schema type ("string", "integer"); `enum` lists the values it takes, if only those."""
+
+    name: str
+    description: str = ""
+    type: str = "string"
+    enum: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Route:
-    """A read-API route: GET `path`, answered by `handler(request)`."""
+    """An API route: `method` `path`, answered by `handler(request)`. Any method but GET is
+    an action: it publishes a command, and needs PIT_API_TOKEN (projections/api.py).
+
+    The rest describes it in /openapi.json (projections/openapi.py): `summary`, its query
+    parameters, and `body`, the JSON schema of its request body (`body_required` or not)."""
 
     path: str
     handler: Callable[[Any], Awaitable[Any]]
+    method: str = "GET"
+    summary: str = ""
+    query: tuple[Param, ...] = ()
+    body: Mapping[str, Any] | None = None
+    body_required: bool = True
 
 
 @dataclass(frozen=True)
@@ -70,7 +90,8 @@ class Component:
     * `prepare(settings, engine)`: runs once the embedded broker is restored and before any
       processor starts (restoring consumer positions the component owns).
     * `views(settings)`: its projections; `observers(engine)`: metrics fed by the projector.
-    * `routes()`: its read-API routes (a factory: handlers import the projections);
+    * `routes()`: its API routes, reads and actions (a factory: handlers import the
+      projections);
       `add_cli(subparsers)`: its `pit` subcommands.
     * `client(pit_client)`: its operations, reachable as `pit_client.<name>`.
     * `benches`: `pit bench` parts, name -> async function(settings) -> figures.

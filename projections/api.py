@@ -221,6 +221,7 @@ async def get_audit_query(request: web.Request) -> web.Response:
 
 # Probes and scrapers need no token; nor does the page where a browser gives it.
 OPEN_PATHS = frozenset({"/health", "/metrics", "/login"})
+OPEN_PREFIX = "/console/static/"  # the console's script and style: the same in every install
 COOKIE = "pit_token"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -235,14 +236,17 @@ def bearer_auth(token: str) -> Callable:
 
     @web.middleware
     async def check(request: web.Request, handler: Callable) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or hmac.compare_digest(
-                request.headers.get("Authorization", "").encode(), expected):
+        if (request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIX)
+                or hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                       expected)):
             return await handler(request)
         if hmac.compare_digest(request.cookies.get(COOKIE, "").encode(), secret):
             if request.method in UNSAFE and request.headers.get("X-Pit-Action") != "1":
                 return json_error(403, "an action authenticated by the cookie needs the"
                                        " header X-Pit-Action: 1")
             return await handler(request)
+        if request.path == "/":  # the console, in a browser: its login form
+            raise web.HTTPFound("/login")
         return web.json_response(
             {"error": "this Pit wants its API token: Authorization: Bearer <PIT_API_TOKEN>"},
             status=401, headers={"WWW-Authenticate": 'Bearer realm="pit"'})

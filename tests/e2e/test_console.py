@@ -75,7 +75,7 @@ class Console:
              "--session-timeout", "3", "--drain-timeout", "2"], env=self.env,
             stdout=subprocess.DEVNULL, stderr=(self.data_dir / "runner.log").open("w"))
         self.client = await PitClient(self.settings, issued_by="console-test").start()
-        model = self.get("/models")["models"][0]["model_id"]
+        model = (await self.get("/models"))["models"][0]["model_id"]
         for tenant, priority in (("alice", "0"), ("bob", "2")):
             asked = await self.run("arbitration", "submit", model, "--tenant", tenant,
                                    "--priority", priority)
@@ -104,9 +104,8 @@ class Console:
             subprocess.run, [sys.executable, "-m", "streams.cli", *args], env=self.env,
             capture_output=True, text=True, timeout=timeout)
 
-    def request(self, method: str, path: str, *, token: str | None = TOKEN,
-                body: Any = None) -> tuple[int, dict]:
-        """The API as a script calls it (not the browser)."""
+    def _request(self, method: str, path: str, token: str | None, body: Any
+                 ) -> tuple[int, dict]:
         headers = {"Content-Type": "application/json"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
@@ -119,8 +118,13 @@ class Console:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
 
-    def get(self, path: str) -> dict:
-        status, body = self.request("GET", path)
+    async def request(self, method: str, path: str, *, token: str | None = TOKEN,
+                      body: Any = None) -> tuple[int, dict]:
+        """The API as a script calls it (not the browser), off the loop `pit up` serves on."""
+        return await asyncio.to_thread(self._request, method, path, token, body)
+
+    async def get(self, path: str) -> dict:
+        status, body = await self.request("GET", path)
         assert status == 200, (path, status, body)
         return body
 
@@ -157,9 +161,16 @@ async def rendered(page: Any, after: int = 0) -> None:
 
 async def shows(page: Any, *texts: str) -> None:
     """Wait until the page's text holds every one of `texts` (it updates live)."""
-    await page.wait_for_function(
-        "texts => texts.every(t => document.getElementById('page').innerText.includes(t))",
-        arg=list(texts), timeout=WAIT_MS)
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        await page.wait_for_function(
+            "texts => texts.every(t => document.getElementById('page').innerText.includes(t))",
+            arg=list(texts), timeout=WAIT_MS)
+    except PlaywrightTimeout:
+        shown = await page.inner_text("#page")
+        missing = [text for text in texts if text not in shown]
+        raise AssertionError(f"{page.url} never showed {missing}; it shows:\n{shown}") from None
 
 
 async def screenshot(page: Any, name: str) -> None:
@@ -202,7 +213,7 @@ async def console(tmp_path_factory):
 
 async def test_the_login_form_wants_the_token(console) -> None:
     page = await console.page(login=False)  # the page itself: the API answers it 401
-    await page.wait_for_url(console.base + "/login")
+    await page.wait_for_url(console.base + "/login**")  # the fragment survives the redirect
     await page.fill("input[name=token]", "not-the-token")
     await page.click("button[type=submit]")
     assert "not this Pit's token" in await page.inner_text("body")
@@ -217,52 +228,52 @@ async def test_every_page_shows_what_the_views_hold(console) -> None:
     started = time.perf_counter()
     page = await console.page("/")
     load_s = time.perf_counter() - started
-    overview = console.get("/console/overview")
+    overview = await console.get("/console/overview")
     await shows(page, "embedded", "sqlite", *(c["component"] for c in overview["components"]))
     await screenshot(page, "overview")
 
-    pool, models = console.get("/pool"), console.get("/models")["models"]
+    pool, models = await console.get("/pool"), (await console.get("/models"))["models"]
     await page.goto(console.base + "/#/pool")
     await shows(page, *(h["host_id"] for h in pool["hosts"]),
                 *(m["model_id"] for m in models),
                 f"{100 * pool['cache']['hit_rate']:.1f}% cache hit rate")
     await screenshot(page, "pool")
     model = models[0]["model_id"]
-    transitions = console.get(f"/models/{model}/transitions")["transitions"]
+    transitions = (await console.get(f"/models/{model}/transitions"))["transitions"]
     await page.goto(f"{console.base}/#/pool/models/{model}")
     await shows(page, "Lifecycle", *(t["reason"] for t in transitions))
 
-    arbitration = console.get("/arbitration")
+    arbitration = await console.get("/arbitration")
     waiting = [r["request_id"] for rows in arbitration["queues"].values() for r in rows]
     assert len(waiting) == 2
     await page.goto(console.base + "/#/arbitration")
     await shows(page, *waiting, "alice", "bob", f"{arbitration['gini']:.3f}")
     await screenshot(page, "arbitration")
-    decision = console.get(f"/arbitration/requests/{waiting[0]}")["decisions"][-1]
+    decision = (await console.get(f"/arbitration/requests/{waiting[0]}"))["decisions"][-1]
     await page.goto(f"{console.base}/#/arbitration/{waiting[0]}")
     await shows(page, decision["rationale"], decision["counterfactual"])
 
-    stale, plans = console.get("/stale"), console.get("/stale/plans")["plans"]
+    stale, plans = await console.get("/stale"), (await console.get("/stale/plans"))["plans"]
     await page.goto(console.base + "/#/retention")
     await shows(page, *(p["plan_id"] for p in plans), f"policy v{stale['policy_version']}")
-    plan = console.get(f"/stale/plans/{plans[0]['plan_id']}")
+    plan = await console.get(f"/stale/plans/{plans[0]['plan_id']}")
     await page.goto(f"{console.base}/#/retention/{plans[0]['plan_id']}")
     await shows(page, *(item["reason"] for item in plan["item_rows"]))
     await screenshot(page, "retention-plan")
 
-    stats = console.get("/artifacts/stats")
+    stats = await console.get("/artifacts/stats")
     await page.goto(console.base + "/#/artifacts")
     await shows(page, f"{stats['total_stored']} stored, {stats['unique_stored']} unique")
 
-    executions = console.get("/executions")["executions"]
+    executions = (await console.get("/executions"))["executions"]
     await page.goto(console.base + "/#/workflows")
     await shows(page, *(x["execution_id"] for x in executions))
 
-    history = console.get(f"/audit/{model}")
+    history = await console.get(f"/audit/{model}")
     await page.goto(f"{console.base}/#/audit/{model}")
     await shows(page, "Hash chain verified", f"History ({history['count']} records)")
     until = history["events"][-1]["timestamp_ms"] + 1
-    as_of = console.get(f"/audit/{model}?until={until}")["state"]
+    as_of = (await console.get(f"/audit/{model}?until={until}"))["state"]
     local = await page.evaluate(  # the page's datetime-local input is in the browser's zone
         "ms => { const d = new Date(ms + 1000);"
         " d.setMinutes(d.getMinutes() - d.getTimezoneOffset());"
@@ -327,8 +338,8 @@ async def test_a_search_finds_an_artifact_and_opens_its_diff(console) -> None:
 async def test_cancel_needs_the_token_and_shows_on_screen(console) -> None:
     execution_id = await console.start_workflow(gated_chain("to-cancel", 2))
     path = f"/executions/{execution_id}/cancel"
-    assert console.request("POST", path, token=None)[0] == 401
-    assert console.request("POST", path, token="wrong")[0] == 401
+    assert (await console.request("POST", path, token=None))[0] == 401
+    assert (await console.request("POST", path, token="wrong"))[0] == 401
     page = await console.page(f"/workflows/{execution_id}")
     await page.wait_for_selector("#cancel", timeout=WAIT_MS)
     # the cookie alone does not make an action: a page elsewhere could send it
@@ -336,7 +347,7 @@ async def test_cancel_needs_the_token_and_shows_on_screen(console) -> None:
         "path => fetch(path, {method: 'POST', credentials: 'same-origin'}).then(r => r.status)",
         path)
     assert forged in (401, 403)
-    assert console.get(f"/executions/{execution_id}")["status"] == "running"
+    assert (await console.get(f"/executions/{execution_id}"))["status"] == "running"
     page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     clicked = time.perf_counter()
     await page.click("#cancel")
@@ -344,7 +355,7 @@ async def test_cancel_needs_the_token_and_shows_on_screen(console) -> None:
         "() => document.getElementById('status')?.textContent === 'cancelled'", timeout=WAIT_MS)
     print(f"\nconsole: cancel click to 'cancelled' on screen "
           f"{(time.perf_counter() - clicked) * 1000:.0f} ms")
-    assert console.get(f"/executions/{execution_id}")["status"] == "cancelled"
+    assert (await console.get(f"/executions/{execution_id}"))["status"] == "cancelled"
     await page.context.close()
 
 
@@ -361,7 +372,7 @@ async def test_a_10000_node_execution_is_drawn_in_bands_and_followed_live(consol
         "() => document.getElementById('status')?.textContent === 'completed'",
         timeout=300_000, polling="raf")
     shown_ms = await page.evaluate("Date.now()")
-    ended_ms = console.get(f"/executions/{execution_id}")["ended_at_ms"]
+    ended_ms = (await console.get(f"/executions/{execution_id}"))["ended_at_ms"]
     total = await page.evaluate(
         "() => document.getElementById('dag').cy.nodes().reduce((n, b) => n + b.data('count'), 0)")
     assert total == 10_000  # every node in exactly one band

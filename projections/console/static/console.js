@@ -558,7 +558,7 @@ function decisionPage(main, requestId) {
       body.replaceChildren(
         el("p", {}, badge(r.state), ` ${r.model_id} for tenant ${r.tenant}, priority ${r.priority}, `
           + `submitted ${fmt.time(r.submitted_at)}`),
-        decisions.map((d) => section(`${d.outcome} at ${fmt.time(d.decided_at)}`,
+        ...decisions.map((d) => section(`${d.outcome} at ${fmt.time(d.decided_at)}`,
           el("dl", {},
             el("dt", {}, "why"), el("dd", {class: "rationale"}, d.rationale),
             el("dt", {}, "what would have changed it"), el("dd", {}, d.counterfactual || "-"),

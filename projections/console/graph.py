@@ -5,7 +5,7 @@ JSON-ready graph out (`projections/console/__init__.py` reads them).
 Why two shapes: a browser lays out and paints a few hundred nodes in well under a second,
 but not 10,000 (a layered layout of 10,000 nodes takes tens of seconds). Past `NODE_LIMIT`
 nodes the graph is aggregated into *bands* of topological levels: one box per band with
-its node counts by state, an edge where any node of one band feeds another. The band of
+its node counts by state, an edge where a band feeds the next. The band of
 a node never changes while it runs, so a live update moves counts between states inside
 fixed boxes, and the page stays usable at any size; single nodes are then read from the
 paged node table (`/executions/{id}/nodes?offset=`).
@@ -20,7 +20,7 @@ from typing import Any
 from streams.dag.definition import Graph, Workflow
 
 NODE_LIMIT = 400   # drawn node by node up to here
-MAX_BANDS = 60     # bands of levels past it
+MAX_BANDS = 40     # bands of levels past it: 5 rows of 8 at 1280x800
 DONE = frozenset({"completed", "fallback", "skipped"})
 ENDED = DONE | {"failed", "cancelled"}
 
@@ -139,8 +139,10 @@ def execution_graph(workflow: Workflow, rows: Mapping[str, NodeRow], *, now_ms: 
         entry["nodes"] += 1
         entry["counts"][state_of[i]] = entry["counts"].get(state_of[i], 0) + 1
         entry["critical"] = entry["critical"] or i in on_path
+    # only a band to the next one: edges that skip bands (fan-in from any earlier level)
+    # would draw hundreds of lines that hide the flow the bands show
     links = sorted({(band_of[s], band_of[t]) for t, sources in enumerate(graph.dependencies)
-                    for s in sources if band_of[s] != band_of[t]})
+                    for s in sources if band_of[t] == band_of[s] + 1})
     body["mode"] = "bands"
     body["levels"] = depth
     body["bands"] = [bands[b] for b in sorted(bands)]

@@ -368,10 +368,18 @@ async def test_a_10000_node_execution_is_drawn_in_bands_and_followed_live(consol
         "() => document.getElementById('dag').dataset.mode === 'bands'", timeout=WAIT_MS)
     load_ms = (time.perf_counter() - started) * 1000
     renders = int(await page.get_attribute("#page", "data-renders"))
+
+    async def in_view() -> float:  # when the view (the API) first says completed
+        while (await console.get(f"/executions/{execution_id}"))["status"] != "completed":
+            await asyncio.sleep(0.05)
+        return time.time() * 1000
+
+    viewed = asyncio.ensure_future(in_view())
     await page.wait_for_function(
         "() => document.getElementById('status')?.textContent === 'completed'",
         timeout=300_000, polling="raf")
     shown_ms = await page.evaluate("Date.now()")
+    viewed_ms = await viewed
     ended_ms = (await console.get(f"/executions/{execution_id}"))["ended_at_ms"]
     total = await page.evaluate(
         "() => document.getElementById('dag').cy.nodes().reduce((n, b) => n + b.data('count'), 0)")
@@ -379,6 +387,8 @@ async def test_a_10000_node_execution_is_drawn_in_bands_and_followed_live(consol
     assert int(await page.get_attribute("#page", "data-renders")) > renders  # followed live
     await screenshot(page, "workflow-10000-nodes")
     print(f"\nconsole at 10,000 nodes: page load to the graph drawn {load_ms:.0f} ms; "
-          f"ExecutionCompleted to 'completed' on screen {shown_ms - ended_ms} ms; "
+          f"ExecutionCompleted to 'completed' on screen {shown_ms - ended_ms} ms "
+          f"(to the view {viewed_ms - ended_ms:.0f} ms, the view to the screen "
+          f"{shown_ms - viewed_ms:.0f} ms); "
           f"{int(await page.get_attribute('#page', 'data-renders')) - renders} live renders")
     await page.context.close()

@@ -372,9 +372,12 @@ function executionPage(main, executionId, params) {
     }
     shape = key;
     if (cy) cy.destroy();
+    // bands read like text, in rows of 8: a layered layout of a chain of bands is one long row
+    const layout = g.mode === "nodes" ? {name: "dagre", rankDir: "LR", nodeSep: 12, rankSep: 50}
+      : {name: "grid", cols: Math.min(8, g.bands.length), avoidOverlap: true,
+        sort: (a, b) => Number(a.id().slice(5)) - Number(b.id().slice(5))};
     cy = cytoscape({container: graphBox, elements: graphElements(g), style: graphStyle(),
-      layout: {name: "dagre", rankDir: "LR", nodeSep: 12, rankSep: 50}, wheelSensitivity: 0.3,
-      minZoom: 0.05, maxZoom: 3});
+      layout, minZoom: 0.05, maxZoom: 3});
     cy.on("tap", "node", (event) => {
       const id = event.target.id();
       if (g.mode === "nodes") showNode(id);

@@ -67,7 +67,7 @@ from streams.dag.execution import (
     restore,
 )
 from streams.dag.runner import Runner
-from streams.dag.topics import DAG_CHECKPOINTS, DAG_COMMANDS
+from streams.dag.topics import DAG_CHECKPOINTS, DAG_COMMANDS, DAG_EVENTS
 from streams.dag.workflows import ENDS, ExecutionLog, WorkflowResult
 from streams.decider import Decider, Message, from_record, to_record
 from streams.errors import PitError
@@ -572,13 +572,103 @@ async def run_to_end(stack: Stack, client: PitClient, workflow: Workflow, execut
     return elapsed
 
 
+HOP_STAGES = ("processor", "dispatcher", "runner_take", "run_and_report")
+
+
+class Arrivals:
+    """When each record of an execution reaches a consumer of this process (wall clock, ms):
+    the log's own timestamps cannot time the stages, since a decider's events carry their
+    command's time and a task record its NodeScheduled's, so that replays are exact."""
+
+    def __init__(self, settings: Settings, codec: Codec, execution_id: str) -> None:
+        self.settings, self.codec, self.execution_id = settings, codec, execution_id
+        self.seen: dict[tuple[str, str], float] = {}
+
+    async def __aenter__(self) -> Arrivals:
+        from aiokafka import TopicPartition
+
+        from streams.dag.topics import DAG_TASKS
+        from streams.kafka import partitions_of, start_consumer
+
+        self.consumer = await start_consumer(self.settings, fetch_max_wait_ms=1)
+        tps = [TopicPartition(topic, p) for topic in (DAG_EVENTS, DAG_TASKS, DAG_COMMANDS)
+               for p in await partitions_of(self.consumer, topic)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self.consumer.position(tp)
+        self.task = asyncio.create_task(self._follow())
+        return self
+
+    async def _follow(self) -> None:
+        prefix = self.execution_id.encode()
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=100)
+            now = time.time() * 1000
+            for records in batches.values():
+                for record in records:
+                    if record.key is None or not record.key.startswith(prefix):
+                        continue
+                    decoded = self.codec.decode(record.value)
+                    kind = ("task" if record.topic.endswith(".tasks")
+                            else decoded.name.rsplit(".", 1)[-1])
+                    self.seen.setdefault((kind, decoded.record.get("node_id", "")), now)
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.consumer.stop()
+
+    def stages(self) -> dict[str, list[float]]:
+        """The hops of a chain, node i reported done to node i+1 reported done (`hop`), by
+        stage, each as the records arrive here:
+        * processor: node i's ReportNodeCompleted -> NodeScheduled(i+1);
+        * dispatcher: NodeScheduled(i+1) -> its task record;
+        * runner_take: the task record -> its ReportNodeStarted;
+        * run_and_report: ReportNodeStarted(i+1) -> ReportNodeCompleted(i+1) (the runner
+          waits for the ack of the first, runs the node, sends the second).
+        The four add up to the hop."""
+        at = self.seen
+        nodes = sorted({node for kind, node in at if kind == "NodeScheduled"})
+        stages: dict[str, list[float]] = {stage: [] for stage in (*HOP_STAGES, "hop")}
+        for done, following in zip(nodes, nodes[1:], strict=False):
+            try:
+                times = (at[("ReportNodeCompleted", done)], at[("NodeScheduled", following)],
+                         at[("task", following)], at[("ReportNodeStarted", following)],
+                         at[("ReportNodeCompleted", following)])
+            except KeyError:
+                continue  # a retried node: not a plain hop
+            for stage, start, end in zip(HOP_STAGES, times, times[1:], strict=False):
+                stages[stage].append(end - start)
+            stages["hop"].append(times[-1] - times[0])
+        return stages
+
+
+async def chains_per_s(stack: Stack, client: PitClient, count: int, length: int = 20,
+                       at_once: int = 25) -> float:
+    """Workflows per second of `count` chains of `length` nodes, `at_once` in flight: what
+    a workflow engine's users mean by throughput of short workflows."""
+    slots = asyncio.Semaphore(at_once)
+
+    async def one(n: int) -> None:
+        async with slots:
+            await run_to_end(stack, client, deep_dag(length, name=f"chain{length}"),
+                             f"bench-chain{length}-{n}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(n) for n in range(count)))
+    return count / (time.perf_counter() - started)
+
+
 async def bench_throughput(scratch: Path, wide: int = 2_000, deep: int = 100,
-                           count: int = 10_000) -> dict[str, float]:
+                           count: int = 10_000, chains: int = 100) -> dict[str, float]:
     """End to end through the embedded broker: `pit up`'s Stack in this process, two `pit
     runner` processes, cheap operators (add, identity, sum_inputs). Nodes per second of a
     wide DAG (fan-out/fan-in, `wide` nodes at once) and of a deep one (a chain: every node
-    waits for the one before), and the wall time of a 10,000-node layered DAG (50 layers),
-    each from submitting to seeing ExecutionCompleted."""
+    waits for the one before) with its hops by stage (`hop_stages`), `chains` 20-node
+    chains, and the wall time of a 10,000-node layered DAG (50 layers), each from
+    submitting to seeing ExecutionCompleted."""
     data_dir = scratch / "throughput"
     async with _pit(data_dir) as stack, PitClient(stack.settings, codec=stack.codec) as client:
         runners = await RunnerProcesses(data_dir).start(
@@ -587,13 +677,22 @@ async def bench_throughput(scratch: Path, wide: int = 2_000, deep: int = 100,
             await asyncio.sleep(3)  # the group settles (a rebalance per runner joining)
             await run_to_end(stack, client, wide_dag(50, name="warm-up"), "bench-warm-up")
             wide_s = await run_to_end(stack, client, wide_dag(wide), "bench-wide")
-            deep_s = await run_to_end(stack, client, deep_dag(deep), "bench-deep")
+            async with Arrivals(stack.settings, stack.codec, "bench-deep") as arrivals:
+                deep_s = await run_to_end(stack, client, deep_dag(deep), "bench-deep")
+            stages = arrivals.stages()
+            chain20 = await chains_per_s(stack, client, chains)
             ten_s = await run_to_end(stack, client, layered_dag(count, seed=1, layers=50),
                                      "bench-10k")
         finally:
             await runners.stop()
+    hops = stages.pop("hop")
     return {"dag_nodes_per_s_wide": round((wide + 2) / wide_s),
             "dag_nodes_per_s_deep": round(deep / deep_s, 1),
+            "dag_hop_ms_p50": round(statistics.median(hops), 1) if hops else None,
+            "dag_hop_ms_p99": round(percentile(hops, 0.99), 1) if hops else None,
+            **{f"dag_hop_{stage}_ms_p50": round(statistics.median(values), 1)
+               for stage, values in stages.items() if values},
+            "dag_workflows_per_s_chain20": round(chain20, 1),
             "dag_10k_wall_s": round(ten_s, 1)}
 
 

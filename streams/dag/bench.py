@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import os
 import signal
@@ -632,7 +633,7 @@ class Arrivals:
         at = self.seen
         nodes = sorted({node for kind, node in at if kind == "NodeScheduled"})
         stages: dict[str, list[float]] = {stage: [] for stage in (*HOP_STAGES, "hop")}
-        for done, following in zip(nodes, nodes[1:], strict=False):
+        for done, following in itertools.pairwise(nodes):
             try:
                 times = (at[("ReportNodeCompleted", done)], at[("NodeScheduled", following)],
                          at[("task", following)], at[("ReportNodeStarted", following)],

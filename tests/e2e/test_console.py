@@ -392,3 +392,20 @@ async def test_a_10000_node_execution_is_drawn_in_bands_and_followed_live(consol
           f"{shown_ms - viewed_ms:.0f} ms); "
           f"{int(await page.get_attribute('#page', 'data-renders')) - renders} live renders")
     await page.context.close()
+
+
+async def test_a_policy_set_from_the_console_is_validated_then_in_force(console) -> None:
+    before = (await console.get("/stale"))["policy_version"]
+    page = await console.page("/retention")
+    editor = page.locator("#stale-policy")
+    await editor.fill("policies:\n  - name: broken\n    rules: [{type: MaxAge}]\n")
+    await page.click("text=Set policy")
+    await page.wait_for_selector(".policy .error", timeout=WAIT_MS)
+    assert "days" in await page.inner_text(".policy .error")  # the problem, named
+    assert (await console.get("/stale"))["policy_version"] == before  # nothing changed
+    await editor.fill("policies:\n  - name: year\n    priority: 1\n    rules:\n"
+                      "      - {type: MaxAge, days: 365}\norphan_grace_hours: 0\n")
+    await page.click("text=Set policy")
+    await page.wait_for_selector(".policy .ok", timeout=WAIT_MS)
+    await shows(page, f"policy v{before + 1}")  # the view, live
+    await page.context.close()

@@ -37,9 +37,29 @@ async function api(path, options) {
 }
 
 // An action: a command through the API (the cookie plus X-Pit-Action: see projections/api.py).
+// A string body is sent as it is (a policy in YAML or JSON), anything else as JSON.
 async function act(method, path, body) {
-  return api(path, {method, headers: {"Content-Type": "application/json", "X-Pit-Action": "1"},
-                    body: body === undefined ? undefined : JSON.stringify(body)});
+  const text = typeof body === "string";
+  return api(path, {method, headers: {"Content-Type": text ? "text/plain" : "application/json",
+    "X-Pit-Action": "1"}, body: body === undefined ? undefined : text ? body : JSON.stringify(body)});
+}
+
+// A policy document to read and, with actions on, to set (PUT, JSON or YAML; the API lists
+// every problem of an invalid one).
+function policyEditor(id, path, document) {
+  const box = el("textarea", {id, rows: 14, spellcheck: "false", readonly: !config.actions}, document);
+  const said = el("span", {class: "muted"});
+  const save = config.actions ? el("button", {onclick: async () => {
+    try {
+      await act("PUT", path, box.value);
+      said.className = "ok";
+      said.textContent = "set: the new policy is an event now";
+    } catch (error) {
+      said.className = "error";
+      said.textContent = error.message;
+    }
+  }}, "Set policy") : el("span", {class: "muted"}, "read-only: actions need PIT_API_TOKEN on pit up");
+  return el("div", {class: "policy"}, box, el("div", {class: "toolbar"}, save, said));
 }
 
 const fmt = {
@@ -506,8 +526,8 @@ function modelPage(main, modelId) {
 
 function arbitration(main, parts) {
   if (parts[0]) return decisionPage(main, parts[0]);
-  const body = el("div");
-  main.append(el("h1", {}, "Arbitration"), body);
+  const body = el("div"), policy = el("div");
+  main.append(el("h1", {}, "Arbitration"), body, policy);
   return {
     topics: ["pit.arbitration."],
     async refresh() {
@@ -517,6 +537,11 @@ function arbitration(main, parts) {
         throw error;
       }
       const [decisions, series] = await Promise.all([api("/arbitration/decisions?limit=50"), api("/console/series")]);
+      if (!policy.firstChild) {  // drawn once: a refresh must not undo an edit in progress
+        const current = await api("/arbitration/policy");
+        policy.append(section("Policy (JSON or YAML)", policyEditor("arbitration-policy",
+          "/arbitration/policy", JSON.stringify(current.policy, null, 2))));
+      }
       const times = series.samples.map((s) => s.at_ms / 1000);
       const queues = Object.entries(a.queues);
       body.replaceChildren(
@@ -714,12 +739,16 @@ function diffPage(main, params) {
 
 function retention(main, parts) {
   if (parts[0]) return planPage(main, parts[0]);
-  const body = el("div");
-  main.append(el("h1", {}, "Retention"), body);
+  const body = el("div"), policy = el("div");
+  main.append(el("h1", {}, "Retention"), body, policy);
   return {
     topics: ["pit.stale.", "pit.artifacts."],
     async refresh() {
       const [s, plans] = await Promise.all([api("/stale"), api("/stale/plans")]);
+      if (!policy.firstChild) {  // drawn once: a refresh must not undo an edit in progress
+        const text = s.document ? JSON.stringify(JSON.parse(s.document), null, 2) : "";
+        policy.append(section("Policy (JSON or YAML)", policyEditor("stale-policy", "/stale/policy", text)));
+      }
       const total = Object.values(s.tiers).reduce((n, t) => n + t.bytes, 0) + s.trash_bytes;
       body.replaceChildren(
         section("Bytes per tier", table([

@@ -50,8 +50,10 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})  # exact types: enums ar
 def readable(value: Any) -> Any:
     """Plain JSON data for people: dataclasses, mappings (a PMap too) and sequences as JSON
     objects and arrays, enums by value, and beside each epoch-ms moment (`started_at_ms`)
-    its ISO time without the suffix (`started_at`; null for 0 or none). Every API answer
-    comes through here, so the common types are tried first, by exact type."""
+    its ISO time without the suffix (`started_at`; null for 0 or none); a moment kept under
+    a plain `*_at` name (a plan's `expires_at`) is shown in ISO with `*_at_ms` beside it.
+    Every API answer comes through here, so the common types are tried first, by exact
+    type."""
     kind = type(value)
     if kind in _PLAIN:
         return value
@@ -77,5 +79,10 @@ def _object(value: dict) -> dict[str, Any]:
         if (name.endswith("_at_ms") or name in MOMENT_KEYS) and name[:-3] not in value \
                 and (item is None or type(item) is int):
             shown[name[:-3]] = iso(item) if item else None
+        elif name.endswith("_at") and type(item) is int and f"{name}_ms" not in value:
+            # a moment kept under its plain name (a plan's `expires_at`): ISO for people,
+            # the milliseconds beside it
+            shown[name], shown[f"{name}_ms"] = (iso(item) if item else None), item
+            continue
         shown[name] = readable(item)
     return shown

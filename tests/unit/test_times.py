@@ -39,6 +39,10 @@ def test_a_moment_gets_its_iso_time_beside_it_a_duration_does_not() -> None:
                          "loaded_at_ms": 1_764_833_293_000}}}
     # a key of that name already there is left alone
     assert readable({"done_at_ms": 0, "done_at": "kept"}) == {"done_at_ms": 0, "done_at": "kept"}
+    # a moment under its plain name becomes ISO, its milliseconds beside it
+    assert readable({"expires_at": 1_764_833_293_123, "applied_at": None, "ran_at": 0}) == {
+        "expires_at": "2025-12-04T07:28:13.123Z", "expires_at_ms": 1_764_833_293_123,
+        "applied_at": None, "ran_at": None, "ran_at_ms": 0}
 
 
 @given(st.integers(0, 4_102_444_800_000))

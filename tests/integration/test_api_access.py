@@ -24,10 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.test_utils import TestClient, TestServer
 from test_timers_live import until
+from yarl import URL
 
+from projections.api import make_app
+from projections.schema_api import add_registry_routes
+from schemas.registry import EmbeddedRegistry
 from streams.app import Stack
 from streams.client import PitClient
+from streams.components import COMPONENTS
 from streams.config import Settings
 from streams.dag.definition import WorkflowBuilder
 
@@ -212,6 +218,15 @@ async def test_the_policies_and_the_trash_through_the_api(tmp_path, free_port) -
             found = await pit.view("/arbitration/policy")
             return found is not None and found["policy"]["default_timeout_s"] == 7
         await until(timeout_shown, what="the arbitration policy in the views")
+        for raw, error in ((b'{"target": "\\ud800"}', "not valid (a NUL or a lone surrogate)"),
+                           (b'{"target": "a\\u0000"}', "not valid (a NUL or a lone surrogate)"),
+                           (b"\xff\xfe", "the body is not UTF-8 text"),
+                           (b"[" * 100_000, "the body must be a JSON object"),
+                           (b'{"target": 3}', "the body's 'target' must be a non-empty")):
+            async with pit.http.post(f"{pit.base}/stale/restore", data=raw,
+                                     headers=BEARER) as reply:
+                answer = await reply.json()
+                assert reply.status == 400 and error in answer["error"], (raw, answer)
         status, answer = await pit.call("POST", "/stale/restore", headers=BEARER,
                                         body={"target": pit.plan_id})
         assert status == 400 and "trash" in answer["error"], answer
@@ -264,3 +279,30 @@ async def test_no_route_answers_500_to_what_schemathesis_sends(db_url, tmp_path,
         # the fuzzer changed things (policies set, an execution maybe cancelled): the Pit
         # still answers
         assert (await pit.view("/health"))["status"] == "ok"
+
+
+BAD_INPUT = (
+    ("/executions/x/nodes?offset=99999999999999999999", "offset must be"),  # past any int
+    ("/stale/plans?limit=%C2%B2", "limit must be"),   # "²": a digit to isdigit(), not to int()
+    ("/audit/x?until=99999999999999999999", "until (epoch milliseconds) must be"),
+    ("/models/m/health?limit=-1", "limit must be"),
+    ("/executions/a%00b", "path parameter execution_id is not valid text"),
+    ("/pool?pool=a%00b", "query parameter pool is not valid text"),  # NUL: PostgreSQL refuses
+    ("/subjects/s/versions/%C2%B2", None),  # the registry's own 404 for an unknown subject
+)
+
+
+async def test_bad_input_is_a_400_that_says_why(engine) -> None:
+    """What the fuzzer found, and its neighbours, on both databases."""
+    app = make_app(engine, COMPONENTS)
+    add_registry_routes(app, EmbeddedRegistry())
+    async with TestClient(TestServer(app)) as client:
+        for path, error in BAD_INPUT:
+            async with client.get(URL(path, encoded=True)) as reply:
+                answer = await reply.json()
+                if error is None:
+                    assert reply.status == 404, (path, answer)
+                    continue
+                assert reply.status == 400, (path, answer)
+                assert answer["error"].startswith(error), (path, answer)
+

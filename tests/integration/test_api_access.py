@@ -132,7 +132,7 @@ async def _unchanged(pit: Pit) -> None:
     """The refused actions left no trace: the plan is still proposed, the retention policy
     is the one set before, and the execution's cancel is the client's, sent after them."""
     plan = await pit.view(f"/stale/plans/{pit.plan_id}")
-    assert plan["status"] == "proposed", plan
+    assert plan["status"] == "planned", plan
     assert "keep" in (await pit.view("/stale"))["document"]
     await cancelled_with(pit, "cancelled after the refused actions")
 
@@ -174,7 +174,7 @@ async def test_the_token_cancels_an_execution(tmp_path, free_port) -> None:
                                         body={"reason": "stopped by the operator"})
         assert status == 202, answer
         assert answer["accepted"] is True and answer["execution_id"] == pit.execution_id
-        assert answer["command_type"] == "pit.dag.CancelExecution"
+        assert answer["command_type"] == "CancelExecution"
         read = await status_of(pit)
         await until(lambda: _is(read, "cancelled"), what="the views showing it cancelled")
         assert (await pit.view(f"/executions/{pit.execution_id}"))["error"] == \
@@ -260,14 +260,14 @@ async def test_openapi_describes_every_route(tmp_path, free_port) -> None:
 
 async def test_no_route_answers_500_to_what_schemathesis_sends(db_url, tmp_path,
                                                                 free_port) -> None:
-    """Every operation of /openapi.json, bounded (examples, coverage and fuzzing phases, 30
+    """Every operation of /openapi.json, bounded (the coverage and fuzzing phases, 25
     cases an operation, a fixed seed so a run is repeatable), with the token: actions are
     fuzzed too. A run that reaches a 500 fails with schemathesis's report and its curl."""
     async with running_pit(tmp_path, free_port(), db_url=db_url) as pit:
         fuzz = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "schemathesis.cli", "run", f"{pit.base}/openapi.json",
-            "--checks", "not_a_server_error", "--max-examples", "30", "--seed", "1",
-            "--phases", "examples,coverage,fuzzing", "--workers", "2",
+            "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1",
+            "--phases", "coverage,fuzzing", "--workers", "2",
             "--header", f"Authorization: Bearer {TOKEN}", "--request-timeout", "20",
             "--suppress-health-check", "all",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

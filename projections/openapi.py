@@ -35,7 +35,7 @@ ANSWERS = {
 _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
 
 
-def _path(resource: web.AbstractResource) -> str:
+def openapi_path(resource: web.AbstractResource) -> str:
     info = resource.get_info()
     if "prefix" in info:  # a static folder: its files' names follow the prefix
         return f"{info['prefix'].rstrip('/')}/{{filename}}"
@@ -82,7 +82,7 @@ def document(app: web.Application) -> dict[str, Any]:
     open_paths = app.get(OPEN)
     paths: dict[str, dict[str, Any]] = {}
     for resource in app.router.resources():
-        path = _path(resource)
+        path = openapi_path(resource)
         for route in resource:
             if route.method in ("HEAD", "*"):
                 continue

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,9 @@ class Pit:
         status, body = await self.call("GET", path, headers=BEARER)
         return body if status == 200 else None
 
+    async def cancelled(self) -> bool:
+        return (await self.view(f"/executions/{self.execution_id}"))["status"] == "cancelled"
+
 
 @contextlib.asynccontextmanager
 async def running_pit(tmp_path, port: int, *, token: str | None = TOKEN,
@@ -95,23 +98,12 @@ async def running_pit(tmp_path, port: int, *, token: str | None = TOKEN,
         yield pit
 
 
-async def status_of(pit: Pit) -> Callable[[], Awaitable[str]]:
-    async def read() -> str:
-        return (await pit.view(f"/executions/{pit.execution_id}"))["status"]
-    return read
-
-
 async def cancelled_with(pit: Pit, reason: str) -> None:
     """Cancel the execution through the client, wait for the views to show it cancelled,
     and check it was this cancel that ended it."""
     await pit.client.dag.cancel_workflow(pit.execution_id, reason)
-    read = await status_of(pit)
-    await until(lambda: _is(read, "cancelled"), what="the execution cancelled")
+    await until(pit.cancelled, what="the execution cancelled")
     assert (await pit.view(f"/executions/{pit.execution_id}"))["error"] == reason
-
-
-async def _is(read: Callable[[], Awaitable[str]], expected: str) -> bool:
-    return await read() == expected
 
 
 ACTIONS = (("POST", "/executions/{execution_id}/cancel", {"reason": "refused"}),
@@ -130,12 +122,19 @@ def _actions(pit: Pit) -> list[tuple[str, str, Any]]:
 
 
 async def _unchanged(pit: Pit) -> None:
-    """The refused actions left no trace: the plan is still proposed, the retention policy
-    is the one set before, and the execution's cancel is the client's, sent after them."""
-    plan = await pit.view(f"/stale/plans/{pit.plan_id}")
-    assert plan["status"] == "planned", plan
-    assert "keep" in (await pit.view("/stale"))["document"]
+    """The refused actions left no trace. Commands sent after them, through the client, are
+    the first to reach the execution and the store: the execution's cancel carries the
+    client's reason, and once the client's policy shows, it is only the second version and
+    the plan is still planned (a policy or an apply from a refused request would have been
+    decided before it)."""
     await cancelled_with(pit, "cancelled after the refused actions")
+    await pit.client.stale.set_policy({**POLICY, "trash_days": 3})
+
+    async def second_policy() -> Any:
+        found = await pit.view("/stale")
+        return found if '"trash_days":3' in found["document"].replace(" ", "") else None
+    assert (await until(second_policy, what="the client's policy"))["policy_version"] == 2
+    assert (await pit.view(f"/stale/plans/{pit.plan_id}"))["status"] == "planned"
 
 
 async def test_a_pit_without_a_token_refuses_every_action(tmp_path, free_port) -> None:
@@ -176,8 +175,7 @@ async def test_the_token_cancels_an_execution(tmp_path, free_port) -> None:
         assert status == 202, answer
         assert answer["accepted"] is True and answer["execution_id"] == pit.execution_id
         assert answer["command_type"] == "CancelExecution"
-        read = await status_of(pit)
-        await until(lambda: _is(read, "cancelled"), what="the views showing it cancelled")
+        await until(pit.cancelled, what="the views showing it cancelled")
         assert (await pit.view(f"/executions/{pit.execution_id}"))["error"] == \
             "stopped by the operator"
         # a second cancel is refused with the decider's reason; an unknown one is a 404
@@ -199,8 +197,7 @@ async def test_the_cookie_reads_and_with_x_pit_action_acts(tmp_path, free_port) 
                                         cookies=cookie, headers={"X-Pit-Action": "1"},
                                         body={"reason": "from the console"})
         assert status == 202, answer
-        read = await status_of(pit)
-        await until(lambda: _is(read, "cancelled"), what="the views showing it cancelled")
+        await until(pit.cancelled, what="the views showing it cancelled")
         assert (await pit.view(f"/executions/{pit.execution_id}"))["error"] == \
             "from the console"
 

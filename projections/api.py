@@ -387,7 +387,8 @@ def make_app(engine: Engine, components: Sequence[Component], *,
     app[PROJECTIONS] = (*(view.name for component in components
                           for view in component.views(None)), AUDIT)
     app[REPLAYERS] = audit_deciders(components)
-    app[OPEN] = OPEN_PATHS if token else None
+    # as /openapi.json names them: the static folder's files are "{prefix}{filename}"
+    app[OPEN] = OPEN_PATHS | {f"{OPEN_PREFIX}{{filename}}"} if token else None
     if token and commands is not None:
         app[COMMANDS] = Commands(commands)
         app.on_cleanup.append(app[COMMANDS].close)

@@ -253,6 +253,8 @@ async def test_openapi_describes_every_route(tmp_path, free_port) -> None:
             "offset": "query"}
         assert doc["paths"]["/health"]["get"]["security"] == []
         assert doc["paths"]["/metrics"]["get"]["security"] == []
+        assert doc["paths"]["/console/static/{filename}"]["get"]["security"] == []
+        assert "security" not in doc["paths"]["/executions"]["get"]  # the document's own
         assert [p["name"] for p in doc["paths"]["/subjects/{subject}/versions/{version}"]
                 ["get"]["parameters"]] == ["subject", "version"]
 

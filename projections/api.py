@@ -52,7 +52,7 @@ component's own module here (`pool_api`, `dag_api`, `artifacts_api`, `arbitratio
 the kernel's routes (/health, /audit), the token check and what every handler shares.
 
 Errors are JSON too: {"error": "..."} with 400/401/403/404/503; a path or query value no
-database takes (a NUL, a lone surrogate) is a 400 before any handler runs. Database calls run in worker
+database takes (a NUL) is a 400 before any handler runs. Database calls run in worker
 threads so a slow query never stalls the event loop the processors may share.
 /audit/verify is routed before /audit/{key}, so an entity literally named "verify" is
 read with `GET /audit?key=verify` (which accepts any key, for exactly that reason).
@@ -126,8 +126,8 @@ def int_param(request: web.Request, name: str, default: int) -> int:
 
 
 def valid_text(value: str) -> bool:
-    """Text every store takes: no NUL (PostgreSQL refuses it) and no lone surrogate (an
-    undecodable %-escape or a JSON \\ud800, which UTF-8 cannot encode)."""
+    """Text every store takes: no NUL (PostgreSQL refuses it) and no lone surrogate (a JSON
+    "\\ud800", which UTF-8 cannot encode)."""
     try:
         value.encode()
     except UnicodeEncodeError:
@@ -387,7 +387,8 @@ def make_app(engine: Engine, components: Sequence[Component], *,
     app[PROJECTIONS] = (*(view.name for component in components
                           for view in component.views(None)), AUDIT)
     app[REPLAYERS] = audit_deciders(components)
-    app[OPEN] = OPEN_PATHS if token else None
+    # as /openapi.json names them: the static folder's files are "{prefix}{filename}"
+    app[OPEN] = OPEN_PATHS | {f"{OPEN_PREFIX}{{filename}}"} if token else None
     if token and commands is not None:
         app[COMMANDS] = Commands(commands)
         app.on_cleanup.append(app[COMMANDS].close)

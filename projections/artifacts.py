@@ -284,8 +284,10 @@ def store_stats(engine: Engine, store_id: str = "default") -> dict[str, Any]:
             func.coalesce(func.sum(table.c.stores), 0), func.count(),
             func.coalesce(func.sum(table.c.stores * table.c.size), 0),
             func.coalesce(func.sum(table.c.size), 0)).where(table.c.store_id == store_id)).one()
+    # PostgreSQL's SUM of integers is a Decimal, which JSON cannot hold: ints first
+    logical, unique_bytes = int(logical), int(unique_bytes)
     return {"total_stored": int(total), "unique_stored": int(unique),
-            "bytes_saved": int(logical - unique_bytes),
+            "bytes_saved": logical - unique_bytes,
             "dedup_ratio": round(logical / unique_bytes, 4) if unique_bytes else 1.0}
 
 

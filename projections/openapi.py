@@ -10,7 +10,6 @@ parameters and request body; any other route is still there, with its path param
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any
 
@@ -20,8 +19,8 @@ from streams.component import Param, Route
 
 # (method, path) -> the Route it was added from, and the paths that need no token (None: the
 # API has no token, so no route needs one).
-DESCRIBED = web.AppKey("described", dict[tuple[str, str], Route])
-OPEN = web.AppKey("open", frozenset | None)
+DESCRIBED: web.AppKey[dict[tuple[str, str], Route]] = web.AppKey("described")
+OPEN: web.AppKey[frozenset[str] | None] = web.AppKey("open")
 
 ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 ANSWERS = {
@@ -35,7 +34,7 @@ ANSWERS = {
 _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
 
 
-def _path(resource: web.AbstractResource) -> str:
+def openapi_path(resource: web.AbstractResource) -> str:
     info = resource.get_info()
     if "prefix" in info:  # a static folder: its files' names follow the prefix
         return f"{info['prefix'].rstrip('/')}/{{filename}}"
@@ -78,11 +77,11 @@ def _operation(method: str, path: str, route: Route | None, secured: bool) -> di
 
 
 def document(app: web.Application) -> dict[str, Any]:
-    described: Mapping[tuple[str, str], Route] = app.get(DESCRIBED, {})
+    described = app.get(DESCRIBED, {})
     open_paths = app.get(OPEN)
     paths: dict[str, dict[str, Any]] = {}
     for resource in app.router.resources():
-        path = _path(resource)
+        path = openapi_path(resource)
         for route in resource:
             if route.method in ("HEAD", "*"):
                 continue

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -71,11 +72,20 @@ class CommandClient:
         self.settings = settings or Settings.from_env()
         self.issued_by = issued_by
         self.codec = codec or Codec(registry_for(self.settings))
-        self._routes = {command: decider for decider in deciders for command in decider.commands}
+        self._deciders = tuple(deciders)
         self._pending: dict[str, asyncio.Future] = {}  # command id -> its outcome
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    def routed(self) -> Iterable[Decider[Any]]:
+        """The deciders whose commands this client sends."""
+        return self._deciders
+
+    @cached_property
+    def _routes(self) -> dict[type[Message], Decider[Any]]:
+        # Made on the first command published: a client that only reads loads no decider.
+        return {command: decider for decider in self.routed() for command in decider.commands}
 
     @property
     def connected(self) -> bool:

@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 from sqlalchemy import Engine
 
 from projections import artifacts as views
-from projections.search import SearchPage, SearchQuery, sql_search
+from projections.search import SearchPage, SearchQuery
 from streams.artifacts.catalog import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_STORE,
@@ -73,6 +73,8 @@ def search_artifacts(settings: Settings, engine: Engine, query: SearchQuery) -> 
                                 ).search(query)
     if not views.projected(engine):
         return SearchPage(0, (), {"tags": {}, "content_types": {}})
+    from projections.search.sql import sql_search  # numpy: only a search needs it
+
     return sql_search(engine).search(query)
 
 

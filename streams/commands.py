@@ -12,18 +12,17 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Self
-
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from typing import TYPE_CHECKING, Any, Self
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.config import Settings
 from streams.decider import Decider, Message, to_record
 from streams.errors import BrokerUnavailableError, CommandTimeoutError, PitError, SchemaError
-from streams.kafka import partitions_of, start_consumer
 from streams.topics import RESULTS
+
+if TYPE_CHECKING:  # Kafka is imported on connecting: a client that only reads the views never does
+    from aiokafka import AIOKafkaProducer
 
 
 @dataclass(frozen=True)
@@ -96,6 +95,9 @@ class CommandClient:
         self._closers.append(closer)
 
     async def start(self) -> Self:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.errors import KafkaError
+
         options = self.settings.kafka_client_options()
         self._producer = AIOKafkaProducer(**options, linger_ms=0, enable_idempotence=True)
         try:
@@ -110,6 +112,10 @@ class CommandClient:
     async def tail(self, topic: str, handle: Callable[[Any], None]) -> None:
         """Follow `topic` from its current end, calling `handle(message)` for each record
         until the client closes."""
+        from aiokafka import TopicPartition
+
+        from streams.kafka import partitions_of, start_consumer
+
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=5)
         tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
         consumer.assign(tps)
@@ -198,6 +204,10 @@ class CommandClient:
 
     async def results(self, from_beginning: bool = False) -> AsyncIterator[Outcome]:
         """Every outcome from now on (or from the start of the log), as they arrive."""
+        from aiokafka import TopicPartition
+
+        from streams.kafka import partitions_of, start_consumer
+
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=100)
         try:
             tps = [TopicPartition(RESULTS, p) for p in await partitions_of(consumer, RESULTS)]

@@ -10,12 +10,12 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from schemas.codec import Codec
 from streams.commands import CommandClient
 from streams.components import COMPONENTS, all_deciders
 from streams.config import Settings
 
 if TYPE_CHECKING:
+    from schemas.codec import Codec
     from streams.arbitration.client import ArbitrationOps
     from streams.artifacts.client import ArtifactOps
     from streams.dag.workflows import WorkflowOps

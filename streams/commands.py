@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Self
 
-from schemas.codec import Codec
-from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.config import Settings
 from streams.decider import Decider, Message, to_record
 from streams.errors import BrokerUnavailableError, CommandTimeoutError, PitError, SchemaError
 from streams.topics import RESULTS
 
-if TYPE_CHECKING:  # Kafka is imported on connecting: a client that only reads the views never does
+# Kafka and Avro are imported when used: a client that only reads the views (`pit artifact
+# info`) needs neither.
+if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
+
+    from schemas.codec import Codec
+    from schemas.registry import SchemaRegistry
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ class Outcome:
 
 
 def registry_for(settings: Settings) -> SchemaRegistry:
-    if settings.schema_registry_url:
-        from schemas.registry import ConfluentRegistry
+    from schemas.registry import ConfluentRegistry, EmbeddedRegistry
 
+    if settings.schema_registry_url:
         return ConfluentRegistry(settings.schema_registry_url,
                                  options=settings.schema_registry_options)
     return EmbeddedRegistry()
@@ -70,12 +73,22 @@ class CommandClient:
                  codec: Codec | None = None, *, deciders: Iterable[Decider[Any]] = ()) -> None:
         self.settings = settings or Settings.from_env()
         self.issued_by = issued_by
-        self.codec = codec or Codec(registry_for(self.settings))
+        self._codec = codec
         self._deciders = tuple(deciders)
         self._pending: dict[str, asyncio.Future] = {}  # command id -> its outcome
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def codec(self) -> Codec:
+        """Made on first use: opening the registry (every schema's id, or a registry
+        server's client) is work a client that only reads the views does without."""
+        if self._codec is None:
+            from schemas.codec import Codec
+
+            self._codec = Codec(registry_for(self.settings))
+        return self._codec
 
     def routed(self) -> Iterable[Decider[Any]]:
         """The deciders whose commands this client sends."""

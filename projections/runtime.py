@@ -23,9 +23,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from confluent_kafka import Producer
 from sqlalchemy import Connection, Engine, MetaData, Table
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -33,9 +32,7 @@ from schemas.codec import Codec, Decoded
 from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.archive import AUDIT, Entry, append, decode_entry
 from streams.errors import BrokerUnavailableError, DatabaseUnavailableError, PitError
-from streams.kafka import partitions_of, produce_all
 from streams.log import LogRecord
-from streams.processor import Output, dead_letter
 from streams.sql import (
     METADATA,
     TopicPartition,
@@ -45,6 +42,11 @@ from streams.sql import (
     write_transaction,
 )
 from streams.topics import load_catalog
+
+if TYPE_CHECKING:  # the Kafka side is imported by `run`: reading a view needs none of it
+    from confluent_kafka import Producer
+
+    from streams.processor import Output
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +314,8 @@ class Projector:
     @staticmethod
     def _dead_letter(failed: list[tuple[Entry, str, BaseException]],
                      sink: Callable[[list[Output]], None] | None) -> None:
+        from streams.processor import dead_letter
+
         outputs = []
         for entry, projection, exc in failed:
             rec, reason = entry.record, f"{projection}: {_first_line(exc)[:1000]}"
@@ -395,6 +399,8 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
     """
     from aiokafka import ConsumerRebalanceListener
     from aiokafka import TopicPartition as KafkaTopicPartition
+
+    from streams.kafka import partitions_of, produce_all
 
     def sink(outputs: list[Output]) -> None:  # in apply_batch's worker thread
         if producer is not None:

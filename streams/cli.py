@@ -196,19 +196,35 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+class CampaignParser(argparse.ArgumentParser):
+    """One campaign's parser. Its module (which imports whole Pits: the app, the client,
+    SQLAlchemy) is imported for its arguments only once that campaign is chosen, so every
+    other command starts without it."""
+
+    def __init__(self, *, module: str, **options) -> None:
+        super().__init__(**options)
+        self.module = module
+        self.loaded = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if not self.loaded:
+            from importlib import import_module
+
+            runner = import_module(self.module)
+            runner.add_arguments(self)
+            self.set_defaults(run=runner.run)
+            self.loaded = True
+        return super().parse_known_args(args, namespace)
+
+
 def add_campaigns(sub) -> None:
     """`pit campaign <name>`: one subcommand per campaign (streams/campaigns/)."""
-    from importlib import import_module
-
     from streams.campaigns import CAMPAIGNS
 
     campaign = sub.add_parser("campaign", help="run a chaos, fuzz, drain or soak campaign")
-    names = campaign.add_subparsers(dest="campaign", required=True)
+    names = campaign.add_subparsers(dest="campaign", required=True, parser_class=CampaignParser)
     for name, (module, summary) in CAMPAIGNS.items():
-        parser = names.add_parser(name, help=summary)
-        runner = import_module(module)
-        runner.add_arguments(parser)
-        parser.set_defaults(run=runner.run)
+        names.add_parser(name, help=summary, module=module)
 
 
 def build_parser() -> argparse.ArgumentParser:

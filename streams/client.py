@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from schemas.codec import Codec
 from streams.commands import CommandClient
-from streams.components import COMPONENTS, DECIDERS
+from streams.components import COMPONENTS, all_deciders
 from streams.config import Settings
 
 if TYPE_CHECKING:
+    from schemas.codec import Codec
     from streams.arbitration.client import ArbitrationOps
     from streams.artifacts.client import ArtifactOps
     from streams.dag.workflows import WorkflowOps
+    from streams.decider import Decider
     from streams.pool.client import PoolOps
     from streams.stale.client import StaleOps
 
@@ -39,7 +40,11 @@ class PitClient(CommandClient):
 
     def __init__(self, settings: Settings | None = None, issued_by: str = "pit-client",
                  codec: Codec | None = None) -> None:
-        super().__init__(settings, issued_by, codec, deciders=DECIDERS)
+        super().__init__(settings, issued_by, codec)
+
+    def routed(self) -> Iterable[Decider[Any]]:
+        """Every registered component's deciders, loaded when the first command is sent."""
+        return all_deciders()
 
     def __getattr__(self, name: str) -> Any:
         factory = OPERATIONS.get(name)

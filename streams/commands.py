@@ -11,18 +11,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Self
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Self
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
-
-from schemas.codec import Codec
-from schemas.registry import EmbeddedRegistry, SchemaRegistry
 from streams.config import Settings
 from streams.decider import Decider, Message, to_record
 from streams.errors import BrokerUnavailableError, CommandTimeoutError, PitError, SchemaError
-from streams.kafka import partitions_of, start_consumer
 from streams.topics import RESULTS
+
+# Kafka and Avro are imported when used: a client that only reads the views (`pit artifact
+# info`) needs neither.
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
+    from schemas.codec import Codec
+    from schemas.registry import SchemaRegistry
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ class Outcome:
 
 
 def registry_for(settings: Settings) -> SchemaRegistry:
-    if settings.schema_registry_url:
-        from schemas.registry import ConfluentRegistry
+    from schemas.registry import ConfluentRegistry, EmbeddedRegistry
 
+    if settings.schema_registry_url:
         return ConfluentRegistry(settings.schema_registry_url,
                                  options=settings.schema_registry_options)
     return EmbeddedRegistry()
@@ -70,12 +73,31 @@ class CommandClient:
                  codec: Codec | None = None, *, deciders: Iterable[Decider[Any]] = ()) -> None:
         self.settings = settings or Settings.from_env()
         self.issued_by = issued_by
-        self.codec = codec or Codec(registry_for(self.settings))
-        self._routes = {command: decider for decider in deciders for command in decider.commands}
+        self._codec = codec
+        self._deciders = tuple(deciders)
         self._pending: dict[str, asyncio.Future] = {}  # command id -> its outcome
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def codec(self) -> Codec:
+        """Made on first use: opening the registry (every schema's id, or a registry
+        server's client) is work a client that only reads the views does without."""
+        if self._codec is None:
+            from schemas.codec import Codec
+
+            self._codec = Codec(registry_for(self.settings))
+        return self._codec
+
+    def routed(self) -> Iterable[Decider[Any]]:
+        """The deciders whose commands this client sends."""
+        return self._deciders
+
+    @cached_property
+    def _routes(self) -> dict[type[Message], Decider[Any]]:
+        # Made on the first command published: a client that only reads loads no decider.
+        return {command: decider for decider in self.routed() for command in decider.commands}
 
     @property
     def connected(self) -> bool:
@@ -86,6 +108,9 @@ class CommandClient:
         self._closers.append(closer)
 
     async def start(self) -> Self:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.errors import KafkaError
+
         options = self.settings.kafka_client_options()
         self._producer = AIOKafkaProducer(**options, linger_ms=0, enable_idempotence=True)
         try:
@@ -100,6 +125,10 @@ class CommandClient:
     async def tail(self, topic: str, handle: Callable[[Any], None]) -> None:
         """Follow `topic` from its current end, calling `handle(message)` for each record
         until the client closes."""
+        from aiokafka import TopicPartition
+
+        from streams.kafka import partitions_of, start_consumer
+
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=5)
         tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
         consumer.assign(tps)
@@ -188,6 +217,10 @@ class CommandClient:
 
     async def results(self, from_beginning: bool = False) -> AsyncIterator[Outcome]:
         """Every outcome from now on (or from the start of the log), as they arrive."""
+        from aiokafka import TopicPartition
+
+        from streams.kafka import partitions_of, start_consumer
+
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=100)
         try:
             tps = [TopicPartition(RESULTS, p) for p in await partitions_of(consumer, RESULTS)]

@@ -8,7 +8,9 @@ folder under `streams/`, its views under `projections/`, its schemas in `schemas
 its topics in `infra/topics.yaml`, and one line in the registry.
 
 Every part but the deciders is optional, and every part that needs a running Pit is a
-factory: the descriptor itself imports nothing heavy and starts nothing.
+factory: the descriptor itself imports nothing heavy and starts nothing. Even the deciders
+are loaded on first use (their modules import the runtime: SQLAlchemy, aiokafka), so a `pit`
+command that only reads a view never imports them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streams.decider import Decider
@@ -77,11 +80,12 @@ class Route:
 class Component:
     """One component of the Pit, as data.
 
-    * `deciders`: its rules, as the contract tests and the audit log see them;
-      `configure(settings)` gives the ones `pit up` runs when they need the settings (the
-      DAG reads definitions from the data directory).
+    * `deciders`: its rules, as the contract tests and the audit log see them, loaded by
+      `load_deciders()` on first use; `configure(settings)` gives the ones `pit up` runs
+      when they need the settings (the DAG reads definitions from the data directory).
     * `subjects`: deciders that replay one subject's events inside an entity's topic (the
-      pool's model lifecycle), for `pit audit <key> --until` on a key that is no entity.
+      pool's model lifecycle), for `pit audit <key> --until` on a key that is no entity;
+      loaded by `load_subjects()` on first use.
     * `services(runtime)`: what `pit up` runs for it besides its processors, by name (the
       task's name; `Stack(without=...)` leaves named ones out). They run once per cluster,
       on the elected leader (streams/leader.py), and are made afresh for every term; those
@@ -104,9 +108,9 @@ class Component:
     """
 
     name: str
-    deciders: tuple[Decider[Any], ...]
+    load_deciders: Callable[[], tuple[Decider[Any], ...]]
     configure: Callable[[Settings], tuple[Decider[Any], ...]] | None = None
-    subjects: tuple[Decider[Any], ...] = ()
+    load_subjects: Callable[[], tuple[Decider[Any], ...]] = lambda: ()
     services: Callable[[Runtime], Mapping[str, Service]] = lambda _runtime: {}
     shared: frozenset[str] = frozenset()
     prepare: Callable[[Settings, Engine], Awaitable[None]] | None = None
@@ -119,6 +123,14 @@ class Component:
         default_factory=dict)
     settings: Callable[[Settings], Any] | None = None
     quiet_events: frozenset[str] = frozenset()
+
+    @cached_property
+    def deciders(self) -> tuple[Decider[Any], ...]:
+        return self.load_deciders()
+
+    @cached_property
+    def subjects(self) -> tuple[Decider[Any], ...]:
+        return self.load_subjects()
 
     def running_deciders(self, settings: Settings) -> tuple[Decider[Any], ...]:
         return self.configure(settings) if self.configure is not None else self.deciders

@@ -4,6 +4,7 @@ tests iterate it; the helpers below derive from it."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from streams.arbitration import component as arbitration
@@ -24,7 +25,20 @@ COMPONENTS: tuple[Component, ...] = (
     stale.COMPONENT,
 )
 
-DECIDERS: tuple[Decider, ...] = tuple(d for c in COMPONENTS for d in c.deciders)
+# Every component's deciders (all_deciders), loaded on first use: `pit pool status` and the
+# other reads never import them. Declared here for type checkers; __getattr__ makes it.
+DECIDERS: tuple[Decider, ...]
+
+
+@cache
+def all_deciders() -> tuple[Decider, ...]:
+    return tuple(d for c in COMPONENTS for d in c.deciders)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DECIDERS":
+        return all_deciders()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def views(settings: Settings | None = None) -> list[Any]:
@@ -35,7 +49,7 @@ def views(settings: Settings | None = None) -> list[Any]:
 
 def command_types() -> dict[str, type[Message]]:
     """Every command any component accepts, by short name (`TransitionModel`)."""
-    return {cls.__name__: cls for decider in DECIDERS for cls in decider.commands}
+    return {cls.__name__: cls for decider in all_deciders() for cls in decider.commands}
 
 
 def command_type(name: str) -> type[Message]:
@@ -47,4 +61,4 @@ def command_type(name: str) -> type[Message]:
 
 
 def decider_for(command: type[Message]) -> Decider:
-    return next(d for d in DECIDERS if command in d.commands)
+    return next(d for d in all_deciders() if command in d.commands)

@@ -10,11 +10,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 
 def load_document(text: str, problems: list[str]) -> Any:
     """Plain data from YAML or JSON text (JSON is YAML); {} for blank text."""
+    import yaml  # here: the readers below are imported by every `pit` command, parsing is rare
+
     try:
         data = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:

@@ -62,21 +62,19 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from confluent_kafka import Producer
-from sqlalchemy import Engine
-
-from schemas.codec import Codec
-from streams import metrics
-from streams.config import Settings
 from streams.decider import Decider, Message, from_record, to_record
 from streams.errors import PitError, SchemaError
-from streams.follower import Follower
-from streams.history import HistoryError
-from streams.kafka import keep_running, make_producer, produce_all, stop_clients
-from streams.processor import Output
 from streams.topics import TIMERS, load_catalog
+
+if TYPE_CHECKING:  # the service's runtime, imported when it runs: deciders need none of it
+    from confluent_kafka import Producer
+    from sqlalchemy import Engine
+
+    from schemas.codec import Codec
+    from streams.config import Settings
+    from streams.processor import Output
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +241,8 @@ def timer_output(codec: Codec, event: TimerScheduled | TimerCancelled | TimerFir
     """A timer record for pit.timers, keyed by its timer id. Its envelope's entity is the
     timer: TimerScheduled is its sequence 1, TimerCancelled/TimerFired its 2 (a timer
     scheduled by a decider has its sequence 1 on the decider's topic)."""
+    from streams.processor import Output
+
     timer_id = event.timer_id
     envelope = {
         "event_id": f"{timer_id}/{event.type_name}", "event_type": event.type_name,
@@ -257,6 +257,8 @@ def timer_output(codec: Codec, event: TimerScheduled | TimerCancelled | TimerFir
 def command_output(codec: Codec, timer: Timer, now_ms: int) -> Output:
     """The timer's command, encoded with its current schema, its id the timer id.
     Raises SchemaError when `command_json` does not make a valid `command_type`."""
+    from streams.processor import Output
+
     request = timer.request
     try:
         fields = json.loads(request.command_json)
@@ -282,6 +284,8 @@ def fold(table: TimerTable, codec: Codec, value: bytes | None) -> None:
 
 def timer_producer(settings: Settings, **overrides: str | int) -> Producer:
     """A producer that partitions by key as aiokafka clients do (murmur2)."""
+    from streams.kafka import make_producer
+
     return make_producer(settings, partitioner="murmur2_random", **overrides)
 
 
@@ -316,6 +320,9 @@ class TimerService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`: rebuild from the log, then follow it and fire what falls due."""
+        from streams.history import HistoryError
+        from streams.kafka import keep_running
+
         def forget() -> None:
             self.table = TimerTable()
             self.ready.clear()
@@ -324,6 +331,10 @@ class TimerService:
                            retry_on=(HistoryError,), on_restart=forget)
 
     async def _run(self, stop: asyncio.Event) -> None:
+        from streams import metrics
+        from streams.follower import Follower
+        from streams.kafka import stop_clients
+
         follower = Follower(self.settings, self.topics, self.db, max_records=self.max_batch)
         await follower.restore(lambda record: fold(self.table, self.codec, record.value), stop)
         if stop.is_set():
@@ -354,6 +365,9 @@ class TimerService:
         return max(0, min(self.poll_ms, next_due - self.clock()))
 
     async def _fire_due(self, producer: Producer) -> None:
+        from streams import metrics
+        from streams.kafka import produce_all
+
         while due := self.table.take_due(now_ms := self.clock(), self.max_batch):
             commands, fired = [], []
             for timer in due:
@@ -380,5 +394,7 @@ class TimerService:
 
     async def _record_fired(self, producer: Producer, fired: list[Output]) -> None:
         # Its own step, after the commands' acks: where tests inject a crash.
+        from streams.kafka import produce_all
+
         await produce_all(producer, fired, self.produce_timeout_s)
 

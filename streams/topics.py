@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-import yaml
-
 from streams.errors import ConfigError
 
 # The kernel's topics; each component names its own (streams/<component>/topics.py).
@@ -34,6 +32,8 @@ class TopicSpec:
 
 def load_catalog(text: str | None = None) -> dict[str, TopicSpec]:
     """Parse the catalog; the packaged `infra/topics.yaml` unless text is given."""
+    import yaml  # here: the topic names above are wanted far more often than the catalog
+
     if text is None:
         text = resources.files("infra").joinpath("topics.yaml").read_text()
     try:

@@ -8,6 +8,9 @@
 `projections.search.bench.search_p99_100k` measures the embedded one.
 """
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from projections.search.model import (
     SearchBackend,
     SearchDoc,
@@ -15,9 +18,23 @@ from projections.search.model import (
     SearchPage,
     SearchQuery,
 )
-from projections.search.opensearch import OpenSearchSearch
 from projections.search.query import Term, parse_terms
-from projections.search.sql import Fts5Search, PostgresSearch, sql_search
+
+if TYPE_CHECKING:
+    from projections.search.opensearch import OpenSearchSearch
+    from projections.search.sql import Fts5Search, PostgresSearch, sql_search
+
+# The engines are imported on first use: the SQL ones need numpy, OpenSearch its client
+# (and aiohttp), which a reader of the model (`pit artifact info`) never needs.
+_ENGINES = {"Fts5Search": "projections.search.sql", "PostgresSearch": "projections.search.sql",
+            "sql_search": "projections.search.sql",
+            "OpenSearchSearch": "projections.search.opensearch"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _ENGINES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_ENGINES[name]), name)
 
 __all__ = [
     "Fts5Search",

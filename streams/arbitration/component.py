@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from streams.arbitration.arbiter import ARBITER
 from streams.arbitration.cli import add_parser
 from streams.component import Component, Route, Runtime, Service
 
@@ -16,6 +15,13 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from streams.config import Settings
+    from streams.decider import Decider
+
+
+def _deciders() -> tuple[Decider[Any], ...]:
+    from streams.arbitration.arbiter import ARBITER
+
+    return (ARBITER,)
 
 
 def _services(runtime: Runtime) -> Mapping[str, Service]:
@@ -57,7 +63,7 @@ def _operations(client: Any) -> Any:
 
 COMPONENT = Component(
     name="arbitration",
-    deciders=(ARBITER,),
+    load_deciders=_deciders,
     services=_services,
     views=_views,
     observers=_observers,

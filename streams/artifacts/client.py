@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.errors import KafkaError
 from sqlalchemy import Engine
 
 from projections import artifacts as views
-from projections.search import SearchPage, SearchQuery, sql_search
+from projections.search import SearchPage, SearchQuery
 from streams.artifacts.catalog import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_STORE,
@@ -73,6 +72,8 @@ def search_artifacts(settings: Settings, engine: Engine, query: SearchQuery) -> 
                                 ).search(query)
     if not views.projected(engine):
         return SearchPage(0, (), {"tags": {}, "content_types": {}})
+    from projections.search.sql import sql_search  # numpy: only a search needs it
+
     return sql_search(engine).search(query)
 
 
@@ -109,14 +110,24 @@ class ArtifactOps:
 
     def __init__(self, client: CommandClient, backend: BlobBackend | None = None) -> None:
         self.client = client
-        self.backend = backend or artifact_store(client.settings)
+        self._backend = backend
         self.access = AccessCounter()
         self._engine: Engine | None = None
         client.at_close(self.close)
 
+    @property
+    def backend(self) -> BlobBackend:
+        """Opened on first use: a read of the views (`pit artifact info`) needs no blob store
+        (with S3, a boto3 client)."""
+        if self._backend is None:
+            self._backend = artifact_store(self.client.settings)
+        return self._backend
+
     async def close(self) -> None:
         """Send the access counts still held, when the client can."""
         if self.client.connected:
+            from aiokafka.errors import KafkaError
+
             with contextlib.suppress(KafkaError, BrokerUnavailableError):
                 await self.flush_access()
 

@@ -6,13 +6,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from streams.artifacts.catalog import ARTIFACTS
 from streams.artifacts.cli import add_parser
 from streams.artifacts.settings import ArtifactSettings
 from streams.component import Component, Route, Runtime, Service
 
 if TYPE_CHECKING:
     from streams.config import Settings
+    from streams.decider import Decider
+
+
+def _deciders() -> tuple[Decider[Any], ...]:
+    from streams.artifacts.catalog import ARTIFACTS
+
+    return (ARTIFACTS,)
 
 
 def _services(runtime: Runtime) -> Mapping[str, Service]:
@@ -52,7 +58,7 @@ def _operations(client: Any) -> Any:
 
 COMPONENT = Component(
     name="artifacts",
-    deciders=(ARTIFACTS,),
+    load_deciders=_deciders,
     services=_services,
     shared=frozenset({"dag-output-cataloger"}),  # its consumer group divides the work
     views=_views,

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.component import Component, Route, Runtime, Service
-from streams.dag.execution import DAG
 from streams.dag.settings import DagSettings
 from streams.dag.workflow_cli import add_parser
 
@@ -16,6 +15,12 @@ if TYPE_CHECKING:
 
     from streams.config import Settings
     from streams.decider import Decider
+
+
+def _deciders() -> tuple[Decider[Any], ...]:
+    from streams.dag.execution import DAG
+
+    return (DAG,)
 
 
 def _configure(settings: Settings) -> tuple[Decider[Any], ...]:
@@ -73,7 +78,7 @@ def _operations(client: Any) -> Any:
 
 COMPONENT = Component(
     name="dag",
-    deciders=(DAG,),
+    load_deciders=_deciders,
     configure=_configure,
     prepare=_prepare,
     services=_services,

@@ -8,13 +8,24 @@ from typing import TYPE_CHECKING, Any
 
 from streams.component import Component, Route, Runtime, Service
 from streams.pool.cli import add_parser
-from streams.pool.lifecycle import LIFECYCLE
-from streams.pool.pool import POOL
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from streams.config import Settings
+    from streams.decider import Decider
+
+
+def _deciders() -> tuple[Decider[Any], ...]:
+    from streams.pool.pool import POOL
+
+    return (POOL,)
+
+
+def _subjects() -> tuple[Decider[Any], ...]:
+    from streams.pool.lifecycle import LIFECYCLE
+
+    return (LIFECYCLE,)
 
 
 def _services(runtime: Runtime) -> Mapping[str, Service]:
@@ -62,8 +73,8 @@ def _operations(client: Any) -> Any:
 
 COMPONENT = Component(
     name="pool",
-    deciders=(POOL,),
-    subjects=(LIFECYCLE,),
+    load_deciders=_deciders,
+    load_subjects=_subjects,
     services=_services,
     views=_views,
     observers=_observers,

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import PitError
-from streams.stale.policy import human_bytes
 from streams.times import when
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported when a command runs: `pit` starts fast
     from sqlalchemy import Engine
 
     from streams.config import Settings
@@ -52,6 +51,8 @@ def _run(settings: Settings, operation: Any) -> Any:
 
 
 def status_lines(found: dict[str, Any]) -> list[str]:
+    from streams.stale.policy import human_bytes
+
     lines = [f"store {found['store_id']}: retention policy v{found['policy_version']}"]
     for tier in ("hot", "warm", "cold"):
         t = found["tiers"].get(tier, {"items": 0, "bytes": 0})
@@ -66,6 +67,8 @@ def status_lines(found: dict[str, Any]) -> list[str]:
 
 
 def plan_lines(plan: dict[str, Any]) -> list[str]:
+    from streams.stale.policy import human_bytes
+
     lines = [f"plan {plan['plan_id']} ({plan['status']}): {plan['items']} of "
              f"{plan['evaluated']} items - delete {human_bytes(plan['delete_bytes'])}, archive "
              f"{human_bytes(plan['archive_bytes'])}, warm {human_bytes(plan['warm_bytes'])};"
@@ -88,6 +91,8 @@ def plan_lines(plan: dict[str, Any]) -> list[str]:
 
 
 def _bar(plan: dict[str, Any]) -> None:
+    from streams.stale.policy import human_bytes
+
     total = max(1, plan["items"])
     width = 30
     filled = int(width * plan["cursor"] / total)
@@ -179,6 +184,8 @@ def _simple(send: Any) -> Any:
 
 
 def explain_lines(found: dict[str, Any]) -> list[str]:
+    from streams.stale.policy import human_bytes
+
     lines = [f"{found['address']}: {found['action']}"
              + (f" -> {found['target']}" if found["target"] else "")
              + f" ({found['state']}, {found['tier']}, {human_bytes(found['size'])})",

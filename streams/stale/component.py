@@ -10,13 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 from streams.component import Component, Route, Runtime, Service
 from streams.stale.cli import add_parser
-from streams.stale.manager import STALE
 from streams.stale.settings import StaleSettings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from streams.config import Settings
+    from streams.decider import Decider
+
+
+def _deciders() -> tuple[Decider[Any], ...]:
+    from streams.stale.manager import STALE
+
+    return (STALE,)
 
 
 def _services(runtime: Runtime) -> Mapping[str, Service]:
@@ -62,7 +68,7 @@ def _operations(client: Any) -> Any:
 
 COMPONENT = Component(
     name="stale",
-    deciders=(STALE,),
+    load_deciders=_deciders,
     services=_services,
     views=_views,
     observers=_observers,

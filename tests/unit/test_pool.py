@@ -366,7 +366,7 @@ def test_every_message_has_its_schema_and_survives_the_codec() -> None:
     assert POOL.command_type("pit.pool.AllocateModel") is AllocateModel
     assert POOL.event_type("pit.pool.ModelTransitioned") is ModelTransitioned
     samples = {str: "x", int: 7, float: 0.5, bool: True, TransitionReason: R.USER_REQUEST,
-               ModelState: Hot, list[str]: ["a", "b"]}
+               ModelState: Hot, list[str]: ["a", "b"], dict[str, float]: {"k": 0.5}}
     envelope = {"event_id": "e", "event_type": "t", "entity_key": "default", "sequence": 1,
                 "correlation_id": "c", "causation_id": "c", "occurred_at": T0, "producer": "p"}
     meta = {"command_id": "c", "issued_at": T0, "issued_by": "t", "correlation_id": None}

@@ -22,6 +22,7 @@ with it unconditionally (as LRU prewarming does), a guess could push out a sure 
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,21 +62,27 @@ def displacement(model_id: str, gain: float, victim: str, loss: float) -> Displa
 def belady_min(trace: Sequence[Request], capacity: int, load_ms: int) -> list[bool]:
     """Hit or miss per request under Belady's MIN: on a miss the model loads (taking
     `load_ms`; requests before it is ready are misses too) and, if the pool is over
-    `capacity`, the model whose next request is farthest away leaves (possibly the one
-    just loaded: it still serves the request that loaded it).
+    `capacity`, the model whose next *useful* request is farthest away leaves (possibly
+    the one just loaded: it still serves the request that loaded it). Useful: at or after
+    its load finishes; a request that comes while it is loading misses whatever is kept,
+    and counting it would keep a loading model over a ready one (a delayed hit).
 
     MIN fetches on demand only. Offline, fetching ahead is unbounded: a clairvoyant
     prefetcher loads every model `load_ms` before its request and misses nothing, a
     ceiling that says nothing. So MIN bounds eviction, and prewarming may beat it.
     """
-    next_at: list[float] = [0.0] * len(trace)
-    seen: dict[str, float] = {}
-    for i in range(len(trace) - 1, -1, -1):
-        model = trace[i].model_id
-        next_at[i] = seen.get(model, float("inf"))
-        seen[model] = trace[i].at_ms
-    ready: dict[str, int] = {}     # resident model -> when its load finishes
-    upcoming: dict[str, float] = {}  # resident model -> its next request
+    indices: dict[str, list[int]] = {}
+    for i, request in enumerate(trace):
+        indices.setdefault(request.model_id, []).append(i)
+    times = {m: [trace[i].at_ms for i in idx] for m, idx in indices.items()}
+    never = len(trace)
+
+    def next_useful(model: str, after: int, ready_ms: int) -> int:
+        idx = indices[model]
+        k = max(bisect_right(idx, after), bisect_left(times[model], ready_ms))
+        return idx[k] if k < len(idx) else never
+
+    ready: dict[str, int] = {}  # resident model -> when its load finishes
     hits = []
     for i, request in enumerate(trace):
         model, at = request.model_id, request.at_ms
@@ -83,8 +90,7 @@ def belady_min(trace: Sequence[Request], capacity: int, load_ms: int) -> list[bo
         hits.append(loaded is not None and loaded <= at)
         if loaded is None:
             ready[model] = at + load_ms
-        upcoming[model] = next_at[i]
         if len(ready) > capacity:
-            victim = max(upcoming, key=lambda m: (upcoming[m], m))
-            del ready[victim], upcoming[victim]
+            victim = max(ready, key=lambda m: (next_useful(m, i, ready[m]), m))
+            del ready[victim]
     return hits

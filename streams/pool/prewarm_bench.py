@@ -245,10 +245,10 @@ def replay(trace: Sequence[Request], steady: Callable[[int], bool], *, capacity:
 
 def bench_second_trace(seed: int = 2019, *, capacity: int = 50, load_ms: int = 10_000,
                        horizon_ms: int = 10 * MINUTE_MS, threshold: float = 0.6,
-                       warmup_ms: int = DAY_MS) -> dict[str, float]:
+                       warmup_ms: int = DAY_MS, **trace_knobs: object) -> dict[str, float]:
     """The same replay on the serverless-shaped trace (`streams/pool/serverless_trace.py`),
     with the same pool and engine settings: steady after the first day."""
-    trace = generate_serverless_trace(seed)
+    trace = generate_serverless_trace(seed, **trace_knobs)
     figures = replay(trace, lambda at_ms: at_ms >= warmup_ms, capacity=capacity,
                      load_ms=load_ms, horizon_ms=horizon_ms, threshold=threshold)
     keys = ("pool_hit_rate", "pool_hit_rate_lru", "pool_hit_rate_optimal",

@@ -134,7 +134,7 @@ class LruPool:
             self.on_evict(model_id, at_ms)
 
 
-def simulate(trace: list[Request], *, capacity: int, load_ms: int,
+def simulate(trace: Sequence[Request], *, capacity: int, load_ms: int,
              engine: PrewarmEngine | None = None, tick_ms: int = MINUTE_MS,
              steady: Callable[[int], bool] = lambda _: True,
              window_ms: int = 6 * HOUR_MS, timed: bool = False,

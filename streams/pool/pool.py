@@ -596,8 +596,8 @@ def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, A
             return changes
         case ModelEvicted():
             return {"stats": copy_with(s.stats, evictions=s.stats.evictions + 1)}
-        case PredictionsRecorded(scores=scores):
-            return {"predicted": dict(scores)}
+        case PredictionsRecorded(model_id=m, probability=p, scores=scores):
+            return {"predicted": {**scores, m: p}}  # the prewarmed model's own, too
         case AllocationQueued(request_id=r, model_id=m, requester=who, workflow_id=w):
             return {**_model_set(s, m, queued=(*s.models[m].queued, r)),
                     "requests": s.requests.set(r, Request(r, m, who, False, w)),

@@ -325,6 +325,29 @@ def test_prewarming_loads_into_free_memory_only_and_never_evicts() -> None:
     assert pool.state.stats.prewarm_loads == 1
 
 
+def test_a_prewarm_with_scores_displaces_the_least_likely_idle_model_only_for_a_gain() -> None:
+    pool = Pool(("h1", 300, 3), a=100, b=100, c=100, d=100, e=100)
+    for model_id in ("a", "b", "c"):  # a is least recently used, b least likely
+        pool.hot(model_id, f"warm-{model_id}")
+    scores = {"a": 0.7, "b": 0.2, "c": 0.9}
+    declined = pool.send(WarmModel("d", 0.2, "periodic", scores=scores))
+    assert kinds(declined) == ["PredictionsRecorded"]
+    assert declined[0].victim == "" and "0.200 does not beat the loss 0.200" in declined[0].reason
+    events = pool.send(WarmModel("d", 0.8, "periodic", scores=scores))
+    assert kinds(events) == ["PredictionsRecorded", "ModelEvicted", "->Cooling",
+                             "UnloadRequested", "ModelPlaced"]
+    assert events[1].model_id == "b" and events[1].reason == events[0].reason
+    assert "gain 0.800 beats the loss 0.200 of evicting b" in events[1].reason
+    pool.send(ReportModelUnloaded("h1", "b"))
+    pool.send(ReportModelLoaded("h1", "d", 5, 100))
+    # A demand miss now evicts by the recorded scores (d's own included): a (0.7) goes
+    # before d (0.8) and c (0.9).
+    assert pool.state.predicted == scores | {"d": 0.8}
+    evicted = [e.model_id for e in pool.send(AllocateModel("r", "e", "x"))
+               if isinstance(e, ModelEvicted)]
+    assert evicted == ["a"]
+
+
 # --- host reports must come from the host that holds the model --------------------------------
 
 def test_reports_are_refused_unless_the_host_holds_the_model_in_the_right_state() -> None:

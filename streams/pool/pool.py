@@ -54,6 +54,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from streams.decider import Decider, Decision, Message, Rejection, Rules, copy_with
@@ -726,7 +727,7 @@ def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, l
 
 def _eviction_order(state: PoolState, host: Host) -> Iterable[str]:
     """The host's idle models in the order they are evicted (`eviction.least_likely`)."""
-    lru = (model_id for _, model_id in host.idle)
+    lru = map(itemgetter(1), host.idle)
     return least_likely(lru, state.predicted) if state.predicted else lru
 
 

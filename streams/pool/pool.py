@@ -717,7 +717,7 @@ def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, l
         return best_evict[2], best_evict[3]
     obtainable, host_id = closest
     how = ("even after evicting every idle model (allocated or draining models are never"
-           " evicted)" if evict else "without evicting (prewarming never evicts)")
+           " evicted)" if evict else "without evicting (a prewarm without scores never evicts)")
     if obtainable >= need:  # memory would do: the model count is what is full
         raise Rejection(f"cannot place model {model.model_id}: every host is at its capacity"
                         f" of models {how}")

@@ -385,7 +385,8 @@ class Prewarmer:
         except PitError as exc:
             log.warning("prewarm of %s not sent: %s", decision.model_id, exc)
             return
-        # A rejection is normal (no room without evicting); the log shows every outcome.
+        # A rejection is normal (nowhere to place it); a declined displacement is accepted
+        # with its reason in PredictionsRecorded. The log shows every outcome.
         log.debug("prewarm %s (p=%.2f, %s): %s", decision.model_id, decision.probability,
                   decision.reason, "accepted" if outcome.accepted else outcome.reason)
 

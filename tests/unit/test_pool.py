@@ -309,7 +309,7 @@ def test_a_model_measured_too_big_for_its_host_fails_and_is_unloaded() -> None:
 
 # --- prewarming ------------------------------------------------------------------------------
 
-def test_prewarming_loads_into_free_memory_only_and_never_evicts() -> None:
+def test_prewarming_without_scores_loads_into_free_memory_only_and_never_evicts() -> None:
     pool = Pool(("h1", 200, 4), a=100, b=100, c=100)
     events = pool.send(WarmModel("a", 0.8, "markov: b follows a"))
     assert kinds(events) == ["ModelPlaced", "->Warming", "LoadRequested"]
@@ -320,7 +320,7 @@ def test_prewarming_loads_into_free_memory_only_and_never_evicts() -> None:
     assert kinds(pool.send(AllocateModel("r", "a", "x"))) == ["ModelAllocated"]  # a hit
     pool.send(ReleaseModel("r"))
     pool.hot("b")
-    assert "prewarming never evicts" in pool.reject(WarmModel("c", 0.99, "x"))
+    assert "a prewarm without scores never evicts" in pool.reject(WarmModel("c", 0.99, "x"))
     assert "probability" in pool.reject(WarmModel("c", 1.5, "x"))
     assert pool.state.stats.prewarm_loads == 1
 

@@ -36,7 +36,7 @@ Rule decisions (written down because the issue leaves them open):
   only when the prewarm's probability (the gain) beats that model's (the loss); the
   verdict and its reason are in PredictionsRecorded and ModelEvicted. Without scores it
   never evicts (it cannot weigh the loss), and it is rejected when nothing has room.
-  On Hot/Warming/placed models it is a no-op (accepted, no events but the scores).
+  On Hot/Warming/placed models it is a no-op (accepted, no events).
 * A model that measures bigger than its host can hold fails (ResourcePressure) and is
   unloaded; its queued allocations fail. Its next placement uses the measured size.
 * Entering Failed uses HealthCheckFailure (health threshold, host down, load failure, with

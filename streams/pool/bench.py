@@ -191,10 +191,10 @@ async def bench_pool_processor(n: int = 40_000, models: int = 1000) -> dict[str,
 
 async def bench_pool(settings: Settings) -> dict[str, float]:
     """The pool decider in process, the allocation round trip through the broker,
-    prewarming on the seeded trace, lookahead prewarming on the seeded workflow trace, and
-    host health checks on a real model."""
+    prewarming and eviction on the seeded trace and on the serverless-shaped one, lookahead
+    prewarming on the seeded workflow trace, and host health checks on a real model."""
     from streams.pool.lookahead_bench import bench_lookahead
-    from streams.pool.prewarm_bench import bench_prewarm
+    from streams.pool.prewarm_bench import bench_prewarm, bench_second_trace
 
     figures = bench_allocation_hit()
     bench_note(f"pool allocation hit: p99 {figures['pool_alloc_hit_p99_us']} µs")
@@ -205,8 +205,14 @@ async def bench_pool(settings: Settings) -> dict[str, float]:
     figures |= await bench_alloc_roundtrip()
     bench_note(f"allocation round trip: p50 {figures['pool_alloc_roundtrip_p50_ms']} ms,"
                f" p99 {figures['pool_alloc_roundtrip_p99_ms']} ms")
-    bench_note("replaying the seeded 4-day trace with and without prewarming")
+    bench_note("replaying the seeded 4-day trace: LRU, prewarming with predictive eviction,"
+               " Belady's MIN")
     figures |= await asyncio.to_thread(bench_prewarm)
+    bench_note(f"hit rate {figures['pool_hit_rate']} ({figures['pool_hit_rate_vs_optimal']}"
+               f" of MIN's {figures['pool_hit_rate_optimal']}), cold starts"
+               f" -{figures['prewarm_cold_start_reduction']:.0%}")
+    bench_note("replaying the serverless-shaped second trace the same three ways")
+    figures |= await asyncio.to_thread(bench_second_trace)
     bench_note("replaying the seeded workflow trace with and without lookahead prewarming")
     figures |= await asyncio.to_thread(bench_lookahead)
     bench_note("health checks on a real (npz) model: detection, false positives, overhead")

@@ -25,9 +25,17 @@ Rule decisions (written down because the issue leaves them open):
   needed), load, queue. On Warming or placed-and-waiting: queue. On Cooling: rejected (it
   accepts no new allocations). On Failed: recover (Failed -> Cold, ErrorRecovery) and warm
   like Cold, unless the failed copy is still on its host awaiting unload (rejected: retry).
-* Eviction is per host, least recently used first; only Hot models with no allocations are
-  candidates. The host needing the fewest evictions wins (then most free memory, then id).
-* WarmModel (prewarming) never evicts: speculation must not cost real demand a miss.
+* Eviction is per host; only Hot models with no allocations are candidates. Least likely
+  to be requested soon first, by the predictions last recorded (`PredictionsRecorded`, see
+  WarmModel), then least recently used (`streams/pool/eviction.py` says why); without
+  predictions, plain LRU. The host needing the fewest evictions wins (then most free
+  memory, then id).
+* WarmModel (prewarming) may carry the prewarmer's `scores`: its probability of a request
+  soon for the models it scores. They are recorded (PredictionsRecorded, so a replay
+  ranks the same way) and, if no host has room, the least likely idle model is displaced
+  only when the prewarm's probability (the gain) beats that model's (the loss); the
+  verdict and its reason are in PredictionsRecorded and ModelEvicted. Without scores it
+  never evicts (it cannot weigh the loss), and it is rejected when nothing has room.
   On Hot/Warming/placed models it is a no-op (accepted, no events).
 * A model that measures bigger than its host can hold fails (ResourcePressure) and is
   unloaded; its queued allocations fail. Its next placement uses the measured size.
@@ -44,13 +52,15 @@ Rule decisions (written down because the issue leaves them open):
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from streams.decider import Decider, Decision, Message, Rejection, Rules, copy_with
 from streams.persistent import PMap
 from streams.pool import lifecycle
+from streams.pool.eviction import Displacement, displacement, least_likely
 from streams.pool.lifecycle import (
     DEFAULT_POOL,
     ModelLifecycle,
@@ -122,6 +132,9 @@ class WarmModel(_PoolCommand):
     probability: float
     reason: str
     pool_id: str = DEFAULT_POOL
+    # model -> the prewarmer's probability of a request within its horizon (the models it
+    # may displace); empty: never displace
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -266,6 +279,19 @@ class ModelEvicted(Message):
     key_field = "model_id"
     model_id: str
     host_id: str
+    reason: str = ""  # why this one: a displacement's verdict ("" before predictions)
+
+
+@dataclass(frozen=True)
+class PredictionsRecorded(Message):
+    """A prewarm's predictions, which eviction ranks by from now on, and its verdict."""
+    avro_name = "pit.pool.PredictionsRecorded"
+    key_field = "model_id"
+    model_id: str                 # the model to prewarm
+    probability: float            # its probability (the gain)
+    scores: dict[str, float]      # the prewarmer's scores (see WarmModel)
+    victim: str = ""              # the idle model it displaces, if any
+    reason: str = ""              # the displacement verdict, if one was needed
 
 
 @dataclass(frozen=True)
@@ -428,6 +454,8 @@ class PoolState:
     requests: PMap[str, Request] = field(default_factory=PMap)  # active: queued or allocated
     stats: Stats = Stats()
     tick: int = 0  # events applied: the pool's logical clock for LRU and FIFO order
+    # the last recorded predictions (PredictionsRecorded), replaced whole, never changed
+    predicted: dict[str, float] = field(default_factory=dict)
 
     def usage(self, host_id: str) -> Usage:
         return self.hosts[host_id].usage
@@ -569,6 +597,8 @@ def _changes(s: PoolState, event: Message, at_ms: int, tick: int) -> dict[str, A
             return changes
         case ModelEvicted():
             return {"stats": copy_with(s.stats, evictions=s.stats.evictions + 1)}
+        case PredictionsRecorded(model_id=m, probability=p, scores=scores):
+            return {"predicted": {**scores, m: p}}  # the prewarmed model's own, too
         case AllocationQueued(request_id=r, model_id=m, requester=who, workflow_id=w):
             return {**_model_set(s, m, queued=(*s.models[m].queued, r)),
                     "requests": s.requests.set(r, Request(r, m, who, False, w)),
@@ -667,10 +697,10 @@ def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, l
         if not evict:
             closest = max(closest, (free, host_id))
             continue
-        # Idle Hot models, least recently used first: the only ones that may be evicted.
+        # Idle Hot models, least likely first: the only ones that may be evicted.
         victims: list[str] = []
         count = usage.committed_count
-        for _, victim in host.idle:
+        for victim in _eviction_order(state, host):
             if free >= need and count < host.capacity:
                 break
             victims.append(victim)
@@ -687,7 +717,7 @@ def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, l
         return best_evict[2], best_evict[3]
     obtainable, host_id = closest
     how = ("even after evicting every idle model (allocated or draining models are never"
-           " evicted)" if evict else "without evicting (prewarming never evicts)")
+           " evicted)" if evict else "without evicting (a prewarm without scores never evicts)")
     if obtainable >= need:  # memory would do: the model count is what is full
         raise Rejection(f"cannot place model {model.model_id}: every host is at its capacity"
                         f" of models {how}")
@@ -695,17 +725,32 @@ def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, l
                     f" can offer {how} is {obtainable} MB (host {host_id})")
 
 
-def _place(d: _Decision, model_id: str, *, evict: bool, reason: TransitionReason) -> None:
-    """Cold (or Failed without a host) -> placed on a host, loading as soon as it has room."""
+def _eviction_order(state: PoolState, host: Host) -> Iterable[str]:
+    """The host's idle models in the order they are evicted (`eviction.least_likely`)."""
+    lru = map(itemgetter(1), host.idle)
+    return least_likely(lru, state.predicted) if state.predicted else lru
+
+
+def _place(d: _Decision, model_id: str, *, evict: bool, reason: TransitionReason,
+           why: str = "") -> None:
+    """Cold (or Failed without a host) -> placed on a host, loading as soon as it has room.
+    `why`: the reason each eviction records."""
     model = d.state.models[model_id]
     host_id, victims = _choose_host(d.state, model, evict=evict)  # may reject: nothing emitted
     if model.state is Failed:
         d.transition(model_id, Cold, R.ERROR_RECOVERY)
     for victim in victims:
-        d.emit(ModelEvicted(victim, host_id))
+        d.emit(ModelEvicted(victim, host_id, why or _eviction_reason(d.state, victim)))
         _cool(d, victim, R.RESOURCE_PRESSURE)
     d.emit(ModelPlaced(model_id, host_id, model.need_mb, reason))
     _start_waiting(d, host_id)
+
+
+def _eviction_reason(state: PoolState, victim: str) -> str:
+    if not state.predicted:
+        return ""
+    return (f"least likely idle model (predicted {state.predicted.get(victim, 0.0):.3f}),"
+            " then least recently used")
 
 
 def _start_waiting(d: _Decision, host_id: str) -> None:
@@ -826,7 +871,35 @@ def _on_warm(d: _Decision, c: WarmModel) -> None:
         raise Rejection(f"model {c.model_id} is Cooling; it cannot be prewarmed until Cold")
     if model.state is Failed and model.host is not None:
         raise Rejection(f"model {c.model_id} is Failed and still on host {model.host}")
+    if not c.scores:
+        _place(d, c.model_id, evict=False, reason=R.PREDICTIVE_PREWARM)
+        return
+    try:
+        _choose_host(d.state, model, evict=False)
+    except Rejection:  # no room: weigh the least likely idle model, host by host
+        verdict = _displacement(d.state, model, c)
+        d.emit(PredictionsRecorded(c.model_id, c.probability, c.scores,
+                                   verdict.victim if verdict.worth_it else "", verdict.reason))
+        if verdict.worth_it:
+            _place(d, c.model_id, evict=True, reason=R.PREDICTIVE_PREWARM, why=verdict.reason)
+        return
+    d.emit(PredictionsRecorded(c.model_id, c.probability, c.scores))
     _place(d, c.model_id, evict=False, reason=R.PREDICTIVE_PREWARM)
+
+
+def _displacement(state: PoolState, model: Model, c: WarmModel) -> Displacement:
+    """The verdict on the least likely idle model of the host eviction would choose with
+    the command's scores; a model that needs more than one victim is not prewarmed."""
+    scored = copy_with(state, predicted=dict(c.scores))
+    try:
+        host_id, victims = _choose_host(scored, model, evict=True)
+    except Rejection as rejection:
+        return Displacement(c.model_id, c.probability, "", 1.0, rejection.reason)
+    if len(victims) != 1:
+        return Displacement(c.model_id, c.probability, "", 1.0,
+                            f"prewarm of {c.model_id} would evict {len(victims)} models on"
+                            f" host {host_id}; it displaces one at most")
+    return displacement(c.model_id, c.probability, victims[0], c.scores.get(victims[0], 0.0))
 
 
 def _on_cool(d: _Decision, c: CoolModel) -> None:
@@ -995,7 +1068,7 @@ COMMANDS = _RULES.commands
 EVENTS = (ModelRegistered, HostRegistered, ModelPlaced, LoadRequested, ModelLoaded,
           ModelLoadFailed, UnloadRequested, ModelUnloaded, ModelEvicted, ModelTransitioned,
           ModelUsageRecorded, AllocationQueued, ModelAllocated, ModelReleased, AllocationFailed,
-          HealthRecorded, HostDown)
+          HealthRecorded, HostDown, PredictionsRecorded)
 
 POOL = Decider(
     name="pool",

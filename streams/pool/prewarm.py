@@ -515,10 +515,15 @@ class PrewarmEngine:
                     best[model] = (wp, predictor.name)
         return best, answers
 
+    def probabilities(self, now_ms: int) -> dict[str, float]:
+        """Every model's combined probability of a request within the horizon (those with
+        none are left out); keeps no score. What eviction ranks idle models by."""
+        best, _ = self._combine(now_ms, (), 1e-12)
+        return {m: p for m, (p, _) in best.items()}
+
     def predict(self, now_ms: int, k: int) -> list[tuple[str, float]]:
         """Combined probabilities (the `Predictor` interface); keeps no score."""
-        best, _ = self._combine(now_ms, (), 1e-12)
-        return _top(((m, p) for m, (p, _) in best.items()), k)
+        return _top(self.probabilities(now_ms).items(), k)
 
     def decide(self, now_ms: int, hot: Collection[str] = (),
                k: int | None = None) -> list[WarmDecision]:

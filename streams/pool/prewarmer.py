@@ -4,8 +4,10 @@
 pit.pool.events (the audit archive, then Kafka: `streams.follower`), so the predictors relearn
 everything the log shows and its statistics are recounted from it; then it follows the log.
 It holds no state the log does not give back. Its decisions are WarmModel commands, sent like
-any client's: the pool places the model where there is room without evicting, or rejects
-the command (no room; normal, logged at debug level), and the log shows which.
+any client's, with the engine's probabilities for the warm models: the pool records them
+(eviction ranks idle models by them) and places the model where there is room, or
+displaces the least likely idle model when the prewarm's probability beats that model's,
+or declines (the log says why: PredictionsRecorded).
 
 `PoolPrewarmer` is the pure part, one per pool: pool events in log order in, decisions out.
 What it learns from, by event:
@@ -43,7 +45,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
@@ -100,6 +102,9 @@ class Decision:
     probability: float
     reason: str          # the predictor that contributed most
     at_ms: int
+    # the engine's probabilities for the warm models: what the pool weighs a displacement
+    # and ranks evictions by (empty: the pool never displaces for it)
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 class PoolPrewarmer:
@@ -208,9 +213,13 @@ class PoolPrewarmer:
                 del self._unconfirmed[model_id]
                 self.engine.skipped(model_id)
         made = self.engine.decide(at_ms, self.warm)
+        if not made:
+            return []
         for decision in made:
             self._unconfirmed[decision.model_id] = at_ms
-        return [Decision(self.pool_id, d.model_id, d.probability, d.reason, at_ms)
+        scores = {m: round(p, 4) for m, p in self.engine.probabilities(at_ms).items()
+                  if m in self.warm}
+        return [Decision(self.pool_id, d.model_id, d.probability, d.reason, at_ms, scores)
                 for d in made]
 
     def stats(self) -> PrewarmStats:
@@ -370,13 +379,14 @@ class Prewarmer:
 
     async def _warm(self, client: CommandClient, decision: Decision) -> None:
         command = WarmModel(decision.model_id, decision.probability, decision.reason,
-                            decision.pool_id)
+                            decision.pool_id, decision.scores)
         try:
             outcome = await client.send(command, timeout=self.send_timeout_s)
         except PitError as exc:
             log.warning("prewarm of %s not sent: %s", decision.model_id, exc)
             return
-        # A rejection is normal (no room without evicting); the log shows every outcome.
+        # A rejection is normal (nowhere to place it); a declined displacement is accepted
+        # with its reason in PredictionsRecorded. The log shows every outcome.
         log.debug("prewarm %s (p=%.2f, %s): %s", decision.model_id, decision.probability,
                   decision.reason, "accepted" if outcome.accepted else outcome.reason)
 

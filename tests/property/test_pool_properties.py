@@ -238,9 +238,13 @@ def draw_command(data: st.DataObject, run: Run) -> Message:
         if active and data.draw(st.integers(0, 7)):
             return ReleaseModel(data.draw(st.sampled_from(active)))
         return ReleaseModel("never-seen")
-    if pick == 6:
+    if pick == 6:  # with the predictor's scores half the time: then it may displace
+        scores = data.draw(st.dictionaries(st.sampled_from(MODELS),
+                                           st.sampled_from([0.0, 0.2, 0.5, 0.95]), max_size=4)
+                           if data.draw(st.booleans()) else st.just({}))
         return WarmModel(data.draw(st.sampled_from(MODELS)),
-                         data.draw(st.sampled_from([0.0, 0.4, 0.9, 1.0, 1.5])), "test")
+                         data.draw(st.sampled_from([0.0, 0.4, 0.9, 1.0, 1.5])), "test",
+                         scores=scores)
     if pick == 7:
         return CoolModel(data.draw(st.sampled_from(MODELS)),
                          data.draw(st.sampled_from(list(TransitionReason))))

@@ -309,7 +309,7 @@ def test_a_model_measured_too_big_for_its_host_fails_and_is_unloaded() -> None:
 
 # --- prewarming ------------------------------------------------------------------------------
 
-def test_prewarming_loads_into_free_memory_only_and_never_evicts() -> None:
+def test_prewarming_without_scores_loads_into_free_memory_only_and_never_evicts() -> None:
     pool = Pool(("h1", 200, 4), a=100, b=100, c=100)
     events = pool.send(WarmModel("a", 0.8, "markov: b follows a"))
     assert kinds(events) == ["ModelPlaced", "->Warming", "LoadRequested"]
@@ -320,9 +320,32 @@ def test_prewarming_loads_into_free_memory_only_and_never_evicts() -> None:
     assert kinds(pool.send(AllocateModel("r", "a", "x"))) == ["ModelAllocated"]  # a hit
     pool.send(ReleaseModel("r"))
     pool.hot("b")
-    assert "prewarming never evicts" in pool.reject(WarmModel("c", 0.99, "x"))
+    assert "a prewarm without scores never evicts" in pool.reject(WarmModel("c", 0.99, "x"))
     assert "probability" in pool.reject(WarmModel("c", 1.5, "x"))
     assert pool.state.stats.prewarm_loads == 1
+
+
+def test_a_prewarm_with_scores_displaces_the_least_likely_idle_model_only_for_a_gain() -> None:
+    pool = Pool(("h1", 300, 3), a=100, b=100, c=100, d=100, e=100)
+    for model_id in ("a", "b", "c"):  # a is least recently used, b least likely
+        pool.hot(model_id, f"warm-{model_id}")
+    scores = {"a": 0.7, "b": 0.2, "c": 0.9}
+    declined = pool.send(WarmModel("d", 0.2, "periodic", scores=scores))
+    assert kinds(declined) == ["PredictionsRecorded"]
+    assert declined[0].victim == "" and "0.200 does not beat the loss 0.200" in declined[0].reason
+    events = pool.send(WarmModel("d", 0.8, "periodic", scores=scores))
+    assert kinds(events) == ["PredictionsRecorded", "ModelEvicted", "->Cooling",
+                             "UnloadRequested", "ModelPlaced"]
+    assert events[1].model_id == "b" and events[1].reason == events[0].reason
+    assert "gain 0.800 beats the loss 0.200 of evicting b" in events[1].reason
+    pool.send(ReportModelUnloaded("h1", "b"))
+    pool.send(ReportModelLoaded("h1", "d", 5, 100))
+    # A demand miss now evicts by the recorded scores (d's own included): a (0.7) goes
+    # before d (0.8) and c (0.9).
+    assert pool.state.predicted == scores | {"d": 0.8}
+    evicted = [e.model_id for e in pool.send(AllocateModel("r", "e", "x"))
+               if isinstance(e, ModelEvicted)]
+    assert evicted == ["a"]
 
 
 # --- host reports must come from the host that holds the model --------------------------------
@@ -366,7 +389,7 @@ def test_every_message_has_its_schema_and_survives_the_codec() -> None:
     assert POOL.command_type("pit.pool.AllocateModel") is AllocateModel
     assert POOL.event_type("pit.pool.ModelTransitioned") is ModelTransitioned
     samples = {str: "x", int: 7, float: 0.5, bool: True, TransitionReason: R.USER_REQUEST,
-               ModelState: Hot, list[str]: ["a", "b"]}
+               ModelState: Hot, list[str]: ["a", "b"], dict[str, float]: {"k": 0.5}}
     envelope = {"event_id": "e", "event_type": "t", "entity_key": "default", "sequence": 1,
                 "correlation_id": "c", "causation_id": "c", "occurred_at": T0, "producer": "p"}
     meta = {"command_id": "c", "issued_at": T0, "issued_by": "t", "correlation_id": None}

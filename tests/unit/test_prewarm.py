@@ -19,7 +19,7 @@ from streams.pool.prewarm import (
     WarmDecision,
     WorkflowPredictor,
 )
-from streams.pool.prewarm_bench import LruPool, bench_prewarm, simulate
+from streams.pool.prewarm_bench import LruPool, bench_prewarm, bench_second_trace, simulate
 from streams.pool.trace import DAY_MS, generate_trace, trace_plan, workflow_name
 
 SMALL = {"days": 4, "requests_per_day": 4000}
@@ -260,6 +260,11 @@ def test_lru_pool_counts_loading_models_as_cold():
 def test_bench_reports_the_issue_keys():
     figures = bench_prewarm(seed=3, requests_per_day=1500, days=2)
     for key in ("pool_hit_rate", "prewarm_accuracy", "prewarm_cold_start_reduction",
-                "prewarm_predict_ms"):
+                "prewarm_predict_ms", "pool_hit_rate_vs_optimal", "pool_hit_rate_optimal"):
         assert key in figures
     assert 0.0 <= figures["prewarm_accuracy"] <= 1.0
+    assert figures["cold_starts_optimal"] <= figures["cold_starts_without"]
+    second = bench_second_trace(functions=40, days=2)
+    for key in ("pool_hit_rate_second_trace", "prewarm_cold_start_reduction_second_trace",
+                "pool_hit_rate_vs_optimal_second_trace"):
+        assert key in second

@@ -173,7 +173,7 @@ class SqlSearch:
             Column("doc_id", Long, nullable=False, autoincrement=False),
             Column("created_at_ms", Long, nullable=False),
             PrimaryKeyConstraint("tag", "doc_id", name=f"pk_{prefix}_tags"),
-            Index(f"ix_{prefix}_tags_doc", "doc_id"),
+            Index(f"ix_{prefix}_tags_doc", "doc_id", "tag"),  # covers a sample's tags
         )
         Index(f"ix_{prefix}_tags_created", self.tags.c.tag, self.tags.c.created_at_ms.desc(),
               self.tags.c.doc_id)
@@ -456,24 +456,24 @@ class SqlSearch:
                  ) -> tuple[int, dict[str, dict[str, int]], bool]:
         """Total and facets counted over the result, or over its first FACET_SAMPLE
         documents by id (a uniform sample: ids are hashes) scaled to the total, with
-        whether they are exact."""
-        params: dict[str, Any] = {"sample": FACET_SAMPLE + 1}
+        whether they are exact. The engine counts; only (facet, key, n) rows come back."""
+        params: dict[str, Any] = {"sample": FACET_SAMPLE}
         identity, _, _, source = self._source(conn, terms, query, params, docs=True)
-        rows = self._run(conn, f"SELECT d.content_type, d.tags {source} ORDER BY {identity} "
-                               f"LIMIT :sample", params).all()
-        counts: Counter = Counter()
-        for content_type, tags in rows[:FACET_SAMPLE]:
-            counts["c", content_type] += 1
-            counts.update(("t", tag) for tag in json.loads(tags))
-        if len(rows) <= FACET_SAMPLE:
-            return len(rows), _facets(((*key, n) for key, n in counts.items()),
-                                      query.facet_limit), True
+        rows = self._run(conn, f"WITH s AS (SELECT {identity} AS id, d.content_type AS ct "
+                               f"{source} ORDER BY {identity} LIMIT :sample) "
+                               f"SELECT 'c', ct, count(*) FROM s GROUP BY ct UNION ALL "
+                               f"SELECT 't', t.tag, count(*) FROM s {self._join} "
+                               f"{self._q(self.tags.name)} t ON t.doc_id = s.id "
+                               f"GROUP BY t.tag", params).all()
+        counted = sum(int(n) for facet, _, n in rows if facet == "c")
+        if counted < FACET_SAMPLE:
+            return counted, _facets(rows, query.facet_limit), True
         params = {}
         _, _, _, source = self._source(conn, terms, query, params, docs=False)
         total = int(self._run(conn, f"SELECT count(*) {source}", params).scalar() or 0)
         scale = total / FACET_SAMPLE
-        return total, _facets(((*key, round(n * scale)) for key, n in counts.items()),
-                              query.facet_limit), False
+        return total, _facets(((facet, key, round(n * scale)) for facet, key, n in rows),
+                              query.facet_limit), total == FACET_SAMPLE
 
     def _page(self, conn: Connection, terms: tuple[Term, ...], query: SearchQuery
               ) -> list[tuple[int, float]]:

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 
 from projections.search import (
     SearchBackend,
@@ -293,6 +293,32 @@ class TestSqlSearch(SearchContract):
             conn.exec_driver_sql("UPDATE search_test_docs SET address = 'sha256:other'")
         with pytest.raises(SearchError, match="search document id collision: sha256:other"):
             backend.index(CORPUS[:1])
+
+    def test_an_index_of_the_in_memory_columns_era_is_upgraded_in_place(
+            self, engine: Engine, backend: SearchBackend) -> None:
+        backend.index(CORPUS)
+        with engine.begin() as conn:  # that layout: no _tags/_facets; _meta, _removed, seq
+            for ddl in ("DROP TABLE search_test_tags", "DROP TABLE search_test_facets",
+                        "DROP INDEX ix_search_test_docs_created",
+                        "ALTER TABLE search_test_docs ADD COLUMN seq BIGINT NOT NULL DEFAULT 1",
+                        "CREATE INDEX ix_search_test_docs_seq ON search_test_docs (seq)",
+                        "CREATE TABLE search_test_meta (id INTEGER PRIMARY KEY, "
+                        "generation VARCHAR(32) NOT NULL, version BIGINT NOT NULL)",
+                        "CREATE TABLE search_test_removed (doc_id BIGINT PRIMARY KEY, "
+                        "seq BIGINT NOT NULL)"):
+                conn.exec_driver_sql(ddl)
+        backend.ensure()
+        tables = set(inspect(engine).get_table_names())
+        assert {"search_test_tags", "search_test_facets"} <= tables
+        assert not {"search_test_meta", "search_test_removed"} & tables
+        assert "seq" not in {c["name"] for c in inspect(engine).get_columns("search_test_docs")}
+        for query in QUERIES:
+            kept, facets = reference(CORPUS, query)
+            page = backend.search(query)
+            assert (page.total, page.facets) == (len(kept), facets), query
+        backend.remove([CORPUS[0].address])  # and the counts go on from the filled ones
+        kept, facets = reference(CORPUS[1:], SearchQuery(tags=("finance",)))
+        assert backend.search(SearchQuery(tags=("finance",))).facets == facets
 
     def test_search_before_anything_was_indexed(self, engine: Engine) -> None:
         assert sql_search(engine, prefix="never_made").search(SearchQuery("x")).total == 0

@@ -292,7 +292,10 @@ class SqlSearch:
     def index(self, docs: Sequence[SearchDoc]) -> None:
         """Upsert by address (the last of duplicates in `docs` wins)."""
         latest = {doc.address: doc for doc in docs}
-        by_id = {doc_id(address): doc for address, doc in latest.items()}
+        # in id order: FTS5 flushes its pending terms to a new segment whenever a rowid is
+        # lower than the one before (ids are hashes), and b-trees fill page by page
+        by_id = dict(sorted(((doc_id(address), doc) for address, doc in latest.items()),
+                            key=lambda item: item[0]))
         if len(by_id) < len(latest):
             raise SearchError("two addresses of one batch share a search document id")
         if not by_id:

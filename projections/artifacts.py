@@ -323,7 +323,7 @@ class ArtifactSearchView(View):
 
         search = sql_search(conn)
         # Checked in every transaction: one that created the index may have rolled back.
-        if not inspect(conn).has_table(search.meta.name):
+        if not inspect(conn).has_table(search.facets.name):
             search.ensure()
         return search
 

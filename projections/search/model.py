@@ -15,7 +15,8 @@ Rules every backend keeps (the contract suite checks them):
 * highlights are HTML-safe: the field's text HTML-escaped, matches inside <mark></mark>,
   one entry per field that matched ("name", "text", "metadata");
 * facets: per tag and per content type the number of matching documents, the
-  `facet_limit` largest, ties by key.
+  `facet_limit` largest, ties by key. A backend may estimate them for a large result (the
+  SQL ones do past FACET_SAMPLE documents, see sql.py); `facets_exact` then says False.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class SearchPage:
     total: int
     hits: tuple[SearchHit, ...]
     facets: Mapping[str, Mapping[str, int]]  # {"tags": {tag: n}, "content_types": {ct: n}}
+    facets_exact: bool = True  # False: estimated from a sample of the result
 
 
 @runtime_checkable

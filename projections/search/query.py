@@ -88,6 +88,9 @@ def highlight(text: str, terms: tuple[Term, ...], *, window: int | None = None
     nothing matched. With `window`, only about `window` words around the first match, with
     "…" where text was cut (like FTS5's snippet()). Words compare `fold`ed."""
     phrases = [([fold(w) for w in term.words], term.prefix) for term in terms]
+    folded = fold(text)  # fold maps character by character: a matching token is inside
+    if not any(phrase and phrase[-1] in folded for phrase, _ in phrases):
+        return None  # no word-by-word scan of a field that cannot match
     tokens: list[tuple[int, int, str]] = []
     spans: list[tuple[int, int]] = []  # token index ranges [first, last] that matched
     longest = max((len(p) for p, _ in phrases), default=1)

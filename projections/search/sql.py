@@ -1,29 +1,40 @@
 """Artifact search inside the views database: SQLite FTS5 (the embedded default) and
-PostgreSQL full text (tsvector). The full-text engine lists the documents a query's text
-matches and scores them (all of them when filters will drop some; otherwise it ranks just
-the page, as scoring every match costs several times listing it); filters, facets and the
-page come from an in-memory columnar copy of the documents (`columns.py`), kept in step
-with the tables by a version.
+PostgreSQL full text (tsvector). Every part of a search runs in the engine, and its work is
+bounded by the page and a sample, never by the size of the result:
+* filters (tags, content types, creation time) are SQL conditions on the full-text query
+  (or, without text, on the indexes of `_docs` and `_tags`);
+* the page: with text, the engine's top k by score (a bounded sorter, only over the
+  documents the filters keep); without, an index scan in creation order;
+* total and facets: without text and with no filter, one tag, or content types alone,
+  exact, from facet counts kept in the same transaction as the rows (`_facets`);
+  otherwise counted over the result when it has at most FACET_SAMPLE documents (exact),
+  else estimated from FACET_SAMPLE of them (`SearchPage.facets_exact` is then False; the
+  total is always exact).
 
 Tables (names start with `prefix`, default "search"):
 * `<prefix>_docs`: one row per artifact; `doc_id` = 63 bits of BLAKE2b(address), so ids
   need no allocation round trip and a rebuild gives every document the same id again (a
-  collision, ~1e-9 at 100,000 documents, is refused, never overwritten); `seq` = the
-  version that wrote the row;
-* `<prefix>_removed`: ids removed, with the version that removed them;
-* `<prefix>_meta`: the generation (new at every reset) and the version (bumped by every
-  write transaction), which tell a reader's columns what to load;
+  collision, ~1e-9 at 100,000 documents, is refused, never overwritten). Because ids are
+  hashes, the matches in id order are a uniform random sample of the result;
+* `<prefix>_tags`: (tag, doc_id) with the creation time, so one tag's documents come
+  newest first from an index;
+* `<prefix>_facets`: (scope, facet, key) -> the number of documents; scope "" counts every
+  document, "t:<tag>" those with that tag, "c:<type>" those of that content type; facet
+  "t" counts per tag, "c" per content type;
 * SQLite: `<prefix>_fts`, an FTS5 table (name, text, metadata), rowid = doc_id. It keeps
   its own copy of the text rather than pointing at `_docs` (external content): such a
   table names its content table in its schema, which a rename would leave behind;
 * PostgreSQL: the text lives in `_docs` with a GIN-indexed tsvector column built from the
   words alone (see `PostgresSearch`).
 
+An index made before `_tags` and `_facets` existed (with the `_meta`/`_removed` tables of
+the in-memory columns it was searched with then) gets them filled from `_docs` by
+`ensure()`, which the projection runs when `_facets` is missing.
+
 Writes go through the connection the backend was made with: a projection passes the
 connection of its transaction (`Fts5Search(conn)` or `backend.using(conn)`), so index rows
-commit together with its positions; made with an Engine, each call is its own transaction.
-A search reads the version, the matches, the page's rows and highlights in one read
-transaction.
+and counts commit together with its positions; made with an Engine, each call is its own
+transaction. A search reads in one read transaction.
 """
 
 from __future__ import annotations
@@ -32,18 +43,16 @@ import hashlib
 import json
 import re
 import threading
-import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 from sqlalchemy import (
     Column,
     Connection,
     Engine,
     Index,
-    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -56,7 +65,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from projections.search.columns import Columns, select
 from projections.search.model import (
     TEXT_LIMIT,
     SearchDoc,
@@ -66,6 +74,7 @@ from projections.search.model import (
     clean,
     marked_html,
     metadata_text,
+    top_counts,
 )
 from projections.search.query import (
     Term,
@@ -80,9 +89,11 @@ from streams.sql import Long, insert_rows, is_sqlite
 _PREFIX = re.compile(r"[a-z][a-z0-9_]{0,40}")
 _CHUNK = 500  # ids per IN (...)
 _SNIPPET_TOKENS = 24
+FACET_SAMPLE = 1000  # documents a query's facets are counted over at most
+_LEGACY = ("removed", "meta")  # tables of the in-memory columns this index replaced
 
-_columns: dict[tuple[str, str], Columns] = {}  # (database, prefix) -> the latest columns
-_columns_lock = threading.Lock()
+_ready: set[tuple[str, str]] = set()  # (database, prefix) of indexes known to exist
+_ready_lock = threading.Lock()
 
 
 def doc_id(address: str) -> int:
@@ -99,12 +110,32 @@ def _ids(name: str):
     return bindparam(name, expanding=True)
 
 
+def _count(counts: Counter, docs: Iterable[tuple[str, Sequence[str]]], sign: int) -> None:
+    """Add `sign` per document (content type, tags) to the facet counts of every scope it
+    is in: everything, its content type, each of its tags."""
+    for content_type, tags in docs:
+        for scope in ("", f"c:{content_type}", *(f"t:{tag}" for tag in tags)):
+            counts[scope, "c", content_type] += sign
+            for tag in tags:
+                counts[scope, "t", tag] += sign
+
+
+def _facets(counts: Iterable[tuple[str, str, int]], limit: int) -> dict[str, dict[str, int]]:
+    """(facet, key, n) rows -> the page's facets."""
+    by_facet: dict[str, dict[str, int]] = {"c": {}, "t": {}}
+    for facet, key, n in counts:
+        if n:
+            by_facet[facet][key] = int(n)
+    return {"tags": top_counts(by_facet["t"], limit),
+            "content_types": top_counts(by_facet["c"], limit)}
+
+
 class SqlSearch:
     """The dialect-independent part; use `Fts5Search`, `PostgresSearch` or `sql_search`."""
 
     dialect: str
     _BASE_COLUMNS = ("doc_id", "address", "name", "content_type", "created_at_ms", "tags",
-                     "metadata_json", "creators", "seq")
+                     "metadata_json", "creators")
 
     def __init__(self, bind: Engine | Connection, *, prefix: str = "search") -> None:
         if not _PREFIX.fullmatch(prefix):
@@ -127,25 +158,31 @@ class SqlSearch:
             Column("tags", Text, nullable=False),           # JSON array
             Column("metadata_json", Text, nullable=False),  # JSON object
             Column("creators", Text, nullable=False),       # JSON array
-            Column("seq", Long, nullable=False),
             *self._content_columns(),
             PrimaryKeyConstraint("doc_id", name=f"pk_{prefix}_docs"),
             Index(f"ux_{prefix}_docs_address", "address", unique=True),
-            Index(f"ix_{prefix}_docs_seq", "seq"),
         )
-        self.removed = Table(
-            f"{prefix}_removed", metadata,
+        # browse order (newest first, ties by id); a content type is filtered on its scan
+        Index(f"ix_{prefix}_docs_created", self.docs.c.created_at_ms.desc(),
+              self.docs.c.doc_id)
+        self.tags = Table(
+            f"{prefix}_tags", metadata,
+            Column("tag", String(255), nullable=False),
             Column("doc_id", Long, nullable=False, autoincrement=False),
-            Column("seq", Long, nullable=False),
-            PrimaryKeyConstraint("doc_id", name=f"pk_{prefix}_removed"),
-            Index(f"ix_{prefix}_removed_seq", "seq"),
+            Column("created_at_ms", Long, nullable=False),
+            PrimaryKeyConstraint("doc_id", "tag", name=f"pk_{prefix}_tags"),
+            sqlite_with_rowid=False,  # the key is the row: one b-tree fewer to write
         )
-        self.meta = Table(
-            f"{prefix}_meta", metadata,
-            Column("id", Integer, nullable=False, autoincrement=False),
-            Column("generation", String(32), nullable=False),
-            Column("version", Long, nullable=False),
-            PrimaryKeyConstraint("id", name=f"pk_{prefix}_meta"),
+        Index(f"ix_{prefix}_tags_created", self.tags.c.tag, self.tags.c.created_at_ms.desc(),
+              self.tags.c.doc_id)
+        self.facets = Table(
+            f"{prefix}_facets", metadata,
+            Column("scope", Text, nullable=False),
+            Column("facet", String(1), nullable=False),
+            Column("key", Text, nullable=False),
+            Column("n", Long, nullable=False),
+            PrimaryKeyConstraint("scope", "facet", "key", name=f"pk_{prefix}_facets"),
+            sqlite_with_rowid=False,
         )
         self.fts_name = f"{prefix}_fts"
 
@@ -172,16 +209,37 @@ class SqlSearch:
             self._create(conn)
 
     def _create(self, conn: Connection) -> None:
-        for table in (self.docs, self.removed, self.meta):
+        counted = inspect(conn).has_table(self.facets.name)
+        for table in (self.docs, self.tags, self.facets):
             table.create(conn, checkfirst=True)
+        for index in self.docs.indexes:  # a table made by an older version lacks some
+            index.create(conn, checkfirst=True)
         self._create_content(conn)
-        conn.execute(text(f"INSERT INTO {self._q(self.meta.name)} (id, generation, version) "
-                          f"VALUES (1, :generation, 0) ON CONFLICT (id) DO NOTHING"),
-                     {"generation": uuid.uuid4().hex})
+        for legacy in _LEGACY:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._q(f'{self.prefix}_{legacy}')}")
+        if not counted:
+            self._backfill(conn)
+
+    def _backfill(self, conn: Connection) -> None:
+        """`_tags` and `_facets` from the documents, and without the columns' `seq` (an
+        index made before they existed)."""
+        if "seq" in {column["name"] for column in inspect(conn).get_columns(self.docs.name)}:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {self._q(f'ix_{self.prefix}_docs_seq')}")
+            conn.exec_driver_sql(f"ALTER TABLE {self._q(self.docs.name)} DROP COLUMN seq")
+        rows = conn.execute(text(f"SELECT doc_id, content_type, created_at_ms, tags "
+                                 f"FROM {self._q(self.docs.name)}")).all()
+        docs = [(identity, content_type, created, json.loads(tags))
+                for identity, content_type, created, tags in rows]
+        insert_rows(conn, self.tags, ("tag", "doc_id", "created_at_ms"),
+                    [(tag, identity, created) for identity, _, created, tags in docs
+                     for tag in tags])
+        counts: Counter = Counter()
+        _count(counts, ((content_type, tags) for _, content_type, _, tags in docs), 1)
+        self._add_counts(conn, counts)
 
     def reset(self) -> None:
-        """Empty the index (a new generation): in a projection's transaction, readers see
-        the old index until the rebuild that follows commits."""
+        """Empty the index: in a projection's transaction, readers see the old index until
+        the rebuild that follows commits."""
         with self._transaction() as conn:
             self._drop(conn)
             self._create(conn)
@@ -190,10 +248,12 @@ class SqlSearch:
         """Drop the index's tables."""
         with self._transaction() as conn:
             self._drop(conn)
+        with _ready_lock:
+            _ready.discard(self._key)
 
     def _drop(self, conn: Connection) -> None:
         self._drop_content(conn)
-        for table in (self.meta, self.removed, self.docs):
+        for table in (self.facets, self.tags, self.docs):
             table.drop(conn, checkfirst=True)
 
     @contextmanager
@@ -217,55 +277,94 @@ class SqlSearch:
             with self.bind.connect() as conn:
                 yield conn
 
-    # --- writes --------------------------------------------------------------------------
+    def _exists(self, conn: Connection) -> bool:
+        with _ready_lock:
+            if self._key in _ready:
+                return True
+        if not inspect(conn).has_table(self.facets.name):
+            return False
+        with _ready_lock:
+            _ready.add(self._key)
+        return True
 
-    def _bump(self, conn: Connection) -> int:
-        """The version of this write transaction (the meta row stays locked until it ends,
-        so concurrent writers get increasing versions in commit order)."""
-        version = conn.execute(text(f"UPDATE {self._q(self.meta.name)} "
-                                    f"SET version = version + 1 WHERE id = 1 "
-                                    f"RETURNING version")).scalar()
-        if version is None:
-            raise SearchError(f"search index {self.prefix!r} is not set up (ensure() it)")
-        return int(version)
+    # --- writes --------------------------------------------------------------------------
 
     def index(self, docs: Sequence[SearchDoc]) -> None:
         """Upsert by address (the last of duplicates in `docs` wins)."""
         latest = {doc.address: doc for doc in docs}
-        by_id = {doc_id(address): doc for address, doc in latest.items()}
+        # in id order: FTS5 flushes its pending terms to a new segment whenever a rowid is
+        # lower than the one before (ids are hashes), and b-trees fill page by page
+        by_id = dict(sorted(((doc_id(address), doc) for address, doc in latest.items()),
+                            key=lambda item: item[0]))
         if len(by_id) < len(latest):
             raise SearchError("two addresses of one batch share a search document id")
         if not by_id:
             return
         with self._transaction() as conn:
-            version = self._bump(conn)
-            stored = self._addresses(conn, list(by_id))
-            for identity, address in stored.items():
+            stored = self._stored(conn, list(by_id))
+            for identity, (address, _, _) in stored.items():
                 if address != by_id[identity].address:
                     raise SearchError(f"search document id collision: {address} and "
                                       f"{by_id[identity].address}")
+            counts: Counter = Counter()
+            _count(counts, ((content_type, tags) for _, content_type, tags in stored.values()),
+                   -1)
+            _count(counts, ((doc.content_type, doc.tags) for doc in by_id.values()), 1)
             self._delete(conn, list(stored))
-            self._insert(conn, by_id, version)
+            self._insert(conn, by_id)
+            self._add_counts(conn, counts)
 
     def remove(self, addresses: Iterable[str]) -> None:
         ids = list({doc_id(address) for address in addresses})
         if not ids:
             return
         with self._transaction() as conn:
-            version = self._bump(conn)
-            self._delete(conn, ids)
-            self._in_chunks(conn, f"DELETE FROM {self._q(self.removed.name)} "
-                                  f"WHERE doc_id IN :ids", ids)
-            insert_rows(conn, self.removed, ("doc_id", "seq"), [(i, version) for i in ids])
+            stored = self._stored(conn, ids)
+            counts: Counter = Counter()
+            _count(counts, ((content_type, tags) for _, content_type, tags in stored.values()),
+                   -1)
+            self._delete(conn, list(stored))
+            self._add_counts(conn, counts)
 
-    def _row(self, identity: int, doc: SearchDoc, version: int) -> tuple[Any, ...]:
+    def _stored(self, conn: Connection, ids: list[int]
+                ) -> dict[int, tuple[str, str, list[str]]]:
+        """id -> (address, content type, tags) of the documents of `ids` in the index."""
+        rows = self._in_chunks(conn, f"SELECT doc_id, address, content_type, tags FROM "
+                                     f"{self._q(self.docs.name)} WHERE doc_id IN :ids", ids)
+        return {identity: (address, content_type, json.loads(tags))
+                for identity, address, content_type, tags in rows}
+
+    def _add_counts(self, conn: Connection, counts: Counter) -> None:
+        """Add the deltas to `_facets` (concurrent writers add, never overwrite), then drop
+        the counts that reached zero, so a facet lists only keys some document has."""
+        changed = [(*scope_facet_key, n) for scope_facet_key, n in counts.items() if n]
+        if not changed:
+            return
+        facets, key = self._q(self.facets.name), self._q("key")
+        mark = "?" if is_sqlite(conn) else "%s"  # the driver's own executemany: many rows
+        conn.exec_driver_sql(f"INSERT INTO {facets} (scope, facet, {key}, n) "
+                             f"VALUES ({mark}, {mark}, {mark}, {mark}) "
+                             f"ON CONFLICT (scope, facet, {key}) "
+                             f"DO UPDATE SET n = {facets}.n + excluded.n", changed)
+        fallen = [row[:3] for row in changed if row[3] < 0]
+        if fallen:
+            conn.exec_driver_sql(f"DELETE FROM {facets} WHERE scope = {mark} AND "
+                                 f"facet = {mark} AND {key} = {mark} AND n <= 0", fallen)
+
+    def _row(self, identity: int, doc: SearchDoc) -> tuple[Any, ...]:
         return (identity, doc.address, clean(doc.name), doc.content_type, doc.created_at_ms,
                 json.dumps(list(doc.tags)), json.dumps(dict(doc.metadata), sort_keys=True),
-                json.dumps(list(doc.creators)), version)
+                json.dumps(list(doc.creators)))
 
-    def _insert(self, conn: Connection, docs: dict[int, SearchDoc], version: int) -> None:
+    def _insert(self, conn: Connection, docs: dict[int, SearchDoc]) -> None:
         insert_rows(conn, self.docs, self._BASE_COLUMNS,
-                    [self._row(identity, doc, version) for identity, doc in docs.items()])
+                    [self._row(identity, doc) for identity, doc in docs.items()])
+        self._insert_tags(conn, docs)
+
+    def _insert_tags(self, conn: Connection, docs: dict[int, SearchDoc]) -> None:
+        insert_rows(conn, self.tags, ("tag", "doc_id", "created_at_ms"),
+                    [(tag, identity, doc.created_at_ms) for identity, doc in docs.items()
+                     for tag in doc.tags])
 
     def _in_chunks(self, conn: Connection, sql: str, ids: list[int]) -> list[Any]:
         statement = text(sql).bindparams(_ids("ids"))
@@ -276,45 +375,130 @@ class SqlSearch:
                 rows.extend(result.all())
         return rows
 
-    def _addresses(self, conn: Connection, ids: list[int]) -> dict[int, str]:
-        return dict(self._in_chunks(conn, f"SELECT doc_id, address FROM "
-                                          f"{self._q(self.docs.name)} WHERE doc_id IN :ids",
-                                    ids))
-
     def _delete(self, conn: Connection, ids: list[int]) -> None:
-        self._in_chunks(conn, f"DELETE FROM {self._q(self.docs.name)} WHERE doc_id IN :ids",
-                        ids)
+        for table in (self.docs, self.tags):
+            self._in_chunks(conn, f"DELETE FROM {self._q(table.name)} WHERE doc_id IN :ids",
+                            ids)
 
     # --- search --------------------------------------------------------------------------
 
-    def _match(self, terms: tuple[Term, ...], params: dict[str, Any]) -> tuple[str, str, str]:
-        """(id expression, score expression (higher is better), FROM ... WHERE ...) of the
-        documents the terms match; fills `params`."""
+    _join = "JOIN"
+
+    def _run(self, conn: Connection, sql: str, params: dict[str, Any]):
+        """`sql` with list parameters expanded into IN (...)."""
+        statement = text(sql).bindparams(*(_ids(name) for name, value in params.items()
+                                           if isinstance(value, list)))
+        return conn.execute(statement, params)
+
+    def _match(self, terms: tuple[Term, ...], params: dict[str, Any], *, joined: bool
+               ) -> tuple[str, str, str, list[str]]:
+        """(id expression, score expression (higher is better), FROM, WHERE conditions) of
+        the documents the terms match; fills `params`. With `joined`, `_docs` is in the
+        FROM as `d`."""
         raise NotImplementedError
 
-    def _matches(self, conn: Connection, terms: tuple[Term, ...], *, scored: bool
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The ids of the documents the terms match, and their scores if `scored`."""
-        params: dict[str, Any] = {}
-        identity, score, source = self._match(terms, params)
-        if not scored:
-            ids = conn.execute(text(f"SELECT {identity} {source}"), params).scalars().all()
-            return np.array(ids, np.int64), None
-        rows = conn.execute(text(f"SELECT {identity}, {score} {source}"), params).all()
-        if not rows:
-            return np.empty(0, np.int64), np.empty(0)
-        ids, scores = zip(*rows, strict=True)
-        return np.array(ids, np.int64), np.array(scores, np.float64)
+    def _rarest(self, conn: Connection, tags: list[str]) -> int:
+        """The position in `tags` of the tag the fewest documents have."""
+        counts = dict(self._run(conn, f"SELECT {self._q('key')}, n FROM "
+                                      f"{self._q(self.facets.name)} WHERE scope = '' AND "
+                                      f"facet = 't' AND {self._q('key')} IN :tags",
+                                {"tags": tags}).all())
+        return min(range(len(tags)), key=lambda i: counts.get(tags[i], 0))
 
-    def _ranked(self, conn: Connection, terms: tuple[Term, ...], count: int
-                ) -> list[tuple[int, float]]:
-        """The `count` best (id, score) of the matches, by score, ties by id: the engine
-        sorts with a bounded sorter, never handing every score over."""
-        params: dict[str, Any] = {"count": count}
-        identity, score, source = self._match(terms, params)
-        rows = conn.execute(text(f"SELECT {identity} AS id, {score} AS score {source} "
-                                 f"ORDER BY score DESC, id LIMIT :count"), params)
-        return [(int(identity), float(score)) for identity, score in rows]
+    def _source(self, conn: Connection, terms: tuple[Term, ...], query: SearchQuery,
+                params: dict[str, Any], *, docs: bool) -> tuple[str, str, str, str]:
+        """(id, score ("" without text), creation time, FROM ... WHERE ...) of the query's
+        result, its filters in the engine. With `docs`, `_docs` is in the FROM as `d` (else
+        only when a filter needs it). Without text, one tag's index (the rarest tag's) or
+        `_docs`' own lead, in creation order."""
+        tags = list(query.tags)
+        timed = query.created_from_ms is not None or query.created_to_ms is not None
+        docs = docs or bool(query.content_types)
+        docs_table, tags_table = self._q(self.docs.name), self._q(self.tags.name)
+        if terms:
+            identity, score, source, where = self._match(terms, params, joined=docs or timed)
+            created = "d.created_at_ms"
+        elif tags:
+            params["tag"] = tags.pop(self._rarest(conn, tags))
+            identity, score, created = "t.doc_id", "", "t.created_at_ms"
+            source = f"FROM {tags_table} t"
+            if docs:
+                source += f" {self._join} {docs_table} d ON d.doc_id = t.doc_id"
+            where = ["t.tag = :tag"]
+        else:
+            identity, score, created = "d.doc_id", "", "d.created_at_ms"
+            source, where = f"FROM {docs_table} d", []
+        if query.content_types:
+            params["types"] = list(query.content_types)
+            where.append("d.content_type IN :types")
+        if query.created_from_ms is not None:
+            params["created_from"] = query.created_from_ms
+            where.append(f"{created} >= :created_from")
+        if query.created_to_ms is not None:
+            params["created_to"] = query.created_to_ms
+            where.append(f"{created} < :created_to")
+        for i, tag in enumerate(tags):
+            params[f"tag{i}"] = tag
+            where.append(f"EXISTS (SELECT 1 FROM {tags_table} x WHERE x.tag = :tag{i} "
+                         f"AND x.doc_id = {identity})")
+        if where:
+            source += " WHERE " + " AND ".join(where)
+        return identity, score, created, source
+
+    def _counted(self, conn: Connection, scopes: list[str], limit: int
+                 ) -> tuple[int, dict[str, dict[str, int]]]:
+        """Total and facets of the documents in any of `scopes` (disjoint), from `_facets`."""
+        key = self._q("key")
+        rows = self._run(conn, f"SELECT facet, {key}, sum(n) FROM {self._q(self.facets.name)}"
+                               f" WHERE scope IN :scopes GROUP BY facet, {key}",
+                         {"scopes": scopes}).all()
+        return sum(int(n) for facet, _, n in rows if facet == "c"), _facets(rows, limit)
+
+    def _sampled(self, conn: Connection, terms: tuple[Term, ...], query: SearchQuery
+                 ) -> tuple[int, dict[str, dict[str, int]], bool]:
+        """Total and facets counted over the result, or over its first FACET_SAMPLE
+        documents by id (a uniform sample: ids are hashes) scaled to the total, with
+        whether they are exact. The engine counts; only (facet, key, n) rows come back."""
+        params: dict[str, Any] = {"sample": FACET_SAMPLE}
+        identity, _, _, source = self._source(conn, terms, query, params, docs=True)
+        rows = self._run(conn, f"WITH s AS (SELECT {identity} AS id, d.content_type AS ct "
+                               f"{source} ORDER BY {identity} LIMIT :sample) "
+                               f"SELECT 'c', ct, count(*) FROM s GROUP BY ct UNION ALL "
+                               f"SELECT 't', t.tag, count(*) FROM s {self._join} "
+                               f"{self._q(self.tags.name)} t ON t.doc_id = s.id "
+                               f"GROUP BY t.tag", params).all()
+        counted = sum(int(n) for facet, _, n in rows if facet == "c")
+        if counted < FACET_SAMPLE:
+            return counted, _facets(rows, query.facet_limit), True
+        params = {}
+        _, _, _, source = self._source(conn, terms, query, params, docs=False)
+        total = int(self._run(conn, f"SELECT count(*) {source}", params).scalar() or 0)
+        scale = total / FACET_SAMPLE
+        return total, _facets(((facet, key, round(n * scale)) for facet, key, n in rows),
+                              query.facet_limit), total == FACET_SAMPLE
+
+    def _page(self, conn: Connection, terms: tuple[Term, ...], query: SearchQuery
+              ) -> list[tuple[int, float]]:
+        """(id, score) of the page: with text the engine's top offset + limit by score (a
+        bounded sorter, ties by id), without the newest first from an index."""
+        params: dict[str, Any] = {}
+        identity, score, created, source = self._source(conn, terms, query, params,
+                                                        docs=False)
+        if terms:
+            params["count"] = query.offset + query.limit
+            rows = self._run(conn, f"SELECT {identity} AS id, {score} AS score {source} "
+                                   f"ORDER BY score DESC, id LIMIT :count", params)
+            return [(int(identity), float(score)) for identity, score in rows][query.offset:]
+        params.update(limit=query.limit, offset=query.offset)
+        rows = self._run(conn, f"SELECT {identity} {source} ORDER BY {created} DESC, "
+                               f"{identity} LIMIT :limit OFFSET :offset", params)
+        return [(int(identity), 0.0) for identity in rows.scalars()]
+
+    def ranked(self, query: SearchQuery) -> list[tuple[int, float]]:
+        """Just the page's (id, score): no total, facets, fields or highlights (the
+        benchmark's floor)."""
+        with self._reader() as conn:
+            return self._page(conn, parse_terms(query.text), query)
 
     def _fields(self, conn: Connection, ids: list[int]) -> list[tuple[int, str, str, str]]:
         """(doc_id, name, text, metadata) of `ids`, as indexed."""
@@ -334,57 +518,19 @@ class SqlSearch:
                                 for field, fragment in fragments if fragment is not None}
         return marked
 
-    def columns(self, conn: Connection) -> Columns | None:
-        """The columns as of `conn`'s snapshot (None: the index was never set up); loads
-        only what changed since the columns this process last read."""
-        with _columns_lock:
-            known = _columns.get(self._key)
-        if known is None and not inspect(conn).has_table(self.meta.name):
-            return None
-        row = conn.execute(text(f"SELECT generation, version FROM "
-                                f"{self._q(self.meta.name)} WHERE id = 1")).first()
-        if row is None:
-            return None
-        generation, version = row
-        docs = self._q(self.docs.name)
-        if known is not None and known.generation == generation:
-            if known.version >= version:
-                return known
-            rows = conn.execute(text(f"SELECT doc_id, content_type, created_at_ms, tags "
-                                     f"FROM {docs} WHERE seq > :seen"), {"seen": known.version})
-            removed = conn.execute(text(f"SELECT doc_id FROM {self._q(self.removed.name)} "
-                                        f"WHERE seq > :seen"), {"seen": known.version})
-            fresh = known.apply(version, rows.all(), removed.scalars().all())
-        else:
-            rows = conn.execute(text(f"SELECT doc_id, content_type, created_at_ms, tags "
-                                     f"FROM {docs}"))
-            fresh = Columns.load(generation, version, rows.all())
-        with _columns_lock:
-            current = _columns.get(self._key)
-            if current is None or current.generation != generation or \
-                    current.version < version:
-                _columns[self._key] = fresh
-        return fresh
-
     def search(self, query: SearchQuery) -> SearchPage:
         terms = parse_terms(query.text)
         with self._reader() as conn:
             try:
-                columns = self.columns(conn)
-                if columns is None:
+                if not self._exists(conn):
                     return SearchPage(0, (), {"tags": {}, "content_types": {}})
-                if not terms:
-                    chosen = select(columns, query, None)
-                    page = chosen.page
-                elif query.tags or query.content_types or query.created_from_ms is not None \
-                        or query.created_to_ms is not None:  # rank what the filters keep
-                    chosen = select(columns, query, *self._matches(conn, terms, scored=True))
-                    page = chosen.page
-                else:  # scores only for the page: bm25 of every match costs 4x the match
-                    ids, _ = self._matches(conn, terms, scored=False)
-                    chosen = select(columns, query, ids)
-                    end = query.offset + query.limit
-                    page = self._ranked(conn, terms, end)[query.offset:] if end else []
+                scopes = None if terms else _scopes(query)
+                if scopes is not None:
+                    total, facets = self._counted(conn, scopes, query.facet_limit)
+                    exact = True
+                else:
+                    total, facets, exact = self._sampled(conn, terms, query)
+                page = self._page(conn, terms, query) if total > query.offset else []
                 ids = [identity for identity, _ in page]
                 details = self._details(conn, ids)
                 marks = self._highlights(conn, terms, ids) if terms and ids else {}
@@ -393,18 +539,29 @@ class SqlSearch:
         hits = tuple(SearchHit(*details[identity], score=score,
                                highlights=marks.get(identity, {}))
                      for identity, score in page if identity in details)
-        return SearchPage(chosen.total, hits, chosen.facets)
+        return SearchPage(total, hits, facets, facets_exact=exact)
 
     def _details(self, conn: Connection, ids: list[int]
                  ) -> dict[int, tuple[str, str, str, tuple[str, ...], int]]:
         if not ids:
             return {}
-        rows = conn.execute(
-            text(f"SELECT doc_id, address, name, content_type, tags, created_at_ms "
-                 f"FROM {self._q(self.docs.name)} WHERE doc_id IN :ids").bindparams(_ids("ids")),
-            {"ids": ids})
+        rows = self._run(conn, f"SELECT doc_id, address, name, content_type, tags, "
+                               f"created_at_ms FROM {self._q(self.docs.name)} "
+                               f"WHERE doc_id IN :ids", {"ids": ids})
         return {identity: (address, name, content_type, tuple(json.loads(tags)), created)
                 for identity, address, name, content_type, tags, created in rows}
+
+
+def _scopes(query: SearchQuery) -> list[str] | None:
+    """The `_facets` scopes whose union is the result of a query without text, when there
+    are: no filter, content types alone (disjoint), or one tag alone."""
+    if query.created_from_ms is not None or query.created_to_ms is not None:
+        return None
+    if not query.tags:
+        return [f"c:{content_type}" for content_type in query.content_types] or [""]
+    if len(query.tags) == 1 and not query.content_types:
+        return [f"t:{query.tags[0]}"]
+    return None
 
 
 class Fts5Search(SqlSearch):
@@ -412,6 +569,7 @@ class Fts5Search(SqlSearch):
     weighs 4, metadata 2, text 1)."""
 
     dialect = "sqlite"
+    _join = "CROSS JOIN"  # SQLite keeps the left table as the outer loop
 
     def _create_content(self, conn: Connection) -> None:
         conn.exec_driver_sql(
@@ -421,8 +579,8 @@ class Fts5Search(SqlSearch):
     def _drop_content(self, conn: Connection) -> None:
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._q(self.fts_name)}")
 
-    def _insert(self, conn: Connection, docs: dict[int, SearchDoc], version: int) -> None:
-        super()._insert(conn, docs, version)
+    def _insert(self, conn: Connection, docs: dict[int, SearchDoc]) -> None:
+        super()._insert(conn, docs)
         conn.exec_driver_sql(
             f"INSERT INTO {self._q(self.fts_name)} (rowid, name, text, metadata) "
             f"VALUES (?, ?, ?, ?)",
@@ -434,10 +592,14 @@ class Fts5Search(SqlSearch):
         self._in_chunks(conn, f"DELETE FROM {self._q(self.fts_name)} WHERE rowid IN :ids",
                         ids)
 
-    def _match(self, terms: tuple[Term, ...], params: dict[str, Any]) -> tuple[str, str, str]:
+    def _match(self, terms: tuple[Term, ...], params: dict[str, Any], *, joined: bool
+               ) -> tuple[str, str, str, list[str]]:
         fts = self._q(self.fts_name)
         params["match"] = fts5_expression(terms)
-        return "rowid", f"-bm25({fts}, 4.0, 1.0, 2.0)", f"FROM {fts} WHERE {fts} MATCH :match"
+        source = f"FROM {fts}"
+        if joined:  # the FTS5 table stays the outer loop: its matches come in rowid order
+            source += f" CROSS JOIN {self._q(self.docs.name)} d ON d.doc_id = {fts}.rowid"
+        return f"{fts}.rowid", f"-bm25({fts}, 4.0, 1.0, 2.0)", source, [f"{fts} MATCH :match"]
 
     def _fields(self, conn: Connection, ids: list[int]) -> list[tuple[int, str, str, str]]:
         return [tuple(row) for row in self._in_chunks(
@@ -465,13 +627,12 @@ class PostgresSearch(SqlSearch):
                 Column("document", TSVECTOR, nullable=False),
                 Index(f"ix_{self.prefix}_docs_document", "document", postgresql_using="gin")]
 
-    def _insert(self, conn: Connection, docs: dict[int, SearchDoc], version: int) -> None:
+    def _insert(self, conn: Connection, docs: dict[int, SearchDoc]) -> None:
         columns = (*self._BASE_COLUMNS, "text", "metadata")
         rows = []
         for identity, doc in docs.items():
             body, metadata = clean(doc.text[:TEXT_LIMIT]), clean(metadata_text(doc))
-            row = dict(zip(columns, (*self._row(identity, doc, version), body, metadata),
-                           strict=True))
+            row = dict(zip(columns, (*self._row(identity, doc), body, metadata), strict=True))
             row.update(name_words=words(row["name"]), metadata_words=words(metadata),
                        text_words=words(body))
             rows.append(row)
@@ -479,6 +640,7 @@ class PostgresSearch(SqlSearch):
         values = ", ".join(f":{name}" for name in columns)
         conn.execute(text(f"INSERT INTO {self._q(self.docs.name)} ({names}, document) "
                           f"VALUES ({values}, {self._DOCUMENT})"), rows)
+        self._insert_tags(conn, docs)
 
     @staticmethod
     def _tsquery(terms: tuple[Term, ...], params: dict[str, Any]) -> str:
@@ -493,10 +655,11 @@ class PostgresSearch(SqlSearch):
                 parts.append(f"phraseto_tsquery('simple', :term{i})")
         return " && ".join(parts)
 
-    def _match(self, terms: tuple[Term, ...], params: dict[str, Any]) -> tuple[str, str, str]:
+    def _match(self, terms: tuple[Term, ...], params: dict[str, Any], *, joined: bool
+               ) -> tuple[str, str, str, list[str]]:
         return ("d.doc_id", "ts_rank_cd(d.document, q.q)",
                 f"FROM {self._q(self.docs.name)} d CROSS JOIN "
-                f"(SELECT {self._tsquery(terms, params)} AS q) AS q WHERE d.document @@ q.q")
+                f"(SELECT {self._tsquery(terms, params)} AS q) AS q", ["d.document @@ q.q"])
 
     def _fields(self, conn: Connection, ids: list[int]) -> list[tuple[int, str, str, str]]:
         return [tuple(row) for row in self._in_chunks(

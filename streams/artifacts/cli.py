@@ -74,7 +74,8 @@ async def _search(pit: PitClient, args: argparse.Namespace) -> None:
                                       content_types=tuple(args.type or ()), limit=args.limit,
                                       offset=args.offset)
     if args.json:
-        print(json.dumps({"total": page.total, "facets": page.facets, "hits": [
+        print(json.dumps({"total": page.total, "facets": page.facets,
+                          "facets_exact": page.facets_exact, "hits": [
             {"address": h.address, "name": h.name, "content_type": h.content_type,
              "tags": list(h.tags), "score": h.score, "highlights": dict(h.highlights)}
             for h in page.hits]}, indent=2))
@@ -87,9 +88,10 @@ async def _search(pit: PitClient, args: argparse.Namespace) -> None:
         for field, fragments in hit.highlights.items():
             for fragment in fragments[:2]:
                 print(f"    {field}: {for_terminal(fragment, sys.stdout.isatty())}")
+    about = "" if page.facets_exact else "~"  # estimated from a sample of the result
     for facet, counts in page.facets.items():
         if counts:
-            print(f"{facet}: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+            print(f"{facet}: " + ", ".join(f"{k} {about}{n}" for k, n in counts.items()))
 
 
 async def _log(pit: PitClient, args: argparse.Namespace) -> None:

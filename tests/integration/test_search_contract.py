@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 
 from projections.search import (
     SearchBackend,
@@ -37,9 +37,10 @@ from projections.search import (
     SearchPage,
     SearchQuery,
     parse_terms,
+    sql,
     sql_search,
 )
-from projections.search.model import metadata_text, top_counts
+from projections.search.model import MAX_LIMIT, metadata_text, top_counts
 from projections.search.opensearch import MAPPING, OpenSearchSearch
 from projections.search.query import WORD, Term, fold, highlight
 from streams.artifacts.errors import SearchError
@@ -293,6 +294,32 @@ class TestSqlSearch(SearchContract):
         with pytest.raises(SearchError, match="search document id collision: sha256:other"):
             backend.index(CORPUS[:1])
 
+    def test_an_index_of_the_in_memory_columns_era_is_upgraded_in_place(
+            self, engine: Engine, backend: SearchBackend) -> None:
+        backend.index(CORPUS)
+        with engine.begin() as conn:  # that layout: no _tags/_facets; _meta, _removed, seq
+            for ddl in ("DROP TABLE search_test_tags", "DROP TABLE search_test_facets",
+                        "DROP INDEX ix_search_test_docs_created",
+                        "ALTER TABLE search_test_docs ADD COLUMN seq BIGINT NOT NULL DEFAULT 1",
+                        "CREATE INDEX ix_search_test_docs_seq ON search_test_docs (seq)",
+                        "CREATE TABLE search_test_meta (id INTEGER PRIMARY KEY, "
+                        "generation VARCHAR(32) NOT NULL, version BIGINT NOT NULL)",
+                        "CREATE TABLE search_test_removed (doc_id BIGINT PRIMARY KEY, "
+                        "seq BIGINT NOT NULL)"):
+                conn.exec_driver_sql(ddl)
+        backend.ensure()
+        tables = set(inspect(engine).get_table_names())
+        assert {"search_test_tags", "search_test_facets"} <= tables
+        assert not {"search_test_meta", "search_test_removed"} & tables
+        assert "seq" not in {c["name"] for c in inspect(engine).get_columns("search_test_docs")}
+        for query in QUERIES:
+            kept, facets = reference(CORPUS, query)
+            page = backend.search(query)
+            assert (page.total, page.facets) == (len(kept), facets), query
+        backend.remove([CORPUS[0].address])  # and the counts go on from the filled ones
+        kept, facets = reference(CORPUS[1:], SearchQuery(tags=("finance",)))
+        assert backend.search(SearchQuery(tags=("finance",))).facets == facets
+
     def test_search_before_anything_was_indexed(self, engine: Engine) -> None:
         assert sql_search(engine, prefix="never_made").search(SearchQuery("x")).total == 0
 
@@ -332,6 +359,85 @@ def test_fts5_pages_partition_and_facets_count_the_whole_result(
     assert sorted(pages) == sorted(doc.address for doc in kept)
     assert len(set(pages)) == len(pages)
     assert sum(facets["content_types"].values()) == len(kept)  # one content type each
+
+
+# --- (a) on random small corpora: top k, totals and facets against a brute force ----------
+
+small_docs = st.lists(st.builds(
+    lambda address, name, content_type, tags, created, body: SearchDoc(
+        f"sha256:{address:064x}", name, content_type, tuple(tags), T0 + created, body),
+    st.integers(1, 30), st.sampled_from(WORDS[:4]), st.sampled_from(TYPES[:3]),
+    st.lists(st.sampled_from(TAGS[:4]), max_size=3), st.integers(0, 6),
+    st.lists(st.sampled_from(WORDS[:5]), max_size=6).map(" ".join)), max_size=12)
+small_queries = st.builds(
+    SearchQuery, st.sampled_from(["", "", "alpha", "bravo charlie", "d*", '"alpha bravo"']),
+    st.lists(st.sampled_from(TAGS[:4]), max_size=2, unique=True).map(tuple),
+    st.lists(st.sampled_from(TYPES[:3]), max_size=2, unique=True).map(tuple),
+    st.none() | st.integers(0, 3).map(lambda k: T0 + k),
+    st.none() | st.integers(3, 7).map(lambda k: T0 + k),
+    limit=st.integers(0, 5), offset=st.integers(0, 4), facet_limit=st.integers(0, 3))
+
+
+def check_against_brute_force(backend: SearchBackend, docs: dict[str, SearchDoc],
+                              query: SearchQuery) -> None:
+    """Total and facets as `reference` counts them (estimated from the first FACET_SAMPLE
+    documents by id when there are more), and the page the first of the whole result in
+    score order (text) or newest first (none), ties by id."""
+    kept, facets = reference(list(docs.values()), query)
+    page = backend.search(query)
+    assert page.total == len(kept)
+    if len(kept) > sql.FACET_SAMPLE and (parse_terms(query.text) or not sql._scopes(query)):
+        sample = sorted(kept, key=lambda doc: sql.doc_id(doc.address))[:sql.FACET_SAMPLE]
+        scale = len(kept) / sql.FACET_SAMPLE
+        _, counted = reference(sample, SearchQuery(facet_limit=MAX_LIMIT))
+        facets = {facet: top_counts({key: round(n * scale) for key, n in counts.items()},
+                                    query.facet_limit)
+                  for facet, counts in counted.items()}
+        assert not page.facets_exact
+    else:
+        assert page.facets_exact
+    assert page.facets == facets
+    if parse_terms(query.text):
+        whole = backend.search(SearchQuery(query.text, query.tags, query.content_types,
+                                           query.created_from_ms, query.created_to_ms,
+                                           limit=1000)).hits
+        assert {hit.address for hit in whole} == {doc.address for doc in kept}
+        ranked = sorted(whole, key=lambda hit: (-hit.score, sql.doc_id(hit.address)))
+        expected = ranked[query.offset:query.offset + query.limit]
+    else:
+        kept.sort(key=lambda doc: (-doc.created_at_ms, sql.doc_id(doc.address)))
+        expected = kept[query.offset:query.offset + query.limit]
+    assert [hit.address for hit in page.hits] == [hit.address for hit in expected]
+
+
+@pytest.mark.parametrize("sample", [1000, 3])  # 3: the estimated facets of a large result
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(small_docs, st.lists(st.integers(1, 30), max_size=4)),
+                      min_size=1, max_size=4),
+       queries=st.lists(small_queries, min_size=1, max_size=4))
+def test_sql_engines_agree_with_a_brute_force_through_updates_and_removals(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, sample: int,
+        steps: list[tuple[list[SearchDoc], list[int]]], queries: list[SearchQuery]) -> None:
+    monkeypatch.setattr(sql, "FACET_SAMPLE", sample)
+    backend = sql_search(engine, prefix="search_prop")
+    backend.reset()
+    state: dict[str, SearchDoc] = {}
+    for written, removed in steps:
+        backend.index(written)
+        state.update((doc.address, doc) for doc in written)  # upserts: the last one wins
+        gone = [f"sha256:{address:064x}" for address in removed]
+        backend.remove(gone)
+        for address in gone:
+            state.pop(address, None)
+        # the kept counts: every scope `_facets` answers from, after every change
+        for query in (SearchQuery(facet_limit=50),
+                      *(SearchQuery(tags=(tag,), facet_limit=50) for tag in TAGS[:4]),
+                      *(SearchQuery(content_types=(ct,), facet_limit=50) for ct in TYPES[:3])):
+            check_against_brute_force(backend, state, query)
+    for query in queries:
+        check_against_brute_force(backend, state, query)
+    backend.drop()
 
 
 # --- (a) on a real OpenSearch, when Docker can run one ------------------------------------

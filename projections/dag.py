@@ -555,11 +555,11 @@ def _known(conn: Connection, tables: dict[str, Table], execution_id: str) -> boo
 
 
 def execution_nodes(engine: Engine, execution_id: str, *, state: str | None = None,
-                    node: str | None = None, limit: int = 1000, offset: int = 0
+                    node_id: str | None = None, limit: int = 1000, offset: int = 0
                     ) -> dict[str, Any] | None:
     """The nodes events named (by node id), each with its attempts, oldest first, and each
     attempt with its starts (more than one: run again by another runner); `count` is how
-    many match `state` (and `node`, one node id). None for an unknown execution."""
+    many match `state` (and `node_id`). None for an unknown execution."""
     if state is not None and state not in NODE_STATES:
         raise PitError(f"unknown node state {state!r}; states: {', '.join(NODE_STATES)}")
     tables = dag_tables()
@@ -567,8 +567,8 @@ def execution_nodes(engine: Engine, execution_id: str, *, state: str | None = No
     where = [nodes.c.execution_id == execution_id]
     if state is not None:
         where.append(nodes.c.state == state)
-    if node is not None:
-        where.append(nodes.c.node_id == node)
+    if node_id is not None:
+        where.append(nodes.c.node_id == node_id)
     with engine.connect() as conn:
         if not _known(conn, tables, execution_id):
             return None

@@ -45,7 +45,7 @@ async def get_execution_nodes(request: web.Request) -> web.Response:
     state, node = request.query.get("state"), request.query.get("node")
     limit, offset = int_param(request, "limit", 1000), int_param(request, "offset", 0)
     body = await in_thread(request, lambda engine: execution_nodes(
-        engine, execution_id, state=state, node=node, limit=limit, offset=offset))
+        engine, execution_id, state=state, node_id=node, limit=limit, offset=offset))
     if body is None:
         return json_error(404, f"unknown execution {execution_id}")
     return json_response(body)

@@ -57,8 +57,6 @@ from streams.sql import load_positions
 
 STATIC = Path(__file__).parent / "static"
 SETTINGS = web.AppKey("console_settings", Settings)
-CHANGES = web.AppKey("console_changes", "Changes")
-SERIES = web.AppKey("console_series", "Series")
 BROKER = web.AppKey("console_broker", dict)
 COMPONENT_NAMES = web.AppKey("console_components", tuple)
 HOUR_S = 3600
@@ -177,6 +175,10 @@ class Series:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+CHANGES = web.AppKey("console_changes", Changes)
+SERIES = web.AppKey("console_series", Series)
 
 
 # --- pages and streams -------------------------------------------------------------------------

@@ -813,10 +813,12 @@ class Runner:
         timeout) waits for n records or the timeout: with one task of a chain in hand it sat
         out its 100 ms, on every hop. A backlog still comes in batches: what the consumer
         fetched already is taken at once."""
-        first = self._consumer.poll(0.1)
+        consumer = self._consumer
+        assert consumer is not None  # taking tasks only while subscribed
+        first = consumer.poll(0.1)
         if first is None or most == 1:
             return [] if first is None else [first]
-        return [first, *self._consumer.consume(most - 1, 0)]
+        return [first, *consumer.consume(most - 1, 0)]
 
     def _finished(self, job: asyncio.Task) -> None:
         self.running.pop(job, None)

@@ -4,7 +4,7 @@ plus a workflow runner, two waiting arbitration requests and a cleanup plan.
 
 Every page is checked against the views it reads (the API's JSON, fetched beside it); a
 running workflow's graph changes state with no reload; a search opens an artifact's diff;
-cancelling needs the token; a 10,000-node execution is drawn in bands and followed live.
+cancelling needs the token; a large execution is drawn in bands and followed live.
 Screenshots go to PIT_SCREENSHOTS (default `.artifacts/screenshots`, not in git): CI keeps
 them as artefacts. The figures (page load, event to screen) are printed, not asserted.
 """
@@ -359,8 +359,13 @@ async def test_cancel_needs_the_token_and_shows_on_screen(console) -> None:
     await page.context.close()
 
 
-async def test_a_10000_node_execution_is_drawn_in_bands_and_followed_live(console) -> None:
-    workflow = layered_dag(10_000, seed=11, layers=40)
+# the suite draws 3,000 nodes (past the 400 drawn one by one); the README's figures are of
+# PIT_CONSOLE_NODES=10000 pytest -s tests/e2e/test_console.py -k large
+LARGE = int(os.environ.get("PIT_CONSOLE_NODES", "3000"))
+
+
+async def test_a_large_execution_is_drawn_in_bands_and_followed_live(console) -> None:
+    workflow = layered_dag(LARGE, seed=11, layers=40)
     execution_id = await console.start_workflow(workflow)
     started = time.perf_counter()
     page = await console.page(f"/workflows/{execution_id}")
@@ -383,10 +388,10 @@ async def test_a_10000_node_execution_is_drawn_in_bands_and_followed_live(consol
     ended_ms = (await console.get(f"/executions/{execution_id}"))["ended_at_ms"]
     total = await page.evaluate(
         "() => document.getElementById('dag').cy.nodes().reduce((n, b) => n + b.data('count'), 0)")
-    assert total == 10_000  # every node in exactly one band
+    assert total == LARGE  # every node in exactly one band
     assert int(await page.get_attribute("#page", "data-renders")) > renders  # followed live
-    await screenshot(page, "workflow-10000-nodes")
-    print(f"\nconsole at 10,000 nodes: page load to the graph drawn {load_ms:.0f} ms; "
+    await screenshot(page, f"workflow-{LARGE}-nodes")
+    print(f"\nconsole at {LARGE:,} nodes: page load to the graph drawn {load_ms:.0f} ms; "
           f"ExecutionCompleted to 'completed' on screen {shown_ms - ended_ms} ms "
           f"(to the view {viewed_ms - ended_ms:.0f} ms, the view to the screen "
           f"{shown_ms - viewed_ms:.0f} ms); "

@@ -261,13 +261,13 @@ async def test_openapi_describes_every_route(tmp_path, free_port) -> None:
 
 async def test_no_route_answers_500_to_what_schemathesis_sends(db_url, tmp_path,
                                                                 free_port) -> None:
-    """Every operation of /openapi.json, bounded (the coverage and fuzzing phases, 25
+    """Every operation of /openapi.json, bounded (the coverage and fuzzing phases, 12
     cases an operation, a fixed seed so a run is repeatable), with the token: actions are
     fuzzed too. A run that reaches a 500 fails with schemathesis's report and its curl."""
     async with running_pit(tmp_path, free_port(), db_url=db_url) as pit:
         fuzz = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "schemathesis.cli", "run", f"{pit.base}/openapi.json",
-            "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1",
+            "--checks", "not_a_server_error", "--max-examples", "12", "--seed", "1",
             "--phases", "coverage,fuzzing", "--workers", "2",
             "--header", f"Authorization: Bearer {TOKEN}", "--request-timeout", "20",
             "--suppress-health-check", "all",

@@ -266,10 +266,8 @@ class TaskDispatcher:
                            retry_on=(HistoryError,), on_restart=forget)
 
     async def _run(self, stop: asyncio.Event) -> None:
-        # every hop of a workflow waits out this fetch (the embedded broker holds a fetch for
-        # its whole wait): 5 ms, as the processors' own
         follower = Follower(self.settings, [DAG_EVENTS, ARBITRATION_EVENTS], self.db,
-                            max_records=self.max_batch, fetch_max_wait_ms=5)
+                            max_records=self.max_batch)
         await self._restore(follower, stop)
         if stop.is_set():
             return

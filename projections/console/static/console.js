@@ -336,7 +336,8 @@ function graphElements(g) {
 }
 
 function bandData(b) {
-  const data = {id: b.id, count: b.nodes, label: `levels ${b.first_level}-${b.last_level}\n${fmt.int(b.nodes)} nodes\n`
+  const levels = b.first_level === b.last_level ? `level ${b.first_level}` : `levels ${b.first_level}-${b.last_level}`;
+  const data = {id: b.id, count: b.nodes, label: `${levels}\n${fmt.int(b.nodes)} nodes\n`
     + `${fmt.int(b.counts.completed || 0)} done, ${fmt.int(b.counts.running || 0)} running`};
   NODE_STATES.forEach((state, i) => { data[`p${i}`] = 100 * (b.counts[state] || 0) / b.nodes; });
   return data;

@@ -60,6 +60,7 @@ SETTINGS = web.AppKey("console_settings", Settings)
 BROKER = web.AppKey("console_broker", dict)
 COMPONENT_NAMES = web.AppKey("console_components", tuple)
 HOUR_S = 3600
+IDLE = {"in": 0.0, "out": 0.0, "lag": 0.0, "dead_letters": 0.0, "restarts": 0.0}  # per component
 
 
 class Changes:
@@ -124,8 +125,7 @@ def sample_metrics(registry: Any = REGISTRY) -> dict[str, Any]:
     gini: dict[str, float] = {}
 
     def add(component: str, key: str, value: float) -> None:
-        figures = per.setdefault(component, {"in": 0.0, "out": 0.0, "lag": 0.0,
-                                             "dead_letters": 0.0, "restarts": 0.0})
+        figures = per.setdefault(component, dict(IDLE))
         figures[key] += value
 
     for metric in registry.collect():
@@ -263,9 +263,8 @@ async def get_overview(request: web.Request) -> web.Response:
     before = next((s for s in reversed(series.samples)
                    if now["at_ms"] - s["at_ms"] >= 1000), None)
     components = []
-    idle = {"in": 0.0, "out": 0.0, "lag": 0.0, "dead_letters": 0.0, "restarts": 0.0}
     names = sorted({*request.app[COMPONENT_NAMES], *now["components"]})
-    for name, figures in ((n, now["components"].get(n, idle)) for n in names):
+    for name, figures in ((n, now["components"].get(n, IDLE)) for n in names):
         entry: dict[str, Any] = {"component": name, **figures}
         if before is not None and name in before["components"]:
             span_s = (now["at_ms"] - before["at_ms"]) / 1000

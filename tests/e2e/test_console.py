@@ -41,20 +41,12 @@ GATED_MS = 600_000  # a gated node sleeps this long: it ends when the test repor
 WAIT_MS = 30_000    # the longest a page may take to show what the views hold
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Console:
     """A Pit with data in every view, a runner, and a browser."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, port: int) -> None:
         self.data_dir = data_dir
-        self.port = _free_port()
+        self.port = port
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {**{k: v for k, v in os.environ.items()
                        if k not in ("PIT_KAFKA_BOOTSTRAP_SERVERS", "PIT_DATABASE_URL")},
@@ -196,13 +188,13 @@ async def report_done(console: Console, execution_id: str, node_id: str) -> None
 
 
 @pytest.fixture(scope="module")
-async def console(tmp_path_factory):
+async def console(tmp_path_factory, free_port):
     if not Path(CHROMIUM).exists():
         message = f"no Chromium at {CHROMIUM}: `apt-get install chromium` (.ci/run does)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    console = await Console(tmp_path_factory.mktemp("console")).start()
+    console = await Console(tmp_path_factory.mktemp("console"), free_port()).start()
     try:
         yield console
     finally:

@@ -42,6 +42,10 @@ How verdicts compose (the issue's rule, made total):
   priority the most conservative verdict wins (keep, then archive, then delete);
 * a legal hold keeps, before any policy; an item no policy speaks for is kept;
 * a blob nothing references (an orphan) is deleted once older than the grace period;
+* content removed from the catalog (`ArtifactRemoved`, per address: every name and version
+  of it goes with it) is treated as an orphan past its grace period - deleted, the removal
+  being the owner's word - unless a hold keeps it, training data derives from it, or an
+  artifact still cataloged derives from it or holds it (lineage): then it is kept;
 * a node output in the DAG's blob store (not an artifact: no policy speaks for it) is kept
   while a workflow using it runs and `dag_output_days` after the last one ended, then
   deleted.
@@ -480,6 +484,10 @@ class Evaluator:
         self.values = {a: value_of(i, retention, now_ms, training=a in self.training,
                                    derivable=any(p in items for p in i.parents))
                        for a, i in items.items()}
+        # content a cataloged (not removed) item derives from or belongs to: a removed item
+        # among these is still referenced, so not unreferenced content
+        self.referenced = frozenset(p for i in items.values() if not i.removed
+                                    for p in i.parents)
         self._evicted: dict[tuple[str, int], frozenset[str]] = {}
         self._cache: dict[str, Evaluation] = {}
 
@@ -549,9 +557,18 @@ class Evaluator:
                             " ago" if item.last_used_at < self.now else
                             "node output of a workflow still running", "dag_outputs"),
                     f"eligible for delete in {_span(days - idle, 'days')}")
-        if item.orphan and item.address in self.training:  # lineage outranks "unreferenced"
+        if (item.orphan or item.removed) and item.address in self.training:
+            # lineage outranks "unreferenced"
             return Verdict(Action.KEEP, "training data derives from it (lineage)",
                            "lineage"), ""
+        if item.removed and not item.orphan:
+            # Removal is per address in the catalog, so no other name or version still holds
+            # this content; a cataloged artifact deriving from it or holding it does.
+            if item.address in self.referenced:
+                return Verdict(Action.KEEP, "removed from the catalog, but a cataloged "
+                               "artifact derives from it or holds it (lineage)", "lineage"), ""
+            return Verdict(Action.DELETE, "removed from the catalog: nothing cataloged "
+                           "references it", "removed"), ""
         if item.orphan:
             grace = self.retention.orphan_grace_hours
             age_h = (self.now - item.stored_at) / HOUR_MS
@@ -563,23 +580,33 @@ class Evaluator:
                            f"{age_h:.1f} h (grace {grace:g} h)", "orphan"), ""
         decided: list[Verdict] = []
         priority = None
-        upcoming: list[tuple[float, str]] = []
+        # the MaxAge phases still to come: (days, action, priority of their policy, policy)
+        upcoming: list[tuple[float, str, int, str]] = []
         for policy in self.policies:
             if priority is not None and policy.priority < priority:
                 break
+            due: list[tuple[float, str]] = []
             verdicts = [v for rule in policy.rules
-                        if (v := self._rule(policy, rule, item, upcoming)) is not None]
+                        if (v := self._rule(policy, rule, item, due)) is not None]
+            upcoming += [(days, action, policy.priority, policy.name) for days, action in due]
             if verdicts:
                 priority = policy.priority
                 decided.append(_within_policy(verdicts))
-        next_change = ""
-        if upcoming:
-            days, action = min(upcoming)
-            next_change = f"eligible for {action} in {_span(days, 'days')}"
         if not decided:
-            return Verdict(Action.KEEP, "no policy applies", "default"), next_change
+            return Verdict(Action.KEEP, "no policy applies", "default"), _next(upcoming)
         verdict = max(decided, key=lambda v: _CAUTION[v.action])
-        return verdict, next_change if verdict.action is Action.KEEP else ""
+        if verdict.action is Action.ARCHIVE:
+            # What can still change an archive: a delete phase of its own policy (within a
+            # policy delete beats archive) or of a higher-priority one (at equal priority
+            # the archive, more cautious, wins).
+            deciding = verdict.rule.rsplit("/", 1)[0]
+            return verdict, _next([u for u in upcoming if u[1] == Action.DELETE.value and (
+                u[3] == deciding or u[2] > priority)])
+        if verdict.action is Action.KEEP:
+            # a keep rule's facts (tags, reads, quality, lineage) do not age: only a
+            # higher-priority policy's phase can overrule it
+            return verdict, _next([u for u in upcoming if u[2] > priority])
+        return verdict, ""
 
     def _rule(self, policy: Policy, rule: Rule, item: Item,
               upcoming: list[tuple[float, str]]) -> Verdict | None:
@@ -641,6 +668,14 @@ def _within_policy(verdicts: list[Verdict]) -> Verdict:
     if keeps:
         return keeps[0]
     return min(verdicts, key=lambda v: _CAUTION[v.action])
+
+
+def _next(upcoming: list[tuple[float, str, int, str]]) -> str:
+    """The soonest of the phases still to come, as `explain` says it."""
+    if not upcoming:
+        return ""
+    days, action, _, _ = min(upcoming)
+    return f"eligible for {action} in {_span(days, 'days')}"
 
 
 def _span(amount: float, unit: str) -> str:

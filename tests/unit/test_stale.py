@@ -417,3 +417,76 @@ def test_dag_outputs_follow_the_workflows_that_name_each_blob():
 
 def test_an_empty_observation_is_refused():
     assert "nothing observed" in Store().refused(ObserveArtifacts([]))
+
+
+# --- content removed from the catalog ------------------------------------------------------
+
+def test_removed_content_is_deleted_like_an_old_orphan_unless_held_or_still_referenced():
+    keep_all = {"policies": [{"name": "keep", "priority": 50,
+                              "rules": [{"type": "KeepTagged", "tags": ["x"]}]}]}
+    gone = item(1, removed=True, tags=("x",))               # fresh, even tagged: removed
+    held = item(2, removed=True)
+    parent = item(3, removed=True)                          # a cataloged artifact derives from it
+    child = item(4, parents=(addr(3),), tags=("x",))
+    dead_child = item(5, removed=True, parents=(addr(6),))  # only removed content refers
+    dead_parent = item(6, removed=True)
+    trained_on = item(7, removed=True)
+    training = item(8, parents=(addr(7),), tags=("training",))
+    result = evaluate(keep_all, gone, held, parent, child, dead_child, dead_parent, trained_on,
+                      training, holds={addr(2): "case 7"})
+    assert (result[gone.address].action, result[gone.address].rule) == (Action.DELETE,
+                                                                          "removed")
+    assert "removed from the catalog" in result[gone.address].reason
+    assert result[held.address].reason == "legal hold: case 7"
+    assert (result[parent.address].action, result[parent.address].rule) == (Action.KEEP,
+                                                                              "lineage")
+    assert result[dead_child.address].action is result[dead_parent.address].action is \
+        Action.DELETE
+    assert (result[trained_on.address].action, result[trained_on.address].reason) == (
+        Action.KEEP, "training data derives from it (lineage)")
+
+
+def test_removed_content_stored_again_before_the_apply_is_skipped_not_trashed():
+    store = Store()
+    store.observe(item(1), item(2, removed=True))
+    planned(store)
+    assert [(i.address, i.target, i.rule) for i in store.state.plans["p1"].items] == [
+        (addr(2), "trash", "removed")]
+    store.observe(item(2))                       # cataloged again under some name
+    events = store.do(ApplyPlan("p1"))
+    assert not [e for e in events if isinstance(e, ItemTrashed)]
+    assert "changed since the plan" in next(e for e in events
+                                            if isinstance(e, ItemSkipped)).reason
+
+
+# --- when an item's decision next changes --------------------------------------------------
+
+def test_an_archived_item_says_when_its_delete_phase_comes():
+    phases = {"policies": [{"name": "age", "priority": 10, "rules": [
+        {"type": "MaxAge", "days": 30, "action": "archive"}, {"type": "MaxAge", "days": 365}]}]}
+    archived = evaluate(phases, item(1, idle_days=60))[addr(1)]
+    assert (archived.action, archived.next_change) == (Action.ARCHIVE,
+                                                        "eligible for delete in 305 days")
+    young = evaluate(phases, item(2, idle_days=18))[addr(2)]
+    assert young.next_change == "eligible for archive in 12 days"
+    # an equal-priority policy's delete does not overrule an archive: no date promised
+    other = {"name": "other", "priority": 10, "rules": [{"type": "MaxAge", "days": 100}]}
+    only_archive = {"name": "age", "priority": 10,
+                    "rules": [{"type": "MaxAge", "days": 30, "action": "archive"}]}
+    decided = evaluate({"policies": [only_archive, other]}, item(3, idle_days=60))[addr(3)]
+    assert (decided.action, decided.next_change) == (Action.ARCHIVE, "")
+    # a higher-priority one does
+    higher = dict(other, priority=20)
+    decided = evaluate({"policies": [only_archive, higher]}, item(3, idle_days=60))[addr(3)]
+    assert decided.next_change == "eligible for delete in 40 days"
+
+
+def test_an_item_kept_by_a_rule_changes_only_when_a_higher_priority_phase_comes():
+    document = {"policies": [{"name": "p", "rules": [{"type": "MaxAge", "days": 30},
+                                                     {"type": "KeepTagged", "tags": ["x"]}]}]}
+    kept = evaluate(document, item(1, idle_days=10, tags=("x",)))[addr(1)]
+    assert (kept.action, kept.next_change) == (Action.KEEP, "")
+    above = {"name": "top", "priority": 5, "rules": [{"type": "MaxAge", "days": 50}]}
+    kept = evaluate({"policies": [*document["policies"], above]},
+                    item(1, idle_days=10, tags=("x",)))[addr(1)]
+    assert kept.next_change == "eligible for delete in 40 days"

@@ -76,7 +76,9 @@ def must_keep(document: Mapping[str, Any], items: Sequence[Item], holds: Mapping
     by brute force - written from policy.py's module docstring, not from the Evaluator, to
     check it: held; an orphan that training data derives from, or within its grace; else by
     the highest priority at which an enabled policy's rule says anything of the item, kept if
-    any rule said keep there, or if no rule spoke at all."""
+    any rule said keep there, or if no rule spoke at all. Content removed from the catalog
+    is kept only as a held one, one training data derives from, or one a cataloged item
+    derives from or belongs to."""
     by_address = {item.address: item for item in items}
 
     def ancestors(address: str, found: set[str]) -> set[str]:
@@ -122,10 +124,14 @@ def must_keep(document: Mapping[str, Any], items: Sequence[Item], holds: Mapping
                 else None
         raise PitError(f"the reference does not know {kind} (it ranks items by value)")
 
+    referenced = {p for item in items if not item.removed for p in item.parents}
     kept = set()
     for item in items:
         if item.address in holds:
             kept.add(item.address)
+        elif item.removed and not item.orphan:
+            if item.address in preserved or item.address in referenced:
+                kept.add(item.address)
         elif item.orphan:
             if item.address in preserved or now_ms - item.stored_at < grace_ms:
                 kept.add(item.address)

@@ -34,7 +34,20 @@ def _engine(settings: Settings) -> Engine:
 
 
 def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else "\n".join(lines))
+    print(output(data, lines, as_json=args.json))
+
+
+def output(data: Any, lines: list[str], *, as_json: bool) -> str:
+    """What a command prints: `data` as JSON with --json (a script reads it), else `lines`."""
+    return json.dumps(data, indent=2, default=str) if as_json else "\n".join(lines)
+
+
+def outcome_data(outcome: Any) -> dict[str, Any]:
+    """A command's outcome as plain data, for --json (the line says the same in words)."""
+    return {"command_id": outcome.command_id, "command_type": outcome.command_type,
+            "entity_key": outcome.entity_key, "status": outcome.status,
+            "reason": outcome.reason, "event_ids": list(outcome.event_ids),
+            "decided_at": outcome.decided_at, "duplicate": outcome.duplicate}
 
 
 def _run(settings: Settings, operation: Any) -> Any:
@@ -90,16 +103,18 @@ def plan_lines(plan: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _bar(plan: dict[str, Any]) -> None:
+def bar_text(plan: dict[str, Any], width: int = 30) -> str:
+    """An apply's progress as one line: `[###.....] 10/30 items, 1.0 KiB freed`."""
     from streams.stale.policy import human_bytes
 
-    total = max(1, plan["items"])
-    width = 30
-    filled = int(width * plan["cursor"] / total)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {plan['cursor']}/"
-                     f"{plan['items']} items, {human_bytes(plan['bytes_freed'])} freed")
-    if plan["status"] == "applied":
-        sys.stderr.write("\n")
+    filled = min(width, int(width * plan["cursor"] / max(1, plan["items"])))
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {plan['cursor']}/{plan['items']} items,"
+            f" {human_bytes(plan['bytes_freed'])} freed")
+
+
+def _bar(plan: dict[str, Any]) -> None:
+    """The progress bar on stderr, redrawn in place (stdout keeps the result alone)."""
+    sys.stderr.write("\r" + bar_text(plan) + ("\n" if plan["status"] == "applied" else ""))
     sys.stderr.flush()
 
 
@@ -135,7 +150,7 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
         raise PitError(f"no such file: {args.file!r}")
     retention = parse_retention(path.read_text())  # every problem, before anything is sent
     outcome = _run(settings, lambda ops: ops.set_policy(retention, store_id=args.store))
-    print(outcome.line())
+    _print(args, outcome_data(outcome), [outcome.line()])
     return 0
 
 
@@ -147,9 +162,10 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         return await ops.show(made["plan_id"], store_id=args.store, limit=args.limit)
 
     found = _run(settings, plan)
-    if "status" not in found:
-        print(f"plan {found['plan_id']} requested; the views do not show it yet:"
-              f" pit stale show {found['plan_id']}")
+    if "status" not in found:  # the views lag: the id, to read it later
+        _print(args, {**found, "status": "requested"},
+               [f"plan {found['plan_id']} requested; the views do not show it yet:"
+                f" pit stale show {found['plan_id']}"])
         return 0
     _print(args, found, plan_lines(found))
     return 0
@@ -166,19 +182,22 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     progress = None if args.no_wait or args.json else _bar
     found = _run(settings, lambda ops: ops.apply(args.plan, store_id=args.store,
                                                  progress=progress))
-    if args.json:
-        print(json.dumps(found, indent=2, default=str))
-    elif args.no_wait:
-        print(f"plan {args.plan} confirmed: pit stale show {args.plan} follows it")
-    else:
-        print(plan_lines(found)[1].strip() if "status" in found else f"plan {args.plan} applied")
+    _print(args, found, apply_lines(found, args.plan, waited=not args.no_wait))
     return 0
+
+
+def apply_lines(found: dict[str, Any], plan_id: str, *, waited: bool) -> list[str]:
+    if not waited:
+        return [f"plan {plan_id} confirmed: pit stale show {plan_id} follows it"]
+    if "status" in found and found["status"] != "planned":
+        return [plan_lines(found)[1].strip()]
+    return [f"plan {plan_id} applied"]
 
 
 def _simple(send: Any) -> Any:
     def run(args: argparse.Namespace, settings: Settings) -> int:
         outcome = _run(settings, lambda ops: send(ops, args))
-        print(outcome.line())
+        _print(args, outcome_data(outcome), [outcome.line()])
         return 0
     return run
 
@@ -201,20 +220,17 @@ def explain_lines(found: dict[str, Any]) -> list[str]:
     return lines
 
 
-def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.stale.client import replayed_state
-
-    state = replayed_state(settings, _engine(settings), args.store)
-    if args.address not in state.items:
-        raise PitError(f"the Stale Manager knows no item {args.address!r}")
-    now = int(time.time() * 1000)
-    state_name = ("trashed" if args.address in state.trash else "purged"
-                  if args.address in state.purged else "moving" if args.address in state.moving
+def explanation(state: Any, address: str, now_ms: int) -> dict[str, Any]:
+    """What `explain` says of one item of a folded state (pure: `explain_lines` words it)."""
+    if address not in state.items:
+        raise PitError(f"the Stale Manager knows no item {address!r}")
+    state_name = ("trashed" if address in state.trash else "purged"
+                  if address in state.purged else "moving" if address in state.moving
                   else "live")
-    evaluator = state.evaluator(now)
-    item = state.items[args.address]
-    if args.address in evaluator.items:
-        e = evaluator.evaluate(args.address)
+    evaluator = state.evaluator(now_ms)
+    item = state.items[address]
+    if address in evaluator.items:
+        e = evaluator.evaluate(address)
         action, target, reason, rule = (e.action.value, e.target.value if e.target else "",
                                         e.reason, e.rule)
         value, next_change = e.value, e.next_change
@@ -222,11 +238,18 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
         from streams.stale.policy import value_of
 
         action, target, reason, rule, next_change = state_name, "", state_name, "-", ""
-        value = value_of(item, state.retention, now, training=False, derivable=False)
-    found = {"address": args.address, "state": state_name, "action": action, "target": target,
-             "reason": reason, "rule": rule, "size": item.size, "next_change": next_change,
-             "tier": state.tiers.get(args.address, "hot"), "hold": state.holds.get(args.address),
-             "value": {"total": value.total, "components": value.components()}}
+        value = value_of(item, state.retention, now_ms, training=False, derivable=False)
+    return {"address": address, "state": state_name, "action": action, "target": target,
+            "reason": reason, "rule": rule, "size": item.size, "next_change": next_change,
+            "tier": str(state.tiers.get(address, "hot")), "hold": state.holds.get(address),
+            "value": {"total": value.total, "components": value.components()}}
+
+
+def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.stale.client import replayed_state
+
+    state = replayed_state(settings, _engine(settings), args.store)
+    found = explanation(state, args.address, int(time.time() * 1000))
     _print(args, found, explain_lines(found))
     return 0
 

@@ -59,7 +59,8 @@ def stores(draw, max_items: int = 25) -> list[Item]:
             draw(st.none() | st.floats(0, 1)),
             tuple(draw(st.lists(st.sampled_from(["training", "release", "misc"]), max_size=2,
                                 unique=True))),
-            parents, (), draw(st.integers(1, 3)), draw(st.booleans()) and i % 7 == 6))
+            parents, (), draw(st.integers(1, 3)), draw(st.booleans()) and i % 7 == 6,
+            draw(st.booleans()) and i % 5 == 4))   # removed from the catalog
     return items
 
 

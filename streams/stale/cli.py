@@ -255,7 +255,7 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.stale.client import replayed_state
+    from streams.stale.client import replayed_history
     from streams.stale.policy import parse_retention
     from streams.stale.simulate import simulate, simulation_lines
 
@@ -265,8 +265,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.days < 1 or args.days > 3650:
         raise PitError(f"--days must be within 1 and 3650, got {args.days}")
     candidate = parse_retention(path.read_text())
-    state = replayed_state(settings, _engine(settings), args.store)
-    found = simulate(state, candidate, args.days, int(time.time() * 1000))
+    now = int(time.time() * 1000)
+    start = now - args.days * 86_400_000  # the last --days days of recorded history
+    state, recorded = replayed_history(settings, _engine(settings), args.store, start)
+    found = simulate(state, candidate, args.days, start, recorded)
     _print(args, found, simulation_lines(found))
     return 0
 
@@ -312,7 +314,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     explain = action("explain", "an item's decision, deciding rule, value breakdown and"
                                 " when it will next change", cmd_explain)
     explain.add_argument("address")
-    simulate = action("simulate", "project a candidate policy day by day next to the current"
-                                  " one; writes nothing", cmd_simulate)
+    simulate = action("simulate", "replay the recorded history day by day under a candidate"
+                                  " policy, next to the current one; writes nothing",
+                      cmd_simulate)
     simulate.add_argument("--policy", required=True, help="the candidate (YAML or JSON)")
-    simulate.add_argument("--days", type=int, default=30)
+    simulate.add_argument("--days", type=int, default=30, help="the last this many days")

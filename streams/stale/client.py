@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from streams.decider import Message
 from streams.errors import PitError
 from streams.stale.manager import (
     DEFAULT_STORE,
@@ -146,6 +147,13 @@ class StaleOps:
 def replayed_state(settings: Settings, engine: Engine | None,
                    store_id: str = DEFAULT_STORE) -> StaleState:
     """The Stale Manager's state of a store, folded from its whole history."""
+    return replayed_history(settings, engine, store_id, None)[0]
+
+
+def replayed_history(settings: Settings, engine: Engine | None, store_id: str,
+                     since_ms: int | None) -> tuple[StaleState, list[tuple[int, Message]]]:
+    """A store's state folded from its history up to `since_ms` (all of it: None), and its
+    events after that, (at, event) in log order - what `simulate` replays."""
     from schemas.codec import Codec
     from streams.commands import registry_for
     from streams.follower import entity_events
@@ -154,10 +162,15 @@ def replayed_state(settings: Settings, engine: Engine | None,
 
     codec = Codec(registry_for(settings))
     state = STALE.initial_state(store_id)
+    later: list[tuple[int, Message]] = []
     records = history_source(engine, [STALE_EVENTS],
                              kafka_log_reader(settings, [STALE_EVENTS]))
     for record in records:
         for entity, event in entity_events(codec, STALE, [record]):
-            if entity == store_id:
+            if entity != store_id:
+                continue
+            if since_ms is not None and record.timestamp_ms > since_ms:
+                later.append((record.timestamp_ms, event))
+            else:
                 state = STALE.evolve(state, event, record.timestamp_ms)
-    return state
+    return state, later

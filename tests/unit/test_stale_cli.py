@@ -217,3 +217,27 @@ def test_apply_honours_json_and_draws_no_bar_then(monkeypatch, capsys):
 def test_output_is_json_or_the_lines():
     assert cli.output({"a": 1}, ["one", "two"], as_json=False) == "one\ntwo"
     assert json.loads(cli.output({"a": 1}, ["one"], as_json=True)) == {"a": 1}
+
+
+def test_cmd_simulate_replays_the_last_days_of_history(monkeypatch, capsys, tmp_path):
+    import streams.stale.client as client
+
+    asked = {}
+
+    def history(settings, engine, store, since):
+        asked["since"] = since
+        return explained_state(), []
+
+    monkeypatch.setattr(client, "replayed_history", history)
+    monkeypatch.setattr(cli, "_engine", lambda settings: None)
+    monkeypatch.setattr(cli, "time", SimpleNamespace(time=lambda: NOW / 1000))
+    candidate = tmp_path / "new.yaml"
+    candidate.write_text("policies: [{name: p, rules: [{type: MaxAge, days: 1}]}]\n")
+    args = parsed("simulate", "--policy", str(candidate), "--days", "3", "--json")
+    assert args.run(args, None) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert asked["since"] == found["start"] == NOW - 3 * DAY_MS
+    assert [d["deleted"] for d in found["candidate"]] == [1, 0, 0]   # the held one stays
+    args = parsed("simulate", "--policy", str(candidate), "--days", "0")
+    with pytest.raises(cli.PitError, match="--days must be within 1 and 3650"):
+        args.run(args, None)

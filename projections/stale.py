@@ -6,14 +6,17 @@
   observed (size, times, reads, orphan, removed from the catalog), its tier (hot, warm,
   cold), its state (live, moving, trashed, purged), its legal hold, the last plan that
   listed it and what that plan said (action, target, reason, rule), the plan that last
-  trashed it and when, its purge time while in the trash, when it was purged.
+  trashed it and when, its purge time while in the trash, when it was purged, and
+  `value_score`: its value when that last plan was made (null if no plan listed it yet).
   `observed` is false for an address known only by a hold, or an orphan the blob store no
-  longer has (the decider forgot it). The value score is computed, never an event: the CLI
-  asks the decider for it (`pit stale explain`);
+  longer has (the decider forgot it). Why the value at the last plan and not now: a value
+  decays with every idle hour, so a live one is computed, never an event - plans carry the
+  value they ranked by, and `pit stale explain` computes today's with its breakdown;
 * stale_plans: one row per plan - its totals as computed, its status (planned, applying,
   applied), the apply's cursor and counters, and its times;
-* stale_plan_items: every item of every plan, in plan order (`position`), and what the apply
-  did with it: pending, trashed, moving, moved, move_failed or skipped (with why);
+* stale_plan_items: every item of every plan, in plan order (`position`), its value score
+  when planned (`value_score`), and what the apply did with it: pending, trashed, moving,
+  moved, move_failed or skipped (with why);
 * stale_stores: per store the retention document in force and its version, the schedule's
   next and last run, the last plan, and running totals - items and bytes per tier of the
   live items, moving, trash, purged, holds, bytes freed - kept as each item changes, so
@@ -147,6 +150,7 @@ class StaleView(View):
             Column("target", String(8), nullable=False),
             Column("reason", Text, nullable=False),
             Column("rule", _ID, nullable=False),
+            Column("value_score", Float),            # its value when that plan was made
             Column("moving_to", String(8), nullable=False),  # "" unless moving
             Column("moving_plan", _ID, nullable=False),      # the plan that asked the move
             Column("trashed_by", _ID, nullable=False),       # the last plan that trashed it
@@ -197,6 +201,7 @@ class StaleView(View):
             Column("size", Long, nullable=False),
             Column("tier", String(8), nullable=False),     # where it was when planned
             Column("revision", Long, nullable=False),
+            Column("value_score", Float, nullable=False),  # its value score when planned
             Column("outcome", String(16), nullable=False),
             Column("outcome_reason", Text, nullable=False),  # why skipped, or the move failed
             PrimaryKeyConstraint("store_id", "plan_id", "address",
@@ -334,8 +339,8 @@ class _StaleBatch:
                 key, observed=False, size=0, stored_at=0, last_used_at=0, accesses=0,
                 quality=None, orphan=False, removed=False, tier="hot", state="live",
                 held=False, hold_reason="", plan_id="", action="", target="", reason="",
-                rule="", moving_to="", moving_plan="", trashed_by="", trashed_at=None,
-                purge_at=None, purged_at=None, updated_at=at_ms)
+                rule="", value_score=None, moving_to="", moving_plan="", trashed_by="",
+                trashed_at=None, purge_at=None, purged_at=None, updated_at=at_ms)
         before = _weight(row)
         row.update(changes, updated_at=at_ms)
         after = _weight(row)
@@ -456,11 +461,13 @@ class _StaleBatch:
                                 action=listed["action"], target=listed["target"],
                                 reason=listed["reason"], rule=listed["rule"],
                                 size=listed["size"], tier=listed["tier"],
-                                revision=listed["revision"], outcome="pending",
+                                revision=listed["revision"],
+                                value_score=listed["value"], outcome="pending",
                                 outcome_reason="")
             position += 1
             self.item(store_id, address, at_ms, plan_id=plan_id, action=listed["action"],
-                      target=listed["target"], reason=listed["reason"], rule=listed["rule"])
+                      target=listed["target"], reason=listed["reason"], rule=listed["rule"],
+                      value_score=listed["value"])
         plan["listed"] = position
 
     def moved(self, name: str, record: dict[str, Any], store_id: str, at_ms: int) -> None:

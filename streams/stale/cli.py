@@ -92,8 +92,10 @@ def plan_lines(plan: dict[str, Any]) -> list[str]:
                      f" {human_bytes(plan['bytes_freed'])} freed")
     for item in plan.get("item_rows", ()):
         outcome = item.get("outcome", "")
+        value = item.get("value_score")
         lines.append(f"  {item['address']}  {item['target']:<5} {human_bytes(item['size']):>10}"
-                     f"  {item['reason']} [{item['rule']}]"
+                     + (f"  value {value:.3f}" if value is not None else "")
+                     + f"  {item['reason']} [{item['rule']}]"
                      + (f"  -> {outcome}" if outcome and outcome != "pending" else ""))
     shown_to = plan.get("offset", 0) + len(plan.get("item_rows", ()))
     if shown_to < plan["items"]:

@@ -15,7 +15,8 @@ Rules (written down where the issue leaves them open):
 * Plan: `PlanCleanup` evaluates every item not in the trash, purged or moving, and lists the
   ones to change: delete (to the trash), archive (to cold), warm (to warm), promote (back to
   hot: used again) - with the reason,
-  the deciding rule, the bytes, and the item's revision. `PlanComputed` then the items in
+  the deciding rule, the bytes, the item's revision and its value score (so the views show
+  the value that ranked it without evaluating anything). `PlanComputed` then the items in
   `PlanItemsListed` chunks of PLAN_CHUNK (events stay far below 1 MiB). A plan expires
   after the document's `plan_ttl_hours`.
 * Apply: `ApplyPlan` confirms a plan (unknown, expired, or already applied/applying: refused)
@@ -233,7 +234,7 @@ class HoldReleased(_AboutItem):
 
 
 PLAN_ITEM_FIELDS = ("address", "action", "target", "reason", "rule", "size", "revision",
-                    "tier")
+                    "tier", "value")
 
 
 @dataclass(frozen=True)
@@ -390,6 +391,7 @@ class PlanItem:
     size: int
     revision: int
     tier: str        # where it was when planned
+    value: float = 0.0  # its value score when planned (policy.value_of), for the views
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,7 +484,7 @@ def item_record(item: Item) -> dict[str, Any]:
 def _plan_item(record: dict[str, Any]) -> PlanItem:
     return PlanItem(record["address"], Action(record["action"]), record["target"],
                     record["reason"], record["rule"], record["size"], record["revision"],
-                    record["tier"])
+                    record["tier"], record.get("value", 0.0))
 
 
 # --- evolve -----------------------------------------------------------------------------------
@@ -678,7 +680,7 @@ def _plan(d: _Decision, plan_id: str, scheduled: bool) -> None:
         items.append({"address": item.address, "action": evaluation.action.value,
                       "target": target, "reason": evaluation.reason, "rule": evaluation.rule,
                       "size": item.size, "revision": s.revisions.get(item.address, 0),
-                      "tier": tier.value})
+                      "tier": tier.value, "value": evaluation.value.total})
     ttl_ms = int(s.retention.plan_ttl_hours * HOUR_MS)
     d.emit(PlanComputed(plan_id, s.policy_version, d.now + ttl_ms, len(items), sizes["trash"],
                         sizes["cold"], sizes["warm"], len(evaluator.items), scheduled,

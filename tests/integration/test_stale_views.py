@@ -140,6 +140,12 @@ def assert_matches_stale(engine: Engine, state: StaleState) -> None:
             assert (row["trashed_by"], row["trashed_at"], row["purge_at"]) == (
                 trashed.plan_id, trashed.trashed_at, trashed.purge_at), address
         assert row["moving_to"] == state.moving.get(address, ""), address
+        if row["plan_id"]:  # what the last plan that listed it said, its value included
+            listed = next(i for i in state.plans[row["plan_id"]].items if i.address == address)
+            assert (row["action"], row["rule"], row["value_score"]) == (
+                listed.action.value, listed.rule, listed.value), address
+        else:
+            assert row["value_score"] is None, address
     table = live_tables(StaleView())["stale_items"]
     with engine.connect() as conn:
         observed_rows = conn.execute(select(func.count()).select_from(table).where(
@@ -178,9 +184,10 @@ def assert_matches_stale(engine: Engine, state: StaleState) -> None:
         assert row["items"] == len(plan.items)
         listed = row["item_rows"]
         assert [(r["position"], r["address"], r["action"], r["target"], r["reason"], r["rule"],
-                 r["size"], r["tier"], r["revision"]) for r in listed] == [
+                 r["size"], r["tier"], r["revision"], r["value_score"]) for r in listed] == [
             (n, i.address, i.action.value, i.target, i.reason, i.rule, i.size, i.tier,
-             i.revision) for n, i in enumerate(plan.items)], plan.plan_id
+             i.revision, i.value) for n, i in enumerate(plan.items)], plan.plan_id
+        assert all(0.0 < i.value < 1.0 for i in plan.items), plan.plan_id
         outcomes = [r["outcome"] for r in listed]
         assert outcomes.count("trashed") == plan.trashed
         assert sum(outcomes.count(o) for o in ("moving", "moved", "move_failed")) == plan.moved
@@ -304,6 +311,9 @@ async def test_stale_api(decided, engine) -> None:
 
         item = await (await client.get(f"/stale/items/{addr(7)}")).json()
         assert (item["tier"], item["state"], item["plan_id"]) == ("cold", "live", "p1")
+        planned = next(i for i in state.plans["p1"].items if i.address == addr(7))
+        assert item["value_score"] == planned.value and 0 < planned.value < 1
+        assert plan["item_rows"][0]["value_score"] == state.plans["p1"].items[1].value
         missing = await client.get(f"/stale/items/{addr(4242)}")
         assert missing.status == 404 and "unknown item" in (await missing.json())["error"]
         assert (await client.get("/stale", params={"store": "other"})).status == 404

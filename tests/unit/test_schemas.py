@@ -94,14 +94,16 @@ def test_lockfile_records_every_record_and_the_evolved_ones_twice():
     assert "command_offset" not in {f["name"] for f in outcome_v1["fields"]}
     # Issue 3 routed lifecycle commands by pool (pool_id), gave hosts an inference endpoint
     # and allocations a workflow id, all with defaults; issue 12 gave executions a tenant;
-    # issue 15 gave prewarms the predictor's scores and evictions their reason
+    # issue 15 gave prewarms the predictor's scores and evictions their reason; issue 13
+    # gave a stale plan's items their value score
     assert {name: len(texts) for name, texts in versions.items() if len(texts) > 1} == {
         MT: 2, "pit.Outcome": 2, "pit.pool.TransitionModel": 2,
         "pit.pool.RecordModelUsage": 2, "pit.pool.RegisterHost": 2,
         "pit.pool.HostRegistered": 2, "pit.pool.AllocateModel": 2,
         "pit.pool.AllocationQueued": 2, "pit.pool.ModelAllocated": 2,
         "pit.dag.StartExecution": 2, "pit.dag.ExecutionStarted": 2,
-        "pit.dag.NodeScheduled": 2, "pit.pool.WarmModel": 2, "pit.pool.ModelEvicted": 2}
+        "pit.dag.NodeScheduled": 2, "pit.pool.WarmModel": 2, "pit.pool.ModelEvicted": 2,
+        "pit.stale.PlanItem": 2, "pit.stale.PlanItemsListed": 2}
 
 
 def test_report_lines_are_single_lines():

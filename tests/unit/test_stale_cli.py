@@ -70,7 +70,7 @@ def test_plan_lines_list_items_progress_the_rest_and_how_to_confirm():
     assert lines[0].startswith("plan p1 (planned): 3 of 10 items - delete 2.0 KiB, archive 0 B,"
                                " warm 1.0 KiB;")
     assert lines[1].split()[:3] == [ADDRESS, "trash", "2.0"]
-    assert lines[1].endswith("idle 40.0 days > 30 [age/MaxAge]")    # pending: no outcome
+    assert lines[1].endswith("value 0.125  idle 40.0 days > 30 [age/MaxAge]")  # pending
     assert lines[2] == "  ... 2 more (--offset 1)"
     assert lines[3] == "confirm with: pit stale apply p1"
     applying = plan_row(status="applying", cursor=1, trashed=1, bytes_freed=2048,

@@ -490,3 +490,85 @@ def test_an_item_kept_by_a_rule_changes_only_when_a_higher_priority_phase_comes(
     kept = evaluate({"policies": [*document["policies"], above]},
                     item(1, idle_days=10, tags=("x",)))[addr(1)]
     assert kept.next_change == "eligible for delete in 40 days"
+
+
+# --- value components ------------------------------------------------------------------------
+
+def values(document: dict, *items: Item):
+    evaluator = Evaluator(retention_from(document), {i.address: i for i in items}, {}, NOW, {})
+    return evaluator.values
+
+
+def test_deduplicated_or_derivable_content_is_less_unique():
+    alone, twice = item(1, idle_days=5), item(2, idle_days=5, stores=4, names=("a", "b"))
+    parent = item(3, idle_days=5)
+    derivable = item(4, idle_days=5, parents=(addr(3),))
+    orphaned_lineage = item(5, idle_days=5, parents=(addr(99),))   # its parent is gone
+    found = values({}, alone, twice, parent, derivable, orphaned_lineage)
+    assert found[addr(1)].uniqueness == 1.0
+    assert found[addr(2)].uniqueness == 0.5                   # 1 / sqrt(4 stores)
+    assert found[addr(4)].uniqueness == 0.5                   # can be derived again
+    assert found[addr(5)].uniqueness == 1.0                   # cannot: nothing to derive from
+    # the other components being equal, less unique is worth less
+    assert found[addr(2)].total < found[addr(1)].total
+    assert found[addr(4)].total < found[addr(3)].total
+
+
+def test_changing_the_weights_changes_the_score():
+    busy_but_poor = item(1, idle_days=60, accesses=900, quality=0.1)
+    fresh_and_good = item(2, idle_days=0, accesses=0, quality=0.9)
+    by_reads = {"value": {"weights": {"recency": 0, "frequency": 1, "quality": 0,
+                                      "training": 0, "uniqueness": 0}}}
+    by_recency = {"value": {"weights": {"recency": 1, "frequency": 0, "quality": 0,
+                                        "training": 0, "uniqueness": 0}}}
+    reads, recency = values(by_reads, busy_but_poor, fresh_and_good), \
+        values(by_recency, busy_but_poor, fresh_and_good)
+    assert reads[addr(1)].total > reads[addr(2)].total
+    assert recency[addr(1)].total < recency[addr(2)].total
+    assert recency[addr(2)].total == 1.0 and reads[addr(2)].total == 0.0
+    # the components are the same whatever the weights: only their mix moves
+    assert reads[addr(1)].components() == recency[addr(1)].components()
+
+
+def test_ranking_is_deterministic_whatever_the_order_items_arrive_in():
+    items = [item(n, idle_days=n % 3, accesses=n % 2) for n in range(12)]
+    rankings = {tuple(Evaluator(retention_from({}), {i.address: i for i in order}, {}, NOW,
+                                {}).ranked())
+                for order in (items, items[::-1], items[3:] + items[:3])}
+    assert len(rankings) == 1
+    ranked = rankings.pop()
+    found = values({}, *items)
+    assert len({found[a].total for a in ranked}) < len(ranked)   # there are ties
+    assert list(ranked) == sorted(found, key=lambda a: (found[a].total, a))  # broken by address
+
+
+# --- dedup: one content, several names ----------------------------------------------------------
+
+def test_content_under_two_names_one_tagged_keep_is_never_trashed():
+    """The catalog keeps one entry per address: a second name on the same content is a
+    dedup, and its tags are united - so the keep tag of one name protects the content all
+    its names share, through the observer's fold and the plan."""
+    from streams.artifacts.catalog import ARTIFACTS, StoreArtifact
+    from streams.stale.observer import Catalog, items_of
+
+    catalog = Catalog(ARTIFACTS.initial_state("default"))
+    stored_at = NOW - 400 * DAY_MS
+    for command in (StoreArtifact(addr(1), 100, name="scratch"),
+                    StoreArtifact(addr(1), 100, name="release-1", tags=["keep"]),
+                    StoreArtifact(addr(2), 100, name="scratch-2")):
+        for event in ARTIFACTS.decide(catalog.state, command, stored_at):
+            catalog.state = ARTIFACTS.evolve(catalog.state, event, stored_at)
+    found = items_of(catalog)
+    assert (found[addr(1)].names, found[addr(1)].tags, found[addr(1)].stores) == (
+        ("scratch", "release-1"), ("keep",), 2)
+    store = Store()
+    store.policy({"policies": [{"name": "p", "rules": [
+        {"type": "MaxAge", "days": 30}, {"type": "KeepTagged", "tags": ["keep"]}]}]})
+    store.observe(*found.values())
+    planned(store)
+    plan = {i.address: i for i in store.state.plans["p1"].items}
+    assert plan[addr(2)].target == "trash"
+    # kept (idle and of low value, it may go to the warm tier: moved, never deleted)
+    assert plan[addr(1)].target == "warm" and plan[addr(1)].reason.startswith("tagged keep")
+    store.do(ApplyPlan("p1"))
+    assert set(store.state.trash) == {addr(2)}

@@ -470,7 +470,9 @@ class Evaluator:
     """Evaluates every item of a store under one document at one instant. Built once per
     (items, holds, document, now) - the whole-store facts (training lineage, values, the
     MaxTotalSize evictions) are computed on construction and shared by every item's
-    evaluation, which is what makes a plan over 100,000 items cheap; `evaluate` caches."""
+    evaluation, which is what makes a plan over 100,000 items cheap; `evaluate` caches.
+    The cache lives as long as the Evaluator, one snapshot: every verdict depends on `now`,
+    so nothing computed for one plan is valid for the next (README: "Evaluation")."""
 
     def __init__(self, retention: Retention, items: Mapping[str, Item],
                  holds: Mapping[str, str], now_ms: int, tiers: Mapping[str, Tier]) -> None:

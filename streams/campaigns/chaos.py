@@ -26,10 +26,10 @@ After each kill point the load pauses and the campaign checks, once the Pit has 
 * every view equals the same view rebuilt from the archive up to the positions it shows (the
   contract test, tests/integration/test_components.py, holds rebuilt views to the decider's
   state; the views without tables, the search index, are left out);
-* the Stale Manager deleted nothing outside a confirmed plan and nothing tagged "keep"; it
-  purged only what it had trashed; and every stored artifact it never trashed reads back
-  byte for byte, from whichever tier it is in (a move either completed or left it where
-  it was);
+* the Stale Manager deleted nothing outside a confirmed plan, nothing tagged "keep" and
+  nothing under a legal hold; it purged only what it had trashed; and every stored artifact
+  it never trashed reads back byte for byte, from whichever tier it is in (a move either
+  completed or left it where it was);
 * `pit up` did not exit by itself, and runners and hosts carried on after a `pit up` restart
   without being restarted (one that did not is restarted, and counted).
 It measures the recovery time: from the restart (or the end of the broker fault) to the
@@ -59,7 +59,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -439,6 +439,8 @@ class LogFacts:
         self.confirmed: set[str] = set()            # plans applied
         self.trashed: list[tuple[str, str]] = []    # (address, plan id), every ItemTrashed
         self.purged: set[str] = set()
+        self.held: set[str] = set()                 # under a legal hold now (in log order)
+        self.trashed_held: list[tuple[str, str]] = []  # (address, plan id) trashed while held
 
     def read(self, engine: Engine) -> None:
         with engine.connect() as conn:
@@ -487,8 +489,34 @@ class LogFacts:
                 self.confirmed.add(record["plan_id"])
             case "ItemTrashed":
                 self.trashed.append((record["address"], record["plan_id"]))
+                if record["address"] in self.held:
+                    self.trashed_held.append((record["address"], record["plan_id"]))
             case "ItemPurged":
                 self.purged.add(record["address"])
+            # A hold and a trash of one address share its key (`stale:<address>`), so one
+            # partition: the archive has them in the order they were decided.
+            case "HoldPlaced":
+                self.held.add(record["address"])
+            case "HoldReleased":
+                self.held.discard(record["address"])
+
+
+def stale_violations(facts: LogFacts, kept: Collection[str]) -> list[tuple[str, str]]:
+    """What the log shows the Stale Manager did wrong, (address, why): a trash outside a
+    confirmed plan's trash list, of an item tagged keep (`kept`) or under a legal hold, and
+    a purge of an item never trashed."""
+    found = []
+    ever_trashed = {address for address, _ in facts.trashed}
+    for address, plan_id in facts.trashed:
+        if plan_id not in facts.confirmed or address not in facts.plan_trash.get(plan_id, ()):
+            found.append((address, f"trashed outside confirmed plan {plan_id}"))
+        if address in kept:
+            found.append((address, "trashed though tagged keep"))
+    for address, plan_id in facts.trashed_held:
+        found.append((address, f"trashed under a legal hold (plan {plan_id})"))
+    for address in sorted(facts.purged - ever_trashed):
+        found.append((address, "purged without being trashed"))
+    return found
 
 
 async def caught_up(settings: Settings, engine: Engine, timeout_s: float) -> bool:
@@ -820,8 +848,9 @@ class Campaign:
                           f" e.g. {dict(list(odd.items())[:3])}")
 
     def check_stale(self) -> None:
-        """What the Stale Manager deleted was in a confirmed plan and not kept; what it purged
-        it had trashed; everything else stored reads back byte for byte, from any tier."""
+        """What the Stale Manager deleted was in a confirmed plan, not kept and not held;
+        what it purged it had trashed (`stale_violations`); everything else stored reads
+        back byte for byte, from any tier."""
         from streams.artifacts.storage import artifact_store
 
         def harmed(address: str, why: str) -> None:
@@ -829,15 +858,9 @@ class Campaign:
                 self.found.stale.add(address)
                 self.note(f"stale manager: {address} {why}")
 
-        facts = self.facts
-        ever_trashed = {address for address, _ in facts.trashed}
-        for address, plan_id in facts.trashed:
-            if plan_id not in facts.confirmed or address not in facts.plan_trash.get(plan_id, ()):
-                harmed(address, f"trashed outside confirmed plan {plan_id}")
-            if address in self.load.kept:
-                harmed(address, "trashed though tagged keep")
-        for address in facts.purged - ever_trashed:
-            harmed(address, "purged without being trashed")
+        for address, why in stale_violations(self.facts, self.load.kept):
+            harmed(address, why)
+        ever_trashed = {address for address, _ in self.facts.trashed}
         store = artifact_store(Settings.from_env(self.pit.up.env))
         for address, content in list(self.load.stored.items()):
             if address in ever_trashed:

@@ -87,6 +87,7 @@ PROMISES = {
     "event sequence gaps or repeats": "0",
     "audit verify": "ok",
     "views == replay": "ok",
+    "stale manager: deleted outside a plan or kept / unreadable": "0",
     "pit up exits not caused by the campaign": "0",
     "duplicate side effects: other": None,
     "processes that did not carry on by themselves": None,

@@ -1,12 +1,26 @@
 """The chaos campaign's own checks (streams/campaigns/chaos.py), on made-up facts: a repeated
 node run is excused only when a killed runner had it in flight; an entity's sequence numbers
-that repeat or skip are reported once, a skip only once a later read confirms it."""
+that repeat or skip are reported once, a skip only once a later read confirms it; the Stale
+Manager's deletions are held against its confirmed plans, keep tags and legal holds, and
+what it never trashed must read back."""
 
 from __future__ import annotations
 
-from streams.campaigns.chaos import INFLIGHT_S, LogFacts, repeated_runs
+from types import SimpleNamespace
+
+import streams.artifacts.storage as storage
+from streams.campaigns.chaos import (
+    INFLIGHT_S,
+    Campaign,
+    Findings,
+    LogFacts,
+    repeated_runs,
+    stale_violations,
+)
 from streams.dag.execution import NodeCompleted
 from streams.dag.topics import DAG_EVENTS
+from streams.errors import PitError
+from streams.stale.topics import STALE_EVENTS
 
 KILLED_AT = 1_000.0
 
@@ -51,3 +65,76 @@ def test_sequences_that_repeat_or_skip_are_reported_once() -> None:
     assert facts.sequence_faults[1:] == [f"{DAG_EVENTS} y: sequence numbers [2] missing"]
     facts.settle()
     assert len(facts.sequence_faults) == 2
+
+
+# --- the Stale Manager ---------------------------------------------------------------------------
+
+def stale(facts: LogFacts, event_type: str, n: int, **record) -> None:
+    envelope = {"event_id": f"{event_type}-{n}-{sorted(record.items())}", "entity_key":
+                "default", "sequence": n}
+    facts.add(STALE_EVENTS, event_type, {"envelope": envelope, **record})
+
+
+def stale_log() -> LogFacts:
+    """p1 lists a and b to trash and is confirmed; p2 lists c but is never confirmed; d is
+    held, then trashed by p1 anyway; e is held and released, then trashed; f purged only."""
+    facts = LogFacts()
+    events = [
+        ("HoldPlaced", {"address": "d", "reason": "case"}),
+        ("HoldPlaced", {"address": "e", "reason": "case"}),
+        ("HoldReleased", {"address": "e"}),
+        ("PlanItemsListed", {"plan_id": "p1", "items": [
+            {"address": a, "target": "trash"} for a in "abde"] + [
+            {"address": "w", "target": "warm"}]}),
+        ("PlanItemsListed", {"plan_id": "p2", "items": [{"address": "c", "target": "trash"}]}),
+        ("PlanApplyStarted", {"plan_id": "p1"}),
+        ("ItemTrashed", {"address": "a", "plan_id": "p1"}),
+        ("ItemTrashed", {"address": "b", "plan_id": "p1"}),   # b is tagged keep
+        ("ItemTrashed", {"address": "c", "plan_id": "p2"}),   # p2 never confirmed
+        ("ItemTrashed", {"address": "d", "plan_id": "p1"}),   # held
+        ("ItemTrashed", {"address": "e", "plan_id": "p1"}),   # released first: fine
+        ("ItemTrashed", {"address": "w", "plan_id": "p1"}),   # p1 only moved it to warm
+        ("ItemPurged", {"address": "a"}),
+        ("ItemPurged", {"address": "f"}),                     # never trashed
+    ]
+    for n, (event_type, record) in enumerate(events, 1):
+        stale(facts, event_type, n, **record)
+    return facts
+
+
+def test_the_stale_managers_deletions_are_held_to_plans_keeps_and_holds() -> None:
+    found = stale_violations(stale_log(), kept={"b"})
+    assert sorted(found) == [
+        ("b", "trashed though tagged keep"),
+        ("c", "trashed outside confirmed plan p2"),
+        ("d", "trashed under a legal hold (plan p1)"),
+        ("f", "purged without being trashed"),
+        ("w", "trashed outside confirmed plan p1")]
+    assert stale_violations(LogFacts(), kept={"b"}) == []
+
+
+def test_check_stale_counts_each_harmed_item_once_and_reads_back_the_rest(monkeypatch,
+                                                                          capsys) -> None:
+    contents = {"x": b"same", "y": b"changed", "a": b"trashed: not read"}
+
+    class Store:
+        def get(self, address: str) -> bytes:
+            if address == "z":
+                raise PitError("no such object")
+            return b"other" if address == "y" else contents[address]
+
+    monkeypatch.setattr(storage, "artifact_store", lambda settings: Store())
+    campaign = object.__new__(Campaign)
+    campaign.facts, campaign.found, campaign.point, campaign.seed = stale_log(), Findings(), 3, 11
+    campaign.load = SimpleNamespace(kept={"b"}, stored={**contents, "z": b"lost"})
+    campaign.pit = SimpleNamespace(up=SimpleNamespace(env={}))
+    campaign.check_stale()
+    campaign.check_stale()  # a second look finds nothing new
+    assert campaign.found.stale == {"b", "c", "d", "f", "w", "y", "z"}
+    assert campaign.found.violations == 7
+    notes = "\n".join(campaign.found.lines)
+    assert "stale manager: y reads back different content" in notes
+    assert "stale manager: z unreadable, never trashed: no such object" in notes
+    assert "kill point 3 (--seed 11)" in notes
+    assert len(campaign.found.lines) == 7
+    capsys.readouterr()

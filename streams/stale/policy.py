@@ -594,7 +594,7 @@ class Evaluator:
             if verdicts:
                 priority = policy.priority
                 decided.append(_within_policy(verdicts))
-        if not decided:
+        if not decided or priority is None:
             return Verdict(Action.KEEP, "no policy applies", "default"), _next(upcoming)
         verdict = max(decided, key=lambda v: _CAUTION[v.action])
         if verdict.action is Action.ARCHIVE:

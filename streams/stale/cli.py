@@ -189,6 +189,8 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def apply_lines(found: dict[str, Any], plan_id: str, *, waited: bool) -> list[str]:
+    """What `apply` says: where to follow it (--no-wait), else how far it got - the views'
+    counters, or just "applied" when they had not shown the plan by the time it ended."""
     if not waited:
         return [f"plan {plan_id} confirmed: pit stale show {plan_id} follows it"]
     if "status" in found and found["status"] != "planned":

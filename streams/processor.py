@@ -751,6 +751,38 @@ async def produce_archived(producer, outputs: Sequence[Output], processor: Proce
     return offsets
 
 
+DRAIN_BUDGET_S = 0.02  # the most a batch waits for records already on the broker
+
+
+async def take_ready(consumer, batch: dict, max_records: int) -> None:
+    """Add to `batch` what the broker already holds beyond it, up to `max_records` or
+    DRAIN_BUDGET_S: the embedded broker answers a fetch with one producer batch per
+    partition, so a decider fed by many small producers (runners reporting a few nodes
+    each) would otherwise pay a whole decide-produce-commit round per few commands. When
+    nothing is waiting (a lone command, a chain's next hop) it adds no wait at all."""
+    count = sum(len(records) for records in batch.values())
+    deadline = time.monotonic() + DRAIN_BUDGET_S
+    while count < max_records and await _behind(consumer):
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            return
+        more = await consumer.getmany(timeout_ms=left_ms, max_records=max_records - count)
+        if not more:
+            return
+        for tp, records in more.items():
+            batch.setdefault(tp, []).extend(records)
+            count += len(records)
+
+
+async def _behind(consumer) -> bool:
+    """Whether the broker held more than was taken, as of the last fetch."""
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is not None and high > await consumer.position(tp):
+            return True
+    return False
+
+
 async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
                    ready: asyncio.Event | None, max_records: int,
                    produce_timeout_s: float, archive_first: ArchiveFirst | None) -> None:
@@ -776,6 +808,8 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=50, max_records=max_records)
+            if batch:
+                await take_ready(consumer, batch, max_records)
             if restoring:
                 # A (re)assignment: forget what others may have changed, rebuild, then decide.
                 partitions = set().union(*restoring)

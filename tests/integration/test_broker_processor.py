@@ -43,7 +43,7 @@ from streams.pool.lifecycle import (
     TransitionReason,
 )
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
-from streams.processor import OUTCOME, Processor, run_processor
+from streams.processor import OUTCOME, Processor, run_processor, take_ready
 from streams.topics import DEAD_LETTERS, RESULTS, load_catalog
 
 COLD, WARMING, HOT, COOLING, FAILED = ModelState
@@ -555,3 +555,45 @@ async def test_a_failed_produce_restarts_the_processor_from_the_log(monkeypatch,
             assert [(env["causation_id"], env["sequence"]) for env in envelopes] == [
                 ("r/0", 1), ("r/1", 2)]
             assert pit.processor.processor.state(model).state == HOT
+
+
+# --- batches: what the broker already holds is decided together --------------------------------
+
+async def test_take_ready_gathers_many_small_producer_batches_in_one_take() -> None:
+    """The embedded broker answers a fetch with one producer batch per partition, so 40
+    reports sent one by one come back one per fetch; `take_ready` adds what is already on
+    the broker, and the decider gets them in one batch. With nothing more there it returns
+    at once."""
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
+        await producer.start()
+        consumer = await start_consumer(settings)
+        try:
+            tp = TopicPartition(POOL_COMMANDS, 0)
+            for n in range(40):  # one producer batch each
+                await producer.send_and_wait(POOL_COMMANDS, b"%d" % n, partition=0)
+            consumer.assign([tp])
+            consumer.seek(tp, 0)
+            first = await consumer.getmany(timeout_ms=5_000)
+            assert 0 < len(first[tp]) < 40  # the broker's answer: not all of it
+            await take_ready(consumer, first, max_records=5000)
+            assert [m.value for m in first[tp]] == [b"%d" % n for n in range(40)]
+
+            await producer.send_and_wait(POOL_COMMANDS, b"lone", partition=0)
+            lone = await consumer.getmany(timeout_ms=5_000)
+            fetches: list[int] = []
+            fetch = consumer.getmany
+
+            def counted(*args, **kwargs):
+                fetches.append(1)
+                return fetch(*args, **kwargs)
+
+            consumer.getmany = counted  # type: ignore[method-assign]
+            await take_ready(consumer, lone, max_records=5000)
+            assert [m.value for m in lone[tp]] == [b"lone"]
+            assert not fetches  # nothing waiting on the broker: no fetch, no wait
+        finally:
+            await consumer.stop()
+            await producer.stop()

@@ -39,7 +39,7 @@ from streams.config import Settings
 from streams.decider import Decider, Message, from_record
 from streams.errors import SchemaError
 from streams.history import history_source, kafka_log_reader
-from streams.kafka import partitions_of, start_consumer
+from streams.kafka import partitions_of, start_consumer, take_ready
 from streams.log import LogRecord
 
 if TYPE_CHECKING:
@@ -67,9 +67,12 @@ def entity_events(codec: Codec, decider: Decider | Sequence[Decider], records: I
                 break
 
 
+LIVE_BATCH = 10_000
+
+
 class Follower:
     """Reads `topics`: their history (the archive `db`, then Kafka), then live from where it
-    ended. `max_records` bounds a live batch (None: whatever one fetch returns)."""
+    ended. A live batch is what the broker holds, up to `max_records` (None: LIVE_BATCH)."""
 
     def __init__(self, settings: Settings, topics: Sequence[str], db: Engine | None = None, *,
                  max_records: int | None = None, fetch_max_wait_ms: int = 20) -> None:
@@ -127,6 +130,8 @@ class Follower:
             timeout_ms = wait_ms() if callable(wait_ms) else wait_ms
             fetched = await self._consumer.getmany(timeout_ms=timeout_ms,
                                                    max_records=self.max_records)
+            if fetched:
+                await take_ready(self._consumer, fetched, self.max_records or LIVE_BATCH)
             if stop.is_set():
                 return
             records = [LogRecord.from_kafka(m) for messages in fetched.values()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Protocol
@@ -136,6 +137,39 @@ async def produce_all(producer: Producer, outputs: Iterable, timeout_s: float = 
         problem = tracker.errors[0] if tracker.errors else f"{remaining} records unacknowledged"
         raise BrokerUnavailableError(f"produce failed: {problem}")
     return count
+
+
+DRAIN_BUDGET_S = 0.02  # the most a batch waits for records already on the broker
+
+
+async def take_ready(consumer: AIOKafkaConsumer, batch: dict, max_records: int) -> None:
+    """Add to `batch` what the broker already holds beyond it, up to `max_records` or
+    DRAIN_BUDGET_S: the embedded broker answers a fetch with one producer batch per
+    partition, so a reader fed by many small producers (runners reporting a few nodes each)
+    would otherwise pay its whole round - decide, produce, commit; or a database
+    transaction - per few records. When
+    nothing is waiting (a lone command, a chain's next hop) it adds no wait at all."""
+    count = sum(len(records) for records in batch.values())
+    deadline = time.monotonic() + DRAIN_BUDGET_S
+    while count < max_records and await _behind(consumer):
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            return
+        more = await consumer.getmany(timeout_ms=left_ms, max_records=max_records - count)
+        if not more:
+            return
+        for tp, records in more.items():
+            batch.setdefault(tp, []).extend(records)
+            count += len(records)
+
+
+async def _behind(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the broker held more than was taken, as of the last fetch."""
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is not None and high > await consumer.position(tp):
+            return True
+    return False
 
 
 async def keep_running(name: str, attempt: Callable[[], Awaitable[None]], stop: asyncio.Event,

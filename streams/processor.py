@@ -36,7 +36,7 @@ from streams.archive import keep_pending, prune_pending
 from streams.decider import MAX_ID_CHARS, Decider, Message, Rejection, from_record, to_record
 from streams.errors import BrokerUnavailableError, DatabaseUnavailableError, SchemaError
 from streams.history import end_offsets, history_source, kafka_log_reader, latest_history
-from streams.kafka import make_producer, produce_all, start_consumer, stop_clients
+from streams.kafka import make_producer, produce_all, start_consumer, stop_clients, take_ready
 from streams.log import LogRecord, source_headers
 from streams.memory import ArchiveRecall, Forgotten, keep_bounded
 from streams.recovery import CheckpointBook, RecordsMismatch, within_commands
@@ -749,38 +749,6 @@ async def produce_archived(producer, outputs: Sequence[Output], processor: Proce
     for i, offset in zip(rest, got, strict=True):
         offsets[i] = offset
     return offsets
-
-
-DRAIN_BUDGET_S = 0.02  # the most a batch waits for records already on the broker
-
-
-async def take_ready(consumer, batch: dict, max_records: int) -> None:
-    """Add to `batch` what the broker already holds beyond it, up to `max_records` or
-    DRAIN_BUDGET_S: the embedded broker answers a fetch with one producer batch per
-    partition, so a decider fed by many small producers (runners reporting a few nodes
-    each) would otherwise pay a whole decide-produce-commit round per few commands. When
-    nothing is waiting (a lone command, a chain's next hop) it adds no wait at all."""
-    count = sum(len(records) for records in batch.values())
-    deadline = time.monotonic() + DRAIN_BUDGET_S
-    while count < max_records and await _behind(consumer):
-        left_ms = int((deadline - time.monotonic()) * 1000)
-        if left_ms <= 0:
-            return
-        more = await consumer.getmany(timeout_ms=left_ms, max_records=max_records - count)
-        if not more:
-            return
-        for tp, records in more.items():
-            batch.setdefault(tp, []).extend(records)
-            count += len(records)
-
-
-async def _behind(consumer) -> bool:
-    """Whether the broker held more than was taken, as of the last fetch."""
-    for tp in consumer.assignment():
-        high = consumer.highwater(tp)
-        if high is not None and high > await consumer.position(tp):
-            return True
-    return False
 
 
 async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,

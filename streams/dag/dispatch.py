@@ -266,8 +266,9 @@ class TaskDispatcher:
                            retry_on=(HistoryError,), on_restart=forget)
 
     async def _run(self, stop: asyncio.Event) -> None:
+        # every workflow hop passes here: an empty fetch waits out its 5 ms, as the processor's
         follower = Follower(self.settings, [DAG_EVENTS, ARBITRATION_EVENTS], self.db,
-                            max_records=self.max_batch)
+                            max_records=self.max_batch, fetch_max_wait_ms=5)
         await self._restore(follower, stop)
         if stop.is_set():
             return

@@ -447,7 +447,8 @@ class KafkaReporter:
         self.producer: AIOKafkaProducer | None = None
 
     async def start(self) -> KafkaReporter:
-        self.producer = AIOKafkaProducer(**self.settings.kafka_client_options(), linger_ms=2,
+        # no linger: reports sent together still go in one batch, and each waits for its ack
+        self.producer = AIOKafkaProducer(**self.settings.kafka_client_options(), linger_ms=0,
                                          enable_idempotence=True)
         try:
             await self.producer.start()

@@ -348,6 +348,12 @@ class FakeConsumer:
     def seek(self, tp, offset: int) -> None:
         self.fetch[(tp.topic, tp.partition)] = offset
 
+    def assignment(self) -> set:
+        return set(self.assigned)
+
+    def highwater(self, tp) -> None:
+        return None  # getmany returns all there is: nothing more waits on a broker
+
     async def beginning_offsets(self, tps) -> dict:
         return {tp: 0 for tp in tps}
 

@@ -694,6 +694,45 @@ async def chains_per_s(stack: Stack, client: PitClient, count: int, length: int 
         await consumer.stop()
 
 
+async def broker_crossing_ms(stack: Stack, samples: int = 200) -> dict[str, float]:
+    """The floor under a hop, on the same broker in the same run: a record produced as the
+    processor and the dispatcher produce (librdkafka, flushed) until a consumer fetching as
+    they do (5 ms wait) holds it (`crossing`), and a produce until its acknowledgement
+    (`ack`), p50 each. A hop crosses the broker three times (report -> processor, event ->
+    dispatcher, task -> runner) and waits for one ack (the start report) besides running
+    the node, so `dag_hop_floor_ms` = 3 crossings + 1 ack. Samples are spaced by random
+    pauses, so they land anywhere in the consumer's fetch cycle."""
+    import random
+
+    from aiokafka import TopicPartition
+
+    from streams.kafka import make_producer, produce_all, start_consumer
+    from streams.topics import TopicSpec
+
+    assert stack.broker is not None  # the bench runs on the embedded broker
+    topic = "pit.bench.crossing"
+    stack.broker.create_topic(TopicSpec(topic, 1, "none"))
+    producer = make_producer(stack.settings)
+    consumer = await start_consumer(stack.settings, fetch_max_wait_ms=5)
+    consumer.assign([TopicPartition(topic, 0)])
+    crossings, acks = [], []
+    try:
+        for n in range(samples):
+            await asyncio.sleep(random.Random(n).uniform(0, 0.01))
+            started = time.perf_counter()
+            record = Output(topic, 0, None, b"%d" % n, int(time.time() * 1000))
+            await produce_all(producer, [record])
+            acks.append((time.perf_counter() - started) * 1000)
+            while not await consumer.getmany(timeout_ms=1000):
+                pass
+            crossings.append((time.perf_counter() - started) * 1000)
+    finally:
+        await consumer.stop()
+    crossing, ack = statistics.median(crossings), statistics.median(acks)
+    return {"dag_broker_crossing_ms_p50": round(crossing, 1),
+            "dag_hop_floor_ms": round(3 * crossing + ack, 1)}
+
+
 async def bench_throughput(scratch: Path, wide: int = 2_000, deep: int = 100,
                            count: int = 10_000, chains: int = 100) -> dict[str, float]:
     """End to end through the embedded broker: `pit up`'s Stack in this process, two `pit
@@ -709,6 +748,7 @@ async def bench_throughput(scratch: Path, wide: int = 2_000, deep: int = 100,
         try:
             await asyncio.sleep(3)  # the group settles (a rebalance per runner joining)
             await run_to_end(stack, client, wide_dag(50, name="warm-up"), "bench-warm-up")
+            floor = await broker_crossing_ms(stack)
             wide_s = await run_to_end(stack, client, wide_dag(wide), "bench-wide")
             async with Arrivals(stack.settings, stack.codec, "bench-deep") as arrivals:
                 deep_s = await run_to_end(stack, client, deep_dag(deep), "bench-deep")
@@ -725,6 +765,9 @@ async def bench_throughput(scratch: Path, wide: int = 2_000, deep: int = 100,
                 "dag_hop_ms_p99": round(percentile(hops, 0.99), 1)} if hops else {}),
             **{f"dag_hop_{stage}_ms_p50": round(statistics.median(values), 1)
                for stage, values in stages.items() if values},
+            **floor,
+            **({"dag_hop_vs_floor": round(statistics.median(hops) / floor["dag_hop_floor_ms"], 1)}
+               if hops else {}),
             "dag_workflows_per_s_chain20": round(chain20, 1),
             "dag_10k_wall_s": round(ten_s, 1)}
 

@@ -586,18 +586,11 @@ class Arrivals:
         self.seen: dict[tuple[str, str], float] = {}
 
     async def __aenter__(self) -> Arrivals:
-        from aiokafka import TopicPartition
-
         from streams.dag.topics import DAG_TASKS
-        from streams.kafka import partitions_of, start_consumer
+        from streams.kafka import assign_at, start_consumer
 
         self.consumer = await start_consumer(self.settings, fetch_max_wait_ms=1)
-        tps = [TopicPartition(topic, p) for topic in (DAG_EVENTS, DAG_TASKS, DAG_COMMANDS)
-               for p in await partitions_of(self.consumer, topic)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_end(*tps)
-        for tp in tps:
-            await self.consumer.position(tp)
+        await assign_at(self.consumer, (DAG_EVENTS, DAG_TASKS, DAG_COMMANDS), at_end=True)
         self.task = asyncio.create_task(self._follow())
         return self
 
@@ -652,16 +645,10 @@ async def chains_per_s(stack: Stack, client: PitClient, count: int, length: int 
     the first start to the last ExecutionCompleted: what a workflow engine's users mean by
     throughput of short workflows. One consumer sees every end (a watch per execution
     would cost more than the executions)."""
-    from aiokafka import TopicPartition
-
-    from streams.kafka import partitions_of, start_consumer
+    from streams.kafka import assign_at, start_consumer
 
     consumer = await start_consumer(stack.settings, fetch_max_wait_ms=5)
-    tps = [TopicPartition(DAG_EVENTS, p) for p in await partitions_of(consumer, DAG_EVENTS)]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    await assign_at(consumer, [DAG_EVENTS], at_end=True)
     ended: dict[str, asyncio.Event] = {f"bench-chain{length}-{n}": asyncio.Event()
                                        for n in range(count)}
 

@@ -38,12 +38,18 @@ from streams.topics import load_catalog
 pytestmark = pytest.mark.slow
 
 
-async def _slow_sum(params: dict, **values: float) -> float:
-    await asyncio.sleep(0.03)  # slow enough for the crash to come mid-run
+HOLDING = {"held": False}  # while True, a node with the param "held" does not end
+
+
+async def _held_sum(params: dict, **values: float) -> float:
+    """The sum of the inputs; a node marked "held" waits while HOLDING is on: the crash
+    comes before it ends, so mid-run, however fast or slow the machine is."""
+    while params.get("held") and HOLDING["held"]:
+        await asyncio.sleep(0.01)
     return sum(values.values())
 
 
-OPERATORS.register("checkpoint_slow_sum", _slow_sum, inputs={WILDCARD: "float"},
+OPERATORS.register("checkpoint_held_sum", _held_sum, inputs={WILDCARD: "float"},
                    output="float", replace=True)
 
 
@@ -59,11 +65,14 @@ async def _runners(stack: Stack) -> Runners:
     return runners
 
 
-async def test_a_crashed_pit_resumes_a_checkpointed_execution(tmp_path) -> None:
+async def test_a_crashed_pit_resumes_a_checkpointed_execution(tmp_path, monkeypatch) -> None:
     base = layered_dag(300, seed=21, layers=10)
+    sinks = {node.id for node in base.nodes} - {edge.from_node for edge in base.edges}
     workflow = replace(base, checkpoint_every=20, nodes=tuple(
-        replace(node, operator="checkpoint_slow_sum") for node in base.nodes))
-    expected = sequential_outputs(base)  # the same sums, without the sleep
+        replace(node, operator="checkpoint_held_sum", params={"held": node.id in sinks})
+        for node in base.nodes))
+    expected = sequential_outputs(base)  # the same sums
+    monkeypatch.setitem(HOLDING, "held", True)  # no sink ends before the crash
     stack = await _stack(tmp_path).start()
     runners = None
     try:
@@ -77,8 +86,10 @@ async def test_a_crashed_pit_resumes_a_checkpointed_execution(tmp_path) -> None:
         if runners is not None:
             await runners.close(crash=True)
         await crash_stack(stack)
+    assert sinks and not sinks & set(watch.completed)
     assert len(watch.completed) < len(expected)
 
+    HOLDING["held"] = False  # the sinks end after the restart
     async with _stack(tmp_path) as stack:
         runners = await _runners(stack)
         try:

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from streams.decider import Decider
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy import Engine
 
     from schemas.codec import Codec
@@ -76,6 +78,15 @@ class Route:
     body_required: bool = True
 
 
+# `pit up` in this process on a data directory, not yet started (`streams.app.Stack`):
+# what `pit bench` (streams/bench.py) hands a component's benches that drive a whole Pit. A
+# component never imports the assembly itself.
+PitFactory = Callable[["Path"], Any]
+
+# A `pit bench` part: (settings, a PitFactory) -> figures.
+Bench = Callable[["Settings", PitFactory], Awaitable[dict[str, Any]]]
+
+
 @dataclass(frozen=True)
 class Component:
     """One component of the Pit, as data.
@@ -98,7 +109,8 @@ class Component:
       projections);
       `add_cli(subparsers)`: its `pit` subcommands.
     * `client(pit_client)`: its operations, reachable as `pit_client.<name>`.
-    * `benches`: `pit bench` parts, name -> async function(settings) -> figures.
+    * `benches`: `pit bench` parts, name -> async function(settings, a `PitFactory`)
+      -> figures.
     * `settings(settings)`: its own settings, parsed from its `PIT_*` variables in
       `settings.env`; the CLI parses every component's at start-up, so a bad value fails
       before any command runs.
@@ -119,8 +131,7 @@ class Component:
     routes: Callable[[], Sequence[Route]] = lambda: ()
     add_cli: Callable[[argparse._SubParsersAction[Any]], None] | None = None
     client: Callable[[Any], Any] | None = None
-    benches: Mapping[str, Callable[..., Awaitable[dict[str, Any]]]] = field(
-        default_factory=dict)
+    benches: Mapping[str, Bench] = field(default_factory=dict)
     settings: Callable[[Settings], Any] | None = None
     quiet_events: frozenset[str] = frozenset()
 

@@ -5,7 +5,8 @@ The kernel (this folder's top-level modules and `schemas/`) knows no component. 
 the CLI, the read API, replay, audit, `pit bench` and the contract tests iterate the
 registry and take from each descriptor what they need, so adding a component means its
 folder under `streams/`, its views under `projections/`, its schemas in `schemas/avro/`,
-its topics in `infra/topics.yaml`, and one line in the registry.
+its topics in `infra/topics.yaml`, and one line in the registry (plus, with client
+operations, one type line in `PitClient`, streams/client.py, for type checkers).
 
 Every part but the deciders is optional, and every part that needs a running Pit is a
 factory: the descriptor itself imports nothing heavy and starts nothing. Even the deciders

@@ -19,21 +19,14 @@ from streams.commands import CommandClient
 from streams.config import Settings
 from streams.kafka import make_producer, produce_all
 from streams.processor import OUTCOME, Output
-from streams.topics import RESULTS, load_catalog
+from streams.topics import RESULTS
 
 LIST_OFFSETS = 2  # Kafka API key
 PARTITIONS = 4  # of pit.results' 16, the outcomes go to these
 
 
 @pytest.fixture
-def broker():
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
-        yield broker
-
-
-@pytest.fixture
-def client(broker) -> CommandClient:
+def client(broker: EmbeddedBroker) -> CommandClient:
     return CommandClient(Settings(bootstrap_servers=broker.bootstrap_servers),
                          codec=Codec(EmbeddedRegistry()))
 

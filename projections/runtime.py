@@ -358,21 +358,12 @@ class Projector:
 
 async def _seek_stored(projector: Projector, consumer, partitions: Sequence) -> None:
     """Seek each of `partitions` past its stored position, or to its beginning."""
+    from streams.kafka import seek_explicitly
+
     resume = await asyncio.to_thread(projector.resume_positions)
-    fresh = []
-    for tp in partitions:
-        position = resume.get((tp.topic, tp.partition))
-        if position is None:
-            fresh.append(tp)
-        else:
-            consumer.seek(tp, position + 1)
-    if fresh:
-        # Explicit offsets, not seek_to_beginning: aiokafka applies an offset reset already in
-        # flight for a fresh assignment (auto_offset_reset, "latest" by default) to a later
-        # seek_to_beginning, which then silently starts at the end. A plain seek cannot race.
-        beginnings = await consumer.beginning_offsets(fresh)
-        for tp in fresh:
-            consumer.seek(tp, beginnings[tp])
+    # Explicit offsets, never seek_to_beginning (it races an offset reset in flight).
+    await seek_explicitly(consumer, list(partitions),
+                          {where: position + 1 for where, position in resume.items()})
 
 
 async def run(projector: Projector, consumer, stop: asyncio.Event, *,

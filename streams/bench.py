@@ -11,9 +11,8 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -22,7 +21,7 @@ from schemas.registry import EmbeddedRegistry
 from streams.archive import pending_engine
 from streams.broker import EmbeddedBroker
 from streams.client import PitClient
-from streams.component import bench_note
+from streams.component import Bench, PitFactory, bench_note
 from streams.components import COMPONENTS, views
 from streams.config import Settings
 from streams.errors import PitError
@@ -38,6 +37,9 @@ from streams.processor import ArchiveFirst, Output, Processor, run_processor
 from streams.sql import connect, create_tables
 from streams.stats import percentile
 from streams.topics import RESULTS, load_catalog
+
+if TYPE_CHECKING:
+    from streams.app import Stack
 
 
 def _sample_event(codec: Codec) -> tuple[str, dict]:
@@ -151,7 +153,7 @@ async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
                 "roundtrip_p99_ms": round(percentile(latencies, 0.99), 2)}
 
 
-async def bench_backbone(settings: Settings) -> dict[str, Any]:
+async def bench_backbone(settings: Settings, _pit: PitFactory) -> dict[str, Any]:
     from projections.bench import bench_projections
 
     figures: dict[str, Any] = bench_codec()
@@ -165,7 +167,15 @@ async def bench_backbone(settings: Settings) -> dict[str, Any]:
     return figures
 
 
-BENCHES: dict[str, Callable[[Settings], Awaitable[dict[str, Any]]]] = {
+def in_process_pit(data_dir: Path) -> Stack:
+    """The `PitFactory` a bench is handed: `pit up` in this process on `data_dir`, not yet
+    started, without the host monitor (a bench registers no model host)."""
+    from streams.app import Stack
+
+    return Stack(Settings(data_dir=data_dir), progress=False, without={"host-monitor"})
+
+
+BENCHES: dict[str, Bench] = {
     "backbone": bench_backbone,
     **{name: bench for component in COMPONENTS for name, bench in component.benches.items()},
 }
@@ -177,5 +187,5 @@ async def run_bench(component: str, settings: Settings) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for name, bench in BENCHES.items():
         if component in ("all", name):
-            figures |= await bench(settings)
+            figures |= await bench(settings, in_process_pit)
     return figures

@@ -31,7 +31,8 @@ class PitClient(CommandClient):
     """Routes every registered component's commands. A component's operations are built
     on first use (so a client that never stores an artifact opens no blob store)."""
 
-    # What the registry's `client` factories build, named for type checkers.
+    # What the registry's `client` factories build, named for type checkers: the one line a
+    # new component with operations adds here (tests/unit/test_client_namespaces.py).
     pool: PoolOps
     dag: WorkflowOps
     artifacts: ArtifactOps

@@ -125,16 +125,10 @@ class CommandClient:
     async def tail(self, topic: str, handle: Callable[[Any], None]) -> None:
         """Follow `topic` from its current end, calling `handle(message)` for each record
         until the client closes."""
-        from aiokafka import TopicPartition
-
-        from streams.kafka import partitions_of, start_consumer
+        from streams.kafka import assign_at, start_consumer
 
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=5)
-        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:  # pin the end now, so no answer to us can slip past
-            await consumer.position(tp)
+        await assign_at(consumer, [topic], at_end=True)  # the end now: no answer slips past
         self._tasks.append(asyncio.create_task(self._dispatch(consumer, handle)))
 
     async def close(self) -> None:
@@ -217,15 +211,11 @@ class CommandClient:
 
     async def results(self, from_beginning: bool = False) -> AsyncIterator[Outcome]:
         """Every outcome from now on (or from the start of the log), as they arrive."""
-        from aiokafka import TopicPartition
-
-        from streams.kafka import partitions_of, start_consumer
+        from streams.kafka import assign_at, start_consumer
 
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=100)
         try:
-            tps = [TopicPartition(RESULTS, p) for p in await partitions_of(consumer, RESULTS)]
-            consumer.assign(tps)
-            await (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
+            await assign_at(consumer, [RESULTS], at_end=not from_beginning)
             while True:
                 batch = await consumer.getmany(timeout_ms=500)
                 for message in sorted((m for ms in batch.values() for m in ms),

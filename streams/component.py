@@ -5,7 +5,8 @@ The kernel (this folder's top-level modules and `schemas/`) knows no component. 
 the CLI, the read API, replay, audit, `pit bench` and the contract tests iterate the
 registry and take from each descriptor what they need, so adding a component means its
 folder under `streams/`, its views under `projections/`, its schemas in `schemas/avro/`,
-its topics in `infra/topics.yaml`, and one line in the registry.
+its topics in `infra/topics.yaml`, and one line in the registry (plus, with client
+operations, one type line in `PitClient`, streams/client.py, for type checkers).
 
 Every part but the deciders is optional, and every part that needs a running Pit is a
 factory: the descriptor itself imports nothing heavy and starts nothing. Even the deciders
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from streams.decider import Decider
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy import Engine
 
     from schemas.codec import Codec
@@ -76,6 +79,15 @@ class Route:
     body_required: bool = True
 
 
+# `pit up` in this process on a data directory, not yet started (`streams.app.Stack`):
+# what `pit bench` (streams/bench.py) hands a component's benches that drive a whole Pit. A
+# component never imports the assembly itself.
+PitFactory = Callable[["Path"], Any]
+
+# A `pit bench` part: (settings, a PitFactory) -> figures.
+Bench = Callable[["Settings", PitFactory], Awaitable[dict[str, Any]]]
+
+
 @dataclass(frozen=True)
 class Component:
     """One component of the Pit, as data.
@@ -98,7 +110,8 @@ class Component:
       projections);
       `add_cli(subparsers)`: its `pit` subcommands.
     * `client(pit_client)`: its operations, reachable as `pit_client.<name>`.
-    * `benches`: `pit bench` parts, name -> async function(settings) -> figures.
+    * `benches`: `pit bench` parts, name -> async function(settings, a `PitFactory`)
+      -> figures.
     * `settings(settings)`: its own settings, parsed from its `PIT_*` variables in
       `settings.env`; the CLI parses every component's at start-up, so a bad value fails
       before any command runs.
@@ -119,8 +132,7 @@ class Component:
     routes: Callable[[], Sequence[Route]] = lambda: ()
     add_cli: Callable[[argparse._SubParsersAction[Any]], None] | None = None
     client: Callable[[Any], Any] | None = None
-    benches: Mapping[str, Callable[..., Awaitable[dict[str, Any]]]] = field(
-        default_factory=dict)
+    benches: Mapping[str, Bench] = field(default_factory=dict)
     settings: Callable[[Settings], Any] | None = None
     quiet_events: frozenset[str] = frozenset()
 

@@ -16,9 +16,8 @@ Why the history is read apart from the consumer: Kafka may no longer hold the be
 reads both, each record once. The consumer then starts exactly where that read ended.
 
 Why explicit offsets: aiokafka applies an offset reset already in flight for a fresh
-assignment (auto_offset_reset, "latest" by default) to a later `seek_to_beginning` or
-`seek_to_end`, which then silently starts at the end. A plain `seek` to an offset asked
-for beforehand cannot race, so every partition is positioned that way.
+assignment to a later `seek_to_beginning` or `seek_to_end`, which then silently starts at
+the end; `streams.kafka.assign_at` seeks to offsets asked for beforehand, which cannot race.
 
 What the follower leaves to its service: what a record means (`take`, and the body of the
 loop), what it does between reads (the dispatcher relays, the timer service fires, the
@@ -32,14 +31,14 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from sqlalchemy import Engine
 
 from streams.config import Settings
 from streams.decider import Decider, Message, from_record
 from streams.errors import SchemaError
 from streams.history import history_source, kafka_log_reader
-from streams.kafka import partitions_of, start_consumer, take_ready
+from streams.kafka import assign_at, start_consumer, take_ready
 from streams.log import LogRecord
 
 if TYPE_CHECKING:
@@ -103,16 +102,7 @@ class Follower:
         is skipped, and nothing produced after this returns is missed."""
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=self.fetch_max_wait_ms)
         try:
-            assignment = [TopicPartition(topic, p) for topic in self.topics
-                          for p in await partitions_of(consumer, topic)]
-            consumer.assign(assignment)
-            fresh = [tp for tp in assignment if (tp.topic, tp.partition) not in self.positions]
-            if fresh:
-                ask = consumer.end_offsets if at_end else consumer.beginning_offsets
-                for tp, offset in (await ask(fresh)).items():
-                    self.positions[(tp.topic, tp.partition)] = offset
-            for tp in assignment:
-                consumer.seek(tp, self.positions[(tp.topic, tp.partition)])
+            await assign_at(consumer, self.topics, self.positions, at_end=at_end)
         except BaseException:
             await consumer.stop()
             raise

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Protocol
 
@@ -76,6 +76,42 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
     if not partitions:
         raise PitError(f"topic {topic} does not exist (apply infra/topics.yaml)")
     return sorted(partitions)
+
+
+async def seek_explicitly(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition],
+                          positions: dict[tuple[str, int], int] | None = None, *,
+                          at_end: bool = False) -> dict[tuple[str, int], int]:
+    """Seek each of the consumer's assigned `partitions` to an explicit offset: its entry in
+    `positions` ((topic, partition) -> the next offset to read), or else its beginning
+    (`at_end`: its end as it is now), asked for first and written into `positions`, which
+    is returned.
+
+    Why explicit offsets: aiokafka applies an offset reset already in flight for a fresh
+    assignment (auto_offset_reset, "latest" by default) to a later `seek_to_beginning` or
+    `seek_to_end`, which then silently starts at the end. A plain `seek` to an offset asked
+    for beforehand cannot race, so every consumer of the Pit is positioned this way."""
+    positions = {} if positions is None else positions
+    fresh = [tp for tp in partitions if (tp.topic, tp.partition) not in positions]
+    if fresh:
+        ask = consumer.end_offsets if at_end else consumer.beginning_offsets
+        for tp, offset in (await ask(fresh)).items():
+            positions[(tp.topic, tp.partition)] = offset
+    for tp in partitions:
+        consumer.seek(tp, positions[(tp.topic, tp.partition)])
+    return positions
+
+
+async def assign_at(consumer: AIOKafkaConsumer, topics: Iterable[str],
+                    positions: dict[tuple[str, int], int] | None = None, *,
+                    at_end: bool = False) -> list[TopicPartition]:
+    """Assign the consumer every partition of `topics` and seek each explicitly
+    (`seek_explicitly`: from `positions`, else the beginning or, `at_end`, the end);
+    returns the assignment."""
+    assignment = [TopicPartition(topic, p) for topic in topics
+                  for p in await partitions_of(consumer, topic)]
+    consumer.assign(assignment)
+    await seek_explicitly(consumer, assignment, positions, at_end=at_end)
+    return assignment
 
 
 async def topic_size(settings: Settings, topic: str) -> int:

@@ -9,8 +9,9 @@ restart, the events are also made durable in the database before the outcomes ar
 (`produce_archived`).
 
 `Processor.handle` is the pure-ish core (no I/O): tests and benchmarks drive it directly.
-Why not a Faust agent per event: Faust's per-event path measured ~2,100 events/s here; a
-batch loop on aiokafka's fetcher plus librdkafka's producer is what reaches >20,000/s.
+Why not a Faust agent per event: its per-message send path is the bottleneck; a batch loop
+on aiokafka's fetcher plus librdkafka's producer is several times faster on the same broker
+(the figures, measured side by side: README, "Performance", the Faust paragraph).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.arbitration.cli import add_parser
-from streams.component import Component, Route, Runtime, Service
+from streams.component import Component, PitFactory, Route, Runtime, Service
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -49,7 +49,7 @@ def _routes() -> Sequence[Route]:
     return ROUTES
 
 
-async def _bench(settings: Settings) -> dict[str, Any]:
+async def _bench(settings: Settings, _pit: PitFactory) -> dict[str, Any]:
     from streams.arbitration.bench import bench_arbitration
 
     return await bench_arbitration(settings)

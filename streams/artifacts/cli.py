@@ -15,7 +15,7 @@ from streams.errors import PitError
 from streams.times import when
 
 if TYPE_CHECKING:
-    from streams.client import PitClient
+    from streams.artifacts.client import ArtifactOps
     from streams.config import Settings
 
 
@@ -35,9 +35,9 @@ def parse_metadata(pairs: list[str] | None) -> dict[str, Any]:
 
 
 
-async def _put(pit: PitClient, args: argparse.Namespace) -> None:
+async def _put(artifacts: ArtifactOps, args: argparse.Namespace) -> None:
     content = sys.stdin.buffer.read() if args.file == "-" else args.file
-    stored = await pit.artifacts.store(
+    stored = await artifacts.store(
         content, name=args.name, content_type=args.type, tags=args.tag or [],
         metadata=parse_metadata(args.meta), message=args.message or "",
         derived_from=args.derived_from or [], creator=args.creator)
@@ -46,19 +46,19 @@ async def _put(pit: PitClient, args: argparse.Namespace) -> None:
           + (f" as {args.name}" if args.name else ""))
 
 
-async def _get(pit: PitClient, args: argparse.Namespace) -> None:
+async def _get(artifacts: ArtifactOps, args: argparse.Namespace) -> None:
     if args.output:
-        path = await pit.artifacts.retrieve(args.ref, to=args.output)
+        path = await artifacts.retrieve(args.ref, to=args.output)
         print(f"{args.ref} -> {path}", file=sys.stderr)
     else:
-        sys.stdout.buffer.write(await pit.artifacts.retrieve(args.ref))
+        sys.stdout.buffer.write(await artifacts.retrieve(args.ref))
         sys.stdout.flush()
 
 
-async def _info(pit: PitClient, args: argparse.Namespace) -> None:
+async def _info(artifacts: ArtifactOps, args: argparse.Namespace) -> None:
     from streams.artifacts.client import describe
 
-    entry = await pit.artifacts.info(args.ref)
+    entry = await artifacts.info(args.ref)
     print(json.dumps(entry, indent=2) if args.json else "\n".join(describe(entry)))
 
 
@@ -69,10 +69,10 @@ def for_terminal(fragment: str, tty: bool) -> str:
     return html.unescape(fragment.replace("<mark>", start).replace("</mark>", end))
 
 
-async def _search(pit: PitClient, args: argparse.Namespace) -> None:
-    page = await pit.artifacts.search(args.text or "", tags=tuple(args.tag or ()),
-                                      content_types=tuple(args.type or ()), limit=args.limit,
-                                      offset=args.offset)
+async def _search(artifacts: ArtifactOps, args: argparse.Namespace) -> None:
+    page = await artifacts.search(args.text or "", tags=tuple(args.tag or ()),
+                                  content_types=tuple(args.type or ()), limit=args.limit,
+                                  offset=args.offset)
     if args.json:
         print(json.dumps({"total": page.total, "facets": page.facets,
                           "facets_exact": page.facets_exact, "hits": [
@@ -94,20 +94,20 @@ async def _search(pit: PitClient, args: argparse.Namespace) -> None:
             print(f"{facet}: " + ", ".join(f"{k} {about}{n}" for k, n in counts.items()))
 
 
-async def _log(pit: PitClient, args: argparse.Namespace) -> None:
-    for version in reversed(await pit.artifacts.versions(args.name)):
+async def _log(artifacts: ArtifactOps, args: argparse.Namespace) -> None:
+    for version in reversed(await artifacts.versions(args.name)):
         print(f"{args.name}@{version['version']}  {version['address']}  "
               f"{when(version['created_at_ms'])}  {version['creator'] or '-'}  "
               f"{version['message']}")
 
 
-async def _diff(pit: PitClient, args: argparse.Namespace) -> None:
-    sys.stdout.write(await pit.artifacts.diff(args.old, args.new, metadata=args.metadata))
+async def _diff(artifacts: ArtifactOps, args: argparse.Namespace) -> None:
+    sys.stdout.write(await artifacts.diff(args.old, args.new, metadata=args.metadata))
 
 
-async def _lineage(pit: PitClient, args: argparse.Namespace) -> None:
+async def _lineage(artifacts: ArtifactOps, args: argparse.Namespace) -> None:
     direction = "up" if args.up else "down" if args.down else "both"
-    graph = await pit.artifacts.lineage(args.ref, direction)
+    graph = await artifacts.lineage(args.ref, direction)
     if args.json:
         print(json.dumps(graph, indent=2))
         return
@@ -116,8 +116,8 @@ async def _lineage(pit: PitClient, args: argparse.Namespace) -> None:
         print(f"{edge['parent']} --{edge['relation']}--> {edge['child']}")
 
 
-async def _stats(pit: PitClient, args: argparse.Namespace) -> None:
-    print(json.dumps(await pit.artifacts.stats(), indent=2))
+async def _stats(artifacts: ArtifactOps, args: argparse.Namespace) -> None:
+    print(json.dumps(await artifacts.stats(), indent=2))
 
 
 ACTIONS = {"put": _put, "get": _get, "info": _info, "search": _search, "log": _log,
@@ -125,22 +125,31 @@ ACTIONS = {"put": _put, "get": _get, "info": _info, "search": _search, "log": _l
 NEEDS_BROKER = {"put", "get"}  # they send commands (the catalog, access counts)
 
 
+def _deciders() -> tuple[Any, ...]:
+    from streams.artifacts.catalog import ARTIFACTS
+
+    return (ARTIFACTS,)
+
+
 def cmd_artifact(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from streams.client import PitClient
+    from streams.artifacts.client import ArtifactOps
+    from streams.commands import CommandClient
 
     if args.action == "put" and args.file != "-" and not Path(args.file).is_file():
         raise PitError(f"no such file: {args.file}")
 
     async def run() -> None:
-        pit = PitClient(settings, issued_by="pit-cli")
-        if args.action in NEEDS_BROKER:
-            await pit.start()
+        sends = args.action in NEEDS_BROKER
+        client = CommandClient(settings, "pit-cli", deciders=_deciders() if sends else ())
+        artifacts = ArtifactOps(client)  # a component's CLI does not import PitClient
+        if sends:
+            await client.start()
         try:
-            await ACTIONS[args.action](pit, args)
+            await ACTIONS[args.action](artifacts, args)
         finally:
-            await pit.close()
+            await client.close()
 
     asyncio.run(run())
     return 0

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from streams.artifacts.cli import add_parser
 from streams.artifacts.settings import ArtifactSettings
-from streams.component import Component, Route, Runtime, Service
+from streams.component import Component, PitFactory, Route, Runtime, Service
 
 if TYPE_CHECKING:
     from streams.config import Settings
@@ -44,7 +44,7 @@ def _routes() -> Sequence[Route]:
     return ROUTES
 
 
-async def _bench(settings: Settings) -> dict[str, Any]:
+async def _bench(settings: Settings, _pit: PitFactory) -> dict[str, Any]:
     from streams.artifacts.bench import bench_artifacts
 
     return await bench_artifacts(settings)

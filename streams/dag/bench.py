@@ -36,8 +36,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
-from streams.client import PitClient
-from streams.component import bench_note
+from streams.component import PitFactory, bench_note
 from streams.config import Settings
 from streams.dag.definition import (
     OPERATORS,
@@ -69,7 +68,7 @@ from streams.dag.execution import (
 )
 from streams.dag.runner import Runner
 from streams.dag.topics import DAG_CHECKPOINTS, DAG_COMMANDS, DAG_EVENTS
-from streams.dag.workflows import ENDS, ExecutionLog, WorkflowResult
+from streams.dag.workflows import ENDS, ExecutionLog, WorkflowResult, workflow_ops
 from streams.decider import Decider, Message, from_record, to_record
 from streams.errors import PitError
 from streams.log import LogRecord
@@ -78,7 +77,7 @@ from streams.stats import percentile
 from streams.topics import RESULTS
 
 if TYPE_CHECKING:
-    from streams.app import Stack
+    from streams.dag.workflows import WorkflowOps
 
 T0 = 1_700_000_000_000
 
@@ -471,9 +470,10 @@ class Runners:
             await asyncio.sleep(0.05)
 
 
-async def crash_stack(stack: Stack) -> None:
-    """Stop a Stack as a killed `pit up` stops: nothing drains or flushes, and what the
-    projector had not archived yet is gone with the embedded broker."""
+async def crash_stack(stack: Any) -> None:
+    """Stop a Stack (streams/app.py) as a killed `pit up` stops: nothing drains or
+    flushes, and what the projector had not archived yet is gone with the embedded
+    broker."""
     running = [*stack.tasks, stack.projector_task]
     for task in running:
         task.cancel()
@@ -554,18 +554,12 @@ class RunnerProcesses:
                 await process.wait()
 
 
-def _pit(data_dir: Path) -> Stack:
-    from streams.app import Stack
-
-    return Stack(Settings(data_dir=data_dir), progress=False, without={"host-monitor"})
-
-
-async def run_to_end(stack: Stack, client: PitClient, workflow: Workflow, execution_id: str,
+async def run_to_end(stack: Any, dag: WorkflowOps, workflow: Workflow, execution_id: str,
                      timeout_s: float = 600.0) -> float:
     """Seconds from submitting `workflow` to seeing it completed (raises if it did not)."""
     async with ExecutionWatch(stack.settings, stack.codec, execution_id) as watch:
         started = time.perf_counter()
-        await client.dag.execute_workflow(workflow, execution_id=execution_id)
+        await dag.execute_workflow(workflow, execution_id=execution_id)
         result = await watch.end(timeout_s)
         elapsed = time.perf_counter() - started
     if not result.ok or len(watch.completed) != len(workflow.nodes):
@@ -586,18 +580,11 @@ class Arrivals:
         self.seen: dict[tuple[str, str], float] = {}
 
     async def __aenter__(self) -> Arrivals:
-        from aiokafka import TopicPartition
-
         from streams.dag.topics import DAG_TASKS
-        from streams.kafka import partitions_of, start_consumer
+        from streams.kafka import assign_at, start_consumer
 
         self.consumer = await start_consumer(self.settings, fetch_max_wait_ms=1)
-        tps = [TopicPartition(topic, p) for topic in (DAG_EVENTS, DAG_TASKS, DAG_COMMANDS)
-               for p in await partitions_of(self.consumer, topic)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_end(*tps)
-        for tp in tps:
-            await self.consumer.position(tp)
+        await assign_at(self.consumer, (DAG_EVENTS, DAG_TASKS, DAG_COMMANDS), at_end=True)
         self.task = asyncio.create_task(self._follow())
         return self
 
@@ -646,22 +633,16 @@ class Arrivals:
         return stages
 
 
-async def chains_per_s(stack: Stack, client: PitClient, count: int, length: int = 20,
+async def chains_per_s(stack: Any, dag: WorkflowOps, count: int, length: int = 20,
                        at_once: int = 25) -> float:
     """Workflows per second of `count` chains of `length` nodes, `at_once` in flight, from
     the first start to the last ExecutionCompleted: what a workflow engine's users mean by
     throughput of short workflows. One consumer sees every end (a watch per execution
     would cost more than the executions)."""
-    from aiokafka import TopicPartition
-
-    from streams.kafka import partitions_of, start_consumer
+    from streams.kafka import assign_at, start_consumer
 
     consumer = await start_consumer(stack.settings, fetch_max_wait_ms=5)
-    tps = [TopicPartition(DAG_EVENTS, p) for p in await partitions_of(consumer, DAG_EVENTS)]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    await assign_at(consumer, [DAG_EVENTS], at_end=True)
     ended: dict[str, asyncio.Event] = {f"bench-chain{length}-{n}": asyncio.Event()
                                        for n in range(count)}
 
@@ -679,7 +660,7 @@ async def chains_per_s(stack: Stack, client: PitClient, count: int, length: int 
 
     async def one(execution_id: str) -> None:
         async with slots:
-            await client.dag.execute_workflow(workflow, execution_id=execution_id)
+            await dag.execute_workflow(workflow, execution_id=execution_id)
             await ended[execution_id].wait()
 
     following = asyncio.create_task(follow())
@@ -694,7 +675,7 @@ async def chains_per_s(stack: Stack, client: PitClient, count: int, length: int 
         await consumer.stop()
 
 
-async def broker_crossing_ms(stack: Stack, samples: int = 200) -> dict[str, float]:
+async def broker_crossing_ms(stack: Any, samples: int = 200) -> dict[str, float]:
     """The floor under a hop, on the same broker in the same run: a record produced as the
     processor and the dispatcher produce (librdkafka, flushed) until a consumer fetching as
     they do (5 ms wait) holds it (`crossing`), and a produce until its acknowledgement
@@ -733,7 +714,7 @@ async def broker_crossing_ms(stack: Stack, samples: int = 200) -> dict[str, floa
             "dag_hop_floor_ms": round(3 * crossing + ack, 1)}
 
 
-async def bench_throughput(scratch: Path, wide: int = 2_000, deep: int = 100,
+async def bench_throughput(scratch: Path, pit: PitFactory, wide: int = 2_000, deep: int = 100,
                            count: int = 10_000, chains: int = 100) -> dict[str, float]:
     """End to end through the embedded broker: `pit up`'s Stack in this process, two `pit
     runner` processes, cheap operators (add, identity, sum_inputs). Nodes per second of a
@@ -742,22 +723,24 @@ async def bench_throughput(scratch: Path, wide: int = 2_000, deep: int = 100,
     chains, and the wall time of a 10,000-node layered DAG (50 layers), each from
     submitting to seeing ExecutionCompleted."""
     data_dir = scratch / "throughput"
-    async with _pit(data_dir) as stack, PitClient(stack.settings, codec=stack.codec) as client:
-        runners = await RunnerProcesses(data_dir).start(
-            *(f"bench-{n}" for n in range(RUNNER_PROCESSES)))
-        try:
-            await asyncio.sleep(3)  # the group settles (a rebalance per runner joining)
-            await run_to_end(stack, client, wide_dag(50, name="warm-up"), "bench-warm-up")
-            floor = await broker_crossing_ms(stack)
-            wide_s = await run_to_end(stack, client, wide_dag(wide), "bench-wide")
-            async with Arrivals(stack.settings, stack.codec, "bench-deep") as arrivals:
-                deep_s = await run_to_end(stack, client, deep_dag(deep), "bench-deep")
-            stages = arrivals.stages()
-            chain20 = await chains_per_s(stack, client, chains)
-            ten_s = await run_to_end(stack, client, layered_dag(count, seed=1, layers=50),
-                                     "bench-10k")
-        finally:
-            await runners.stop()
+    async with pit(data_dir) as stack:
+        dag = workflow_ops(stack.settings, codec=stack.codec)
+        async with dag.client:
+            runners = await RunnerProcesses(data_dir).start(
+                *(f"bench-{n}" for n in range(RUNNER_PROCESSES)))
+            try:
+                await asyncio.sleep(3)  # the group settles (a rebalance per runner joining)
+                await run_to_end(stack, dag, wide_dag(50, name="warm-up"), "bench-warm-up")
+                floor = await broker_crossing_ms(stack)
+                wide_s = await run_to_end(stack, dag, wide_dag(wide), "bench-wide")
+                async with Arrivals(stack.settings, stack.codec, "bench-deep") as arrivals:
+                    deep_s = await run_to_end(stack, dag, deep_dag(deep), "bench-deep")
+                stages = arrivals.stages()
+                chain20 = await chains_per_s(stack, dag, chains)
+                ten_s = await run_to_end(stack, dag, layered_dag(count, seed=1, layers=50),
+                                         "bench-10k")
+            finally:
+                await runners.stop()
     hops = stages.pop("hop")
     return {"dag_nodes_per_s_wide": round((wide + 2) / wide_s),
             "dag_nodes_per_s_deep": round(deep / deep_s, 1),
@@ -772,23 +755,24 @@ async def bench_throughput(scratch: Path, wide: int = 2_000, deep: int = 100,
             "dag_10k_wall_s": round(ten_s, 1)}
 
 
-async def bench_resume(scratch: Path, count: int = 3_000) -> dict[str, float]:
+async def bench_resume(scratch: Path, pit: PitFactory, count: int = 3_000) -> dict[str, float]:
     """Seconds from a crash of the DAG processor - the whole in-process Pit stopped hard,
     its embedded broker with it - to the execution making progress again: `pit up` started
     on the same data directory (the broker restored from the archive, the processor's state
     from the events), runners started again, the first node completed after the crash.
     A 3,000-node layered DAG, crashed once a third of it completed."""
     data_dir = scratch / "resume"
-    stack = await _pit(data_dir).start()
+    stack = await pit(data_dir).start()
     runners = Runners(stack.settings, stack.codec, concurrency=RUNNER_CONCURRENCY)
     try:
         for n in range(2):
             runners.start(f"resume-{n}")
         await runners.balanced(16)
-        async with PitClient(stack.settings, codec=stack.codec) as client, ExecutionWatch(
-                stack.settings, stack.codec, "bench-resume") as watch:
-            await client.dag.execute_workflow(layered_dag(count, seed=2, layers=30),
-                                          execution_id="bench-resume")
+        dag = workflow_ops(stack.settings, codec=stack.codec)
+        async with dag.client, ExecutionWatch(stack.settings, stack.codec,
+                                              "bench-resume") as watch:
+            await dag.execute_workflow(layered_dag(count, seed=2, layers=30),
+                                       execution_id="bench-resume")
             await watch.until(lambda w: len(w.completed) >= count // 3, 300,
                               f"{count // 3} completed nodes")
             history = len(watch.events)
@@ -796,7 +780,7 @@ async def bench_resume(scratch: Path, count: int = 3_000) -> dict[str, float]:
         await runners.close(crash=True)
         await crash_stack(stack)
         crashed_at = int(time.time() * 1000)  # nothing of the first Pit can report later
-    async with _pit(data_dir) as stack:
+    async with pit(data_dir) as stack:
         runners = Runners(stack.settings, stack.codec, concurrency=RUNNER_CONCURRENCY)
         for n in range(2):
             runners.start(f"resume-{n}")
@@ -813,9 +797,9 @@ async def bench_resume(scratch: Path, count: int = 3_000) -> dict[str, float]:
             "dag_resume_history_events": history}
 
 
-async def bench_dag(settings: Settings) -> dict[str, float]:
+async def bench_dag(settings: Settings, pit: PitFactory) -> dict[str, float]:
     """The execution decider in process on a 10,000-node DAG, then workflows end to end
-    through the embedded broker (streams/dag/bench.py)."""
+    through the embedded broker, in Pits made by `pit` (streams/dag/bench.py)."""
     figures = await asyncio.to_thread(bench_schedule)
     bench_note(f"dag scheduling: p99 {figures['dag_schedule_p99_ms']} ms, checkpoint"
                f" {figures['dag_checkpoint_ms']} ms at 10,000 nodes")
@@ -826,10 +810,10 @@ async def bench_dag(settings: Settings) -> dict[str, float]:
                    f" {figures[f'dag_restore_ms_{label}']} ms from the checkpoint topic,"
                    f" {figures[f'dag_restore_full_ms_{label}']} ms reading it all")
     with tempfile.TemporaryDirectory() as scratch:
-        figures |= await bench_throughput(Path(scratch))
+        figures |= await bench_throughput(Path(scratch), pit)
         bench_note(f"dag end to end: {figures['dag_nodes_per_s_wide']} nodes/s wide,"
                    f" {figures['dag_nodes_per_s_deep']} deep, 10,000 nodes in"
                    f" {figures['dag_10k_wall_s']} s")
-        figures |= await bench_resume(Path(scratch))
+        figures |= await bench_resume(Path(scratch), pit)
         bench_note(f"dag resume after a crash: {figures['dag_resume_s']} s")
     return figures

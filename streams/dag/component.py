@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from streams.component import Component, Route, Runtime, Service
+from streams.component import Component, PitFactory, Route, Runtime, Service
 from streams.dag.settings import DagSettings
 from streams.dag.workflow_cli import add_parser
 
@@ -64,10 +64,10 @@ def _routes() -> Sequence[Route]:
     return ROUTES
 
 
-async def _bench(settings: Settings) -> dict[str, Any]:
+async def _bench(settings: Settings, pit: PitFactory) -> dict[str, Any]:
     from streams.dag.bench import bench_dag
 
-    return await bench_dag(settings)
+    return await bench_dag(settings, pit)
 
 
 def _operations(client: Any) -> Any:

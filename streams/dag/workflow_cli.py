@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 from streams.errors import PitError
 
 if TYPE_CHECKING:  # the rest is imported when a command runs: `pit` starts fast
-    from streams.client import PitClient
     from streams.config import Settings
     from streams.dag.execution import Progress
-    from streams.dag.workflows import WorkflowResult
+    from streams.dag.workflows import WorkflowOps, WorkflowResult
 
 BAR = 24
 
@@ -108,12 +107,12 @@ class _Lines:
                   " for this pool?", file=self.stream, flush=True)
 
 
-async def _watch(client: PitClient, execution_id: str, lines: _Lines | None,
+async def _watch(workflows: WorkflowOps, execution_id: str, lines: _Lines | None,
                  interval: float, *, follow: bool = True,
                  ) -> tuple[Progress, WorkflowResult | None]:
     """Show the execution's progress (until it ends when following); its last status and
     how it ended (None while it runs)."""
-    async with aclosing(client.dag.watch(execution_id, interval)) as updates:
+    async with aclosing(workflows.watch(execution_id, interval)) as updates:
         try:
             async for update in updates:
                 if lines is not None:
@@ -134,30 +133,30 @@ def _as_json(progress: Progress, result: WorkflowResult | None) -> str:
 
 
 async def submit(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.client import PitClient
     from streams.dag.definition import check
-    from streams.dag.workflows import load_workflow
+    from streams.dag.workflows import load_workflow, workflow_ops
 
     workflow = check(load_workflow(args.file))  # an invalid file says so even without pit up
     inputs = parse_inputs(args.input)
-    async with PitClient(settings, issued_by="pit-cli") as client:
-        execution_id = await client.dag.execute_workflow(
+    workflows = workflow_ops(settings, "pit-cli")
+    async with workflows.client:
+        execution_id = await workflows.execute_workflow(
             workflow, inputs, execution_id=args.id, max_concurrency=args.max_concurrency,
             timeout_ms=args.timeout_ms, tenant=args.tenant or "")
         print(execution_id, flush=True)
         if not args.wait:
             return 0
-        progress, result = await _watch(client, execution_id, _Lines(sys.stderr),
+        progress, result = await _watch(workflows, execution_id, _Lines(sys.stderr),
                                         args.interval)
     print(_as_json(progress, result) if args.json else result_line(result))
     return 0 if result.ok else 2
 
 
 async def status(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.client import PitClient
+    from streams.dag.workflows import workflow_ops
 
-    client = PitClient(settings, issued_by="pit-cli")  # reads only: no start() needed
-    progress, result = await _watch(client, args.id, None if args.json else _Lines(sys.stdout),
+    workflows = workflow_ops(settings, "pit-cli")  # reads only: no connection needed
+    progress, result = await _watch(workflows, args.id, None if args.json else _Lines(sys.stdout),
                                     args.interval, follow=args.follow)
     if args.json:
         print(_as_json(progress, result))
@@ -167,10 +166,11 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.client import PitClient
+    from streams.dag.workflows import workflow_ops
 
-    async with PitClient(settings, issued_by="pit-cli") as client:
-        await client.dag.cancel_workflow(args.id, args.reason)
+    workflows = workflow_ops(settings, "pit-cli")
+    async with workflows.client:
+        await workflows.cancel_workflow(args.id, args.reason)
     print(f"{args.id}: cancel accepted")
     return 0
 

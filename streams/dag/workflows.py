@@ -360,3 +360,14 @@ class WorkflowOps:
         """Its status as it runs, at least every `interval` seconds, until it ends."""
         async for progress, _ in self.watch(execution_id, interval):
             yield progress
+
+
+def workflow_ops(settings: Settings, issued_by: str = "pit-client",
+                 codec: Codec | None = None) -> WorkflowOps:
+    """The DAG's operations on a command client of their own, which routes only the DAG's
+    commands (a `PitClient`'s `dag` is the same on a client of every component): what the
+    DAG's command line and benches use, since a component does not import the assembly.
+    `async with ops.client:` connects it; reading an execution needs no connection."""
+    from streams.commands import CommandClient
+
+    return WorkflowOps(CommandClient(settings, issued_by, codec, deciders=(DAG,)))

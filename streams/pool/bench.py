@@ -18,11 +18,12 @@ from collections import deque
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.broker import EmbeddedBroker
-from streams.client import PitClient
+from streams.commands import CommandClient
 from streams.component import bench_note
 from streams.config import Settings
 from streams.decider import Message
 from streams.errors import PitError
+from streams.pool.client import PoolOps
 from streams.pool.lifecycle import ModelState, RecordModelUsage, TransitionModel, TransitionReason
 from streams.pool.pool import (
     POOL,
@@ -137,7 +138,7 @@ if __name__ == "__main__":
 
 
 async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, float]:
-    """`PitClient.allocate_model` on a Hot model, end to end through the embedded broker:
+    """`allocate_model` (PoolOps) on a Hot model, end to end through the embedded broker:
     AllocateModel -> pool processor -> outcome on pit.results and ModelAllocated on
     pit.pool.events -> client; then the release. 1,000 registered, Hot models."""
     with EmbeddedBroker(1) as broker:
@@ -148,9 +149,10 @@ async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, 
         task = asyncio.create_task(run_processor(processor, settings, None, stop, ready))
         await ready.wait()
         latencies = []
-        async with PitClient(settings, issued_by="bench") as client:
+        async with CommandClient(settings, "bench", deciders=(POOL,)) as client:
+            pool = PoolOps(client)
             bench_note(f"registering {models:,} models and loading them (reported as a host would)")
-            await client.pool.register_host("bench-host", models * 100, models)
+            await pool.register_host("bench-host", models * 100, models)
             for m in range(models):
                 await client.publish(RegisterModel(f"m-{m}", f"python:bench:m{m}", 100, 10))
                 await client.publish(TransitionModel(f"m-{m}", ModelState.WARMING,
@@ -159,12 +161,12 @@ async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, 
             await client.send(RecordModelUsage(f"m-{models - 1}"))  # all decided by now
             for i in range(n + 50):
                 started = time.perf_counter()
-                allocation = await client.pool.allocate_model(f"m-{i % models}", "bench")
+                allocation = await pool.allocate_model(f"m-{i % models}", "bench")
                 if i >= 50:  # the first ones warm connections and caches
                     latencies.append((time.perf_counter() - started) * 1000)
                 if not allocation.cache_hit:
                     raise PitError(f"allocation round trip bench: {allocation} was a miss")
-                await client.pool.release_model(allocation.request_id)
+                await pool.release_model(allocation.request_id)
         stop.set()
         await task
         return {"pool_alloc_roundtrip_p50_ms": round(statistics.median(latencies), 2),

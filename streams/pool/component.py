@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from streams.component import Component, Route, Runtime, Service
+from streams.component import Component, PitFactory, Route, Runtime, Service
 from streams.pool.cli import add_parser
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def _routes() -> Sequence[Route]:
     return ROUTES
 
 
-async def _bench(settings: Settings) -> dict[str, Any]:
+async def _bench(settings: Settings, _pit: PitFactory) -> dict[str, Any]:
     from streams.pool.bench import bench_pool
 
     return await bench_pool(settings)

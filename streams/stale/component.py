@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from streams.component import Component, Route, Runtime, Service
+from streams.component import Component, PitFactory, Route, Runtime, Service
 from streams.stale.cli import add_parser
 from streams.stale.settings import StaleSettings
 
@@ -54,7 +54,7 @@ def _routes() -> Sequence[Route]:
     return ROUTES
 
 
-async def _bench(settings: Settings) -> dict[str, Any]:
+async def _bench(settings: Settings, _pit: PitFactory) -> dict[str, Any]:
     from streams.stale.bench import bench_stale
 
     return await bench_stale(settings)

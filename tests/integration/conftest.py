@@ -1,4 +1,5 @@
-"""Fixtures for the projection suites: every test runs on SQLite and on PostgreSQL.
+"""Fixtures for the projection suites: every test runs on SQLite and on PostgreSQL; and
+`broker`, an embedded broker with the catalog's topics, for the suites that need one.
 
 PostgreSQL: `PIT_TEST_POSTGRES_URL` (default: the server on 127.0.0.1:5432, database
 `test`). Each test gets a fresh schema (via search_path in the URL), dropped afterwards, so
@@ -19,13 +20,14 @@ from sqlalchemy import Engine, text
 from projections.runtime import create_schema
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
+from streams.broker import EmbeddedBroker
 from streams.components import views
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
 from streams.pool.lifecycle import DEFAULT_POOL as POOL
 from streams.pool.topics import POOL_EVENTS
 from streams.sql import connect
-from streams.topics import RESULTS
+from streams.topics import RESULTS, load_catalog
 
 POSTGRES_URL = os.environ.get("PIT_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -34,6 +36,14 @@ POSTGRES_URL = os.environ.get("PIT_TEST_POSTGRES_URL",
 def _with_search_path(url: str, schema: str) -> str:
     separator = "&" if "?" in url else "?"
     return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    """An embedded broker with the catalog's topics, for the test."""
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        yield broker
 
 
 @pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),

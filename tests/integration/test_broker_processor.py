@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from schemas.catalog import current_schemas
 from schemas.codec import Codec
@@ -32,7 +32,7 @@ from streams.commands import Outcome
 from streams.config import Settings
 from streams.decider import to_record
 from streams.errors import CommandTimeoutError, UnknownSchemaError
-from streams.kafka import partitions_of, start_consumer
+from streams.kafka import assign_at, start_consumer
 from streams.log import LogRecord
 from streams.pool.lifecycle import (
     LIFECYCLE,
@@ -92,10 +92,7 @@ class Tap:
 
     async def start(self) -> Tap:
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=5)
-        tps = [TopicPartition(topic, p) for topic in (POOL_EVENTS, RESULTS, DEAD_LETTERS)
-               for p in await partitions_of(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await assign_at(consumer, (POOL_EVENTS, RESULTS, DEAD_LETTERS))
         self._task = asyncio.create_task(self._run(consumer))
         return self
 

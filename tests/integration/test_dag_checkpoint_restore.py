@@ -27,7 +27,7 @@ from streams.app import Stack
 from streams.client import PitClient
 from streams.config import Settings
 from streams.dag.bench import ExecutionWatch, Runners, crash_stack, sequential_outputs
-from streams.dag.definition import OPERATORS, WILDCARD, layered_dag
+from streams.dag.definition import OPERATORS, WILDCARD, Workflow, layered_dag
 from streams.dag.execution import CheckpointTaken, NodeCompleted, StartExecution
 from streams.dag.topics import DAG_CHECKPOINTS, DAG_EVENTS, DAG_TASKS
 from streams.dag.workflows import start_command
@@ -38,13 +38,28 @@ from streams.topics import load_catalog
 pytestmark = pytest.mark.slow
 
 
-async def _slow_sum(params: dict, **values: float) -> float:
-    await asyncio.sleep(0.03)  # slow enough for the crash to come mid-run
+HOLDING = {"held": False}  # while True, a node with the param "held" does not end
+
+
+async def _held_sum(params: dict, **values: float) -> float:
+    """The sum of the inputs; a node marked "held" waits while HOLDING is on: the crash
+    comes before it ends, so mid-run, however fast or slow the machine is."""
+    while params.get("held") and HOLDING["held"]:
+        await asyncio.sleep(0.01)
     return sum(values.values())
 
 
-OPERATORS.register("checkpoint_slow_sum", _slow_sum, inputs={WILDCARD: "float"},
+OPERATORS.register("checkpoint_held_sum", _held_sum, inputs={WILDCARD: "float"},
                    output="float", replace=True)
+
+
+def _held(base: Workflow) -> tuple[Workflow, set[str]]:
+    """`base`, checkpointed every 20 events, every node summing its inputs; its sinks (the
+    nodes nothing reads) held while HOLDING is on. Returns the sinks too."""
+    sinks = {node.id for node in base.nodes} - {edge.from_node for edge in base.edges}
+    return replace(base, checkpoint_every=20, nodes=tuple(
+        replace(node, operator="checkpoint_held_sum", params={"held": node.id in sinks})
+        for node in base.nodes)), sinks
 
 
 def _stack(data_dir) -> Stack:
@@ -59,11 +74,11 @@ async def _runners(stack: Stack) -> Runners:
     return runners
 
 
-async def test_a_crashed_pit_resumes_a_checkpointed_execution(tmp_path) -> None:
+async def test_a_crashed_pit_resumes_a_checkpointed_execution(tmp_path, monkeypatch) -> None:
     base = layered_dag(300, seed=21, layers=10)
-    workflow = replace(base, checkpoint_every=20, nodes=tuple(
-        replace(node, operator="checkpoint_slow_sum") for node in base.nodes))
-    expected = sequential_outputs(base)  # the same sums, without the sleep
+    workflow, sinks = _held(base)
+    expected = sequential_outputs(base)  # the same sums
+    monkeypatch.setitem(HOLDING, "held", True)  # no sink ends before the crash
     stack = await _stack(tmp_path).start()
     runners = None
     try:
@@ -77,8 +92,10 @@ async def test_a_crashed_pit_resumes_a_checkpointed_execution(tmp_path) -> None:
         if runners is not None:
             await runners.close(crash=True)
         await crash_stack(stack)
+    assert sinks and not sinks & set(watch.completed)
     assert len(watch.completed) < len(expected)
 
+    HOLDING["held"] = False  # the sinks end after the restart
     async with _stack(tmp_path) as stack:
         runners = await _runners(stack)
         try:
@@ -106,13 +123,14 @@ def _checkpoint_records(codec: Codec, records) -> dict[str, list[dict]]:
     return found
 
 
-async def test_a_restarted_pit_restores_from_the_checkpoint_topic(tmp_path, caplog) -> None:
+async def test_a_restarted_pit_restores_from_the_checkpoint_topic(tmp_path, caplog,
+                                                                   monkeypatch) -> None:
     caplog.set_level(logging.INFO, logger="streams.processor")
     history = layered_dag(40, seed=5, layers=5)
     base = layered_dag(300, seed=21, layers=10)
-    running = replace(base, checkpoint_every=20, nodes=tuple(
-        replace(node, operator="checkpoint_slow_sum") for node in base.nodes))
+    running, sinks = _held(base)
     expected = sequential_outputs(base)
+    monkeypatch.setitem(HOLDING, "held", True)  # "running" is still running at the stop
     stack = await _stack(tmp_path).start()
     try:
         runners = await _runners(stack)
@@ -131,8 +149,10 @@ async def test_a_restarted_pit_restores_from_the_checkpoint_topic(tmp_path, capl
         done_events = [r.value for r in logged if r.key == b"done-0"]
     finally:
         await stack.close()  # the processors finish their batch, the archive catches up
+    assert sinks and not sinks & before
     assert len(before) < len(expected)
 
+    HOLDING["held"] = False
     caplog.clear()
     async with _stack(tmp_path) as stack:
         restored = sum(int(n) for n in re.findall(r"dag-processor restored (\d+) events",

@@ -22,7 +22,6 @@ from prometheus_client import REGISTRY
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.blobs import FileBlobStore
-from streams.broker import EmbeddedBroker
 from streams.config import Settings
 from streams.dag.bench import Runners
 from streams.dag.definition import OPERATORS
@@ -61,13 +60,6 @@ STUCK, QUICK = OPERATORS.copy(), OPERATORS.copy()
 for _registry, _fn in ((STUCK, _never_ends), (QUICK, _at_once)):
     _registry.register("sleep_then_return", _fn, inputs={"value": "any", "ms": "int"},
                        output="any", replace=True)
-
-
-@pytest.fixture
-def broker():
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
-        yield broker
 
 
 @pytest.fixture

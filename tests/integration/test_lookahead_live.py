@@ -13,8 +13,6 @@ import json
 import time
 import uuid
 
-from aiokafka import TopicPartition
-
 from streams.app import Stack
 from streams.client import PitClient
 from streams.config import Settings
@@ -30,7 +28,7 @@ from streams.dag.runner import Runner
 from streams.dag.topics import DAG_EVENTS
 from streams.decider import Message, from_record
 from streams.history import read_topic
-from streams.kafka import partitions_of, start_consumer
+from streams.kafka import assign_at, start_consumer
 from streams.pool.lifecycle import TransitionReason as R
 from streams.pool.pool import POOL, LoadRequested, ModelPlaced, ReportModelLoaded, WarmModel
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
@@ -52,9 +50,7 @@ class Log:
         """Both topics from their beginning, until `stop`; then the replies in flight."""
         consumer = await start_consumer(self.stack.settings, fetch_max_wait_ms=5)
         try:
-            consumer.assign([TopicPartition(topic, p) for topic in (POOL_EVENTS, DAG_EVENTS)
-                             for p in await partitions_of(consumer, topic)])
-            await consumer.seek_to_beginning()
+            await assign_at(consumer, (POOL_EVENTS, DAG_EVENTS))
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=20)
                 for record in itertools.chain.from_iterable(batch.values()):

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
 from streams.app import Stack
@@ -26,7 +26,7 @@ from streams.client import PitClient
 from streams.config import Settings
 from streams.decider import Message, from_record
 from streams.history import read_topic
-from streams.kafka import partitions_of, start_consumer
+from streams.kafka import assign_at, start_consumer
 from streams.pool.lifecycle import ModelState, ModelTransitioned
 from streams.pool.lifecycle import TransitionReason as R
 from streams.pool.pool import (
@@ -73,10 +73,7 @@ class Host:
 
     async def start(self) -> Host:
         consumer = await start_consumer(self.stack.settings, fetch_max_wait_ms=5)
-        tps = [TopicPartition(POOL_EVENTS, p) for p in await partitions_of(consumer,
-                                                                            POOL_EVENTS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await assign_at(consumer, [POOL_EVENTS])
         self._task = asyncio.create_task(self._run(consumer))
         return self
 

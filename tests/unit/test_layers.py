@@ -86,6 +86,45 @@ def test_projections_never_import_the_assembly_modules() -> None:
     assert violations(sorted((ROOT / "projections").rglob("*.py")), ASSEMBLY) == []
 
 
+def component_modules(package: str) -> list[Path]:
+    return sorted((ROOT / package.replace(".", "/")).rglob("*.py"))
+
+
+# Views a component owns besides projections/<name>.py, <name>_api.py and <name>_metrics.py.
+OWN_VIEWS = {"streams.pool": ("projections.models",),
+             "streams.artifacts": ("projections.search",)}
+
+
+def own_views(package: str) -> tuple[str, ...]:
+    name = package.removeprefix("streams.")
+    return (f"projections.{name}", f"projections.{name}_api", f"projections.{name}_metrics",
+            *OWN_VIEWS.get(package, ()))
+
+
+def test_components_never_import_the_assembly_modules() -> None:
+    """Components sit below the assembly: what a CLI command or a bench needs of the whole
+    Pit is handed to it (a `PitFactory`), never imported - the import made a 10-module
+    cycle through streams.client and streams.app."""
+    found = [v for package in component_packages()
+             for v in violations(component_modules(package), ASSEMBLY)]
+    assert found == []
+
+
+def test_components_import_only_their_own_views_of_the_projections() -> None:
+    """Not another component's views, nor the projections' own assembly (the read API,
+    replay, audit, the console, the projector runtime). `from projections import pool`
+    names the (empty) package too; the view it names is checked."""
+    found = []
+    for package in component_packages():
+        for path in component_modules(package):
+            module = module_name(path)
+            found += [f"{module}:{line} imports {target}"
+                      for line, target in imports(path, module)
+                      if within(target, ["projections"]) and target != "projections"
+                      and not within(target, own_views(package))]
+    assert found == []
+
+
 def test_every_kind_of_import_is_seen(tmp_path: Path) -> None:
     """The checks are only as good as the reader: nested, guarded and relative imports count."""
     probe = tmp_path / "probe.py"

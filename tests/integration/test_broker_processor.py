@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from schemas.catalog import current_schemas
 from schemas.codec import Codec

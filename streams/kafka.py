@@ -183,11 +183,15 @@ async def take_ready(consumer: AIOKafkaConsumer, batch: dict, max_records: int) 
     DRAIN_BUDGET_S: the embedded broker answers a fetch with one producer batch per
     partition, so a reader fed by many small producers (runners reporting a few nodes each)
     would otherwise pay its whole round - decide, produce, commit; or a database
-    transaction - per few records. When
-    nothing is waiting (a lone command, a chain's next hop) it adds no wait at all."""
+    transaction - per few records. When nothing is waiting (a lone command, a chain's next
+    hop) it adds no wait at all.
+
+    "Waiting" is read from the batch itself - a partition whose last record is short of its
+    high watermark as of the fetch - never from `consumer.position`, which blocks while a
+    partition's position is being reset."""
     count = sum(len(records) for records in batch.values())
     deadline = time.monotonic() + DRAIN_BUDGET_S
-    while count < max_records and await _behind(consumer):
+    while count < max_records and _more_waiting(consumer, batch):
         left_ms = int((deadline - time.monotonic()) * 1000)
         if left_ms <= 0:
             return
@@ -199,11 +203,10 @@ async def take_ready(consumer: AIOKafkaConsumer, batch: dict, max_records: int) 
             count += len(records)
 
 
-async def _behind(consumer: AIOKafkaConsumer) -> bool:
-    """Whether the broker held more than was taken, as of the last fetch."""
-    for tp in consumer.assignment():
+def _more_waiting(consumer: AIOKafkaConsumer, batch: dict) -> bool:
+    for tp, records in batch.items():
         high = consumer.highwater(tp)
-        if high is not None and high > await consumer.position(tp):
+        if records and high is not None and records[-1].offset + 1 < high:
             return True
     return False
 

@@ -348,9 +348,6 @@ class FakeConsumer:
     def seek(self, tp, offset: int) -> None:
         self.fetch[(tp.topic, tp.partition)] = offset
 
-    def assignment(self) -> set:
-        return set(self.assigned)
-
     def highwater(self, tp) -> None:
         return None  # getmany returns all there is: nothing more waits on a broker
 

@@ -2,11 +2,13 @@
 mixed load for a minute. Its memory figures are not measured against the 5% target
 here (a minute says nothing of an hour); what must hold at once: every load makes progress,
 the DAG processor holds no more live executions than run at once and no more ended ones than
-its bound, and RSS stays within a generous bound after the warm-up."""
+its bound (plus those ending during an eviction pass), and RSS stays within a generous bound
+after the warm-up."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -27,6 +29,11 @@ def test_a_short_soak_keeps_pit_ups_memory_bounded(tmp_path) -> None:
     assert all(last.done[load] >= 1 for load in ("workflows", "pool", "artifacts")), shown
     assert "dag.live" in last.held, shown
     assert all(s.held.get("dag.live", 0) <= WORKFLOWS for s in report.samples), shown
-    assert all(s.held.get("dag.ended", 0) <= memory.ENDED_KEPT for s in report.samples), shown
+    # The bound holds at each eviction pass; what ends while a pass reads the archive is
+    # counted with it (workflows end faster than one a second here), so no more than the
+    # workflows finished since the previous sample may stand above it.
+    for before, sample in itertools.pairwise(report.samples):
+        ended_since = sample.done["workflows"] - before.done["workflows"]
+        assert sample.held.get("dag.ended", 0) <= memory.ENDED_KEPT + ended_since, shown
     measured = report.measured
     assert measured and max(s.rss_mb for s in measured) < 1.5 * measured[0].rss_mb, shown

@@ -225,8 +225,10 @@ async def test_host_killed_mid_inference_fails_the_allocation_and_recovers(hosts
 
     second = await pit.allocate(model)  # the Failed model is recovered on the spare host
     assert (second.host_id, second.cache_hit) == (spare.host_id, False)
-    assert pit.events.find(ModelTransitioned, model_id=model, from_state="Failed",
-                           to_state="Cold", reason="ErrorRecovery")
+    # the allocation's outcome can reach the client before this test's reader of the pool's
+    # events has the transition: wait for it rather than look once
+    await pit.events.wait(ModelTransitioned, model_id=model, from_state="Failed",
+                          to_state="Cold", reason="ErrorRecovery")
     reply = await pit.client.pool.infer(second, {"x": 2})
     assert reply == {"echo": {"x": 2}, "pid": spare.process.pid}
     assert (await pit.client.pool.release_model(second.request_id)).accepted

@@ -450,12 +450,24 @@ class ModelHost:
 
     # --- health -----------------------------------------------------------------------------
 
+    def _watching(self, held: _Held) -> bool:
+        """Whether `held` is still this host's to check. Asked besides cancelling its watch:
+        Python 3.11's `asyncio.wait_for` can swallow a cancel that comes as the check ends,
+        and a watch that outlived its model reported it failing ('model is closed'), then
+        ran a check on the executor the host had shut down."""
+        return (not self._closing.is_set() and not held.unloading
+                and self.held.get(held.model_id) is held)
+
     async def _watch(self, held: _Held) -> None:
         detector = FailureDetector()
         last_report, previous_ok = -math.inf, True
-        while True:
+        while self._watching(held):
             await asyncio.sleep(max(0.0, detector.next_due() - time.perf_counter()))
+            if not self._watching(held):
+                return
             result = await self._check(held)
+            if not self._watching(held):
+                return
             now = time.perf_counter()
             if detector.observe(result.ok, now):
                 self._say(f"{held.model_id} failed {detector.threshold} health checks in a"

@@ -391,7 +391,7 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
     from aiokafka import ConsumerRebalanceListener
     from aiokafka import TopicPartition as KafkaTopicPartition
 
-    from streams.kafka import partitions_of, produce_all, take_ready
+    from streams.kafka import getmany_ready, partitions_of, produce_all
 
     def sink(outputs: list[Output]) -> None:  # in apply_batch's worker thread
         if producer is not None:
@@ -413,9 +413,7 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
         consumer.assign(assignment)
         await _seek_stored(projector, consumer, assignment)
     while not stop.is_set():
-        batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        if batches:
-            await take_ready(consumer, batches, max_records)
+        batches = await getmany_ready(consumer, timeout_ms, max_records)
         records = [LogRecord.from_kafka(m) for messages in batches.values() for m in messages]
         delay = 0.5
         while records and not stop.is_set():

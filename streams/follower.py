@@ -38,7 +38,7 @@ from streams.config import Settings
 from streams.decider import Decider, Message, from_record
 from streams.errors import SchemaError
 from streams.history import history_source, kafka_log_reader
-from streams.kafka import assign_at, start_consumer, take_ready
+from streams.kafka import assign_at, getmany_ready, start_consumer
 from streams.log import LogRecord
 
 if TYPE_CHECKING:
@@ -118,10 +118,8 @@ class Follower:
             raise RuntimeError("Follower.batches before start")
         while not stop.is_set():
             timeout_ms = wait_ms() if callable(wait_ms) else wait_ms
-            fetched = await self._consumer.getmany(timeout_ms=timeout_ms,
-                                                   max_records=self.max_records)
-            if fetched:
-                await take_ready(self._consumer, fetched, self.max_records or LIVE_BATCH)
+            fetched = await getmany_ready(self._consumer, timeout_ms,
+                                          self.max_records or LIVE_BATCH)
             if stop.is_set():
                 return
             records = [LogRecord.from_kafka(m) for messages in fetched.values()

@@ -203,6 +203,15 @@ async def take_ready(consumer: AIOKafkaConsumer, batch: dict, max_records: int) 
             count += len(records)
 
 
+async def getmany_ready(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int
+                        ) -> dict:
+    """`consumer.getmany`, then `take_ready`: a batch of what the broker holds."""
+    batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+    if batch:
+        await take_ready(consumer, batch, max_records)
+    return batch
+
+
 def _more_waiting(consumer: AIOKafkaConsumer, batch: dict) -> bool:
     for tp, records in batch.items():
         high = consumer.highwater(tp)

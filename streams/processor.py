@@ -37,7 +37,13 @@ from streams.archive import keep_pending, prune_pending
 from streams.decider import MAX_ID_CHARS, Decider, Message, Rejection, from_record, to_record
 from streams.errors import BrokerUnavailableError, DatabaseUnavailableError, SchemaError
 from streams.history import end_offsets, history_source, kafka_log_reader, latest_history
-from streams.kafka import make_producer, produce_all, start_consumer, stop_clients, take_ready
+from streams.kafka import (
+    getmany_ready,
+    make_producer,
+    produce_all,
+    start_consumer,
+    stop_clients,
+)
 from streams.log import LogRecord, source_headers
 from streams.memory import ArchiveRecall, Forgotten, keep_bounded
 from streams.recovery import CheckpointBook, RecordsMismatch, within_commands
@@ -776,9 +782,7 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
     failed = True
     try:
         while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=50, max_records=max_records)
-            if batch:
-                await take_ready(consumer, batch, max_records)
+            batch = await getmany_ready(consumer, 50, max_records)
             if restoring:
                 # A (re)assignment: forget what others may have changed, rebuild, then decide.
                 partitions = set().union(*restoring)

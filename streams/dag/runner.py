@@ -802,7 +802,7 @@ class Runner:
         assert consumer is not None  # taking tasks only while subscribed
         # Tasks as they come: a chain's next node starts at once. (consume(n, 0.1) waited
         # for n tasks or 100 ms, two thirds of every hop; the batching it gave the
-        # processor is now the processor's own, streams/processor.py take_ready.)
+        # processor is now the readers' own, streams/kafka.py take_ready.)
         for message in await self._on_kafka(_take_ready, consumer, free):
             if message.error() is not None:
                 self._say(f"consumer: {message.error()}")

@@ -32,7 +32,7 @@ from streams.commands import Outcome
 from streams.config import Settings
 from streams.decider import to_record
 from streams.errors import CommandTimeoutError, UnknownSchemaError
-from streams.kafka import assign_at, start_consumer
+from streams.kafka import assign_at, start_consumer, take_ready
 from streams.log import LogRecord
 from streams.pool.lifecycle import (
     LIFECYCLE,
@@ -43,7 +43,7 @@ from streams.pool.lifecycle import (
     TransitionReason,
 )
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
-from streams.processor import OUTCOME, Processor, run_processor, take_ready
+from streams.processor import OUTCOME, Processor, run_processor
 from streams.topics import DEAD_LETTERS, RESULTS, load_catalog
 
 COLD, WARMING, HOT, COOLING, FAILED = ModelState

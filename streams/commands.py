@@ -149,9 +149,11 @@ class CommandClient:
 
     @staticmethod
     async def _dispatch(consumer, handle) -> None:
+        from streams.kafka import getmany_ready
+
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=200)
+                batch = await getmany_ready(consumer, 200, 10_000)
                 for messages in batch.values():
                     for message in messages:
                         handle(message)
@@ -159,6 +161,9 @@ class CommandClient:
             await consumer.stop()
 
     def _on_outcome(self, message) -> None:
+        key = message.key  # the command id: most outcomes answer commands of other clients
+        if key is not None and key.decode("utf-8", "replace") not in self._pending:
+            return
         try:
             outcome = Outcome.from_record(self.codec.decode(message.value).record)
         except (SchemaError, KeyError):

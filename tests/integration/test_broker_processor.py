@@ -25,14 +25,14 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from schemas.catalog import current_schemas
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
-from streams import metrics
+from streams import kafka, metrics
 from streams.broker import EmbeddedBroker
 from streams.client import PitClient, SyncPitClient
 from streams.commands import Outcome
 from streams.config import Settings
 from streams.decider import to_record
 from streams.errors import CommandTimeoutError, UnknownSchemaError
-from streams.kafka import assign_at, start_consumer, take_ready
+from streams.kafka import assign_at, getmany_ready, start_consumer, take_ready
 from streams.log import LogRecord
 from streams.pool.lifecycle import (
     LIFECYCLE,
@@ -591,6 +591,41 @@ async def test_take_ready_gathers_many_small_producer_batches_in_one_take() -> N
             await take_ready(consumer, lone, max_records=5000)
             assert [m.value for m in lone[tp]] == [b"lone"]
             assert not fetches  # nothing waiting on the broker: no fetch, no wait
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+
+async def test_a_quiet_reader_fetches_at_the_idle_pace_until_it_reads_again(monkeypatch) -> None:
+    """A reader that read nothing for IDLE_AFTER_S fetches with IDLE_FETCH_WAIT_MS (the
+    broker holds an empty fetch for its whole wait, so a 5 ms reader makes 150 fetches a
+    second doing nothing); the first record it reads brings its own wait back."""
+    monkeypatch.setattr(kafka, "IDLE_AFTER_S", 0.1)
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
+        await producer.start()
+        consumer = await start_consumer(settings, fetch_max_wait_ms=5)
+        try:
+            await assign_at(consumer, [POOL_COMMANDS], at_end=True)
+
+            def fetch_wait() -> int:
+                return consumer._fetcher._fetch_max_wait_ms
+
+            assert not await getmany_ready(consumer, 10, 100)
+            assert fetch_wait() == 5  # quiet, but not yet for long
+            deadline = time.monotonic() + 10
+            while fetch_wait() != kafka.IDLE_FETCH_WAIT_MS and time.monotonic() < deadline:
+                assert not await getmany_ready(consumer, 10, 100)
+            assert fetch_wait() == kafka.IDLE_FETCH_WAIT_MS
+
+            await producer.send_and_wait(POOL_COMMANDS, b"wake", partition=0)
+            read: list[bytes] = []
+            while not read and time.monotonic() < deadline:
+                read = [m.value for ms in (await getmany_ready(consumer, 100, 100)).values()
+                        for m in ms]
+            assert read == [b"wake"] and fetch_wait() == 5
         finally:
             await consumer.stop()
             await producer.stop()

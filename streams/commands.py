@@ -125,9 +125,9 @@ class CommandClient:
     async def tail(self, topic: str, handle: Callable[[Any], None]) -> None:
         """Follow `topic` from its current end, calling `handle(message)` for each record
         until the client closes."""
-        from streams.kafka import assign_at, start_consumer
+        from streams.kafka import BUSY_FETCH_WAIT_MS, assign_at, start_consumer
 
-        consumer = await start_consumer(self.settings, fetch_max_wait_ms=5)
+        consumer = await start_consumer(self.settings, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
         await assign_at(consumer, [topic], at_end=True)  # the end now: no answer slips past
         self._tasks.append(asyncio.create_task(self._dispatch(consumer, handle)))
 

@@ -216,6 +216,13 @@ async def getmany_ready(consumer: AIOKafkaConsumer, timeout_ms: int, max_records
     return batch
 
 
+# The fetch wait of the readers on a command's path and a workflow hop's: the processors,
+# the command clients' outcome readers, the task dispatcher. The embedded broker holds an
+# empty fetch for its whole wait, so a record waits on average half of it; 5 ms kept the
+# command round trip's p99 at 14-15 ms, 2 ms at 8-9 (`pit bench backbone`, idle machine).
+# What a short wait costs while idle, `pace_fetches` takes back.
+BUSY_FETCH_WAIT_MS = 2
+
 IDLE_AFTER_S = 0.5  # a consumer that read nothing for this long fetches at the idle pace
 IDLE_FETCH_WAIT_MS = 50
 
@@ -234,13 +241,14 @@ def pace_fetches(consumer: AIOKafkaConsumer, read: bool) -> None:
     IDLE_FETCH_WAIT_MS, and go back to its own wait as soon as it reads a record.
 
     Why: the embedded broker holds an empty fetch for its whole wait and answers it empty
-    even when a record arrives meanwhile, so the readers on a workflow's path fetch with
-    5 ms waits - 150 fetches a second each, idle or not. An idle Pit (five processors, four
-    command clients, the dispatcher...) spent 60% of a core on them, beside the event loop
-    of the busy ones. Paced, a quiet reader costs a sixth of that, and the first record
-    after a quiet spell waits at most IDLE_FETCH_WAIT_MS more; a reader with work, or with
-    a record every few hundred milliseconds (a chain's hops), keeps its own wait. On a
-    Kafka cluster a fetch returns as soon as a record arrives, so the pace costs nothing.
+    even when a record arrives meanwhile, so the readers on a command's path fetch with short
+    waits (BUSY_FETCH_WAIT_MS) - hundreds of fetches a second each, idle or not. With 5 ms
+    waits, an idle Pit (five processors, four command clients, the dispatcher...) spent 60%
+    of a core on them, beside the event loop of the busy ones. Paced, a quiet reader costs
+    a tenth to a twenty-fifth of that, and the first record after a quiet spell waits at
+    most IDLE_FETCH_WAIT_MS more; a reader with work, or with a record every few hundred
+    milliseconds (a chain's hops), keeps its own wait. On a Kafka cluster a fetch returns
+    as soon as a record arrives, so the pace costs nothing there.
 
     aiokafka reads the wait (its fetcher's `_fetch_max_wait_ms`) for every fetch it
     builds, and has no public way to change it."""

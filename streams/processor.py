@@ -38,6 +38,7 @@ from streams.decider import MAX_ID_CHARS, Decider, Message, Rejection, from_reco
 from streams.errors import BrokerUnavailableError, DatabaseUnavailableError, SchemaError
 from streams.history import end_offsets, history_source, kafka_log_reader, latest_history
 from streams.kafka import (
+    BUSY_FETCH_WAIT_MS,
     getmany_ready,
     make_producer,
     produce_all,
@@ -776,7 +777,8 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
             restoring.append({tp.partition for tp in assigned})
 
     consumer = await start_consumer(settings, group_id=group, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=5, max_partition_fetch_bytes=4 << 20)
+                                    fetch_max_wait_ms=BUSY_FETCH_WAIT_MS,
+                                    max_partition_fetch_bytes=4 << 20)
     consumer.subscribe([processor.decider.command_topic], listener=Restore())
     producer = make_producer(settings)
     failed = True

@@ -678,7 +678,7 @@ async def chains_per_s(stack: Any, dag: WorkflowOps, count: int, length: int = 2
 async def broker_crossing_ms(stack: Any, samples: int = 200) -> dict[str, float]:
     """The floor under a hop, on the same broker in the same run: a record produced as the
     processor and the dispatcher produce (librdkafka, flushed) until a consumer fetching as
-    they do (5 ms wait) holds it (`crossing`), and a produce until its acknowledgement
+    they do (BUSY_FETCH_WAIT_MS) holds it (`crossing`), and a produce until its acknowledgement
     (`ack`), p50 each. A hop crosses the broker three times (report -> processor, event ->
     dispatcher, task -> runner) and waits for one ack (the start report) besides running
     the node, so `dag_hop_floor_ms` = 3 crossings + 1 ack. Samples are spaced by random
@@ -687,14 +687,14 @@ async def broker_crossing_ms(stack: Any, samples: int = 200) -> dict[str, float]
 
     from aiokafka import TopicPartition
 
-    from streams.kafka import make_producer, produce_all, start_consumer
+    from streams.kafka import BUSY_FETCH_WAIT_MS, make_producer, produce_all, start_consumer
     from streams.topics import TopicSpec
 
     assert stack.broker is not None  # the bench runs on the embedded broker
     topic = "pit.bench.crossing"
     stack.broker.create_topic(TopicSpec(topic, 1, "none"))
     producer = make_producer(stack.settings)
-    consumer = await start_consumer(stack.settings, fetch_max_wait_ms=5)
+    consumer = await start_consumer(stack.settings, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
     consumer.assign([TopicPartition(topic, 0)])
     crossings, acks = [], []
     try:

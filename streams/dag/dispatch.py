@@ -70,6 +70,7 @@ from streams.errors import SchemaError
 from streams.follower import Follower
 from streams.history import HistoryError, history_source, kafka_log_reader
 from streams.kafka import (
+    BUSY_FETCH_WAIT_MS,
     keep_running,
     make_producer,
     partitions_of,
@@ -266,9 +267,9 @@ class TaskDispatcher:
                            retry_on=(HistoryError,), on_restart=forget)
 
     async def _run(self, stop: asyncio.Event) -> None:
-        # every workflow hop passes here: an empty fetch waits out its 5 ms, as the processor's
+        # every workflow hop passes here: it fetches as often as the processor
         follower = Follower(self.settings, [DAG_EVENTS, ARBITRATION_EVENTS], self.db,
-                            max_records=self.max_batch, fetch_max_wait_ms=5)
+                            max_records=self.max_batch, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
         await self._restore(follower, stop)
         if stop.is_set():
             return

@@ -78,6 +78,7 @@ class CommandClient:
         self._pending: dict[str, asyncio.Future] = {}  # command id -> its outcome
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
+        self._readers: list = []  # the consumers of `tail`, paced by `_dispatch`
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     @property
@@ -129,6 +130,7 @@ class CommandClient:
 
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
         await assign_at(consumer, [topic], at_end=True)  # the end now: no answer slips past
+        self._readers.append(consumer)
         self._tasks.append(asyncio.create_task(self._dispatch(consumer, handle)))
 
     async def close(self) -> None:
@@ -147,13 +149,19 @@ class CommandClient:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    @staticmethod
-    async def _dispatch(consumer, handle) -> None:
-        from streams.kafka import getmany_ready
+    async def _dispatch(self, consumer, handle) -> None:
+        """Hand `handle` each record the consumer reads. Its fetches keep their short wait
+        while the client waits for an outcome (and IDLE_AFTER_S after): the outcomes of a
+        busy Pit's other clients stream past a client too, and a reader that is not waiting
+        for any of them has no reason to fetch every 2 ms (`pace_fetches`)."""
+        from streams.kafka import pace_fetches, take_ready
 
         try:
             while True:
-                batch = await getmany_ready(consumer, 200, 10_000)
+                batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                if batch:
+                    await take_ready(consumer, batch, 10_000)
+                pace_fetches(consumer, bool(self._pending))
                 for messages in batch.values():
                     for message in messages:
                         handle(message)
@@ -197,6 +205,11 @@ class CommandClient:
         the caller's own; the client must be started)."""
         if command_id not in self._pending:
             self._pending[command_id] = asyncio.get_running_loop().create_future()
+            if len(self._pending) == 1:  # waiting again: the readers' next fetches are short
+                from streams.kafka import pace_fetches
+
+                for reader in self._readers:
+                    pace_fetches(reader, True)
         return self._pending[command_id]
 
     async def send(self, command: Message, *, command_id: str | None = None,

@@ -629,3 +629,23 @@ async def test_a_quiet_reader_fetches_at_the_idle_pace_until_it_reads_again(monk
         finally:
             await consumer.stop()
             await producer.stop()
+
+
+async def test_a_client_waiting_for_no_outcome_lets_its_reader_idle(pit: Pit, monkeypatch) -> None:
+    """The outcomes of other clients' commands stream past every client; one that waits for
+    none of them fetches at the idle pace all the same, and is back at its short wait the
+    moment it waits for an outcome again."""
+    monkeypatch.setattr(kafka, "IDLE_AFTER_S", 0.1)
+    async with PitClient(pit.settings, issued_by="bystander") as bystander:
+        reader = bystander._readers[0]
+
+        def fetch_wait() -> int:
+            return reader._fetcher._fetch_max_wait_ms
+
+        deadline = time.monotonic() + 10
+        while fetch_wait() != kafka.IDLE_FETCH_WAIT_MS:  # others' outcomes keep coming
+            assert (await pit.client.pool.transition(unique("busy"), WARMING, USER)).accepted
+            assert time.monotonic() < deadline, "the bystander's reader never went idle"
+        waiting = bystander.expect(unique("cmd"))
+        assert fetch_wait() == kafka.BUSY_FETCH_WAIT_MS
+        waiting.cancel()

@@ -66,7 +66,7 @@ from streams.dag.execution import (
     initial_state,
     restore,
 )
-from streams.dag.runner import Runner
+from streams.dag.runner import RUNNER_FETCH_WAIT_MS, Runner
 from streams.dag.topics import DAG_CHECKPOINTS, DAG_COMMANDS, DAG_EVENTS
 from streams.dag.workflows import ENDS, ExecutionLog, WorkflowResult, workflow_ops
 from streams.decider import Decider, Message, from_record, to_record
@@ -678,24 +678,37 @@ async def chains_per_s(stack: Any, dag: WorkflowOps, count: int, length: int = 2
 async def broker_crossing_ms(stack: Any, samples: int = 200) -> dict[str, float]:
     """The floor under a hop, on the same broker in the same run: a record produced as the
     processor and the dispatcher produce (librdkafka, flushed) until a consumer fetching as
-    they do (BUSY_FETCH_WAIT_MS) holds it (`crossing`), and a produce until its acknowledgement
-    (`ack`), p50 each. A hop crosses the broker three times (report -> processor, event ->
-    dispatcher, task -> runner) and waits for one ack (the start report) besides running
-    the node, so `dag_hop_floor_ms` = 3 crossings + 1 ack. Samples are spaced by random
-    pauses, so they land anywhere in the consumer's fetch cycle."""
-    import random
-
-    from aiokafka import TopicPartition
-
-    from streams.kafka import BUSY_FETCH_WAIT_MS, make_producer, produce_all, start_consumer
+    they do (BUSY_FETCH_WAIT_MS) holds it (`crossing`), the same for a consumer fetching as
+    a runner does (RUNNER_FETCH_WAIT_MS: `crossing_runner`), and a produce until its
+    acknowledgement (`ack`), p50 each. A hop crosses the broker three times (report ->
+    processor, event -> dispatcher, task -> runner) and waits for one ack (the start
+    report) besides running the node, so `dag_hop_floor_ms` = 2 crossings + 1 runner
+    crossing + 1 ack. Samples are spaced by random pauses, so they land anywhere in the
+    consumer's fetch cycle."""
+    from streams.kafka import BUSY_FETCH_WAIT_MS, make_producer
     from streams.topics import TopicSpec
 
     assert stack.broker is not None  # the bench runs on the embedded broker
     topic = "pit.bench.crossing"
     stack.broker.create_topic(TopicSpec(topic, 1, "none"))
     producer = make_producer(stack.settings)
-    consumer = await start_consumer(stack.settings, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
-    consumer.assign([TopicPartition(topic, 0)])
+    crossing, ack = await _crossing(stack, producer, topic, BUSY_FETCH_WAIT_MS, samples)
+    runner, _ = await _crossing(stack, producer, topic, RUNNER_FETCH_WAIT_MS, samples)
+    return {"dag_broker_crossing_ms_p50": round(crossing, 1),
+            "dag_broker_crossing_runner_ms_p50": round(runner, 1),
+            "dag_hop_floor_ms": round(2 * crossing + runner + ack, 1)}
+
+
+async def _crossing(stack: Any, producer: Any, topic: str, wait_ms: int, samples: int
+                    ) -> tuple[float, float]:
+    """(crossing p50, ack p50) in ms for a consumer fetching with `wait_ms`, from the end
+    of `topic`."""
+    import random
+
+    from streams.kafka import assign_at, produce_all, start_consumer
+
+    consumer = await start_consumer(stack.settings, fetch_max_wait_ms=wait_ms)
+    await assign_at(consumer, [topic], at_end=True)
     crossings, acks = [], []
     try:
         for n in range(samples):
@@ -709,9 +722,7 @@ async def broker_crossing_ms(stack: Any, samples: int = 200) -> dict[str, float]
             crossings.append((time.perf_counter() - started) * 1000)
     finally:
         await consumer.stop()
-    crossing, ack = statistics.median(crossings), statistics.median(acks)
-    return {"dag_broker_crossing_ms_p50": round(crossing, 1),
-            "dag_hop_floor_ms": round(3 * crossing + ack, 1)}
+    return statistics.median(crossings), statistics.median(acks)
 
 
 async def bench_throughput(scratch: Path, pit: PitFactory, wide: int = 2_000, deep: int = 100,

@@ -139,6 +139,10 @@ MODEL_TIMEOUT_S = 30.0  # allocation and inference, when the task has no deadlin
 DRAIN_TIMEOUT_S = 30.0
 REVOKE_WAIT_S = 5.0
 COMMIT_WAIT_S = 2.0  # a commit the group refuses while it rebalances is tried this long
+# How long the embedded broker holds a runner's empty fetch: a task waits half of it on average.
+# Longer than the processors' (BUSY_FETCH_WAIT_MS), since librdkafka's consumer cannot be paced
+# while idle the way `streams.kafka.pace_fetches` paces theirs.
+RUNNER_FETCH_WAIT_MS = 10
 HANDOVER_S = 0.5     # a runner given partitions waits this long for their previous owner
 # A dead runner's tasks move after this. Give every runner of a group the same: the embedded
 # broker drops a member waiting to join when its session is shorter than another's.
@@ -731,7 +735,7 @@ class Runner:
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": max(100, self.session_timeout_ms // 5),
             # the default (500 ms) is what every scheduled node waited before it started
-            "fetch.wait.max.ms": 10,
+            "fetch.wait.max.ms": RUNNER_FETCH_WAIT_MS,
             # librdkafka reconnects on its own; its connection errors would flood stderr
             "log_level": 0, "error_cb": self._kafka_error})
         self._consumer.subscribe([DAG_TASKS], on_assign=self._assigned,

@@ -22,7 +22,7 @@ from streams.topics import RESULTS
 # Kafka and Avro are imported when used: a client that only reads the views (`pit artifact
 # info`) needs neither.
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from schemas.codec import Codec
     from schemas.registry import SchemaRegistry
@@ -78,7 +78,7 @@ class CommandClient:
         self._pending: dict[str, asyncio.Future] = {}  # command id -> its outcome
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
-        self._readers: list = []  # the consumers of `tail`, paced by `_dispatch`
+        self._readers: list[AIOKafkaConsumer] = []  # the consumers of `tail` (`_dispatch`)
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     @property
@@ -154,14 +154,12 @@ class CommandClient:
         while the client waits for an outcome (and IDLE_AFTER_S after): the outcomes of a
         busy Pit's other clients stream past a client too, and a reader that is not waiting
         for any of them has no reason to fetch every 2 ms (`pace_fetches`)."""
-        from streams.kafka import pace_fetches, take_ready
+        from streams.kafka import getmany_ready
 
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-                if batch:
-                    await take_ready(consumer, batch, 10_000)
-                pace_fetches(consumer, bool(self._pending))
+                batch = await getmany_ready(consumer, 200, 10_000,
+                                            busy=lambda _batch: bool(self._pending))
                 for messages in batch.values():
                     for message in messages:
                         handle(message)

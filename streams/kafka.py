@@ -205,14 +205,15 @@ async def take_ready(consumer: AIOKafkaConsumer, batch: dict, max_records: int) 
             count += len(records)
 
 
-async def getmany_ready(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int
-                        ) -> dict:
+async def getmany_ready(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int, *,
+                        busy: Callable[[dict], bool] = bool) -> dict:
     """`consumer.getmany`, then `take_ready`: a batch of what the broker holds. The
-    consumer's fetches are paced by how busy it is (`pace_fetches`)."""
+    consumer's fetches are paced by how busy it is (`pace_fetches`): `busy(batch)`, by
+    default whether it read anything."""
     batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
     if batch:
         await take_ready(consumer, batch, max_records)
-    pace_fetches(consumer, bool(batch))
+    pace_fetches(consumer, busy(batch))
     return batch
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from types import SimpleNamespace
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -338,6 +339,8 @@ class FakeConsumer:
         self.partitions = partitions
         self.assigned: list = []
         self.fetch: dict[tuple[str, int], int] = {}
+        # the fetch wait `pace_fetches` reads and sets (aiokafka keeps it in its fetcher)
+        self._fetcher = SimpleNamespace(_fetch_max_wait_ms=20)
 
     def partitions_for_topic(self, topic: str):
         return set(range(self.partitions[topic])) if topic in self.partitions else None

@@ -224,22 +224,23 @@ async def getmany_ready(consumer: AIOKafkaConsumer, timeout_ms: int, max_records
 # What a short wait costs while idle, `pace_fetches` takes back.
 BUSY_FETCH_WAIT_MS = 2
 
-IDLE_AFTER_S = 0.5  # a consumer that read nothing for this long fetches at the idle pace
+IDLE_AFTER_S = 0.5  # a consumer not busy for this long fetches at the idle pace
 IDLE_FETCH_WAIT_MS = 50
 
 
 @dataclass
 class _Pace:
     busy_wait_ms: int  # the fetch wait the consumer was started with
-    read_at: float  # when it last read a record
+    busy_at: float  # when it was last busy
 
 
 _paces: WeakKeyDictionary[AIOKafkaConsumer, _Pace] = WeakKeyDictionary()
 
 
-def pace_fetches(consumer: AIOKafkaConsumer, read: bool) -> None:
-    """Let a consumer that has been quiet for IDLE_AFTER_S fetch with a wait of
-    IDLE_FETCH_WAIT_MS, and go back to its own wait as soon as it reads a record.
+def pace_fetches(consumer: AIOKafkaConsumer, busy: bool) -> None:
+    """Told after each read whether the consumer is `busy` (it read a record, or its owner
+    waits for one): one not busy for IDLE_AFTER_S fetches with a wait of
+    IDLE_FETCH_WAIT_MS, and goes back to its own wait as soon as it is busy again.
 
     Why: the embedded broker holds an empty fetch for its whole wait and answers it empty
     even when a record arrives meanwhile, so the readers on a command's path fetch with short
@@ -258,10 +259,10 @@ def pace_fetches(consumer: AIOKafkaConsumer, read: bool) -> None:
     pace = _paces.get(consumer)
     if pace is None:
         pace = _paces[consumer] = _Pace(fetcher._fetch_max_wait_ms, now)
-    if read:
-        pace.read_at = now
+    if busy:
+        pace.busy_at = now
         fetcher._fetch_max_wait_ms = pace.busy_wait_ms
-    elif now - pace.read_at >= IDLE_AFTER_S:
+    elif now - pace.busy_at >= IDLE_AFTER_S:
         fetcher._fetch_max_wait_ms = max(pace.busy_wait_ms, IDLE_FETCH_WAIT_MS)
 
 

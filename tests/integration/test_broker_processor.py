@@ -266,7 +266,9 @@ async def test_same_command_id_twice_has_one_effect(pit: Pit) -> None:
     assert first.accepted and not first.duplicate
     assert second.accepted and second.duplicate
     assert second.event_ids == first.event_ids == (f"{command_id}/0",)
-    # The second outcome was produced after the first batch's events were acknowledged.
+    # The second outcome was produced after the first batch's events were acknowledged (the
+    # test's tap may read them after the client read the outcomes: wait for it).
+    await eventually(lambda: pit.tap.events(model), what="the event")
     assert len(pit.tap.events(model)) == 1
     assert pit.processor.processor.state(model).transition_count == 1
     # Even a different command under an old id is only acknowledged.

@@ -80,6 +80,10 @@ async def pending(service: TimerService, timer_id: str) -> bool:
     return timer_id in service.table.pending
 
 
+async def effect_of(stack: Stack, timer_id: str) -> bool:
+    return timer_id in await effects(stack)
+
+
 async def effects_at_least(stack: Stack, count: int) -> bool:
     return len(await effects(stack)) >= count
 
@@ -177,6 +181,8 @@ async def test_a_timer_fires_when_the_injected_clock_reaches_its_due_time(tmp_pa
             clock[0] = due
             await until(lambda: fired_has(stack, "minute"), what="the timer to fire")
             assert await sent(stack) == [("minute", due)]
+            # the timer's command is decided after it was sent: wait for its event
+            await until(lambda: effect_of(stack, "minute"), what="the timer's effect")
             assert [e["envelope"]["occurred_at"] for e in (await effects(stack))["minute"]] == [
                 due]
 

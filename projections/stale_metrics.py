@@ -12,7 +12,8 @@ archives it, never on a replay.
   running totals (`projections.stale.tier_bytes`), read after the projector committed a
   batch with stale events, and once on start, so a restart shows them at once.
 
-The metrics live here, not in streams/metrics.py, with the only code that feeds them.
+The metrics live here, not in streams/metrics.py, with the only code that feeds them; like
+every metric an observer feeds, in `streams.metrics.PROJECTED`.
 """
 
 from __future__ import annotations
@@ -25,22 +26,24 @@ from sqlalchemy import Engine, select, tuple_
 from projections.runtime import FreshEvents, live_tables
 from projections.stale import StaleView, projected, tier_bytes
 from streams.archive import Entry
+from streams.metrics import PROJECTED
 from streams.stale.topics import STALE_EVENTS
 
 STALE_BYTES = Gauge("pit_stale_bytes", "Bytes of live items (not moving, trashed or purged)"
-                    " per tier, over every store", ["tier"])
+                    " per tier, over every store", ["tier"], registry=PROJECTED)
 STALE_ITEMS = Counter("pit_stale_items_total", "Items listed in cleanup plans, by decision:"
-                      " delete, archive, warm, promote (back to hot)", ["decision"])
+                      " delete, archive, warm, promote (back to hot)", ["decision"],
+                      registry=PROJECTED)
 STALE_BYTES_FREED = Counter("pit_stale_bytes_freed_total",
-                            "Bytes the worker reported purged (BytesPurged)")
+                            "Bytes the worker reported purged (BytesPurged)", registry=PROJECTED)
 STALE_MOVE_FAILURES = Counter("pit_stale_move_failures_total",
                               "Tier moves the worker reported failed (TierMoveFailed), by target",
-                              ["target"])
+                              ["target"], registry=PROJECTED)
 STALE_RUN_SECONDS = Histogram(
     "pit_stale_run_seconds", "How long a plan's apply ran, PlanApplyStarted to PlanApplied"
     " (event times)",
     buckets=(0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
-             21600.0))
+             21600.0), registry=PROJECTED)
 
 DECISION_OF = {"trash": "delete", "cold": "archive", "warm": "warm", "hot": "promote"}
 _CHUNK = 500

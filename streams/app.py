@@ -25,7 +25,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
-from aiokafka import TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.codec import Codec
@@ -37,14 +36,9 @@ from streams.commands import registry_for
 from streams.component import Runtime, Service
 from streams.components import COMPONENTS, DECIDERS, views
 from streams.config import BROKER_FILE, Settings
-from streams.errors import PitError, SchemaError
-from streams.history import read_topic
-from streams.kafka import (
-    make_producer,
-    partitions_of,
-    produce_all,
-    start_consumer,
-)
+from streams.errors import PitError
+from streams.history import load_schemas
+from streams.kafka import make_producer, produce_all
 from streams.leader import LeaderGate
 from streams.log import LogRecord, source_of
 from streams.memory import trim_broker, trim_heap_every
@@ -56,6 +50,14 @@ from streams.processor import (
     processor_group,
     run_processor,
 )
+from streams.projector import (
+    DRAIN_TIMEOUT_S,
+    ProjectorProcess,
+    drain,
+    make_projector,
+    project,
+    start_reader,
+)
 from streams.timers import TimerService, timer_topics
 from streams.topics import SCHEMAS, load_catalog
 
@@ -64,7 +66,6 @@ log = logging.getLogger(__name__)
 # "1": a chaos campaign's `pit up` (streams/campaigns/chaos.py): three embedded brokers, so a
 # broker can go down or lose a partition's leadership, and POST /faults to make it so.
 FAULTS = "PIT_FAULTS"
-PROJECTOR_GROUP = "pit.projector"
 
 
 def progress_printer(label: str, stream=sys.stderr):
@@ -89,6 +90,8 @@ class Stack:
     join: bool = False
     leader_session_ms: int | None = None  # the leader group's session (default: its setting)
     say: Callable[[str], None] | None = None  # where leadership changes are told (`pit up`)
+    # The projector in a process of its own (`pit up`'s default, PIT_PROJECTOR), not here.
+    projector_process: bool = False
 
     def __post_init__(self) -> None:
         self.catalog = load_catalog()
@@ -204,12 +207,8 @@ class Stack:
         """Load schemas others registered, then publish ours to the compacted topic. A
         corrupt record is skipped, dead-lettered and reported in one line, never fatal (the
         repository's schemas are known anyway; ours are published again)."""
-        corrupt: list[Output] = []
-        for record in await read_topic(self.settings, SCHEMAS):
-            try:
-                registry.load_record(record.value)
-            except SchemaError as exc:
-                corrupt.append(dead_letter(record, type(exc).__name__, str(exc), "registry"))
+        corrupt = [dead_letter(record, type(exc).__name__, str(exc), "registry")
+                   for record, exc in await load_schemas(self.settings, registry)]
         if corrupt:
             first = dict(corrupt[0].headers)
             log.warning("%s: skipped %d corrupt record(s), dead-lettered (first at offset %s:"
@@ -220,49 +219,29 @@ class Stack:
         await produce_all(make_producer(self.settings), outputs)
 
     async def start_projector(self) -> None:
-        from projections.runtime import Projector, run
-
-        observers = [observer for component in COMPONENTS
-                     for observer in component.observers(self.engine)]
-        self.projector = Projector(self.engine, self.views, codec=self.codec,
-                                   observers=observers)
+        """The projector: in a process of its own (`projector_process`), or a task here
+        (streams/projector.py says why the first is `pit up`'s default)."""
         self.projector_stop = asyncio.Event()
-        # One group for every `pit up`'s projector: they divide the partitions.
-        consumer = self.projector_consumer = await start_consumer(
-            self.settings, group_id=PROJECTOR_GROUP, fetch_max_wait_ms=20)
+        if self.projector_process:
+            # Not run here: its topics and the positions it stores tell `drain_projector`.
+            self.projector = make_projector(self.settings, self.engine, self.codec,
+                                            observers=False)
+            self.projector_child = ProjectorProcess(self.settings)
+            await self.projector_child.start()
+            running = self.projector_child.supervise(self.projector_stop)
+        else:
+            self.projector = make_projector(self.settings, self.engine, self.codec)
+            self.projector_consumer = await start_reader(self.settings)
+            running = project(self.projector, self.projector_consumer, self.settings,
+                              self.projector_stop)
+        self.projector_task = asyncio.create_task(running, name="projector")
 
-        async def project() -> None:
-            producer = make_producer(self.settings)  # for the records no view can apply
-            try:
-                await run(self.projector, consumer, self.projector_stop, group=True,
-                          producer=producer)
-            finally:
-                await consumer.stop()
-                await asyncio.to_thread(producer.flush, 10)
-
-        self.projector_task = asyncio.create_task(project(), name="projector")
-
-    async def drain_projector(self, timeout_s: float = 30.0) -> None:
+    async def drain_projector(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Wait until everything the broker holds right now is archived (by whichever
         projector of the group holds each partition: in embedded mode the broker goes away
         with this process, so all of it)."""
-        from streams.archive import AUDIT
-
-        consumer = await start_consumer(self.settings)
-        try:
-            tps = [TopicPartition(topic, p) for topic in self.projector.topics
-                   for p in await partitions_of(consumer, topic)]
-            ends = {(tp.topic, tp.partition): end
-                    for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
-        finally:
-            await consumer.stop()
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while asyncio.get_running_loop().time() < deadline and not self.projector_task.done():
-            archived = (await asyncio.to_thread(self.projector.positions)).get(AUDIT, {})
-            if all(archived.get(tp, -1) >= end - 1 for tp, end in ends.items()):
-                return
-            await asyncio.sleep(0.05)
-        log.warning("the projector did not catch up within %.0f s", timeout_s)
+        await drain(self.settings, self.projector, lambda: not self.projector_task.done(),
+                    timeout_s)
 
     async def start_http(self, port: int) -> None:
         from projections.api import make_app
@@ -272,7 +251,7 @@ class Stack:
         app = make_app(self.engine, COMPONENTS,
                        token=self.settings.env.get("PIT_API_TOKEN") or None,
                        commands=lambda: PitClient(settings, "pit-api", codec))
-        app.router.add_get("/metrics", metrics_handler)
+        app.router.add_get("/metrics", self.metrics_handler)
         if isinstance(self.registry, EmbeddedRegistry):  # for tools that decode our Avro
             from projections.schema_api import add_registry_routes
 
@@ -288,6 +267,13 @@ class Stack:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
+
+    async def metrics_handler(self, _request: web.Request) -> web.Response:
+        if self.projector_process and hasattr(self, "projector_child"):
+            await self.projector_child.scrape()  # its figures as of now
+        response = web.Response(body=generate_latest())
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
 
     async def close(self) -> None:
         """Processors and services finish their batch, the projector drains, then everything
@@ -421,12 +407,6 @@ def running_pit(settings: Settings) -> bool:
         return False
 
 
-async def metrics_handler(_request: web.Request) -> web.Response:
-    response = web.Response(body=generate_latest())
-    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    return response
-
-
 def fault_handler(broker: EmbeddedBroker):
     """POST /faults, the mock cluster's fault injection (only with PIT_FAULTS=1), one of
     {"fault": "down" | "up", "broker": id}, {"fault": "errors", "api_key": k, "errors": [code,
@@ -469,7 +449,8 @@ async def serve(settings: Settings, *, join: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     if not (join and settings.embedded):
-        await _serve(Stack(settings, http_port=settings.http_port, say=_say), stopping)
+        await _serve(Stack(settings, http_port=settings.http_port, say=_say,
+                           projector_process=settings.projector_process), stopping)
         return
     # A joined process serves the read API only where asked (the first one serves it).
     port = settings.http_port if "PIT_HTTP_PORT" in settings.env else None
@@ -480,7 +461,8 @@ async def serve(settings: Settings, *, join: bool = False) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), 0.5)
             continue
-        await _serve(Stack(settings, http_port=port, join=True, say=_say), stopping,
+        await _serve(Stack(settings, http_port=port, join=True, say=_say,
+                           projector_process=settings.projector_process), stopping,
                      broker_gone=lambda: not running_pit(settings))
 
 

@@ -169,10 +169,12 @@ async def bench_backbone(settings: Settings, _pit: PitFactory) -> dict[str, Any]
 
 def in_process_pit(data_dir: Path) -> Stack:
     """The `PitFactory` a bench is handed: `pit up` in this process on `data_dir`, not yet
-    started, without the host monitor (a bench registers no model host)."""
+    started, without the host monitor (a bench registers no model host); its projector in a
+    process of its own, as `pit up`'s."""
     from streams.app import Stack
 
-    return Stack(Settings(data_dir=data_dir), progress=False, without={"host-monitor"})
+    return Stack(Settings(data_dir=data_dir), progress=False, without={"host-monitor"},
+                 projector_process=True)
 
 
 BENCHES: dict[str, Bench] = {

@@ -24,6 +24,15 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.memory import limit_malloc_arenas
+    from streams.projector import serve
+
+    limit_malloc_arenas()
+    asyncio.run(serve(settings, parent=args.parent, metrics_port=args.metrics_port))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
@@ -237,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add this process to the pit up running on the same data directory "
                          "(embedded broker): the two share the work")
     up.set_defaults(run=cmd_up)
+    project = sub.add_parser(
+        "project", help="run a projector alone: views, audit log and their metrics (pit up"
+                        " runs one as its child; against a cluster, run more to share the work)")
+    project.add_argument("--metrics-port", type=int, default=0,
+                         help="serve /metrics on this port of 127.0.0.1 (default: a free one)")
+    project.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # pit up's pid
+    project.set_defaults(run=cmd_project)
     sub.add_parser("demo", help="run a scripted scenario end to end").set_defaults(run=cmd_demo)
     for component in COMPONENTS:  # the kernel's commands are here, each component adds its own
         if component.add_cli is not None:

@@ -56,6 +56,12 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _projector_process(text: str) -> bool:
+    if text not in ("process", "inline"):
+        raise ConfigError(f"PIT_PROJECTOR must be process or inline, got {text!r}")
+    return text == "process"
+
+
 def _schema_registry(env: dict[str, str]) -> dict[str, str]:
     options = {v: env[k] for k, v in _SCHEMA_REGISTRY_VARS.items() if env.get(k)}
     if ":" not in options.get("basic.auth.user.info", ":"):
@@ -77,6 +83,9 @@ class Settings:
     # Auth and TLS of that registry, in SchemaRegistryClient's names; holds secrets: never shown
     schema_registry_options: dict[str, str] = field(default_factory=dict, repr=False)
     http_port: int = 8642
+    # `pit up` runs its projector in a process of its own (PIT_PROJECTOR=process, the
+    # default) or on its own event loop (inline): streams/projector.py.
+    projector_process: bool = True
     kafka_security: dict[str, str] = field(default_factory=dict)
     kafka_tls: dict[str, str] = field(default_factory=dict)
     # The `PIT_*` variables these settings came from: each component parses its own from
@@ -93,6 +102,7 @@ class Settings:
             schema_registry_url=env.get("PIT_SCHEMA_REGISTRY_URL") or None,
             schema_registry_options=_schema_registry(env),
             http_port=_port(env.get("PIT_HTTP_PORT", "8642")),
+            projector_process=_projector_process(env.get("PIT_PROJECTOR", "process")),
             kafka_security={v: env[k] for k, v in _KAFKA_SECURITY_VARS.items() if env.get(k)},
             kafka_tls={v: env[k] for k, v in _KAFKA_TLS_VARS.items() if env.get(k)},
             env={name: value for name, value in env.items() if name.startswith("PIT_")},

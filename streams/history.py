@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
@@ -18,8 +18,12 @@ from sqlalchemy import Engine
 
 from streams.archive import archived_records, latest_records
 from streams.config import Settings
-from streams.errors import BrokerUnavailableError, PitError
+from streams.errors import BrokerUnavailableError, PitError, SchemaError
 from streams.log import LogRecord
+from streams.topics import SCHEMAS
+
+if TYPE_CHECKING:
+    from schemas.registry import EmbeddedRegistry
 
 log = logging.getLogger(__name__)
 
@@ -194,3 +198,17 @@ async def read_topic(settings: Settings, topic: str) -> list[LogRecord]:
     reader = kafka_log_reader(settings, [topic])
     assert reader is not None  # only an optional reader is ever missing
     return await asyncio.to_thread(lambda: list(reader({})))
+
+
+async def load_schemas(settings: Settings, registry: EmbeddedRegistry
+                       ) -> list[tuple[LogRecord, SchemaError]]:
+    """Load the schemas every `pit up` published (the compacted schemas topic) into
+    `registry`. Returns the records that are not a schema, each with its error: one corrupt
+    record never stops a start (the repository's schemas are known anyway)."""
+    corrupt = []
+    for record in await read_topic(settings, SCHEMAS):
+        try:
+            registry.load_record(record.value)
+        except SchemaError as exc:
+            corrupt.append((record, exc))
+    return corrupt

@@ -1,6 +1,40 @@
-"""Prometheus metrics of the runtime (`pit_` prefix, units in names), served on /metrics."""
+"""Prometheus metrics of the runtime (`pit_` prefix, units in names), served on /metrics.
 
-from prometheus_client import Counter, Gauge, Histogram
+The metrics the projector's observers feed live in a registry of their own, `PROJECTED`: the
+projector may run in a process of its own (streams/projector.py), and then `pit up` shows that
+process's figures for them, never its own untouched copies. `PROJECTED_SOURCE`, a collector
+in the default registry, yields them from wherever they are (`attach`), so /metrics, the
+console and `REGISTRY.get_sample_value` read one set either way.
+"""
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+
+PROJECTED = CollectorRegistry(auto_describe=True)
+
+
+class ProjectedSource:
+    """The projector-fed metrics as the default registry shows them: this process's
+    `PROJECTED` unless another source is attached (a projector process's scrape)."""
+
+    def __init__(self) -> None:
+        self._source: Callable[[], Iterable[Metric]] = PROJECTED.collect
+
+    def attach(self, source: Callable[[], Iterable[Metric]] | None) -> None:
+        """Yield `source`'s metrics from now on; None: this process's own again."""
+        self._source = source or PROJECTED.collect
+
+    def describe(self) -> list[Metric]:
+        return []  # names vary with the source: no clash check at registration
+
+    def collect(self) -> Iterable[Metric]:
+        return self._source()
+
+
+PROJECTED_SOURCE = ProjectedSource()
+REGISTRY.register(PROJECTED_SOURCE)
 
 EVENTS_IN = Counter("pit_events_in_total", "Records consumed", ["component", "topic"])
 EVENTS_OUT = Counter("pit_events_out_total", "Records produced", ["component", "topic"])
@@ -32,21 +66,24 @@ _LOAD_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 POOL_ALLOCATION_SECONDS = Histogram(
     "pit_pool_allocation_seconds",
     "Allocation latency: AllocationQueued to ModelAllocated for a miss, 0 for a cache hit",
-    ["cache_hit"], buckets=(0.0, *_LOAD_BUCKETS))
+    ["cache_hit"], buckets=(0.0, *_LOAD_BUCKETS), registry=PROJECTED)
 POOL_LOAD_SECONDS = Histogram("pit_pool_load_seconds",
                               "Model load time measured by the host (ModelLoaded.load_ms)",
-                              buckets=_LOAD_BUCKETS)
-POOL_CACHE_HITS = Counter("pit_pool_cache_hits_total", "Allocations of a Hot model")
+                              buckets=_LOAD_BUCKETS, registry=PROJECTED)
+POOL_CACHE_HITS = Counter("pit_pool_cache_hits_total", "Allocations of a Hot model",
+                          registry=PROJECTED)
 POOL_CACHE_MISSES = Counter("pit_pool_cache_misses_total",
-                            "Allocations that had to wait for a load (AllocationQueued)")
-POOL_EVICTIONS = Counter("pit_pool_evictions_total", "Idle Hot models evicted for room")
+                            "Allocations that had to wait for a load (AllocationQueued)",
+                            registry=PROJECTED)
+POOL_EVICTIONS = Counter("pit_pool_evictions_total", "Idle Hot models evicted for room",
+                         registry=PROJECTED)
 POOL_TRANSITIONS = Counter("pit_pool_transitions_total", "Model lifecycle transitions",
-                           ["from", "to", "reason"])
+                           ["from", "to", "reason"], registry=PROJECTED)
 POOL_HOST_MEMORY_MB = Gauge("pit_pool_host_memory_mb",
                             "Memory resident on a host: its loading, loaded and unloading models",
-                            ["pool", "host"])
+                            ["pool", "host"], registry=PROJECTED)
 POOL_HOST_BUDGET_MB = Gauge("pit_pool_host_memory_budget_mb", "A host's memory budget",
-                            ["pool", "host"])
+                            ["pool", "host"], registry=PROJECTED)
 PREWARM_ACCURACY = Gauge("pit_pool_prewarm_accuracy",
                          "Share of prewarm predictions that came true (0..1)")
 PREWARM_PREDICTIONS = Counter("pit_pool_prewarm_predictions_total", "Prewarm predictions made")
@@ -75,15 +112,17 @@ DAG_NODE_SECONDS = Histogram(
     "pit_dag_node_seconds", "Node attempt duration reported by the runner, by node kind and"
     " outcome (completed, failed)", ["kind", "outcome"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-             300.0, 1800.0))
+             300.0, 1800.0), registry=PROJECTED)
 DAG_NODES_COMPLETED = Counter("pit_dag_nodes_completed_total",
-                              "Node attempts completed, by node kind (throughput)", ["kind"])
+                              "Node attempts completed, by node kind (throughput)", ["kind"],
+                              registry=PROJECTED)
 DAG_NODE_FAILURES = Counter("pit_dag_node_failures_total",
                             "Node attempts failed, by node kind and error type (error rates)",
-                            ["kind", "error_type"])
-DAG_EXECUTIONS_STARTED = Counter("pit_dag_executions_started_total", "Executions started")
+                            ["kind", "error_type"], registry=PROJECTED)
+DAG_EXECUTIONS_STARTED = Counter("pit_dag_executions_started_total", "Executions started",
+                                 registry=PROJECTED)
 DAG_EXECUTIONS_ENDED = Counter("pit_dag_executions_ended_total",
-                               "Executions ended, by final status", ["status"])
+                               "Executions ended, by final status", ["status"], registry=PROJECTED)
 DAG_TASKS_RUNNING = Gauge("pit_dag_tasks_running",
                           "Node tasks relayed to runners and not yet ended, all executions")
 DAG_TASKS_WAITING = Gauge("pit_dag_tasks_waiting",
@@ -104,11 +143,14 @@ PROCESSOR_LEDGER = Gauge("pit_processor_ledger_commands",
 # (projections.arbitration_metrics); the gauges are read from the arbitration view.
 ARBITRATION_DECISIONS = Counter(
     "pit_arbitration_decisions_total", "Arbitration decisions, by outcome, strategy and the"
-    " first conflict met (none: granted at once)", ["outcome", "strategy", "conflict"])
+    " first conflict met (none: granted at once)", ["outcome", "strategy", "conflict"],
+    registry=PROJECTED)
 ARBITRATION_WAIT_SECONDS = Histogram(
     "pit_arbitration_wait_seconds", "How long a granted request waited for its grant",
-    buckets=(0.0, *_LOAD_BUCKETS, 300.0, 900.0))
+    buckets=(0.0, *_LOAD_BUCKETS, 300.0, 900.0), registry=PROJECTED)
 ARBITRATION_QUEUE = Gauge("pit_arbitration_queue_length",
-                          "Requests waiting, by pool and priority level", ["pool", "priority"])
+                          "Requests waiting, by pool and priority level", ["pool", "priority"],
+                          registry=PROJECTED)
 ARBITRATION_GINI = Gauge("pit_arbitration_gini",
-                         "Gini of weight-normalised grants over the fairness window", ["pool"])
+                         "Gini of weight-normalised grants over the fairness window", ["pool"],
+                         registry=PROJECTED)

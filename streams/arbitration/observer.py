@@ -96,21 +96,30 @@ class PoolObserver:
         state = self.pools.get(pool_id) or POOL.initial_state(pool_id)
         self.pools[pool_id] = POOL.evolve(state, event, at_ms)
 
-    async def _tell(self) -> None:
-        for pool_id, state in sorted(self.pools.items()):
-            now = facts(state)
-            for command in changes(pool_id, self.told.get(pool_id), now):
-                outcome = await self.client.send(command)
-                if not outcome.accepted:  # a fact the arbiter refuses: say so, go on
-                    log.warning("arbitration refused %s: %s", command, outcome.reason)
-            self.told[pool_id] = now
+    async def _tell(self, stop: asyncio.Event) -> None:
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            for pool_id, state in sorted(self.pools.items()):
+                now = facts(state)
+                for command in changes(pool_id, self.told.get(pool_id), now):
+                    sending = asyncio.ensure_future(self.client.send(command))
+                    await asyncio.wait([sending, stopped], return_when=asyncio.FIRST_COMPLETED)
+                    if not sending.done():  # pit up is stopping: its processors may not answer
+                        sending.cancel()    # (a restart tells everything again)
+                        return
+                    outcome = sending.result()
+                    if not outcome.accepted:  # a fact the arbiter refuses: say so, go on
+                        log.warning("arbitration refused %s: %s", command, outcome.reason)
+                self.told[pool_id] = now
+        finally:
+            stopped.cancel()
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._follower.restore(self._take, stop)
         await self.client.start()
         try:
             await self._follower.start()
-            await self._tell()
+            await self._tell(stop)
             told_at = time.monotonic()
             async for records in self._follower.batches(stop, wait_ms=100):
                 for record in records:
@@ -118,7 +127,7 @@ class PoolObserver:
                 if time.monotonic() - told_at < TELL_EVERY_S:
                     continue
                 try:
-                    await self._tell()
+                    await self._tell(stop)
                 except PitError as exc:  # the broker or pit up is away: tell it all later
                     log.warning("could not tell arbitration about the pool: %s", exc)
                     self.told.clear()

@@ -98,7 +98,7 @@ async def run_demo(settings: Settings) -> None:
     stack = None
     if settings.embedded and not running_pit(settings):
         print(f"starting the Pit in-process (embedded broker, state in {settings.data_dir})")
-        stack = await Stack(settings).start()
+        stack = await Stack(settings, projector_process=settings.projector_process).start()
         settings = stack.settings
     else:
         print("using the running Pit")

@@ -33,6 +33,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,6 +130,7 @@ async def serve(settings: Settings, *, parent: int | None = None, metrics_port: 
     from streams.history import load_schemas
     from streams.sql import connect
 
+    settings.bootstrap()  # no broker to read from: say so before creating anything
     engine = connect(settings.db_url)
     create_schema(engine, views(settings))
     registry = registry_for(settings)
@@ -191,6 +193,7 @@ class ProjectorProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.metrics_url: str | None = None
         self.restarts = 0
+        self.started_at = 0.0
         self._families: list[Metric] = []
 
     def command(self) -> list[str]:
@@ -220,48 +223,60 @@ class ProjectorProcess:
         process = self.process = await asyncio.create_subprocess_exec(
             *self.command(), env=self.environment(), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE)  # its stderr is ours: its errors show
-        assert process.stdout is not None
+        self.started_at = time.monotonic()
         try:
-            line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT_S)
+            line = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT_S)
         except TimeoutError:
             self.kill()
             raise PitError(f"the projector process did not start within {READY_TIMEOUT_S:g} s"
                            ) from None
-        if not line.startswith(READY.encode()):
-            self.kill()
-            code = await process.wait()
-            raise PitError(f"the projector process exited during start-up (code {code});"
-                           " its error is above")
-        self.metrics_url = line.decode().strip().removeprefix(READY)
+        if line is None:
+            raise PitError(f"the projector process exited during start-up (code"
+                           f" {await process.wait()}); its error is above")
+        self.metrics_url = line.removeprefix(READY)
         metrics.PROJECTED_SOURCE.attach(lambda: self._families)
         await self.scrape()
 
+    async def _ready_line(self) -> str | None:
+        """The child's ready line; None if its stdout ends first (it exited)."""
+        assert self.process is not None and self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            if line.startswith(READY.encode()):
+                return line.decode().strip()
+            sys.stdout.write(line.decode(errors="backslashreplace"))  # not ours: pass it on
+        return None
+
     async def supervise(self, stop: asyncio.Event) -> None:
         """Keep a child running until `stop`, then stop it (SIGTERM: it drains) and wait for
-        it. A child that exits unasked is started again, after 1 s, then up to 30 s; one that
-        cannot start stops this (`PitError`)."""
+        it. A child that exits unasked is started again after 1 s, doubling to 30 s while
+        they keep dying young; one that cannot start stops this (`PitError`)."""
         delay = RESTART_FIRST_S
+        stopped = asyncio.ensure_future(stop.wait())
         try:
             while True:
                 assert self.process is not None
-                exited = asyncio.create_task(self.process.wait())
+                exited = asyncio.ensure_future(self.process.wait())
                 while not (exited.done() or stop.is_set()):
-                    await asyncio.wait([exited, asyncio.create_task(stop.wait())],
-                                       timeout=SCRAPE_S, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait([exited, stopped], timeout=SCRAPE_S,
+                                       return_when=asyncio.FIRST_COMPLETED)
                     await self.scrape()
                 if stop.is_set():
+                    exited.cancel()
                     await self.stop(DRAIN_TIMEOUT_S)
                     return
                 self.restarts += 1
+                if time.monotonic() - self.started_at > RESTART_MAX_S:
+                    delay = RESTART_FIRST_S  # it had been running well: not a crash loop
                 log.warning("the projector process exited unasked (code %s); starting another"
                             " in %.0f s", exited.result(), delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await asyncio.wait_for(asyncio.shield(stopped), delay)
                 if stop.is_set():
                     return
                 await self.start()
                 delay = min(delay * 2, RESTART_MAX_S)
         finally:
+            stopped.cancel()
             self.kill()  # cancelled (`pit up` aborts), or failed: leave no child behind
             metrics.PROJECTED_SOURCE.attach(None)
 

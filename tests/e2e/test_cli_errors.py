@@ -41,6 +41,7 @@ VALID = '{"model_id": "m", "to_state": "Warming", "reason": "UserRequest"}'
      ("unknown field 'meta' for RegisterModel",)),
     (("publish", "TransitionModel", VALID), ("no broker", "pit up")),
     (("results",), ("no broker",)),
+    (("project",), ("no broker", "pit up")),
     (("audit", "m1", "--until", "yesterday-ish"), ("--until",)),
     (("bench", "nothing"), ("unknown benchmark",)),
     (("runner", "--import", "no_such_team_ops"),
@@ -83,6 +84,11 @@ def test_bad_dag_limit_setting_is_one_line():
 def test_bad_port_setting_is_one_line():
     assert_one_line_error(pit("audit", "verify", env={"PIT_HTTP_PORT": "eighty"}),
                           "PIT_HTTP_PORT")
+
+
+def test_bad_projector_setting_is_one_line():
+    assert_one_line_error(pit("up", env={"PIT_PROJECTOR": "forked"}),
+                          "PIT_PROJECTOR must be process or inline, got 'forked'")
 
 
 def test_audit_output_piped_into_head_ends_quietly(tmp_path):

@@ -1,0 +1,93 @@
+"""`pit up`'s projector runs in a process of its own (streams/projector.py): killed, `pit up`
+starts another and the views catch up with nothing lost; `pit up` killed, it goes too."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from streams.campaigns.drain import Pit, until
+from streams.config import Settings
+from streams.errors import PitError
+from streams.projector import ProjectorProcess
+
+pytestmark = pytest.mark.slow
+
+SENTIMENT = "python:streams.pool.examples:sentiment"
+
+
+def children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in found]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status").read_text()
+    return "State:\tZ" not in status  # a zombie has exited; its parent has not reaped it yet
+
+
+def models(pit: Pit) -> str:
+    return json.dumps(pit.get("/models"))
+
+
+async def register(pit: Pit, model_id: str) -> None:
+    async with pit.client() as client:
+        assert (await client.pool.register_model(model_id, SENTIMENT, 50, 5)).accepted
+
+
+async def test_a_killed_projector_is_replaced_and_its_views_catch_up(tmp_path):
+    pit = Pit(tmp_path / "pit")
+    pit.data_dir.mkdir()
+    pit.env["PIT_GROUP_SESSION_TIMEOUT_MS"] = "3000"  # the dead member's partitions move soon
+    await pit.start()
+    try:
+        assert pit.up is not None
+        (projector,) = children(pit.up.pid)
+        await register(pit, "m-before")
+        await until(lambda: "m-before" in models(pit), 30, "the view of the first model")
+
+        os.kill(projector, signal.SIGKILL)
+        await until(lambda: children(pit.up.pid) not in ([], [projector]), 30,
+                    "pit up to start another projector")
+        await register(pit, "m-after")
+        await until(lambda: "m-after" in models(pit), 60, "the new projector's view")
+        assert "m-before" in models(pit)
+        verified = pit.get("/audit/verify")
+        assert verified["ok"], verified
+    finally:
+        pit.signal(signal.SIGTERM)
+        await pit.ended()
+    assert pit.up.returncode == 0
+    log = "".join(path.read_text() for path in pit.data_dir.glob("pit-up-*.log"))
+    assert "the projector process exited unasked" in log
+
+
+async def test_a_projector_goes_when_its_pit_up_is_killed(tmp_path):
+    pit = Pit(tmp_path / "pit")
+    pit.data_dir.mkdir()
+    await pit.start()
+    assert pit.up is not None
+    (projector,) = children(pit.up.pid)
+    pit.signal(signal.SIGKILL)
+    await pit.ended()
+    await until(lambda: not alive(projector), 10, "the projector to exit")
+
+
+async def test_a_projector_that_cannot_start_is_one_clear_error(tmp_path, capfd):
+    unreachable = Settings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:9",
+                           database_url="postgresql+psycopg://postgres@127.0.0.1:9/test")
+    child = ProjectorProcess(unreachable)
+    with pytest.raises(PitError, match=r"exited during start-up \(code 1\); its error is above"):
+        await child.start()
+    assert child.process is not None and child.process.returncode == 1
+    said = capfd.readouterr().err.strip().splitlines()
+    assert said[-1].startswith("pit: error: ") and "database" in said[-1]
+    assert "Traceback" not in "\n".join(said)

@@ -1,6 +1,7 @@
-"""`pit up`: the whole Pit in one process - embedded broker (unless a cluster is configured),
-every registered component's processors and services (streams/components.py), the timer
-service, the projector, and the read API with /metrics. Several `pit up` share one cluster:
+"""`pit up`: the whole Pit - embedded broker (unless a cluster is configured), every
+registered component's processors and services (streams/components.py), the timer service,
+the projector (a child process of its own by default: streams/projector.py), and the read
+API with /metrics. Several `pit up` share one cluster:
 processors and projectors split the partitions in their groups, and the services that must
 run once (the timer service, the components' singletons) run on the elected leader
 (streams/leader.py). `pit up --join` does the same on the embedded broker of another.

@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # The modules that wire everything together: they may import anything.
-ASSEMBLY = frozenset({"streams.components", "streams.app", "streams.cli", "streams.client",
-                      "streams.demo", "streams.bench", "streams.campaigns"})
+ASSEMBLY = frozenset({"streams.components", "streams.app", "streams.projector", "streams.cli",
+                      "streams.client", "streams.demo", "streams.bench", "streams.campaigns"})
 
 
 def module_name(path: Path) -> str:

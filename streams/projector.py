@@ -220,9 +220,11 @@ class ProjectorProcess:
 
     async def start(self) -> None:
         """Start a child and wait for its ready line; `PitError` if it exits or stays silent."""
+        # A session of its own: Ctrl-C in a terminal reaches `pit up` only, which stops the
+        # child once it has drained it. Its stderr is ours: its errors show.
         process = self.process = await asyncio.create_subprocess_exec(
             *self.command(), env=self.environment(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE)  # its stderr is ours: its errors show
+            stdout=asyncio.subprocess.PIPE, start_new_session=True)
         self.started_at = time.monotonic()
         try:
             line = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT_S)

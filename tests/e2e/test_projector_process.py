@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,35 @@ async def test_a_projector_that_cannot_start_is_one_clear_error(tmp_path, capfd)
     said = capfd.readouterr().err.strip().splitlines()
     assert said[-1].startswith("pit: error: ") and "database" in said[-1]
     assert "Traceback" not in "\n".join(said)
+
+
+async def test_ctrl_c_in_a_terminal_stops_pit_up_and_then_its_projector(tmp_path):
+    """A terminal's Ctrl-C signals the whole foreground process group: the projector, in a
+    session of its own, must not take it and leave before `pit up` has drained it."""
+    pit = Pit(tmp_path / "pit")
+    pit.data_dir.mkdir()
+    log = pit.data_dir / "pit-up-terminal.log"
+    with log.open("w") as stderr:
+        up = pit.up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up"],
+                                       env=pit.env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                       start_new_session=True)  # as a shell starts a job
+    await until(lambda: answers(pit) and children(up.pid), 120, "pit up and its projector")
+    (projector,) = children(up.pid)
+    assert os.getpgid(projector) != os.getpgid(up.pid)  # the terminal's signal misses it
+    await register(pit, "m-terminal")
+    os.killpg(up.pid, signal.SIGINT)
+    await pit.ended()
+    assert up.returncode == 0
+    assert not alive(projector)
+    assert "exited unasked" not in log.read_text()
+    audit = subprocess.run([sys.executable, "-m", "streams.cli", "audit", "m-terminal"],
+                           env=pit.env, capture_output=True, text=True, timeout=60)
+    assert "ModelRegistered" in audit.stdout, audit
+
+
+def answers(pit: Pit) -> bool:
+    try:
+        pit.get("/executions")
+        return True
+    except OSError:
+        return False

@@ -104,6 +104,14 @@ class Stack:
         self.processors: dict[str, Processor] = {}  # by decider name
 
     async def start(self) -> Stack:
+        try:
+            return await self._start()
+        except BaseException:
+            if (child := getattr(self, "projector_child", None)) is not None:
+                child.kill()  # a start that failed leaves no projector behind
+            raise
+
+    async def _start(self) -> Stack:
         from projections.runtime import create_schema
         from streams.sql import connect
 
@@ -125,6 +133,9 @@ class Stack:
         if isinstance(self.registry, EmbeddedRegistry):
             await self.sync_registry(self.registry)
         self.codec = Codec(self.registry)
+        if self.projector_process:  # it starts (imports, schema, group) beside ours
+            self.projector_child = ProjectorProcess(self.settings)
+            await self.projector_child.spawn()
         # The embedded broker keeps nothing over a restart: processors make their events
         # durable before their outcomes, one at a time (streams/processor.py); a joined
         # `pit up` too, since the broker it writes to is as volatile.
@@ -227,8 +238,7 @@ class Stack:
             # Not run here: its topics and the positions it stores tell `drain_projector`.
             self.projector = make_projector(self.settings, self.engine, self.codec,
                                             observers=False)
-            self.projector_child = ProjectorProcess(self.settings)
-            await self.projector_child.start()
+            await self.projector_child.ready()
             running = self.projector_child.supervise(self.projector_stop)
         else:
             self.projector = make_projector(self.settings, self.engine, self.codec)

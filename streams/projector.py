@@ -219,13 +219,22 @@ class ProjectorProcess:
         return self.process.pid if self.process is not None else None
 
     async def start(self) -> None:
-        """Start a child and wait for its ready line; `PitError` if it exits or stays silent."""
+        """Start a child and wait until it is ready (`spawn`, `ready`)."""
+        await self.spawn()
+        await self.ready()
+
+    async def spawn(self) -> None:
+        """Start a child; `ready` waits for it."""
         # A session of its own: Ctrl-C in a terminal reaches `pit up` only, which stops the
         # child once it has drained it. Its stderr is ours: its errors show.
-        process = self.process = await asyncio.create_subprocess_exec(
+        self.process = await asyncio.create_subprocess_exec(
             *self.command(), env=self.environment(), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, start_new_session=True)
         self.started_at = time.monotonic()
+
+    async def ready(self) -> None:
+        """Wait for the child's ready line; `PitError` if it exits or stays silent."""
+        assert self.process is not None
         try:
             line = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT_S)
         except TimeoutError:
@@ -234,7 +243,7 @@ class ProjectorProcess:
                            ) from None
         if line is None:
             raise PitError(f"the projector process exited during start-up (code"
-                           f" {await process.wait()}); its error is above")
+                           f" {await self.process.wait()}); its error is above")
         self.metrics_url = line.removeprefix(READY)
         metrics.PROJECTED_SOURCE.attach(lambda: self._families)
         await self.scrape()

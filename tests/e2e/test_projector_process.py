@@ -1,5 +1,6 @@
 """`pit up`'s projector runs in a process of its own (streams/projector.py): killed, `pit up`
-starts another and the views catch up with nothing lost; `pit up` killed, it goes too."""
+starts another and the views catch up with nothing lost; `pit up` stopped, it is drained
+first; `pit up` killed, it goes too; unable to start, it is one clear error."""
 
 from __future__ import annotations
 
@@ -45,31 +46,44 @@ async def register(pit: Pit, model_id: str) -> None:
         assert (await client.pool.register_model(model_id, SENTIMENT, 50, 5)).accepted
 
 
-async def test_a_killed_projector_is_replaced_and_its_views_catch_up(tmp_path):
+async def test_a_killed_projector_is_replaced_and_a_ctrl_c_stops_pit_up_then_it(tmp_path):
+    """Killed, the projector is replaced and its views catch up. A terminal's Ctrl-C signals
+    the whole foreground process group: the projector, in a session of its own, must not take
+    it and leave before `pit up` has drained it."""
     pit = Pit(tmp_path / "pit")
     pit.data_dir.mkdir()
     pit.env["PIT_GROUP_SESSION_TIMEOUT_MS"] = "3000"  # the dead member's partitions move soon
-    await pit.start()
+    log = pit.data_dir / "pit-up-terminal.log"
+    with log.open("w") as stderr:
+        up = pit.up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up"],
+                                       env=pit.env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                       start_new_session=True)  # as a shell starts a job
     try:
-        assert pit.up is not None
-        (projector,) = children(pit.up.pid)
+        await until(lambda: answers(pit) and children(up.pid), 120, "pit up and its projector")
+        (projector,) = children(up.pid)
         await register(pit, "m-before")
         await until(lambda: "m-before" in models(pit), 30, "the view of the first model")
 
         os.kill(projector, signal.SIGKILL)
-        await until(lambda: children(pit.up.pid) not in ([], [projector]), 30,
+        await until(lambda: children(up.pid) not in ([], [projector]), 30,
                     "pit up to start another projector")
+        (projector,) = children(up.pid)
+        assert os.getpgid(projector) != os.getpgid(up.pid)  # the terminal's signal misses it
         await register(pit, "m-after")
         await until(lambda: "m-after" in models(pit), 60, "the new projector's view")
         assert "m-before" in models(pit)
         verified = pit.get("/audit/verify")
         assert verified["ok"], verified
+        await register(pit, "m-last")
     finally:
-        pit.signal(signal.SIGTERM)
+        os.killpg(up.pid, signal.SIGINT)
         await pit.ended()
-    assert pit.up.returncode == 0
-    log = "".join(path.read_text() for path in pit.data_dir.glob("pit-up-*.log"))
-    assert "the projector process exited unasked" in log
+    assert up.returncode == 0
+    assert not alive(projector)
+    assert log.read_text().count("the projector process exited unasked") == 1  # the kill
+    audit = subprocess.run([sys.executable, "-m", "streams.cli", "audit", "m-last"],
+                           env=pit.env, capture_output=True, text=True, timeout=60)
+    assert "ModelRegistered" in audit.stdout, audit  # drained before pit up stopped
 
 
 async def test_a_projector_goes_when_its_pit_up_is_killed(tmp_path):
@@ -93,30 +107,6 @@ async def test_a_projector_that_cannot_start_is_one_clear_error(tmp_path, capfd)
     said = capfd.readouterr().err.strip().splitlines()
     assert said[-1].startswith("pit: error: ") and "database" in said[-1]
     assert "Traceback" not in "\n".join(said)
-
-
-async def test_ctrl_c_in_a_terminal_stops_pit_up_and_then_its_projector(tmp_path):
-    """A terminal's Ctrl-C signals the whole foreground process group: the projector, in a
-    session of its own, must not take it and leave before `pit up` has drained it."""
-    pit = Pit(tmp_path / "pit")
-    pit.data_dir.mkdir()
-    log = pit.data_dir / "pit-up-terminal.log"
-    with log.open("w") as stderr:
-        up = pit.up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up"],
-                                       env=pit.env, stdout=subprocess.DEVNULL, stderr=stderr,
-                                       start_new_session=True)  # as a shell starts a job
-    await until(lambda: answers(pit) and children(up.pid), 120, "pit up and its projector")
-    (projector,) = children(up.pid)
-    assert os.getpgid(projector) != os.getpgid(up.pid)  # the terminal's signal misses it
-    await register(pit, "m-terminal")
-    os.killpg(up.pid, signal.SIGINT)
-    await pit.ended()
-    assert up.returncode == 0
-    assert not alive(projector)
-    assert "exited unasked" not in log.read_text()
-    audit = subprocess.run([sys.executable, "-m", "streams.cli", "audit", "m-terminal"],
-                           env=pit.env, capture_output=True, text=True, timeout=60)
-    assert "ModelRegistered" in audit.stdout, audit
 
 
 def answers(pit: Pit) -> bool:

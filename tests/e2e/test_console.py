@@ -58,7 +58,8 @@ class Console:
         from playwright.async_api import async_playwright
 
         settings = Settings.from_env(self.env)
-        self.stack = await Stack(settings, http_port=self.port, progress=False).start()
+        self.stack = await Stack(settings, http_port=self.port, progress=False,
+                                 projector_process=settings.projector_process).start()
         self.settings = self.stack.settings
         demo = await self.run("demo", timeout=240)
         assert demo.returncode == 0, demo.stderr[-2000:]

@@ -137,8 +137,10 @@ class Pit:
         self.data_dir = data_dir
 
     async def start(self, runners: int = 2, **runner_options) -> Pit:
+        # The projector in a process of its own, as `pit up` runs it: beside this
+        # process's processors and runners it would take the GIL they need.
         self.stack = await Stack(Settings(data_dir=self.data_dir), progress=False,
-                                 without={"host-monitor"}).start()
+                                 without={"host-monitor"}, projector_process=True).start()
         self.client = await PitClient(self.stack.settings, codec=self.stack.codec).start()
         self.runners = Runners(self.stack.settings, self.stack.codec, **runner_options)
         for n in range(runners):

@@ -209,7 +209,7 @@ async def test_a_timer_scheduled_before_a_restart_fires_after_it_once(tmp_path) 
 
 async def test_ten_thousand_timers_fire_in_due_order(tmp_path) -> None:
     count = 10_000
-    async with stack_on(tmp_path) as stack:
+    async with stack_on(tmp_path, projector_process=True) as stack:  # as `pit up` runs it
         await hot_model(stack)
         start = wall_ms() + 5_000  # every timer scheduled before the first is due
         due = {f"bulk/{i:05d}": start + random.Random(i).randrange(2_000) for i in range(count)}

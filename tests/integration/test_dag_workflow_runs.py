@@ -13,7 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
+from dataclasses import replace
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -56,7 +59,19 @@ def _long_text(words: list, times: int = 1) -> str:
     return " ".join(str(w) for w in words) * times
 
 
+# "held_then_return" nodes run until RELEASED is set: a crash finds them running, however
+# long the test takes to see them start (a loaded machine reads the log slowly).
+RELEASED = threading.Event()
+
+
+def _held_then_return(value: Any) -> Any:
+    RELEASED.wait(60)
+    return value
+
+
 OPERATORS.register("flaky_upper", _flaky, inputs={"value": "str"}, output="str", replace=True)
+OPERATORS.register("held_then_return", _held_then_return, inputs={"value": "any"},
+                   output="any", replace=True)
 OPERATORS.register("long_text", _long_text, inputs={"words": "list", "times": "int"},
                    output="str", replace=True)
 
@@ -186,8 +201,12 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
             break
         await asyncio.sleep(0.05)
     assert all(runner.assignment for runner in runners), "the group never gave both partitions"
-    # 60 nodes of 400 ms between a source and a sink: the crash finds some running on "doomed"
-    workflow = sleepy_dag(60, 400, name="wide-crash")
+    # 60 held nodes between a source and a sink: the crash finds some running on "doomed"
+    sleepy = sleepy_dag(60, 0, name="wide-crash")
+    workflow = replace(sleepy, nodes=tuple(
+        replace(node, operator="held_then_return", constants={})
+        if node.operator == "sleep_then_return" else node for node in sleepy.nodes))
+    RELEASED.clear()
     execution = await pit.client.dag.execute_workflow(workflow)
 
     async def some_started_on_doomed() -> bool:
@@ -197,8 +216,11 @@ async def test_a_runner_crashing_mid_workflow_loses_no_node_and_repeats_none(pit
         if await some_started_on_doomed():
             break
         await asyncio.sleep(0.05)
-    assert await some_started_on_doomed(), "no node ever started on the runner to crash"
-    await pit.stop("doomed", crash=True)
+    try:
+        assert await some_started_on_doomed(), "no node ever started on the runner to crash"
+        await pit.stop("doomed", crash=True)
+    finally:
+        RELEASED.set()
     result = await pit.client.dag.await_result(execution, timeout=40)
     assert result.ok and result.outputs == {"sink": {"out": 60}}, result
     events = await pit.events(execution)

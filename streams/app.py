@@ -26,7 +26,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
@@ -56,6 +55,7 @@ from streams.projector import (
     ProjectorProcess,
     drain,
     make_projector,
+    metrics_response,
     project,
     start_reader,
 )
@@ -282,9 +282,7 @@ class Stack:
     async def metrics_handler(self, _request: web.Request) -> web.Response:
         if self.projector_process and hasattr(self, "projector_child"):
             await self.projector_child.scrape()  # its figures as of now
-        response = web.Response(body=generate_latest())
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return response
+        return metrics_response()
 
     async def close(self) -> None:
         """Processors and services finish their batch, the projector drains, then everything

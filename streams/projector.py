@@ -39,7 +39,7 @@ from pathlib import Path
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from aiokafka import TopicPartition
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
@@ -81,7 +81,7 @@ async def start_reader(settings: Settings):
 
 
 async def project(projector, consumer, settings: Settings, stop: asyncio.Event) -> None:
-    """Run `projector` on an started consumer until `stop`; records no view can apply go to
+    """Run `projector` on a started consumer until `stop`; records no view can apply go to
     the dead-letter topic."""
     from projections.runtime import run
 
@@ -161,17 +161,25 @@ async def serve_metrics(port: int) -> str:
     """GET /metrics of the projector-fed metrics on 127.0.0.1 (`port` 0: a free one); the
     address."""
     async def handle(_request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(metrics.PROJECTED))
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return response
+        return metrics_response(metrics.PROJECTED)
 
+    try:
+        listening = socket.create_server(("127.0.0.1", port))
+    except OSError as exc:
+        raise PitError(f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}") from None
     app = web.Application()
     app.router.add_get("/metrics", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    listening = socket.create_server(("127.0.0.1", port))
     await web.SockSite(runner, listening).start()
     return f"http://127.0.0.1:{listening.getsockname()[1]}/metrics"
+
+
+def metrics_response(registry: CollectorRegistry = REGISTRY) -> web.Response:
+    """A /metrics answer: `registry` in Prometheus's text format."""
+    response = web.Response(body=generate_latest(registry))
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
 
 
 async def _parent_gone(parent: int) -> None:

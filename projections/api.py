@@ -83,7 +83,7 @@ from streams.sql import load_positions
 from streams.times import readable
 
 ENGINE = web.AppKey("engine", Engine)
-CLOCK = web.AppKey("clock", Callable[[], int])
+CLOCK = web.AppKey[Callable[[], int]]("clock")  # no class to pass: the type is subscripted
 PROJECTIONS = web.AppKey("projections", tuple[str, ...])  # the views', then the audit log
 REPLAYERS = web.AppKey("replayers", dict[str, tuple[Decider, Decider]])
 

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
@@ -50,6 +50,9 @@ from streams.artifacts.topics import ARTIFACT_EVENTS
 from streams.errors import DatabaseUnavailableError, PitError
 from streams.log import LogRecord
 from streams.sql import Long
+
+if TYPE_CHECKING:  # opened lazily, in _text
+    from streams.artifacts.storage import BlobBackend
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +252,7 @@ def resolve(engine: Engine, ref: str, store_id: str = "default") -> str:
 
 
 def lineage(engine: Engine, address: str, direction: str = "both"
-            ) -> dict[str, list[dict[str, str]]]:
+            ) -> dict[str, list[str] | list[dict[str, str]]]:
     """The lineage graph around `address`: its ancestors ("up"), descendants ("down") or
     both, as {"nodes": [...addresses], "edges": [{parent, child, relation}]}."""
     table = live_tables(ArtifactsView())["artifact_links"]
@@ -312,7 +315,7 @@ class ArtifactSearchView(View):
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
-        self._blobs = None
+        self._blobs: BlobBackend | None = None  # opened by the first text read
         self._opensearch = None
 
     def define(self, metadata: MetaData, suffix: str = "", token: str = "") -> dict[str, Table]:

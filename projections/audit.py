@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, or_, select
+from sqlalchemy import Connection, Engine, RowMapping, or_, select
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
@@ -56,7 +56,7 @@ class VerifyReport:
                 "more_problems": self.more}
 
 
-def _where(row: Mapping[str, Any]) -> str:
+def _where(row: RowMapping) -> str:
     return f"seq {row['seq']} ({row['topic']} partition {row['partition']} offset {row['offset']})"
 
 

@@ -91,14 +91,15 @@ _STATS = ("hits", "misses", "evictions", "loads", "load_failures", "load_time_to
 def _select(events: Sequence[tuple[Decoded, LogRecord]], wanted: frozenset[type[Message]]
             ) -> list[tuple[type[Message], dict[str, Any]]]:
     """The pool events of these types, as (type, decoded record): not parsed yet."""
-    selected, types = [], {}
+    selected: list[tuple[type[Message], dict[str, Any]]] = []
+    types: dict[str, type[Message] | None] = {}  # None: a type not wanted
     for decoded, _ in events:
         name = decoded.name
         if name not in types:
             event_type = POOL.event_type(name)
             types[name] = event_type if event_type in wanted else None
-        if types[name] is not None:
-            selected.append((types[name], decoded.record))
+        if (wanted_type := types[name]) is not None:
+            selected.append((wanted_type, decoded.record))
     return selected
 
 
@@ -416,7 +417,9 @@ class PoolHealthView(View):
 
     def apply_batch(self, conn: Connection, tables: dict[str, Table],
                     events: Sequence[tuple[Decoded, LogRecord]]) -> None:
-        parsed = _parse(events, _HEALTH_EVENTS)
+        # always true: narrows the events to the two types _parse was asked for
+        parsed = [(event, envelope) for event, envelope in _parse(events, _HEALTH_EVENTS)
+                  if isinstance(event, HealthRecorded | ModelLoaded)]
         if not parsed:
             return
         current = Rows(tables["pool_health"], ("pool_id", "model_id"))
@@ -490,7 +493,7 @@ def pool_status(engine: Engine, pool_id: str = DEFAULT_POOL, *, recent: int = 10
         if pool is None:
             return None
         hosts = _hosts(conn, tables, pool_id)
-        by_state = Counter(dict(conn.execute(
+        by_state: Counter[str] = Counter(dict(conn.execute(
             select(models.c.state, func.count()).where(models.c.pool_id == pool_id)
             .group_by(models.c.state)).all()))
         placed = [_without_pool(row) for row in conn.execute(

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from streams.errors import InvalidRecordError
 
 S = TypeVar("S")
+M = TypeVar("M", bound="Message")
 V = TypeVar("V")
 
 
@@ -157,7 +158,7 @@ def unknown_fields(cls: type[Message], record: Mapping[str, Any],
                                      f"(known: {', '.join(known)})")
 
 
-def from_record(cls: type[Message], record: dict[str, Any]) -> Message:
+def from_record(cls: type[M], record: dict[str, Any]) -> M:
     """The message of a codec dict; `InvalidRecordError` on a field it does not have."""
     values = {name: record[name] for name in _FIELD_NAMES[cls] if name in record}
     if len(values) != len(record) - sum(name in record for name in _FRAMING):

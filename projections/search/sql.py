@@ -190,7 +190,8 @@ class SqlSearch:
         """The same index written and read on `conn` (a projection's transaction)."""
         return type(self)(conn, prefix=self.prefix)
 
-    def _content_columns(self) -> list[Column]:
+    def _content_columns(self) -> list[Column | Index]:
+        """The docs table's text columns, with any index over them."""
         return []
 
     def _q(self, name: str) -> str:
@@ -621,7 +622,7 @@ class PostgresSearch(SqlSearch):
                  "setweight(to_tsvector('simple', :metadata_words), 'B') || "
                  "setweight(to_tsvector('simple', :text_words), 'C')")
 
-    def _content_columns(self) -> list[Column]:
+    def _content_columns(self) -> list[Column | Index]:
         return [Column("text", Text, nullable=False),
                 Column("metadata", Text, nullable=False),
                 Column("document", TSVECTOR, nullable=False),

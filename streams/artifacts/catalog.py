@@ -49,7 +49,8 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypedDict
 
 from streams.artifacts.errors import ArtifactError
 from streams.artifacts.quality import Quality, quality, strict_json
@@ -531,12 +532,20 @@ def _validate_store(state: CatalogState, c: StoreArtifact) -> dict[str, Any]:
     return metadata
 
 
+class _ThisStore(TypedDict):
+    """The fields of a catalog event that come from this store, not from the entry."""
+    address: str
+    creator: str
+    execution_id: str
+    node_id: str
+
+
 def _on_store(d: _Decision, c: StoreArtifact) -> None:
     metadata = _validate_store(d.state, c)
     existing = d.state.artifacts.get(c.address)
     tags = sorted(set(c.tags))
-    this = {"address": c.address, "creator": c.creator, "execution_id": c.execution_id,
-            "node_id": c.node_id}
+    this: _ThisStore = {"address": c.address, "creator": c.creator,
+                        "execution_id": c.execution_id, "node_id": c.node_id}
     if existing is None:
         d.emit(ArtifactStored(
             **this, size=c.size, content_type=c.content_type, tags=tags,
@@ -636,5 +645,5 @@ ARTIFACTS = Decider(
     initial_state=initial_state,
     decide=decide,
     evolve=evolve,
-    entity_of=lambda command: command.store_id,
+    entity_of=attrgetter("store_id"),  # every command is a _StoreCommand
 )

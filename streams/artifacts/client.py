@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from sqlalchemy import Engine
 
@@ -39,7 +39,7 @@ from streams.artifacts.catalog import (
 )
 from streams.artifacts.diff import metadata_diff, text_diff
 from streams.artifacts.errors import ArtifactError, ArtifactNotFoundError
-from streams.artifacts.quality import structure
+from streams.artifacts.quality import Structure, structure
 from streams.artifacts.settings import ArtifactSettings
 from streams.artifacts.storage import BlobBackend, Stored, artifact_store
 from streams.errors import BrokerUnavailableError
@@ -149,15 +149,14 @@ class ArtifactOps:
                     node_id: str = "", store_id: str = DEFAULT_STORE,
                     timeout: float = 30.0) -> StoredArtifact:
         """Store `content` (bytes, or a file path: streamed) with its metadata."""
-        path = None if isinstance(content, bytes) else Path(content)
-        if path is not None and not path.is_file():
-            raise ArtifactError(f"no such file: {path}")
+        source = content if isinstance(content, bytes) else Path(content)
+        if isinstance(source, Path) and not source.is_file():
+            raise ArtifactError(f"no such file: {source}")
         if content_type is None:
-            guessed = mimetypes.guess_type(path.name)[0] if path is not None else None
+            guessed = mimetypes.guess_type(source.name)[0] if isinstance(source, Path) else None
             content_type = guessed or DEFAULT_CONTENT_TYPE
         parents = [await self.resolve(ref, store_id) for ref in derived_from]
-        stored, checked = await asyncio.to_thread(self._write, content, path, content_type,
-                                                  schema)
+        stored, checked = await asyncio.to_thread(self._write, source, content_type, schema)
         command = StoreArtifact(
             stored.address, stored.size, content_type, name, message, list(tags),
             creator if creator is not None else self.client.issued_by,
@@ -170,14 +169,14 @@ class ArtifactOps:
         await self._visible(stored.address, outcome.decided_at)
         return StoredArtifact(stored.address, stored.size, stored.newly_stored, name)
 
-    def _write(self, content: bytes, path: Path | None, content_type: str,
-               schema: dict[str, Any] | None):
-        if path is not None and path.stat().st_size <= STRUCTURE_LIMIT:
-            content = path.read_bytes()  # read once: checked and stored from memory
-        elif path is not None:  # too large to check: streamed, never whole in memory
-            with path.open("rb") as f:
+    def _write(self, source: bytes | Path, content_type: str, schema: dict[str, Any] | None
+               ) -> tuple[Stored, Structure | None]:
+        if isinstance(source, Path) and source.stat().st_size <= STRUCTURE_LIMIT:
+            source = source.read_bytes()  # read once: checked and stored from memory
+        elif isinstance(source, Path):  # too large to check: streamed, never whole in memory
+            with source.open("rb") as f:
                 return self.backend.store(f), None
-        return self.backend.store(content), structure(content, content_type, schema)
+        return self.backend.store(source), structure(source, content_type, schema)
 
     async def _visible(self, address: str, decided_at: int) -> None:
         """Until the `artifacts` view shows the store decided at `decided_at` (so a read
@@ -185,7 +184,7 @@ class ArtifactOps:
         may be elsewhere or behind: the store itself has succeeded)."""
         def shown() -> bool:
             entry = views.artifact(self.engine, address)
-            return bool(entry) and entry["updated_at_ms"] >= decided_at
+            return bool(entry and entry["updated_at_ms"] >= decided_at)
 
         deadline = time.monotonic() + VISIBLE_TIMEOUT_S
         while time.monotonic() < deadline and not await asyncio.to_thread(shown):
@@ -212,11 +211,19 @@ class ArtifactOps:
             return ref
         return await asyncio.to_thread(views.resolve, self.engine, ref, store_id)
 
+    @overload
+    async def retrieve(self, ref: str, *, to: None = None,
+                       store_id: str = DEFAULT_STORE) -> bytes: ...
+    @overload
+    async def retrieve(self, ref: str, *, to: str | os.PathLike,
+                       store_id: str = DEFAULT_STORE) -> Path: ...
+
     async def retrieve(self, ref: str, *, to: str | os.PathLike | None = None,
                        store_id: str = DEFAULT_STORE) -> bytes | Path:
         """The content `ref` names, verified; written to the file `to` (streamed, atomic)
         when given, and then its path is returned."""
         address = await self.resolve(ref, store_id)
+        data: bytes | Path
         if to is None:
             data = await asyncio.to_thread(self.backend.get, address)
         else:

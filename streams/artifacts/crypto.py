@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, TypeGuard
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -347,13 +347,19 @@ def rotate(store: EncryptedStore, new_keyring: Keyring) -> int:
     return count
 
 
+def _seekable(source: Source) -> TypeGuard[BinaryIO]:
+    """A file-like source that can go back to where it was (no spool needed)."""
+    seekable = getattr(source, "seekable", None)
+    return callable(seekable) and bool(seekable())
+
+
 @contextmanager
 def _replayable(source: Source) -> Iterator[tuple[str, int, Callable[[], Iterator[bytes]]]]:
     """The address and size of `source`, and a way to read it again from its start."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         yield address_of(data), len(data), lambda: iter((data,))
-    elif callable(getattr(source, "seekable", None)) and source.seekable():
+    elif _seekable(source):
         start = source.tell()
         hashed = HashedChunks(chunks_of(source))
         for _ in hashed:

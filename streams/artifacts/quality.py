@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +82,7 @@ def utf8_error(content: bytes) -> str | None:
 
 
 def structure(content: bytes, content_type: str,
-              schema: Mapping[str, Any] | None = None) -> Structure:
+              schema: dict[str, Any] | None = None) -> Structure:
     """Check `content` against its content type (and JSON content against `schema`).
 
     Raises ArtifactError when `schema` is not a valid JSON schema."""
@@ -110,7 +109,7 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
-def _json_structure(text: str, schema: Mapping[str, Any] | None) -> Structure:
+def _json_structure(text: str, schema: dict[str, Any] | None) -> Structure:
     try:
         document = strict_json(text)
     except ValueError as exc:
@@ -125,7 +124,7 @@ def _json_structure(text: str, schema: Mapping[str, Any] | None) -> Structure:
     return Structure(SCHEMA_MISMATCH, "json", issues)
 
 
-def _validator(schema: Mapping[str, Any]) -> Any:
+def _validator(schema: dict[str, Any]) -> Any:
     # Imported here: jsonschema takes ~0.1 s to import, and the decider importing this
     # module never validates a schema (the client does).
     from jsonschema import exceptions, validators

@@ -190,6 +190,7 @@ class ProcessorRun:
         outputs = self.live.handle([record])
         offsets = self.append(out for out in outputs if landed is None or landed(out))
         for out in outputs:
+            assert out.value is not None  # a command's outputs are records, never tombstones
             decoded = self.codec.decode(out.value)
             if decoded.name == NodeScheduled.avro_name:
                 self.tasks.append(from_record(NodeScheduled, decoded.record))
@@ -420,7 +421,9 @@ class ExecutionWatch:
 
     async def end(self, timeout_s: float) -> WorkflowResult:
         await self.until(lambda watch: watch.result is not None, timeout_s, "end")
-        return self.result
+        result = self.result
+        assert result is not None  # what `until` waited for
+        return result
 
 
 class Runners:

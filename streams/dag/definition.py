@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import yaml
 
@@ -799,6 +799,15 @@ def workflow_from_yaml(text: str | bytes) -> Workflow:
 # --- building in Python ----------------------------------------------------------------------
 
 
+class _BuilderSettings(TypedDict):
+    """The `Workflow` fields a builder is given up front."""
+    name: str
+    timeout_ms: int | None
+    max_concurrency: int | None
+    default_recovery: Recovery
+    checkpoint_every: int
+
+
 class WorkflowBuilder:
     """`WorkflowBuilder("w").operator("a", "identity", constants={"value": 1})
     .operator("b", "add", constants={"b": 2}).edge("a", "b.a").build()`; the node methods take
@@ -807,10 +816,10 @@ class WorkflowBuilder:
     def __init__(self, name: str, *, timeout_ms: int | None = None,
                  max_concurrency: int | None = None, recovery: Recovery | None = None,
                  checkpoint_every: int = 0) -> None:
-        self._settings = {"name": name, "timeout_ms": timeout_ms,
-                          "max_concurrency": max_concurrency,
-                          "default_recovery": recovery or Recovery(),
-                          "checkpoint_every": checkpoint_every}
+        self._settings: _BuilderSettings = {"name": name, "timeout_ms": timeout_ms,
+                                            "max_concurrency": max_concurrency,
+                                            "default_recovery": recovery or Recovery(),
+                                            "checkpoint_every": checkpoint_every}
         self._nodes: list[Node] = []
         self._edges: list[Edge] = []
 
@@ -1424,10 +1433,12 @@ def layered_dag(count: int, *, seed: int, layers: int = 10, max_fan_in: int = 3,
     layers = max(1, min(layers, count))
     ids = _ids(count)
     layer_of = sorted(list(range(layers)) + [rng.randrange(layers) for _ in range(count - layers)])
-    first = {}  # layer -> its first node, so nodes first[l-1]..first[l]-1 are layer l-1
+    # layer -> its first node, so nodes first[l-1]..first[l]-1 are layer l-1
+    first: dict[int, int] = {}
     for k, layer in enumerate(layer_of):
         first.setdefault(layer, k)
-    nodes, edges = [], []
+    nodes: list[Node] = []
+    edges: list[Edge] = []
     for k, node_id in enumerate(ids):
         layer = layer_of[k]
         if layer == 0:

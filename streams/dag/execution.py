@@ -184,7 +184,7 @@ class PVec:
             return NotImplemented
         return self._len == other._len and self._chunks == other._chunks
 
-    __hash__ = None
+    # Unhashable: defining __eq__ without __hash__ sets __hash__ to None.
 
     def __repr__(self) -> str:
         return f"PVec({list(self)!r})"
@@ -202,6 +202,7 @@ def _meld(a: _Heap, b: _Heap) -> _Heap:
     if b[0] < a[0]:
         a, b = b, a
     left, right = a[2], _meld(a[3], b)
+    assert right is not None  # melding with a heap (b) gives a heap
     if left is None or left[1] < right[1]:
         left, right = right, left
     return (a[0], (right[1] if right is not None else 0) + 1, left, right)
@@ -264,7 +265,7 @@ class ReadyQueue:
             return NotImplemented
         return self.size == other.size and self.keys() == other.keys()
 
-    __hash__ = None
+    # Unhashable: defining __eq__ without __hash__ sets __hash__ to None (eq=False keeps it).
 
 
 # --- the plan: static facts of one definition -----------------------------------------------
@@ -330,7 +331,7 @@ class Plan:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and other.definition_hash == self.definition_hash
 
-    __hash__ = None
+    # Unhashable: defining __eq__ without __hash__ sets __hash__ to None (eq=False keeps it).
 
 
 class Definitions:
@@ -739,10 +740,12 @@ class ExecutionState:
         return counts[COMPLETED] + counts[FALLBACK] + counts[SKIPPED]
 
     def node(self, node_id: str) -> NodeRun:
+        assert self.plan is not None  # a started execution has its plan
         return self.nodes[self.plan.index[node_id]]
 
     def overrides(self, i: int) -> dict[str, Any]:
         """The execution's input values for node i."""
+        assert self.plan is not None  # a started execution has its plan
         prefix = self.plan.ids[i] + "."
         return {key[len(prefix):]: value for key, value in _inputs(self.inputs).items()
                 if key.startswith(prefix)}
@@ -763,10 +766,14 @@ class _Change:
     """The changes one event makes, gathered and applied at once (`state()`): the node runs
     it touches, with status counts, slots and pool usage kept in step."""
 
-    __slots__ = ("counts", "fields", "pools", "runs", "s", "slots")
+    __slots__ = ("counts", "fields", "plan", "pools", "runs", "s", "slots")
 
     def __init__(self, s: ExecutionState) -> None:
-        self.s, self.runs, self.fields = s, {}, {}
+        assert s.plan is not None  # node events come after the start, which set the plan
+        self.s = s
+        self.plan: Plan = s.plan
+        self.runs: dict[int, NodeRun] = {}
+        self.fields: dict[str, object] = {}  # ExecutionState fields to replace
         self.pools: list[PoolRun] | None = None
         self.counts: list[int] | None = None
         self.slots = s.slots
@@ -782,7 +789,7 @@ class _Change:
                 self.counts = list(self.s.counts)
             self.counts[old.status] -= 1
             self.counts[run.status] += 1
-            plan = self.s.plan
+            plan = self.plan
             if (old.status in IN_FLIGHT) != (run.status in IN_FLIGHT):
                 sign = 1 if run.status in IN_FLIGHT else -1
                 self.slots += sign
@@ -814,7 +821,7 @@ class _Change:
         self.put(i, run)
         output = run.output
         targets = []
-        for target, name in self.s.plan.outputs[i]:
+        for target, name in self.plan.outputs[i]:
             t = self.run(target)
             live = t.live + (output is not None and output_value(output, name) is not _MISSING)
             self.runs[target] = copy_with(t, remaining=t.remaining - 1, live=live)
@@ -856,6 +863,7 @@ def _observed(durations: tuple[tuple[str, int, int], ...], kind: str,
 def _ended(s: ExecutionState, status: ExecutionStatus, at_ms: int,
            error: str = "") -> ExecutionState:
     """The execution ends: what has not finished is cancelled, nothing holds a slot."""
+    assert s.plan is not None  # a running execution has its plan
     ended = copy_with(s, status=status, ended_at=at_ms, error=error)
     if s.done == s.plan.size:
         return ended  # completed: every node is resolved already
@@ -868,6 +876,7 @@ def _rebuilt(s: ExecutionState, runs: list[NodeRun]) -> ExecutionState:
     """`s` with node runs whose statuses and outputs are given: the counters, ready queues,
     slots and pool usage that evolve keeps step by step, recounted (restore and restart)."""
     plan = s.plan
+    assert plan is not None  # set before the node runs are (re)built
     counts = [0] * len(NodeStatus)
     ready: list[list[Key]] = [[] for _ in POOLS]
     used = [[0, 0] for _ in POOLS]
@@ -919,7 +928,9 @@ def _started(s: ExecutionState, e: ExecutionStarted, at_ms: int,
 def _restarted(s: ExecutionState, e: ExecutionRestarted) -> ExecutionState:
     """Back to the base: what was recorded there stays, the rest runs again with new
     attempt numbers; observed durations are kept (they were observed)."""
-    base, failed = s.base, s.plan.index[e.node_id]
+    base, plan = s.base, s.plan
+    assert base is not None and plan is not None  # both set when the execution started
+    failed = plan.index[e.node_id]
     runs = []
     for i, (now, then) in enumerate(zip(s.nodes, base.nodes, strict=True)):
         status = then.status if then.status in RESOLVED else P
@@ -940,7 +951,7 @@ def evolve(state: ExecutionState, event: Message, at_ms: int,
 
 def _on_scheduled(s: ExecutionState, e: NodeScheduled, at_ms: int) -> ExecutionState:
     change = _Change(s)
-    i = s.plan.index[e.node_id]
+    i = change.plan.index[e.node_id]
     run = change.run(i)
     change.put(i, copy_with(run, status=SCHEDULED, attempt=e.attempt, tries=run.tries + 1,
                         scheduled_at=at_ms, started_at=0))
@@ -949,24 +960,24 @@ def _on_scheduled(s: ExecutionState, e: NodeScheduled, at_ms: int) -> ExecutionS
 
 def _on_started(s: ExecutionState, e: NodeStarted, at_ms: int) -> ExecutionState:
     change = _Change(s)
-    i = s.plan.index[e.node_id]
+    i = change.plan.index[e.node_id]
     change.put(i, copy_with(change.run(i), status=RUNNING, started_at=at_ms, runner=e.runner))
     return change.state()
 
 
 def _on_completed(s: ExecutionState, e: NodeCompleted, at_ms: int) -> ExecutionState:
     change = _Change(s)
-    i = s.plan.index[e.node_id]
+    i = change.plan.index[e.node_id]
     output = _parse_output(e.output, e.output_hash, e.branch_taken)
     change.resolve(i, copy_with(change.run(i), status=COMPLETED, output=output))
     change.fields.update(since_checkpoint=s.since_checkpoint + 1, durations=_observed(
-        s.durations, s.plan.node(i).kind.value, e.duration_ms))
+        s.durations, change.plan.node(i).kind.value, e.duration_ms))
     return change.state()
 
 
 def _on_failed(s: ExecutionState, e: NodeFailed, at_ms: int) -> ExecutionState:
     change = _Change(s)
-    i = s.plan.index[e.node_id]
+    i = change.plan.index[e.node_id]
     error = f"{e.error_type}: {e.message}" if e.message else e.error_type
     change.put(i, copy_with(change.run(i), status=FAILED, error=error))
     return change.state()
@@ -974,14 +985,14 @@ def _on_failed(s: ExecutionState, e: NodeFailed, at_ms: int) -> ExecutionState:
 
 def _on_retry(s: ExecutionState, e: NodeRetryScheduled, at_ms: int) -> ExecutionState:
     change = _Change(s)
-    i = s.plan.index[e.node_id]
+    i = change.plan.index[e.node_id]
     change.put(i, copy_with(change.run(i), status=RETRYING))
     return change.state()
 
 
 def _on_skipped(s: ExecutionState, e: NodeSkipped, at_ms: int) -> ExecutionState:
     change = _Change(s)
-    i = s.plan.index[e.node_id]
+    i = change.plan.index[e.node_id]
     output = json.loads(e.output) if e.output else None
     change.resolve(i, copy_with(change.run(i), status=SKIPPED, output=output))
     return change.state()
@@ -989,7 +1000,7 @@ def _on_skipped(s: ExecutionState, e: NodeSkipped, at_ms: int) -> ExecutionState
 
 def _on_fallback(s: ExecutionState, e: FallbackUsed, at_ms: int) -> ExecutionState:
     change = _Change(s)
-    i = s.plan.index[e.node_id]
+    i = change.plan.index[e.node_id]
     output = (json.loads(e.output) if e.output
               else {OUT: Ref(e.output_hash, tuple(e.output_path))})
     change.resolve(i, copy_with(change.run(i), status=FALLBACK, output=output))
@@ -1047,6 +1058,7 @@ def snapshot(s: ExecutionState, checkpoint: int) -> bytes:
     """What evolve cannot derive, as of checkpoint number `checkpoint`: the definition (when
     it travels inline), the settings, and every node that has left its blank state."""
     plan = s.plan
+    assert plan is not None  # a started execution has its plan
     nodes = []
     for i, run in enumerate(s.nodes):
         if run.status is P and run.attempt == 0 and run.restarts == 0:
@@ -1148,6 +1160,7 @@ def _timer(s: ExecutionState, timer_id: str, due_at: int) -> TimerScheduled:
 
 
 def _node_timer(s: ExecutionState, i: int, purpose: str, attempt: int) -> str:
+    assert s.plan is not None  # a running execution has its plan
     return f"{s.execution_id}/{s.plan.ids[i]}/{purpose}/{attempt}"
 
 
@@ -1233,6 +1246,7 @@ def _report(d: _Decision, c: Any, *statuses: NodeStatus) -> int | None:
         raise Rejection(f"unknown execution {c.execution_id!r}")
     if not s.running:
         return None  # an ended execution may be held as its `final` record, without nodes
+    assert s.plan is not None  # a running execution has its plan
     i = s.plan.index.get(c.node_id)
     if i is None:
         raise Rejection(f"execution {c.execution_id} has no node {c.node_id!r}")
@@ -1296,6 +1310,7 @@ def _on_report_completed(d: _Decision, c: ReportNodeCompleted) -> None:
     if i is None:
         return
     s = d.state
+    assert s.plan is not None  # a running execution has its plan
     problem = _output_problem(s.plan.node(i), c)
     if problem:
         _failed(d, i, INVALID_OUTPUT, problem, False, c.duration_ms, c.runner)
@@ -1320,6 +1335,7 @@ def _on_report_failed(d: _Decision, c: ReportNodeFailed) -> None:
 def _failed(d: _Decision, i: int, error_type: str, message: str, retryable: bool,
             duration_ms: int, runner: str = "", timed_out: bool = False) -> None:
     s = d.state
+    assert s.plan is not None  # a running execution has its plan
     run = s.nodes[i]
     d.emit(NodeFailed(s.execution_id, s.plan.ids[i], run.attempt, error_type, message,
                       retryable, duration_ms, runner))
@@ -1330,12 +1346,14 @@ def _failed(d: _Decision, i: int, error_type: str, message: str, retryable: bool
 
 def _cancel_timeout(d: _Decision, i: int, attempt: int) -> None:
     s = d.state
+    assert s.plan is not None  # a running execution has its plan
     if s.plan.node(i).timeout_ms:
         d.emit(cancel_timer(_node_timer(s, i, "timeout", attempt), "attempt ended"))
 
 
 def _recover(d: _Decision, i: int, error_type: str, message: str, retryable: bool) -> None:
     s = d.state
+    assert s.plan is not None  # a running execution has its plan
     rec, run = s.plan.recovery(i), s.nodes[i]
     strategy = rec.strategy
     if strategy == Strategy.RETRY:
@@ -1367,6 +1385,7 @@ def _fall_back(d: _Decision, i: int) -> None:
     """Complete node i with its fallback: a value, or its fallback node's output once that
     node has one (until then node i waits, Failed)."""
     s = d.state
+    assert s.plan is not None  # a running execution has its plan
     rec, node_id = s.plan.recovery(i), s.plan.ids[i]
     f = s.plan.fallback_to[i]
     if f < 0:
@@ -1391,6 +1410,7 @@ def _fall_back(d: _Decision, i: int) -> None:
 
 def _fail_execution(d: _Decision, i: int, error_type: str, message: str) -> None:
     s = d.state
+    assert s.plan is not None  # a running execution has its plan
     _cancel_timers(d)
     d.emit(ExecutionFailed(s.execution_id, s.plan.ids[i], error_type, message))
 
@@ -1399,6 +1419,7 @@ def _cancel_timers(d: _Decision, *, workflow: bool = True) -> None:
     """Cancel the node timers still pending, and the workflow's unless told not to."""
     s = d.state
     if s.slots:
+        assert s.plan is not None  # nodes in flight: it is running, with its plan
         for i, run in enumerate(s.nodes):
             if run.status is RETRYING:
                 d.emit(cancel_timer(_node_timer(s, i, "retry", run.attempt), "not needed"))
@@ -1423,6 +1444,7 @@ def _on_timer(d: _Decision, c: TimerFired) -> None:
         d.emit(ExecutionTimedOut(s.execution_id, s.timeout_ms))
         return
     node_id, purpose, attempt = [*rest.split("/"), "", ""][:3]
+    assert s.plan is not None  # a running execution has its plan
     i = s.plan.index.get(node_id)
     if i is None or purpose not in ("timeout", "retry") or not attempt.isdigit():
         raise Rejection(f"timer {c.timer_id!r} names no node timeout or retry")
@@ -1459,6 +1481,7 @@ def _advance(d: _Decision) -> None:
     while d.resolved and d.state.running:
         i = d.resolved.pop()
         plan = d.state.plan
+        assert plan is not None  # a running execution has its plan
         for t in plan.targets[i]:
             run = d.state.nodes[t]
             if run.status is P and run.remaining == 0 and run.live == 0:
@@ -1472,6 +1495,7 @@ def _advance(d: _Decision) -> None:
         return
     _schedule(d)
     s = d.state
+    assert s.plan is not None  # a running execution has its plan
     if s.done == s.plan.size:
         _complete(d)
     elif s.checkpoint_every and s.since_checkpoint >= s.checkpoint_every:
@@ -1482,6 +1506,7 @@ def _schedule(d: _Decision) -> None:
     """Dispatch ready nodes, best first, while slots and their pool's resources allow."""
     s = d.state
     plan = s.plan
+    assert plan is not None  # a running execution has its plan
     while s.slots < s.max_concurrency:
         best = None
         for pool in s.pools:
@@ -1501,6 +1526,7 @@ def _schedule(d: _Decision) -> None:
 def _dispatch(d: _Decision, i: int) -> None:
     s = d.state
     plan, run = s.plan, s.nodes[i]
+    assert plan is not None  # a running execution has its plan
     node = plan.node(i)
     inputs = {**node.constants, **s.overrides(i)} if s.inputs != "{}" else dict(node.constants)
     refs = {}
@@ -1541,6 +1567,7 @@ def _spec(node: Node) -> str:
 def _complete(d: _Decision) -> None:
     s = d.state
     plan = s.plan
+    assert plan is not None  # a running execution has its plan
     outputs = {}
     for i in plan.sinks:
         output = s.nodes[i].output
@@ -1615,6 +1642,7 @@ def status(s: ExecutionState, now_ms: int) -> Progress:
     if not s.running and s.status is not ExecutionStatus.NEW:
         eta = 0
     elif observed:
+        assert plan is not None  # durations are observed on the nodes of its plan
         overall = busy / observed
         remaining: dict[str, int] = {}
         for i, run in enumerate(s.nodes):

@@ -371,29 +371,32 @@ class NodeExecutor:
         """The model allocated for the node's calls; released after them whatever happened,
         also when the allocation itself failed or the deadline cut it short (a request still
         queued would otherwise pin the model)."""
-        if self.models is None:
+        models = self.models
+        if models is None:
             raise TaskError("NoModels", "this runner has no Pool Manager client")
         request_id = f"{task.task_id}/{uuid.uuid4().hex[:8]}"
         try:
             # An execution with a tenant has its allocations arbitrated, at the node's priority.
-            yield await self.models.allocate_model(
+            yield await models.allocate_model(
                 model, task.task_id, request_id=request_id, workflow_id=task.execution_id,
                 timeout=remaining_s or MODEL_TIMEOUT_S, tenant=task.tenant or None,
                 priority=task.priority if task.tenant else None)
         finally:
-            await asyncio.shield(self._release(request_id))  # a cancelled node releases too
+            await asyncio.shield(self._release(models, request_id))  # a cancelled node releases too
 
-    async def _release(self, request_id: str) -> None:
+    async def _release(self, models: Models, request_id: str) -> None:
         try:
-            await self.models.release_model(request_id)  # refused if it never began: fine
+            await models.release_model(request_id)  # refused if it never began: fine
         except PitError as exc:
             log.warning("could not release allocation %s: %s", request_id, exc)
 
     async def _infer(self, allocation: Any, inputs: dict, params: dict,
                      remaining_s: float | None) -> Any:
+        models = self.models
+        assert models is not None  # `allocation` came from it (_allocated)
         payload = next(iter(inputs.values())) if len(inputs) == 1 else inputs
-        return await self.models.infer(allocation, payload, params=params or None,
-                                       timeout=remaining_s or MODEL_TIMEOUT_S)
+        return await models.infer(allocation, payload, params=params or None,
+                                  timeout=remaining_s or MODEL_TIMEOUT_S)
 
     async def _map(self, task: Task, inputs: dict, remaining_s: float | None) -> list:
         items = inputs.pop(ITEMS, None)
@@ -473,6 +476,7 @@ class KafkaReporter:
                 "issued_by": f"pit-runner/{self.runner_id}",
                 "correlation_id": task.correlation_id or None}
         value = self.codec.encode(command.avro_name, {"meta": meta, **to_record(command)})
+        assert self.producer is not None, "KafkaReporter used before start()"
         await self.producer.send_and_wait(DAG_COMMANDS, value, key=task.execution_id.encode(),
                                           headers=list(headers) or None)
 
@@ -483,6 +487,7 @@ class KafkaReporter:
     async def finished(self, task: Task, result: Result,
                        headers: Sequence[tuple[str, bytes]] = ()) -> None:
         ids = (task.execution_id, task.node_id, task.attempt)
+        report: ReportNodeCompleted | ReportNodeFailed
         if isinstance(result, Completed):
             report = ReportNodeCompleted(*ids, result.output, result.output_hash,
                                          result.branch_taken, result.duration_ms,
@@ -721,9 +726,15 @@ class Runner:
         """Stop draining now (a second signal): running tasks are abandoned."""
         self._forced.set()
 
+    @property
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop `run` runs on: the Kafka thread's callbacks hand their work to it."""
+        assert self._loop is not None, "the runner is not running"
+        return self._loop
+
     def _on_kafka(self, call: Callable, *args) -> asyncio.Future:
         """Every consumer call runs on the one Kafka thread, so none overlaps another."""
-        return self._loop.run_in_executor(self._kafka, call, *args)
+        return self._event_loop.run_in_executor(self._kafka, call, *args)
 
     # --- the group (on the Kafka thread) ----------------------------------------------------
 
@@ -774,7 +785,7 @@ class Runner:
         then goes on and reports, but its offset is the new owner's, who runs it again."""
         revoked = {(p.topic, p.partition) for p in partitions}
         self.assignment -= revoked
-        handover = asyncio.run_coroutine_threadsafe(self._let_go(revoked), self._loop)
+        handover = asyncio.run_coroutine_threadsafe(self._let_go(revoked), self._event_loop)
         try:
             positions = handover.result(self.revoke_wait_s + 5)
         except TimeoutError:
@@ -788,7 +799,7 @@ class Runner:
     def _lost(self, _consumer, partitions) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
         self.assignment -= lost
-        self._loop.call_soon_threadsafe(self.offsets.forget, lost)
+        self._event_loop.call_soon_threadsafe(self.offsets.forget, lost)
 
     def _commit_now(self, positions: dict[Partition, int]) -> set[Partition]:
         consumer = self._consumer
@@ -1020,7 +1031,8 @@ class Runner:
                       f"{len(self.running)} running task(s)")
             forced = asyncio.ensure_future(self._forced.wait())
             everything = asyncio.gather(*self.running, return_exceptions=True)
-            await asyncio.wait([forced, everything], timeout=self.drain_timeout_s,
+            # a tuple: a list of the two would type them as their join, `object`
+            await asyncio.wait((forced, everything), timeout=self.drain_timeout_s,
                                return_when=asyncio.FIRST_COMPLETED)
             forced.cancel()
         abandoned = list(self.running)

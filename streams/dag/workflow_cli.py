@@ -148,6 +148,7 @@ async def submit(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         progress, result = await _watch(workflows, execution_id, _Lines(sys.stderr),
                                         args.interval)
+    assert result is not None  # followed until it ended
     print(_as_json(progress, result) if args.json else result_line(result))
     return 0 if result.ok else 2
 

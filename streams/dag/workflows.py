@@ -28,11 +28,12 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.config import Settings
@@ -50,6 +51,7 @@ from streams.dag.execution import (
     ExecutionStarted,
     ExecutionState,
     ExecutionStatus,
+    ExecutionTimedOut,
     Progress,
     StartExecution,
     evolve,
@@ -100,6 +102,7 @@ class WorkflowResult:
         elif isinstance(event, ExecutionCancelled):
             error = event.reason or "cancelled"
         else:
+            assert isinstance(event, ExecutionTimedOut), event  # ENDS: these four
             error = f"timed out after {event.timeout_ms} ms"
         return cls(event.execution_id, ENDS[type(event)], outputs, error, at_ms, duration)
 
@@ -113,7 +116,7 @@ def load_workflow(definition: Workflow | Mapping | str | os.PathLike) -> Workflo
     if isinstance(definition, Mapping):
         return workflow_from_dict(definition)
     if isinstance(definition, str | os.PathLike):
-        return read_workflow_file(definition)
+        return read_workflow_file(Path(definition))
     raise TypeError(f"a workflow definition is a Workflow, a dict or a file path, not"
                     f" {type(definition).__name__}")
 
@@ -198,7 +201,7 @@ class ExecutionLog:
         self.key = execution_id.encode()
         self._at_end = False  # Kafka was read up to `end`
         self._pending: list[bytes] = []
-        self._consumer = None
+        self._consumer: AIOKafkaConsumer | None = None  # while entered
 
     async def __aenter__(self) -> ExecutionLog:
         self._consumer = consumer = await start_consumer(self.settings, fetch_max_wait_ms=100)
@@ -221,6 +224,7 @@ class ExecutionLog:
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        assert self._consumer is not None  # entered
         await self._consumer.stop()
 
     @property
@@ -230,11 +234,12 @@ class ExecutionLog:
     async def read(self, timeout_ms: int = 500) -> list[tuple[Message, int]]:
         values, self._pending = self._pending, []
         if not values:
-            batch = await self._consumer.getmany(self.tp, timeout_ms=timeout_ms,
-                                                 max_records=5000)
+            consumer = self._consumer
+            assert consumer is not None, "an ExecutionLog is read inside `async with`"
+            batch = await consumer.getmany(self.tp, timeout_ms=timeout_ms, max_records=5000)
             values = [m.value for m in batch.get(self.tp, ()) if m.key == self.key]
             if not self._at_end:
-                self._at_end = await self._consumer.position(self.tp) >= self.end
+                self._at_end = await consumer.position(self.tp) >= self.end
         return [event for value in values if (event := self._decode(value)) is not None]
 
     def _decode(self, value: bytes | None) -> tuple[Message, int] | None:
@@ -343,7 +348,7 @@ class WorkflowOps:
         return fold.progress()
 
     async def watch(self, execution_id: str, interval: float = 0.5,
-                    ) -> AsyncIterator[tuple[Progress, WorkflowResult | None]]:
+                    ) -> AsyncGenerator[tuple[Progress, WorkflowResult | None], None]:
         """The execution's status once caught up, then at least every `interval` seconds
         while it runs, with how it ended (None while it runs); the last one is its end."""
         fold = _Fold(self.client.settings, execution_id)

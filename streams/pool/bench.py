@@ -65,6 +65,7 @@ def hot_pool(models: int = 1000, hosts: int = 10) -> PoolState:
         model_id = f"model-{m}"
         state = _apply(state, AllocateModel(f"warm-{m}", model_id, "bench"), T0)
         host = state.models[model_id].host
+        assert host is not None  # allocated: placed on a host
         state = _apply(state, ReportModelLoaded(host, model_id, 50, 100), T0)
         state = _apply(state, ReleaseModel(f"warm-{m}"), T0)
     return state

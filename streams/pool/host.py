@@ -285,11 +285,13 @@ class ModelHost:
         return done
 
     async def _send_reports(self) -> None:
+        client = self.client
+        assert client is not None  # started in start(), before this task
         while True:
             command, done = await self._reports.get()
             outcome: Outcome | None = None
             try:
-                outcome = await self.client.send(command)
+                outcome = await client.send(command)
             except PitError as exc:
                 self._say(f"could not report {command.type_name}: {exc}")
             else:
@@ -305,8 +307,10 @@ class ModelHost:
     # --- instructions from the pool ---------------------------------------------------------
 
     async def _follow(self) -> None:
+        client = self.client
+        assert client is not None  # started in start(), before this task
         async for records in self._follower.batches(self._closing, wait_ms=200):
-            for pool_id, event in pool_events(self.client.codec, records):
+            for pool_id, event in pool_events(client.codec, records):
                 if pool_id == self.pool_id:
                     self._on_event(event)
 

@@ -66,7 +66,7 @@ class LoaderError(PitError):
     """A model URI cannot be loaded (unknown scheme, bad URI, missing target, bad weights)."""
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

@@ -113,6 +113,12 @@ class _Run:
         self.warned: set[int] = set()
         self.recount()
 
+    @property
+    def plan(self) -> Plan:
+        plan = self.state.plan
+        assert plan is not None  # followed from its start or a checkpoint: the plan is known
+        return plan
+
     def recount(self) -> None:
         nodes, shape = self.state.nodes, self.shape
         self.blocked: dict[int, int] = {}
@@ -175,13 +181,13 @@ class LookaheadPredictor:
             del self.runs[execution_id]
             return []
         node_id = getattr(event, "node_id", "")
-        before = run.state
+        before, plan = run.state, run.plan
         run.state = evolve(before, event, at_ms, self.definitions)
         if isinstance(event, ExecutionRestarted):
             run.recount()
             run.warned = {t for t in run.warned if run.state.nodes[t].status is not P}
             return self._due(run, range(len(run.shape.models)))
-        i = before.plan.index.get(node_id) if node_id else None
+        i = plan.index.get(node_id) if node_id else None
         if i is None:
             return []
         run.moved(i, before.nodes[i].status, run.state.nodes[i].status)
@@ -205,6 +211,7 @@ class LookaheadPredictor:
 
     def _follow(self, state: ExecutionState) -> list[Lookahead]:
         plan = state.plan
+        assert plan is not None  # started, or restored from a checkpoint
         shape = self._shapes.pop(plan.definition_hash, None) or _Shape.of(plan)
         self._shapes[plan.definition_hash] = shape
         if len(self._shapes) > SHAPES:
@@ -220,6 +227,6 @@ class LookaheadPredictor:
             if run.shape.models[t] and run.due(t):
                 run.warned.add(t)
                 hints.append(Lookahead(run.shape.models[t], run.state.execution_id,
-                                       run.state.plan.ids[t], self.probability))
+                                       run.plan.ids[t], self.probability))
         self.made += len(hints)
         return hints

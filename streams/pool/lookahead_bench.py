@@ -100,7 +100,7 @@ class Replay:
         self.waiting: dict[str, tuple[str, str, int, int]] = {}  # request -> node, when
         self.last_used: dict[str, int] = {}
         self.outcome = Outcome()
-        self._queue: list[tuple[int, int, Callable[..., None], tuple]] = []
+        self._queue: list[tuple[int, int, Callable[..., object], tuple]] = []
         self._seq = 0
         self.now = 0
         mb = trace.config.model_mb
@@ -109,7 +109,8 @@ class Replay:
             self._pool(pool.RegisterModel(model.model_id, f"sim:{model.model_id}",
                                           model.memory_mb, model.load_ms))
 
-    def at(self, at_ms: int, action: Callable[..., None], *args: object) -> None:
+    def at(self, at_ms: int, action: Callable[..., object], *args: object) -> None:
+        """Run `action(*args)` at `at_ms` (what it returns is dropped)."""
         self._seq += 1
         heapq.heappush(self._queue, (at_ms, self._seq, action, args))
 
@@ -182,7 +183,7 @@ class Replay:
         self.runs[spec.execution_id] = (initial_state(spec.execution_id), spec)
         self._dag(StartExecution(spec.execution_id, spec.workflow.canonical_json()))
 
-    def _dag(self, command: Message) -> None:
+    def _dag(self, command: StartExecution | ReportNodeStarted | ReportNodeCompleted) -> None:
         execution = command.execution_id
         state, spec = self.runs[execution]
         events = dag_decide(state, command, self.now, self.definitions)

@@ -107,6 +107,7 @@ class HostMonitor:
         async for records in self._follower.batches(self._stopping, wait_ms=200):
             for pool_id, event in pool_events(self.client.codec, records):
                 if self._apply(pool_id, event):
+                    assert isinstance(event, HostRegistered | HostDown)  # the events _apply acts on
                     key = (pool_id, event.host_id)
                     old = self._polls.pop(key, None)
                     if old is not None:
@@ -119,9 +120,11 @@ class HostMonitor:
                                                name=f"pit-host-monitor {key[1]}")
 
     async def _healthy(self, endpoint: str) -> bool:
+        http = self._http
+        assert http is not None  # opened by start(), before any poll
         try:
-            async with self._http.get(f"{endpoint}/health",
-                                      timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as r:
+            async with http.get(f"{endpoint}/health",
+                                timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as r:
                 return r.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             return False

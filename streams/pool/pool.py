@@ -54,7 +54,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from streams.decider import Decider, Decision, Message, Rejection, Rules, copy_with
@@ -524,8 +524,10 @@ def _reweigh(host: Host, old: Model | None, new: Model | None) -> Host:
                     usage.resident_count - before[1] + after[1],
                     usage.committed_mb - before[2] + after[2],
                     usage.committed_count - before[3] + after[3]),
-        idle=_resorted(host.idle, old and _idle_key(old), new and _idle_key(new)),
-        waiting=_resorted(host.waiting, old and _waiting_key(old), new and _waiting_key(new)))
+        idle=_resorted(host.idle, _idle_key(old) if old is not None else None,
+                       _idle_key(new) if new is not None else None),
+        waiting=_resorted(host.waiting, _waiting_key(old) if old is not None else None,
+                          _waiting_key(new) if new is not None else None))
 
 
 def _model_set(s: PoolState, model_id: str, hosts: PMap[str, Host] | None = None,
@@ -537,9 +539,11 @@ def _model_set(s: PoolState, model_id: str, hosts: PMap[str, Host] | None = None
     hosts = s.hosts if hosts is None else hosts
     if old.host is not None or new.host is not None:
         if old.host == new.host:
+            host_id = new.host
+            assert host_id is not None  # the same host, and one of them has one
             if (_weight(old) != _weight(new) or _idle_key(old) != _idle_key(new)
                     or _waiting_key(old) != _waiting_key(new)):
-                hosts = hosts.set(new.host, _reweigh(hosts[new.host], old, new))
+                hosts = hosts.set(host_id, _reweigh(hosts[host_id], old, new))
         else:
             if old.host is not None:
                 hosts = hosts.set(old.host, _reweigh(hosts[old.host], old, None))
@@ -677,6 +681,12 @@ def _held(state: PoolState, host_id: str, model_id: str) -> Model:
     return model
 
 
+def _host_of(model: Model) -> str:
+    """The host of a model the pool has placed (Warming, Hot, Cooling, or Failed there)."""
+    assert model.host is not None, f"model {model.model_id} is {model.state} on no host"
+    return model.host
+
+
 def _choose_host(state: PoolState, model: Model, *, evict: bool) -> tuple[str, list[str]]:
     """Where the model goes and which idle Hot models must leave first, or a Rejection."""
     need = model.need_mb
@@ -771,7 +781,7 @@ def _cool(d: _Decision, model_id: str, reason: TransitionReason) -> None:
     d.transition(model_id, Cooling, reason)
     model = d.state.models[model_id]
     if not model.allocations:
-        d.emit(UnloadRequested(model_id, model.host, reason))
+        d.emit(UnloadRequested(model_id, _host_of(model), reason))
 
 
 def _fail(d: _Decision, model_id: str, reason: TransitionReason, code: str, why: str) -> None:
@@ -832,8 +842,9 @@ def _on_allocate(d: _Decision, c: AllocateModel) -> None:
     model = _model(d.state, c.model_id)
     state = model.state
     if state is Hot:  # the cache hit: the path that must stay fast
-        endpoint = d.state.hosts[model.host].endpoint
-        d.emit(ModelAllocated(c.request_id, c.model_id, c.requester, model.host, True,
+        host_id = _host_of(model)
+        endpoint = d.state.hosts[host_id].endpoint
+        d.emit(ModelAllocated(c.request_id, c.model_id, c.requester, host_id, True,
                               endpoint, c.workflow_id))
         return
     if state is Cooling:
@@ -856,9 +867,10 @@ def _on_release(d: _Decision, c: ReleaseModel) -> None:
                                 "released while queued", False))
         return
     model = d.state.models[request.model_id]
-    d.emit(ModelReleased(c.request_id, request.model_id, model.host))
+    host_id = _host_of(model)  # allocated: Hot, or Cooling since
+    d.emit(ModelReleased(c.request_id, request.model_id, host_id))
     if model.state is Cooling and model.allocations == {c.request_id}:  # drained: it may go
-        d.emit(UnloadRequested(model.model_id, model.host, model.reason or R.USER_REQUEST))
+        d.emit(UnloadRequested(model.model_id, host_id, model.reason or R.USER_REQUEST))
 
 
 def _on_warm(d: _Decision, c: WarmModel) -> None:
@@ -976,7 +988,7 @@ def _fail_loaded(d: _Decision, model_id: str, reason: TransitionReason, code: st
     unload_sent = model.state is Cooling and not model.allocations
     _fail(d, model_id, reason, code, why)
     if not unload_sent:
-        d.emit(UnloadRequested(model_id, model.host, reason))
+        d.emit(UnloadRequested(model_id, _host_of(model), reason))
 
 
 def _on_transition(d: _Decision, c: TransitionModel) -> None:
@@ -1005,7 +1017,7 @@ def _on_transition(d: _Decision, c: TransitionModel) -> None:
         case ModelState.WARMING, ModelState.FAILED:
             why = c.metadata.get("error") or f"failed by command ({c.reason})"
             _fail(d, c.model_id, c.reason, "failed", why)
-            d.emit(UnloadRequested(c.model_id, model.host, c.reason))
+            d.emit(UnloadRequested(c.model_id, _host_of(model), c.reason))
         case _, ModelState.FAILED:  # Hot or Cooling
             why = c.metadata.get("error") or f"failed by command ({c.reason})"
             _fail_loaded(d, c.model_id, c.reason, "failed", why)
@@ -1079,5 +1091,5 @@ POOL = Decider(
     initial_state=initial_state,
     decide=decide,
     evolve=evolve,
-    entity_of=lambda command: command.pool_id,
+    entity_of=attrgetter("pool_id"),
 )

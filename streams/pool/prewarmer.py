@@ -136,6 +136,7 @@ class PoolPrewarmer:
             self._next_tick = (now_ms // self.tick_ms + 1) * self.tick_ms
             return []
         decisions: list[Decision] = []
+        assert self._next_tick is not None  # set with now_ms, above
         while self._next_tick <= now_ms:
             tick = self._next_tick
             decisions += self._decide(tick)
@@ -148,6 +149,7 @@ class PoolPrewarmer:
         """Fold one pool event at its `occurred_at`; decisions due by then, and after it."""
         decisions = self.advance(at_ms)
         at = self.now_ms
+        assert at is not None  # advance set the clock
         match event:
             case ModelRegistered(model_id=m):
                 self.known.add(m)
@@ -316,12 +318,15 @@ class Prewarmer:
         except (SchemaError, KeyError, UnicodeDecodeError):
             return []  # not a record the decider writes; nothing to learn from it
         at_ms = decoded.record["envelope"]["occurred_at"]
-        event = from_record(DAG.event_type(name), decoded.record)
+        event_type = DAG.event_type(name)
+        assert event_type is not None  # one of DAG.events, by the names let through above
+        event = from_record(event_type, decoded.record)
         try:
             hints = self.lookahead.apply(event, at_ms)
         except Exception:  # a predictor bug must not stop prewarming: drop that execution
-            log.exception("lookahead failed on %s of %s", name, event.execution_id)
-            self.lookahead.runs.pop(event.execution_id, None)
+            execution_id = event.entity_key  # every event let through is keyed by execution
+            log.exception("lookahead failed on %s of %s", name, execution_id)
+            self.lookahead.runs.pop(execution_id, None)
             return []
         if not live or not hints:
             return []

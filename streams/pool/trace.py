@@ -162,7 +162,8 @@ def _arrivals(rng: random.Random, per_day: float, config: TraceConfig) -> list[i
     """Non-homogeneous Poisson arrivals following the daily cycle (thinning)."""
     peak = 1.0 + config.day_amplitude
     mean_gap = DAY_MS / (per_day * peak)
-    end, t, out = config.days * DAY_MS, 0.0, []
+    end, t = config.days * DAY_MS, 0.0
+    out: list[int] = []
     while True:
         t += rng.expovariate(1.0 / mean_gap)
         if t >= end:

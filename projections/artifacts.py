@@ -51,7 +51,8 @@ from streams.errors import DatabaseUnavailableError, PitError
 from streams.log import LogRecord
 from streams.sql import Long
 
-if TYPE_CHECKING:  # opened lazily, in _text
+if TYPE_CHECKING:  # opened lazily, in _text and mirror
+    from projections.search.opensearch import OpenSearchSearch
     from streams.artifacts.storage import BlobBackend
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ class ArtifactSearchView(View):
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
         self._blobs: BlobBackend | None = None  # opened by the first text read
-        self._opensearch = None
+        self._opensearch: OpenSearchSearch | None = None
 
     def define(self, metadata: MetaData, suffix: str = "", token: str = "") -> dict[str, Table]:
         return {}

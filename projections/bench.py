@@ -88,8 +88,9 @@ def measure_throughput(engine: Engine, views: Sequence[View], n: int = 50_000, *
 
 def measure_replay(engine: Engine, views: Sequence[View], n: int = 50_000) -> float:
     """Events/s of `rebuild('models')` from the archive (after projecting `n` records)."""
-    from projections.replay import history_source, rebuild
+    from projections.replay import rebuild
     from streams.archive import archive_positions
+    from streams.history import history_source
 
     if not archive_positions(engine):
         measure_throughput(engine, views, n)

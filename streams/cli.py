@@ -215,7 +215,7 @@ class CampaignParser(argparse.ArgumentParser):
         self.module = module
         self.loaded = False
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         if not self.loaded:
             from importlib import import_module
 

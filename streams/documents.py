@@ -36,7 +36,7 @@ def choice(problems: list[str], where: str, kind: type[enum.Enum], value: Any) -
     try:
         return kind(value)
     except ValueError:
-        known = ", ".join(str(m.value) for m in kind)  # type: ignore[attr-defined]
+        known = ", ".join(str(m.value) for m in kind)
         problems.append(f"{where}: {value!r} is not one of {known}")
         return next(iter(kind))
 

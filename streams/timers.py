@@ -62,7 +62,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from streams.decider import Decider, Message, from_record, to_record
 from streams.errors import PitError, SchemaError
@@ -172,7 +172,7 @@ class Timer:
     def of(cls, record: dict) -> Timer:
         """From a decoded TimerScheduled record."""
         envelope = record["envelope"]
-        request = cast(TimerScheduled, from_record(TimerScheduled, record))
+        request = from_record(TimerScheduled, record)
         return cls(request, envelope["correlation_id"], envelope["event_id"])
 
 

@@ -258,7 +258,7 @@ class RecordingClient(PitClient):
         super().__init__(settings, issued_by="pit-chaos")
         self.accepted = accepted
 
-    async def send(self, command, **options) -> Outcome:  # type: ignore[override]
+    async def send(self, command, **options) -> Outcome:
         outcome = await super().send(command, **options)
         if outcome.accepted:
             self.accepted(outcome)

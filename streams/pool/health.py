@@ -42,8 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from streams.pool.lifecycle import DEFAULT_POOL
 from streams.pool.loaders import LoadedModel, load, write_mlp
-from streams.pool.pool import DEFAULT_POOL, HEALTH_FAILURE_THRESHOLD, ReportHealth
+from streams.pool.pool import HEALTH_FAILURE_THRESHOLD, ReportHealth
 
 __all__ = [
     "CHECK_INTERVAL_S",

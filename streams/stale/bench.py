@@ -242,7 +242,7 @@ def _measure_tiers() -> Callable[..., dict[str, float]] | None:
         except ImportError:
             continue
         if found is not None:
-            return found  # type: ignore[no-any-return]
+            return found
     return None
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -53,6 +53,7 @@ from streams.sql import Long
 
 if TYPE_CHECKING:  # opened lazily, in _text and mirror
     from projections.search.opensearch import OpenSearchSearch
+    from projections.search.sql import SqlSearch
     from streams.artifacts.storage import BlobBackend
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ class ArtifactSearchView(View):
     def define(self, metadata: MetaData, suffix: str = "", token: str = "") -> dict[str, Table]:
         return {}
 
-    def backend(self, conn: Connection):
+    def backend(self, conn: Connection) -> SqlSearch:
         from projections.search import sql_search
 
         search = sql_search(conn)
@@ -331,7 +332,7 @@ class ArtifactSearchView(View):
             search.ensure()
         return search
 
-    def mirror(self):
+    def mirror(self) -> OpenSearchSearch | None:
         """OpenSearch, when configured: every write of the embedded index is repeated there
         (bulk upserts by address, so a redelivered batch changes nothing)."""
         from streams.artifacts.settings import ArtifactSettings
@@ -347,7 +348,7 @@ class ArtifactSearchView(View):
         return self._opensearch
 
     @staticmethod
-    def _mirrored(write, *args) -> None:
+    def _mirrored(write: Callable[..., object], *args: object) -> None:
         """An unreachable OpenSearch holds the projector back (it keeps the batch and tries
         again), so no index update is lost."""
         try:

@@ -23,6 +23,7 @@ import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, text
 
@@ -33,6 +34,9 @@ from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
 from streams.pool.topics import POOL_EVENTS
 from streams.sql import connect
+
+if TYPE_CHECKING:
+    from streams.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +136,7 @@ def bench_postgres(url: str, views: Sequence[View], n: int = 50_000) -> dict[str
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def postgres_bench_url(settings=None) -> str:
+def postgres_bench_url(settings: Settings | None = None) -> str:
     """Where the PostgreSQL figure is measured: PIT_BENCH_POSTGRES_URL, else the configured
     database when it is PostgreSQL, else PIT_TEST_POSTGRES_URL, else the local test server."""
     configured = getattr(settings, "database_url", None) or ""
@@ -141,7 +145,8 @@ def postgres_bench_url(settings=None) -> str:
             or os.environ.get("PIT_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL)
 
 
-async def bench_projections(scratch: Path, views: Sequence[View], settings=None,
+async def bench_projections(scratch: Path, views: Sequence[View],
+                            settings: Settings | None = None,
                             n: int = 50_000) -> dict[str, float | None]:
     """`pit bench` keys projection_events_per_s_sqlite, projection_events_per_s_postgres
     (None when no PostgreSQL answers) and replay_events_per_s, measured in worker threads

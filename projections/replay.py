@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, MetaData, delete, update
 
@@ -44,6 +45,9 @@ from streams.errors import PitError
 from streams.history import history_source, kafka_log_reader
 from streams.log import LogRecord
 from streams.sql import load_positions, positions, quote, write_transaction
+
+if TYPE_CHECKING:
+    from streams.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +180,7 @@ def _rebuild_in_place(engine: Engine, view: View, source: Iterable[LogRecord] | 
     return RebuildReport(view.name, done, 0, time.perf_counter() - started)
 
 
-async def rebuild_view(engine: Engine, settings, view_name: str, views: Sequence[View],
+async def rebuild_view(engine: Engine, settings: Settings, view_name: str, views: Sequence[View],
                        progress: Progress | None = None, *, timeout_s: float = 5.0) -> int:
     """`pit replay <view>`: rebuild one of `views` from the archive, then whatever Kafka
     holds beyond it (when a broker answers), in a worker thread; returns the number of

@@ -44,6 +44,10 @@ from streams.sql import (
 from streams.topics import load_catalog
 
 if TYPE_CHECKING:  # the Kafka side is imported by `run`: reading a view needs none of it
+    from collections.abc import Set as AbstractSet
+
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka import TopicPartition as KafkaTopicPartition
     from confluent_kafka import Producer
 
     from streams.processor import Output
@@ -356,7 +360,8 @@ class Projector:
 
 # --- Kafka ------------------------------------------------------------------------------------
 
-async def _seek_stored(projector: Projector, consumer, partitions: Sequence) -> None:
+async def _seek_stored(projector: Projector, consumer: AIOKafkaConsumer,
+                       partitions: Sequence[KafkaTopicPartition]) -> None:
     """Seek each of `partitions` past its stored position, or to its beginning."""
     from streams.kafka import seek_explicitly
 
@@ -366,7 +371,7 @@ async def _seek_stored(projector: Projector, consumer, partitions: Sequence) -> 
                           {where: position + 1 for where, position in resume.items()})
 
 
-async def run(projector: Projector, consumer, stop: asyncio.Event, *,
+async def run(projector: Projector, consumer: AIOKafkaConsumer, stop: asyncio.Event, *,
               topics: Sequence[str] | None = None, max_records: int = 5000,
               timeout_ms: int = 100, group: bool = False,
               producer: Producer | None = None) -> None:
@@ -400,10 +405,12 @@ async def run(projector: Projector, consumer, stop: asyncio.Event, *,
     wanted = list(topics or projector.topics)
     if group:
         class Resume(ConsumerRebalanceListener):
-            async def on_partitions_revoked(self, revoked) -> None:
+            async def on_partitions_revoked(self, revoked: AbstractSet[KafkaTopicPartition]
+                                            ) -> None:
                 pass  # positions are in the database: nothing to hand over
 
-            async def on_partitions_assigned(self, assigned) -> None:
+            async def on_partitions_assigned(self, assigned: AbstractSet[KafkaTopicPartition]
+                                             ) -> None:
                 await _seek_stored(projector, consumer, list(assigned))
 
         consumer.subscribe(wanted, listener=Resume())

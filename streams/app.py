@@ -22,8 +22,9 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, TextIO
 
 from aiohttp import web
 
@@ -60,7 +61,12 @@ from streams.projector import (
     start_reader,
 )
 from streams.timers import TimerService, timer_topics
-from streams.topics import SCHEMAS, load_catalog
+from streams.topics import SCHEMAS, TopicSpec, load_catalog
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,8 @@ log = logging.getLogger(__name__)
 FAULTS = "PIT_FAULTS"
 
 
-def progress_printer(label: str, stream=sys.stderr):
+def progress_printer(label: str, stream: TextIO = sys.stderr
+                     ) -> Callable[[int, int | None], None]:
     """A progress callback(done, total) that redraws one line."""
     def report(done: int, total: int | None) -> None:
         shown = f"{done:,}/{total:,}" if total else f"{done:,}"
@@ -195,7 +202,7 @@ class Stack:
         return self.settings.env.get(FAULTS) == "1"
 
     @property
-    def broker_file(self):
+    def broker_file(self) -> Path:
         return self.settings.data_dir / BROKER_FILE
 
     async def _until(self, ready: asyncio.Event) -> None:
@@ -332,8 +339,9 @@ class Stack:
 RESTORE_PLACEHOLDER_KEY = b"__pit.restore.placeholder__"
 
 
-async def restore_broker(engine, pending_db, settings: Settings, catalog, progress=None
-                         ) -> int:
+async def restore_broker(engine: Engine, pending_db: Engine, settings: Settings,
+                         catalog: Mapping[str, TopicSpec],
+                         progress: Callable[[int, int | None], None] | None = None) -> int:
     """Replay the archive into an empty broker so every record gets back its original offset.
 
     Records go back partition by partition in offset order: the archived ones, then the
@@ -355,7 +363,7 @@ async def restore_broker(engine, pending_db, settings: Settings, catalog, progre
     restored, batch = 0, list[Output | LogRecord]()
     orphans: Counter[str] = Counter()
 
-    def placeholder(record):
+    def placeholder(record: LogRecord) -> Output:
         return Output(record.topic, record.partition, RESTORE_PLACEHOLDER_KEY, None,
                       record.timestamp_ms)
 
@@ -416,7 +424,8 @@ def running_pit(settings: Settings) -> bool:
         return False
 
 
-def fault_handler(broker: EmbeddedBroker):
+def fault_handler(broker: EmbeddedBroker
+                  ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """POST /faults, the mock cluster's fault injection (only with PIT_FAULTS=1), one of
     {"fault": "down" | "up", "broker": id}, {"fault": "errors", "api_key": k, "errors": [code,
     ...]} (the next requests of that API fail so) or {"fault": "leader", "topic": t,

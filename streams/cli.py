@@ -8,11 +8,15 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable
+from typing import Any, TypeVar, overload
 
 from streams.components import COMPONENTS
 from streams.config import Settings
 from streams.errors import PitError
 from streams.times import parse_time_ms, readable
+
+_N = TypeVar("_N")
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -210,12 +214,22 @@ class CampaignParser(argparse.ArgumentParser):
     SQLAlchemy) is imported for its arguments only once that campaign is chosen, so every
     other command starts without it."""
 
-    def __init__(self, *, module: str, **options) -> None:
+    def __init__(self, *, module: str, **options: Any) -> None:
         super().__init__(**options)
         self.module = module
         self.loaded = False
 
-    def parse_known_args(self, args=None, namespace=None):
+    @overload
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: None = None
+                         ) -> tuple[argparse.Namespace, list[str]]: ...
+    @overload
+    def parse_known_args(self, args: Iterable[str] | None, namespace: _N
+                         ) -> tuple[_N, list[str]]: ...
+    @overload
+    def parse_known_args(self, *, namespace: _N) -> tuple[_N, list[str]]: ...
+
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: _N | None = None
+                         ) -> tuple[_N | argparse.Namespace, list[str]]:
         if not self.loaded:
             from importlib import import_module
 
@@ -226,7 +240,7 @@ class CampaignParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
 
-def add_campaigns(sub) -> None:
+def add_campaigns(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`pit campaign <name>`: one subcommand per campaign (streams/campaigns/)."""
     from streams.campaigns import CAMPAIGNS
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 from streams.commands import CommandClient
 from streams.components import COMPONENTS, all_deciders
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from streams.decider import Decider
     from streams.pool.client import PoolOps
     from streams.stale.client import StaleOps
+
+_T = TypeVar("_T")
 
 # Component name -> the factory of its operations on a client.
 OPERATIONS = {c.name: c.client for c in COMPONENTS if c.client is not None}
@@ -73,10 +75,18 @@ class _BlockingOperations:
         return _blocking(getattr(self._operations, name), self._call)
 
 
+class _ClientOptions(TypedDict, total=False):
+    """What `SyncPitClient` passes on to its `PitClient`."""
+
+    issued_by: str
+    codec: Codec | None
+
+
 class SyncPitClient:
     """Blocking facade: runs a `PitClient` on an event loop in a background thread."""
 
-    def __init__(self, settings: Settings | None = None, **options) -> None:
+    def __init__(self, settings: Settings | None = None,
+                 **options: Unpack[_ClientOptions]) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="pit-client")
@@ -84,10 +94,10 @@ class SyncPitClient:
         self._client = PitClient(settings or Settings.from_env(), **options)
         self._call(self._client.start())
 
-    def _call(self, coroutine):
+    def _call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._client, name)
         if name in OPERATIONS:
             return _BlockingOperations(attribute, self._call)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypedDict
 
 from streams.config import Settings
 from streams.decider import Decider, Message, to_record
@@ -22,10 +22,19 @@ from streams.topics import RESULTS
 # Kafka and Avro are imported when used: a client that only reads the views (`pit artifact
 # info`) needs neither.
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
     from schemas.codec import Codec
     from schemas.registry import SchemaRegistry
+
+
+class SendOptions(TypedDict, total=False):
+    """The options of `CommandClient.send`, for operations that pass them through
+    (`**options: Unpack[SendOptions]`)."""
+
+    command_id: str | None
+    correlation_id: str | None
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,8 @@ class CommandClient:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    async def _dispatch(self, consumer, handle) -> None:
+    async def _dispatch(self, consumer: AIOKafkaConsumer,
+                        handle: Callable[[ConsumerRecord], None]) -> None:
         """Hand `handle` each record the consumer reads. Its fetches keep their short wait
         while the client waits for an outcome (and IDLE_AFTER_S after): the outcomes of a
         busy Pit's other clients stream past a client too, and a reader that is not waiting
@@ -166,7 +176,7 @@ class CommandClient:
         finally:
             await consumer.stop()
 
-    def _on_outcome(self, message) -> None:
+    def _on_outcome(self, message: ConsumerRecord) -> None:
         key = message.key  # the command id: most outcomes answer commands of other clients
         if key is not None and key.decode("utf-8", "replace") not in self._pending:
             return

@@ -14,6 +14,7 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streams.app import Stack, running_pit
 from streams.client import PitClient
@@ -30,6 +31,9 @@ from streams.pool.loaders import write_mlp
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import Output
 from streams.topics import DEAD_LETTERS
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
 TOKENIZER = "python:streams.pool.examples:tokenizer"
@@ -49,7 +53,7 @@ def _summary(event: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in details.items())
 
 
-async def _wait_for_views(engine, until_ms: int, timeout: float = 15) -> None:
+async def _wait_for_views(engine: Engine, until_ms: int, timeout: float = 15) -> None:
     """The projector runs beside us; wait until it has archived our last event."""
     from projections import audit
 

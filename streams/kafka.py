@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from weakref import WeakKeyDictionary
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -18,6 +18,9 @@ from confluent_kafka import Producer
 
 from streams.config import Settings, parse_count
 from streams.errors import BrokerUnavailableError, PitError
+
+if TYPE_CHECKING:
+    import confluent_kafka
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,8 @@ def group_session(settings: Settings) -> dict[str, int]:
     return {"session_timeout_ms": session, "heartbeat_interval_ms": session // 3}
 
 
-async def start_consumer(settings: Settings, *topics: str, **options) -> AIOKafkaConsumer:
+async def start_consumer(settings: Settings, *topics: str, **options: Any
+                         ) -> AIOKafkaConsumer:
     if options.get("group_id") is not None and "session_timeout_ms" not in options:
         options = {**group_session(settings), **options}
     consumer = AIOKafkaConsumer(*topics, **settings.kafka_client_options(),
@@ -59,7 +63,7 @@ def _let_followers_sync_first(consumer: AIOKafkaConsumer) -> None:
     coordinator = consumer._coordinator
     perform = coordinator._perform_assignment
 
-    async def perform_then_wait(response):
+    async def perform_then_wait(response: Any) -> dict[str, Any]:
         assignments = await perform(response)
         if len(assignments) > 1:
             await asyncio.sleep(LEADER_SYNC_DELAY_S)
@@ -139,15 +143,21 @@ class DeliveryTracker:
     def __init__(self) -> None:
         self.errors: list[str] = []
 
-    def __call__(self, error, message) -> None:
+    def __call__(self, error: confluent_kafka.KafkaError | None,
+                 message: confluent_kafka.Message) -> None:
         if error is not None:
             self.errors.append(f"{message.topic()}[{message.partition()}]: {error}")
 
-    def at(self, offsets: list[int], index: int, error, message) -> None:
+    def at(self, offsets: list[int], index: int, error: confluent_kafka.KafkaError | None,
+           message: confluent_kafka.Message) -> None:
         """Also note where the index-th record landed."""
         self(error, message)
         if error is None:
-            offsets[index] = message.offset()
+            # None only for an offset the broker did not report (never with acks=all, as
+            # idempotence implies): the placeholder then stays -1.
+            offset = message.offset()
+            if offset is not None:
+                offsets[index] = offset
 
 
 async def produce_all(producer: Producer, outputs: Iterable, timeout_s: float = 30.0, *,

@@ -45,6 +45,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
@@ -63,6 +65,9 @@ from streams.component import Service
 from streams.config import Settings, parse_count
 from streams.errors import BrokerUnavailableError
 from streams.kafka import start_consumer
+
+if TYPE_CHECKING:
+    from aiokafka.cluster import ClusterMetadata
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +103,7 @@ class LeaderAssignor(AbstractPartitionAssignor):
         return ConsumerProtocolMemberMetadata(self.version, sorted(topics),
                                               self.claim.to_bytes(8, "big"))
 
-    def assign(self, cluster, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    def assign(self, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
                ) -> dict[str, ConsumerProtocolMemberAssignment]:
         leader = choose_leader({member: int.from_bytes(meta.user_data or b"", "big")
                                 for member, meta in members.items()})
@@ -146,10 +151,11 @@ class LeaderGate:
         gate = self
 
         class Listener(ConsumerRebalanceListener):
-            async def on_partitions_revoked(self, revoked) -> None:
+            async def on_partitions_revoked(self, revoked: AbstractSet[TopicPartition]) -> None:
                 pass  # sticky: this member keeps leading unless the assignment says otherwise
 
-            async def on_partitions_assigned(self, assigned) -> None:
+            async def on_partitions_assigned(self, assigned: AbstractSet[TopicPartition]
+                                             ) -> None:
                 gate._assigned = tp in assigned
 
         while not stop.is_set():

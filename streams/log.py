@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiokafka import ConsumerRecord
 
 # Headers naming the record a derived record was made from (a task from its NodeScheduled, a
 # dead letter from its command): a restore brings a derived record back only with its cause.
@@ -23,7 +27,7 @@ class LogRecord:
     headers: tuple[tuple[str, bytes], ...] = ()
 
     @classmethod
-    def from_kafka(cls, message) -> LogRecord:
+    def from_kafka(cls, message: ConsumerRecord) -> LogRecord:
         """From an aiokafka ConsumerRecord."""
         return cls(message.topic, message.partition, message.offset, message.timestamp,
                    message.key, message.value, tuple(message.headers or ()))

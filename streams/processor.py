@@ -22,12 +22,13 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from sqlalchemy import Engine
 
@@ -49,6 +50,11 @@ from streams.log import LogRecord, source_headers
 from streams.memory import ArchiveRecall, Forgotten, keep_bounded
 from streams.recovery import CheckpointBook, RecordsMismatch, within_commands
 from streams.topics import DEAD_LETTERS, RESULTS
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
+
+    from streams.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -604,8 +610,8 @@ def processor_group(decider: Decider) -> str:
     return f"pit.{decider.name}.processor"
 
 
-async def restore_partitions(processor: Processor, settings, engine, partitions: set[int]
-                             ) -> tuple[int, list[Output]]:
+async def restore_partitions(processor: Processor, settings: Settings, engine: Engine | None,
+                             partitions: set[int]) -> tuple[int, list[Output]]:
     """Rebuild state and ledger for these partitions from their history (archive, then
     Kafka): events first, then outcomes. Entities with checkpoints evolve only the events
     after their last one (`Processor.restore`). With a checkpoint topic, only the recent
@@ -635,7 +641,8 @@ async def restore_partitions(processor: Processor, settings, engine, partitions:
     return await asyncio.to_thread(restore)
 
 
-async def resume_after_answered(consumer, processor: Processor, partitions: set[int]) -> None:
+async def resume_after_answered(consumer: AIOKafkaConsumer, processor: Processor,
+                                partitions: set[int]) -> None:
     """Never re-read commands the results topic shows as answered, even when the group's
     committed offsets are older or gone (a restored embedded broker has none)."""
     for partition in partitions:
@@ -648,8 +655,9 @@ async def resume_after_answered(consumer, processor: Processor, partitions: set[
             consumer.seek(tp, answered + 1)
 
 
-async def run_processor(processor: Processor, settings, engine, stop: asyncio.Event,
-                        ready: asyncio.Event | None = None, max_records: int = 5000, *,
+async def run_processor(processor: Processor, settings: Settings, engine: Engine | None,
+                        stop: asyncio.Event, ready: asyncio.Event | None = None,
+                        max_records: int = 5000, *,
                         produce_timeout_s: float = 30.0, retry_s: float = 1.0,
                         archive_first: ArchiveFirst | None = None) -> None:
     """Consume the decider's command topic until `stop` is set (then finish the batch).
@@ -680,8 +688,8 @@ async def run_processor(processor: Processor, settings, engine, stop: asyncio.Ev
                 await bounded
 
 
-async def _run_processor(processor: Processor, settings, engine, stop: asyncio.Event,
-                         ready: asyncio.Event | None, max_records: int,
+async def _run_processor(processor: Processor, settings: Settings, engine: Engine | None,
+                         stop: asyncio.Event, ready: asyncio.Event | None, max_records: int,
                          produce_timeout_s: float, retry_s: float,
                          archive_first: ArchiveFirst | None) -> None:
     while True:
@@ -722,7 +730,7 @@ class ArchiveFirst:
             self.pruned_at = time.monotonic()
 
 
-async def produce_archived(producer, outputs: Sequence[Output], processor: Processor,
+async def produce_archived(producer: Producer, outputs: Sequence[Output], processor: Processor,
                            durable: ArchiveFirst, timeout_s: float) -> list[int]:
     """Produce a batch's outputs with its events durable first: the events are produced and
     written to the pending records (`streams.archive.keep_pending`, one transaction) before
@@ -759,8 +767,8 @@ async def produce_archived(producer, outputs: Sequence[Output], processor: Proce
     return offsets
 
 
-async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
-                   ready: asyncio.Event | None, max_records: int,
+async def _consume(processor: Processor, settings: Settings, engine: Engine | None,
+                   stop: asyncio.Event, ready: asyncio.Event | None, max_records: int,
                    produce_timeout_s: float, archive_first: ArchiveFirst | None) -> None:
     group = processor_group(processor.decider)
     restoring: list[set[int]] = []
@@ -768,12 +776,12 @@ async def _consume(processor: Processor, settings, engine, stop: asyncio.Event,
     settled.set()
 
     class Restore(ConsumerRebalanceListener):
-        async def on_partitions_revoked(self, revoked) -> None:
+        async def on_partitions_revoked(self, revoked: AbstractSet[TopicPartition]) -> None:
             # Another `pit up` may be assigned these partitions next and restore them from
             # the log: the batch in flight lands first, or it would decide it again.
             await settled.wait()
 
-        async def on_partitions_assigned(self, assigned) -> None:
+        async def on_partitions_assigned(self, assigned: AbstractSet[TopicPartition]) -> None:
             restoring.append({tp.partition for tp in assigned})
 
     consumer = await start_consumer(settings, group_id=group, auto_offset_reset="earliest",

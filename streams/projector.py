@@ -36,9 +36,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -52,6 +53,9 @@ from streams.errors import PitError
 from streams.kafka import make_producer, partitions_of, start_consumer
 from streams.process import Stopping, exit_now
 
+if TYPE_CHECKING:
+    from projections.runtime import Projector
+
 log = logging.getLogger(__name__)
 
 GROUP = "pit.projector"  # every projector's: they divide the partitions
@@ -64,7 +68,8 @@ RESTART_FIRST_S, RESTART_MAX_S = 1.0, 30.0  # the backoff between starts of a ch
 READY = "projector is up: metrics at "  # the child's first line on stdout, then its address
 
 
-def make_projector(settings: Settings, engine: Engine, codec: Codec, *, observers: bool = True):
+def make_projector(settings: Settings, engine: Engine, codec: Codec, *, observers: bool = True
+                   ) -> Projector:
     """The Pit's projector: every component's views and the audit log, and (`observers`)
     the metrics fed from them. `pit up` with a projector process keeps one without observers
     for its topics and positions (`drain`)."""
@@ -75,12 +80,13 @@ def make_projector(settings: Settings, engine: Engine, codec: Codec, *, observer
     return Projector(engine, views(settings), codec=codec, observers=fed)
 
 
-async def start_reader(settings: Settings):
+async def start_reader(settings: Settings) -> AIOKafkaConsumer:
     """The projector's consumer, in the projectors' group."""
     return await start_consumer(settings, group_id=GROUP, fetch_max_wait_ms=20)
 
 
-async def project(projector, consumer, settings: Settings, stop: asyncio.Event) -> None:
+async def project(projector: Projector, consumer: AIOKafkaConsumer, settings: Settings,
+                  stop: asyncio.Event) -> None:
     """Run `projector` on a started consumer until `stop`; records no view can apply go to
     the dead-letter topic."""
     from projections.runtime import run
@@ -93,7 +99,7 @@ async def project(projector, consumer, settings: Settings, stop: asyncio.Event) 
         await asyncio.to_thread(producer.flush, 10)
 
 
-async def drain(settings: Settings, projector, running: Callable[[], bool],
+async def drain(settings: Settings, projector: Projector, running: Callable[[], bool],
                 timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
     """Wait until everything the broker holds right now is archived (by whichever projector
     of the group holds each partition), while `running()`; False, and a warning, if that

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import accumulate, islice, pairwise
 from pathlib import Path
@@ -147,7 +147,7 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def _timed(call, queries: list[SearchQuery]) -> list[float]:
+def _timed(call: Callable[[SearchQuery], object], queries: list[SearchQuery]) -> list[float]:
     latencies = []
     for query in queries:
         began = time.perf_counter()

@@ -49,8 +49,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     Column,
     Connection,
+    CursorResult,
     Engine,
     Index,
     MetaData,
@@ -106,7 +108,7 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _ids(name: str):
+def _ids(name: str) -> BindParameter[Any]:
     return bindparam(name, expanding=True)
 
 
@@ -385,7 +387,8 @@ class SqlSearch:
 
     _join = "JOIN"
 
-    def _run(self, conn: Connection, sql: str, params: dict[str, Any]):
+    def _run(self, conn: Connection, sql: str, params: dict[str, Any]
+             ) -> CursorResult[*tuple[Any, ...]]:
         """`sql` with list parameters expanded into IN (...)."""
         statement = text(sql).bindparams(*(_ids(name) for name, value in params.items()
                                            if isinstance(value, list)))

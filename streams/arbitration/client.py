@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from streams.arbitration.arbiter import (
     UNKNOWN_MODEL,
@@ -36,7 +36,10 @@ from streams.pool.errors import AllocationError
 from streams.pool.lifecycle import DEFAULT_POOL
 
 if TYPE_CHECKING:
+    from aiokafka import ConsumerRecord
     from sqlalchemy import Engine
+
+    from streams.commands import SendOptions
 
 LEARNING_S = 5.0  # how long allocate_model waits for arbitration to learn of a new model
 
@@ -121,7 +124,7 @@ class ArbitrationOps:
                                                                   self._on_event))
         await asyncio.shield(self._events)
 
-    def _on_event(self, message) -> None:
+    def _on_event(self, message: ConsumerRecord) -> None:
         request_id = message.key.decode() if message.key else ""
         queue = self._watched.get(request_id)
         if queue is None:
@@ -270,7 +273,7 @@ class ArbitrationOps:
         return allocation
 
     async def release_model(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
-                            **options) -> Outcome:
+                            **options: Unpack[SendOptions]) -> Outcome:
         """Release an allocation made by `allocate_model`: in the pool, then its grant."""
         pool = await self._pool().release_model(request_id, pool_id=pool_id, **options)
         granted = await self.release(request_id, pool_id=pool_id, **options)
@@ -280,15 +283,15 @@ class ArbitrationOps:
         return self.pool or self.client.pool  # type: ignore[attr-defined]
 
     async def release(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
-                      **options) -> Outcome:
+                      **options: Unpack[SendOptions]) -> Outcome:
         return await self.client.send(ReleaseRequest(request_id, pool_id), **options)
 
     async def cancel(self, request_id: str, reason: str = "", *, pool_id: str = DEFAULT_POOL,
-                     **options) -> Outcome:
+                     **options: Unpack[SendOptions]) -> Outcome:
         return await self.client.send(CancelRequest(request_id, reason, pool_id), **options)
 
     async def set_policy(self, policy: Policy | Mapping[str, Any] | str, *,
-                         pool_id: str = DEFAULT_POOL, **options) -> Outcome:
+                         pool_id: str = DEFAULT_POOL, **options: Unpack[SendOptions]) -> Outcome:
         """Set the policy (a Policy, its plain data, or YAML/JSON text); PolicyError listing
         every problem before anything is sent."""
         if isinstance(policy, str):
@@ -301,24 +304,26 @@ class ArbitrationOps:
     async def describe_model(self, model_id: str, *, slots: int = 0,
                              cost_per_second: float = 0.0, cost_per_call: float = 0.0,
                              equivalents: Iterable[str] = (), pool_id: str = DEFAULT_POOL,
-                             **options) -> Outcome:
+                             **options: Unpack[SendOptions]) -> Outcome:
         return await self.client.send(DescribeModel(model_id, slots, cost_per_second,
                                                     cost_per_call, list(equivalents), pool_id),
                                       **options)
 
     async def observe_model(self, model_id: str, memory_mb: int, load_ms: int, hot: bool, *,
-                            pool_id: str = DEFAULT_POOL, **options) -> Outcome:
+                            pool_id: str = DEFAULT_POOL,
+                            **options: Unpack[SendOptions]) -> Outcome:
         return await self.client.send(ObserveModel(model_id, memory_mb, load_ms, hot, pool_id),
                                       **options)
 
     async def observe_host(self, host_id: str, budget_mb: int, free_mb: int,
                            alive: bool = True, *, pool_id: str = DEFAULT_POOL,
-                           **options) -> Outcome:
+                           **options: Unpack[SendOptions]) -> Outcome:
         return await self.client.send(ObserveHost(host_id, budget_mb, free_mb, alive, pool_id),
                                       **options)
 
     async def report_utilisation(self, source: str, utilisation: float, *,
-                                 pool_id: str = DEFAULT_POOL, **options) -> Outcome:
+                                 pool_id: str = DEFAULT_POOL,
+                                 **options: Unpack[SendOptions]) -> Outcome:
         return await self.client.send(ReportUtilisation(source, utilisation, pool_id),
                                       **options)
 

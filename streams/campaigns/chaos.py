@@ -62,7 +62,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
@@ -87,6 +87,9 @@ from streams.pool.lifecycle import ModelState, RecordModelUsage, TransitionModel
 from streams.sql import connect, load_positions
 from streams.stale.topics import STALE_EVENTS
 from streams.topics import load_catalog
+
+if TYPE_CHECKING:
+    from streams.decider import Message
 
 PROGRAM = (sys.executable, "-m", "streams.campaigns.chaos")
 KINDS = {"pit-up": 0.35, "runner": 0.25, "host": 0.15, "broker": 0.25}  # kill point weights
@@ -258,7 +261,7 @@ class RecordingClient(PitClient):
         super().__init__(settings, issued_by="pit-chaos")
         self.accepted = accepted
 
-    async def send(self, command, **options) -> Outcome:
+    async def send(self, command: Message, **options: Any) -> Outcome:
         outcome = await super().send(command, **options)
         if outcome.accepted:
             self.accepted(outcome)

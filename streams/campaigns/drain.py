@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def until(check, timeout_s: float, what: str) -> None:
+async def until(check: Callable[[], object], timeout_s: float, what: str) -> None:
     """Until `check()` (sync or async) holds; TimeoutError naming `what` past the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -224,7 +225,7 @@ def plan(rounds: int) -> list[tuple[str, str, bool]]:
 
 
 async def campaign(data_dir: Path, steps: list[tuple[str, str, bool]],
-                   drain_timeout_s: float, say=print) -> list[Round]:
+                   drain_timeout_s: float, say: Callable[[str], None] = print) -> list[Round]:
     data_dir.mkdir(parents=True, exist_ok=True)
     pit = Pit(data_dir)
     results = []

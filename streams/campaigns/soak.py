@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def _free_port() -> int:
 class Soak:
     """The processes and loads of one soak run on `data_dir`."""
 
-    def __init__(self, data_dir: Path, workflows: int = 2, say=print) -> None:
+    def __init__(self, data_dir: Path, workflows: int = 2,
+                 say: Callable[[str], None] = print) -> None:
         self.data_dir, self.workflows, self.say = data_dir, workflows, say
         self.port = _free_port()
         self.env = {**os.environ, "PIT_DATA_DIR": str(data_dir),
@@ -167,7 +169,8 @@ class Soak:
                     process.kill()
                     await process.wait()
 
-    async def _loop(self, name: str, step, stop: asyncio.Event) -> None:
+    async def _loop(self, name: str, step: Callable[[], Awaitable[None]],
+                    stop: asyncio.Event) -> None:
         """Run `step()` until stopped, counting what finished and what failed (by type):
         a failed step is reported, not fatal - the memory figures are what a soak is for."""
         while not stop.is_set():
@@ -233,7 +236,7 @@ def describe(sample: Sample, started: float) -> str:
 
 
 async def soak(data_dir: Path, minutes: float, sample_s: float, warmup_s: float,
-               workflows: int = 2, say=print) -> SoakReport:
+               workflows: int = 2, say: Callable[[str], None] = print) -> SoakReport:
     """Run the soak; returns every sample (printed as taken) and the loads' errors."""
     run = Soak(data_dir, workflows, say)
     report = SoakReport(warmup_s=warmup_s)

@@ -45,6 +45,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiokafka import TopicPartition
 from sqlalchemy import Engine
@@ -81,6 +82,9 @@ from streams.kafka import (
 from streams.log import LogRecord, source_headers, source_of
 from streams.pool.lifecycle import DEFAULT_POOL
 from streams.processor import Output
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +354,7 @@ class TaskDispatcher:
         else:
             self.gate.execution_moved_on(event["execution_id"])
 
-    async def _relay(self, producer, tasks: list[Task]) -> None:
+    async def _relay(self, producer: Producer, tasks: list[Task]) -> None:
         if tasks:
             await produce_all(producer, [self.task_output(task) for task in tasks],
                               self.produce_timeout_s)

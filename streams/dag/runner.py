@@ -69,14 +69,16 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import Message as KafkaMessage
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from schemas.codec import Codec
@@ -128,6 +130,9 @@ from streams.process import (
 )
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 GROUP = "pit.dag.runners"
 POOLS = ("instrument", "operator")  # the runner pools a runner serves unless told otherwise
@@ -367,7 +372,8 @@ class NodeExecutor:
         return await loop.run_in_executor(self.threads, operator, inputs, params)
 
     @contextlib.asynccontextmanager
-    async def _allocated(self, task: Task, model: str, remaining_s: float | None):
+    async def _allocated(self, task: Task, model: str, remaining_s: float | None
+                         ) -> AsyncIterator[Any]:
         """The model allocated for the node's calls; released after them whatever happened,
         also when the allocation itself failed or the deadline cut it short (a request still
         queued would otherwise pin the model)."""
@@ -732,7 +738,7 @@ class Runner:
         assert self._loop is not None, "the runner is not running"
         return self._loop
 
-    def _on_kafka(self, call: Callable, *args) -> asyncio.Future:
+    def _on_kafka(self, call: Callable[[*_Ts], _T], *args: *_Ts) -> asyncio.Future[_T]:
         """Every consumer call runs on the one Kafka thread, so none overlaps another."""
         return self._event_loop.run_in_executor(self._kafka, call, *args)
 
@@ -753,10 +759,10 @@ class Runner:
         self._consumer.subscribe([DAG_TASKS], on_assign=self._assigned,
                                  on_revoke=self._revoked, on_lost=self._lost)
 
-    def _kafka_error(self, error) -> None:
+    def _kafka_error(self, error: RdKafkaError) -> None:
         log.debug("runner %s: kafka: %s", self.runner_id, error)
 
-    def _assigned(self, consumer, partitions) -> None:
+    def _assigned(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         """New partitions: start at their committed positions as they are a moment after the
         group settled, so a handover commit the previous owner could not make while the
         group rebalanced (the embedded coordinator refuses commits then) lands first."""
@@ -778,7 +784,7 @@ class Runner:
             self._say(f"given {len(partitions)} partition(s) of {DAG_TASKS}, {waiting} task(s)"
                       " already on them: each runs once the decider takes its start")
 
-    def _revoked(self, consumer, partitions) -> None:
+    def _revoked(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         """Partitions go to another runner: let their tasks finish (up to `revoke_wait_s`)
         and commit what is done before the new owner reads the position; what the group
         refuses now is committed as soon as it accepts (`_commit`). A task still running
@@ -796,7 +802,7 @@ class Runner:
         # would move its position back)
         self.handover_until = time.monotonic() + self.session_timeout_ms / 1000 + HANDOVER_S
 
-    def _lost(self, _consumer, partitions) -> None:
+    def _lost(self, _consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
         self.assignment -= lost
         self._event_loop.call_soon_threadsafe(self.offsets.forget, lost)
@@ -837,7 +843,8 @@ class Runner:
             self._say(f"a task could not be run (it will run again): "
                       f"{_one_line(job.exception())}")
 
-    async def _handle(self, tp: Partition, epoch: int, message, fenced: bool = False) -> None:
+    async def _handle(self, tp: Partition, epoch: int, message: KafkaMessage,
+                      fenced: bool = False) -> None:
         """Run one task record. Its offset is done once its last report is acknowledged,
         or once it proves not to be a task, or (`fenced`) to be over elsewhere.
 
@@ -845,22 +852,24 @@ class Runner:
         after `pit up` restarted, say, whose restored log lost the report: its kept result is
         reported again, under the same command id, so the operator's side effects happen
         once."""
+        offset = message.offset()
+        assert offset is not None  # a record, not an error event (`_take`): its offset is set
         task = self._task(message)
         if task is None:
             self.counts["skipped"] += 1
-            self.offsets.done(tp, message.offset(), epoch)
+            self.offsets.done(tp, offset, epoch)
             return
         # The task's position rides on its last report, so a restored broker can tell
         # which tasks were done (streams/dag/dispatch.py restore_runner_positions).
         position = ((TASK_PARTITION, str(message.partition()).encode()),
-                    (TASK_OFFSET, str(message.offset()).encode()))
+                    (TASK_OFFSET, str(offset).encode()))
         kept = self.results.get(task.task_id)
         if kept is None:
             run = self.runs.get(task.task_id)
             if run is None:
                 if fenced and not await self._claim(task):
                     self.counts["over_elsewhere"] += 1
-                    self.offsets.done(tp, message.offset(), epoch)
+                    self.offsets.done(tp, offset, epoch)
                     return
                 run = self.runs[task.task_id] = asyncio.ensure_future(
                     self._run(task, reported=fenced))
@@ -874,7 +883,7 @@ class Runner:
         if self.reporter is None:  # disconnected meanwhile: reported once a broker is back
             return
         await self._report_final(task, result, position)
-        self.offsets.done(tp, message.offset(), epoch)
+        self.offsets.done(tp, offset, epoch)
 
     async def _report_final(self, task: Task, result: Result, position: tuple[
             tuple[str, bytes], ...], reporter: Reporter | None = None) -> None:
@@ -897,7 +906,8 @@ class Runner:
         reporter = self.reporter
         assert reporter is not None
 
-        async def when_done(task: Task, run: asyncio.Future[Result], position) -> None:
+        async def when_done(task: Task, run: asyncio.Future[Result],
+                            position: tuple[tuple[str, bytes], ...]) -> None:
             try:
                 result = await asyncio.shield(run)
             except Exception:  # its run failed (and said so): the task runs again
@@ -983,11 +993,12 @@ class Runner:
                           f"({_one_line(exc) or type(exc).__name__}); sending it again")
                 await asyncio.sleep(1.0)
 
-    def _task(self, message) -> Task | None:
-        if message.value() is None:
+    def _task(self, message: KafkaMessage) -> Task | None:
+        value = message.value()
+        if value is None:
             return None
         try:
-            decoded = self.codec.decode(message.value())
+            decoded = self.codec.decode(value)
         except SchemaError as exc:
             self._say(f"skipping an undecodable record at {message.topic()}"
                       f"[{message.partition()}]@{message.offset()}: {exc}")

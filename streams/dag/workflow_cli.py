@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from streams.errors import PitError
 
 if TYPE_CHECKING:  # the rest is imported when a command runs: `pit` starts fast
+    from collections.abc import Callable
+
     from streams.config import Settings
     from streams.dag.execution import Progress
     from streams.dag.workflows import WorkflowOps, WorkflowResult
@@ -75,7 +77,7 @@ class _Lines:
     once when scheduled work has waited NO_RUNNER_S with no node started: with no runner,
     the counts would otherwise show "scheduled" for good, silently."""
 
-    def __init__(self, stream: TextIO, clock=time.monotonic) -> None:
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream, self.tty, self.clock = stream, stream.isatty(), clock
         self.last: tuple | None = None
         self.idle_since: float | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import aiohttp
 
@@ -31,6 +31,11 @@ from streams.pool.pool import (
     ReleaseModel,
 )
 from streams.pool.topics import POOL_EVENTS
+
+if TYPE_CHECKING:
+    from aiokafka import ConsumerRecord
+
+    from streams.commands import SendOptions
 
 
 @dataclass(frozen=True)
@@ -67,41 +72,47 @@ class PoolOps:
 
     async def transition(self, model_id: str, to_state: ModelState,
                          reason: TransitionReason = TransitionReason.USER_REQUEST,
-                         metadata: dict[str, str] | None = None, **options) -> Outcome:
+                         metadata: dict[str, str] | None = None,
+                         **options: Unpack[SendOptions]) -> Outcome:
         return await self.client.send(TransitionModel(model_id, ModelState(to_state),
                                                       TransitionReason(reason), metadata or {}),
                                       **options)
 
-    async def warm_model(self, model_id: str, reason=TransitionReason.USER_REQUEST, **options):
+    async def warm_model(self, model_id: str,
+                         reason: TransitionReason = TransitionReason.USER_REQUEST,
+                         **options: Unpack[SendOptions]) -> Outcome:
         return await self.transition(model_id, ModelState.WARMING, reason, **options)
 
-    async def cool_model(self, model_id: str, reason=TransitionReason.SCHEDULED_COOLDOWN,
-                         **options):
+    async def cool_model(self, model_id: str,
+                         reason: TransitionReason = TransitionReason.SCHEDULED_COOLDOWN,
+                         **options: Unpack[SendOptions]) -> Outcome:
         return await self.transition(model_id, ModelState.COOLING, reason, **options)
 
     async def fail_model(self, model_id: str, error: str,
-                         reason=TransitionReason.HEALTH_CHECK_FAILURE, **options):
+                         reason: TransitionReason = TransitionReason.HEALTH_CHECK_FAILURE,
+                         **options: Unpack[SendOptions]) -> Outcome:
         return await self.transition(model_id, ModelState.FAILED, reason, {"error": error},
                                      **options)
 
-    async def recover_model(self, model_id: str, **options):
+    async def recover_model(self, model_id: str, **options: Unpack[SendOptions]) -> Outcome:
         return await self.transition(model_id, ModelState.COLD, TransitionReason.ERROR_RECOVERY,
                                      **options)
 
-    async def record_usage(self, model_id: str, invocations: int = 1, **options) -> Outcome:
+    async def record_usage(self, model_id: str, invocations: int = 1,
+                           **options: Unpack[SendOptions]) -> Outcome:
         return await self.client.send(RecordModelUsage(model_id, invocations), **options)
 
     # --- the pool --------------------------------------------------------------------------
 
     async def register_model(self, model_id: str, uri: str, memory_mb: int,
                              expected_load_ms: int, *, pool_id: str = DEFAULT_POOL,
-                             **options) -> Outcome:
+                             **options: Unpack[SendOptions]) -> Outcome:
         return await self.client.send(RegisterModel(model_id, uri, memory_mb, expected_load_ms,
                                                     pool_id), **options)
 
     async def register_host(self, host_id: str, memory_budget_mb: int, capacity: int,
                             endpoint: str = "", *, pool_id: str = DEFAULT_POOL,
-                            **options) -> Outcome:
+                            **options: Unpack[SendOptions]) -> Outcome:
         return await self.client.send(RegisterHost(host_id, memory_budget_mb, capacity, pool_id,
                                                    endpoint), **options)
 
@@ -157,7 +168,7 @@ class PoolOps:
                                                                        self._on_pool_event))
         await asyncio.shield(self._pool_events)
 
-    def _on_pool_event(self, message) -> None:
+    def _on_pool_event(self, message: ConsumerRecord) -> None:
         # Answers to allocations are keyed by request id: only those are decoded.
         request_id = message.key.decode() if message.key else ""
         waiter = self._allocations.get(request_id)
@@ -172,15 +183,15 @@ class PoolOps:
                 waiter.set_result(from_record(answer, decoded.record))
 
     async def release_model(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
-                            **options) -> Outcome:
+                            **options: Unpack[SendOptions]) -> Outcome:
         if request_id in self._arbitrated:  # its grant goes back to arbitration too
             self._arbitrated.discard(request_id)
             return await self._arbitration().release_model(request_id, pool_id=pool_id,
                                                            **options)
         return await self.client.send(ReleaseModel(request_id, pool_id), **options)
 
-    async def infer(self, allocation: Allocation, inputs, *, params: dict | None = None,
-                    timeout: float = 30.0):
+    async def infer(self, allocation: Allocation, inputs: Any, *,
+                    params: dict | None = None, timeout: float = 30.0) -> Any:
         """Call the allocated model on its host; returns its outputs (JSON values). `params`
         (a DAG node's) travel beside the inputs; hosts that take none ignore them."""
         if self._http is None:

@@ -830,6 +830,11 @@ class Runner:
                 self._say(f"consumer: {message.error()}")
                 continue
             tp = (message.topic(), message.partition())
+            if tp not in self.assignment:
+                # Revoked while in hand: the group rebalanced inside the second consume of
+                # `_take_ready`, after the first had returned this task. Its offset is the new
+                # owner's, who runs it; running it here too would run it twice.
+                continue
             epoch = self.offsets.take(tp, message.offset())
             fenced = self.fence and message.offset() < self.backlog.get(tp, 0)
             job = asyncio.create_task(self._handle(tp, epoch, message, fenced))

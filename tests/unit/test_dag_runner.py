@@ -10,10 +10,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from confluent_kafka import TopicPartition
 
+from schemas.codec import Codec
+from schemas.registry import EmbeddedRegistry
 from streams.blobs import FileBlobStore
+from streams.config import Settings
 from streams.dag.definition import OPERATORS
-from streams.dag.runner import Completed, Failed, NodeExecutor, Offsets, Task, wall_ms
+from streams.dag.runner import Completed, Failed, NodeExecutor, Offsets, Runner, Task, wall_ms
+from streams.dag.topics import DAG_TASKS
 
 
 def task(kind: str = "operator", *, spec: dict | None = None, inputs: dict | None = None,
@@ -234,3 +239,62 @@ def test_a_task_of_a_partition_handed_over_does_not_count_once_it_is_back():
     assert offsets.running[tp] == {5} and offsets.committable() == {tp: 5}
     offsets.done(tp, 5, again)
     assert offsets.committable() == {tp: 6}
+
+
+class _Record:
+    """A task record as librdkafka's consumer returns it."""
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return DAG_TASKS
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return b"not a task"
+
+
+class _RebalancingConsumer:
+    """Returns one record of partition 0, then, inside the next consume, the group takes
+    partition 0 away (librdkafka serves a rebalance inside `consume`)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def consume(self, n: int, timeout: float) -> list:
+        if timeout:  # `_take_ready`'s first call
+            return [_Record(0, 7)]
+        self.runner._revoked(self, [TopicPartition(DAG_TASKS, 0)])
+        return []
+
+    def commit(self, **_options: object) -> list:
+        return []
+
+
+async def test_a_task_in_hand_when_its_partition_is_revoked_is_left_to_the_new_owner(tmp_path):
+    """The rebalance ran between the two consumes of one take: the record already returned
+    belongs to the new owner, who runs it. Run here as well, it ran twice (the likely cause of
+    a node run twice, once, by the join-then-leave test of tests/integration/test_dag_runners.py
+    under load)."""
+    runner = Runner(Settings(data_dir=tmp_path), codec=Codec(EmbeddedRegistry()),
+                    blobs=FileBlobStore(tmp_path / "blobs"), revoke_wait_s=0.1)
+    runner.assignment = {(DAG_TASKS, 0)}
+    runner._consumer = _RebalancingConsumer(runner)
+    runner._loop = asyncio.get_running_loop()
+    runner._kafka = ThreadPoolExecutor(1)
+    try:
+        await runner._take()
+    finally:
+        runner._kafka.shutdown()
+    assert runner.assignment == set()
+    assert runner.running == {}  # not started here
+    assert runner.offsets.committable({(DAG_TASKS, 0)}) == {}  # nor counted as taken

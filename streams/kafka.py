@@ -314,5 +314,13 @@ async def stop_clients(consumer: Reader, producer: Producer, failed: bool) -> No
     delivered."""
     if failed:
         producer.purge()
-    await consumer.stop()
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        # aiokafka's fetcher (0.14, Fetcher.close) awaits the fetch requests it has just
+        # cancelled: one caught in its retry backoff (a broker down) ends the stop with
+        # CancelledError though nobody cancelled this task. Only a real cancellation goes on.
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
     await asyncio.to_thread(producer.flush, 0 if failed else 10)

@@ -1,0 +1,38 @@
+"""`stop_clients` (streams/kafka.py): a consumer whose stop raises CancelledError on its own
+(aiokafka's fetcher awaiting the fetch requests it cancelled, one of them in its retry
+backoff while a broker is down) does not end the service's stop; a cancellation of the
+stopping task itself still does."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.config import Settings
+from streams.kafka import make_producer, stop_clients
+
+
+class _ConsumerCancelledInside:
+    def __init__(self) -> None:
+        self.stopped = asyncio.Event()
+
+    async def stop(self) -> None:
+        self.stopped.set()
+        await asyncio.sleep(0.2)  # where a cancellation of the caller lands
+        raise asyncio.CancelledError  # aiokafka 0.14's Fetcher.close, as seen in CI
+
+
+async def test_a_cancelled_error_from_inside_the_consumers_stop_is_not_the_services() -> None:
+    producer = make_producer(Settings(bootstrap_servers="127.0.0.1:9"))
+    await stop_clients(_ConsumerCancelledInside(), producer, failed=True)  # no exception
+
+
+async def test_a_cancellation_of_the_stopping_task_still_cancels_it() -> None:
+    producer = make_producer(Settings(bootstrap_servers="127.0.0.1:9"))
+    consumer = _ConsumerCancelledInside()
+    stopping = asyncio.ensure_future(stop_clients(consumer, producer, failed=True))
+    await consumer.stopped.wait()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping

@@ -58,6 +58,7 @@ class Codec:
         self.schemas = current_schemas() if schemas is None else schemas
         self._writers: dict[str, tuple[bytes, Schema]] = {}
         self._readers: dict[int, tuple[str, Schema, Schema | None]] = {}
+        self._names: dict[bytes, str] = {}  # framing header -> record name
 
     def _writer(self, name: str) -> tuple[bytes, Schema]:
         if name not in self._writers:
@@ -101,6 +102,18 @@ class Codec:
             resolved = None if canonical(reader) == canonical(writer) else parse_schema(reader)
             self._readers[schema_id] = (name, parse_schema(writer), resolved)
         return self._readers[schema_id]
+
+    def name_of(self, data: bytes) -> str:
+        """The record name a framed value was written with, from its header alone: a reader
+        that folds a few record types of a busy topic skips the rest without decoding them.
+        Raises SchemaError (MalformedMessageError, UnknownSchemaError) as `decode` would."""
+        header = data[:_HEADER.size]
+        name = self._names.get(header)
+        if name is None:
+            if len(header) < _HEADER.size or header[0] != MAGIC:
+                raise MalformedMessageError("not a Confluent-framed Avro message")
+            name = self._names[header] = self._reader(_HEADER.unpack(header)[1])[0]
+        return name
 
     def decode(self, data: bytes) -> Decoded:
         if not data or data[0] != MAGIC:

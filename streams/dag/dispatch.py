@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING
 from aiokafka import TopicPartition
 from sqlalchemy import Engine
 
-from schemas.catalog import fullname
 from schemas.codec import Codec
 from streams import metrics
 from streams.arbitration.arbiter import ArbitrationPolicySet
@@ -258,7 +257,6 @@ class TaskDispatcher:
         self.max_batch, self.produce_timeout_s, self.retry_s = (max_batch, produce_timeout_s,
                                                                 retry_s)
         self.gate = Gate(self.max_running)
-        self.names: dict[bytes, str | None] = {}  # schema id header -> record name
         self.relayed = 0
         self.ready = asyncio.Event()  # the gate rebuilt and the log followed
 
@@ -327,9 +325,9 @@ class TaskDispatcher:
         during a rebuild, `relayed` is what pit.dag.tasks holds, and `again` collects the
         tasks relayed from another NodeScheduled than this one (relayed again)."""
         value = record.value
-        if not value or value[0] != 0 or len(value) < 5 or self._name(value) not in WATCHED:
-            return
         try:
+            if not value or self.codec.name_of(value) not in WATCHED:
+                return
             decoded = self.codec.decode(value)
         except SchemaError:
             return  # the processor never wrote it; nothing to relay
@@ -361,17 +359,6 @@ class TaskDispatcher:
             self.relayed += len(tasks)
         metrics.DAG_TASKS_RUNNING.set(len(self.gate.running))
         metrics.DAG_TASKS_WAITING.set(len(self.gate.waiting))
-
-    def _name(self, value: bytes) -> str | None:
-        """The record name from the schema id in the framing, without decoding the body."""
-        header = value[:5]
-        if header not in self.names:
-            try:
-                self.names[header] = fullname(self.codec.registry.schema_by_id(
-                    int.from_bytes(header[1:5], "big")))
-            except (SchemaError, KeyError, ValueError):
-                self.names[header] = None
-        return self.names[header]
 
     @staticmethod
     def task_output(task: Task) -> Output:

@@ -65,6 +65,7 @@ from streams.decider import Message
 
 ENDED = tuple(ENDINGS)
 SHAPES = 64  # plans' shapes kept, most recently started first
+PASSED = 10_000  # executions remembered as having no model to warm, most recent first
 _MODEL_KEY = '"model":'  # canonical JSON omits an empty model: no match, no model node
 
 
@@ -158,12 +159,20 @@ class LookaheadPredictor:
         self.definitions = Definitions(base.store, base.registry)
         self.probability = probability
         self.runs: dict[str, _Run] = {}
+        # Executions whose start was seen and has no model to warm: their checkpoints (the
+        # whole state, every few completions) are then not restored for nothing.
+        self.passed: OrderedDict[str, None] = OrderedDict()
         self._shapes: OrderedDict[str, _Shape] = OrderedDict()  # by definition hash
         self.made = 0
 
     def wants(self, execution_id: str) -> bool:
         """Whether events of this execution matter (beyond starts and checkpoints)."""
         return execution_id in self.runs
+
+    def passes(self, execution_id: str) -> bool:
+        """Whether this execution was seen starting with no model to warm: none of its
+        events matter, not even its checkpoints."""
+        return execution_id in self.passed
 
     def apply(self, event: Message, at_ms: int) -> list[Lookahead]:
         """Fold one pit.dag.events event at its `occurred_at`; the models to warm now."""
@@ -194,15 +203,28 @@ class LookaheadPredictor:
         return self._due(run, run.shape.watched[i])
 
     def _start(self, event: ExecutionStarted, at_ms: int) -> list[Lookahead]:
-        if event.definition and _MODEL_KEY not in event.definition:
-            return []
-        try:
-            state = evolve(ExecutionState(event.execution_id), event, at_ms, self.definitions)
-        except (DefinitionStoreError, InvalidWorkflowError, ValueError):
-            return []  # a definition it cannot read: that execution gets no lookahead
-        return self._follow(state)
+        if not event.definition or _MODEL_KEY in event.definition:
+            try:
+                state = evolve(ExecutionState(event.execution_id), event, at_ms,
+                               self.definitions)
+            except (DefinitionStoreError, InvalidWorkflowError, ValueError):
+                pass  # a definition it cannot read: that execution gets no lookahead
+            else:
+                hints = self._follow(state)
+                if state.execution_id in self.runs:
+                    return hints
+        self._pass(event.execution_id)
+        return []
+
+    def _pass(self, execution_id: str) -> None:
+        self.passed[execution_id] = None
+        self.passed.move_to_end(execution_id)
+        if len(self.passed) > PASSED:
+            self.passed.popitem(last=False)
 
     def _pick_up(self, event: CheckpointTaken) -> list[Lookahead]:
+        if self.passes(event.execution_id):
+            return []
         try:
             state = restore(event.snapshot, (), self.definitions)
         except (DefinitionStoreError, InvalidWorkflowError, ValueError):

@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from schemas.catalog import fullname
 from schemas.codec import Codec
 from streams import metrics
 from streams.commands import CommandClient
@@ -264,7 +263,6 @@ class Prewarmer:
         self.caught_up = asyncio.Event()  # set once the history is read
         self._sends: set[asyncio.Task] = set()
         self._exported: dict[str, float] = {}
-        self._names: dict[bytes, str] = {}  # schema id framing -> record name
 
     @property
     def topics(self) -> list[str]:
@@ -294,24 +292,18 @@ class Prewarmer:
             pool = self.pools[pool_id] = PoolPrewarmer(pool_id, self.make_engine())
         return pool
 
-    def _name(self, value: bytes) -> str:
-        """The record name from the framing's schema id, without decoding the body."""
-        header = value[:5]
-        name = self._names.get(header)
-        if name is None:
-            schema = self.codec.registry.schema_by_id(int.from_bytes(header[1:], "big"))
-            name = self._names[header] = fullname(schema)
-        return name
-
     def fold_dag(self, key: bytes | None, value: bytes | None, *,
                  live: bool = True) -> list[Decision]:
         """One pit.dag.events record into the lookahead predictor; while replaying history
         (`live` false) it only rebuilds the executions."""
-        if not value or len(value) < 5:
+        if not value:
             return []
         try:
-            name = self._name(value)
-            followed = key is None or self.lookahead.wants(key.decode())
+            name = self.codec.name_of(value)
+            execution_id = None if key is None else key.decode()
+            if execution_id is not None and self.lookahead.passes(execution_id):
+                return []  # nothing of it to warm, not even a checkpoint to decode
+            followed = execution_id is None or self.lookahead.wants(execution_id)
             if name not in _STARTS and not (followed and name in _NODE_EVENTS):
                 return []
             decoded = self.codec.decode(value)

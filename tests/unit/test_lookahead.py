@@ -348,9 +348,22 @@ def test_the_prewarmer_passes_over_executions_without_models_undecoded(tmp_path)
     prewarmer = Prewarmer(Settings(data_dir=tmp_path), codec)
     plain = Execution(flow(op("a", constants={"value": 1}), op("b"), edges=(("a", "b.value"),)))
     plain.complete("a")
+    plain.send(TakeCheckpoint("e1"))
+    assert any(isinstance(event, CheckpointTaken) for event in plain.log)
     records = [record(codec, event, T0, n) for n, event in enumerate(plain.log)]
     assert len(records) > 3
     for value in records:
         assert prewarmer.fold_dag(b"e1", value) == []
-    assert codec.decoded == 1  # the start only
-    assert not prewarmer.lookahead.wants("e1")
+    assert codec.decoded == 1  # the start only: not even its checkpoint
+    assert not prewarmer.lookahead.wants("e1") and prewarmer.lookahead.passes("e1")
+
+
+def test_a_late_predictor_still_picks_up_a_checkpoint_of_an_execution_it_never_saw_start():
+    run = Execution(pipeline())
+    run.send(TakeCheckpoint("e1"))
+    checkpoint = next(e for e in run.log if isinstance(e, CheckpointTaken))
+    predictor = LookaheadPredictor()
+    plain = Execution(flow(op("a", constants={"value": 1})), predictor, execution_id="e2")
+    assert predictor.passes("e2") and not predictor.passes("e1")
+    predictor.apply(checkpoint, run.now)
+    assert predictor.wants("e1") and not predictor.wants(plain.id)

@@ -411,6 +411,18 @@ def test_unknown_schema_id(codec):
         codec.decode(struct.pack(">bI", 0, unknown) + good[5:])
 
 
+def test_the_record_name_is_read_from_the_header_alone(codec):
+    good = codec.encode(MT, transitioned())
+    assert codec.name_of(good) == codec.name_of(good[:5]) == MT  # the body is not read
+    for data in (b"\x01" + good[1:], b"", good[:4]):
+        with pytest.raises(MalformedMessageError, match="Confluent-framed"):
+            codec.name_of(data)
+    known = set(EmbeddedRegistry()._by_id)
+    unknown = next(i for i in range(1, 100) if i not in known)
+    with pytest.raises(UnknownSchemaError, match=f"unknown schema id {unknown}"):
+        codec.name_of(struct.pack(">bI", 0, unknown))
+
+
 def test_invalid_record_and_unknown_name(codec):
     with pytest.raises(InvalidRecordError):
         codec.encode(MT, transitioned(to_state="Lukewarm"))

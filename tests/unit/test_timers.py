@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams import timers
-from streams.decider import from_record
+from streams.decider import from_record, to_record
 from streams.errors import SchemaError
 from streams.pool.lifecycle import ModelState, TransitionModel, TransitionReason
 from streams.pool.pool import POOL, RecordModelUsage
@@ -147,6 +147,29 @@ def test_timer_records_are_keyed_by_timer_and_fold_into_the_table() -> None:
     fold(table, CODEC, None)  # a restored placeholder
     fold(table, CODEC, b"not avro")
     assert not table.pending and set(table.done) == {"t-1"}
+
+
+def test_fold_decodes_timer_records_only() -> None:
+    """A decider's event topic is mostly other events: those are passed over by the name in
+    their framing, not decoded."""
+    decoded: list[str] = []
+
+    class Counting(Codec):
+        def decode(self, data: bytes):  # type: ignore[no-untyped-def]
+            found = super().decode(data)
+            decoded.append(found.name)
+            return found
+
+    codec = Counting(EmbeddedRegistry())
+    usage = codec.encode(RecordModelUsage.avro_name, {
+        **to_record(RecordModelUsage("m")), "meta": {"command_id": "c", "issued_at": T0,
+                                                     "issued_by": "test"}})
+    table = TimerTable()
+    fold(table, codec, usage)
+    fold(table, codec, timer_output(codec, schedule_timer("t-1", T0, RecordModelUsage("m"),
+                                                          POOL), T0).value)
+    assert decoded == [TimerScheduled.avro_name]
+    assert set(table.pending) == {"t-1"}
 
 
 @pytest.mark.parametrize(("command_type", "command_json", "problem"), [

@@ -35,7 +35,15 @@ from sqlalchemy import Engine
 from schemas.codec import Codec
 from streams import metrics
 from streams.archive import keep_pending, prune_pending
-from streams.decider import MAX_ID_CHARS, Decider, Message, Rejection, from_record, to_record
+from streams.decider import (
+    MAX_ID_CHARS,
+    Decided,
+    Decider,
+    Message,
+    Rejection,
+    from_record,
+    to_record,
+)
 from streams.errors import BrokerUnavailableError, DatabaseUnavailableError, SchemaError
 from streams.history import end_offsets, history_source, kafka_log_reader, latest_history
 from streams.kafka import (
@@ -445,9 +453,11 @@ class Processor:
                 self.ended[key] = None
         return found
 
-    def _apply(self, envelope: dict, event: Message) -> None:
+    def _apply(self, envelope: dict, event: Message, *, evolved: bool = False) -> None:
+        """`evolved`: the entity's state has this event applied already (`Decided`)."""
         entity = self.entity(envelope["entity_key"])
-        entity.state = self.decider.evolve(entity.state, event, envelope["occurred_at"])
+        if not evolved:
+            entity.state = self.decider.evolve(entity.state, event, envelope["occurred_at"])
         entity.sequence = envelope["sequence"]
         entity.last_at_ms = max(entity.last_at_ms, envelope["occurred_at"])
 
@@ -543,13 +553,16 @@ class Processor:
                                     reason=f"internal error: {exc}")
             return [self._dead_letter(record, exc), *self._decided(record, outcome)]
         self.entities.setdefault(key, entity)
+        applied = 0
+        if isinstance(events, Decided):  # the decision evolved its first events already
+            entity.state, applied = events.state, events.applied
         outputs: list[Output] = []
         event_ids: list[str] = []
         start = -1  # the output that starts the entity's restore (a snapshot, its first event)
-        for envelope, event, value in encoded:
+        for index, (envelope, event, value) in enumerate(encoded):
             if envelope["sequence"] == 1 or isinstance(event, self.decider.snapshots):
                 start = len(outputs)
-            self._apply(envelope, event)
+            self._apply(envelope, event, evolved=index < applied)
             event_ids.append(envelope["event_id"])
             # Kafka key: the event's subject (a model, host, request), so the log can be
             # searched by it; the envelope names the deciding entity; the partition is the

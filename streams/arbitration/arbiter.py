@@ -61,7 +61,7 @@ from streams.arbitration.state import (
     initial_state,
 )
 from streams.arbitration.topics import ARBITRATION_COMMANDS, ARBITRATION_EVENTS
-from streams.decider import Decider, Decision, Message, Rejection, Rules, copy_with
+from streams.decider import Decided, Decider, Decision, Message, Rejection, Rules, copy_with
 from streams.pool.lifecycle import DEFAULT_POOL
 from streams.timers import TIMER_EVENTS, cancel_timer, schedule_timer
 
@@ -910,7 +910,7 @@ _RULES: Rules[_Decision] = Rules("the arbiter", "pool_id", {
 })
 
 
-def decide(state: ArbiterState, command: Message, now_ms: int) -> list[Message]:
+def decide(state: ArbiterState, command: Message, now_ms: int) -> Decided:
     return _RULES.decide(_Decision(state, now_ms, evolve), command)
 
 

@@ -56,7 +56,7 @@ from streams.artifacts.errors import ArtifactError
 from streams.artifacts.quality import Quality, quality, strict_json
 from streams.artifacts.topics import ARTIFACT_COMMANDS, ARTIFACT_EVENTS
 from streams.blobs import is_address
-from streams.decider import Decider, Decision, Message, Rejection, Rules, fits_int64
+from streams.decider import Decided, Decider, Decision, Message, Rejection, Rules, fits_int64
 from streams.persistent import PMap
 
 DEFAULT_STORE = "default"
@@ -628,7 +628,7 @@ _RULES: Rules[_Decision] = Rules("the artifact catalog", "store_id", {
 })
 
 
-def decide(state: CatalogState, command: Message, now_ms: int) -> list[Message]:
+def decide(state: CatalogState, command: Message, now_ms: int) -> Decided:
     return _RULES.decide(_Decision(state, now_ms, evolve), command)
 
 

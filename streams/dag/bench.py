@@ -112,8 +112,8 @@ class _Run:
         self.now += 1
         started = time.perf_counter()
         events = decide(self.state, command, self.now, self.definitions)
-        state = self.state
-        for event in events:
+        state = events.state  # as a processor does: only what the decision had not applied
+        for event in events[events.applied:]:
             state = evolve(state, event, self.now, self.definitions)
         elapsed = time.perf_counter() - started
         self.state = state

@@ -99,6 +99,7 @@ from streams.dag.errors import DefinitionStoreError, InvalidWorkflowError
 from streams.dag.topics import DAG_CHECKPOINTS, DAG_COMMANDS, DAG_EVENTS
 from streams.decider import (
     CheckpointTopic,
+    Decided,
     Decider,
     Decision,
     Message,
@@ -128,9 +129,9 @@ def runner_pool(node: Node) -> str:
     return POOLS[0] if uses_model else POOLS[1]
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+# One canonical encoder, made once: json.dumps with options makes one per call.
+_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                         allow_nan=False).encode
 
 
 # --- persistent structures ------------------------------------------------------------------
@@ -1604,7 +1605,7 @@ _RULES: Rules[_Decision] = Rules("the DAG tracker", "execution_id", {
 
 
 def decide(state: ExecutionState, command: Message, now_ms: int,
-           definitions: Definitions = DEFINITIONS) -> list[Message]:
+           definitions: Definitions = DEFINITIONS) -> Decided:
     return _RULES.decide(_Decision(state, now_ms, definitions), command)
 
 

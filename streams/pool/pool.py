@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from streams.decider import Decider, Decision, Message, Rejection, Rules, copy_with
+from streams.decider import Decided, Decider, Decision, Message, Rejection, Rules, copy_with
 from streams.persistent import PMap
 from streams.pool import lifecycle
 from streams.pool.eviction import Displacement, displacement, least_likely
@@ -1072,7 +1072,7 @@ _RULES: Rules[_Decision] = Rules("the pool", "pool_id", {
 })
 
 
-def decide(state: PoolState, command: Message, now_ms: int) -> list[Message]:
+def decide(state: PoolState, command: Message, now_ms: int) -> Decided:
     return _RULES.decide(_Decision(state, now_ms, evolve), command)
 
 

@@ -47,7 +47,7 @@ from operator import attrgetter
 from typing import Any
 
 from streams.blobs import is_address
-from streams.decider import Decider, Decision, Message, Rejection, Rules, copy_with
+from streams.decider import Decided, Decider, Decision, Message, Rejection, Rules, copy_with
 from streams.persistent import PMap
 from streams.stale.policy import (
     ARTIFACT,
@@ -856,7 +856,7 @@ _RULES: Rules[_Decision] = Rules("the stale manager", "store_id", {
 })
 
 
-def decide(state: StaleState, command: Message, now_ms: int) -> list[Message]:
+def decide(state: StaleState, command: Message, now_ms: int) -> Decided:
     return _RULES.decide(_Decision(state, now_ms, evolve), command)
 
 

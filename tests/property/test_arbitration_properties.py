@@ -94,6 +94,9 @@ class Run:
             return []
         again = ARBITER.decide(self.state, command, self.now)
         assert list(again) == list(events), "decide is not deterministic"
+        handed = events.state  # what a processor starts from: the decision's own copy
+        for event in events[events.applied:]:
+            handed = ARBITER.evolve(handed, event, self.now)
         for event in events:
             self.state = ARBITER.evolve(self.state, event, self.now)
             self.events.append((event, self.now))
@@ -103,6 +106,7 @@ class Run:
                     target, json.loads(event.command_json)))
             elif type(event).__name__ == "TimerCancelled":
                 self.timers.pop(event.timer_id, None)
+        assert handed == self.state
         assert granted_within_capacity(self.state)
         return list(events)
 

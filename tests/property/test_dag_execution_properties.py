@@ -210,11 +210,17 @@ class Sim:
             assert rejection.reason
             return []
         assert decide(self.state, command, self.now, self.definitions) == events
+        # what the decision hands a processor, plus the events it had not applied, is the
+        # state evolving them all gives
+        handed = events.state
+        for event in events[events.applied:]:
+            handed = evolve(handed, event, self.now, self.definitions)
         for event in events:
             self.state = evolve(self.state, event, self.now, self.definitions)
             self.log.append((event, self.now))
             if self.oracle is not None:
                 self.oracle.see(event)
+        assert handed == self.state
         self.check()
         return events
 

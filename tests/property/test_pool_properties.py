@@ -197,12 +197,16 @@ class Run:
             answered = [e for e in events if getattr(e, "request_id", None) == command.request_id]
             assert len(answered) == 1 and isinstance(answered[0], (ModelAllocated,
                                                                    AllocationQueued))
+        handed = events.state  # what a processor starts from: the decision's own copy
+        for event in events[events.applied:]:
+            handed = evolve(handed, event, self.now)
         for event in events:
             assert type(event) in POOL.events, f"{event.type_name} is not a declared pool event"
             self.oracle.apply(event)
             self.state = evolve(self.state, event, self.now)
             self.log.append((event, self.now))
             check_maintained(self.state)
+        assert handed == self.state
         self.oracle.check_hosts()
         for model_id, model in self.state.models.items():
             assert model.state == self.oracle.lifecycle.get(model_id, ModelState.COLD)

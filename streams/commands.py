@@ -164,7 +164,7 @@ class CommandClient:
         while the client waits for an outcome (and IDLE_AFTER_S after): the outcomes of a
         busy Pit's other clients stream past a client too, and a reader that is not waiting
         for any of them has no reason to fetch every 2 ms (`pace_fetches`)."""
-        from streams.kafka import getmany_ready
+        from streams.kafka import getmany_ready, stop_consumer
 
         try:
             while True:
@@ -174,7 +174,7 @@ class CommandClient:
                     for message in messages:
                         handle(message)
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     def _on_outcome(self, message: ConsumerRecord) -> None:
         key = message.key  # the command id: most outcomes answer commands of other clients
@@ -237,7 +237,7 @@ class CommandClient:
 
     async def results(self, from_beginning: bool = False) -> AsyncIterator[Outcome]:
         """Every outcome from now on (or from the start of the log), as they arrive."""
-        from streams.kafka import assign_at, start_consumer
+        from streams.kafka import assign_at, start_consumer, stop_consumer
 
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=100)
         try:
@@ -248,4 +248,4 @@ class CommandClient:
                                       key=lambda m: m.timestamp):
                     yield Outcome.from_record(self.codec.decode(message.value).record)
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)

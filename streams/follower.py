@@ -38,7 +38,7 @@ from streams.config import Settings
 from streams.decider import Decider, Message, from_record
 from streams.errors import SchemaError
 from streams.history import history_source, kafka_log_reader
-from streams.kafka import assign_at, getmany_ready, start_consumer
+from streams.kafka import assign_at, getmany_ready, start_consumer, stop_consumer
 from streams.log import LogRecord
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class Follower:
         try:
             await assign_at(consumer, self.topics, self.positions, at_end=at_end)
         except BaseException:
-            await consumer.stop()
+            await stop_consumer(consumer)
             raise
         self._consumer = consumer
 
@@ -132,4 +132,4 @@ class Follower:
         """Stop the consumer (like an aiokafka client's `stop`); a no-op before `start`."""
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_consumer(consumer)

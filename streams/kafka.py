@@ -51,7 +51,7 @@ async def start_consumer(settings: Settings, *topics: str, **options: Any
     try:
         await consumer.start()
     except KafkaConnectionError as exc:
-        await consumer.stop()
+        await stop_consumer(consumer)
         raise BrokerUnavailableError(
             f"Kafka unreachable at {settings.bootstrap()}: {exc}") from None
     if options.get("group_id") is not None:
@@ -127,7 +127,7 @@ async def topic_size(settings: Settings, topic: str) -> int:
         tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
         return sum((await consumer.end_offsets(tps)).values())
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 def make_producer(settings: Settings, **overrides: str | int) -> Producer:
@@ -308,12 +308,9 @@ class Reader(Protocol):
     async def stop(self) -> None: ...
 
 
-async def stop_clients(consumer: Reader, producer: Producer, failed: bool) -> None:
-    """Stop a service's consumer (or follower) and producer. After a failure nothing still
-    queued may land (the service starts again from the log); otherwise the queue is
-    delivered."""
-    if failed:
-        producer.purge()
+async def stop_consumer(consumer: Reader) -> None:
+    """Stop an aiokafka consumer (or a follower), which may raise CancelledError on its own
+    while a broker is down: that is swallowed, a cancellation of the calling task is not."""
     try:
         await consumer.stop()
     except asyncio.CancelledError:
@@ -323,4 +320,13 @@ async def stop_clients(consumer: Reader, producer: Producer, failed: bool) -> No
         task = asyncio.current_task()
         if task is None or task.cancelling():
             raise
+
+
+async def stop_clients(consumer: Reader, producer: Producer, failed: bool) -> None:
+    """Stop a service's consumer (or follower) and producer. After a failure nothing still
+    queued may land (the service starts again from the log); otherwise the queue is
+    delivered."""
+    if failed:
+        producer.purge()
+    await stop_consumer(consumer)
     await asyncio.to_thread(producer.flush, 0 if failed else 10)

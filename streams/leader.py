@@ -64,7 +64,7 @@ from aiokafka.errors import (
 from streams.component import Service
 from streams.config import Settings, parse_count
 from streams.errors import BrokerUnavailableError
-from streams.kafka import start_consumer
+from streams.kafka import start_consumer, stop_consumer
 
 if TYPE_CHECKING:
     from aiokafka.cluster import ClusterMetadata
@@ -179,7 +179,7 @@ class LeaderGate:
             finally:
                 await self._depose("stopping" if stop.is_set() else "the election failed")
                 self._assigned = None
-                await consumer.stop()  # leaves the group: the next member leads at once
+                await stop_consumer(consumer)  # leaves the group: the next member leads at once
                 if self._pending is not None:  # failed with the consumer: nothing to learn
                     await asyncio.gather(self._pending[1], return_exceptions=True)
                     self._pending = None

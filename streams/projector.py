@@ -50,7 +50,7 @@ from streams import metrics
 from streams.components import COMPONENTS, views
 from streams.config import Settings
 from streams.errors import PitError
-from streams.kafka import make_producer, partitions_of, start_consumer
+from streams.kafka import make_producer, partitions_of, start_consumer, stop_consumer
 from streams.process import Stopping, exit_now
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ async def project(projector: Projector, consumer: AIOKafkaConsumer, settings: Se
     try:
         await run(projector, consumer, stop, group=True, producer=producer)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
         await asyncio.to_thread(producer.flush, 10)
 
 
@@ -113,7 +113,7 @@ async def drain(settings: Settings, projector: Projector, running: Callable[[], 
         ends = {(tp.topic, tp.partition): end
                 for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline and running():
         archived = (await asyncio.to_thread(projector.positions)).get(AUDIT, {})

@@ -274,9 +274,15 @@ class ArbitrationOps:
 
     async def release_model(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
                             **options: Unpack[SendOptions]) -> Outcome:
-        """Release an allocation made by `allocate_model`: in the pool, then its grant."""
-        pool = await self._pool().release_model(request_id, pool_id=pool_id, **options)
-        granted = await self.release(request_id, pool_id=pool_id, **options)
+        """Release an allocation made by `allocate_model`: in the pool, then its grant (a
+        `command_id` given becomes `<command_id>/pool` and `<command_id>/grant`, one each)."""
+        pool_options, grant_options = options.copy(), options.copy()
+        command_id = options.get("command_id")
+        if command_id:
+            pool_options["command_id"] = f"{command_id}/pool"
+            grant_options["command_id"] = f"{command_id}/grant"
+        pool = await self._pool().release_model(request_id, pool_id=pool_id, **pool_options)
+        granted = await self.release(request_id, pool_id=pool_id, **grant_options)
         return pool if not pool.accepted else granted
 
     def _pool(self) -> Any:

@@ -44,7 +44,7 @@ from streams.dag.topics import DAG_EVENTS
 from streams.dag.workflows import ExecutionLog
 from streams.decider import Message, from_record
 from streams.errors import PitError, SchemaError
-from streams.kafka import keep_running, start_consumer
+from streams.kafka import keep_running, start_consumer, stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class OutputCataloger:
                 if batch:
                     await consumer.commit()
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
             await self.client.close()
 
     def _event(self, value: bytes | None) -> tuple[str, Message | None]:

@@ -82,7 +82,7 @@ from streams.dag.definition import OPERATORS, WILDCARD, Workflow, deep_dag, laye
 from streams.dag.execution import NodeCompleted
 from streams.dag.topics import DAG_EVENTS
 from streams.errors import PitError
-from streams.kafka import partitions_of, start_consumer
+from streams.kafka import partitions_of, start_consumer, stop_consumer
 from streams.pool.lifecycle import ModelState, RecordModelUsage, TransitionModel, TransitionReason
 from streams.sql import connect, load_positions
 from streams.stale.topics import STALE_EVENTS
@@ -531,7 +531,7 @@ async def caught_up(settings: Settings, engine: Engine, timeout_s: float) -> boo
         ends = {(tp.topic, tp.partition): end
                 for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         archived = await asyncio.to_thread(archive_positions, engine)

@@ -581,7 +581,7 @@ async def _until_answered(stack: Stack, bad: dict[Position, str], deciders: Sequ
     """Wait until each processor has committed past the last bad input of its topic."""
     from aiokafka import TopicPartition
 
-    from streams.kafka import start_consumer
+    from streams.kafka import start_consumer, stop_consumer
 
     last: dict[tuple[str, int], int] = {}
     for topic, partition, offset in bad:
@@ -602,7 +602,7 @@ async def _until_answered(stack: Stack, bad: dict[Position, str], deciders: Sequ
         progress(f"fuzz: processors did not answer everything within {timeout_s:.0f} s")
     finally:
         for reader in readers.values():
-            await reader.stop()
+            await stop_consumer(reader)
 
 
 async def _until_quiet(stack: Stack, deciders: Sequence[Decider],
@@ -613,7 +613,7 @@ async def _until_quiet(stack: Stack, deciders: Sequence[Decider],
     whole; read while they still send, a command could be read without its events."""
     from aiokafka import TopicPartition
 
-    from streams.kafka import partitions_of, start_consumer
+    from streams.kafka import partitions_of, start_consumer, stop_consumer
 
     readers = {d.command_topic: await start_consumer(
         stack.settings, group_id=f"pit.{d.name}.processor") for d in deciders}
@@ -635,7 +635,7 @@ async def _until_quiet(stack: Stack, deciders: Sequence[Decider],
         progress(f"fuzz: the Pit's services did not go quiet within {timeout_s:.0f} s")
     finally:
         for reader in readers.values():
-            await reader.stop()
+            await stop_consumer(reader)
 
 
 async def _restart_checks(settings: Settings, report: Report) -> None:

@@ -606,10 +606,12 @@ class Arrivals:
                     self.seen.setdefault((kind, decoded.record.get("node_id", "")), now)
 
     async def __aexit__(self, *_exc: object) -> None:
+        from streams.kafka import stop_consumer
+
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        await self.consumer.stop()
+        await stop_consumer(self.consumer)
 
     def stages(self) -> dict[str, list[float]]:
         """The hops of a chain, node i reported done to node i+1 reported done (`hop`), by
@@ -642,7 +644,7 @@ async def chains_per_s(stack: Any, dag: WorkflowOps, count: int, length: int = 2
     the first start to the last ExecutionCompleted: what a workflow engine's users mean by
     throughput of short workflows. One consumer sees every end (a watch per execution
     would cost more than the executions)."""
-    from streams.kafka import assign_at, start_consumer
+    from streams.kafka import assign_at, start_consumer, stop_consumer
 
     consumer = await start_consumer(stack.settings, fetch_max_wait_ms=5)
     await assign_at(consumer, [DAG_EVENTS], at_end=True)
@@ -675,7 +677,7 @@ async def chains_per_s(stack: Any, dag: WorkflowOps, count: int, length: int = 2
         following.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await following
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def broker_crossing_ms(stack: Any, samples: int = 200) -> dict[str, float]:
@@ -708,7 +710,7 @@ async def _crossing(stack: Any, producer: Any, topic: str, wait_ms: int, samples
     of `topic`."""
     import random
 
-    from streams.kafka import assign_at, produce_all, start_consumer
+    from streams.kafka import assign_at, produce_all, start_consumer, stop_consumer
 
     consumer = await start_consumer(stack.settings, fetch_max_wait_ms=wait_ms)
     await assign_at(consumer, [topic], at_end=True)
@@ -724,7 +726,7 @@ async def _crossing(stack: Any, producer: Any, topic: str, wait_ms: int, samples
                 pass
             crossings.append((time.perf_counter() - started) * 1000)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     return statistics.median(crossings), statistics.median(acks)
 
 

@@ -77,6 +77,7 @@ from streams.kafka import (
     produce_all,
     start_consumer,
     stop_clients,
+    stop_consumer,
 )
 from streams.log import LogRecord, source_headers, source_of
 from streams.pool.lifecycle import DEFAULT_POOL
@@ -402,4 +403,4 @@ async def restore_runner_positions(settings: Settings, db: Engine | None,
         await consumer.commit(positions)
         return {tp.partition: offset for tp, offset in positions.items()}
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)

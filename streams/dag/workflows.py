@@ -61,7 +61,7 @@ from streams.dag.execution import (
 from streams.dag.topics import DAG_EVENTS
 from streams.decider import Message, from_record
 from streams.errors import DatabaseUnavailableError, PitError, SchemaError
-from streams.kafka import partitions_of, start_consumer
+from streams.kafka import partitions_of, start_consumer, stop_consumer
 
 if TYPE_CHECKING:
     from schemas.codec import Codec
@@ -219,13 +219,13 @@ class ExecutionLog:
             consumer.seek(self.tp, start)
             self._at_end = start >= self.end
         except BaseException:
-            await consumer.stop()
+            await stop_consumer(consumer)
             raise
         return self
 
     async def __aexit__(self, *_: object) -> None:
         assert self._consumer is not None  # entered
-        await self._consumer.stop()
+        await stop_consumer(self._consumer)
 
     @property
     def caught_up(self) -> bool:

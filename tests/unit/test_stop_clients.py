@@ -1,7 +1,7 @@
-"""`stop_clients` (streams/kafka.py): a consumer whose stop raises CancelledError on its own
-(aiokafka's fetcher awaiting the fetch requests it cancelled, one of them in its retry
-backoff while a broker is down) does not end the service's stop; a cancellation of the
-stopping task itself still does."""
+"""`stop_consumer` and `stop_clients` (streams/kafka.py): a consumer whose stop raises
+CancelledError on its own (aiokafka's fetcher awaiting the fetch requests it cancelled, one
+of them in its retry backoff while a broker is down) does not end the service's stop; a
+cancellation of the stopping task itself still does."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from streams.config import Settings
-from streams.kafka import make_producer, stop_clients
+from streams.kafka import make_producer, stop_clients, stop_consumer
 
 
 class _ConsumerCancelledInside:
@@ -32,6 +32,21 @@ async def test_a_cancellation_of_the_stopping_task_still_cancels_it() -> None:
     producer = make_producer(Settings(bootstrap_servers="127.0.0.1:9"))
     consumer = _ConsumerCancelledInside()
     stopping = asyncio.ensure_future(stop_clients(consumer, producer, failed=True))
+    await consumer.stopped.wait()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+
+
+async def test_stop_consumer_swallows_a_cancelled_error_from_inside_the_consumers_stop() -> None:
+    consumer = _ConsumerCancelledInside()
+    await stop_consumer(consumer)  # no exception
+    assert consumer.stopped.is_set()
+
+
+async def test_stop_consumer_passes_on_a_cancellation_of_the_stopping_task() -> None:
+    consumer = _ConsumerCancelledInside()
+    stopping = asyncio.ensure_future(stop_consumer(consumer))
     await consumer.stopped.wait()
     stopping.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -680,3 +680,16 @@ def test_unknown_and_malformed_hashes(tmp_path):
         store.get(missing)
     with pytest.raises(DefinitionStoreError, match="not a definition hash"):
         store.get("sha256:../../x")
+
+
+def test_a_definition_read_once_is_kept_parsed_for_every_store_on_that_directory(tmp_path):
+    """In `pit up` the DAG processor and the workflow lookahead each have a store on the same
+    directory: the second read is the first one's workflow, not another parse. A store on
+    another directory does not see it."""
+    big = deep_dag(2_000)
+    definition_hash = FileDefinitionStore(tmp_path / "a").put(big)
+    first = FileDefinitionStore(tmp_path / "a").get(definition_hash)
+    assert first == big
+    assert FileDefinitionStore(tmp_path / "a" / ".." / "a").get(definition_hash) is first
+    with pytest.raises(DefinitionStoreError, match="not in the definition store"):
+        FileDefinitionStore(tmp_path / "b").get(definition_hash)

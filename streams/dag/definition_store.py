@@ -11,10 +11,9 @@ read each large definition (a 10,000-node one takes 0.15 s to parse, and its gra
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from streams.blobs import FileBlobStore
@@ -23,32 +22,7 @@ from streams.dag.definition import Workflow, workflow_from_json, workflow_from_y
 from streams.dag.errors import DefinitionStoreError, InvalidWorkflowError
 from streams.errors import BlobNotFoundError, BlobStoreError
 
-PARSED = 8  # definitions kept parsed, most recently read first
-
-
-class _Parsed:
-    """Workflows by store directory and content hash, shared by the threads of a process (a
-    processor's restore runs on a worker thread)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._workflows: OrderedDict[tuple[Path, str], Workflow] = OrderedDict()
-
-    def get(self, key: tuple[Path, str]) -> Workflow | None:
-        with self._lock:
-            workflow = self._workflows.get(key)
-            if workflow is not None:
-                self._workflows.move_to_end(key)
-            return workflow
-
-    def put(self, key: tuple[Path, str], workflow: Workflow) -> None:
-        with self._lock:
-            self._workflows[key] = workflow
-            while len(self._workflows) > PARSED:
-                self._workflows.popitem(last=False)
-
-
-_PARSED = _Parsed()
+PARSED = 8  # definitions kept parsed (`_parsed`), most recently read first
 
 
 def read_workflow_file(path: str | Path) -> Workflow:
@@ -86,9 +60,10 @@ class FileDefinitionStore:
             return self.blobs.put(workflow.canonical_bytes)
 
     def get(self, definition_hash: str) -> Workflow:
-        parsed = _PARSED.get((self.root, definition_hash))
-        if parsed is not None:
-            return parsed
+        return _parsed(self.root, definition_hash)
+
+    def read(self, definition_hash: str) -> Workflow:
+        """The definition read from disk, checked against its hash, parsed (uncached)."""
         try:
             data = self.blobs.get(definition_hash)
         except BlobNotFoundError as exc:
@@ -98,12 +73,17 @@ class FileDefinitionStore:
                 " across machines a shared store)") from None
         except BlobStoreError as exc:
             raise DefinitionStoreError(str(exc)) from None
-        workflow = workflow_from_json(data)
-        _PARSED.put((self.root, definition_hash), workflow)
-        return workflow
+        return workflow_from_json(data)
 
     def __contains__(self, definition_hash: object) -> bool:
         return definition_hash in self.blobs
+
+
+@lru_cache(maxsize=PARSED)
+def _parsed(root: Path, definition_hash: str) -> Workflow:
+    """The workflows last read, by directory and hash, for every store of the process (and
+    its threads: a processor's restore runs on a worker thread). A failed read is not kept."""
+    return FileDefinitionStore(root).read(definition_hash)
 
 
 @contextmanager

@@ -203,18 +203,19 @@ class LookaheadPredictor:
         return self._due(run, run.shape.watched[i])
 
     def _start(self, event: ExecutionStarted, at_ms: int) -> list[Lookahead]:
-        if not event.definition or _MODEL_KEY in event.definition:
-            try:
-                state = evolve(ExecutionState(event.execution_id), event, at_ms,
-                               self.definitions)
-            except (DefinitionStoreError, InvalidWorkflowError, ValueError):
-                pass  # a definition it cannot read: that execution gets no lookahead
-            else:
-                hints = self._follow(state)
-                if state.execution_id in self.runs:
-                    return hints
-        self._pass(event.execution_id)
-        return []
+        hints = self._started(event, at_ms)
+        if event.execution_id not in self.runs:
+            self._pass(event.execution_id)
+        return hints
+
+    def _started(self, event: ExecutionStarted, at_ms: int) -> list[Lookahead]:
+        if event.definition and _MODEL_KEY not in event.definition:
+            return []
+        try:
+            state = evolve(ExecutionState(event.execution_id), event, at_ms, self.definitions)
+        except (DefinitionStoreError, InvalidWorkflowError, ValueError):
+            return []  # a definition it cannot read: that execution gets no lookahead
+        return self._follow(state)
 
     def _pass(self, execution_id: str) -> None:
         self.passed[execution_id] = None

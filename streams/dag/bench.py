@@ -807,9 +807,6 @@ async def bench_resume(scratch: Path, pit: PitFactory, count: int = 3_000) -> di
                                   300, "node completed after the crash")
                 resumed_at = min(at for event, at in watch.events
                                  if isinstance(event, NodeCompleted) and at >= crashed_at)
-            # Measured. Close once the group has settled: librdkafka aborts (its open issue
-            # 4027) or hangs when a consumer closes while its assignment is in progress.
-            await runners.balanced(16)
         finally:
             await runners.close()
     return {"dag_resume_s": round((resumed_at - crashed_at) / 1000, 2),

@@ -150,6 +150,7 @@ COMMIT_WAIT_S = 2.0  # a commit the group refuses while it rebalances is tried t
 # in `pit up` (was 2.1% and 0 with 10 ms), for a hop's runner stage of 2.4-3.0 ms (5.5-7.8).
 RUNNER_FETCH_WAIT_MS = 3
 HANDOVER_S = 0.5     # a runner given partitions waits this long for their previous owner
+LEAVE_S = 3.0        # a stopping runner waits this long for the group to take its partitions
 # A dead runner's tasks move after this. Give every runner of a group the same: the embedded
 # broker drops a member waiting to join when its session is shorter than another's.
 SESSION_TIMEOUT_MS = 10_000
@@ -691,7 +692,10 @@ class Runner:
                     self._abandon()
                     return None
                 step.result()
-            return await self._drain()
+            drained = await self._drain()
+            if self._consumer is not None:
+                await self._on_kafka(_leave, self._consumer, LEAVE_S)
+            return drained
         finally:
             gone.cancel()
             await self._disconnect()
@@ -1073,6 +1077,21 @@ def _take_ready(consumer: Consumer, most: int) -> list:
     """The first task to come within 100 ms, with what is fetched already beside it."""
     first = consumer.consume(1, 0.1)
     return first + consumer.consume(most - 1, 0) if first and most > 1 else first
+
+
+def _leave(consumer: Consumer, within_s: float) -> None:
+    """Unsubscribe, and serve the group until this consumer holds no partition (or for
+    `within_s`), before it is closed. librdkafka aborts (`!rd_kafka_assignment_in_progress`,
+    its open issues 4027 and 4792) or hangs when a consumer closes while a rebalance is giving
+    it partitions or taking them; its maintainers' workaround (issue 4527) is this. A task
+    fetched meanwhile is not run: its offset is not committed, so its next owner runs it."""
+    deadline = time.monotonic() + within_s
+    with contextlib.suppress(KafkaException, RuntimeError):
+        consumer.unsubscribe()
+        while time.monotonic() < deadline:
+            consumer.consume(1, 0.05)  # serves the revoke (`Runner._revoked`)
+            if not consumer.assignment():
+                return
 
 
 def _committed(consumer: Consumer, positions: dict[Partition, int]) -> set[Partition]:

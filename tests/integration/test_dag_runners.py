@@ -17,12 +17,14 @@ from collections import Counter
 
 import pytest
 from aiokafka import TopicPartition
+from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.blobs import FileBlobStore
 from streams.config import Settings
+from streams.dag import runner as runner_module
 from streams.dag.bench import Runners
 from streams.dag.definition import OPERATORS
 from streams.dag.dispatch import TaskDispatcher, restore_runner_positions
@@ -203,6 +205,28 @@ async def test_a_runner_joining_then_one_leaving_runs_no_task_twice(settings, co
     assert first.counts["completed"] + second.counts["completed"] == 200
     found = await reports(settings, codec)
     assert Counter(name for name, _, _ in found) == {STARTED: 200, COMPLETED: 200}
+
+
+async def test_a_runner_stopped_mid_rebalance_holds_no_partition_when_it_closes(
+        settings, codec, runners, monkeypatch):
+    """librdkafka aborts the process (`!rd_kafka_assignment_in_progress`) or hangs when a
+    consumer closes while a rebalance is moving its partitions: a stopping runner leaves
+    the group and waits until it holds nothing before it closes its consumer."""
+    held_at_close: list[int] = []
+
+    class Recording(Consumer):
+        def close(self) -> None:
+            held_at_close.append(len(self.assignment()))
+            super().close()
+
+    monkeypatch.setattr(runner_module, "Consumer", Recording)
+    first = runners.start("first")
+    await until(lambda: asyncio.sleep(0, bool(first.assignment)), what="the first's partitions")
+    runners.start("second")  # the group rebalances to take it in...
+    assert await runners.stop("first")  # ...while the first stops
+    await runners.balanced(TASK_PARTITIONS)  # the second holds every partition
+    await runners.close()
+    assert held_at_close == [0, 0]
 
 
 async def test_a_crashed_runners_task_is_run_again_by_the_other(settings, codec, runners):

@@ -127,7 +127,8 @@ class OutputCataloger:
     async def _execution(self, execution_id: str) -> _Execution | None:
         """The execution as far as its log goes (met mid-way, after a restart)."""
         found = None
-        async with ExecutionLog(self.settings, self.codec, execution_id) as events:
+        async with ExecutionLog(self.settings, self.codec, execution_id,
+                                only=(ExecutionStarted, NodeCompleted)) as events:
             while not events.caught_up:
                 for event, _ in await events.read():
                     if isinstance(event, ExecutionStarted):

@@ -28,7 +28,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,10 +194,16 @@ def _archived(settings: Settings, partition: int, execution_id: str,
 
 class ExecutionLog:
     """One execution's events in log order: `read()` returns the next ones as (event,
-    occurred_at ms); `caught_up` once everything logged before it was entered is read."""
+    occurred_at ms); `caught_up` once everything logged before it was entered is read.
 
-    def __init__(self, settings: Settings, codec: Codec, execution_id: str) -> None:
+    With `only`, just the events of those types: the others are passed over by their record
+    name, undecoded (a 10,000-node execution logs 40,000 events; a reader that waits for its
+    end, or catalogs its outputs, needs a quarter of them)."""
+
+    def __init__(self, settings: Settings, codec: Codec, execution_id: str,
+                 only: Iterable[type[Message]] = ()) -> None:
         self.settings, self.codec, self.execution_id = settings, codec, execution_id
+        self.names = frozenset(event_type.avro_name for event_type in only)
         self.key = execution_id.encode()
         self._at_end = False  # Kafka was read up to `end`
         self._pending: list[bytes] = []
@@ -246,6 +252,8 @@ class ExecutionLog:
         if value is None:
             return None
         try:
+            if self.names and self.codec.name_of(value) not in self.names:
+                return None
             decoded = self.codec.decode(value)
         except SchemaError:
             return None  # the processor never wrote it: not this execution's

@@ -35,8 +35,10 @@ from streams.dag.definition import (
     sleepy_dag,
     wide_dag,
 )
+from streams.dag.execution import ExecutionCompleted, NodeCompleted
 from streams.dag.runner import Runner
 from streams.dag.topics import DAG_EVENTS, DAG_TASKS
+from streams.dag.workflows import ExecutionLog
 from streams.history import history_source, kafka_log_reader, read_topic
 from streams.log import LogRecord
 from streams.pool.host import ModelHost
@@ -173,6 +175,39 @@ async def test_a_workflow_of_operators_map_and_branch_completes(pit):
     assert json.loads(pages["input_refs"]) == {
         "text": {"hash": text_done["output_hash"], "path": ["out"]}}
     await pit.stop("r1")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_an_execution_log_read_for_some_event_types_decodes_only_those(pit,
+                                                                           monkeypatch):
+    pit.runner("r1")
+    workflow = wide_dag(6, name="log-types")
+    execution = await pit.client.dag.execute_workflow(workflow)
+    assert (await pit.client.dag.await_result(execution, timeout=30)).ok
+    await pit.stop("r1")
+
+    async def read(only=()) -> list:
+        found = []
+        async with ExecutionLog(pit.stack.settings, pit.stack.codec, execution,
+                                only) as log:
+            while not log.caught_up:
+                found += [event for event, _ in await log.read(100)]
+        return found
+
+    everything = await read()
+    decoded: Counter = Counter()
+    decode = pit.stack.codec.decode
+
+    def counting(value: bytes):
+        record = decode(value)
+        decoded[record.name.rsplit(".", 1)[-1]] += 1
+        return record
+    monkeypatch.setattr(pit.stack.codec, "decode", counting)
+    ends = await read((NodeCompleted, ExecutionCompleted))
+    assert ends == [e for e in everything if isinstance(e, NodeCompleted | ExecutionCompleted)]
+    assert len(ends) == len(workflow.nodes) + 1
+    assert set(decoded) == {"NodeCompleted", "ExecutionCompleted"}  # the rest undecoded
+    assert len(everything) > 2 * len(ends)  # scheduled, started, completed per node
 
 
 @pytest.mark.asyncio(loop_scope="session")

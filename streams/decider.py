@@ -261,12 +261,21 @@ _set = object.__setattr__
 def copy_with(obj: T, **changes: Any) -> T:
     """`dataclasses.replace` for the frozen slotted state classes, without re-running
     `__init__`: same result, about twice as fast, and `evolve` copies for every event."""
-    new = object.__new__(type(obj))
-    for name in type(obj).__slots__:
-        _set(new, name, getattr(obj, name))
+    new = _copier(type(obj))(obj)
     for name, value in changes.items():
         _set(new, name, value)
     return new
+
+
+@cache
+def _copier(cls: type[T]) -> Callable[[T], T]:
+    """A function that copies a `cls` instance slot by slot, written out per class as
+    `dataclasses` writes `__init__`: a loop over the slot names took a third longer."""
+    lines = "".join(f"\n    _set(new, {name!r}, obj.{name})" for name in cls.__slots__)
+    namespace: dict[str, Any] = {"_new": object.__new__, "_set": _set, "cls": cls}
+    exec(f"def copy(obj):\n    new = _new(cls){lines}\n    return new", namespace)
+    copy: Callable[[T], T] = namespace["copy"]
+    return copy
 
 
 @dataclass(frozen=True)

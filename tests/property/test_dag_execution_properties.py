@@ -22,6 +22,7 @@ Checked against an oracle that follows the events only:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from hypothesis import HealthCheck, given, settings
@@ -60,6 +61,7 @@ from streams.dag.execution import (
     NodeCompleted,
     NodeFailed,
     NodeRetryScheduled,
+    NodeRun,
     NodeScheduled,
     NodeSkipped,
     NodeStarted,
@@ -76,7 +78,7 @@ from streams.dag.execution import (
     initial_state,
     restore,
 )
-from streams.decider import Message, Rejection, from_record, to_record
+from streams.decider import Message, Rejection, copy_with, from_record, to_record
 from streams.timers import TimerCancelled, TimerScheduled
 
 T0 = 1_700_000_000_000
@@ -419,3 +421,19 @@ def test_layered_dags_give_the_results_of_a_sequential_evaluation(count, seed, l
     completed = [e for e, _ in sim.log if isinstance(e, ExecutionCompleted)]
     assert json.loads(completed[0].outputs) == {
         graph.ids[i]: {"out": expected[graph.ids[i]]} for i in graph.sinks}
+
+
+_RUN_FIELDS = st.fixed_dictionaries({}, optional={
+    "status": st.sampled_from(list(NodeStatus)), "remaining": st.integers(0, 9),
+    "live": st.integers(0, 9), "attempt": st.integers(1, 5), "output": st.text(max_size=5),
+    "error": st.text(max_size=5), "runner": st.text(max_size=5)})
+
+
+@given(_RUN_FIELDS, _RUN_FIELDS)
+def test_copy_with_is_dataclasses_replace_and_leaves_the_original(first, changes):
+    """`copy_with`, which evolve calls for every event, writes its copy out per class."""
+    run = dataclasses.replace(NodeRun(), **first)
+    before = dataclasses.astuple(run)
+    copied = copy_with(run, **changes)
+    assert copied == dataclasses.replace(run, **changes) and type(copied) is NodeRun
+    assert dataclasses.astuple(run) == before

@@ -12,7 +12,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Self, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict
+from weakref import WeakKeyDictionary
 
 from streams.config import Settings
 from streams.decider import Decider, Message, to_record
@@ -74,6 +75,121 @@ def registry_for(settings: Settings) -> SchemaRegistry:
     return EmbeddedRegistry()
 
 
+class OutcomeReader:
+    """The one reader of `pit.results` that every started `CommandClient` of an event loop
+    shares, per broker. Every outcome of every client's command streams past every reader:
+    with a reader per client, the five clients of `pit up` fetched and parsed each outcome
+    five times (a sixteenth of its CPU in a 10,000-node workflow). It reads from the end as
+    of when the first client started; a client started later waits only for commands it
+    sends afterwards, whose outcomes come after that. Its fetches keep their short wait while
+    some client waits for an outcome (and IDLE_AFTER_S after: `pace_fetches`)."""
+
+    _shared: ClassVar[WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                        dict[str, OutcomeReader]]] = WeakKeyDictionary()
+
+    def __init__(self, settings: Settings, codec: Codec) -> None:
+        self.settings, self.codec = settings, codec
+        self.clients: set[CommandClient] = set()
+        # command id -> the clients waiting for its outcome, each with its own future (one
+        # that gives up cancels only its own)
+        self.waiting: dict[str, dict[CommandClient, asyncio.Future[Outcome]]] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._reading: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def join(cls, client: CommandClient) -> OutcomeReader:
+        """The reader of `client`'s loop and broker, started by its first client."""
+        readers = cls._shared.setdefault(asyncio.get_running_loop(), {})
+        broker = client.settings.bootstrap()
+        reader = readers.get(broker)
+        if reader is None:
+            reader = readers[broker] = cls(client.settings, client.codec)
+            reader._started = asyncio.ensure_future(reader._start())
+        assert reader._started is not None
+        reader.clients.add(client)
+        try:
+            await asyncio.shield(reader._started)
+        except BaseException:
+            await reader.leave(client)
+            raise
+        return reader
+
+    async def _start(self) -> None:
+        from streams.kafka import BUSY_FETCH_WAIT_MS, assign_at, start_consumer, stop_consumer
+
+        consumer = await start_consumer(self.settings, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
+        try:
+            await assign_at(consumer, [RESULTS], at_end=True)  # no answer slips past
+        except BaseException:
+            await stop_consumer(consumer)
+            raise
+        self.consumer = consumer
+        self._reading = asyncio.create_task(self._read(consumer))
+
+    async def leave(self, client: CommandClient) -> None:
+        """`client` closes: the reader stops with its last client."""
+        self.clients.discard(client)
+        for command_id in [c for c, waiters in self.waiting.items() if client in waiters]:
+            self.forget(client, command_id)
+        if self.clients:
+            return
+        readers = self._shared.get(asyncio.get_running_loop(), {})
+        if readers.get(self.settings.bootstrap()) is self:
+            del readers[self.settings.bootstrap()]
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
+
+    def expect(self, client: CommandClient, command_id: str) -> asyncio.Future[Outcome]:
+        waiters = self.waiting.setdefault(command_id, {})
+        future = waiters.get(client)
+        if future is None:
+            future = waiters[client] = asyncio.get_running_loop().create_future()
+            if len(self.waiting) == 1 and len(waiters) == 1 and self.consumer is not None:
+                from streams.kafka import pace_fetches
+
+                pace_fetches(self.consumer, True)  # waited for again: fetch at the short wait
+        return future
+
+    def waits(self, client: CommandClient) -> bool:
+        """Whether `client` waits for some outcome."""
+        return any(client in waiters for waiters in self.waiting.values())
+
+    def forget(self, client: CommandClient, command_id: str) -> None:
+        waiters = self.waiting.get(command_id)
+        if waiters is not None:
+            waiters.pop(client, None)
+            if not waiters:
+                del self.waiting[command_id]
+
+    async def _read(self, consumer: AIOKafkaConsumer) -> None:
+        from streams.kafka import getmany_ready, stop_consumer
+
+        try:
+            while True:
+                batch = await getmany_ready(consumer, 200, 10_000,
+                                            busy=lambda _batch: bool(self.waiting))
+                for messages in batch.values():
+                    for message in messages:
+                        self._on_outcome(message)
+        finally:
+            await stop_consumer(consumer)
+
+    def _on_outcome(self, message: ConsumerRecord) -> None:
+        key = message.key  # the command id: most outcomes answer commands nobody here sent
+        if key is not None and key.decode("utf-8", "replace") not in self.waiting:
+            return
+        try:
+            outcome = Outcome.from_record(self.codec.decode(message.value).record)
+        except (SchemaError, KeyError):
+            return
+        for future in self.waiting.pop(outcome.command_id, {}).values():
+            if not future.done():
+                future.set_result(outcome)
+
+
 class CommandClient:
     """Commands to the deciders it routes (`deciders`), outcomes back. `start` connects;
     reading the log (`results`, `tail`) needs no producer."""
@@ -84,10 +200,10 @@ class CommandClient:
         self.issued_by = issued_by
         self._codec = codec
         self._deciders = tuple(deciders)
-        self._pending: dict[str, asyncio.Future] = {}  # command id -> its outcome
+        self._outcomes: OutcomeReader | None = None  # while started
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
-        self._readers: list[AIOKafkaConsumer] = []  # the consumers of `tail` (`_dispatch`)
+        self._tails: list[AIOKafkaConsumer] = []  # the consumers of `tail` (`_dispatch`)
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     @property
@@ -129,7 +245,12 @@ class CommandClient:
             await self._producer.stop()
             raise BrokerUnavailableError(
                 f"Kafka unreachable at {options['bootstrap_servers']}: {exc}") from None
-        await self.tail(RESULTS, self._on_outcome)
+        try:
+            self._outcomes = await OutcomeReader.join(self)
+        except BaseException:
+            await self._producer.stop()
+            self._producer = None
+            raise
         return self
 
     async def tail(self, topic: str, handle: Callable[[Any], None]) -> None:
@@ -138,8 +259,8 @@ class CommandClient:
         from streams.kafka import BUSY_FETCH_WAIT_MS, assign_at, start_consumer
 
         consumer = await start_consumer(self.settings, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
-        await assign_at(consumer, [topic], at_end=True)  # the end now: no answer slips past
-        self._readers.append(consumer)
+        await assign_at(consumer, [topic], at_end=True)  # the end now: nothing slips past
+        self._tails.append(consumer)
         self._tasks.append(asyncio.create_task(self._dispatch(consumer, handle)))
 
     async def close(self) -> None:
@@ -149,6 +270,9 @@ class CommandClient:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._outcomes is not None:
+            await self._outcomes.leave(self)
+            self._outcomes = None
         if self._producer:
             await self._producer.stop()
 
@@ -161,32 +285,23 @@ class CommandClient:
     async def _dispatch(self, consumer: AIOKafkaConsumer,
                         handle: Callable[[ConsumerRecord], None]) -> None:
         """Hand `handle` each record the consumer reads. Its fetches keep their short wait
-        while the client waits for an outcome (and IDLE_AFTER_S after): the outcomes of a
-        busy Pit's other clients stream past a client too, and a reader that is not waiting
-        for any of them has no reason to fetch every 2 ms (`pace_fetches`)."""
+        while the client waits for an outcome (and IDLE_AFTER_S after): a tail's answer
+        (a model allocated) follows a command's outcome, and a tail nobody waits on has no
+        reason to fetch every 2 ms (`pace_fetches`)."""
         from streams.kafka import getmany_ready, stop_consumer
 
         try:
             while True:
                 batch = await getmany_ready(consumer, 200, 10_000,
-                                            busy=lambda _batch: bool(self._pending))
+                                            busy=lambda _batch: self._waits())
                 for messages in batch.values():
                     for message in messages:
                         handle(message)
         finally:
             await stop_consumer(consumer)
 
-    def _on_outcome(self, message: ConsumerRecord) -> None:
-        key = message.key  # the command id: most outcomes answer commands of other clients
-        if key is not None and key.decode("utf-8", "replace") not in self._pending:
-            return
-        try:
-            outcome = Outcome.from_record(self.codec.decode(message.value).record)
-        except (SchemaError, KeyError):
-            return
-        waiter = self._pending.pop(outcome.command_id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(outcome)
+    def _waits(self) -> bool:
+        return self._outcomes is not None and self._outcomes.waits(self)
 
     def encode_command(self, command: Message, command_id: str,
                        correlation_id: str | None = None) -> bytes:
@@ -211,14 +326,14 @@ class CommandClient:
     def expect(self, command_id: str) -> asyncio.Future[Outcome]:
         """The outcome of a command, once it comes (sent by this client or by a producer of
         the caller's own; the client must be started)."""
-        if command_id not in self._pending:
-            self._pending[command_id] = asyncio.get_running_loop().create_future()
-            if len(self._pending) == 1:  # waiting again: the readers' next fetches are short
-                from streams.kafka import pace_fetches
+        if self._outcomes is None:
+            raise PitError("the client is not started: call start() or use `async with`")
+        if not self._outcomes.waits(self):  # waiting again: the tails' fetches are short
+            from streams.kafka import pace_fetches
 
-                for reader in self._readers:
-                    pace_fetches(reader, True)
-        return self._pending[command_id]
+            for tail in self._tails:
+                pace_fetches(tail, True)
+        return self._outcomes.expect(self, command_id)
 
     async def send(self, command: Message, *, command_id: str | None = None,
                    correlation_id: str | None = None, timeout: float = 10.0) -> Outcome:
@@ -233,7 +348,8 @@ class CommandClient:
                 f"no outcome for {command.type_name} {command_id} within {timeout:g}s "
                 "(is `pit up` running?)") from None
         finally:
-            self._pending.pop(command_id, None)
+            if self._outcomes is not None:
+                self._outcomes.forget(self, command_id)
 
     async def results(self, from_beginning: bool = False) -> AsyncIterator[Outcome]:
         """Every outcome from now on (or from the start of the log), as they arrive."""

@@ -633,21 +633,41 @@ async def test_a_quiet_reader_fetches_at_the_idle_pace_until_it_reads_again(monk
             await producer.stop()
 
 
-async def test_a_client_waiting_for_no_outcome_lets_its_reader_idle(pit: Pit, monkeypatch) -> None:
-    """The outcomes of other clients' commands stream past every client; one that waits for
-    none of them fetches at the idle pace all the same, and is back at its short wait the
-    moment it waits for an outcome again."""
+async def test_outcomes_nobody_here_waits_for_let_the_shared_reader_idle(pit: Pit,
+                                                                        monkeypatch) -> None:
+    """The clients of one event loop share one reader of the outcomes. The outcomes of
+    commands nobody here waits for stream past it; it fetches at the idle pace all the
+    same, and is back at its short wait the moment a client waits for an outcome again."""
     monkeypatch.setattr(kafka, "IDLE_AFTER_S", 0.1)
     async with PitClient(pit.settings, issued_by="bystander") as bystander:
-        reader = bystander._readers[0]
+        reader = bystander._outcomes
+        assert reader is not None and reader is pit.client._outcomes
 
         def fetch_wait() -> int:
-            return reader._fetcher._fetch_max_wait_ms
+            return reader.consumer._fetcher._fetch_max_wait_ms
 
         deadline = time.monotonic() + 10
-        while fetch_wait() != kafka.IDLE_FETCH_WAIT_MS:  # others' outcomes keep coming
-            assert (await pit.client.pool.transition(unique("busy"), WARMING, USER)).accepted
-            assert time.monotonic() < deadline, "the bystander's reader never went idle"
+        while fetch_wait() != kafka.IDLE_FETCH_WAIT_MS:  # outcomes keep coming
+            await pit.client.publish(TransitionModel(unique("busy"), WARMING, USER))
+            await asyncio.sleep(0.01)
+            assert time.monotonic() < deadline, "the shared reader never went idle"
         waiting = bystander.expect(unique("cmd"))
         assert fetch_wait() == kafka.BUSY_FETCH_WAIT_MS
         waiting.cancel()
+
+
+async def test_clients_sharing_the_outcome_reader_each_get_their_own_answers(pit: Pit) -> None:
+    """Each client's wait is its own: one that gives up on a command leaves another's wait
+    for the same command alone, and a client that closes leaves the reader to the others."""
+    async with PitClient(pit.settings, issued_by="first") as first, \
+            PitClient(pit.settings, issued_by="second") as second:
+        command_id = unique("cmd")
+        mine, theirs = first.expect(command_id), second.expect(command_id)
+        mine.cancel()  # the first gives up
+        first._outcomes.forget(first, command_id)
+        outcome = await second.pool.transition(unique("shared"), WARMING, USER,
+                                               command_id=command_id)
+        assert outcome.accepted and (await theirs) == outcome
+        reader = first._outcomes
+    assert reader is pit.client._outcomes and reader.clients == {pit.client}
+    assert (await pit.client.pool.transition(unique("after"), WARMING, USER)).accepted

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -19,6 +20,8 @@ from streams.config import Settings
 from streams.decider import Decider, Message, to_record
 from streams.errors import BrokerUnavailableError, CommandTimeoutError, PitError, SchemaError
 from streams.topics import RESULTS
+
+log = logging.getLogger(__name__)
 
 # Kafka and Avro are imported when used: a client that only reads the views (`pit artifact
 # info`) needs neither.
@@ -76,19 +79,27 @@ def registry_for(settings: Settings) -> SchemaRegistry:
 
 
 class OutcomeReader:
-    """The one reader of `pit.results` that every started `CommandClient` of an event loop
-    shares, per broker. Every outcome of every client's command streams past every reader:
-    with a reader per client, the five clients of `pit up` fetched and parsed each outcome
-    five times (a sixteenth of its CPU in a 10,000-node workflow). It reads from the end as
-    of when the first client started; a client started later waits only for commands it
-    sends afterwards, whose outcomes come after that. Its fetches keep their short wait while
-    some client waits for an outcome (and IDLE_AFTER_S after: `pace_fetches`)."""
+    """The one reader of `pit.results` that the started `CommandClient`s of an event loop
+    made with the same `Settings` share (per broker): `pit up`'s services, and clients given
+    its settings. Every outcome of every client's command streams past every reader: with a
+    reader per client, the five clients of `pit up` fetched and parsed each outcome five
+    times (a sixteenth of its CPU in a 10,000-node workflow). Keyed by the settings object,
+    not by the broker's address alone: a client that was never closed keeps its reader, and
+    another broker may later listen at that address.
+
+    It reads from the end as of when its first client started; a client started later waits
+    only for commands it sends afterwards, whose outcomes come after that. Its fetches keep
+    their short wait while some client waits for an outcome (and IDLE_AFTER_S after:
+    `pace_fetches`). If it stops reading (its consumer failed), every wait fails at once
+    and the next client to start gets a new reader."""
 
     _shared: ClassVar[WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                        dict[str, OutcomeReader]]] = WeakKeyDictionary()
+                                        dict[tuple[int, str], OutcomeReader]]] = (
+        WeakKeyDictionary())
 
     def __init__(self, settings: Settings, codec: Codec) -> None:
         self.settings, self.codec = settings, codec
+        self.key = (id(settings), settings.bootstrap())  # the settings object lives as long
         self.clients: set[CommandClient] = set()
         # command id -> the clients waiting for its outcome, each with its own future (one
         # that gives up cancels only its own)
@@ -101,10 +112,10 @@ class OutcomeReader:
     async def join(cls, client: CommandClient) -> OutcomeReader:
         """The reader of `client`'s loop and broker, started by its first client."""
         readers = cls._shared.setdefault(asyncio.get_running_loop(), {})
-        broker = client.settings.bootstrap()
-        reader = readers.get(broker)
-        if reader is None:
-            reader = readers[broker] = cls(client.settings, client.codec)
+        reader = readers.get((id(client.settings), client.settings.bootstrap()))
+        if reader is None or (reader._reading is not None and reader._reading.done()):
+            reader = cls(client.settings, client.codec)
+            readers[reader.key] = reader
             reader._started = asyncio.ensure_future(reader._start())
         assert reader._started is not None
         reader.clients.add(client)
@@ -134,9 +145,7 @@ class OutcomeReader:
             self.forget(client, command_id)
         if self.clients:
             return
-        readers = self._shared.get(asyncio.get_running_loop(), {})
-        if readers.get(self.settings.bootstrap()) is self:
-            del readers[self.settings.bootstrap()]
+        self._unshare()
         if self._reading is not None:
             self._reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -164,6 +173,11 @@ class OutcomeReader:
             if not waiters:
                 del self.waiting[command_id]
 
+    def _unshare(self) -> None:
+        readers = self._shared.get(asyncio.get_running_loop(), {})
+        if readers.get(self.key) is self:
+            del readers[self.key]
+
     async def _read(self, consumer: AIOKafkaConsumer) -> None:
         from streams.kafka import getmany_ready, stop_consumer
 
@@ -174,6 +188,15 @@ class OutcomeReader:
                 for messages in batch.values():
                     for message in messages:
                         self._on_outcome(message)
+        except Exception as exc:  # no outcome will come: every wait fails now, not at its timeout
+            self._unshare()
+            failure = BrokerUnavailableError(f"reading {RESULTS} failed: {exc!r}")
+            for waiters in self.waiting.values():
+                for future in waiters.values():
+                    if not future.done():
+                        future.set_exception(failure)
+            self.waiting.clear()
+            log.warning("%s", failure)
         finally:
             await stop_consumer(consumer)
 

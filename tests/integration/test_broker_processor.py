@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import struct
 import sys
 import time
@@ -31,7 +32,7 @@ from streams.client import PitClient, SyncPitClient
 from streams.commands import Outcome
 from streams.config import Settings
 from streams.decider import to_record
-from streams.errors import CommandTimeoutError, UnknownSchemaError
+from streams.errors import BrokerUnavailableError, CommandTimeoutError, UnknownSchemaError
 from streams.kafka import assign_at, getmany_ready, start_consumer, take_ready
 from streams.log import LogRecord
 from streams.pool.lifecycle import (
@@ -671,3 +672,22 @@ async def test_clients_sharing_the_outcome_reader_each_get_their_own_answers(pit
         reader = first._outcomes
     assert reader is pit.client._outcomes and reader.clients == {pit.client}
     assert (await pit.client.pool.transition(unique("after"), WARMING, USER)).accepted
+
+
+async def test_a_shared_outcome_reader_that_fails_fails_its_waits_and_is_replaced(
+        pit: Pit) -> None:
+    """Its consumer stopped under it: every wait fails at once (not at its timeout), and
+    the next client to start reads with a new reader. (Settings of their own: clients made
+    with other settings objects do not share the module's reader.)"""
+    settings = dataclasses.replace(pit.settings)
+    async with PitClient(settings, issued_by="doomed") as doomed:
+        reader = doomed._outcomes
+        assert reader is not None and reader.consumer is not None
+        assert reader is not pit.client._outcomes
+        waiting = doomed.expect(unique("cmd"))
+        await reader.consumer.stop()
+        with pytest.raises(BrokerUnavailableError, match=r"reading pit\.results failed"):
+            await asyncio.wait_for(waiting, 10)
+        async with PitClient(settings, issued_by="next") as fresh:
+            assert fresh._outcomes is not reader
+            assert (await fresh.pool.transition(unique("after"), WARMING, USER)).accepted

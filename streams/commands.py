@@ -82,10 +82,10 @@ class OutcomeReader:
     """The one reader of `pit.results` that the started `CommandClient`s of an event loop
     made with the same `Settings` share (per broker): `pit up`'s services, and clients given
     its settings. Every outcome of every client's command streams past every reader: with a
-    reader per client, the five clients of `pit up` fetched and parsed each outcome five
-    times (a sixteenth of its CPU in a 10,000-node workflow). Keyed by the settings object,
-    not by the broker's address alone: a client that was never closed keeps its reader, and
-    another broker may later listen at that address.
+    reader per client, `pit up`'s four (five with `pit bench`'s) fetched and parsed each
+    outcome that many times (a sixteenth of its CPU in a 10,000-node workflow). Keyed by the
+    settings object, not by the broker's address alone: a client that was never closed
+    keeps its reader, and another broker may later listen at that address.
 
     It reads from the end as of when its first client started; a client started later waits
     only for commands it sends afterwards, whose outcomes come after that. Its fetches keep

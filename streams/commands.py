@@ -78,6 +78,37 @@ def registry_for(settings: Settings) -> SchemaRegistry:
     return EmbeddedRegistry()
 
 
+async def _from_the_end(settings: Settings, topic: str) -> AIOKafkaConsumer:
+    """A consumer of every partition of `topic` from its end now: nothing published after
+    this returns slips past it."""
+    from streams.kafka import BUSY_FETCH_WAIT_MS, assign_at, start_consumer, stop_consumer
+
+    consumer = await start_consumer(settings, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
+    try:
+        await assign_at(consumer, [topic], at_end=True)
+    except BaseException:
+        await stop_consumer(consumer)
+        raise
+    return consumer
+
+
+async def _hand_each(consumer: AIOKafkaConsumer, handle: Callable[[ConsumerRecord], None],
+                     waited_on: Callable[[], bool]) -> None:
+    """Hand `handle` each record the consumer reads, until cancelled; then stop it. Its
+    fetches keep their short wait while `waited_on()` (`pace_fetches`)."""
+    from streams.kafka import getmany_ready, stop_consumer
+
+    try:
+        while True:
+            batch = await getmany_ready(consumer, 200, 10_000,
+                                        busy=lambda _batch: waited_on())
+            for messages in batch.values():
+                for message in messages:
+                    handle(message)
+    finally:
+        await stop_consumer(consumer)
+
+
 class OutcomeReader:
     """The one reader of `pit.results` that the started `CommandClient`s of an event loop
     made with the same `Settings` share (per broker): `pit up`'s services, and clients given
@@ -97,9 +128,9 @@ class OutcomeReader:
                                         dict[tuple[int, str], OutcomeReader]]] = (
         WeakKeyDictionary())
 
-    def __init__(self, settings: Settings, codec: Codec) -> None:
+    def __init__(self, settings: Settings, codec: Codec, key: tuple[int, str]) -> None:
         self.settings, self.codec = settings, codec
-        self.key = (id(settings), settings.bootstrap())  # the settings object lives as long
+        self.key = key  # (id of the settings object, which lives as long; the broker)
         self.clients: set[CommandClient] = set()
         # command id -> the clients waiting for its outcome, each with its own future (one
         # that gives up cancels only its own)
@@ -112,10 +143,10 @@ class OutcomeReader:
     async def join(cls, client: CommandClient) -> OutcomeReader:
         """The reader of `client`'s loop and broker, started by its first client."""
         readers = cls._shared.setdefault(asyncio.get_running_loop(), {})
-        reader = readers.get((id(client.settings), client.settings.bootstrap()))
+        key = (id(client.settings), client.settings.bootstrap())
+        reader = readers.get(key)
         if reader is None or (reader._reading is not None and reader._reading.done()):
-            reader = cls(client.settings, client.codec)
-            readers[reader.key] = reader
+            reader = readers[key] = cls(client.settings, client.codec, key)
             reader._started = asyncio.ensure_future(reader._start())
         assert reader._started is not None
         reader.clients.add(client)
@@ -127,16 +158,8 @@ class OutcomeReader:
         return reader
 
     async def _start(self) -> None:
-        from streams.kafka import BUSY_FETCH_WAIT_MS, assign_at, start_consumer, stop_consumer
-
-        consumer = await start_consumer(self.settings, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
-        try:
-            await assign_at(consumer, [RESULTS], at_end=True)  # no answer slips past
-        except BaseException:
-            await stop_consumer(consumer)
-            raise
-        self.consumer = consumer
-        self._reading = asyncio.create_task(self._read(consumer))
+        self.consumer = await _from_the_end(self.settings, RESULTS)
+        self._reading = asyncio.create_task(self._read(self.consumer))
 
     async def leave(self, client: CommandClient) -> None:
         """`client` closes: the reader stops with its last client."""
@@ -179,15 +202,8 @@ class OutcomeReader:
             del readers[self.key]
 
     async def _read(self, consumer: AIOKafkaConsumer) -> None:
-        from streams.kafka import getmany_ready, stop_consumer
-
         try:
-            while True:
-                batch = await getmany_ready(consumer, 200, 10_000,
-                                            busy=lambda _batch: bool(self.waiting))
-                for messages in batch.values():
-                    for message in messages:
-                        self._on_outcome(message)
+            await _hand_each(consumer, self._on_outcome, lambda: bool(self.waiting))
         except Exception as exc:  # no outcome will come: every wait fails now, not at its timeout
             self._unshare()
             failure = BrokerUnavailableError(f"reading {RESULTS} failed: {exc!r}")
@@ -197,8 +213,6 @@ class OutcomeReader:
                         future.set_exception(failure)
             self.waiting.clear()
             log.warning("%s", failure)
-        finally:
-            await stop_consumer(consumer)
 
     def _on_outcome(self, message: ConsumerRecord) -> None:
         key = message.key  # the command id: most outcomes answer commands nobody here sent
@@ -226,7 +240,7 @@ class CommandClient:
         self._outcomes: OutcomeReader | None = None  # while started
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task] = []
-        self._tails: list[AIOKafkaConsumer] = []  # the consumers of `tail` (`_dispatch`)
+        self._tails: list[AIOKafkaConsumer] = []  # the consumers of `tail`
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     @property
@@ -279,12 +293,9 @@ class CommandClient:
     async def tail(self, topic: str, handle: Callable[[Any], None]) -> None:
         """Follow `topic` from its current end, calling `handle(message)` for each record
         until the client closes."""
-        from streams.kafka import BUSY_FETCH_WAIT_MS, assign_at, start_consumer
-
-        consumer = await start_consumer(self.settings, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
-        await assign_at(consumer, [topic], at_end=True)  # the end now: nothing slips past
+        consumer = await _from_the_end(self.settings, topic)
         self._tails.append(consumer)
-        self._tasks.append(asyncio.create_task(self._dispatch(consumer, handle)))
+        self._tasks.append(asyncio.create_task(_hand_each(consumer, handle, self._waits)))
 
     async def close(self) -> None:
         for closer in self._closers:
@@ -305,25 +316,11 @@ class CommandClient:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    async def _dispatch(self, consumer: AIOKafkaConsumer,
-                        handle: Callable[[ConsumerRecord], None]) -> None:
-        """Hand `handle` each record the consumer reads. Its fetches keep their short wait
-        while the client waits for an outcome (and IDLE_AFTER_S after): a tail's answer
-        (a model allocated) follows a command's outcome, and a tail nobody waits on has no
-        reason to fetch every 2 ms (`pace_fetches`)."""
-        from streams.kafka import getmany_ready, stop_consumer
-
-        try:
-            while True:
-                batch = await getmany_ready(consumer, 200, 10_000,
-                                            busy=lambda _batch: self._waits())
-                for messages in batch.values():
-                    for message in messages:
-                        handle(message)
-        finally:
-            await stop_consumer(consumer)
-
     def _waits(self) -> bool:
+        """Whether the client waits for an outcome: its tails' fetches keep their short wait
+        while it does (and IDLE_AFTER_S after), since a tail's answer (a model allocated)
+        follows a command's outcome, and a tail nobody waits on has no reason to fetch every
+        2 ms (`pace_fetches`)."""
         return self._outcomes is not None and self._outcomes.waits(self)
 
     def encode_command(self, command: Message, command_id: str,

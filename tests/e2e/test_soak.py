@@ -2,8 +2,15 @@
 mixed load for a minute. Its memory figures are not measured against the 5% target
 here (a minute says nothing of an hour); what must hold at once: every load makes progress,
 the DAG processor holds no more live executions than run at once and no more ended ones than
-its bound (plus those ending during an eviction pass), and RSS stays within a generous bound
-after the warm-up."""
+its bound (plus those ending during an eviction pass), and RSS stays under a ceiling.
+
+The ceiling is absolute, not a ratio to an early sample: for its first minutes `pit up`'s RSS
+climbs at about 1.3 MB/s whatever its code (the embedded broker keeps each partition's
+recent records in memory, SQLite's page caches fill), so a ratio measured how far the
+warm-up had got, which is how fast the machine was (one CI run: 122 -> 184 MB, 1.51x; a
+run the same hour: 121 -> 160 MB). An hour-long soak at four times this load peaks at
+~290 MB (README, "The soak campaign"); a leak gross enough to show in a minute passes
+RSS_CEILING_MB."""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from streams.campaigns.soak import soak, summary
 pytestmark = pytest.mark.slow
 
 WORKFLOWS = 2
+RSS_CEILING_MB = 400.0  # the hour-long soak's peak (~290 MB) and a margin
 
 
 def test_a_short_soak_keeps_pit_ups_memory_bounded(tmp_path) -> None:
@@ -35,5 +43,4 @@ def test_a_short_soak_keeps_pit_ups_memory_bounded(tmp_path) -> None:
     for before, sample in itertools.pairwise(report.samples):
         ended_since = sample.done["workflows"] - before.done["workflows"]
         assert sample.held.get("dag.ended", 0) <= memory.ENDED_KEPT + ended_since, shown
-    measured = report.measured
-    assert measured and max(s.rss_mb for s in measured) < 1.5 * measured[0].rss_mb, shown
+    assert max(s.rss_mb for s in report.samples) < RSS_CEILING_MB, shown

@@ -15,9 +15,18 @@ Why the history is read apart from the consumer: Kafka may no longer hold the be
 (retention, the embedded broker's 5 MiB window) and the archive does; `streams.history`
 reads both, each record once. The consumer then starts exactly where that read ended.
 
-Why explicit offsets: aiokafka applies an offset reset already in flight for a fresh
-assignment to a later `seek_to_beginning` or `seek_to_end`, which then silently starts at
-the end; `streams.kafka.assign_at` seeks to offsets asked for beforehand, which cannot race.
+Why explicit offsets: a consumer told to start at "the beginning" or "the end" resolves
+that later, and the end it finds may be past a record produced meanwhile; every partition
+is assigned at an offset asked for beforehand (its watermark), which cannot race.
+
+Why the live reading is librdkafka's (confluent-kafka), on a thread of the follower's own:
+a reader fetches every partition it holds, several hundred times a second while records
+flow (the embedded broker answers a fetch with one producer batch per partition, and holds
+an empty one for its whole wait). aiokafka encodes and decodes each of those fetches in
+Python on the event loop; the dispatcher, the timer service and the prewarmer each read the
+16 partitions of pit.dag.events that way, and during a workflow their fetches were most
+of the Pit's event loop - the loop the DAG processor needs for the next hop. librdkafka
+fetches in C on its own threads; Python sees only the records.
 
 What the follower leaves to its service: what a record means (`take`, and the body of the
 loop), what it does between reads (the dispatcher relays, the timer service fires, the
@@ -28,17 +37,21 @@ when it starts over (`keep_running`: a new follower, from the whole history agai
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer
+from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Message as KafkaMessage
+from confluent_kafka import TopicPartition as KafkaPartition
 from sqlalchemy import Engine
 
 from streams.config import Settings
 from streams.decider import Decider, Message, from_record
-from streams.errors import SchemaError
+from streams.errors import BrokerUnavailableError, PitError, SchemaError
 from streams.history import history_source, kafka_log_reader
-from streams.kafka import assign_at, getmany_ready, start_consumer, stop_consumer
 from streams.log import LogRecord
 
 if TYPE_CHECKING:
@@ -66,7 +79,14 @@ def entity_events(codec: Codec, decider: Decider | Sequence[Decider], records: I
                 break
 
 
+log = logging.getLogger(__name__)
+
 LIVE_BATCH = 10_000
+START_TIMEOUT_S = 10.0  # for the metadata and watermarks a follower starts from
+STOP_SLICE_S = 0.05  # a read waits in slices this long, so a stop is seen within one
+# What librdkafka may fetch ahead and hold per follower (its default is 64 MiB): a few
+# seconds of the busiest topic, not the Pit's memory.
+QUEUED_KBYTES = 4096
 
 
 class Follower:
@@ -79,7 +99,8 @@ class Follower:
         self.max_records, self.fetch_max_wait_ms = max_records, fetch_max_wait_ms
         # The next offset to read, per (topic, partition): past what was handed over.
         self.positions: dict[tuple[str, int], int] = {}
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: Consumer | None = None
+        self._kafka: ThreadPoolExecutor | None = None  # the consumer's one thread
 
     async def restore(self, take: Callable[[LogRecord], object], stop: asyncio.Event) -> None:
         """Hand `take` every record of the history, in offset order per partition, in a
@@ -99,14 +120,52 @@ class Follower:
     async def start(self, *, at_end: bool = False) -> None:
         """Start the consumer at the positions reached. A partition the history did not
         reach starts at its beginning or, `at_end`, at its end as it is now: the history
-        is skipped, and nothing produced after this returns is missed."""
-        consumer = await start_consumer(self.settings, fetch_max_wait_ms=self.fetch_max_wait_ms)
+        is skipped, and nothing produced after this returns is missed. Raises
+        `BrokerUnavailableError` when Kafka does not answer, `PitError` for a topic that
+        does not exist."""
+        kafka = ThreadPoolExecutor(1, thread_name_prefix="pit-follower")
         try:
-            await assign_at(consumer, self.topics, self.positions, at_end=at_end)
+            self._consumer = await asyncio.get_running_loop().run_in_executor(
+                kafka, self._assigned, at_end)
         except BaseException:
-            await stop_consumer(consumer)
+            kafka.shutdown(wait=False)
             raise
-        self._consumer = consumer
+        self._kafka = kafka
+
+    def _assigned(self, at_end: bool) -> Consumer:
+        """On the follower's thread: a consumer (no group, no commits) holding every
+        partition of the topics at an explicit offset, each written into `positions`."""
+        settings = self.settings.librdkafka_config()
+        consumer = Consumer({
+            **settings, "group.id": "pit-follower", "enable.auto.commit": False,
+            "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": self.fetch_max_wait_ms,
+            "queued.max.messages.kbytes": QUEUED_KBYTES,
+            # librdkafka reconnects on its own; what it says meanwhile goes to the log
+            "log_level": 0, "error_cb": _kafka_error})
+        try:
+            metadata = consumer.list_topics(timeout=START_TIMEOUT_S)
+            assignment = []
+            for topic in self.topics:
+                described = metadata.topics.get(topic)
+                if described is None or described.error is not None or not described.partitions:
+                    raise PitError(f"topic {topic} does not exist (apply infra/topics.yaml)")
+                for partition in sorted(described.partitions):
+                    position = self.positions.get((topic, partition))
+                    if position is None:
+                        low, high = consumer.get_watermark_offsets(
+                            KafkaPartition(topic, partition), timeout=START_TIMEOUT_S)
+                        position = self.positions[(topic, partition)] = high if at_end else low
+                    assignment.append(KafkaPartition(topic, partition, position))
+            consumer.assign(assignment)
+        except KafkaException as exc:
+            consumer.close()
+            raise BrokerUnavailableError(
+                f"Kafka unavailable at {settings['bootstrap.servers']}: {exc}") from None
+        except BaseException:
+            consumer.close()
+            raise
+        return consumer
 
     async def batches(self, stop: asyncio.Event,
                       wait_ms: int | Callable[[], int] = 100) -> AsyncIterator[list[LogRecord]]:
@@ -114,22 +173,55 @@ class Follower:
         when `wait_ms` (a number, or asked before every read) passed without a record. A
         batch read while stopping is not handed over: the service is going away, and it
         starts from the log again."""
-        if self._consumer is None:
+        consumer, kafka = self._consumer, self._kafka
+        if consumer is None or kafka is None:
             raise RuntimeError("Follower.batches before start")
+        loop = asyncio.get_running_loop()
+        most = self.max_records or LIVE_BATCH
         while not stop.is_set():
             timeout_ms = wait_ms() if callable(wait_ms) else wait_ms
-            fetched = await getmany_ready(self._consumer, timeout_ms,
-                                          self.max_records or LIVE_BATCH)
+            messages = await loop.run_in_executor(kafka, _take, consumer, most,
+                                                  timeout_ms / 1000, stop)
             if stop.is_set():
                 return
-            records = [LogRecord.from_kafka(m) for messages in fetched.values()
-                       for m in messages]
+            records = []
+            for message in messages:
+                error = message.error()
+                if error is None:
+                    records.append(LogRecord.from_librdkafka(message))
+                elif error.fatal():
+                    raise BrokerUnavailableError(f"reading {', '.join(self.topics)}: {error}")
+                else:  # librdkafka retries on its own (a broker restarting, a leader moving)
+                    log.debug("reading %s: %s", ", ".join(self.topics), error)
             for record in records:
                 self.positions[(record.topic, record.partition)] = record.offset + 1
             yield records
 
     async def stop(self) -> None:
-        """Stop the consumer (like an aiokafka client's `stop`); a no-op before `start`."""
+        """Close the consumer (after a read in progress, on its thread); a no-op before
+        `start`, and the second time."""
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await stop_consumer(consumer)
+        kafka, self._kafka = self._kafka, None
+        if consumer is not None and kafka is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(kafka, consumer.close)
+            finally:
+                kafka.shutdown(wait=False)
+
+
+def _take(consumer: Consumer, most: int, timeout_s: float, stop: asyncio.Event
+          ) -> list[KafkaMessage]:
+    """On the follower's thread: the first record to come within `timeout_s`, with what is
+    fetched already beside it (up to `most`). Waits in slices of STOP_SLICE_S, so a stop
+    ends the wait within one (`Event.is_set` only reads a flag)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        first = consumer.consume(1, max(0.0, min(STOP_SLICE_S, deadline - time.monotonic())))
+        if first:
+            return first + consumer.consume(most - 1, 0) if most > 1 else first
+        if stop.is_set() or time.monotonic() >= deadline:
+            return []
+
+
+def _kafka_error(error: KafkaError) -> None:
+    log.log(logging.WARNING if error.fatal() else logging.DEBUG, "follower: %s", error)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
 from sqlalchemy import Engine
 
@@ -170,7 +170,7 @@ def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
                     if error.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise HistoryError(f"Kafka error while replaying: {error}")
-                record = _record(message)
+                record = LogRecord.from_librdkafka(message)
                 tp = (record.topic, record.partition)
                 if tp not in highs:
                     continue
@@ -181,16 +181,6 @@ def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
             consumer.close()
 
     return read
-
-
-def _record(message: Message) -> LogRecord:
-    """A consumed record (not an error event, so its position is set) as a LogRecord; a
-    consumer gives headers as (name, bytes) pairs."""
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    assert topic is not None and partition is not None and offset is not None
-    headers = cast("list[tuple[str, bytes]]", message.headers() or [])
-    return LogRecord(topic, partition, offset, message.timestamp()[1], message.key(),
-                     message.value(), tuple(headers))
 
 
 async def read_topic(settings: Settings, topic: str) -> list[LogRecord]:

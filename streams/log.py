@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
+    from confluent_kafka import Message
 
 # Headers naming the record a derived record was made from (a task from its NodeScheduled, a
 # dead letter from its command): a restore brings a derived record back only with its cause.
@@ -31,6 +32,16 @@ class LogRecord:
         """From an aiokafka ConsumerRecord."""
         return cls(message.topic, message.partition, message.offset, message.timestamp,
                    message.key, message.value, tuple(message.headers or ()))
+
+    @classmethod
+    def from_librdkafka(cls, message: Message) -> LogRecord:
+        """From a record a confluent-kafka consumer read (not an error event, so its
+        position is set); it gives headers as (name, bytes) pairs."""
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None
+        headers = cast("list[tuple[str, bytes]]", message.headers() or [])
+        return cls(topic, partition, offset, message.timestamp()[1], message.key(),
+                   message.value(), tuple(headers))
 
 
 def source_headers(topic: str, partition: int, offset: int) -> tuple[tuple[str, bytes], ...]:

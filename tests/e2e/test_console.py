@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,9 @@ class Console:
             asked = await self.run("arbitration", "submit", model, "--tenant", tenant,
                                    "--priority", priority)
             assert asked.returncode == 0, asked.stderr
+        # The projector (a process of its own) may not have queued them in the view yet.
+        await self.until("/arbitration", lambda body: sum(
+            len(rows) for rows in body["queues"].values()) == 2, "two requests waiting")
         policy = self.data_dir / "policy.yaml"
         policy.write_text("policies:\n  - name: all\n    priority: 1\n    rules:\n"
                           "      - {type: MaxAge, days: 0}\norphan_grace_hours: 0\n")
@@ -91,6 +95,15 @@ class Console:
         await asyncio.to_thread(self.runner.wait, 30)
         await self.client.close()
         await self.stack.close()
+
+    async def until(self, path: str, holds: Callable[[dict], bool], what: str) -> dict:
+        """GET `path` until its body `holds` (within WAIT_MS): what a view shows once the
+        projector has caught up."""
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not holds(body := await self.get(path)):
+            assert time.monotonic() < deadline, f"{path} never showed {what}: {body}"
+            await asyncio.sleep(0.1)
+        return body
 
     async def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return await asyncio.to_thread(

@@ -1,19 +1,24 @@
 """The log follower (streams/follower.py) through the embedded broker: every record once
 across the archive, Kafka and live; live reading starts where the history ended (or at
 a fresh partition's beginning), never at the end, even when records arrive during start-up;
-at the end when asked; and it stops when told, without being cancelled."""
+at the end when asked; it stops when told, without being cancelled; and a topic missing
+or a broker not answering at start is said in one line."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 from collections.abc import Callable
 
 import pytest
 from sqlalchemy import Engine
 
 from projections.runtime import Projector
+from streams import follower as follower_module
 from streams.broker import EmbeddedBroker
 from streams.config import Settings
+from streams.errors import BrokerUnavailableError, PitError
 from streams.follower import Follower
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all
@@ -195,3 +200,21 @@ async def test_it_stops_when_told(settings: Settings) -> None:
         await follower.stop()
     assert all(r.value == b"x" for b in batches for r in b)
     await follower.stop()  # stopping twice is harmless
+
+
+async def test_a_topic_that_does_not_exist_is_named(settings: Settings) -> None:
+    follower = Follower(settings, [TOPIC, "test.missing"])
+    with pytest.raises(PitError, match=r"topic test\.missing does not exist"):
+        await follower.start()
+    await follower.stop()  # nothing was started: harmless
+
+
+async def test_no_broker_at_start_is_a_broker_unavailable_error(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(follower_module, "START_TIMEOUT_S", 0.5)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+    follower = Follower(Settings(data_dir=tmp_path, bootstrap_servers=address), [TOPIC])
+    with pytest.raises(BrokerUnavailableError, match=re.escape(f"Kafka unavailable at {address}")):
+        await follower.start()

@@ -52,6 +52,7 @@ from streams.config import Settings
 from streams.decider import Decider, Message, from_record
 from streams.errors import BrokerUnavailableError, PitError, SchemaError
 from streams.history import history_source, kafka_log_reader
+from streams.kafka import IDLE_FETCH_WAIT_MS
 from streams.log import LogRecord
 
 if TYPE_CHECKING:
@@ -91,10 +92,17 @@ QUEUED_KBYTES = 4096
 
 class Follower:
     """Reads `topics`: their history (the archive `db`, then Kafka), then live from where it
-    ended. A live batch is what the broker holds, up to `max_records` (None: LIVE_BATCH)."""
+    ended. A live batch is what the broker holds, up to `max_records` (None: LIVE_BATCH).
+
+    `fetch_max_wait_ms`: how long the broker may hold a fetch that finds nothing - on the
+    embedded broker, how late a record arriving meanwhile can be. librdkafka fetches at that
+    pace even while idle, in C but still a round trip through the broker each time: the
+    followers keep the idle pace of the Pit's other readers (IDLE_FETCH_WAIT_MS), except the
+    dispatcher, which is on every hop of a workflow."""
 
     def __init__(self, settings: Settings, topics: Sequence[str], db: Engine | None = None, *,
-                 max_records: int | None = None, fetch_max_wait_ms: int = 20) -> None:
+                 max_records: int | None = None,
+                 fetch_max_wait_ms: int = IDLE_FETCH_WAIT_MS) -> None:
         self.settings, self.topics, self.db = settings, list(topics), db
         self.max_records, self.fetch_max_wait_ms = max_records, fetch_max_wait_ms
         # The next offset to read, per (topic, partition): past what was handed over.

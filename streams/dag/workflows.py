@@ -163,9 +163,10 @@ def _unknown(execution_id: str) -> WorkflowError:
 
 
 def _archived(settings: Settings, partition: int, execution_id: str,
-              low: int) -> tuple[list[bytes], int]:
-    """From the audit archive: the execution's event values on `partition`, and the offset
-    after the archive's last one there (where Kafka takes over)."""
+              begin: int, end: int) -> list[bytes]:
+    """From the audit archive: the execution's event values on `partition` at offsets
+    `begin` to `end` (excluded), which Kafka no longer holds; WorkflowError when the archive
+    does not reach `end` (events in neither) or cannot be read."""
     from sqlalchemy import func, select
 
     from streams.archive import audit_log
@@ -175,21 +176,22 @@ def _archived(settings: Settings, partition: int, execution_id: str,
     try:
         engine = connect(settings.db_url)
     except DatabaseUnavailableError as exc:
-        raise WorkflowError(f"Kafka keeps {where} only from offset {low} and the archive that"
+        raise WorkflowError(f"Kafka keeps {where} only from offset {end} and the archive that"
                             f" holds the rest is unreachable: {exc}") from None
     at = (audit_log.c.topic == DAG_EVENTS, audit_log.c.partition == partition)
     try:
         with engine.connect() as conn:
             last = conn.execute(select(func.max(audit_log.c.offset)).where(*at)).scalar()
-            if last is None or last + 1 < low:
-                raise WorkflowError(f"{where}: Kafka starts at offset {low} and the archive"
+            if last is None or last + 1 < end:
+                raise WorkflowError(f"{where}: Kafka starts at offset {end} and the archive"
                                     f" ends at {last}: events in between are in neither")
             values = conn.execute(select(audit_log.c.value)
-                                  .where(*at, audit_log.c.key == execution_id)
+                                  .where(*at, audit_log.c.key == execution_id,
+                                         audit_log.c.offset >= begin, audit_log.c.offset < end)
                                   .order_by(audit_log.c.offset)).scalars().all()
     finally:
         engine.dispose()
-    return list(values), last + 1
+    return list(values)
 
 
 class ExecutionLog:
@@ -198,7 +200,12 @@ class ExecutionLog:
 
     With `only`, just the events of those types: the others are passed over by their record
     name, undecoded (a 10,000-node execution logs 40,000 events; a reader that waits for its
-    end, or catalogs its outputs, needs a quarter of them)."""
+    end, or catalogs its outputs, needs a quarter of them).
+
+    What Kafka no longer holds comes from the audit archive: the partition's beginning, and
+    whatever the Pit trims from the embedded broker while the log is read (it trims only
+    what the archive holds, and a reader positioned below the new beginning starts again
+    there: the gap is read from the archive, in order)."""
 
     def __init__(self, settings: Settings, codec: Codec, execution_id: str,
                  only: Iterable[type[Message]] = ()) -> None:
@@ -207,10 +214,13 @@ class ExecutionLog:
         self.key = execution_id.encode()
         self._at_end = False  # Kafka was read up to `end`
         self._pending: list[bytes] = []
+        self._next = 0  # the next offset of the partition this log reads
         self._consumer: AIOKafkaConsumer | None = None  # while entered
 
     async def __aenter__(self) -> ExecutionLog:
-        self._consumer = consumer = await start_consumer(self.settings, fetch_max_wait_ms=100)
+        # trimmed below its position, the consumer starts again at the new beginning
+        self._consumer = consumer = await start_consumer(
+            self.settings, fetch_max_wait_ms=100, auto_offset_reset="earliest")
         try:
             partitions = await partitions_of(consumer, DAG_EVENTS)
             self.tp = TopicPartition(DAG_EVENTS, DefaultPartitioner()(self.key, partitions,
@@ -218,12 +228,12 @@ class ExecutionLog:
             consumer.assign([self.tp])
             low = (await consumer.beginning_offsets([self.tp]))[self.tp]
             self.end = (await consumer.end_offsets([self.tp]))[self.tp]
-            start = low
             if low > 0:  # the partition's beginning left Kafka: the archive holds it
-                self._pending, start = await asyncio.to_thread(
-                    _archived, self.settings, self.tp.partition, self.execution_id, low)
-            consumer.seek(self.tp, start)
-            self._at_end = start >= self.end
+                self._pending = await asyncio.to_thread(
+                    _archived, self.settings, self.tp.partition, self.execution_id, 0, low)
+            consumer.seek(self.tp, low)
+            self._next = low
+            self._at_end = low >= self.end
         except BaseException:
             await stop_consumer(consumer)
             raise
@@ -243,9 +253,17 @@ class ExecutionLog:
             consumer = self._consumer
             assert consumer is not None, "an ExecutionLog is read inside `async with`"
             batch = await consumer.getmany(self.tp, timeout_ms=timeout_ms, max_records=5000)
-            values = [m.value for m in batch.get(self.tp, ()) if m.key == self.key]
+            records = batch.get(self.tp, [])
+            values = [m.value for m in records if m.key == self.key]
+            position = await consumer.position(self.tp)
+            reached = records[0].offset if records else position
+            if reached > self._next:  # trimmed from Kafka meanwhile, so archived
+                values = await asyncio.to_thread(
+                    _archived, self.settings, self.tp.partition, self.execution_id,
+                    self._next, reached) + values
+            self._next = max(self._next, position)
             if not self._at_end:
-                self._at_end = await consumer.position(self.tp) >= self.end
+                self._at_end = position >= self.end
         return [event for value in values if (event := self._decode(value)) is not None]
 
     def _decode(self, value: bytes | None) -> tuple[Message, int] | None:

@@ -41,6 +41,7 @@ from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 from streams.dag.workflows import ExecutionLog
 from streams.history import history_source, kafka_log_reader, read_topic
 from streams.log import LogRecord
+from streams.memory import applied_everywhere
 from streams.pool.host import ModelHost
 from streams.pool.pool import ModelAllocated, ModelReleased
 from streams.pool.topics import POOL_EVENTS
@@ -208,6 +209,42 @@ async def test_an_execution_log_read_for_some_event_types_decodes_only_those(pit
     assert len(ends) == len(workflow.nodes) + 1
     assert set(decoded) == {"NodeCompleted", "ExecutionCompleted"}  # the rest undecoded
     assert len(everything) > 2 * len(ends)  # scheduled, started, completed per node
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_an_execution_log_reads_what_kafka_dropped_while_it_read_from_the_archive(pit):
+    """The Pit trims the embedded broker below what the archive holds (streams/memory.py);
+    a log positioned below the new beginning used to start again at the end, and a workflow
+    that had just ended was reported unknown (seen in a soak)."""
+    pit.runner("r1")
+    execution = await pit.client.dag.execute_workflow(wide_dag(6, name="log-trimmed"))
+    assert (await pit.client.dag.await_result(execution, timeout=30)).ok
+    await pit.stop("r1")
+
+    async def read(trim: bool) -> list:
+        found = []
+        async with ExecutionLog(pit.stack.settings, pit.stack.codec, execution) as log:
+            if trim:  # after the log took its position, as the Pit's trim would
+                await until_archived(log.tp.partition, log.end)
+                await asyncio.to_thread(pit.stack.broker.delete_records, DAG_EVENTS,
+                                        log.tp.partition, log.end)
+            while not log.caught_up:
+                found += [event for event, _ in await log.read(100)]
+        return found
+
+    async def until_archived(partition: int, end: int) -> None:
+        """Until every projection (the archive one of them) applied the partition's end."""
+        for _ in range(300):
+            applied = await asyncio.to_thread(applied_everywhere, pit.stack.engine)
+            if applied.get((DAG_EVENTS, partition), -1) >= end - 1:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{DAG_EVENTS}[{partition}] not archived up to {end}")
+
+    everything = await read(trim=False)
+    assert type(everything[-1]) is ExecutionCompleted
+    assert await read(trim=True) == everything
+    assert (await pit.client.dag.await_result(execution, timeout=30)).ok  # all archived now
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -159,7 +159,7 @@ class Stack:
                     name=processor.name))
         for ready in readies:  # they join their groups and restore side by side
             await self._until(ready)
-        runtime = Runtime(self.settings, self.codec, self.engine)
+        runtime = Runtime(self.settings, self.codec, self.engine, embedded)
         for name, service in self._services(runtime, shared=True).items():
             self.services[name] = service
             self.tasks.append(asyncio.create_task(service.run(self.stop), name=name))

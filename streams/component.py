@@ -44,11 +44,14 @@ class Service(Protocol):
 
 @dataclass(frozen=True)
 class Runtime:
-    """What a running `pit up` hands a component's factories."""
+    """What a running `pit up` hands a component's factories; `embedded`: its broker is the
+    embedded one (its own, or the one it joined), which holds an empty fetch for its whole
+    wait, where a cluster answers as soon as a record arrives."""
 
     settings: Settings
     codec: Codec
     engine: Engine
+    embedded: bool
 
 
 @dataclass(frozen=True)

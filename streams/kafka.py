@@ -234,6 +234,10 @@ async def getmany_ready(consumer: AIOKafkaConsumer, timeout_ms: int, max_records
 # What a short wait costs while idle, `pace_fetches` takes back.
 BUSY_FETCH_WAIT_MS = 2
 
+# On a cluster a fetch is answered as soon as a record arrives, so a long wait costs no
+# latency there: a reader whose wait is fixed (a librdkafka `Follower`) takes this one.
+CLUSTER_FETCH_WAIT_MS = 500
+
 IDLE_AFTER_S = 0.5  # a consumer not busy for this long fetches at the idle pace
 IDLE_FETCH_WAIT_MS = 50
 

@@ -247,12 +247,16 @@ class Gate:
 
 class TaskDispatcher:
     """Relays NodeScheduled events to pit.dag.tasks within the overall limit, until stopped
-    (run by `pit up`). `max_running` defaults to PIT_DAG_MAX_RUNNING (`DagSettings`)."""
+    (run by `pit up`). `max_running` defaults to PIT_DAG_MAX_RUNNING (`DagSettings`);
+    `fetch_max_wait_ms` is its follower's (`pit up` gives the embedded broker's short one, or
+    a cluster's long one: streams/dag/component.py)."""
 
     def __init__(self, settings: Settings, codec: Codec, db: Engine | None = None, *,
                  max_running: int | None = None, max_batch: int = 5_000,
-                 produce_timeout_s: float = 30.0, retry_s: float = 1.0) -> None:
+                 produce_timeout_s: float = 30.0, retry_s: float = 1.0,
+                 fetch_max_wait_ms: int = BUSY_FETCH_WAIT_MS) -> None:
         self.settings, self.codec, self.db = settings, codec, db
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.max_running = (DagSettings.of(settings).max_running if max_running is None
                             else max_running)
         self.max_batch, self.produce_timeout_s, self.retry_s = (max_batch, produce_timeout_s,
@@ -270,9 +274,8 @@ class TaskDispatcher:
                            retry_on=(HistoryError,), on_restart=forget)
 
     async def _run(self, stop: asyncio.Event) -> None:
-        # every workflow hop passes here: it fetches as often as the processor
         follower = Follower(self.settings, [DAG_EVENTS, ARBITRATION_EVENTS], self.db,
-                            max_records=self.max_batch, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS)
+                            max_records=self.max_batch, fetch_max_wait_ms=self.fetch_max_wait_ms)
         await self._restore(follower, stop)
         if stop.is_set():
             return

@@ -41,13 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
-from confluent_kafka import Message as KafkaMessage
 from confluent_kafka import TopicPartition as KafkaPartition
 from sqlalchemy import Engine
 
@@ -55,7 +53,7 @@ from streams.config import Settings
 from streams.decider import Decider, Message, from_record
 from streams.errors import BrokerUnavailableError, PitError, SchemaError
 from streams.history import history_source, kafka_log_reader
-from streams.kafka import IDLE_FETCH_WAIT_MS
+from streams.kafka import IDLE_FETCH_WAIT_MS, consume_ready
 from streams.log import LogRecord
 
 if TYPE_CHECKING:
@@ -87,7 +85,6 @@ log = logging.getLogger(__name__)
 
 LIVE_BATCH = 10_000
 START_TIMEOUT_S = 10.0  # for the metadata and watermarks a follower starts from
-STOP_SLICE_S = 0.05  # a read waits in slices this long, so a stop is seen within one
 # What librdkafka may fetch ahead and hold per follower (its default is 64 MiB): a few
 # seconds of the busiest topic, not the Pit's memory.
 QUEUED_KBYTES = 4096
@@ -191,7 +188,7 @@ class Follower:
         most = self.max_records or LIVE_BATCH
         while not stop.is_set():
             timeout_ms = wait_ms() if callable(wait_ms) else wait_ms
-            messages = await loop.run_in_executor(kafka, _take, consumer, most,
+            messages = await loop.run_in_executor(kafka, consume_ready, consumer, most,
                                                   timeout_ms / 1000, stop)
             if stop.is_set():
                 return
@@ -218,20 +215,6 @@ class Follower:
                 await asyncio.get_running_loop().run_in_executor(kafka, consumer.close)
             finally:
                 kafka.shutdown(wait=False)
-
-
-def _take(consumer: Consumer, most: int, timeout_s: float, stop: asyncio.Event
-          ) -> list[KafkaMessage]:
-    """On the follower's thread: the first record to come within `timeout_s`, with what is
-    fetched already beside it (up to `most`). Waits in slices of STOP_SLICE_S, so a stop
-    ends the wait within one (`Event.is_set` only reads a flag)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        first = consumer.consume(1, max(0.0, min(STOP_SLICE_S, deadline - time.monotonic())))
-        if first:
-            return first + consumer.consume(most - 1, 0) if most > 1 else first
-        if stop.is_set() or time.monotonic() >= deadline:
-            return []
 
 
 def _kafka_error(error: KafkaError) -> None:

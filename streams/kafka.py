@@ -215,6 +215,26 @@ async def take_ready(consumer: AIOKafkaConsumer, batch: dict, max_records: int) 
             count += len(records)
 
 
+STOP_SLICE_S = 0.05  # `consume_ready` with a stop waits in slices this long
+
+
+def consume_ready(consumer: confluent_kafka.Consumer, most: int, timeout_s: float,
+                  stop: asyncio.Event | None = None) -> list[confluent_kafka.Message]:
+    """`take_ready` for a librdkafka consumer, on the one thread that drives it: the first
+    record to come within `timeout_s`, with what it has fetched already beside it (up to
+    `most`; librdkafka fetches ahead on its own, so nothing more is waited for). With `stop`
+    it waits in slices of STOP_SLICE_S, so a stop ends the wait within one (`is_set` only
+    reads a flag)."""
+    deadline = time.monotonic() + timeout_s
+    slice_s = timeout_s if stop is None else STOP_SLICE_S
+    while True:
+        first = consumer.consume(1, max(0.0, min(slice_s, deadline - time.monotonic())))
+        if first:
+            return first + consumer.consume(most - 1, 0) if most > 1 else first
+        if stop is None or stop.is_set() or time.monotonic() >= deadline:
+            return []
+
+
 async def getmany_ready(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int, *,
                         busy: Callable[[dict], bool] = bool) -> dict:
     """`consumer.getmany`, then `take_ready`: a batch of what the broker holds. The

@@ -119,6 +119,7 @@ from streams.errors import (
     PitError,
     SchemaError,
 )
+from streams.kafka import consume_ready
 from streams.pool.pool import POOL
 from streams.process import (
     BROKER_POLL_S,
@@ -826,21 +827,24 @@ class Runner:
             return
         consumer = self._consumer
         assert consumer is not None  # taking tasks only while subscribed
-        # Tasks as they come: a chain's next node starts at once. (consume(n, 0.1) waited
-        # for n tasks or 100 ms, two thirds of every hop; the batching it gave the
-        # processor is now the readers' own, streams/kafka.py take_ready.)
-        for message in await self._on_kafka(_take_ready, consumer, free):
+        # Tasks as they come: the first within 100 ms, with what is fetched beside it, so a
+        # chain's next node starts at once. (consume(n, 0.1) waited for n tasks or 100 ms,
+        # two thirds of every hop; the batching it gave the processor is now the readers'
+        # own, streams/kafka.py take_ready.)
+        for message in await self._on_kafka(consume_ready, consumer, free, 0.1):
             if message.error() is not None:
                 self._say(f"consumer: {message.error()}")
                 continue
             tp = (message.topic(), message.partition())
             if tp not in self.assignment:
                 # Revoked while in hand: the group rebalanced inside the second consume of
-                # `_take_ready`, after the first had returned this task. Its offset is the new
+                # `consume_ready`, after the first had returned this task. Its offset is the new
                 # owner's, who runs it; running it here too would run it twice.
                 continue
-            epoch = self.offsets.take(tp, message.offset())
-            fenced = self.fence and message.offset() < self.backlog.get(tp, 0)
+            offset = message.offset()
+            assert offset is not None  # a record, not an error event: it has its position
+            epoch = self.offsets.take(tp, offset)
+            fenced = self.fence and offset < self.backlog.get(tp, 0)
             job = asyncio.create_task(self._handle(tp, epoch, message, fenced))
             self.running[job] = tp
             job.add_done_callback(self._finished)
@@ -1071,12 +1075,6 @@ class Runner:
         if abandoned:
             self._say(f"abandoned {len(abandoned)} running task(s); they will run again")
         return not abandoned
-
-
-def _take_ready(consumer: Consumer, most: int) -> list:
-    """The first task to come within 100 ms, with what is fetched already beside it."""
-    first = consumer.consume(1, 0.1)
-    return first + consumer.consume(most - 1, 0) if first and most > 1 else first
 
 
 def _leave(consumer: Consumer, within_s: float) -> None:

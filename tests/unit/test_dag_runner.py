@@ -271,7 +271,7 @@ class _RebalancingConsumer:
         self.runner = runner
 
     def consume(self, n: int, timeout: float) -> list:
-        if timeout:  # `_take_ready`'s first call
+        if timeout:  # `consume_ready`'s first call
             return [_Record(0, 7)]
         self.runner._revoked(self, [TopicPartition(DAG_TASKS, 0)])
         return []

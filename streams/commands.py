@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -135,6 +136,9 @@ class OutcomeReader:
         # command id -> the clients waiting for its outcome, each with its own future (one
         # that gives up cancels only its own)
         self.waiting: dict[str, dict[CommandClient, asyncio.Future[Outcome]]] = {}
+        # per client, how many command ids it waits on: `waits`, asked on every read of its
+        # tails, without a pass over every wait (a runner waits on thousands)
+        self.pending: Counter[CommandClient] = Counter()
         self.consumer: AIOKafkaConsumer | None = None
         self._started: asyncio.Future[None] | None = None
         self._reading: asyncio.Task[None] | None = None
@@ -179,6 +183,7 @@ class OutcomeReader:
         future = waiters.get(client)
         if future is None:
             future = waiters[client] = asyncio.get_running_loop().create_future()
+            self.pending[client] += 1
             if len(self.waiting) == 1 and len(waiters) == 1 and self.consumer is not None:
                 from streams.kafka import pace_fetches
 
@@ -187,14 +192,20 @@ class OutcomeReader:
 
     def waits(self, client: CommandClient) -> bool:
         """Whether `client` waits for some outcome."""
-        return any(client in waiters for waiters in self.waiting.values())
+        return self.pending[client] > 0
 
     def forget(self, client: CommandClient, command_id: str) -> None:
         waiters = self.waiting.get(command_id)
         if waiters is not None:
-            waiters.pop(client, None)
+            if waiters.pop(client, None) is not None:
+                self._answered(client)
             if not waiters:
                 del self.waiting[command_id]
+
+    def _answered(self, client: CommandClient) -> None:
+        self.pending[client] -= 1
+        if not self.pending[client]:
+            del self.pending[client]
 
     def _unshare(self) -> None:
         readers = self._shared.get(asyncio.get_running_loop(), {})
@@ -212,6 +223,7 @@ class OutcomeReader:
                     if not future.done():
                         future.set_exception(failure)
             self.waiting.clear()
+            self.pending.clear()
             log.warning("%s", failure)
 
     def _on_outcome(self, message: ConsumerRecord) -> None:
@@ -222,7 +234,8 @@ class OutcomeReader:
             outcome = Outcome.from_record(self.codec.decode(message.value).record)
         except (SchemaError, KeyError):
             return
-        for future in self.waiting.pop(outcome.command_id, {}).values():
+        for client, future in self.waiting.pop(outcome.command_id, {}).items():
+            self._answered(client)
             if not future.done():
                 future.set_result(outcome)
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from streams.commands import SendOptions
+    from streams.pool.client import PoolOps
 
 LEARNING_S = 5.0  # how long allocate_model waits for arbitration to learn of a new model
 
@@ -109,7 +110,7 @@ class Ask:
 class ArbitrationOps:
     """Per client: the requests awaiting decisions."""
 
-    def __init__(self, client: CommandClient, pool: Any = None) -> None:
+    def __init__(self, client: CommandClient, pool: PoolOps | None = None) -> None:
         """`pool`: the pool's operations `allocate_model` allocates with (default: the
         client's own, `client.pool`, which a PitClient has)."""
         self.client = client
@@ -285,7 +286,7 @@ class ArbitrationOps:
         granted = await self.release(request_id, pool_id=pool_id, **grant_options)
         return pool if not pool.accepted else granted
 
-    def _pool(self) -> Any:
+    def _pool(self) -> PoolOps:
         return self.pool or self.client.pool  # type: ignore[attr-defined]
 
     async def release(self, request_id: str, *, pool_id: str = DEFAULT_POOL,
@@ -334,7 +335,7 @@ class ArbitrationOps:
                                       **options)
 
 
-def allocation_ops(client: CommandClient) -> tuple[Any, ArbitrationOps]:
+def allocation_ops(client: CommandClient) -> tuple[PoolOps, ArbitrationOps]:
     """The pool's operations and arbitration's, wired to each other on a bare CommandClient
     that routes the pool's and the arbiter's commands: what a PitClient has as `.pool` and
     `.arbitration` (a runner, the CLI and the bench use these)."""

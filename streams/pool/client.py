@@ -35,6 +35,7 @@ from streams.pool.topics import POOL_EVENTS
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
 
+    from streams.arbitration.client import ArbitrationOps
     from streams.commands import SendOptions
 
 
@@ -61,7 +62,7 @@ class PoolOps:
         self._arbitrated: set[str] = set()  # allocations arbitration granted
         # Arbitration's operations, for allocations with a tenant or priority: a PitClient's
         # own (`client.arbitration`) unless given (a runner's bare CommandClient has none).
-        self.arbitration: Any = None
+        self.arbitration: ArbitrationOps | None = None
         client.at_close(self.close)
 
     async def close(self) -> None:
@@ -158,7 +159,7 @@ class PoolOps:
                                   f" ({event.code}): {event.reason}")
         return Allocation(request_id, model_id, event.host_id, event.endpoint, event.cache_hit)
 
-    def _arbitration(self) -> Any:
+    def _arbitration(self) -> ArbitrationOps:
         return self.arbitration or self.client.arbitration  # type: ignore[attr-defined]
 
     async def _follow_pool(self) -> None:

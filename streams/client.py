@@ -92,7 +92,11 @@ class SyncPitClient:
                                         name="pit-client")
         self._thread.start()
         self._client = PitClient(settings or Settings.from_env(), **options)
-        self._call(self._client.start())
+        try:
+            self._call(self._client.start())
+        except BaseException:  # no client to close: the loop and its thread go at once
+            self._stop_loop()
+            raise
 
     def _call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
@@ -104,9 +108,16 @@ class SyncPitClient:
         return _blocking(attribute, self._call)
 
     def close(self) -> None:
-        self._call(self._client.close())
+        try:
+            self._call(self._client.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():  # a loop still running cannot be closed
+            self._loop.close()
 
     def __enter__(self) -> SyncPitClient:
         return self

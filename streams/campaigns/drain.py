@@ -79,8 +79,9 @@ class Pit:
 
     def spawn(self, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
         log = self.data_dir / f"{name}-{next(self.logs)}.log"
-        process = subprocess.Popen([sys.executable, "-m", "streams.cli", *args], env=self.env,
-                                   stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        with log.open("w") as stderr:  # the child writes to its own copy
+            process = subprocess.Popen([sys.executable, "-m", "streams.cli", *args],
+                                       env=self.env, stdout=subprocess.DEVNULL, stderr=stderr)
         return process, log
 
     async def start(self, timeout_s: float = 120.0) -> None:

@@ -64,10 +64,11 @@ class Console:
         self.settings = self.stack.settings
         demo = await self.run("demo", timeout=240)
         assert demo.returncode == 0, demo.stderr[-2000:]
-        self.runner = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "runner", "--id", "console-runner",
-             "--session-timeout", "3", "--drain-timeout", "2"], env=self.env,
-            stdout=subprocess.DEVNULL, stderr=(self.data_dir / "runner.log").open("w"))
+        with (self.data_dir / "runner.log").open("w") as log:
+            self.runner = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "runner", "--id", "console-runner",
+                 "--session-timeout", "3", "--drain-timeout", "2"], env=self.env,
+                stdout=subprocess.DEVNULL, stderr=log)
         self.client = await PitClient(self.settings, issued_by="console-test").start()
         model = (await self.get("/models"))["models"][0]["model_id"]
         for tenant, priority in (("alice", "0"), ("bob", "2")):

@@ -134,13 +134,15 @@ class Pit:
         """Start `pit host` and wait until the pool has registered it."""
         log_path = self.data_dir / f"{host_id}-{len(self.hosts)}.log"
         earlier = len(self.events.find(HostRegistered, host_id=host_id))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "host", "--id", host_id,
-             "--memory-mb", str(memory_mb), "--capacity", str(capacity), *args],
-            env={**os.environ, "PIT_DATA_DIR": str(self.data_dir),
-                 "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
-                 **env},
-            stdout=subprocess.DEVNULL, stderr=log_path.open("w"))
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "host", "--id", host_id,
+                 "--memory-mb", str(memory_mb), "--capacity", str(capacity), *args],
+                env={**os.environ, "PIT_DATA_DIR": str(self.data_dir),
+                     "PYTHONPATH": os.pathsep.join([str(FIXTURES),
+                                                    os.environ.get("PYTHONPATH", "")]),
+                     **env},
+                stdout=subprocess.DEVNULL, stderr=log)
         host = Host(host_id, process, log_path)
         self.hosts.append(host)
 

@@ -176,7 +176,7 @@ async def _stream_until_killed(pit: PitUp) -> tuple[set[int], set[int]]:
     await asyncio.gather(*tasks, return_exceptions=True)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.close(), 10)
-    pit.process.wait(timeout=30)
+    pit.process.communicate(timeout=30)  # its end, and its pipes closed
     return accepted, sent - accepted
 
 

@@ -47,8 +47,9 @@ class Process:
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
+        with self.process.stdout:  # closed at its end
+            for line in self.process.stdout:
+                self.lines.put(line.rstrip("\n"))
 
     def wait_for(self, text: str, timeout_s: float = 90.0) -> float:
         """Wait for a line containing `text`; returns when it was read (monotonic)."""
@@ -73,6 +74,7 @@ class Process:
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
+        self.stderr.close()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -81,6 +83,7 @@ class Process:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self.stderr.close()
 
 
 def registered(data_dir: Path) -> int:

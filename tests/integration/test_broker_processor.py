@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import struct
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -362,6 +363,7 @@ async def test_command_of_no_component_is_rejected_not_dead_lettered(pit: Pit) -
 
 
 async def test_sync_client_from_blocking_code(pit: Pit) -> None:
+    threads_before = {thread.ident for thread in threading.enumerate()}
     model = unique("sync")
 
     def blocking() -> list[Outcome]:
@@ -373,6 +375,27 @@ async def test_sync_client_from_blocking_code(pit: Pit) -> None:
     assert [o.accepted for o in outcomes] == [True, True, True, True]
     state = pit.processor.processor.state(model)
     assert (state.state, state.usage_count, state.transition_count) == (COOLING, 5, 3)
+    assert not [thread for thread in threading.enumerate()  # its loop's thread is gone
+                if thread.name == "pit-client" and thread.ident not in threads_before]
+
+
+def test_a_sync_client_that_cannot_connect_leaves_no_loop_behind(free_port) -> None:
+    """No broker: the one-line error, and the client's event loop stopped and closed (it
+    used to be left running on its thread, unclosed)."""
+    loops: list[asyncio.AbstractEventLoop] = []
+    new_event_loop = asyncio.new_event_loop
+
+    def recorded() -> asyncio.AbstractEventLoop:
+        loops.append(new_event_loop())
+        return loops[-1]
+
+    settings = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(asyncio, "new_event_loop", recorded)
+        with pytest.raises(BrokerUnavailableError):
+            SyncPitClient(settings)
+    [loop] = loops
+    assert loop.is_closed()
 
 
 # --- restart --------------------------------------------------------------------------------

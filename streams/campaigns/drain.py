@@ -34,6 +34,7 @@ from streams.config import Settings
 from streams.dag.definition import WorkflowBuilder
 from streams.errors import PitError
 from streams.process import FORCE_S, GRACE_S, broker_address
+from streams.waiting import until
 
 TARGETS = ("runner", "host")
 ACTIONS = ("none", "stop", "kill", "restart")  # what `pit up` does as the process drains
@@ -50,18 +51,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def until(check: Callable[[], object], timeout_s: float, what: str) -> None:
-    """Until `check()` (sync or async) holds; TimeoutError naming `what` past the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout_s:g} s")
-        await asyncio.sleep(0.1)
 
 
 class Pit:

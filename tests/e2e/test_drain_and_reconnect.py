@@ -10,8 +10,9 @@ import signal
 
 import pytest
 
-from streams.campaigns.drain import Pit, campaign, until
+from streams.campaigns.drain import Pit, campaign
 from streams.dag.definition import WorkflowBuilder
+from streams.waiting import until
 
 pytestmark = pytest.mark.slow
 

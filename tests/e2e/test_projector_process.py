@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from streams.campaigns.drain import Pit, until
+from streams.campaigns.drain import Pit
 from streams.config import Settings
 from streams.errors import PitError
 from streams.projector import ProjectorProcess
+from streams.waiting import until
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -47,6 +47,7 @@ from streams.pool.lifecycle import (
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import OUTCOME, Processor, run_processor
 from streams.topics import DEAD_LETTERS, RESULTS, load_catalog
+from streams.waiting import until
 
 COLD, WARMING, HOT, COOLING, FAILED = ModelState
 USER = TransitionReason.USER_REQUEST
@@ -72,16 +73,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-async def eventually(condition: Callable[[], object], timeout: float = 8.0,
-                     what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -220,7 +211,7 @@ async def test_command_becomes_event_and_accepted_outcome(pit: Pit) -> None:
         command_id, "TransitionModel", model)
     assert outcome.event_ids == (f"{command_id}/0",)
 
-    (envelope, event), = await eventually(lambda: pit.tap.events(model), what="the event")
+    (envelope, event), = await until(lambda: pit.tap.events(model), what="the event")
     assert envelope["event_id"] == outcome.event_ids[0]
     assert envelope["event_type"] == "ModelTransitioned"
     assert envelope["entity_key"] == model
@@ -237,7 +228,7 @@ async def test_command_becomes_event_and_accepted_outcome(pit: Pit) -> None:
     # The next transition's time in state comes from the two event timestamps.
     hot = await pit.client.pool.transition(model, HOT)
     assert hot.accepted
-    events = await eventually(lambda: len(pit.tap.events(model)) == 2 and pit.tap.events(model))
+    events = await until(lambda: len(pit.tap.events(model)) == 2 and pit.tap.events(model))
     (first, _), (second, second_event) = events
     assert second["sequence"] == 2
     assert second_event["time_in_previous_ms"] == second["occurred_at"] - first["occurred_at"]
@@ -255,7 +246,7 @@ async def test_invalid_transition_is_rejected_with_reason_and_no_event(pit: Pit)
     assert empty.status == "REJECTED" and "empty" in empty.reason
     # An accepted command afterwards proves everything before it was decided: still no event.
     assert (await pit.client.pool.warm_model(model)).accepted
-    await eventually(lambda: pit.tap.events(model))
+    await until(lambda: pit.tap.events(model))
     assert [env["sequence"] for env, _ in pit.tap.events(model)] == [1]
     assert pit.tap.events(model)[0][1]["to_state"] == "Warming"
 
@@ -270,7 +261,7 @@ async def test_same_command_id_twice_has_one_effect(pit: Pit) -> None:
     assert second.event_ids == first.event_ids == (f"{command_id}/0",)
     # The second outcome was produced after the first batch's events were acknowledged (the
     # test's tap may read them after the client read the outcomes: wait for it).
-    await eventually(lambda: pit.tap.events(model), what="the event")
+    await until(lambda: pit.tap.events(model), what="the event")
     assert len(pit.tap.events(model)) == 1
     assert pit.processor.processor.state(model).transition_count == 1
     # Even a different command under an old id is only acknowledged.
@@ -286,7 +277,7 @@ async def test_redelivered_command_record_has_no_second_effect(pit: Pit) -> None
     value = pit.client.encode_command(TransitionModel(model, WARMING, USER), command_id)
     for _ in range(2):  # the identical record twice, as a redelivery after a crash would be
         await pit.produce_raw(value, key=model.encode())
-    outcomes = await eventually(lambda: len(pit.tap.outcomes(command_id)) == 2
+    outcomes = await until(lambda: len(pit.tap.outcomes(command_id)) == 2
                                 and pit.tap.outcomes(command_id), what="two outcomes")
     assert [o["duplicate"] for o in outcomes] == [False, True]
     assert outcomes[0]["event_ids"] == outcomes[1]["event_ids"] == [f"{command_id}/0"]
@@ -313,7 +304,7 @@ async def test_garbage_and_unknown_schema_go_to_dead_letters_and_processing_goes
 
     for value, error_type, key in ((garbage, b"MalformedMessageError", b"garbage-key"),
                                    (unknown, b"UnknownSchemaError", None)):
-        (letter,) = await eventually(lambda v=value: pit.tap.dead_letters(v),
+        (letter,) = await until(lambda v=value: pit.tap.dead_letters(v),
                                      what=f"dead letter {error_type}")
         headers = header_map(letter)
         assert letter.value == value and letter.key == key  # the original bytes, untouched
@@ -340,7 +331,7 @@ async def test_event_on_the_command_topic_is_dead_lettered(pit: Pit) -> None:
     event = ModelTransitioned(model, COLD, WARMING, USER, 0)
     value = pit.codec.encode(event.avro_name, {"envelope": envelope, **to_record(event)})
     await pit.produce_raw(value, key=model.encode())
-    (letter,) = await eventually(lambda: pit.tap.dead_letters(value), what="dead letter")
+    (letter,) = await until(lambda: pit.tap.dead_letters(value), what="dead letter")
     headers = header_map(letter)
     assert headers["pit.error.type"] == b"SchemaError"
     assert b"not a command" in headers["pit.error"]
@@ -355,7 +346,7 @@ async def test_command_of_no_component_is_rejected_not_dead_lettered(pit: Pit) -
     writer = Codec(pit.registry, {**current_schemas(), "pit.test.Unhandled": UNHANDLED})
     value = writer.encode("pit.test.Unhandled", {"meta": meta, "thing_id": "t-1"})
     await pit.produce_raw(value, key=b"t-1")
-    (outcome,) = await eventually(lambda: pit.tap.outcomes(command_id), what="the outcome")
+    (outcome,) = await until(lambda: pit.tap.outcomes(command_id), what="the outcome")
     assert outcome["status"] == "REJECTED"
     assert "pit.test.Unhandled" in outcome["reason"] and "pool" in outcome["reason"]
     assert outcome["event_ids"] == []
@@ -451,7 +442,7 @@ async def test_processor_restart_restores_state_from_the_topics(fast_rebalance) 
                         original["status"], original["event_ids"], original["reason"])
                 cooled = await pit.client.pool.cool_model(model)
                 assert cooled.accepted
-                envelopes = [env for env, _ in await eventually(
+                envelopes = [env for env, _ in await until(
                     lambda: len(pit.tap.events(model)) == 4 and pit.tap.events(model))]
                 assert [env["sequence"] for env in envelopes] == [1, 2, 3, 4]
                 assert envelopes[-1]["causation_id"] == cooled.command_id
@@ -501,7 +492,7 @@ async def test_broker_down_and_up_while_commands_flow(fast_rebalance) -> None:
 
             for model in models:
                 assert [o.status for o in outcomes[model]] == ["ACCEPTED"] * 4, outcomes[model]
-                envelopes = [env for env, _ in await eventually(
+                envelopes = [env for env, _ in await until(
                     lambda m=model: len(pit.tap.events(m)) >= 4 and pit.tap.events(m))]
                 # exactly one effect per command: one event each, gapless sequence
                 assert Counter(env["causation_id"] for env in envelopes) == {
@@ -526,7 +517,7 @@ async def test_request_errors_and_a_leader_change_have_no_double_effect() -> Non
             broker.push_request_errors(FETCH, [NOT_LEADER_OR_FOLLOWER] * 3)
             first = await send_until_decided(pit.client, TransitionModel(model, WARMING, USER),
                                              "leader/0")
-            await eventually(lambda: pit.tap.events(model))
+            await until(lambda: pit.tap.events(model))
             partition = next(r.partition for r in pit.tap.records[POOL_EVENTS]
                              if r.key == model.encode())
             broker.set_leader(POOL_COMMANDS, partition, 2)
@@ -534,7 +525,7 @@ async def test_request_errors_and_a_leader_change_have_no_double_effect() -> Non
             second = await send_until_decided(pit.client, TransitionModel(model, HOT, USER),
                                               "leader/1")
             assert (first.status, second.status) == ("ACCEPTED", "ACCEPTED")
-            envelopes = [env for env, _ in await eventually(
+            envelopes = [env for env, _ in await until(
                 lambda: len(pit.tap.events(model)) >= 2 and pit.tap.events(model))]
             assert [(env["causation_id"], env["sequence"]) for env in envelopes] == [
                 ("leader/0", 1), ("leader/1", 2)]
@@ -573,7 +564,7 @@ async def test_a_failed_produce_restarts_the_processor_from_the_log(monkeypatch,
             hot = await send_until_decided(pit.client, TransitionModel(model, HOT, USER), "r/1")
             assert hot.accepted
             assert restarts._value.get() > before
-            envelopes = [env for env, _ in await eventually(
+            envelopes = [env for env, _ in await until(
                 lambda: len(pit.tap.events(model)) >= 2 and pit.tap.events(model))]
             assert [(env["causation_id"], env["sequence"]) for env in envelopes] == [
                 ("r/0", 1), ("r/1", 2)]

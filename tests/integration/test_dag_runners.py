@@ -42,6 +42,7 @@ from streams.kafka import make_producer, produce_all, start_consumer
 from streams.log import SOURCE_OFFSET, SOURCE_PARTITION, source_headers, source_of
 from streams.processor import Output
 from streams.topics import load_catalog
+from streams.waiting import until
 
 STARTED, COMPLETED, FAILED = ("pit.dag.ReportNodeStarted", "pit.dag.ReportNodeCompleted",
                               "pit.dag.ReportNodeFailed")
@@ -106,11 +107,6 @@ async def reports(settings: Settings, codec: Codec) -> list[tuple[str, dict, dic
 
 TASK_PARTITIONS = load_catalog()[DAG_TASKS].partitions
 
-async def until(condition, timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

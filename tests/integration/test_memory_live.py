@@ -5,9 +5,6 @@ same start again changes nothing, a cancel is rejected as for an execution in me
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
 from streams import memory
@@ -18,13 +15,7 @@ from streams.dag.bench import Runners
 from streams.dag.definition import deep_dag
 from streams.dag.execution import CancelExecution
 from streams.dag.workflows import start_command
-
-
-async def until(check, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        await asyncio.sleep(0.1)
+from streams.waiting import until
 
 
 @pytest.mark.asyncio

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
@@ -42,6 +41,7 @@ from streams.pool.pool import (
     WarmModel,
 )
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
+from streams.waiting import until
 
 Cold, Warming, Hot, Cooling, Failed = ModelState
 HOST = "prewarm-host"
@@ -51,14 +51,6 @@ STEP_MS = 30_000
 LEARNING_RUNS = 5
 
 
-async def eventually(condition: Callable[[], object], timeout: float = 15.0,
-                     what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return value
 
 
 class Host:
@@ -134,7 +126,7 @@ class Workflow:
         value = self.client.encode_command(command, str(uuid.uuid4()))
         await self.producer.send_and_wait(POOL_COMMANDS, value, key=b"default",
                                           timestamp_ms=at_ms)
-        return await eventually(lambda: next(
+        return await until(lambda: next(
             (e for e in self.host.events
              if isinstance(e, ModelAllocated) and e.request_id == request_id), None),
             what=f"the allocation of {model_id}")
@@ -208,9 +200,9 @@ async def test_prewarms_the_next_workflow_step_and_relearns_from_the_log(tmp_pat
             mark = len(host.events)
             first = await workflow.allocate(a, at, "wf/last")
             assert not first.cache_hit
-            await eventually(lambda: b in host.prewarm_loads(mark),
+            await until(lambda: b in host.prewarm_loads(mark),
                              what="a predictive prewarm of B after A's allocation")
-            await eventually(lambda: host.states[b] is Hot, what="B loaded")
+            await until(lambda: host.states[b] is Hot, what="B loaded")
             second = await workflow.allocate(b, at + STEP_MS, "wf/last")
             assert second.cache_hit
             third = await workflow.allocate(models[2], at + 2 * STEP_MS, "wf/last")
@@ -222,13 +214,13 @@ async def test_prewarms_the_next_workflow_step_and_relearns_from_the_log(tmp_pat
 
         sent = await warm_models_sent(stack)
         assert [w.reason for w in sent if w.model_id == b][-1] == "workflow"
-        stats = await eventually(lambda: (s := stack.services["prewarmer"].stats())[
+        stats = await until(lambda: (s := stack.services["prewarmer"].stats())[
             "cold_starts_avoided"] >= 1 and s, what="the prewarmer counting B's hit")
         assert stats["predictions_made"] >= len(sent) >= 1
         assert stats["correct_predictions"] >= 1
         assert stats["models_prewarmed"] >= 1
         assert stats["accuracy"] == stats["correct_predictions"] / stats["predictions_made"]
-        await eventually(lambda: REGISTRY.get_sample_value("pit_pool_prewarm_accuracy")
+        await until(lambda: REGISTRY.get_sample_value("pit_pool_prewarm_accuracy")
                          == stats["accuracy"], what="the accuracy gauge")
         assert REGISTRY.get_sample_value("pit_pool_prewarm_predictions_total") >= stats[
             "predictions_made"]

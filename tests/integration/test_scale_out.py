@@ -23,6 +23,7 @@ from streams.dag.definition import sleepy_dag
 from streams.dag.runner import Runner
 from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 from streams.history import read_topic
+from streams.waiting import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,13 +34,6 @@ SESSION_MS = 3000  # the leader group's session; the mock adds session - 1 s to 
 FAIL_OVER_BOUND_S = SESSION_MS / 1000 + 1 + SESSION_MS / 1000 + 15
 
 
-async def until(check, timeout_s: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return found
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections import Counter
 from dataclasses import replace
 
@@ -40,19 +39,12 @@ from streams.timers import (
     wall_ms,
 )
 from streams.topics import RESULTS, TIMERS, TopicSpec
+from streams.waiting import until
 
 HOST = "timer-host"
 MODEL = "ticker"
 
 
-async def until(check, timeout: float = 30.0, what: str = "condition"):
-    """Await `check()` (async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.1)
-    return value
 
 
 async def records(stack: Stack, topic: str) -> list[tuple[str, dict, int]]:
@@ -156,6 +148,7 @@ async def test_timers_fire_at_their_due_time_and_a_cancelled_one_never(tmp_path)
         assert error == "timer nowhere: unknown target topic pit.nowhere.commands"
         commands = dict(await sent(stack))
         assert set(commands) == {"early", "late"}
+        await until(lambda: effects_at_least(stack, 2), what="both timers' effects")
         done = await effects(stack)
         assert set(done) == {"early", "late"}
         for timer_id in ("early", "late"):
@@ -201,6 +194,7 @@ async def test_a_timer_scheduled_before_a_restart_fires_after_it_once(tmp_path) 
         await until(lambda: fired_has(stack, "while-down"), what="the timer due while down")
         await asyncio.sleep(0.5)
         assert await fired(stack) == {"before": 1, "while-down": 1}
+        await until(lambda: effects_at_least(stack, 2), what="both timers' effects")
         done = await effects(stack)
         assert {timer_id: len(events) for timer_id, events in done.items()} == {
             "before": 1, "while-down": 1}
@@ -220,7 +214,7 @@ async def test_ten_thousand_timers_fire_in_due_order(tmp_path) -> None:
         async def all_fired() -> bool:
             return sum((await fired(stack)).values()) >= count
 
-        await until(all_fired, timeout=40, what="10,000 timers")
+        await until(all_fired, timeout_s=40, what="10,000 timers")
         commands = await sent(stack)
         assert [timer_id for timer_id, _ in commands] == sorted(due, key=lambda i: (due[i], i))
         assert all(at >= due[timer_id] for timer_id, at in commands)
@@ -298,6 +292,8 @@ async def test_a_decider_asks_for_a_timer_with_an_event_on_its_own_topic(tmp_pat
                 await produce_all(timer_producer(stack.settings), [
                     Output(decider.command_topic, -1, b"default", value, asked_at)])
                 await until(lambda: fired_has(stack, "alarm/0"), what="the alarm")
+                # the pool's processor decides the fired command a moment later
+                await until(lambda: effect_of(stack, "alarm/0"), what="the alarm's effect")
         finally:
             stop.set()
             await processing

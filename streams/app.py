@@ -39,7 +39,7 @@ from streams.components import COMPONENTS, DECIDERS, views
 from streams.config import BROKER_FILE, Settings
 from streams.errors import PitError
 from streams.history import load_schemas
-from streams.kafka import make_producer, produce_all
+from streams.kafka import make_producer, path_fetch_wait_ms, produce_all
 from streams.leader import LeaderGate
 from streams.log import LogRecord, source_of
 from streams.memory import trim_broker, trim_heap_every
@@ -155,7 +155,8 @@ class Stack:
                 readies.append(ready := asyncio.Event())
                 self.tasks.append(asyncio.create_task(
                     run_processor(processor, self.settings, self.engine, self.stop, ready,
-                                  archive_first=self.archive_first),
+                                  archive_first=self.archive_first,
+                                  fetch_max_wait_ms=path_fetch_wait_ms(embedded)),
                     name=processor.name))
         for ready in readies:  # they join their groups and restore side by side
             await self._until(ready)

@@ -255,8 +255,14 @@ async def getmany_ready(consumer: AIOKafkaConsumer, timeout_ms: int, max_records
 BUSY_FETCH_WAIT_MS = 2
 
 # On a cluster a fetch is answered as soon as a record arrives, so a long wait costs no
-# latency there: a reader whose wait is fixed (a librdkafka `Follower`) takes this one.
+# latency there, and a short one only makes empty fetches.
 CLUSTER_FETCH_WAIT_MS = 500
+
+
+def path_fetch_wait_ms(embedded: bool) -> int:
+    """The fetch wait of a reader on a command's or a hop's path (the processors, the task
+    dispatcher) in a `pit up` on the embedded broker (`embedded`) or on a cluster."""
+    return BUSY_FETCH_WAIT_MS if embedded else CLUSTER_FETCH_WAIT_MS
 
 IDLE_AFTER_S = 0.5  # a consumer not busy for this long fetches at the idle pace
 IDLE_FETCH_WAIT_MS = 50

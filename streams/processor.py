@@ -672,7 +672,8 @@ async def run_processor(processor: Processor, settings: Settings, engine: Engine
                         stop: asyncio.Event, ready: asyncio.Event | None = None,
                         max_records: int = 5000, *,
                         produce_timeout_s: float = 30.0, retry_s: float = 1.0,
-                        archive_first: ArchiveFirst | None = None) -> None:
+                        archive_first: ArchiveFirst | None = None,
+                        fetch_max_wait_ms: int = BUSY_FETCH_WAIT_MS) -> None:
     """Consume the decider's command topic until `stop` is set (then finish the batch).
 
     With `archive_first` (the embedded broker, which keeps nothing over a restart), each
@@ -685,7 +686,12 @@ async def run_processor(processor: Processor, settings: Settings, engine: Engine
     uncommitted commands redelivered and answered (acknowledged again where their events
     had already landed).
 
-    With a database (the archive), what it holds in memory stays bounded (streams/memory.py)."""
+    With a database (the archive), what it holds in memory stays bounded (streams/memory.py).
+
+    `fetch_max_wait_ms`: how long the broker may hold a fetch that finds nothing. The
+    embedded broker holds it that long even when a command arrives meanwhile, hence the
+    short default; `pit up` on a cluster, which answers at once, passes a long one
+    (`streams.kafka.path_fetch_wait_ms`)."""
     if engine is not None:
         processor.recall = ArchiveRecall(engine, processor.decider, processor.codec,
                                          processor.name)
@@ -693,7 +699,7 @@ async def run_processor(processor: Processor, settings: Settings, engine: Engine
                                       name=f"{processor.name}-memory")
     try:
         await _run_processor(processor, settings, engine, stop, ready, max_records,
-                             produce_timeout_s, retry_s, archive_first)
+                             produce_timeout_s, retry_s, archive_first, fetch_max_wait_ms)
     finally:
         if engine is not None:
             bounded.cancel()
@@ -704,11 +710,11 @@ async def run_processor(processor: Processor, settings: Settings, engine: Engine
 async def _run_processor(processor: Processor, settings: Settings, engine: Engine | None,
                          stop: asyncio.Event, ready: asyncio.Event | None, max_records: int,
                          produce_timeout_s: float, retry_s: float,
-                         archive_first: ArchiveFirst | None) -> None:
+                         archive_first: ArchiveFirst | None, fetch_max_wait_ms: int) -> None:
     while True:
         try:
             await _consume(processor, settings, engine, stop, ready, max_records,
-                           produce_timeout_s, archive_first)
+                           produce_timeout_s, archive_first, fetch_max_wait_ms)
             return
         except (BrokerUnavailableError, KafkaError, DatabaseUnavailableError) as exc:
             if stop.is_set():
@@ -782,7 +788,8 @@ async def produce_archived(producer: Producer, outputs: Sequence[Output], proces
 
 async def _consume(processor: Processor, settings: Settings, engine: Engine | None,
                    stop: asyncio.Event, ready: asyncio.Event | None, max_records: int,
-                   produce_timeout_s: float, archive_first: ArchiveFirst | None) -> None:
+                   produce_timeout_s: float, archive_first: ArchiveFirst | None,
+                   fetch_max_wait_ms: int) -> None:
     group = processor_group(processor.decider)
     restoring: list[set[int]] = []
     settled = asyncio.Event()  # clear from deciding a batch until its outputs are acknowledged
@@ -798,7 +805,7 @@ async def _consume(processor: Processor, settings: Settings, engine: Engine | No
             restoring.append({tp.partition for tp in assigned})
 
     consumer = await start_consumer(settings, group_id=group, auto_offset_reset="earliest",
-                                    fetch_max_wait_ms=BUSY_FETCH_WAIT_MS,
+                                    fetch_max_wait_ms=fetch_max_wait_ms,
                                     max_partition_fetch_bytes=4 << 20)
     consumer.subscribe([processor.decider.command_topic], listener=Restore())
     producer = make_producer(settings)

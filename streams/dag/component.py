@@ -41,14 +41,14 @@ async def _prepare(settings: Settings, engine: Engine) -> None:
 
 def _services(runtime: Runtime) -> Mapping[str, Service]:
     from streams.dag.dispatch import TaskDispatcher
-    from streams.kafka import BUSY_FETCH_WAIT_MS, CLUSTER_FETCH_WAIT_MS
+    from streams.kafka import path_fetch_wait_ms
 
     # NodeScheduled events become tasks for `pit runner` processes (issue 4). Every hop of a
     # workflow passes the dispatcher: on the embedded broker it fetches as often as the
     # processor, even while idle (its librdkafka consumer cannot slow down).
-    wait_ms = BUSY_FETCH_WAIT_MS if runtime.embedded else CLUSTER_FETCH_WAIT_MS
-    return {"task-dispatcher": TaskDispatcher(runtime.settings, runtime.codec, runtime.engine,
-                                              fetch_max_wait_ms=wait_ms)}
+    return {"task-dispatcher": TaskDispatcher(
+        runtime.settings, runtime.codec, runtime.engine,
+        fetch_max_wait_ms=path_fetch_wait_ms(runtime.embedded))}
 
 
 def _views(_settings: Settings | None) -> Sequence[Any]:

@@ -25,7 +25,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
-from test_timers_live import until
 from yarl import URL
 
 from projections.api import make_app
@@ -37,6 +36,7 @@ from streams.client import PitClient
 from streams.components import COMPONENTS
 from streams.config import Settings
 from streams.dag.definition import WorkflowBuilder
+from streams.waiting import until
 
 TOKEN = "s3cret-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

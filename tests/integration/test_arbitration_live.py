@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from prometheus_client import REGISTRY
-from test_timers_live import records, until
+from test_timers_live import records
 
 from projections import arbitration as views
 from streams.app import Stack
@@ -16,6 +16,7 @@ from streams.client import PitClient
 from streams.config import Settings
 from streams.pool.errors import AllocationError
 from streams.pool.host import ModelHost
+from streams.waiting import until
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
 
@@ -149,7 +150,7 @@ async def test_a_timeout_fires_after_a_pit_up_restart(tmp_path) -> None:
         assert queued.outcome == "queued"
     async with Stack(Settings(data_dir=tmp_path), progress=False,
                      without={"host-monitor"}) as stack:
-        await until(lambda: _is(stack, "late", "timed_out"), timeout=60,
+        await until(lambda: _is(stack, "late", "timed_out"), timeout_s=60,
                     what="the timeout set before the restart")
         assert await request_state(stack, "holder") == "granted"
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 
 import pytest
-from test_timers_live import records, until
+from test_timers_live import records
 
 from streams.app import Stack
 from streams.artifacts.storage import artifact_store
@@ -24,6 +24,7 @@ from streams.stale import manager
 from streams.stale.client import StaleError
 from streams.stale.tiers import tiered_store
 from streams.stale.topics import STALE_EVENTS
+from streams.waiting import until
 
 
 def tiered_settings(tmp_path, bucket: str, endpoint: str) -> Settings:

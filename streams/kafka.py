@@ -264,6 +264,7 @@ def path_fetch_wait_ms(embedded: bool) -> int:
     dispatcher) in a `pit up` on the embedded broker (`embedded`) or on a cluster."""
     return BUSY_FETCH_WAIT_MS if embedded else CLUSTER_FETCH_WAIT_MS
 
+
 IDLE_AFTER_S = 0.5  # a consumer not busy for this long fetches at the idle pace
 IDLE_FETCH_WAIT_MS = 50
 

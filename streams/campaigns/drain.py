@@ -51,8 +51,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-
-
 class Pit:
     """`pit up` and the processes of one data directory."""
 

@@ -12,9 +12,11 @@ from typing import TypeVar
 
 _T = TypeVar("_T")
 
+LOOK_EVERY_S = 0.02  # short beside any wait worth waiting for, and cheap to look
+
 
 async def until(check: Callable[[], _T | Awaitable[_T]], timeout_s: float = 30.0,
-                what: str = "condition", *, every_s: float = 0.02) -> _T:
+                what: str = "condition") -> _T:
     """Until `check()` (a plain or an async function) returns something true, which is
     returned; TimeoutError naming `what` once `timeout_s` passed without it."""
     deadline = time.monotonic() + timeout_s
@@ -25,4 +27,4 @@ async def until(check: Callable[[], _T | Awaitable[_T]], timeout_s: float = 30.0
             return found
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {what} within {timeout_s:g} s")
-        await asyncio.sleep(every_s)
+        await asyncio.sleep(LOOK_EVERY_S)

@@ -57,8 +57,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-
-
 class Events:
     """Every pool event from the moment it starts, with the monotonic time it arrived."""
 

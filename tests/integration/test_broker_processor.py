@@ -73,8 +73,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-
-
 @dataclass
 class Tap:
     """Everything on the output topics, decoded where possible, as it arrives."""
@@ -278,7 +276,7 @@ async def test_redelivered_command_record_has_no_second_effect(pit: Pit) -> None
     for _ in range(2):  # the identical record twice, as a redelivery after a crash would be
         await pit.produce_raw(value, key=model.encode())
     outcomes = await until(lambda: len(pit.tap.outcomes(command_id)) == 2
-                                and pit.tap.outcomes(command_id), what="two outcomes")
+                           and pit.tap.outcomes(command_id), what="two outcomes")
     assert [o["duplicate"] for o in outcomes] == [False, True]
     assert outcomes[0]["event_ids"] == outcomes[1]["event_ids"] == [f"{command_id}/0"]
     assert [env["causation_id"] for env, _ in pit.tap.events(model)] == [command_id]
@@ -305,7 +303,7 @@ async def test_garbage_and_unknown_schema_go_to_dead_letters_and_processing_goes
     for value, error_type, key in ((garbage, b"MalformedMessageError", b"garbage-key"),
                                    (unknown, b"UnknownSchemaError", None)):
         (letter,) = await until(lambda v=value: pit.tap.dead_letters(v),
-                                     what=f"dead letter {error_type}")
+                                what=f"dead letter {error_type}")
         headers = header_map(letter)
         assert letter.value == value and letter.key == key  # the original bytes, untouched
         assert headers["origin"] == b"integration-test"  # original headers kept

@@ -108,7 +108,6 @@ async def reports(settings: Settings, codec: Codec) -> list[tuple[str, dict, dic
 TASK_PARTITIONS = load_catalog()[DAG_TASKS].partitions
 
 
-
 @pytest.fixture
 async def runners(settings, codec):
     # No decider runs here (the tasks are published by hand), so nothing would answer a

@@ -45,6 +45,7 @@ from streams.memory import applied_everywhere
 from streams.pool.host import ModelHost
 from streams.pool.pool import ModelAllocated, ModelReleased
 from streams.pool.topics import POOL_EVENTS
+from streams.waiting import until
 
 SENTIMENT = "python:streams.pool.examples:sentiment"
 
@@ -234,12 +235,11 @@ async def test_an_execution_log_reads_what_kafka_dropped_while_it_read_from_the_
 
     async def until_archived(partition: int, end: int) -> None:
         """Until every projection (the archive one of them) applied the partition's end."""
-        for _ in range(300):
+        async def archived() -> bool:
             applied = await asyncio.to_thread(applied_everywhere, pit.stack.engine)
-            if applied.get((DAG_EVENTS, partition), -1) >= end - 1:
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"{DAG_EVENTS}[{partition}] not archived up to {end}")
+            return applied.get((DAG_EVENTS, partition), -1) >= end - 1
+
+        await until(archived, 30, f"{DAG_EVENTS}[{partition}] archived up to {end}")
 
     everything = await read(trim=False)
     assert type(everything[-1]) is ExecutionCompleted

@@ -51,8 +51,6 @@ STEP_MS = 30_000
 LEARNING_RUNS = 5
 
 
-
-
 class Host:
     """Follows pit.pool.events from the beginning: keeps every event and each model's
     state, and answers load and unload instructions for HOST as a model host does."""
@@ -201,7 +199,7 @@ async def test_prewarms_the_next_workflow_step_and_relearns_from_the_log(tmp_pat
             first = await workflow.allocate(a, at, "wf/last")
             assert not first.cache_hit
             await until(lambda: b in host.prewarm_loads(mark),
-                             what="a predictive prewarm of B after A's allocation")
+                        what="a predictive prewarm of B after A's allocation")
             await until(lambda: host.states[b] is Hot, what="B loaded")
             second = await workflow.allocate(b, at + STEP_MS, "wf/last")
             assert second.cache_hit
@@ -221,7 +219,7 @@ async def test_prewarms_the_next_workflow_step_and_relearns_from_the_log(tmp_pat
         assert stats["models_prewarmed"] >= 1
         assert stats["accuracy"] == stats["correct_predictions"] / stats["predictions_made"]
         await until(lambda: REGISTRY.get_sample_value("pit_pool_prewarm_accuracy")
-                         == stats["accuracy"], what="the accuracy gauge")
+                    == stats["accuracy"], what="the accuracy gauge")
         assert REGISTRY.get_sample_value("pit_pool_prewarm_predictions_total") >= stats[
             "predictions_made"]
         await asyncio.sleep(0.5)

@@ -34,8 +34,6 @@ SESSION_MS = 3000  # the leader group's session; the mock adds session - 1 s to 
 FAIL_OVER_BOUND_S = SESSION_MS / 1000 + 1 + SESSION_MS / 1000 + 15
 
 
-
-
 @contextlib.asynccontextmanager
 async def two_pits(tmp_path, db_url: str):
     # Groups with a 3 s session, for test speed only: the mock makes every rebalance of a
@@ -101,7 +99,7 @@ async def test_two_pits_share_the_work_and_survive_the_leader(tmp_path, db_url) 
         assignments = await until(
             lambda: all(s.projector_consumer.assignment() for s in (first, second))
             and [s.projector_consumer.assignment() for s in (first, second)],
-            what="both projectors to hold partitions")
+            60, "both projectors to hold partitions")
         assert not assignments[0] & assignments[1]
 
         before = await client.dag.execute_workflow(sleepy_dag(20, 50, name="before"))

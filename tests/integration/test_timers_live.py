@@ -45,8 +45,6 @@ HOST = "timer-host"
 MODEL = "ticker"
 
 
-
-
 async def records(stack: Stack, topic: str) -> list[tuple[str, dict, int]]:
     """(Avro name, record, Kafka timestamp) of every record on `topic`, in log order per
     partition."""

@@ -25,14 +25,22 @@ from streams.component import Bench, PitFactory, bench_note
 from streams.components import COMPONENTS, views
 from streams.config import Settings
 from streams.errors import PitError
-from streams.kafka import make_producer, produce_all, topic_size
+from streams.kafka import (
+    BUSY_FETCH_WAIT_MS,
+    getmany_ready,
+    make_producer,
+    produce_all,
+    start_consumer,
+    stop_clients,
+    topic_size,
+)
 from streams.pool.lifecycle import (
     LIFECYCLE,
     ModelState,
     TransitionModel,
     TransitionReason,
 )
-from streams.pool.topics import POOL_COMMANDS
+from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
 from streams.processor import ArchiveFirst, Output, Processor, run_processor
 from streams.sql import connect, create_tables
 from streams.stats import percentile
@@ -121,6 +129,54 @@ async def bench_processor(n: int = 60_000) -> dict[str, float]:
         return {"processor_events_per_s": round(n / elapsed)}
 
 
+PASS_THROUGH_GROUP = "bench.pass-through"
+
+
+async def pass_through(settings: Settings, n: int) -> float:
+    """The processor's loop with the decision taken out, over the first `n` records of the
+    pool's command topic: read as `run_processor` reads them (a consumer group,
+    `getmany_ready`), and for each one two records of its size written as the processor
+    writes an event and an outcome - the events acknowledged first, then the outcomes, then
+    the offsets committed. Returns the seconds from the first batch read to the last
+    commit."""
+    consumer = await start_consumer(settings, group_id=PASS_THROUGH_GROUP,
+                                    auto_offset_reset="earliest",
+                                    fetch_max_wait_ms=BUSY_FETCH_WAIT_MS,
+                                    max_partition_fetch_bytes=4 << 20)
+    consumer.subscribe([POOL_COMMANDS])
+    producer = make_producer(settings)
+    answered, started = 0, 0.0
+    try:
+        while answered < n:
+            batch = await getmany_ready(consumer, 50, 5000)
+            records = [m for messages in batch.values() for m in messages]
+            if not records:
+                continue
+            started = started or time.perf_counter()
+            for topic in (POOL_EVENTS, RESULTS):
+                await produce_all(producer, [Output(topic, m.partition, m.key, m.value,
+                                                    m.timestamp) for m in records])
+            await consumer.commit()
+            answered += len(records)
+    finally:
+        await stop_clients(consumer, producer, failed=False)
+    return time.perf_counter() - started
+
+
+async def bench_pass_through(n: int = 60_000) -> dict[str, float]:
+    """The processor's ceiling on this broker and machine (`pass_through`): what is left of
+    a command's cost without decoding, deciding, encoding or the archive write."""
+    with EmbeddedBroker(1) as broker:
+        broker.apply(load_catalog())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
+        await produce_all(make_producer(settings, **{"linger.ms": 20}),
+                          lifecycle_commands(Codec(EmbeddedRegistry()), n))
+        elapsed = await pass_through(settings, n)
+        bench_note(f"pass-through (the processor's loop, no decision): {n:,} commands in"
+                   f" {elapsed:.2f}s")
+        return {"processor_pass_through_per_s": round(n / elapsed)}
+
+
 async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
     """Client -> command topic -> processor -> results topic -> client, one at a time."""
     with EmbeddedBroker(1) as broker, tempfile.TemporaryDirectory() as scratch:
@@ -159,6 +215,9 @@ async def bench_backbone(settings: Settings, _pit: PitFactory) -> dict[str, Any]
     figures: dict[str, Any] = bench_codec()
     bench_note(f"codec: {figures}")
     figures |= await bench_processor()
+    figures |= await bench_pass_through()
+    figures["processor_vs_pass_through"] = round(
+        figures["processor_events_per_s"] / figures["processor_pass_through_per_s"], 2)
     figures |= await bench_roundtrip()
     bench_note(f"round trip: p50 {figures['roundtrip_p50_ms']} ms,"
                f" p99 {figures['roundtrip_p99_ms']} ms")

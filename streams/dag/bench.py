@@ -663,7 +663,7 @@ async def chains_per_s(stack: Any, dag: WorkflowOps, count: int, length: int = 2
             for records in (await consumer.getmany(timeout_ms=100)).values():
                 for record in records:
                     done = ended.get((record.key or b"").decode())
-                    if done is not None and stack.codec.decode(record.value).name in endings:
+                    if done is not None and stack.codec.name_of(record.value) in endings:
                         done.set()
 
     endings = {event.avro_name for event in ENDS}

@@ -108,7 +108,10 @@ async def test_two_pits_share_the_work_and_survive_the_leader(tmp_path, db_url) 
 
         # The leader dies while a workflow runs; the other one takes over.
         during = await client.dag.execute_workflow(sleepy_dag(30, 300, name="during"))
-        await until(lambda: True)  # let the first tasks go out
+        async def during_relayed() -> bool:
+            return any(key.startswith(f"{during}/") for key in await relayed_tasks(first))
+
+        await until(during_relayed, 60, "the first tasks relayed")  # the leader is at work
         crashed_at = time.monotonic()
         dead = crash(leader)
         with contextlib.suppress(asyncio.CancelledError):

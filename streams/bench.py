@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,34 +101,51 @@ def _archive(scratch: str) -> Engine:
     return engine
 
 
-async def bench_processor(n: int = 60_000) -> dict[str, float]:
-    """Commands decided per second through the embedded broker, end to end, as `pit up` runs
-    the processor: consumed, decided, events produced and archived (SQLite), outcomes
-    produced, everything acknowledged, offsets committed."""
-    with EmbeddedBroker(1) as broker, tempfile.TemporaryDirectory() as scratch:
+@contextlib.asynccontextmanager
+async def commands_waiting(n: int) -> AsyncIterator[Settings]:
+    """A fresh embedded broker holding `n` lifecycle commands (`lifecycle_commands`) on the
+    pool's command topic, nothing read yet: what the processor benches start from."""
+    with EmbeddedBroker(1) as broker:
         broker.apply(load_catalog())
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
-        codec = Codec(EmbeddedRegistry())
         bench_note(f"producing {n:,} lifecycle commands")
         await produce_all(make_producer(settings, **{"linger.ms": 20}),
-                          lifecycle_commands(codec, n))
-        processor = Processor(LIFECYCLE, codec)
+                          lifecycle_commands(Codec(EmbeddedRegistry()), n))
+        yield settings
+
+
+@contextlib.asynccontextmanager
+async def processor_running(settings: Settings) -> AsyncIterator[None]:
+    """The pool's processor deciding on `settings`' broker as `pit up` runs it (an
+    archive-first SQLite archive in a scratch directory), ready; stopped on exit."""
+    with tempfile.TemporaryDirectory() as scratch:
+        processor = Processor(LIFECYCLE, Codec(EmbeddedRegistry()))
         stop, ready = asyncio.Event(), asyncio.Event()
         engine = _archive(scratch)
         durable = ArchiveFirst(engine, pending_engine(engine))
         task = asyncio.create_task(run_processor(processor, settings, engine, stop, ready,
                                                  archive_first=durable))
         await ready.wait()
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+            engine.dispose()
+            durable.pending_db.dispose()
+
+
+async def bench_processor(n: int = 60_000) -> dict[str, float]:
+    """Commands decided per second through the embedded broker, end to end, as `pit up` runs
+    the processor: consumed, decided, events produced and archived (SQLite), outcomes
+    produced, everything acknowledged, offsets committed."""
+    async with commands_waiting(n) as settings, processor_running(settings):
         started = time.perf_counter()
         while await topic_size(settings, RESULTS) < n:
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
-        stop.set()
-        await task
-        engine.dispose()
-        durable.pending_db.dispose()
-        bench_note(f"processor: {n:,} commands in {elapsed:.2f}s")
-        return {"processor_events_per_s": round(n / elapsed)}
+    bench_note(f"processor: {n:,} commands in {elapsed:.2f}s")
+    return {"processor_events_per_s": round(n / elapsed)}
 
 
 PASS_THROUGH_GROUP = "bench.pass-through"
@@ -166,11 +185,7 @@ async def pass_through(settings: Settings, n: int) -> float:
 async def bench_pass_through(n: int = 60_000) -> dict[str, float]:
     """The processor's ceiling on this broker and machine (`pass_through`): what is left of
     a command's cost without decoding, deciding, encoding or the archive write."""
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
-        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
-        await produce_all(make_producer(settings, **{"linger.ms": 20}),
-                          lifecycle_commands(Codec(EmbeddedRegistry()), n))
+    async with commands_waiting(n) as settings:
         elapsed = await pass_through(settings, n)
         bench_note(f"pass-through (the processor's loop, no decision): {n:,} commands in"
                    f" {elapsed:.2f}s")
@@ -179,18 +194,11 @@ async def bench_pass_through(n: int = 60_000) -> dict[str, float]:
 
 async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
     """Client -> command topic -> processor -> results topic -> client, one at a time."""
-    with EmbeddedBroker(1) as broker, tempfile.TemporaryDirectory() as scratch:
+    with EmbeddedBroker(1) as broker:
         broker.apply(load_catalog())
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
-        processor = Processor(LIFECYCLE, Codec(EmbeddedRegistry()))
-        stop, ready = asyncio.Event(), asyncio.Event()
-        engine = _archive(scratch)
-        durable = ArchiveFirst(engine, pending_engine(engine))
-        task = asyncio.create_task(run_processor(processor, settings, engine, stop, ready,
-                                                 archive_first=durable))
-        await ready.wait()
         latencies = []
-        async with PitClient(settings) as client:
+        async with processor_running(settings), PitClient(settings) as client:
             for i in range(n + 50):
                 model = f"rt-{i % 100}"
                 target = [ModelState.WARMING, ModelState.HOT, ModelState.COOLING,
@@ -201,10 +209,6 @@ async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
                     latencies.append((time.perf_counter() - started) * 1000)
                 if not outcome.accepted:
                     raise PitError(f"round trip bench: {outcome.line()}")
-        stop.set()
-        await task
-        engine.dispose()
-        durable.pending_db.dispose()
         return {"roundtrip_p50_ms": round(statistics.median(latencies), 2),
                 "roundtrip_p99_ms": round(percentile(latencies, 0.99), 2)}
 

@@ -6,24 +6,15 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from schemas.codec import Codec
-from schemas.registry import EmbeddedRegistry
-from streams.bench import PASS_THROUGH_GROUP, lifecycle_commands, pass_through
-from streams.broker import EmbeddedBroker
-from streams.config import Settings
-from streams.kafka import make_producer, partitions_of, produce_all, start_consumer, topic_size
+from streams.bench import PASS_THROUGH_GROUP, commands_waiting, pass_through
+from streams.kafka import partitions_of, start_consumer, topic_size
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
-from streams.topics import RESULTS, load_catalog
+from streams.topics import RESULTS
 
 
 async def test_the_pass_through_writes_an_event_and_an_outcome_per_command_and_commits() -> None:
     n = 3_000
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
-        settings = Settings(bootstrap_servers=broker.bootstrap_servers)
-        commands = lifecycle_commands(Codec(EmbeddedRegistry()), n)
-        await produce_all(make_producer(settings), commands)
-
+    async with commands_waiting(n) as settings:
         assert await pass_through(settings, n) > 0
 
         assert await topic_size(settings, POOL_EVENTS) == n

@@ -236,7 +236,11 @@ class Stack:
                         first["pit.error"].decode())
         outputs = corrupt + [Output(SCHEMAS, 0, key, value, 0)
                              for key, value in registry.take_unpublished()]
-        await produce_all(make_producer(self.settings), outputs)
+        # Not idempotent: a new idempotent producer's first delivery waits 0.5-1 s for its
+        # producer id, on every start. One request in flight keeps the order a retry could
+        # change; a record written twice is loaded once (`EmbeddedRegistry.load_record`).
+        await produce_all(make_producer(self.settings, **{
+            "enable.idempotence": False, "max.in.flight.requests.per.connection": 1}), outputs)
 
     async def start_projector(self) -> None:
         """The projector: in a process of its own (`projector_process`), or a task here

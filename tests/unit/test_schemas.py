@@ -363,6 +363,19 @@ def test_embedded_registry_publishes_versions_in_lockfile_order():
     assert canonical(reloaded.schema_by_id(first["id"])) == canonical(json.loads(first["schema"]))
 
 
+
+def test_a_schema_record_read_twice_is_loaded_once():
+    """`pit up` publishes its schemas without idempotence (streams/app.py,
+    `Stack.sync_registry`): a retried record lands twice and must change nothing."""
+    published = EmbeddedRegistry().take_unpublished()
+    once, twice = EmbeddedRegistry(versions={}), EmbeddedRegistry(versions={})
+    for _, value in published:
+        once.load_record(value)
+    for _, value in published + published:
+        twice.load_record(value)
+    assert twice.subjects() == once.subjects()
+    assert len(twice.subjects()[MT]) == 2  # v1 and the current one, each once
+
 def test_a_broken_lockfile_entry_is_a_schema_error():
     with pytest.raises(SchemaError, match=r"versions.json: pit.Envelope v1 is named pit.Outcome"):
         EmbeddedRegistry(versions={"pit.Envelope": [schema_json(current_schemas()["pit.Outcome"])]})

@@ -40,6 +40,7 @@ from streams.pool.host import pool_events
 from streams.pool.lifecycle import ModelState
 from streams.pool.pool import POOL, PoolState
 from streams.pool.topics import POOL_EVENTS
+from streams.waiting import unless_stopped
 
 log = logging.getLogger(__name__)
 TELL_EVERY_S = 0.5
@@ -97,22 +98,15 @@ class PoolObserver:
         self.pools[pool_id] = POOL.evolve(state, event, at_ms)
 
     async def _tell(self, stop: asyncio.Event) -> None:
-        stopped = asyncio.ensure_future(stop.wait())
-        try:
-            for pool_id, state in sorted(self.pools.items()):
-                now = facts(state)
-                for command in changes(pool_id, self.told.get(pool_id), now):
-                    sending = asyncio.ensure_future(self.client.send(command))
-                    await asyncio.wait([sending, stopped], return_when=asyncio.FIRST_COMPLETED)
-                    if not sending.done():  # pit up is stopping: its processors may not answer
-                        sending.cancel()    # (a restart tells everything again)
-                        return
-                    outcome = sending.result()
-                    if not outcome.accepted:  # a fact the arbiter refuses: say so, go on
-                        log.warning("arbitration refused %s: %s", command, outcome.reason)
-                self.told[pool_id] = now
-        finally:
-            stopped.cancel()
+        for pool_id, state in sorted(self.pools.items()):
+            now = facts(state)
+            for command in changes(pool_id, self.told.get(pool_id), now):
+                outcome = await unless_stopped(self.client.send(command), stop)
+                if outcome is None:  # pit up is stopping (a restart tells everything again)
+                    return
+                if not outcome.accepted:  # a fact the arbiter refuses: say so, go on
+                    log.warning("arbitration refused %s: %s", command, outcome.reason)
+            self.told[pool_id] = now
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._follower.restore(self._take, stop)

@@ -61,6 +61,7 @@ from streams.persistent import PMap
 from streams.stale.manager import MAX_OBSERVED, STALE, ObserveArtifacts, item_record
 from streams.stale.policy import DAG_OUTPUT, Item
 from streams.stale.settings import StaleSettings
+from streams.waiting import unless_stopped
 
 log = logging.getLogger(__name__)
 TELL_EVERY_S = 0.5
@@ -208,7 +209,7 @@ class CatalogObserver:
         for address, item in self.dag.items(outputs, self.first_seen, now, cataloged).items():
             self.orphans.setdefault(address, item)  # the artifact store's copy comes first
 
-    async def _tell(self) -> None:
+    async def _tell(self, stop: asyncio.Event) -> None:
         stores = set(self.catalogs) | {"default"}
         for store_id in sorted(stores):
             catalog = self.catalogs.get(store_id)
@@ -222,7 +223,9 @@ class CatalogObserver:
                 command = ObserveArtifacts(
                     [item_record(i) for i in changed[start:start + MAX_OBSERVED]],
                     gone if start == 0 else [], store_id)
-                outcome = await self.client.send(command)
+                outcome = await unless_stopped(self.client.send(command), stop)
+                if outcome is None:  # pit up is stopping (a restart tells everything again)
+                    return
                 if not outcome.accepted:  # an item the Stale Manager refuses: say so, go on
                     log.warning("the stale manager refused an observation: %s", outcome.reason)
             self.told[store_id] = now
@@ -233,7 +236,7 @@ class CatalogObserver:
         try:
             await self._follower.start()
             await asyncio.to_thread(self.scan)
-            await self._tell()
+            await self._tell(stop)
             told_at = scanned_at = time.monotonic()
             async for records in self._follower.batches(stop, wait_ms=100):
                 for record in records:
@@ -245,7 +248,7 @@ class CatalogObserver:
                     if now - scanned_at >= self.scan_every_s:
                         await asyncio.to_thread(self.scan)
                         scanned_at = now
-                    await self._tell()
+                    await self._tell(stop)
                 except PitError as exc:  # the broker or pit up is away: tell it all later
                     log.warning("could not tell the stale manager about the catalog: %s", exc)
                     self.told.clear()

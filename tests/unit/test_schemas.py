@@ -363,7 +363,6 @@ def test_embedded_registry_publishes_versions_in_lockfile_order():
     assert canonical(reloaded.schema_by_id(first["id"])) == canonical(json.loads(first["schema"]))
 
 
-
 def test_a_schema_record_read_twice_is_loaded_once():
     """`pit up` publishes its schemas without idempotence (streams/app.py,
     `Stack.sync_registry`): a retried record lands twice and must change nothing."""
@@ -375,6 +374,7 @@ def test_a_schema_record_read_twice_is_loaded_once():
         twice.load_record(value)
     assert twice.subjects() == once.subjects()
     assert len(twice.subjects()[MT]) == 2  # v1 and the current one, each once
+
 
 def test_a_broken_lockfile_entry_is_a_schema_error():
     with pytest.raises(SchemaError, match=r"versions.json: pit.Envelope v1 is named pit.Outcome"):

@@ -48,7 +48,8 @@ outcome, and the task runs only if the decider accepted that start (a first run,
 takeover from a runner lost mid-node); it refuses a start whose attempt or execution is over.
 Tasks that arrive after the assignment need no such round trip: nobody ran them yet. Runners joining
 and leaving move partitions by cooperative rebalancing: a runner first lets the tasks of the
-partitions it gives up finish (up to `revoke_wait_s`) and commits them, so a join or a
+partitions it gives up finish (up to `revoke_wait_s`) and commits them as released, and their
+new owner starts them once that release is there (`Runner._handed_over`), so a join or a
 graceful leave runs nothing twice. SIGTERM/SIGINT: stop taking tasks, let running ones finish
 (up to `--drain-timeout`), commit, leave the group, exit 0 (1 when tasks had to be
 abandoned: they are redelivered; a second signal abandons them at once). It exits within
@@ -150,7 +151,13 @@ COMMIT_WAIT_S = 2.0  # a commit the group refuses while it rebalances is tried t
 # the processors', so an idle runner pays it: with 3 ms, 2.4% of a core in the runner and 1.7%
 # in `pit up` (was 2.1% and 0 with 10 ms), for a hop's runner stage of 2.4-3.0 ms (5.5-7.8).
 RUNNER_FETCH_WAIT_MS = 3
-HANDOVER_S = 0.5     # a runner given partitions waits this long for their previous owner
+# A runner given partitions waits at most this long for their previous owner's hand-over
+# commit (see `Runner._handed_over`): well above the few milliseconds a live owner takes
+# once the group has settled, and what a crashed owner's partitions cost on top of its session.
+HANDOVER_WAIT_S = 2.0
+# Commit metadata: who last committed a position, and whether it gave the partition up.
+HELD, RELEASED = "held by ", "released by "
+BROKER_CALL_S = 5.0  # a runner's call for committed positions or watermarks
 LEAVE_S = 3.0        # a stopping runner waits this long for the group to take its partitions
 # A dead runner's tasks move after this. Give every runner of a group the same: the embedded
 # broker drops a member waiting to join when its session is shorter than another's.
@@ -535,15 +542,25 @@ class Offsets:
             self.running[tp].discard(offset)
 
     def committable(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
+        """The positions moved since their last commit."""
         positions = {}
         for tp in list(self.next) if partitions is None else partitions:
-            if tp not in self.next:
-                continue
-            running = self.running.get(tp)
-            position = min(running) if running else self.next[tp]
-            if position != self.committed.get(tp):
+            if tp in self.next and (position := self._position(tp)) != self.committed.get(tp):
                 positions[tp] = position
         return positions
+
+    def releasable(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """The positions to hand over: what is done, or where the partition started."""
+        return {tp: self._position(tp) if tp in self.next else self.committed[tp]
+                for tp in partitions if tp in self.next or tp in self.committed}
+
+    def _position(self, tp: Partition) -> int:
+        running = self.running.get(tp)
+        return min(running) if running else self.next[tp]
+
+    def started(self, tp: Partition, committed: int) -> None:
+        """A partition given to this runner starts at its committed position."""
+        self.committed[tp] = committed
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         for tp in partitions:
@@ -608,6 +625,7 @@ class Runner:
         self.drain_timeout_s, self.revoke_wait_s = drain_timeout_s, revoke_wait_s
         self.session_timeout_ms = session_timeout_ms
         self.fence = fence  # off only where no decider answers: the group's own tests
+        self.held, self.released = HELD + self.run_id, RELEASED + self.run_id
         self.codec = codec or Codec(registry_for(settings))
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="pit-runner")
         self.executor = NodeExecutor(blobs or blob_store(settings), operators, None,
@@ -768,32 +786,63 @@ class Runner:
         log.debug("runner %s: kafka: %s", self.runner_id, error)
 
     def _assigned(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
-        """New partitions: start at their committed positions as they are a moment after the
-        group settled, so a handover commit the previous owner could not make while the
-        group rebalanced (the embedded coordinator refuses commits then) lands first."""
-        if partitions:
-            time.sleep(HANDOVER_S)
-        with contextlib.suppress(KafkaException):
-            partitions = consumer.committed(partitions, timeout=HANDOVER_S * 10)
+        """New partitions: each starts at its committed position once its previous owner
+        has released it (`_handed_over`). The group has just settled, so a release of this
+        runner's own that the group refused while it rebalanced lands first: its new owner
+        may be waiting for it."""
+        if self.handover:
+            self._release(consumer, dict(self.handover))
+        partitions = self._handed_over(consumer, partitions)
         waiting = 0
         for p in partitions:
+            tp = (p.topic, p.partition)
+            if p.offset >= 0:
+                self._event_loop.call_soon_threadsafe(self.offsets.started, tp, p.offset)
             try:
-                low, high = consumer.get_watermark_offsets(p, timeout=HANDOVER_S * 10)
+                low, high = consumer.get_watermark_offsets(p, timeout=BROKER_CALL_S)
                 waiting += max(0, high - max(low, p.offset))
             except KafkaException:
                 high = 2**63 - 1  # unknown: fence every task of it
-            self.backlog[(p.topic, p.partition)] = high
+            self.backlog[tp] = high
         consumer.incremental_assign(partitions)
         self.assignment |= {(p.topic, p.partition) for p in partitions}
         if partitions:
             self._say(f"given {len(partitions)} partition(s) of {DAG_TASKS}, {waiting} task(s)"
                       " already on them: each runs once the decider takes its start")
 
+    def _handed_over(self, consumer: Consumer, partitions: list[KafkaPartition]
+                     ) -> list[KafkaPartition]:
+        """`partitions` at their committed positions, once no other runner holds them. A
+        runner commits "held by" it while it runs a partition's tasks and "released by" it
+        when it gives the partition up; the embedded coordinator refuses that release while
+        the group rebalances, so it may land only as the group settles, when this runner
+        is given the partition (a sleep of 0.5 s here lost that race on a loaded machine:
+        40 tasks of 200 ran twice). A crashed owner never releases: its partitions start
+        where it last committed, after `HANDOVER_WAIT_S`."""
+        if not partitions:
+            return partitions
+        deadline = time.monotonic() + HANDOVER_WAIT_S
+        while True:
+            try:
+                read = consumer.committed(partitions, timeout=BROKER_CALL_S)
+            except KafkaException:
+                return partitions  # unknown: librdkafka reads the committed positions itself
+            holders = {note.removeprefix(HELD) for note in (p.metadata or "" for p in read)
+                       if note.startswith(HELD) and note != self.held}
+            if not holders:
+                return read
+            if time.monotonic() > deadline:
+                self._say(f"{', '.join(sorted(holders))} did not release partitions of"
+                          f" {DAG_TASKS} within {HANDOVER_WAIT_S:g} s (crashed?): tasks"
+                          " finished there since the last commit may run again")
+                return read
+            time.sleep(0.02)
+
     def _revoked(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         """Partitions go to another runner: let their tasks finish (up to `revoke_wait_s`)
-        and commit what is done before the new owner reads the position; what the group
-        refuses now is committed as soon as it accepts (`_commit`). A task still running
-        then goes on and reports, but its offset is the new owner's, who runs it again."""
+        and release their positions; what the group refuses now is released as soon as it
+        accepts (`_assigned`, `_commit`). A task still running then goes on and reports,
+        but its offset is the new owner's, who runs it again."""
         revoked = {(p.topic, p.partition) for p in partitions}
         self.assignment -= revoked
         handover = asyncio.run_coroutine_threadsafe(self._let_go(revoked), self._event_loop)
@@ -801,20 +850,29 @@ class Runner:
             positions = handover.result(self.revoke_wait_s + 5)
         except TimeoutError:
             return
-        committed = _committed(consumer, positions)
-        self.handover.update({tp: o for tp, o in positions.items() if tp not in committed})
+        self._release(consumer, positions)
         # owed until the group has settled with the new owner, never past (a late commit
         # would move its position back)
-        self.handover_until = time.monotonic() + self.session_timeout_ms / 1000 + HANDOVER_S
+        self.handover_until = (time.monotonic() + self.session_timeout_ms / 1000
+                               + HANDOVER_WAIT_S)
+
+    def _release(self, consumer: Consumer, positions: dict[Partition, int]) -> None:
+        """Commit `positions` as released; what the group refuses stays owed (`handover`)."""
+        released = _committed(consumer, _offsets(positions, self.released))
+        for tp, offset in positions.items():
+            if tp in released:
+                self.handover.pop(tp, None)
+            else:
+                self.handover[tp] = offset
 
     def _lost(self, _consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
         self.assignment -= lost
         self._event_loop.call_soon_threadsafe(self.offsets.forget, lost)
 
-    def _commit_now(self, positions: dict[Partition, int]) -> set[Partition]:
+    def _commit_now(self, offsets: list[KafkaPartition]) -> set[Partition]:
         consumer = self._consumer
-        return set() if consumer is None else _committed(consumer, positions)
+        return set() if consumer is None else _committed(consumer, offsets)
 
     # --- taking tasks -----------------------------------------------------------------------
 
@@ -1023,19 +1081,21 @@ class Runner:
     # --- committing -------------------------------------------------------------------------
 
     async def _commit(self) -> bool:
-        """Commit what is done, and the handovers still owed; True when all of it was. What
+        """Commit what is done, and the releases still owed; True when all of it was. What
         the group refuses now (it is rebalancing) is tried again next round."""
         positions = self.offsets.committable(self.assignment)
         if self.handover and time.monotonic() > self.handover_until:
             self._say(f"could not commit {len(self.handover)} handed-over position(s) in"
                       " time; their finished tasks may run again")
             self.handover.clear()
-        if not positions and not self.handover:
+        owed = dict(self.handover)  # a copy: the Kafka thread's callbacks change it
+        if not positions and not owed:
             return True
-        committed = await self._on_kafka(self._commit_now, {**self.handover, **positions})
+        committed = await self._on_kafka(self._commit_now, [
+            *_offsets(owed, self.released), *_offsets(positions, self.held)])
         self.offsets.committed.update({tp: positions[tp] for tp in committed
                                        if tp in positions})
-        for tp in committed:
+        for tp in committed & set(owed):
             self.handover.pop(tp, None)
         return not self.handover and committed >= set(positions)
 
@@ -1044,7 +1104,7 @@ class Runner:
         while (any(tp in revoked for tp in self.running.values())
                and time.monotonic() < deadline):
             await asyncio.sleep(0.02)
-        positions = self.offsets.committable(revoked)
+        positions = self.offsets.releasable(revoked)
         self.offsets.forget(revoked)
         return positions
 
@@ -1092,19 +1152,19 @@ def _leave(consumer: Consumer, within_s: float) -> None:
                 return
 
 
-def _committed(consumer: Consumer, positions: dict[Partition, int]) -> set[Partition]:
-    """Commit `positions`; the partitions the group accepted (it refuses them all while it
+def _committed(consumer: Consumer, offsets: list[KafkaPartition]) -> set[Partition]:
+    """Commit `offsets`; the partitions the group accepted (it refuses them all while it
     rebalances, and a partition can fail alone)."""
     try:
-        answer = consumer.commit(offsets=_partitions(positions), asynchronous=False)
+        answer = consumer.commit(offsets=offsets, asynchronous=False)
     except KafkaException as exc:
         log.debug("commit refused: %s", exc)
         return set()
     return {(p.topic, p.partition) for p in answer or () if p.error is None}
 
 
-def _partitions(positions: dict[Partition, int]) -> list[KafkaPartition]:
-    return [KafkaPartition(topic, partition, offset)
+def _offsets(positions: dict[Partition, int], metadata: str) -> list[KafkaPartition]:
+    return [KafkaPartition(topic, partition, offset, metadata=metadata)
             for (topic, partition), offset in positions.items()]
 
 

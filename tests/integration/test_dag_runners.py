@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -159,47 +160,106 @@ async def test_two_runners_in_one_group_report_each_task_exactly_once(settings, 
     assert len(await reports(settings, codec)) == 400
 
 
-async def test_a_runner_joining_then_one_leaving_runs_no_task_twice(settings, codec, runners,
-                                                                    tmp_path):
-    """200 short nodes with one runner; a second joins partway, then the first leaves as on
-    SIGTERM (drain, commit, leave): every side effect happens exactly once."""
-    effects = tmp_path / "effects.txt"  # one line per run of a node: what a user would see
+class SideEffects:
+    """`sleep_then_return` nodes whose every run appends a line to a file: what a user would
+    see of a node run twice."""
 
-    async def side_effect(value, ms: int = 0):
-        with effects.open("a") as out:
+    def __init__(self, path) -> None:
+        self.path = path
+        self.operators = OPERATORS.copy()
+        self.operators.register("sleep_then_return", self._run,
+                                inputs={"value": "any", "ms": "int"}, output="any",
+                                replace=True)
+
+    async def _run(self, value, ms: int = 0):
+        with self.path.open("a") as out:
             out.write(f"{value}\n")
         await asyncio.sleep(ms / 1000)
         return value
 
-    counting = OPERATORS.copy()
-    counting.register("sleep_then_return", side_effect, inputs={"value": "any", "ms": "int"},
-                      output="any", replace=True)
+    def runs(self) -> Counter:
+        return Counter(self.path.read_text().split()) if self.path.exists() else Counter()
 
-    def runs() -> Counter:
-        return Counter(effects.read_text().split()) if effects.exists() else Counter()
+    async def ran(self, count: int) -> bool:
+        return sum(self.runs().values()) >= count
 
-    async def ran(count: int) -> bool:
-        return sum(runs().values()) >= count
+    @staticmethod
+    async def publish(settings: Settings, codec: Codec, execution: str, count: int) -> None:
+        await publish_tasks(settings, codec, [
+            scheduled(execution, f"n{i:03d}", "sleep_then_return", {"value": f"n{i:03d}",
+                                                                     "ms": 40})
+            for i in range(count)])
 
-    first = runners.start("first", operators=counting, concurrency=4)
+    @staticmethod
+    def once_each(count: int) -> Counter:
+        return Counter({f"n{i:03d}": 1 for i in range(count)})
+
+
+async def test_a_runner_joining_then_one_leaving_runs_no_task_twice(settings, codec, runners,
+                                                                    tmp_path):
+    """200 short nodes with one runner; a second joins partway, then the first leaves as on
+    SIGTERM (drain, commit, leave): every side effect happens exactly once."""
+    effects = SideEffects(tmp_path / "effects.txt")
+    first = runners.start("first", operators=effects.operators, concurrency=4)
     await runners.balanced(TASK_PARTITIONS)
-    await publish_tasks(settings, codec, [
-        scheduled("ex-members", f"n{i:03d}", "sleep_then_return", {"value": f"n{i:03d}",
-                                                                    "ms": 40})
-        for i in range(200)])
-    await until(lambda: ran(20), what="the first runner to be under way")
-    second = runners.start("second", operators=counting, concurrency=4)
+    await effects.publish(settings, codec, "ex-members", 200)
+    await until(lambda: effects.ran(20), what="the first runner to be under way")
+    second = runners.start("second", operators=effects.operators, concurrency=4)
     await runners.balanced(TASK_PARTITIONS)
-    await until(lambda: ran(100), timeout_s=60, what="half the nodes run")
+    await until(lambda: effects.ran(100), timeout_s=60, what="half the nodes run")
     assert await runners.stop("first")  # drained: nothing abandoned
-    await until(lambda: ran(200), timeout_s=60, what="every node run")
+    await until(lambda: effects.ran(200), timeout_s=60, what="every node run")
     assert await runners.stop("second")
 
-    assert runs() == Counter({f"n{i:03d}": 1 for i in range(200)})  # none twice, none lost
+    assert effects.runs() == effects.once_each(200)  # none twice, none lost
     assert first.counts["completed"] > 0 and second.counts["completed"] > 0
     assert first.counts["completed"] + second.counts["completed"] == 200
     found = await reports(settings, codec)
     assert Counter(name for name, _, _ in found) == {STARTED: 200, COMPLETED: 200}
+
+
+async def test_a_runner_given_partitions_waits_for_their_late_release(settings, codec, runners,
+                                                                      tmp_path, monkeypatch):
+    """The previous owner's release lands 0.8 s after the group settled (as on a loaded
+    machine; the group refused it before): the new owner starts the partitions only then,
+    so nothing its previous owner finished runs again."""
+    effects = SideEffects(tmp_path / "effects.txt")
+    first = runners.start("first", operators=effects.operators, concurrency=4)
+    settled = threading.Event()  # the second runner was given partitions
+    late_releases = []
+    commit = runner_module._committed
+
+    def released_late(consumer, offsets):
+        if not any(p.metadata == first.released for p in offsets):
+            return commit(consumer, offsets)
+        if not settled.is_set():
+            return set()  # refused, as while the group rebalances
+        late_releases.append(len(offsets))
+        time.sleep(0.8)
+        return commit(consumer, offsets)
+
+    monkeypatch.setattr(runner_module, "_committed", released_late)
+    await runners.balanced(TASK_PARTITIONS)
+    await effects.publish(settings, codec, "ex-late", 200)
+    await until(lambda: effects.ran(20), what="the first runner to be under way")
+    lines: list[str] = []
+    second = runners.start("second", operators=effects.operators, concurrency=4,
+                           say=lines.append)
+    given = second._assigned
+
+    def assigned(consumer, partitions):
+        if partitions:
+            settled.set()
+        given(consumer, partitions)
+
+    second._assigned = assigned  # type: ignore[method-assign]
+    await runners.balanced(TASK_PARTITIONS)
+    await until(lambda: effects.ran(200), timeout_s=60, what="every node run")
+    await runners.close()
+
+    assert late_releases  # the release did come late
+    assert effects.runs() == effects.once_each(200)  # none twice, none lost
+    assert not [line for line in lines if "did not release" in line]
 
 
 async def test_a_runner_stopped_mid_rebalance_holds_no_partition_when_it_closes(
@@ -464,7 +524,8 @@ async def test_a_killed_runner_process_has_its_task_run_by_another(settings, cod
         assert await exited(victim) == -signal.SIGKILL
     finally:
         victim.kill()
-    survivor = runners.start("survivor", operators=QUICK)
+    lines: list[str] = []
+    survivor = runners.start("survivor", operators=QUICK, say=lines.append)
 
     async def completed() -> bool:
         return any(name == COMPLETED for name, _, _ in await reports(settings, codec))
@@ -472,6 +533,10 @@ async def test_a_killed_runner_process_has_its_task_run_by_another(settings, cod
     found = [(name, r["runner"]) for name, r, _ in await reports(settings, codec)]
     assert found == [(STARTED, "victim"), (STARTED, "survivor"), (COMPLETED, "survivor")]
     assert survivor.counts["completed"] == 1
+    # the victim held its partitions when it died: the survivor waited for a release that
+    # never came, then started them where the victim had last committed, and said so
+    [unreleased] = [line for line in lines if "did not release" in line]
+    assert unreleased.startswith("victim/") and "within 2 s (crashed?)" in unreleased
 
 
 @pytest.mark.slow

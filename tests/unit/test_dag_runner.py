@@ -241,6 +241,18 @@ def test_a_task_of_a_partition_handed_over_does_not_count_once_it_is_back():
     assert offsets.committable() == {tp: 6}
 
 
+def test_a_partition_is_released_where_its_tasks_are_done_or_where_it_started():
+    worked, untouched, never_committed = ("t", 0), ("t", 1), ("t", 2)
+    offsets = Offsets()
+    offsets.started(worked, 4)
+    offsets.started(untouched, 7)
+    for offset in (4, 5):
+        offsets.take(worked, offset)
+    offsets.done(worked, 4)
+    assert offsets.committable() == {worked: 5}  # 5 still runs
+    assert offsets.releasable([worked, untouched, never_committed]) == {worked: 5, untouched: 7}
+
+
 class _Record:
     """A task record as librdkafka's consumer returns it."""
 

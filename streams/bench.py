@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams.archive import pending_engine
-from streams.broker import EmbeddedBroker
+from streams.broker import catalog_broker
 from streams.client import PitClient
 from streams.component import Bench, PitFactory, bench_note
 from streams.components import COMPONENTS, views
@@ -105,8 +105,7 @@ def _archive(scratch: str) -> Engine:
 async def commands_waiting(n: int) -> AsyncIterator[Settings]:
     """A fresh embedded broker holding `n` lifecycle commands (`lifecycle_commands`) on the
     pool's command topic, nothing read yet: what the processor benches start from."""
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         bench_note(f"producing {n:,} lifecycle commands")
         await produce_all(make_producer(settings, **{"linger.ms": 20}),
@@ -194,8 +193,7 @@ async def bench_pass_through(n: int = 60_000) -> dict[str, float]:
 
 async def bench_roundtrip(n: int = 1000) -> dict[str, float]:
     """Client -> command topic -> processor -> results topic -> client, one at a time."""
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         latencies = []
         async with processor_running(settings), PitClient(settings) as client:

@@ -19,7 +19,7 @@ from functools import cache
 import confluent_kafka
 
 from streams.errors import BrokerUnavailableError
-from streams.topics import TopicSpec
+from streams.topics import TopicSpec, load_catalog
 
 _RD_KAFKA_PRODUCER = 0
 
@@ -153,3 +153,15 @@ class EmbeddedBroker:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def catalog_broker(brokers: int = 1) -> EmbeddedBroker:
+    """An embedded cluster with the catalog's topics: what the benchmarks and the
+    integration tests run on. Use as a context manager."""
+    broker = EmbeddedBroker(brokers)
+    try:
+        broker.apply(load_catalog())
+    except BaseException:
+        broker.close()
+        raise
+    return broker

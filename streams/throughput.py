@@ -14,7 +14,7 @@ from typing import Any
 
 from schemas.codec import Codec
 from streams.archive import pending_engine
-from streams.broker import EmbeddedBroker
+from streams.broker import catalog_broker
 from streams.component import bench_note
 from streams.config import Settings
 from streams.decider import Decider, Message, to_record
@@ -46,8 +46,7 @@ async def decided_per_second(decider: Decider[Any], codec: Codec, commands: Sequ
     """(commands decided per second, the processor, to check its state). `archive`: events
     go to a SQLite archive before they are published, as on the embedded default."""
     outputs = command_outputs(decider, codec, commands)
-    with EmbeddedBroker(1) as broker, tempfile.TemporaryDirectory() as scratch:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker, tempfile.TemporaryDirectory() as scratch:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         bench_note(f"producing {len(outputs):,} {decider.name} commands")
         await produce_all(make_producer(settings, **{"linger.ms": 20}), outputs)

@@ -190,15 +190,13 @@ async def bench_arbitrated_roundtrip(n: int = 500, models: int = 50) -> dict[str
     import statistics
 
     from streams.arbitration.client import allocation_ops
-    from streams.broker import EmbeddedBroker
+    from streams.broker import catalog_broker
     from streams.commands import CommandClient
     from streams.pool.lifecycle import ModelState, TransitionModel, TransitionReason
     from streams.pool.pool import POOL, RegisterModel, ReportModelLoaded
     from streams.processor import Processor, run_processor
-    from streams.topics import load_catalog
 
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         codec = Codec(EmbeddedRegistry())
         stop = asyncio.Event()

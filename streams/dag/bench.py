@@ -346,10 +346,6 @@ def bench_processor_restore(codec: Codec, histories: Sequence[int] = (1_000, 20_
     return figures
 
 
-if __name__ == "__main__":
-    print(json.dumps(bench_schedule()))
-
-
 # --- end to end: a whole Pit, runners, the broker -------------------------------------------
 #
 # What `pit bench dag` measures through the embedded broker, and what the stress tests

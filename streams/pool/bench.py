@@ -17,7 +17,7 @@ from collections import deque
 
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
-from streams.broker import EmbeddedBroker
+from streams.broker import catalog_broker
 from streams.commands import CommandClient
 from streams.component import bench_note
 from streams.config import Settings
@@ -42,7 +42,6 @@ from streams.pool.pool import (
 from streams.processor import Processor, run_processor
 from streams.stats import percentile
 from streams.throughput import decided_per_second
-from streams.topics import load_catalog
 
 T0 = 1_700_000_000_000
 
@@ -133,17 +132,11 @@ def bench_allocation_miss(models: int = 1000, hosts: int = 10, samples: int = 10
     }
 
 
-if __name__ == "__main__":
-    print(bench_allocation_hit())
-    print(bench_allocation_miss())
-
-
 async def bench_alloc_roundtrip(n: int = 1000, models: int = 1000) -> dict[str, float]:
     """`allocate_model` (PoolOps) on a Hot model, end to end through the embedded broker:
     AllocateModel -> pool processor -> outcome on pit.results and ModelAllocated on
     pit.pool.events -> client; then the release. 1,000 registered, Hot models."""
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         processor = Processor(POOL, Codec(EmbeddedRegistry()))
         stop, ready = asyncio.Event(), asyncio.Event()

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker
+from streams.broker import catalog_broker
 from streams.client import SyncPitClient
 from streams.config import Settings
-from streams.topics import load_catalog
 
 pytestmark = pytest.mark.slow
 
@@ -111,8 +110,7 @@ def env_for(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
 
 def test_kill_9_of_the_leader_moves_the_singletons_to_the_other_pit_up(tmp_path,
                                                                       free_port) -> None:
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         shared = {"PIT_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
                   "PIT_DATABASE_URL": f"sqlite:///{tmp_path / 'pit.db'}"}
         first = Process(env_for(tmp_path / "a", free_port(), **shared))

@@ -20,14 +20,14 @@ from sqlalchemy import Engine, text
 from projections.runtime import create_schema
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, catalog_broker
 from streams.components import views
 from streams.errors import DatabaseUnavailableError
 from streams.log import LogRecord
 from streams.pool.lifecycle import DEFAULT_POOL as POOL
 from streams.pool.topics import POOL_EVENTS
 from streams.sql import connect
-from streams.topics import RESULTS, load_catalog
+from streams.topics import RESULTS
 
 POSTGRES_URL = os.environ.get("PIT_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -41,8 +41,7 @@ def _with_search_path(url: str, schema: str) -> str:
 @pytest.fixture
 def broker() -> Iterator[EmbeddedBroker]:
     """An embedded broker with the catalog's topics, for the test."""
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         yield broker
 
 

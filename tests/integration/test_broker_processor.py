@@ -28,7 +28,7 @@ from schemas.catalog import current_schemas
 from schemas.codec import Codec
 from schemas.registry import EmbeddedRegistry
 from streams import kafka, metrics
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, catalog_broker
 from streams.client import PitClient, SyncPitClient
 from streams.commands import Outcome
 from streams.config import Settings
@@ -576,8 +576,7 @@ async def test_take_ready_gathers_many_small_producer_batches_in_one_take() -> N
     reports sent one by one come back one per fetch; `take_ready` adds what is already on
     the broker, and the decider gets them in one batch. With nothing more there it returns
     at once."""
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
         await producer.start()
@@ -616,8 +615,7 @@ async def test_a_quiet_reader_fetches_at_the_idle_pace_until_it_reads_again(monk
     broker holds an empty fetch for its whole wait, so a 5 ms reader makes 150 fetches a
     second doing nothing); the first record it reads brings its own wait back."""
     monkeypatch.setattr(kafka, "IDLE_AFTER_S", 0.1)
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)
         await producer.start()

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from projections.runtime import Projector
 from streams import follower as follower_module
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, catalog_broker
 from streams.config import Settings
 from streams.errors import BrokerUnavailableError, PitError
 from streams.follower import Follower
@@ -25,7 +25,7 @@ from streams.kafka import make_producer, produce_all
 from streams.log import LogRecord
 from streams.pool.topics import POOL_EVENTS
 from streams.processor import Output
-from streams.topics import TopicSpec, load_catalog
+from streams.topics import TopicSpec
 
 TOPIC = "test.follow"
 PARTITIONS = 4
@@ -34,8 +34,7 @@ LIST_OFFSETS = 2  # Kafka API key
 
 @pytest.fixture
 def broker():
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         broker.create_topic(TopicSpec(TOPIC, PARTITIONS, "key"))
         yield broker
 

@@ -21,7 +21,7 @@ from streams.archive import (
     pending_engine,
     prune_pending,
 )
-from streams.broker import EmbeddedBroker
+from streams.broker import catalog_broker
 from streams.config import Settings
 from streams.dag.topics import DAG_EVENTS, DAG_TASKS
 from streams.history import read_topic
@@ -60,8 +60,7 @@ async def test_restore_keeps_offsets_compacts_and_fills_gaps(engine, pending_db)
     ]
     Projector(engine, views=[], codec=CODEC).apply_batch(archived)
 
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         assert await restore_broker(engine, pending_db, settings, load_catalog()) == 7
 
@@ -96,8 +95,7 @@ async def test_restore_brings_back_pending_records_and_no_effect_without_its_cau
                                     event("x", offset + 1)) for offset in (1, 2, 3)])
     assert durable_ends(engine, pending_db)[(DAG_EVENTS, 4)] == 3
 
-    with EmbeddedBroker(1) as broker:
-        broker.apply(load_catalog())
+    with catalog_broker() as broker:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         await restore_broker(engine, pending_db, settings, load_catalog())
 

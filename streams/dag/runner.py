@@ -48,8 +48,9 @@ outcome, and the task runs only if the decider accepted that start (a first run,
 takeover from a runner lost mid-node); it refuses a start whose attempt or execution is over.
 Tasks that arrive after the assignment need no such round trip: nobody ran them yet. Runners joining
 and leaving move partitions by cooperative rebalancing: a runner first lets the tasks of the
-partitions it gives up finish (up to `revoke_wait_s`) and commits them as released, and their
-new owner starts them once that release is there (`Runner._handed_over`), so a join or a
+partitions it gives up finish (up to `revoke_wait_s`) and commits them as released; a runner
+holds a partition (a commit saying so) before it takes its tasks, and starts a partition
+another runner holds once that one released it (`Runner._handed_over`), so a join or a
 graceful leave runs nothing twice. SIGTERM/SIGINT: stop taking tasks, let running ones finish
 (up to `--drain-timeout`), commit, leave the group, exit 0 (1 when tasks had to be
 abandoned: they are redelivered; a second signal abandons them at once). It exits within
@@ -638,6 +639,8 @@ class Runner:
         # positions of partitions given up that the group refused to commit yet
         self.handover: dict[Partition, int] = {}
         self.handover_until = 0.0
+        # partitions given whose hold the group refused, at their start: paused until held
+        self.unheld: dict[Partition, int] = {}
         self.assignment: set[Partition] = set()
         # per partition, its end when it was assigned: the tasks below it are fenced
         self.backlog: dict[Partition, int] = {}
@@ -735,6 +738,7 @@ class Runner:
             job.cancel()
         self.offsets.forget(set(self.offsets.next))
         self.assignment.clear()
+        self.unheld.clear()
 
     async def _disconnect(self) -> None:
         """Close the connection's clients, in bounded time."""
@@ -787,28 +791,52 @@ class Runner:
 
     def _assigned(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         """New partitions: each starts at its committed position once its previous owner
-        has released it (`_handed_over`). The group has just settled, so a release of this
-        runner's own that the group refused while it rebalanced lands first: its new owner
-        may be waiting for it."""
+        has released it (`_handed_over`), and once this runner's hold on it is committed
+        (`_hold`). The group has just settled, so a release of this runner's own that the
+        group refused while it rebalanced lands first: its new owner may be waiting for it."""
         if self.handover:
             self._release(consumer, dict(self.handover))
         partitions = self._handed_over(consumer, partitions)
-        waiting = 0
+        starts, waiting = {}, 0
         for p in partitions:
             tp = (p.topic, p.partition)
-            if p.offset >= 0:
-                self._event_loop.call_soon_threadsafe(self.offsets.started, tp, p.offset)
             try:
                 low, high = consumer.get_watermark_offsets(p, timeout=BROKER_CALL_S)
-                waiting += max(0, high - max(low, p.offset))
+                starts[tp] = max(low, p.offset)
+                waiting += max(0, high - starts[tp])
             except KafkaException:
                 high = 2**63 - 1  # unknown: fence every task of it
+                if p.offset >= 0:
+                    starts[tp] = p.offset
             self.backlog[tp] = high
+            if tp in starts:
+                self._event_loop.call_soon_threadsafe(self.offsets.started, tp, starts[tp])
         consumer.incremental_assign(partitions)
+        self._hold(consumer, starts)
         self.assignment |= {(p.topic, p.partition) for p in partitions}
         if partitions:
             self._say(f"given {len(partitions)} partition(s) of {DAG_TASKS}, {waiting} task(s)"
                       " already on them: each runs once the decider takes its start")
+
+    def _hold(self, consumer: Consumer, starts: dict[Partition, int]) -> None:
+        """Commit "held by" this runner at the partitions' start before taking any of their
+        tasks, so that whoever is given them next waits for this runner's release: without
+        it, a partition whose tasks all ran while the group refused commits would show no
+        position at all, and its next owner would start it from the beginning. A partition
+        whose hold is refused stays paused until a later round's is accepted."""
+        if not starts:
+            return
+        held = _committed(consumer, _offsets(starts, self.held))
+        refused = {tp: offset for tp, offset in starts.items() if tp not in held}
+        if refused:
+            consumer.pause(_offsets(refused, ""))
+            self.unheld.update(refused)
+        if held:
+            # also a partition paused by an earlier assignment: librdkafka keeps an
+            # application's pause across the partition's revocation and return
+            consumer.resume(_offsets({tp: starts[tp] for tp in held}, ""))
+            for tp in held:
+                self.unheld.pop(tp, None)
 
     def _handed_over(self, consumer: Consumer, partitions: list[KafkaPartition]
                      ) -> list[KafkaPartition]:
@@ -845,6 +873,8 @@ class Runner:
         but its offset is the new owner's, who runs it again."""
         revoked = {(p.topic, p.partition) for p in partitions}
         self.assignment -= revoked
+        for tp in revoked:
+            self.unheld.pop(tp, None)
         handover = asyncio.run_coroutine_threadsafe(self._let_go(revoked), self._event_loop)
         try:
             positions = handover.result(self.revoke_wait_s + 5)
@@ -868,11 +898,17 @@ class Runner:
     def _lost(self, _consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
         self.assignment -= lost
+        for tp in lost:
+            self.unheld.pop(tp, None)
         self._event_loop.call_soon_threadsafe(self.offsets.forget, lost)
 
     def _commit_now(self, offsets: list[KafkaPartition]) -> set[Partition]:
         consumer = self._consumer
         return set() if consumer is None else _committed(consumer, offsets)
+
+    def _hold_now(self, starts: dict[Partition, int]) -> None:
+        if self._consumer is not None:
+            self._hold(self._consumer, starts)
 
     # --- taking tasks -----------------------------------------------------------------------
 
@@ -1089,6 +1125,8 @@ class Runner:
                       " time; their finished tasks may run again")
             self.handover.clear()
         owed = dict(self.handover)  # a copy: the Kafka thread's callbacks change it
+        if self.unheld:
+            await self._on_kafka(self._hold_now, dict(self.unheld))
         if not positions and not owed:
             return True
         committed = await self._on_kafka(self._commit_now, [

@@ -19,6 +19,7 @@ from collections import Counter
 import pytest
 from aiokafka import TopicPartition
 from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as KafkaPartition
 from prometheus_client import REGISTRY
 
 from schemas.codec import Codec
@@ -220,26 +221,30 @@ async def test_a_runner_joining_then_one_leaving_runs_no_task_twice(settings, co
 
 async def test_a_runner_given_partitions_waits_for_their_late_release(settings, codec, runners,
                                                                       tmp_path, monkeypatch):
-    """The previous owner's release lands 0.8 s after the group settled (as on a loaded
-    machine; the group refused it before): the new owner starts the partitions only then,
-    so nothing its previous owner finished runs again."""
+    """Every commit the first runner makes after it holds its partitions is refused until
+    the second is given some (as while a group rebalances: none of the first's positions
+    is committed), and its release lands 0.8 s after that (as on a loaded machine): the
+    second starts the partitions only then, so nothing the first finished runs again."""
     effects = SideEffects(tmp_path / "effects.txt")
     first = runners.start("first", operators=effects.operators, concurrency=4)
+    refusing = threading.Event()  # the first runner holds its partitions
     settled = threading.Event()  # the second runner was given partitions
     late_releases = []
     commit = runner_module._committed
 
     def released_late(consumer, offsets):
-        if not any(p.metadata == first.released for p in offsets):
+        if not any(p.metadata in (first.held, first.released) for p in offsets):
             return commit(consumer, offsets)
-        if not settled.is_set():
-            return set()  # refused, as while the group rebalances
-        late_releases.append(len(offsets))
-        time.sleep(0.8)
+        if refusing.is_set() and not settled.is_set():
+            return set()
+        if any(p.metadata == first.released for p in offsets):
+            late_releases.append(len(offsets))
+            time.sleep(0.8)
         return commit(consumer, offsets)
 
     monkeypatch.setattr(runner_module, "_committed", released_late)
     await runners.balanced(TASK_PARTITIONS)
+    refusing.set()
     await effects.publish(settings, codec, "ex-late", 200)
     await until(lambda: effects.ran(20), what="the first runner to be under way")
     lines: list[str] = []
@@ -260,6 +265,67 @@ async def test_a_runner_given_partitions_waits_for_their_late_release(settings, 
     assert late_releases  # the release did come late
     assert effects.runs() == effects.once_each(200)  # none twice, none lost
     assert not [line for line in lines if "did not release" in line]
+
+
+async def test_a_partition_whose_hold_is_refused_runs_nothing_until_it_is_held(
+        settings, codec, runners, tmp_path, monkeypatch):
+    """The group refuses the runner's hold on its partitions (as when a rebalance starts
+    the moment it is given them): it takes no task of them, however many rounds pass,
+    until a hold is accepted; then every task runs once."""
+    effects = SideEffects(tmp_path / "effects.txt")
+    refused, holding = [], threading.Event()
+    commit = runner_module._committed
+
+    def holds_refused(consumer, offsets):
+        if not holding.is_set() and all(p.metadata.startswith(runner_module.HELD)
+                                        for p in offsets):
+            refused.append(len(offsets))
+            return set()
+        return commit(consumer, offsets)
+
+    monkeypatch.setattr(runner_module, "_committed", holds_refused)
+    await effects.publish(settings, codec, "ex-held", 20)
+    only = runners.start("only", operators=effects.operators)
+    await until(lambda: asyncio.sleep(0, len(refused) >= 5), what="five refused holds")
+    assert len(only.unheld) == TASK_PARTITIONS and effects.runs() == Counter()
+    holding.set()
+    await until(lambda: effects.ran(20), what="every task run once held")
+    await runners.close()
+    assert effects.runs() == effects.once_each(20) and not only.unheld
+
+
+async def test_a_partition_paused_unheld_runs_once_held_after_it_came_back(
+        settings, codec, monkeypatch):
+    """librdkafka keeps an application's pause across a partition's revocation and return:
+    a partition paused when its hold was refused, given up, then given back and held,
+    is resumed (it was not: the runner took none of its tasks again)."""
+    await publish_tasks(settings, codec, [
+        scheduled("ex-pause", f"n{i}", "sleep_then_return", {"value": i}) for i in range(40)])
+    runner = runner_module.Runner(settings, runner_id="alone", codec=codec)
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                         "group.id": "pause-test"})
+    partitions = [KafkaPartition(DAG_TASKS, p, 0)
+                  for p in range(TASK_PARTITIONS)]
+    starts = {(DAG_TASKS, p): 0 for p in range(TASK_PARTITIONS)}
+    commit = runner_module._committed
+    try:
+        consumer.incremental_assign(partitions)
+        monkeypatch.setattr(runner_module, "_committed", lambda *_: set())
+        runner._hold(consumer, starts)  # refused: paused
+        assert len(runner.unheld) == TASK_PARTITIONS and not consumer.consume(40, 0.5)
+        runner.unheld.clear()  # revoked (`_revoked`), then given back
+        consumer.incremental_unassign(partitions)
+        consumer.incremental_assign(partitions)
+        monkeypatch.setattr(runner_module, "_committed", commit)
+        runner._hold(consumer, starts)  # held
+        taken: list = []
+        deadline = time.monotonic() + 30
+        while len(taken) < 40 and time.monotonic() < deadline:
+            taken += consumer.consume(40, 0.2)
+        assert len(taken) == 40 and not runner.unheld
+    finally:
+        consumer.close()
+        runner._threads.shutdown()
 
 
 async def test_a_runner_stopped_mid_rebalance_holds_no_partition_when_it_closes(

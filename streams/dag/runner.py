@@ -639,8 +639,8 @@ class Runner:
         # positions of partitions given up that the group refused to commit yet
         self.handover: dict[Partition, int] = {}
         self.handover_until = 0.0
-        # partitions given whose hold the group refused, at their start: paused until held
-        self.unheld: dict[Partition, int] = {}
+        # partitions given whose hold the group refused, at their start: held next round
+        self.unheld: set[Partition] = set()
         self.assignment: set[Partition] = set()
         # per partition, its end when it was assigned: the tasks below it are fenced
         self.backlog: dict[Partition, int] = {}
@@ -791,9 +791,9 @@ class Runner:
 
     def _assigned(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         """New partitions: each starts at its committed position once its previous owner
-        has released it (`_handed_over`), and once this runner's hold on it is committed
-        (`_hold`). The group has just settled, so a release of this runner's own that the
-        group refused while it rebalanced lands first: its new owner may be waiting for it."""
+        has released it (`_handed_over`), and this runner holds it (`_hold`). The group has
+        just settled, so a release of this runner's own that the group refused while it
+        rebalanced lands first: its new owner may be waiting for it."""
         if self.handover:
             self._release(consumer, dict(self.handover))
         partitions = self._handed_over(consumer, partitions)
@@ -819,24 +819,19 @@ class Runner:
                       " already on them: each runs once the decider takes its start")
 
     def _hold(self, consumer: Consumer, starts: dict[Partition, int]) -> None:
-        """Commit "held by" this runner at the partitions' start before taking any of their
-        tasks, so that whoever is given them next waits for this runner's release: without
-        it, a partition whose tasks all ran while the group refused commits would show no
-        position at all, and its next owner would start it from the beginning. A partition
-        whose hold is refused stays paused until a later round's is accepted."""
+        """Commit "held by" this runner at the partitions' start, so that whoever is given
+        them next waits for this runner's release: without it, a partition whose tasks all
+        ran while the group refused commits would show no position at all, and its next
+        owner would start it from the beginning. A hold the group refuses (it began to
+        rebalance again) is made by the next commit of the partition's position (`_commit`);
+        the runner takes the partition's tasks
+        meanwhile, since pausing it cost every start with two runners the whole rebalance
+        (the resume after a crash went from 1.6 s to 3.5-6 s)."""
         if not starts:
             return
         held = _committed(consumer, _offsets(starts, self.held))
-        refused = {tp: offset for tp, offset in starts.items() if tp not in held}
-        if refused:
-            consumer.pause(_offsets(refused, ""))
-            self.unheld.update(refused)
-        if held:
-            # also a partition paused by an earlier assignment: librdkafka keeps an
-            # application's pause across the partition's revocation and return
-            consumer.resume(_offsets({tp: starts[tp] for tp in held}, ""))
-            for tp in held:
-                self.unheld.pop(tp, None)
+        self.unheld |= set(starts) - held
+        self.unheld -= held
 
     def _handed_over(self, consumer: Consumer, partitions: list[KafkaPartition]
                      ) -> list[KafkaPartition]:
@@ -874,7 +869,7 @@ class Runner:
         revoked = {(p.topic, p.partition) for p in partitions}
         self.assignment -= revoked
         for tp in revoked:
-            self.unheld.pop(tp, None)
+            self.unheld.discard(tp)
         handover = asyncio.run_coroutine_threadsafe(self._let_go(revoked), self._event_loop)
         try:
             positions = handover.result(self.revoke_wait_s + 5)
@@ -899,16 +894,12 @@ class Runner:
         lost = {(p.topic, p.partition) for p in partitions}
         self.assignment -= lost
         for tp in lost:
-            self.unheld.pop(tp, None)
+            self.unheld.discard(tp)
         self._event_loop.call_soon_threadsafe(self.offsets.forget, lost)
 
     def _commit_now(self, offsets: list[KafkaPartition]) -> set[Partition]:
         consumer = self._consumer
         return set() if consumer is None else _committed(consumer, offsets)
-
-    def _hold_now(self, starts: dict[Partition, int]) -> None:
-        if self._consumer is not None:
-            self._hold(self._consumer, starts)
 
     # --- taking tasks -----------------------------------------------------------------------
 
@@ -1119,14 +1110,14 @@ class Runner:
     async def _commit(self) -> bool:
         """Commit what is done, and the releases still owed; True when all of it was. What
         the group refuses now (it is rebalancing) is tried again next round."""
-        positions = self.offsets.committable(self.assignment)
+        # what moved, and where a partition whose hold the group refused is now (its hold)
+        positions = {**self.offsets.releasable(self.unheld & self.assignment),
+                     **self.offsets.committable(self.assignment)}
         if self.handover and time.monotonic() > self.handover_until:
             self._say(f"could not commit {len(self.handover)} handed-over position(s) in"
                       " time; their finished tasks may run again")
             self.handover.clear()
         owed = dict(self.handover)  # a copy: the Kafka thread's callbacks change it
-        if self.unheld:
-            await self._on_kafka(self._hold_now, dict(self.unheld))
         if not positions and not owed:
             return True
         committed = await self._on_kafka(self._commit_now, [
@@ -1135,6 +1126,8 @@ class Runner:
                                        if tp in positions})
         for tp in committed & set(owed):
             self.handover.pop(tp, None)
+        for tp in committed & set(positions):
+            self.unheld.discard(tp)
         return not self.handover and committed >= set(positions)
 
     async def _let_go(self, revoked: set[Partition]) -> dict[Partition, int]:

@@ -267,18 +267,17 @@ async def test_a_runner_given_partitions_waits_for_their_late_release(settings, 
     assert not [line for line in lines if "did not release" in line]
 
 
-async def test_a_partition_whose_hold_is_refused_runs_nothing_until_it_is_held(
+async def test_a_refused_hold_is_made_by_the_next_commit_that_lands(
         settings, codec, runners, tmp_path, monkeypatch):
     """The group refuses the runner's hold on its partitions (as when a rebalance starts
-    the moment it is given them): it takes no task of them, however many rounds pass,
-    until a hold is accepted; then every task runs once."""
+    the moment it is given them): the runner works meanwhile, and its next commit that
+    lands holds every partition where it is, the untouched ones included."""
     effects = SideEffects(tmp_path / "effects.txt")
     refused, holding = [], threading.Event()
     commit = runner_module._committed
 
     def holds_refused(consumer, offsets):
-        if not holding.is_set() and all(p.metadata.startswith(runner_module.HELD)
-                                        for p in offsets):
+        if not holding.is_set():
             refused.append(len(offsets))
             return set()
         return commit(consumer, offsets)
@@ -286,46 +285,22 @@ async def test_a_partition_whose_hold_is_refused_runs_nothing_until_it_is_held(
     monkeypatch.setattr(runner_module, "_committed", holds_refused)
     await effects.publish(settings, codec, "ex-held", 20)
     only = runners.start("only", operators=effects.operators)
-    await until(lambda: asyncio.sleep(0, len(refused) >= 5), what="five refused holds")
-    assert len(only.unheld) == TASK_PARTITIONS and effects.runs() == Counter()
+    await until(lambda: effects.ran(20), what="every task run while unheld")
+    assert len(only.unheld) == TASK_PARTITIONS and refused
     holding.set()
-    await until(lambda: effects.ran(20), what="every task run once held")
+    await until(lambda: asyncio.sleep(0, not only.unheld), what="every partition held")
     await runners.close()
-    assert effects.runs() == effects.once_each(20) and not only.unheld
-
-
-async def test_a_partition_paused_unheld_runs_once_held_after_it_came_back(
-        settings, codec, monkeypatch):
-    """librdkafka keeps an application's pause across a partition's revocation and return:
-    a partition paused when its hold was refused, given up, then given back and held,
-    is resumed (it was not: the runner took none of its tasks again)."""
-    await publish_tasks(settings, codec, [
-        scheduled("ex-pause", f"n{i}", "sleep_then_return", {"value": i}) for i in range(40)])
-    runner = runner_module.Runner(settings, runner_id="alone", codec=codec)
+    assert effects.runs() == effects.once_each(20)
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": "pause-test"})
-    partitions = [KafkaPartition(DAG_TASKS, p, 0)
-                  for p in range(TASK_PARTITIONS)]
-    starts = {(DAG_TASKS, p): 0 for p in range(TASK_PARTITIONS)}
-    commit = runner_module._committed
+                         "group.id": only.group})
     try:
-        consumer.incremental_assign(partitions)
-        monkeypatch.setattr(runner_module, "_committed", lambda *_: set())
-        runner._hold(consumer, starts)  # refused: paused
-        assert len(runner.unheld) == TASK_PARTITIONS and not consumer.consume(40, 0.5)
-        runner.unheld.clear()  # revoked (`_revoked`), then given back
-        consumer.incremental_unassign(partitions)
-        consumer.incremental_assign(partitions)
-        monkeypatch.setattr(runner_module, "_committed", commit)
-        runner._hold(consumer, starts)  # held
-        taken: list = []
-        deadline = time.monotonic() + 30
-        while len(taken) < 40 and time.monotonic() < deadline:
-            taken += consumer.consume(40, 0.2)
-        assert len(taken) == 40 and not runner.unheld
+        found = consumer.committed([KafkaPartition(DAG_TASKS, p)
+                                    for p in range(TASK_PARTITIONS)], timeout=10)
     finally:
         consumer.close()
-        runner._threads.shutdown()
+    # held, then released as the runner left, at the end of what it ran
+    assert {p.metadata for p in found} == {only.released}
+    assert sum(p.offset for p in found) == 20
 
 
 async def test_a_runner_stopped_mid_rebalance_holds_no_partition_when_it_closes(

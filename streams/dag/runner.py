@@ -794,8 +794,7 @@ class Runner:
         has released it (`_handed_over`), and this runner holds it (`_hold`). The group has
         just settled, so a release of this runner's own that the group refused while it
         rebalanced lands first: its new owner may be waiting for it."""
-        if self.handover:
-            self._release(consumer, dict(self.handover))
+        self._release_owed(consumer)
         partitions = self._handed_over(consumer, partitions)
         starts, waiting = {}, 0
         for p in partitions:
@@ -880,6 +879,10 @@ class Runner:
         # would move its position back)
         self.handover_until = (time.monotonic() + self.session_timeout_ms / 1000
                                + HANDOVER_WAIT_S)
+
+    def _release_owed(self, consumer: Consumer | None) -> None:
+        if consumer is not None and self.handover:
+            self._release(consumer, dict(self.handover))  # a copy: released ones go
 
     def _release(self, consumer: Consumer, positions: dict[Partition, int]) -> None:
         """Commit `positions` as released; what the group refuses stays owed (`handover`)."""
@@ -1117,17 +1120,13 @@ class Runner:
             self._say(f"could not commit {len(self.handover)} handed-over position(s) in"
                       " time; their finished tasks may run again")
             self.handover.clear()
-        owed = dict(self.handover)  # a copy: the Kafka thread's callbacks change it
-        if not positions and not owed:
-            return True
-        committed = await self._on_kafka(self._commit_now, [
-            *_offsets(owed, self.released), *_offsets(positions, self.held)])
-        self.offsets.committed.update({tp: positions[tp] for tp in committed
-                                       if tp in positions})
-        for tp in committed & set(owed):
-            self.handover.pop(tp, None)
-        for tp in committed & set(positions):
-            self.unheld.discard(tp)
+        if self.handover:
+            await self._on_kafka(self._release_owed, self._consumer)
+        if not positions:
+            return not self.handover
+        committed = await self._on_kafka(self._commit_now, _offsets(positions, self.held))
+        self.offsets.committed.update({tp: positions[tp] for tp in committed})
+        self.unheld -= committed
         return not self.handover and committed >= set(positions)
 
     async def _let_go(self, revoked: set[Partition]) -> dict[Partition, int]:

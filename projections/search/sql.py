@@ -648,15 +648,20 @@ class PostgresSearch(SqlSearch):
 
     @staticmethod
     def _tsquery(terms: tuple[Term, ...], params: dict[str, Any]) -> str:
+        """Each term as quoted lexemes (no character of a word is a tsquery operator). A
+        phrase is matched within one field, by weight: `||` numbers the fields' positions
+        on from each other, so name "alpha" and text "bravo" would read as "alpha bravo"."""
         parts = []
         for i, term in enumerate(terms):
-            if term.prefix:  # quoted lexemes: no character of a word is a tsquery operator
-                params[f"term{i}"] = " <-> ".join(f"'{word}'" for word in
-                                                  words(term.text).split()) + ":*"
-                parts.append(f"to_tsquery('simple', :term{i})")
+            lexemes = [f"'{word}'" for word in words(term.text).split()]
+            star = ":*" if term.prefix else ""
+            if len(lexemes) == 1:
+                params[f"term{i}"] = lexemes[0] + star
             else:
-                params[f"term{i}"] = words(term.text)
-                parts.append(f"phraseto_tsquery('simple', :term{i})")
+                params[f"term{i}"] = " | ".join(
+                    "(" + " <-> ".join(f"{lexeme}:{weight}" for lexeme in lexemes[:-1])
+                    + f" <-> {lexemes[-1]}{star or ':'}{weight})" for weight in "ABC")
+            parts.append(f"to_tsquery('simple', :term{i})")
         return " && ".join(parts)
 
     def _match(self, terms: tuple[Term, ...], params: dict[str, Any], *, joined: bool

@@ -254,6 +254,14 @@ class SearchContract:
         seeded.index(list(reversed(CORPUS)))  # the log replayed, in any batch order
         assert [seeded.search(query) for query in QUERIES] == before
 
+    def test_a_phrase_is_matched_within_one_field(self, backend: SearchBackend) -> None:
+        backend.index([SearchDoc("sha256:" + "a1" * 32, "alpha", "text/plain", (), T0,
+                                 "bravo charlie", {"owner": "delta"}, ())])
+        for text, total in (('"alpha bravo"', 0), ('"alpha bra"*', 0), ("alpha-bravo", 0),
+                            ('"delta bravo"', 0), ("alpha bravo", 1), ('"bravo ch"*', 1),
+                            ('"owner delta"', 1)):
+            assert backend.search(SearchQuery(text)).total == total, text
+
     def test_malformed_text_is_a_search_error(self, seeded: SearchBackend) -> None:
         with pytest.raises(SearchError, match="unbalanced quote"):
             seeded.search(SearchQuery('"revenue'))

@@ -8,7 +8,7 @@ import dataclasses
 import enum
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from streams.errors import PitError
@@ -31,6 +31,9 @@ def when(ms: int | None, never: str = "-") -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def parse_time_ms(text: str, option: str) -> int:
     """Epoch milliseconds, or an ISO 8601 time (UTC unless it says otherwise); a PitError
     naming `option` otherwise."""
@@ -41,7 +44,9 @@ def parse_time_ms(text: str, option: str) -> int:
     except ValueError:
         raise PitError(f"{option}: {text!r} is neither epoch milliseconds nor an ISO time"
                        ) from None
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+    # whole milliseconds by integer division: timestamp() * 1000 read ...01.001Z as 1000
+    since_epoch = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - _EPOCH
+    return since_epoch // timedelta(milliseconds=1)
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})  # exact types: enums are not plain

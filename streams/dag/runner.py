@@ -46,16 +46,21 @@ restored after `pit up` restarted, whose group positions are only as good as the
 reports) may have run to its end elsewhere. Its start report waits for the decider's
 outcome, and the task runs only if the decider accepted that start (a first run, or a
 takeover from a runner lost mid-node); it refuses a start whose attempt or execution is over.
-Tasks that arrive after the assignment need no such round trip: nobody ran them yet. Runners joining
-and leaving move partitions by cooperative rebalancing: a runner first lets the tasks of the
-partitions it gives up finish (up to `revoke_wait_s`) and commits them as released; a runner
-holds a partition (a commit saying so) before it takes its tasks, and starts a partition
-another runner holds once that one released it (`Runner._handed_over`), so a join or a
-graceful leave runs nothing twice. SIGTERM/SIGINT: stop taking tasks, let running ones finish
-(up to `--drain-timeout`), commit, leave the group, exit 0 (1 when tasks had to be
-abandoned: they are redelivered; a second signal abandons them at once). It exits within
-the drain timeout and a few seconds whatever `pit up` does meanwhile (streams/process.py).
-A runner whose `pit up` is gone says so in one line and waits for it, then carries on.
+Tasks that arrive after the assignment need no such round trip: nobody ran them yet.
+
+Runners joining and leaving move partitions by cooperative rebalancing: a runner first lets
+the tasks of the partitions it gives up finish (up to `revoke_wait_s`) and releases them.
+Who holds a partition is recorded in a consumer group of its own that no consumer joins
+(`handover_group`), because the runners' group refuses every commit while it rebalances: a
+runner holds a partition there before it takes its tasks, releases it there at the position
+its tasks are done to, and starts a partition another runner holds once that one released
+it (`Runner._handed_over`), so a join or a graceful leave runs nothing twice.
+
+SIGTERM/SIGINT: stop taking tasks, let running ones finish (up to `--drain-timeout`),
+commit, leave the group, exit 0 (1 when tasks had to be abandoned: they are redelivered; a
+second signal abandons them at once). It exits within the drain timeout and a few seconds
+whatever `pit up` does meanwhile (streams/process.py). A runner whose `pit up` is gone says
+so in one line and waits for it, then carries on.
 """
 
 from __future__ import annotations
@@ -152,11 +157,12 @@ COMMIT_WAIT_S = 2.0  # a commit the group refuses while it rebalances is tried t
 # the processors', so an idle runner pays it: with 3 ms, 2.4% of a core in the runner and 1.7%
 # in `pit up` (was 2.1% and 0 with 10 ms), for a hop's runner stage of 2.4-3.0 ms (5.5-7.8).
 RUNNER_FETCH_WAIT_MS = 3
-# A runner given partitions waits at most this long for their previous owner's hand-over
-# commit (see `Runner._handed_over`): well above the few milliseconds a live owner takes
-# once the group has settled, and what a crashed owner's partitions cost on top of its session.
+# A runner given partitions waits at most this long for their previous owner's release
+# (see `Runner._handed_over`): well above the few milliseconds a live owner takes, and what a
+# crashed owner's partitions cost on top of its session.
 HANDOVER_WAIT_S = 2.0
-# Commit metadata: who last committed a position, and whether it gave the partition up.
+# Commit metadata in the hand-over group (`handover_group`): who holds a partition, at the
+# position it started from, or who gave it up, at the position its tasks were done to.
 HELD, RELEASED = "held by ", "released by "
 BROKER_CALL_S = 5.0  # a runner's call for committed positions or watermarks
 LEAVE_S = 3.0        # a stopping runner waits this long for the group to take its partitions
@@ -576,6 +582,13 @@ def default_runner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def handover_group(group: str) -> str:
+    """The consumer group in which the runners of `group` record who holds which partition.
+    No consumer ever joins it, so no rebalance refuses its commits: the runners' own group
+    refuses every commit while it is joining, which is when partitions change hands."""
+    return f"{group}.handover"
+
+
 def group_of(pools: Iterable[str]) -> str:
     """The consumer group of runners serving `pools`: runners of the same pools share the
     work; runners of other pools read the same tasks and leave these to them. So pools are
@@ -636,10 +649,10 @@ class Runner:
         self._say = say or (lambda line: print(f"pit runner {self.runner_id}: {line}",
                                                file=sys.stderr, flush=True))
         self.offsets = Offsets()
-        # positions of partitions given up that the group refused to commit yet
+        # positions of partitions given up whose release could not be committed yet
         self.handover: dict[Partition, int] = {}
         self.handover_until = 0.0
-        # partitions given whose hold the group refused: held by the next commit that lands
+        # partitions given whose hold could not be committed: held by the next `_commit`
         self.unheld: set[Partition] = set()
         self.assignment: set[Partition] = set()
         # per partition, its end when it was assigned: the tasks below it are fenced
@@ -655,6 +668,7 @@ class Runner:
         self._slot = asyncio.Event()
         self._forced = asyncio.Event()
         self._consumer: Consumer | None = None
+        self._holds: Consumer | None = None  # commits to the hand-over group, never joins it
         self._utilisation: asyncio.Future[None] | None = None
         self._kafka: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -747,8 +761,9 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._utilisation
             self._utilisation = None
-        consumer, self._consumer = self._consumer, None
-        closers = [] if consumer is None else [lambda: self._on_kafka(consumer.close)]
+        clients = [client for client in (self._consumer, self._holds) if client is not None]
+        self._consumer = self._holds = None
+        closers = [lambda client=client: self._on_kafka(client.close) for client in clients]
         await close_all([*closers, *(part.close for part in (self.reporter, self.client)
                                      if part is not None)])
         self.reporter = self.client = None
@@ -772,6 +787,10 @@ class Runner:
     # --- the group (on the Kafka thread) ----------------------------------------------------
 
     def _subscribe(self, address: str) -> None:
+        self._holds = Consumer({
+            **self.settings.librdkafka_config(), "bootstrap.servers": address,
+            "group.id": handover_group(self.group), "enable.auto.commit": False,
+            "log_level": 0, "error_cb": self._kafka_error})
         self._consumer = Consumer({
             **self.settings.librdkafka_config(), "bootstrap.servers": address,
             "group.id": self.group,
@@ -791,9 +810,9 @@ class Runner:
 
     def _assigned(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         """New partitions: each starts at its committed position once its previous owner
-        has released it (`_handed_over`), and this runner holds it (`_hold`). The group has
-        just settled, so a release of this runner's own that the group refused while it
-        rebalanced lands first: its new owner may be waiting for it."""
+        has released it (`_handed_over`), and this runner holds it (`_hold`). A release of
+        this runner's own that could not be committed goes first: its new owner may be
+        waiting for it."""
         self._release_owed(consumer)
         partitions = self._handed_over(consumer, partitions)
         starts, waiting = {}, 0
@@ -811,60 +830,67 @@ class Runner:
             if tp in starts:
                 self._event_loop.call_soon_threadsafe(self.offsets.started, tp, starts[tp])
         consumer.incremental_assign(partitions)
-        self._hold(consumer, starts)
+        self._hold(starts)
         self.assignment |= {(p.topic, p.partition) for p in partitions}
         if partitions:
             self._say(f"given {len(partitions)} partition(s) of {DAG_TASKS}, {waiting} task(s)"
                       " already on them: each runs once the decider takes its start")
 
-    def _hold(self, consumer: Consumer, starts: dict[Partition, int]) -> None:
-        """Commit "held by" this runner at the partitions' start, so that whoever is given
-        them next waits for this runner's release: without it, a partition whose tasks all
-        ran while the group refused commits would show no position at all, and its next
-        owner would start it from the beginning. A hold the group refuses (it began to
-        rebalance again) is made by the next commit that lands (`_commit`), and the runner
-        takes the partition's tasks meanwhile: pausing it until held cost a start of two
-        runners the whole rebalance (seen in the resume after a crash: 3.5-6.1 s in three
-        of four runs, against a median of 1.7 s)."""
-        if not starts:
+    def _hold(self, starts: dict[Partition, int]) -> None:
+        """Commit "held by" this runner in the hand-over group at the partitions' start, so
+        that whoever is given them next waits for this runner's release. A hold that cannot
+        be committed (the broker failed the request) is tried again by `_commit`, and the
+        runner takes the partition's tasks meanwhile: pausing it until held cost a start of
+        two runners a whole rebalance when the holds were the group's own commits (the
+        resume after a crash: 3.5-6.1 s in three of four runs, against a median of 1.7 s)."""
+        if not starts or self._holds is None:
             return
-        held = _committed(consumer, _offsets(starts, self.held))
+        held = _committed(self._holds, _offsets(starts, self.held))
         self.unheld |= set(starts) - held
         self.unheld -= held
 
     def _handed_over(self, consumer: Consumer, partitions: list[KafkaPartition]
                      ) -> list[KafkaPartition]:
-        """`partitions` at their committed positions, once no other runner holds them. A
-        runner commits "held by" it while it runs a partition's tasks and "released by" it
-        when it gives the partition up; the embedded coordinator refuses that release while
-        the group rebalances, so it may land only as the group settles, when this runner
-        is given the partition (a sleep of 0.5 s here lost that race on a loaded machine:
-        40 tasks of 200 ran twice). A crashed owner never releases: its partitions start
-        where it last committed, after `HANDOVER_WAIT_S`."""
+        """`partitions` at their positions, once no other runner holds them. A runner
+        records "held by" it in the hand-over group while it runs a partition's tasks and
+        "released by" it, at the position its tasks are done to, when it gives the partition
+        up; this runner's group may have refused every commit of that runner meanwhile (it
+        refuses them while it is joining), so a partition starts at the later of the two
+        groups' positions. A crashed owner never releases: its partitions start where it last
+        committed, after `HANDOVER_WAIT_S`."""
         if not partitions:
             return partitions
+        assert self._holds is not None  # created with the consumer
         deadline = time.monotonic() + HANDOVER_WAIT_S
+        holds: list[KafkaPartition] = []
         while True:
             try:
-                read = consumer.committed(partitions, timeout=BROKER_CALL_S)
+                holds = self._holds.committed(partitions, timeout=BROKER_CALL_S)
             except KafkaException:
-                return partitions  # unknown: librdkafka reads the committed positions itself
-            holders = {note.removeprefix(HELD) for note in (p.metadata or "" for p in read)
+                break  # unknown: the group's own positions
+            holders = {note.removeprefix(HELD) for note in (p.metadata or "" for p in holds)
                        if note.startswith(HELD) and note != self.held}
             if not holders:
-                return read
+                break
             if time.monotonic() > deadline:
                 self._say(f"{', '.join(sorted(holders))} did not release partitions of"
                           f" {DAG_TASKS} within {HANDOVER_WAIT_S:g} s (crashed?): tasks"
                           " finished there since the last commit may run again")
-                return read
+                break
             time.sleep(0.02)
+        try:
+            read = consumer.committed(partitions, timeout=BROKER_CALL_S)
+        except KafkaException:
+            read = partitions  # unknown: librdkafka reads the committed positions itself
+        released = {p.partition: p.offset for p in holds}
+        for p in read:
+            p.offset = max(p.offset, released.get(p.partition, p.offset))
+        return read
 
     def _revoked(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         """Partitions go to another runner: let their tasks finish (up to `revoke_wait_s`)
-        and release their positions; what the group refuses now is released as soon as it
-        accepts (`_assigned`, `_commit`). A task still running then goes on and reports,
-        but its offset is the new owner's, who runs it again."""
+        and release their positions (`_release`). A task still running then goes on and
+        reports, but its offset is the new owner's, who runs it again."""
         revoked = {(p.topic, p.partition) for p in partitions}
         self.assignment -= revoked
         for tp in revoked:
@@ -885,13 +911,17 @@ class Runner:
             self._release(consumer, dict(self.handover))  # a copy: released ones go
 
     def _release(self, consumer: Consumer, positions: dict[Partition, int]) -> None:
-        """Commit `positions` as released; what the group refuses stays owed (`handover`)."""
-        released = _committed(consumer, _offsets(positions, self.released))
+        """Commit `positions` as released in the hand-over group (what fails stays owed:
+        `handover`), and as the group's own positions, which it refuses while it rebalances
+        (for those who read its lag; the next owner starts from the later of the two)."""
+        released = set() if self._holds is None else _committed(
+            self._holds, _offsets(positions, self.released))
         for tp, offset in positions.items():
             if tp in released:
                 self.handover.pop(tp, None)
             else:
                 self.handover[tp] = offset
+        _committed(consumer, _offsets(positions, ""))
 
     def _lost(self, _consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
@@ -1111,23 +1141,22 @@ class Runner:
     # --- committing -------------------------------------------------------------------------
 
     async def _commit(self) -> bool:
-        """Commit what is done, and the releases still owed; True when all of it was. What
-        the group refuses now (it is rebalancing) is tried again next round."""
-        # what moved, and where a partition whose hold the group refused is now (its hold)
-        positions = {**self.offsets.releasable(self.unheld & self.assignment),
-                     **self.offsets.committable(self.assignment)}
+        """Commit what is done, the holds and the releases still owed; True when all of it
+        was. What the group refuses now (it is rebalancing) is tried again next round."""
+        positions = self.offsets.committable(self.assignment)
         if self.handover and time.monotonic() > self.handover_until:
             self._say(f"could not commit {len(self.handover)} handed-over position(s) in"
                       " time; their finished tasks may run again")
             self.handover.clear()
         if self.handover:
             await self._on_kafka(self._release_owed, self._consumer)
+        if unheld := self.unheld & self.assignment:  # held where it is now
+            await self._on_kafka(self._hold, self.offsets.releasable(unheld))
         if not positions:
-            return not self.handover
-        committed = await self._on_kafka(self._commit_now, _offsets(positions, self.held))
+            return not self.handover and not self.unheld
+        committed = await self._on_kafka(self._commit_now, _offsets(positions, ""))
         self.offsets.committed.update({tp: positions[tp] for tp in committed})
-        self.unheld -= committed
-        return not self.handover and committed >= set(positions)
+        return not self.handover and not self.unheld and committed >= set(positions)
 
     async def _let_go(self, revoked: set[Partition]) -> dict[Partition, int]:
         deadline = time.monotonic() + self.revoke_wait_s

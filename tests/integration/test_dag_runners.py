@@ -221,10 +221,11 @@ async def test_a_runner_joining_then_one_leaving_runs_no_task_twice(settings, co
 
 async def test_a_runner_given_partitions_waits_for_their_late_release(settings, codec, runners,
                                                                       tmp_path, monkeypatch):
-    """Every commit the first runner makes after it holds its partitions is refused until
-    the second is given some (as while a group rebalances: none of the first's positions
-    is committed), and its release lands 0.8 s after that (as on a loaded machine): the
-    second starts the partitions only then, so nothing the first finished runs again."""
+    """The group refuses every commit of the first runner once it holds its partitions (as
+    while a group rebalances: none of its positions is committed), and its release fails
+    in the revoke callback, then lands 0.8 s after the second runner was given partitions
+    (as on a loaded machine): the second starts them only then, so nothing the first
+    finished runs again."""
     effects = SideEffects(tmp_path / "effects.txt")
     first = runners.start("first", operators=effects.operators, concurrency=4)
     refusing = threading.Event()  # the first runner holds its partitions
@@ -233,11 +234,11 @@ async def test_a_runner_given_partitions_waits_for_their_late_release(settings, 
     commit = runner_module._committed
 
     def released_late(consumer, offsets):
-        if not any(p.metadata in (first.held, first.released) for p in offsets):
-            return commit(consumer, offsets)
-        if refusing.is_set() and not settled.is_set():
+        if refusing.is_set() and consumer is first._consumer:
             return set()
         if any(p.metadata == first.released for p in offsets):
+            if not settled.is_set():
+                return set()
             late_releases.append(len(offsets))
             time.sleep(0.8)
         return commit(consumer, offsets)
@@ -267,17 +268,61 @@ async def test_a_runner_given_partitions_waits_for_their_late_release(settings, 
     assert not [line for line in lines if "did not release" in line]
 
 
-async def test_a_refused_hold_is_made_by_the_next_commit_that_lands(
+async def test_a_runner_whose_group_refused_every_commit_hands_over_what_it_ran(
+        settings, codec, runners, tmp_path):
+    """The group refuses every commit of the first runner, from its start to its leave:
+    its partitions have no position in the group at all. It runs 100 nodes; a second
+    runner joins and 100 more come; then the first leaves. The second starts each partition
+    where the first released it in the hand-over group, and no node runs twice (this test
+    holds the group's hand-over alone: no decider fences a start)."""
+    effects = SideEffects(tmp_path / "effects.txt")
+    first = runners.start("first", operators=effects.operators, concurrency=4)
+    commit = runner_module._committed
+
+    def refused_by_the_group(consumer, offsets):
+        return set() if consumer is first._consumer else commit(consumer, offsets)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner_module, "_committed", refused_by_the_group)
+        await runners.balanced(TASK_PARTITIONS)
+        await effects.publish(settings, codec, "ex-refused", 100)
+        await until(lambda: effects.ran(100), timeout_s=60, what="the first 100 nodes run")
+        second = runners.start("second", operators=effects.operators, concurrency=4)
+        await runners.balanced(TASK_PARTITIONS)
+        await publish_tasks(settings, codec, [
+            scheduled("ex-refused", f"n{i:03d}", "sleep_then_return", {"value": f"n{i:03d}",
+                                                                       "ms": 40})
+            for i in range(100, 200)])
+        await until(lambda: effects.ran(150), timeout_s=60, what="150 nodes run")
+        assert await runners.stop("first")
+    await until(lambda: effects.ran(200), timeout_s=60, what="every node run")
+    assert await runners.stop("second")
+    assert effects.runs() == effects.once_each(200)  # none twice, none lost
+    assert second.counts["completed"] > 0
+
+
+def committed_positions(settings: Settings, group: str) -> dict[int, tuple[int, str]]:
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
+    try:
+        found = consumer.committed([KafkaPartition(DAG_TASKS, p)
+                                    for p in range(TASK_PARTITIONS)], timeout=10)
+    finally:
+        consumer.close()
+    return {p.partition: (p.offset, p.metadata) for p in found}
+
+
+async def test_a_hold_that_failed_is_made_by_the_next_commit(
         settings, codec, runners, tmp_path, monkeypatch):
-    """The group refuses the runner's hold on its partitions (as when a rebalance starts
-    the moment it is given them): the runner works meanwhile, and its next commit that
-    lands holds every partition where it is, the untouched ones included."""
+    """The runner's holds on its partitions fail (the broker failed the request): the
+    runner works meanwhile, and its next commit holds every partition where it is, the
+    untouched ones included."""
     effects = SideEffects(tmp_path / "effects.txt")
     refused, holding = [], threading.Event()
     commit = runner_module._committed
 
     def holds_refused(consumer, offsets):
-        if not holding.is_set():
+        if not holding.is_set() and any(p.metadata.startswith(runner_module.HELD)
+                                        for p in offsets):
             refused.append(len(offsets))
             return set()
         return commit(consumer, offsets)
@@ -289,18 +334,16 @@ async def test_a_refused_hold_is_made_by_the_next_commit_that_lands(
     assert len(only.unheld) == TASK_PARTITIONS and refused
     holding.set()
     await until(lambda: asyncio.sleep(0, not only.unheld), what="every partition held")
+    held = committed_positions(settings, runner_module.handover_group(only.group))
+    assert {note for _, note in held.values()} == {only.held}
     await runners.close()
     assert effects.runs() == effects.once_each(20)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": only.group})
-    try:
-        found = consumer.committed([KafkaPartition(DAG_TASKS, p)
-                                    for p in range(TASK_PARTITIONS)], timeout=10)
-    finally:
-        consumer.close()
-    # held, then released as the runner left, at the end of what it ran
-    assert {p.metadata for p in found} == {only.released}
-    assert sum(p.offset for p in found) == 20
+    # released as the runner left, at the end of what it ran, where the group's are
+    released = committed_positions(settings, runner_module.handover_group(only.group))
+    assert {note for _, note in released.values()} == {only.released}
+    assert sum(offset for offset, _ in released.values()) == 20
+    assert {p: offset for p, (offset, _) in released.items()} == {
+        p: offset for p, (offset, _) in committed_positions(settings, only.group).items()}
 
 
 async def test_a_runner_stopped_mid_rebalance_holds_no_partition_when_it_closes(
@@ -311,8 +354,15 @@ async def test_a_runner_stopped_mid_rebalance_holds_no_partition_when_it_closes(
     held_at_close: list[int] = []
 
     class Recording(Consumer):
+        subscribed = False  # the group's consumer (the hand-over group's never subscribes)
+
+        def subscribe(self, *args, **kwargs) -> None:
+            self.subscribed = True
+            super().subscribe(*args, **kwargs)
+
         def close(self) -> None:
-            held_at_close.append(len(self.assignment()))
+            if self.subscribed:
+                held_at_close.append(len(self.assignment()))
             super().close()
 
     monkeypatch.setattr(runner_module, "Consumer", Recording)

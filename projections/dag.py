@@ -10,15 +10,18 @@ View `dag`, four tables:
   are both "pending": readiness follows from the graph and no event records it. A node no
   event named has no row: it is counted as pending (cancelled once its execution ended);
 * dag_node_runs: one row per attempt (key: the task id "<execution>/<node>/<attempt>"):
-  kind, runner pool, runner, scheduled/started/ended times, the duration the runner
-  reported (what the decider averages), status (scheduled, running, completed, failed,
-  cancelled: the execution ended or restarted while it was in flight), the error, and
-  whether a retry followed it, or a fallback or a skip completed its node;
+  kind, runner pool, runner, scheduled/started/ended times (a run shorter than the runner's
+  `start_report_after_s` reports its start with its end: its start is its end less its
+  duration), the duration the runner reported (what the decider averages), status
+  (scheduled, running, completed, failed, cancelled: the execution ended or restarted while
+  it was in flight), the error, and whether a retry followed it, or a fallback or a skip
+  completed its node;
 * dag_failures: one row per NodeFailed, ExecutionFailed and ExecutionTimedOut (error type
   "Timeout"), with the error type and message;
 * dag_node_starts: one row per NodeStarted: which runner started which attempt, when. An
   attempt started more than once was run again by another runner, its first runner lost
-  mid-node (killed, or cut off from `pit up`): every run of a task shows here.
+  mid-node (killed, or cut off from `pit up`): every run that reported its start shows
+  here (a run reports it once it has lasted 50 ms, or before it runs when fenced).
 
 The rules follow the decider's evolve: when an execution fails, is cancelled or times out,
 its unfinished nodes become cancelled (a failed node stays failed); a restart sends every
@@ -415,6 +418,9 @@ class _DagBatch:
 
     def _ended_attempt(self, ex: dict, r: dict, at: int, status: str, **fields: Any) -> None:
         if run := self.attempt(ex["execution_id"], r["node_id"], r["attempt"], at):
+            if run["started_at_ms"] is None and r["runner"]:
+                # a short run reports its start with its end (streams/dag/runner.py)
+                run["started_at_ms"] = at - r["duration_ms"]
             run.update(status=status, ended_at_ms=at, duration_ms=r["duration_ms"],
                        runner=r["runner"] or run["runner"], **fields)
 

@@ -573,7 +573,7 @@ async def run_to_end(stack: Any, dag: WorkflowOps, workflow: Workflow, execution
     return elapsed
 
 
-HOP_STAGES = ("processor", "dispatcher", "runner_take", "run_and_report")
+HOP_STAGES = ("processor", "dispatcher", "runner")
 
 
 class Arrivals:
@@ -621,18 +621,17 @@ class Arrivals:
         stage, each as the records arrive here:
         * processor: node i's ReportNodeCompleted -> NodeScheduled(i+1);
         * dispatcher: NodeScheduled(i+1) -> its task record;
-        * runner_take: the task record -> its ReportNodeStarted;
-        * run_and_report: ReportNodeStarted(i+1) -> ReportNodeCompleted(i+1) (the runner
-          waits for the ack of the first, runs the node, sends the second).
-        The four add up to the hop."""
+        * runner: the task record -> its ReportNodeCompleted (the runner takes the task,
+          runs it, reports it; a run this short reports its start with its end, so there is
+          no start report to split the stage at: streams/dag/runner.py `START_REPORT_AFTER_S`).
+        The three add up to the hop."""
         at = self.seen
         nodes = sorted({node for kind, node in at if kind == "NodeScheduled"})
         stages: dict[str, list[float]] = {stage: [] for stage in (*HOP_STAGES, "hop")}
         for done, following in itertools.pairwise(nodes):
             try:
                 times = (at[("ReportNodeCompleted", done)], at[("NodeScheduled", following)],
-                         at[("task", following)], at[("ReportNodeStarted", following)],
-                         at[("ReportNodeCompleted", following)])
+                         at[("task", following)], at[("ReportNodeCompleted", following)])
             except KeyError:
                 continue  # a retried node: not a plain hop
             for stage, start, end in zip(HOP_STAGES, times, times[1:], strict=False):

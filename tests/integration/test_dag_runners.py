@@ -113,8 +113,9 @@ TASK_PARTITIONS = load_catalog()[DAG_TASKS].partitions
 @pytest.fixture
 async def runners(settings, codec):
     # No decider runs here (the tasks are published by hand), so nothing would answer a
-    # fenced start: these tests hold the group's own hand-overs to "exactly once".
-    running = Runners(settings, codec, fence=False)
+    # fenced start: these tests hold the group's own hand-overs to "exactly once". Every run
+    # reports its start, so that each is seen once (`test_a_run_reports_its_start_...`).
+    running = Runners(settings, codec, fence=False, start_report_after_s=0)
     yield running
     await running.close()
 
@@ -159,6 +160,34 @@ async def test_two_runners_in_one_group_report_each_task_exactly_once(settings, 
     assert await runners.stop("r3") and third.counts == {"completed": 0, "failed": 0,
                                                            "skipped": 0, "over_elsewhere": 0}
     assert len(await reports(settings, codec)) == 400
+
+
+async def test_a_run_reports_its_start_only_once_it_has_lasted_a_while(settings, codec,
+                                                                         runners):
+    """A run that ends within `start_report_after_s` sends only its final report; a longer
+    one reports its start once, before its end in the log."""
+    runners.start("r1", start_report_after_s=0.2)
+    await runners.balanced(TASK_PARTITIONS)
+    quick = [scheduled("ex-quick", f"q{i}", "add", {"a": i, "b": 1}) for i in range(20)]
+    slow = [scheduled("ex-slow", f"s{i}", "sleep_then_return", {"value": i, "ms": 600})
+            for i in range(5)]
+    await publish_tasks(settings, codec, quick + slow)
+
+    async def found() -> list[tuple[str, dict, int]]:
+        return [(decoded.name, decoded.record, record.offset)
+                for record in await read_topic(settings, DAG_COMMANDS)
+                for decoded in [codec.decode(record.value)]]
+
+    async def all_final() -> bool:
+        return sum(name == COMPLETED for name, _, _ in await found()) == 25
+    await until(all_final, what="25 completed reports")
+    reported = await found()
+    starts = {r["node_id"]: offset for name, r, offset in reported if name == STARTED}
+    ends = {r["node_id"]: offset for name, r, offset in reported if name == COMPLETED}
+    assert set(starts) == {f"s{i}" for i in range(5)}  # none for the quick ones
+    assert all(starts[node] < ends[node] for node in starts)  # one partition: the execution's
+    assert all(r["runner"] == "r1" and r["duration_ms"] >= 0
+               for name, r, _ in reported if name == COMPLETED)
 
 
 class SideEffects:

@@ -195,7 +195,7 @@ def story(flow: Flow) -> None:
     flow.start("cancelled", chain("cancelling", "a", "b", "c"))
     flow.start("timedout", chain("slowpoke", "a", "b"), timeout_ms=2000)
 
-    flow.complete("ok", "src", 5, duration_ms=40)
+    flow.complete("ok", "src", 5, duration_ms=40, begin=False)  # short: no start report
     flow.fail("retry", "a", "Flaky", "try again")
     flow.complete("ok", "br", output=json.dumps({"false": 5}), duration_ms=3)  # yes, yes2 skip
     flow.fail("fallbacks", "fast", "Boom", "fast broke")                      # waits for slow
@@ -334,6 +334,9 @@ def test_views_equal_the_deciders_state(engine: Engine, flow: Flow) -> None:
                                                        "r2", 15)
     assert (second["status"], second["duration_ms"], second["runner"]) == ("completed", 50, "r1")
     assert second["scheduled_at_ms"] < second["started_at_ms"] < second["ended_at_ms"]
+    short = runs["ok/src/1"]  # its start came with its end
+    assert (short["status"], short["runner"], short["started_at_ms"]) == (
+        "completed", "r1", short["ended_at_ms"] - 40)
     timed = runs["retry/b/1"]
     assert (timed["status"], timed["error_type"], timed["retried"]) == ("failed", "Timeout", True)
     assert timed["deadline_at_ms"] == timed["scheduled_at_ms"] + 400

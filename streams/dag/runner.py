@@ -865,8 +865,10 @@ class Runner:
         "released by" it, at the position its tasks are done to, when it gives the partition
         up; this runner's group may have refused every commit of that runner meanwhile (it
         refuses them while it is joining), so a partition starts at the later of the two
-        groups' positions. A crashed owner never releases: its partitions start where it last
-        committed, after `HANDOVER_WAIT_S`."""
+        groups' positions. A partition this runner gave up and gets back before its own
+        release was committed starts where that release says (its hold is older), and the
+        release is no longer owed: the partition is held again. A crashed owner never
+        releases: its partitions start where it last committed, after `HANDOVER_WAIT_S`."""
         if not partitions:
             return partitions
         assert self._holds is not None  # created with the consumer
@@ -892,8 +894,11 @@ class Runner:
         except KafkaException:
             read = partitions  # unknown: librdkafka reads the committed positions itself
         released = {p.partition: p.offset for p in holds}
+        owed = {tp: self.handover.pop(tp) for tp in [(p.topic, p.partition) for p in read]
+                if tp in self.handover}
         for p in read:
-            p.offset = max(p.offset, released.get(p.partition, p.offset))
+            p.offset = max(p.offset, released.get(p.partition, p.offset),
+                           owed.get((p.topic, p.partition), p.offset))
         return read
 
     def _revoked(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:

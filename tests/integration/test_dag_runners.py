@@ -250,11 +250,11 @@ async def test_a_runner_joining_then_one_leaving_runs_no_task_twice(settings, co
 
 async def test_a_runner_given_partitions_waits_for_their_late_release(settings, codec, runners,
                                                                       tmp_path, monkeypatch):
-    """The group refuses every commit of the first runner once it holds its partitions (as
-    while a group rebalances: none of its positions is committed), and its release fails
-    in the revoke callback, then lands 0.8 s after the second runner was given partitions
-    (as on a loaded machine): the second starts them only then, so nothing the first
-    finished runs again."""
+    """The group refuses every commit of the first runner from when it holds its partitions
+    until the second runner is given some (as while a group rebalances: none of its
+    positions is committed), and its release fails in the revoke callback, then lands 0.4 s
+    after the second runner was given partitions (as on a loaded machine): the second
+    starts them only then, so nothing the first finished runs again."""
     effects = SideEffects(tmp_path / "effects.txt")
     first = runners.start("first", operators=effects.operators, concurrency=4)
     refusing = threading.Event()  # the first runner holds its partitions
@@ -263,13 +263,13 @@ async def test_a_runner_given_partitions_waits_for_their_late_release(settings, 
     commit = runner_module._committed
 
     def released_late(consumer, offsets):
-        if refusing.is_set() and consumer is first._consumer:
+        if refusing.is_set() and not settled.is_set() and consumer is first._consumer:
             return set()
         if any(p.metadata == first.released for p in offsets):
             if not settled.is_set():
                 return set()
             late_releases.append(len(offsets))
-            time.sleep(0.8)
+            time.sleep(0.4)
         return commit(consumer, offsets)
 
     monkeypatch.setattr(runner_module, "_committed", released_late)
@@ -328,6 +328,28 @@ async def test_a_runner_whose_group_refused_every_commit_hands_over_what_it_ran(
     assert await runners.stop("second")
     assert effects.runs() == effects.once_each(200)  # none twice, none lost
     assert second.counts["completed"] > 0
+
+
+def test_a_partition_given_back_starts_where_its_owed_release_says(settings, codec):
+    """A runner gave a partition up, its release is not committed yet (the group refused
+    every commit of its meanwhile, so the hand-over group still says it holds the partition
+    where it started), and the partition comes back to it: it starts where its release
+    says, not at its older hold, and owes that release no more (it holds the partition
+    again). Seen once in six loaded runs of this file: tasks run twice."""
+    runner = runner_module.Runner(settings, runner_id="back", codec=codec, fence=False)
+    config = {"bootstrap.servers": settings.bootstrap_servers, "enable.auto.commit": False}
+    group = Consumer({**config, "group.id": runner.group})
+    runner._holds = Consumer({**config, "group.id": runner_module.handover_group(runner.group)})
+    try:
+        runner._holds.commit(offsets=[KafkaPartition(DAG_TASKS, 0, 0, metadata=runner.held)],
+                             asynchronous=False)
+        runner.handover[(DAG_TASKS, 0)] = 7
+        [start] = runner._handed_over(group, [KafkaPartition(DAG_TASKS, 0)])
+        assert (start.offset, runner.handover) == (7, {})
+    finally:
+        group.close()
+        runner._holds.close()
+        runner._threads.shutdown()
 
 
 def committed_positions(settings: Settings, group: str) -> dict[int, tuple[int, str]]:

@@ -654,13 +654,15 @@ class PostgresSearch(SqlSearch):
         parts = []
         for i, term in enumerate(terms):
             lexemes = [f"'{word}'" for word in words(term.text).split()]
-            star = ":*" if term.prefix else ""
-            if len(lexemes) == 1:
-                params[f"term{i}"] = lexemes[0] + star
-            else:
-                params[f"term{i}"] = " | ".join(
-                    "(" + " <-> ".join(f"{lexeme}:{weight}" for lexeme in lexemes[:-1])
-                    + f" <-> {lexemes[-1]}{star or ':'}{weight})" for weight in "ABC")
+
+            def phrase(weight: str = "", lexemes: list[str] = lexemes,
+                       star: str = "*" if term.prefix else "") -> str:
+                marks = [weight] * (len(lexemes) - 1) + [star + weight]
+                return " <-> ".join(f"{lexeme}:{mark}" if mark else lexeme
+                                    for lexeme, mark in zip(lexemes, marks, strict=True))
+
+            params[f"term{i}"] = (phrase() if len(lexemes) == 1
+                                  else " | ".join(f"({phrase(weight)})" for weight in "ABC"))
             parts.append(f"to_tsquery('simple', :term{i})")
         return " && ".join(parts)
 

@@ -894,11 +894,9 @@ class Runner:
         except KafkaException:
             read = partitions  # unknown: librdkafka reads the committed positions itself
         released = {p.partition: p.offset for p in holds}
-        owed = {tp: self.handover.pop(tp) for tp in [(p.topic, p.partition) for p in read]
-                if tp in self.handover}
         for p in read:
             p.offset = max(p.offset, released.get(p.partition, p.offset),
-                           owed.get((p.topic, p.partition), p.offset))
+                           self.handover.pop((p.topic, p.partition), p.offset))
         return read
 
     def _revoked(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:

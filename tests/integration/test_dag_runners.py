@@ -173,17 +173,12 @@ async def test_a_run_reports_its_start_only_once_it_has_lasted_a_while(settings,
             for i in range(5)]
     await publish_tasks(settings, codec, quick + slow)
 
-    async def found() -> list[tuple[str, dict, int]]:
-        return [(decoded.name, decoded.record, record.offset)
-                for record in await read_topic(settings, DAG_COMMANDS)
-                for decoded in [codec.decode(record.value)]]
-
     async def all_final() -> bool:
-        return sum(name == COMPLETED for name, _, _ in await found()) == 25
+        return sum(name == COMPLETED for name, _, _ in await reports(settings, codec)) == 25
     await until(all_final, what="25 completed reports")
-    reported = await found()
-    starts = {r["node_id"]: offset for name, r, offset in reported if name == STARTED}
-    ends = {r["node_id"]: offset for name, r, offset in reported if name == COMPLETED}
+    reported = await reports(settings, codec)  # each partition in offset order
+    starts = {r["node_id"]: i for i, (name, r, _) in enumerate(reported) if name == STARTED}
+    ends = {r["node_id"]: i for i, (name, r, _) in enumerate(reported) if name == COMPLETED}
     assert set(starts) == {f"s{i}" for i in range(5)}  # none for the quick ones
     assert all(starts[node] < ends[node] for node in starts)  # one partition: the execution's
     assert all(r["runner"] == "r1" and r["duration_ms"] >= 0

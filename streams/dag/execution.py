@@ -72,7 +72,7 @@ import json
 import math
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache, partial
@@ -245,6 +245,17 @@ class ReadyQueue:
             return ReadyQueue((key,), 0, None, 1)
         return ReadyQueue(self.sorted_keys, self.cursor, _meld(self.heap, (key, 1, None, None)),
                           self.size + 1)
+
+    def push_all(self, keys: Sequence[Key]) -> ReadyQueue:
+        """With `keys` too. Nodes made ready together (a fan-out's thousands) become one
+        sorted run when they outnumber those queued: a pop from it moves the cursor, where
+        one from the heap melds its two halves."""
+        if len(keys) < 2 or len(keys) < self.size:
+            queue = self
+            for key in keys:
+                queue = queue.push(key)
+            return queue
+        return ReadyQueue.of([*self.keys(), *keys])
 
     def remove(self, key: Key) -> ReadyQueue:
         """Without `key`: a pop when it is the head (how the decider dispatches)."""
@@ -783,7 +794,9 @@ class _Change:
         run = self.runs.get(i)
         return self.s.nodes[i] if run is None else run
 
-    def put(self, i: int, run: NodeRun) -> None:
+    def put(self, i: int, run: NodeRun, queue: bool = True) -> None:
+        """Node i's run is now `run`; with `queue` False a node made READY is left for the
+        caller to queue (`resolve` queues a fan-out's at once)."""
         old = self.run(i)
         if old.status is not run.status:
             if self.counts is None:
@@ -802,7 +815,7 @@ class _Change:
                 p = plan.pool[i]
                 pool = self.pool(p)
                 self.set_pool(p, copy_with(pool, ready=pool.ready.remove(plan.key[i])))
-            elif run.status is READY:
+            elif run.status is READY and queue:
                 p = plan.pool[i]
                 pool = self.pool(p)
                 self.set_pool(p, copy_with(pool, ready=pool.ready.push(plan.key[i])))
@@ -821,16 +834,20 @@ class _Change:
         leave with nothing to wait for and something to run on become ready."""
         self.put(i, run)
         output = run.output
-        targets = []
         for target, name in self.plan.outputs[i]:
             t = self.run(target)
             live = t.live + (output is not None and output_value(output, name) is not _MISSING)
             self.runs[target] = copy_with(t, remaining=t.remaining - 1, live=live)
-            targets.append(target)
-        for target in targets:
-            t = self.runs[target]
-            if t.status is P and t.remaining == 0 and t.live > 0:
-                self.put(target, copy_with(t, status=READY))
+        ready = [target for target in self.plan.targets[i]  # distinct: one fed twice by i
+                 if (t := self.runs[target]).status is P and t.remaining == 0 and t.live > 0]
+        for target in ready:
+            self.put(target, copy_with(self.runs[target], status=READY), queue=False)
+        keys: dict[int, list[Key]] = {}
+        for target in ready:
+            keys.setdefault(self.plan.pool[target], []).append(self.plan.key[target])
+        for p, queued in keys.items():
+            pool = self.pool(p)
+            self.set_pool(p, copy_with(pool, ready=pool.ready.push_all(queued)))
 
     def state(self) -> ExecutionState:
         s, changes = self.s, self.fields

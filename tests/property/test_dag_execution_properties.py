@@ -1,12 +1,13 @@
 """Properties of the execution decider on random DAGs under random runner behaviour.
 
-Random workflows (1-12 nodes, up to 3 dependencies each, branches whose sides feed later
-nodes, timeouts, every recovery strategy including fallback to another node and restart)
-run against random runners: they start, complete (inline or by hash, branches on either
-side, sometimes with an output that does not fit), fail (retryable or not, error types
-some recoveries do not retry), repeat old reports, let timers fire (also cancelled ones),
-take checkpoints, cancel, and crash the processor (its state is restored from the last
-snapshot plus the events after it). Then everything left is completed until it ends.
+Random workflows (1-12 nodes, up to 3 dependencies each, one of them maybe feeding two
+inputs, branches whose sides feed later nodes, timeouts, every recovery strategy including
+fallback to another node and restart) run against random runners: they start, complete
+(inline or by hash, branches on either side, sometimes with an output that does not fit),
+fail (retryable or not, error types some recoveries do not retry), repeat old reports, let
+timers fire (also cancelled ones), take checkpoints, cancel, and crash the processor (its
+state is restored from the last snapshot plus the events after it). Then everything left is
+completed until it ends.
 
 Checked against an oracle that follows the events only:
 * no node is dispatched (NodeScheduled) before all its dependencies completed, fell back or
@@ -66,6 +67,7 @@ from streams.dag.execution import (
     NodeSkipped,
     NodeStarted,
     NodeStatus,
+    ReadyQueue,
     ReportNodeCompleted,
     ReportNodeFailed,
     ReportNodeStarted,
@@ -144,6 +146,11 @@ def workflows(draw) -> Workflow:
             source = f"n{j}"
             output = draw(st.sampled_from(["true", "false"])) if source in branches else "out"
             edges.append(Edge(node_id, input_name or f"i{j}", source, output))
+        if sources and input_name is None and draw(st.booleans()):
+            # one source feeding two inputs: its completion settles both edges at once
+            source = f"n{sources[0]}"
+            output = draw(st.sampled_from(["true", "false"])) if source in branches else "out"
+            edges.append(Edge(node_id, f"i{sources[0]}_again", source, output))
     default = draw(st.sampled_from([Recovery(), Recovery(Strategy.SKIP, default_output=[0]),
                                     Recovery(Strategy.RETRY, max_attempts=2)]))
     return Workflow("random", tuple(nodes), tuple(edges),
@@ -437,3 +444,36 @@ def test_copy_with_is_dataclasses_replace_and_leaves_the_original(first, changes
     copied = copy_with(run, **changes)
     assert copied == dataclasses.replace(run, **changes) and type(copied) is NodeRun
     assert dataclasses.astuple(run) == before
+
+
+# a ready queue's operations: a batch of keys queued together (a fan-out), or a pop
+_QUEUE_OPS = st.lists(st.one_of(
+    st.lists(st.tuples(st.integers(-2, 2), st.integers(-3, 0)), max_size=12),
+    st.just("pop")), max_size=30)
+
+
+@given(_QUEUE_OPS)
+def test_a_ready_queue_gives_the_best_key_first_however_its_keys_came(ops):
+    """`push_all` (a fan-out's nodes queued at once, as one sorted run when they outnumber
+    the queue) and `push` one by one hold the same keys, and both pop them best first, as a
+    sorted list does. Keys are (-priority, -rank, node index): unique by their index."""
+    batched, single, model = ReadyQueue(), ReadyQueue(), []
+    index = 0
+    for op in ops:
+        if op == "pop":
+            if model:
+                best = min(model)
+                model.remove(best)
+                assert batched.head() == single.head() == best
+                batched, single = batched.remove(best), single.remove(best)
+            continue
+        keys = []
+        for priority, rank in op:
+            keys.append((priority, float(rank), index))
+            index += 1
+        batched = batched.push_all(keys)
+        for key in keys:
+            single = single.push(key)
+        model += keys
+        assert batched == single and batched.keys() == sorted(model)
+        assert batched.size == len(model)

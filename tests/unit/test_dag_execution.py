@@ -262,6 +262,18 @@ def test_a_node_is_dispatched_once_all_its_dependencies_completed_with_their_out
     assert run.state.status is ExecutionStatus.COMPLETED
 
 
+def test_a_node_fed_twice_by_one_source_is_dispatched_once():
+    """Two edges a -> c: a's completion settles both, and c is queued and dispatched once."""
+    workflow = flow(op("a", constants={"value": 2}), op("c", "add"),
+                    edges=(("a", "c.a"), ("a", "c.b")))
+    run = Run(workflow)
+    assert names(run.complete("a", 2)) == ["c"]
+    assert json.loads(run.task("c").inputs) == {"a": 2, "b": 2}
+    assert all(pool.ready.size == 0 for pool in run.state.pools)
+    run.complete("c", 4)
+    assert run.state.status is ExecutionStatus.COMPLETED
+
+
 def test_ready_nodes_go_by_priority_then_critical_path_rank_within_max_concurrency():
     # a -> a2 -> a3 (rank 3), b -> b2 (rank 2), c (rank 1), p (priority 1, rank 1)
     workflow = flow(op("a", constants={"value": 1}), op("a2"), op("a3"),

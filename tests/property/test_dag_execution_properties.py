@@ -357,11 +357,13 @@ def test_random_executions_keep_every_invariant(workflow, data):
         elif action == "takeover" and (running := [
                 node_id for node_id in flying
                 if sim.state.node(node_id).status is NodeStatus.RUNNING]):
-            # another runner starts a running attempt: it took the task over
+            # another runner starts a running attempt: it took the task over (from whichever
+            # runner runs it now, maybe one that took it over before)
             node_id = data.draw(st.sampled_from(running))
-            attempt = sim.state.node(node_id).attempt
-            assert sim.send(ReportNodeStarted(EID, node_id, attempt, "other")) == [
-                NodeStarted(EID, node_id, attempt, "other")]
+            attempt, runner = sim.state.node(node_id).attempt, sim.state.node(node_id).runner
+            taker = "other" if runner != "other" else "another"
+            assert sim.send(ReportNodeStarted(EID, node_id, attempt, taker)) == [
+                NodeStarted(EID, node_id, attempt, taker)]
             assert sim.state.node(node_id).status is NodeStatus.RUNNING
         elif action == "timer" and sim.timers():
             sim.fire(sim.timers()[0])

@@ -1029,6 +1029,16 @@ def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
+# the fields that say what a node does, by the kinds they apply to
+_APPLIES = {NodeKind.INSTRUMENT: frozenset({"model"}), NodeKind.OPERATOR: frozenset({"operator"}),
+            NodeKind.BRANCH: frozenset({"condition"}),
+            NodeKind.MAP: frozenset({"model", "operator", "item_input"})}
+
+
+def _where(edge: Edge) -> str:
+    return f"edge {edge.source} -> {edge.target}"
+
+
 class _Validator:
     def __init__(self, workflow: Workflow, registry: OperatorRegistry) -> None:
         self.wf = workflow
@@ -1089,13 +1099,12 @@ class _Validator:
         if kind not in NodeKind._value2member_map_:
             self.add(f"{where}: unknown kind {kind!r} (one of {', '.join(NodeKind)})")
             return
-        uses = {"model": bool(node.model), "operator": bool(node.operator),
-                "condition": node.condition is not None, "item_input": bool(node.item_input)}
-        allowed = {NodeKind.INSTRUMENT: {"model"}, NodeKind.OPERATOR: {"operator"},
-                   NodeKind.BRANCH: {"condition"},
-                   NodeKind.MAP: {"model", "operator", "item_input"}}[NodeKind(kind)]
-        for name in sorted(n for n, used in uses.items() if used and n not in allowed):
-            self.add(f"{where}: {name} does not apply to {kind} nodes")
+        applies = _APPLIES[kind]
+        for name, used in (("condition", node.condition is not None),
+                           ("item_input", node.item_input), ("model", node.model),
+                           ("operator", node.operator)):
+            if used and name not in applies:
+                self.add(f"{where}: {name} does not apply to {kind} nodes")
         if kind == NodeKind.INSTRUMENT and not (isinstance(node.model, str) and node.model):
             self.add(f"{where}: an instrument needs a model (a pool model id)")
         if kind == NodeKind.OPERATOR:
@@ -1202,45 +1211,42 @@ class _Validator:
         return op.output if op else "any"
 
     def edges(self) -> set[tuple[str, str]]:
+        # `input_type` once per edge, and an edge's name only when it has a problem: a large
+        # workflow is validated by its client and again by the decider, edge by edge
         fed: set[tuple[str, str]] = set()
         self.feeding: dict[tuple[str, str], Edge] = {}
-        valid = []
+        typed: list[tuple[Edge, str]] = []  # the edges to type-check, with their input's type
         for edge in self.wf.edges:
-            where = f"edge {edge.source} -> {edge.target}"
             source, target = self.nodes.get(edge.from_node), self.nodes.get(edge.to_node)
             if source is None:
-                self.add(f"{where}: unknown node {edge.from_node!r}")
+                self.add(f"{_where(edge)}: unknown node {edge.from_node!r}")
             elif edge.from_output not in source.outputs:
-                self.add(f"{where}: node {source.id!r} has no output {edge.from_output!r} "
-                         f"(outputs: {', '.join(source.outputs)})")
+                self.add(f"{_where(edge)}: node {source.id!r} has no output"
+                         f" {edge.from_output!r} (outputs: {', '.join(source.outputs)})")
             if target is None:
-                self.add(f"{where}: unknown node {edge.to_node!r}")
+                self.add(f"{_where(edge)}: unknown node {edge.to_node!r}")
                 continue
             if not edge.to_input:
-                self.add(f"{where}: no input named (write 'to: node.input')")
+                self.add(f"{_where(edge)}: no input named (write 'to: node.input')")
                 continue
-            if target.kind in NodeKind._value2member_map_ and self.input_type(
-                    target, edge.to_input) is None:
-                self.add(f"{where}: node {target.id!r} has no input {edge.to_input!r}")
+            known_kind = target.kind in NodeKind._value2member_map_
+            want = self.input_type(target, edge.to_input) if known_kind else None
+            if known_kind and want is None:
+                self.add(f"{_where(edge)}: node {target.id!r} has no input {edge.to_input!r}")
                 continue
             key = (edge.to_node, edge.to_input)
             if key in fed:
-                self.add(f"{where}: input {edge.target} is already fed by "
+                self.add(f"{_where(edge)}: input {edge.target} is already fed by "
                          f"{self.feeding[key].source}")
                 continue
             fed.add(key)
             self.feeding[key] = edge
-            if source is not None and edge.from_output in source.outputs:
-                valid.append(edge)
-        for edge in valid:
-            target = self.nodes[edge.to_node]
-            if target.kind not in NodeKind._value2member_map_:
-                continue
+            if want is not None and source is not None and edge.from_output in source.outputs:
+                typed.append((edge, want))
+        for edge, want in typed:
             have = self.output_type(edge.from_node, edge.from_output)
-            want = self.input_type(target, edge.to_input) or "any"
             if not compatible(have, want):
-                self.add(f"edge {edge.source} -> {edge.target}: type mismatch, {have} output "
-                         f"into {want} input")
+                self.add(f"{_where(edge)}: type mismatch, {have} output into {want} input")
         return fed
 
     def constants_and_required(self, node: Node, fed: set[tuple[str, str]]) -> None:

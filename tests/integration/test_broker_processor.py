@@ -571,11 +571,13 @@ async def test_a_failed_produce_restarts_the_processor_from_the_log(monkeypatch,
 
 # --- batches: what the broker already holds is decided together --------------------------------
 
-async def test_take_ready_gathers_many_small_producer_batches_in_one_take() -> None:
+async def test_take_ready_gathers_many_small_producer_batches_in_one_take(monkeypatch) -> None:
     """The embedded broker answers a fetch with one producer batch per partition, so 40
     reports sent one by one come back one per fetch; `take_ready` adds what is already on
     the broker, and the decider gets them in one batch. With nothing more there it returns
-    at once."""
+    at once. (Its 20 ms budget is lifted here: a loaded CI machine took only 37 of the 40
+    within it.)"""
+    monkeypatch.setattr(kafka, "DRAIN_BUDGET_S", 10.0)
     with catalog_broker() as broker:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers)
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=0)

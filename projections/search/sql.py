@@ -654,15 +654,9 @@ class PostgresSearch(SqlSearch):
         parts = []
         for i, term in enumerate(terms):
             lexemes = [f"'{word}'" for word in words(term.text).split()]
-
-            def phrase(weight: str = "", lexemes: list[str] = lexemes,
-                       star: str = "*" if term.prefix else "") -> str:
-                marks = [weight] * (len(lexemes) - 1) + [star + weight]
-                return " <-> ".join(f"{lexeme}:{mark}" if mark else lexeme
-                                    for lexeme, mark in zip(lexemes, marks, strict=True))
-
-            params[f"term{i}"] = (phrase() if len(lexemes) == 1
-                                  else " | ".join(f"({phrase(weight)})" for weight in "ABC"))
+            star = "*" if term.prefix else ""
+            params[f"term{i}"] = (_phrase(lexemes, star) if len(lexemes) == 1 else " | ".join(
+                f"({_phrase(lexemes, star, weight)})" for weight in "ABC"))
             parts.append(f"to_tsquery('simple', :term{i})")
         return " && ".join(parts)
 
@@ -676,6 +670,14 @@ class PostgresSearch(SqlSearch):
         return [tuple(row) for row in self._in_chunks(
             conn, f"SELECT doc_id, name, text, metadata FROM {self._q(self.docs.name)} "
                   f"WHERE doc_id IN :ids", ids)]
+
+
+def _phrase(lexemes: list[str], star: str, weight: str = "") -> str:
+    """A tsquery of `lexemes` one after the other, each of `weight` (any field when ""),
+    the last a prefix when `star` is "*"."""
+    marks = [weight] * (len(lexemes) - 1) + [star + weight]
+    return " <-> ".join(f"{lexeme}:{mark}" if mark else lexeme
+                        for lexeme, mark in zip(lexemes, marks, strict=True))
 
 
 def sql_search(bind: Engine | Connection, *, prefix: str = "search") -> SqlSearch:

@@ -794,9 +794,9 @@ class _Change:
         run = self.runs.get(i)
         return self.s.nodes[i] if run is None else run
 
-    def put(self, i: int, run: NodeRun, queue: bool = True) -> None:
-        """Node i's run is now `run`; with `queue` False a node made READY is left for the
-        caller to queue (`resolve` queues a fan-out's at once)."""
+    def put(self, i: int, run: NodeRun) -> None:
+        """Node i's run is now `run`. A node leaving READY leaves its queue here; nodes
+        become READY only in `resolve`, which queues them all at once."""
         old = self.run(i)
         if old.status is not run.status:
             if self.counts is None:
@@ -815,10 +815,6 @@ class _Change:
                 p = plan.pool[i]
                 pool = self.pool(p)
                 self.set_pool(p, copy_with(pool, ready=pool.ready.remove(plan.key[i])))
-            elif run.status is READY and queue:
-                p = plan.pool[i]
-                pool = self.pool(p)
-                self.set_pool(p, copy_with(pool, ready=pool.ready.push(plan.key[i])))
         self.runs[i] = run
 
     def pool(self, p: int) -> PoolRun:
@@ -838,13 +834,12 @@ class _Change:
             t = self.run(target)
             live = t.live + (output is not None and output_value(output, name) is not _MISSING)
             self.runs[target] = copy_with(t, remaining=t.remaining - 1, live=live)
-        ready = [target for target in self.plan.targets[i]  # distinct: one fed twice by i
-                 if (t := self.runs[target]).status is P and t.remaining == 0 and t.live > 0]
-        for target in ready:
-            self.put(target, copy_with(self.runs[target], status=READY), queue=False)
-        keys: dict[int, list[Key]] = {}
-        for target in ready:
-            keys.setdefault(self.plan.pool[target], []).append(self.plan.key[target])
+        keys: dict[int, list[Key]] = {}  # by pool, the nodes made ready
+        for target in self.plan.targets[i]:  # distinct: a node fed twice by i is queued once
+            t = self.runs[target]
+            if t.status is P and t.remaining == 0 and t.live > 0:
+                self.put(target, copy_with(t, status=READY))
+                keys.setdefault(self.plan.pool[target], []).append(self.plan.key[target])
         for p, queued in keys.items():
             pool = self.pool(p)
             self.set_pool(p, copy_with(pool, ready=pool.ready.push_all(queued)))

@@ -160,18 +160,17 @@ async def acknowledged(producer: Producer, timeout_s: float, records: int) -> in
 
     The embedded broker acknowledges in about 0.3 ms (p50; p90 1.5 ms during `pit bench
     dag`), less than handing the wait to a thread and back costs beside a busy event loop
-    (0.8 ms p50 of a chain's hops, where the thread waits for the GIL). So a `PitProducer`
-    first waits up to INLINE_ACK_S on the loop itself (librdkafka's flush releases the GIL
-    and sends at once, whatever `linger.ms`) for a batch of at most INLINE_RECORDS: a
-    small batch is what a hop or a command's round trip waits for, while a large one is
-    throughput, and the loop has other work meanwhile (the wide DAG of `pit bench dag`
-    was about 4% slower with every batch acknowledged inline). When that is not enough -
-    a moment of load - the rest is waited for in a thread. A broker that is slower every
-    time (a cluster's acks=all) is waited for in a thread only, for INLINE_PAUSE_S after
-    INLINE_MISSES misses in a row, so it blocks the loop for a few INLINE_ACK_S a second
-    at most. One slow acknowledgement among fast ones does not pause: a pause after the
-    embedded broker's rare slow one cost the chains of `pit bench dag` what the inline
-    wait had gained them."""
+    (a chain's hop waited 0.8 ms, p50, for its events' acknowledgement that way). So a
+    `PitProducer` first waits up to INLINE_ACK_S on the loop itself (librdkafka's flush
+    releases the GIL and sends at once, whatever `linger.ms`) for a batch of at most
+    INLINE_RECORDS: a small batch is what a hop or a command's round trip waits for, while
+    a large one is throughput, and the loop has other work to do meanwhile. When that is
+    not enough - a moment of load - the rest is waited for in a thread. A broker that is
+    slower every time (a cluster's acks=all) is waited for in a thread only, for
+    INLINE_PAUSE_S after INLINE_MISSES misses in a row, so it blocks the loop for a few
+    INLINE_ACK_S a second at most. One slow acknowledgement among fast ones does not
+    pause: a pause after the embedded broker's rare slow one cost the chains of `pit bench
+    dag` what the inline wait had gained them."""
     if isinstance(producer, PitProducer) and records <= INLINE_RECORDS:
         now = time.monotonic()
         if now >= producer.inline_from:

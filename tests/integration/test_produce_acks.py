@@ -30,12 +30,15 @@ PRODUCE = 0  # the Produce request's API key
 
 
 @pytest.fixture
-def producer() -> Iterator[PitProducer]:
+def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker(1) as broker:
         broker.create_topic(TopicSpec(TOPIC, 1, "none"))
-        producer = make_producer(Settings(bootstrap_servers=broker.bootstrap_servers))
-        producer.broker = broker  # type: ignore[attr-defined]  # for the slow broker's test
-        yield producer
+        yield broker
+
+
+@pytest.fixture
+def producer(broker: EmbeddedBroker) -> PitProducer:
+    return make_producer(Settings(bootstrap_servers=broker.bootstrap_servers))
 
 
 class Flushes(list[tuple[float, bool]]):
@@ -85,12 +88,11 @@ async def test_a_large_batch_is_waited_for_in_a_thread(producer: PitProducer) ->
 
 
 async def test_a_broker_slower_every_time_is_waited_for_in_a_thread_only(
-        producer: PitProducer) -> None:
+        broker: EmbeddedBroker, producer: PitProducer) -> None:
     await produced(producer, 1)  # connected
     producer.inline_misses = 0  # connecting may have taken longer than the inline wait
     flushes = Flushes(producer)
-    slow = producer.broker  # type: ignore[attr-defined]
-    slow.push_broker_request_errors(1, PRODUCE, [0] * (INLINE_MISSES + 1), rtt_ms=50)
+    broker.push_broker_request_errors(1, PRODUCE, [0] * (INLINE_MISSES + 1), rtt_ms=50)
     offsets: list[int] = []
     started = time.monotonic()
     for _ in range(INLINE_MISSES):

@@ -214,6 +214,27 @@ def test_a_large_definition_travels_by_hash_only(tmp_path):
     assert restore(snap, (), Definitions(store)) == run.state
 
 
+def test_a_definition_started_again_is_known_by_its_text(monkeypatch):
+    import streams.dag.execution as execution
+
+    parsed: list[str] = []
+    parse = execution.workflow_from_json
+    monkeypatch.setattr(execution, "workflow_from_json",
+                        lambda text: parsed.append(text) or parse(text))
+    definitions = Definitions()
+    workflow = chain("a", "b")
+    text, found = workflow.canonical_json(), workflow.content_hash()
+    plan = definitions.load(text, "")
+    assert definitions.load(text, found) is plan
+    assert parsed == [text]  # parsed and hashed on its first start only
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(Rejection, match="does not match the definition"):
+        definitions.load(text, wrong)
+    spaced = json.dumps(json.loads(text), indent=2)  # another text of the same content
+    assert definitions.load(spaced, found) is plan
+    assert parsed == [text, spaced]
+
+
 def test_invalid_starts_are_rejected_with_the_reason():
     workflow = chain("a", "b")
     assert "cycle" in Run().reject(StartExecution(EID, json.dumps({

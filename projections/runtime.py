@@ -360,6 +360,17 @@ class Projector:
 
 # --- Kafka ------------------------------------------------------------------------------------
 
+# After a batch that was not full, `run` waits this long before reading again, so records
+# flowing steadily are applied in batches of what came meanwhile rather than a few at a
+# time: each batch pays a transaction, the positions and a thread hand-off, whatever its
+# size. A full batch (a backlog) is followed at once; after an empty read, the next record
+# is applied as soon as it is read. Measured with 20-node chains back to back
+# (`pit bench dag`): the projector's process used 50-55% of a core without it, 33-35% with
+# it, and the chains went 29.8 -> 36.9 workflows/s (medians of four runs, README "The
+# projector's process"). The views lag the log by up to this much more under load.
+LINGER_MS = 50
+
+
 async def _seek_stored(projector: Projector, consumer: AIOKafkaConsumer,
                        partitions: Sequence[KafkaTopicPartition]) -> None:
     """Seek each of `partitions` past its stored position, or to its beginning."""
@@ -374,7 +385,7 @@ async def _seek_stored(projector: Projector, consumer: AIOKafkaConsumer,
 async def run(projector: Projector, consumer: AIOKafkaConsumer, stop: asyncio.Event, *,
               topics: Sequence[str] | None = None, max_records: int = 5000,
               timeout_ms: int = 100, group: bool = False,
-              producer: Producer | None = None) -> None:
+              producer: Producer | None = None, linger_ms: int = LINGER_MS) -> None:
     """Feed an already started aiokafka consumer into the projector until `stop` is set.
 
     Assigns every partition of `topics` (default: the projector's), from the cluster's
@@ -382,10 +393,12 @@ async def run(projector: Projector, consumer: AIOKafkaConsumer, stop: asyncio.Ev
     sharing a database divide the partitions between them. Each partition is sought to its
     stored position + 1, or to its beginning offset when no projection has a position there.
     Loops getmany -> apply_batch; each batch is applied in a worker thread so the event
-    loop stays responsive. While the database (or, for a dead letter, Kafka) is unavailable
-    the batch is kept and retried with backoff (nothing was committed, so nothing is lost or
-    doubled). Records no view can apply go to the dead-letter topic through `producer`.
-    It never stops on a record: any other failure is logged and the batch retried.
+    loop stays responsive, and one that was not full is followed by a wait of `linger_ms`
+    (LINGER_MS) before the next read. While the database (or, for a dead letter, Kafka) is
+    unavailable the batch is kept and retried with backoff (nothing was committed, so
+    nothing is lost or doubled). Records no view can apply go to the dead-letter topic
+    through `producer`. It never stops on a record: any other failure is logged and the
+    batch retried.
 
     Why projectors in one group cannot collide: a batch's rows and positions commit in one
     `write_transaction`, which serialises writers (SQLite `BEGIN IMMEDIATE`, PostgreSQL a
@@ -434,3 +447,6 @@ async def run(projector: Projector, consumer: AIOKafkaConsumer, stop: asyncio.Ev
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 10.0)
+        if 0 < len(records) < max_records:  # linger; a stop ends it at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), linger_ms / 1000)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -25,6 +27,7 @@ from streams.pool.topics import POOL_EVENTS
 from streams.sql import connect, positions
 from streams.times import iso
 from streams.topics import DEAD_LETTERS, SCHEMAS
+from streams.waiting import until
 
 T0 = 1_700_000_000_000
 
@@ -424,6 +427,82 @@ async def test_run_against_the_embedded_broker(engine: Engine, log, story_of) ->
         assert count(engine, audit_log) == len(records)
         assert models(engine)["m-alpha"]["usage_count"] == 5
         assert models(engine)["m-beta"]["state"] == ModelState.COLD.value
+
+
+class NotingBatches(Projector):
+    """The projector, noting each batch it applies: its size, and when it began and ended."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[tuple[int, float, float]] = []
+
+    def apply_batch(self, records, dead_letters=None):
+        began = time.monotonic()
+        try:
+            return super().apply_batch(records, dead_letters)
+        finally:
+            self.batches.append((len(records), began, time.monotonic()))
+
+
+@contextlib.asynccontextmanager
+async def running(projector: Projector, broker, **options):
+    """`run` on the embedded broker, reading with a 5 ms fetch wait (as short as the Pit's
+    own readers: a longer hold of an empty fetch batches records by itself)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap_servers,
+                                enable_auto_commit=False, fetch_max_wait_ms=5)
+    await consumer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(projector, consumer, stop, **options))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await consumer.stop()
+
+
+def publish(producer, records: list[LogRecord]) -> None:
+    for record in records:
+        producer.produce(record.topic, record.value, record.key, partition=record.partition,
+                         timestamp=record.timestamp_ms)
+    assert producer.flush(10) == 0
+
+
+async def test_run_applies_records_that_keep_coming_together_after_lingering(
+        engine: Engine, log, broker) -> None:
+    """Records coming one by one, each 20 ms after the last: after the first batch, `run`
+    lingers, so what came meanwhile is applied in one or two batches, not one per record."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap_servers,
+                                         "linger.ms": 0})
+    records = [log.used("m-alpha", 1, 1_700_000_000_000 + n) for n in range(12)]
+    projector = NotingBatches(engine, views(), topics=[POOL_EVENTS])
+    async with running(projector, broker, linger_ms=1000):
+        publish(producer, records[:1])
+        await until(lambda: projector.batches, 10, "the first batch")
+        for record in records[1:]:
+            publish(producer, [record])
+            await asyncio.sleep(0.02)  # the records' spacing, not a wait for a state
+        await until(lambda: count(engine, audit_log) == len(records), 10, "every record")
+    sizes = [size for size, _, _ in projector.batches]
+    assert sizes[0] == 1 and sum(sizes) == len(records) and len(sizes) <= 3, sizes
+    (_, _, first_ended), (_, second_began, _) = projector.batches[:2]
+    assert second_began - first_ended >= 0.99  # it lingered (asyncio may wake a hair early)
+
+
+async def test_run_follows_a_full_batch_at_once(engine: Engine, log, broker) -> None:
+    """A backlog is applied batch after batch without lingering: 30 records in batches of
+    10, with a linger far longer than the wait for them."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap_servers,
+                                         "linger.ms": 100})  # one producer batch
+    publish(producer, [log.used("m-alpha", 1, 1_700_000_000_000 + n) for n in range(30)])
+    projector = NotingBatches(engine, views(), topics=[POOL_EVENTS])
+    async with running(projector, broker, max_records=10, linger_ms=60_000):
+        await until(lambda: count(engine, audit_log) == 30, 20, "the backlog applied")
+    assert [size for size, _, _ in projector.batches] == [10, 10, 10]
 
 
 async def test_run_keeps_the_batch_while_the_database_is_away(engine: Engine, story) -> None:

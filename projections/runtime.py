@@ -365,9 +365,10 @@ class Projector:
 # time: each batch pays a transaction, the positions and a thread hand-off, whatever its
 # size. A full batch (a backlog) is followed at once; after an empty read, the next record
 # is applied as soon as it is read. Measured with 20-node chains back to back
-# (`pit bench dag`): the projector's process used 50-55% of a core without it, 33-35% with
-# it, and the chains went 29.8 -> 36.9 workflows/s (medians of four runs, README "The
-# projector's process"). The views lag the log by up to this much more under load.
+# (`pit bench dag`): the projector's process used 52-55% of a core without it, 34% with
+# it, and the chains went 30.5 -> 34.7 workflows/s (medians of eight alternating runs,
+# README "The projector's process"). The views lag the log by up to this much more under
+# load.
 LINGER_MS = 50
 
 

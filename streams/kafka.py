@@ -399,11 +399,19 @@ async def stop_consumer(consumer: Reader) -> None:
             raise
 
 
+STOP_FLUSH_S = 10.0  # the most a service's stop waits for its producer's queue
+
+
 async def stop_clients(consumer: Reader, producer: Producer, failed: bool) -> None:
     """Stop a service's consumer (or follower) and producer. After a failure nothing still
     queued may land (the service starts again from the log); otherwise the queue is
-    delivered."""
+    delivered, for up to STOP_FLUSH_S. Then the producer is closed: left open, a stopped service's
+    producer kept its threads and went on calling a broker that had gone (`pit bench dag`
+    printed librdkafka's "Connection refused" after its simulated crash). `close` waits for
+    whatever is still queued, so that is purged first: it was not delivered in time."""
     if failed:
         producer.purge()
     await stop_consumer(consumer)
-    await asyncio.to_thread(producer.flush, 0 if failed else 10)
+    if await asyncio.to_thread(producer.flush, 0 if failed else STOP_FLUSH_S):
+        producer.purge()
+    await asyncio.to_thread(producer.close)

@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from streams import kafka
 from streams.config import Settings
 from streams.kafka import make_producer, stop_clients, stop_consumer
 
@@ -36,6 +37,19 @@ async def test_a_cancellation_of_the_stopping_task_still_cancels_it() -> None:
     stopping.cancel()
     with pytest.raises(asyncio.CancelledError):
         await stopping
+
+
+@pytest.mark.parametrize("failed", [True, False])
+async def test_the_producer_is_closed_even_with_records_its_broker_never_took(
+        failed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped service's producer calls no broker any more; what it still held is
+    dropped first (`close` alone would wait for it as long as librdkafka retries)."""
+    monkeypatch.setattr(kafka, "STOP_FLUSH_S", 0.2)
+    producer = make_producer(Settings(bootstrap_servers="127.0.0.1:9"))
+    producer.produce("pit.nowhere", b"never delivered")
+    await asyncio.wait_for(stop_clients(_ConsumerCancelledInside(), producer, failed), 10)
+    with pytest.raises(RuntimeError, match="closed"):
+        producer.produce("pit.nowhere", b"after the stop")
 
 
 async def test_stop_consumer_swallows_a_cancelled_error_from_inside_the_consumers_stop() -> None:

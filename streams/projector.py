@@ -50,7 +50,13 @@ from streams import metrics
 from streams.components import COMPONENTS, views
 from streams.config import Settings
 from streams.errors import PitError
-from streams.kafka import make_producer, partitions_of, start_consumer, stop_consumer
+from streams.kafka import (
+    make_producer,
+    partitions_of,
+    start_consumer,
+    stop_clients,
+    stop_consumer,
+)
 from streams.process import Stopping, exit_now
 
 if TYPE_CHECKING:
@@ -95,8 +101,7 @@ async def project(projector: Projector, consumer: AIOKafkaConsumer, settings: Se
     try:
         await run(projector, consumer, stop, group=True, producer=producer)
     finally:
-        await stop_consumer(consumer)
-        await asyncio.to_thread(producer.flush, 10)
+        await stop_clients(consumer, producer, failed=False)
 
 
 async def drain(settings: Settings, projector: Projector, running: Callable[[], bool],

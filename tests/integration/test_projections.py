@@ -392,6 +392,14 @@ async def test_run_seeks_to_positions_and_projects(engine: Engine, story) -> Non
     assert count(engine, audit_log) == len(records)
 
 
+def publish(producer, records: list[LogRecord]) -> None:
+    """Produce `records` to their own partitions, every one acknowledged."""
+    for record in records:
+        producer.produce(record.topic, record.value, record.key, partition=record.partition,
+                         timestamp=record.timestamp_ms)
+    assert producer.flush(10) == 0
+
+
 async def test_run_against_the_embedded_broker(engine: Engine, log, story_of) -> None:
     """Through a real Kafka protocol broker (librdkafka's mock cluster): produce encoded
     events, let `run` consume them with aiokafka, restart, and nothing is applied twice."""
@@ -403,10 +411,7 @@ async def test_run_against_the_embedded_broker(engine: Engine, log, story_of) ->
     bootstrap = f"{broker.host}:{broker.port}"
     log.partitions = 4  # what the mock gives a topic it creates on first produce
     records = story_of(log)
-    for record in records:
-        producer.produce(record.topic, record.value, record.key, partition=record.partition,
-                         timestamp=record.timestamp_ms)
-    assert producer.flush(10) == 0
+    publish(producer, records)
 
     projector = Projector(engine, views(), topics=[POOL_EVENTS])
     for attempt in range(2):  # the second run resumes at the stored positions
@@ -461,13 +466,6 @@ async def running(projector: Projector, broker, **options):
         stop.set()
         await asyncio.wait_for(task, 10)
         await consumer.stop()
-
-
-def publish(producer, records: list[LogRecord]) -> None:
-    for record in records:
-        producer.produce(record.topic, record.value, record.key, partition=record.partition,
-                         timestamp=record.timestamp_ms)
-    assert producer.flush(10) == 0
 
 
 async def test_run_applies_records_that_keep_coming_together_after_lingering(

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from confluent_kafka import Producer
 from sqlalchemy import Engine, text
 
 from projections.runtime import create_schema
@@ -143,6 +144,15 @@ class Log:
             "processor": "test",
         })
         return self.append(RESULTS, command_id, value, at_ms)
+
+    @staticmethod
+    def publish(producer: Producer, records: Sequence[LogRecord]) -> None:
+        """Produce `records` to a broker, each to its own topic and partition, every one
+        acknowledged."""
+        for record in records:
+            producer.produce(record.topic, record.value, record.key, partition=record.partition,
+                             timestamp=record.timestamp_ms)
+        assert producer.flush(10) == 0
 
 
 @pytest.fixture

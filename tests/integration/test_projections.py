@@ -393,14 +393,6 @@ async def test_run_seeks_to_positions_and_projects(engine: Engine, story) -> Non
     assert count(engine, audit_log) == len(records)
 
 
-def publish(producer, records: list[LogRecord]) -> None:
-    """Produce `records` to their own partitions, every one acknowledged."""
-    for record in records:
-        producer.produce(record.topic, record.value, record.key, partition=record.partition,
-                         timestamp=record.timestamp_ms)
-    assert producer.flush(10) == 0
-
-
 async def test_run_against_the_embedded_broker(engine: Engine, log, story_of) -> None:
     """Through a real Kafka protocol broker (librdkafka's mock cluster): produce encoded
     events, let `run` consume them with aiokafka, restart, and nothing is applied twice."""
@@ -412,7 +404,7 @@ async def test_run_against_the_embedded_broker(engine: Engine, log, story_of) ->
     bootstrap = f"{broker.host}:{broker.port}"
     log.partitions = 4  # what the mock gives a topic it creates on first produce
     records = story_of(log)
-    publish(producer, records)
+    log.publish(producer, records)
 
     projector = Projector(engine, views(), topics=[POOL_EVENTS])
     for attempt in range(2):  # the second run resumes at the stored positions
@@ -475,22 +467,20 @@ async def test_run_applies_records_that_keep_coming_together_after_lingering(
     full, `run` lingers a second, so they are applied in a few batches - the first record's,
     one per whole second of publishing, and two more - not one per record.
 
-    The batch right after a linger holds what aiokafka had fetched when the linger began (it
-    does not fetch a partition again until that partition's buffered records are taken), so
-    it is small; what came during the linger follows one linger later. Reading through the
-    linger instead gave bigger batches but cost the projector's process more CPU in 20-node
-    chains (47-48% of a core against 35-37%), so the linger stays a wait."""
+    The batch right after a linger holds what aiokafka had fetched when the linger began, so
+    it is small; what came during the linger follows one linger later (README, "It lingers
+    under load")."""
     confluent_kafka = pytest.importorskip("confluent_kafka")
     producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap_servers,
                                          "linger.ms": 0})
     records = [log.used("m-alpha", 1, 1_700_000_000_000 + n) for n in range(12)]
     projector = NotingBatches(engine, views(), topics=[POOL_EVENTS])
     async with running(projector, broker, linger_ms=1000):
-        publish(producer, records[:1])
+        log.publish(producer, records[:1])
         await until(lambda: projector.batches, 10, "the first batch")
         began = time.monotonic()
         for record in records[1:]:
-            publish(producer, [record])
+            log.publish(producer, [record])
             await asyncio.sleep(0.02)  # the records' spacing, not a wait for a state
         publishing_s = time.monotonic() - began  # 0.3 s idle; longer on a busy machine
         await until(lambda: count(engine, audit_log) == len(records), 10, "every record")
@@ -507,7 +497,7 @@ async def test_run_follows_a_full_batch_at_once(engine: Engine, log, broker) -> 
     confluent_kafka = pytest.importorskip("confluent_kafka")
     producer = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap_servers,
                                          "linger.ms": 100})  # one producer batch
-    publish(producer, [log.used("m-alpha", 1, 1_700_000_000_000 + n) for n in range(30)])
+    log.publish(producer, [log.used("m-alpha", 1, 1_700_000_000_000 + n) for n in range(30)])
     projector = NotingBatches(engine, views(), topics=[POOL_EVENTS])
     async with running(projector, broker, max_records=10, linger_ms=60_000):
         await until(lambda: count(engine, audit_log) == 30, 20, "the backlog applied")

@@ -177,9 +177,7 @@ def test_kafka_log_reader_reads_what_the_archive_lacks(log) -> None:
     broker = next(iter(producer.list_topics(timeout=10).brokers.values()))
     log.partitions = 4  # the mock creates topics with 4 partitions
     records = many_events(log, n_models=4)
-    for r in records:
-        producer.produce(r.topic, r.value, r.key, partition=r.partition, timestamp=r.timestamp_ms)
-    assert producer.flush(10) == 0
+    log.publish(producer, records)
 
     reader = kafka_log_reader(Settings(bootstrap_servers=f"{broker.host}:{broker.port}"),
                               [POOL_EVENTS], timeout_s=10)
@@ -217,10 +215,7 @@ async def test_rebuild_view_uses_the_archive_and_kafka_when_it_answers(engine: E
     producer = confluent_kafka.Producer({"test.mock.num.brokers": 1, "linger.ms": 0})
     broker = next(iter(producer.list_topics(timeout=10).brokers.values()))
     kafka_log = many_events(type(log)(log.codec, partitions=4), n_models=4)
-    for r in kafka_log:
-        producer.produce(r.topic, r.value, r.key, partition=r.partition,
-                         timestamp=r.timestamp_ms)
-    assert producer.flush(10) == 0
+    log.publish(producer, kafka_log)
     with engine.begin() as conn:  # an archive that lags: only offsets 0..1 of each partition
         conn.execute(audit_log.delete())
         conn.execute(positions.delete())

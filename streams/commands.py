@@ -121,9 +121,10 @@ class OutcomeReader:
 
     It reads from the end as of when its first client started; a client started later waits
     only for commands it sends afterwards, whose outcomes come after that. Its fetches keep
-    their short wait while some client waits for an outcome (and IDLE_AFTER_S after:
-    `pace_fetches`). If it stops reading (its consumer failed), every wait fails at once
-    and the next client to start gets a new reader."""
+    their short wait while some client waits for an outcome in a hurry (and IDLE_AFTER_S
+    after: `pace_fetches`); a patient wait (a runner's, for the answer to a report it only
+    keeps owed until then) is met at the idle pace. If it stops reading (its consumer
+    failed), every wait fails at once and the next client to start gets a new reader."""
 
     _shared: ClassVar[WeakKeyDictionary[asyncio.AbstractEventLoop,
                                         dict[tuple[int, str], OutcomeReader]]] = (
@@ -136,9 +137,10 @@ class OutcomeReader:
         # command id -> the clients waiting for its outcome, each with its own future (one
         # that gives up cancels only its own)
         self.waiting: dict[str, dict[CommandClient, asyncio.Future[Outcome]]] = {}
-        # per client, how many command ids it waits on: `waits`, asked on every read of its
-        # tails, without a pass over every wait (a runner waits on thousands)
+        # per client, how many command ids it waits on in a hurry: `waits`, asked on every
+        # read of its tails, without a pass over every wait (a runner waits on thousands)
         self.pending: Counter[CommandClient] = Counter()
+        self.patient: set[asyncio.Future[Outcome]] = set()  # the waits `pending` leaves out
         self.consumer: AIOKafkaConsumer | None = None
         self._started: asyncio.Future[None] | None = None
         self._reading: asyncio.Task[None] | None = None
@@ -178,31 +180,43 @@ class OutcomeReader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reading
 
-    def expect(self, client: CommandClient, command_id: str) -> asyncio.Future[Outcome]:
+    def expect(self, client: CommandClient, command_id: str, *, patient: bool = False
+               ) -> asyncio.Future[Outcome]:
         waiters = self.waiting.setdefault(command_id, {})
         future = waiters.get(client)
         if future is None:
             future = waiters[client] = asyncio.get_running_loop().create_future()
-            self.pending[client] += 1
-            if len(self.waiting) == 1 and len(waiters) == 1 and self.consumer is not None:
-                from streams.kafka import pace_fetches
+            if patient:
+                self.patient.add(future)
+                return future
+        elif patient or future not in self.patient:
+            return future
+        else:
+            self.patient.discard(future)  # waited for in a hurry after all
+        self.pending[client] += 1
+        if len(self.pending) == 1 and self.pending[client] == 1 and self.consumer is not None:
+            from streams.kafka import pace_fetches
 
-                pace_fetches(self.consumer, True)  # waited for again: fetch at the short wait
+            pace_fetches(self.consumer, True)  # waited for again: fetch at the short wait
         return future
 
     def waits(self, client: CommandClient) -> bool:
-        """Whether `client` waits for some outcome."""
+        """Whether `client` waits for some outcome in a hurry."""
         return self.pending[client] > 0
 
     def forget(self, client: CommandClient, command_id: str) -> None:
         waiters = self.waiting.get(command_id)
         if waiters is not None:
-            if waiters.pop(client, None) is not None:
-                self._answered(client)
+            future = waiters.pop(client, None)
+            if future is not None:
+                self._answered(client, future)
             if not waiters:
                 del self.waiting[command_id]
 
-    def _answered(self, client: CommandClient) -> None:
+    def _answered(self, client: CommandClient, future: asyncio.Future[Outcome]) -> None:
+        if future in self.patient:
+            self.patient.discard(future)
+            return
         self.pending[client] -= 1
         if not self.pending[client]:
             del self.pending[client]
@@ -214,7 +228,7 @@ class OutcomeReader:
 
     async def _read(self, consumer: AIOKafkaConsumer) -> None:
         try:
-            await _hand_each(consumer, self._on_outcome, lambda: bool(self.waiting))
+            await _hand_each(consumer, self._on_outcome, lambda: bool(self.pending))
         except Exception as exc:  # no outcome will come: every wait fails now, not at its timeout
             self._unshare()
             failure = BrokerUnavailableError(f"reading {RESULTS} failed: {exc!r}")
@@ -224,6 +238,7 @@ class OutcomeReader:
                         future.set_exception(failure)
             self.waiting.clear()
             self.pending.clear()
+            self.patient.clear()
             log.warning("%s", failure)
 
     def _on_outcome(self, message: ConsumerRecord) -> None:
@@ -235,7 +250,7 @@ class OutcomeReader:
         except (SchemaError, KeyError):
             return
         for client, future in self.waiting.pop(outcome.command_id, {}).items():
-            self._answered(client)
+            self._answered(client, future)
             if not future.done():
                 future.set_result(outcome)
 
@@ -356,17 +371,19 @@ class CommandClient:
                                            key=decider.entity_of(command).encode())
         return command_id
 
-    def expect(self, command_id: str) -> asyncio.Future[Outcome]:
+    def expect(self, command_id: str, *, patient: bool = False) -> asyncio.Future[Outcome]:
         """The outcome of a command, once it comes (sent by this client or by a producer of
-        the caller's own; the client must be started)."""
+        the caller's own; the client must be started). A `patient` wait keeps no fetch
+        short: its outcome may come IDLE_FETCH_WAIT_MS late, unless something else is
+        waited for meanwhile."""
         if self._outcomes is None:
             raise PitError("the client is not started: call start() or use `async with`")
-        if not self._outcomes.waits(self):  # waiting again: the tails' fetches are short
+        if not patient and not self._outcomes.waits(self):  # the tails' fetches are short
             from streams.kafka import pace_fetches
 
             for tail in self._tails:
                 pace_fetches(tail, True)
-        return self._outcomes.expect(self, command_id)
+        return self._outcomes.expect(self, command_id, patient=patient)
 
     async def send(self, command: Message, *, command_id: str | None = None,
                    correlation_id: str | None = None, timeout: float = 10.0) -> Outcome:

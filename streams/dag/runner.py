@@ -1036,7 +1036,9 @@ class Runner:
         sender, client = reporter or self.reporter, self.client
         if sender is None or client is None:
             return
-        decided = client.expect(f"{task.task_id}/{final_suffix(result)}")
+        # patient: nothing waits on the answer but this bookkeeping, so the runner's outcome
+        # reader keeps its idle pace for it (README, "Patient waits")
+        decided = client.expect(f"{task.task_id}/{final_suffix(result)}", patient=True)
         await self._report(lambda: sender.finished(task, result, position), task, reporter)
         decided.add_done_callback(lambda _answer: self.owed.pop(task.task_id, None))
 

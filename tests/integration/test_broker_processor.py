@@ -669,6 +669,29 @@ async def test_outcomes_nobody_here_waits_for_let_the_shared_reader_idle(pit: Pi
         waiting.cancel()
 
 
+async def test_a_patient_wait_is_answered_at_the_idle_pace(pit: Pit, monkeypatch) -> None:
+    """A patient wait (a runner's, for the answer to a report it has sent) leaves the shared
+    reader fetching at the idle pace, and is answered all the same."""
+    monkeypatch.setattr(kafka, "IDLE_AFTER_S", 0.1)
+    async with PitClient(pit.settings, issued_by="patient") as client:
+        reader = client._outcomes
+        assert reader is not None
+
+        def fetch_wait() -> int:
+            return reader.consumer._fetcher._fetch_max_wait_ms
+
+        await until(lambda: fetch_wait() == kafka.IDLE_FETCH_WAIT_MS, 10,
+                    "the shared reader idle")
+        command_id = unique("cmd")
+        answer = client.expect(command_id, patient=True)
+        assert fetch_wait() == kafka.IDLE_FETCH_WAIT_MS and not reader.waits(client)
+        await client.publish(TransitionModel(unique("patient"), WARMING, USER),
+                             command_id=command_id)
+        outcome = await asyncio.wait_for(answer, 10)
+        assert outcome.accepted and outcome.command_id == command_id
+        assert fetch_wait() == kafka.IDLE_FETCH_WAIT_MS and not reader.patient
+
+
 async def test_clients_sharing_the_outcome_reader_each_get_their_own_answers(pit: Pit) -> None:
     """Each client's wait is its own: one that gives up on a command leaves another's wait
     for the same command alone, and a client that closes leaves the reader to the others."""

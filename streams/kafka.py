@@ -145,6 +145,15 @@ def make_producer(settings: Settings, **overrides: str | int) -> PitProducer:
     return PitProducer(config)
 
 
+ANY_PARTITION = -1  # an `Output`'s partition for a `keyed_producer` to choose by its key
+
+
+def keyed_producer(settings: Settings, **overrides: str | int) -> PitProducer:
+    """A producer that partitions by key as aiokafka clients do (murmur2), so a record keyed
+    like a client's command lands where that command would (its entity's partition)."""
+    return make_producer(settings, partitioner="murmur2_random", **overrides)
+
+
 # How long `acknowledged` waits on the event loop before it hands the wait to a thread, for
 # batches of at most INLINE_RECORDS, and how long a producer whose broker was slower than
 # that INLINE_MISSES times in a row waits in a thread only.

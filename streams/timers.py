@@ -79,7 +79,8 @@ if TYPE_CHECKING:  # the service's runtime, imported when it runs: deciders need
 log = logging.getLogger(__name__)
 
 PRODUCER = "timer-service"
-ANY_PARTITION = -1  # librdkafka: let the partitioner choose (by key)
+# streams.kafka's, kept here: the timer records are built without importing the runtime
+ANY_PARTITION = -1
 DONE_KEPT = 100_000  # done timer ids a TimerTable remembers, the most recent
 
 
@@ -283,13 +284,6 @@ def fold(table: TimerTable, codec: Codec, value: bytes | None) -> None:
     table.apply(decoded.name, decoded.record)
 
 
-def timer_producer(settings: Settings, **overrides: str | int) -> Producer:
-    """A producer that partitions by key as aiokafka clients do (murmur2)."""
-    from streams.kafka import make_producer
-
-    return make_producer(settings, partitioner="murmur2_random", **overrides)
-
-
 def wall_ms() -> int:
     return int(time.time() * 1000)
 
@@ -334,13 +328,13 @@ class TimerService:
     async def _run(self, stop: asyncio.Event) -> None:
         from streams import metrics
         from streams.follower import Follower
-        from streams.kafka import stop_clients
+        from streams.kafka import keyed_producer, stop_clients
 
         follower = Follower(self.settings, self.topics, self.db, max_records=self.max_batch)
         await follower.restore(lambda record: fold(self.table, self.codec, record.value), stop)
         if stop.is_set():
             return
-        producer = timer_producer(self.settings)
+        producer = keyed_producer(self.settings)
         failed = True
         try:
             await follower.start()

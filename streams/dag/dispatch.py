@@ -70,9 +70,10 @@ from streams.errors import SchemaError
 from streams.follower import Follower
 from streams.history import HistoryError, history_source, kafka_log_reader
 from streams.kafka import (
+    ANY_PARTITION,
     BUSY_FETCH_WAIT_MS,
     keep_running,
-    make_producer,
+    keyed_producer,
     partitions_of,
     produce_all,
     start_consumer,
@@ -96,7 +97,6 @@ EXECUTION_MOVED_ON = frozenset(
 POLICY_SET = ArbitrationPolicySet.avro_name  # the tenants' weights share the limit
 WATCHED = frozenset({NODE_SCHEDULED, *ATTEMPT_ENDED, *EXECUTION_MOVED_ON, POLICY_SET})
 TASK_PARTITION, TASK_OFFSET = "pit.task.partition", "pit.task.offset"  # on runner reports
-ANY_PARTITION = -1  # librdkafka: by key
 
 
 def _header(headers: Iterable[tuple[str, bytes]], name: str) -> int | None:
@@ -279,7 +279,7 @@ class TaskDispatcher:
         await self._restore(follower, stop)
         if stop.is_set():
             return
-        producer = make_producer(self.settings, partitioner="murmur2_random")
+        producer = keyed_producer(self.settings)
         failed = True
         try:
             await follower.start()

@@ -84,7 +84,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, TypeVarTuple
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from confluent_kafka import Consumer, KafkaException
 from confluent_kafka import KafkaError as RdKafkaError
@@ -129,7 +128,13 @@ from streams.errors import (
     PitError,
     SchemaError,
 )
-from streams.kafka import consume_ready
+from streams.kafka import (
+    ANY_PARTITION,
+    PitProducer,
+    consume_ready,
+    keyed_producer,
+    produce_all,
+)
 from streams.pool.pool import POOL
 from streams.process import (
     BROKER_POLL_S,
@@ -139,6 +144,7 @@ from streams.process import (
     gone_line,
     wait_for_broker,
 )
+from streams.processor import Output
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +165,7 @@ REVOKE_WAIT_S = 5.0
 # command the decider decodes, decides, logs and answers: a third of a short node's cost.
 START_REPORT_AFTER_S = 0.05
 COMMIT_WAIT_S = 2.0  # a commit the group refuses while it rebalances is tried this long
+REPORTER_CLOSE_S = 0.5  # a closing reporter waits this long for the broker to take the rest
 # How long the embedded broker holds a runner's empty fetch: a task waits half of it on average.
 # librdkafka's consumer cannot be paced while idle the way `streams.kafka.pace_fetches` paces
 # the processors', so an idle runner pays it: with 3 ms, 2.4% of a core in the runner and 1.7%
@@ -474,30 +481,44 @@ def final_suffix(result: Result) -> str:
 
 class KafkaReporter:
     """Reports as commands on pit.dag.commands, keyed by execution id (the decider's entity,
-    partitioned as every client partitions it); each call returns once the broker has
-    acknowledged the report."""
+    partitioned by murmur2 as every client partitions it); each call returns once the broker
+    has acknowledged the report.
+
+    Reports made while earlier ones are on their way go out together, in one produce and
+    one wait for the broker's acknowledgement (`produce_all`): a wide DAG's reports do not
+    each wait in turn, and a lone report (a chain's hop) goes at once. The producer is
+    librdkafka's, which builds and sends its requests in C, where aiokafka's did so in
+    Python on the runner's event loop (README, "The runner's reports in C")."""
 
     def __init__(self, settings: Settings, codec: Codec, runner_id: str,
                  run_id: str = "") -> None:
         self.settings, self.codec, self.runner_id = settings, codec, runner_id
         self.run_id = run_id or runner_id
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: PitProducer | None = None
+        self._queued: list[tuple[Output, asyncio.Future[None]]] = []
+        self._sending: asyncio.Task[None] | None = None
 
     async def start(self) -> KafkaReporter:
-        # no linger: reports sent together still go in one batch, and each waits for its ack
-        self.producer = AIOKafkaProducer(**self.settings.kafka_client_options(), linger_ms=0,
-                                         enable_idempotence=True)
-        try:
-            await self.producer.start()
-        except KafkaError as exc:
-            await self.producer.stop()
-            raise BrokerUnavailableError(
-                f"Kafka unreachable at {self.settings.bootstrap()}: {exc}") from None
+        # quiet, as the runner's consumers: a broker gone is the runner's to say, in one line
+        self.producer = keyed_producer(self.settings, log_level=0)
         return self
 
     async def close(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
+        """Close, after the broker has taken what is in flight or REPORTER_CLOSE_S has
+        passed (a drain closes once every report is acknowledged; a report lost here, with a
+        broker gone, leaves its task owed, to be reported again after a reconnect)."""
+        producer, self.producer = self.producer, None
+        if self._sending is not None:
+            self._sending.cancel()
+        closed = BrokerUnavailableError("the runner's reporter is closed")
+        for _, acknowledged in self._queued:
+            if not acknowledged.done():
+                acknowledged.set_exception(closed)
+        self._queued = []
+        if producer is not None:
+            if await asyncio.to_thread(producer.flush, REPORTER_CLOSE_S):
+                producer.purge()
+            await asyncio.to_thread(producer.close)
 
     async def _send(self, command: Message, task: Task, suffix: str,
                     headers: Sequence[tuple[str, bytes]] = ()) -> None:
@@ -505,9 +526,34 @@ class KafkaReporter:
                 "issued_by": f"pit-runner/{self.runner_id}",
                 "correlation_id": task.correlation_id or None}
         value = self.codec.encode(command.avro_name, {"meta": meta, **to_record(command)})
-        assert self.producer is not None, "KafkaReporter used before start()"
-        await self.producer.send_and_wait(DAG_COMMANDS, value, key=task.execution_id.encode(),
-                                          headers=list(headers) or None)
+        if self.producer is None:
+            raise BrokerUnavailableError("the runner's reporter is closed")
+        acknowledged = asyncio.get_running_loop().create_future()
+        self._queued.append((Output(DAG_COMMANDS, ANY_PARTITION, task.execution_id.encode(),
+                                    value, wall_ms(), tuple(headers)), acknowledged))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.ensure_future(self._send_queued())
+        await acknowledged
+
+    async def _send_queued(self) -> None:
+        """Produce what is queued, and again what was queued meanwhile, until nothing is."""
+        while self._queued and self.producer is not None:
+            batch, self._queued = self._queued, []
+            failure: BrokerUnavailableError | None = BrokerUnavailableError(
+                "the runner's reporter closed while sending")
+            try:
+                await produce_all(self.producer, [output for output, _ in batch])
+                failure = None
+            except BrokerUnavailableError as exc:
+                failure = exc
+            finally:
+                for _, acknowledged in batch:
+                    if acknowledged.done():  # its caller gave up
+                        continue
+                    if failure is None:
+                        acknowledged.set_result(None)
+                    else:
+                        acknowledged.set_exception(failure)
 
     async def started(self, task: Task) -> None:
         await self._send(started_report(task, self.runner_id), task,
@@ -1153,7 +1199,7 @@ class Runner:
                         sending.cancel()
                         return
                 return sending.result()
-            except KafkaError as exc:
+            except (KafkaError, BrokerUnavailableError) as exc:
                 self._say(f"a report on {task.task_id} was not acknowledged "
                           f"({_one_line(exc) or type(exc).__name__}); sending it again")
                 await asyncio.sleep(1.0)

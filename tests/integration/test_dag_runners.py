@@ -18,6 +18,7 @@ from collections import Counter
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as KafkaPartition
 from prometheus_client import REGISTRY
@@ -39,6 +40,7 @@ from streams.dag.execution import (
 )
 from streams.dag.topics import DAG_COMMANDS, DAG_EVENTS, DAG_TASKS
 from streams.decider import to_record
+from streams.errors import BrokerUnavailableError
 from streams.history import read_topic
 from streams.kafka import make_producer, produce_all, start_consumer
 from streams.log import SOURCE_OFFSET, SOURCE_PARTITION, source_headers, source_of
@@ -419,6 +421,47 @@ async def test_a_runner_stopped_mid_rebalance_holds_no_partition_when_it_closes(
     await runners.balanced(TASK_PARTITIONS)  # the second holds every partition
     await runners.close()
     assert held_at_close == [0, 0]
+
+
+async def test_reports_made_together_go_in_one_produce_each_on_its_executions_partition(
+        settings, codec, monkeypatch) -> None:
+    """Reports made while an earlier one is on its way go out together: forty at once take
+    at most two produce rounds (the first report's, then the rest), not forty. Each lands
+    on the partition aiokafka's partitioner gives its execution id, where the execution's
+    other commands go (a client's StartExecution, say): the decider holding the execution
+    reads it there."""
+    rounds: list[int] = []
+    produce_all = runner_module.produce_all
+
+    async def counted(producer, outputs, *args, **kwargs):
+        outputs = list(outputs)
+        rounds.append(len(outputs))
+        return await produce_all(producer, outputs, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "produce_all", counted)
+    tasks = [runner_module.Task(f"e{n}/n/1", f"e{n}", "n", 1, "operator") for n in range(40)]
+    reporter = await runner_module.KafkaReporter(settings, codec, "r1").start()
+    try:
+        await asyncio.gather(*(reporter.finished(task, runner_module.Completed('{"x": 1}'))
+                               for task in tasks))
+    finally:
+        await reporter.close()
+    assert sum(rounds) == 40 and len(rounds) <= 2, rounds
+    partitions = list(range(load_catalog()[DAG_COMMANDS].partitions))
+    landed = {record.key: record.partition for record in await read_topic(settings,
+                                                                           DAG_COMMANDS)}
+    assert landed == {task.execution_id.encode(): DefaultPartitioner()(
+        task.execution_id.encode(), partitions, partitions) for task in tasks}
+
+
+async def test_a_report_to_a_closed_reporter_fails_at_once(settings, codec) -> None:
+    """A reporter closed (its broker gone, say) fails a report at once with a clear error,
+    which the runner answers by sending it again on its next connection."""
+    reporter = await runner_module.KafkaReporter(settings, codec, "r1").start()
+    await reporter.close()
+    task = runner_module.Task("e/n/1", "e", "n", 1, "operator")
+    with pytest.raises(BrokerUnavailableError, match="reporter is closed"):
+        await reporter.finished(task, runner_module.Completed("{}"))
 
 
 async def test_a_crashed_runners_task_is_run_again_by_the_other(settings, codec, runners):

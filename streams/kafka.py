@@ -421,6 +421,12 @@ async def stop_clients(consumer: Reader, producer: Producer, failed: bool) -> No
     if failed:
         producer.purge()
     await stop_consumer(consumer)
-    if await asyncio.to_thread(producer.flush, 0 if failed else STOP_FLUSH_S):
+    await close_producer(producer, 0 if failed else STOP_FLUSH_S)
+
+
+async def close_producer(producer: Producer, flush_s: float) -> None:
+    """Close `producer` once its broker has taken what it holds or `flush_s` has passed;
+    what is left then is purged, since `close` alone would wait for it."""
+    if await asyncio.to_thread(producer.flush, flush_s):
         producer.purge()
     await asyncio.to_thread(producer.close)

@@ -79,8 +79,6 @@ if TYPE_CHECKING:  # the service's runtime, imported when it runs: deciders need
 log = logging.getLogger(__name__)
 
 PRODUCER = "timer-service"
-# streams.kafka's, kept here: the timer records are built without importing the runtime
-ANY_PARTITION = -1
 DONE_KEPT = 100_000  # done timer ids a TimerTable remembers, the most recent
 
 
@@ -242,6 +240,7 @@ def timer_output(codec: Codec, event: TimerScheduled | TimerCancelled | TimerFir
     """A timer record for pit.timers, keyed by its timer id. Its envelope's entity is the
     timer: TimerScheduled is its sequence 1, TimerCancelled/TimerFired its 2 (a timer
     scheduled by a decider has its sequence 1 on the decider's topic)."""
+    from streams.kafka import ANY_PARTITION
     from streams.processor import Output
 
     timer_id = event.timer_id
@@ -258,6 +257,7 @@ def timer_output(codec: Codec, event: TimerScheduled | TimerCancelled | TimerFir
 def command_output(codec: Codec, timer: Timer, now_ms: int) -> Output:
     """The timer's command, encoded with its current schema, its id the timer id.
     Raises SchemaError when `command_json` does not make a valid `command_type`."""
+    from streams.kafka import ANY_PARTITION
     from streams.processor import Output
 
     request = timer.request

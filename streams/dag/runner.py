@@ -131,6 +131,7 @@ from streams.errors import (
 from streams.kafka import (
     ANY_PARTITION,
     PitProducer,
+    close_producer,
     consume_ready,
     keyed_producer,
     produce_all,
@@ -516,9 +517,7 @@ class KafkaReporter:
                 acknowledged.set_exception(closed)
         self._queued = []
         if producer is not None:
-            if await asyncio.to_thread(producer.flush, REPORTER_CLOSE_S):
-                producer.purge()
-            await asyncio.to_thread(producer.close)
+            await close_producer(producer, REPORTER_CLOSE_S)
 
     async def _send(self, command: Message, task: Task, suffix: str,
                     headers: Sequence[tuple[str, bytes]] = ()) -> None:

@@ -23,7 +23,7 @@ from streams.config import Settings
 from streams.decider import Message
 from streams.errors import BrokerUnavailableError
 from streams.history import read_topic
-from streams.kafka import keyed_producer, produce_all
+from streams.kafka import ANY_PARTITION, keyed_producer, produce_all
 from streams.pool.lifecycle import RecordModelUsage
 from streams.pool.pool import POOL, ReportModelLoaded
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
@@ -287,7 +287,8 @@ async def test_a_decider_asks_for_a_timer_with_an_event_on_its_own_topic(tmp_pat
                 asked_at = wall_ms()
                 value = client.encode_command(RecordModelUsage(MODEL, 4), "ask-1", "run-1")
                 await produce_all(keyed_producer(stack.settings), [
-                    Output(decider.command_topic, -1, b"default", value, asked_at)])
+                    Output(decider.command_topic, ANY_PARTITION, b"default", value,
+                           asked_at)])
                 await until(lambda: fired_has(stack, "alarm/0"), what="the alarm")
                 # the pool's processor decides the fired command a moment later
                 await until(lambda: effect_of(stack, "alarm/0"), what="the alarm's effect")

@@ -15,11 +15,11 @@ from schemas.registry import EmbeddedRegistry
 from streams import timers
 from streams.decider import from_record, to_record
 from streams.errors import SchemaError
+from streams.kafka import ANY_PARTITION
 from streams.pool.lifecycle import ModelState, TransitionModel, TransitionReason
 from streams.pool.pool import POOL, RecordModelUsage
 from streams.pool.topics import POOL_COMMANDS
 from streams.timers import (
-    ANY_PARTITION,
     TIMER_EVENTS,
     Timer,
     TimerCancelled,

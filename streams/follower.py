@@ -49,6 +49,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
 from sqlalchemy import Engine
 
+from streams.archive import archived_records
 from streams.config import Settings
 from streams.decider import Decider, Message, from_record
 from streams.errors import BrokerUnavailableError, PitError, SchemaError
@@ -146,7 +147,9 @@ class Follower:
         settings = self.settings.librdkafka_config()
         consumer = Consumer({
             **settings, "group.id": "pit-follower", "enable.auto.commit": False,
-            "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+            # A position trimmed from the embedded broker meanwhile is an error the reading
+            # hands to `_read_trimmed`, not a silent jump to the new beginning.
+            "enable.auto.offset.store": False, "auto.offset.reset": "error",
             "fetch.wait.max.ms": self.fetch_max_wait_ms,
             "queued.max.messages.kbytes": QUEUED_KBYTES,
             # librdkafka reconnects on its own; what it says meanwhile goes to the log
@@ -192,18 +195,54 @@ class Follower:
                                                   timeout_ms / 1000, stop)
             if stop.is_set():
                 return
-            records = []
+            records, trimmed = [], []
             for message in messages:
                 error = message.error()
                 if error is None:
-                    records.append(LogRecord.from_librdkafka(message))
+                    record = LogRecord.from_librdkafka(message)
+                    records.append(record)
+                    self.positions[(record.topic, record.partition)] = record.offset + 1
+                elif error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    trimmed.append((str(message.topic()), int(message.partition() or 0)))
                 elif error.fatal():
                     raise BrokerUnavailableError(f"reading {', '.join(self.topics)}: {error}")
                 else:  # librdkafka retries on its own (a broker restarting, a leader moving)
                     log.debug("reading %s: %s", ", ".join(self.topics), error)
-            for record in records:
-                self.positions[(record.topic, record.partition)] = record.offset + 1
+            for topic, partition in trimmed:
+                records.extend(await self._read_trimmed(topic, partition, kafka))
             yield records
+
+    async def _read_trimmed(self, topic: str, partition: int, kafka: ThreadPoolExecutor
+                            ) -> list[LogRecord]:
+        """A partition whose position left Kafka (trimmed while this follower lagged: the Pit
+        trims only what the archive holds, streams/memory.py): what the archive holds from
+        the position on, then the consumer again just after it, so every record is still
+        handed over once, in order. Records in neither (a broker that dropped what was not
+        archived) are skipped, and said."""
+        tp, db = (topic, partition), self.db
+        position = self.positions[tp]
+        gap = [] if db is None else await asyncio.to_thread(
+            lambda: list(archived_records(db, [topic], {tp: position - 1},
+                                          partitions=[partition])))
+        if gap:
+            position = gap[-1].offset + 1
+        consumer = self._consumer
+        assert consumer is not None  # only while reading
+
+        def follow_on() -> int:
+            low, _ = consumer.get_watermark_offsets(KafkaPartition(topic, partition),
+                                                    timeout=START_TIMEOUT_S)
+            start = max(position, low)
+            consumer.incremental_unassign([KafkaPartition(topic, partition)])
+            consumer.incremental_assign([KafkaPartition(topic, partition, start)])
+            return start
+
+        start = await asyncio.get_running_loop().run_in_executor(kafka, follow_on)
+        if start > position:
+            log.error("%s[%d]: offsets %d..%d are in neither the archive nor Kafka; following"
+                      " on from %d", topic, partition, position, start - 1, start)
+        self.positions[tp] = start
+        return gap
 
     async def stop(self) -> None:
         """Close the consumer (after a read in progress, on its thread); a no-op before

@@ -28,11 +28,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
-KafkaReader = Callable[[dict[TopicPartition, int]], Iterable[LogRecord]]
+# kafka_reader(after, archived): the records beyond `after` (see `history_source`); with
+# `archived`, a partition missing from `after` had nothing read before Kafka's part, so
+# Kafka must hold it from offset 0 (else it was trimmed meanwhile: `LogTrimmed`).
+KafkaReader = Callable[[dict[TopicPartition, int], bool], Iterable[LogRecord]]
 
 
 class HistoryError(PitError):
     """The history cannot be read whole: a gap between archive and log, or no broker."""
+
+
+class LogTrimmed(HistoryError):
+    """Kafka no longer holds the records after those already read: trimmed meanwhile (the
+    Pit trims the embedded broker below what the archive holds), or never archived."""
 
 
 def history_source(engine: Engine | None, topics: Sequence[str],
@@ -41,9 +49,11 @@ def history_source(engine: Engine | None, topics: Sequence[str],
                    starts: Mapping[int, int] | None = None) -> Iterator[LogRecord]:
     """The whole history of `topics` (of `partitions`, or from offset `starts[p]` of each
     partition p in `starts`): the archive first, then whatever `kafka_reader` returns beyond
-    it. `kafka_reader(after)` gets the last offset per partition already given (or the one
-    before its start) and yields newer records (see `kafka_log_reader`); records at or
-    below what the archive already gave are dropped."""
+    it. `kafka_reader(after, archived)` gets the last offset per partition already given (or
+    the one before its start) and yields newer records (see `kafka_log_reader`); records at
+    or below what the archive already gave are dropped. Records trimmed from Kafka while
+    this reads (`LogTrimmed`: the Pit trims only what the archive holds) are read on from
+    the archive, then Kafka again beyond them."""
     if starts is not None:
         partitions = set(starts)
     begin = {(topic, p): first - 1 for topic in topics for p, first in (starts or {}).items()}
@@ -53,13 +63,27 @@ def history_source(engine: Engine | None, topics: Sequence[str],
     for record in archived:
         last[(record.topic, record.partition)] = record.offset
         yield record
-    if kafka_reader is None:
-        return
-    for record in kafka_reader(dict(last)):
-        tp = (record.topic, record.partition)
-        if record.offset > last.get(tp, -1):
-            last[tp] = record.offset
-            yield record
+    while kafka_reader is not None:
+        try:
+            for record in kafka_reader(dict(last), engine is not None):
+                tp = (record.topic, record.partition)
+                if record.offset > last.get(tp, -1):
+                    last[tp] = record.offset
+                    yield record
+            return
+        except LogTrimmed:
+            # Trimmed while this read: the archive holds what Kafka no longer does, unless
+            # it never did (no archive, or a gap in both) - then the history has a hole.
+            progressed = False
+            for record in () if engine is None else archived_records(
+                    engine, list(topics), dict(last), partitions=partitions):
+                tp = (record.topic, record.partition)
+                if record.offset > last.get(tp, -1):
+                    last[tp] = record.offset
+                    progressed = True
+                    yield record
+            if not progressed:
+                raise
 
 
 def latest_history(engine: Engine | None, topic: str, kafka_reader: KafkaReader | None,
@@ -73,7 +97,7 @@ def latest_history(engine: Engine | None, topic: str, kafka_reader: KafkaReader 
         last[(topic, record.partition)] = max(last.get((topic, record.partition), -1),
                                               record.offset)
     latest = {(r.partition, r.key): r for r in archived}
-    for record in kafka_reader(dict(last)) if kafka_reader is not None else ():
+    for record in kafka_reader(dict(last), engine is not None) if kafka_reader else ():
         if record.offset > last.get((topic, record.partition), -1):
             latest[(record.partition, record.key)] = record
     return sorted(latest.values(), key=lambda r: (r.partition, r.offset))
@@ -126,9 +150,10 @@ def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
         finally:
             probe.close()
 
-    def read(after: dict[TopicPartition, int]) -> Iterator[LogRecord]:
+    def read(after: dict[TopicPartition, int], archived: bool) -> Iterator[LogRecord]:
         consumer = Consumer({**config, "group.id": "pit-history",
-                             "enable.auto.commit": False, "enable.partition.eof": False})
+                             "enable.auto.commit": False, "enable.partition.eof": False,
+                             "auto.offset.reset": "error"})  # trimmed meanwhile: LogTrimmed
         try:
             try:
                 metadata = consumer.list_topics(timeout=timeout_s)
@@ -148,11 +173,12 @@ def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
                     except KafkaException as exc:
                         raise HistoryError(f"{topic}[{partition}]: no watermarks from Kafka at"
                                            f" {bootstrap_servers}: {exc}") from None
-                    last = after.get((topic, partition))
+                    last = after.get((topic, partition), -1 if archived else None)
                     if last is not None and low > last + 1:
-                        raise HistoryError(
-                            f"{topic}[{partition}]: the archive ends at offset {last} and Kafka "
-                            f"starts at {low}; offsets {last + 1}..{low - 1} are in neither")
+                        held = f"ends at offset {last}" if last >= 0 else "holds none of it"
+                        raise LogTrimmed(
+                            f"{topic}[{partition}]: the archive {held} and Kafka starts at"
+                            f" {low}; offsets {last + 1}..{low - 1} are in neither")
                     start = max(low, -1 if last is None else last + 1)
                     if start < high:
                         assignment.append(KafkaPartition(topic, partition, start))
@@ -169,6 +195,9 @@ def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         continue
+                    if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                        raise LogTrimmed(f"{message.topic()}[{message.partition()}]: trimmed"
+                                         f" from Kafka at {bootstrap_servers} while replaying")
                     raise HistoryError(f"Kafka error while replaying: {error}")
                 record = LogRecord.from_librdkafka(message)
                 tp = (record.topic, record.partition)
@@ -187,7 +216,7 @@ async def read_topic(settings: Settings, topic: str) -> list[LogRecord]:
     """Everything Kafka holds of a (small) topic right now, read off the event loop."""
     reader = kafka_log_reader(settings, [topic])
     assert reader is not None  # only an optional reader is ever missing
-    return await asyncio.to_thread(lambda: list(reader({})))
+    return await asyncio.to_thread(lambda: list(reader({}, False)))
 
 
 async def load_schemas(settings: Settings, registry: EmbeddedRegistry

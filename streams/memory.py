@@ -26,10 +26,18 @@ The embedded broker (librdkafka's mock) holds every record it keeps in memory, u
 per partition: some 600 MiB over the catalog's partitions, filled at the pace of the work.
 `trim_broker` deletes a partition's records once they are archived and every projection
 has applied them (the lowest position in projection_positions), were in the log
-BROKER_RETAIN_S ago (so a reader that took its archive position moments ago still finds the
-rest in Kafka), and every consumer group that reads the topic has committed past them.
+BROKER_RETAIN_S ago, and every consumer group that reads the topic has committed past them.
 Compacted topics are left alone (clients read _pit.schemas from Kafka; both are small).
 Everyone who reads history reads the archive first, then Kafka beyond it (streams/history.py).
+
+Why the broker keeps seconds, not minutes: the mock finds a fetch's offset by walking the
+partition's message sets from the oldest, so every fetch that returns records costs time in
+proportion to what the partition holds, on the one thread that serves every client. Held
+for a minute, 20-node chains run back to back slowed from 30 to 17 workflows a second within
+four rounds (README, "A fetch walks the partition's log"). A reader that lags more than
+BROKER_RETAIN_S loses nothing: a `Follower`, a history read and an `ExecutionLog` read the
+trimmed part from the archive; a command client's outcome reader reads on from the new
+beginning (an outcome trimmed unread is not seen: its waiter times out).
 
 The C heap: what Python and librdkafka free goes back to glibc's malloc, which keeps it -
 per arena, and glibc gives threads up to eight arenas per core - so RSS stays at each
@@ -71,8 +79,8 @@ ENDED_KEPT = 50        # ended entities kept in memory: the most recently ended
 LEDGER_KEPT = 500      # outcomes kept in memory: the most recent
 EVICT_EVERY_S = 5.0    # how often `keep_bounded` looks
 EVICT_BATCH = 2_000    # keys looked up in the archive per query
-BROKER_RETAIN_S = 60.0  # the embedded broker keeps at least what it held this long ago
-TRIM_EVERY_S = 15.0
+BROKER_RETAIN_S = 10.0  # the embedded broker keeps at least what it held this long ago
+TRIM_EVERY_S = 2.0
 HEAP_TRIM_EVERY_S = 60.0
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 OUTCOME = "pit.Outcome"

@@ -1,8 +1,9 @@
 """The log follower (streams/follower.py) through the embedded broker: every record once
-across the archive, Kafka and live; live reading starts where the history ended (or at
-a fresh partition's beginning), never at the end, even when records arrive during start-up;
-at the end when asked; it stops when told, without being cancelled; and a topic missing
-or a broker not answering at start is said in one line."""
+across the archive, Kafka and live, records trimmed from Kafka before it read them included
+(and the history it restores from, trimmed while it reads); live reading starts where the
+history ended (or at a fresh partition's beginning), never at the end, even when records
+arrive during start-up; at the end when asked; it stops when told, without being cancelled;
+and a topic missing or a broker not answering at start is said in one line."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from streams.broker import EmbeddedBroker, catalog_broker
 from streams.config import Settings
 from streams.errors import BrokerUnavailableError, PitError
 from streams.follower import Follower
-from streams.history import read_topic
+from streams.history import LogTrimmed, history_source, kafka_log_reader, read_topic
 from streams.kafka import make_producer, produce_all
 from streams.log import LogRecord
 from streams.pool.topics import POOL_EVENTS
@@ -98,6 +99,107 @@ async def test_every_record_once_across_the_archive_kafka_and_live(
     everything = await read_topic(settings, POOL_EVENTS)
     assert len(everything) == 40
     assert where(restored + live) == where(everything)  # nothing twice, nothing missed
+
+
+async def publish_pool_events(settings: Settings, values: list[bytes], numbers: range) -> None:
+    """Pool event n, keyed m<n>, on partition n mod 8, acknowledged before returning."""
+    await produce_all(make_producer(settings), [
+        Output(POOL_EVENTS, n % 8, f"m{n}".encode(), values[n], 1_700_000_000_000 + n)
+        for n in numbers])
+
+
+async def trim_to_end(settings: Settings, broker: EmbeddedBroker) -> None:
+    """Delete every record Kafka holds of pit.pool.events, as the Pit trims what is archived."""
+    ends: dict[int, int] = {}
+    for record in await read_topic(settings, POOL_EVENTS):
+        ends[record.partition] = record.offset + 1
+    for partition, end in ends.items():
+        await asyncio.to_thread(broker.delete_records, POOL_EVENTS, partition, end)
+
+
+async def test_records_trimmed_before_it_read_them_come_from_the_archive_in_order(
+        settings: Settings, broker: EmbeddedBroker, engine: Engine, log) -> None:
+    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
+              for n in range(30)]
+    await publish_pool_events(settings, values, range(10))
+    follower = Follower(settings, [POOL_EVENTS], engine)
+    restored: list[LogRecord] = []
+    await follower.restore(restored.append, asyncio.Event())
+    assert len(restored) == 10
+    # The follower lags: ten more records are written, archived and trimmed from Kafka
+    # before it reads them (its position is now below every partition's beginning).
+    await publish_pool_events(settings, values, range(10, 20))
+    held = await read_topic(settings, POOL_EVENTS)
+    Projector(engine, views=[]).apply_batch(held)
+    await trim_to_end(settings, broker)
+    await follower.start()
+    try:
+        await publish_pool_events(settings, values, range(20, 30))
+        live: list[LogRecord] = []
+        await read_until(follower, live, lambda: len(live) >= 20)
+    finally:
+        await follower.stop()
+    assert len(live) == 20  # the ten trimmed ones and the ten after, each once
+    assert sorted(r.value for r in live) == sorted(values[10:])
+    by_partition: dict[int, list[int]] = {}
+    for record in live:
+        by_partition.setdefault(record.partition, []).append(record.offset)
+    assert all(offsets == sorted(offsets) for offsets in by_partition.values())  # in order
+    after = [r for r in live if r.value in values[20:]]
+    assert where(restored + live) == sorted(where(held) + where(after))  # nothing twice
+
+
+async def test_records_trimmed_and_not_archived_are_skipped_and_said(
+        settings: Settings, broker: EmbeddedBroker, log, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
+              for n in range(30)]
+    await publish_pool_events(settings, values, range(10))
+    follower = Follower(settings, [POOL_EVENTS])  # no archive
+    await follower.restore(lambda record: None, asyncio.Event())
+    await publish_pool_events(settings, values, range(10, 20))
+    await trim_to_end(settings, broker)  # records 10..19: in neither, once trimmed
+    await follower.start()
+    try:
+        await publish_pool_events(settings, values, range(20, 30))
+        live: list[LogRecord] = []
+        await read_until(follower, live, lambda: len(live) >= 10)
+    finally:
+        await follower.stop()
+    assert sorted(r.value for r in live) == sorted(values[20:])
+    assert any("are in neither the archive nor Kafka" in m for m in caplog.messages)
+
+
+async def test_the_history_reads_on_from_the_archive_what_was_trimmed_while_it_read(
+        settings: Settings, broker: EmbeddedBroker, engine: Engine, log) -> None:
+    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
+              for n in range(24)]
+    await publish_pool_events(settings, values, range(16))
+    held = await read_topic(settings, POOL_EVENTS)
+    Projector(engine, views=[]).apply_batch(held[:8])
+    history = history_source(engine, [POOL_EVENTS], kafka_log_reader(settings, [POOL_EVENTS]))
+    first = [next(history) for _ in range(8)]  # the archive's part
+    # Meanwhile the Pit archives the rest and trims Kafka below it; more records follow.
+    Projector(engine, views=[]).apply_batch(held[8:])
+    await trim_to_end(settings, broker)
+    await publish_pool_events(settings, values, range(16, 24))
+    rest = await asyncio.to_thread(list, history)
+    everything = first + rest
+    assert sorted(r.value for r in everything) == sorted(values)  # each once
+    assert len(everything) == 24
+
+
+async def test_a_history_with_a_hole_in_both_is_a_clear_error(
+        settings: Settings, broker: EmbeddedBroker, log) -> None:
+    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
+              for n in range(8)]
+    await publish_pool_events(settings, values, range(8))
+    await trim_to_end(settings, broker)
+    history = history_source(None, [POOL_EVENTS], kafka_log_reader(settings, [POOL_EVENTS]),
+                             starts={0: 0})
+    with pytest.raises(LogTrimmed, match=r"pit\.pool\.events\[0\]: the archive holds none of it"
+                       r" and Kafka starts at 1; offsets 0\.\.0 are in neither"):
+        await asyncio.to_thread(list, history)
 
 
 async def test_it_follows_from_where_the_history_ended_never_from_the_end(

@@ -128,7 +128,8 @@ def test_rebuild_from_the_archive_then_kafka(engine: Engine, log) -> None:
     Projector(engine, views()).apply_batch(records[:30])  # the archive has the first 30
     asked: list[dict] = []
 
-    def kafka(after: dict) -> list[LogRecord]:
+    def kafka(after: dict, archived: bool) -> list[LogRecord]:
+        assert archived  # read after an archive: Kafka continues exactly where it stops
         asked.append(after)
         return records[20:]  # Kafka still holds a little of what the archive has, and more
 
@@ -181,14 +182,14 @@ def test_kafka_log_reader_reads_what_the_archive_lacks(log) -> None:
 
     reader = kafka_log_reader(Settings(bootstrap_servers=f"{broker.host}:{broker.port}"),
                               [POOL_EVENTS], timeout_s=10)
-    everything = list(reader({}))
+    everything = list(reader({}, False))
     key = lambda r: (r.partition, r.offset)  # noqa: E731
     assert sorted(map(key, everything)) == sorted(map(key, records))
     by_position = {key(r): r for r in records}
     assert all(r.value == by_position[key(r)].value and r.key == by_position[key(r)].key
                for r in everything)
     after = {(POOL_EVENTS, p): 1 for p in range(4)}
-    tail = list(reader(after))
+    tail = list(reader(after, True))
     assert sorted(map(key, tail)) == sorted(k for k in map(key, records) if k[1] > 1)
 
 

@@ -57,7 +57,8 @@ from collections.abc import Collection, Iterable, Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from sqlalchemy import Engine, func, select
 
 from schemas.codec import Codec
@@ -66,7 +67,6 @@ from streams.archive import audit_log
 from streams.config import Settings
 from streams.decider import Decider, from_record
 from streams.errors import PitError
-from streams.history import end_offsets
 from streams.sql import connection, positions
 from streams.topics import RESULTS, TopicSpec
 
@@ -287,16 +287,29 @@ async def keep_bounded(processor: Bounded, recall: ArchiveRecall,
 Partition = tuple[str, int]
 
 
-def _committed(settings: Settings, group: str, partitions: list[Partition]
-               ) -> dict[Partition, int]:
-    """The group's committed offsets (-1 where it committed none)."""
-    consumer = Consumer({**settings.librdkafka_config(), "group.id": group,
-                         "enable.auto.commit": False})
-    try:
-        found = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=10)
-        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in found}
-    finally:
-        consumer.close()
+class BrokerPositions:
+    """What a trim asks the broker - each partition's end, each group's committed offsets -
+    through one admin client kept for the trimmer's life: one request per question rather
+    than a consumer made per group and a round trip per partition (50 ms of CPU a look,
+    against 6-8: a look every two seconds made the first 2.5% of a core)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.admin = AdminClient(dict(settings.librdkafka_config()))
+
+    def ends(self, partitions: list[Partition]) -> dict[Partition, int]:
+        found = self.admin.list_offsets(
+            {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions},
+            request_timeout=10)
+        return {(tp.topic, tp.partition): future.result().offset
+                for tp, future in found.items()}
+
+    def committed(self, group: str, partitions: list[Partition]) -> dict[Partition, int]:
+        """The group's committed offsets (-1 where it committed none)."""
+        asked = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])
+        (future,) = self.admin.list_consumer_group_offsets([asked],
+                                                           request_timeout=10).values()
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1
+                for tp in future.result().topic_partitions}
 
 
 def applied_everywhere(engine: Engine) -> dict[Partition, int]:
@@ -332,17 +345,18 @@ async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine
                   for p in range(spec.partitions)]
     ends: list[tuple[float, dict[Partition, int]]] = []  # (monotonic time, ends then)
     trimmed: dict[Partition, int] = {}
+    broker_positions = await asyncio.to_thread(BrokerPositions, settings)
 
     def look() -> dict[Partition, int]:
         now = time.monotonic()
-        ends.append((now, end_offsets(settings, partitions)))
+        ends.append((now, broker_positions.ends(partitions)))
         while len(ends) > 1 and ends[1][0] <= now - retain_s:
             ends.pop(0)
         if ends[0][0] > now - retain_s:
             return {}  # not running long enough to know what the log held then
-        committed = [{tp: offset for tp, offset in _committed(
-            settings, group, [tp for tp in partitions if tp[0] in topics]).items()}
-            for group, topics in groups.items()]
+        committed = [broker_positions.committed(group,
+                                                [tp for tp in partitions if tp[0] in topics])
+                     for group, topics in groups.items()]
         return trim_points(applied_everywhere(engine), ends[0][1], committed)
 
     while not stop.is_set():

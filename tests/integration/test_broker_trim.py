@@ -1,0 +1,91 @@
+"""The Pit's trim of the embedded broker (`trim_broker`, streams/memory.py) on a running
+broker and a real archive: each partition starts where its records are archived, were in the
+log `retain_s` ago and are committed by every consumer group that reads it - the ends and
+the committed offsets asked of the broker itself (`BrokerPositions`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from confluent_kafka import Consumer, TopicPartition
+from sqlalchemy import Engine
+
+from projections.runtime import Projector
+from streams.broker import catalog_broker
+from streams.config import Settings
+from streams.history import read_topic
+from streams.kafka import make_producer, produce_all
+from streams.memory import BrokerPositions, trim_broker
+from streams.pool.topics import POOL_EVENTS
+from streams.processor import Output
+from streams.topics import load_catalog
+
+GROUP = "test.trim.readers"
+
+
+def commit(settings: Settings, offsets: dict[int, int]) -> None:
+    """Commit GROUP's offsets on pit.pool.events partitions, as a reader of it would."""
+    consumer = Consumer({**settings.librdkafka_config(), "group.id": GROUP,
+                         "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(POOL_EVENTS, p, offset)
+                                 for p, offset in offsets.items()], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+async def beginnings_become(settings: Settings, expected: dict[int, int],
+                            timeout_s: float = 20.0) -> dict[int, int]:
+    """Wait until the low watermarks of these partitions are `expected`; the last seen."""
+    consumer = Consumer({**settings.librdkafka_config(), "group.id": "test.trim.watch"})
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            seen = {p: (await asyncio.to_thread(consumer.get_watermark_offsets,
+                                                TopicPartition(POOL_EVENTS, p), 10))[0]
+                    for p in expected}
+            if seen == expected or time.monotonic() > deadline:
+                return seen
+            await asyncio.sleep(0.05)
+    finally:
+        consumer.close()
+
+
+async def test_it_trims_what_is_archived_old_enough_and_committed_by_every_group(
+        tmp_path, engine: Engine, log) -> None:
+    with catalog_broker() as broker:
+        settings = Settings(data_dir=tmp_path, bootstrap_servers=broker.bootstrap_servers)
+        # ten records on each of partitions 0, 1 and 2
+        records = [Output(POOL_EVENTS, n % 3, f"m{n}".encode(),
+                          log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n
+                                           ).value, 1_700_000_000_000 + n) for n in range(30)]
+        await produce_all(make_producer(settings), records)
+        positions = BrokerPositions(settings)
+        assert positions.ends([(POOL_EVENTS, p) for p in range(4)]) == {
+            (POOL_EVENTS, 0): 10, (POOL_EVENTS, 1): 10, (POOL_EVENTS, 2): 10,
+            (POOL_EVENTS, 3): 0}
+        assert positions.committed(GROUP, [(POOL_EVENTS, 0)]) == {(POOL_EVENTS, 0): -1}
+
+        # The archive holds all of partitions 0 and 1, and the first four of partition 2.
+        held = await read_topic(settings, POOL_EVENTS)
+        Projector(engine, views=[]).apply_batch(
+            [r for r in held if r.partition in (0, 1) or r.offset < 4])
+        commit(settings, {0: 6, 2: 10})  # the group read 6 of partition 0, none of 1
+        assert positions.committed(GROUP, [(POOL_EVENTS, 0), (POOL_EVENTS, 1)]) == {
+            (POOL_EVENTS, 0): 6, (POOL_EVENTS, 1): -1}
+
+        stop = asyncio.Event()
+        catalog = {POOL_EVENTS: load_catalog()[POOL_EVENTS]}
+        trimming = asyncio.create_task(trim_broker(
+            broker, settings, engine, catalog, {GROUP: (POOL_EVENTS,)}, stop,
+            every_s=0.05, retain_s=0.2))
+        try:
+            # 0: committed to 6; 1: committed nowhere, so kept; 2: archived up to 4
+            assert await beginnings_become(settings, {0: 6, 1: 0, 2: 4}) == {0: 6, 1: 0, 2: 4}
+            commit(settings, {0: 10, 1: 3})
+            assert await beginnings_become(settings, {0: 10, 1: 3, 2: 4}) == {0: 10, 1: 3, 2: 4}
+        finally:
+            stop.set()
+            await trimming
+        assert positions.ends([(POOL_EVENTS, 0)]) == {(POOL_EVENTS, 0): 10}  # ends stay

@@ -763,8 +763,8 @@ async def bench_throughput(scratch: Path, pit: PitFactory, wide: int = 2_000, de
     wide DAG (fan-out/fan-in, `wide` nodes at once) and of a deep one (a chain: every node
     waits for the one before), the hops of a second such chain by stage (`Arrivals.stages`),
     `chains` 20-node chains, and the wall time of a 10,000-node layered DAG (50 layers),
-    each from submitting to seeing ExecutionCompleted; and the chains again after the
-    Pit has worked for three times `BROKER_RETAIN_S` (`sustained_chains_per_s`)."""
+    each from submitting to seeing ExecutionCompleted; last, the chains again once the Pit
+    has worked for three times `BROKER_RETAIN_S` more (`sustained_chains_per_s`)."""
     data_dir = scratch / "throughput"
     async with pit(data_dir) as stack:
         dag = workflow_ops(stack.settings, codec=stack.codec)
@@ -784,9 +784,9 @@ async def bench_throughput(scratch: Path, pit: PitFactory, wide: int = 2_000, de
                     await run_to_end(stack, dag, deep_dag(deep), "bench-hops")
                 stages = arrivals.stages()
                 chain20 = await chains_per_s(stack, dag, chains)
-                sustained = await sustained_chains_per_s(stack, dag, chains)
                 ten_s = await run_to_end(stack, dag, layered_dag(count, seed=1, layers=50),
                                          "bench-10k")
+                sustained = await sustained_chains_per_s(stack, dag, chains)
             finally:
                 await runners.stop()
     hops = stages.pop("hop")

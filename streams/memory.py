@@ -294,7 +294,8 @@ class BrokerPositions:
     against 6-8: a look every two seconds made the first 2.5% of a core)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.admin = AdminClient(dict(settings.librdkafka_config()))
+        # quiet, as the followers' consumers: a failed look is logged by the trim itself
+        self.admin = AdminClient({**settings.librdkafka_config(), "log_level": 0})
 
     def ends(self, partitions: list[Partition]) -> dict[Partition, int]:
         found = self.admin.list_offsets(
@@ -347,29 +348,34 @@ async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine
     trimmed: dict[Partition, int] = {}
     broker_positions = await asyncio.to_thread(BrokerPositions, settings)
 
-    def look() -> dict[Partition, int]:
+    def look(asked: BrokerPositions) -> dict[Partition, int]:
         now = time.monotonic()
-        ends.append((now, broker_positions.ends(partitions)))
+        ends.append((now, asked.ends(partitions)))
         while len(ends) > 1 and ends[1][0] <= now - retain_s:
             ends.pop(0)
         if ends[0][0] > now - retain_s:
             return {}  # not running long enough to know what the log held then
-        committed = [broker_positions.committed(group,
-                                                [tp for tp in partitions if tp[0] in topics])
+        committed = [asked.committed(group, [tp for tp in partitions if tp[0] in topics])
                      for group, topics in groups.items()]
         return trim_points(applied_everywhere(engine), ends[0][1], committed)
 
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
-        try:
-            points = await asyncio.to_thread(look)
-            moved = {tp: point for tp, point in points.items() if point > trimmed.get(tp, 0)}
-            # off the event loop: each deletion waits ~50 ms for the mock's thread
-            await asyncio.to_thread(broker.delete_records_below, moved)
-            trimmed.update(moved)
-        except Exception:  # the archive or the broker busy for a moment: keep all, look again
-            log.exception("cannot trim the embedded broker")
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+            try:
+                points = await asyncio.to_thread(look, broker_positions)
+                moved = {tp: point for tp, point in points.items()
+                         if point > trimmed.get(tp, 0)}
+                # off the event loop: each deletion waits ~50 ms for the mock's thread
+                await asyncio.to_thread(broker.delete_records_below, moved)
+                trimmed.update(moved)
+            except Exception:  # the archive or the broker busy for a moment: look again
+                log.exception("cannot trim the embedded broker")
+    finally:
+        # librdkafka destroys the client with its last reference; a cancelled task keeps
+        # its frame, and the client would go on reconnecting to a stopped broker
+        del broker_positions
 
 
 # --- the C heap -------------------------------------------------------------------------------

@@ -218,7 +218,8 @@ class Follower:
         trims only what the archive holds, streams/memory.py): what the archive holds from
         the position on, then the consumer again just after it, so every record is still
         handed over once, in order. Records in neither (a broker that dropped what was not
-        archived) are skipped, and said."""
+        archived) are skipped, and said. A position past the log's end (a broker that lost
+        records and came back) reads the partition again from its beginning, and says so."""
         tp, db = (topic, partition), self.db
         position = self.positions[tp]
         gap = [] if db is None else await asyncio.to_thread(
@@ -230,9 +231,12 @@ class Follower:
         assert consumer is not None  # only while reading
 
         def follow_on() -> int:
-            low, _ = consumer.get_watermark_offsets(KafkaPartition(topic, partition),
-                                                    timeout=START_TIMEOUT_S)
-            start = max(position, low)
+            low, high = consumer.get_watermark_offsets(KafkaPartition(topic, partition),
+                                                       timeout=START_TIMEOUT_S)
+            # Past the end: a broker that lost records and came back, writing new ones at
+            # their offsets. Which are new is unknowable: it reads them all again, as the
+            # consumer's reset to the beginning did before.
+            start = max(position, low) if position <= high else low
             consumer.incremental_unassign([KafkaPartition(topic, partition)])
             consumer.incremental_assign([KafkaPartition(topic, partition, start)])
             return start
@@ -241,6 +245,10 @@ class Follower:
         if start > position:
             log.error("%s[%d]: offsets %d..%d are in neither the archive nor Kafka; following"
                       " on from %d", topic, partition, position, start - 1, start)
+        elif start < position:
+            log.error("%s[%d]: the log ends before this follower's position %d (a broker"
+                      " that lost records); reading it again from offset %d", topic,
+                      partition, position, start)
         self.positions[tp] = start
         return gap
 

@@ -170,6 +170,29 @@ async def test_records_trimmed_and_not_archived_are_skipped_and_said(
     assert any("are in neither the archive nor Kafka" in m for m in caplog.messages)
 
 
+async def test_a_position_past_the_end_reads_the_partition_again_and_says_so(
+        settings: Settings, log, caplog: pytest.LogCaptureFixture) -> None:
+    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
+              for n in range(16)]
+    await publish_pool_events(settings, values, range(8))  # one record on each partition
+    follower = Follower(settings, [POOL_EVENTS])
+    await follower.restore(lambda record: None, asyncio.Event())
+    # As if it had read 40 records of partition 0 from a broker that lost them since.
+    follower.positions[(POOL_EVENTS, 0)] = 40
+    await follower.start()
+    try:
+        await publish_pool_events(settings, values, range(8, 16))
+        live: list[LogRecord] = []
+        await read_until(follower, live, lambda: len(live) >= 9)
+    finally:
+        await follower.stop()
+    # partition 0 again from its beginning: nothing new missed (its old record again)
+    assert sorted(r.value for r in live) == sorted([values[0], *values[8:]])
+    assert follower.positions[(POOL_EVENTS, 0)] == 2
+    assert any("the log ends before this follower's position 40" in m and
+               "reading it again from offset 0" in m for m in caplog.messages)
+
+
 async def test_the_history_reads_on_from_the_archive_what_was_trimmed_while_it_read(
         settings: Settings, broker: EmbeddedBroker, engine: Engine, log) -> None:
     values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value

@@ -209,7 +209,9 @@ async def test_an_execution_log_read_for_some_event_types_decodes_only_those(pit
     assert ends == [e for e in everything if isinstance(e, NodeCompleted | ExecutionCompleted)]
     assert len(ends) == len(workflow.nodes) + 1
     assert set(decoded) == {"NodeCompleted", "ExecutionCompleted"}  # the rest undecoded
-    assert len(everything) > 2 * len(ends)  # scheduled, started, completed per node
+    # scheduled and completed per node, and the execution's start; a node's start only when
+    # its run lasted 50 ms (README, "Short runs report their start with their end")
+    assert len(everything) >= 2 * len(ends)
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -56,33 +56,32 @@ def history_source(engine: Engine | None, topics: Sequence[str],
     the archive, then Kafka again beyond them."""
     if starts is not None:
         partitions = set(starts)
-    begin = {(topic, p): first - 1 for topic in topics for p, first in (starts or {}).items()}
-    last: dict[TopicPartition, int] = dict(begin)
-    archived = () if engine is None else archived_records(engine, list(topics), begin,
-                                                            partitions=partitions)
-    for record in archived:
-        last[(record.topic, record.partition)] = record.offset
-        yield record
+    last: dict[TopicPartition, int] = {
+        (topic, p): first - 1 for topic in topics for p, first in (starts or {}).items()}
+
+    def beyond_last(records: Iterable[LogRecord]) -> Iterator[LogRecord]:
+        """The records past what was already given, each moving `last` on."""
+        for record in records:
+            tp = (record.topic, record.partition)
+            if record.offset > last.get(tp, -1):
+                last[tp] = record.offset
+                yield record
+
+    def archive() -> Iterable[LogRecord]:
+        return () if engine is None else archived_records(engine, list(topics), dict(last),
+                                                          partitions=partitions)
+
+    yield from beyond_last(archive())
     while kafka_reader is not None:
         try:
-            for record in kafka_reader(dict(last), engine is not None):
-                tp = (record.topic, record.partition)
-                if record.offset > last.get(tp, -1):
-                    last[tp] = record.offset
-                    yield record
+            yield from beyond_last(kafka_reader(dict(last), engine is not None))
             return
         except LogTrimmed:
             # Trimmed while this read: the archive holds what Kafka no longer does, unless
             # it never did (no archive, or a gap in both) - then the history has a hole.
-            progressed = False
-            for record in () if engine is None else archived_records(
-                    engine, list(topics), dict(last), partitions=partitions):
-                tp = (record.topic, record.partition)
-                if record.offset > last.get(tp, -1):
-                    last[tp] = record.offset
-                    progressed = True
-                    yield record
-            if not progressed:
+            given = dict(last)
+            yield from beyond_last(archive())
+            if last == given:
                 raise
 
 

@@ -71,14 +71,38 @@ def where(records: list[LogRecord]) -> list[tuple[int, int]]:
     return sorted((r.partition, r.offset) for r in records)
 
 
+def pool_event_values(log, count: int) -> list[bytes]:
+    """Real pool events (the projector archives them): model m<n> Cold -> Warming."""
+    return [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
+            for n in range(count)]
+
+
+async def publish_pool_events(settings: Settings, values: list[bytes], numbers: range) -> None:
+    """Pool event n, keyed m<n>, on partition n mod 8, acknowledged before returning."""
+    await produce_all(make_producer(settings), [
+        Output(POOL_EVENTS, n % 8, f"m{n}".encode(), values[n], 1_700_000_000_000 + n)
+        for n in numbers])
+
+
+async def follow_while_publishing(follower: Follower, settings: Settings, values: list[bytes],
+                                  numbers: range, until: int) -> list[LogRecord]:
+    """Start `follower`, publish pool events `numbers`, and read live until `until` records
+    came; the follower is stopped after."""
+    await follower.start()
+    try:
+        await publish_pool_events(settings, values, numbers)
+        live: list[LogRecord] = []
+        await read_until(follower, live, lambda: len(live) >= until)
+    finally:
+        await follower.stop()
+    return live
+
+
 async def test_every_record_once_across_the_archive_kafka_and_live(
         settings: Settings, engine: Engine, log) -> None:
     # real pool events, so the projector archives them; 8 partitions by model id
-    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
-              for n in range(40)]
-    await produce_all(make_producer(settings), [
-        Output(POOL_EVENTS, n % 8, f"m{n}".encode(), value, 1_700_000_000_000 + n)
-        for n, value in enumerate(values[:30])])
+    values = pool_event_values(log, 40)
+    await publish_pool_events(settings, values, range(30))
     in_kafka = await read_topic(settings, POOL_EVENTS)
     # the archive holds part; Kafka holds all
     Projector(engine, views=[]).apply_batch(in_kafka[:18])
@@ -87,25 +111,10 @@ async def test_every_record_once_across_the_archive_kafka_and_live(
     restored: list[LogRecord] = []
     await follower.restore(restored.append, asyncio.Event())
     assert where(restored) == where(in_kafka)  # each once: the overlap is not repeated
-    await follower.start()
-    try:
-        await produce_all(make_producer(settings), [
-            Output(POOL_EVENTS, n % 8, f"m{n}".encode(), values[n], 1_700_000_000_000 + n)
-            for n in range(30, 40)])
-        live: list[LogRecord] = []
-        await read_until(follower, live, lambda: len(live) >= 10)
-    finally:
-        await follower.stop()
+    live = await follow_while_publishing(follower, settings, values, range(30, 40), 10)
     everything = await read_topic(settings, POOL_EVENTS)
     assert len(everything) == 40
     assert where(restored + live) == where(everything)  # nothing twice, nothing missed
-
-
-async def publish_pool_events(settings: Settings, values: list[bytes], numbers: range) -> None:
-    """Pool event n, keyed m<n>, on partition n mod 8, acknowledged before returning."""
-    await produce_all(make_producer(settings), [
-        Output(POOL_EVENTS, n % 8, f"m{n}".encode(), values[n], 1_700_000_000_000 + n)
-        for n in numbers])
 
 
 async def trim_to_end(settings: Settings, broker: EmbeddedBroker) -> None:
@@ -119,8 +128,7 @@ async def trim_to_end(settings: Settings, broker: EmbeddedBroker) -> None:
 
 async def test_records_trimmed_before_it_read_them_come_from_the_archive_in_order(
         settings: Settings, broker: EmbeddedBroker, engine: Engine, log) -> None:
-    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
-              for n in range(30)]
+    values = pool_event_values(log, 30)
     await publish_pool_events(settings, values, range(10))
     follower = Follower(settings, [POOL_EVENTS], engine)
     restored: list[LogRecord] = []
@@ -132,13 +140,7 @@ async def test_records_trimmed_before_it_read_them_come_from_the_archive_in_orde
     held = await read_topic(settings, POOL_EVENTS)
     Projector(engine, views=[]).apply_batch(held)
     await trim_to_end(settings, broker)
-    await follower.start()
-    try:
-        await publish_pool_events(settings, values, range(20, 30))
-        live: list[LogRecord] = []
-        await read_until(follower, live, lambda: len(live) >= 20)
-    finally:
-        await follower.stop()
+    live = await follow_while_publishing(follower, settings, values, range(20, 30), 20)
     assert len(live) == 20  # the ten trimmed ones and the ten after, each once
     assert sorted(r.value for r in live) == sorted(values[10:])
     by_partition: dict[int, list[int]] = {}
@@ -152,40 +154,26 @@ async def test_records_trimmed_before_it_read_them_come_from_the_archive_in_orde
 async def test_records_trimmed_and_not_archived_are_skipped_and_said(
         settings: Settings, broker: EmbeddedBroker, log, caplog: pytest.LogCaptureFixture
         ) -> None:
-    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
-              for n in range(30)]
+    values = pool_event_values(log, 30)
     await publish_pool_events(settings, values, range(10))
     follower = Follower(settings, [POOL_EVENTS])  # no archive
     await follower.restore(lambda record: None, asyncio.Event())
     await publish_pool_events(settings, values, range(10, 20))
     await trim_to_end(settings, broker)  # records 10..19: in neither, once trimmed
-    await follower.start()
-    try:
-        await publish_pool_events(settings, values, range(20, 30))
-        live: list[LogRecord] = []
-        await read_until(follower, live, lambda: len(live) >= 10)
-    finally:
-        await follower.stop()
+    live = await follow_while_publishing(follower, settings, values, range(20, 30), 10)
     assert sorted(r.value for r in live) == sorted(values[20:])
     assert any("are in neither the archive nor Kafka" in m for m in caplog.messages)
 
 
 async def test_a_position_past_the_end_reads_the_partition_again_and_says_so(
         settings: Settings, log, caplog: pytest.LogCaptureFixture) -> None:
-    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
-              for n in range(16)]
+    values = pool_event_values(log, 16)
     await publish_pool_events(settings, values, range(8))  # one record on each partition
     follower = Follower(settings, [POOL_EVENTS])
     await follower.restore(lambda record: None, asyncio.Event())
     # As if it had read 40 records of partition 0 from a broker that lost them since.
     follower.positions[(POOL_EVENTS, 0)] = 40
-    await follower.start()
-    try:
-        await publish_pool_events(settings, values, range(8, 16))
-        live: list[LogRecord] = []
-        await read_until(follower, live, lambda: len(live) >= 9)
-    finally:
-        await follower.stop()
+    live = await follow_while_publishing(follower, settings, values, range(8, 16), 9)
     # partition 0 again from its beginning: nothing new missed (its old record again)
     assert sorted(r.value for r in live) == sorted([values[0], *values[8:]])
     assert follower.positions[(POOL_EVENTS, 0)] == 2
@@ -195,8 +183,7 @@ async def test_a_position_past_the_end_reads_the_partition_again_and_says_so(
 
 async def test_the_history_reads_on_from_the_archive_what_was_trimmed_while_it_read(
         settings: Settings, broker: EmbeddedBroker, engine: Engine, log) -> None:
-    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
-              for n in range(24)]
+    values = pool_event_values(log, 24)
     await publish_pool_events(settings, values, range(16))
     held = await read_topic(settings, POOL_EVENTS)
     Projector(engine, views=[]).apply_batch(held[:8])
@@ -214,8 +201,7 @@ async def test_the_history_reads_on_from_the_archive_what_was_trimmed_while_it_r
 
 async def test_a_history_with_a_hole_in_both_is_a_clear_error(
         settings: Settings, broker: EmbeddedBroker, log) -> None:
-    values = [log.transitioned(f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value
-              for n in range(8)]
+    values = pool_event_values(log, 8)
     await publish_pool_events(settings, values, range(8))
     await trim_to_end(settings, broker)
     history = history_source(None, [POOL_EVENTS], kafka_log_reader(settings, [POOL_EVENTS]),

@@ -27,7 +27,10 @@ per partition: some 600 MiB over the catalog's partitions, filled at the pace of
 `trim_broker` deletes a partition's records once they are archived and every projection
 has applied them (the lowest position in projection_positions), were in the log
 BROKER_RETAIN_S ago, and every consumer group that reads the topic has committed past them.
-Compacted topics are left alone (clients read _pit.schemas from Kafka; both are small).
+Every topic is trimmed but _pit.schemas, which clients read from Kafka alone. A compacted
+topic such as pit.dag.checkpoints is trimmed like the others: its readers read the archive's
+latest records first (`latest_history`), and the mock does not compact, so it would keep
+every record written - three or four a 20-node workflow - up to its cap of 5 MiB a partition.
 Everyone who reads history reads the archive first, then Kafka beyond it (streams/history.py).
 
 Why the broker keeps seconds, not minutes: the mock finds a fetch's offset by walking the
@@ -68,7 +71,7 @@ from streams.config import Settings
 from streams.decider import Decider, from_record
 from streams.errors import PitError
 from streams.sql import connection, positions
-from streams.topics import RESULTS, TopicSpec
+from streams.topics import RESULTS, SCHEMAS, TopicSpec
 
 if TYPE_CHECKING:
     from streams.broker import EmbeddedBroker
@@ -342,7 +345,7 @@ async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine
                       retain_s: float = BROKER_RETAIN_S) -> None:
     """Until `stop`: trim the embedded broker's partitions (rules above). `groups`: each
     consumer group's topics."""
-    partitions = [(spec.name, p) for spec in catalog.values() if not spec.compacted
+    partitions = [(spec.name, p) for spec in catalog.values() if spec.name != SCHEMAS
                   for p in range(spec.partitions)]
     ends: list[tuple[float, dict[Partition, int]]] = []  # (monotonic time, ends then)
     trimmed: dict[Partition, int] = {}

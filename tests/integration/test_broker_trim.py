@@ -12,14 +12,17 @@ from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy import Engine
 
 from projections.runtime import Projector
+from schemas.codec import Codec
 from streams.broker import catalog_broker
 from streams.config import Settings
-from streams.history import read_topic
+from streams.dag.topics import DAG_CHECKPOINTS
+from streams.history import kafka_log_reader, latest_history, read_topic
 from streams.kafka import make_producer, produce_all
 from streams.memory import BrokerPositions, trim_broker
 from streams.pool.topics import POOL_EVENTS
 from streams.processor import Output
-from streams.topics import load_catalog
+from streams.recovery import POINT
+from streams.topics import SCHEMAS, load_catalog
 
 GROUP = "test.trim.readers"
 
@@ -36,14 +39,16 @@ def commit(settings: Settings, offsets: dict[int, int]) -> None:
 
 
 async def beginnings_become(settings: Settings, expected: dict[int, int],
-                            timeout_s: float = 20.0) -> dict[int, int]:
-    """Wait until the low watermarks of these partitions are `expected`; the last seen."""
+                            timeout_s: float = 20.0, topic: str = POOL_EVENTS
+                            ) -> dict[int, int]:
+    """Wait until the low watermarks of these partitions of `topic` are `expected`; the last
+    seen."""
     consumer = Consumer({**settings.librdkafka_config(), "group.id": "test.trim.watch"})
     deadline = time.monotonic() + timeout_s
     try:
         while True:
             seen = {p: (await asyncio.to_thread(consumer.get_watermark_offsets,
-                                                TopicPartition(POOL_EVENTS, p), 10))[0]
+                                                TopicPartition(topic, p), 10))[0]
                     for p in expected}
             if seen == expected or time.monotonic() > deadline:
                 return seen
@@ -89,3 +94,46 @@ async def test_it_trims_what_is_archived_old_enough_and_committed_by_every_group
             stop.set()
             await trimming
         assert positions.ends([(POOL_EVENTS, 0)]) == {(POOL_EVENTS, 0): 10}  # ends stay
+
+
+async def test_a_compacted_topic_is_trimmed_as_the_others_and_the_schemas_never(
+        tmp_path, engine: Engine, codec: Codec) -> None:
+    """pit.dag.checkpoints is compacted, and the mock does not compact: untrimmed, it kept
+    every record written. A restore reads it archive first (`latest_history`), and reads the
+    same after the trim. _pit.schemas, which clients read from Kafka alone, keeps all."""
+    with catalog_broker() as broker:
+        settings = Settings(data_dir=tmp_path, bootstrap_servers=broker.bootstrap_servers)
+        # three executions on partition 0, each recorded twice: its start, then its end
+        points = [Output(DAG_CHECKPOINTS, 0, f"e{n % 3}".encode(), codec.encode(POINT, {
+            "entity_key": f"e{n % 3}", "events_offset": -1 if n >= 3 else n,
+            "results_offset": n, "sequence": n, "last_at": n, "final": b""}),
+            1_700_000_000_000 + n) for n in range(6)]
+        schemas = [Output(SCHEMAS, 0, f"s{n}".encode(), b'{"schema": "x"}',
+                          1_700_000_000_000 + n) for n in range(3)]
+        await produce_all(make_producer(settings), points + schemas)
+
+        def restore_read() -> list[tuple[bytes | None, int]]:
+            reader = kafka_log_reader(settings, [DAG_CHECKPOINTS], partitions={0})
+            return [(r.key, r.offset) for r in latest_history(engine, DAG_CHECKPOINTS,
+                                                              reader, {0})]
+
+        # the archive holds the schemas and the first four checkpoint records
+        held = await read_topic(settings, DAG_CHECKPOINTS) + await read_topic(settings, SCHEMAS)
+        Projector(engine, views=[]).apply_batch(
+            [r for r in held if r.topic == SCHEMAS or r.offset < 4])
+        before = restore_read()
+        assert before == [(b"e0", 3), (b"e1", 4), (b"e2", 5)]
+
+        stop = asyncio.Event()
+        catalog = {name: load_catalog()[name] for name in (DAG_CHECKPOINTS, SCHEMAS)}
+        assert all(spec.compacted for spec in catalog.values())
+        trimming = asyncio.create_task(trim_broker(
+            broker, settings, engine, catalog, {}, stop, every_s=0.05, retain_s=0.2))
+        try:
+            assert await beginnings_become(settings, {0: 4}, topic=DAG_CHECKPOINTS) == {0: 4}
+        finally:
+            stop.set()
+            await trimming
+        # the schemas' one partition was looked at in the same passes, and kept
+        assert await beginnings_become(settings, {0: 0}, topic=SCHEMAS) == {0: 0}
+        assert restore_read() == before

@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "timer-service"
 DONE_KEPT = 100_000  # done timer ids a TimerTable remembers, the most recent
+HEAP_SLACK = 1_000   # cancelled timers a TimerTable's heap may hold beyond its pending ones
 
 
 # --- the records ------------------------------------------------------------------------------
@@ -185,13 +186,14 @@ class TimerTable:
     TimerScheduled read again for an id forgotten earlier fires once more, a duplicate its
     processor answers with the first outcome (ids are command ids)."""
 
-    def __init__(self) -> None:
+    def __init__(self, heap_slack: int = HEAP_SLACK) -> None:
+        self.heap_slack = heap_slack
         self.pending: dict[str, Timer] = {}
         # The oldest are forgotten first. An OrderedDict, not a dict: a dict's deleted entries
         # stay at the front of its table until it is rebuilt, and finding the first live one
-        # took ~90 µs per resolve once DONE_KEPT was reached (2 µs this way).
+        # took ~80 µs per resolve once DONE_KEPT was reached (3 µs this way).
         self.done: OrderedDict[str, None] = OrderedDict()
-        self._heap: list[tuple[int, str]] = []  # (due, id); cancelled entries left to skip
+        self._heap: list[tuple[int, str]] = []  # (due, id); cancelled ones skipped: `_compact`
 
     def schedule(self, timer: Timer) -> bool:
         """Add a timer; False when its id is already pending or done."""
@@ -204,7 +206,17 @@ class TimerTable:
     def resolve(self, timer_id: str) -> None:
         """The timer fired or was cancelled: it never fires (again)."""
         self._done(timer_id)
-        self.pending.pop(timer_id, None)
+        if self.pending.pop(timer_id, None) is not None:
+            self._compact()
+
+    def _compact(self) -> None:
+        """A cancelled timer stays in the heap until it comes due, and is skipped then. Once
+        they are more than half of it (and `heap_slack` besides), the heap is rebuilt from
+        the pending timers: long timeouts cancelled early - an hour's node timeouts, each
+        cancelled within a second - would hold an hour of timers, some 100 bytes each."""
+        if len(self._heap) > 2 * len(self.pending) + self.heap_slack:
+            self._heap = [(timer.due_at_ms, timer_id) for timer_id, timer in self.pending.items()]
+            heapq.heapify(self._heap)
 
     def _done(self, timer_id: str) -> None:
         self.done[timer_id] = None

@@ -211,11 +211,14 @@ def kafka_log_reader(settings: Settings, topics: Sequence[str], *,
     return read
 
 
-async def read_topic(settings: Settings, topic: str) -> list[LogRecord]:
-    """Everything Kafka holds of a (small) topic right now, read off the event loop."""
+async def read_topic(settings: Settings, topic: str, engine: Engine | None = None
+                     ) -> list[LogRecord]:
+    """Everything Kafka holds of a (small) topic right now, read off the event loop; with
+    the archive's `engine`, everything the topic ever held: the archive, then Kafka beyond
+    it (the Pit trims from its embedded broker what the archive holds: streams/memory.py)."""
     reader = kafka_log_reader(settings, [topic])
     assert reader is not None  # only an optional reader is ever missing
-    return await asyncio.to_thread(lambda: list(reader({}, False)))
+    return await asyncio.to_thread(lambda: list(history_source(engine, [topic], reader)))
 
 
 async def load_schemas(settings: Settings, registry: EmbeddedRegistry

@@ -145,7 +145,7 @@ async def test_a_restarted_pit_restores_from_the_checkpoint_topic(tmp_path, capl
                                   "three checkpoints")
         await runners.close(crash=True)
         before = {e.node_id for e in watch.of(NodeCompleted)}
-        logged = await read_topic(stack.settings, DAG_EVENTS)
+        logged = await read_topic(stack.settings, DAG_EVENTS, stack.engine)
         done_events = [r.value for r in logged if r.key == b"done-0"]
     finally:
         await stack.close()  # the processors finish their batch, the archive catches up
@@ -186,7 +186,7 @@ async def test_a_restarted_pit_restores_from_the_checkpoint_topic(tmp_path, capl
                 other = await client.send(StartExecution("done-0", base.canonical_json()))
         finally:
             await runners.close()
-        logged = await read_topic(stack.settings, DAG_EVENTS)
+        logged = await read_topic(stack.settings, DAG_EVENTS, stack.engine)
     assert result.ok, result
     assert watch.completed == Counter(dict.fromkeys(expected, 1))  # no node ran twice
     assert {e.node_id: json.loads(e.output)["out"] for e in watch.of(NodeCompleted)} == expected

@@ -139,7 +139,7 @@ async def test_the_instruments_model_is_prewarmed_while_the_slow_operator_runs(t
             await log.wait(lambda e: isinstance(e, ExecutionCompleted), "the execution's end")
 
             warms = [from_record(WarmModel, stack.codec.decode(r.value).record)
-                     for r in await read_topic(stack.settings, POOL_COMMANDS)
+                     for r in await read_topic(stack.settings, POOL_COMMANDS, stack.engine)
                      if r.value and stack.codec.decode(r.value).name == WarmModel.avro_name]
             assert [(w.model_id, w.reason) for w in warms] == [
                 (model, f"lookahead {execution}/summarize")]

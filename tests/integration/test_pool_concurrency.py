@@ -34,10 +34,10 @@ from streams.pool.topics import POOL_EVENTS
 SENTIMENT = "python:streams.pool.examples:sentiment"
 
 
-async def pool_log(settings: Settings) -> list:
+async def pool_log(stack: Stack) -> list:
     codec = Codec(EmbeddedRegistry())
     events = []
-    for record in await read_topic(settings, POOL_EVENTS):
+    for record in await read_topic(stack.settings, POOL_EVENTS, stack.engine):
         decoded = codec.decode(record.value)
         events.append(from_record(POOL.event_type(decoded.name), decoded.record))
     return events
@@ -79,7 +79,7 @@ async def test_concurrent_allocations_load_each_model_once_and_lose_none(tmp_pat
                                           for a in allocations))
         assert all(outcome.accepted for outcome in released)
 
-        log = await pool_log(stack.settings)
+        log = await pool_log(stack)
         loads = Counter(e.model_id for e in log if isinstance(e, LoadRequested))
         assert loads == Counter({m: 1 for m in set(wanted)})  # no double load
         assert Counter(e.model_id for e in log if isinstance(e, ModelLoaded)) == loads
@@ -118,7 +118,7 @@ async def test_concurrent_allocations_beyond_capacity_evict_only_idle_models(tmp
                                               for i in range(10)))
         assert results.count("granted") >= 8
 
-        log = await pool_log(stack.settings)
+        log = await pool_log(stack)
         held: set[str] = set()
         allocated: Counter = Counter()
         for event in log:

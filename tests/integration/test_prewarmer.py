@@ -153,7 +153,7 @@ class Workflow:
 
 async def warm_models_sent(stack: Stack) -> list[WarmModel]:
     found = []
-    for record in await read_topic(stack.settings, POOL_COMMANDS):
+    for record in await read_topic(stack.settings, POOL_COMMANDS, stack.engine):
         if record.value is None:
             continue
         decoded = stack.codec.decode(record.value)

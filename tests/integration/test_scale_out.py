@@ -61,12 +61,13 @@ def leaders(*stacks: Stack) -> list[Stack]:
 
 
 async def relayed_tasks(stack: Stack) -> Counter:
-    return Counter(record.key.decode() for record in await read_topic(stack.settings, DAG_TASKS))
+    return Counter(record.key.decode()
+                   for record in await read_topic(stack.settings, DAG_TASKS, stack.engine))
 
 
 async def completed_nodes(stack: Stack, execution: str) -> Counter:
     found: Counter = Counter()
-    for record in await read_topic(stack.settings, DAG_EVENTS):
+    for record in await read_topic(stack.settings, DAG_EVENTS, stack.engine):
         if record.key == execution.encode():
             decoded = stack.codec.decode(record.value)
             if decoded.name.endswith("NodeCompleted"):

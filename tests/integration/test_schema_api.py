@@ -29,7 +29,7 @@ async def test_confluents_deserializer_decodes_our_events_through_pit_ups_regist
                      without={"host-monitor"}) as stack, \
             PitClient(stack.settings, issued_by="registry-test") as pit:
         assert (await pit.pool.register_model("reg-m", SENTIMENT, 50, 5)).accepted
-        raw = next(r for r in await read_topic(stack.settings, POOL_EVENTS)
+        raw = next(r for r in await read_topic(stack.settings, POOL_EVENTS, stack.engine)
                    if r.value is not None and stack.codec.decode(r.value).name == REGISTERED)
         ours = next(r for name, r, _ in await records(stack, POOL_EVENTS) if name == REGISTERED)
 

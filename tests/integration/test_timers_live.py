@@ -48,7 +48,7 @@ async def records(stack: Stack, topic: str) -> list[tuple[str, dict, int]]:
     """(Avro name, record, Kafka timestamp) of every record on `topic`, in log order per
     partition."""
     found = []
-    for record in await read_topic(stack.settings, topic):
+    for record in await read_topic(stack.settings, topic, stack.engine):
         if record.value is not None:
             decoded = stack.codec.decode(record.value)
             found.append((decoded.name, decoded.record, record.timestamp_ms))

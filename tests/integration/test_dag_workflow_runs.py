@@ -27,12 +27,14 @@ from streams.app import Stack
 from streams.blobs import blob_store
 from streams.client import PitClient
 from streams.config import Settings
+from streams.dag.bench import HOP_STAGES, Arrivals
 from streams.dag.definition import (
     OPERATORS,
     Backoff,
     Condition,
     Recovery,
     WorkflowBuilder,
+    deep_dag,
     sleepy_dag,
     wide_dag,
 )
@@ -216,6 +218,23 @@ async def test_an_execution_log_read_for_some_event_types_decodes_only_those(pit
     # scheduled and completed per node, and the execution's start; a node's start only when
     # its run lasted 50 ms (README, "Short runs report their start with their end")
     assert len(everything) >= 2 * len(ends)
+
+
+async def test_the_bench_times_every_hop_of_a_chain_by_stage(pit) -> None:
+    """`pit bench dag`'s watch (`Arrivals`, in a process of its own) sees each record of a
+    chain, the last report too though it stops as soon as the execution ended: every hop is
+    timed, and its three stages add up to it."""
+    if not pit.runs:
+        pit.runner("r1")
+    async with Arrivals(pit.stack.settings, pit.stack.codec, "bench-stages") as arrivals:
+        execution = await pit.client.dag.execute_workflow(deep_dag(5),
+                                                          execution_id="bench-stages")
+        assert (await pit.client.dag.await_result(execution, timeout=30)).ok
+    stages = arrivals.stages()
+    assert len(stages["hop"]) == 4
+    for n, hop in enumerate(stages["hop"]):
+        assert all(stages[stage][n] >= 0 for stage in HOP_STAGES)
+        assert sum(stages[stage][n] for stage in HOP_STAGES) == pytest.approx(hop)
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -224,12 +224,14 @@ async def test_the_bench_times_every_hop_of_a_chain_by_stage(pit) -> None:
     """`pit bench dag`'s watch (`Arrivals`, in a process of its own) sees each record of a
     chain, the last report too though it stops as soon as the execution ended: every hop is
     timed, and its three stages add up to it."""
-    if not pit.runs:
-        pit.runner("r1")
-    async with Arrivals(pit.stack.settings, pit.stack.codec, "bench-stages") as arrivals:
-        execution = await pit.client.dag.execute_workflow(deep_dag(5),
-                                                          execution_id="bench-stages")
-        assert (await pit.client.dag.await_result(execution, timeout=30)).ok
+    pit.runner("r-stages")
+    try:
+        async with Arrivals(pit.stack.settings, pit.stack.codec, "bench-stages") as arrivals:
+            execution = await pit.client.dag.execute_workflow(deep_dag(5),
+                                                              execution_id="bench-stages")
+            assert (await pit.client.dag.await_result(execution, timeout=30)).ok
+    finally:
+        await pit.stop("r-stages")  # the session's Pit: the next test starts its own runners
     stages = arrivals.stages()
     assert len(stages["hop"]) == 4
     for n, hop in enumerate(stages["hop"]):

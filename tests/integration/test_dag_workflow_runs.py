@@ -92,6 +92,10 @@ class Pit:
         self.runs: dict[str, tuple[Runner, asyncio.Event, asyncio.Task]] = {}
 
     def runner(self, runner_id: str, **options) -> Runner:
+        # A second runner under a running one's id would orphan it, still taking tasks that
+        # later tests expect elsewhere (it happened once: the clean-clone CI run of 20a7b52)
+        if runner_id in self.runs:
+            raise RuntimeError(f"runner {runner_id!r} is already running in this module's Pit")
         runner = Runner(self.stack.settings, runner_id=runner_id, codec=self.stack.codec,
                         session_timeout_ms=3000, revoke_wait_s=2.0, inline_limit=4096,
                         say=lambda _line: None, **options)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import statistics
 import tempfile
 import time
@@ -43,7 +44,7 @@ from streams.pool.lifecycle import (
     TransitionReason,
 )
 from streams.pool.topics import POOL_COMMANDS, POOL_EVENTS
-from streams.processor import ArchiveFirst, Output, Processor, run_processor
+from streams.processor import ArchiveFirst, Output, Processor, Unarchived, run_processor
 from streams.sql import connect, create_tables
 from streams.stats import percentile
 from streams.topics import RESULTS, load_catalog
@@ -121,7 +122,9 @@ async def processor_running(settings: Settings) -> AsyncIterator[None]:
         processor = Processor(LIFECYCLE, Codec(EmbeddedRegistry()))
         stop, ready = asyncio.Event(), asyncio.Event()
         engine = _archive(scratch)
-        durable = ArchiveFirst(engine, pending_engine(engine))
+        # No projector runs here: nothing would ever be archived to wait for
+        durable = ArchiveFirst(engine, pending_engine(engine),
+                               unarchived=Unarchived(limit=math.inf))
         task = asyncio.create_task(run_processor(processor, settings, engine, stop, ready,
                                                  archive_first=durable))
         await ready.wait()

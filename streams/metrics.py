@@ -51,6 +51,11 @@ CONSUMER_LAG = Gauge("pit_consumer_lag_records", "Records between position and h
 RESTORE_ORPHANS = Counter("pit_restore_orphans_total",
                           "Derived records a restore left out: their source was not durable",
                           ["topic"])
+ARCHIVE_WAITS = Counter("pit_processor_archive_waits_total",
+                        "Times a processor waited for the archive before writing more events"
+                        " than the embedded broker may keep unarchived", ["component"])
+ARCHIVE_WAIT_SECONDS = Counter("pit_processor_archive_wait_seconds_total",
+                               "Time processors spent waiting for the archive", ["component"])
 PROCESSOR_RESTARTS = Counter("pit_processor_restarts_total",
                              "Times a processor started over from the log after a Kafka failure",
                              ["component"])

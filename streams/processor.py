@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -34,7 +34,7 @@ from sqlalchemy import Engine
 
 from schemas.codec import Codec
 from streams import metrics
-from streams.archive import keep_pending, prune_pending
+from streams.archive import AUDIT, keep_pending, prune_pending
 from streams.decider import (
     MAX_ID_CHARS,
     Decided,
@@ -57,6 +57,7 @@ from streams.kafka import (
 from streams.log import LogRecord, source_headers
 from streams.memory import ArchiveRecall, Forgotten, keep_bounded
 from streams.recovery import CheckpointBook, RecordsMismatch, within_commands
+from streams.sql import read_positions
 from streams.topics import DEAD_LETTERS, RESULTS
 
 if TYPE_CHECKING:
@@ -728,25 +729,149 @@ async def _run_processor(processor: Processor, settings: Settings, engine: Engin
 
 PRUNE_EVERY_S = 10.0  # how often pending records the archive caught up with are removed
 
+# The embedded broker keeps the newest ~5 MiB of a partition and drops older records whether
+# or not they are archived: a processor waits before it writes more than this ahead of the
+# archive on one partition (`Unarchived`).
+ARCHIVE_AHEAD_BYTES = 2 << 20
+RECORD_OVERHEAD_BYTES = 64  # what a record costs the broker beside its key, value and headers
+ARCHIVE_POLL_S = 0.02  # how often a waiting processor looks at the archive's positions
+ARCHIVE_SAY_EVERY_S = 10.0  # a wait that lasts says so again this often
+
+
+def logged_size(key: bytes | None, value: bytes | None,
+                headers: Iterable[tuple[str, bytes]]) -> int:
+    """About what one record takes of a partition's window on the embedded broker."""
+    return (RECORD_OVERHEAD_BYTES + len(key or b"") + len(value or b"")
+            + sum(len(name) + len(data) for name, data in headers))
+
+
+@dataclass
+class Unarchived:
+    """The events written and not yet seen archived, per partition: what a processor's next
+    batch would add to what the embedded broker must still hold for the projector.
+
+    Why: the mock broker keeps only the newest ~5 MiB of a partition (streams/broker.py). A
+    projector that fell that far behind (the machine saturated, a 10,000-node workflow's
+    events all on one partition) found its position gone: aiokafka jumped it ahead, the
+    archive - the durable copy - had a hole, and the pending records in it were pruned as
+    archived. So a processor waits until the archive is within `limit` bytes on the
+    partitions it is about to write (a batch larger than that goes once nothing is ahead).
+    Positions are read from the archive only when the bytes counted since the last read
+    would pass the limit: about once per `limit` of events."""
+
+    limit: float = ARCHIVE_AHEAD_BYTES  # inf: never wait (a bench with no projector)
+    written: dict[tuple[str, int], deque[tuple[int, int]]] = field(default_factory=dict)
+    ahead: Counter[tuple[str, int]] = field(default_factory=Counter)
+
+    def kept(self, records: Iterable[LogRecord]) -> None:
+        for record in records:
+            size = logged_size(record.key, record.value, record.headers)
+            where = (record.topic, record.partition)
+            self.written.setdefault(where, deque()).append((record.offset, size))
+            self.ahead[where] += size
+
+    def archived(self, positions: Mapping[tuple[str, int], int]) -> None:
+        """Forget what the archive holds (its positions: the last offset archived)."""
+        for where, written in self.written.items():
+            archived = positions.get(where, -1)
+            while written and written[0][0] <= archived:
+                self.ahead[where] -= written.popleft()[1]
+
+    def over(self, adding: Mapping[tuple[str, int], int]) -> list[tuple[str, int]]:
+        """The partitions where writing `adding` bytes would put more than `limit` ahead."""
+        return [where for where, size in adding.items()
+                if self.ahead[where] and self.ahead[where] + size > self.limit]
+
 
 @dataclass
 class ArchiveFirst:
     """What the processors of one `pit up` on the embedded broker (which keeps nothing over
     a restart) share to make their events durable before their outcomes: the pending
     records (`pending_db`, `streams.archive.pending_engine`), written by one processor at a
-    time (`gate`: no writer waits on SQLite's lock), and the archive (`engine`) that says
-    which of them can go."""
+    time (`gate`: no writer waits on SQLite's lock), the archive (`engine`) that says
+    which of them can go, and how far the events are ahead of it (`unarchived`)."""
 
     engine: Engine
     pending_db: Engine
     gate: asyncio.Lock = field(default_factory=asyncio.Lock)
     pruned_at: float = field(default_factory=time.monotonic)
+    unarchived: Unarchived = field(default_factory=Unarchived)
 
     def keep(self, records: Sequence[LogRecord]) -> None:
         keep_pending(self.pending_db, records)
+        self.unarchived.kept(records)
         if time.monotonic() - self.pruned_at >= PRUNE_EVERY_S:
             prune_pending(self.engine, self.pending_db)
             self.pruned_at = time.monotonic()
+
+    async def room_for(self, name: str, events: Sequence[Output]) -> None:
+        """Wait until writing `events` keeps every partition they go to within the
+        unarchived limit (`Unarchived`); a wait is logged and counted (`name`: the
+        decider's). Unbounded: with the projector stopped, the processor stops too rather
+        than have the broker drop what is not archived."""
+        adding: Counter[tuple[str, int]] = Counter()
+        for out in events:
+            adding[(out.topic, out.partition)] += logged_size(out.key, out.value, out.headers)
+        unarchived = self.unarchived
+        if not unarchived.over(adding):
+            return
+        started = said = time.monotonic()
+        waited = False
+        while True:
+            unarchived.archived(await asyncio.to_thread(read_positions, self.engine, AUDIT))
+            over = unarchived.over(adding)
+            if not over:
+                break
+            now = time.monotonic()
+            if not waited:
+                metrics.ARCHIVE_WAITS.labels(name).inc()  # counted as it starts: a stuck one shows
+            if not waited or now - said >= ARCHIVE_SAY_EVERY_S:
+                topic, partition = over[0]
+                log.warning("%s processor: waiting for the archive, %.1f MiB of %s[%d] not"
+                            " archived yet (is the projector running?)", name,
+                            unarchived.ahead[over[0]] / (1 << 20), topic, partition)
+                said, waited = now, True
+            await asyncio.sleep(ARCHIVE_POLL_S)
+        if waited:
+            metrics.ARCHIVE_WAIT_SECONDS.labels(name).inc(time.monotonic() - started)
+            log.info("%s processor: the archive caught up after %.1f s; writing again", name,
+                     time.monotonic() - started)
+
+
+def event_chunks(outputs: Sequence[Output], topic: str, limit: float) -> list[list[int]]:
+    """The indexes of the outputs on `topic` (the events), in order, cut into chunks of
+    whole commands - a command's events are consecutive, its outcome after them - that put
+    at most `limit` bytes on any one partition; a command's events over the limit make a
+    chunk of their own. Most batches are one chunk."""
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    sizes: Counter[tuple[str, int]] = Counter()
+    run: list[int] = []
+
+    def close_run() -> None:
+        nonlocal chunk, sizes
+        adding: Counter[tuple[str, int]] = Counter()
+        for i in run:
+            out = outputs[i]
+            adding[(out.topic, out.partition)] += logged_size(out.key, out.value, out.headers)
+        if chunk and (max(sizes.values()) > limit  # one command's events, over it alone
+                      or any(sizes[where] + size > limit for where, size in adding.items())):
+            chunks.append(chunk)
+            chunk, sizes = [], Counter()
+        chunk += run
+        sizes += adding
+        run.clear()
+
+    for i, out in enumerate(outputs):
+        if out.topic == topic:
+            run.append(i)
+        elif run:
+            close_run()
+    if run:
+        close_run()
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 async def produce_archived(producer: Producer, outputs: Sequence[Output], processor: Processor,
@@ -756,6 +881,11 @@ async def produce_archived(producer: Producer, outputs: Sequence[Output], proces
     the outcomes, dead letters and checkpoint requests go out. Returns each output's offset,
     in order.
 
+    Events more than the embedded broker may hold unarchived go in chunks of whole commands
+    (`event_chunks`), each once the archive has room for it (`ArchiveFirst.room_for`), each
+    made durable in a transaction of its own: a crash between two leaves whole commands
+    decided and the rest redelivered.
+
     On SQLite the write runs on the event loop: a small insert into a file of its own takes
     about a millisecond, while handing it to a thread cost a GIL switch interval or more
     beside the projector's thread (the processor's round trip is on every workflow hop).
@@ -763,22 +893,23 @@ async def produce_archived(producer: Producer, outputs: Sequence[Output], proces
     NodeScheduled) may be archived first; a restore leaves such a record out when its source
     did not survive (`streams.app.restore_broker`)."""
     topic = processor.decider.event_topic
-    events = [i for i, out in enumerate(outputs) if out.topic == topic]
-    rest = [i for i, out in enumerate(outputs) if out.topic != topic]
     offsets = [-1] * len(outputs)
-    if events:
+    for chunk in event_chunks(outputs, topic, durable.unarchived.limit):
+        events = [outputs[i] for i in chunk]
         got: list[int] = []
+        await durable.room_for(processor.decider.name, events)
         async with durable.gate:
-            await produce_all(producer, [outputs[i] for i in events], timeout_s, offsets=got)
+            await produce_all(producer, events, timeout_s, offsets=got)
             records = [LogRecord(topic, out.partition, offset, out.timestamp_ms, out.key,
                                  out.value, out.headers)
-                       for out, offset in zip((outputs[i] for i in events), got, strict=True)]
+                       for out, offset in zip(events, got, strict=True)]
             if durable.pending_db.url.get_backend_name() == "sqlite":
                 durable.keep(records)
             else:
                 await asyncio.to_thread(durable.keep, records)
-        for i, offset in zip(events, got, strict=True):
+        for i, offset in zip(chunk, got, strict=True):
             offsets[i] = offset
+    rest = [i for i, out in enumerate(outputs) if out.topic != topic]
     got = []
     await produce_all(producer, [outputs[i] for i in rest], timeout_s, offsets=got)
     for i, offset in zip(rest, got, strict=True):

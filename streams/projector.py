@@ -87,8 +87,11 @@ def make_projector(settings: Settings, engine: Engine, codec: Codec, *, observer
 
 
 async def start_reader(settings: Settings) -> AIOKafkaConsumer:
-    """The projector's consumer, in the projectors' group."""
-    return await start_consumer(settings, group_id=GROUP, fetch_max_wait_ms=20)
+    """The projector's consumer, in the projectors' group. A position the broker no longer
+    holds goes to the oldest record it still has, not to the end (aiokafka's default), so a
+    projector overtaken by a broker's own retention skips no more than that dropped."""
+    return await start_consumer(settings, group_id=GROUP, fetch_max_wait_ms=20,
+                                auto_offset_reset="earliest")
 
 
 async def project(projector: Projector, consumer: AIOKafkaConsumer, settings: Settings,

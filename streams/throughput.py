@@ -6,6 +6,7 @@ measure with it; the figure is a report, not a test."""
 from __future__ import annotations
 
 import asyncio
+import math
 import tempfile
 import time
 import zlib
@@ -19,7 +20,7 @@ from streams.component import bench_note
 from streams.config import Settings
 from streams.decider import Decider, Message, to_record
 from streams.kafka import make_producer, produce_all, topic_size
-from streams.processor import ArchiveFirst, Output, Processor, run_processor
+from streams.processor import ArchiveFirst, Output, Processor, Unarchived, run_processor
 from streams.sql import connect, create_tables
 from streams.topics import RESULTS, load_catalog
 
@@ -56,7 +57,9 @@ async def decided_per_second(decider: Decider[Any], codec: Codec, commands: Sequ
         if archive:
             engine = connect(f"sqlite:///{scratch}/archive.db")
             create_tables(engine)
-            durable = ArchiveFirst(engine, pending_engine(engine))
+            # No projector runs here: nothing would ever be archived to wait for
+            durable = ArchiveFirst(engine, pending_engine(engine),
+                                   unarchived=Unarchived(limit=math.inf))
         task = asyncio.create_task(run_processor(processor, settings, engine, stop, ready,
                                                  archive_first=durable))
         await ready.wait()

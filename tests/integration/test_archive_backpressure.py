@@ -1,0 +1,108 @@
+"""The embedded broker keeps the newest ~5 MiB of a partition and drops older records whether
+or not the archive holds them. A processor therefore waits for the archive before it writes
+more than ARCHIVE_AHEAD_BYTES of events ahead of it on a partition (`Unarchived`,
+streams/processor.py), rather than let the broker drop what the projector has not read.
+
+Here `pit up`'s Stack runs with its projector in a process of its own, as `pit up` does; the
+projector is stopped (SIGSTOP, as a starved machine stops it) while three workflows schedule
+about 7 MiB of events on one partition of pit.dag.events. Before this rule the broker dropped
+the oldest of them, and the projector, resumed, found its position gone and the archive kept
+a hole."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from aiokafka.partitioner import DefaultPartitioner
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+
+from streams.app import Stack
+from streams.archive import AUDIT, audit_log
+from streams.client import PitClient
+from streams.config import Settings
+from streams.dag.definition import Node, NodeKind, Workflow
+from streams.dag.topics import DAG_EVENTS
+from streams.sql import connection, read_positions
+from streams.topics import load_catalog
+from streams.waiting import until
+
+NODES = 2_000  # independent nodes: all scheduled by the start, each NodeScheduled ~1.1 KB
+
+
+def flood(name: str) -> Workflow:
+    """`NODES` nodes with no edges, each carrying a 1,000-character constant in its task."""
+    nodes = tuple(Node(f"n{i:04d}", NodeKind.OPERATOR, operator="identity",
+                       constants={"value": f"{i:04d}" + "x" * 996}) for i in range(NODES))
+    return Workflow(name, nodes, (), max_concurrency=NODES)
+
+
+def ids_on_one_partition(count: int) -> tuple[int, list[str]]:
+    partitions = list(range(load_catalog()[DAG_EVENTS].partitions))
+    by_partition: dict[int, list[str]] = {}
+    n = 0
+    while True:
+        execution_id = f"flood-{n}"
+        partition = DefaultPartitioner()(execution_id.encode(), partitions, partitions)
+        found = by_partition.setdefault(partition, [])
+        found.append(execution_id)
+        if len(found) == count:
+            return partition, found
+        n += 1
+
+
+def watermarks(settings: Settings, topic: str, partition: int) -> tuple[int, int]:
+    """Where the broker's copy of the partition begins and ends."""
+    consumer = Consumer({**settings.librdkafka_config(), "group.id": "test.backpressure"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
+    finally:
+        consumer.close()
+
+
+def archive_waits() -> float:
+    return REGISTRY.get_sample_value("pit_processor_archive_waits_total",
+                                     {"component": "dag"}) or 0.0
+
+
+async def test_a_processor_waits_for_a_stopped_archive_rather_than_outrun_the_broker(
+        tmp_path) -> None:
+    partition, execution_ids = ids_on_one_partition(3)
+    where = (DAG_EVENTS, partition)
+    waits_before = archive_waits()
+    async with Stack(Settings(data_dir=tmp_path), progress=False, without={"host-monitor"},
+                     projector_process=True) as stack, PitClient(
+            stack.settings, codec=stack.codec) as client:
+        pid = stack.projector_child.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            starts = [asyncio.create_task(client.dag.execute_workflow(
+                flood(execution_id), execution_id=execution_id)) for execution_id in execution_ids]
+
+            def waiting_or_dropped() -> bool:
+                # this rule: the processor waits; without it, the broker drops the oldest
+                if archive_waits() > waits_before:
+                    return True
+                return watermarks(stack.settings, *where)[0] > 0
+            await until(waiting_or_dropped, 120, "the DAG processor to wait for the archive")
+            # the broker still holds every event written: nothing was dropped unarchived
+            assert watermarks(stack.settings, *where)[0] == 0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for start in starts:
+            await start
+        end = watermarks(stack.settings, *where)[1]
+        assert end > 3 * NODES  # every node of the three was scheduled, on this partition
+
+        def archived_to_the_end() -> bool:
+            return read_positions(stack.engine, AUDIT).get(where, -1) >= end - 1
+        await until(archived_to_the_end, 120, f"the archive to hold {DAG_EVENTS}[{partition}]")
+        with connection(stack.engine) as conn:
+            offsets = conn.execute(select(audit_log.c.offset).where(
+                audit_log.c.topic == DAG_EVENTS, audit_log.c.partition == partition)
+                .order_by(audit_log.c.offset)).scalars().all()
+        assert offsets == list(range(end))  # no hole

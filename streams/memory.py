@@ -66,11 +66,11 @@ from sqlalchemy import Engine, func, select
 
 from schemas.codec import Codec
 from streams import metrics
-from streams.archive import audit_log
+from streams.archive import AUDIT, audit_log
 from streams.config import Settings
 from streams.decider import Decider, from_record
 from streams.errors import PitError
-from streams.sql import connection, positions
+from streams.sql import connection, positions, read_positions
 from streams.topics import RESULTS, SCHEMAS, TopicSpec
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ EVICT_EVERY_S = 5.0    # how often `keep_bounded` looks
 EVICT_BATCH = 2_000    # keys looked up in the archive per query
 BROKER_RETAIN_S = 10.0  # the embedded broker keeps at least what it held this long ago
 TRIM_EVERY_S = 2.0
+DROP_CHECK_RECORDS = 50  # a partition this far ahead of the archive is checked for drops
 HEAP_TRIM_EVERY_S = 60.0
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 OUTCOME = "pit.Outcome"
@@ -301,9 +302,14 @@ class BrokerPositions:
         self.admin = AdminClient({**settings.librdkafka_config(), "log_level": 0})
 
     def ends(self, partitions: list[Partition]) -> dict[Partition, int]:
-        found = self.admin.list_offsets(
-            {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions},
-            request_timeout=10)
+        return self._offsets(partitions, OffsetSpec.latest())
+
+    def beginnings(self, partitions: list[Partition]) -> dict[Partition, int]:
+        return self._offsets(partitions, OffsetSpec.earliest())
+
+    def _offsets(self, partitions: list[Partition], spec: OffsetSpec) -> dict[Partition, int]:
+        found = self.admin.list_offsets({TopicPartition(t, p): spec for t, p in partitions},
+                                        request_timeout=10)
         return {(tp.topic, tp.partition): future.result().offset
                 for tp, future in found.items()}
 
@@ -339,6 +345,19 @@ def trim_points(archived: Mapping[Partition, int], retained: Mapping[Partition, 
     return points
 
 
+def dropped_unarchived(archived: Mapping[Partition, int], beginnings: Mapping[Partition, int],
+                       told: Mapping[Partition, int]) -> dict[Partition, tuple[int, int]]:
+    """The offsets (first, last) the broker no longer holds and the archive never held, per
+    partition: below its beginning, above the last offset archived (`archived`), and not
+    already `told` (the beginning when a loss was last reported)."""
+    lost = {}
+    for tp, beginning in beginnings.items():
+        first = max(archived.get(tp, -1) + 1, told.get(tp, 0))
+        if beginning > first:
+            lost[tp] = (first, beginning - 1)
+    return lost
+
+
 async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine,
                       catalog: Mapping[str, TopicSpec], groups: Mapping[str, Collection[str]],
                       stop: asyncio.Event, every_s: float = TRIM_EVERY_S,
@@ -349,11 +368,31 @@ async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine
                   for p in range(spec.partitions)]
     ends: list[tuple[float, dict[Partition, int]]] = []  # (monotonic time, ends then)
     trimmed: dict[Partition, int] = {}
+    told: dict[Partition, int] = {}  # where a loss was last reported
     broker_positions = await asyncio.to_thread(BrokerPositions, settings)
+
+    def tell_drops(asked: BrokerPositions, now_ends: Mapping[Partition, int]) -> None:
+        """Say so (an error line, `pit_broker_dropped_unarchived_total`) when the mock's own
+        ~5 MiB window dropped records the archive does not hold: the processors wait for
+        the archive (streams/processor.py `Unarchived`), but other writers do not. Only a
+        partition more than DROP_CHECK_RECORDS ahead of the archive is asked about."""
+        archived = read_positions(engine, AUDIT)
+        behind = [tp for tp, end in now_ends.items()
+                  if end - archived.get(tp, -1) - 1 > DROP_CHECK_RECORDS]
+        if not behind:
+            return
+        for tp, (first, last) in dropped_unarchived(archived, asked.beginnings(behind),
+                                                    told).items():
+            metrics.BROKER_DROPPED_UNARCHIVED.labels(tp[0]).inc(last - first + 1)
+            log.error("the embedded broker dropped %s[%d] offsets %d..%d before the archive"
+                      " held them (its window is ~5 MiB a partition): they are lost", *tp,
+                      first, last)
+            told[tp] = last + 1
 
     def look(asked: BrokerPositions) -> dict[Partition, int]:
         now = time.monotonic()
         ends.append((now, asked.ends(partitions)))
+        tell_drops(asked, ends[-1][1])
         while len(ends) > 1 and ends[1][0] <= now - retain_s:
             ends.pop(0)
         if ends[0][0] > now - retain_s:

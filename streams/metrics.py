@@ -56,6 +56,10 @@ ARCHIVE_WAITS = Counter("pit_processor_archive_waits_total",
                         " than the embedded broker may keep unarchived", ["component"])
 ARCHIVE_WAIT_SECONDS = Counter("pit_processor_archive_wait_seconds_total",
                                "Time processors spent waiting for the archive", ["component"])
+BROKER_DROPPED_UNARCHIVED = Counter("pit_broker_dropped_unarchived_total",
+                                    "Records the embedded broker dropped from its ~5 MiB"
+                                    " window of a partition before the archive held them",
+                                    ["topic"])
 PROCESSOR_RESTARTS = Counter("pit_processor_restarts_total",
                              "Times a processor started over from the log after a Kafka failure",
                              ["component"])

@@ -7,13 +7,16 @@ Here `pit up`'s Stack runs with its projector in a process of its own, as `pit u
 projector is stopped (SIGSTOP, as a starved machine stops it) while three workflows schedule
 about 7 MiB of events on one partition of pit.dag.events. Before this rule the broker dropped
 the oldest of them, and the projector, resumed, found its position gone and the archive kept
-a hole."""
+a hole. Other writers are not held back: a client's flood of commands is still dropped
+unarchived past the window, and the Pit says so (`trim_broker`, streams/memory.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import time
 
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, TopicPartition
@@ -25,7 +28,10 @@ from streams.archive import AUDIT, audit_log
 from streams.client import PitClient
 from streams.config import Settings
 from streams.dag.definition import Node, NodeKind, Workflow
-from streams.dag.topics import DAG_EVENTS
+from streams.dag.execution import CancelExecution
+from streams.dag.topics import DAG_COMMANDS, DAG_EVENTS
+from streams.kafka import make_producer, produce_all
+from streams.processor import Output
 from streams.sql import connection, read_positions
 from streams.topics import load_catalog
 from streams.waiting import until
@@ -68,6 +74,11 @@ def archive_waits() -> float:
                                      {"component": "dag"}) or 0.0
 
 
+def dropped(topic: str) -> float:
+    return REGISTRY.get_sample_value("pit_broker_dropped_unarchived_total",
+                                     {"topic": topic}) or 0.0
+
+
 async def test_a_processor_waits_for_a_stopped_archive_rather_than_outrun_the_broker(
         tmp_path) -> None:
     partition, execution_ids = ids_on_one_partition(3)
@@ -106,3 +117,37 @@ async def test_a_processor_waits_for_a_stopped_archive_rather_than_outrun_the_br
                 audit_log.c.topic == DAG_EVENTS, audit_log.c.partition == partition)
                 .order_by(audit_log.c.offset)).scalars().all()
         assert offsets == list(range(end))  # no hole
+
+
+async def test_commands_the_broker_dropped_before_the_archive_held_them_are_reported(
+        tmp_path, caplog) -> None:
+    """6,000 cancels of 1 KB for one unknown execution (rejected: no events to wait for),
+    published while the projector is stopped: the broker drops the oldest of them, the Pit
+    counts each and says which offsets are lost."""
+    partition, (execution_id,) = ids_on_one_partition(1)
+    dropped_before = dropped(DAG_COMMANDS)
+    caplog.set_level(logging.ERROR, logger="streams.memory")
+    async with Stack(Settings(data_dir=tmp_path), progress=False, without={"host-monitor"},
+                     projector_process=True) as stack, PitClient(
+            stack.settings, codec=stack.codec) as client:
+        cancel = CancelExecution(execution_id, "x" * 1_000)
+        now = int(time.time() * 1000)
+        flood = [Output(DAG_COMMANDS, partition, execution_id.encode(),
+                        client.encode_command(cancel, f"flood-{n}"), now) for n in range(6_000)]
+        pid = stack.projector_child.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await produce_all(make_producer(stack.settings), flood)
+            beginning = watermarks(stack.settings, DAG_COMMANDS, partition)[0]
+            assert beginning > 0  # the window overflowed
+
+            def all_counted() -> bool:
+                return dropped(DAG_COMMANDS) - dropped_before == beginning
+            await until(all_counted, 60, f"the {beginning} dropped commands to be reported")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    said = [r.getMessage() for r in caplog.records
+            if "before the archive held them" in r.getMessage()]
+    assert said and said[0].startswith(
+        f"the embedded broker dropped {DAG_COMMANDS}[{partition}] offsets 0..")

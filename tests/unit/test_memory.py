@@ -11,7 +11,7 @@ from streams.broker import EmbeddedBroker
 from streams.config import Settings
 from streams.dag.runner import GROUP as RUNNERS
 from streams.dag.topics import DAG_EVENTS, DAG_TASKS
-from streams.memory import trim_points
+from streams.memory import dropped_unarchived, trim_points
 from streams.topics import TopicSpec
 
 A, B = ("t", 0), ("t", 1)
@@ -24,6 +24,17 @@ def test_a_partition_starts_below_what_is_archived_retained_and_committed() -> N
     assert trim_points(archived, retained, [{A: 30}]) == {A: 30, B: 10}
     assert trim_points(archived, retained, [{A: -1, B: 5}]) == {A: 0, B: 5}  # none committed
     assert trim_points({}, retained, []) == {A: 0, B: 0}  # nothing archived: nothing trimmed
+
+
+def test_what_the_broker_dropped_above_the_archive_is_lost_and_told_once() -> None:
+    archived = {A: 99, B: 9}
+    # our own trims keep the beginning at most one past the archive: nothing lost
+    assert dropped_unarchived(archived, {A: 100, B: 3}, {}) == {}
+    assert dropped_unarchived(archived, {A: 150, B: 10}, {}) == {A: (100, 149)}
+    assert dropped_unarchived({}, {A: 5}, {}) == {A: (0, 4)}  # nothing archived there
+    # told up to 150 already: only what was dropped since
+    assert dropped_unarchived(archived, {A: 150}, {A: 150}) == {}
+    assert dropped_unarchived(archived, {A: 170}, {A: 150}) == {A: (150, 169)}
 
 
 def test_the_embedded_broker_drops_records_below_an_offset() -> None:

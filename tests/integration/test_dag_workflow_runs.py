@@ -23,6 +23,7 @@ import pytest_asyncio
 from confluent_kafka import Consumer, TopicPartition
 
 from projections.dag import execution_nodes
+from schemas.codec import Codec
 from streams.app import Stack
 from streams.blobs import blob_store
 from streams.client import PitClient
@@ -198,24 +199,26 @@ async def test_an_execution_log_read_for_some_event_types_decodes_only_those(pit
     assert (await pit.client.dag.await_result(execution, timeout=30)).ok
     await pit.stop("r1")
 
-    async def read(only=()) -> list:
+    async def read(only=(), codec=pit.stack.codec) -> list:
         found = []
-        async with ExecutionLog(pit.stack.settings, pit.stack.codec, execution,
-                                only) as log:
+        async with ExecutionLog(pit.stack.settings, codec, execution, only) as log:
             while not log.caught_up:
                 found += [event for event, _ in await log.read(100)]
         return found
 
     everything = await read()
+    # The log's own codec: the Pit's processors decode with the stack's meanwhile (a report
+    # still arriving counted as decoded here in a CI run, when this patched the stack's)
+    codec = Codec(pit.stack.registry)
     decoded: Counter = Counter()
-    decode = pit.stack.codec.decode
+    decode = codec.decode
 
     def counting(value: bytes):
         record = decode(value)
         decoded[record.name.rsplit(".", 1)[-1]] += 1
         return record
-    monkeypatch.setattr(pit.stack.codec, "decode", counting)
-    ends = await read((NodeCompleted, ExecutionCompleted))
+    monkeypatch.setattr(codec, "decode", counting)
+    ends = await read((NodeCompleted, ExecutionCompleted), codec)
     assert ends == [e for e in everything if isinstance(e, NodeCompleted | ExecutionCompleted)]
     assert len(ends) == len(workflow.nodes) + 1
     assert set(decoded) == {"NodeCompleted", "ExecutionCompleted"}  # the rest undecoded

@@ -760,15 +760,22 @@ class Unarchived:
     would pass the limit: about once per `limit` of events."""
 
     limit: float = ARCHIVE_AHEAD_BYTES  # inf: never wait (a bench with no projector)
+    # per partition, one entry per batch kept: (its last offset there, its bytes there)
     written: dict[tuple[str, int], deque[tuple[int, int]]] = field(default_factory=dict)
     ahead: Counter[tuple[str, int]] = field(default_factory=Counter)
 
     def kept(self, records: Iterable[LogRecord]) -> None:
+        """A batch's records, made durable (a batch counts as ahead until all of it is
+        archived: one entry per partition, not per record)."""
+        last: dict[tuple[str, int], int] = {}
+        sizes: Counter[tuple[str, int]] = Counter()
         for record in records:
-            size = logged_size(record.key, record.value, record.headers)
             where = (record.topic, record.partition)
-            self.written.setdefault(where, deque()).append((record.offset, size))
-            self.ahead[where] += size
+            last[where] = max(record.offset, last.get(where, -1))
+            sizes[where] += logged_size(record.key, record.value, record.headers)
+        for where, offset in last.items():
+            self.written.setdefault(where, deque()).append((offset, sizes[where]))
+            self.ahead[where] += sizes[where]
 
     def archived(self, positions: Mapping[tuple[str, int], int]) -> None:
         """Forget what the archive holds (its positions: the last offset archived)."""
@@ -802,6 +809,8 @@ class ArchiveFirst:
         self.unarchived.kept(records)
         if time.monotonic() - self.pruned_at >= PRUNE_EVERY_S:
             prune_pending(self.engine, self.pending_db)
+            # what quiet partitions keep stays small too
+            self.unarchived.archived(read_positions(self.engine, AUDIT))
             self.pruned_at = time.monotonic()
 
     async def room_for(self, name: str, events: Sequence[Output]) -> None:

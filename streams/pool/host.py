@@ -212,6 +212,9 @@ class ModelHost:
                             f"{exc.strerror or exc}") from None
         self.endpoint = (self.advertise.rstrip("/") or
                          f"http://{self.bind}:{self._runner.addresses[0][1]}")
+        # The broker this host joins, read once: the watch compares the broker file with it
+        # (read when the watch first ran, a file rewritten meanwhile was taken for the joined)
+        joined = self.settings.bootstrap()
         self.client = CommandClient(self.settings, f"pit-host/{self.host_id}",
                                     deciders=(POOL, ARBITER))
         await self.client.start()
@@ -227,7 +230,8 @@ class ModelHost:
         self._tasks = [asyncio.create_task(self._follow(), name="pit-host-events"),
                        asyncio.create_task(self._send_reports(), name="pit-host-reports")]
         if self.settings.embedded:
-            self._tasks.append(asyncio.create_task(self._watch_broker(), name="pit-host-broker"))
+            self._tasks.append(asyncio.create_task(self._watch_broker(joined),
+                                                   name="pit-host-broker"))
         if every_s := report_every_s(self.settings):  # CPU saturation, for arbitration
             self._tasks.append(asyncio.create_task(report_utilisation(
                 self.client.send, self.host_id, every_s, pool_id=self.pool_id),
@@ -266,11 +270,11 @@ class ModelHost:
             raise HostError(f"host {self.host_id}: {task.get_name()} stopped: "
                             f"{_one_line(error) if error else 'without an error'}")
 
-    async def _watch_broker(self) -> None:
+    async def _watch_broker(self, joined: str) -> None:
         """An embedded broker lives and dies with its `pit up`. Once the one this host
-        joined is gone (stopped, killed, or restarted at another address) no instruction can
-        reach the host: it stops serving this pool (`run_host` waits for the next one)."""
-        joined = self.settings.bootstrap()
+        joined (`joined`: its address) is gone (stopped, killed, or restarted at another
+        address) no instruction can reach the host: it stops serving this pool (`run_host`
+        waits for the next one)."""
         while broker_address(self.settings) == joined:
             await asyncio.sleep(BROKER_POLL_S)
         self.broker_gone = True

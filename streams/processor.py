@@ -756,8 +756,8 @@ class Unarchived:
     archive - the durable copy - had a hole, and the pending records in it were pruned as
     archived. So a processor waits until the archive is within `limit` bytes on the
     partitions it is about to write (a batch larger than that goes once nothing is ahead).
-    Positions are read from the archive only when the bytes counted since the last read
-    would pass the limit: about once per `limit` of events."""
+    Positions are read from the archive when the bytes counted would pass the limit (about
+    once per `limit` of events) and with the pending records' prune (`ArchiveFirst.keep`)."""
 
     limit: float = ARCHIVE_AHEAD_BYTES  # inf: never wait (a bench with no projector)
     # per partition, one entry per batch kept: (its last offset there, its bytes there)

@@ -26,7 +26,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -764,15 +764,15 @@ class Unarchived:
     written: dict[tuple[str, int], deque[tuple[int, int]]] = field(default_factory=dict)
     ahead: Counter[tuple[str, int]] = field(default_factory=Counter)
 
-    def kept(self, records: Iterable[LogRecord]) -> None:
-        """A batch's records, made durable (a batch counts as ahead until all of it is
-        archived: one entry per partition, not per record)."""
+    def kept(self, records: Iterable[LogRecord], sizes: Mapping[tuple[str, int], int]
+             ) -> None:
+        """A batch's records, made durable, and their bytes per partition (`logged_size`):
+        a batch counts as ahead until all of it is archived (one entry per partition, not
+        per record)."""
         last: dict[tuple[str, int], int] = {}
-        sizes: Counter[tuple[str, int]] = Counter()
         for record in records:
             where = (record.topic, record.partition)
             last[where] = max(record.offset, last.get(where, -1))
-            sizes[where] += logged_size(record.key, record.value, record.headers)
         for where, offset in last.items():
             self.written.setdefault(where, deque()).append((offset, sizes[where]))
             self.ahead[where] += sizes[where]
@@ -804,23 +804,22 @@ class ArchiveFirst:
     pruned_at: float = field(default_factory=time.monotonic)
     unarchived: Unarchived = field(default_factory=Unarchived)
 
-    def keep(self, records: Sequence[LogRecord]) -> None:
+    def keep(self, records: Sequence[LogRecord], sizes: Mapping[tuple[str, int], int]
+             ) -> None:
+        """Make `records` durable; `sizes`: their bytes per partition (`EventChunk`)."""
         keep_pending(self.pending_db, records)
-        self.unarchived.kept(records)
+        self.unarchived.kept(records, sizes)
         if time.monotonic() - self.pruned_at >= PRUNE_EVERY_S:
             prune_pending(self.engine, self.pending_db)
             # what quiet partitions keep stays small too
             self.unarchived.archived(read_positions(self.engine, AUDIT))
             self.pruned_at = time.monotonic()
 
-    async def room_for(self, name: str, events: Sequence[Output]) -> None:
-        """Wait until writing `events` keeps every partition they go to within the
-        unarchived limit (`Unarchived`); a wait is logged and counted (`name`: the
+    async def room_for(self, name: str, adding: Mapping[tuple[str, int], int]) -> None:
+        """Wait until writing `adding` bytes (per partition) keeps every partition within
+        the unarchived limit (`Unarchived`); a wait is logged and counted (`name`: the
         decider's). Unbounded: with the projector stopped, the processor stops too rather
         than have the broker drop what is not archived."""
-        adding: Counter[tuple[str, int]] = Counter()
-        for out in events:
-            adding[(out.topic, out.partition)] += logged_size(out.key, out.value, out.headers)
         unarchived = self.unarchived
         if not unarchived.over(adding):
             return
@@ -847,28 +846,37 @@ class ArchiveFirst:
                      time.monotonic() - started)
 
 
-def event_chunks(outputs: Sequence[Output], topic: str, limit: float) -> list[list[int]]:
-    """The indexes of the outputs on `topic` (the events), in order, cut into chunks of
-    whole commands - a command's events are consecutive, its outcome after them - that put
-    at most `limit` bytes on any one partition; a command's events over the limit make a
-    chunk of their own. Most batches are one chunk."""
-    chunks: list[list[int]] = []
-    chunk: list[int] = []
-    sizes: Counter[tuple[str, int]] = Counter()
+class EventChunk(NamedTuple):
+    """Events of whole commands written together: their indexes among a batch's outputs,
+    and their bytes per partition (`logged_size`, reckoned once per event)."""
+
+    indexes: list[int]
+    sizes: Counter[tuple[str, int]]
+
+
+def event_chunks(outputs: Sequence[Output], topic: str, limit: float) -> list[EventChunk]:
+    """The outputs on `topic` (the events), in order, cut into chunks of whole commands - a
+    command's events are consecutive, its outcome after them - that put at most `limit`
+    bytes on any one partition; a command's events over the limit make a chunk of their
+    own. Most batches are one chunk."""
+    chunks: list[EventChunk] = []
+    chunk = EventChunk([], Counter())
     run: list[int] = []
 
     def close_run() -> None:
-        nonlocal chunk, sizes
+        nonlocal chunk
         adding: Counter[tuple[str, int]] = Counter()
         for i in run:
             out = outputs[i]
             adding[(out.topic, out.partition)] += logged_size(out.key, out.value, out.headers)
-        if chunk and (max(sizes.values()) > limit  # one command's events, over it alone
-                      or any(sizes[where] + size > limit for where, size in adding.items())):
+        sizes = chunk.sizes
+        if chunk.indexes and (max(sizes.values()) > limit  # one command's, over it alone
+                              or any(sizes[where] + size > limit
+                                     for where, size in adding.items())):
             chunks.append(chunk)
-            chunk, sizes = [], Counter()
-        chunk += run
-        sizes += adding
+            chunk = EventChunk([], Counter())
+        chunk.indexes.extend(run)
+        chunk.sizes.update(adding)
         run.clear()
 
     for i, out in enumerate(outputs):
@@ -878,7 +886,7 @@ def event_chunks(outputs: Sequence[Output], topic: str, limit: float) -> list[li
             close_run()
     if run:
         close_run()
-    if chunk:
+    if chunk.indexes:
         chunks.append(chunk)
     return chunks
 
@@ -904,19 +912,19 @@ async def produce_archived(producer: Producer, outputs: Sequence[Output], proces
     topic = processor.decider.event_topic
     offsets = [-1] * len(outputs)
     for chunk in event_chunks(outputs, topic, durable.unarchived.limit):
-        events = [outputs[i] for i in chunk]
+        events = [outputs[i] for i in chunk.indexes]
         got: list[int] = []
-        await durable.room_for(processor.decider.name, events)
+        await durable.room_for(processor.decider.name, chunk.sizes)
         async with durable.gate:
             await produce_all(producer, events, timeout_s, offsets=got)
             records = [LogRecord(topic, out.partition, offset, out.timestamp_ms, out.key,
                                  out.value, out.headers)
                        for out, offset in zip(events, got, strict=True)]
             if durable.pending_db.url.get_backend_name() == "sqlite":
-                durable.keep(records)
+                durable.keep(records, chunk.sizes)
             else:
-                await asyncio.to_thread(durable.keep, records)
-        for i, offset in zip(chunk, got, strict=True):
+                await asyncio.to_thread(durable.keep, records, chunk.sizes)
+        for i, offset in zip(chunk.indexes, got, strict=True):
             offsets[i] = offset
     rest = [i for i, out in enumerate(outputs) if out.topic != topic]
     got = []

@@ -19,7 +19,6 @@ import signal
 import time
 
 from aiokafka.partitioner import DefaultPartitioner
-from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
@@ -31,6 +30,7 @@ from streams.dag.definition import Node, NodeKind, Workflow
 from streams.dag.execution import CancelExecution
 from streams.dag.topics import DAG_COMMANDS, DAG_EVENTS
 from streams.kafka import make_producer, produce_all
+from streams.memory import BrokerPositions
 from streams.processor import Output
 from streams.sql import connection, read_positions
 from streams.topics import load_catalog
@@ -60,15 +60,6 @@ def ids_on_one_partition(count: int) -> tuple[int, list[str]]:
         n += 1
 
 
-def watermarks(settings: Settings, topic: str, partition: int) -> tuple[int, int]:
-    """Where the broker's copy of the partition begins and ends."""
-    consumer = Consumer({**settings.librdkafka_config(), "group.id": "test.backpressure"})
-    try:
-        return consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
-    finally:
-        consumer.close()
-
-
 def archive_waits() -> float:
     return REGISTRY.get_sample_value("pit_processor_archive_waits_total",
                                      {"component": "dag"}) or 0.0
@@ -87,6 +78,7 @@ async def test_a_processor_waits_for_a_stopped_archive_rather_than_outrun_the_br
     async with Stack(Settings(data_dir=tmp_path), progress=False, without={"host-monitor"},
                      projector_process=True) as stack, PitClient(
             stack.settings, codec=stack.codec) as client:
+        broker = BrokerPositions(stack.settings)
         pid = stack.projector_child.pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
@@ -98,15 +90,15 @@ async def test_a_processor_waits_for_a_stopped_archive_rather_than_outrun_the_br
                 # this rule: the processor waits; without it, the broker drops the oldest
                 if archive_waits() > waits_before:
                     return True
-                return watermarks(stack.settings, *where)[0] > 0
+                return broker.beginnings([where])[where] > 0
             await until(waiting_or_dropped, 120, "the DAG processor to wait for the archive")
             # the broker still holds every event written: nothing was dropped unarchived
-            assert watermarks(stack.settings, *where)[0] == 0
+            assert broker.beginnings([where])[where] == 0
         finally:
             os.kill(pid, signal.SIGCONT)
         for start in starts:
             await start
-        end = watermarks(stack.settings, *where)[1]
+        end = broker.ends([where])[where]
         assert end > 3 * NODES  # every node of the three was scheduled, on this partition
 
         def archived_to_the_end() -> bool:
@@ -139,7 +131,8 @@ async def test_commands_the_broker_dropped_before_the_archive_held_them_are_repo
         os.kill(pid, signal.SIGSTOP)
         try:
             await produce_all(make_producer(stack.settings), flood)
-            beginning = watermarks(stack.settings, DAG_COMMANDS, partition)[0]
+            where = (DAG_COMMANDS, partition)
+            beginning = BrokerPositions(stack.settings).beginnings([where])[where]
             assert beginning > 0  # the window overflowed
 
             def all_counted() -> bool:

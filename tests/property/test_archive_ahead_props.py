@@ -38,7 +38,7 @@ def batch_of(decided: list[list[tuple[int, int]]]) -> tuple[list[Output], list[l
 @given(commands, st.integers(0, 1_500))
 def test_events_go_in_chunks_of_whole_commands_within_the_limit(decided, limit) -> None:
     outputs, runs = batch_of(decided)
-    chunks = event_chunks(outputs, EVENTS, limit)
+    chunks = [chunk.indexes for chunk in event_chunks(outputs, EVENTS, limit)]
     assert [i for chunk in chunks for i in chunk] == [i for run in runs for i in run]
     assert all(chunks)
     where = {i: n for n, chunk in enumerate(chunks) for i in chunk}
@@ -73,7 +73,9 @@ def test_ahead_is_what_was_written_and_not_archived(steps, limit) -> None:
                 batch.append(LogRecord(EVENTS, partition, offset, 0, b"k", b"v" * value_size,
                                        ()))
                 records[partition].append((offset, logged_size(b"k", b"v" * value_size, ())))
-            unarchived.kept(batch)
+            sizes = Counter({(EVENTS, partition): sum(
+                logged_size(r.key, r.value, r.headers) for r in batch)})
+            unarchived.kept(batch, sizes)
             batches[partition].append((batch[-1].offset,
                                        sum(size for _, size in records[partition][-len(batch):])))
         else:  # the archive reaches some offset; it never goes back

@@ -25,8 +25,9 @@ and recalled entity decides exactly as one never evicted.
 The embedded broker (librdkafka's mock) holds every record it keeps in memory, up to ~5 MiB
 per partition: some 600 MiB over the catalog's partitions, filled at the pace of the work.
 `trim_broker` deletes a partition's records once they are archived and every projection
-has applied them (the lowest position in projection_positions), were in the log
-BROKER_RETAIN_S ago, and every consumer group that reads the topic has committed past them.
+has applied them (the lowest position in projection_positions), were in the log a while ago
+(`retained_for`: ARCHIVED_RETAIN_S, or BROKER_RETAIN_S for a topic someone reads from Kafka
+alone), and every consumer group that reads the topic has committed past them.
 Every topic is trimmed but _pit.schemas, which clients read from Kafka alone. A compacted
 topic such as pit.dag.checkpoints is trimmed like the others: its readers read the archive's
 latest records first (`latest_history`), and the mock does not compact, so it would keep
@@ -37,10 +38,14 @@ Why the broker keeps seconds, not minutes: the mock finds a fetch's offset by wa
 partition's message sets from the oldest, so every fetch that returns records costs time in
 proportion to what the partition holds, on the one thread that serves every client. Held
 for a minute, 20-node chains run back to back slowed from 30 to 17 workflows a second within
-four rounds (README, "A fetch walks the partition's log"). A reader that lags more than
-BROKER_RETAIN_S loses nothing: a `Follower`, a history read and an `ExecutionLog` read the
-trimmed part from the archive; a command client's outcome reader reads on from the new
-beginning (an outcome trimmed unread is not seen: its waiter times out).
+four rounds (README, "A fetch walks the partition's log"); held ten seconds, from 45 to 35
+within eight. A reader that lags more than ARCHIVED_RETAIN_S loses nothing: a `Follower`, a
+history read and an `ExecutionLog` read the trimmed part from the archive, and a consumer
+group holds the trim at its committed offsets. A topic some reader reads from Kafka alone
+(`TopicSpec.read_from_kafka_alone` in infra/topics.yaml: pit.results, for the command
+clients' outcome readers; pit.pool.events, for `pit host`) keeps BROKER_RETAIN_S: an outcome
+reader lagging more than that reads on from the new beginning (an outcome trimmed unread is
+not seen: its waiter times out).
 
 The C heap: what Python and librdkafka free goes back to glibc's malloc, which keeps it -
 per arena, and glibc gives threads up to eight arenas per core - so RSS stays at each
@@ -56,7 +61,7 @@ import ctypes
 import hashlib
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,7 +87,9 @@ ENDED_KEPT = 50        # ended entities kept in memory: the most recently ended
 LEDGER_KEPT = 500      # outcomes kept in memory: the most recent
 EVICT_EVERY_S = 5.0    # how often `keep_bounded` looks
 EVICT_BATCH = 2_000    # keys looked up in the archive per query
-BROKER_RETAIN_S = 10.0  # the embedded broker keeps at least what it held this long ago
+# The embedded broker keeps at least what a partition held this long ago (`retained_for`)
+BROKER_RETAIN_S = 10.0  # of a topic someone reads from Kafka alone
+ARCHIVED_RETAIN_S = 2.0  # of one whose every reader falls back on the archive, or commits
 TRIM_EVERY_S = 2.0
 DROP_CHECK_RECORDS = 50  # a partition this far ahead of the archive is checked for drops
 HEAP_TRIM_EVERY_S = 60.0
@@ -345,6 +352,27 @@ def trim_points(archived: Mapping[Partition, int], retained: Mapping[Partition, 
     return points
 
 
+def retained_for(spec: TopicSpec, retain_s: float = BROKER_RETAIN_S,
+                 archived_retain_s: float = ARCHIVED_RETAIN_S) -> float:
+    """How long ago the embedded broker's log of this topic must still be held."""
+    return retain_s if spec.read_from_kafka_alone else archived_retain_s
+
+
+def ends_as_of(looks: Sequence[tuple[float, Mapping[Partition, int]]], now: float,
+               keep_s: Mapping[Partition, float]) -> dict[Partition, int]:
+    """Each partition's end in the newest of `looks` (time, ends then; oldest first) taken
+    at least `keep_s[partition]` before `now`. A partition no look is that old for is left
+    out: the trim does not yet know what it held then."""
+    found: dict[Partition, int] = {}
+    for tp, keep in keep_s.items():
+        for at, ends in reversed(looks):
+            if at <= now - keep:
+                if tp in ends:
+                    found[tp] = ends[tp]
+                break
+    return found
+
+
 def dropped_unarchived(archived: Mapping[Partition, int], beginnings: Mapping[Partition, int],
                        told: Mapping[Partition, int]) -> dict[Partition, tuple[int, int]]:
     """The offsets (first, last) the broker no longer holds and the archive never held, per
@@ -361,11 +389,15 @@ def dropped_unarchived(archived: Mapping[Partition, int], beginnings: Mapping[Pa
 async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine,
                       catalog: Mapping[str, TopicSpec], groups: Mapping[str, Collection[str]],
                       stop: asyncio.Event, every_s: float = TRIM_EVERY_S,
-                      retain_s: float = BROKER_RETAIN_S) -> None:
+                      retain_s: float = BROKER_RETAIN_S,
+                      archived_retain_s: float = ARCHIVED_RETAIN_S) -> None:
     """Until `stop`: trim the embedded broker's partitions (rules above). `groups`: each
     consumer group's topics."""
-    partitions = [(spec.name, p) for spec in catalog.values() if spec.name != SCHEMAS
-                  for p in range(spec.partitions)]
+    keep_s = {(spec.name, p): retained_for(spec, retain_s, archived_retain_s)
+              for spec in catalog.values() if spec.name != SCHEMAS
+              for p in range(spec.partitions)}
+    partitions = list(keep_s)
+    longest = max(keep_s.values(), default=0.0)
     ends: list[tuple[float, dict[Partition, int]]] = []  # (monotonic time, ends then)
     trimmed: dict[Partition, int] = {}
     told: dict[Partition, int] = {}  # where a loss was last reported
@@ -393,13 +425,14 @@ async def trim_broker(broker: EmbeddedBroker, settings: Settings, engine: Engine
         now = time.monotonic()
         ends.append((now, asked.ends(partitions)))
         tell_drops(asked, ends[-1][1])
-        while len(ends) > 1 and ends[1][0] <= now - retain_s:
+        while len(ends) > 1 and ends[1][0] <= now - longest:
             ends.pop(0)
-        if ends[0][0] > now - retain_s:
+        retained = ends_as_of(ends, now, keep_s)
+        if not retained:
             return {}  # not running long enough to know what the log held then
         committed = [asked.committed(group, [tp for tp in partitions if tp[0] in topics])
                      for group, topics in groups.items()]
-        return trim_points(applied_everywhere(engine), ends[0][1], committed)
+        return trim_points(applied_everywhere(engine), retained, committed)
 
     try:
         while not stop.is_set():

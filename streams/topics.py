@@ -21,6 +21,9 @@ class TopicSpec:
     key: str
     retention_ms: int = -1
     cleanup_policy: str = "delete"
+    # Someone reads it from Kafka alone, with no archive to fall back on: the embedded broker
+    # keeps it longer (streams/memory.py, `retained_for`).
+    read_from_kafka_alone: bool = False
 
     @property
     def compacted(self) -> bool:

@@ -1,6 +1,7 @@
 """The Pit's trim of the embedded broker (`trim_broker`, streams/memory.py) on a running
 broker and a real archive: each partition starts where its records are archived, were in the
-log `retain_s` ago and are committed by every consumer group that reads it - the ends and
+log a while ago (`retain_s` for a topic someone reads from Kafka alone, `archived_retain_s`
+for the rest) and are committed by every consumer group that reads it - the ends and
 the committed offsets asked of the broker itself (`BrokerPositions`)."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from projections.runtime import Projector
 from schemas.codec import Codec
 from streams.broker import catalog_broker
 from streams.config import Settings
-from streams.dag.topics import DAG_CHECKPOINTS
+from streams.dag.topics import DAG_CHECKPOINTS, DAG_EVENTS
 from streams.history import kafka_log_reader, latest_history, read_topic
 from streams.kafka import make_producer, produce_all
 from streams.memory import BrokerPositions, trim_broker
@@ -128,7 +129,8 @@ async def test_a_compacted_topic_is_trimmed_as_the_others_and_the_schemas_never(
         catalog = {name: load_catalog()[name] for name in (DAG_CHECKPOINTS, SCHEMAS)}
         assert all(spec.compacted for spec in catalog.values())
         trimming = asyncio.create_task(trim_broker(
-            broker, settings, engine, catalog, {}, stop, every_s=0.05, retain_s=0.2))
+            broker, settings, engine, catalog, {}, stop, every_s=0.05, retain_s=0.2,
+            archived_retain_s=0.2))
         try:
             assert await beginnings_become(settings, {0: 4}, topic=DAG_CHECKPOINTS) == {0: 4}
         finally:
@@ -137,3 +139,33 @@ async def test_a_compacted_topic_is_trimmed_as_the_others_and_the_schemas_never(
         # the schemas' one partition was looked at in the same passes, and kept
         assert await beginnings_become(settings, {0: 0}, topic=SCHEMAS) == {0: 0}
         assert restore_read() == before
+
+
+async def test_a_topic_read_from_kafka_alone_is_held_longer_than_one_read_with_the_archive(
+        tmp_path, engine: Engine, log) -> None:
+    """pit.pool.events is read from Kafka alone by `pit host` (no archive to fall back on):
+    its archived records stay for `retain_s`, while pit.dag.events, whose readers read the
+    trimmed part from the archive, is trimmed once they are `archived_retain_s` old."""
+    catalog = {name: load_catalog()[name] for name in (POOL_EVENTS, DAG_EVENTS)}
+    assert catalog[POOL_EVENTS].read_from_kafka_alone
+    assert not catalog[DAG_EVENTS].read_from_kafka_alone
+    with catalog_broker() as broker:
+        settings = Settings(data_dir=tmp_path, bootstrap_servers=broker.bootstrap_servers)
+        records = [Output(topic, 0, f"m{n}".encode(), log.transitioned(
+            f"m{n}", "Cold", "Warming", 1_700_000_000_000 + n).value, 1_700_000_000_000 + n)
+            for topic in catalog for n in range(5)]
+        await produce_all(make_producer(settings), records)
+        Projector(engine, views=[]).apply_batch(await read_topic(settings, POOL_EVENTS)
+                                                + await read_topic(settings, DAG_EVENTS))
+        stop = asyncio.Event()
+        trimming = asyncio.create_task(trim_broker(
+            broker, settings, engine, catalog, {}, stop, every_s=0.05, retain_s=3600,
+            archived_retain_s=0.2))
+        try:
+            assert await beginnings_become(settings, {0: 5}, topic=DAG_EVENTS) == {0: 5}
+            # no look of the trim is an hour old: it cannot know what to drop there yet
+            assert BrokerPositions(settings).beginnings([(POOL_EVENTS, 0)]) == {
+                (POOL_EVENTS, 0): 0}
+        finally:
+            stop.set()
+            await trimming

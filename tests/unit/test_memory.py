@@ -11,8 +11,16 @@ from streams.broker import EmbeddedBroker
 from streams.config import Settings
 from streams.dag.runner import GROUP as RUNNERS
 from streams.dag.topics import DAG_EVENTS, DAG_TASKS
-from streams.memory import dropped_unarchived, trim_points
-from streams.topics import TopicSpec
+from streams.memory import (
+    ARCHIVED_RETAIN_S,
+    BROKER_RETAIN_S,
+    dropped_unarchived,
+    ends_as_of,
+    retained_for,
+    trim_points,
+)
+from streams.pool.topics import POOL_EVENTS
+from streams.topics import DEAD_LETTERS, RESULTS, TopicSpec, load_catalog
 
 A, B = ("t", 0), ("t", 1)
 
@@ -24,6 +32,24 @@ def test_a_partition_starts_below_what_is_archived_retained_and_committed() -> N
     assert trim_points(archived, retained, [{A: 30}]) == {A: 30, B: 10}
     assert trim_points(archived, retained, [{A: -1, B: 5}]) == {A: 0, B: 5}  # none committed
     assert trim_points({}, retained, []) == {A: 0, B: 0}  # nothing archived: nothing trimmed
+
+
+def test_each_partition_is_held_as_of_its_own_topics_retention() -> None:
+    looks = [(0.0, {A: 10, B: 100}), (5.0, {A: 20, B: 200}), (9.0, {A: 30, B: 300})]
+    # A keeps 2 s: the look at 5.0 is the newest that old at 10.0; B keeps 8 s: the one at 0.0
+    assert ends_as_of(looks, 10.0, {A: 2.0, B: 8.0}) == {A: 20, B: 100}
+    assert ends_as_of(looks, 7.0, {A: 2.0, B: 8.0}) == {A: 20}  # no look is 8 s old yet
+    assert ends_as_of(looks, 9.0, {A: 0.0}) == {A: 30}
+    assert ends_as_of(looks[:1], 10.0, {("t", 2): 1.0}) == {}  # a partition no look saw
+
+
+def test_topics_read_from_kafka_alone_are_held_longer() -> None:
+    catalog = load_catalog()
+    longer = {name for name, spec in catalog.items()
+              if retained_for(spec) == BROKER_RETAIN_S > ARCHIVED_RETAIN_S}
+    # the command clients' outcome readers, `pit host`, `pit demo`'s dead letter
+    assert longer == {RESULTS, POOL_EVENTS, DEAD_LETTERS}
+    assert retained_for(catalog[DAG_EVENTS]) == ARCHIVED_RETAIN_S
 
 
 def test_what_the_broker_dropped_above_the_archive_is_lost_and_told_once() -> None:

@@ -76,7 +76,7 @@ from streams.config import Settings
 from streams.decider import Decider, from_record
 from streams.errors import PitError
 from streams.sql import connection, positions, read_positions
-from streams.topics import RESULTS, SCHEMAS, TopicSpec
+from streams.topics import OUTCOME, RESULTS, SCHEMAS, TopicSpec
 
 if TYPE_CHECKING:
     from streams.broker import EmbeddedBroker
@@ -94,7 +94,6 @@ TRIM_EVERY_S = 2.0
 DROP_CHECK_RECORDS = 50  # a partition this far ahead of the archive is checked for drops
 HEAP_TRIM_EVERY_S = 60.0
 M_ARENA_MAX = -8  # glibc's mallopt parameter
-OUTCOME = "pit.Outcome"
 POINT = "pit.RecoveryPoint"
 
 

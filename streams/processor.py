@@ -58,7 +58,7 @@ from streams.log import LogRecord, source_headers
 from streams.memory import ArchiveRecall, Forgotten, keep_bounded
 from streams.recovery import CheckpointBook, RecordsMismatch, within_commands
 from streams.sql import read_positions
-from streams.topics import DEAD_LETTERS, RESULTS
+from streams.topics import DEAD_LETTERS, OUTCOME, RESULTS
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTCOME = "pit.Outcome"
 LEDGER_SIZE = 1_000_000  # command ids remembered at most (without an archive to evict to)
 # An event id is "<command id>/<index>" and must fit the views' id columns (MAX_ID_CHARS).
 MAX_COMMAND_ID_CHARS = MAX_ID_CHARS - 8

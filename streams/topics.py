@@ -9,6 +9,7 @@ from streams.errors import ConfigError
 
 # The kernel's topics; each component names its own (streams/<component>/topics.py).
 RESULTS = "pit.results"
+OUTCOME = "pit.Outcome"  # the record every processor answers on RESULTS
 TIMERS = "pit.timers"
 DEAD_LETTERS = "pit.deadletters"
 SCHEMAS = "_pit.schemas"

@@ -69,7 +69,7 @@ from streams.history import history_source, kafka_log_reader
 from streams.kafka import make_producer, produce_all
 from streams.log import LogRecord
 from streams.processor import Output, Processor
-from streams.topics import DEAD_LETTERS, RESULTS, SCHEMAS, load_catalog
+from streams.topics import DEAD_LETTERS, OUTCOME, RESULTS, SCHEMAS, load_catalog
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Generator:
                         "occurred_at": 0, "producer": "fuzz"}
             return self.codec.encode(event.avro_name, {"envelope": envelope, **to_record(event)})
         if roll < 0.6:
-            return self.codec.encode("pit.Outcome", {
+            return self.codec.encode(OUTCOME, {
                 "command_id": self._id("bad"), "command_type": "X", "entity_key": "k",
                 "status": "ACCEPTED", "duplicate": False, "reason": None, "event_ids": [],
                 "decided_at": 0, "processor": "fuzz"})

@@ -43,9 +43,9 @@ within eight. A reader that lags more than ARCHIVED_RETAIN_S loses nothing: a `F
 history read and an `ExecutionLog` read the trimmed part from the archive, and a consumer
 group holds the trim at its committed offsets. A topic some reader reads from Kafka alone
 (`TopicSpec.read_from_kafka_alone` in infra/topics.yaml: pit.results, for the command
-clients' outcome readers; pit.pool.events, for `pit host`) keeps BROKER_RETAIN_S: an outcome
-reader lagging more than that reads on from the new beginning (an outcome trimmed unread is
-not seen: its waiter times out).
+clients' outcome readers; pit.pool.events, for `pit host`; pit.deadletters, for `pit demo`)
+keeps BROKER_RETAIN_S: an outcome reader lagging more than that reads on from the new
+beginning (an outcome trimmed unread is not seen: its waiter times out).
 
 The C heap: what Python and librdkafka free goes back to glibc's malloc, which keeps it -
 per arena, and glibc gives threads up to eight arenas per core - so RSS stays at each

@@ -73,11 +73,9 @@ def test_ahead_is_what_was_written_and_not_archived(steps, limit) -> None:
                 batch.append(LogRecord(EVENTS, partition, offset, 0, b"k", b"v" * value_size,
                                        ()))
                 records[partition].append((offset, logged_size(b"k", b"v" * value_size, ())))
-            sizes = Counter({(EVENTS, partition): sum(
-                logged_size(r.key, r.value, r.headers) for r in batch)})
-            unarchived.kept(batch, sizes)
-            batches[partition].append((batch[-1].offset,
-                                       sum(size for _, size in records[partition][-len(batch):])))
+            size = sum(size for _, size in records[partition][-len(batch):])
+            unarchived.kept(batch, {(EVENTS, partition): size})
+            batches[partition].append((batch[-1].offset, size))
         else:  # the archive reaches some offset; it never goes back
             archived[partition] = max(archived[partition],
                                       min(amount, len(records[partition]) - 1))

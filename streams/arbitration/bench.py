@@ -241,9 +241,13 @@ async def bench_arbitrated_roundtrip(n: int = 500, models: int = 50) -> dict[str
 
 async def bench_arbitration(_settings: Settings) -> dict[str, Any]:
     figures: dict[str, Any] = bench_decisions()
-    bench_note(f"decisions with 1,000 pending: {figures}")
+    bench_note(f"decisions with 1,000 pending: detect p99 {figures['arb_detect_p99_ms_1k']} ms,"
+               f" resolve p99 {figures['arb_resolve_p99_ms_1k']} ms")
     figures |= bench_trace()
-    bench_note(f"contended trace: {figures}")
+    bench_note(f"contended trace of {figures['arb_trace_requests']:,} requests: fairness deviation"
+               f" {figures['arb_fairness_deviation']}, Gini {figures['arb_gini']}, the"
+               f" longest BACKGROUND wait {figures['arb_low_priority_max_wait_ratio']}x the"
+               f" mean wait, wait estimates off by {figures['arb_wait_estimate_mape']:.0%}")
     figures |= await bench_arbitration_processor()
     figures |= await bench_arbitrated_roundtrip()
     return figures

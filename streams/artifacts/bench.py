@@ -44,11 +44,11 @@ def store_retrieve_64k(root: str | Path, n: int = 1000, seed: int = 5) -> dict[s
         started = time.perf_counter()
         store.get(address)
         retrieve_ms.append((time.perf_counter() - started) * 1000)
-    return {"artifact_store_64k_ms": statistics.median(store_ms),
-            "artifact_store_64k_p99_ms": percentile(store_ms, 0.99),
-            "artifact_store_64k_fsyncs_ms": _fsyncs_ms(Path(root), contents[:50]),
-            "artifact_retrieve_64k_ms": statistics.median(retrieve_ms),
-            "artifact_retrieve_64k_p99_ms": percentile(retrieve_ms, 0.99)}
+    return {"artifact_store_64k_ms": round(statistics.median(store_ms), 3),
+            "artifact_store_64k_p99_ms": round(percentile(store_ms, 0.99), 3),
+            "artifact_store_64k_fsyncs_ms": round(_fsyncs_ms(Path(root), contents[:50]), 3),
+            "artifact_retrieve_64k_ms": round(statistics.median(retrieve_ms), 3),
+            "artifact_retrieve_64k_p99_ms": round(percentile(retrieve_ms, 0.99), 3)}
 
 
 def _fsyncs_ms(root: Path, contents: list[bytes]) -> float:
@@ -128,11 +128,11 @@ def stream_1g(root: str | Path, size: int = 1 << 30) -> dict[str, float]:
     streaming in `_baseline_rss_mib`."""
     run = streamed_round_trip(partial(artifact_store, Settings(data_dir=Path(root))), size)
     mib = size / MIB
-    return {"artifact_stream_1g_mib_per_s": mib / (run.store_s + run.retrieve_s),
-            "artifact_stream_1g_store_mib_per_s": mib / run.store_s,
-            "artifact_stream_1g_retrieve_mib_per_s": mib / run.retrieve_s,
-            "artifact_stream_1g_peak_rss_mib": run.peak_rss_mib,
-            "artifact_stream_1g_baseline_rss_mib": run.baseline_rss_mib}
+    return {"artifact_stream_1g_mib_per_s": round(mib / (run.store_s + run.retrieve_s), 1),
+            "artifact_stream_1g_store_mib_per_s": round(mib / run.store_s, 1),
+            "artifact_stream_1g_retrieve_mib_per_s": round(mib / run.retrieve_s, 1),
+            "artifact_stream_1g_peak_rss_mib": round(run.peak_rss_mib, 1),
+            "artifact_stream_1g_baseline_rss_mib": round(run.baseline_rss_mib, 1)}
 
 
 def encrypt_overhead(size: int = 64 << 20, repeats: int = 5) -> dict[str, float]:
@@ -151,9 +151,9 @@ def encrypt_overhead(size: int = 64 << 20, repeats: int = 5) -> dict[str, float]
         seal_ms.append((sealed_at - started) * 1000 / (size / MIB))
         unseal_ms.append((time.perf_counter() - sealed_at) * 1000 / (size / MIB))
     seal_median, unseal_median = statistics.median(seal_ms), statistics.median(unseal_ms)
-    return {"encrypt_ms_per_mib": seal_median + unseal_median,
-            "encrypt_seal_ms_per_mib": seal_median,
-            "encrypt_unseal_ms_per_mib": unseal_median}
+    return {"encrypt_ms_per_mib": round(seal_median + unseal_median, 3),
+            "encrypt_seal_ms_per_mib": round(seal_median, 3),
+            "encrypt_unseal_ms_per_mib": round(unseal_median, 3)}
 
 
 def dedup_savings(root: str | Path, stores: int = 3_000, seed: int = 11) -> dict[str, float]:

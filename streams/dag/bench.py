@@ -690,11 +690,17 @@ def watch_arrivals(config: dict[str, Any], prefix: bytes, pipe: Any) -> None:
         consumer.close()
 
 
-async def chains_per_s(stack: Any, dag: WorkflowOps, count: int, length: int = 20,
-                       at_once: int = 25, name: str = "bench-chain") -> float:
-    """Workflows per second of `count` chains of `length` nodes, `at_once` in flight, from
-    the first start to the last ExecutionCompleted: what a workflow engine's users mean by
-    throughput of short workflows. One consumer sees every end (a watch per execution
+@dataclass
+class Chains:
+    per_s: float  # workflows a second, from the first start to the last end
+    workflow_s: list[float]  # each workflow's seconds, from its start to its end
+
+
+async def run_chains(stack: Any, dag: WorkflowOps, count: int, length: int = 20,
+                     at_once: int = 25, name: str = "bench-chain") -> Chains:
+    """`count` chains of `length` nodes, `at_once` in flight, from the first start to the
+    last ExecutionCompleted: what a workflow engine's users mean by throughput of short
+    workflows, and how long each took. One consumer sees every end (a watch per execution
     would cost more than the executions). Execution ids are `name`, `length` and a number:
     a second call needs another `name`."""
     from streams.kafka import assign_at, start_consumer, stop_consumer
@@ -716,16 +722,18 @@ async def chains_per_s(stack: Any, dag: WorkflowOps, count: int, length: int = 2
     slots = asyncio.Semaphore(at_once)
     workflow = deep_dag(length, name=f"chain{length}")
 
-    async def one(execution_id: str) -> None:
+    async def one(execution_id: str) -> float:
         async with slots:
+            began = time.perf_counter()
             await dag.execute_workflow(workflow, execution_id=execution_id)
             await ended[execution_id].wait()
+            return time.perf_counter() - began
 
     following = asyncio.create_task(follow())
     try:
         started = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(one(e) for e in ended)), 600)
-        return count / (time.perf_counter() - started)
+        took = await asyncio.wait_for(asyncio.gather(*(one(e) for e in ended)), 600)
+        return Chains(count / (time.perf_counter() - started), took)
     finally:
         following.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -741,7 +749,7 @@ async def sustained_chains_per_s(stack: Any, dag: WorkflowOps, count: int,
     partition's log"), rather than a fresh one."""
     started, rounds = time.monotonic(), 0
     while True:
-        rate = await chains_per_s(stack, dag, count, name=f"bench-sustained{rounds}-")
+        rate = (await run_chains(stack, dag, count, name=f"bench-sustained{rounds}-")).per_s
         rounds += 1
         if time.monotonic() - started >= seconds:
             return rate
@@ -800,14 +808,21 @@ async def _crossing(stack: Any, producer: Any, topic: str, wait_ms: int, samples
     return statistics.median(crossings), statistics.median(acks)
 
 
+# The chains as a workflow engine's capacity is measured: enough in flight that more do not
+# go faster (measured from 10 to 400 in flight: README, "The chains' capacity").
+CAPACITY_CHAINS = 400
+CAPACITY_IN_FLIGHT = 200
+
+
 async def bench_throughput(scratch: Path, pit: PitFactory, wide: int = 2_000, deep: int = 100,
                            count: int = 10_000, chains: int = 100) -> dict[str, float]:
     """End to end through the embedded broker: `pit up`'s Stack in this process, two `pit
     runner` processes, cheap operators (add, identity, sum_inputs). Nodes per second of a
     wide DAG (fan-out/fan-in, `wide` nodes at once) and of a deep one (a chain: every node
     waits for the one before), the hops of a second such chain by stage (`Arrivals.stages`),
-    `chains` 20-node chains, and the wall time of a 10,000-node layered DAG (50 layers),
-    each from submitting to seeing ExecutionCompleted; last, the chains again once the Pit
+    `chains` 20-node chains 25 at a time, the wall time of a 10,000-node layered DAG (50
+    layers), each from submitting to seeing ExecutionCompleted, and the chains' capacity
+    (`CAPACITY_CHAINS`, `CAPACITY_IN_FLIGHT` at a time); last, the chains again once the Pit
     has worked for three times `BROKER_RETAIN_S` more (`sustained_chains_per_s`)."""
     data_dir = scratch / "throughput"
     async with pit(data_dir) as stack:
@@ -827,9 +842,11 @@ async def bench_throughput(scratch: Path, pit: PitFactory, wide: int = 2_000, de
                 async with Arrivals(stack.settings, stack.codec, "bench-hops") as arrivals:
                     await run_to_end(stack, dag, deep_dag(deep), "bench-hops")
                 stages = arrivals.stages()
-                chain20 = await chains_per_s(stack, dag, chains)
+                chain20 = (await run_chains(stack, dag, chains)).per_s
                 ten_s = await run_to_end(stack, dag, layered_dag(count, seed=1, layers=50),
                                          "bench-10k")
+                capacity = await run_chains(stack, dag, CAPACITY_CHAINS,
+                                            at_once=CAPACITY_IN_FLIGHT, name="bench-capacity")
                 sustained = await sustained_chains_per_s(stack, dag, chains)
             finally:
                 await runners.stop()
@@ -845,6 +862,9 @@ async def bench_throughput(scratch: Path, pit: PitFactory, wide: int = 2_000, de
                if hops else {}),
             "dag_workflows_per_s_chain20": round(chain20, 1),
             "dag_workflows_per_s_chain20_sustained": round(sustained, 1),
+            "dag_workflows_per_s_chain20_capacity": round(capacity.per_s, 1),
+            "dag_chain20_capacity_workflow_s_p50": round(statistics.median(capacity.workflow_s),
+                                                         2),
             "dag_10k_wall_s": round(ten_s, 1)}
 
 
@@ -910,7 +930,10 @@ async def bench_dag(settings: Settings, pit: PitFactory) -> dict[str, float]:
         figures |= await bench_throughput(Path(scratch), pit)
         bench_note(f"dag end to end: {figures['dag_nodes_per_s_wide']} nodes/s wide,"
                    f" {figures['dag_nodes_per_s_deep']} deep, 10,000 nodes in"
-                   f" {figures['dag_10k_wall_s']} s")
+                   f" {figures['dag_10k_wall_s']} s; 20-node chains"
+                   f" {figures['dag_workflows_per_s_chain20']} workflows/s 25 at a time,"
+                   f" {figures['dag_workflows_per_s_chain20_capacity']}"
+                   f" {CAPACITY_IN_FLIGHT} at a time")
         figures |= await bench_resume(Path(scratch), pit)
         bench_note(f"dag resume after a crash: {figures['dag_resume_s']} s")
     return figures

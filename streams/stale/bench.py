@@ -16,20 +16,18 @@ On the seeded corpus of corpus.py (100,000 artifacts, two years of a Pit) under 
   the figure that has to be 0;
 * `stale_migrate_mib_per_s` and `stale_cold_restore_64k_ms`: the storage tiers' own measure
   (`measure_tiers`) on a temporary directory and a cold bucket on moto's S3 server, started
-  here in process; None, said on stderr, when moto (a dev dependency) or the measure is
-  missing.
+  here in process; None, said on stderr, when moto (a dev dependency) is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -234,18 +232,6 @@ def bench_decider(items: Sequence[Item], holds: Mapping[str, str],
 
 # --- the storage tiers ---------------------------------------------------------------------
 
-def _measure_tiers() -> Callable[..., dict[str, float]] | None:
-    """The tiers' own benchmark, wherever it lives; None if it is not there."""
-    for module in ("streams.stale.tiers", "streams.stale.tier_bench"):
-        try:
-            found = getattr(importlib.import_module(module), "measure_tiers", None)
-        except ImportError:
-            continue
-        if found is not None:
-            return found
-    return None
-
-
 _DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
               "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -269,10 +255,6 @@ def bench_tiers(mib: int = 64, restores: int = 9) -> dict[str, float | None]:
     """`measure_tiers` on a temporary hot and warm directory and a bucket on moto's S3 server
     (in process, on a free port)."""
     missing: dict[str, float | None] = dict.fromkeys(_TIER_KEYS)
-    measure = _measure_tiers()
-    if measure is None:
-        bench_note("storage tiers: no measure_tiers in streams.stale.tiers: not measured")
-        return missing
     try:
         import boto3
         from moto.server import ThreadedMotoServer
@@ -280,6 +262,7 @@ def bench_tiers(mib: int = 64, restores: int = 9) -> dict[str, float | None]:
         bench_note("storage tiers: moto (a dev dependency) is not installed, so no S3 "
                    "endpoint for a cold tier: not measured")
         return missing
+    from streams.stale.tier_bench import measure_tiers
     from streams.stale.tiers import tiered_store
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
@@ -293,11 +276,16 @@ def bench_tiers(mib: int = 64, restores: int = 9) -> dict[str, float | None]:
             tiered = tiered_store(Settings.from_env({
                 "PIT_DATA_DIR": scratch, "PIT_STALE_COLD_BUCKET": "pit-bench-cold",
                 "PIT_STALE_COLD_ENDPOINT_URL": endpoint}))
-            figures = measure(tiered, mib=mib, restores=restores)
+            figures: dict[str, float | None] = {
+                key: round(value, 2)
+                for key, value in measure_tiers(tiered, mib=mib, restores=restores).items()
+                if key in _TIER_KEYS}
     finally:
         server.stop()
-    bench_note(f"storage tiers ({mib} MiB to cold on moto's S3): {figures}")
-    return {key: round(figures[key], 2) for key in _TIER_KEYS}
+    bench_note(f"storage tiers ({mib} MiB to cold on moto's S3): moved at"
+               f" {figures['stale_migrate_mib_per_s']} MiB/s, a 64 KiB artifact read back from"
+               f" cold in {figures['stale_cold_restore_64k_ms']} ms")
+    return figures
 
 
 # --- the whole -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -28,7 +29,7 @@ from streams.app import Stack
 from streams.blobs import blob_store
 from streams.client import PitClient
 from streams.config import Settings
-from streams.dag.bench import HOP_STAGES, Arrivals
+from streams.dag.bench import HOP_STAGES, Arrivals, run_chains
 from streams.dag.definition import (
     OPERATORS,
     Backoff,
@@ -244,6 +245,24 @@ async def test_the_bench_times_every_hop_of_a_chain_by_stage(pit) -> None:
     for n, hop in enumerate(stages["hop"]):
         assert all(stages[stage][n] >= 0 for stage in HOP_STAGES)
         assert sum(stages[stage][n] for stage in HOP_STAGES) == pytest.approx(hop)
+
+
+async def test_the_bench_chains_end_and_each_is_timed_from_its_start_to_its_end(pit) -> None:
+    """`run_chains` (`pit bench dag`'s chains and their capacity): every chain completes, and
+    each one's time lies within the whole run's."""
+    pit.runner("r-chains")
+    try:
+        started = time.perf_counter()
+        chains = await run_chains(pit.stack, pit.client.dag, 6, length=3, at_once=2,
+                                  name="bench-test-chains")
+        wall = time.perf_counter() - started
+    finally:
+        await pit.stop("r-chains")
+    assert len(chains.workflow_s) == 6 and all(0 < took < wall for took in chains.workflow_s)
+    assert 6 / wall <= chains.per_s < 6 / max(chains.workflow_s)
+    for n in range(6):
+        progress = await pit.client.dag.workflow_status(f"bench-test-chains3-{n}")
+        assert progress.counts == {"completed": 3}, progress
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -696,8 +696,11 @@ class Chains:
     workflow_s: list[float]  # each workflow's seconds, from its start to its end
 
 
+CHAINS_IN_FLIGHT = 25  # `dag_workflows_per_s_chain20`: how many chains run at a time
+
+
 async def run_chains(stack: Any, dag: WorkflowOps, count: int, length: int = 20,
-                     at_once: int = 25, name: str = "bench-chain") -> Chains:
+                     at_once: int = CHAINS_IN_FLIGHT, name: str = "bench-chain") -> Chains:
     """`count` chains of `length` nodes, `at_once` in flight, from the first start to the
     last ExecutionCompleted: what a workflow engine's users mean by throughput of short
     workflows, and how long each took. One consumer sees every end (a watch per execution
@@ -820,10 +823,11 @@ async def bench_throughput(scratch: Path, pit: PitFactory, wide: int = 2_000, de
     runner` processes, cheap operators (add, identity, sum_inputs). Nodes per second of a
     wide DAG (fan-out/fan-in, `wide` nodes at once) and of a deep one (a chain: every node
     waits for the one before), the hops of a second such chain by stage (`Arrivals.stages`),
-    `chains` 20-node chains 25 at a time, the wall time of a 10,000-node layered DAG (50
-    layers), each from submitting to seeing ExecutionCompleted, and the chains' capacity
-    (`CAPACITY_CHAINS`, `CAPACITY_IN_FLIGHT` at a time); last, the chains again once the Pit
-    has worked for three times `BROKER_RETAIN_S` more (`sustained_chains_per_s`)."""
+    `chains` 20-node chains `CHAINS_IN_FLIGHT` at a time, the wall time of a 10,000-node
+    layered DAG (50 layers), each from submitting to seeing ExecutionCompleted, and the
+    chains' capacity (`CAPACITY_CHAINS`, `CAPACITY_IN_FLIGHT` at a time); last, the chains
+    again once the Pit has worked for three times `BROKER_RETAIN_S` more
+    (`sustained_chains_per_s`)."""
     data_dir = scratch / "throughput"
     async with pit(data_dir) as stack:
         dag = workflow_ops(stack.settings, codec=stack.codec)
@@ -863,8 +867,7 @@ async def bench_throughput(scratch: Path, pit: PitFactory, wide: int = 2_000, de
             "dag_workflows_per_s_chain20": round(chain20, 1),
             "dag_workflows_per_s_chain20_sustained": round(sustained, 1),
             "dag_workflows_per_s_chain20_capacity": round(capacity.per_s, 1),
-            "dag_chain20_capacity_workflow_s_p50": round(statistics.median(capacity.workflow_s),
-                                                         2),
+            "dag_chain20_capacity_workflow_s_p50": round(statistics.median(capacity.workflow_s), 2),
             "dag_10k_wall_s": round(ten_s, 1)}
 
 
@@ -931,7 +934,8 @@ async def bench_dag(settings: Settings, pit: PitFactory) -> dict[str, float]:
         bench_note(f"dag end to end: {figures['dag_nodes_per_s_wide']} nodes/s wide,"
                    f" {figures['dag_nodes_per_s_deep']} deep, 10,000 nodes in"
                    f" {figures['dag_10k_wall_s']} s; 20-node chains"
-                   f" {figures['dag_workflows_per_s_chain20']} workflows/s 25 at a time,"
+                   f" {figures['dag_workflows_per_s_chain20']} workflows/s {CHAINS_IN_FLIGHT}"
+                   f" at a time,"
                    f" {figures['dag_workflows_per_s_chain20_capacity']}"
                    f" {CAPACITY_IN_FLIGHT} at a time")
         figures |= await bench_resume(Path(scratch), pit)
